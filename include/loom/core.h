@@ -1,0 +1,94 @@
+/* loom core: status codes, error messages, logging, counter-based RNG, small helpers.
+ *
+ * Error convention (every module): a function that can fail returns an int status, LOOM_OK (0) on
+ * success or a negative LOOM_E* code, and records a human-readable message for the calling thread,
+ * read back with loom_errmsg(). Library code never prints to stdout and never exits.
+ *
+ *     if (loom_model_load(&m, dir) != LOOM_OK) { fprintf(stderr, "loom: %s\n", loom_errmsg()); ... }
+ */
+#ifndef LOOM_CORE_H
+#define LOOM_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    LOOM_OK = 0,
+    LOOM_EINVAL = -1,      /* invalid argument or configuration */
+    LOOM_EIO = -2,         /* file or stream could not be read/written */
+    LOOM_ENOMEM = -3,      /* allocation failed */
+    LOOM_EFORMAT = -4,     /* malformed input file or data */
+    LOOM_EUNSUPPORTED = -5,/* valid, but not supported by loom */
+    LOOM_ERANGE = -6,      /* value out of range */
+    LOOM_ENOTFOUND = -7,   /* missing file, tensor, key */
+    LOOM_ESTATE = -8,      /* call made in the wrong state */
+};
+
+/* Records a printf-style message for this thread and returns `code` (so `return loom_error(...)`). */
+int loom_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prefixes the current message with more context: "context: previous message"; returns `code`. */
+int loom_error_context(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *loom_errmsg(void);
+const char *loom_strerror(int code);
+void loom_clear_error(void);
+
+/* Logging. The library logs through a replaceable sink; the default writes warnings and errors to
+ * stderr. Levels: 0 debug, 1 info, 2 warn, 3 error. */
+typedef void (*loom_log_fn)(int level, const char *msg, void *ud);
+void loom_set_log(loom_log_fn fn, void *ud, int min_level);
+void loom_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define LOOM_DEBUG 0
+#define LOOM_INFO 1
+#define LOOM_WARN 2
+#define LOOM_ERROR 3
+
+/* Allocation: NULL on failure with the error recorded; sizes are overflow-checked.
+ * loom_alloc returns 64-byte aligned memory; release with loom_free. */
+void *loom_alloc(size_t n);               /* uninitialised */
+void *loom_calloc(size_t count, size_t size); /* zeroed, aligned */
+void loom_free(void *p);
+char *loom_strdup(const char *s);
+
+/* Whole-file read (adds a NUL after the data, not counted in *len). */
+int loom_read_file(const char *path, char **data, size_t *len);
+/* Atomic write: writes path.tmp.<pid> then renames over path. */
+int loom_write_file_atomic(const char *path, const void *data, size_t len);
+
+/* Counter-based random numbers: a (seed, stream) pair names an independent, reproducible stream;
+ * drawing from one stream never disturbs another, so results do not depend on thread scheduling. */
+typedef struct {
+    uint64_t key;     /* derived from (seed, stream) */
+    uint64_t counter; /* next position in the stream */
+    int has_spare;
+    double spare;
+} loom_rng;
+
+uint64_t loom_mix64(uint64_t x);                    /* splitmix64 finaliser */
+uint64_t loom_hash2(uint64_t a, uint64_t b);        /* hash of a pair, for deriving stream ids */
+void loom_rng_init(loom_rng *r, uint64_t seed, uint64_t stream);
+uint64_t loom_rng_u64(loom_rng *r);
+uint32_t loom_rng_below(loom_rng *r, uint32_t n);   /* uniform in [0, n), unbiased */
+double loom_rng_uniform(loom_rng *r);               /* uniform in [0, 1) with 53 bits */
+double loom_rng_normal(loom_rng *r);                /* standard normal */
+void loom_rng_shuffle_u32(loom_rng *r, uint32_t *a, size_t n);
+
+/* Monotonic wall clock in seconds. */
+double loom_now(void);
+/* Peak resident set size of this process in bytes (0 if unknown). */
+size_t loom_peak_rss(void);
+/* Number of threads kernels use (OpenMP max threads). */
+int loom_threads(void);
+void loom_set_threads(int n);
+
+#define LOOM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LOOM_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,10 @@
+/* Shared by the CLI's command files. Only the CLI prints and exits. */
+#ifndef LOOM_CLI_H
+#define LOOM_CLI_H
+
+#define LOOM_VERSION "0.1.0"
+
+/* One entry point per command; argv[0] is the command name. Returns the process exit code. */
+int cmd_version(int argc, char **argv);
+
+#endif
