@@ -1,0 +1,130 @@
+/* Decoder-only transformer models (model/ layer): GPT-2 and Llama families.
+ *
+ * All weights live in ONE contiguous float buffer (`params`), described by a table of tensors
+ * (Hugging Face name, shape, offset). Gradients use the same layout. Weights are kept in the Hugging Face
+ * layout of their architecture: GPT-2 Conv1D weights are [in, out], Llama (nn.Linear) weights [out, in],
+ * so names, shapes and offsets map one to one onto model.safetensors.
+ *
+ * The model (config + layout + weights) is read-only during training; activations live in a workspace
+ * (loom_ws) sized for a batch B and sequence length T, so several workers can share one model:
+ *
+ *     loom_model *m;   loom_model_load(&m, "dir");             // or loom_model_create(&m, &cfg, seed)
+ *     loom_ws *ws;     loom_ws_create(&ws, m, B, T);
+ *     float loss;      loom_forward(m, m->params, ws, tokens, targets, B, T, &loss);
+ *     memset(grads, 0, m->n_params * sizeof(float));
+ *                      loom_backward(m, m->params, ws, grads, NULL);
+ *
+ * Dimension letters: B batch, T time, C model width, H MLP width, V vocabulary, L layers. */
+#ifndef LOOM_MODEL_H
+#define LOOM_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum { LOOM_ARCH_GPT2 = 0, LOOM_ARCH_LLAMA = 1 } loom_arch;
+typedef enum { LOOM_ACT_GELU_TANH = 0, LOOM_ACT_GELU_ERF = 1, LOOM_ACT_SILU = 2 } loom_act;
+
+typedef struct {
+    loom_arch arch;
+    int n_layer, n_head, n_kv_head;
+    int dim;        /* C */
+    int hidden;     /* H: MLP width */
+    int vocab;      /* V */
+    int max_seq;    /* positions (GPT-2 wpe rows; Llama max_position_embeddings) */
+    float norm_eps;
+    float rope_theta;
+    loom_act act;   /* GPT-2: gelu_new or gelu; Llama: silu */
+    int tied;       /* lm_head shares the token embedding */
+    int qkv_bias;   /* Llama family: q/k/v projections have biases (Qwen2) */
+    int bos_id, eos_id; /* -1 when unknown */
+} loom_config;
+
+/* Fills a config from a Hugging Face config.json text / file. */
+int loom_config_parse(loom_config *cfg, const char *json_text);
+int loom_config_load(loom_config *cfg, const char *path);
+/* Built-in shapes: "gpt2-124m", "gpt2-tiny", "llama-110m", "llama-tiny", "tiny" (a small GPT-2 for
+ * byte-level text), or a path to a config.json. */
+int loom_config_named(loom_config *cfg, const char *name_or_path);
+/* config.json text (malloc'ed) in the Hugging Face format for this config. */
+char *loom_config_to_json(const loom_config *cfg);
+int loom_config_validate(const loom_config *cfg);
+
+/* Tensor kinds (what a trainable-set method selects). */
+typedef enum {
+    LOOM_T_EMBED, LOOM_T_POS, LOOM_T_NORM_W, LOOM_T_NORM_B, LOOM_T_LINEAR_W, LOOM_T_LINEAR_B, LOOM_T_HEAD
+} loom_tensor_kind;
+
+typedef struct {
+    char name[96];
+    loom_tensor_kind kind;
+    int layer;      /* -1 for non-layer tensors */
+    int ndim;
+    int64_t shape[2];
+    size_t offset;  /* into params/grads, in floats */
+    size_t numel;
+} loom_tensor;
+
+/* Per-layer tensor slots (index into loom_model.tensors, -1 if absent). */
+enum {
+    LOOM_L_NORM1_W, LOOM_L_NORM1_B, LOOM_L_QKV_W, LOOM_L_QKV_B, LOOM_L_K_W, LOOM_L_V_W, LOOM_L_O_W, LOOM_L_O_B,
+    LOOM_L_NORM2_W, LOOM_L_NORM2_B, LOOM_L_UP_W, LOOM_L_UP_B, LOOM_L_GATE_W, LOOM_L_DOWN_W, LOOM_L_DOWN_B,
+    LOOM_L_NSLOTS
+};
+/* Note: for Llama, QKV_W is q_proj and K_W/V_W follow it contiguously (so [q;k;v] is one [C+2*KV, C]
+ * matrix); GATE_W is gate_proj and UP_W follows it contiguously ([gate;up] is one [2H, C] matrix). */
+
+typedef struct loom_model {
+    loom_config cfg;
+    loom_tensor *tensors;
+    int n_tensors;
+    int (*layer_slot)[LOOM_L_NSLOTS]; /* [L][slot] -> tensor index */
+    int t_embed, t_pos, t_normf_w, t_normf_b, t_head; /* -1 if absent; t_head = t_embed when tied */
+    size_t n_params;
+    float *params; /* [n_params], owned */
+} loom_model;
+
+/* Allocates a model with this config, weights initialised from `seed` (GPT-2: N(0, 0.02), residual
+ * projections scaled by 1/sqrt(2L); norms 1, biases 0). */
+int loom_model_create(loom_model **out, const loom_config *cfg, uint64_t seed);
+/* Loads a Hugging Face directory (config.json + model.safetensors or shards), or a llama2.c .bin. */
+int loom_model_load(loom_model **out, const char *path);
+/* Writes dir/config.json and dir/model.safetensors (atomically); creates dir if needed. */
+int loom_model_save(const loom_model *m, const float *params, const char *dir);
+void loom_model_free(loom_model *m);
+int loom_model_find(const loom_model *m, const char *name); /* tensor index or -1 */
+/* Multiply-accumulates of one forward pass per token, excluding attention (2 * this = FLOPs). */
+double loom_model_flops_per_token(const loom_model *m, int T, int with_attention);
+
+/* Activation workspace for batches up to B x T. */
+typedef struct loom_ws loom_ws;
+int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T);
+void loom_ws_free(loom_ws *ws);
+size_t loom_ws_bytes(const loom_ws *ws);
+/* Logits [B*T, V] of the last forward (valid until backward, which overwrites them). */
+float *loom_ws_logits(loom_ws *ws);
+/* Per-position losses [B*T] of the last forward (0 where the target is ignored). */
+const float *loom_ws_losses(const loom_ws *ws);
+
+/* Forward pass. targets may be NULL (no loss; *loss = 0). targets < 0 carry no loss. */
+int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const int32_t *tokens,
+                 const int32_t *targets, int B, int T, float *loss);
+/* Backward pass of the last forward: grads[n_params] += d loss / d params. trainable[n_tensors] (1 = want
+ * the gradient) may be NULL for all; weight-gradient work for other tensors is skipped. */
+int loom_backward(const loom_model *m, const float *params, loom_ws *ws, float *grads, const uint8_t *trainable);
+
+/* KV-cached inference for generation, one sequence. */
+typedef struct loom_kv loom_kv;
+int loom_kv_create(loom_kv **out, const loom_model *m, int max_len);
+void loom_kv_free(loom_kv *kv);
+/* Runs token at position pos (0-based; earlier positions must already be in the cache) and writes
+ * logits[V]. */
+int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int32_t token, int pos, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,366 @@
+/* Transformer kernels. Matmuls go to BLAS; everything else is plain loops parallelised with OpenMP.
+ * Determinism: row-parallel loops write disjoint rows; column reductions give each thread whole
+ * columns and sum rows in order, so no result depends on the thread count. */
+#include "loom/kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define COLBLOCK 64
+#define LOOM_KMIN(a, b) ((a) < (b) ? (a) : (b))
+
+void loom_matmul_forward(float *out, int ldo, const float *inp, int ldi, const float *w, int layout,
+                         const float *bias, int N, int C, int OC) {
+    if (N <= 0 || OC <= 0) return;
+    if (layout == LOOM_W_LINEAR)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, ldi, w, C, 0.0f, out, ldo);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, ldi, w, OC, 0.0f, out, ldo);
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            float *o = out + (size_t)n * ldo;
+            for (int j = 0; j < OC; j++) o[j] += bias[j];
+        }
+    }
+}
+
+void loom_colsum_acc(float *out, const float *x, int ld, int N, int C) {
+    int nblocks = (C + COLBLOCK - 1) / COLBLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblocks; blk++) {
+        int c0 = blk * COLBLOCK, c1 = LOOM_KMIN(c0 + COLBLOCK, C);
+        float acc[COLBLOCK] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *row = x + (size_t)n * ld;
+            for (int c = c0; c < c1; c++) acc[c - c0] += row[c];
+        }
+        for (int c = c0; c < c1; c++) out[c] += acc[c - c0];
+    }
+}
+
+void loom_matmul_backward(float *dinp, int ldi, float beta, float *dw, float *dbias, const float *dout, int ldo,
+                          const float *inp, const float *w, int layout, int N, int C, int OC) {
+    if (N <= 0) return;
+    if (layout == LOOM_W_LINEAR) {
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, ldo, w, C, beta, dinp, ldi);
+        if (dw)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, 1.0f, dout, ldo, inp, ldi, 1.0f, dw, C);
+    } else {
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, ldo, w, OC, beta, dinp, ldi);
+        if (dw)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, ldi, dout, ldo, 1.0f, dw, OC);
+    }
+    if (dbias) loom_colsum_acc(dbias, dout, ldo, N, OC);
+}
+
+void loom_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                            const float *b, int N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        double s = 0;
+        for (int c = 0; c < C; c++) s += x[c];
+        float m = (float)(s / C);
+        double v = 0;
+        for (int c = 0; c < C; c++) {
+            float d = x[c] - m;
+            v += (double)d * d;
+        }
+        float r = (float)(1.0 / sqrt(v / C + eps));
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * r * w[c] + b[c];
+        mean[n] = m;
+        rstd[n] = r;
+    }
+}
+
+void loom_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                             const float *w, const float *mean, const float *rstd, int N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float m = mean[n], r = rstd[n];
+        double sd = 0, sdn = 0;
+        for (int c = 0; c < C; c++) {
+            float nrm = (x[c] - m) * r, dn = w[c] * dy[c];
+            sd += dn;
+            sdn += (double)dn * nrm;
+        }
+        float md = (float)(sd / C), mdn = (float)(sdn / C);
+        float *dx = dinp + (size_t)n * C;
+        for (int c = 0; c < C; c++) {
+            float nrm = (x[c] - m) * r, dn = w[c] * dy[c];
+            dx[c] += r * (dn - md - nrm * mdn);
+        }
+    }
+    if (!dw && !db) return;
+    int nblocks = (C + COLBLOCK - 1) / COLBLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblocks; blk++) {
+        int c0 = blk * COLBLOCK, c1 = LOOM_KMIN(c0 + COLBLOCK, C);
+        float aw[COLBLOCK] = {0}, ab[COLBLOCK] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            float m = mean[n], r = rstd[n];
+            for (int c = c0; c < c1; c++) {
+                aw[c - c0] += (x[c] - m) * r * dy[c];
+                ab[c - c0] += dy[c];
+            }
+        }
+        for (int c = c0; c < c1; c++) {
+            if (dw) dw[c] += aw[c - c0];
+            if (db) db[c] += ab[c - c0];
+        }
+    }
+}
+
+void loom_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)x[c] * x[c];
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = w[c] * (x[c] * r);
+        rstd[n] = r;
+    }
+}
+
+void loom_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                           const float *rstd, int N, int C) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+        float r = rstd[n];
+        double s = 0;
+        for (int c = 0; c < C; c++) s += (double)w[c] * dy[c] * x[c];
+        float k = (float)(s / C) * r * r * r;
+        float *dx = dinp + (size_t)n * C;
+        for (int c = 0; c < C; c++) dx[c] += r * w[c] * dy[c] - k * x[c];
+    }
+    if (!dw) return;
+    int nblocks = (C + COLBLOCK - 1) / COLBLOCK;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblocks; blk++) {
+        int c0 = blk * COLBLOCK, c1 = LOOM_KMIN(c0 + COLBLOCK, C);
+        float aw[COLBLOCK] = {0};
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            float r = rstd[n];
+            for (int c = c0; c < c1; c++) aw[c - c0] += dy[c] * x[c] * r;
+        }
+        for (int c = c0; c < c1; c++) dw[c] += aw[c - c0];
+    }
+}
+
+#define GELU_S 0.7978845608028654f /* sqrt(2/pi) */
+
+void loom_gelu_forward(float *out, const float *inp, size_t n, int exact) {
+    if (exact) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * (float)M_SQRT1_2));
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float x = inp[i];
+            out[i] = 0.5f * x * (1.0f + tanhf(GELU_S * (x + 0.044715f * x * x * x)));
+        }
+    }
+}
+
+void loom_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int exact) {
+    if (exact) {
+        const float k = 0.3989422804014327f; /* 1/sqrt(2 pi) */
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float x = inp[i];
+            float g = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * k * expf(-0.5f * x * x);
+            dinp[i] = g * dout[i];
+        }
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float x = inp[i];
+            float u = GELU_S * (x + 0.044715f * x * x * x);
+            float th = tanhf(u);
+            float sech2 = 1.0f - th * th;
+            float g = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_S * (1.0f + 3.0f * 0.044715f * x * x);
+            dinp[i] = g * dout[i];
+        }
+    }
+}
+
+void loom_swiglu_forward(float *out, const float *gu, int N, int H) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *g = gu + (size_t)n * 2 * H, *u = g + H;
+        float *o = out + (size_t)n * H;
+        for (int j = 0; j < H; j++) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+    }
+}
+
+void loom_swiglu_backward(float *dgu, const float *dout, const float *gu, int N, int H) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *g = gu + (size_t)n * 2 * H, *u = g + H, *dy = dout + (size_t)n * H;
+        float *dg = dgu + (size_t)n * 2 * H, *du = dg + H;
+        for (int j = 0; j < H; j++) {
+            float sg = 1.0f / (1.0f + expf(-g[j]));
+            float silu = g[j] * sg;
+            du[j] = dy[j] * silu;
+            dg[j] = dy[j] * u[j] * sg * (1.0f + g[j] * (1.0f - sg));
+        }
+    }
+}
+
+void loom_rope(float *x, int ld, int B, int T, int nheads, int HS, float theta, int pos0, int inverse) {
+    int half = HS / 2;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float cs[256], sn[256]; /* HS <= 512 */
+        int pos = pos0 + t;
+        for (int j = 0; j < half && j < 256; j++) {
+            /* inv_freq in float32 as the reference implementations compute it */
+            float inv = (float)(1.0 / pow((double)theta, (double)(2 * j) / HS));
+            float ang = (float)pos * inv;
+            cs[j] = cosf(ang);
+            sn[j] = inverse ? -sinf(ang) : sinf(ang);
+        }
+        for (int b = 0; b < B; b++) {
+            float *row = x + ((size_t)b * T + t) * ld;
+            for (int h = 0; h < nheads; h++) {
+                float *v = row + h * HS;
+                for (int j = 0; j < half; j++) {
+                    float a = v[j], c = v[j + half];
+                    v[j] = a * cs[j] - c * sn[j];
+                    v[j + half] = c * cs[j] + a * sn[j];
+                }
+            }
+        }
+    }
+}
+
+void loom_attention_forward(float *out, float *att, const float *qkv, int ldqkv, int B, int T, int NH, int NKV,
+                            int HS) {
+    const int C = NH * HS, group = NH / NKV;
+    const float scale = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * ldqkv + h * HS;
+            const float *k = qkv + (size_t)b * T * ldqkv + C + (h / group) * HS;
+            const float *v = qkv + (size_t)b * T * ldqkv + C + NKV * HS + (h / group) * HS;
+            float *p = att + ((size_t)b * NH + h) * T * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q, ldqkv, k, ldqkv, 0.0f, p, T);
+            for (int t = 0; t < T; t++) {
+                float *row = p + (size_t)t * T;
+                float mx = row[0];
+                for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+                float s = 0;
+                for (int j = 0; j <= t; j++) {
+                    row[j] = expf(row[j] - mx);
+                    s += row[j];
+                }
+                float inv = 1.0f / s;
+                for (int j = 0; j <= t; j++) row[j] *= inv;
+                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, p, T, v, ldqkv, 0.0f,
+                        out + (size_t)b * T * C + h * HS, C);
+        }
+}
+
+void loom_attention_backward(float *dqkv, float *scratch, const float *dout, const float *qkv, const float *att,
+                             int ldqkv, int B, int T, int NH, int NKV, int HS) {
+    const int C = NH * HS, group = NH / NKV;
+    const float scale = 1.0f / sqrtf((float)HS);
+    /* Parallel over (b, kv head): the query heads of one group accumulate into the same dK/dV. */
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int kh = 0; kh < NKV; kh++) {
+            const float *base = qkv + (size_t)b * T * ldqkv;
+            float *dbase = dqkv + (size_t)b * T * ldqkv;
+            const float *k = base + C + kh * HS, *v = base + C + NKV * HS + kh * HS;
+            float *dk = dbase + C + kh * HS, *dv = dbase + C + NKV * HS + kh * HS;
+            for (int g = 0; g < group; g++) {
+                int h = kh * group + g;
+                const float *q = base + h * HS;
+                float *dq = dbase + h * HS;
+                const float *p = att + ((size_t)b * NH + h) * T * T;
+                const float *dy = dout + (size_t)b * T * C + h * HS;
+                float *dp = scratch + ((size_t)b * NH + h) * T * T;
+                float beta = g == 0 ? 0.0f : 1.0f;
+                /* dP = dY V^T ; dV (+)= P^T dY */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, 1.0f, dy, C, v, ldqkv, 0.0f, dp, T);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, p, T, dy, C, beta, dv, ldqkv);
+                /* softmax backward: dS = P * (dP - rowsum(P*dP)), scaled */
+                for (int t = 0; t < T; t++) {
+                    const float *pr = p + (size_t)t * T;
+                    float *dr = dp + (size_t)t * T;
+                    float s = 0;
+                    for (int j = 0; j <= t; j++) s += pr[j] * dr[j];
+                    for (int j = 0; j <= t; j++) dr[j] = pr[j] * (dr[j] - s) * scale;
+                    for (int j = t + 1; j < T; j++) dr[j] = 0.0f;
+                }
+                /* dQ = dS K ; dK (+)= dS^T Q */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dp, T, k, ldqkv, 0.0f, dq, ldqkv);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dp, T, q, ldqkv, beta, dk, ldqkv);
+            }
+        }
+}
+
+float loom_crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V,
+                                int *n_valid) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        int tg = targets[n];
+        if (tg < 0 || tg >= V) {
+            losses[n] = 0.0f;
+            continue;
+        }
+        const float *row = logits + (size_t)n * V;
+        float mx = row[0];
+        for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        double s = 0;
+        for (int j = 0; j < V; j++) s += expf(row[j] - mx);
+        losses[n] = (float)(log(s) + mx - row[tg]);
+    }
+    double total = 0;
+    int cnt = 0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= 0 && targets[n] < V) {
+            total += losses[n];
+            cnt++;
+        }
+    *n_valid = cnt;
+    return cnt ? (float)(total / cnt) : 0.0f;
+}
+
+void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, int V, int n_valid, float dloss) {
+    float k = n_valid ? dloss / (float)n_valid : 0.0f;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *row = logits + (size_t)n * V;
+        int tg = targets[n];
+        if (tg < 0 || tg >= V) {
+            memset(row, 0, (size_t)V * sizeof *row);
+            continue;
+        }
+        float mx = row[0];
+        for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        double s = 0;
+        for (int j = 0; j < V; j++) {
+            row[j] = expf(row[j] - mx);
+            s += row[j];
+        }
+        float inv = (float)(1.0 / s);
+        for (int j = 0; j < V; j++) row[j] = row[j] * inv * k;
+        row[tg] -= k;
+    }
+}

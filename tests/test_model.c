@@ -1,0 +1,180 @@
+/* Model forward/backward: gradients against finite differences along random directions, one tensor
+ * at a time, for GPT-2 (both GELUs) and Llama (GQA, q/k/v biases, tied and untied heads); ignored
+ * targets; thread-count independence. */
+#include <omp.h>
+
+#include "loom/core.h"
+#include "loom/model.h"
+#include "test.h"
+
+enum { B = 2, T = 8 };
+
+static double loss_at(const loom_model *m, const float *params, loom_ws *ws, const int32_t *tok, const int32_t *tgt) {
+    float l;
+    loom_forward(m, params, ws, tok, tgt, B, T, &l);
+    return l;
+}
+
+static void fd_check(const char *label, loom_config *cfg, int ignore_some) {
+    loom_model *m;
+    CHECK_OK(loom_model_create(&m, cfg, 11));
+    if (!m) return;
+    /* larger-than-default weights so every path carries signal */
+    loom_rng r;
+    loom_rng_init(&r, 5, 0);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * (float)loom_rng_normal(&r);
+    loom_ws *ws;
+    CHECK_OK(loom_ws_create(&ws, m, B, T));
+    int32_t tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)cfg->vocab);
+        tgt[i] = (int32_t)loom_rng_below(&r, (uint32_t)cfg->vocab);
+        if (ignore_some && i % 3 == 0) tgt[i] = -1;
+    }
+    float *g = loom_calloc(m->n_params, sizeof(float));
+    float *p = loom_alloc(m->n_params * sizeof(float));
+    float *d = loom_alloc(m->n_params * sizeof(float));
+    float l0;
+    CHECK_OK(loom_forward(m, m->params, ws, tok, tgt, B, T, &l0));
+    CHECK_OK(loom_backward(m, m->params, ws, g, NULL));
+    double worst = 0;
+    const char *worst_name = "";
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const loom_tensor *t = &m->tensors[ti];
+        if (t->kind == LOOM_T_POS) continue; /* rows >= T have zero gradient; checked below */
+        memset(d, 0, m->n_params * sizeof(float));
+        double nrm = 0, dot = 0;
+        for (size_t j = 0; j < t->numel; j++) {
+            float v = (float)loom_rng_normal(&r);
+            d[t->offset + j] = v;
+            nrm += (double)v * v;
+        }
+        nrm = sqrt(nrm);
+        for (size_t j = 0; j < t->numel; j++) {
+            d[t->offset + j] /= (float)nrm;
+            dot += (double)d[t->offset + j] * g[t->offset + j];
+        }
+        const double eps = 1e-2;
+        for (size_t j = 0; j < m->n_params; j++) p[j] = m->params[j] + (float)eps * d[j];
+        double lp = loss_at(m, p, ws, tok, tgt);
+        for (size_t j = 0; j < m->n_params; j++) p[j] = m->params[j] - (float)eps * d[j];
+        double lm = loss_at(m, p, ws, tok, tgt);
+        double fd = (lp - lm) / (2 * eps);
+        double gn = 0;
+        for (size_t j = 0; j < t->numel; j++) gn += (double)g[t->offset + j] * g[t->offset + j];
+        gn = sqrt(gn);
+        /* error relative to the gradient's norm (the largest possible directional derivative) */
+        double err = fabs(fd - dot) / (gn + 1e-4);
+        if (err > worst) {
+            worst = err;
+            worst_name = t->name;
+        }
+        CHECK(err < 2e-2, "%s: %s: finite difference %.6g vs analytic %.6g (|g| %.3g)", label, t->name, fd, dot, gn);
+    }
+    printf("%s: worst relative finite-difference error %.2e (%s)\n", label, worst, worst_name);
+    if (cfg->arch == LOOM_ARCH_GPT2) {
+        const loom_tensor *t = &m->tensors[m->t_pos];
+        int zero = 1;
+        for (size_t j = (size_t)T * cfg->dim; j < t->numel; j++) zero &= g[t->offset + j] == 0.0f;
+        CHECK(zero, "%s: position rows >= T get no gradient", label);
+    }
+    loom_free(g);
+    loom_free(p);
+    loom_free(d);
+    loom_ws_free(ws);
+    loom_model_free(m);
+}
+
+static void ignore_label(void) {
+    /* A batch where half the targets are ignored has the mean loss of the counted positions only. */
+    loom_config cfg;
+    loom_config_named(&cfg, "gpt2-tiny");
+    loom_model *m;
+    CHECK_OK(loom_model_create(&m, &cfg, 3));
+    loom_ws *ws;
+    CHECK_OK(loom_ws_create(&ws, m, B, T));
+    int32_t tok[B * T], tgt[B * T], tgt2[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (i * 7) % cfg.vocab;
+        tgt[i] = (i * 13 + 1) % cfg.vocab;
+        tgt2[i] = i % 2 ? tgt[i] : -1;
+    }
+    float lall, lhalf;
+    CHECK_OK(loom_forward(m, m->params, ws, tok, tgt, B, T, &lall));
+    double s = 0;
+    const float *per = loom_ws_losses(ws);
+    for (int i = 1; i < B * T; i += 2) s += per[i];
+    CHECK_OK(loom_forward(m, m->params, ws, tok, tgt2, B, T, &lhalf));
+    CHECK_NEAR(lhalf, s / (B * T / 2), 1e-5);
+    /* all ignored: loss 0 and zero gradient */
+    for (int i = 0; i < B * T; i++) tgt2[i] = -100;
+    float lnone;
+    CHECK_OK(loom_forward(m, m->params, ws, tok, tgt2, B, T, &lnone));
+    CHECK(lnone == 0.0f, "all-ignored loss %g", lnone);
+    float *g = loom_calloc(m->n_params, sizeof(float));
+    CHECK_OK(loom_backward(m, m->params, ws, g, NULL));
+    int zero = 1;
+    for (size_t j = 0; j < m->n_params; j++) zero &= g[j] == 0.0f;
+    CHECK(zero, "all-ignored batch gives a zero gradient");
+    loom_free(g);
+    loom_ws_free(ws);
+    loom_model_free(m);
+}
+
+static void thread_independence(void) {
+    loom_config cfg;
+    loom_config_named(&cfg, "llama-tiny");
+    loom_model *m;
+    CHECK_OK(loom_model_create(&m, &cfg, 9));
+    loom_ws *ws;
+    CHECK_OK(loom_ws_create(&ws, m, 4, 16));
+    int32_t tok[64], tgt[64];
+    for (int i = 0; i < 64; i++) {
+        tok[i] = (i * 31 + 5) % cfg.vocab;
+        tgt[i] = (i * 17 + 2) % cfg.vocab;
+    }
+    float *g1 = loom_calloc(m->n_params, sizeof(float)), *g2 = loom_calloc(m->n_params, sizeof(float));
+    float l1, l2;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    loom_forward(m, m->params, ws, tok, tgt, 4, 16, &l1);
+    loom_backward(m, m->params, ws, g1, NULL);
+    omp_set_num_threads(saved > 1 ? saved : 2);
+    loom_forward(m, m->params, ws, tok, tgt, 4, 16, &l2);
+    loom_backward(m, m->params, ws, g2, NULL);
+    omp_set_num_threads(saved);
+    double md = 0, mg = 0;
+    for (size_t j = 0; j < m->n_params; j++) {
+        md = fmax(md, fabs(g1[j] - g2[j]));
+        mg = fmax(mg, fabs(g1[j]));
+    }
+    CHECK_NEAR(l1, l2, 1e-6);
+    CHECK(md <= 1e-6 * mg, "gradients with 1 and %d threads differ by %g (max %g)", saved, md, mg);
+    loom_free(g1);
+    loom_free(g2);
+    loom_ws_free(ws);
+    loom_model_free(m);
+}
+
+int main(void) {
+    loom_config cfg;
+    loom_config_named(&cfg, "gpt2-tiny");
+    cfg.vocab = 37;
+    cfg.max_seq = 16;
+    cfg.act = LOOM_ACT_GELU_TANH;
+    fd_check("gpt2 gelu_new", &cfg, 0);
+    cfg.act = LOOM_ACT_GELU_ERF;
+    fd_check("gpt2 gelu", &cfg, 1);
+    cfg.tied = 0;
+    fd_check("gpt2 untied", &cfg, 0);
+    loom_config_named(&cfg, "llama-tiny");
+    cfg.vocab = 41;
+    fd_check("llama gqa", &cfg, 1);
+    cfg.qkv_bias = 1;
+    cfg.tied = 1;
+    cfg.n_kv_head = 4;
+    fd_check("llama qkv-bias tied mha", &cfg, 0);
+    ignore_label();
+    thread_independence();
+    return test_summary();
+}
