@@ -1,0 +1,46 @@
+/* Training steps on one model (optim/ layer): forward, backward, clipping, optimizer, schedule.
+ * Used by `loom train`, by federated clients (client_fit) and by `loom bench train`. */
+#ifndef LOOM_TRAIN_H
+#define LOOM_TRAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loom/model.h"
+#include "loom/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    loom_opt_config opt;   /* optimizer and its base learning rate (opt.lr) */
+    float min_lr;          /* cosine floor */
+    long warmup;           /* linear warm-up steps */
+    long total_steps;      /* schedule length; 0 = constant learning rate */
+    float clip;            /* global gradient-norm bound; 0 = none */
+    int B, T;              /* batch shape the workspace is sized for */
+    int decay_2d_only;     /* weight decay on matrices only (biases, norms, ... excluded) */
+} loom_train_config;
+
+void loom_train_defaults(loom_train_config *c);
+
+typedef struct loom_trainer loom_trainer;
+
+/* params[m->n_params] is trained in place (it may be m->params, or a client's own copy). */
+int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, const loom_train_config *c);
+void loom_trainer_free(loom_trainer *t);
+/* One step on a batch tokens/targets [B*T]. loss and grad_norm (before clipping) may be NULL. */
+int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm);
+/* Loss of a batch without training. */
+int loom_trainer_eval(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss);
+float loom_trainer_lr(const loom_trainer *t); /* learning rate of the next step */
+long loom_trainer_steps(const loom_trainer *t);
+loom_optimizer *loom_trainer_optimizer(loom_trainer *t);
+loom_ws *loom_trainer_ws(loom_trainer *t);
+float *loom_trainer_grads(loom_trainer *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

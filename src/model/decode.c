@@ -1,0 +1,138 @@
+/* KV-cached single-sequence inference for generation: one token at a time, matrix-vector products. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/core.h"
+#include "loom/kernels.h"
+#include "loom/model.h"
+
+struct loom_kv {
+    int max_len, L, KV;
+    float *k, *v;           /* [L, max_len, KV] */
+    float *x, *xb, *qkv, *att, *y, *h, *mean, *rstd; /* scratch */
+};
+
+int loom_kv_create(loom_kv **out, const loom_model *m, int max_len) {
+    *out = NULL;
+    const loom_config *c = &m->cfg;
+    if (max_len < 1 || max_len > c->max_seq)
+        return loom_error(LOOM_EINVAL, "generation length %d outside 1..%d (the model's positions)", max_len, c->max_seq);
+    loom_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return loom_error(LOOM_ENOMEM, "out of memory");
+    int C = c->dim, KV = c->n_kv_head * (C / c->n_head);
+    kv->max_len = max_len;
+    kv->L = c->n_layer;
+    kv->KV = KV;
+    size_t cache = (size_t)c->n_layer * max_len * KV;
+    kv->k = loom_alloc(cache * sizeof(float));
+    kv->v = loom_alloc(cache * sizeof(float));
+    kv->x = loom_alloc((size_t)C * sizeof(float));
+    kv->xb = loom_alloc((size_t)C * sizeof(float));
+    kv->qkv = loom_alloc((size_t)(C + 2 * KV) * sizeof(float));
+    kv->att = loom_alloc((size_t)c->n_head * max_len * sizeof(float));
+    kv->y = loom_alloc((size_t)C * sizeof(float));
+    kv->h = loom_alloc((size_t)3 * c->hidden * sizeof(float));
+    kv->mean = loom_alloc(sizeof(float));
+    kv->rstd = loom_alloc(sizeof(float));
+    if (!kv->k || !kv->v || !kv->x || !kv->xb || !kv->qkv || !kv->att || !kv->y || !kv->h || !kv->mean || !kv->rstd) {
+        loom_kv_free(kv);
+        return loom_error(LOOM_ENOMEM, "out of memory for a KV cache of %d positions", max_len);
+    }
+    *out = kv;
+    return LOOM_OK;
+}
+
+void loom_kv_free(loom_kv *kv) {
+    if (!kv) return;
+    loom_free(kv->k); loom_free(kv->v); loom_free(kv->x); loom_free(kv->xb); loom_free(kv->qkv);
+    loom_free(kv->att); loom_free(kv->y); loom_free(kv->h); loom_free(kv->mean); loom_free(kv->rstd);
+    free(kv);
+}
+
+/* y[OC] = W x[C] (+ b) */
+static void matvec(float *y, const float *x, const float *w, int layout, const float *b, int C, int OC) {
+    if (layout == LOOM_W_LINEAR)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, w, C, x, 1, 0.0f, y, 1);
+    else
+        cblas_sgemv(CblasRowMajor, CblasTrans, C, OC, 1.0f, w, OC, x, 1, 0.0f, y, 1);
+    if (b)
+        for (int i = 0; i < OC; i++) y[i] += b[i];
+}
+
+#define P(idx) (params + m->tensors[idx].offset)
+#define PW(l, s) (m->layer_slot[l][s] >= 0 ? P(m->layer_slot[l][s]) : NULL)
+
+int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int32_t token, int pos, float *logits) {
+    const loom_config *c = &m->cfg;
+    const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
+    const int KV = kv->KV, group = NH / NKV, gpt2 = c->arch == LOOM_ARCH_GPT2;
+    const int lay = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    if (token < 0 || token >= V) return loom_error(LOOM_ERANGE, "token %d outside the vocabulary (%d)", token, V);
+    if (pos < 0 || pos >= kv->max_len) return loom_error(LOOM_ERANGE, "position %d outside the KV cache (%d)", pos, kv->max_len);
+    float *x = kv->x;
+    memcpy(x, P(m->t_embed) + (size_t)token * C, (size_t)C * sizeof *x);
+    if (gpt2)
+        for (int i = 0; i < C; i++) x[i] += P(m->t_pos)[(size_t)pos * C + i];
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int l = 0; l < c->n_layer; l++) {
+        if (gpt2)
+            loom_layernorm_forward(kv->xb, kv->mean, kv->rstd, x, PW(l, LOOM_L_NORM1_W), PW(l, LOOM_L_NORM1_B), 1, C, c->norm_eps);
+        else
+            loom_rmsnorm_forward(kv->xb, kv->rstd, x, PW(l, LOOM_L_NORM1_W), 1, C, c->norm_eps);
+        matvec(kv->qkv, kv->xb, PW(l, LOOM_L_QKV_W), lay, PW(l, LOOM_L_QKV_B), C, C + 2 * KV);
+        if (!gpt2) {
+            loom_rope(kv->qkv, C + 2 * KV, 1, 1, NH, HS, c->rope_theta, pos, 0);
+            loom_rope(kv->qkv + C, C + 2 * KV, 1, 1, NKV, HS, c->rope_theta, pos, 0);
+        }
+        float *kc = kv->k + ((size_t)l * kv->max_len) * KV, *vc = kv->v + ((size_t)l * kv->max_len) * KV;
+        memcpy(kc + (size_t)pos * KV, kv->qkv + C, (size_t)KV * sizeof(float));
+        memcpy(vc + (size_t)pos * KV, kv->qkv + C + KV, (size_t)KV * sizeof(float));
+        for (int h = 0; h < NH; h++) {
+            const float *q = kv->qkv + h * HS;
+            float *a = kv->att + (size_t)h * kv->max_len;
+            int kh = h / group;
+            float mx = -INFINITY;
+            for (int t = 0; t <= pos; t++) {
+                const float *k = kc + (size_t)t * KV + kh * HS;
+                float s = 0;
+                for (int i = 0; i < HS; i++) s += q[i] * k[i];
+                a[t] = s * scale;
+                mx = a[t] > mx ? a[t] : mx;
+            }
+            float sum = 0;
+            for (int t = 0; t <= pos; t++) {
+                a[t] = expf(a[t] - mx);
+                sum += a[t];
+            }
+            float *y = kv->y + h * HS;
+            memset(y, 0, (size_t)HS * sizeof *y);
+            for (int t = 0; t <= pos; t++) {
+                const float *v = vc + (size_t)t * KV + kh * HS;
+                float p = a[t] / sum;
+                for (int i = 0; i < HS; i++) y[i] += p * v[i];
+            }
+        }
+        matvec(kv->xb, kv->y, PW(l, LOOM_L_O_W), lay, PW(l, LOOM_L_O_B), C, C);
+        for (int i = 0; i < C; i++) x[i] += kv->xb[i];
+        if (gpt2) {
+            loom_layernorm_forward(kv->xb, kv->mean, kv->rstd, x, PW(l, LOOM_L_NORM2_W), PW(l, LOOM_L_NORM2_B), 1, C, c->norm_eps);
+            matvec(kv->h, kv->xb, PW(l, LOOM_L_UP_W), lay, PW(l, LOOM_L_UP_B), C, H);
+            loom_gelu_forward(kv->h + H, kv->h, (size_t)H, c->act == LOOM_ACT_GELU_ERF);
+        } else {
+            loom_rmsnorm_forward(kv->xb, kv->rstd, x, PW(l, LOOM_L_NORM2_W), 1, C, c->norm_eps);
+            matvec(kv->h, kv->xb, PW(l, LOOM_L_GATE_W), lay, NULL, C, 2 * H);
+            loom_swiglu_forward(kv->h + 2 * H, kv->h, 1, H);
+            memmove(kv->h + H, kv->h + 2 * H, (size_t)H * sizeof(float));
+        }
+        matvec(kv->xb, kv->h + H, PW(l, LOOM_L_DOWN_W), lay, PW(l, LOOM_L_DOWN_B), H, C);
+        for (int i = 0; i < C; i++) x[i] += kv->xb[i];
+    }
+    if (gpt2)
+        loom_layernorm_forward(kv->xb, kv->mean, kv->rstd, x, P(m->t_normf_w), P(m->t_normf_b), 1, C, c->norm_eps);
+    else
+        loom_rmsnorm_forward(kv->xb, kv->rstd, x, P(m->t_normf_w), 1, C, c->norm_eps);
+    matvec(logits, kv->xb, P(m->t_head), LOOM_W_LINEAR, NULL, C, V);
+    return LOOM_OK;
+}

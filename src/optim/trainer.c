@@ -1,0 +1,102 @@
+#include "loom/train.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/core.h"
+
+struct loom_trainer {
+    const loom_model *m;
+    float *params, *grads;
+    loom_train_config cfg;
+    loom_optimizer *opt;
+    loom_ws *ws;
+};
+
+void loom_train_defaults(loom_train_config *c) {
+    memset(c, 0, sizeof *c);
+    loom_opt_defaults(&c->opt, LOOM_OPT_ADAMW);
+    c->opt.lr = 3e-4f;
+    c->opt.weight_decay = 0.1f;
+    c->opt.beta2 = 0.95f;
+    c->min_lr = 0.0f;
+    c->warmup = 0;
+    c->total_steps = 0;
+    c->clip = 1.0f;
+    c->B = 4;
+    c->T = 64;
+    c->decay_2d_only = 1;
+}
+
+int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, const loom_train_config *c) {
+    *out = NULL;
+    if (c->clip < 0) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
+    if (c->warmup < 0 || c->total_steps < 0) return loom_error(LOOM_EINVAL, "warm-up and step counts must be >= 0");
+    loom_trainer *t = calloc(1, sizeof *t);
+    if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
+    t->m = m;
+    t->params = params;
+    t->cfg = *c;
+    int rc = LOOM_OK;
+    t->grads = loom_calloc(m->n_params, sizeof(float));
+    if (!t->grads) rc = LOOM_ENOMEM;
+    if (rc == LOOM_OK) rc = loom_optimizer_create(&t->opt, &c->opt, m->n_params);
+    if (rc == LOOM_OK && c->decay_2d_only && c->opt.weight_decay > 0) {
+        size_t *b = malloc((size_t)m->n_tensors * sizeof *b), *e = malloc((size_t)m->n_tensors * sizeof *e);
+        int k = 0;
+        if (!b || !e) rc = loom_error(LOOM_ENOMEM, "out of memory");
+        for (int i = 0; rc == LOOM_OK && i < m->n_tensors; i++)
+            if (m->tensors[i].ndim >= 2) {
+                b[k] = m->tensors[i].offset;
+                e[k] = m->tensors[i].offset + m->tensors[i].numel;
+                k++;
+            }
+        if (rc == LOOM_OK) rc = loom_optimizer_decay_ranges(t->opt, b, e, k);
+        free(b);
+        free(e);
+    }
+    if (rc == LOOM_OK) rc = loom_ws_create(&t->ws, m, c->B, c->T);
+    if (rc != LOOM_OK) {
+        loom_trainer_free(t);
+        return rc;
+    }
+    *out = t;
+    return LOOM_OK;
+}
+
+void loom_trainer_free(loom_trainer *t) {
+    if (!t) return;
+    loom_free(t->grads);
+    loom_optimizer_free(t->opt);
+    loom_ws_free(t->ws);
+    free(t);
+}
+
+float loom_trainer_lr(const loom_trainer *t) {
+    long s = loom_optimizer_steps(t->opt);
+    if (t->cfg.total_steps <= 0 && t->cfg.warmup <= 0) return t->cfg.opt.lr;
+    return loom_lr_cosine(t->cfg.opt.lr, t->cfg.min_lr, s, t->cfg.warmup, t->cfg.total_steps > 0 ? t->cfg.total_steps : s + 1);
+}
+
+int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm) {
+    float l;
+    int rc = loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, &l);
+    if (rc != LOOM_OK) return rc;
+    memset(t->grads, 0, t->m->n_params * sizeof(float));
+    if ((rc = loom_backward(t->m, t->params, t->ws, t->grads, NULL)) != LOOM_OK) return rc;
+    double gn = loom_clip_grad_norm(t->grads, t->m->n_params, t->cfg.clip);
+    float lr = loom_trainer_lr(t);
+    loom_optimizer_step(t->opt, t->params, t->grads, lr);
+    if (loss) *loss = l;
+    if (grad_norm) *grad_norm = gn;
+    return LOOM_OK;
+}
+
+int loom_trainer_eval(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss) {
+    return loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, loss);
+}
+
+long loom_trainer_steps(const loom_trainer *t) { return loom_optimizer_steps(t->opt); }
+loom_optimizer *loom_trainer_optimizer(loom_trainer *t) { return t->opt; }
+loom_ws *loom_trainer_ws(loom_trainer *t) { return t->ws; }
+float *loom_trainer_grads(loom_trainer *t) { return t->grads; }
