@@ -6,5 +6,9 @@
 
 /* One entry point per command; argv[0] is the command name. Returns the process exit code. */
 int cmd_version(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

@@ -137,7 +137,7 @@ static int load_llama2c(loom_model **out, const char *path) {
     const float *w2 = SRC((size_t)L * dim * hidden);
     const float *w3 = SRC((size_t)L * hidden * dim);
     const float *rms_f = SRC((size_t)dim);
-    SRC((size_t)maxT * HS); /* freq_cis_real, freq_cis_imag: recomputed */
+    (void)SRC((size_t)maxT * HS); /* freq_cis_real, freq_cis_imag: recomputed */
     const float *wcls = shared ? NULL : SRC((size_t)V * dim);
 #undef SRC
     float *P = m->params;

@@ -1,0 +1,49 @@
+/* loom generate: KV-cached sampling from a model. */
+#include <stdio.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "loom/core.h"
+
+int cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *tokp = NULL, *prompt = "";
+    int steps = 256, top_k = 0, threads = 0;
+    float temperature = 1.0f, top_p = 1.0f;
+    long seed = 42;
+    cli_opt opts[] = {
+        {"model", OPT_STR, &model, "model directory, llama2.c .bin, or a shape for a random model"},
+        {"tokenizer", OPT_STR, &tokp, "tokenizer (tokenizer.json, model dir, encoder.json, llama2.c tokenizer.bin)"},
+        {"prompt", OPT_STR, &prompt, "text to continue (BOS is prepended)"},
+        {"steps", OPT_INT, &steps, "total positions, prompt included (as llama2.c's -n)"},
+        {"temperature", OPT_FLOAT, &temperature, "0 = greedy"},
+        {"top-k", OPT_INT, &top_k, "sample among the k most likely tokens (0 = off)"},
+        {"top-p", OPT_FLOAT, &top_p, "nucleus sampling mass (1 = off)"},
+        {"seed", OPT_LONG, &seed, "random seed"},
+        {"threads", OPT_INT, &threads, "threads (0 = all cores)"},
+    };
+    int pr = cli_parse(argc, argv, "loom generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]",
+                       "Generates text with a KV cache, one token at a time, starting from BOS and the prompt,\n"
+                       "stopping at BOS/EOS or after --steps positions. Text goes to stdout, speed to stderr.",
+                       opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
+    if (temperature < 0 || top_p <= 0 || top_p > 1 || top_k < 0 || steps < 1) {
+        fprintf(stderr, "loom generate: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --steps >= 1\n");
+        return 2;
+    }
+    if (threads > 0) loom_set_threads(threads);
+    loom_model *m;
+    int created;
+    if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("loading the model");
+    loom_tokenizer *tok;
+    if (cli_tokenizer(&tok, tokp, model, m) != LOOM_OK) {
+        loom_model_free(m);
+        return cli_fail("loading the tokenizer");
+    }
+    double secs;
+    int n = cli_generate(m, m->params, tok, prompt, steps, temperature, top_k, top_p, (unsigned long long)seed, &secs);
+    if (n >= 0) fprintf(stderr, "generated %d tokens, %.1f tokens/s\n", n, secs > 0 ? n / secs : 0.0);
+    loom_tokenizer_free(tok);
+    loom_model_free(m);
+    return n < 0 ? cli_fail("generating") : 0;
+}
