@@ -54,6 +54,17 @@ static void test_fedavg(void) {
           loom_strategy_num_added(s), loom_strategy_total_weight(s));
     CHECK_OK(loom_strategy_end_round(s, g));
     CHECK(g[0] == 0.0f && g[1] == 2.0f && g[2] == 3.0f, "eq. (2) = [%g %g %g], want [0 2 3]", g[0], g[1], g[2]);
+
+    /* The one-call form gives the first round's result again. */
+    float h[3] = {1, 2, 3};
+    const float *ups[2] = {d1, d2};
+    const double ws[2] = {1, 3};
+    CHECK_OK(loom_strategy_aggregate(s, h, ups, ws, NULL, 2));
+    CHECK(memcmp(h, x, sizeof h) == 0, "aggregate = [%g %g %g]", h[0], h[1], h[2]);
+    const double wbad[2] = {1, -3};
+    CHECK(loom_strategy_aggregate(s, h, ups, wbad, NULL, 2) == LOOM_EINVAL, "bad weight in aggregate");
+    CHECK(memcmp(h, x, sizeof h) == 0, "failed aggregate leaves the global vector");
+    CHECK_OK(loom_strategy_aggregate(s, h, ups, ws, NULL, 2));
     loom_strategy_free(s);
 
     /* server_lr 0.5 halves the step: [1,2,3] + 0.5 [1, 1, -0.25] = [1.5, 2.5, 2.875]. */
@@ -511,10 +522,8 @@ static void test_state_resume(void) {
         loom_strategy *cobj = make(name, &p, D);
         CHECK(loom_strategy_state_count(cobj) == ns, "%s: state count after re-create", name);
         for (size_t i = 0; i < ns && i < 4; i++) {
-            float *data;
-            size_t len;
-            CHECK_OK(loom_strategy_state_find(cobj, names[i], &data, &len));
-            memcpy(data, saved[i], sizeof saved[i]);
+            CHECK(loom_strategy_state_load(cobj, names[i], saved[i], D - 1) == LOOM_EFORMAT, "short state refused");
+            CHECK_OK(loom_strategy_state_load(cobj, names[i], saved[i], D));
         }
         float xc[D];
         memcpy(xc, xb, sizeof xc);
@@ -551,6 +560,18 @@ static void test_state_resume(void) {
     float *data;
     loom_strategy *s = make("fedavg", NULL, 3);
     CHECK(loom_strategy_state_find(s, "server_m", &data, NULL) == LOOM_ENOTFOUND, "fedavg has no state");
+    loom_strategy_free(s);
+
+    /* Loading is refused for a corrupt vector and inside a round, and then changes nothing. */
+    s = make("fedadam", NULL, 3);
+    float *m, x[3] = {0, 0, 0};
+    const float bad[3] = {1, NAN, 2}, good[3] = {1, 2, 3};
+    CHECK_OK(loom_strategy_state_find(s, "server_m", &m, NULL));
+    CHECK(loom_strategy_state_load(s, "server_m", bad, 3) == LOOM_EFORMAT, "NaN state refused");
+    CHECK(m[0] == 0 && m[2] == 0, "refused load left the state");
+    CHECK(loom_strategy_state_load(s, "momentum", good, 3) == LOOM_ENOTFOUND, "unknown state name");
+    CHECK_OK(loom_strategy_begin_round(s, x));
+    CHECK(loom_strategy_state_load(s, "server_m", good, 3) == LOOM_ESTATE, "load inside a round");
     loom_strategy_free(s);
 }
 

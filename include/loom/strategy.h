@@ -24,7 +24,8 @@
  *
  * Reproducibility: accumulation is in double, element by element, in the order add() is called; the
  * caller fixes that order (e.g. by client id), and then the result is bitwise reproducible, whatever the
- * number of threads the element loops use.
+ * number of threads the element loops use. Calls on one strategy object must not overlap (the object
+ * is not locked); large vectors are processed with OpenMP inside each call.
  *
  * What add() expects (loom_strategy_update_kind):
  *   LOOM_UPDATE_DELTA     u_n = y_n - x: the client's model after local training minus the global model
@@ -66,9 +67,10 @@
  *               (also what the server sends to clients each round). Client side: loom_scaffold_*.
  *
  * Checkpoint/resume: state that persists across rounds is a set of named float vectors, each of length
- * dim (loom_strategy_state). Write them (e.g. into a safetensors checkpoint) between rounds, and to resume
- * create a strategy with the same name and parameters and copy them back into the same pointers; the
- * following rounds are then bitwise identical to an uninterrupted run.
+ * dim (loom_strategy_state). Write them (e.g. into a safetensors checkpoint, one F32 tensor each, under
+ * their names) between rounds; to resume, create a strategy with the same name and parameters and load
+ * each one back (loom_strategy_state_load). The following rounds are then bitwise identical to an
+ * uninterrupted run. The hyper-parameters are not part of the state: the caller stores its config.
  */
 #ifndef LOOM_STRATEGY_H
 #define LOOM_STRATEGY_H
@@ -131,6 +133,10 @@ int loom_strategy_add(loom_strategy *s, const float *update, double weight, cons
  * double against the global vector given to begin_round (eq. (2) verbatim). fedsgd: LOOM_EINVAL. */
 int loom_strategy_add_model(loom_strategy *s, const float *client_model, double weight,
                             const float *control_delta);
+/* One whole round from updates already in memory: begin_round, add(updates[i], weights[i],
+ * control_deltas ? control_deltas[i] : NULL) for i = 0..n-1 in that order, end_round. */
+int loom_strategy_aggregate(loom_strategy *s, float *global, const float *const *updates, const double *weights,
+                            const float *const *control_deltas, size_t n);
 /* Number of updates and total weight added in the open round (0 outside a round). */
 size_t loom_strategy_num_added(const loom_strategy *s);
 double loom_strategy_total_weight(const loom_strategy *s);
@@ -145,6 +151,10 @@ size_t loom_strategy_state_count(const loom_strategy *s);
 int loom_strategy_state(loom_strategy *s, size_t i, const char **name, float **data, size_t *len);
 /* By name; LOOM_ENOTFOUND if this strategy has no such state. */
 int loom_strategy_state_find(loom_strategy *s, const char *name, float **data, size_t *len);
+/* Restores state `name` from len floats read back from a checkpoint: LOOM_ENOTFOUND for an unknown
+ * name, LOOM_EFORMAT for a length other than dim or a non-finite value (nothing is changed then),
+ * LOOM_ESTATE inside a round. */
+int loom_strategy_state_load(loom_strategy *s, const char *name, const float *data, size_t len);
 
 /* ---- update helpers and validation ---- */
 

@@ -215,6 +215,24 @@ int loom_strategy_add_model(loom_strategy *s, const float *client_model, double 
 size_t loom_strategy_num_added(const loom_strategy *s) { return s->in_round ? s->n_added : 0; }
 double loom_strategy_total_weight(const loom_strategy *s) { return s->in_round ? s->wsum : 0.0; }
 
+int loom_strategy_aggregate(loom_strategy *s, float *global, const float *const *updates, const double *weights,
+                            const float *const *control_deltas, size_t n) {
+    if (n > 0 && (!updates || !weights))
+        return loom_error(LOOM_EINVAL, "strategy %s: aggregate of %zu updates without updates or weights", s->ops->name,
+                          n);
+    int rc = loom_strategy_begin_round(s, global);
+    if (rc != LOOM_OK) return rc;
+    for (size_t i = 0; i < n; i++) {
+        rc = loom_strategy_add(s, updates[i], weights[i], control_deltas ? control_deltas[i] : NULL);
+        if (rc != LOOM_OK) {
+            s->in_round = 0;
+            s->round_global = NULL;
+            return loom_error_context(rc, "update %zu", i);
+        }
+    }
+    return loom_strategy_end_round(s, global);
+}
+
 int loom_strategy_end_round(loom_strategy *s, float *global) {
     if (!s->in_round) return loom_error(LOOM_ESTATE, "strategy %s: end_round without begin_round", s->ops->name);
     s->in_round = 0;
@@ -243,4 +261,20 @@ int loom_strategy_state_find(loom_strategy *s, const char *name, float **data, s
     for (size_t i = 0; i < s->n_state; i++)
         if (name && strcmp(s->state[i].name, name) == 0) return loom_strategy_state(s, i, NULL, data, len);
     return loom_error(LOOM_ENOTFOUND, "strategy %s has no state \"%s\"", s->ops->name, name ? name : "(null)");
+}
+
+int loom_strategy_state_load(loom_strategy *s, const char *name, const float *data, size_t len) {
+    float *dst;
+    size_t dim;
+    int rc = loom_strategy_state_find(s, name, &dst, &dim);
+    if (rc != LOOM_OK) return rc;
+    if (s->in_round) return loom_error(LOOM_ESTATE, "strategy %s: state %s loaded inside a round", s->ops->name, name);
+    if (!data || len != dim)
+        return loom_error(LOOM_EFORMAT, "strategy %s: state %s has %zu values, expected %zu", s->ops->name, name,
+                          data ? len : 0, dim);
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(data[i]))
+            return loom_error(LOOM_EFORMAT, "strategy %s: state %s value %zu is not finite", s->ops->name, name, i);
+    memcpy(dst, data, len * sizeof *dst);
+    return LOOM_OK;
 }
