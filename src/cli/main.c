@@ -13,6 +13,7 @@ static const struct {
     {"train", cmd_train, "train one model on a text file (from scratch or fine-tuning)"},
     {"eval", cmd_eval, "loss and perplexity of a model on a text file"},
     {"generate", cmd_generate, "sample text from a model (greedy, temperature, top-k, top-p)"},
+    {"bench", cmd_bench, "benchmarks: train, generate, tokenize"},
     {"verify", cmd_verify, "check numerics against a reference file (logits, loss, gradients, AdamW)"},
     {"version", cmd_version, "print the version"},
 };

@@ -1,0 +1,228 @@
+/* loom bench: training and generation throughput, measured against this machine's sgemm at the
+ * model's own matmul shapes. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "loom/core.h"
+#include "loom/kernels.h"
+#include "loom/train.h"
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* GFLOP/s of cblas_sgemm for C[M,N] = A[M,K] B[K,N] with the given transposes (median of reps). */
+static double sgemm_rate(int M, int N, int K, int ta, int tb, int reps) {
+    float *a = loom_alloc((size_t)M * K * 4), *b = loom_alloc((size_t)K * N * 4), *c = loom_alloc((size_t)M * N * 4);
+    if (!a || !b || !c) {
+        loom_free(a); loom_free(b); loom_free(c);
+        return 0;
+    }
+    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)((i * 7) % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)K * N; i++) b[i] = (float)((i * 5) % 11) * 0.01f;
+    double t[16];
+    if (reps > 16) reps = 16;
+    for (int r = 0; r <= reps; r++) {
+        double t0 = loom_now();
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, a,
+                    ta ? M : K, b, tb ? K : N, 0.0f, c, N);
+        if (r > 0) t[r - 1] = loom_now() - t0; /* first call warms up */
+    }
+    loom_free(a); loom_free(b); loom_free(c);
+    return 2.0 * M * N * K / median(t, reps) / 1e9;
+}
+
+typedef struct {
+    const char *what;
+    int M, N, K, ta, tb;
+    double count; /* how many times per training step */
+} mm_shape;
+
+/* The matmuls of one training step (forward, input gradient, weight gradient) of each linear layer. */
+static int step_shapes(const loom_model *m, int B, int T, mm_shape *s) {
+    const loom_config *c = &m->cfg;
+    int N = B * T, C = c->dim, H = c->hidden, V = c->vocab, KV = c->n_kv_head * (C / c->n_head), L = c->n_layer;
+    int conv = c->arch == LOOM_ARCH_GPT2;
+    int qkv = C + 2 * KV, up = conv ? H : 2 * H;
+    struct { const char *n; int in, out; double cnt; } lin[] = {
+        {"qkv", C, qkv, L}, {"attn out", C, C, L}, {"mlp up", C, up, L}, {"mlp down", H, C, L}, {"lm head", C, V, 1}};
+    int k = 0;
+    for (int i = 0; i < 5; i++) {
+        int in = lin[i].in, out = lin[i].out;
+        int w_conv = conv && i < 4;
+        s[k++] = (mm_shape){lin[i].n, N, out, in, 0, !w_conv, lin[i].cnt};          /* forward */
+        s[k++] = (mm_shape){lin[i].n, N, in, out, 0, w_conv, lin[i].cnt};            /* d input */
+        s[k++] = w_conv ? (mm_shape){lin[i].n, in, out, N, 1, 0, lin[i].cnt}         /* d weight */
+                        : (mm_shape){lin[i].n, out, in, N, 1, 0, lin[i].cnt};
+    }
+    return k;
+}
+
+static int bench_train(int argc, char **argv) {
+    const char *config = "gpt2-124m", *optname = "adamw";
+    int B = 4, T = 256, steps = 5, warm = 2, threads = 2, peak_reps = 5;
+    long seed = 1;
+    cli_opt opts[] = {
+        {"model", OPT_STR, &config, "shape (gpt2-124m, gpt2-tiny, llama-110m, llama-tiny, tiny), config.json or model dir"},
+        {"batch", OPT_INT, &B, "batch size B"},
+        {"seq", OPT_INT, &T, "sequence length T"},
+        {"steps", OPT_INT, &steps, "timed steps (median reported)"},
+        {"warmup", OPT_INT, &warm, "untimed steps first"},
+        {"threads", OPT_INT, &threads, "threads for loom and BLAS"},
+        {"optimizer", OPT_STR, &optname, "adamw or sgd"},
+        {"peak-reps", OPT_INT, &peak_reps, "repetitions per sgemm shape when measuring the peak"},
+        {"seed", OPT_LONG, &seed, "seed"},
+    };
+    int pr = cli_parse(argc, argv, "loom bench train [--model gpt2-124m] [--batch 4] [--seq 256] [options]",
+                       "Times full training steps (forward with full logits, mean cross-entropy, backward, AdamW\n"
+                       "lr 6e-4 betas 0.9/0.95 weight decay 0.1 on matrices, as ../shared/bench/torch_baseline.py)\n"
+                       "and reports tokens/s, achieved GFLOP/s (6 x matmul parameters x tokens + attention), the\n"
+                       "sgemm rate this machine reaches at the step's own matmul shapes, the step's share of it,\n"
+                       "and peak RSS.",
+                       opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
+    if (threads > 0) loom_set_threads(threads);
+    loom_model *m;
+    int created;
+    if (cli_load_or_create(&m, config, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
+    loom_train_config tc;
+    loom_train_defaults(&tc);
+    if (loom_opt_kind_parse(optname, &tc.opt.kind) != LOOM_OK) return cli_fail("--optimizer");
+    tc.opt.lr = 6e-4f;
+    tc.opt.beta1 = 0.9f;
+    tc.opt.beta2 = 0.95f;
+    tc.opt.weight_decay = 0.1f;
+    tc.clip = 0; /* the baseline does not clip */
+    tc.B = B;
+    tc.T = T;
+    loom_trainer *tr;
+    if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) return cli_fail("trainer");
+    int N = B * T;
+    int32_t *tok = malloc((size_t)N * 4), *tgt = malloc((size_t)N * 4);
+    loom_rng r;
+    loom_rng_init(&r, (uint64_t)seed, 77);
+    for (int i = 0; i < N; i++) {
+        tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)m->cfg.vocab);
+        tgt[i] = (int32_t)loom_rng_below(&r, (uint32_t)m->cfg.vocab);
+    }
+    printf("loom bench train: %s, %zu parameters, B=%d T=%d, %d threads, %s\n", config, m->n_params, B, T, loom_threads(),
+           optname);
+    double *times = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *times);
+    float first = 0, last = 0;
+    for (int s = 0; s < warm + steps; s++) {
+        double t0 = loom_now();
+        float loss;
+        if (loom_trainer_step(tr, tok, tgt, &loss, NULL) != LOOM_OK) return cli_fail("step");
+        double dt = loom_now() - t0;
+        if (s == 0) first = loss;
+        last = loss;
+        if (s >= warm) times[s - warm] = dt;
+        fprintf(stderr, "  step %d: %.1f ms, loss %.4f%s\n", s + 1, dt * 1e3, loss, s < warm ? " (warm-up)" : "");
+    }
+    double med = median(times, steps), mn = times[0], mx = times[steps - 1];
+    double flops_tok = 6.0 * loom_model_flops_per_token(m, T, 0) + 12.0 * m->cfg.n_layer * (double)T * m->cfg.dim;
+    double achieved = flops_tok * N / med / 1e9;
+    /* sgemm at the step's shapes */
+    mm_shape sh[16];
+    int ns = step_shapes(m, B, T, sh);
+    double best = 0, fl_total = 0, t_total = 0;
+    printf("  sgemm at this step's shapes (%d threads):\n", loom_threads());
+    for (int i = 0; i < ns; i++) {
+        double g = sgemm_rate(sh[i].M, sh[i].N, sh[i].K, sh[i].ta, sh[i].tb, peak_reps);
+        double fl = 2.0 * sh[i].M * sh[i].N * sh[i].K * sh[i].count;
+        fl_total += fl;
+        t_total += fl / (g * 1e9);
+        if (g > best) best = g;
+        printf("    %-9s %-6s M=%-6d N=%-6d K=%-6d %7.1f GFLOP/s\n", sh[i].what, i % 3 == 0 ? "fwd" : i % 3 == 1 ? "dinp" : "dw",
+               sh[i].M, sh[i].N, sh[i].K, g);
+    }
+    double weighted = fl_total / t_total / 1e9;
+    printf("  step: median %.1f ms (min %.1f, max %.1f), %.1f tokens/s, loss %.3f -> %.3f\n", med * 1e3, mn * 1e3,
+           mx * 1e3, N / med, first, last);
+    printf("  achieved %.1f GFLOP/s (%.3g GFLOP per step); sgemm peak at these shapes %.1f GFLOP/s "
+           "(FLOP-weighted mean %.1f)\n", achieved, flops_tok * N / 1e9, best, weighted);
+    printf("  share of peak: %.1f%% (of the weighted mean: %.1f%%)\n", 100 * achieved / best, 100 * achieved / weighted);
+    printf("  peak RSS %.0f MiB (parameters %.0f MiB, activations %.0f MiB)\n", loom_peak_rss() / 1048576.0,
+           m->n_params * 4.0 / 1048576.0, loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
+    printf("RESULT tokens_per_s=%.2f step_ms=%.2f gflops=%.2f peak_gflops=%.2f share=%.3f peak_rss_mib=%.0f\n", N / med,
+           med * 1e3, achieved, best, achieved / best, loom_peak_rss() / 1048576.0);
+    free(times);
+    free(tok);
+    free(tgt);
+    loom_trainer_free(tr);
+    loom_model_free(m);
+    return 0;
+}
+
+static int bench_generate(int argc, char **argv) {
+    const char *model = "llama-110m";
+    int steps = 128, threads = 1, reps = 3;
+    long seed = 1;
+    cli_opt opts[] = {
+        {"model", OPT_STR, &model, "model path or shape (llama-110m, gpt2-124m, ...)"},
+        {"steps", OPT_INT, &steps, "tokens generated per run"},
+        {"reps", OPT_INT, &reps, "runs (median reported)"},
+        {"threads", OPT_INT, &threads, "threads"},
+        {"seed", OPT_LONG, &seed, "seed for a random model"},
+    };
+    int pr = cli_parse(argc, argv, "loom bench generate [--model llama-110m] [--steps 128]",
+                       "Greedy KV-cached generation speed in tokens/s (median over --reps runs).", opts,
+                       (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
+    if (threads > 0) loom_set_threads(threads);
+    loom_model *m;
+    int created;
+    if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
+    if (steps > m->cfg.max_seq) steps = m->cfg.max_seq;
+    loom_kv *kv;
+    if (loom_kv_create(&kv, m, steps) != LOOM_OK) return cli_fail("kv cache");
+    float *logits = malloc((size_t)m->cfg.vocab * 4);
+    double t[16];
+    if (reps > 16) reps = 16;
+    for (int r = 0; r < reps; r++) {
+        int32_t tok = m->cfg.bos_id >= 0 ? m->cfg.bos_id : 0;
+        double t0 = loom_now();
+        for (int p = 0; p < steps; p++) {
+            loom_decode_step(m, m->params, kv, tok, p, logits);
+            int best = 0;
+            for (int i = 1; i < m->cfg.vocab; i++)
+                if (logits[i] > logits[best]) best = i;
+            tok = best;
+        }
+        t[r] = loom_now() - t0;
+    }
+    double med = median(t, reps);
+    printf("loom bench generate: %s (%zu parameters), %d tokens, %d threads: %.1f tokens/s (median of %d)\n", model,
+           m->n_params, steps, loom_threads(), steps / med, reps);
+    printf("RESULT gen_tokens_per_s=%.2f\n", steps / med);
+    free(logits);
+    loom_kv_free(kv);
+    loom_model_free(m);
+    return 0;
+}
+
+int cmd_bench(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        printf("usage: loom bench <train|generate|tokenize> [options]   (loom bench <what> --help)\n\n"
+               "  train     training-step throughput and share of the sgemm peak\n"
+               "  generate  KV-cached generation tokens/s\n"
+               "  tokenize  tokenizer encoding throughput in MB/s\n");
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "generate")) return bench_generate(argc - 1, argv + 1);
+    fprintf(stderr, "loom bench: unknown benchmark '%s' (train, generate, tokenize)\n", argv[1]);
+    return 2;
+}
