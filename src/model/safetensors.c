@@ -175,9 +175,14 @@ static int parse_tensor(loom_st_file *f, const char *key, json_t *v, const uint8
     if (end > data_len)
         return loom_error(LOOM_EFORMAT, "%s: tensor '%s': data_offsets end %llu is past the end of the data (%zu bytes)",
                           p, key, (unsigned long long)end, data_len);
-    if (end - begin != nbytes)
-        return loom_error(LOOM_EFORMAT, "%s: tensor '%s': data_offsets span %llu bytes but %s shape needs %zu", p, key,
-                          (unsigned long long)(end - begin), dtypes[t->dtype].name, nbytes);
+    if (end - begin != nbytes) {
+        char sh[LOOM_ST_MAX_DIMS * 21 + 3] = "[";
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(sh + strlen(sh), sizeof sh - strlen(sh), "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        strcat(sh, "]");
+        return loom_error(LOOM_EFORMAT, "%s: tensor '%s': data_offsets span %llu bytes but %s %s needs %zu", p, key,
+                          (unsigned long long)(end - begin), dtypes[t->dtype].name, sh, nbytes);
+    }
     t->numel = numel;
     t->nbytes = nbytes;
     t->data = data + begin;
