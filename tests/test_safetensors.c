@@ -700,6 +700,17 @@ static void test_sets(void) {
     CHECK_OK(loom_st_set_open(&s, p));
     CHECK(loom_st_set_count(s) == 4, "set from the index path");
     loom_st_set_close(s);
+    /* an index named without any directory part */
+    char cwd[1024];
+    if (getcwd(cwd, sizeof cwd) && chdir(dir) == 0) {
+        CHECK_OK(loom_st_set_open(&s, "model.safetensors.index.json"));
+        CHECK(loom_st_set_count(s) == 4, "set from a bare index name");
+        loom_st_set_close(s);
+        CHECK_OK(loom_st_set_open(&s, "."));
+        CHECK(loom_st_set_count(s) == 4, "set from \".\"");
+        loom_st_set_close(s);
+        CHECK(chdir(cwd) == 0, "back to %s", cwd);
+    }
 
     /* broken indexes */
     static const struct {
