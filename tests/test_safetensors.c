@@ -366,6 +366,397 @@ static void test_writer_errors(void) {
     loom_st_set_close(NULL);
 }
 
+/* ---------------------------------------------------------------- malformed input */
+
+/* Builds "u64 length | header | data_len zero bytes"; hlen < 0 means the header's own length. */
+static uint8_t *craft(const char *header, long long hlen, size_t data_len, size_t *len) {
+    size_t h = strlen(header);
+    *len = 8 + h + data_len;
+    uint8_t *b = calloc(1, *len);
+    uint64_t n = hlen < 0 ? h : (uint64_t)hlen;
+    for (int i = 0; i < 8; i++) b[i] = (uint8_t)(n >> (8 * i));
+    memcpy(b + 8, header, h);
+    return b;
+}
+
+static void test_malformed(void) {
+    static const struct {
+        const char *header;
+        size_t data_len;
+        int rc;
+        const char *tensor; /* the message must name it */
+        const char *why;    /* and contain this */
+    } cases[] = {
+        {"not json", 0, LOOM_EFORMAT, NULL, "JSON"},
+        {"{\"a\":", 0, LOOM_EFORMAT, NULL, "JSON"},
+        {"[1,2]", 0, LOOM_EFORMAT, NULL, "object"},
+        {"{\"a\":1}", 0, LOOM_EFORMAT, "'a'", "object"},
+        {"{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "dtype"},
+        {"{\"a\":{\"dtype\":\"F32\",\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, LOOM_EFORMAT, "'a'", "data_offsets"},
+        {"{\"a\":{\"dtype\":5,\"shape\":[1],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "dtype"},
+        {"{\"a\":{\"dtype\":\"F17\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "F17"},
+        {"{\"a\":{\"dtype\":\"U16\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4, LOOM_EUNSUPPORTED, "'a'", "U16"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":\"x\",\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'", "shape"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, LOOM_EUNSUPPORTED,
+         "'a'", "dimensions"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT,
+         "'a'", "overflow"},
+        {"{\"a\":{\"dtype\":\"F64\",\"shape\":[4611686018427387904],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, "'a'",
+         "overflow"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999],\"data_offsets\":[0,4]}}", 4, LOOM_EFORMAT, NULL,
+         "JSON"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4, LOOM_EFORMAT, "'a'", "data_offsets"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", 8, LOOM_EFORMAT, "'a'", "data_offsets"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,-4]}}", 4, LOOM_EFORMAT, "'a'", "data_offsets"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[\"0\",\"4\"]}}", 4, LOOM_EFORMAT, "'a'",
+         "data_offsets"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":{\"b\":0}}}", 4, LOOM_EFORMAT, "'a'", "data_offsets"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,4]}}", 8, LOOM_EFORMAT, "'a'", "begin"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 4, LOOM_EFORMAT, "'a'", "past the end"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,18446744073709551615]}}", 4, LOOM_EFORMAT, NULL,
+         "JSON"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 8, LOOM_EFORMAT, "'a'", "needs 8"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1000000],\"data_offsets\":[0,4000000]}}", 8, LOOM_EFORMAT, "'a'",
+         "past the end"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+         12, LOOM_EFORMAT, "'b'", "overlaps tensor 'a'"},
+        {"{\"a\":{\"dtype\":\"I8\",\"shape\":[12],\"data_offsets\":[0,12]},"
+         "\"b\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[4,6]}}",
+         12, LOOM_EFORMAT, "'b'", "overlaps"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+         "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+         8, LOOM_EFORMAT, NULL, "duplicate"},
+        {"{\"__metadata__\":[\"x\"]}", 0, LOOM_EFORMAT, NULL, "__metadata__"},
+        {"{\"__metadata__\":{\"k\":1}}", 0, LOOM_EFORMAT, NULL, "'k'"},
+        /* valid: nothing at all, a gap between tensors, an empty tensor inside another's bytes */
+        {"{}", 0, LOOM_OK, NULL, NULL},
+        {"{\"__metadata__\":{}}  ", 0, LOOM_OK, NULL, NULL},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+         "\"e\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[6,6]},"
+         "\"s\":{\"dtype\":\"I32\",\"shape\":[],\"data_offsets\":[12,16]}}",
+         16, LOOM_OK, NULL, NULL},
+        {"{\"e\":{\"dtype\":\"F32\",\"shape\":[0,4611686018427387904],\"data_offsets\":[0,0]}}", 0, LOOM_OK, NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t len;
+        uint8_t *b = craft(cases[i].header, -1, cases[i].data_len, &len);
+        loom_st_file *f;
+        int rc = loom_st_open_memory(&f, b, len, "crafted.safetensors");
+        CHECK(rc == cases[i].rc, "case %zu (%s): rc %d, want %d: %s", i, cases[i].header, rc, cases[i].rc,
+              loom_errmsg());
+        if (rc != LOOM_OK) {
+            const char *m = loom_errmsg();
+            CHECK(f == NULL && strstr(m, "crafted.safetensors") && (!cases[i].tensor || strstr(m, cases[i].tensor)) &&
+                      (!cases[i].why || strstr(m, cases[i].why)),
+                  "case %zu message: %s", i, m);
+        } else if (f) {
+            for (size_t j = 0; j < loom_st_count(f); j++) {
+                const loom_st_tensor *t = loom_st_at(f, j);
+                CHECK((const uint8_t *)t->data >= b + len - cases[i].data_len &&
+                          (const uint8_t *)t->data + t->nbytes <= b + len,
+                      "case %zu tensor %s in bounds", i, t->name);
+            }
+        }
+        loom_st_close(f);
+        free(b);
+    }
+    /* the scalar and empty tensors of the valid case above */
+    size_t len;
+    uint8_t *b = craft(cases[sizeof cases / sizeof *cases - 2].header, -1, 16, &len);
+    loom_st_file *f;
+    CHECK_OK(loom_st_open_memory(&f, b, len, NULL));
+    const loom_st_tensor *e = loom_st_find(f, "e"), *sc = loom_st_find(f, "s");
+    CHECK(e && e->numel == 0 && e->nbytes == 0 && sc && sc->ndim == 0 && sc->numel == 1, "empty and scalar");
+    loom_st_close(f);
+    free(b);
+
+    /* header length field: larger than the file, absurd */
+    b = craft("{}", 1000, 0, &len);
+    CHECK(loom_st_open_memory(&f, b, len, "x.st") == LOOM_EFORMAT && strstr(loom_errmsg(), "larger than the file"),
+          "header past the end: %s", loom_errmsg());
+    free(b);
+    b = craft("{}", 200ll << 20, 0, &len);
+    CHECK(loom_st_open_memory(&f, b, len, "x.st") == LOOM_EFORMAT && strstr(loom_errmsg(), "limit"),
+          "absurd header length: %s", loom_errmsg());
+    free(b);
+    b = craft("{}", (long long)(~0ull >> 1), 0, &len);
+    CHECK(loom_st_open_memory(&f, b, len, "x.st") == LOOM_EFORMAT, "2^63-1 header length");
+    free(b);
+    b = craft("{} junk", -1, 0, &len);
+    CHECK(loom_st_open_memory(&f, b, len, "x.st") == LOOM_EFORMAT, "trailing garbage after the JSON");
+    free(b);
+    b = craft("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", -1, 4, &len);
+    b[12] = 0; /* a NUL inside the header */
+    CHECK(loom_st_open_memory(&f, b, len, "x.st") == LOOM_EFORMAT, "NUL in header");
+    free(b);
+
+    /* the same checks on real files: short files, a truncated file */
+    char path[256];
+    tmp_path(path, sizeof path, "short.safetensors");
+    for (size_t n = 0; n < 8; n++) {
+        CHECK_OK(loom_write_file_atomic(path, "\x02\0\0\0\0\0\0", n));
+        CHECK(loom_st_open(&f, path) == LOOM_EFORMAT && strstr(loom_errmsg(), path) && strstr(loom_errmsg(), "shorter"),
+              "%zu-byte file: %s", n, loom_errmsg());
+    }
+    b = craft("{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", -1, 16, &len);
+    tmp_path(path, sizeof path, "cut.safetensors");
+    CHECK_OK(loom_write_file_atomic(path, b, len - 1));
+    CHECK(loom_st_open(&f, path) == LOOM_EFORMAT && strstr(loom_errmsg(), path) && strstr(loom_errmsg(), "'w'"),
+          "truncated file: %s", loom_errmsg());
+    CHECK(f == NULL, "no file on failure");
+    free(b);
+    tmp_path(path, sizeof path, "absent.safetensors");
+    CHECK(loom_st_open(&f, path) == LOOM_ENOTFOUND, "missing file");
+    CHECK(loom_st_open(&f, scratch) == LOOM_EIO, "a directory is not a file");
+}
+
+/* Random corruption of a valid small file: every open must either fail cleanly or hand out tensors that
+ * lie inside the buffer (which is exactly the file's size, so ASan sees any read past it). */
+static void fuzz_check(const uint8_t *buf, size_t len, int *opened, int *bad) {
+    loom_st_file *f;
+    if (loom_st_open_memory(&f, buf, len, "fuzz") != LOOM_OK) {
+        *bad += f != NULL || loom_errmsg()[0] == 0;
+        return;
+    }
+    (*opened)++;
+    for (size_t j = 0; j < loom_st_count(f); j++) {
+        const loom_st_tensor *t = loom_st_at(f, j);
+        const uint8_t *d = t->data;
+        size_t numel = 1;
+        for (int k = 0; k < t->ndim; k++) numel *= (size_t)t->shape[k];
+        int ok = d >= buf + 8 && d <= buf + len && t->nbytes <= (size_t)(buf + len - d) && t->numel == numel &&
+                 t->nbytes == numel * loom_dtype_size(t->dtype) && loom_st_find(f, t->name) == t;
+        *bad += !ok;
+        if (!ok) continue;
+        unsigned sum = 0; /* touch every byte */
+        for (size_t k = 0; k < t->nbytes; k++) sum += d[k];
+        (void)sum;
+        float *x = malloc(t->numel * sizeof(float) + 1);
+        int32_t *y = malloc(t->numel * sizeof(int32_t) + 1);
+        loom_st_to_f32(t, x, t->numel);
+        loom_st_to_i32(t, y, t->numel);
+        free(x);
+        free(y);
+    }
+    for (size_t j = 0; j < loom_st_meta_count(f); j++) {
+        const char *k, *v;
+        *bad += loom_st_meta_at(f, j, &k, &v) != LOOM_OK || loom_st_meta(f, k) != v;
+    }
+    loom_st_close(f);
+}
+
+static void test_fuzz(void) {
+    loom_st_writer *w;
+    CHECK_OK(loom_st_writer_create(&w));
+    float a[6] = {1, 2, 3, 4, 5, 6};
+    int32_t tok[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    uint8_t m[3] = {1, 0, 1};
+    CHECK_OK(loom_st_writer_add(w, "w", LOOM_DT_F32, 2, (int64_t[]){2, 3}, a));
+    CHECK_OK(loom_st_writer_add(w, "tok", LOOM_DT_I32, 2, (int64_t[]){2, 4}, tok));
+    CHECK_OK(loom_st_writer_add(w, "mask", LOOM_DT_BOOL, 1, (int64_t[]){3}, m));
+    CHECK_OK(loom_st_writer_add_f32(w, "h", LOOM_DT_F16, 1, (int64_t[]){4}, a));
+    CHECK_OK(loom_st_writer_add(w, "loss", LOOM_DT_F32, 0, NULL, a));
+    CHECK_OK(loom_st_writer_add(w, "none", LOOM_DT_I64, 1, (int64_t[]){0}, NULL));
+    int64_t big[1] = {1ll << 40}; /* referenced until serialised: must outlive the add */
+    CHECK_OK(loom_st_writer_add(w, "big", LOOM_DT_I64, 1, (int64_t[]){1}, big));
+    CHECK_OK(loom_st_writer_meta(w, "format", "pt"));
+    uint8_t *base;
+    size_t blen;
+    CHECK_OK(loom_st_writer_serialize(w, (void **)&base, &blen));
+    loom_st_writer_free(w);
+    if (!base) return;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | base[i];
+
+    loom_rng r;
+    loom_rng_init(&r, 1234, 77);
+    int iters = 20000, opened = 0, bad = 0;
+    uint8_t *buf = malloc(blen + 64);
+    for (int it = 0; it < iters; it++) {
+        memcpy(buf, base, blen);
+        size_t len = blen;
+        int kind = (int)loom_rng_below(&r, 6), nmut = 1 + (int)loom_rng_below(&r, 4);
+        for (int k = 0; k < nmut; k++) {
+            if (kind == 0) { /* any byte, any value */
+                buf[loom_rng_below(&r, (uint32_t)len)] = (uint8_t)loom_rng_u64(&r);
+            } else if (kind <= 2) { /* a digit of the header becomes another digit: still JSON, new numbers */
+                size_t at = 8 + loom_rng_below(&r, (uint32_t)hlen);
+                for (size_t s = 0; s < hlen && !(buf[at] >= '0' && buf[at] <= '9'); s++)
+                    at = 8 + (at - 8 + 1) % hlen;
+                if (buf[at] >= '0' && buf[at] <= '9') buf[at] = (uint8_t)('0' + loom_rng_below(&r, 10));
+            } else if (kind == 3) { /* structural characters of the header */
+                static const char sym[] = "{}[]\",:0-9eE. \\";
+                buf[8 + loom_rng_below(&r, (uint32_t)hlen)] = (uint8_t)sym[loom_rng_below(&r, sizeof sym - 1)];
+            } else if (kind == 4) { /* the length field */
+                buf[loom_rng_below(&r, 8)] ^= (uint8_t)(1u << loom_rng_below(&r, 8));
+            } else { /* truncate or extend */
+                len = loom_rng_below(&r, 2) ? loom_rng_below(&r, (uint32_t)len + 1) : blen + loom_rng_below(&r, 64);
+                if (len > blen) memset(buf + blen, 0, len - blen);
+            }
+        }
+        /* an exactly-sized heap copy, so reading one byte past it is caught */
+        uint8_t *exact = malloc(len ? len : 1);
+        memcpy(exact, buf, len);
+        fuzz_check(exact, len, &opened, &bad);
+        free(exact);
+    }
+    printf("fuzz: %d of %d mutated files opened\n", opened, iters);
+    CHECK(bad == 0, "%d of %d mutated files broke an invariant", bad, iters);
+    /* both outcomes must occur, or the mutations are not reaching the validation */
+    CHECK(opened > iters / 20 && opened < iters - iters / 20, "%d of %d mutated files opened", opened, iters);
+
+    /* a few through real files and mmap */
+    char path[256];
+    tmp_path(path, sizeof path, "fuzz.safetensors");
+    int file_bad = 0;
+    for (int it = 0; it < 200; it++) {
+        memcpy(buf, base, blen);
+        size_t at = 8 + loom_rng_below(&r, (uint32_t)hlen);
+        if (buf[at] >= '0' && buf[at] <= '9') buf[at] = (uint8_t)('0' + loom_rng_below(&r, 10));
+        else buf[at] = (uint8_t)loom_rng_u64(&r);
+        loom_write_file_atomic(path, buf, blen);
+        loom_st_file *f;
+        if (loom_st_open(&f, path) == LOOM_OK) {
+            size_t flen;
+            const uint8_t *fb = loom_st_bytes(f, &flen);
+            for (size_t j = 0; j < loom_st_count(f); j++) {
+                const loom_st_tensor *t = loom_st_at(f, j);
+                file_bad += flen != blen || (const uint8_t *)t->data < fb ||
+                            (const uint8_t *)t->data + t->nbytes > fb + flen;
+            }
+            loom_st_close(f);
+        }
+    }
+    CHECK(file_bad == 0, "%d mapped tensors out of bounds", file_bad);
+    free(buf);
+    loom_free(base);
+}
+
+/* ---------------------------------------------------------------- sets */
+
+static void write_shard(const char *dir, const char *file, const char *const *names, int n, const float *data) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    loom_st_writer *w;
+    CHECK_OK(loom_st_writer_create(&w));
+    for (int i = 0; i < n; i++) CHECK_OK(loom_st_writer_add(w, names[i], LOOM_DT_F32, 1, (int64_t[]){2}, data + 2 * i));
+    CHECK_OK(loom_st_writer_write(w, path));
+    loom_st_writer_free(w);
+}
+
+static void write_text(const char *dir, const char *file, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    CHECK_OK(loom_write_file_atomic(path, text, strlen(text)));
+}
+
+static void test_sets(void) {
+    char p[512], dir[256];
+    loom_st_set *s;
+    /* a directory holding model.safetensors, and the file itself */
+    CHECK_OK(loom_st_set_open(&s, test_path(p, sizeof p, "reference/gpt2-tiny")));
+    CHECK(loom_st_set_count(s) == 28 && loom_st_set_file_count(s) == 1, "single-file set: %zu",
+          loom_st_set_count(s));
+    const loom_st_tensor *t = loom_st_set_find(s, "transformer.wte.weight");
+    CHECK(shape_is(t, 2, (int64_t[]){512, 64}), "set find");
+    CHECK(loom_st_set_at(s, 0) == t && loom_st_set_at(s, 28) == NULL, "set order");
+    CHECK(loom_st_set_find(s, "nope") == NULL, "set find absent");
+    loom_st_set_close(s);
+    CHECK_OK(loom_st_set_open(&s, test_path(p, sizeof p, "reference/llama-tiny/model.safetensors")));
+    CHECK(loom_st_set_count(s) == 21, "set from a file path");
+    loom_st_set_close(s);
+
+    /* shards */
+    tmp_path(dir, sizeof dir, "sharded");
+    mkdir(dir, 0700);
+    float data[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    const char *n1[] = {"a", "b"}, *n2[] = {"c", "d"};
+    write_shard(dir, "model-00001-of-00002.safetensors", n1, 2, data);
+    write_shard(dir, "model-00002-of-00002.safetensors", n2, 2, data + 4);
+    write_text(dir, "model.safetensors.index.json",
+               "{\"metadata\": {\"total_size\": 32}, \"weight_map\": {"
+               "\"a\": \"model-00001-of-00002.safetensors\", \"c\": \"model-00002-of-00002.safetensors\","
+               "\"b\": \"model-00001-of-00002.safetensors\", \"d\": \"model-00002-of-00002.safetensors\"}}");
+    CHECK_OK(loom_st_set_open(&s, dir));
+    CHECK(loom_st_set_count(s) == 4 && loom_st_set_file_count(s) == 2, "sharded set: %zu tensors, %zu files",
+          loom_st_set_count(s), loom_st_set_file_count(s));
+    int ok = 1;
+    const char *all[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++) {
+        t = loom_st_set_find(s, all[i]);
+        float v[2];
+        ok &= t && loom_st_to_f32(t, v, 2) == LOOM_OK && v[0] == data[2 * i] && v[1] == data[2 * i + 1];
+        ok &= loom_st_set_at(s, (size_t)i) == t;
+    }
+    CHECK(ok, "every tensor found in its shard with its data");
+    CHECK(loom_st_find(loom_st_set_file(s, 1), "c") == loom_st_set_find(s, "c"), "c lives in the second shard");
+    loom_st_set_close(s);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
+    CHECK_OK(loom_st_set_open(&s, p));
+    CHECK(loom_st_set_count(s) == 4, "set from the index path");
+    loom_st_set_close(s);
+    /* an index named without any directory part */
+    char cwd[1024];
+    if (getcwd(cwd, sizeof cwd) && chdir(dir) == 0) {
+        CHECK_OK(loom_st_set_open(&s, "model.safetensors.index.json"));
+        CHECK(loom_st_set_count(s) == 4, "set from a bare index name");
+        loom_st_set_close(s);
+        CHECK_OK(loom_st_set_open(&s, "."));
+        CHECK(loom_st_set_count(s) == 4, "set from \".\"");
+        loom_st_set_close(s);
+        CHECK(chdir(cwd) == 0, "back to %s", cwd);
+    }
+
+    /* broken indexes */
+    static const struct {
+        const char *index;
+        int rc;
+        const char *msg;
+    } bad[] = {
+        {"{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", \"x\": \"missing.safetensors\"}}",
+         LOOM_ENOTFOUND, "missing.safetensors"},
+        {"{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", \"zz\": \"model-00001-of-00002.safetensors\"}}",
+         LOOM_EFORMAT, "'zz'"},
+        {"{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", \"c\": \"model-00001-of-00002.safetensors\","
+         "\"d\": \"model-00002-of-00002.safetensors\"}}",
+         LOOM_EFORMAT, "'c'"},
+        {"{\"weight_map\": {\"a\": \"../sharded/model-00001-of-00002.safetensors\"}}", LOOM_EFORMAT, "leaves"},
+        {"{\"weight_map\": {\"a\": \"/etc/passwd\"}}", LOOM_EFORMAT, "leaves"},
+        {"{\"weight_map\": {\"a\": 3}}", LOOM_EFORMAT, "'a'"},
+        {"{\"weights\": {}}", LOOM_EFORMAT, "weight_map"},
+        {"{\"weight_map\": ", LOOM_EFORMAT, "JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        write_text(dir, "model.safetensors.index.json", bad[i].index);
+        int rc = loom_st_set_open(&s, dir);
+        CHECK(rc == bad[i].rc && s == NULL && strstr(loom_errmsg(), bad[i].msg), "bad index %zu: rc %d: %s", i, rc,
+              loom_errmsg());
+        loom_st_set_close(s);
+    }
+    /* a tensor in two shards */
+    const char *dup[] = {"a", "e"};
+    write_shard(dir, "model-00002-of-00002.safetensors", dup, 2, data);
+    write_text(dir, "model.safetensors.index.json",
+               "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", \"b\": \"model-00001-of-00002.safetensors\","
+               "\"e\": \"model-00002-of-00002.safetensors\"}}");
+    CHECK(loom_st_set_open(&s, dir) == LOOM_EFORMAT && strstr(loom_errmsg(), "'a'") &&
+              strstr(loom_errmsg(), "model-00001-of-00002") && strstr(loom_errmsg(), "model-00002-of-00002"),
+          "tensor in two shards: %s", loom_errmsg());
+    /* a corrupt shard: the message names the shard */
+    write_text(dir, "model-00002-of-00002.safetensors", "garbage!garbage!");
+    CHECK(loom_st_set_open(&s, dir) == LOOM_EFORMAT && strstr(loom_errmsg(), "model-00002-of-00002.safetensors"),
+          "corrupt shard: %s", loom_errmsg());
+    /* nothing to open */
+    tmp_path(dir, sizeof dir, "emptydir");
+    mkdir(dir, 0700);
+    CHECK(loom_st_set_open(&s, dir) == LOOM_ENOTFOUND, "directory without a model: %s", loom_errmsg());
+}
+
 int main(void) {
     snprintf(scratch, sizeof scratch, "loom_test_st_%ld", (long)getpid());
     if (mkdir(scratch, 0700) != 0) {
@@ -377,6 +768,9 @@ int main(void) {
     test_round_trip();
     test_layout();
     test_writer_errors();
+    test_malformed();
+    test_fuzz();
+    test_sets();
     remove_tree(scratch);
     return test_summary();
 }

@@ -175,9 +175,14 @@ static int parse_tensor(loom_st_file *f, const char *key, json_t *v, const uint8
     if (end > data_len)
         return loom_error(LOOM_EFORMAT, "%s: tensor '%s': data_offsets end %llu is past the end of the data (%zu bytes)",
                           p, key, (unsigned long long)end, data_len);
-    if (end - begin != nbytes)
-        return loom_error(LOOM_EFORMAT, "%s: tensor '%s': data_offsets span %llu bytes but %s shape needs %zu", p, key,
-                          (unsigned long long)(end - begin), dtypes[t->dtype].name, nbytes);
+    if (end - begin != nbytes) {
+        char sh[LOOM_ST_MAX_DIMS * 21 + 3] = "[";
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(sh + strlen(sh), sizeof sh - strlen(sh), "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        strcat(sh, "]");
+        return loom_error(LOOM_EFORMAT, "%s: tensor '%s': data_offsets span %llu bytes but %s %s needs %zu", p, key,
+                          (unsigned long long)(end - begin), dtypes[t->dtype].name, sh, nbytes);
+    }
     t->numel = numel;
     t->nbytes = nbytes;
     t->data = data + begin;
@@ -532,8 +537,10 @@ static int set_add_file(loom_st_set *s, const char *path) {
     return rc;
 }
 
-/* Opens the shards listed in an index file (their order: first mention in weight_map). */
-static int set_open_index(loom_st_set *s, const char *index_path, json_t **weight_map_out, json_t **root_out) {
+/* Opens the shards listed in an index file (their order: first mention in weight_map). *shards_out maps
+ * each shard name to its position in s->files. */
+static int set_open_index(loom_st_set *s, const char *index_path, json_t **weight_map_out, json_t **root_out,
+                          json_t **shards_out) {
     json_error_t jerr;
     char *text;
     size_t len;
@@ -557,6 +564,7 @@ static int set_open_index(loom_st_set *s, const char *index_path, json_t **weigh
     else
         strcpy(dir, ".");
     json_t *seen = json_object();
+    *shards_out = seen;
     if (!seen) {
         loom_free(dir);
         return LOOM_ENOMEM;
@@ -576,7 +584,10 @@ static int set_open_index(loom_st_set *s, const char *index_path, json_t **weigh
                             shard, name);
             break;
         }
-        json_object_set_new(seen, shard, json_integer((json_int_t)s->nfiles));
+        if (json_object_set_new(seen, shard, json_integer((json_int_t)s->nfiles)) != 0) {
+            rc = LOOM_ENOMEM;
+            break;
+        }
         char *sp = path_join(dir, shard);
         if (!sp) {
             rc = LOOM_ENOMEM;
@@ -589,7 +600,6 @@ static int set_open_index(loom_st_set *s, const char *index_path, json_t **weigh
             break;
         }
     }
-    json_decref(seen);
     loom_free(dir);
     return rc;
 }
@@ -599,7 +609,7 @@ int loom_st_set_open(loom_st_set **out, const char *path_or_dir) {
     loom_st_set *s = loom_calloc(1, sizeof *s);
     if (!s) return loom_error(LOOM_ENOMEM, "out of memory");
     char *index_path = NULL;
-    json_t *root = NULL, *wm = NULL;
+    json_t *root = NULL, *wm = NULL, *shards = NULL;
     int rc = LOOM_OK;
     if (is_dir(path_or_dir)) {
         char *ip = path_join(path_or_dir, "model.safetensors.index.json");
@@ -621,7 +631,7 @@ int loom_st_set_open(loom_st_set **out, const char *path_or_dir) {
     } else {
         rc = set_add_file(s, path_or_dir);
     }
-    if (rc == LOOM_OK && index_path) rc = set_open_index(s, index_path, &wm, &root);
+    if (rc == LOOM_OK && index_path) rc = set_open_index(s, index_path, &wm, &root, &shards);
 
     if (rc == LOOM_OK) {
         for (size_t i = 0; i < s->nfiles; i++) s->count += loom_st_count(s->files[i]);
@@ -647,16 +657,10 @@ int loom_st_set_open(loom_st_set **out, const char *path_or_dir) {
         /* the index must not promise a tensor its shard lacks */
         const char *name;
         json_t *v;
-        char *dir_end = strrchr(index_path, '/');
-        size_t dir_len = dir_end ? (size_t)(dir_end - index_path) + 1 : 0;
         json_object_foreach(wm, name, v) {
             const char *shard = json_string_value(v);
-            const loom_st_tensor *t = index_find(&s->index, name);
-            const loom_st_file *holder = NULL;
-            for (size_t q = 0; t && q < s->nfiles; q++)
-                if (loom_st_find(s->files[q], name) == t) holder = s->files[q];
-            const char *hp = holder ? loom_st_path(holder) : NULL;
-            if (!hp || strncmp(hp, index_path, dir_len) != 0 || strcmp(hp + dir_len, shard) != 0) {
+            json_int_t q = json_integer_value(json_object_get(shards, shard));
+            if (!loom_st_find(s->files[q], name)) {
                 rc = loom_error(LOOM_EFORMAT, "%s: weight_map places tensor '%s' in %s, which does not contain it",
                                 index_path, name, shard);
                 break;
@@ -664,6 +668,7 @@ int loom_st_set_open(loom_st_set **out, const char *path_or_dir) {
         }
     }
     if (rc == LOOM_ENOMEM) loom_error(rc, "out of memory opening %s", path_or_dir);
+    json_decref(shards);
     json_decref(root);
     loom_free(index_path);
     if (rc != LOOM_OK) {
