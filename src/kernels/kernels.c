@@ -9,6 +9,31 @@
 #include <string.h>
 
 #define COLBLOCK 64
+
+/* exp(x) for float without libm calls, so loops over it vectorise: Cody-Waite range reduction
+ * x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r (relative error ~1e-7, like expf), and
+ * 2^n built in the exponent bits. Inputs are clamped to [-87, 88] (no overflow, no denormals). */
+static inline float fast_expf(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } u;
+    u.i = ((int32_t)n + 127) << 23;
+    return p * u.f;
+}
+
+/* tanh through exp: 1 - 2/(e^{2u}+1); |u| > 9 saturates to +-1 in float anyway. */
+static inline float fast_tanhf(float u) {
+    u = u < -9.0f ? -9.0f : u > 9.0f ? 9.0f : u;
+    return 1.0f - 2.0f / (fast_expf(2.0f * u) + 1.0f);
+}
 #define LOOM_KMIN(a, b) ((a) < (b) ? (a) : (b))
 
 void loom_matmul_forward(float *out, int ldo, const float *inp, int ldi, const float *w, int layout,
@@ -166,10 +191,10 @@ void loom_gelu_forward(float *out, const float *inp, size_t n, int exact) {
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * (float)M_SQRT1_2));
     } else {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) {
             float x = inp[i];
-            out[i] = 0.5f * x * (1.0f + tanhf(GELU_S * (x + 0.044715f * x * x * x)));
+            out[i] = 0.5f * x * (1.0f + fast_tanhf(GELU_S * (x + 0.044715f * x * x * x)));
         }
     }
 }
@@ -184,11 +209,11 @@ void loom_gelu_backward(float *dinp, const float *inp, const float *dout, size_t
             dinp[i] = g * dout[i];
         }
     } else {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) {
             float x = inp[i];
             float u = GELU_S * (x + 0.044715f * x * x * x);
-            float th = tanhf(u);
+            float th = fast_tanhf(u);
             float sech2 = 1.0f - th * th;
             float g = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_S * (1.0f + 3.0f * 0.044715f * x * x);
             dinp[i] = g * dout[i];
@@ -201,7 +226,8 @@ void loom_swiglu_forward(float *out, const float *gu, int N, int H) {
     for (int n = 0; n < N; n++) {
         const float *g = gu + (size_t)n * 2 * H, *u = g + H;
         float *o = out + (size_t)n * H;
-        for (int j = 0; j < H; j++) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+#pragma omp simd
+        for (int j = 0; j < H; j++) o[j] = g[j] / (1.0f + fast_expf(-g[j])) * u[j];
     }
 }
 
@@ -210,8 +236,9 @@ void loom_swiglu_backward(float *dgu, const float *dout, const float *gu, int N,
     for (int n = 0; n < N; n++) {
         const float *g = gu + (size_t)n * 2 * H, *u = g + H, *dy = dout + (size_t)n * H;
         float *dg = dgu + (size_t)n * 2 * H, *du = dg + H;
+#pragma omp simd
         for (int j = 0; j < H; j++) {
-            float sg = 1.0f / (1.0f + expf(-g[j]));
+            float sg = 1.0f / (1.0f + fast_expf(-g[j]));
             float silu = g[j] * sg;
             du[j] = dy[j] * silu;
             dg[j] = dy[j] * u[j] * sg * (1.0f + g[j] * (1.0f - sg));
@@ -326,10 +353,12 @@ float loom_crossentropy_forward(float *losses, const float *logits, const int32_
         }
         const float *row = logits + (size_t)n * V;
         float mx = row[0];
+#pragma omp simd reduction(max : mx)
         for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        double s = 0;
-        for (int j = 0; j < V; j++) s += expf(row[j] - mx);
-        losses[n] = (float)(log(s) + mx - row[tg]);
+        float s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int j = 0; j < V; j++) s += fast_expf(row[j] - mx);
+        losses[n] = (float)(log((double)s) + mx - row[tg]);
     }
     double total = 0;
     int cnt = 0;
@@ -353,14 +382,17 @@ void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, in
             continue;
         }
         float mx = row[0];
+#pragma omp simd reduction(max : mx)
         for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        double s = 0;
+        float s = 0;
+#pragma omp simd reduction(+ : s)
         for (int j = 0; j < V; j++) {
-            row[j] = expf(row[j] - mx);
+            row[j] = fast_expf(row[j] - mx);
             s += row[j];
         }
-        float inv = (float)(1.0 / s);
-        for (int j = 0; j < V; j++) row[j] = row[j] * inv * k;
+        float scale = k / s;
+#pragma omp simd
+        for (int j = 0; j < V; j++) row[j] *= scale;
         row[tg] -= k;
     }
 }

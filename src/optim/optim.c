@@ -101,9 +101,9 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
         const double bc1 = 1.0 - pow((double)b1, (double)o->t), bc2 = 1.0 - pow((double)b2, (double)o->t);
         const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
         float *m = o->m, *v = o->v;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) {
-            if (c->weight_decay != 0.0f && (!dm || dm[i])) p[i] *= decay;
+            p[i] *= dm && !dm[i] ? 1.0f : decay;
             m[i] += (g[i] - m[i]) * (1.0f - b1);
             v[i] = v[i] * b2 + (1.0f - b2) * g[i] * g[i];
             float denom = sqrtf(v[i]) / bc2_sqrt + eps;
