@@ -6,5 +6,9 @@
 
 /* One entry point per command; argv[0] is the command name. Returns the process exit code. */
 int cmd_version(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+/* Benchmarks, reached through `loom bench <name>` (argv[0] is the benchmark name). */
+int bench_tokenize(int argc, char **argv);
 
 #endif

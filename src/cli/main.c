@@ -11,6 +11,9 @@ static const struct {
     const char *help;
 } commands[] = {
     {"version", cmd_version, "print the version"},
+    {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
+    {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
+    {"bench-tokenize", bench_tokenize, "tokenizer throughput (MB/s)"},
 };
 
 static void usage(FILE *f) {
