@@ -16,6 +16,8 @@ static const struct {
     {"bench", cmd_bench, "benchmarks: train, generate, tokenize"},
     {"verify", cmd_verify, "check numerics against a reference file (logits, loss, gradients, AdamW)"},
     {"version", cmd_version, "print the version"},
+    {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
+    {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
 };
 
 static void usage(FILE *f) {

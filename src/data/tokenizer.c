@@ -1,8 +1,11 @@
 /* Tokenizer front end: the kind-independent API, UTF-8 handling, streaming decode, and the
  * byte-level tokenizer. Other kinds live in their own files and plug in through loom_tokenizer_ops. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "data/tokenizer_bpe.h"
 #include "data/tokenizer_impl.h"
 #include "loom/core.h"
 
@@ -42,6 +45,7 @@ int loom_tokenizer_byte(loom_tokenizer **out) {
     t->bos = BYTE_BOS;
     t->eos = BYTE_EOS;
     t->pad = BYTE_PAD;
+    t->max_piece = 1;
     *out = t;
     return LOOM_OK;
 }
@@ -63,6 +67,10 @@ const char *loom_tokenizer_kind(const loom_tokenizer *t) { return t->ops->kind; 
 int loom_tokenizer_encode(const loom_tokenizer *t, const char *text, size_t len, int flags, int32_t **ids, size_t *n) {
     *ids = NULL;
     *n = 0;
+    if (t->ops != &byte_ops) {
+        size_t bad = tok_utf8_valid(text, len);
+        if (bad < len) return loom_error(LOOM_EFORMAT, "invalid UTF-8 at byte %zu of the input (0x%02X)", bad, (unsigned char)text[bad]);
+    }
     int32_t *body;
     size_t nb;
     int rc = t->ops->encode(t, text, len, &body, &nb);
@@ -92,7 +100,8 @@ int loom_tokenizer_encode(const loom_tokenizer *t, const char *text, size_t len,
 static int is_special(const loom_tokenizer *t, int32_t id) { return id == t->bos || id == t->eos || id == t->pad; }
 
 int loom_tokenizer_decode(const loom_tokenizer *t, const int32_t *ids, size_t n, char **text, size_t *len) {
-    size_t cap = 64 + n * 8, used = 0;
+    size_t piece = (size_t)(t->max_piece > 0 ? t->max_piece : 1);
+    size_t cap = 64 + piece + n * 8, used = 0;
     char *out = malloc(cap);
     if (!out) return loom_error(LOOM_ENOMEM, "out of memory");
     int32_t prev = -1;
@@ -105,8 +114,8 @@ int loom_tokenizer_decode(const loom_tokenizer *t, const int32_t *ids, size_t n,
             prev = ids[i];
             continue;
         }
-        if (cap - used < 256) {
-            cap = cap * 2 + 256;
+        if (cap - used < piece + 1) {
+            cap = cap * 2 + piece;
             char *grown = realloc(out, cap);
             if (!grown) {
                 free(out);
@@ -135,26 +144,51 @@ struct loom_detok {
     int32_t prev;
     unsigned char held[8];
     int nheld;
+    char *piece; /* [t->max_piece] */
 };
 
 int loom_detok_create(loom_detok **out, const loom_tokenizer *t) {
     loom_detok *d = calloc(1, sizeof *d);
-    if (!d) return loom_error(LOOM_ENOMEM, "out of memory");
+    if (d) d->piece = malloc((size_t)(t->max_piece > 0 ? t->max_piece : 1));
+    if (!d || !d->piece) {
+        free(d);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
     d->t = t;
     d->prev = -1;
     *out = d;
     return LOOM_OK;
 }
 
-void loom_detok_free(loom_detok *d) { free(d); }
+void loom_detok_free(loom_detok *d) {
+    if (!d) return;
+    free(d->piece);
+    free(d);
+}
 
-/* Length of the UTF-8 sequence starting with byte c (1 for invalid lead bytes, handled as U+FFFD). */
+/* Length of the UTF-8 sequence starting with byte c, 0 for bytes that cannot start one. */
 static int utf8_len(unsigned char c) {
     if (c < 0x80) return 1;
     if (c >= 0xC2 && c <= 0xDF) return 2;
     if (c >= 0xE0 && c <= 0xEF) return 3;
     if (c >= 0xF0 && c <= 0xF4) return 4;
-    return 0; /* invalid lead */
+    return 0;
+}
+
+/* Whether held[0..k) can begin a valid sequence: the second byte's range depends on the lead (no
+ * overlong forms, surrogates or code points above U+10FFFF), later bytes are continuations. */
+static int valid_prefix(const unsigned char *h, int k) {
+    for (int i = 1; i < k; i++) {
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (i == 1) {
+            if (h[0] == 0xE0) lo = 0xA0;
+            else if (h[0] == 0xED) hi = 0x9F;
+            else if (h[0] == 0xF0) lo = 0x90;
+            else if (h[0] == 0xF4) hi = 0x8F;
+        }
+        if (h[i] < lo || h[i] > hi) return 0;
+    }
+    return 1;
 }
 
 static void put(char *out, size_t cap, size_t *n, const void *src, size_t k) {
@@ -166,34 +200,28 @@ static void put(char *out, size_t cap, size_t *n, const void *src, size_t k) {
 
 static const char replacement[] = "\xEF\xBF\xBD";
 
-/* Moves every complete character from the held buffer to out. */
+static void drop_one(loom_detok *d, char *out, size_t cap, size_t *n) {
+    put(out, cap, n, replacement, 3);
+    memmove(d->held, d->held + 1, (size_t)--d->nheld);
+}
+
+/* Moves every complete character from the held buffer to out; an incomplete but valid prefix stays. */
 static void drain(loom_detok *d, char *out, size_t cap, size_t *n) {
     while (d->nheld > 0) {
         int need = utf8_len(d->held[0]);
         if (need == 0) {
-            put(out, cap, n, replacement, 3);
-            memmove(d->held, d->held + 1, (size_t)--d->nheld);
+            drop_one(d, out, cap, n);
             continue;
         }
-        if (d->nheld < need) {
-            /* Incomplete: keep it unless a byte that cannot continue the sequence arrived. */
-            int ok = 1;
-            for (int i = 1; i < d->nheld; i++) ok &= (d->held[i] & 0xC0) == 0x80;
-            if (ok) return;
-            put(out, cap, n, replacement, 3);
-            memmove(d->held, d->held + 1, (size_t)--d->nheld);
+        int have = d->nheld < need ? d->nheld : need;
+        if (!valid_prefix(d->held, have)) {
+            drop_one(d, out, cap, n);
             continue;
         }
-        int ok = 1;
-        for (int i = 1; i < need; i++) ok &= (d->held[i] & 0xC0) == 0x80;
-        if (ok) {
-            put(out, cap, n, d->held, (size_t)need);
-            memmove(d->held, d->held + need, (size_t)(d->nheld - need));
-            d->nheld -= need;
-        } else {
-            put(out, cap, n, replacement, 3);
-            memmove(d->held, d->held + 1, (size_t)--d->nheld);
-        }
+        if (have < need) return;
+        put(out, cap, n, d->held, (size_t)need);
+        memmove(d->held, d->held + need, (size_t)(d->nheld - need));
+        d->nheld -= need;
     }
 }
 
@@ -206,16 +234,12 @@ int loom_detok_push(loom_detok *d, int32_t id, char *out, size_t cap, size_t *n)
         d->prev = id;
         return LOOM_OK;
     }
-    char buf[256];
-    int k = t->ops->piece(t, d->prev, id, buf, sizeof buf);
+    char *buf = d->piece;
+    int k = t->ops->piece(t, d->prev, id, buf, (size_t)(t->max_piece > 0 ? t->max_piece : 1));
     if (k < 0) return k;
     d->prev = id;
     for (int i = 0; i < k; i++) {
-        if (d->nheld == (int)sizeof d->held) drain(d, out, cap, n);
-        if (d->nheld == (int)sizeof d->held) { /* cannot happen after drain, but stay in bounds */
-            put(out, cap, n, replacement, 3);
-            d->nheld = 0;
-        }
+        /* drain leaves at most 3 bytes (an incomplete sequence), so there is always room */
         d->held[d->nheld++] = (unsigned char)buf[i];
         drain(d, out, cap, n);
     }
@@ -233,7 +257,69 @@ int loom_detok_flush(loom_detok *d, char *out, size_t cap, size_t *n) {
     return LOOM_OK;
 }
 
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* GPT-2's pair: encoder.json (or vocab.json) with vocab.bpe (or merges.txt) in the same directory. */
+static int load_gpt2_pair(loom_tokenizer **out, const char *encoder) {
+    const char *slash = strrchr(encoder, '/');
+    size_t dir = slash ? (size_t)(slash - encoder + 1) : 0;
+    char *merges = malloc(dir + 16);
+    if (!merges) return loom_error(LOOM_ENOMEM, "out of memory");
+    memcpy(merges, encoder, dir);
+    strcpy(merges + dir, "vocab.bpe");
+    if (!is_file(merges)) strcpy(merges + dir, "merges.txt");
+    if (!is_file(merges)) {
+        free(merges);
+        return loom_error(LOOM_ENOTFOUND, "%s: no vocab.bpe or merges.txt beside it", encoder);
+    }
+    int rc = tok_load_gpt2_files(out, encoder, merges);
+    free(merges);
+    return rc;
+}
+
+static int load_file(loom_tokenizer **out, const char *path) {
+    if (ends_with(path, "encoder.json") || ends_with(path, "/vocab.json") || !strcmp(path, "vocab.json"))
+        return load_gpt2_pair(out, path);
+    if (ends_with(path, ".json")) return tok_load_hf_json(out, path);
+    /* otherwise decide by the content: JSON starts with '{', tokenizer.bin with a small int32 */
+    FILE *f = fopen(path, "rb");
+    if (!f) return loom_error(LOOM_EIO, "%s: cannot open", path);
+    int c = fgetc(f);
+    while (c == ' ' || c == '\n' || c == '\r' || c == '\t') c = fgetc(f);
+    fclose(f);
+    if (c == '{') return tok_load_hf_json(out, path);
+    return tok_load_llama2c(out, path);
+}
+
 int loom_tokenizer_load(loom_tokenizer **out, const char *path) {
     *out = NULL;
-    return loom_error(LOOM_EUNSUPPORTED, "%s: loading tokenizer files is not available in this build", path);
+    if (!path || !*path) return loom_error(LOOM_EINVAL, "no tokenizer path given");
+    if (is_file(path)) return load_file(out, path);
+    if (!is_dir(path)) return loom_error(LOOM_ENOTFOUND, "%s: no such file or directory", path);
+    static const char *const names[] = {"tokenizer.json", "tokenizer.bin", "encoder.json", "vocab.json"};
+    size_t n = strlen(path);
+    char *p = malloc(n + 32);
+    if (!p) return loom_error(LOOM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(p, n + 32, "%s/%s", path, names[i]);
+        if (!is_file(p)) continue;
+        int rc = load_file(out, p);
+        free(p);
+        return rc;
+    }
+    free(p);
+    return loom_error(LOOM_ENOTFOUND, "%s: no tokenizer.json, tokenizer.bin or encoder.json+vocab.bpe in this directory", path);
 }

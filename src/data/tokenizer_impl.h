@@ -10,7 +10,7 @@ typedef struct {
     int (*encode)(const loom_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n);
     /* Bytes for one token id (may be a partial UTF-8 sequence). prev = previous id in the stream or -1
      * (some formats strip a leading space after BOS). Returns the number of bytes written to buf (cap
-     * >= 64 is always enough), 0 for ids that produce no text, or a negative status. */
+     * >= max_piece is always enough), 0 for ids that produce no text, or a negative status. */
     int (*piece)(const loom_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap);
     void (*destroy)(loom_tokenizer *t);
 } loom_tokenizer_ops;
@@ -20,6 +20,7 @@ struct loom_tokenizer {
     void *impl;
     int vocab_size;
     int bos, eos, pad; /* -1 when absent */
+    int max_piece;     /* longest piece in bytes */
 };
 
 #endif

@@ -1,0 +1,798 @@
+/* Tokenizers against reference ids (OpenAI's encoder.py for GPT-2, Google SentencePiece for Llama 2),
+ * against naive reference encoders written here (Hugging Face BPE by merge rank, llama2.c's greedy
+ * merge by score), round trips, streaming decode and malformed inputs. */
+#include <jansson.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "loom/core.h"
+#include "loom/tokenizer.h"
+#include "test.h"
+
+static char tmpdir[256];
+
+/* ---- helpers ---- */
+
+static char *tmp_path(char *buf, size_t n, const char *name) {
+    snprintf(buf, n, "%s/%s", tmpdir, name);
+    return buf;
+}
+
+static void write_text(const char *path, const char *s) { CHECK_OK(loom_write_file_atomic(path, s, strlen(s))); }
+
+static json_t *load_json(const char *rel) {
+    char p[1024];
+    json_error_t e;
+    json_t *j = json_load_file(test_path(p, sizeof p, rel), 0, &e);
+    CHECK(j != NULL, "cannot parse %s: %s", p, e.text);
+    return j;
+}
+
+/* Text of a reference entry, from its utf8_hex field. */
+static char *entry_text(json_t *entry, size_t *len) {
+    const char *hex = json_string_value(json_object_get(entry, "utf8_hex"));
+    size_t n = strlen(hex) / 2;
+    char *s = malloc(n + 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        sscanf(hex + 2 * i, "%2x", &v);
+        s[i] = (char)v;
+    }
+    s[n] = 0;
+    *len = n;
+    return s;
+}
+
+static int utf8_ok(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    for (size_t i = 0; i < n;) {
+        int k = s[i] < 0x80 ? 1 : (s[i] & 0xE0) == 0xC0 ? 2 : (s[i] & 0xF0) == 0xE0 ? 3 : (s[i] & 0xF8) == 0xF0 ? 4 : 0;
+        if (!k || i + (size_t)k > n || (k == 2 && s[i] < 0xC2)) return 0;
+        for (int j = 1; j < k; j++)
+            if ((s[i + j] & 0xC0) != 0x80) return 0;
+        i += (size_t)k;
+    }
+    return 1;
+}
+
+/* Compares ids with the expected list; reports the first difference. */
+static void check_ids(const int32_t *got, size_t n, const int32_t *want, size_t m, const char *what) {
+    size_t i = 0;
+    while (i < n && i < m && got[i] == want[i]) i++;
+    CHECK(n == m && i == n, "%s: %zu ids vs %zu expected, first difference at %zu (got %d, want %d)", what, n, m, i,
+          i < n ? got[i] : -1, i < m ? want[i] : -1);
+}
+
+static int32_t *json_ids(json_t *arr, size_t *n) {
+    *n = json_array_size(arr);
+    int32_t *v = malloc((*n + 1) * sizeof *v);
+    for (size_t i = 0; i < *n; i++) v[i] = (int32_t)json_integer_value(json_array_get(arr, i));
+    return v;
+}
+
+static void check_roundtrip(const loom_tokenizer *t, const char *text, size_t len, const char *what) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *out = NULL;
+    size_t olen = 0;
+    CHECK_OK(loom_tokenizer_encode(t, text, len, 0, &ids, &n));
+    CHECK_OK(loom_tokenizer_decode(t, ids, n, &out, &olen));
+    size_t i = 0;
+    while (out && i < olen && i < len && out[i] == text[i]) i++;
+    CHECK(out && olen == len && i == len, "%s round trip (%s): %zu bytes back for %zu, first difference at byte %zu", what,
+          loom_tokenizer_kind(t), olen, len, i);
+    free(ids);
+    free(out);
+}
+
+static loom_tokenizer *load(const char *rel) {
+    char p[1024];
+    loom_tokenizer *t = NULL;
+    int rc = loom_tokenizer_load(&t, test_path(p, sizeof p, rel));
+    CHECK(rc == LOOM_OK, "loading %s: %s", p, loom_errmsg());
+    return t;
+}
+
+static char *shakespeare(size_t *len) {
+    char p[1024], *s = NULL;
+    CHECK_OK(loom_read_file(test_path(p, sizeof p, "data/tinyshakespeare/input.txt"), &s, len));
+    return s;
+}
+
+/* ---- the byte-level tokenizer ---- */
+
+static void test_byte(void) {
+    loom_tokenizer *t;
+    CHECK_OK(loom_tokenizer_byte(&t));
+    const char text[] = "a\xff\x00z"; /* any bytes, not only UTF-8 */
+    int32_t *ids;
+    size_t n;
+    CHECK_OK(loom_tokenizer_encode(t, text, 4, LOOM_TOK_BOS | LOOM_TOK_EOS, &ids, &n));
+    int32_t want[] = {256, 'a', 255, 0, 'z', 257};
+    check_ids(ids, n, want, 6, "byte tokenizer");
+    char *out;
+    size_t olen;
+    CHECK_OK(loom_tokenizer_decode(t, ids, n, &out, &olen));
+    CHECK(olen == 4 && !memcmp(out, text, 4), "byte decode");
+    free(ids);
+    free(out);
+    loom_tokenizer_free(t);
+}
+
+/* ---- reference ids ---- */
+
+static void check_reference(const loom_tokenizer *t, const char *ref, const char *what) {
+    json_t *j = load_json(ref);
+    if (!j || !t) return;
+    size_t k;
+    json_t *e;
+    json_array_foreach(j, k, e) {
+        size_t len, m, n;
+        char *text = entry_text(e, &len);
+        int32_t *want = json_ids(json_object_get(e, "ids"), &m), *ids = NULL;
+        char name[128];
+        snprintf(name, sizeof name, "%s entry %zu", what, k);
+        CHECK_OK(loom_tokenizer_encode(t, text, len, 0, &ids, &n));
+        if (ids) check_ids(ids, n, want, m, name);
+        check_roundtrip(t, text, len, name);
+        free(ids);
+        free(want);
+        free(text);
+    }
+    CHECK(json_array_size(j) == 40, "%s: %zu reference entries", ref, json_array_size(j));
+    json_decref(j);
+}
+
+static loom_tokenizer *gpt2, *llama2, *mistral, *tok512, *gpt2json;
+
+static void test_gpt2_reference(void) {
+    gpt2 = load("reference/tokenizer/encoder.json");
+    if (!gpt2) return;
+    CHECK(!strcmp(loom_tokenizer_kind(gpt2), "bpe-bytelevel"), "kind %s", loom_tokenizer_kind(gpt2));
+    CHECK(loom_tokenizer_vocab_size(gpt2) == 50257, "vocab %d", loom_tokenizer_vocab_size(gpt2));
+    /* GPT-2 uses <|endoftext|> (the last id) for both */
+    CHECK(loom_tokenizer_bos(gpt2) == 50256 && loom_tokenizer_eos(gpt2) == 50256, "bos/eos");
+    check_reference(gpt2, "reference/tokenizer/gpt2_tokenizer_reference.json", "gpt2");
+    /* the directory form of the same files */
+    loom_tokenizer *d = load("data/gpt2-tokenizer");
+    if (d) {
+        int32_t *ids;
+        size_t n;
+        CHECK_OK(loom_tokenizer_encode(d, "Hello world", 11, LOOM_TOK_EOS, &ids, &n));
+        int32_t want[] = {15496, 995, 50256}; /* reference README: "Hello world" -> [15496, 995] */
+        check_ids(ids, n, want, 3, "gpt2 directory");
+        free(ids);
+    }
+    loom_tokenizer_free(d);
+}
+
+static void test_llama2_reference(void) {
+    llama2 = load("data/llama2-tokenizer/tokenizer.bin");
+    if (!llama2) return;
+    CHECK(!strcmp(loom_tokenizer_kind(llama2), "llama2c"), "kind %s", loom_tokenizer_kind(llama2));
+    CHECK(loom_tokenizer_vocab_size(llama2) == 32000, "vocab %d", loom_tokenizer_vocab_size(llama2));
+    CHECK(loom_tokenizer_bos(llama2) == 1 && loom_tokenizer_eos(llama2) == 2, "bos/eos");
+    check_reference(llama2, "reference/tokenizer/llama2_tokenizer_reference.json", "llama2");
+    /* with BOS, run.c's rule strips the dummy-prefix space after it */
+    int32_t *ids;
+    size_t n;
+    char *out;
+    size_t olen;
+    CHECK_OK(loom_tokenizer_encode(llama2, "Hello world", 11, LOOM_TOK_BOS | LOOM_TOK_EOS, &ids, &n));
+    int32_t want[] = {1, 15043, 3186, 2};
+    check_ids(ids, n, want, 4, "llama2 bos/eos");
+    CHECK_OK(loom_tokenizer_decode(llama2, ids, n, &out, &olen));
+    CHECK(!strcmp(out, "Hello world"), "llama2 decode with bos: '%s'", out);
+    free(ids);
+    free(out);
+}
+
+/* ---- a byte-level tokenizer.json built from GPT-2's files ---- */
+
+/* Writes dir/tokenizer.json with GPT-2's vocabulary and merges. split_form: pre-tokenize with a
+ * Split(regex) step followed by ByteLevel(use_regex=false), as Llama 3 and Qwen2 files do, and
+ * write merges as [left, right] pairs; otherwise ByteLevel alone with "left right" strings. */
+static int write_gpt2_json(const char *dir, int split_form) {
+    char p[1024];
+    json_t *enc = load_json("reference/tokenizer/encoder.json");
+    char *bpe = NULL;
+    size_t blen = 0;
+    CHECK_OK(loom_read_file(test_path(p, sizeof p, "reference/tokenizer/vocab.bpe"), &bpe, &blen));
+    if (!enc || !bpe) return 0;
+    json_t *merges = json_array();
+    for (char *line = strchr(bpe, '\n') + 1; line && *line;) { /* skip "#version: 0.2" */
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        char *sp = strchr(line, ' ');
+        if (sp && *line) {
+            *sp = 0;
+            if (split_form) json_array_append_new(merges, json_pack("[ss]", line, sp + 1));
+            else {
+                *sp = ' ';
+                json_array_append_new(merges, json_string(line));
+            }
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    const char *pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+    json_t *pre = split_form ? json_pack("{s:s, s:[{s:s, s:{s:s}, s:s, s:b}, {s:s, s:b, s:b, s:b}]}", "type", "Sequence", "pretokenizers",
+                                         "type", "Split", "pattern", "Regex", pattern, "behavior", "Isolated", "invert", 0,
+                                         "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 0)
+                             : json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 1);
+    json_t *root = json_pack("{s:s, s:[{s:i, s:s, s:b, s:b, s:b, s:b, s:b}], s:n, s:o, s:{s:s}, s:{s:s, s:n, s:o, s:o}}", "version", "1.0",
+                             "added_tokens", "id", 50256, "content", "<|endoftext|>", "single_word", 0, "lstrip", 0, "rstrip", 0,
+                             "normalized", 1, "special", 1, "normalizer", "pre_tokenizer", pre, "decoder", "type", "ByteLevel", "model",
+                             "type", "BPE", "dropout", "vocab", enc, "merges", merges);
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    int ok = root && json_dump_file(root, p, JSON_COMPACT) == 0;
+    CHECK(ok, "writing %s", p);
+    json_decref(root);
+    free(bpe);
+    return ok;
+}
+
+static void compare_with_gpt2(const loom_tokenizer *t, const char *what) {
+    json_t *j = load_json("reference/tokenizer/gpt2_tokenizer_reference.json");
+    size_t k;
+    json_t *e;
+    json_array_foreach(j, k, e) {
+        size_t len, n1, n2;
+        char *text = entry_text(e, &len);
+        int32_t *a = NULL, *b = NULL;
+        CHECK_OK(loom_tokenizer_encode(gpt2, text, len, 0, &a, &n1));
+        CHECK_OK(loom_tokenizer_encode(t, text, len, 0, &b, &n2));
+        char name[128];
+        snprintf(name, sizeof name, "%s entry %zu", what, k);
+        if (!strcmp(text, "<|endoftext|>")) {
+            /* an added token in tokenizer.json: matched whole, unlike encoder.py's plain text */
+            int32_t want[] = {50256};
+            if (b) check_ids(b, n2, want, 1, name);
+            CHECK(n1 == 7, "encoder.json spells <|endoftext|> out (%zu ids)", n1);
+            /* and, being the eos token, it decodes to no text */
+            char *out = NULL;
+            size_t olen = 9;
+            CHECK_OK(loom_tokenizer_decode(t, b, n2, &out, &olen));
+            CHECK(out && olen == 0, "special token decodes to nothing (%zu bytes)", olen);
+            free(out);
+        } else {
+            if (a && b) check_ids(b, n2, a, n1, name);
+            check_roundtrip(t, text, len, name);
+        }
+        free(a);
+        free(b);
+        free(text);
+    }
+    json_decref(j);
+}
+
+static void test_bytelevel_json(void) {
+    if (!gpt2) return;
+    char dir[512], p[1024];
+    snprintf(dir, sizeof dir, "%s/gpt2a", tmpdir);
+    mkdir(dir, 0700);
+    if (write_gpt2_json(dir, 0)) {
+        snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+        loom_tokenizer *t = NULL;
+        CHECK_OK(loom_tokenizer_load(&t, p));
+        if (t) {
+            CHECK(!strcmp(loom_tokenizer_kind(t), "bpe-bytelevel"), "kind %s", loom_tokenizer_kind(t));
+            CHECK(loom_tokenizer_vocab_size(t) == 50257, "vocab %d", loom_tokenizer_vocab_size(t));
+            CHECK(loom_tokenizer_eos(t) == 50256, "eos %d", loom_tokenizer_eos(t));
+            compare_with_gpt2(t, "tokenizer.json ByteLevel");
+        }
+        gpt2json = t;
+    }
+    /* the Split + ByteLevel(use_regex=false) form, loaded through its directory, with a config */
+    snprintf(dir, sizeof dir, "%s/gpt2b", tmpdir);
+    mkdir(dir, 0700);
+    if (write_gpt2_json(dir, 1)) {
+        snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+        write_text(p, "{\"bos_token\": \"<|endoftext|>\", \"eos_token\": {\"content\": \"<|endoftext|>\"}, \"pad_token\": \"<|endoftext|>\"}");
+        loom_tokenizer *t = NULL;
+        CHECK_OK(loom_tokenizer_load(&t, dir));
+        if (t) {
+            CHECK(loom_tokenizer_bos(t) == 50256 && loom_tokenizer_eos(t) == 50256 && loom_tokenizer_pad(t) == 50256,
+                  "config tokens %d %d %d", loom_tokenizer_bos(t), loom_tokenizer_eos(t), loom_tokenizer_pad(t));
+            compare_with_gpt2(t, "tokenizer.json Split+ByteLevel");
+        }
+        loom_tokenizer_free(t);
+    }
+}
+
+/* ---- Mistral tokenizer.json against a naive rank-ordered BPE ---- */
+
+/* Hugging Face BPE as written in the tokenizers documentation, one merge at a time: the text with
+ * spaces as U+2581 and the prefix U+2581 (Metaspace prepend_scheme "first" adds it unless the text
+ * already starts with one), one symbol per character (or its <0xNN> tokens when the character is
+ * not in the vocabulary), then repeatedly the adjacent pair with the lowest merge rank, leftmost
+ * first. Returns the ids. */
+static int32_t *naive_hf_bpe(json_t *vocab, json_t *ranks, const char *text, size_t len, size_t *n) {
+    const char *sp = "\xE2\x96\x81";
+    char *s = malloc(3 * len + 4);
+    size_t k = 0;
+    if (len > 0 && text[0] != ' ') memcpy(s, sp, 3), k = 3;
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == ' ') memcpy(s + k, sp, 3), k += 3;
+        else s[k++] = text[i];
+    }
+    char **sym = malloc((k + 1) * sizeof *sym);
+    size_t ns = 0;
+    for (size_t i = 0; i < k;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t cl = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        char ch[8];
+        memcpy(ch, s + i, cl);
+        ch[cl] = 0;
+        if (json_object_get(vocab, ch)) sym[ns++] = strdup(ch);
+        else
+            for (size_t b = 0; b < cl; b++) {
+                char name[8];
+                snprintf(name, sizeof name, "<0x%02X>", (unsigned char)ch[b]);
+                sym[ns++] = strdup(name);
+            }
+        i += cl;
+    }
+    for (;;) {
+        long best = -1, best_rank = 0;
+        for (size_t i = 0; i + 1 < ns; i++) {
+            char key[512];
+            snprintf(key, sizeof key, "%s %s", sym[i], sym[i + 1]);
+            json_t *r = json_object_get(ranks, key);
+            if (r && (best < 0 || json_integer_value(r) < best_rank)) best = (long)i, best_rank = (long)json_integer_value(r);
+        }
+        if (best < 0) break;
+        char *m = malloc(strlen(sym[best]) + strlen(sym[best + 1]) + 1);
+        strcpy(m, sym[best]);
+        strcat(m, sym[best + 1]);
+        free(sym[best]);
+        free(sym[best + 1]);
+        sym[best] = m;
+        memmove(sym + best + 1, sym + best + 2, (ns - (size_t)best - 2) * sizeof *sym);
+        ns--;
+    }
+    int32_t *ids = malloc((ns + 1) * sizeof *ids);
+    for (size_t i = 0; i < ns; i++) {
+        ids[i] = (int32_t)json_integer_value(json_object_get(vocab, sym[i]));
+        free(sym[i]);
+    }
+    free(sym);
+    free(s);
+    *n = ns;
+    return ids;
+}
+
+static void test_mistral(void) {
+    mistral = load("data/mistral-tokenizer");
+    json_t *root = load_json("data/mistral-tokenizer/tokenizer.json");
+    if (!mistral || !root) {
+        json_decref(root);
+        return;
+    }
+    CHECK(!strcmp(loom_tokenizer_kind(mistral), "bpe-sentencepiece"), "kind %s", loom_tokenizer_kind(mistral));
+    CHECK(loom_tokenizer_vocab_size(mistral) == 32000, "vocab %d", loom_tokenizer_vocab_size(mistral));
+    CHECK(loom_tokenizer_bos(mistral) == 1 && loom_tokenizer_eos(mistral) == 2, "bos %d eos %d", loom_tokenizer_bos(mistral),
+          loom_tokenizer_eos(mistral));
+    json_t *vocab = json_object_get(json_object_get(root, "model"), "vocab");
+    json_t *ranks = json_object();
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(json_object_get(root, "model"), "merges"), i, x) json_object_set_new(ranks, json_string_value(x), json_integer((json_int_t)i));
+
+    json_t *ref = load_json("reference/tokenizer/llama2_tokenizer_reference.json");
+    json_array_foreach(ref, i, x) {
+        size_t len, n1, n2;
+        char *text = entry_text(x, &len);
+        int32_t *want = naive_hf_bpe(vocab, ranks, text, len, &n1), *got = NULL;
+        CHECK_OK(loom_tokenizer_encode(mistral, text, len, 0, &got, &n2));
+        char name[128];
+        snprintf(name, sizeof name, "mistral vs naive BPE, entry %zu", i);
+        if (got) check_ids(got, n2, want, n1, name);
+        /* Round trip. The decoder strips one leading space; Metaspace "first" only adds the prefix
+         * when the text does not start with a space, so such texts come back one space shorter
+         * (as with the tokenizers library itself). */
+        char *out = NULL;
+        size_t olen = 0;
+        CHECK_OK(loom_tokenizer_decode(mistral, got, n2, &out, &olen));
+        size_t skip = len > 0 && text[0] == ' ' ? 1 : 0;
+        CHECK(out && olen + skip == len && !memcmp(out, text + skip, olen), "%s: round trip gave '%s'", name, out ? out : "");
+        free(out);
+        free(want);
+        free(got);
+        free(text);
+    }
+    json_decref(ref);
+
+    /* a slice of tinyshakespeare (the naive encoder is quadratic) */
+    size_t slen;
+    char *sh = shakespeare(&slen);
+    if (sh) {
+        size_t n1, n2, len = slen < 1500 ? slen : 1500;
+        int32_t *want = naive_hf_bpe(vocab, ranks, sh, len, &n1), *got = NULL;
+        CHECK_OK(loom_tokenizer_encode(mistral, sh, len, 0, &got, &n2));
+        if (got) check_ids(got, n2, want, n1, "mistral vs naive BPE, tinyshakespeare[0:1500]");
+        free(want);
+        free(got);
+    }
+    free(sh);
+
+    /* byte fallback: characters outside the vocabulary become <0xNN> = id 3 + byte */
+    const char *rare[] = {"\xE9\xBE\x98" /* U+9F98 */, "\xF0\x9F\xA6\x99" /* U+1F999 */};
+    for (int r = 0; r < 2; r++) {
+        CHECK(json_object_get(vocab, rare[r]) == NULL, "test premise: %s is not in the vocabulary", rare[r]);
+        char text[16];
+        snprintf(text, sizeof text, "a%s", rare[r]);
+        int32_t *got = NULL;
+        size_t n = 0, bl = strlen(rare[r]);
+        CHECK_OK(loom_tokenizer_encode(mistral, text, strlen(text), 0, &got, &n));
+        int32_t want[8];
+        want[0] = (int32_t)json_integer_value(json_object_get(vocab, "\xE2\x96\x81" "a"));
+        for (size_t b = 0; b < bl; b++) {
+            char name[8];
+            snprintf(name, sizeof name, "<0x%02X>", (unsigned char)rare[r][b]);
+            CHECK(json_integer_value(json_object_get(vocab, name)) == 3 + (unsigned char)rare[r][b], "byte token %s", name);
+            want[1 + b] = 3 + (unsigned char)rare[r][b];
+        }
+        if (got) check_ids(got, n, want, 1 + bl, "mistral byte fallback");
+        /* streaming: nothing comes out until the character is complete */
+        loom_detok *d;
+        CHECK_OK(loom_detok_create(&d, mistral));
+        char acc[64] = "", piece[64];
+        size_t pn;
+        for (size_t k = 0; k < n; k++) {
+            CHECK_OK(loom_detok_push(d, got[k], piece, sizeof piece, &pn));
+            CHECK(utf8_ok(piece, pn), "streamed piece %zu is valid UTF-8", k);
+            if (k >= 1 && k < n - 1) CHECK(pn == 0, "partial character held back (push %zu gave %zu bytes)", k, pn);
+            strcat(acc, piece);
+        }
+        CHECK_OK(loom_detok_flush(d, piece, sizeof piece, &pn));
+        CHECK(pn == 0, "nothing left to flush");
+        CHECK(!strcmp(acc, text), "streamed '%s' vs '%s'", acc, text);
+        loom_detok_free(d);
+        free(got);
+    }
+    /* added tokens in the text are matched whole */
+    int32_t *got = NULL;
+    size_t n = 0;
+    CHECK_OK(loom_tokenizer_encode(mistral, "<s>a</s>", 8, 0, &got, &n));
+    CHECK(n == 3 && got && got[0] == 1 && got[2] == 2, "added tokens matched (%zu ids)", n);
+    free(got);
+    json_decref(ranks);
+    json_decref(root);
+}
+
+/* ---- llama2.c tok512.bin against run.c's greedy merge, written naively ---- */
+
+typedef struct {
+    int n;
+    char **s;
+    int *len;
+    float *score;
+} bin_vocab;
+
+static int bin_find(const bin_vocab *v, const char *s, int len) {
+    for (int i = 0; i < v->n; i++)
+        if (v->len[i] == len && !memcmp(v->s[i], s, (size_t)len)) return i;
+    return -1;
+}
+
+/* run.c's encode: " " + text, each UTF-8 character looked up (else its bytes + 3), then merge the
+ * adjacent pair whose concatenation has the highest score, first such pair on ties, until none. */
+static int *naive_llama2c(const bin_vocab *v, const char *text, size_t len, size_t *n) {
+    int *ids = malloc((len + 2) * sizeof *ids);
+    size_t k = 0;
+    char *s = malloc(len + 2);
+    s[0] = ' ';
+    memcpy(s + 1, text, len);
+    size_t sl = len ? len + 1 : 0;
+    for (size_t i = 0; i < sl;) {
+        unsigned char c = (unsigned char)s[i];
+        int cl = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+        int id = bin_find(v, s + i, cl);
+        if (id >= 259) ids[k++] = id;
+        else
+            for (int b = 0; b < cl; b++) ids[k++] = 3 + (unsigned char)s[i + b];
+        i += (size_t)cl;
+    }
+    for (;;) {
+        float best = -1e30f;
+        long at = -1;
+        int best_id = -1;
+        for (size_t i = 0; i + 1 < k; i++) {
+            char buf[256];
+            int la = v->len[ids[i]], lb = v->len[ids[i + 1]];
+            if (ids[i] < 259 || ids[i + 1] < 259 || la + lb > 255) continue;
+            memcpy(buf, v->s[ids[i]], (size_t)la);
+            memcpy(buf + la, v->s[ids[i + 1]], (size_t)lb);
+            int id = bin_find(v, buf, la + lb);
+            if (id >= 259 && v->score[id] > best) best = v->score[id], at = (long)i, best_id = id;
+        }
+        if (at < 0) break;
+        ids[at] = best_id;
+        memmove(ids + at + 1, ids + at + 2, (k - (size_t)at - 2) * sizeof *ids);
+        k--;
+    }
+    free(s);
+    *n = k;
+    return ids;
+}
+
+static void test_tok512(void) {
+    tok512 = load("data/stories260K/tok512.bin");
+    char p[1024], *data = NULL;
+    size_t size = 0;
+    CHECK_OK(loom_read_file(test_path(p, sizeof p, "data/stories260K/tok512.bin"), &data, &size));
+    if (!tok512 || !data) {
+        free(data);
+        return;
+    }
+    CHECK(loom_tokenizer_vocab_size(tok512) == 512, "vocab %d", loom_tokenizer_vocab_size(tok512));
+    bin_vocab v = {0, calloc(512, sizeof(char *)), calloc(512, sizeof(int)), calloc(512, sizeof(float))};
+    for (size_t pos = 4; pos + 8 <= size && v.n < 512; v.n++) {
+        memcpy(&v.score[v.n], data + pos, 4);
+        memcpy(&v.len[v.n], data + pos + 4, 4);
+        v.s[v.n] = data + pos + 8;
+        pos += 8 + (size_t)v.len[v.n];
+    }
+    json_t *ref = load_json("reference/tokenizer/llama2_tokenizer_reference.json");
+    size_t i;
+    json_t *x;
+    json_array_foreach(ref, i, x) {
+        size_t len, n1, n2;
+        char *text = entry_text(x, &len);
+        int *want = naive_llama2c(&v, text, len, &n1);
+        int32_t *got = NULL;
+        CHECK_OK(loom_tokenizer_encode(tok512, text, len, 0, &got, &n2));
+        int32_t *w32 = malloc((n1 + 1) * sizeof *w32);
+        for (size_t k = 0; k < n1; k++) w32[k] = want[k];
+        char name[64];
+        snprintf(name, sizeof name, "tok512 vs run.c greedy, entry %zu", i);
+        if (got) check_ids(got, n2, w32, n1, name);
+        check_roundtrip(tok512, text, len, name);
+        free(w32);
+        free(want);
+        free(got);
+        free(text);
+    }
+    json_decref(ref);
+    free(v.s);
+    free(v.len);
+    free(v.score);
+    free(data);
+}
+
+/* ---- tinyshakespeare through every tokenizer ---- */
+
+static void test_shakespeare(void) {
+    size_t len;
+    char *sh = shakespeare(&len);
+    if (!sh) return;
+    loom_tokenizer *byte;
+    CHECK_OK(loom_tokenizer_byte(&byte));
+    loom_tokenizer *all[] = {byte, gpt2, gpt2json, llama2, tok512, mistral};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        if (!all[k]) continue;
+        check_roundtrip(all[k], sh, len, "tinyshakespeare");
+    }
+    /* the two GPT-2 routes agree on the whole text */
+    if (gpt2 && gpt2json) {
+        int32_t *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        CHECK_OK(loom_tokenizer_encode(gpt2, sh, len, 0, &a, &na));
+        CHECK_OK(loom_tokenizer_encode(gpt2json, sh, len, 0, &b, &nb));
+        if (a && b) check_ids(b, nb, a, na, "tinyshakespeare: tokenizer.json vs encoder.json");
+        free(a);
+        free(b);
+    }
+    /* streaming decode of llama2 ids gives the same text as whole decoding */
+    if (llama2) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK_OK(loom_tokenizer_encode(llama2, sh, 20000, LOOM_TOK_BOS, &ids, &n));
+        loom_detok *d;
+        CHECK_OK(loom_detok_create(&d, llama2));
+        char *acc = malloc(30000), piece[256];
+        size_t al = 0, pn;
+        int valid = 1;
+        for (size_t k = 0; k < n; k++) {
+            CHECK_OK(loom_detok_push(d, ids[k], piece, sizeof piece, &pn));
+            valid &= utf8_ok(piece, pn);
+            if (al + pn < 30000) memcpy(acc + al, piece, pn), al += pn;
+        }
+        CHECK_OK(loom_detok_flush(d, piece, sizeof piece, &pn));
+        CHECK(valid && pn == 0, "streamed pieces valid, nothing left");
+        CHECK(al == 20000 && !memcmp(acc, sh, 20000), "streamed decode (%zu bytes)", al);
+        free(acc);
+        free(ids);
+        loom_detok_free(d);
+    }
+    loom_tokenizer_free(byte);
+    free(sh);
+}
+
+/* ---- a small handmade tokenizer.json: merge order, added tokens, pre-tokenizers ---- */
+
+static loom_tokenizer *json_tok(const char *name, const char *text) {
+    char p[1024];
+    write_text(tmp_path(p, sizeof p, name), text);
+    loom_tokenizer *t = NULL;
+    int rc = loom_tokenizer_load(&t, p);
+    CHECK(rc == LOOM_OK, "loading %s: %s", name, loom_errmsg());
+    return t;
+}
+
+static void expect(const loom_tokenizer *t, const char *text, const int32_t *want, size_t m, const char *what) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    CHECK_OK(loom_tokenizer_encode(t, text, strlen(text), 0, &ids, &n));
+    if (ids) check_ids(ids, n, want, m, what);
+    free(ids);
+}
+
+static void test_handmade(void) {
+    /* vocab a=0 b=1 c=2 ab=3 bc=4 abc=5 " "=6 <x>=7; merges by rank: "b c" (0), "a b" (1), "a bc" (2) */
+    loom_tokenizer *t = json_tok("small.json",
+                                 "{\"added_tokens\":[{\"id\":7,\"content\":\"<x>\",\"special\":true,\"lstrip\":true}],"
+                                 "\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":\" \"},\"behavior\":\"Isolated\"},"
+                                 "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2,\"ab\":3,\"bc\":4,\"abc\":5,\" \":6},"
+                                 "\"merges\":[\"b c\",\"a b\",\"a bc\"]}}");
+    if (!t) return;
+    /* "abc": b+c has the lower rank, then a+bc -> abc */
+    expect(t, "abc", (int32_t[]){5}, 1, "rank order");
+    /* "abab": two a+b merges, leftmost first; "ab ab" is no merge */
+    expect(t, "abab", (int32_t[]){3, 3}, 2, "repeated pair");
+    /* "ab c": the Split on " " keeps words apart, so no "bc" across it */
+    expect(t, "ab c", (int32_t[]){3, 6, 2}, 3, "split isolates");
+    /* "a <x>b": <x> is added with lstrip, so it swallows the space before it */
+    expect(t, "a <x>b", (int32_t[]){0, 7, 1}, 3, "added token with lstrip");
+    int32_t *ids;
+    size_t n;
+    CHECK(loom_tokenizer_encode(t, "abd", 3, 0, &ids, &n) == LOOM_EFORMAT, "unknown character without unk: %s", loom_errmsg());
+    loom_tokenizer_free(t);
+
+    /* Metaspace with split, Digits, unk fusing: vocab ▁=0 a=1 ▁a=2 1=3 2=4 <unk>=5 */
+    t = json_tok("meta.json",
+                 "{\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":true},"
+                 "{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\",\"split\":true}]},"
+                 "\"decoder\":{\"type\":\"Metaspace\",\"replacement\":\"\\u2581\",\"prepend_scheme\":\"always\"},"
+                 "\"model\":{\"type\":\"BPE\",\"unk_token\":\"<unk>\",\"fuse_unk\":true,"
+                 "\"vocab\":{\"\\u2581\":0,\"a\":1,\"\\u2581a\":2,\"1\":3,\"2\":4,\"<unk>\":5},\"merges\":[\"\\u2581 a\"]}}");
+    if (!t) return;
+    /* "a a12zz": Digits splits "a a" | "1" | "2" | "zz"; Metaspace (always) prefixes each piece
+     * that does not start with it, and splits before each ▁: ▁a ▁a | ▁1 | ▁2 | ▁zz; the unknown
+     * "zz" fuses into one <unk> */
+    expect(t, "a a12zz", (int32_t[]){2, 2, 0, 3, 0, 4, 0, 5}, 8, "metaspace+digits+unk");
+    loom_tokenizer_free(t);
+}
+
+/* ---- malformed files and input ---- */
+
+static void expect_load_error(const char *name, const char *content, int code, const char *needle) {
+    char p[1024];
+    write_text(tmp_path(p, sizeof p, name), content);
+    loom_tokenizer *t = (loom_tokenizer *)1;
+    int rc = loom_tokenizer_load(&t, p);
+    CHECK(rc == code && t == NULL, "%s: rc %d (want %d): %s", name, rc, code, loom_errmsg());
+    CHECK(strstr(loom_errmsg(), needle) != NULL, "%s: message '%s' should mention '%s'", name, loom_errmsg(), needle);
+    if (rc == LOOM_OK) loom_tokenizer_free(t);
+}
+
+static void test_malformed(void) {
+    char p[1024], src[1024];
+    /* truncated tokenizer.bin, cut inside a token and inside the header */
+    char *data = NULL;
+    size_t size = 0;
+    CHECK_OK(loom_read_file(test_path(src, sizeof src, "data/stories260K/tok512.bin"), &data, &size));
+    if (data) {
+        size_t cuts[] = {3000, 2, 7};
+        for (int k = 0; k < 3; k++) {
+            CHECK_OK(loom_write_file_atomic(tmp_path(p, sizeof p, "cut.bin"), data, cuts[k]));
+            loom_tokenizer *t = NULL;
+            int rc = loom_tokenizer_load(&t, p);
+            CHECK(rc == LOOM_EFORMAT && !t, "truncated tokenizer.bin (%zu bytes): rc %d", cuts[k], rc);
+            CHECK(strstr(loom_errmsg(), "cut.bin") != NULL, "message names the file: %s", loom_errmsg());
+        }
+        /* a byte token renamed: ids 3..258 must be <0x00>..<0xFF> */
+        size_t pos = 4;
+        for (int k = 0; k < 3; k++) {
+            int32_t l;
+            memcpy(&l, data + pos + 4, 4);
+            pos += 8 + (size_t)l;
+        }
+        memcpy(data + pos + 8, "<0x41>", 6); /* token 3 */
+        CHECK_OK(loom_write_file_atomic(p, data, size));
+        loom_tokenizer *t = NULL;
+        CHECK(loom_tokenizer_load(&t, p) == LOOM_EFORMAT && !t, "wrong byte token accepted");
+        CHECK(strstr(loom_errmsg(), "<0x00>") != NULL, "message: %s", loom_errmsg());
+        free(data);
+    }
+    expect_load_error("garbage.bin", "this is not a tokenizer at all, just text", LOOM_EFORMAT, "garbage.bin");
+    expect_load_error("bad.json", "{\"model\": {\"type\": \"BPE\", ", LOOM_EFORMAT, "line");
+    expect_load_error("nomodel.json", "{\"version\": \"1.0\"}", LOOM_EFORMAT, "model");
+    expect_load_error("novocab.json", "{\"model\": {\"type\": \"BPE\", \"merges\": []}}", LOOM_EFORMAT, "vocab");
+    expect_load_error("unknown.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},\"merges\":[\"a c\"]}}", LOOM_EFORMAT,
+                      "\"c\" is not in the vocabulary");
+    expect_load_error("nomerged.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1},\"merges\":[\"a b\"]}}", LOOM_EFORMAT,
+                      "merged token");
+    expect_load_error("badmerge.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"ab\"]}}", LOOM_EFORMAT, "merges[0]");
+    expect_load_error("badid.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":\"x\"},\"merges\":[]}}", LOOM_EFORMAT, "not an integer");
+    expect_load_error("dupid.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}}", LOOM_EFORMAT, "twice");
+    expect_load_error("wordpiece.json", "{\"model\":{\"type\":\"WordPiece\",\"vocab\":{}}}", LOOM_EUNSUPPORTED, "WordPiece");
+    expect_load_error("badregex.json",
+                      "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},"
+                      "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      LOOM_EFORMAT, "regex");
+    expect_load_error("nfkc.json", "{\"normalizer\":{\"type\":\"NFKC\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      LOOM_EUNSUPPORTED, "NFKC");
+    /* tokenizer_config.json naming a token that does not exist */
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/badcfg", tmpdir);
+    mkdir(dir, 0700);
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    write_text(p, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}");
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    write_text(p, "{\"bos_token\": \"<nope>\"}");
+    loom_tokenizer *t = NULL;
+    CHECK(loom_tokenizer_load(&t, dir) == LOOM_EFORMAT && !t, "config with unknown bos: %s", loom_errmsg());
+    CHECK(strstr(loom_errmsg(), "<nope>") != NULL, "message: %s", loom_errmsg());
+    /* GPT-2 pair problems */
+    snprintf(dir, sizeof dir, "%s/gpt2bad", tmpdir);
+    mkdir(dir, 0700);
+    snprintf(p, sizeof p, "%s/encoder.json", dir);
+    write_text(p, "{\"a\": 0, \"b\": 1}");
+    CHECK(loom_tokenizer_load(&t, p) == LOOM_ENOTFOUND && !t, "encoder.json without vocab.bpe: %s", loom_errmsg());
+    snprintf(src, sizeof src, "%s/vocab.bpe", dir);
+    write_text(src, "#version: 0.2\na b c\n");
+    CHECK(loom_tokenizer_load(&t, p) == LOOM_EFORMAT && !t, "bad vocab.bpe line: %s", loom_errmsg());
+    CHECK(strstr(loom_errmsg(), "line 2") != NULL, "message: %s", loom_errmsg());
+    write_text(src, "#version: 0.2\na x\n");
+    CHECK(loom_tokenizer_load(&t, p) == LOOM_EFORMAT && !t, "unknown merge token: %s", loom_errmsg());
+    CHECK(loom_tokenizer_load(&t, tmp_path(p, sizeof p, "does-not-exist")) == LOOM_ENOTFOUND && !t, "missing path");
+    snprintf(dir, sizeof dir, "%s/empty", tmpdir);
+    mkdir(dir, 0700);
+    CHECK(loom_tokenizer_load(&t, dir) == LOOM_ENOTFOUND && !t, "empty directory: %s", loom_errmsg());
+
+    /* invalid UTF-8 input is an error for every kind but the byte tokenizer */
+    const char *bad[] = {"ok \xff", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ab\xe2\x82"};
+    loom_tokenizer *kinds[] = {gpt2, llama2, mistral, gpt2json};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        if (!kinds[k]) continue;
+        for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+            int32_t *ids = (int32_t *)1;
+            size_t n = 7;
+            int rc = loom_tokenizer_encode(kinds[k], bad[b], strlen(bad[b]), 0, &ids, &n);
+            CHECK(rc == LOOM_EFORMAT && ids == NULL && n == 0, "%s accepted invalid UTF-8 case %zu", loom_tokenizer_kind(kinds[k]), b);
+            CHECK(strstr(loom_errmsg(), "UTF-8") != NULL, "message: %s", loom_errmsg());
+        }
+        /* out-of-range ids */
+        int32_t ids[] = {5, -1};
+        char *out = NULL;
+        size_t olen;
+        CHECK(loom_tokenizer_decode(kinds[k], ids, 2, &out, &olen) == LOOM_ERANGE && !out, "negative id");
+        ids[1] = loom_tokenizer_vocab_size(kinds[k]);
+        CHECK(loom_tokenizer_decode(kinds[k], ids, 2, &out, &olen) == LOOM_ERANGE && !out, "id = vocab size");
+    }
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/loom_test_tok_%d", (int)getpid());
+    mkdir(tmpdir, 0700);
+    test_byte();
+    test_gpt2_reference();
+    test_llama2_reference();
+    test_bytelevel_json();
+    test_mistral();
+    test_tok512();
+    test_shakespeare();
+    test_handmade();
+    test_malformed();
+    loom_tokenizer_free(gpt2);
+    loom_tokenizer_free(llama2);
+    loom_tokenizer_free(mistral);
+    loom_tokenizer_free(tok512);
+    loom_tokenizer_free(gpt2json);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    return test_summary();
+}
