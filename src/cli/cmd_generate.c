@@ -35,6 +35,8 @@ int cmd_generate(int argc, char **argv) {
     loom_model *m;
     int created;
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("loading the model");
+    /* one token at a time, a small model is faster on one thread than paying for thread wake-ups */
+    if (threads <= 0 && m->n_params < 20000000) loom_set_threads(1);
     loom_tokenizer *tok;
     if (cli_tokenizer(&tok, tokp, model, m) != LOOM_OK) {
         loom_model_free(m);

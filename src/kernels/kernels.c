@@ -9,6 +9,8 @@
 #include <string.h>
 
 #define COLBLOCK 64
+/* Parallel regions only pay off above a few thousand elements (generation runs rows of one). */
+#define PAR(work) ((work) >= 8192)
 
 /* exp(x) for float without libm calls, so loops over it vectorise: Cody-Waite range reduction
  * x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r (relative error ~1e-7, like expf), and
@@ -44,7 +46,7 @@ void loom_matmul_forward(float *out, int ldo, const float *inp, int ldi, const f
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, ldi, w, OC, 0.0f, out, ldo);
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * OC))
         for (int n = 0; n < N; n++) {
             float *o = out + (size_t)n * ldo;
             for (int j = 0; j < OC; j++) o[j] += bias[j];
@@ -54,7 +56,7 @@ void loom_matmul_forward(float *out, int ldo, const float *inp, int ldi, const f
 
 void loom_colsum_acc(float *out, const float *x, int ld, int N, int C) {
     int nblocks = (C + COLBLOCK - 1) / COLBLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * C))
     for (int blk = 0; blk < nblocks; blk++) {
         int c0 = blk * COLBLOCK, c1 = LOOM_KMIN(c0 + COLBLOCK, C);
         float acc[COLBLOCK] = {0};
@@ -85,7 +87,7 @@ void loom_matmul_backward(float *dinp, int ldi, float beta, float *dw, float *db
 
 void loom_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
                             const float *b, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * C))
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         double s = 0;
@@ -106,7 +108,7 @@ void loom_layernorm_forward(float *out, float *mean, float *rstd, const float *i
 
 void loom_layernorm_backward(float *dinp, float *dw, float *db, const float *dout, const float *inp,
                              const float *w, const float *mean, const float *rstd, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * C))
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float m = mean[n], r = rstd[n];
@@ -125,7 +127,7 @@ void loom_layernorm_backward(float *dinp, float *dw, float *db, const float *dou
     }
     if (!dw && !db) return;
     int nblocks = (C + COLBLOCK - 1) / COLBLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * C))
     for (int blk = 0; blk < nblocks; blk++) {
         int c0 = blk * COLBLOCK, c1 = LOOM_KMIN(c0 + COLBLOCK, C);
         float aw[COLBLOCK] = {0}, ab[COLBLOCK] = {0};
@@ -145,7 +147,7 @@ void loom_layernorm_backward(float *dinp, float *dw, float *db, const float *dou
 }
 
 void loom_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * C))
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C;
         double ss = 0;
@@ -159,7 +161,7 @@ void loom_rmsnorm_forward(float *out, float *rstd, const float *inp, const float
 
 void loom_rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                            const float *rstd, int N, int C) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * C))
     for (int n = 0; n < N; n++) {
         const float *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
         float r = rstd[n];
@@ -171,7 +173,7 @@ void loom_rmsnorm_backward(float *dinp, float *dw, const float *dout, const floa
     }
     if (!dw) return;
     int nblocks = (C + COLBLOCK - 1) / COLBLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * C))
     for (int blk = 0; blk < nblocks; blk++) {
         int c0 = blk * COLBLOCK, c1 = LOOM_KMIN(c0 + COLBLOCK, C);
         float aw[COLBLOCK] = {0};
@@ -188,10 +190,10 @@ void loom_rmsnorm_backward(float *dinp, float *dw, const float *dout, const floa
 
 void loom_gelu_forward(float *out, const float *inp, size_t n, int exact) {
     if (exact) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(n))
         for (size_t i = 0; i < n; i++) out[i] = 0.5f * inp[i] * (1.0f + erff(inp[i] * (float)M_SQRT1_2));
     } else {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (PAR(n))
         for (size_t i = 0; i < n; i++) {
             float x = inp[i];
             out[i] = 0.5f * x * (1.0f + fast_tanhf(GELU_S * (x + 0.044715f * x * x * x)));
@@ -202,14 +204,14 @@ void loom_gelu_forward(float *out, const float *inp, size_t n, int exact) {
 void loom_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n, int exact) {
     if (exact) {
         const float k = 0.3989422804014327f; /* 1/sqrt(2 pi) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(n))
         for (size_t i = 0; i < n; i++) {
             float x = inp[i];
             float g = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * k * expf(-0.5f * x * x);
             dinp[i] = g * dout[i];
         }
     } else {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (PAR(n))
         for (size_t i = 0; i < n; i++) {
             float x = inp[i];
             float u = GELU_S * (x + 0.044715f * x * x * x);
@@ -222,7 +224,7 @@ void loom_gelu_backward(float *dinp, const float *inp, const float *dout, size_t
 }
 
 void loom_swiglu_forward(float *out, const float *gu, int N, int H) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * H))
     for (int n = 0; n < N; n++) {
         const float *g = gu + (size_t)n * 2 * H, *u = g + H;
         float *o = out + (size_t)n * H;
@@ -232,7 +234,7 @@ void loom_swiglu_forward(float *out, const float *gu, int N, int H) {
 }
 
 void loom_swiglu_backward(float *dgu, const float *dout, const float *gu, int N, int H) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * H))
     for (int n = 0; n < N; n++) {
         const float *g = gu + (size_t)n * 2 * H, *u = g + H, *dy = dout + (size_t)n * H;
         float *dg = dgu + (size_t)n * 2 * H, *du = dg + H;
@@ -248,7 +250,7 @@ void loom_swiglu_backward(float *dgu, const float *dout, const float *gu, int N,
 
 void loom_rope(float *x, int ld, int B, int T, int nheads, int HS, float theta, int pos0, int inverse) {
     int half = HS / 2;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)T * B * nheads * HS))
     for (int t = 0; t < T; t++) {
         float cs[256], sn[256]; /* HS <= 512 */
         int pos = pos0 + t;
@@ -277,7 +279,7 @@ void loom_attention_forward(float *out, float *att, const float *qkv, int ldqkv,
                             int HS) {
     const int C = NH * HS, group = NH / NKV;
     const float scale = 1.0f / sqrtf((float)HS);
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) if (PAR((size_t)B * NH * T * T))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             const float *q = qkv + (size_t)b * T * ldqkv + h * HS;
@@ -308,7 +310,7 @@ void loom_attention_backward(float *dqkv, float *scratch, const float *dout, con
     const int C = NH * HS, group = NH / NKV;
     const float scale = 1.0f / sqrtf((float)HS);
     /* Parallel over (b, kv head): the query heads of one group accumulate into the same dK/dV. */
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+#pragma omp parallel for schedule(dynamic, 1) collapse(2) if (PAR((size_t)B * NH * T * T))
     for (int b = 0; b < B; b++)
         for (int kh = 0; kh < NKV; kh++) {
             const float *base = qkv + (size_t)b * T * ldqkv;
@@ -344,7 +346,7 @@ void loom_attention_backward(float *dqkv, float *scratch, const float *dout, con
 
 float loom_crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V,
                                 int *n_valid) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * V))
     for (int n = 0; n < N; n++) {
         int tg = targets[n];
         if (tg < 0 || tg >= V) {
@@ -373,7 +375,7 @@ float loom_crossentropy_forward(float *losses, const float *logits, const int32_
 
 void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, int V, int n_valid, float dloss) {
     float k = n_valid ? dloss / (float)n_valid : 0.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * V))
     for (int n = 0; n < N; n++) {
         float *row = logits + (size_t)n * V;
         int tg = targets[n];
