@@ -6,5 +6,6 @@
 
 /* One entry point per command; argv[0] is the command name. Returns the process exit code. */
 int cmd_version(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 
 #endif

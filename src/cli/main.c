@@ -11,6 +11,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"version", cmd_version, "print the version"},
+    {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
 };
 
 static void usage(FILE *f) {
