@@ -31,7 +31,8 @@ static int same_partition(const loom_partition *a, const loom_partition *b) {
     for (size_t c = 0; c < a->n_clients; c++) {
         const loom_client *x = &a->clients[c], *y = &b->clients[c];
         if (x->n_train != y->n_train || x->n_test != y->n_test) return 0;
-        if (memcmp(x->train, y->train, x->n_train * 4) || memcmp(x->test, y->test, x->n_test * 4)) return 0;
+        if (x->n_train && memcmp(x->train, y->train, x->n_train * 4)) return 0;
+        if (x->n_test && memcmp(x->test, y->test, x->n_test * 4)) return 0;
     }
     return 1;
 }
