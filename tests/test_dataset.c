@@ -545,6 +545,82 @@ static void test_self_instruct(void) {
     }
 }
 
+/* Random damage to valid inputs: every load either succeeds with sane examples or fails with a
+ * message; nothing reads out of bounds (run under the sanitizer build). */
+static void test_fuzz(void) {
+    static const char *seeds[] = {
+        "text,label\n\"a, \"\"b\"\"\",1\n\"multi\nline\",0\r\nplain,1\n",
+        "{\"text\": \"x\\n\", \"label\": 3}\n{\"instruction\": \"i\", \"input\": \"\", \"output\": \"o\", \"response\": \"r\"}\n",
+        "para one\nline\n\npara two\n",
+    };
+    static const char alphabet[] = "\",\n\r\t{}[]:\\a1 ";
+    static const int formats[] = {LOOM_FMT_CSV, LOOM_FMT_TSV, LOOM_FMT_JSONL_CLS, LOOM_FMT_ALPACA, LOOM_FMT_DOLLY, LOOM_FMT_TEXT};
+    loom_rng r;
+    loom_rng_init(&r, 2024, 0);
+    int sane = 1, loaded = 0, failed_with_msg = 1, runs = 0;
+    char buf[256];
+    for (int it = 0; it < 3000; it++) {
+        const char *s = seeds[it % 3];
+        size_t n = strlen(s);
+        memcpy(buf, s, n);
+        int edits = 1 + (int)loom_rng_below(&r, 6);
+        for (int e = 0; e < edits; e++) {
+            uint32_t op = loom_rng_below(&r, 3), at = n ? loom_rng_below(&r, (uint32_t)n) : 0;
+            char c = alphabet[loom_rng_below(&r, sizeof alphabet - 1)];
+            if (op == 0 && n) buf[at] = c;
+            else if (op == 1 && n + 1 < sizeof buf) {
+                memmove(buf + at + 1, buf + at, n - at);
+                buf[at] = c;
+                n++;
+            } else if (n) {
+                memmove(buf + at, buf + at + 1, n - at - 1);
+                n--;
+            }
+        }
+        int fmt = formats[loom_rng_below(&r, 6)];
+        loom_dataset_opts o;
+        loom_dataset_opts_init(&o);
+        o.format = fmt;
+        if (fmt == LOOM_FMT_CSV || fmt == LOOM_FMT_TSV) {
+            o.text_col = loom_rng_below(&r, 2) ? "text" : "1";
+            o.label_col = loom_rng_below(&r, 2) ? "2" : NULL;
+        }
+        loom_dataset *ds = NULL;
+        runs++;
+        /* An exact-size heap copy, so that reading past the end is caught by the sanitizer. */
+        char *exact = malloc(n ? n : 1);
+        memcpy(exact, buf, n);
+        int rc = loom_dataset_load_buffer(&ds, exact, n, "fuzz", &o, tok);
+        free(exact);
+        if (rc == LOOM_OK) {
+            loaded++;
+            for (size_t i = 0; i < ds->n; i++) {
+                const loom_example *e = &ds->ex[i];
+                sane &= e->line >= 1 && e->prompt_len <= e->n && e->raw_len <= n;
+                for (uint32_t t = 0; t < e->n; t++) sane &= e->ids[t] >= 0 && e->ids[t] < ds->vocab_size && e->mask[t] <= 1;
+                sane &= ds->kind != LOOM_DS_CLASSIFY || (e->label >= 0 && (size_t)e->label < ds->n_labels);
+            }
+            loom_batcher_opts bo;
+            loom_batcher_opts_init(&bo);
+            bo.B = 2;
+            bo.T = 8;
+            loom_batcher *b;
+            if (loom_batcher_create(&b, ds, NULL, 0, &bo) == LOOM_OK) {
+                int32_t tk[16], tg[16];
+                for (uint64_t step = 0; step < 4; step++) sane &= loom_batcher_fill(b, step, tk, tg, NULL) == LOOM_OK;
+                loom_batcher_free(b);
+            }
+            loom_dataset_free(ds);
+        } else {
+            failed_with_msg &= ds == NULL && strlen(loom_errmsg()) > 5;
+        }
+    }
+    printf("fuzz: %d inputs, %d loaded, the rest rejected\n", runs, loaded);
+    CHECK(sane, "loaded fuzz inputs are sane");
+    CHECK(failed_with_msg, "rejected fuzz inputs have a message");
+    CHECK(loaded > 100 && loaded < runs, "fuzz exercised both paths (%d of %d loaded)", loaded, runs);
+}
+
 int main(void) {
     CHECK_OK(loom_tokenizer_byte(&tok));
     test_alpaca();
@@ -553,6 +629,7 @@ int main(void) {
     test_malformed_jsonl();
     test_csv();
     test_text_and_batches();
+    test_fuzz();
     test_sst2();
     test_ag_news();
     test_brown();

@@ -188,7 +188,7 @@ typedef struct loom_batcher loom_batcher;
 
 void loom_batcher_opts_init(loom_batcher_opts *o);
 /* idx (n_idx) selects the examples (a client's shard); idx = NULL means all. The indices are copied;
- * ds must outlive the batcher. */
+ * ds must outlive the batcher. A batcher caches the current epoch's order: use one per thread. */
 int loom_batcher_create(loom_batcher **out, const loom_dataset *ds, const uint32_t *idx, size_t n_idx,
                         const loom_batcher_opts *o);
 void loom_batcher_free(loom_batcher *b);

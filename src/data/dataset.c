@@ -547,18 +547,15 @@ int loom_dataset_load_buffer(loom_dataset **out, const char *data, size_t len, c
     if (rc) return rc;
     if (!tok) return loom_error(LOOM_EINVAL, "dataset: no tokenizer");
     if (!name) name = "<buffer>";
-    /* Parsers rely on a NUL after the data. */
-    char *buf = ds_strndup(data, len);
-    if (!buf) return LOOM_ENOMEM;
+    /* The parsers are bounded by len; data need not be NUL-terminated. */
     ds_records rs = {0};
     switch (o->format) {
-    case LOOM_FMT_TEXT: rc = ds_parse_text(&rs, buf, len, name, o); break;
+    case LOOM_FMT_TEXT: rc = ds_parse_text(&rs, data, len, name, o); break;
     case LOOM_FMT_CSV:
-    case LOOM_FMT_TSV: rc = ds_parse_csv(&rs, buf, len, name, o); break;
+    case LOOM_FMT_TSV: rc = ds_parse_csv(&rs, data, len, name, o); break;
     case LOOM_FMT_BROWN: rc = loom_error(LOOM_EINVAL, "%s: the brown format reads a directory, not a buffer", name); break;
-    default: rc = ds_parse_jsonl(&rs, buf, len, name, o); break;
+    default: rc = ds_parse_jsonl(&rs, data, len, name, o); break;
     }
-    free(buf);
     if (rc) {
         ds_records_free(&rs);
         return rc;

@@ -34,7 +34,7 @@ void ds_records_free(ds_records *rs);
 int ds_build(loom_dataset **out, ds_records *rs, const char *name, const loom_dataset_opts *o,
              const loom_tokenizer *tok, int format);
 
-/* Parsers: fill rs from a buffer (NUL-terminated at data[len]). */
+/* Parsers: fill rs from data[0..len) (no NUL needed). */
 int ds_parse_text(ds_records *rs, const char *data, size_t len, const char *name, const loom_dataset_opts *o);
 int ds_parse_jsonl(ds_records *rs, const char *data, size_t len, const char *name, const loom_dataset_opts *o);
 int ds_parse_csv(ds_records *rs, const char *data, size_t len, const char *name, const loom_dataset_opts *o);
