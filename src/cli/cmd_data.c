@@ -47,7 +47,8 @@ static void data_usage(FILE *f) {
             "  --tokenizer PATH    count tokens with this tokenizer (default: byte-level)\n"
             "  --alpha A           Dirichlet concentration (default 0.5)\n"
             "  --sigma S           quantity skew: log-normal sigma of client sizes (default 1)\n"
-            "  --by label|key      what dirichlet/natural group by (default: label if any, else key)\n"
+            "  --by label|key      what dirichlet/natural group by (default: the --key field if given, else the\n"
+            "                      label if the data has labels, else the format's default key)\n"
             "  --min-examples K    minimum examples a client (dirichlet: resample; natural: merge)\n"
             "  --test-frac F       per-client test fraction (default 0)\n"
             "  --seed S            (default 0)\n"
@@ -264,6 +265,9 @@ static int cmd_split(int argc, char **argv) {
         fprintf(stderr, "loom data split: --clients N is required for --partition %s\n", method_s);
         return 2;
     }
+
+    /* Naming a key field means "group by it" unless --by says otherwise. */
+    if (popt.by == LOOM_BY_AUTO && dopt.key_col) popt.by = LOOM_BY_KEY;
 
     loom_tokenizer *tok = NULL;
     int rc = tok_path ? loom_tokenizer_load(&tok, tok_path) : loom_tokenizer_byte(&tok);

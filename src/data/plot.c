@@ -92,7 +92,8 @@ int loom_plot_stacked_svg(char **svg, size_t *len, const char *title, size_t n_b
     double pw = LOOM_MAX(bw * (double)n_bars, 200.0);
     size_t legend_rows = n_series;
     double legend_x = left + pw + 30, legend_w = 220;
-    double width = legend_x + legend_w, height = top + LOOM_MAX(ph + bottom, 20.0 + 16.0 * (double)legend_rows);
+    /* Wide enough for the title (about 8.5 px a character at 15 px). */
+    double width = LOOM_MAX(legend_x + legend_w, left + 8.5 * (double)(title ? strlen(title) : 0)), height = top + LOOM_MAX(ph + bottom, 20.0 + 16.0 * (double)legend_rows);
     put(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
             "font-family=\"sans-serif\" font-size=\"11\">\n", width, height, width, height);
     put(&b, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
