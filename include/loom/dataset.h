@@ -22,9 +22,9 @@
  *   LOOM_FMT_TEXT       plain text for language modelling. Documents are split by blank lines
  *                       (text_split = LOOM_SPLIT_PARAGRAPH, default), by line, or the whole file is one
  *                       document. Every token is a target except a leading BOS.
- *   LOOM_FMT_JSONL      one JSON object a line with a string field text_field ("text"); language
- *                       modelling; key_field optional. (Classification when label_field is set.)
- *   LOOM_FMT_JSONL_CLS  JSON objects with text_field ("text") and label_field ("label", a string or an
+ *   LOOM_FMT_JSONL      one JSON object a line with a string field text_col ("text"); language
+ *                       modelling; key_col optional. (Classification when label_col is set.)
+ *   LOOM_FMT_JSONL_CLS  JSON objects with fields text_col ("text") and label_col ("label", a string or an
  *                       integer): classification.
  *   LOOM_FMT_ALPACA     JSON objects {"instruction", "input" (optional), "output"}: instruction tuning.
  *   LOOM_FMT_DOLLY      JSON objects {"instruction", "context" (optional), "response", "category"
@@ -170,7 +170,8 @@ int loom_dataset_candidate(const loom_dataset *ds, size_t i, size_t k, int32_t *
 /* ---- batching ---------------------------------------------------------------------------------
  * A sample is a packed window (pack = 1: the shard's examples are concatenated in index order into
  * one stream, window w holds stream[w*T .. w*T+T], T+1 tokens, and the last window is padded) or one
- * example (pack = 0: truncated to T+1 tokens, padded). Sample s of the infinite sequence (s = step*B +
+ * example (pack = 0: truncated to its first T+1 tokens, padded; a prompt of T tokens or more leaves the
+ * row without targets, all -1). Sample s of the infinite sequence (s = step*B +
  * row) belongs to epoch e = s / S (S samples an epoch) and is sample perm_e[s % S], perm_e a shuffle
  * drawn from the stream (seed, e): batches depend on (seed, step) alone, every sample is seen once an
  * epoch, and a batch may straddle two epochs. */
