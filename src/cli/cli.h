@@ -15,5 +15,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 /* Benchmarks, reached through `loom bench <name>` (argv[0] is the benchmark name). */
 int bench_tokenize(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 
 #endif

@@ -13,11 +13,12 @@ static const struct {
     {"train", cmd_train, "train one model on a text file (from scratch or fine-tuning)"},
     {"eval", cmd_eval, "loss and perplexity of a model on a text file"},
     {"generate", cmd_generate, "sample text from a model (greedy, temperature, top-k, top-p)"},
-    {"bench", cmd_bench, "benchmarks: train, generate, tokenize"},
-    {"verify", cmd_verify, "check numerics against a reference file (logits, loss, gradients, AdamW)"},
-    {"version", cmd_version, "print the version"},
+    {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
+    {"verify", cmd_verify, "check numerics against a reference file (logits, loss, gradients, AdamW)"},
+    {"bench", cmd_bench, "benchmarks: train, generate, tokenize"},
+    {"version", cmd_version, "print the version"},
 };
 
 static void usage(FILE *f) {

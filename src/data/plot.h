@@ -1,0 +1,14 @@
+/* SVG charts of data splits (private to loom: used by the data commands). */
+#ifndef LOOM_DATA_PLOT_H
+#define LOOM_DATA_PLOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* A stacked bar chart: one bar per client, one colour per series (label or key), with a legend.
+ * counts: (n_bars, n_series). *svg is malloc'ed, NUL-terminated, *len without the NUL.
+ * Names are XML-escaped; names may be NULL (then "0", "1", ...). */
+int loom_plot_stacked_svg(char **svg, size_t *len, const char *title, size_t n_bars, size_t n_series,
+                          const uint64_t *counts, const char *const *bar_names, const char *const *series_names);
+
+#endif
