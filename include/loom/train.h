@@ -35,6 +35,16 @@ int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *tar
 /* Loss of a batch without training. */
 int loom_trainer_eval(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss);
 float loom_trainer_lr(const loom_trainer *t); /* learning rate of the next step */
+/* Called after backward and before clipping and the optimizer step, with the gradient and the current
+ * trained vector (n floats each): federated clients add FedProx's proximal gradient or SCAFFOLD's
+ * correction here. NULL removes the hook. */
+typedef void (*loom_grad_hook)(float *grad, const float *vec, size_t n, void *ud);
+void loom_trainer_set_grad_hook(loom_trainer *t, loom_grad_hook fn, void *ud);
+/* Tokens per batch (B*T of the workspace) and the model's vocabulary size. */
+size_t loom_trainer_batch_tokens(const loom_trainer *t);
+int loom_trainer_vocab(const loom_trainer *t);
+/* Forward and backward only (no optimizer step): the gradient is left in loom_trainer_grads(). */
+int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss);
 long loom_trainer_steps(const loom_trainer *t);
 loom_optimizer *loom_trainer_optimizer(loom_trainer *t);
 loom_ws *loom_trainer_ws(loom_trainer *t);

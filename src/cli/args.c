@@ -122,3 +122,50 @@ const char *cli_duration(double s, char *buf, int n) {
     else snprintf(buf, (size_t)n, "%lds", t);
     return buf;
 }
+
+#include <jansson.h>
+
+int cli_config_argv(const char *path, int *argc, char ***argv) {
+    json_error_t e;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &e);
+    if (!root) return loom_error(LOOM_EFORMAT, "%s:%d: %s", path, e.line, e.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return loom_error(LOOM_EFORMAT, "%s: a config file is a JSON object of flag names and values", path);
+    }
+    size_t n = json_object_size(root);
+    char **v = calloc(2 * n + 2, sizeof *v);
+    int k = 0;
+    v[k++] = strdup("config");
+    const char *key;
+    json_t *val;
+    int rc = LOOM_OK;
+    json_object_foreach(root, key, val) {
+        char buf[64];
+        if (json_is_false(val) || json_is_null(val)) continue;
+        size_t kl = strlen(key);
+        v[k] = malloc(kl + 3);
+        sprintf(v[k++], "--%s", key);
+        if (json_is_true(val)) continue;
+        if (json_is_string(val)) v[k++] = strdup(json_string_value(val));
+        else if (json_is_integer(val)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val)), v[k++] = strdup(buf);
+        else if (json_is_real(val)) snprintf(buf, sizeof buf, "%.17g", json_real_value(val)), v[k++] = strdup(buf);
+        else {
+            rc = loom_error(LOOM_EFORMAT, "%s: value of \"%s\" must be a string, number or boolean", path, key);
+            break;
+        }
+    }
+    json_decref(root);
+    if (rc != LOOM_OK) {
+        cli_config_free(k, v);
+        return rc;
+    }
+    *argc = k;
+    *argv = v;
+    return LOOM_OK;
+}
+
+void cli_config_free(int argc, char **argv) {
+    for (int i = 0; i < argc; i++) free(argv[i]);
+    free(argv);
+}

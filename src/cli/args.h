@@ -27,3 +27,9 @@ int cli_tty(void);
 const char *cli_duration(double s, char *buf, int n);
 
 #endif
+
+/* Reads a JSON object {"flag": value, ...} into an argv-style list ("prog", "--flag", "value", ...):
+ * numbers and strings become values; true adds the bare flag; false and null are skipped. The strings
+ * live until cli_config_free. */
+int cli_config_argv(const char *path, int *argc, char ***argv);
+void cli_config_free(int argc, char **argv);

@@ -13,6 +13,7 @@ static const struct {
     {"train", cmd_train, "train one model on a text file (from scratch or fine-tuning)"},
     {"eval", cmd_eval, "loss and perplexity of a model on a text file"},
     {"generate", cmd_generate, "sample text from a model (greedy, temperature, top-k, top-p)"},
+    {"sim", cmd_sim, "federated training of many simulated clients (FedAvg, FedProx, FedAdam, SCAFFOLD, ...)"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},

@@ -11,6 +11,8 @@ struct loom_trainer {
     loom_train_config cfg;
     loom_optimizer *opt;
     loom_ws *ws;
+    loom_grad_hook hook;
+    void *hook_ud;
 };
 
 void loom_train_defaults(loom_train_config *c) {
@@ -84,6 +86,7 @@ int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *tar
     if (rc != LOOM_OK) return rc;
     memset(t->grads, 0, t->m->n_params * sizeof(float));
     if ((rc = loom_backward(t->m, t->params, t->ws, t->grads, NULL)) != LOOM_OK) return rc;
+    if (t->hook) t->hook(t->grads, t->params, t->m->n_params, t->hook_ud);
     double gn = loom_clip_grad_norm(t->grads, t->m->n_params, t->cfg.clip);
     float lr = loom_trainer_lr(t);
     loom_optimizer_step(t->opt, t->params, t->grads, lr);
@@ -100,3 +103,18 @@ long loom_trainer_steps(const loom_trainer *t) { return loom_optimizer_steps(t->
 loom_optimizer *loom_trainer_optimizer(loom_trainer *t) { return t->opt; }
 loom_ws *loom_trainer_ws(loom_trainer *t) { return t->ws; }
 float *loom_trainer_grads(loom_trainer *t) { return t->grads; }
+
+void loom_trainer_set_grad_hook(loom_trainer *t, loom_grad_hook fn, void *ud) {
+    t->hook = fn;
+    t->hook_ud = ud;
+}
+
+int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss) {
+    int rc = loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, loss);
+    if (rc != LOOM_OK) return rc;
+    memset(t->grads, 0, t->m->n_params * sizeof(float));
+    return loom_backward(t->m, t->params, t->ws, t->grads, NULL);
+}
+
+size_t loom_trainer_batch_tokens(const loom_trainer *t) { return (size_t)t->cfg.B * (size_t)t->cfg.T; }
+int loom_trainer_vocab(const loom_trainer *t) { return t->m->cfg.vocab; }

@@ -1,0 +1,427 @@
+/* loom sim: federated training of many simulated clients in one process. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "cli/svgplot.h"
+#include "loom/core.h"
+#include "loom/dataset.h"
+#include "loom/partition.h"
+#include "loom/sim.h"
+#include "loom/train.h"
+
+typedef struct {
+    const loom_model *m;
+    loom_train_config tc;
+} full_ud;
+
+/* Full fine-tuning: each worker trains its own copy of all weights. */
+static int full_make(void *ud, loom_trainer **tr, float **vec) {
+    full_ud *u = ud;
+    *vec = loom_alloc(u->m->n_params * sizeof(float));
+    if (!*vec) return LOOM_ENOMEM;
+    int rc = loom_trainer_create(tr, u->m, *vec, &u->tc);
+    if (rc != LOOM_OK) {
+        loom_free(*vec);
+        *vec = NULL;
+    }
+    return rc;
+}
+
+static void full_free(void *ud, loom_trainer *tr, float *vec) {
+    (void)ud;
+    loom_trainer_free(tr);
+    loom_free(vec);
+}
+
+typedef struct {
+    int rounds, tty;
+    double t0;
+    double *acc, *loss, *x;
+    int n;
+    int last_line_done;
+} progress;
+
+static void on_client(int round, int done, int total, void *ud) {
+    progress *p = ud;
+    if (!p->tty) return;
+    double el = loom_now() - p->t0;
+    fprintf(stderr, "\r  round %d/%d  clients %d/%d  elapsed %.0fs   ", round, p->rounds, done, total, el);
+}
+
+static void on_round(const loom_round_metrics *m, void *ud) {
+    progress *p = ud;
+    double el = loom_now() - p->t0;
+    char eta[32];
+    cli_duration(el / m->round * (p->rounds - m->round), eta, sizeof eta);
+    if (p->tty) fprintf(stderr, "\r");
+    fprintf(stderr, "  round %4d/%d  train loss %.4f", m->round, p->rounds, m->train_loss);
+    if (m->evaluated)
+        fprintf(stderr, "  eval loss %.4f acc %.3f (clients %.3f +- %.3f)", m->eval_loss, m->eval_acc, m->eval_acc_mean,
+                m->eval_acc_std);
+    if (m->rejected) fprintf(stderr, "  rejected %d", m->rejected);
+    fprintf(stderr, "  %.1fs  ETA %s%s\n", m->seconds, eta, p->tty ? "      " : "");
+    if (p->n < p->rounds) {
+        p->x[p->n] = m->round;
+        p->acc[p->n] = m->evaluated ? m->eval_acc : NAN;
+        p->loss[p->n] = m->evaluated ? m->eval_loss : NAN;
+        p->n++;
+    }
+}
+
+static int parse_faults(const char *spec, loom_fault **out, int *n) {
+    *out = NULL;
+    *n = 0;
+    if (!spec || !*spec) return LOOM_OK;
+    int cap = 1;
+    for (const char *s = spec; *s; s++) cap += *s == ',';
+    loom_fault *f = calloc((size_t)cap, sizeof *f);
+    const char *s = spec;
+    while (*s) {
+        char kind[16] = "";
+        int client, used = 0;
+        if (sscanf(s, "%d:%15[a-z]%n", &client, kind, &used) != 2) {
+            free(f);
+            return loom_error(LOOM_EINVAL, "--fault: expected CLIENT:nan|inf|huge|short[,...], got '%s'", s);
+        }
+        int k = !strcmp(kind, "nan") ? LOOM_FAULT_NAN : !strcmp(kind, "inf") ? LOOM_FAULT_INF
+                : !strcmp(kind, "huge") ? LOOM_FAULT_HUGE : !strcmp(kind, "short") ? LOOM_FAULT_SHORT : 0;
+        if (!k) {
+            free(f);
+            return loom_error(LOOM_EINVAL, "--fault: unknown kind '%s' (nan, inf, huge, short)", kind);
+        }
+        f[(*n)++] = (loom_fault){client, k};
+        s += used;
+        if (*s == ',') s++;
+    }
+    *out = f;
+    return LOOM_OK;
+}
+
+static const char *default_shakespeare(char *buf, size_t n) {
+    const char *sh = getenv("LOOM_SHARED");
+    snprintf(buf, n, "%s/data/tinyshakespeare/input.txt", sh && *sh ? sh : "../shared");
+    return buf;
+}
+
+int cmd_sim(int argc, char **argv) {
+    /* defaults: a small federated Shakespeare run */
+    const char *model = "tiny", *data = "shakespeare", *format = "text", *text_col = NULL, *label_col = NULL,
+               *key = NULL, *partition = "iid", *tokp = NULL, *strategy = "fedavg", *optname = "sgd", *out = NULL,
+               *sample_s = NULL, *faults_s = NULL, *config = NULL, *plot = NULL, *prompt = "";
+    int clients = 10, rounds = 20, local_steps = 10, B = 8, T = 64, workers = 2, client_threads = 1, eval_every = 1,
+        eval_clients = 0, min_examples = 0, min_updates = 1, checkpoint_every = 0, resume = 0, scaffold_option = 2,
+        sample_len = 200, min_lines = 64, quiet_clients = 0;
+    long seed = 1;
+    float lr = 0.5f, momentum = 0.0f, wd = 0.0f, clip = 0.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = -1,
+          server_momentum = -1, beta1 = -1, beta2 = -1, tau = -1, mu = -1, max_norm = 0;
+    cli_opt opts[] = {
+        {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)"},
+        {"model", OPT_STR, &model, "model dir / .bin, or a shape / config.json to train from scratch"},
+        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level)"},
+        {"data", OPT_STR, &data, "'shakespeare' (federated Shakespeare, one client per role) or a data file"},
+        {"format", OPT_STR, &format, "data format: text, jsonl, alpaca, dolly, jsonl-cls, csv, tsv, brown"},
+        {"text-col", OPT_STR, &text_col, "text column/field"},
+        {"label-col", OPT_STR, &label_col, "label column/field"},
+        {"key", OPT_STR, &key, "key column/field for natural splits"},
+        {"partition", OPT_STR, &partition, "iid, dirichlet, natural or quantity (not for shakespeare)"},
+        {"clients", OPT_INT, &clients, "number of clients (iid, dirichlet, quantity)"},
+        {"alpha", OPT_FLOAT, &alpha, "Dirichlet concentration"},
+        {"min-examples", OPT_INT, &min_examples, "minimum examples per client"},
+        {"min-lines", OPT_INT, &min_lines, "shakespeare: minimum lines for a role to be a client"},
+        {"test-frac", OPT_FLOAT, &test_frac, "share of each client's examples held out for evaluation"},
+        {"rounds", OPT_INT, &rounds, "federated rounds"},
+        {"local-steps", OPT_INT, &local_steps, "client optimizer steps per round (fedsgd: batches averaged)"},
+        {"batch", OPT_INT, &B, "client batch size"},
+        {"seq", OPT_INT, &T, "tokens per sequence"},
+        {"lr", OPT_FLOAT, &lr, "client learning rate"},
+        {"optimizer", OPT_STR, &optname, "client optimizer: sgd or adamw (reset every round)"},
+        {"momentum", OPT_FLOAT, &momentum, "client SGD momentum"},
+        {"weight-decay", OPT_FLOAT, &wd, "client weight decay"},
+        {"clip", OPT_FLOAT, &clip, "client gradient-norm clip (0 = off)"},
+        {"strategy", OPT_STR, &strategy, "fedavg, fedsgd, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, scaffold"},
+        {"server-lr", OPT_FLOAT, &server_lr, "server learning rate (strategy default when unset)"},
+        {"server-momentum", OPT_FLOAT, &server_momentum, "fedavgm momentum"},
+        {"beta1", OPT_FLOAT, &beta1, "fedadam/fedyogi/fedadagrad beta1"},
+        {"beta2", OPT_FLOAT, &beta2, "fedadam/fedyogi beta2"},
+        {"tau", OPT_FLOAT, &tau, "adaptive strategies' tau"},
+        {"mu", OPT_FLOAT, &mu, "fedprox proximal weight"},
+        {"scaffold-option", OPT_INT, &scaffold_option, "SCAFFOLD client control update: 1 or 2"},
+        {"sample", OPT_STR, &sample_s, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all"},
+        {"min-updates", OPT_INT, &min_updates, "accepted updates needed to aggregate a round"},
+        {"max-update-norm", OPT_FLOAT, &max_norm, "reject updates with a larger L2 norm (0 = no bound)"},
+        {"fault", OPT_STR, &faults_s, "inject broken updates: CLIENT:nan|inf|huge|short[,...] (testing defences)"},
+        {"workers", OPT_INT, &workers, "worker threads training clients in parallel"},
+        {"client-threads", OPT_INT, &client_threads, "threads inside one client's training (fixed: results do not depend on --workers)"},
+        {"eval-every", OPT_INT, &eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)"},
+        {"eval-clients", OPT_INT, &eval_clients, "evaluate at most N clients (0 = all)"},
+        {"seed", OPT_LONG, &seed, "seed for initialisation, sampling, data order"},
+        {"out", OPT_STR, &out, "run directory: metrics.jsonl, global.safetensors, checkpoint, plot"},
+        {"checkpoint-every", OPT_INT, &checkpoint_every, "write OUT/checkpoint.safetensors every N rounds"},
+        {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors"},
+        {"plot", OPT_STR, &plot, "SVG of evaluation accuracy and loss per round (default OUT/accuracy.svg)"},
+        {"sample-len", OPT_INT, &sample_len, "tokens of text generated by the final global model (0 = none)"},
+        {"prompt", OPT_STR, &prompt, "prompt for that sample"},
+        {"quiet-clients", OPT_FLAG, &quiet_clients, "no per-client progress on a terminal"},
+    };
+    int nopts = (int)(sizeof opts / sizeof opts[0]);
+    const char *usage = "loom sim [--config FILE] [--model SHAPE|DIR] [--data shakespeare|FILE] [options]";
+    const char *desc =
+        "Simulates federated training in one process (survey section II.A): each round the server samples\n"
+        "clients, sends the global model, every sampled client trains --local-steps steps on its own data\n"
+        "(eq. 1), and the server aggregates their updates with --strategy (FedAvg = eq. 2, weights |D_n|).\n"
+        "Clients run on --workers threads; results are identical for any number of workers. Writes\n"
+        "per-round metrics (JSONL), the final global model, checkpoints, and an accuracy plot to --out.";
+    /* config file first, then the command line */
+    int cargc = 0;
+    char **cargv = NULL;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
+    if (config) {
+        if (cli_config_argv(config, &cargc, &cargv) != LOOM_OK) return cli_fail("--config");
+        int pr = cli_parse(cargc, cargv, usage, desc, opts, nopts, NULL, NULL, 0);
+        if (pr) {
+            cli_config_free(cargc, cargv);
+            return pr > 0 ? 0 : 2;
+        }
+    }
+    int pr = cli_parse(argc, argv, usage, desc, opts, nopts, NULL, NULL, 0);
+    if (pr) {
+        cli_config_free(cargc, cargv);
+        return pr > 0 ? 0 : 2;
+    }
+    int rc = 1;
+    loom_model *m = NULL;
+    loom_tokenizer *tok = NULL;
+    loom_dataset *ds = NULL;
+    loom_partition *part = NULL;
+    loom_fault *faults = NULL;
+    float *global = NULL;
+    loom_vec_entry *entries = NULL;
+    progress prog = {0};
+    int nfaults = 0, created;
+    loom_sim_config sc;
+    loom_sim_defaults(&sc);
+
+#define BAD(...)                                  \
+    do {                                          \
+        fprintf(stderr, "loom sim: " __VA_ARGS__); \
+        fprintf(stderr, "\n");                    \
+        goto done;                                \
+    } while (0)
+    if (rounds < 1) BAD("--rounds must be >= 1");
+    if (local_steps < 1) BAD("--local-steps must be >= 1");
+    if (B < 1 || T < 2) BAD("--batch must be >= 1 and --seq >= 2");
+    if (workers < 1) BAD("--workers must be >= 1");
+    if (client_threads < 1) BAD("--client-threads must be >= 1");
+    if (!(lr >= 0)) BAD("--lr must be >= 0");
+    if (!(test_frac >= 0 && test_frac < 1)) BAD("--test-frac must be in [0, 1)");
+    if (scaffold_option != 1 && scaffold_option != 2) BAD("--scaffold-option must be 1 or 2");
+    if (parse_faults(faults_s, &faults, &nfaults) != LOOM_OK) {
+        cli_fail(NULL);
+        goto done;
+    }
+
+    if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) {
+        cli_fail("--model");
+        goto done;
+    }
+    if (T > m->cfg.max_seq) BAD("--seq %d exceeds the model's %d positions", T, m->cfg.max_seq);
+    if (cli_tokenizer(&tok, tokp, created ? NULL : model, m) != LOOM_OK) {
+        cli_fail("tokenizer");
+        goto done;
+    }
+    /* data and clients */
+    if (!strcmp(data, "shakespeare")) {
+        char path[4096];
+        loom_shakespeare_opts so;
+        loom_shakespeare_opts_init(&so);
+        so.min_lines = (size_t)min_lines;
+        so.test_frac = test_frac;
+        if (loom_shakespeare_load(&ds, &part, default_shakespeare(path, sizeof path), &so, tok) != LOOM_OK) {
+            cli_fail("federated Shakespeare");
+            goto done;
+        }
+    } else {
+        loom_dataset_opts dopt;
+        loom_dataset_opts_init(&dopt);
+        dopt.format = loom_dataset_format(format);
+        if (dopt.format < 0) BAD("unknown --format '%s'", format);
+        dopt.text_col = text_col;
+        dopt.label_col = label_col;
+        dopt.key_col = key;
+        if (loom_dataset_load(&ds, data, &dopt, tok) != LOOM_OK) {
+            cli_fail("--data");
+            goto done;
+        }
+        loom_partition_opts po;
+        loom_partition_opts_init(&po);
+        po.method = loom_partition_method(partition);
+        if (po.method < 0) BAD("unknown --partition '%s' (iid, dirichlet, natural, quantity)", partition);
+        if (clients < 1) BAD("--clients must be >= 1");
+        po.n_clients = (size_t)clients;
+        po.alpha = alpha;
+        po.min_examples = (size_t)(min_examples > 0 ? min_examples : 0);
+        po.seed = (uint64_t)seed;
+        if (loom_partition_dataset(&part, ds, &po) != LOOM_OK ||
+            loom_partition_split_test(part, test_frac, (uint64_t)seed, 0) != LOOM_OK) {
+            cli_fail("--partition");
+            goto done;
+        }
+    }
+    /* federation settings */
+    sc.strategy = strategy;
+    if (loom_strategy_defaults(strategy, &sc.sp) != LOOM_OK) {
+        cli_fail("--strategy");
+        goto done;
+    }
+    if (server_lr >= 0) sc.sp.server_lr = server_lr;
+    if (server_momentum >= 0) sc.sp.momentum = server_momentum;
+    if (beta1 >= 0) sc.sp.beta1 = beta1;
+    if (beta2 >= 0) sc.sp.beta2 = beta2;
+    if (tau >= 0) sc.sp.tau = tau;
+    if (mu >= 0) sc.sp.mu = mu;
+    if (loom_strategy_params_check(&sc.sp) != LOOM_OK) {
+        cli_fail("strategy parameters");
+        goto done;
+    }
+    sc.fit.local_steps = local_steps;
+    sc.fit.prox_mu = !strcmp(strategy, "fedprox") ? sc.sp.mu : 0;
+    sc.fit.scaffold = !strcmp(strategy, "scaffold") ? scaffold_option : 0;
+    sc.fit.gradient_only = !strcmp(strategy, "fedsgd");
+    if (sample_s) {
+        char *end;
+        double v = strtod(sample_s, &end);
+        if (*end || !(v > 0)) BAD("--sample expects a count or a fraction, got '%s'", sample_s);
+        if (strchr(sample_s, '.') && v <= 1) sc.sample_frac = v;
+        else sc.sample = (int)v;
+        if (sc.sample > (int)part->n_clients)
+            BAD("--sample %d is more than the %zu clients", sc.sample, part->n_clients);
+    }
+    full_ud fu = {m, {0}};
+    loom_train_defaults(&fu.tc);
+    if (loom_opt_kind_parse(optname, &fu.tc.opt.kind) != LOOM_OK) {
+        cli_fail("--optimizer");
+        goto done;
+    }
+    if (fu.tc.opt.kind == LOOM_OPT_ADAMW && lr == 0.5f) lr = 1e-3f; /* the SGD default is far too high for AdamW */
+    fu.tc.opt.lr = lr;
+    fu.tc.opt.momentum = momentum;
+    fu.tc.opt.weight_decay = wd;
+    fu.tc.clip = clip;
+    fu.tc.warmup = 0;
+    fu.tc.total_steps = 0;
+    fu.tc.B = B;
+    fu.tc.T = T;
+    entries = calloc((size_t)m->n_tensors, sizeof *entries);
+    int ne = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const loom_tensor *t = &m->tensors[i];
+        entries[ne++] = (loom_vec_entry){t->name, t->offset, t->numel, t->ndim, {t->shape[0], t->shape[1]}};
+    }
+    sc.dim = m->n_params;
+    sc.init = m->params;
+    sc.entries = entries;
+    sc.n_entries = ne;
+    sc.make_worker = full_make;
+    sc.free_worker = full_free;
+    sc.worker_ud = &fu;
+    sc.ds = ds;
+    sc.part = part;
+    sc.B = B;
+    sc.T = T;
+    sc.rounds = rounds;
+    sc.min_updates = min_updates;
+    sc.max_update_norm = max_norm;
+    sc.faults = faults;
+    sc.n_faults = nfaults;
+    sc.workers = workers;
+    sc.client_threads = client_threads;
+    sc.seed = (uint64_t)seed;
+    sc.eval_every = eval_every;
+    sc.eval_clients = eval_clients;
+    sc.out_dir = out;
+    sc.checkpoint_every = checkpoint_every;
+    sc.resume = resume;
+    prog.rounds = rounds;
+    prog.tty = cli_tty() && !quiet_clients;
+    prog.t0 = loom_now();
+    prog.x = calloc((size_t)rounds, sizeof(double));
+    prog.acc = calloc((size_t)rounds, sizeof(double));
+    prog.loss = calloc((size_t)rounds, sizeof(double));
+    sc.on_round = on_round;
+    sc.on_client = on_client;
+    sc.cb_ud = &prog;
+    if (resume && !out) BAD("--resume needs --out (the run directory holding checkpoint.safetensors)");
+    global = loom_alloc(m->n_params * sizeof(float));
+    int per_round = sc.sample ? sc.sample : sc.sample_frac > 0 ? (int)ceil(sc.sample_frac * part->n_clients) : (int)part->n_clients;
+    size_t total_ex = 0;
+    for (size_t i = 0; i < part->n_clients; i++) total_ex += part->clients[i].n_train;
+    fprintf(stderr, "loom sim: %s, %s model (%zu parameters, full fine-tuning), %zu clients (%zu training examples), "
+                    "%d per round\n", strategy, m->cfg.arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", m->n_params,
+            part->n_clients, total_ex, per_round);
+    fprintf(stderr, "  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld\n",
+            rounds, local_steps, B, T, optname, lr, workers, client_threads, seed);
+    double t0 = loom_now();
+    if (loom_sim_run(&sc, global) != LOOM_OK) {
+        if (prog.tty) fprintf(stderr, "\n");
+        cli_fail("simulation");
+        goto done;
+    }
+    double secs = loom_now() - t0;
+    /* summary */
+    int li = -1;
+    for (int i = prog.n - 1; i >= 0; i--)
+        if (isfinite(prog.acc[i])) {
+            li = i;
+            break;
+        }
+    printf("\n%-28s %s\n", "strategy", strategy);
+    printf("%-28s %d (%d local steps each)\n", "rounds", rounds, local_steps);
+    printf("%-28s %zu (%d per round)\n", "clients", part->n_clients, per_round);
+    if (li >= 0) {
+        printf("%-28s %.4f\n", "final eval loss (pooled)", prog.loss[li]);
+        printf("%-28s %.4f (perplexity %.2f)\n", "final eval accuracy", prog.acc[li], exp(prog.loss[li]));
+    }
+    printf("%-28s %.1f MiB down, %.1f MiB up\n", "traffic", (double)m->n_params * 4 * per_round * rounds / 1048576.0,
+           (double)m->n_params * 4 * per_round * rounds / 1048576.0);
+    printf("%-28s %.1fs (%.2fs per round)\n", "time", secs, secs / rounds);
+    printf("%-28s %.0f MiB\n", "peak RSS", loom_peak_rss() / 1048576.0);
+    char plotbuf[4096];
+    if (!plot && out) {
+        snprintf(plotbuf, sizeof plotbuf, "%s/accuracy.svg", out);
+        plot = plotbuf;
+    }
+    if (plot) {
+        svg_series s[1] = {{"eval accuracy", prog.x, prog.acc, prog.n}};
+        char title[256];
+        snprintf(title, sizeof title, "%s: accuracy on the clients' test data", strategy);
+        if (svg_line_chart(plot, title, "round", "next-token accuracy", s, 1) == LOOM_OK)
+            printf("%-28s %s\n", "plot", plot);
+    }
+    if (out) printf("%-28s %s/global.safetensors, %s/metrics.jsonl\n", "written", out, out);
+    if (sample_len > 0) {
+        printf("\nsample from the global model (temperature 0.8):\n");
+        fflush(stdout);
+        cli_generate(m, global, tok, prompt, sample_len + 1 < m->cfg.max_seq ? sample_len + 1 : m->cfg.max_seq, 0.8f, 0, 1.0f,
+                     (unsigned long long)seed, NULL);
+    }
+    rc = 0;
+done:
+    free(prog.x);
+    free(prog.acc);
+    free(prog.loss);
+    free(entries);
+    free(faults);
+    loom_free(global);
+    loom_partition_free(part);
+    loom_dataset_free(ds);
+    loom_tokenizer_free(tok);
+    loom_model_free(m);
+    cli_config_free(cargc, cargv);
+    return rc;
+}

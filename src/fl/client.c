@@ -1,0 +1,155 @@
+/* Client side of a federated round: local training (eq. 1 of the survey), FedProx, SCAFFOLD, FedSGD. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/core.h"
+#include "loom/fl.h"
+#include "loom/model.h"
+#include "loom/strategy.h"
+
+typedef struct {
+    const float *global;
+    double mu;
+    const float *c_global, *c_local; /* SCAFFOLD correction c - c_i */
+    float *capture;                  /* option I: the first gradient (at the global model), uncorrected */
+    int captured;
+} hook_ctx;
+
+static void fit_hook(float *grad, const float *vec, size_t n, void *ud) {
+    hook_ctx *h = ud;
+    if (h->capture && !h->captured) {
+        memcpy(h->capture, grad, n * sizeof(float));
+        h->captured = 1;
+    }
+    if (h->mu > 0) loom_fedprox_grad(grad, vec, h->global, h->mu, n);
+    if (h->c_global && h->c_local) loom_scaffold_correct(grad, h->c_local, h->c_global, n);
+}
+
+static long count_targets(const int32_t *tgt, size_t n) {
+    long c = 0;
+    for (size_t i = 0; i < n; i++) c += tgt[i] >= 0;
+    return c;
+}
+
+int loom_client_fit(loom_trainer *tr, float *vec, size_t dim, const float *global, loom_batcher *data, uint64_t step0,
+                    const loom_fit_config *fc, const float *c_global, float *c_local, float *dc, float *update,
+                    loom_fit_result *res) {
+    memset(res, 0, sizeof *res);
+    if (fc->local_steps < 1) return loom_error(LOOM_EINVAL, "local steps %d must be >= 1", fc->local_steps);
+    size_t BT = loom_trainer_batch_tokens(tr);
+    int32_t *tok = malloc(BT * sizeof *tok), *tgt = malloc(BT * sizeof *tgt);
+    if (!tok || !tgt) {
+        free(tok);
+        free(tgt);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    memcpy(vec, global, dim * sizeof(float));
+    loom_optimizer_reset(loom_trainer_optimizer(tr));
+    int rc = LOOM_OK;
+    double loss_sum = 0;
+    if (fc->gradient_only) {
+        /* FedSGD: token-weighted mean gradient at the global model over E batches */
+        double wsum = 0;
+        memset(update, 0, dim * sizeof(float));
+        for (int s = 0; s < fc->local_steps && rc == LOOM_OK; s++) {
+            if ((rc = loom_batcher_fill(data, step0 + (uint64_t)s, tok, tgt, NULL)) != LOOM_OK) break;
+            float l;
+            if ((rc = loom_trainer_gradient(tr, tok, tgt, &l)) != LOOM_OK) break;
+            long n = count_targets(tgt, BT);
+            if (n > 0) rc = loom_update_mean_push(update, &wsum, loom_trainer_grads(tr), (double)n, dim);
+            loss_sum += (double)l * n;
+            res->tokens += n;
+            res->steps++;
+        }
+    } else {
+        hook_ctx h = {global, fc->prox_mu, NULL, NULL, NULL, 0};
+        float *cnew = NULL;
+        if (fc->scaffold) {
+            if (!c_global || !c_local || !dc) {
+                rc = loom_error(LOOM_EINVAL, "SCAFFOLD needs the server and client control variates");
+            } else {
+                h.c_global = c_global;
+                h.c_local = c_local;
+                if (fc->scaffold == LOOM_SCAFFOLD_OPTION_I) {
+                    cnew = loom_alloc(dim * sizeof(float));
+                    if (!cnew) rc = LOOM_ENOMEM;
+                    h.capture = cnew;
+                }
+            }
+        }
+        if (h.mu > 0 || h.c_global) loom_trainer_set_grad_hook(tr, fit_hook, &h);
+        float lr0 = loom_trainer_lr(tr);
+        for (int s = 0; s < fc->local_steps && rc == LOOM_OK; s++) {
+            if ((rc = loom_batcher_fill(data, step0 + (uint64_t)s, tok, tgt, NULL)) != LOOM_OK) break;
+            float l;
+            if ((rc = loom_trainer_step(tr, tok, tgt, &l, NULL)) != LOOM_OK) break;
+            long n = count_targets(tgt, BT);
+            loss_sum += (double)l * n;
+            res->tokens += n;
+            res->steps++;
+        }
+        loom_trainer_set_grad_hook(tr, NULL, NULL);
+        if (rc == LOOM_OK) {
+            loom_update_delta(update, vec, global, dim);
+            if (fc->scaffold) {
+                float *cn = cnew;
+                if (fc->scaffold == LOOM_SCAFFOLD_OPTION_II) {
+                    cn = loom_alloc(dim * sizeof(float));
+                    if (!cn) rc = LOOM_ENOMEM;
+                    else rc = loom_scaffold_control_option2(cn, c_local, c_global, global, vec, fc->local_steps, lr0, dim);
+                }
+                if (rc == LOOM_OK) {
+                    loom_scaffold_control_delta(dc, cn, c_local, dim);
+                    memcpy(c_local, cn, dim * sizeof(float));
+                }
+                if (cn != cnew) loom_free(cn);
+            }
+        }
+        loom_free(cnew);
+    }
+    res->loss = res->tokens ? loss_sum / (double)res->tokens : 0.0;
+    free(tok);
+    free(tgt);
+    return rc;
+}
+
+int loom_client_evaluate(loom_trainer *tr, float *vec, size_t dim, const float *global, loom_batcher *data,
+                         double *loss_sum, long *correct, long *tokens) {
+    *loss_sum = 0;
+    *correct = 0;
+    *tokens = 0;
+    size_t BT = loom_trainer_batch_tokens(tr);
+    int32_t *tok = malloc(BT * sizeof *tok), *tgt = malloc(BT * sizeof *tgt);
+    if (!tok || !tgt) {
+        free(tok);
+        free(tgt);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    if (vec != global) memcpy(vec, global, dim * sizeof(float));
+    int rc = LOOM_OK;
+    uint64_t steps = loom_batcher_steps_per_epoch(data);
+    for (uint64_t s = 0; s < steps; s++) {
+        size_t rows;
+        if ((rc = loom_batcher_fill(data, s, tok, tgt, &rows)) != LOOM_OK) break;
+        if (rows == 0) break;
+        float l;
+        if ((rc = loom_trainer_eval(tr, tok, tgt, &l)) != LOOM_OK) break;
+        long n = count_targets(tgt, BT);
+        *loss_sum += (double)l * n;
+        *tokens += n;
+        const float *logits = loom_ws_logits(loom_trainer_ws(tr));
+        int V = loom_trainer_vocab(tr);
+        for (size_t i = 0; i < BT; i++) {
+            if (tgt[i] < 0) continue;
+            const float *row = logits + i * (size_t)V;
+            int best = 0;
+            for (int j = 1; j < V; j++)
+                if (row[j] > row[best]) best = j;
+            *correct += best == tgt[i];
+        }
+    }
+    free(tok);
+    free(tgt);
+    return rc;
+}
