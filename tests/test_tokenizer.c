@@ -1,7 +1,9 @@
 /* Tokenizers against reference ids (OpenAI's encoder.py for GPT-2, Google SentencePiece for Llama 2),
  * against naive reference encoders written here (Hugging Face BPE by merge rank, llama2.c's greedy
  * merge by score), round trips, streaming decode and malformed inputs. */
+#define PCRE2_CODE_UNIT_WIDTH 8
 #include <jansson.h>
+#include <pcre2.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -144,7 +146,7 @@ static void check_reference(const loom_tokenizer *t, const char *ref, const char
     json_decref(j);
 }
 
-static loom_tokenizer *gpt2, *llama2, *mistral, *tok512, *gpt2json;
+static loom_tokenizer *gpt2, *llama2, *mistral, *tok512, *gpt2json, *llama3;
 
 static void test_gpt2_reference(void) {
     gpt2 = load("reference/tokenizer/encoder.json");
@@ -561,6 +563,133 @@ static void test_tok512(void) {
     free(data);
 }
 
+/* ---- Llama 3's tiktoken file against a naive tiktoken encoder ---- */
+
+static void hex_key(const unsigned char *b, size_t n, char *out) {
+    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", b[i]);
+    out[2 * n] = 0;
+}
+
+/* tiktoken's procedure: split with the pattern of Llama 3's tokenizer.py; a piece that is a token
+ * is that token; otherwise start from single bytes and merge the adjacent pair whose concatenation
+ * has the lowest rank, leftmost first. ranks: hex of the token bytes -> rank. */
+static size_t naive_tiktoken(json_t *ranks, const char *text, size_t len, int32_t *out) {
+    const char *pat = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    int err;
+    PCRE2_SIZE eoff;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &eoff, NULL);
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    size_t n = 0, pos = 0;
+    while (pos < len && pcre2_match(re, (PCRE2_SPTR)text, len, pos, 0, md, NULL) > 0) {
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t a = ov[0], b = ov[1];
+        unsigned char *piece = (unsigned char *)text + a;
+        size_t pl = b - a, starts[512], np = 0;
+        char key[1100];
+        if (pl > 500) break; /* not in these texts */
+        hex_key(piece, pl, key);
+        if (json_object_get(ranks, key)) {
+            out[n++] = (int32_t)json_integer_value(json_object_get(ranks, key));
+            pos = b;
+            continue;
+        }
+        for (size_t i = 0; i <= pl; i++) starts[np++] = i; /* part k is piece[starts[k]..starts[k+1]) */
+        for (;;) {
+            long best = -1, best_rank = 0;
+            for (size_t k = 0; k + 2 < np; k++) {
+                hex_key(piece + starts[k], starts[k + 2] - starts[k], key);
+                json_t *r = json_object_get(ranks, key);
+                if (r && (best < 0 || json_integer_value(r) < best_rank)) best = (long)k, best_rank = (long)json_integer_value(r);
+            }
+            if (best < 0) break;
+            memmove(starts + best + 1, starts + best + 2, (np - (size_t)best - 2) * sizeof *starts);
+            np--;
+        }
+        for (size_t k = 0; k + 1 < np; k++) {
+            hex_key(piece + starts[k], starts[k + 1] - starts[k], key);
+            out[n++] = (int32_t)json_integer_value(json_object_get(ranks, key));
+        }
+        pos = b;
+    }
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    return n;
+}
+
+static void test_llama3(void) {
+    llama3 = load("data/llama3-tokenizer");
+    char p[1024], *data = NULL;
+    size_t size = 0;
+    CHECK_OK(loom_read_file(test_path(p, sizeof p, "data/llama3-tokenizer/tokenizer.model"), &data, &size));
+    if (!llama3 || !data) {
+        free(data);
+        return;
+    }
+    CHECK(!strcmp(loom_tokenizer_kind(llama3), "tiktoken"), "kind %s", loom_tokenizer_kind(llama3));
+    /* SOURCE.md: 128,000 ranks + 256 specials; <|begin_of_text|> = 128000, <|end_of_text|> = 128001 */
+    CHECK(loom_tokenizer_vocab_size(llama3) == 128256, "vocab %d", loom_tokenizer_vocab_size(llama3));
+    CHECK(loom_tokenizer_bos(llama3) == 128000 && loom_tokenizer_eos(llama3) == 128001, "bos/eos");
+    json_t *ranks = json_object();
+    for (char *line = data; line && *line;) {
+        char *nl = strchr(line, '\n'), *sp = strchr(line, ' ');
+        unsigned char raw[600];
+        size_t rl = 0;
+        /* base64, decoded here independently of the library */
+        static const char *abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        uint32_t acc = 0;
+        int bits = 0;
+        for (char *c = line; c < sp && *c != '='; c++) {
+            acc = acc << 6 | (uint32_t)(strchr(abc, *c) - abc);
+            bits += 6;
+            if (bits >= 8) raw[rl++] = (unsigned char)(acc >> (bits - 8)), bits -= 8;
+        }
+        char key[1300];
+        hex_key(raw, rl, key);
+        json_object_set_new(ranks, key, json_integer(atol(sp + 1)));
+        line = nl ? nl + 1 : NULL;
+    }
+    int32_t *want = malloc(40000 * sizeof *want);
+    json_t *ref = load_json("reference/tokenizer/llama2_tokenizer_reference.json");
+    size_t i;
+    json_t *x;
+    json_array_foreach(ref, i, x) {
+        size_t len, n;
+        char *text = entry_text(x, &len);
+        size_t m = naive_tiktoken(ranks, text, len, want);
+        int32_t *got = NULL;
+        CHECK_OK(loom_tokenizer_encode(llama3, text, len, 0, &got, &n));
+        char name[64];
+        snprintf(name, sizeof name, "llama3 vs naive tiktoken, entry %zu", i);
+        if (got) check_ids(got, n, want, m, name);
+        check_roundtrip(llama3, text, len, name);
+        free(got);
+        free(text);
+    }
+    json_decref(ref);
+    size_t slen;
+    char *sh = shakespeare(&slen);
+    if (sh) {
+        size_t n, len = slen < 20000 ? slen : 20000;
+        size_t m = naive_tiktoken(ranks, sh, len, want);
+        int32_t *got = NULL;
+        CHECK_OK(loom_tokenizer_encode(llama3, sh, len, 0, &got, &n));
+        if (got) check_ids(got, n, want, m, "llama3 vs naive tiktoken, tinyshakespeare[0:20000]");
+        free(got);
+    }
+    free(sh);
+    /* special-token text stays text (Meta's tokenizer.py encodes with no allowed specials) */
+    int32_t *got = NULL;
+    size_t n = 0;
+    CHECK_OK(loom_tokenizer_encode(llama3, "<|begin_of_text|>hi", 19, LOOM_TOK_BOS, &got, &n));
+    int plain = n > 2 && got && got[0] == 128000;
+    for (size_t k = 1; k < n && got; k++) plain &= got[k] < 128000;
+    CHECK(plain, "special-token text encoded as text (%zu ids)", n);
+    free(got);
+    free(want);
+    json_decref(ranks);
+    free(data);
+}
+
 /* ---- tinyshakespeare through every tokenizer ---- */
 
 static void test_shakespeare(void) {
@@ -569,7 +698,7 @@ static void test_shakespeare(void) {
     if (!sh) return;
     loom_tokenizer *byte;
     CHECK_OK(loom_tokenizer_byte(&byte));
-    loom_tokenizer *all[] = {byte, gpt2, gpt2json, llama2, tok512, mistral};
+    loom_tokenizer *all[] = {byte, gpt2, gpt2json, llama2, tok512, mistral, llama3};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
         if (!all[k]) continue;
         check_roundtrip(all[k], sh, len, "tinyshakespeare");
@@ -754,7 +883,7 @@ static void test_malformed(void) {
 
     /* invalid UTF-8 input is an error for every kind but the byte tokenizer */
     const char *bad[] = {"ok \xff", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ab\xe2\x82"};
-    loom_tokenizer *kinds[] = {gpt2, llama2, mistral, gpt2json};
+    loom_tokenizer *kinds[] = {gpt2, llama2, mistral, gpt2json, llama3};
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         if (!kinds[k]) continue;
         for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
@@ -783,6 +912,7 @@ int main(void) {
     test_bytelevel_json();
     test_mistral();
     test_tok512();
+    test_llama3();
     test_shakespeare();
     test_handmade();
     test_malformed();
@@ -791,6 +921,7 @@ int main(void) {
     loom_tokenizer_free(mistral);
     loom_tokenizer_free(tok512);
     loom_tokenizer_free(gpt2json);
+    loom_tokenizer_free(llama3);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

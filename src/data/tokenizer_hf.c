@@ -17,6 +17,9 @@
 
 /* GPT-2's pre-tokenizer pattern (encoder.py), also the default of ByteLevel's use_regex. */
 static const char gpt2_pattern[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+/* tiktoken's cl100k pattern, which Llama 3 uses (pat_str in its tokenizer.py). */
+static const char tiktoken_pattern[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 typedef struct {
     pcre2_code *code;
@@ -57,6 +60,7 @@ typedef struct {
     tok_bpe bpe;
     added_tok *added; /* sorted by length, longest first */
     int n_added;
+    int match_added;                /* added tokens in the text become their ids */
     unsigned char added_first[256]; /* 1 where some added token starts with this byte */
     norm_step *norm;
     int n_norm;
@@ -322,7 +326,7 @@ static int hf_encode(const loom_tokenizer *t, const char *text, size_t len, int3
     int rc = LOOM_OK;
     size_t seg = 0;
     for (size_t i = 0; i < len && rc == LOOM_OK;) {
-        const added_tok *a = c.h->n_added ? match_added(c.h, text, len, i) : NULL;
+        const added_tok *a = c.h->match_added ? match_added(c.h, text, len, i) : NULL;
         if (!a) {
             i++;
             continue;
@@ -385,6 +389,7 @@ static void hf_destroy(loom_tokenizer *t) {
 
 static const loom_tokenizer_ops bytelevel_ops = {"bpe-bytelevel", hf_encode, hf_piece, hf_destroy};
 static const loom_tokenizer_ops sentencepiece_ops = {"bpe-sentencepiece", hf_encode, hf_piece, hf_destroy};
+static const loom_tokenizer_ops tiktoken_ops = {"tiktoken", hf_encode, hf_piece, hf_destroy};
 
 /* ---- loading ---- */
 
@@ -543,18 +548,6 @@ static int32_t vocab_extent(json_t *vocab, const char *where, int *rc) {
     return (int32_t)(max + 1);
 }
 
-static int set_byte_level(tok_bpe *m) {
-    uint32_t b2u[256];
-    tok_byte_to_unicode(b2u);
-    m->byte_level = 1;
-    for (int b = 0; b < 256; b++) {
-        char u[4];
-        int n = tok_utf8_put(b2u[b], u);
-        m->byte_id[b] = tok_strmap_get(&m->vocab, u, (size_t)n);
-    }
-    return LOOM_OK;
-}
-
 int tok_load_gpt2_files(loom_tokenizer **out, const char *encoder_json, const char *vocab_bpe) {
     *out = NULL;
     json_error_t je;
@@ -604,7 +597,7 @@ int tok_load_gpt2_files(loom_tokenizer **out, const char *encoder_json, const ch
         rc = loom_error(LOOM_EFORMAT, "%s: no merges", vocab_bpe);
         goto fail;
     }
-    set_byte_level(&h->bpe);
+    tok_bpe_set_byte_level(&h->bpe);
     for (int b = 0; b < 256; b++)
         if (h->bpe.byte_id[b] < 0) {
             rc = loom_error(LOOM_EFORMAT, "%s: byte 0x%02X has no token", encoder_json, b);
@@ -868,6 +861,7 @@ static int parse_added(hf_impl *h, json_t *list, int32_t n_vocab, const char *pa
         a->single_word = jbool(x, "single_word", 0);
         h->n_added++;
     }
+    h->match_added = 1;
     return finish_added(h);
 }
 
@@ -958,7 +952,7 @@ int tok_load_hf_json(loom_tokenizer **out, const char *path) {
     const char *repl = "\xE2\x96\x81";
     parse_decoder(json_object_get(root, "decoder"), &dec_byte_level, &strip, &repl);
     if (m->byte_level || dec_byte_level) {
-        set_byte_level(m);
+        tok_bpe_set_byte_level(m);
         t->ops = &bytelevel_ops;
     } else if (m->byte_fallback) {
         for (int b = 0; b < 256; b++) {
@@ -976,6 +970,171 @@ int tok_load_hf_json(loom_tokenizer **out, const char *path) {
     return LOOM_OK;
 fail:
     json_decref(root);
+    loom_tokenizer_free(t);
+    return rc;
+}
+
+/* ---- tiktoken ranks file (Llama 3's tokenizer.model) ---- */
+
+static int b64_value(unsigned char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+/* Decodes standard base64 (with '=' padding) into out (room for 3*len/4 bytes); -1 if malformed. */
+static long b64_decode(const char *s, size_t len, unsigned char *out) {
+    if (len == 0 || len % 4) return -1;
+    long n = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4], pad = 0;
+        for (int k = 0; k < 4; k++) {
+            unsigned char c = (unsigned char)s[i + k];
+            if (c == '=' && i + 4 == len && k >= 2) {
+                v[k] = 0;
+                pad++;
+            } else if (pad || (v[k] = b64_value(c)) < 0)
+                return -1;
+        }
+        uint32_t x = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        out[n++] = (unsigned char)(x >> 16);
+        if (pad < 2) out[n++] = (unsigned char)(x >> 8);
+        if (pad < 1) out[n++] = (unsigned char)x;
+    }
+    return n;
+}
+
+enum { LLAMA3_RANKS = 128000, LLAMA3_SPECIALS = 256 };
+
+/* Llama 3's special tokens, appended after its 128,000 ranks (models/llama3/tokenizer.py). */
+static void llama3_special_name(int k, char *buf, size_t cap) {
+    static const char *const first[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                                        "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                                        "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
+                                        "<|python_tag|>", "<|image|>"};
+    if (k < 12) snprintf(buf, cap, "%s", first[k]);
+    else snprintf(buf, cap, "<|reserved_special_token_%d|>", k - 12 + 2);
+}
+
+int tok_load_tiktoken(loom_tokenizer **out, const char *path) {
+    *out = NULL;
+    char *data;
+    size_t size;
+    int rc = loom_read_file(path, &data, &size);
+    if (rc != LOOM_OK) return rc;
+    loom_tokenizer *t = NULL;
+    hf_impl *h = NULL;
+    /* first pass: count lines and find the largest rank */
+    int32_t lines = 0, max_rank = -1;
+    for (size_t pos = 0; pos < size;) {
+        size_t e = pos;
+        while (e < size && data[e] != '\n') e++;
+        if (e > pos) {
+            lines++;
+            const char *sp = memchr(data + pos, ' ', e - pos);
+            char *end;
+            long r = sp ? strtol(sp + 1, &end, 10) : -1;
+            if (!sp || r < 0 || r >= (1 << 24) - LLAMA3_SPECIALS || (end != data + e && !(end + 1 == data + e && *end == '\r'))) {
+                rc = loom_error(LOOM_EFORMAT, "%s: line %d: expected \"<base64> <rank>\"", path, lines);
+                goto fail;
+            }
+            if (r > max_rank) max_rank = (int32_t)r;
+        }
+        pos = e + 1;
+    }
+    if (lines == 0) {
+        rc = loom_error(LOOM_EFORMAT, "%s: no ranks", path);
+        goto fail;
+    }
+    int llama3 = lines == LLAMA3_RANKS && max_rank == LLAMA3_RANKS - 1;
+    int32_t n_vocab = max_rank + 1 + (llama3 ? LLAMA3_SPECIALS : 0);
+    if ((rc = new_tokenizer(&t, &h)) != LOOM_OK) goto fail;
+    t->ops = &tiktoken_ops;
+    t->vocab_size = n_vocab;
+    tok_bpe *m = &h->bpe;
+    if ((rc = tok_bpe_init(m, n_vocab)) != LOOM_OK) goto fail;
+    uint32_t b2u[256];
+    tok_byte_to_unicode(b2u);
+    int32_t line = 0;
+    for (size_t pos = 0; pos < size;) {
+        size_t e = pos;
+        while (e < size && data[e] != '\n') e++;
+        if (e > pos) {
+            line++;
+            const char *sp = memchr(data + pos, ' ', e - pos);
+            int32_t r = (int32_t)strtol(sp + 1, NULL, 10);
+            unsigned char raw[768];
+            char mapped[2 * sizeof raw];
+            size_t blen = (size_t)(sp - data - pos);
+            long n = blen <= 1024 ? b64_decode(data + pos, blen, raw) : -1;
+            if (n <= 0) {
+                rc = loom_error(LOOM_EFORMAT, "%s: line %d: invalid base64 token", path, line);
+                goto fail;
+            }
+            size_t k = 0;
+            for (long i = 0; i < n; i++) k += (size_t)tok_utf8_put(b2u[raw[i]], mapped + k);
+            if ((rc = tok_bpe_set_token(m, r, mapped, k)) != LOOM_OK) {
+                loom_error_context(rc, "%s: line %d", path, line);
+                goto fail;
+            }
+        }
+        pos = e + 1;
+    }
+    /* a token's rank is its merge priority: every split into two tokens is a mergeable pair */
+    for (int32_t id = 0; id <= max_rank; id++) {
+        const char *s = m->str[id];
+        uint32_t len = m->str_len[id];
+        if (!s) continue;
+        for (uint32_t k = (uint32_t)tok_utf8_char_len((unsigned char)s[0]); k < len; k += (uint32_t)tok_utf8_char_len((unsigned char)s[k])) {
+            int32_t a = tok_strmap_get(&m->vocab, s, k), b = tok_strmap_get(&m->vocab, s + k, len - k);
+            if (a >= 0 && b >= 0 && (rc = tok_pairmap_put(&m->merges, a, b, id, id)) != LOOM_OK) goto fail;
+        }
+    }
+    tok_bpe_set_byte_level(m);
+    for (int b = 0; b < 256; b++)
+        if (m->byte_id[b] < 0) {
+            rc = loom_error(LOOM_EFORMAT, "%s: byte 0x%02X has no token", path, b);
+            goto fail;
+        }
+    /* tiktoken looks a whole pre-token up before merging */
+    m->ignore_merges = 1;
+    if (llama3) {
+        h->added = calloc(LLAMA3_SPECIALS, sizeof *h->added);
+        if (!h->added) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory");
+            goto fail;
+        }
+        for (int k = 0; k < LLAMA3_SPECIALS; k++) {
+            char name[64];
+            llama3_special_name(k, name, sizeof name);
+            added_tok *a = &h->added[h->n_added++];
+            a->s = loom_strdup(name);
+            a->len = strlen(name);
+            a->id = LLAMA3_RANKS + k;
+            if (!a->s) {
+                rc = LOOM_ENOMEM;
+                goto fail;
+            }
+        }
+        finish_added(h);
+        /* Meta's tokenizer.py encodes special-token text as plain text */
+        h->match_added = 0;
+        t->bos = LLAMA3_RANKS;
+        t->eos = LLAMA3_RANKS + 1;
+    }
+    pre_step *p = &h->pre[h->n_pre++];
+    p->type = PRE_SPLIT;
+    p->behavior = SPLIT_ISOLATED;
+    if ((rc = regex_compile(&p->re, tiktoken_pattern, strlen(tiktoken_pattern), 0, "tiktoken pattern")) != LOOM_OK) goto fail;
+    if ((rc = build_decoder(t, h, "")) != LOOM_OK) goto fail;
+    free(data);
+    *out = t;
+    return LOOM_OK;
+fail:
+    free(data);
     loom_tokenizer_free(t);
     return rc;
 }
