@@ -792,6 +792,26 @@ static void test_handmade(void) {
      * "zz" fuses into one <unk> */
     expect(t, "a a12zz", (int32_t[]){2, 2, 0, 3, 0, 4, 0, 5}, 8, "metaspace+digits+unk");
     loom_tokenizer_free(t);
+
+    /* Unicode normalizers: vocab e=0 U+0301=1 é(U+00E9)=2 f=3 i=4 fi=5, merge "f i" */
+    const char *model = "\"model\":{\"type\":\"BPE\",\"vocab\":{\"e\":0,\"\\u0301\":1,\"\\u00e9\":2,\"f\":3,\"i\":4,\"fi\":5},"
+                        "\"merges\":[\"f i\"]}}";
+    char js[512];
+    snprintf(js, sizeof js, "{\"normalizer\":{\"type\":\"NFC\"},%s", model);
+    t = json_tok("nfc.json", js);
+    if (!t) return;
+    /* NFC composes e + U+0301 into U+00E9; the compatibility ligature U+FB01 stays (and is unknown) */
+    expect(t, "e\xCC\x81", (int32_t[]){2}, 1, "NFC composes");
+    expect(t, "\xC3\xA9", (int32_t[]){2}, 1, "NFC keeps precomposed");
+    CHECK(loom_tokenizer_encode(t, "\xEF\xAC\x81", 3, 0, &ids, &n) == LOOM_EFORMAT, "NFC leaves U+FB01");
+    loom_tokenizer_free(t);
+    snprintf(js, sizeof js, "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKD\"}]},%s", model);
+    t = json_tok("nfkd.json", js);
+    if (!t) return;
+    /* NFKD decomposes U+00E9 to e + U+0301 and U+FB01 to "fi" */
+    expect(t, "\xC3\xA9", (int32_t[]){0, 1}, 2, "NFKD decomposes");
+    expect(t, "\xEF\xAC\x81", (int32_t[]){5}, 1, "NFKD expands the ligature");
+    loom_tokenizer_free(t);
 }
 
 /* ---- malformed files and input ---- */
@@ -851,8 +871,8 @@ static void test_malformed(void) {
                       "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},"
                       "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
                       LOOM_EFORMAT, "regex");
-    expect_load_error("nfkc.json", "{\"normalizer\":{\"type\":\"NFKC\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
-                      LOOM_EUNSUPPORTED, "NFKC");
+    expect_load_error("lower.json", "{\"normalizer\":{\"type\":\"Lowercase\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      LOOM_EUNSUPPORTED, "Lowercase");
     /* tokenizer_config.json naming a token that does not exist */
     char dir[512];
     snprintf(dir, sizeof dir, "%s/badcfg", tmpdir);

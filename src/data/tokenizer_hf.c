@@ -9,6 +9,8 @@
 #include <jansson.h>
 #include <pcre2.h>
 #include <stdio.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,9 +35,10 @@ typedef struct {
     int lstrip, rstrip, single_word;
 } added_tok;
 
-enum { NORM_PREPEND, NORM_REPLACE };
+enum { NORM_PREPEND, NORM_REPLACE, NORM_UNICODE };
 typedef struct {
     int type;
+    const UNormalizer2 *unorm; /* NFC, NFD, NFKC, NFKD (ICU's shared instance) */
     char *text; /* Prepend: the prefix; Replace: the replacement */
     size_t text_len;
     tok_regex re; /* Replace: the pattern */
@@ -265,6 +268,42 @@ static int pre_word(enc_ctx *c, int level, const char *s, size_t len, int first)
     return loom_error(LOOM_EINVAL, "unknown pre-tokenizer step %d", p->type);
 }
 
+/* Unicode normalization through ICU, which works on UTF-16. */
+static int unicode_normalize(const UNormalizer2 *norm, const char *s, size_t len, buf_t *out) {
+    if (len > INT32_MAX / 4) return loom_error(LOOM_ERANGE, "text of %zu bytes too long to normalize", len);
+    UErrorCode st = U_ZERO_ERROR;
+    int32_t n16 = 0, cap16 = (int32_t)len + 1, capn = 3 * cap16 + 16;
+    UChar *src = malloc((size_t)cap16 * sizeof *src), *dst = malloc((size_t)capn * sizeof *dst);
+    int rc = LOOM_OK;
+    if (!src || !dst) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory normalizing %zu bytes", len);
+        goto done;
+    }
+    u_strFromUTF8(src, cap16, &n16, s, (int32_t)len, &st);
+    int32_t nn = U_SUCCESS(st) ? unorm2_normalize(norm, src, n16, dst, capn, &st) : 0;
+    if (st == U_BUFFER_OVERFLOW_ERROR) { /* decompositions can grow past the first guess */
+        free(dst);
+        capn = nn + 1;
+        dst = malloc((size_t)capn * sizeof *dst);
+        if (!dst) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory normalizing %zu bytes", len);
+            goto done;
+        }
+        st = U_ZERO_ERROR;
+        nn = unorm2_normalize(norm, src, n16, dst, capn, &st);
+    }
+    int32_t n8 = 0;
+    if (U_SUCCESS(st)) u_strToUTF8(NULL, 0, &n8, dst, nn, &st);
+    if (st == U_BUFFER_OVERFLOW_ERROR) st = U_ZERO_ERROR;
+    if (U_SUCCESS(st) && (rc = buf_reserve(out, (size_t)n8 + 1)) == LOOM_OK) u_strToUTF8(out->p, n8 + 1, &n8, dst, nn, &st);
+    if (rc == LOOM_OK && U_FAILURE(st)) rc = loom_error(LOOM_EINVAL, "Unicode normalization failed: %s", u_errorName(st));
+    if (rc == LOOM_OK) out->len = (size_t)n8;
+done:
+    free(src);
+    free(dst);
+    return rc;
+}
+
 static int normalize(enc_ctx *c, const char **s, size_t *len) {
     hf_impl *h = c->h;
     int cur = 0, rc;
@@ -272,7 +311,12 @@ static int normalize(enc_ctx *c, const char **s, size_t *len) {
         const norm_step *n = &h->norm[k];
         buf_t *b = &c->norm[cur];
         b->len = 0;
-        if (n->type == NORM_PREPEND) {
+        if (n->type == NORM_UNICODE) {
+            int ascii = 1;
+            for (size_t i = 0; i < *len && ascii; i++) ascii = (unsigned char)(*s)[i] < 0x80;
+            if (ascii) continue; /* ASCII is unchanged by every normalization form */
+            if ((rc = unicode_normalize(n->unorm, *s, *len, b)) != LOOM_OK) return rc;
+        } else if (n->type == NORM_PREPEND) {
             if (*len == 0) continue;
             if ((rc = buf_add(b, n->text, n->text_len)) != LOOM_OK || (rc = buf_add(b, *s, *len)) != LOOM_OK) return rc;
         } else {
@@ -651,13 +695,27 @@ static int parse_normalizer(hf_impl *h, json_t *n, const char *path) {
         return LOOM_OK;
     }
     int is_prepend = !strcmp(type, "Prepend"), is_replace = !strcmp(type, "Replace");
-    if (!is_prepend && !is_replace)
-        return loom_error(LOOM_EUNSUPPORTED, "%s: normalizer \"%s\" is not supported (Prepend, Replace and Sequence are)", path, type);
+    UErrorCode st = U_ZERO_ERROR;
+    const UNormalizer2 *unorm = !strcmp(type, "NFC")    ? unorm2_getNFCInstance(&st)
+                                : !strcmp(type, "NFD")  ? unorm2_getNFDInstance(&st)
+                                : !strcmp(type, "NFKC") ? unorm2_getNFKCInstance(&st)
+                                : !strcmp(type, "NFKD") ? unorm2_getNFKDInstance(&st)
+                                                        : NULL;
+    if (!is_prepend && !is_replace && !unorm)
+        return loom_error(LOOM_EUNSUPPORTED, "%s: normalizer \"%s\" is not supported (NFC, NFD, NFKC, NFKD, Prepend, Replace and Sequence are)",
+                          path, type);
+    if (U_FAILURE(st)) return loom_error(LOOM_EUNSUPPORTED, "%s: normalizer %s unavailable: %s", path, type, u_errorName(st));
     norm_step *grown = realloc(h->norm, (size_t)(h->n_norm + 1) * sizeof *grown);
     if (!grown) return loom_error(LOOM_ENOMEM, "out of memory");
     h->norm = grown;
     norm_step *s = &h->norm[h->n_norm];
     memset(s, 0, sizeof *s);
+    if (unorm) {
+        s->type = NORM_UNICODE;
+        s->unorm = unorm;
+        h->n_norm++;
+        return LOOM_OK;
+    }
     json_t *text = json_object_get(n, is_prepend ? "prepend" : "content");
     if (!json_is_string(text)) return loom_error(LOOM_EFORMAT, "%s: %s normalizer without its string", path, type);
     s->type = is_prepend ? NORM_PREPEND : NORM_REPLACE;
