@@ -46,13 +46,20 @@ static char *entry_text(json_t *entry, size_t *len) {
     return s;
 }
 
+/* Strict UTF-8 check (RFC 3629): no overlong forms, surrogates or code points above U+10FFFF. */
 static int utf8_ok(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
     for (size_t i = 0; i < n;) {
-        int k = s[i] < 0x80 ? 1 : (s[i] & 0xE0) == 0xC0 ? 2 : (s[i] & 0xF0) == 0xE0 ? 3 : (s[i] & 0xF8) == 0xF0 ? 4 : 0;
-        if (!k || i + (size_t)k > n || (k == 2 && s[i] < 0xC2)) return 0;
+        int k = s[i] < 0x80 ? 1 : (s[i] >= 0xC2 && s[i] <= 0xDF) ? 2 : (s[i] & 0xF0) == 0xE0 ? 3 : (s[i] >= 0xF0 && s[i] <= 0xF4) ? 4 : 0;
+        if (!k || i + (size_t)k > n) return 0;
         for (int j = 1; j < k; j++)
             if ((s[i + j] & 0xC0) != 0x80) return 0;
+        if (k >= 3) {
+            uint32_t cp = k == 3 ? (uint32_t)(s[i] & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F)
+                                 : (uint32_t)(s[i] & 0x07) << 18 | (uint32_t)(s[i + 1] & 0x3F) << 12 | (uint32_t)(s[i + 2] & 0x3F) << 6 |
+                                       (s[i + 3] & 0x3F);
+            if ((k == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF))) return 0;
+        }
         i += (size_t)k;
     }
     return 1;
@@ -713,6 +720,27 @@ static void test_shakespeare(void) {
         free(a);
         free(b);
     }
+    /* random byte tokens through the streaming decoder: every piece it emits is valid UTF-8 */
+    if (llama2) {
+        loom_rng rng;
+        loom_rng_init(&rng, 5, 1);
+        loom_detok *d;
+        CHECK_OK(loom_detok_create(&d, llama2));
+        int valid = 1;
+        size_t total = 0, pn;
+        char piece[256];
+        for (int k = 0; k < 5000; k++) {
+            /* bias towards lead and continuation bytes so that long sequences occur */
+            int32_t b = (int32_t)(loom_rng_below(&rng, 4) == 0 ? loom_rng_below(&rng, 256) : 0x80 + loom_rng_below(&rng, 0x78));
+            CHECK_OK(loom_detok_push(d, 3 + b, piece, sizeof piece, &pn));
+            valid &= utf8_ok(piece, pn) && piece[pn] == 0;
+            total += pn;
+        }
+        CHECK_OK(loom_detok_flush(d, piece, sizeof piece, &pn));
+        valid &= utf8_ok(piece, pn);
+        CHECK(valid && total > 5000, "streamed random bytes stay valid UTF-8 (%zu bytes out)", total);
+        loom_detok_free(d);
+    }
     /* streaming decode of llama2 ids gives the same text as whole decoding */
     if (llama2) {
         int32_t *ids = NULL;
@@ -841,6 +869,39 @@ static void test_malformed(void) {
             CHECK(rc == LOOM_EFORMAT && !t, "truncated tokenizer.bin (%zu bytes): rc %d", cuts[k], rc);
             CHECK(strstr(loom_errmsg(), "cut.bin") != NULL, "message names the file: %s", loom_errmsg());
         }
+        /* every cut and single-byte corruption: an error or a usable tokenizer, never a crash */
+        int bad_cut = 0;
+        for (size_t cut = 0; cut < size; cut += 37) {
+            CHECK_OK(loom_write_file_atomic(tmp_path(p, sizeof p, "cut.bin"), data, cut));
+            loom_tokenizer *t = NULL;
+            int rc = loom_tokenizer_load(&t, p);
+            bad_cut += !(rc == LOOM_EFORMAT || (rc == LOOM_OK && loom_tokenizer_vocab_size(t) < 512));
+            loom_tokenizer_free(t);
+        }
+        CHECK(bad_cut == 0, "%d truncations of tok512.bin misread", bad_cut);
+        loom_rng rng;
+        loom_rng_init(&rng, 11, 0);
+        int crashed_never = 1;
+        for (int k = 0; k < 40; k++) {
+            size_t at = loom_rng_below(&rng, (uint32_t)size);
+            char saved = data[at];
+            data[at] = (char)loom_rng_below(&rng, 256);
+            CHECK_OK(loom_write_file_atomic(tmp_path(p, sizeof p, "flip.bin"), data, size));
+            data[at] = saved;
+            loom_tokenizer *t = NULL;
+            if (loom_tokenizer_load(&t, p) == LOOM_OK) {
+                int32_t *ids = NULL;
+                size_t n = 0;
+                char *out = NULL;
+                size_t olen;
+                crashed_never &= loom_tokenizer_encode(t, "Once upon a time", 16, 0, &ids, &n) == LOOM_OK;
+                if (ids) crashed_never &= loom_tokenizer_decode(t, ids, n, &out, &olen) == LOOM_OK;
+                free(ids);
+                free(out);
+            }
+            loom_tokenizer_free(t);
+        }
+        CHECK(crashed_never, "a corrupted tok512.bin that loads still encodes and decodes");
         /* a byte token renamed: ids 3..258 must be <0x00>..<0xFF> */
         size_t pos = 4;
         for (int k = 0; k < 3; k++) {
@@ -855,6 +916,15 @@ static void test_malformed(void) {
         CHECK(strstr(loom_errmsg(), "<0x00>") != NULL, "message: %s", loom_errmsg());
         free(data);
     }
+    /* every prefix of a tokenizer.json is malformed JSON */
+    const char *full = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},\"merges\":[\"a b\"]}}";
+    int prefix_ok = 1;
+    for (size_t cut = 0; cut < strlen(full); cut++) {
+        CHECK_OK(loom_write_file_atomic(tmp_path(p, sizeof p, "prefix.json"), full, cut));
+        loom_tokenizer *t = NULL;
+        prefix_ok &= loom_tokenizer_load(&t, p) == LOOM_EFORMAT && t == NULL;
+    }
+    CHECK(prefix_ok, "truncated tokenizer.json rejected");
     expect_load_error("garbage.bin", "this is not a tokenizer at all, just text", LOOM_EFORMAT, "garbage.bin");
     expect_load_error("bad.json", "{\"model\": {\"type\": \"BPE\", ", LOOM_EFORMAT, "line");
     expect_load_error("nomodel.json", "{\"version\": \"1.0\"}", LOOM_EFORMAT, "model");
