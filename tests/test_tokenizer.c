@@ -697,6 +697,45 @@ static void test_llama3(void) {
     free(data);
 }
 
+/* ---- looking tokens up by name ---- */
+
+static int32_t first_id(const loom_tokenizer *t, const char *text) {
+    int32_t *ids = NULL, id = -2;
+    size_t n = 0;
+    if (loom_tokenizer_encode(t, text, strlen(text), 0, &ids, &n) == LOOM_OK && n == 1) id = ids[0];
+    free(ids);
+    return id;
+}
+
+static void test_token_id(void) {
+    if (gpt2) {
+        CHECK(loom_tokenizer_token_id(gpt2, "<|endoftext|>") == 50256, "gpt2 <|endoftext|>");
+        /* the file's spelling: U+0120 stands for the space byte */
+        CHECK(loom_tokenizer_token_id(gpt2, "\xC4\xA0the") == first_id(gpt2, " the"), "gpt2 \"\\u0120the\"");
+        CHECK(loom_tokenizer_token_id(gpt2, "no such token") == -1, "gpt2 absent");
+    }
+    if (llama2) {
+        CHECK(loom_tokenizer_token_id(llama2, "<s>") == 1 && loom_tokenizer_token_id(llama2, "</s>") == 2, "llama2 specials");
+        CHECK(loom_tokenizer_token_id(llama2, "<0x0A>") == 3 + 0x0A, "llama2 byte token");
+        CHECK(loom_tokenizer_token_id(llama2, " Hello") == first_id(llama2, "Hello"), "llama2 piece");
+    }
+    if (mistral) {
+        CHECK(loom_tokenizer_token_id(mistral, "</s>") == 2, "mistral </s>");
+        CHECK(loom_tokenizer_token_id(mistral, "\xE2\x96\x81Hello") == first_id(mistral, "Hello"), "mistral piece");
+    }
+    if (llama3) {
+        /* Llama 3's tokenizer.py: 12 named specials from 128000, then reserved 2..245 up to 128255 */
+        CHECK(loom_tokenizer_token_id(llama3, "<|eot_id|>") == 128009, "llama3 <|eot_id|>");
+        CHECK(loom_tokenizer_token_id(llama3, "<|reserved_special_token_2|>") == 128012, "llama3 reserved 2");
+        CHECK(loom_tokenizer_token_id(llama3, "<|reserved_special_token_245|>") == 128255, "llama3 reserved 245");
+        CHECK(loom_tokenizer_token_id(llama3, "<|reserved_special_token_246|>") == -1, "llama3 reserved 246");
+    }
+    loom_tokenizer *b;
+    CHECK_OK(loom_tokenizer_byte(&b));
+    CHECK(loom_tokenizer_token_id(b, "<|eos|>") == 257 && loom_tokenizer_token_id(b, "A") == 'A', "byte tokens");
+    loom_tokenizer_free(b);
+}
+
 /* ---- tinyshakespeare through every tokenizer ---- */
 
 static void test_shakespeare(void) {
@@ -1003,6 +1042,7 @@ int main(void) {
     test_mistral();
     test_tok512();
     test_llama3();
+    test_token_id();
     test_shakespeare();
     test_handmade();
     test_malformed();

@@ -36,7 +36,15 @@ static int byte_piece(const loom_tokenizer *t, int32_t prev, int32_t id, char *b
 
 static void byte_destroy(loom_tokenizer *t) { (void)t; }
 
-static const loom_tokenizer_ops byte_ops = {"byte", byte_encode, byte_piece, byte_destroy};
+static int32_t byte_token_id(const loom_tokenizer *t, const char *token) {
+    (void)t;
+    if (!strcmp(token, "<|bos|>")) return BYTE_BOS;
+    if (!strcmp(token, "<|eos|>")) return BYTE_EOS;
+    if (!strcmp(token, "<|pad|>")) return BYTE_PAD;
+    return token[0] && !token[1] ? (unsigned char)token[0] : -1;
+}
+
+static const loom_tokenizer_ops byte_ops = {"byte", byte_encode, byte_piece, byte_destroy, byte_token_id};
 
 int loom_tokenizer_byte(loom_tokenizer **out) {
     loom_tokenizer *t = calloc(1, sizeof *t);
@@ -64,6 +72,7 @@ int loom_tokenizer_bos(const loom_tokenizer *t) { return t->bos; }
 int loom_tokenizer_eos(const loom_tokenizer *t) { return t->eos; }
 int loom_tokenizer_pad(const loom_tokenizer *t) { return t->pad; }
 const char *loom_tokenizer_kind(const loom_tokenizer *t) { return t->ops->kind; }
+int32_t loom_tokenizer_token_id(const loom_tokenizer *t, const char *token) { return token ? t->ops->token_id(t, token) : -1; }
 
 int loom_tokenizer_encode(const loom_tokenizer *t, const char *text, size_t len, int flags, int32_t **ids, size_t *n) {
     *ids = NULL;

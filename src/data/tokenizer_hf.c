@@ -431,9 +431,12 @@ static void hf_destroy(loom_tokenizer *t) {
     t->impl = NULL;
 }
 
-static const loom_tokenizer_ops bytelevel_ops = {"bpe-bytelevel", hf_encode, hf_piece, hf_destroy};
-static const loom_tokenizer_ops sentencepiece_ops = {"bpe-sentencepiece", hf_encode, hf_piece, hf_destroy};
-static const loom_tokenizer_ops tiktoken_ops = {"tiktoken", hf_encode, hf_piece, hf_destroy};
+static int32_t find_token(const hf_impl *h, const char *s);
+static int32_t hf_token_id(const loom_tokenizer *t, const char *token) { return find_token(t->impl, token); }
+
+static const loom_tokenizer_ops bytelevel_ops = {"bpe-bytelevel", hf_encode, hf_piece, hf_destroy, hf_token_id};
+static const loom_tokenizer_ops sentencepiece_ops = {"bpe-sentencepiece", hf_encode, hf_piece, hf_destroy, hf_token_id};
+static const loom_tokenizer_ops tiktoken_ops = {"tiktoken", hf_encode, hf_piece, hf_destroy, hf_token_id};
 
 /* ---- loading ---- */
 
