@@ -570,6 +570,106 @@ static void test_tok512(void) {
     free(data);
 }
 
+/* ---- Llama 2 as a tokenizer.json in the Prepend/Replace normalizer form ---- */
+
+typedef struct {
+    float score;
+    int id;
+} piece_rank;
+
+static int by_score(const void *x, const void *y) {
+    const piece_rank *a = x, *b = y;
+    return a->score != b->score ? (a->score > b->score ? -1 : 1) : a->id - b->id;
+}
+
+/* Converts llama2.c's tokenizer.bin the way Hugging Face converts a SentencePiece BPE model: pieces
+ * with U+2581 for spaces, merges = every split of a piece into two pieces, ordered by the merged
+ * piece's score; normalizer Prepend("▁") + Replace(" ", "▁"), byte fallback, and the decoder that
+ * undoes it. The SentencePiece reference ids must come out of it unchanged. */
+static void test_llama2_hf_json(void) {
+    char p[1024], *data = NULL;
+    size_t size = 0;
+    CHECK_OK(loom_read_file(test_path(p, sizeof p, "data/llama2-tokenizer/tokenizer.bin"), &data, &size));
+    if (!data) return;
+    int n = 32000;
+    char **piece = calloc((size_t)n, sizeof *piece);
+    piece_rank *order = calloc((size_t)n, sizeof *order);
+    json_t *vocab = json_object();
+    size_t pos = 4;
+    for (int id = 0; id < n && pos + 8 <= size; id++) {
+        float sc;
+        int32_t len;
+        memcpy(&sc, data + pos, 4);
+        memcpy(&len, data + pos + 4, 4);
+        char *s = malloc(3 * (size_t)len + 8);
+        size_t k = 0;
+        if (id == 1) strcpy(s, "<s>"), k = 3;
+        else if (id == 2) strcpy(s, "</s>"), k = 4;
+        else
+            for (int32_t i = 0; i < len; i++) {
+                if (data[pos + 8 + i] == ' ') memcpy(s + k, "\xE2\x96\x81", 3), k += 3;
+                else s[k++] = data[pos + 8 + i];
+            }
+        s[k] = 0;
+        piece[id] = s;
+        order[id] = (piece_rank){sc, id};
+        json_object_set_new(vocab, s, json_integer(id));
+        pos += 8 + (size_t)len;
+    }
+    qsort(order + 259, (size_t)n - 259, sizeof *order, by_score);
+    json_t *merges = json_array();
+    for (int r = 259; r < n; r++) {
+        const char *s = piece[order[r].id];
+        size_t len = strlen(s);
+        for (size_t k = 1; k < len; k++) {
+            char a[128], b[128];
+            if (k >= sizeof a || len - k >= sizeof b) continue;
+            memcpy(a, s, k), a[k] = 0;
+            strcpy(b, s + k);
+            json_t *ia = json_object_get(vocab, a), *ib = json_object_get(vocab, b);
+            if (!ia || !ib || json_integer_value(ia) < 259 || json_integer_value(ib) < 259) continue;
+            char m[256];
+            snprintf(m, sizeof m, "%s %s", a, b);
+            json_array_append_new(merges, json_string(m));
+        }
+    }
+    const char *sp = "\xE2\x96\x81";
+    json_t *root = json_pack(
+        "{s:[{s:i,s:s,s:b},{s:i,s:s,s:b},{s:i,s:s,s:b}], s:{s:s,s:[{s:s,s:s},{s:s,s:{s:s},s:s}]}, s:n, "
+        "s:{s:s,s:[{s:s,s:{s:s},s:s},{s:s},{s:s},{s:s,s:s,s:i,s:i}]}, s:{s:s,s:s,s:b,s:b,s:o,s:o}}",
+        "added_tokens", "id", 0, "content", "<unk>", "special", 1, "id", 1, "content", "<s>", "special", 1, "id", 2, "content", "</s>",
+        "special", 1, "normalizer", "type", "Sequence", "normalizers", "type", "Prepend", "prepend", sp, "type", "Replace", "pattern",
+        "String", " ", "content", sp, "pre_tokenizer", "decoder", "type", "Sequence", "decoders", "type", "Replace", "pattern", "String", sp,
+        "content", " ", "type", "ByteFallback", "type", "Fuse", "type", "Strip", "content", " ", "start", 1, "stop", 0, "model", "type", "BPE",
+        "unk_token", "<unk>", "byte_fallback", 1, "fuse_unk", 1, "vocab", vocab, "merges", merges);
+    CHECK(root != NULL, "building the Llama 2 tokenizer.json");
+    int ok = root && json_dump_file(root, tmp_path(p, sizeof p, "llama2-hf.json"), JSON_COMPACT) == 0;
+    json_decref(root);
+    for (int id = 0; id < n; id++) free(piece[id]);
+    free(piece);
+    free(order);
+    free(data);
+    loom_tokenizer *t = NULL;
+    if (ok) CHECK_OK(loom_tokenizer_load(&t, p));
+    if (!t) return;
+    CHECK(!strcmp(loom_tokenizer_kind(t), "bpe-sentencepiece"), "kind %s", loom_tokenizer_kind(t));
+    CHECK(loom_tokenizer_bos(t) == 1 && loom_tokenizer_eos(t) == 2, "bos/eos");
+    check_reference(t, "reference/tokenizer/llama2_tokenizer_reference.json", "llama2 tokenizer.json");
+    size_t slen;
+    char *sh = shakespeare(&slen);
+    if (sh && llama2) {
+        int32_t *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        CHECK_OK(loom_tokenizer_encode(llama2, sh, slen, 0, &a, &na));
+        CHECK_OK(loom_tokenizer_encode(t, sh, slen, 0, &b, &nb));
+        if (a && b) check_ids(b, nb, a, na, "tinyshakespeare: Llama 2 tokenizer.json vs tokenizer.bin");
+        free(a);
+        free(b);
+    }
+    free(sh);
+    loom_tokenizer_free(t);
+}
+
 /* ---- Llama 3's tiktoken file against a naive tiktoken encoder ---- */
 
 static void hex_key(const unsigned char *b, size_t n, char *out) {
@@ -1041,6 +1141,7 @@ int main(void) {
     test_bytelevel_json();
     test_mistral();
     test_tok512();
+    test_llama2_hf_json();
     test_llama3();
     test_token_id();
     test_shakespeare();
