@@ -1087,10 +1087,18 @@ static void test_malformed(void) {
     snprintf(dir, sizeof dir, "%s/badcfg", tmpdir);
     mkdir(dir, 0700);
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
-    write_text(p, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}");
-    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
-    write_text(p, "{\"bos_token\": \"<nope>\"}");
+    write_text(p, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"<s>\":1},\"merges\":[]}}");
     loom_tokenizer *t = NULL;
+    CHECK_OK(loom_tokenizer_load(&t, dir));
+    CHECK(t && loom_tokenizer_bos(t) == 1, "without a config, <s> is taken as bos");
+    loom_tokenizer_free(t);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    write_text(p, "{\"bos_token\": null, \"eos_token\": \"a\"}");
+    t = NULL;
+    CHECK_OK(loom_tokenizer_load(&t, dir));
+    CHECK(t && loom_tokenizer_bos(t) == -1 && loom_tokenizer_eos(t) == 0, "config: null bos, eos by name");
+    loom_tokenizer_free(t);
+    write_text(p, "{\"bos_token\": \"<nope>\"}");
     CHECK(loom_tokenizer_load(&t, dir) == LOOM_EFORMAT && !t, "config with unknown bos: %s", loom_errmsg());
     CHECK(strstr(loom_errmsg(), "<nope>") != NULL, "message: %s", loom_errmsg());
     /* GPT-2 pair problems */

@@ -101,6 +101,8 @@ static int regex_next(const tok_regex *r, pcre2_match_data *md, const char *s, s
     while (from <= len) {
         int rc = r->jit ? pcre2_jit_match(r->code, (PCRE2_SPTR)s, len, from, PCRE2_NO_UTF_CHECK, md, NULL)
                         : pcre2_match(r->code, (PCRE2_SPTR)s, len, from, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* the interpreter keeps its backtracking on the heap */
+            rc = pcre2_match(r->code, (PCRE2_SPTR)s, len, from, PCRE2_NO_UTF_CHECK, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) return 0;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
@@ -829,7 +831,11 @@ static void parse_decoder(json_t *d, int *byte_level, int *strip, const char **r
 /* A special token named in tokenizer_config.json: a string or {"content": ...}. */
 static int config_token(const hf_impl *h, json_t *cfg, const char *key, int32_t *id, const char *path) {
     json_t *v = json_object_get(cfg, key);
-    if (!v || json_is_null(v)) return LOOM_OK;
+    if (!v) return LOOM_OK;
+    if (json_is_null(v)) { /* explicitly none (Qwen2 has no bos) */
+        *id = -1;
+        return LOOM_OK;
+    }
     if (json_is_object(v)) v = json_object_get(v, "content");
     if (!json_is_string(v)) return loom_error(LOOM_EFORMAT, "%s: \"%s\" is neither a string nor {\"content\": ...}", path, key);
     int32_t x = find_token(h, json_string_value(v));
