@@ -20,7 +20,7 @@ check "llama2 ids with --bos" test "$(printf 'Hello world' | "$LOOM" tokenize --
 check "empty input" test "$(printf '' | "$LOOM" tokenize --tokenizer "$GPT2")" = ""
 
 # round trips of the whole of tinyshakespeare
-for tok in "$GPT2" "$LLAMA2" "$SHARED/data/stories260K/tok512.bin"; do
+for tok in "$GPT2" "$LLAMA2" "$SHARED/data/stories260K/tok512.bin" "$SHARED/data/mistral-tokenizer" "$SHARED/data/llama3-tokenizer"; do
     "$LOOM" tokenize --tokenizer "$tok" < "$TEXT" > "$TMP/ids"
     "$LOOM" detokenize --tokenizer "$tok" < "$TMP/ids" > "$TMP/back"
     check "round trip through $tok" cmp -s "$TEXT" "$TMP/back"

@@ -1,7 +1,9 @@
 /* Tokenizers against reference ids (OpenAI's encoder.py for GPT-2, Google SentencePiece for Llama 2),
  * against naive reference encoders written here (Hugging Face BPE by merge rank, llama2.c's greedy
  * merge by score), round trips, streaming decode and malformed inputs. */
+#define PCRE2_CODE_UNIT_WIDTH 8
 #include <jansson.h>
+#include <pcre2.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -44,13 +46,20 @@ static char *entry_text(json_t *entry, size_t *len) {
     return s;
 }
 
+/* Strict UTF-8 check (RFC 3629): no overlong forms, surrogates or code points above U+10FFFF. */
 static int utf8_ok(const char *str, size_t n) {
     const unsigned char *s = (const unsigned char *)str;
     for (size_t i = 0; i < n;) {
-        int k = s[i] < 0x80 ? 1 : (s[i] & 0xE0) == 0xC0 ? 2 : (s[i] & 0xF0) == 0xE0 ? 3 : (s[i] & 0xF8) == 0xF0 ? 4 : 0;
-        if (!k || i + (size_t)k > n || (k == 2 && s[i] < 0xC2)) return 0;
+        int k = s[i] < 0x80 ? 1 : (s[i] >= 0xC2 && s[i] <= 0xDF) ? 2 : (s[i] & 0xF0) == 0xE0 ? 3 : (s[i] >= 0xF0 && s[i] <= 0xF4) ? 4 : 0;
+        if (!k || i + (size_t)k > n) return 0;
         for (int j = 1; j < k; j++)
             if ((s[i + j] & 0xC0) != 0x80) return 0;
+        if (k >= 3) {
+            uint32_t cp = k == 3 ? (uint32_t)(s[i] & 0x0F) << 12 | (uint32_t)(s[i + 1] & 0x3F) << 6 | (s[i + 2] & 0x3F)
+                                 : (uint32_t)(s[i] & 0x07) << 18 | (uint32_t)(s[i + 1] & 0x3F) << 12 | (uint32_t)(s[i + 2] & 0x3F) << 6 |
+                                       (s[i + 3] & 0x3F);
+            if ((k == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF))) return 0;
+        }
         i += (size_t)k;
     }
     return 1;
@@ -144,7 +153,7 @@ static void check_reference(const loom_tokenizer *t, const char *ref, const char
     json_decref(j);
 }
 
-static loom_tokenizer *gpt2, *llama2, *mistral, *tok512, *gpt2json;
+static loom_tokenizer *gpt2, *llama2, *mistral, *tok512, *gpt2json, *llama3;
 
 static void test_gpt2_reference(void) {
     gpt2 = load("reference/tokenizer/encoder.json");
@@ -561,6 +570,272 @@ static void test_tok512(void) {
     free(data);
 }
 
+/* ---- Llama 2 as a tokenizer.json in the Prepend/Replace normalizer form ---- */
+
+typedef struct {
+    float score;
+    int id;
+} piece_rank;
+
+static int by_score(const void *x, const void *y) {
+    const piece_rank *a = x, *b = y;
+    return a->score != b->score ? (a->score > b->score ? -1 : 1) : a->id - b->id;
+}
+
+/* Converts llama2.c's tokenizer.bin the way Hugging Face converts a SentencePiece BPE model: pieces
+ * with U+2581 for spaces, merges = every split of a piece into two pieces, ordered by the merged
+ * piece's score; normalizer Prepend("▁") + Replace(" ", "▁"), byte fallback, and the decoder that
+ * undoes it. The SentencePiece reference ids must come out of it unchanged. */
+static void test_llama2_hf_json(void) {
+    char p[1024], *data = NULL;
+    size_t size = 0;
+    CHECK_OK(loom_read_file(test_path(p, sizeof p, "data/llama2-tokenizer/tokenizer.bin"), &data, &size));
+    if (!data) return;
+    int n = 32000;
+    char **piece = calloc((size_t)n, sizeof *piece);
+    piece_rank *order = calloc((size_t)n, sizeof *order);
+    json_t *vocab = json_object();
+    size_t pos = 4;
+    for (int id = 0; id < n && pos + 8 <= size; id++) {
+        float sc;
+        int32_t len;
+        memcpy(&sc, data + pos, 4);
+        memcpy(&len, data + pos + 4, 4);
+        char *s = malloc(3 * (size_t)len + 8);
+        size_t k = 0;
+        if (id == 1) strcpy(s, "<s>"), k = 3;
+        else if (id == 2) strcpy(s, "</s>"), k = 4;
+        else
+            for (int32_t i = 0; i < len; i++) {
+                if (data[pos + 8 + i] == ' ') memcpy(s + k, "\xE2\x96\x81", 3), k += 3;
+                else s[k++] = data[pos + 8 + i];
+            }
+        s[k] = 0;
+        piece[id] = s;
+        order[id] = (piece_rank){sc, id};
+        json_object_set_new(vocab, s, json_integer(id));
+        pos += 8 + (size_t)len;
+    }
+    qsort(order + 259, (size_t)n - 259, sizeof *order, by_score);
+    json_t *merges = json_array();
+    for (int r = 259; r < n; r++) {
+        const char *s = piece[order[r].id];
+        size_t len = strlen(s);
+        for (size_t k = 1; k < len; k++) {
+            char a[128], b[128];
+            if (k >= sizeof a || len - k >= sizeof b) continue;
+            memcpy(a, s, k), a[k] = 0;
+            strcpy(b, s + k);
+            json_t *ia = json_object_get(vocab, a), *ib = json_object_get(vocab, b);
+            if (!ia || !ib || json_integer_value(ia) < 259 || json_integer_value(ib) < 259) continue;
+            char m[256];
+            snprintf(m, sizeof m, "%s %s", a, b);
+            json_array_append_new(merges, json_string(m));
+        }
+    }
+    const char *sp = "\xE2\x96\x81";
+    json_t *root = json_pack(
+        "{s:[{s:i,s:s,s:b},{s:i,s:s,s:b},{s:i,s:s,s:b}], s:{s:s,s:[{s:s,s:s},{s:s,s:{s:s},s:s}]}, s:n, "
+        "s:{s:s,s:[{s:s,s:{s:s},s:s},{s:s},{s:s},{s:s,s:s,s:i,s:i}]}, s:{s:s,s:s,s:b,s:b,s:o,s:o}}",
+        "added_tokens", "id", 0, "content", "<unk>", "special", 1, "id", 1, "content", "<s>", "special", 1, "id", 2, "content", "</s>",
+        "special", 1, "normalizer", "type", "Sequence", "normalizers", "type", "Prepend", "prepend", sp, "type", "Replace", "pattern",
+        "String", " ", "content", sp, "pre_tokenizer", "decoder", "type", "Sequence", "decoders", "type", "Replace", "pattern", "String", sp,
+        "content", " ", "type", "ByteFallback", "type", "Fuse", "type", "Strip", "content", " ", "start", 1, "stop", 0, "model", "type", "BPE",
+        "unk_token", "<unk>", "byte_fallback", 1, "fuse_unk", 1, "vocab", vocab, "merges", merges);
+    CHECK(root != NULL, "building the Llama 2 tokenizer.json");
+    int ok = root && json_dump_file(root, tmp_path(p, sizeof p, "llama2-hf.json"), JSON_COMPACT) == 0;
+    json_decref(root);
+    for (int id = 0; id < n; id++) free(piece[id]);
+    free(piece);
+    free(order);
+    free(data);
+    loom_tokenizer *t = NULL;
+    if (ok) CHECK_OK(loom_tokenizer_load(&t, p));
+    if (!t) return;
+    CHECK(!strcmp(loom_tokenizer_kind(t), "bpe-sentencepiece"), "kind %s", loom_tokenizer_kind(t));
+    CHECK(loom_tokenizer_bos(t) == 1 && loom_tokenizer_eos(t) == 2, "bos/eos");
+    check_reference(t, "reference/tokenizer/llama2_tokenizer_reference.json", "llama2 tokenizer.json");
+    size_t slen;
+    char *sh = shakespeare(&slen);
+    if (sh && llama2) {
+        int32_t *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        CHECK_OK(loom_tokenizer_encode(llama2, sh, slen, 0, &a, &na));
+        CHECK_OK(loom_tokenizer_encode(t, sh, slen, 0, &b, &nb));
+        if (a && b) check_ids(b, nb, a, na, "tinyshakespeare: Llama 2 tokenizer.json vs tokenizer.bin");
+        free(a);
+        free(b);
+    }
+    free(sh);
+    loom_tokenizer_free(t);
+}
+
+/* ---- Llama 3's tiktoken file against a naive tiktoken encoder ---- */
+
+static void hex_key(const unsigned char *b, size_t n, char *out) {
+    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", b[i]);
+    out[2 * n] = 0;
+}
+
+/* tiktoken's procedure: split with the pattern of Llama 3's tokenizer.py; a piece that is a token
+ * is that token; otherwise start from single bytes and merge the adjacent pair whose concatenation
+ * has the lowest rank, leftmost first. ranks: hex of the token bytes -> rank. */
+static size_t naive_tiktoken(json_t *ranks, const char *text, size_t len, int32_t *out) {
+    const char *pat = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    int err;
+    PCRE2_SIZE eoff;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &eoff, NULL);
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    size_t n = 0, pos = 0;
+    while (pos < len && pcre2_match(re, (PCRE2_SPTR)text, len, pos, 0, md, NULL) > 0) {
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t a = ov[0], b = ov[1];
+        unsigned char *piece = (unsigned char *)text + a;
+        size_t pl = b - a, starts[512], np = 0;
+        char key[1100];
+        if (pl > 500) break; /* not in these texts */
+        hex_key(piece, pl, key);
+        if (json_object_get(ranks, key)) {
+            out[n++] = (int32_t)json_integer_value(json_object_get(ranks, key));
+            pos = b;
+            continue;
+        }
+        for (size_t i = 0; i <= pl; i++) starts[np++] = i; /* part k is piece[starts[k]..starts[k+1]) */
+        for (;;) {
+            long best = -1, best_rank = 0;
+            for (size_t k = 0; k + 2 < np; k++) {
+                hex_key(piece + starts[k], starts[k + 2] - starts[k], key);
+                json_t *r = json_object_get(ranks, key);
+                if (r && (best < 0 || json_integer_value(r) < best_rank)) best = (long)k, best_rank = (long)json_integer_value(r);
+            }
+            if (best < 0) break;
+            memmove(starts + best + 1, starts + best + 2, (np - (size_t)best - 2) * sizeof *starts);
+            np--;
+        }
+        for (size_t k = 0; k + 1 < np; k++) {
+            hex_key(piece + starts[k], starts[k + 1] - starts[k], key);
+            out[n++] = (int32_t)json_integer_value(json_object_get(ranks, key));
+        }
+        pos = b;
+    }
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    return n;
+}
+
+static void test_llama3(void) {
+    llama3 = load("data/llama3-tokenizer");
+    char p[1024], *data = NULL;
+    size_t size = 0;
+    CHECK_OK(loom_read_file(test_path(p, sizeof p, "data/llama3-tokenizer/tokenizer.model"), &data, &size));
+    if (!llama3 || !data) {
+        free(data);
+        return;
+    }
+    CHECK(!strcmp(loom_tokenizer_kind(llama3), "tiktoken"), "kind %s", loom_tokenizer_kind(llama3));
+    /* SOURCE.md: 128,000 ranks + 256 specials; <|begin_of_text|> = 128000, <|end_of_text|> = 128001 */
+    CHECK(loom_tokenizer_vocab_size(llama3) == 128256, "vocab %d", loom_tokenizer_vocab_size(llama3));
+    CHECK(loom_tokenizer_bos(llama3) == 128000 && loom_tokenizer_eos(llama3) == 128001, "bos/eos");
+    json_t *ranks = json_object();
+    for (char *line = data; line && *line;) {
+        char *nl = strchr(line, '\n'), *sp = strchr(line, ' ');
+        unsigned char raw[600];
+        size_t rl = 0;
+        /* base64, decoded here independently of the library */
+        static const char *abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        uint32_t acc = 0;
+        int bits = 0;
+        for (char *c = line; c < sp && *c != '='; c++) {
+            acc = acc << 6 | (uint32_t)(strchr(abc, *c) - abc);
+            bits += 6;
+            if (bits >= 8) raw[rl++] = (unsigned char)(acc >> (bits - 8)), bits -= 8;
+        }
+        char key[1300];
+        hex_key(raw, rl, key);
+        json_object_set_new(ranks, key, json_integer(atol(sp + 1)));
+        line = nl ? nl + 1 : NULL;
+    }
+    int32_t *want = malloc(40000 * sizeof *want);
+    json_t *ref = load_json("reference/tokenizer/llama2_tokenizer_reference.json");
+    size_t i;
+    json_t *x;
+    json_array_foreach(ref, i, x) {
+        size_t len, n;
+        char *text = entry_text(x, &len);
+        size_t m = naive_tiktoken(ranks, text, len, want);
+        int32_t *got = NULL;
+        CHECK_OK(loom_tokenizer_encode(llama3, text, len, 0, &got, &n));
+        char name[64];
+        snprintf(name, sizeof name, "llama3 vs naive tiktoken, entry %zu", i);
+        if (got) check_ids(got, n, want, m, name);
+        check_roundtrip(llama3, text, len, name);
+        free(got);
+        free(text);
+    }
+    json_decref(ref);
+    size_t slen;
+    char *sh = shakespeare(&slen);
+    if (sh) {
+        size_t n, len = slen < 20000 ? slen : 20000;
+        size_t m = naive_tiktoken(ranks, sh, len, want);
+        int32_t *got = NULL;
+        CHECK_OK(loom_tokenizer_encode(llama3, sh, len, 0, &got, &n));
+        if (got) check_ids(got, n, want, m, "llama3 vs naive tiktoken, tinyshakespeare[0:20000]");
+        free(got);
+    }
+    free(sh);
+    /* special-token text stays text (Meta's tokenizer.py encodes with no allowed specials) */
+    int32_t *got = NULL;
+    size_t n = 0;
+    CHECK_OK(loom_tokenizer_encode(llama3, "<|begin_of_text|>hi", 19, LOOM_TOK_BOS, &got, &n));
+    int plain = n > 2 && got && got[0] == 128000;
+    for (size_t k = 1; k < n && got; k++) plain &= got[k] < 128000;
+    CHECK(plain, "special-token text encoded as text (%zu ids)", n);
+    free(got);
+    free(want);
+    json_decref(ranks);
+    free(data);
+}
+
+/* ---- looking tokens up by name ---- */
+
+static int32_t first_id(const loom_tokenizer *t, const char *text) {
+    int32_t *ids = NULL, id = -2;
+    size_t n = 0;
+    if (loom_tokenizer_encode(t, text, strlen(text), 0, &ids, &n) == LOOM_OK && n == 1) id = ids[0];
+    free(ids);
+    return id;
+}
+
+static void test_token_id(void) {
+    if (gpt2) {
+        CHECK(loom_tokenizer_token_id(gpt2, "<|endoftext|>") == 50256, "gpt2 <|endoftext|>");
+        /* the file's spelling: U+0120 stands for the space byte */
+        CHECK(loom_tokenizer_token_id(gpt2, "\xC4\xA0the") == first_id(gpt2, " the"), "gpt2 \"\\u0120the\"");
+        CHECK(loom_tokenizer_token_id(gpt2, "no such token") == -1, "gpt2 absent");
+    }
+    if (llama2) {
+        CHECK(loom_tokenizer_token_id(llama2, "<s>") == 1 && loom_tokenizer_token_id(llama2, "</s>") == 2, "llama2 specials");
+        CHECK(loom_tokenizer_token_id(llama2, "<0x0A>") == 3 + 0x0A, "llama2 byte token");
+        CHECK(loom_tokenizer_token_id(llama2, " Hello") == first_id(llama2, "Hello"), "llama2 piece");
+    }
+    if (mistral) {
+        CHECK(loom_tokenizer_token_id(mistral, "</s>") == 2, "mistral </s>");
+        CHECK(loom_tokenizer_token_id(mistral, "\xE2\x96\x81Hello") == first_id(mistral, "Hello"), "mistral piece");
+    }
+    if (llama3) {
+        /* Llama 3's tokenizer.py: 12 named specials from 128000, then reserved 2..245 up to 128255 */
+        CHECK(loom_tokenizer_token_id(llama3, "<|eot_id|>") == 128009, "llama3 <|eot_id|>");
+        CHECK(loom_tokenizer_token_id(llama3, "<|reserved_special_token_2|>") == 128012, "llama3 reserved 2");
+        CHECK(loom_tokenizer_token_id(llama3, "<|reserved_special_token_245|>") == 128255, "llama3 reserved 245");
+        CHECK(loom_tokenizer_token_id(llama3, "<|reserved_special_token_246|>") == -1, "llama3 reserved 246");
+    }
+    loom_tokenizer *b;
+    CHECK_OK(loom_tokenizer_byte(&b));
+    CHECK(loom_tokenizer_token_id(b, "<|eos|>") == 257 && loom_tokenizer_token_id(b, "A") == 'A', "byte tokens");
+    loom_tokenizer_free(b);
+}
+
 /* ---- tinyshakespeare through every tokenizer ---- */
 
 static void test_shakespeare(void) {
@@ -569,7 +844,7 @@ static void test_shakespeare(void) {
     if (!sh) return;
     loom_tokenizer *byte;
     CHECK_OK(loom_tokenizer_byte(&byte));
-    loom_tokenizer *all[] = {byte, gpt2, gpt2json, llama2, tok512, mistral};
+    loom_tokenizer *all[] = {byte, gpt2, gpt2json, llama2, tok512, mistral, llama3};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
         if (!all[k]) continue;
         check_roundtrip(all[k], sh, len, "tinyshakespeare");
@@ -583,6 +858,27 @@ static void test_shakespeare(void) {
         if (a && b) check_ids(b, nb, a, na, "tinyshakespeare: tokenizer.json vs encoder.json");
         free(a);
         free(b);
+    }
+    /* random byte tokens through the streaming decoder: every piece it emits is valid UTF-8 */
+    if (llama2) {
+        loom_rng rng;
+        loom_rng_init(&rng, 5, 1);
+        loom_detok *d;
+        CHECK_OK(loom_detok_create(&d, llama2));
+        int valid = 1;
+        size_t total = 0, pn;
+        char piece[256];
+        for (int k = 0; k < 5000; k++) {
+            /* bias towards lead and continuation bytes so that long sequences occur */
+            int32_t b = (int32_t)(loom_rng_below(&rng, 4) == 0 ? loom_rng_below(&rng, 256) : 0x80 + loom_rng_below(&rng, 0x78));
+            CHECK_OK(loom_detok_push(d, 3 + b, piece, sizeof piece, &pn));
+            valid &= utf8_ok(piece, pn) && piece[pn] == 0;
+            total += pn;
+        }
+        CHECK_OK(loom_detok_flush(d, piece, sizeof piece, &pn));
+        valid &= utf8_ok(piece, pn);
+        CHECK(valid && total > 5000, "streamed random bytes stay valid UTF-8 (%zu bytes out)", total);
+        loom_detok_free(d);
     }
     /* streaming decode of llama2 ids gives the same text as whole decoding */
     if (llama2) {
@@ -663,6 +959,26 @@ static void test_handmade(void) {
      * "zz" fuses into one <unk> */
     expect(t, "a a12zz", (int32_t[]){2, 2, 0, 3, 0, 4, 0, 5}, 8, "metaspace+digits+unk");
     loom_tokenizer_free(t);
+
+    /* Unicode normalizers: vocab e=0 U+0301=1 é(U+00E9)=2 f=3 i=4 fi=5, merge "f i" */
+    const char *model = "\"model\":{\"type\":\"BPE\",\"vocab\":{\"e\":0,\"\\u0301\":1,\"\\u00e9\":2,\"f\":3,\"i\":4,\"fi\":5},"
+                        "\"merges\":[\"f i\"]}}";
+    char js[512];
+    snprintf(js, sizeof js, "{\"normalizer\":{\"type\":\"NFC\"},%s", model);
+    t = json_tok("nfc.json", js);
+    if (!t) return;
+    /* NFC composes e + U+0301 into U+00E9; the compatibility ligature U+FB01 stays (and is unknown) */
+    expect(t, "e\xCC\x81", (int32_t[]){2}, 1, "NFC composes");
+    expect(t, "\xC3\xA9", (int32_t[]){2}, 1, "NFC keeps precomposed");
+    CHECK(loom_tokenizer_encode(t, "\xEF\xAC\x81", 3, 0, &ids, &n) == LOOM_EFORMAT, "NFC leaves U+FB01");
+    loom_tokenizer_free(t);
+    snprintf(js, sizeof js, "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKD\"}]},%s", model);
+    t = json_tok("nfkd.json", js);
+    if (!t) return;
+    /* NFKD decomposes U+00E9 to e + U+0301 and U+FB01 to "fi" */
+    expect(t, "\xC3\xA9", (int32_t[]){0, 1}, 2, "NFKD decomposes");
+    expect(t, "\xEF\xAC\x81", (int32_t[]){5}, 1, "NFKD expands the ligature");
+    loom_tokenizer_free(t);
 }
 
 /* ---- malformed files and input ---- */
@@ -692,6 +1008,39 @@ static void test_malformed(void) {
             CHECK(rc == LOOM_EFORMAT && !t, "truncated tokenizer.bin (%zu bytes): rc %d", cuts[k], rc);
             CHECK(strstr(loom_errmsg(), "cut.bin") != NULL, "message names the file: %s", loom_errmsg());
         }
+        /* every cut and single-byte corruption: an error or a usable tokenizer, never a crash */
+        int bad_cut = 0;
+        for (size_t cut = 0; cut < size; cut += 37) {
+            CHECK_OK(loom_write_file_atomic(tmp_path(p, sizeof p, "cut.bin"), data, cut));
+            loom_tokenizer *t = NULL;
+            int rc = loom_tokenizer_load(&t, p);
+            bad_cut += !(rc == LOOM_EFORMAT || (rc == LOOM_OK && loom_tokenizer_vocab_size(t) < 512));
+            loom_tokenizer_free(t);
+        }
+        CHECK(bad_cut == 0, "%d truncations of tok512.bin misread", bad_cut);
+        loom_rng rng;
+        loom_rng_init(&rng, 11, 0);
+        int crashed_never = 1;
+        for (int k = 0; k < 40; k++) {
+            size_t at = loom_rng_below(&rng, (uint32_t)size);
+            char saved = data[at];
+            data[at] = (char)loom_rng_below(&rng, 256);
+            CHECK_OK(loom_write_file_atomic(tmp_path(p, sizeof p, "flip.bin"), data, size));
+            data[at] = saved;
+            loom_tokenizer *t = NULL;
+            if (loom_tokenizer_load(&t, p) == LOOM_OK) {
+                int32_t *ids = NULL;
+                size_t n = 0;
+                char *out = NULL;
+                size_t olen;
+                crashed_never &= loom_tokenizer_encode(t, "Once upon a time", 16, 0, &ids, &n) == LOOM_OK;
+                if (ids) crashed_never &= loom_tokenizer_decode(t, ids, n, &out, &olen) == LOOM_OK;
+                free(ids);
+                free(out);
+            }
+            loom_tokenizer_free(t);
+        }
+        CHECK(crashed_never, "a corrupted tok512.bin that loads still encodes and decodes");
         /* a byte token renamed: ids 3..258 must be <0x00>..<0xFF> */
         size_t pos = 4;
         for (int k = 0; k < 3; k++) {
@@ -706,6 +1055,15 @@ static void test_malformed(void) {
         CHECK(strstr(loom_errmsg(), "<0x00>") != NULL, "message: %s", loom_errmsg());
         free(data);
     }
+    /* every prefix of a tokenizer.json is malformed JSON */
+    const char *full = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},\"merges\":[\"a b\"]}}";
+    int prefix_ok = 1;
+    for (size_t cut = 0; cut < strlen(full); cut++) {
+        CHECK_OK(loom_write_file_atomic(tmp_path(p, sizeof p, "prefix.json"), full, cut));
+        loom_tokenizer *t = NULL;
+        prefix_ok &= loom_tokenizer_load(&t, p) == LOOM_EFORMAT && t == NULL;
+    }
+    CHECK(prefix_ok, "truncated tokenizer.json rejected");
     expect_load_error("garbage.bin", "this is not a tokenizer at all, just text", LOOM_EFORMAT, "garbage.bin");
     expect_load_error("bad.json", "{\"model\": {\"type\": \"BPE\", ", LOOM_EFORMAT, "line");
     expect_load_error("nomodel.json", "{\"version\": \"1.0\"}", LOOM_EFORMAT, "model");
@@ -722,17 +1080,25 @@ static void test_malformed(void) {
                       "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},\"behavior\":\"Isolated\"},"
                       "\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
                       LOOM_EFORMAT, "regex");
-    expect_load_error("nfkc.json", "{\"normalizer\":{\"type\":\"NFKC\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
-                      LOOM_EUNSUPPORTED, "NFKC");
+    expect_load_error("lower.json", "{\"normalizer\":{\"type\":\"Lowercase\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}",
+                      LOOM_EUNSUPPORTED, "Lowercase");
     /* tokenizer_config.json naming a token that does not exist */
     char dir[512];
     snprintf(dir, sizeof dir, "%s/badcfg", tmpdir);
     mkdir(dir, 0700);
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
-    write_text(p, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}");
-    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
-    write_text(p, "{\"bos_token\": \"<nope>\"}");
+    write_text(p, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"<s>\":1},\"merges\":[]}}");
     loom_tokenizer *t = NULL;
+    CHECK_OK(loom_tokenizer_load(&t, dir));
+    CHECK(t && loom_tokenizer_bos(t) == 1, "without a config, <s> is taken as bos");
+    loom_tokenizer_free(t);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    write_text(p, "{\"bos_token\": null, \"eos_token\": \"a\"}");
+    t = NULL;
+    CHECK_OK(loom_tokenizer_load(&t, dir));
+    CHECK(t && loom_tokenizer_bos(t) == -1 && loom_tokenizer_eos(t) == 0, "config: null bos, eos by name");
+    loom_tokenizer_free(t);
+    write_text(p, "{\"bos_token\": \"<nope>\"}");
     CHECK(loom_tokenizer_load(&t, dir) == LOOM_EFORMAT && !t, "config with unknown bos: %s", loom_errmsg());
     CHECK(strstr(loom_errmsg(), "<nope>") != NULL, "message: %s", loom_errmsg());
     /* GPT-2 pair problems */
@@ -754,7 +1120,7 @@ static void test_malformed(void) {
 
     /* invalid UTF-8 input is an error for every kind but the byte tokenizer */
     const char *bad[] = {"ok \xff", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ab\xe2\x82"};
-    loom_tokenizer *kinds[] = {gpt2, llama2, mistral, gpt2json};
+    loom_tokenizer *kinds[] = {gpt2, llama2, mistral, gpt2json, llama3};
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         if (!kinds[k]) continue;
         for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
@@ -783,6 +1149,9 @@ int main(void) {
     test_bytelevel_json();
     test_mistral();
     test_tok512();
+    test_llama2_hf_json();
+    test_llama3();
+    test_token_id();
     test_shakespeare();
     test_handmade();
     test_malformed();
@@ -791,6 +1160,7 @@ int main(void) {
     loom_tokenizer_free(mistral);
     loom_tokenizer_free(tok512);
     loom_tokenizer_free(gpt2json);
+    loom_tokenizer_free(llama3);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

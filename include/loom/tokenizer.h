@@ -1,14 +1,26 @@
 /* Tokenizers (data/ layer): text <-> token ids.
  *
- * Kinds: byte-level (256 byte tokens + specials, for tiny models trained from scratch), Hugging Face
- * tokenizer.json (BPE: byte-level and SentencePiece-style), GPT-2 encoder.json + vocab.bpe, and
- * llama2.c tokenizer.bin. loom_tokenizer_load picks the kind from the path.
+ * Kinds (loom_tokenizer_kind):
+ *   "byte"              256 byte tokens + specials, for tiny models trained from scratch
+ *   "bpe-bytelevel"     Hugging Face tokenizer.json with a ByteLevel BPE (GPT-2, Llama 3, Qwen2,
+ *                       SmolLM), and GPT-2's original encoder.json + vocab.bpe
+ *   "bpe-sentencepiece" tokenizer.json with a SentencePiece-style BPE (Metaspace or Prepend/Replace
+ *                       normalizers, <0xNN> byte fallback: Llama 2, TinyLlama, Mistral)
+ *   "llama2c"           llama2.c tokenizer.bin (reproduces SentencePiece's ids)
+ *   "tiktoken"          a tiktoken ranks file such as Llama 3's original tokenizer.model
+ * loom_tokenizer_load picks the kind from the path and the file's content.
+ *
+ * Added/special tokens: a tokenizer.json's added_tokens that appear in the text are matched whole
+ * before BPE (as the tokenizers library does). GPT-2's encoder.json, llama2.c and tiktoken files
+ * encode such text as ordinary characters, as their reference implementations do.
  *
  *     loom_tokenizer *tok;
  *     if (loom_tokenizer_load(&tok, "model_dir") != LOOM_OK) ...;
  *     int32_t *ids; size_t n;
  *     loom_tokenizer_encode(tok, text, strlen(text), LOOM_TOK_BOS, &ids, &n);
  *     ... free(ids); loom_tokenizer_free(tok);
+ *
+ * A loaded tokenizer may be used from several threads at once (encode shares a locked word cache).
  */
 #ifndef LOOM_TOKENIZER_H
 #define LOOM_TOKENIZER_H
@@ -26,8 +38,9 @@ enum { LOOM_TOK_BOS = 1, LOOM_TOK_EOS = 2 };
 
 /* Byte-level tokenizer: ids 0..255 are bytes; then <|bos|>=256, <|eos|>=257, <|pad|>=258 (vocab 259). */
 int loom_tokenizer_byte(loom_tokenizer **out);
-/* path: a tokenizer.json, a model directory (tokenizer.json inside; else tokenizer.bin/encoder.json),
- * an encoder.json (vocab.bpe beside it), or a llama2.c tokenizer.bin. */
+/* path: a tokenizer.json (tokenizer_config.json beside it, when present, names bos/eos/pad), a model
+ * directory (the first of tokenizer.json, tokenizer.bin, encoder.json, a tiktoken tokenizer.model),
+ * an encoder.json (vocab.bpe or merges.txt beside it), a llama2.c tokenizer.bin, or a tiktoken file. */
 int loom_tokenizer_load(loom_tokenizer **out, const char *path);
 void loom_tokenizer_free(loom_tokenizer *t);
 
@@ -35,7 +48,10 @@ int loom_tokenizer_vocab_size(const loom_tokenizer *t);
 int loom_tokenizer_bos(const loom_tokenizer *t); /* -1 when the tokenizer has none */
 int loom_tokenizer_eos(const loom_tokenizer *t); /* -1 when the tokenizer has none */
 int loom_tokenizer_pad(const loom_tokenizer *t); /* -1 when the tokenizer has none */
-const char *loom_tokenizer_kind(const loom_tokenizer *t); /* "byte", "bpe-bytelevel", "bpe-sentencepiece", "llama2c", ... */
+const char *loom_tokenizer_kind(const loom_tokenizer *t); /* see the list above */
+/* Id of a token given as written in the tokenizer file (added/special tokens such as "<|eot_id|>",
+ * or a vocabulary entry in the file's own spelling, e.g. "\u0120the" for GPT-2); -1 when absent. */
+int32_t loom_tokenizer_token_id(const loom_tokenizer *t, const char *token);
 
 /* Encodes UTF-8 text (len bytes, need not be NUL-terminated). flags: LOOM_TOK_BOS / LOOM_TOK_EOS add
  * those special tokens. *ids is malloc'ed (free()); invalid UTF-8 input is an LOOM_EFORMAT error

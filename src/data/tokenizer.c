@@ -1,5 +1,6 @@
 /* Tokenizer front end: the kind-independent API, UTF-8 handling, streaming decode, and the
  * byte-level tokenizer. Other kinds live in their own files and plug in through loom_tokenizer_ops. */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,15 @@ static int byte_piece(const loom_tokenizer *t, int32_t prev, int32_t id, char *b
 
 static void byte_destroy(loom_tokenizer *t) { (void)t; }
 
-static const loom_tokenizer_ops byte_ops = {"byte", byte_encode, byte_piece, byte_destroy};
+static int32_t byte_token_id(const loom_tokenizer *t, const char *token) {
+    (void)t;
+    if (!strcmp(token, "<|bos|>")) return BYTE_BOS;
+    if (!strcmp(token, "<|eos|>")) return BYTE_EOS;
+    if (!strcmp(token, "<|pad|>")) return BYTE_PAD;
+    return token[0] && !token[1] ? (unsigned char)token[0] : -1;
+}
+
+static const loom_tokenizer_ops byte_ops = {"byte", byte_encode, byte_piece, byte_destroy, byte_token_id};
 
 int loom_tokenizer_byte(loom_tokenizer **out) {
     loom_tokenizer *t = calloc(1, sizeof *t);
@@ -63,6 +72,7 @@ int loom_tokenizer_bos(const loom_tokenizer *t) { return t->bos; }
 int loom_tokenizer_eos(const loom_tokenizer *t) { return t->eos; }
 int loom_tokenizer_pad(const loom_tokenizer *t) { return t->pad; }
 const char *loom_tokenizer_kind(const loom_tokenizer *t) { return t->ops->kind; }
+int32_t loom_tokenizer_token_id(const loom_tokenizer *t, const char *token) { return token ? t->ops->token_id(t, token) : -1; }
 
 int loom_tokenizer_encode(const loom_tokenizer *t, const char *text, size_t len, int flags, int32_t **ids, size_t *n) {
     *ids = NULL;
@@ -290,6 +300,21 @@ static int load_gpt2_pair(loom_tokenizer **out, const char *encoder) {
     return rc;
 }
 
+/* A tiktoken ranks file starts with "<base64> <rank>\n". */
+static int looks_tiktoken(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char buf[128];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    size_t i = 0;
+    while (i < n && (isalnum((unsigned char)buf[i]) || buf[i] == '+' || buf[i] == '/' || buf[i] == '=')) i++;
+    if (i == 0 || i >= n || buf[i] != ' ') return 0;
+    size_t j = ++i;
+    while (i < n && buf[i] >= '0' && buf[i] <= '9') i++;
+    return i > j && i < n && (buf[i] == '\n' || buf[i] == '\r');
+}
+
 static int load_file(loom_tokenizer **out, const char *path) {
     if (ends_with(path, "encoder.json") || ends_with(path, "/vocab.json") || !strcmp(path, "vocab.json"))
         return load_gpt2_pair(out, path);
@@ -301,6 +326,7 @@ static int load_file(loom_tokenizer **out, const char *path) {
     while (c == ' ' || c == '\n' || c == '\r' || c == '\t') c = fgetc(f);
     fclose(f);
     if (c == '{') return tok_load_hf_json(out, path);
+    if (looks_tiktoken(path)) return tok_load_tiktoken(out, path);
     return tok_load_llama2c(out, path);
 }
 
@@ -309,17 +335,19 @@ int loom_tokenizer_load(loom_tokenizer **out, const char *path) {
     if (!path || !*path) return loom_error(LOOM_EINVAL, "no tokenizer path given");
     if (is_file(path)) return load_file(out, path);
     if (!is_dir(path)) return loom_error(LOOM_ENOTFOUND, "%s: no such file or directory", path);
-    static const char *const names[] = {"tokenizer.json", "tokenizer.bin", "encoder.json", "vocab.json"};
+    /* tokenizer.model only as a tiktoken file (SentencePiece's protobuf form is not read) */
+    static const char *const names[] = {"tokenizer.json", "tokenizer.bin", "encoder.json", "vocab.json", "tokenizer.model"};
     size_t n = strlen(path);
     char *p = malloc(n + 32);
     if (!p) return loom_error(LOOM_ENOMEM, "out of memory");
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         snprintf(p, n + 32, "%s/%s", path, names[i]);
-        if (!is_file(p)) continue;
+        if (!is_file(p) || (i == 4 && !looks_tiktoken(p))) continue;
         int rc = load_file(out, p);
         free(p);
         return rc;
     }
     free(p);
-    return loom_error(LOOM_ENOTFOUND, "%s: no tokenizer.json, tokenizer.bin or encoder.json+vocab.bpe in this directory", path);
+    return loom_error(LOOM_ENOTFOUND, "%s: no tokenizer.json, tokenizer.bin, encoder.json+vocab.bpe or tiktoken tokenizer.model in this directory",
+                      path);
 }

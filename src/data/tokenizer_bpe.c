@@ -454,10 +454,31 @@ static int word_cached(tok_bpe *m, const char *w, size_t len, tok_ids *out) {
     return LOOM_OK;
 }
 
+void tok_bpe_set_byte_level(tok_bpe *m) {
+    tok_byte_to_unicode(m->b2u);
+    m->byte_level = 1;
+    for (int b = 0; b < 256; b++) {
+        char u[4];
+        int n = tok_utf8_put(m->b2u[b], u);
+        m->byte_id[b] = tok_strmap_get(&m->vocab, u, (size_t)n);
+    }
+}
+
+/* Id of a whole word when the vocabulary has it, else -1 (byte-level words are looked up in their
+ * bytes_to_unicode spelling). */
+static int32_t whole_word(const tok_bpe *m, const char *w, size_t len) {
+    if (!m->byte_level) return tok_strmap_get(&m->vocab, w, len);
+    char stack[512];
+    if (len > sizeof stack / 2) return -1; /* longer than any token */
+    size_t k = 0;
+    for (size_t i = 0; i < len; i++) k += (size_t)tok_utf8_put(m->b2u[(unsigned char)w[i]], stack + k);
+    return tok_strmap_get(&m->vocab, stack, k);
+}
+
 int tok_bpe_word(tok_bpe *m, const char *w, size_t len, tok_ids *out) {
     if (len == 0) return LOOM_OK;
     if (m->ignore_merges) {
-        int32_t id = tok_strmap_get(&m->vocab, w, len);
+        int32_t id = whole_word(m, w, len);
         if (id >= 0) return tok_ids_push(out, id);
     }
     if (!m->has_barriers) return word_cached(m, w, len, out);

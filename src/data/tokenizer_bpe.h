@@ -63,9 +63,11 @@ typedef struct {
     uint32_t *str_len;  /* [n_vocab] */
     tok_strmap vocab;   /* model-form string -> id */
     tok_pairmap merges;
-    int byte_level;     /* initial symbols are bytes mapped through byte_id */
+    int byte_level;     /* initial symbols are bytes mapped through byte_id; token strings are
+                           written with bytes_to_unicode characters */
     int byte_fallback;  /* unknown characters become the <0xNN> tokens in byte_id */
     int32_t byte_id[256];
+    uint32_t b2u[256];  /* byte-level: bytes_to_unicode */
     int32_t unk;        /* -1 when none */
     int fuse_unk, ignore_merges;
     /* ASCII bytes no merge can involve (no token longer than one byte contains them): words split
@@ -81,6 +83,8 @@ int tok_bpe_init(tok_bpe *m, int32_t n_vocab);
 void tok_bpe_free(tok_bpe *m);
 /* Sets the model-form string of `id` (copied) and adds it to the vocabulary map. */
 int tok_bpe_set_token(tok_bpe *m, int32_t id, const char *s, size_t len);
+/* Marks the model byte-level and fills byte_id from the vocabulary. */
+void tok_bpe_set_byte_level(tok_bpe *m);
 /* Finds the barrier bytes; call once the vocabulary, byte_id and byte_fallback are set. */
 void tok_bpe_find_barriers(tok_bpe *m);
 /* Encodes one pre-tokenized word, appending its ids to out. */
@@ -100,5 +104,6 @@ void tok_byte_to_unicode(uint32_t cp[256]);
 int tok_load_hf_json(loom_tokenizer **out, const char *path);
 int tok_load_gpt2_files(loom_tokenizer **out, const char *encoder_json, const char *vocab_bpe);
 int tok_load_llama2c(loom_tokenizer **out, const char *path);
+int tok_load_tiktoken(loom_tokenizer **out, const char *path);
 
 #endif

@@ -9,6 +9,8 @@
 #include <jansson.h>
 #include <pcre2.h>
 #include <stdio.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +19,9 @@
 
 /* GPT-2's pre-tokenizer pattern (encoder.py), also the default of ByteLevel's use_regex. */
 static const char gpt2_pattern[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+/* tiktoken's cl100k pattern, which Llama 3 uses (pat_str in its tokenizer.py). */
+static const char tiktoken_pattern[] =
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 typedef struct {
     pcre2_code *code;
@@ -30,9 +35,10 @@ typedef struct {
     int lstrip, rstrip, single_word;
 } added_tok;
 
-enum { NORM_PREPEND, NORM_REPLACE };
+enum { NORM_PREPEND, NORM_REPLACE, NORM_UNICODE };
 typedef struct {
     int type;
+    const UNormalizer2 *unorm; /* NFC, NFD, NFKC, NFKD (ICU's shared instance) */
     char *text; /* Prepend: the prefix; Replace: the replacement */
     size_t text_len;
     tok_regex re; /* Replace: the pattern */
@@ -57,6 +63,7 @@ typedef struct {
     tok_bpe bpe;
     added_tok *added; /* sorted by length, longest first */
     int n_added;
+    int match_added;                /* added tokens in the text become their ids */
     unsigned char added_first[256]; /* 1 where some added token starts with this byte */
     norm_step *norm;
     int n_norm;
@@ -94,6 +101,8 @@ static int regex_next(const tok_regex *r, pcre2_match_data *md, const char *s, s
     while (from <= len) {
         int rc = r->jit ? pcre2_jit_match(r->code, (PCRE2_SPTR)s, len, from, PCRE2_NO_UTF_CHECK, md, NULL)
                         : pcre2_match(r->code, (PCRE2_SPTR)s, len, from, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) /* the interpreter keeps its backtracking on the heap */
+            rc = pcre2_match(r->code, (PCRE2_SPTR)s, len, from, PCRE2_NO_UTF_CHECK, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH) return 0;
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
@@ -261,6 +270,42 @@ static int pre_word(enc_ctx *c, int level, const char *s, size_t len, int first)
     return loom_error(LOOM_EINVAL, "unknown pre-tokenizer step %d", p->type);
 }
 
+/* Unicode normalization through ICU, which works on UTF-16. */
+static int unicode_normalize(const UNormalizer2 *norm, const char *s, size_t len, buf_t *out) {
+    if (len > INT32_MAX / 4) return loom_error(LOOM_ERANGE, "text of %zu bytes too long to normalize", len);
+    UErrorCode st = U_ZERO_ERROR;
+    int32_t n16 = 0, cap16 = (int32_t)len + 1, capn = 3 * cap16 + 16;
+    UChar *src = malloc((size_t)cap16 * sizeof *src), *dst = malloc((size_t)capn * sizeof *dst);
+    int rc = LOOM_OK;
+    if (!src || !dst) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory normalizing %zu bytes", len);
+        goto done;
+    }
+    u_strFromUTF8(src, cap16, &n16, s, (int32_t)len, &st);
+    int32_t nn = U_SUCCESS(st) ? unorm2_normalize(norm, src, n16, dst, capn, &st) : 0;
+    if (st == U_BUFFER_OVERFLOW_ERROR) { /* decompositions can grow past the first guess */
+        free(dst);
+        capn = nn + 1;
+        dst = malloc((size_t)capn * sizeof *dst);
+        if (!dst) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory normalizing %zu bytes", len);
+            goto done;
+        }
+        st = U_ZERO_ERROR;
+        nn = unorm2_normalize(norm, src, n16, dst, capn, &st);
+    }
+    int32_t n8 = 0;
+    if (U_SUCCESS(st)) u_strToUTF8(NULL, 0, &n8, dst, nn, &st);
+    if (st == U_BUFFER_OVERFLOW_ERROR) st = U_ZERO_ERROR;
+    if (U_SUCCESS(st) && (rc = buf_reserve(out, (size_t)n8 + 1)) == LOOM_OK) u_strToUTF8(out->p, n8 + 1, &n8, dst, nn, &st);
+    if (rc == LOOM_OK && U_FAILURE(st)) rc = loom_error(LOOM_EINVAL, "Unicode normalization failed: %s", u_errorName(st));
+    if (rc == LOOM_OK) out->len = (size_t)n8;
+done:
+    free(src);
+    free(dst);
+    return rc;
+}
+
 static int normalize(enc_ctx *c, const char **s, size_t *len) {
     hf_impl *h = c->h;
     int cur = 0, rc;
@@ -268,7 +313,12 @@ static int normalize(enc_ctx *c, const char **s, size_t *len) {
         const norm_step *n = &h->norm[k];
         buf_t *b = &c->norm[cur];
         b->len = 0;
-        if (n->type == NORM_PREPEND) {
+        if (n->type == NORM_UNICODE) {
+            int ascii = 1;
+            for (size_t i = 0; i < *len && ascii; i++) ascii = (unsigned char)(*s)[i] < 0x80;
+            if (ascii) continue; /* ASCII is unchanged by every normalization form */
+            if ((rc = unicode_normalize(n->unorm, *s, *len, b)) != LOOM_OK) return rc;
+        } else if (n->type == NORM_PREPEND) {
             if (*len == 0) continue;
             if ((rc = buf_add(b, n->text, n->text_len)) != LOOM_OK || (rc = buf_add(b, *s, *len)) != LOOM_OK) return rc;
         } else {
@@ -322,7 +372,7 @@ static int hf_encode(const loom_tokenizer *t, const char *text, size_t len, int3
     int rc = LOOM_OK;
     size_t seg = 0;
     for (size_t i = 0; i < len && rc == LOOM_OK;) {
-        const added_tok *a = c.h->n_added ? match_added(c.h, text, len, i) : NULL;
+        const added_tok *a = c.h->match_added ? match_added(c.h, text, len, i) : NULL;
         if (!a) {
             i++;
             continue;
@@ -383,8 +433,12 @@ static void hf_destroy(loom_tokenizer *t) {
     t->impl = NULL;
 }
 
-static const loom_tokenizer_ops bytelevel_ops = {"bpe-bytelevel", hf_encode, hf_piece, hf_destroy};
-static const loom_tokenizer_ops sentencepiece_ops = {"bpe-sentencepiece", hf_encode, hf_piece, hf_destroy};
+static int32_t find_token(const hf_impl *h, const char *s);
+static int32_t hf_token_id(const loom_tokenizer *t, const char *token) { return find_token(t->impl, token); }
+
+static const loom_tokenizer_ops bytelevel_ops = {"bpe-bytelevel", hf_encode, hf_piece, hf_destroy, hf_token_id};
+static const loom_tokenizer_ops sentencepiece_ops = {"bpe-sentencepiece", hf_encode, hf_piece, hf_destroy, hf_token_id};
+static const loom_tokenizer_ops tiktoken_ops = {"tiktoken", hf_encode, hf_piece, hf_destroy, hf_token_id};
 
 /* ---- loading ---- */
 
@@ -543,18 +597,6 @@ static int32_t vocab_extent(json_t *vocab, const char *where, int *rc) {
     return (int32_t)(max + 1);
 }
 
-static int set_byte_level(tok_bpe *m) {
-    uint32_t b2u[256];
-    tok_byte_to_unicode(b2u);
-    m->byte_level = 1;
-    for (int b = 0; b < 256; b++) {
-        char u[4];
-        int n = tok_utf8_put(b2u[b], u);
-        m->byte_id[b] = tok_strmap_get(&m->vocab, u, (size_t)n);
-    }
-    return LOOM_OK;
-}
-
 int tok_load_gpt2_files(loom_tokenizer **out, const char *encoder_json, const char *vocab_bpe) {
     *out = NULL;
     json_error_t je;
@@ -604,7 +646,7 @@ int tok_load_gpt2_files(loom_tokenizer **out, const char *encoder_json, const ch
         rc = loom_error(LOOM_EFORMAT, "%s: no merges", vocab_bpe);
         goto fail;
     }
-    set_byte_level(&h->bpe);
+    tok_bpe_set_byte_level(&h->bpe);
     for (int b = 0; b < 256; b++)
         if (h->bpe.byte_id[b] < 0) {
             rc = loom_error(LOOM_EFORMAT, "%s: byte 0x%02X has no token", encoder_json, b);
@@ -658,13 +700,27 @@ static int parse_normalizer(hf_impl *h, json_t *n, const char *path) {
         return LOOM_OK;
     }
     int is_prepend = !strcmp(type, "Prepend"), is_replace = !strcmp(type, "Replace");
-    if (!is_prepend && !is_replace)
-        return loom_error(LOOM_EUNSUPPORTED, "%s: normalizer \"%s\" is not supported (Prepend, Replace and Sequence are)", path, type);
+    UErrorCode st = U_ZERO_ERROR;
+    const UNormalizer2 *unorm = !strcmp(type, "NFC")    ? unorm2_getNFCInstance(&st)
+                                : !strcmp(type, "NFD")  ? unorm2_getNFDInstance(&st)
+                                : !strcmp(type, "NFKC") ? unorm2_getNFKCInstance(&st)
+                                : !strcmp(type, "NFKD") ? unorm2_getNFKDInstance(&st)
+                                                        : NULL;
+    if (!is_prepend && !is_replace && !unorm)
+        return loom_error(LOOM_EUNSUPPORTED, "%s: normalizer \"%s\" is not supported (NFC, NFD, NFKC, NFKD, Prepend, Replace and Sequence are)",
+                          path, type);
+    if (U_FAILURE(st)) return loom_error(LOOM_EUNSUPPORTED, "%s: normalizer %s unavailable: %s", path, type, u_errorName(st));
     norm_step *grown = realloc(h->norm, (size_t)(h->n_norm + 1) * sizeof *grown);
     if (!grown) return loom_error(LOOM_ENOMEM, "out of memory");
     h->norm = grown;
     norm_step *s = &h->norm[h->n_norm];
     memset(s, 0, sizeof *s);
+    if (unorm) {
+        s->type = NORM_UNICODE;
+        s->unorm = unorm;
+        h->n_norm++;
+        return LOOM_OK;
+    }
     json_t *text = json_object_get(n, is_prepend ? "prepend" : "content");
     if (!json_is_string(text)) return loom_error(LOOM_EFORMAT, "%s: %s normalizer without its string", path, type);
     s->type = is_prepend ? NORM_PREPEND : NORM_REPLACE;
@@ -775,7 +831,11 @@ static void parse_decoder(json_t *d, int *byte_level, int *strip, const char **r
 /* A special token named in tokenizer_config.json: a string or {"content": ...}. */
 static int config_token(const hf_impl *h, json_t *cfg, const char *key, int32_t *id, const char *path) {
     json_t *v = json_object_get(cfg, key);
-    if (!v || json_is_null(v)) return LOOM_OK;
+    if (!v) return LOOM_OK;
+    if (json_is_null(v)) { /* explicitly none (Qwen2 has no bos) */
+        *id = -1;
+        return LOOM_OK;
+    }
     if (json_is_object(v)) v = json_object_get(v, "content");
     if (!json_is_string(v)) return loom_error(LOOM_EFORMAT, "%s: \"%s\" is neither a string nor {\"content\": ...}", path, key);
     int32_t x = find_token(h, json_string_value(v));
@@ -868,6 +928,7 @@ static int parse_added(hf_impl *h, json_t *list, int32_t n_vocab, const char *pa
         a->single_word = jbool(x, "single_word", 0);
         h->n_added++;
     }
+    h->match_added = 1;
     return finish_added(h);
 }
 
@@ -958,7 +1019,7 @@ int tok_load_hf_json(loom_tokenizer **out, const char *path) {
     const char *repl = "\xE2\x96\x81";
     parse_decoder(json_object_get(root, "decoder"), &dec_byte_level, &strip, &repl);
     if (m->byte_level || dec_byte_level) {
-        set_byte_level(m);
+        tok_bpe_set_byte_level(m);
         t->ops = &bytelevel_ops;
     } else if (m->byte_fallback) {
         for (int b = 0; b < 256; b++) {
@@ -976,6 +1037,171 @@ int tok_load_hf_json(loom_tokenizer **out, const char *path) {
     return LOOM_OK;
 fail:
     json_decref(root);
+    loom_tokenizer_free(t);
+    return rc;
+}
+
+/* ---- tiktoken ranks file (Llama 3's tokenizer.model) ---- */
+
+static int b64_value(unsigned char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+/* Decodes standard base64 (with '=' padding) into out (room for 3*len/4 bytes); -1 if malformed. */
+static long b64_decode(const char *s, size_t len, unsigned char *out) {
+    if (len == 0 || len % 4) return -1;
+    long n = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4], pad = 0;
+        for (int k = 0; k < 4; k++) {
+            unsigned char c = (unsigned char)s[i + k];
+            if (c == '=' && i + 4 == len && k >= 2) {
+                v[k] = 0;
+                pad++;
+            } else if (pad || (v[k] = b64_value(c)) < 0)
+                return -1;
+        }
+        uint32_t x = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        out[n++] = (unsigned char)(x >> 16);
+        if (pad < 2) out[n++] = (unsigned char)(x >> 8);
+        if (pad < 1) out[n++] = (unsigned char)x;
+    }
+    return n;
+}
+
+enum { LLAMA3_RANKS = 128000, LLAMA3_SPECIALS = 256 };
+
+/* Llama 3's special tokens, appended after its 128,000 ranks (models/llama3/tokenizer.py). */
+static void llama3_special_name(int k, char *buf, size_t cap) {
+    static const char *const first[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                                        "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                                        "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
+                                        "<|python_tag|>", "<|image|>"};
+    if (k < 12) snprintf(buf, cap, "%s", first[k]);
+    else snprintf(buf, cap, "<|reserved_special_token_%d|>", k - 12 + 2);
+}
+
+int tok_load_tiktoken(loom_tokenizer **out, const char *path) {
+    *out = NULL;
+    char *data;
+    size_t size;
+    int rc = loom_read_file(path, &data, &size);
+    if (rc != LOOM_OK) return rc;
+    loom_tokenizer *t = NULL;
+    hf_impl *h = NULL;
+    /* first pass: count lines and find the largest rank */
+    int32_t lines = 0, max_rank = -1;
+    for (size_t pos = 0; pos < size;) {
+        size_t e = pos;
+        while (e < size && data[e] != '\n') e++;
+        if (e > pos) {
+            lines++;
+            const char *sp = memchr(data + pos, ' ', e - pos);
+            char *end;
+            long r = sp ? strtol(sp + 1, &end, 10) : -1;
+            if (!sp || r < 0 || r >= (1 << 24) - LLAMA3_SPECIALS || (end != data + e && !(end + 1 == data + e && *end == '\r'))) {
+                rc = loom_error(LOOM_EFORMAT, "%s: line %d: expected \"<base64> <rank>\"", path, lines);
+                goto fail;
+            }
+            if (r > max_rank) max_rank = (int32_t)r;
+        }
+        pos = e + 1;
+    }
+    if (lines == 0) {
+        rc = loom_error(LOOM_EFORMAT, "%s: no ranks", path);
+        goto fail;
+    }
+    int llama3 = lines == LLAMA3_RANKS && max_rank == LLAMA3_RANKS - 1;
+    int32_t n_vocab = max_rank + 1 + (llama3 ? LLAMA3_SPECIALS : 0);
+    if ((rc = new_tokenizer(&t, &h)) != LOOM_OK) goto fail;
+    t->ops = &tiktoken_ops;
+    t->vocab_size = n_vocab;
+    tok_bpe *m = &h->bpe;
+    if ((rc = tok_bpe_init(m, n_vocab)) != LOOM_OK) goto fail;
+    uint32_t b2u[256];
+    tok_byte_to_unicode(b2u);
+    int32_t line = 0;
+    for (size_t pos = 0; pos < size;) {
+        size_t e = pos;
+        while (e < size && data[e] != '\n') e++;
+        if (e > pos) {
+            line++;
+            const char *sp = memchr(data + pos, ' ', e - pos);
+            int32_t r = (int32_t)strtol(sp + 1, NULL, 10);
+            unsigned char raw[768];
+            char mapped[2 * sizeof raw];
+            size_t blen = (size_t)(sp - data - pos);
+            long n = blen <= 1024 ? b64_decode(data + pos, blen, raw) : -1;
+            if (n <= 0) {
+                rc = loom_error(LOOM_EFORMAT, "%s: line %d: invalid base64 token", path, line);
+                goto fail;
+            }
+            size_t k = 0;
+            for (long i = 0; i < n; i++) k += (size_t)tok_utf8_put(b2u[raw[i]], mapped + k);
+            if ((rc = tok_bpe_set_token(m, r, mapped, k)) != LOOM_OK) {
+                loom_error_context(rc, "%s: line %d", path, line);
+                goto fail;
+            }
+        }
+        pos = e + 1;
+    }
+    /* a token's rank is its merge priority: every split into two tokens is a mergeable pair */
+    for (int32_t id = 0; id <= max_rank; id++) {
+        const char *s = m->str[id];
+        uint32_t len = m->str_len[id];
+        if (!s) continue;
+        for (uint32_t k = (uint32_t)tok_utf8_char_len((unsigned char)s[0]); k < len; k += (uint32_t)tok_utf8_char_len((unsigned char)s[k])) {
+            int32_t a = tok_strmap_get(&m->vocab, s, k), b = tok_strmap_get(&m->vocab, s + k, len - k);
+            if (a >= 0 && b >= 0 && (rc = tok_pairmap_put(&m->merges, a, b, id, id)) != LOOM_OK) goto fail;
+        }
+    }
+    tok_bpe_set_byte_level(m);
+    for (int b = 0; b < 256; b++)
+        if (m->byte_id[b] < 0) {
+            rc = loom_error(LOOM_EFORMAT, "%s: byte 0x%02X has no token", path, b);
+            goto fail;
+        }
+    /* tiktoken looks a whole pre-token up before merging */
+    m->ignore_merges = 1;
+    if (llama3) {
+        h->added = calloc(LLAMA3_SPECIALS, sizeof *h->added);
+        if (!h->added) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory");
+            goto fail;
+        }
+        for (int k = 0; k < LLAMA3_SPECIALS; k++) {
+            char name[64];
+            llama3_special_name(k, name, sizeof name);
+            added_tok *a = &h->added[h->n_added++];
+            a->s = loom_strdup(name);
+            a->len = strlen(name);
+            a->id = LLAMA3_RANKS + k;
+            if (!a->s) {
+                rc = LOOM_ENOMEM;
+                goto fail;
+            }
+        }
+        finish_added(h);
+        /* Meta's tokenizer.py encodes special-token text as plain text */
+        h->match_added = 0;
+        t->bos = LLAMA3_RANKS;
+        t->eos = LLAMA3_RANKS + 1;
+    }
+    pre_step *p = &h->pre[h->n_pre++];
+    p->type = PRE_SPLIT;
+    p->behavior = SPLIT_ISOLATED;
+    if ((rc = regex_compile(&p->re, tiktoken_pattern, strlen(tiktoken_pattern), 0, "tiktoken pattern")) != LOOM_OK) goto fail;
+    if ((rc = build_decoder(t, h, "")) != LOOM_OK) goto fail;
+    free(data);
+    *out = t;
+    return LOOM_OK;
+fail:
+    free(data);
     loom_tokenizer_free(t);
     return rc;
 }

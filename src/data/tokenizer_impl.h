@@ -13,6 +13,8 @@ typedef struct {
      * >= max_piece is always enough), 0 for ids that produce no text, or a negative status. */
     int (*piece)(const loom_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap);
     void (*destroy)(loom_tokenizer *t);
+    /* Id of a token in the file's spelling, -1 when absent. */
+    int32_t (*token_id)(const loom_tokenizer *t, const char *token);
 } loom_tokenizer_ops;
 
 struct loom_tokenizer {

@@ -78,7 +78,19 @@ static void l2c_destroy(loom_tokenizer *t) {
     t->impl = NULL;
 }
 
-static const loom_tokenizer_ops l2c_ops = {"llama2c", l2c_encode, l2c_piece, l2c_destroy};
+/* Pieces as stored in tokenizer.bin (spaces, not U+2581); the specials by their SentencePiece names. */
+static int32_t l2c_token_id(const loom_tokenizer *t, const char *token) {
+    const l2c_impl *p = t->impl;
+    if (!strcmp(token, "<unk>")) return 0;
+    if (!strcmp(token, "<s>")) return L2C_BOS;
+    if (!strcmp(token, "</s>")) return L2C_EOS;
+    size_t n = strlen(token);
+    for (int32_t id = L2C_FIRST_BYTE; id < L2C_FIRST_PIECE; id++)
+        if (p->bpe.str_len[id] == n && !memcmp(p->bpe.str[id], token, n)) return id;
+    return tok_strmap_get(&p->bpe.vocab, token, n);
+}
+
+static const loom_tokenizer_ops l2c_ops = {"llama2c", l2c_encode, l2c_piece, l2c_destroy, l2c_token_id};
 
 static int32_t rd_i32(const unsigned char *p) { return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24); }
 static float rd_f32(const unsigned char *p) {
