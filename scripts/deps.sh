@@ -2,7 +2,7 @@
 # Installs the Debian packages loom needs to build and run (when run as root), or prints the
 # exact apt-get line and fails. Sourced/called by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev)
+PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

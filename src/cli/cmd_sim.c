@@ -302,7 +302,7 @@ int cmd_sim(int argc, char **argv) {
         if (sc.sample > (int)part->n_clients)
             BAD("--sample %d is more than the %zu clients", sc.sample, part->n_clients);
     }
-    full_ud fu = {m, {0}};
+    full_ud fu = {.m = m};
     loom_train_defaults(&fu.tc);
     if (loom_opt_kind_parse(optname, &fu.tc.opt.kind) != LOOM_OK) {
         cli_fail("--optimizer");
@@ -321,7 +321,7 @@ int cmd_sim(int argc, char **argv) {
     int ne = 0;
     for (int i = 0; i < m->n_tensors; i++) {
         const loom_tensor *t = &m->tensors[i];
-        entries[ne++] = (loom_vec_entry){t->name, t->offset, t->numel, t->ndim, {t->shape[0], t->shape[1]}};
+        entries[ne++] = (loom_vec_entry){.name = t->name, .offset = t->offset, .numel = t->numel, .ndim = t->ndim, .shape = {t->shape[0], t->shape[1]}};
     }
     sc.dim = m->n_params;
     sc.init = m->params;

@@ -399,7 +399,7 @@ static int bpe_merge(tok_bpe *m, const char *w, size_t len, tok_ids *out) {
         int32_t l = e.pos, r = next[l];
         if (sym[l] != e.a || r < 0 || sym[r] != e.b) continue; /* stale */
         int32_t rank, id;
-        tok_pairmap_get(&m->merges, e.a, e.b, &rank, &id);
+        if (!tok_pairmap_get(&m->merges, e.a, e.b, &rank, &id)) continue; /* only merges were pushed */
         sym[l] = id;
         sym[r] = -2; /* merged away */
         next[l] = next[r];
