@@ -104,6 +104,8 @@ typedef struct {
 void loom_sim_defaults(loom_sim_config *c);
 /* Runs the rounds; global (dim) receives the final global vector. */
 int loom_sim_run(const loom_sim_config *c, float *global);
+/* The seed of client `client`'s data order (its batcher's seed): batches depend on (this, step). */
+uint64_t loom_sim_client_seed(uint64_t seed, int client);
 /* Clients sampled in a round: a sorted subset of [0, n_clients), from (seed, round). *n = count. */
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n);
 

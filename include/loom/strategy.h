@@ -144,6 +144,8 @@ double loom_strategy_total_weight(const loom_strategy *s);
  * (dim floats, read and written in place). A round with no update fails with LOOM_ESTATE and leaves
  * global and state untouched; the round is closed either way. */
 int loom_strategy_end_round(loom_strategy *s, float *global);
+/* Closes the round without applying it (too few usable updates): global and state stay as they were. */
+void loom_strategy_abort_round(loom_strategy *s);
 
 /* Persistent state as named flat vectors of `dim` floats (the names are listed in the table above).
  * The pointers stay valid until loom_strategy_free; write through them between rounds to restore. */

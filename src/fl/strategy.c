@@ -244,6 +244,11 @@ int loom_strategy_end_round(loom_strategy *s, float *global) {
     return s->ops->step(s, global);
 }
 
+void loom_strategy_abort_round(loom_strategy *s) {
+    s->in_round = 0;
+    s->round_global = NULL;
+}
+
 /* ---- persistent state ---- */
 
 size_t loom_strategy_state_count(const loom_strategy *s) { return s->n_state; }

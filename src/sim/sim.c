@@ -29,6 +29,8 @@ void loom_sim_defaults(loom_sim_config *c) {
     c->per_client_rows = 1;
 }
 
+uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, 0x636c69656e74ULL + (uint64_t)client); }
+
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n) {
     int N = (int)c->part->n_clients;
     int m = c->sample > 0 ? c->sample : c->sample_frac > 0 ? (int)ceil(c->sample_frac * N) : N;
@@ -153,7 +155,7 @@ static void *worker_main(void *p) {
         loom_batcher_opts_init(&bo);
         bo.B = (size_t)c->B;
         bo.T = (size_t)c->T;
-        bo.seed = loom_hash2(c->seed, 0x636c69656e74ULL + (uint64_t)client);
+        bo.seed = loom_sim_client_seed(c->seed, client);
         loom_batcher *b = NULL;
         if (a->phase == 0) {
             rc = loom_batcher_create(&b, c->ds, cl->train, cl->n_train, &bo);
@@ -554,8 +556,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
             if ((rc = loom_strategy_end_round(r.strat, global)) != LOOM_OK) goto done;
         } else {
             /* too few usable updates: the global model stays as it was */
-            loom_strategy_end_round(r.strat, global);
-            loom_clear_error();
+            loom_strategy_abort_round(r.strat);
             loom_log(LOOM_WARN, "round %d: %d accepted updates, fewer than the %d required; global model unchanged",
                      round + 1, r.accepted, c->min_updates);
         }
