@@ -117,7 +117,7 @@ int cmd_sim(int argc, char **argv) {
         eval_clients = 0, min_examples = 0, min_updates = 1, checkpoint_every = 0, resume = 0, scaffold_option = 2,
         sample_len = 200, min_lines = 64, quiet_clients = 0;
     long seed = 1;
-    float lr = 0.5f, momentum = 0.0f, wd = 0.0f, clip = 0.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = -1,
+    float lr = -1.0f, momentum = 0.0f, wd = 0.0f, clip = 1.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = -1,
           server_momentum = -1, beta1 = -1, beta2 = -1, tau = -1, mu = -1, max_norm = 0;
     cli_opt opts[] = {
         {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)"},
@@ -138,7 +138,7 @@ int cmd_sim(int argc, char **argv) {
         {"local-steps", OPT_INT, &local_steps, "client optimizer steps per round (fedsgd: batches averaged)"},
         {"batch", OPT_INT, &B, "client batch size"},
         {"seq", OPT_INT, &T, "tokens per sequence"},
-        {"lr", OPT_FLOAT, &lr, "client learning rate"},
+        {"lr", OPT_FLOAT, &lr, "client learning rate (-1: 0.1 for sgd, 0.001 for adamw)"},
         {"optimizer", OPT_STR, &optname, "client optimizer: sgd or adamw (reset every round)"},
         {"momentum", OPT_FLOAT, &momentum, "client SGD momentum"},
         {"weight-decay", OPT_FLOAT, &wd, "client weight decay"},
@@ -218,7 +218,7 @@ int cmd_sim(int argc, char **argv) {
     if (B < 1 || T < 2) BAD("--batch must be >= 1 and --seq >= 2");
     if (workers < 1) BAD("--workers must be >= 1");
     if (client_threads < 1) BAD("--client-threads must be >= 1");
-    if (!(lr >= 0)) BAD("--lr must be >= 0");
+    if (!(lr >= 0) && lr != -1.0f) BAD("--lr must be >= 0");
     if (!(test_frac >= 0 && test_frac < 1)) BAD("--test-frac must be in [0, 1)");
     if (scaffold_option != 1 && scaffold_option != 2) BAD("--scaffold-option must be 1 or 2");
     if (parse_faults(faults_s, &faults, &nfaults) != LOOM_OK) {
@@ -308,7 +308,7 @@ int cmd_sim(int argc, char **argv) {
         cli_fail("--optimizer");
         goto done;
     }
-    if (fu.tc.opt.kind == LOOM_OPT_ADAMW && lr == 0.5f) lr = 1e-3f; /* the SGD default is far too high for AdamW */
+    if (lr < 0) lr = fu.tc.opt.kind == LOOM_OPT_ADAMW ? 1e-3f : 0.1f;
     fu.tc.opt.lr = lr;
     fu.tc.opt.momentum = momentum;
     fu.tc.opt.weight_decay = wd;
