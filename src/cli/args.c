@@ -21,7 +21,9 @@ static void print_help(const char *usage, const char *desc, cli_opt *opts, int n
             break;
         case OPT_INT: printf(" (default %d)", *(int *)opts[i].dst); break;
         case OPT_LONG: printf(" (default %ld)", *(long *)opts[i].dst); break;
-        case OPT_FLOAT: printf(" (default %g)", *(float *)opts[i].dst); break;
+        case OPT_FLOAT:
+            if (*(float *)opts[i].dst == *(float *)opts[i].dst) printf(" (default %g)", *(float *)opts[i].dst); /* NAN: no default shown */
+            break;
         case OPT_FLAG: break;
         }
         printf("\n");

@@ -117,8 +117,9 @@ int cmd_sim(int argc, char **argv) {
         eval_clients = 0, min_examples = 0, min_updates = 1, checkpoint_every = 0, resume = 0, scaffold_option = 2,
         sample_len = 200, min_lines = 64, quiet_clients = 0;
     long seed = 1;
-    float lr = -1.0f, momentum = 0.0f, wd = 0.0f, clip = 1.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = -1,
-          server_momentum = -1, beta1 = -1, beta2 = -1, tau = -1, mu = -1, max_norm = 0;
+    /* NAN = not given: the strategy's default applies */
+    float lr = -1.0f, momentum = 0.0f, wd = 0.0f, clip = 1.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = NAN,
+          server_momentum = NAN, beta1 = NAN, beta2 = NAN, tau = NAN, mu = NAN, max_norm = 0;
     cli_opt opts[] = {
         {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)"},
         {"model", OPT_STR, &model, "model dir / .bin, or a shape / config.json to train from scratch"},
@@ -279,12 +280,12 @@ int cmd_sim(int argc, char **argv) {
         cli_fail("--strategy");
         goto done;
     }
-    if (server_lr >= 0) sc.sp.server_lr = server_lr;
-    if (server_momentum >= 0) sc.sp.momentum = server_momentum;
-    if (beta1 >= 0) sc.sp.beta1 = beta1;
-    if (beta2 >= 0) sc.sp.beta2 = beta2;
-    if (tau >= 0) sc.sp.tau = tau;
-    if (mu >= 0) sc.sp.mu = mu;
+    if (!isnan(server_lr)) sc.sp.server_lr = server_lr;
+    if (!isnan(server_momentum)) sc.sp.momentum = server_momentum;
+    if (!isnan(beta1)) sc.sp.beta1 = beta1;
+    if (!isnan(beta2)) sc.sp.beta2 = beta2;
+    if (!isnan(tau)) sc.sp.tau = tau;
+    if (!isnan(mu)) sc.sp.mu = mu;
     if (loom_strategy_params_check(&sc.sp) != LOOM_OK) {
         cli_fail("strategy parameters");
         goto done;
