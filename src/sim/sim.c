@@ -384,9 +384,10 @@ static int load_checkpoint(sim_run *r, int *next_round) {
     snprintf(want, sizeof want, fmt, val);                                                                     \
     v = loom_st_meta(f, key);                                                                                  \
     if (!v || strcmp(v, want)) {                                                                               \
+        rc = loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: resume needs the same configuration", path,  \
+                        key, v ? v : "missing", want);                                                         \
         loom_st_close(f);                                                                                      \
-        return loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: resume needs the same configuration", path, \
-                          key, v ? v : "missing", want);                                                       \
+        return rc;                                                                                             \
     }
     EXPECT("dim", "%zu", r->dim);
     EXPECT("clients", "%d", r->n_clients);
@@ -438,10 +439,11 @@ static int load_checkpoint(sim_run *r, int *next_round) {
 /* ------------------------------------------------------------------ metrics */
 
 static void json_str(FILE *f, const char *s) {
-    char *e = json_dumps(json_string(s ? s : ""), JSON_ENCODE_ANY);
-    /* json_string returns NULL for invalid UTF-8; fall back to a placeholder */
+    json_t *j = json_string(s ? s : ""); /* NULL for invalid UTF-8: a placeholder is written */
+    char *e = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
     fputs(e ? e : "\"?\"", f);
     free(e);
+    json_decref(j);
 }
 
 static void num(FILE *f, const char *key, double v) {
