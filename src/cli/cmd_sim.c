@@ -7,7 +7,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
-#include "cli/svgplot.h"
+#include "data/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"
@@ -398,11 +398,14 @@ int cmd_sim(int argc, char **argv) {
         plot = plotbuf;
     }
     if (plot) {
-        svg_series s[1] = {{"eval accuracy", prog.x, prog.acc, prog.n}};
-        char title[256];
+        loom_plot_series s[1] = {{"eval accuracy", prog.x, prog.acc, (size_t)prog.n}};
+        char title[256], *svg;
+        size_t len;
         snprintf(title, sizeof title, "%s: accuracy on the clients' test data", strategy);
-        if (svg_line_chart(plot, title, "round", "next-token accuracy", s, 1) == LOOM_OK)
-            printf("%-28s %s\n", "plot", plot);
+        if (loom_plot_lines_svg(&svg, &len, title, "round", "next-token accuracy", s, 1) == LOOM_OK) {
+            if (loom_write_file_atomic(plot, svg, len) == LOOM_OK) printf("%-28s %s\n", "plot", plot);
+            free(svg);
+        }
     }
     if (out) printf("%-28s %s/global.safetensors, %s/metrics.jsonl\n", "written", out, out);
     if (sample_len > 0) {

@@ -154,3 +154,67 @@ int loom_plot_stacked_svg(char **svg, size_t *len, const char *title, size_t n_b
     *len = b.n;
     return LOOM_OK;
 }
+
+int loom_plot_lines_svg(char **svg, size_t *len, const char *title, const char *xlabel, const char *ylabel,
+                        const loom_plot_series *s, size_t ns) {
+    *svg = NULL;
+    *len = 0;
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+    for (size_t k = 0; k < ns; k++)
+        for (size_t i = 0; i < s[k].n; i++) {
+            if (!isfinite(s[k].y[i]) || !isfinite(s[k].x[i])) continue;
+            x0 = fmin(x0, s[k].x[i]);
+            x1 = fmax(x1, s[k].x[i]);
+            y0 = fmin(y0, s[k].y[i]);
+            y1 = fmax(y1, s[k].y[i]);
+        }
+    if (!isfinite(x0)) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
+    if (x1 <= x0) x1 = x0 + 1;
+    if (y1 <= y0) y1 = y0 + 1;
+    double pad = 0.05 * (y1 - y0);
+    y0 -= pad;
+    y1 += pad;
+    const double W = 760, H = 440, L = 70, R = 190, T = 40, B = 50;
+    out_buf b = {0};
+    put(&b, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
+            "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H);
+    put(&b, "<text x=\"%.0f\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">", (W - R + L) / 2);
+    put_escaped(&b, title);
+    put(&b, "</text>\n");
+#define PX(v) (L + ((v) - x0) / (x1 - x0) * (W - L - R))
+#define PY(v) (H - B - ((v) - y0) / (y1 - y0) * (H - T - B))
+    for (int i = 0; i <= 5; i++) {
+        double yv = y0 + (y1 - y0) * i / 5, xv = x0 + (x1 - x0) * i / 5;
+        put(&b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", L, PY(yv), W - R, PY(yv));
+        put(&b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.3g</text>\n", L - 6, PY(yv) + 4, yv);
+        put(&b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.4g</text>\n", PX(xv), H - B + 18, xv);
+    }
+    put(&b, "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#333\"/>\n", L, T,
+        W - L - R, H - T - B);
+    put(&b, "<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">", (W - R + L) / 2, H - 10);
+    put_escaped(&b, xlabel);
+    put(&b, "</text>\n<text transform=\"translate(16,%.0f) rotate(-90)\" text-anchor=\"middle\">", (H - B + T) / 2);
+    put_escaped(&b, ylabel);
+    put(&b, "</text>\n");
+    for (size_t k = 0; k < ns; k++) {
+        char col[16];
+        colour(k, col);
+        put(&b, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"", col);
+        for (size_t i = 0; i < s[k].n; i++)
+            if (isfinite(s[k].y[i]) && isfinite(s[k].x[i])) put(&b, "%.1f,%.1f ", PX(s[k].x[i]), PY(s[k].y[i]));
+        put(&b, "\"/>\n<rect x=\"%.0f\" y=\"%.0f\" width=\"14\" height=\"4\" fill=\"%s\"/>\n<text x=\"%.0f\" y=\"%.0f\">",
+            W - R + 12, T + 12 + 18.0 * k, col, W - R + 30, T + 17 + 18.0 * k);
+        put_escaped(&b, s[k].label);
+        put(&b, "</text>\n");
+    }
+#undef PX
+#undef PY
+    put(&b, "</svg>\n");
+    if (b.err) {
+        free(b.s);
+        return loom_error(LOOM_ENOMEM, "out of memory writing a chart");
+    }
+    *svg = b.s;
+    *len = b.n;
+    return LOOM_OK;
+}

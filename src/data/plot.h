@@ -11,4 +11,13 @@
 int loom_plot_stacked_svg(char **svg, size_t *len, const char *title, size_t n_bars, size_t n_series,
                           const uint64_t *counts, const char *const *bar_names, const char *const *series_names);
 
+/* A line chart: one polyline per series (NAN points skipped), with a legend. */
+typedef struct {
+    const char *label;
+    const double *x, *y; /* (n) */
+    size_t n;
+} loom_plot_series;
+int loom_plot_lines_svg(char **svg, size_t *len, const char *title, const char *xlabel, const char *ylabel,
+                        const loom_plot_series *s, size_t ns);
+
 #endif
