@@ -22,6 +22,8 @@ static const char *peft_type(loom_peft_method m) {
     }
 }
 
+static const char *arch_name(const loom_model *m) { return m->cfg.arch == LOOM_ARCH_GPT2 ? "gpt2" : "llama"; }
+
 static int add_all(const loom_tset *ts, const float *vec, loom_st_writer *w) {
     int rc = LOOM_OK;
     for (int i = 0; i < ts->n && rc == LOOM_OK; i++) {
@@ -41,6 +43,7 @@ int loom_tset_save(const loom_tset *ts, const float *vec, const char *path) {
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_peft", loom_peft_method_name(ts->cfg.method));
     snprintf(buf, sizeof buf, "%zu", ts->dim);
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_dim", buf);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_arch", arch_name(ts->m));
     if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
     loom_st_writer_free(w);
     return rc;
@@ -50,6 +53,10 @@ int loom_tset_load(const loom_tset *ts, float *vec, const char *path) {
     loom_st_file *f;
     int rc = loom_st_open(&f, path);
     if (rc != LOOM_OK) return rc;
+    /* files loom wrote say which architecture they were trained on (shapes alone may agree) */
+    const char *arch = loom_st_meta(f, "loom_arch");
+    if (arch && strcmp(arch, arch_name(ts->m)))
+        rc = loom_error(LOOM_EINVAL, "%s was trained on a %s model; this model is %s", path, arch, arch_name(ts->m));
     for (int i = 0; i < ts->n && rc == LOOM_OK; i++) {
         const loom_tset_entry *e = &ts->e[i];
         const loom_st_tensor *t = loom_st_find(f, e->name);
