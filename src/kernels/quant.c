@@ -10,8 +10,8 @@
 #include "loom/kernels.h"
 
 /* Rows of the stored matrix expanded per block: enough rows that each sgemm is large, few enough that
- * the scratch stays a few MiB. */
-#define QBLOCK_FLOATS (256 * 1024)
+ * the scratch stays a few MiB (fewer, larger blocks also mean fewer parallel regions per step). */
+#define QBLOCK_FLOATS (1024 * 1024)
 
 static int stored_rows(int layout, int C, int OC) { return layout == LOOM_W_LINEAR ? OC : C; }
 static int stored_cols(int layout, int C, int OC) { return layout == LOOM_W_LINEAR ? C : OC; }
