@@ -2,6 +2,7 @@
  * and names the tensor. Also the model files load back after loom writes them. */
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "loom/core.h"
@@ -84,6 +85,55 @@ int main(void) {
         }
         CHECK(named, "%s perturbed %s: no FAIL row names it:\n%s", bad[i].c, bad[i].victim, out);
     }
+    /* LoRA adapter on the frozen gpt2-tiny base: passes; a perturbed LoRA gradient, AdamW result or merged
+     * weight in the reference fails naming the tensor; a perturbed adapter tensor fails too */
+    char base[2048], adir[2048];
+    snprintf(base, sizeof base, "%s/reference/gpt2-tiny", test_shared());
+    snprintf(adir, sizeof adir, "%s/reference/gpt2-tiny-lora", test_shared());
+    snprintf(ref, sizeof ref, "%s/reference.safetensors", adir);
+    snprintf(cmd, sizeof cmd, "%s verify --model %s --adapter %s --reference %s 2>&1", bin, base, adir, ref);
+    int st = run(cmd, out, sizeof out);
+    CHECK(st == 0, "lora: verify exit %d:\n%s", st, out);
+    CHECK(strstr(out, " 0 failed") && strstr(out, "lora, 8 tensors"), "lora: summary:\n%s", out);
+    struct { const char *victim; size_t at; float delta; } lbad[] = {
+        {"grad.base_model.model.transformer.h.1.attn.c_proj.lora_A.weight", 7, 1e-3f},
+        {"adamw2.base_model.model.transformer.h.0.attn.c_attn.lora_B.weight", 11, 1e-4f},
+        {"merged.transformer.h.1.attn.c_attn.weight", 100, 1e-4f},
+        {"loss_after_adamw1", 0, 1e-4f},
+    };
+    for (size_t i = 0; i < sizeof lbad / sizeof lbad[0]; i++) {
+        CHECK_OK(perturbed_copy(ref, tmp, lbad[i].victim, lbad[i].at, lbad[i].delta));
+        snprintf(cmd, sizeof cmd, "%s verify --model %s --adapter %s --reference %s 2>&1", bin, base, adir, tmp);
+        st = run(cmd, out, sizeof out);
+        CHECK(st == 1, "lora perturbed %s: exit %d (expected 1)", lbad[i].victim, st);
+        const char *name = strncmp(lbad[i].victim, "loss", 4) ? strchr(lbad[i].victim, '.') + 1 : lbad[i].victim;
+        const char *line = strstr(out, name);
+        int named = 0;
+        while (line) {
+            const char *eol = strchr(line, '\n');
+            if (eol && memmem(line, (size_t)(eol - line), "FAIL", 4)) named = 1;
+            line = strstr(line + 1, name);
+        }
+        CHECK(named, "lora perturbed %s: no FAIL row names it:\n%s", lbad[i].victim, out);
+    }
+    /* the adapter itself perturbed (a copy of the directory with one lora_A element changed) */
+    char pdir[256], pfile[512], cfgcopy[4096];
+    snprintf(pdir, sizeof pdir, "verify_adapter_%ld", (long)getpid());
+    mkdir(pdir, 0755);
+    snprintf(pfile, sizeof pfile, "%s/adapter_model.safetensors", pdir);
+    char aref[4096];
+    snprintf(aref, sizeof aref, "%s/adapter_model.safetensors", adir);
+    CHECK_OK(perturbed_copy(aref, pfile, "base_model.model.transformer.h.0.attn.c_proj.lora_A.weight", 5, 0.05f));
+    snprintf(cfgcopy, sizeof cfgcopy, "cp %s/adapter_config.json %s/", adir, pdir);
+    CHECK(system(cfgcopy) == 0, "copy adapter_config.json");
+    snprintf(cmd, sizeof cmd, "%s verify --model %s --adapter %s --reference %s 2>&1", bin, base, pdir, ref);
+    st = run(cmd, out, sizeof out);
+    CHECK(st == 1, "perturbed adapter: exit %d (expected 1):\n%s", st, out);
+    CHECK(strstr(out, "FAIL") != NULL, "perturbed adapter: a row fails:\n%s", out);
+    unlink(pfile);
+    snprintf(pfile, sizeof pfile, "%s/adapter_config.json", pdir);
+    unlink(pfile);
+    rmdir(pdir);
     unlink(tmp);
     /* missing tensor in the reference: clear error, exit 1 */
     snprintf(dir, sizeof dir, "%s/reference/gpt2-tiny", test_shared());

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom/quant.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -85,6 +87,7 @@ typedef struct loom_model {
     int t_embed, t_pos, t_normf_w, t_normf_b, t_head; /* -1 if absent; t_head = t_embed when tied */
     size_t n_params;
     float *params; /* [n_params], owned */
+    struct loom_qbase *qbase; /* frozen linear weights in low precision, or NULL (see loom_model_quantize) */
 } loom_model;
 
 /* Allocates a model with this config, weights initialised from `seed` (GPT-2: N(0, 0.02), residual
@@ -98,6 +101,21 @@ void loom_model_free(loom_model *m);
 int loom_model_find(const loom_model *m, const char *name); /* tensor index or -1 */
 /* Multiply-accumulates of one forward pass per token, excluding attention (2 * this = FLOPs). */
 double loom_model_flops_per_token(const loom_model *m, int T, int with_attention);
+
+/* Low-precision frozen base (QLoRA-style): every linear weight (LOOM_T_LINEAR_W) is held in BF16 or int8
+ * with one absmax scale per output channel, and dequantized block by block inside each matmul. The
+ * float copies of those weights in m->params are released (their pages returned to the system) and
+ * must no longer be read: use loom_model_weight. Such weights are frozen: loom_backward gives them no
+ * gradient, and a trainable set may not contain them. Embeddings, norms and biases stay float. */
+int loom_model_quantize(loom_model *m, loom_qtype type);
+/* loom_model_create followed by loom_model_quantize, one tensor at a time, so the float copy of the
+ * linear weights is never resident as a whole (peak memory ~ the low-precision model). */
+int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type);
+loom_qtype loom_model_base_type(const loom_model *m);
+/* Bytes the base weights occupy (float tensors + low-precision linear weights with their scales). */
+size_t loom_model_base_bytes(const loom_model *m);
+/* Copies tensor idx as floats into dst[numel] (dequantized if held in low precision). */
+int loom_model_weight(const loom_model *m, const float *params, int idx, float *dst);
 
 /* Activation workspace for batches up to B x T. */
 typedef struct loom_ws loom_ws;
@@ -115,6 +133,27 @@ int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const in
 /* Backward pass of the last forward: grads[n_params] += d loss / d params. trainable[n_tensors] (1 = want
  * the gradient) may be NULL for all; weight-gradient work for other tensors is skipped. */
 int loom_backward(const loom_model *m, const float *params, loom_ws *ws, float *grads, const uint8_t *trainable);
+
+/* ---- trainable sets (peft/ builds the plan; see loom/peft.h) ----
+ * A plan says which values come from a trainable vector `vec` instead of the frozen base: trained
+ * copies of model tensors (full fine-tuning, BitFit), LoRA modules, prefixes, soft prompts, adapters.
+ * The base is only read; gradients go to gvec[dim] (+=) and nothing is computed for frozen weights:
+ * no weight-gradient matmuls, and no input gradients below the lowest trainable point. */
+typedef struct loom_peft loom_peft;
+/* A workspace sized for B x T plus what the plan needs (soft-prompt positions, LoRA/adapter/prefix
+ * activations, a dequantization block for a low-precision base). pf may be NULL. */
+int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf);
+/* LoRA dropout for the following forward/backward pairs: on in training, off (default) in evaluation;
+ * the mask is a function of (seed, module, element), so give each step its own seed. */
+void loom_ws_set_dropout(loom_ws *ws, int on, uint64_t seed);
+/* Soft-prompt positions at the start of each row of the last forward: logits and losses are then
+ * [B, prompt_len + T] rows, the real tokens at rows b*(prompt_len+T) + prompt_len + t. */
+int loom_ws_prompt_len(const loom_ws *ws);
+int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                    const int32_t *tokens, const int32_t *targets, int B, int T, float *loss);
+/* gvec[dim] += d loss / d vec for the last forward_ex (same base, plan and vec). */
+int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                     float *gvec);
 
 /* KV-cached inference for generation, one sequence. */
 typedef struct loom_kv loom_kv;

@@ -21,14 +21,21 @@ typedef struct {
     float clip;            /* global gradient-norm bound; 0 = none */
     int B, T;              /* batch shape the workspace is sized for */
     int decay_2d_only;     /* weight decay on matrices only (biases, norms, ... excluded) */
+    uint64_t seed;         /* LoRA dropout masks (step s uses a stream named by (seed, s)) */
 } loom_train_config;
 
 void loom_train_defaults(loom_train_config *c);
 
 typedef struct loom_trainer loom_trainer;
+struct loom_tset;
 
-/* params[m->n_params] is trained in place (it may be m->params, or a client's own copy). */
+/* Full fine-tuning: params[m->n_params] is trained in place (it may be m->params, or a client's own copy). */
 int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, const loom_train_config *c);
+/* Parameter-efficient (or any trainable-set) training: vec[loom_tset_dim(ts)] is trained in place; the
+ * base (base_params, usually m->params, possibly with a low-precision m->qbase) is only read. With
+ * decay_2d_only, weight decay applies to the set's matrices (manifest entries with matrix = 1). */
+int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const float *base_params,
+                             const struct loom_tset *ts, float *vec, const loom_train_config *c);
 void loom_trainer_free(loom_trainer *t);
 /* One step on a batch tokens/targets [B*T]. loss and grad_norm (before clipping) may be NULL. */
 int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm);
@@ -48,7 +55,14 @@ int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t 
 long loom_trainer_steps(const loom_trainer *t);
 loom_optimizer *loom_trainer_optimizer(loom_trainer *t);
 loom_ws *loom_trainer_ws(loom_trainer *t);
-float *loom_trainer_grads(loom_trainer *t);
+float *loom_trainer_grads(loom_trainer *t);        /* [loom_trainer_dim] gradient of the last step */
+/* The trained flat vector and its length: the set's vector, or for loom_trainer_create the params. */
+size_t loom_trainer_dim(const loom_trainer *t);
+float *loom_trainer_vector(loom_trainer *t);
+/* Zeroes the optimizer's moments and step count (a federated client starts each round afresh). */
+void loom_trainer_reset_optimizer(loom_trainer *t);
+/* The trainable set (NULL for loom_trainer_create). */
+const struct loom_tset *loom_trainer_tset(const loom_trainer *t);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,7 @@
 #include "cli/common.h"
 #include "loom/core.h"
 #include "loom/kernels.h"
+#include "loom/peft.h"
 #include "loom/train.h"
 
 static int cmp_double(const void *a, const void *b) {
@@ -74,8 +75,12 @@ static int bench_train(int argc, char **argv) {
     const char *config = "gpt2-124m", *optname = "adamw";
     int B = 4, T = 256, steps = 5, warm = 2, threads = 2, peak_reps = 5;
     long seed = 1;
+    cli_peft_opts po;
+    cli_peft_init(&po);
     cli_opt opts[] = {
         {"model", OPT_STR, &config, "shape (gpt2-124m, gpt2-tiny, llama-110m, llama-tiny, tiny), config.json or model dir"},
+        CLI_PEFT_METHOD_OPTS(po),
+        {"base-dtype", OPT_STR, &po.base_dtype, "frozen base's linear weights: f32, bf16 or int8 (with --peft)"},
         {"batch", OPT_INT, &B, "batch size B"},
         {"seq", OPT_INT, &T, "sequence length T"},
         {"steps", OPT_INT, &steps, "timed steps (median reported)"},
@@ -90,13 +95,29 @@ static int bench_train(int argc, char **argv) {
                        "lr 6e-4 betas 0.9/0.95 weight decay 0.1 on matrices, as ../shared/bench/torch_baseline.py)\n"
                        "and reports tokens/s, achieved GFLOP/s (6 x matmul parameters x tokens + attention), the\n"
                        "sgemm rate this machine reaches at the step's own matmul shapes, the step's share of it,\n"
-                       "and peak RSS.",
+                       "and peak RSS. With --peft (e.g. --peft lora --lora-r 8 --target-modules c_attn, the baseline's\n"
+                       "LoRA mode: AdamW lr 6e-4 betas 0.9/0.95, no weight decay, over the LoRA vector only) the base\n"
+                       "is frozen, optionally held in bf16/int8 (--base-dtype), and a created model is quantized\n"
+                       "tensor by tensor so its float copy is never resident whole.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
     if (threads > 0) loom_set_threads(threads);
     loom_model *m;
     int created;
-    if (cli_load_or_create(&m, config, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
+    loom_qtype qt = LOOM_Q_F32;
+    loom_peft_method meth = LOOM_PEFT_FULL;
+    if (loom_base_dtype_parse(po.base_dtype, &qt) != LOOM_OK) return cli_fail("--base-dtype");
+    if (po.peft && loom_peft_method_parse(po.peft, &meth) != LOOM_OK) return cli_fail("--peft");
+    loom_config bc;
+    if (qt != LOOM_Q_F32 && meth != LOOM_PEFT_FULL && loom_config_named(&bc, config) == LOOM_OK) {
+        /* a built-in shape: create it straight into low precision */
+        if (loom_model_create_quantized(&m, &bc, (unsigned long long)seed, qt) != LOOM_OK) return cli_fail("--model");
+        po.base_dtype = "f32"; /* already applied */
+    } else if (cli_load_or_create(&m, config, (unsigned long long)seed, &created) != LOOM_OK) {
+        return cli_fail("--model");
+    }
+    loom_tset *set = NULL;
+    if (cli_peft_setup(&po, m, (unsigned long long)seed, &set) != LOOM_OK) return cli_fail("--peft");
     loom_train_config tc;
     loom_train_defaults(&tc);
     if (loom_opt_kind_parse(optname, &tc.opt.kind) != LOOM_OK) return cli_fail("--optimizer");
@@ -108,7 +129,12 @@ static int bench_train(int argc, char **argv) {
     tc.B = B;
     tc.T = T;
     loom_trainer *tr;
-    if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) return cli_fail("trainer");
+    if (set) {
+        tc.opt.weight_decay = 0.0f; /* the baseline's LoRA mode */
+        if (loom_trainer_create_peft(&tr, m, m->params, set, loom_tset_data(set), &tc) != LOOM_OK) return cli_fail("trainer");
+    } else if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) {
+        return cli_fail("trainer");
+    }
     int N = B * T;
     int32_t *tok = malloc((size_t)N * 4), *tgt = malloc((size_t)N * 4);
     loom_rng r;
@@ -119,6 +145,10 @@ static int bench_train(int argc, char **argv) {
     }
     printf("loom bench train: %s, %zu parameters, B=%d T=%d, %d threads, %s\n", config, m->n_params, B, T, loom_threads(),
            optname);
+    if (set)
+        printf("  %s: %zu trainable parameters (%.1f KiB), frozen base %s: %.1f MiB\n",
+               loom_peft_method_name(loom_tset_config(set)->method), loom_tset_dim(set), loom_tset_bytes(set) / 1024.0,
+               loom_base_dtype_name(loom_model_base_type(m)), loom_model_base_bytes(m) / 1048576.0);
     double *times = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *times);
     float first = 0, last = 0;
     for (int s = 0; s < warm + steps; s++) {
@@ -132,6 +162,21 @@ static int bench_train(int argc, char **argv) {
         fprintf(stderr, "  step %d: %.1f ms, loss %.4f%s\n", s + 1, dt * 1e3, loss, s < warm ? " (warm-up)" : "");
     }
     double med = median(times, steps), mn = times[0], mx = times[steps - 1];
+    if (set) {
+        printf("  step: median %.1f ms (min %.1f, max %.1f), %.1f tokens/s, loss %.3f -> %.3f\n", med * 1e3, mn * 1e3,
+               mx * 1e3, N / med, first, last);
+        printf("  peak RSS %.0f MiB (base %.0f MiB, activations %.0f MiB)\n", loom_peak_rss() / 1048576.0,
+               loom_model_base_bytes(m) / 1048576.0, loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
+        printf("RESULT tokens_per_s=%.2f step_ms=%.2f peak_rss_mib=%.0f trainable=%zu base_mib=%.1f\n", N / med, med * 1e3,
+               loom_peak_rss() / 1048576.0, loom_tset_dim(set), loom_model_base_bytes(m) / 1048576.0);
+        free(times);
+        free(tok);
+        free(tgt);
+        loom_trainer_free(tr);
+        loom_tset_free(set);
+        loom_model_free(m);
+        return 0;
+    }
     double flops_tok = 6.0 * loom_model_flops_per_token(m, T, 0) + 12.0 * m->cfg.n_layer * (double)T * m->cfg.dim;
     double achieved = flops_tok * N / med / 1e9;
     /* sgemm at the step's shapes */

@@ -11,8 +11,11 @@ int cmd_generate(int argc, char **argv) {
     int steps = 256, top_k = 0, threads = 0;
     float temperature = 1.0f, top_p = 1.0f;
     long seed = 42;
+    cli_peft_opts po;
+    cli_peft_init(&po);
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model directory, llama2.c .bin, or a shape for a random model"},
+        CLI_PEFT_LOAD_OPTS(po),
         {"tokenizer", OPT_STR, &tokp, "tokenizer (tokenizer.json, model dir, encoder.json, llama2.c tokenizer.bin)"},
         {"prompt", OPT_STR, &prompt, "text to continue (BOS is prepended)"},
         {"steps", OPT_INT, &steps, "total positions, prompt included (as llama2.c's -n)"},
@@ -37,15 +40,23 @@ int cmd_generate(int argc, char **argv) {
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("loading the model");
     /* one token at a time, a small model is faster on one thread than paying for thread wake-ups */
     if (threads <= 0 && m->n_params < 20000000) loom_set_threads(1);
+    loom_tset *set = NULL;
+    if (cli_peft_setup(&po, m, 0, &set) != LOOM_OK) {
+        loom_model_free(m);
+        return cli_fail("--adapter");
+    }
     loom_tokenizer *tok;
     if (cli_tokenizer(&tok, tokp, model, m) != LOOM_OK) {
+        loom_tset_free(set);
         loom_model_free(m);
         return cli_fail("loading the tokenizer");
     }
     double secs;
-    int n = cli_generate(m, m->params, tok, prompt, steps, temperature, top_k, top_p, (unsigned long long)seed, &secs);
+    int n = cli_generate_ex(m, set, set ? loom_tset_data(set) : NULL, tok, prompt, steps, temperature, top_k, top_p,
+                            (unsigned long long)seed, &secs);
     if (n >= 0) fprintf(stderr, "generated %d tokens, %.1f tokens/s\n", n, secs > 0 ? n / secs : 0.0);
     loom_tokenizer_free(tok);
+    loom_tset_free(set);
     loom_model_free(m);
     return n < 0 ? cli_fail("generating") : 0;
 }

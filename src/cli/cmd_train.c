@@ -9,6 +9,8 @@
 #include "cli/common.h"
 #include "cli/textdata.h"
 #include "loom/core.h"
+#include "loom/dataset.h"
+#include "loom/peft.h"
 #include "loom/train.h"
 
 /* Mean loss over up to max_windows non-overlapping windows of [lo, hi). */
@@ -43,15 +45,55 @@ static double eval_windows(loom_trainer *tr, const token_stream *s, size_t lo, s
     return *count ? total / (double)*count : NAN;
 }
 
+/* Mean loss over one pass of a dataset batcher (once = 1), weighted by counted targets. */
+static double eval_batcher(loom_trainer *tr, loom_batcher *b, int B, int T, long max_batches, long *count) {
+    int32_t *tok = malloc((size_t)B * T * 4), *tgt = malloc((size_t)B * T * 4);
+    double total = 0;
+    *count = 0;
+    for (long s = 0; tok && tgt && s < max_batches; s++) {
+        size_t rows;
+        if (loom_batcher_fill(b, (uint64_t)s, tok, tgt, &rows) != LOOM_OK || rows == 0) break;
+        long cnt = 0;
+        for (int i = 0; i < B * T; i++) cnt += tgt[i] >= 0;
+        if (!cnt) continue;
+        float l;
+        if (loom_trainer_eval(tr, tok, tgt, &l) != LOOM_OK) break;
+        total += (double)l * cnt;
+        *count += cnt;
+    }
+    free(tok);
+    free(tgt);
+    return *count ? total / (double)*count : NAN;
+}
+
+/* Training data: a token stream (plain text, as before) or a dataset with per-token loss masks. */
+typedef struct {
+    token_stream ts;
+    size_t ntrain;
+    loom_dataset *ds;
+    loom_batcher *train, *val;
+} train_data;
+
+static double eval_data(loom_trainer *tr, train_data *d, int B, int T, long max_windows, long *count) {
+    if (d->ds) return d->val ? eval_batcher(tr, d->val, B, T, (max_windows + B - 1) / B, count) : NAN;
+    return eval_windows(tr, &d->ts, d->ntrain, d->ts.n, B, T, max_windows, count);
+}
+
 int cmd_train(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL, *out = NULL, *optname = "adamw", *sample_prompt = "";
+    const char *format = NULL;
     int B = 8, T = 128, threads = 0, log_every = 10, eval_every = 100, sample_len = 200;
+    cli_peft_opts po;
+    cli_peft_init(&po);
     long steps = 500, seed = 1337, warmup = -1, eval_windows_max = 64;
     float lr = 1e-3f, min_lr = -1.0f, wd = 0.1f, clip = 1.0f, val_frac = 0.1f, momentum = 0.0f;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model dir / llama2.c .bin to fine-tune, or a shape/config.json to train from scratch"},
-        {"data", OPT_STR, &data, "UTF-8 text file"},
+        {"data", OPT_STR, &data, "UTF-8 text file, or a dataset in --format"},
+        {"format", OPT_STR, &format, "dataset format: text, alpaca, dolly, jsonl, jsonl-cls, csv, tsv, self-instruct (default: plain text windows)"},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level for 259-token models)"},
+        CLI_PEFT_METHOD_OPTS(po),
+        CLI_PEFT_LOAD_OPTS(po),
         {"steps", OPT_LONG, &steps, "optimizer steps"},
         {"batch", OPT_INT, &B, "sequences per step"},
         {"seq", OPT_INT, &T, "tokens per sequence"},
@@ -67,16 +109,19 @@ int cmd_train(int argc, char **argv) {
         {"eval-windows", OPT_LONG, &eval_windows_max, "validation windows of --seq tokens per evaluation"},
         {"log-every", OPT_INT, &log_every, "progress line every N steps when not on a terminal"},
         {"seed", OPT_LONG, &seed, "seed for initialisation and batch order"},
-        {"out", OPT_STR, &out, "run directory: writes OUT/model.safetensors + config.json"},
+        {"out", OPT_STR, &out, "run directory: OUT/model.safetensors + config.json (full), or OUT/adapter_model.safetensors + adapter_config.json (PEFT layout)"},
         {"sample-len", OPT_INT, &sample_len, "tokens of generated text printed at the end (0 = none)"},
         {"sample-prompt", OPT_STR, &sample_prompt, "prompt for that sample"},
         {"threads", OPT_INT, &threads, "threads (0 = all cores)"},
     };
     int pr = cli_parse(argc, argv, "loom train --model PATH|SHAPE --data FILE [options]",
                        "Trains one model on a text file: pre-training from scratch (--model gpt2-tiny, tiny,\n"
-                       "llama-tiny, a config.json, ...) or full fine-tuning of a loaded model. Batches are random\n"
-                       "windows of --seq+1 tokens from the first (1 - val-frac) of the text, drawn from --seed.\n"
-                       "Shows step, loss, tokens/s and ETA; evaluates on the held-out end of the text.",
+                       "llama-tiny, a config.json, ...), full fine-tuning of a loaded model, or parameter-efficient\n"
+                       "fine-tuning (--peft lora|prefix|prompt|adapter|bitfit, or --adapter DIR to continue one) on a\n"
+                       "frozen base, optionally held in bf16/int8 (--base-dtype). Plain text: batches are random\n"
+                       "windows of --seq+1 tokens from the first (1 - val-frac) of the text, drawn from --seed. With\n"
+                       "--format, examples come from a dataset (instruction formats train on response tokens only)\n"
+                       "and the last val-frac of the examples is held out. Shows step, loss, tokens/s and ETA.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
     if (!data) {
@@ -104,7 +149,10 @@ int cmd_train(int argc, char **argv) {
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
     loom_trainer *tr = NULL;
-    token_stream ts = {0};
+    loom_tset *set = NULL;
+    float *vec = NULL;
+    train_data td;
+    memset(&td, 0, sizeof td);
     int32_t *tokens = NULL, *targets = NULL;
     int created, rc = 1;
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
@@ -112,39 +160,96 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "loom train: --seq %d exceeds the model's %d positions\n", T, m->cfg.max_seq);
         goto done;
     }
+    if (cli_peft_setup(&po, m, (unsigned long long)seed, &set) != LOOM_OK) {
+        cli_fail(po.adapter ? "--adapter" : "--peft");
+        goto done;
+    }
     if (cli_tokenizer(&tok, tokp, created ? NULL : model, m) != LOOM_OK) {
         cli_fail("tokenizer");
         goto done;
     }
-    if (text_load(&ts, data, tok) != LOOM_OK) {
-        cli_fail("--data");
-        goto done;
+    size_t ntok = 0, nval = 0;
+    if (!format) {
+        if (text_load(&td.ts, data, tok) != LOOM_OK) {
+            cli_fail("--data");
+            goto done;
+        }
+        td.ntrain = (size_t)((double)td.ts.n * (1.0 - val_frac));
+        if (td.ntrain < (size_t)T + 2) {
+            fprintf(stderr, "loom train: %s has %zu training tokens, fewer than one window of %d\n", data, td.ntrain, T + 1);
+            goto done;
+        }
+        ntok = td.ts.n;
+        nval = td.ts.n - td.ntrain;
+    } else {
+        loom_dataset_opts dopt;
+        loom_dataset_opts_init(&dopt);
+        dopt.format = loom_dataset_format(format);
+        if (dopt.format < 0) {
+            fprintf(stderr, "loom train: unknown --format '%s' (text, alpaca, dolly, jsonl, jsonl-cls, csv, tsv, self-instruct)\n", format);
+            goto done;
+        }
+        if (loom_dataset_load(&td.ds, data, &dopt, tok) != LOOM_OK) {
+            cli_fail("--data");
+            goto done;
+        }
+        size_t n = td.ds->n, nv = (size_t)((double)n * val_frac + 0.5);
+        if (n - nv < 1) {
+            fprintf(stderr, "loom train: %s has %zu examples, none left for training\n", data, n);
+            goto done;
+        }
+        uint32_t *idx = malloc((n ? n : 1) * sizeof *idx);
+        for (size_t i = 0; idx && i < n; i++) idx[i] = (uint32_t)i;
+        loom_batcher_opts bo;
+        loom_batcher_opts_init(&bo);
+        bo.B = (size_t)B;
+        bo.T = (size_t)T;
+        bo.seed = (uint64_t)seed;
+        int ok = idx && loom_batcher_create(&td.train, td.ds, idx, n - nv, &bo) == LOOM_OK;
+        bo.shuffle = 0;
+        bo.once = 1;
+        if (ok && nv) ok = loom_batcher_create(&td.val, td.ds, idx + (n - nv), nv, &bo) == LOOM_OK;
+        free(idx);
+        if (!ok) {
+            cli_fail("batcher");
+            goto done;
+        }
+        ntok = td.ds->n_tokens;
+        nval = nv;
     }
-    size_t ntrain = (size_t)((double)ts.n * (1.0 - val_frac));
-    if (ntrain < (size_t)T + 2) {
-        fprintf(stderr, "loom train: %s has %zu training tokens, fewer than one window of %d\n", data, ntrain, T + 1);
-        goto done;
-    }
-    if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) {
+    if (set) {
+        vec = loom_tset_data(set);
+        tc.seed = (uint64_t)seed;
+        if (loom_trainer_create_peft(&tr, m, m->params, set, vec, &tc) != LOOM_OK) {
+            cli_fail("trainer");
+            goto done;
+        }
+    } else if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) {
         cli_fail("trainer");
         goto done;
     }
-    fprintf(stderr, "loom train: %s model, %zu parameters (%s), %zu tokens (%zu train / %zu validation, %s tokenizer)\n",
-            m->cfg.arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", m->n_params, created ? "new" : "loaded", ts.n, ntrain,
-            ts.n - ntrain, loom_tokenizer_kind(tok));
+    fprintf(stderr, "loom train: %s model, %zu parameters (%s), %zu %s (%zu %s held out, %s tokenizer)\n",
+            m->cfg.arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", m->n_params, created ? "new" : "loaded", ntok,
+            td.ds ? "tokens in examples" : "tokens", nval, td.ds ? "examples" : "tokens", loom_tokenizer_kind(tok));
+    if (set)
+        fprintf(stderr, "  %s: %zu trainable parameters (%.2f%% of the model, %.1f KiB), base %s (%.1f MiB)\n",
+                loom_peft_method_name(loom_tset_config(set)->method), loom_tset_dim(set),
+                100.0 * (double)loom_tset_dim(set) / (double)m->n_params, loom_tset_bytes(set) / 1024.0,
+                loom_base_dtype_name(loom_model_base_type(m)), loom_model_base_bytes(m) / 1048576.0);
     fprintf(stderr, "  %ld steps of %d x %d tokens, %s lr %g (warm-up %ld, cosine to %g), clip %g, %d threads\n", steps, B,
             T, optname, lr, tc.warmup, tc.min_lr, clip, loom_threads());
     tokens = malloc((size_t)B * T * 4);
     targets = malloc((size_t)B * T * 4);
     long vcount;
     if (val_frac > 0) {
-        double v0 = eval_windows(tr, &ts, ntrain, ts.n, B, T, eval_windows_max, &vcount);
+        double v0 = eval_data(tr, &td, B, T, eval_windows_max, &vcount);
         fprintf(stderr, "  step %6d  val loss %.4f  (ppl %.2f, %ld tokens)\n", 0, v0, exp(v0), vcount);
     }
     double t0 = loom_now(), tlast = t0, ema = -1;
     int tty = cli_tty();
     for (long s = 0; s < steps; s++) {
-        text_batch(&ts, 0, ntrain, B, T, (uint64_t)seed, s, tokens, targets);
+        if (td.ds) loom_batcher_fill(td.train, (uint64_t)s, tokens, targets, NULL);
+        else text_batch(&td.ts, 0, td.ntrain, B, T, (uint64_t)seed, s, tokens, targets);
         float loss;
         double gn;
         float lr_now = loom_trainer_lr(tr);
@@ -172,14 +277,20 @@ int cmd_train(int argc, char **argv) {
                     lr_now, gn, tps, eta);
         }
         if (val_frac > 0 && ((eval_every > 0 && (s + 1) % eval_every == 0) || s + 1 == steps)) {
-            double v = eval_windows(tr, &ts, ntrain, ts.n, B, T, eval_windows_max, &vcount);
+            double v = eval_data(tr, &td, B, T, eval_windows_max, &vcount);
             fprintf(stderr, "%s  step %6ld  val loss %.4f  (ppl %.2f)\n", tty ? "\n" : "", s + 1, v, exp(v));
         }
     }
     if (tty) fprintf(stderr, "\n");
     fprintf(stderr, "loom train: %ld steps in %.1fs, peak RSS %.0f MiB\n", steps, loom_now() - t0,
             loom_peak_rss() / 1048576.0);
-    if (out) {
+    if (out && set) {
+        if (loom_tset_save_peft(set, vec, out, created ? NULL : model) != LOOM_OK) {
+            cli_fail("saving");
+            goto done;
+        }
+        fprintf(stderr, "loom train: wrote %s/adapter_model.safetensors and %s/adapter_config.json\n", out, out);
+    } else if (out) {
         if (loom_model_save(m, m->params, out) != LOOM_OK) {
             cli_fail("saving");
             goto done;
@@ -188,14 +299,18 @@ int cmd_train(int argc, char **argv) {
     }
     if (sample_len > 0) {
         fprintf(stderr, "sample (temperature 0.8):\n");
-        cli_generate(m, m->params, tok, sample_prompt, sample_len + 1, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
+        cli_generate_ex(m, set, vec, tok, sample_prompt, sample_len + 1, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
     }
     rc = 0;
 done:
     free(tokens);
     free(targets);
-    text_free(&ts);
+    text_free(&td.ts);
+    loom_batcher_free(td.train);
+    loom_batcher_free(td.val);
+    loom_dataset_free(td.ds);
     loom_trainer_free(tr);
+    loom_tset_free(set);
     loom_tokenizer_free(tok);
     loom_model_free(m);
     return rc;
@@ -205,8 +320,11 @@ int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL;
     int B = 8, T = 128, threads = 0;
     long max_windows = 0;
+    cli_peft_opts po;
+    cli_peft_init(&po);
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model directory or llama2.c .bin"},
+        CLI_PEFT_LOAD_OPTS(po),
         {"data", OPT_STR, &data, "UTF-8 text file"},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's)"},
         {"batch", OPT_INT, &B, "windows per forward pass"},
@@ -226,10 +344,16 @@ int cmd_eval(int argc, char **argv) {
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
     loom_trainer *tr = NULL;
+    loom_tset *set = NULL;
     token_stream ts = {0};
     int rc = 1;
     if (loom_model_load(&m, model) != LOOM_OK) return cli_fail("--model");
-    if (T > m->cfg.max_seq) T = m->cfg.max_seq;
+    if (cli_peft_setup(&po, m, 0, &set) != LOOM_OK) {
+        loom_model_free(m);
+        return cli_fail("--adapter");
+    }
+    int P = set && loom_tset_config(set)->method == LOOM_PEFT_PROMPT ? loom_tset_config(set)->prompt_len : 0;
+    if (T > m->cfg.max_seq - P) T = m->cfg.max_seq - P;
     loom_train_config tc;
     loom_train_defaults(&tc);
     tc.B = B;
@@ -242,7 +366,8 @@ int cmd_eval(int argc, char **argv) {
         cli_fail("--data");
         goto done;
     }
-    if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) {
+    if ((set ? loom_trainer_create_peft(&tr, m, m->params, set, loom_tset_data(set), &tc)
+             : loom_trainer_create(&tr, m, m->params, &tc)) != LOOM_OK) {
         cli_fail("evaluator");
         goto done;
     }
@@ -254,6 +379,7 @@ int cmd_eval(int argc, char **argv) {
 done:
     text_free(&ts);
     loom_trainer_free(tr);
+    loom_tset_free(set);
     loom_tokenizer_free(tok);
     loom_model_free(m);
     return rc;

@@ -10,6 +10,7 @@
 #include "loom/core.h"
 #include "loom/model.h"
 #include "loom/optim.h"
+#include "loom/peft.h"
 #include "loom/safetensors.h"
 
 typedef struct {
@@ -87,22 +88,157 @@ static int compare_adamw(report *r, const loom_model *m, const loom_st_file *f, 
     return LOOM_OK;
 }
 
+/* Reference with a LoRA adapter on a frozen base: logits, loss, grad.<peft name> of every LoRA tensor,
+ * AdamW over the LoRA vector only (adamw1/adamw2), loss_after_adamw1 and merged.<base weight>. */
+static int verify_adapter(report *r, loom_model *m, const char *adapter, const loom_st_file *f, const int32_t *tokens,
+                          const int32_t *targets, int B, int T) {
+    loom_tset *ts = NULL;
+    loom_ws *ws = NULL;
+    loom_optimizer *opt = NULL;
+    float *vec = NULL, *g = NULL, *refgrad = NULL, *ref = NULL, *merged = NULL;
+    int N = B * T, V = m->cfg.vocab, rc;
+    if ((rc = loom_tset_load_peft(&ts, m, adapter)) != LOOM_OK) return rc;
+    size_t dim = loom_tset_dim(ts);
+    printf("  adapter %s: %s, %d tensors, %zu parameters (scale %g)\n", adapter, loom_peft_method_name(loom_tset_config(ts)->method),
+           loom_tset_count(ts), dim, (double)loom_tset_lora_scale(ts));
+    vec = loom_alloc(dim * sizeof(float));
+    g = loom_calloc(dim, sizeof(float));
+    refgrad = loom_alloc(dim * sizeof(float));
+    if (!vec || !g || !refgrad) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory");
+        goto done;
+    }
+    memcpy(vec, loom_tset_data(ts), dim * sizeof(float));
+    const loom_peft *pf = loom_tset_plan(ts);
+    if ((rc = loom_ws_create_ex(&ws, m, B, T, pf)) != LOOM_OK) goto done;
+    float loss;
+    if ((rc = loom_forward_ex(m, m->params, ws, pf, vec, tokens, targets, B, T, &loss)) != LOOM_OK) goto done;
+    if (!(ref = ref_f32(f, "logits", (size_t)N * V, &rc))) goto done;
+    {
+        const float *mine = loom_ws_logits(ws);
+        double md = 0, mr = 0;
+        for (size_t j = 0; j < (size_t)N * V; j++) {
+            md = fmax(md, fabs((double)mine[j] - ref[j]));
+            mr = fmax(mr, fabs(ref[j]));
+        }
+        row(r, "logits", "logits", mr, md, fmax(1e-4, 1e-5 * mr), NULL);
+        free(ref);
+        if (!(ref = ref_f32(f, "loss", 1, &rc))) goto done;
+        row(r, "loss", "loss", fabs(ref[0]), fabs((double)loss - ref[0]), 1e-5, NULL);
+        free(ref);
+        ref = NULL;
+    }
+    if ((rc = loom_backward_ex(m, m->params, ws, pf, vec, g)) != LOOM_OK) goto done;
+    for (int i = 0; i < loom_tset_count(ts); i++) {
+        const loom_tset_entry *e = loom_tset_entry_at(ts, i);
+        char nm[200];
+        snprintf(nm, sizeof nm, "grad.%s", e->name);
+        if (!(ref = ref_f32(f, nm, e->numel, &rc))) goto done;
+        memcpy(refgrad + e->offset, ref, e->numel * sizeof(float));
+        double md = 0, mr = 0;
+        for (size_t j = 0; j < e->numel; j++) {
+            md = fmax(md, fabs((double)g[e->offset + j] - ref[j]));
+            mr = fmax(mr, fabs(ref[j]));
+        }
+        row(r, "grad", e->name, mr, md, 1e-4 * mr + 1e-7, NULL);
+        free(ref);
+        ref = NULL;
+    }
+    {
+        loom_opt_config oc;
+        loom_opt_defaults(&oc, LOOM_OPT_ADAMW);
+        oc.lr = 1e-3f;
+        oc.weight_decay = 0.0f;
+        if ((rc = loom_optimizer_create(&opt, &oc, dim)) != LOOM_OK) goto done;
+        for (int step = 1; step <= 2; step++) {
+            loom_optimizer_step(opt, vec, g, oc.lr);
+            for (int i = 0; i < loom_tset_count(ts); i++) {
+                const loom_tset_entry *e = loom_tset_entry_at(ts, i);
+                char nm[200], what[16];
+                snprintf(what, sizeof what, "adamw%d", step);
+                snprintf(nm, sizeof nm, "%s.%s", what, e->name);
+                if (!(ref = ref_f32(f, nm, e->numel, &rc))) goto done;
+                double dgood = 0, dill = 0, mr = 0;
+                for (size_t j = 0; j < e->numel; j++) {
+                    double d = fabs((double)vec[e->offset + j] - ref[j]);
+                    mr = fmax(mr, fabs(ref[j]));
+                    if (fabs(refgrad[e->offset + j]) > 1e-6) dgood = fmax(dgood, d);
+                    else dill = fmax(dill, d);
+                }
+                row(r, what, e->name, mr, dgood, step == 1 ? 2e-5 : 5e-5, "well-conditioned elements");
+                row(r, what, e->name, mr, dill, 2 * oc.lr, "|grad| <= 1e-6 (bound 2*lr)");
+                free(ref);
+                ref = NULL;
+            }
+            if (step == 2) break;
+            float l1;
+            if ((rc = loom_forward_ex(m, m->params, ws, pf, vec, tokens, targets, B, T, &l1)) != LOOM_OK) goto done;
+            if (!(ref = ref_f32(f, "loss_after_adamw1", 1, &rc))) goto done;
+            row(r, "loss", "loss_after_adamw1", fabs(ref[0]), fabs((double)l1 - ref[0]), 1e-5, NULL);
+            free(ref);
+            ref = NULL;
+            memset(g, 0, dim * sizeof(float));
+            if ((rc = loom_backward_ex(m, m->params, ws, pf, vec, g)) != LOOM_OK) goto done;
+        }
+    }
+    /* merging the adapter as loaded (before the AdamW steps) into the base weights */
+    if (!(merged = loom_alloc(m->n_params * sizeof(float)))) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory");
+        goto done;
+    }
+    memcpy(merged, m->params, m->n_params * sizeof(float));
+    if ((rc = loom_tset_merge(ts, loom_tset_data(ts), merged)) != LOOM_OK) goto done;
+    for (size_t i = 0; i < loom_st_count(f); i++) {
+        const loom_st_tensor *t = loom_st_at(f, i);
+        if (strncmp(t->name, "merged.", 7)) continue;
+        int ti = loom_model_find(m, t->name + 7);
+        if (ti < 0) {
+            rc = loom_error(LOOM_ENOTFOUND, "reference tensor %s names no weight of the model", t->name);
+            goto done;
+        }
+        const loom_tensor *mt = &m->tensors[ti];
+        if (!(ref = ref_f32(f, t->name, mt->numel, &rc))) goto done;
+        double md = 0, mr = 0;
+        for (size_t j = 0; j < mt->numel; j++) {
+            md = fmax(md, fabs((double)merged[mt->offset + j] - ref[j]));
+            mr = fmax(mr, fabs(ref[j]));
+        }
+        row(r, "merged", mt->name, mr, md, 1e-5 * fmax(1.0, mr), NULL);
+        free(ref);
+        ref = NULL;
+    }
+    rc = LOOM_OK;
+done:
+    free(ref);
+    loom_free(merged);
+    loom_free(vec);
+    loom_free(g);
+    loom_free(refgrad);
+    loom_optimizer_free(opt);
+    loom_ws_free(ws);
+    loom_tset_free(ts);
+    return rc;
+}
+
 int cmd_verify(int argc, char **argv) {
-    const char *model_path = NULL, *ref_path = NULL;
+    const char *model_path = NULL, *ref_path = NULL, *adapter = NULL;
     int verbose = 0;
     cli_opt opts[] = {
         {"model", OPT_STR, &model_path, "model directory (config.json + model.safetensors) or llama2.c .bin"},
         {"reference", OPT_STR, &ref_path, "reference.safetensors with tokens, targets, logits, loss, grad.*, adamw1.*, adamw2.*"},
+        {"adapter", OPT_STR, &adapter, "PEFT-layout adapter directory: verify the adapter's tensors on the frozen base"},
         {"verbose", OPT_FLAG, &verbose, "print a row for every tensor, not only failures"},
     };
-    int pr = cli_parse(argc, argv, "loom verify --model DIR --reference FILE",
+    int pr = cli_parse(argc, argv, "loom verify --model DIR [--adapter DIR] --reference FILE",
                        "Checks loom's numerics against reference tensors from a PyTorch oracle: logits, loss,\n"
                        "every parameter gradient and two AdamW steps (lr 1e-3, betas 0.9/0.999, eps 1e-8,\n"
                        "no weight decay). Prints a per-tensor error table; exits 1 when any error exceeds its\n"
                        "tolerance. Tolerances: logits 1e-4 (or 1e-5*max|ref|), loss 1e-5, gradients\n"
                        "1e-4*max|ref|+1e-7 per tensor (absolute 1e-6 on GPT-2's zero-gradient key-bias slice),\n"
-                       "AdamW 2e-5 / 5e-5 on elements with |grad| > 1e-6 and 2*lr elsewhere.",
-                       opts, 3, NULL, NULL, 0);
+                       "AdamW 2e-5 / 5e-5 on elements with |grad| > 1e-6 and 2*lr elsewhere.\n"
+                       "With --adapter the base is frozen and the gradients, AdamW steps (over the adapter only)\n"
+                       "and merged.* weights (base + adapter merged, 1e-5 * max(1, max|ref|)) are the adapter's.",
+                       opts, 4, NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
     if (!model_path || !ref_path) {
         fprintf(stderr, "loom verify: --model and --reference are required (see --help)\n");
@@ -138,6 +274,11 @@ int cmd_verify(int argc, char **argv) {
     for (int i = 0; i < N; i++) used[tokens[i]] = 1;
     memcpy(orig, m->params, m->n_params * sizeof(float));
     printf("loom verify: %s on %s (B=%d, T=%d, %zu parameters)\n", model_path, ref_path, B, T, m->n_params);
+    if (adapter) {
+        printf("  %-7s %-48s %11s %11s %10s  %s\n", "what", "tensor", "max|ref|", "max|d|", "tol", "");
+        rc = verify_adapter(&r, m, adapter, f, tokens, targets, B, T);
+        goto done;
+    }
     printf("  %-7s %-48s %11s %11s %10s  %s\n", "what", "tensor", "max|ref|", "max|d|", "tol", "");
     if ((rc = loom_forward(m, m->params, ws, tokens, targets, B, T, &loss)) != LOOM_OK) goto done;
     /* logits and loss */

@@ -112,3 +112,120 @@ int cli_generate(const loom_model *m, const float *params, const loom_tokenizer 
     loom_detok_free(dt);
     return rc != LOOM_OK ? rc : generated;
 }
+
+/* ---------------------------------------------------------------- fine-tuning options */
+
+void cli_peft_init(cli_peft_opts *o) {
+    memset(o, 0, sizeof *o);
+    loom_peft_config d;
+    loom_peft_defaults(&d, LOOM_PEFT_LORA);
+    o->lora_r = d.lora_r;
+    o->lora_alpha = d.lora_alpha;
+    o->prefix_len = d.prefix_len;
+    o->prompt_len = d.prompt_len;
+    o->adapter_dim = d.adapter_dim;
+    o->base_dtype = "f32";
+}
+
+int cli_peft_setup(const cli_peft_opts *o, loom_model *m, unsigned long long seed, loom_tset **ts) {
+    *ts = NULL;
+    loom_qtype qt;
+    int rc = loom_base_dtype_parse(o->base_dtype, &qt);
+    if (rc != LOOM_OK) return loom_error_context(rc, "--base-dtype");
+    loom_peft_method meth = LOOM_PEFT_FULL;
+    if (o->peft && (rc = loom_peft_method_parse(o->peft, &meth)) != LOOM_OK) return loom_error_context(rc, "--peft");
+    if (o->adapter && o->peft)
+        return loom_error(LOOM_EINVAL, "give either --adapter (load a trained set) or --peft (start a new one)");
+    if (qt != LOOM_Q_F32 && !o->adapter && (!o->peft || meth == LOOM_PEFT_FULL))
+        return loom_error(LOOM_EINVAL, "--base-dtype %s freezes the base: add --peft lora|prefix|prompt|adapter|bitfit",
+                          o->base_dtype);
+    if (qt != LOOM_Q_F32 && (rc = loom_model_quantize(m, qt)) != LOOM_OK) return rc;
+    if (o->adapter) return loom_tset_load_peft(ts, m, o->adapter);
+    if (!o->peft || meth == LOOM_PEFT_FULL) return LOOM_OK;
+    loom_peft_config pc;
+    loom_peft_defaults(&pc, meth);
+    pc.lora_r = o->lora_r;
+    pc.lora_alpha = o->lora_alpha;
+    pc.lora_dropout = o->lora_dropout;
+    pc.rslora = o->rslora;
+    pc.prefix_len = o->prefix_len;
+    pc.prompt_len = o->prompt_len;
+    pc.adapter_dim = o->adapter_dim;
+    pc.bitfit_norms = o->bitfit_norms;
+    pc.base_dtype = qt;
+    if (o->targets) {
+        if (strlen(o->targets) >= sizeof pc.target_modules) return loom_error(LOOM_ERANGE, "--target-modules is too long");
+        snprintf(pc.target_modules, sizeof pc.target_modules, "%s", o->targets);
+    }
+    return loom_tset_create(ts, m, &pc, seed);
+}
+
+/* Generation by full forward passes over the growing sequence (sets that add computation). */
+static int generate_forward(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
+                            const char *prompt, int steps, float temperature, int top_k, float top_p,
+                            unsigned long long seed, double *seconds) {
+    const loom_peft *pf = loom_tset_plan(ts);
+    int P = loom_tset_config(ts)->method == LOOM_PEFT_PROMPT ? loom_tset_config(ts)->prompt_len : 0;
+    int cap = m->cfg.max_seq - P;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = loom_tokenizer_encode(tok, prompt, strlen(prompt), LOOM_TOK_BOS, &ids, &n);
+    if (rc != LOOM_OK) return rc;
+    if (steps > cap) steps = cap;
+    int32_t *seq = calloc((size_t)cap + 1, sizeof *seq);
+    float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
+    loom_ws *ws = NULL;
+    loom_detok *dt = NULL;
+    if (!seq || !logits || (rc = loom_ws_create_ex(&ws, m, 1, cap, pf)) != LOOM_OK ||
+        (rc = loom_detok_create(&dt, tok)) != LOOM_OK) {
+        free(ids); free(seq); free(logits); loom_ws_free(ws);
+        return rc ? rc : loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    int len = 0;
+    for (size_t i = 0; i < n && len < cap; i++) seq[len++] = ids[i];
+    if (len == 0) seq[len++] = 0;
+    char buf[512];
+    size_t w;
+    for (int i = 1; i < len; i++)
+        if (loom_detok_push(dt, seq[i], buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
+    loom_sampler s = {temperature, top_k, top_p};
+    loom_rng rng;
+    loom_rng_init(&rng, seed, 0x67656e);
+    int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok), generated = 0;
+    double t0 = loom_now();
+    while (len < steps) {
+        if ((rc = loom_forward_ex(m, m->params, ws, pf, vec, seq, NULL, 1, len, NULL)) != LOOM_OK) break;
+        memcpy(logits, loom_ws_logits(ws) + (size_t)(P + len - 1) * m->cfg.vocab, (size_t)m->cfg.vocab * sizeof *logits);
+        int32_t next = loom_sample(logits, m->cfg.vocab, &s, &rng);
+        generated++;
+        if (next == bos || next == eos) break;
+        seq[len++] = next;
+        if (loom_detok_push(dt, next, buf, sizeof buf, &w) == LOOM_OK && w) {
+            fwrite(buf, 1, w, stdout);
+            fflush(stdout);
+        }
+    }
+    if (loom_detok_flush(dt, buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
+    printf("\n");
+    if (seconds) *seconds = loom_now() - t0;
+    free(ids); free(seq); free(logits);
+    loom_ws_free(ws);
+    loom_detok_free(dt);
+    return rc != LOOM_OK ? rc : generated;
+}
+
+int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
+                    const char *prompt, int steps, float temperature, int top_k, float top_p, unsigned long long seed,
+                    double *seconds) {
+    if (!ts && !m->qbase) return cli_generate(m, m->params, tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
+    if (ts && !loom_tset_mergeable(ts))
+        return generate_forward(m, ts, vec, tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
+    /* a float copy of the weights (dequantized where the base is low precision) with the set merged in */
+    float *w = loom_alloc(m->n_params * sizeof(float));
+    if (!w) return LOOM_ENOMEM;
+    for (int i = 0; i < m->n_tensors; i++) loom_model_weight(m, m->params, i, w + m->tensors[i].offset);
+    int rc = ts ? loom_tset_merge(ts, vec, w) : LOOM_OK;
+    if (rc == LOOM_OK) rc = cli_generate(m, w, tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
+    loom_free(w);
+    return rc;
+}

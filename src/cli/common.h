@@ -3,6 +3,7 @@
 #define LOOM_CLI_COMMON_H
 
 #include "loom/model.h"
+#include "loom/peft.h"
 #include "loom/tokenizer.h"
 
 /* Loads a model from a path, or creates one from a built-in shape / config.json with `seed` when the
@@ -14,5 +15,38 @@ int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path
 /* Streams a generated continuation of `prompt` to stdout; returns tokens generated (negative on error). */
 int cli_generate(const loom_model *m, const float *params, const loom_tokenizer *tok, const char *prompt, int steps,
                  float temperature, int top_k, float top_p, unsigned long long seed, double *seconds);
+
+/* Fine-tuning options shared by train, eval, generate and bench. */
+typedef struct {
+    const char *peft;        /* method name, NULL = none (full fine-tuning of the model itself) */
+    const char *targets;     /* --target-modules */
+    const char *base_dtype;  /* f32 | bf16 | int8 */
+    const char *adapter;     /* PEFT-layout directory to load */
+    int lora_r, rslora, prefix_len, prompt_len, adapter_dim, bitfit_norms;
+    float lora_alpha, lora_dropout;
+} cli_peft_opts;
+void cli_peft_init(cli_peft_opts *o);
+#define CLI_PEFT_METHOD_OPTS(o)                                                                                       \
+    {"peft", OPT_STR, &(o).peft, "parameter-efficient method: lora, prefix, prompt, adapter, bitfit or full"},          \
+    {"lora-r", OPT_INT, &(o).lora_r, "LoRA rank"},                                                                   \
+    {"lora-alpha", OPT_FLOAT, &(o).lora_alpha, "LoRA alpha (scale alpha/r)"},                                        \
+    {"lora-dropout", OPT_FLOAT, &(o).lora_dropout, "dropout on LoRA's input while training"},                        \
+    {"target-modules", OPT_STR, &(o).targets, "LoRA modules, PEFT names (c_attn,c_proj,c_fc / q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; default c_attn / q_proj,v_proj)"}, \
+    {"rslora", OPT_FLAG, &(o).rslora, "rank-stabilised LoRA: scale alpha/sqrt(r)"},                                  \
+    {"prefix-len", OPT_INT, &(o).prefix_len, "prefix tuning: virtual key/value positions per layer"},                \
+    {"prompt-len", OPT_INT, &(o).prompt_len, "prompt tuning: soft tokens prepended"},                               \
+    {"adapter-dim", OPT_INT, &(o).adapter_dim, "bottleneck adapter width"},                                          \
+    {"bitfit-norms", OPT_FLAG, &(o).bitfit_norms, "BitFit also trains norm gains"}
+#define CLI_PEFT_LOAD_OPTS(o)                                                                                         \
+    {"adapter", OPT_STR, &(o).adapter, "PEFT-layout adapter directory (adapter_config.json + adapter_model.safetensors)"}, \
+    {"base-dtype", OPT_STR, &(o).base_dtype, "hold the frozen base's linear weights as f32, bf16 or int8"}
+/* Applies --base-dtype to m, then builds the trainable set: from --adapter (PEFT layout) or --peft.
+ * *ts = NULL when neither is given or --peft full (the model's own parameters train). */
+int cli_peft_setup(const cli_peft_opts *o, loom_model *m, unsigned long long seed, loom_tset **ts);
+/* cli_generate with a trainable set (ts may be NULL): sets that merge are merged into a float copy of
+ * the weights and use the KV cache; the others run a full forward pass per token. */
+int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
+                    const char *prompt, int steps, float temperature, int top_k, float top_p, unsigned long long seed,
+                    double *seconds);
 
 #endif

@@ -10,13 +10,14 @@ static const struct {
     int (*fn)(int argc, char **argv);
     const char *help;
 } commands[] = {
-    {"train", cmd_train, "train one model on a text file (from scratch or fine-tuning)"},
+    {"train", cmd_train, "train one model: from scratch, full fine-tuning or PEFT (LoRA, prefix, prompt, adapter, BitFit)"},
     {"eval", cmd_eval, "loss and perplexity of a model on a text file"},
     {"generate", cmd_generate, "sample text from a model (greedy, temperature, top-k, top-p)"},
     {"sim", cmd_sim, "federated training of many simulated clients (FedAvg, FedProx, FedAdam, SCAFFOLD, ...)"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
+    {"export", cmd_export, "write an adapter merged into its base model, or re-export it in the PEFT layout"},
     {"verify", cmd_verify, "check numerics against a reference file (logits, loss, gradients, AdamW)"},
     {"bench", cmd_bench, "benchmarks: train, generate, tokenize"},
     {"version", cmd_version, "print the version"},

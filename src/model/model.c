@@ -1,14 +1,20 @@
 /* GPT-2 and Llama: parameter layout, initialisation, forward and backward over one flat buffer. */
 #include "loom/model.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "loom/core.h"
 #include "loom/kernels.h"
+#include "loom/quant.h"
 #include "model/model_impl.h"
+
+static void qbase_free(struct loom_qbase *q);
 
 /* ---------------------------------------------------------------- layout */
 
@@ -133,41 +139,184 @@ void loom_model_free(loom_model *m) {
     free(m->tensors);
     free(m->layer_slot);
     loom_free(m->params);
+    qbase_free(m->qbase);
     free(m);
+}
+
+/* Initialises tensor i from (seed, i) (GPT-2: N(0, 0.02), residual projections scaled by 1/sqrt(2L)). */
+static void init_tensor(loom_model *m, int i, uint64_t seed) {
+    loom_tensor *t = &m->tensors[i];
+    float *p = m->params + t->offset;
+    loom_rng r;
+    loom_rng_init(&r, seed, (uint64_t)i);
+    int is_resid = strstr(t->name, "c_proj.weight") || strstr(t->name, "o_proj.weight") ||
+                   strstr(t->name, "down_proj.weight");
+    float resid_std = 0.02f / sqrtf(2.0f * m->cfg.n_layer);
+    switch (t->kind) {
+    case LOOM_T_NORM_W:
+        for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f;
+        break;
+    case LOOM_T_NORM_B:
+    case LOOM_T_LINEAR_B:
+        memset(p, 0, t->numel * sizeof *p);
+        break;
+    case LOOM_T_POS:
+        for (size_t j = 0; j < t->numel; j++) p[j] = 0.01f * (float)loom_rng_normal(&r);
+        break;
+    default: {
+        float sd = is_resid ? resid_std : 0.02f;
+        for (size_t j = 0; j < t->numel; j++) p[j] = sd * (float)loom_rng_normal(&r);
+    }
+    }
 }
 
 int loom_model_create(loom_model **out, const loom_config *cfg, uint64_t seed) {
     int rc = loom_model_alloc(out, cfg);
     if (rc != LOOM_OK) return rc;
     loom_model *m = *out;
-    float resid_std = 0.02f / sqrtf(2.0f * cfg->n_layer);
 #pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < m->n_tensors; i++) init_tensor(m, i, seed);
+    return LOOM_OK;
+}
+
+/* ---------------------------------------------------------------- low-precision base */
+
+static int is_base_linear(const loom_model *m, int i) { return m->tensors[i].kind == LOOM_T_LINEAR_W; }
+
+/* Returns the pages wholly inside params[off, off+n) to the system: the values there are no longer
+ * read (the quantized copy is), so the float copy should not stay resident. */
+static void release_range(float *params, size_t off, size_t n) {
+    long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0) return;
+    uintptr_t a = (uintptr_t)(params + off), e = (uintptr_t)(params + off + n);
+    uintptr_t a1 = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1), e1 = e & ~((uintptr_t)pg - 1);
+    if (e1 > a1) madvise((void *)a1, e1 - a1, MADV_DONTNEED);
+}
+
+static int qbase_alloc(loom_model *m, loom_qtype type) {
+    struct loom_qbase *q = calloc(1, sizeof *q);
+    if (!q) return loom_error(LOOM_ENOMEM, "out of memory");
+    q->type = type;
+    q->qoff = malloc((size_t)m->n_tensors * sizeof *q->qoff);
+    q->soff = malloc((size_t)m->n_tensors * sizeof *q->soff);
+    size_t ne = 0, ns = 0;
+    for (int i = 0; q->qoff && q->soff && i < m->n_tensors; i++) {
+        q->qoff[i] = q->soff[i] = (size_t)-1;
+        if (!is_base_linear(m, i)) continue;
+        q->qoff[i] = ne;
+        q->soff[i] = ns;
+        ne += m->tensors[i].numel;
+        /* output channels: rows of a Linear [out, in], columns of a Conv1D [in, out] */
+        ns += (size_t)(m->cfg.arch == LOOM_ARCH_GPT2 ? m->tensors[i].shape[1] : m->tensors[i].shape[0]);
+    }
+    size_t es = type == LOOM_Q_BF16 ? 2 : type == LOOM_Q_INT8 ? 1 : 4;
+    q->data = q->qoff ? loom_alloc(ne * es) : NULL;
+    q->scale = type == LOOM_Q_INT8 ? loom_alloc((ns ? ns : 1) * sizeof(float)) : NULL;
+    q->bytes = ne * es + (type == LOOM_Q_INT8 ? ns * sizeof(float) : 0);
+    m->qbase = q;
+    if (!q->qoff || !q->soff || !q->data || (type == LOOM_Q_INT8 && !q->scale))
+        return loom_error(LOOM_ENOMEM, "out of memory for a %s base (%zu weights)", type == LOOM_Q_BF16 ? "bf16" : "int8", ne);
+    return LOOM_OK;
+}
+
+static void qbase_free(struct loom_qbase *q) {
+    if (!q) return;
+    loom_free(q->data);
+    loom_free(q->scale);
+    free(q->qoff);
+    free(q->soff);
+    free(q);
+}
+
+static void quantize_tensor(loom_model *m, int i) {
+    struct loom_qbase *q = m->qbase;
+    const loom_tensor *t = &m->tensors[i];
+    int gpt2 = m->cfg.arch == LOOM_ARCH_GPT2;
+    int layout = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    int C = (int)(gpt2 ? t->shape[0] : t->shape[1]), OC = (int)(gpt2 ? t->shape[1] : t->shape[0]);
+    size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
+    loom_quantize((char *)q->data + q->qoff[i] * es, q->scale ? q->scale + q->soff[i] : NULL, m->params + t->offset,
+                  q->type, layout, C, OC);
+    release_range(m->params, t->offset, t->numel);
+}
+
+int loom_model_quantize(loom_model *m, loom_qtype type) {
+    if (m->qbase) return loom_error(LOOM_ESTATE, "the model's base is already held in low precision");
+    if (type == LOOM_Q_F32) return LOOM_OK;
+    if (type != LOOM_Q_BF16 && type != LOOM_Q_INT8) return loom_error(LOOM_EINVAL, "unknown base type %d", (int)type);
+    int rc = qbase_alloc(m, type);
+    if (rc != LOOM_OK) {
+        qbase_free(m->qbase);
+        m->qbase = NULL;
+        return rc;
+    }
+    for (int i = 0; i < m->n_tensors; i++)
+        if (is_base_linear(m, i)) quantize_tensor(m, i);
+    return LOOM_OK;
+}
+
+int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type) {
+    if (type == LOOM_Q_F32) return loom_model_create(out, cfg, seed);
+    int rc = loom_model_alloc(out, cfg);
+    if (rc != LOOM_OK) return rc;
+    loom_model *m = *out;
+    if ((rc = qbase_alloc(m, type)) != LOOM_OK) {
+        loom_model_free(m);
+        *out = NULL;
+        return rc;
+    }
+    /* one tensor at a time, so the float copy of the linear weights is never resident all at once */
     for (int i = 0; i < m->n_tensors; i++) {
-        loom_tensor *t = &m->tensors[i];
-        float *p = m->params + t->offset;
-        loom_rng r;
-        loom_rng_init(&r, seed, (uint64_t)i);
-        int is_resid = strstr(t->name, "c_proj.weight") || strstr(t->name, "o_proj.weight") ||
-                       strstr(t->name, "down_proj.weight");
-        switch (t->kind) {
-        case LOOM_T_NORM_W:
-            for (size_t j = 0; j < t->numel; j++) p[j] = 1.0f;
-            break;
-        case LOOM_T_NORM_B:
-        case LOOM_T_LINEAR_B:
-            memset(p, 0, t->numel * sizeof *p);
-            break;
-        case LOOM_T_POS: {
-            for (size_t j = 0; j < t->numel; j++) p[j] = 0.01f * (float)loom_rng_normal(&r);
-            break;
-        }
-        default: {
-            float sd = is_resid ? resid_std : 0.02f;
-            for (size_t j = 0; j < t->numel; j++) p[j] = sd * (float)loom_rng_normal(&r);
-        }
-        }
+        init_tensor(m, i, seed);
+        if (is_base_linear(m, i)) quantize_tensor(m, i);
     }
     return LOOM_OK;
+}
+
+loom_qtype loom_model_base_type(const loom_model *m) { return m->qbase ? m->qbase->type : LOOM_Q_F32; }
+
+size_t loom_model_base_bytes(const loom_model *m) {
+    size_t b = 0;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!m->qbase || !is_base_linear(m, i)) b += m->tensors[i].numel * sizeof(float);
+    return b + (m->qbase ? m->qbase->bytes : 0);
+}
+
+int loom_model_weight(const loom_model *m, const float *params, int idx, float *dst) {
+    if (idx < 0 || idx >= m->n_tensors) return loom_error(LOOM_EINVAL, "no tensor %d", idx);
+    const loom_tensor *t = &m->tensors[idx];
+    if (!m->qbase || m->qbase->qoff[idx] == (size_t)-1) {
+        memcpy(dst, params + t->offset, t->numel * sizeof(float));
+        return LOOM_OK;
+    }
+    int gpt2 = m->cfg.arch == LOOM_ARCH_GPT2;
+    int C = (int)(gpt2 ? t->shape[0] : t->shape[1]), OC = (int)(gpt2 ? t->shape[1] : t->shape[0]);
+    size_t es = m->qbase->type == LOOM_Q_BF16 ? 2 : 1;
+    loom_qmat q = {m->qbase->type, gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, (char *)m->qbase->data + m->qbase->qoff[idx] * es,
+                   m->qbase->scale ? m->qbase->scale + m->qbase->soff[idx] : NULL};
+    loom_dequantize_rows(dst, &q, C, OC, 0, (int)t->shape[0]);
+    return LOOM_OK;
+}
+
+int loom_tensor_stage(const loom_model *m, int idx) {
+    const loom_tensor *t = &m->tensors[idx];
+    if (t->kind == LOOM_T_EMBED || t->kind == LOOM_T_POS) return -1;
+    if (t->layer < 0) return m->cfg.n_layer * LOOM_STAGES;
+    int s = LOOM_ST_NORM1;
+    for (int k = 0; k < LOOM_L_NSLOTS; k++)
+        if (m->layer_slot[t->layer][k] == idx) {
+            switch (k) {
+            case LOOM_L_NORM1_W: case LOOM_L_NORM1_B: s = LOOM_ST_NORM1; break;
+            case LOOM_L_QKV_W: case LOOM_L_QKV_B: case LOOM_L_K_W: case LOOM_L_V_W: s = LOOM_ST_QKV; break;
+            case LOOM_L_O_W: case LOOM_L_O_B: s = LOOM_ST_O; break;
+            case LOOM_L_NORM2_W: case LOOM_L_NORM2_B: s = LOOM_ST_NORM2; break;
+            case LOOM_L_UP_W: case LOOM_L_UP_B: case LOOM_L_GATE_W: s = LOOM_ST_UP; break;
+            default: s = LOOM_ST_DOWN;
+            }
+            return t->layer * LOOM_STAGES + s;
+        }
+    /* Llama k/v biases have no slot of their own: they sit with q's */
+    return t->layer * LOOM_STAGES + (t->kind == LOOM_T_LINEAR_B ? LOOM_ST_QKV : s);
 }
 
 double loom_model_flops_per_token(const loom_model *m, int T, int with_attention) {
@@ -197,15 +346,32 @@ struct loom_ws {
     int n_valid;
     int have_forward;
     const int32_t *tokens, *targets;
-    int curB, curT;
-    int32_t *tok_copy, *tgt_copy;
+    int curB, curT;      /* batch of the last forward, as run (curT includes soft-prompt positions) */
+    int32_t *tok_copy, *tgt_copy; /* tok_copy < 0: a soft-prompt position */
+    /* trainable-set extras, sized for the plan given at creation */
+    const loom_peft *pf, *last_pf; /* sized for / used by the last forward */
+    const float *last_vec, *last_base;
+    int prompt_len;      /* positions per row that are soft prompt (of the last forward) */
+    float *pmem;
+    size_t pbytes;
+    float *lora_u, *lora_du, *lora_x, *lora_dx; /* [n_lora][N*r], [N*r], [N*max_in] x2 (dropout) */
+    float **patt, *pscratch;                     /* prefix attention probabilities [L][B*NH*T*(P+T)] */
+    float **ad_a, **ad_z, **ad_h, *ad_dh, *ad_dz, *ad_da; /* adapters: [2L][N*C], [2L][N*m] x2 */
+    float *qscratch;     /* low-precision base: dequantized block */
+    int dropout_on;
+    uint64_t dropout_seed;
 };
 
-int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) {
+int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
     *out = NULL;
     const loom_config *c = &m->cfg;
+    int P = pf ? pf->prompt_len : 0;
     if (B < 1 || T < 1) return loom_error(LOOM_EINVAL, "batch %d x %d is empty", B, T);
-    if (T > c->max_seq) return loom_error(LOOM_EINVAL, "sequence length %d exceeds the model's %d positions", T, c->max_seq);
+    if (T + P > c->max_seq) {
+        if (P) return loom_error(LOOM_EINVAL, "sequence length %d plus a soft prompt of %d exceeds the model's %d positions", T, P, c->max_seq);
+        return loom_error(LOOM_EINVAL, "sequence length %d exceeds the model's %d positions", T, c->max_seq);
+    }
+    T += P;
     loom_ws *ws = calloc(1, sizeof *ws);
     if (!ws) return loom_error(LOOM_ENOMEM, "out of memory");
     int L = c->n_layer, C = c->dim, H = c->hidden, V = c->vocab;
@@ -214,26 +380,53 @@ int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) {
     ws->B = B; ws->T = T; ws->L = L; ws->C = C; ws->H = H; ws->V = V;
     ws->QKV = C + 2 * KV;
     ws->mlp_in = c->arch == LOOM_ARCH_LLAMA ? 2 * H : H;
+    ws->pf = pf;
     size_t att = (size_t)B * c->n_head * T * T;
     size_t per_layer = N * C * 4 + N * 4 + N * ws->QKV + att + N * ws->mlp_in + N * H;
     size_t total = (size_t)(L + 1) * N * C + (size_t)L * per_layer + N * C + 2 * N + N * V + N +
                    /* scratch */ N * C * 4 + N * ws->QKV + N * ws->mlp_in + N * H + att + 2 * N;
     ws->mem = loom_alloc(total * sizeof(float));
     float ***lists[] = {&ws->res, &ws->n1, &ws->mean1, &ws->rstd1, &ws->qkv, &ws->att, &ws->atty, &ws->res2,
-                        &ws->n2, &ws->mean2, &ws->rstd2, &ws->fch, &ws->fca};
+                        &ws->n2, &ws->mean2, &ws->rstd2, &ws->fch, &ws->fca, &ws->patt, &ws->ad_a, &ws->ad_z, &ws->ad_h};
     int ok = ws->mem != NULL;
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
-        *lists[i] = calloc((size_t)L + 1, sizeof(float *));
+        *lists[i] = calloc(2 * (size_t)L + 1, sizeof(float *));
         ok &= *lists[i] != NULL;
     }
     ws->tok_copy = malloc(N * sizeof(int32_t));
     ws->tgt_copy = malloc(N * sizeof(int32_t));
-    if (!ok || !ws->tok_copy || !ws->tgt_copy) {
+    /* extras: LoRA saves x A^T per module; prefix attention its probabilities; adapters their inputs and
+     * hidden activations; a low-precision base one dequantized block */
+    size_t extra = 0;
+    size_t patt = 0, am = 0;
+    if (pf) {
+        extra += (size_t)pf->n_lora * N * pf->lora_r + N * pf->lora_r;
+        if (pf->lora_dropout > 0) extra += 2 * N * (size_t)pf->lora_max_in;
+        if (pf->prefix_len) {
+            patt = (size_t)B * c->n_head * (T - P) * ((T - P) + pf->prefix_len);
+            extra += (size_t)L * patt;
+        }
+        if (pf->adapter_dim) {
+            am = (size_t)pf->adapter_dim;
+            extra += 2 * (size_t)L * (N * C + 2 * N * am) + 2 * N * am + N * C;
+        }
+    }
+    size_t qs = 0;
+    if (m->qbase) {
+        int dims[3] = {ws->QKV, ws->mlp_in, C};
+        for (int i = 0; i < 3; i++) {
+            size_t a = loom_qmatmul_scratch(C, dims[i]), b = loom_qmatmul_scratch(H, C);
+            qs = LOOM_MAX(qs, LOOM_MAX(a, b));
+        }
+        extra += qs;
+    }
+    if (extra) ws->pmem = loom_alloc(extra * sizeof(float));
+    if (!ok || !ws->tok_copy || !ws->tgt_copy || (extra && !ws->pmem)) {
         loom_ws_free(ws);
         return loom_error(LOOM_ENOMEM, "out of memory for activations of batch %d x %d (%.1f MiB)", B, T,
-                          total * 4.0 / (1 << 20));
+                          (total + extra) * 4.0 / (1 << 20));
     }
-    ws->bytes = total * sizeof(float);
+    ws->bytes = (total + extra) * sizeof(float);
     float *p = ws->mem;
 #define TAKE(n) (p += (n), p - (n))
     for (int l = 0; l <= L; l++) ws->res[l] = TAKE(N * C);
@@ -264,16 +457,42 @@ int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) {
     ws->dfch = TAKE(N * ws->mlp_in);
     ws->dfca = TAKE(N * H);
     ws->datt = TAKE(att);
+    p = ws->pmem;
+    if (pf) {
+        ws->lora_u = TAKE((size_t)pf->n_lora * N * pf->lora_r);
+        ws->lora_du = TAKE(N * pf->lora_r);
+        if (pf->lora_dropout > 0) {
+            ws->lora_x = TAKE(N * (size_t)pf->lora_max_in);
+            ws->lora_dx = TAKE(N * (size_t)pf->lora_max_in);
+        }
+        if (patt)
+            for (int l = 0; l < L; l++) ws->patt[l] = TAKE(patt);
+        if (am) {
+            for (int k = 0; k < 2 * L; k++) {
+                ws->ad_a[k] = TAKE(N * C);
+                ws->ad_z[k] = TAKE(N * am);
+                ws->ad_h[k] = TAKE(N * am);
+            }
+            ws->ad_dh = TAKE(N * am);
+            ws->ad_dz = TAKE(N * am);
+            ws->ad_da = TAKE(N * C);
+        }
+    }
+    if (qs) ws->qscratch = TAKE(qs);
 #undef TAKE
     *out = ws;
     return LOOM_OK;
 }
 
+int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) { return loom_ws_create_ex(out, m, B, T, NULL); }
+
 void loom_ws_free(loom_ws *ws) {
     if (!ws) return;
     loom_free(ws->mem);
+    loom_free(ws->pmem);
     free(ws->res); free(ws->n1); free(ws->mean1); free(ws->rstd1); free(ws->qkv); free(ws->att);
     free(ws->atty); free(ws->res2); free(ws->n2); free(ws->mean2); free(ws->rstd2); free(ws->fch); free(ws->fca);
+    free(ws->patt); free(ws->ad_a); free(ws->ad_z); free(ws->ad_h);
     free(ws->tok_copy);
     free(ws->tgt_copy);
     free(ws);
@@ -282,34 +501,228 @@ void loom_ws_free(loom_ws *ws) {
 size_t loom_ws_bytes(const loom_ws *ws) { return ws->bytes; }
 float *loom_ws_logits(loom_ws *ws) { return ws->logits; }
 const float *loom_ws_losses(const loom_ws *ws) { return ws->losses; }
+int loom_ws_prompt_len(const loom_ws *ws) { return ws->prompt_len; }
+void loom_ws_set_dropout(loom_ws *ws, int on, uint64_t seed) {
+    ws->dropout_on = on;
+    ws->dropout_seed = seed;
+}
 
 /* ---------------------------------------------------------------- forward */
 
-#define P(idx) (params + m->tensors[idx].offset)
-#define SLOT(l, s) (m->layer_slot[l][s])
-#define PW(l, s) (SLOT(l, s) >= 0 ? P(SLOT(l, s)) : NULL)
+/* Where each tensor comes from in one pass: the trainable vector (a trained copy), the frozen base
+ * (float or low precision), and where its gradient goes (NULL: frozen). */
+typedef struct {
+    const loom_model *m;
+    const float *base, *vec;
+    float *gbase, *gvec;
+    const uint8_t *trainable;
+    const loom_peft *pf;
+    loom_ws *ws;
+    int lay;
+} run_ctx;
 
-int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const int32_t *tokens,
-                 const int32_t *targets, int B, int T, float *loss) {
-    const loom_config *c = &m->cfg;
-    if (B > ws->B || T > ws->T || B < 1 || T < 1)
-        return loom_error(LOOM_EINVAL, "batch %d x %d does not fit the workspace (%d x %d)", B, T, ws->B, ws->T);
-    const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
-    const int QKV = ws->QKV, N = B * T;
-    const int gpt2 = c->arch == LOOM_ARCH_GPT2;
+static const float *tp(const run_ctx *r, int idx) {
+    if (idx < 0) return NULL;
+    if (r->pf && r->pf->tmap[idx] >= 0) return r->vec + r->pf->tmap[idx];
+    return r->base + r->m->tensors[idx].offset;
+}
+
+static int tq(const run_ctx *r, int idx) { /* held in low precision (and frozen) */
+    return idx >= 0 && r->m->qbase && r->m->qbase->qoff[idx] != (size_t)-1 && !(r->pf && r->pf->tmap[idx] >= 0);
+}
+
+static float *tg(const run_ctx *r, int idx) {
+    if (idx < 0) return NULL;
+    if (r->pf) return r->pf->tmap[idx] >= 0 ? r->gvec + r->pf->tmap[idx] : NULL;
+    if ((r->trainable && !r->trainable[idx]) || tq(r, idx)) return NULL;
+    return r->gbase + r->m->tensors[idx].offset;
+}
+
+static loom_qmat qmat_of(const run_ctx *r, int idx) {
+    const struct loom_qbase *q = r->m->qbase;
+    size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
+    loom_qmat w = {q->type, r->lay, (const char *)q->data + q->qoff[idx] * es, q->scale ? q->scale + q->soff[idx] : NULL};
+    return w;
+}
+
+static void mm_fwd(const run_ctx *r, int widx, float *out, int ldo, const float *inp, int ldi, const float *bias, int N,
+                   int C, int OC) {
+    if (tq(r, widx)) {
+        loom_qmat w = qmat_of(r, widx);
+        loom_qmatmul_forward(out, ldo, inp, ldi, &w, bias, N, C, OC, r->ws->qscratch);
+    } else {
+        loom_matmul_forward(out, ldo, inp, ldi, tp(r, widx), r->lay, bias, N, C, OC);
+    }
+}
+
+static void mm_bwd(const run_ctx *r, int widx, float *dinp, int ldi, float beta, float *dw, float *db, const float *dout,
+                   int ldo, const float *inp, int N, int C, int OC) {
+    if (tq(r, widx)) {
+        loom_qmat w = qmat_of(r, widx);
+        if (dinp) loom_qmatmul_backward(dinp, ldi, beta, dout, ldo, &w, N, C, OC, r->ws->qscratch);
+        if (db) loom_colsum_acc(db, dout, ldo, N, OC);
+    } else {
+        loom_matmul_backward(dinp, ldi, beta, dw, db, dout, ldo, inp, tp(r, widx), r->lay, N, C, OC);
+    }
+}
+
+/* Inverted dropout on LoRA's input: element i of module k keeps with probability 1-p, from a hash of
+ * (seed, k, i), so the backward pass regenerates the same mask without storing it. */
+static void lora_dropout(const run_ctx *r, int k, float *dst, const float *x, int ldx, int N, int in) {
+    const loom_ws *ws = r->ws;
+    float p = r->pf->lora_dropout, keep = 1.0f / (1.0f - p);
+    uint64_t key = loom_hash2(ws->dropout_seed, (uint64_t)k);
+#pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++)
+        for (int i = 0; i < in; i++) {
+            double u = (double)(loom_hash2(key, (uint64_t)n * (uint64_t)in + (uint64_t)i) >> 11) * 0x1.0p-53;
+            dst[(size_t)n * in + i] = u < p ? 0.0f : x[(size_t)n * ldx + i] * keep;
+        }
+}
+
+static int dropout_active(const run_ctx *r) { return r->pf->lora_dropout > 0 && r->ws->dropout_on; }
+
+/* out[:, col0:col0+out] += scale * (x A^T) B^T for each LoRA module at (layer, site). */
+static void lora_fwd(const run_ctx *r, int l, int site, const float *x, int ldx, float *out, int ldo, int N) {
+    const loom_peft *pf = r->pf;
+    if (!pf || !pf->n_lora) return;
+    const int R = pf->lora_r;
+    for (int k = 0; k < pf->n_lora; k++) {
+        const loom_lora_mod *md = &pf->lora[k];
+        if (md->layer != l || md->site != site) continue;
+        const float *A = r->vec + md->a_off, *Bm = r->vec + md->b_off;
+        const float *xin = x;
+        int ldin = ldx;
+        if (dropout_active(r)) {
+            lora_dropout(r, k, r->ws->lora_x, x, ldx, N, md->in);
+            xin = r->ws->lora_x;
+            ldin = md->in;
+        }
+        float *u = r->ws->lora_u + (size_t)k * N * R;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, R, md->in, 1.0f, xin, ldin, A, md->in, 0.0f, u, R);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, md->out, R, pf->lora_scale, u, R, Bm, R, 1.0f,
+                    out + md->col0, ldo);
+    }
+}
+
+/* Gradients of the LoRA modules at (layer, site) from dout (the site's output gradient); dinp (may be
+ * NULL) += their input gradient. */
+static void lora_bwd(const run_ctx *r, int l, int site, const float *x, int ldx, const float *dout, int ldo, float *dinp,
+                     int ldi, int N) {
+    const loom_peft *pf = r->pf;
+    if (!pf || !pf->n_lora) return;
+    const int R = pf->lora_r;
+    const float s = pf->lora_scale;
+    for (int k = 0; k < pf->n_lora; k++) {
+        const loom_lora_mod *md = &pf->lora[k];
+        if (md->layer != l || md->site != site) continue;
+        const float *A = r->vec + md->a_off, *Bm = r->vec + md->b_off;
+        float *dA = r->gvec + md->a_off, *dB = r->gvec + md->b_off;
+        const float *u = r->ws->lora_u + (size_t)k * N * R, *dy = dout + md->col0;
+        float *du = r->ws->lora_du;
+        const float *xin = x;
+        int ldin = ldx, drop = dropout_active(r);
+        if (drop) {
+            lora_dropout(r, k, r->ws->lora_x, x, ldx, N, md->in);
+            xin = r->ws->lora_x;
+            ldin = md->in;
+        }
+        /* dB[out, r] += s dy^T u ; du[N, r] = s dy B ; dA[r, in] += du^T x ; dx[N, in] += du A */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, md->out, R, N, s, dy, ldo, u, R, 1.0f, dB, R);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, R, md->out, s, dy, ldo, Bm, R, 0.0f, du, R);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, md->in, N, 1.0f, du, R, xin, ldin, 1.0f, dA, md->in);
+        if (!dinp) continue;
+        if (!drop) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, md->in, R, 1.0f, du, R, A, md->in, 1.0f, dinp, ldi);
+        } else {
+            float *dx = r->ws->lora_dx;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, md->in, R, 1.0f, du, R, A, md->in, 0.0f, dx, md->in);
+            /* the same mask, applied to ones: keep/(1-p) or 0 */
+            float *ones = r->ws->lora_x; /* x was consumed above */
+            for (int n = 0; n < N; n++) /* ones as a [N, in] view with row stride in */
+                for (int i = 0; i < md->in; i++) ones[(size_t)n * md->in + i] = 1.0f;
+            lora_dropout(r, k, ones, ones, md->in, N, md->in);
+#pragma omp parallel for schedule(static)
+            for (int n = 0; n < N; n++)
+                for (int i = 0; i < md->in; i++)
+                    dinp[(size_t)n * ldi + i] += dx[(size_t)n * md->in + i] * ones[(size_t)n * md->in + i];
+        }
+    }
+}
+
+/* Houlsby adapter a (0: after attention, 1: after the MLP) of layer l, in place on y[N, C]:
+ * y = y + up(gelu(down(y))). */
+static void adapter_fwd(const run_ctx *r, int l, int a, float *y, int N) {
+    const loom_peft *pf = r->pf;
+    int C = r->m->cfg.dim, M = pf->adapter_dim, k = 2 * l + a;
+    const float *wd = r->vec + pf->adapter_off[l][a], *bd = wd + (size_t)M * C, *wu = bd + M, *bu = wu + (size_t)C * M;
+    loom_ws *ws = r->ws;
+    memcpy(ws->ad_a[k], y, (size_t)N * C * sizeof(float));
+    loom_matmul_forward(ws->ad_z[k], M, y, C, wd, LOOM_W_LINEAR, bd, N, C, M);
+    loom_gelu_forward(ws->ad_h[k], ws->ad_z[k], (size_t)N * M, 0);
+    loom_matmul_forward(y, C, ws->ad_h[k], M, wu, LOOM_W_LINEAR, bu, N, M, C);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < (size_t)N * C; i++) y[i] += ws->ad_a[k][i];
+}
+
+/* Backward of adapter (l, a) from dy (gradient of its output); returns the gradient of its input (dy +
+ * the bottleneck's share), or NULL when need_input is 0. */
+static const float *adapter_bwd(const run_ctx *r, int l, int a, const float *dy, int N, int need_input) {
+    const loom_peft *pf = r->pf;
+    int C = r->m->cfg.dim, M = pf->adapter_dim, k = 2 * l + a;
+    const float *wd = r->vec + pf->adapter_off[l][a], *wu = wd + (size_t)M * C + M;
+    float *gwd = r->gvec + pf->adapter_off[l][a], *gbd = gwd + (size_t)M * C, *gwu = gbd + M, *gbu = gwu + (size_t)C * M;
+    loom_ws *ws = r->ws;
+    loom_matmul_backward(ws->ad_dh, M, 0.0f, gwu, gbu, dy, C, ws->ad_h[k], wu, LOOM_W_LINEAR, N, M, C);
+    loom_gelu_backward(ws->ad_dz, ws->ad_z[k], ws->ad_dh, (size_t)N * M, 0);
+    loom_matmul_backward(need_input ? ws->ad_da : NULL, C, 0.0f, gwd, gbd, ws->ad_dz, M, ws->ad_a[k], wd, LOOM_W_LINEAR,
+                         N, C, M);
+    if (!need_input) return NULL;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < (size_t)N * C; i++) ws->ad_da[i] += dy[i];
+    return ws->ad_da;
+}
+
+#define SLOT(l, s) (m->layer_slot[l][s])
+#define PW(l, s) tp(&r, SLOT(l, s))
+
+static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t *targets, int B, int Tu, float *loss) {
+    const run_ctx r = *rc;
+    const loom_model *m = r.m;
+    loom_ws *ws = r.ws;
+    const loom_peft *pf = r.pf;
+    const loom_config *c = &m->cfg;
+    const int P = pf ? pf->prompt_len : 0, T = Tu + P;
+    if (pf && ws->pf != pf)
+        return loom_error(LOOM_EINVAL, "the workspace was not created for this trainable set (loom_ws_create_ex)");
+    if (B > ws->B || T > ws->T || B < 1 || Tu < 1)
+        return loom_error(LOOM_EINVAL, "batch %d x %d does not fit the workspace (%d x %d)", B, Tu, ws->B, ws->T - P);
+    const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
+    const int QKV = ws->QKV, N = B * T, KV = NKV * HS;
+    const int gpt2 = c->arch == LOOM_ARCH_GPT2;
+    for (int n = 0; n < B * Tu; n++)
         if (tokens[n] < 0 || tokens[n] >= V)
             return loom_error(LOOM_ERANGE, "token %d at position %d is outside the vocabulary (%d)", tokens[n], n, V);
-    memcpy(ws->tok_copy, tokens, (size_t)N * sizeof(int32_t));
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            ws->tok_copy[b * T + t] = t < P ? -1 : tokens[b * Tu + t - P];
+            ws->tgt_copy[b * T + t] = t < P || !targets ? -1 : targets[b * Tu + t - P];
+        }
     ws->curB = B;
     ws->curT = T;
+    ws->prompt_len = P;
+    ws->last_pf = pf;
+    ws->last_vec = r.vec;
+    ws->last_base = r.base;
 
-    /* embeddings */
-    const float *wte = P(m->t_embed), *wpe = gpt2 ? P(m->t_pos) : NULL;
+    /* embeddings (soft-prompt rows come from the trainable vector) */
+    const float *wte = tp(&r, m->t_embed), *wpe = gpt2 ? tp(&r, m->t_pos) : NULL;
+    const float *prompt = P ? r.vec + pf->prompt_off : NULL;
+    const int32_t *tk = ws->tok_copy;
     float *x0 = ws->res[0];
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        const float *e = wte + (size_t)tokens[n] * C;
+        const float *e = tk[n] >= 0 ? wte + (size_t)tk[n] * C : prompt + (size_t)(n % T) * C;
         float *o = x0 + (size_t)n * C;
         if (wpe) {
             const float *pp = wpe + (size_t)(n % T) * C;
@@ -326,41 +739,53 @@ int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const in
                                    N, C, c->norm_eps);
         else
             loom_rmsnorm_forward(ws->n1[l], ws->rstd1[l], x, PW(l, LOOM_L_NORM1_W), N, C, c->norm_eps);
-        int lay = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
-        loom_matmul_forward(ws->qkv[l], QKV, ws->n1[l], C, PW(l, LOOM_L_QKV_W), lay, PW(l, LOOM_L_QKV_B), N, C, QKV);
+        mm_fwd(&r, SLOT(l, LOOM_L_QKV_W), ws->qkv[l], QKV, ws->n1[l], C, PW(l, LOOM_L_QKV_B), N, C, QKV);
+        lora_fwd(&r, l, LOOM_SITE_QKV, ws->n1[l], C, ws->qkv[l], QKV, N);
         if (!gpt2) {
             loom_rope(ws->qkv[l], QKV, B, T, NH, HS, c->rope_theta, 0, 0);
             loom_rope(ws->qkv[l] + C, QKV, B, T, NKV, HS, c->rope_theta, 0, 0);
         }
-        loom_attention_forward(ws->atty[l], ws->att[l], ws->qkv[l], QKV, B, T, NH, NKV, HS);
-        loom_matmul_forward(ws->tmp, C, ws->atty[l], C, PW(l, LOOM_L_O_W), lay, PW(l, LOOM_L_O_B), N, C, C);
+        if (pf && pf->prefix_len) {
+            const float *pk = r.vec + pf->prefix_off + (size_t)2 * l * KV;
+            loom_prefix_attention_forward(ws->atty[l], ws->patt[l], ws->qkv[l], QKV, pk, pk + KV,
+                                          2 * c->n_layer * KV, pf->prefix_len, B, T, NH, NKV, HS);
+        } else {
+            loom_attention_forward(ws->atty[l], ws->att[l], ws->qkv[l], QKV, B, T, NH, NKV, HS);
+        }
+        mm_fwd(&r, SLOT(l, LOOM_L_O_W), ws->tmp, C, ws->atty[l], C, PW(l, LOOM_L_O_B), N, C, C);
+        lora_fwd(&r, l, LOOM_SITE_O, ws->atty[l], C, ws->tmp, C, N);
+        if (pf && pf->adapter_dim) adapter_fwd(&r, l, 0, ws->tmp, N);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)N * C; i++) x2[i] = x[i] + ws->tmp[i];
         if (gpt2) {
             loom_layernorm_forward(ws->n2[l], ws->mean2[l], ws->rstd2[l], x2, PW(l, LOOM_L_NORM2_W),
                                    PW(l, LOOM_L_NORM2_B), N, C, c->norm_eps);
-            loom_matmul_forward(ws->fch[l], H, ws->n2[l], C, PW(l, LOOM_L_UP_W), lay, PW(l, LOOM_L_UP_B), N, C, H);
+            mm_fwd(&r, SLOT(l, LOOM_L_UP_W), ws->fch[l], H, ws->n2[l], C, PW(l, LOOM_L_UP_B), N, C, H);
+            lora_fwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->fch[l], H, N);
             loom_gelu_forward(ws->fca[l], ws->fch[l], (size_t)N * H, c->act == LOOM_ACT_GELU_ERF);
         } else {
             loom_rmsnorm_forward(ws->n2[l], ws->rstd2[l], x2, PW(l, LOOM_L_NORM2_W), N, C, c->norm_eps);
-            loom_matmul_forward(ws->fch[l], 2 * H, ws->n2[l], C, PW(l, LOOM_L_GATE_W), lay, NULL, N, C, 2 * H);
+            mm_fwd(&r, SLOT(l, LOOM_L_GATE_W), ws->fch[l], 2 * H, ws->n2[l], C, NULL, N, C, 2 * H);
+            lora_fwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->fch[l], 2 * H, N);
             loom_swiglu_forward(ws->fca[l], ws->fch[l], N, H);
         }
-        loom_matmul_forward(ws->tmp, C, ws->fca[l], H, PW(l, LOOM_L_DOWN_W), lay, PW(l, LOOM_L_DOWN_B), N, H, C);
+        mm_fwd(&r, SLOT(l, LOOM_L_DOWN_W), ws->tmp, C, ws->fca[l], H, PW(l, LOOM_L_DOWN_B), N, H, C);
+        lora_fwd(&r, l, LOOM_SITE_DOWN, ws->fca[l], H, ws->tmp, C, N);
+        if (pf && pf->adapter_dim) adapter_fwd(&r, l, 1, ws->tmp, N);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)N * C; i++) x3[i] = x2[i] + ws->tmp[i];
     }
     float *xl = ws->res[c->n_layer];
     if (gpt2)
-        loom_layernorm_forward(ws->nf, ws->meanf, ws->rstdf, xl, P(m->t_normf_w), P(m->t_normf_b), N, C, c->norm_eps);
+        loom_layernorm_forward(ws->nf, ws->meanf, ws->rstdf, xl, tp(&r, m->t_normf_w), tp(&r, m->t_normf_b), N, C,
+                               c->norm_eps);
     else
-        loom_rmsnorm_forward(ws->nf, ws->rstdf, xl, P(m->t_normf_w), N, C, c->norm_eps);
-    loom_matmul_forward(ws->logits, V, ws->nf, C, P(m->t_head), LOOM_W_LINEAR, NULL, N, C, V);
+        loom_rmsnorm_forward(ws->nf, ws->rstdf, xl, tp(&r, m->t_normf_w), N, C, c->norm_eps);
+    loom_matmul_forward(ws->logits, V, ws->nf, C, tp(&r, m->t_head), LOOM_W_LINEAR, NULL, N, C, V);
 
     ws->have_forward = 1;
     if (targets) {
-        memcpy(ws->tgt_copy, targets, (size_t)N * sizeof(int32_t));
-        float l = loom_crossentropy_forward(ws->losses, ws->logits, targets, N, V, &ws->n_valid);
+        float l = loom_crossentropy_forward(ws->losses, ws->logits, ws->tgt_copy, N, V, &ws->n_valid);
         if (loss) *loss = l;
     } else {
         ws->n_valid = -1;
@@ -369,110 +794,202 @@ int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const in
     return LOOM_OK;
 }
 
+int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const int32_t *tokens,
+                 const int32_t *targets, int B, int T, float *loss) {
+    run_ctx r = {m, params, NULL, NULL, NULL, NULL, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    return forward_impl(&r, tokens, targets, B, T, loss);
+}
+
+int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                    const int32_t *tokens, const int32_t *targets, int B, int T, float *loss) {
+    if (!pf || !vec) return loom_error(LOOM_EINVAL, "loom_forward_ex needs a plan and its vector");
+    run_ctx r = {m, base, vec, NULL, NULL, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    return forward_impl(&r, tokens, targets, B, T, loss);
+}
+
 /* ---------------------------------------------------------------- backward */
 
-#define G(idx) ((idx) >= 0 && (!trainable || trainable[idx]) ? grads + m->tensors[idx].offset : NULL)
+#define G(idx) tg(&r, idx)
 #define GS(l, s) G(SLOT(l, s))
 
-int loom_backward(const loom_model *m, const float *params, loom_ws *ws, float *grads, const uint8_t *trainable) {
+/* Lowest forward position whose parameters get a gradient in this pass. */
+static int lowest_trainable(const run_ctx *r) {
+    const loom_model *m = r->m;
+    if (r->pf) return r->pf->lowest;
+    int lo = m->cfg.n_layer * LOOM_STAGES + 1;
+    for (int i = 0; i < m->n_tensors; i++)
+        if (tg(r, i)) lo = LOOM_MIN(lo, loom_tensor_stage(m, i));
+    return lo;
+}
+
+static int backward_impl(const run_ctx *rc) {
+    const run_ctx r = *rc;
+    const loom_model *m = r.m;
+    loom_ws *ws = r.ws;
+    const loom_peft *pf = r.pf;
     const loom_config *c = &m->cfg;
     if (!ws->have_forward || ws->n_valid < 0)
         return loom_error(LOOM_ESTATE, "backward needs a forward pass with targets first");
+    if (ws->last_pf != pf || ws->last_vec != r.vec || ws->last_base != r.base)
+        return loom_error(LOOM_ESTATE, "backward must use the parameters and trainable set of the forward pass");
     const int B = ws->curB, T = ws->curT, N = B * T;
     const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
-    const int QKV = ws->QKV;
+    const int QKV = ws->QKV, KV = NKV * HS;
     const int gpt2 = c->arch == LOOM_ARCH_GPT2;
-    const int lay = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    const int lowest = lowest_trainable(&r);
+    /* NEED(l, s): the input gradient of stage s of layer l is needed (something below it trains);
+     * below the lowest trainable point nothing is differentiated */
+#define NEED(l, s) ((l) * LOOM_STAGES + (s) > lowest)
     ws->have_forward = 0; /* logits are about to be overwritten */
 
     /* loss -> logits (in place) -> final norm */
     loom_crossentropy_backward(ws->logits, ws->tgt_copy, N, V, ws->n_valid, 1.0f);
-    loom_matmul_backward(ws->dn, C, 0.0f, G(m->t_head), NULL, ws->logits, V, ws->nf, P(m->t_head), LOOM_W_LINEAR, N, C, V);
-    memset(ws->dres, 0, (size_t)N * C * sizeof(float));
+    loom_matmul_backward(ws->dn, C, 0.0f, G(m->t_head), NULL, ws->logits, V, ws->nf, tp(&r, m->t_head), LOOM_W_LINEAR,
+                         N, C, V);
     float *xl = ws->res[c->n_layer];
+    if (!NEED(c->n_layer, 0)) { /* only the final norm / head train: no gradient flows into the layers */
+        if (gpt2)
+            loom_layernorm_backward(ws->tmp, G(m->t_normf_w), G(m->t_normf_b), ws->dn, xl, tp(&r, m->t_normf_w),
+                                    ws->meanf, ws->rstdf, N, C);
+        else
+            loom_rmsnorm_backward(ws->tmp, G(m->t_normf_w), ws->dn, xl, tp(&r, m->t_normf_w), ws->rstdf, N, C);
+        return LOOM_OK;
+    }
+    memset(ws->dres, 0, (size_t)N * C * sizeof(float));
     if (gpt2)
-        loom_layernorm_backward(ws->dres, G(m->t_normf_w), G(m->t_normf_b), ws->dn, xl, P(m->t_normf_w), ws->meanf,
+        loom_layernorm_backward(ws->dres, G(m->t_normf_w), G(m->t_normf_b), ws->dn, xl, tp(&r, m->t_normf_w), ws->meanf,
                                 ws->rstdf, N, C);
     else
-        loom_rmsnorm_backward(ws->dres, G(m->t_normf_w), ws->dn, xl, P(m->t_normf_w), ws->rstdf, N, C);
+        loom_rmsnorm_backward(ws->dres, G(m->t_normf_w), ws->dn, xl, tp(&r, m->t_normf_w), ws->rstdf, N, C);
 
     for (int l = c->n_layer - 1; l >= 0; l--) {
         float *x = ws->res[l], *x2 = ws->res2[l];
-        /* MLP: x3 = x2 + down(act(up(norm2(x2)))) ; dres holds d x3 */
-        loom_matmul_backward(ws->dfca, H, 0.0f, GS(l, LOOM_L_DOWN_W), GS(l, LOOM_L_DOWN_B), ws->dres, C, ws->fca[l],
-                             PW(l, LOOM_L_DOWN_W), lay, N, H, C);
+        /* MLP: x3 = x2 + adapter(down(act(up(norm2(x2))))) ; dres holds d x3 */
+        const float *dy = ws->dres;
+        if (pf && pf->adapter_dim) {
+            dy = adapter_bwd(&r, l, 1, ws->dres, N, NEED(l, LOOM_ST_ADAPT2));
+            if (!dy) return LOOM_OK;
+        }
+        int need = NEED(l, LOOM_ST_DOWN);
+        mm_bwd(&r, SLOT(l, LOOM_L_DOWN_W), need ? ws->dfca : NULL, H, 0.0f, GS(l, LOOM_L_DOWN_W), GS(l, LOOM_L_DOWN_B),
+               dy, C, ws->fca[l], N, H, C);
+        lora_bwd(&r, l, LOOM_SITE_DOWN, ws->fca[l], H, dy, C, need ? ws->dfca : NULL, H, N);
+        if (!need) return LOOM_OK;
+        need = NEED(l, LOOM_ST_UP);
         if (gpt2) {
             loom_gelu_backward(ws->dfch, ws->fch[l], ws->dfca, (size_t)N * H, c->act == LOOM_ACT_GELU_ERF);
-            loom_matmul_backward(ws->dn, C, 0.0f, GS(l, LOOM_L_UP_W), GS(l, LOOM_L_UP_B), ws->dfch, H, ws->n2[l],
-                                 PW(l, LOOM_L_UP_W), lay, N, C, H);
-            loom_layernorm_backward(ws->dres, GS(l, LOOM_L_NORM2_W), GS(l, LOOM_L_NORM2_B), ws->dn, x2,
+            mm_bwd(&r, SLOT(l, LOOM_L_UP_W), need ? ws->dn : NULL, C, 0.0f, GS(l, LOOM_L_UP_W), GS(l, LOOM_L_UP_B),
+                   ws->dfch, H, ws->n2[l], N, C, H);
+            lora_bwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, H, need ? ws->dn : NULL, C, N);
+            if (!need) return LOOM_OK;
+            need = NEED(l, LOOM_ST_NORM2);
+            loom_layernorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), GS(l, LOOM_L_NORM2_B), ws->dn, x2,
                                     PW(l, LOOM_L_NORM2_W), ws->mean2[l], ws->rstd2[l], N, C);
         } else {
             loom_swiglu_backward(ws->dfch, ws->dfca, ws->fch[l], N, H);
             /* gate and up weights are adjacent: one [2H, C] gradient when both train */
             float *dg = GS(l, LOOM_L_GATE_W), *du = GS(l, LOOM_L_UP_W);
-            if (dg && du) {
-                loom_matmul_backward(ws->dn, C, 0.0f, dg, NULL, ws->dfch, 2 * H, ws->n2[l], PW(l, LOOM_L_GATE_W), lay,
-                                     N, C, 2 * H);
+            float *dn = need ? ws->dn : NULL;
+            if ((dg && du) || tq(&r, SLOT(l, LOOM_L_GATE_W))) {
+                mm_bwd(&r, SLOT(l, LOOM_L_GATE_W), dn, C, 0.0f, dg, NULL, ws->dfch, 2 * H, ws->n2[l], N, C, 2 * H);
             } else {
-                loom_matmul_backward(ws->dn, C, 0.0f, dg, NULL, ws->dfch, 2 * H, ws->n2[l], PW(l, LOOM_L_GATE_W), lay,
-                                     N, C, H);
-                loom_matmul_backward(ws->dn, C, 1.0f, du, NULL, ws->dfch + H, 2 * H, ws->n2[l], PW(l, LOOM_L_UP_W),
-                                     lay, N, C, H);
+                mm_bwd(&r, SLOT(l, LOOM_L_GATE_W), dn, C, 0.0f, dg, NULL, ws->dfch, 2 * H, ws->n2[l], N, C, H);
+                mm_bwd(&r, SLOT(l, LOOM_L_UP_W), dn, C, 1.0f, du, NULL, ws->dfch + H, 2 * H, ws->n2[l], N, C, H);
             }
-            loom_rmsnorm_backward(ws->dres, GS(l, LOOM_L_NORM2_W), ws->dn, x2, PW(l, LOOM_L_NORM2_W), ws->rstd2[l], N, C);
+            lora_bwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, 2 * H, dn, C, N);
+            if (!need) return LOOM_OK;
+            need = NEED(l, LOOM_ST_NORM2);
+            loom_rmsnorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), ws->dn, x2, PW(l, LOOM_L_NORM2_W),
+                                  ws->rstd2[l], N, C);
         }
-        /* attention: x2 = x + o(attn(qkv(norm1(x)))) ; dres holds d x2 */
-        loom_matmul_backward(ws->datty, C, 0.0f, GS(l, LOOM_L_O_W), GS(l, LOOM_L_O_B), ws->dres, C, ws->atty[l],
-                             PW(l, LOOM_L_O_W), lay, N, C, C);
-        loom_attention_backward(ws->dqkv, ws->datt, ws->datty, ws->qkv[l], ws->att[l], QKV, B, T, NH, NKV, HS);
+        if (!need) return LOOM_OK;
+        /* attention: x2 = x + adapter(o(attn(qkv(norm1(x))))) ; dres holds d x2 */
+        dy = ws->dres;
+        if (pf && pf->adapter_dim) {
+            dy = adapter_bwd(&r, l, 0, ws->dres, N, NEED(l, LOOM_ST_ADAPT1));
+            if (!dy) return LOOM_OK;
+        }
+        need = NEED(l, LOOM_ST_O);
+        mm_bwd(&r, SLOT(l, LOOM_L_O_W), need ? ws->datty : NULL, C, 0.0f, GS(l, LOOM_L_O_W), GS(l, LOOM_L_O_B), dy, C,
+               ws->atty[l], N, C, C);
+        lora_bwd(&r, l, LOOM_SITE_O, ws->atty[l], C, dy, C, need ? ws->datty : NULL, C, N);
+        if (!need) return LOOM_OK;
+        if (pf && pf->prefix_len) {
+            const float *pk = r.vec + pf->prefix_off + (size_t)2 * l * KV;
+            float *gk = r.gvec + pf->prefix_off + (size_t)2 * l * KV;
+            loom_prefix_attention_backward(ws->dqkv, gk, gk + KV, ws->datty, ws->qkv[l], ws->patt[l], QKV, pk, pk + KV,
+                                           2 * c->n_layer * KV, pf->prefix_len, B, T, NH, NKV, HS);
+        } else {
+            loom_attention_backward(ws->dqkv, ws->datt, ws->datty, ws->qkv[l], ws->att[l], QKV, B, T, NH, NKV, HS);
+        }
+        if (!NEED(l, LOOM_ST_ATTN)) return LOOM_OK;
         if (!gpt2) {
             loom_rope(ws->dqkv, QKV, B, T, NH, HS, c->rope_theta, 0, 1);
             loom_rope(ws->dqkv + C, QKV, B, T, NKV, HS, c->rope_theta, 0, 1);
         }
+        need = NEED(l, LOOM_ST_QKV);
+        float *dn = need ? ws->dn : NULL;
         if (gpt2) {
-            loom_matmul_backward(ws->dn, C, 0.0f, GS(l, LOOM_L_QKV_W), GS(l, LOOM_L_QKV_B), ws->dqkv, QKV, ws->n1[l],
-                                 PW(l, LOOM_L_QKV_W), lay, N, C, QKV);
-            loom_layernorm_backward(ws->dres, GS(l, LOOM_L_NORM1_W), GS(l, LOOM_L_NORM1_B), ws->dn, x,
+            mm_bwd(&r, SLOT(l, LOOM_L_QKV_W), dn, C, 0.0f, GS(l, LOOM_L_QKV_W), GS(l, LOOM_L_QKV_B), ws->dqkv, QKV,
+                   ws->n1[l], N, C, QKV);
+            lora_bwd(&r, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
+            if (!need) return LOOM_OK;
+            need = NEED(l, LOOM_ST_NORM1);
+            loom_layernorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), GS(l, LOOM_L_NORM1_B), ws->dn, x,
                                     PW(l, LOOM_L_NORM1_W), ws->mean1[l], ws->rstd1[l], N, C);
         } else {
-            int KV = NKV * HS;
             float *dq = GS(l, LOOM_L_QKV_W), *dk = GS(l, LOOM_L_K_W), *dv = GS(l, LOOM_L_V_W);
             float *db = GS(l, LOOM_L_QKV_B); /* q/k/v biases adjacent; they train together */
-            if (dq && dk && dv) {
-                loom_matmul_backward(ws->dn, C, 0.0f, dq, db, ws->dqkv, QKV, ws->n1[l], PW(l, LOOM_L_QKV_W), lay, N, C, QKV);
+            if ((dq && dk && dv) || tq(&r, SLOT(l, LOOM_L_QKV_W))) {
+                mm_bwd(&r, SLOT(l, LOOM_L_QKV_W), dn, C, 0.0f, dq, db, ws->dqkv, QKV, ws->n1[l], N, C, QKV);
             } else {
-                const float *wq = PW(l, LOOM_L_QKV_W);
-                loom_matmul_backward(ws->dn, C, 0.0f, dq, NULL, ws->dqkv, QKV, ws->n1[l], wq, lay, N, C, C);
-                loom_matmul_backward(ws->dn, C, 1.0f, dk, NULL, ws->dqkv + C, QKV, ws->n1[l], PW(l, LOOM_L_K_W), lay,
-                                     N, C, KV);
-                loom_matmul_backward(ws->dn, C, 1.0f, dv, NULL, ws->dqkv + C + KV, QKV, ws->n1[l], PW(l, LOOM_L_V_W),
-                                     lay, N, C, KV);
+                mm_bwd(&r, SLOT(l, LOOM_L_QKV_W), dn, C, 0.0f, dq, NULL, ws->dqkv, QKV, ws->n1[l], N, C, C);
+                mm_bwd(&r, SLOT(l, LOOM_L_K_W), dn, C, 1.0f, dk, NULL, ws->dqkv + C, QKV, ws->n1[l], N, C, KV);
+                mm_bwd(&r, SLOT(l, LOOM_L_V_W), dn, C, 1.0f, dv, NULL, ws->dqkv + C + KV, QKV, ws->n1[l], N, C, KV);
                 if (db) loom_colsum_acc(db, ws->dqkv, QKV, N, QKV);
             }
-            loom_rmsnorm_backward(ws->dres, GS(l, LOOM_L_NORM1_W), ws->dn, x, PW(l, LOOM_L_NORM1_W), ws->rstd1[l], N, C);
+            lora_bwd(&r, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
+            if (!need) return LOOM_OK;
+            need = NEED(l, LOOM_ST_NORM1);
+            loom_rmsnorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), ws->dn, x, PW(l, LOOM_L_NORM1_W),
+                                  ws->rstd1[l], N, C);
         }
+        if (!need) return LOOM_OK;
     }
-    /* embeddings: parallel over channel blocks so repeated tokens never race */
+#undef NEED
+    /* embeddings (and soft-prompt rows): parallel over channel blocks so repeated tokens never race */
     float *dwte = G(m->t_embed), *dwpe = gpt2 ? G(m->t_pos) : NULL;
+    float *dprompt = pf && pf->prompt_len ? r.gvec + pf->prompt_off : NULL;
     const int32_t *tok = ws->tok_copy;
-    if (dwte || dwpe) {
+    if (dwte || dwpe || dprompt) {
         int nblk = (C + 63) / 64;
 #pragma omp parallel for schedule(static)
         for (int blk = 0; blk < nblk; blk++) {
             int c0 = blk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
             for (int n = 0; n < N; n++) {
                 const float *d = ws->dres + (size_t)n * C;
-                if (dwte) {
-                    float *g = dwte + (size_t)tok[n] * C;
+                float *g = tok[n] >= 0 ? (dwte ? dwte + (size_t)tok[n] * C : NULL)
+                                       : (dprompt ? dprompt + (size_t)(n % T) * C : NULL);
+                if (g)
                     for (int i = c0; i < c1; i++) g[i] += d[i];
-                }
                 if (dwpe) {
-                    float *g = dwpe + (size_t)(n % T) * C;
-                    for (int i = c0; i < c1; i++) g[i] += d[i];
+                    float *gp = dwpe + (size_t)(n % T) * C;
+                    for (int i = c0; i < c1; i++) gp[i] += d[i];
                 }
             }
         }
     }
     return LOOM_OK;
+}
+
+int loom_backward(const loom_model *m, const float *params, loom_ws *ws, float *grads, const uint8_t *trainable) {
+    run_ctx r = {m, params, NULL, grads, NULL, trainable, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    return backward_impl(&r);
+}
+
+int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                     float *gvec) {
+    if (!pf || !vec || !gvec) return loom_error(LOOM_EINVAL, "loom_backward_ex needs a plan, its vector and a gradient vector");
+    run_ctx r = {m, base, vec, NULL, gvec, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    return backward_impl(&r);
 }

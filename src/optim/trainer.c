@@ -4,10 +4,14 @@
 #include <string.h>
 
 #include "loom/core.h"
+#include "loom/peft.h"
 
 struct loom_trainer {
     const loom_model *m;
-    float *params, *grads;
+    float *params, *grads;      /* the trained vector and its gradient ([dim]) */
+    size_t dim;
+    const float *base;          /* trainable-set training: the frozen base */
+    const loom_tset *ts;        /* NULL: full fine-tuning of params */
     loom_train_config cfg;
     loom_optimizer *opt;
     loom_ws *ws;
@@ -38,10 +42,12 @@ int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, 
     if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
     t->m = m;
     t->params = params;
+    t->dim = m->n_params;
     t->cfg = *c;
     int rc = LOOM_OK;
-    t->grads = loom_calloc(m->n_params, sizeof(float));
-    if (!t->grads) rc = LOOM_ENOMEM;
+    if (m->qbase) rc = loom_error(LOOM_EUNSUPPORTED, "full fine-tuning needs a float base: use a trainable set");
+    t->grads = rc == LOOM_OK ? loom_calloc(m->n_params, sizeof(float)) : NULL;
+    if (rc == LOOM_OK && !t->grads) rc = LOOM_ENOMEM;
     if (rc == LOOM_OK) rc = loom_optimizer_create(&t->opt, &c->opt, m->n_params);
     if (rc == LOOM_OK && c->decay_2d_only && c->opt.weight_decay > 0) {
         size_t *b = malloc((size_t)m->n_tensors * sizeof *b), *e = malloc((size_t)m->n_tensors * sizeof *e);
@@ -66,6 +72,49 @@ int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, 
     return LOOM_OK;
 }
 
+int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const float *base_params, const loom_tset *ts,
+                             float *vec, const loom_train_config *c) {
+    *out = NULL;
+    if (!ts || !vec) return loom_error(LOOM_EINVAL, "a trainable set and its vector are required");
+    if (loom_tset_model(ts) != m) return loom_error(LOOM_EINVAL, "the trainable set was built for another model");
+    if (c->clip < 0) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
+    if (c->warmup < 0 || c->total_steps < 0) return loom_error(LOOM_EINVAL, "warm-up and step counts must be >= 0");
+    loom_trainer *t = calloc(1, sizeof *t);
+    if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
+    t->m = m;
+    t->params = vec;
+    t->base = base_params;
+    t->ts = ts;
+    t->dim = loom_tset_dim(ts);
+    t->cfg = *c;
+    int rc = LOOM_OK, n = loom_tset_count(ts);
+    t->grads = loom_calloc(t->dim ? t->dim : 1, sizeof(float));
+    if (!t->grads) rc = LOOM_ENOMEM;
+    if (rc == LOOM_OK) rc = loom_optimizer_create(&t->opt, &c->opt, t->dim);
+    if (rc == LOOM_OK && c->decay_2d_only && c->opt.weight_decay > 0) {
+        size_t *b = malloc((size_t)n * sizeof *b + 1), *e = malloc((size_t)n * sizeof *e + 1);
+        int k = 0;
+        if (!b || !e) rc = loom_error(LOOM_ENOMEM, "out of memory");
+        for (int i = 0; rc == LOOM_OK && i < n; i++) {
+            const loom_tset_entry *en = loom_tset_entry_at(ts, i);
+            if (!en->matrix) continue;
+            b[k] = en->offset;
+            e[k] = en->offset + en->numel;
+            k++;
+        }
+        if (rc == LOOM_OK) rc = loom_optimizer_decay_ranges(t->opt, b, e, k);
+        free(b);
+        free(e);
+    }
+    if (rc == LOOM_OK) rc = loom_ws_create_ex(&t->ws, m, c->B, c->T, loom_tset_plan(ts));
+    if (rc != LOOM_OK) {
+        loom_trainer_free(t);
+        return rc;
+    }
+    *out = t;
+    return LOOM_OK;
+}
+
 void loom_trainer_free(loom_trainer *t) {
     if (!t) return;
     loom_free(t->grads);
@@ -80,14 +129,32 @@ float loom_trainer_lr(const loom_trainer *t) {
     return loom_lr_cosine(t->cfg.opt.lr, t->cfg.min_lr, s, t->cfg.warmup, t->cfg.total_steps > 0 ? t->cfg.total_steps : s + 1);
 }
 
-int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm) {
-    float l;
-    int rc = loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, &l);
+/* Forward and backward of one batch into t->grads (the trained vector's gradient). */
+static int compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *l) {
+    int rc;
+    if (t->ts) {
+        const loom_peft *pf = loom_tset_plan(t->ts);
+        loom_ws_set_dropout(t->ws, 1, loom_hash2(t->cfg.seed, (uint64_t)loom_optimizer_steps(t->opt)));
+        rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, l);
+        if (rc == LOOM_OK) {
+            memset(t->grads, 0, t->dim * sizeof(float));
+            rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->grads);
+        }
+        loom_ws_set_dropout(t->ws, 0, 0);
+        return rc;
+    }
+    rc = loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, l);
     if (rc != LOOM_OK) return rc;
     memset(t->grads, 0, t->m->n_params * sizeof(float));
-    if ((rc = loom_backward(t->m, t->params, t->ws, t->grads, NULL)) != LOOM_OK) return rc;
-    if (t->hook) t->hook(t->grads, t->params, t->m->n_params, t->hook_ud);
-    double gn = loom_clip_grad_norm(t->grads, t->m->n_params, t->cfg.clip);
+    return loom_backward(t->m, t->params, t->ws, t->grads, NULL);
+}
+
+int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm) {
+    float l;
+    int rc = compute_gradient(t, tokens, targets, &l);
+    if (rc != LOOM_OK) return rc;
+    if (t->hook) t->hook(t->grads, t->params, t->dim, t->hook_ud);
+    double gn = loom_clip_grad_norm(t->grads, t->dim, t->cfg.clip);
     float lr = loom_trainer_lr(t);
     loom_optimizer_step(t->opt, t->params, t->grads, lr);
     if (loss) *loss = l;
@@ -96,6 +163,9 @@ int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *tar
 }
 
 int loom_trainer_eval(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss) {
+    if (t->ts)
+        return loom_forward_ex(t->m, t->base, t->ws, loom_tset_plan(t->ts), t->params, tokens, targets, t->cfg.B,
+                               t->cfg.T, loss);
     return loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, loss);
 }
 
@@ -110,11 +180,12 @@ void loom_trainer_set_grad_hook(loom_trainer *t, loom_grad_hook fn, void *ud) {
 }
 
 int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss) {
-    int rc = loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, loss);
-    if (rc != LOOM_OK) return rc;
-    memset(t->grads, 0, t->m->n_params * sizeof(float));
-    return loom_backward(t->m, t->params, t->ws, t->grads, NULL);
+    return compute_gradient(t, tokens, targets, loss);
 }
 
 size_t loom_trainer_batch_tokens(const loom_trainer *t) { return (size_t)t->cfg.B * (size_t)t->cfg.T; }
 int loom_trainer_vocab(const loom_trainer *t) { return t->m->cfg.vocab; }
+size_t loom_trainer_dim(const loom_trainer *t) { return t->dim; }
+float *loom_trainer_vector(loom_trainer *t) { return t->params; }
+void loom_trainer_reset_optimizer(loom_trainer *t) { loom_optimizer_reset(t->opt); }
+const loom_tset *loom_trainer_tset(const loom_trainer *t) { return t->ts; }

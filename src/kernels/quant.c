@@ -1,0 +1,218 @@
+/* Low-precision frozen-weight matmuls (dequantize a block, then sgemm) and prefix attention. */
+#include "loom/quant.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/half.h"
+#include "loom/kernels.h"
+
+/* Rows of the stored matrix expanded per block: enough rows that each sgemm is large, few enough that
+ * the scratch stays a few MiB (fewer, larger blocks also mean fewer parallel regions per step). */
+#define QBLOCK_FLOATS (1024 * 1024)
+
+static int stored_rows(int layout, int C, int OC) { return layout == LOOM_W_LINEAR ? OC : C; }
+static int stored_cols(int layout, int C, int OC) { return layout == LOOM_W_LINEAR ? C : OC; }
+
+void loom_quantize(void *q, float *scale, const float *w, loom_qtype type, int layout, int C, int OC) {
+    int R = stored_rows(layout, C, OC), K = stored_cols(layout, C, OC);
+    size_t n = (size_t)R * K;
+    if (type == LOOM_Q_BF16) {
+        loom_f32_to_bf16_n(q, w, n);
+        return;
+    }
+    if (type == LOOM_Q_F32) {
+        memcpy(q, w, n * sizeof(float));
+        return;
+    }
+    int8_t *o = q;
+    if (layout == LOOM_W_LINEAR) { /* output channel = row */
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < R; r++) {
+            const float *x = w + (size_t)r * K;
+            float mx = 0;
+            for (int k = 0; k < K; k++) mx = fmaxf(mx, fabsf(x[k]));
+            float s = mx > 0 ? mx / 127.0f : 1.0f;
+            scale[r] = s;
+            for (int k = 0; k < K; k++) o[(size_t)r * K + k] = (int8_t)lrintf(x[k] / s);
+        }
+    } else { /* output channel = column */
+        for (int k = 0; k < K; k++) scale[k] = 0;
+        for (int r = 0; r < R; r++)
+            for (int k = 0; k < K; k++) scale[k] = fmaxf(scale[k], fabsf(w[(size_t)r * K + k]));
+        for (int k = 0; k < K; k++) scale[k] = scale[k] > 0 ? scale[k] / 127.0f : 1.0f;
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < R; r++)
+            for (int k = 0; k < K; k++) o[(size_t)r * K + k] = (int8_t)lrintf(w[(size_t)r * K + k] / scale[k]);
+    }
+}
+
+void loom_dequantize_rows(float *dst, const loom_qmat *w, int C, int OC, int r0, int r1) {
+    int K = stored_cols(w->layout, C, OC);
+    size_t base = (size_t)r0 * K;
+    int nr = r1 - r0;
+    if (w->type == LOOM_Q_F32) {
+        memcpy(dst, (const float *)w->data + base, (size_t)nr * K * sizeof(float));
+    } else if (w->type == LOOM_Q_BF16) {
+        const uint16_t *s = (const uint16_t *)w->data + base;
+#pragma omp parallel for schedule(static) if (nr * (size_t)K > 65536)
+        for (int r = 0; r < nr; r++) loom_bf16_to_f32_n(dst + (size_t)r * K, s + (size_t)r * K, (size_t)K);
+    } else {
+        const int8_t *s = (const int8_t *)w->data + base;
+        const float *sc = w->scale;
+        int row_scaled = w->layout == LOOM_W_LINEAR;
+#pragma omp parallel for schedule(static) if (nr * (size_t)K > 65536)
+        for (int r = 0; r < nr; r++) {
+            const int8_t *x = s + (size_t)r * K;
+            float *d = dst + (size_t)r * K;
+            if (row_scaled) {
+                float f = sc[r0 + r];
+                for (int k = 0; k < K; k++) d[k] = (float)x[k] * f;
+            } else {
+                for (int k = 0; k < K; k++) d[k] = (float)x[k] * sc[k];
+            }
+        }
+    }
+}
+
+static int block_rows(int R, int K) {
+    int b = QBLOCK_FLOATS / (K > 0 ? K : 1);
+    if (b < 16) b = 16;
+    return b > R ? R : b;
+}
+
+size_t loom_qmatmul_scratch(int C, int OC) {
+    int R = C > OC ? C : OC, K = C > OC ? C : OC; /* either layout */
+    return (size_t)block_rows(R, K) * K;
+}
+
+void loom_qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const loom_qmat *w, const float *bias, int N,
+                          int C, int OC, float *scratch) {
+    int R = stored_rows(w->layout, C, OC), K = stored_cols(w->layout, C, OC), br = block_rows(R, K);
+    for (int r0 = 0; r0 < R; r0 += br) {
+        int r1 = r0 + br < R ? r0 + br : R, nr = r1 - r0;
+        loom_dequantize_rows(scratch, w, C, OC, r0, r1);
+        if (w->layout == LOOM_W_LINEAR) /* out[:, r0:r1] = inp @ Wblk^T, Wblk [nr, C] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, C, 1.0f, inp, ldi, scratch, C, 0.0f, out + r0,
+                        ldo);
+        else /* out += inp[:, r0:r1] @ Wblk, Wblk [nr, OC] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, nr, 1.0f, inp + r0, ldi, scratch, OC,
+                        r0 ? 1.0f : 0.0f, out, ldo);
+    }
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < OC; o++) out[(size_t)n * ldo + o] += bias[o];
+    }
+}
+
+void loom_qmatmul_backward(float *dinp, int ldi, float beta, const float *dout, int ldo, const loom_qmat *w, int N,
+                           int C, int OC, float *scratch) {
+    int R = stored_rows(w->layout, C, OC), K = stored_cols(w->layout, C, OC), br = block_rows(R, K);
+    for (int r0 = 0; r0 < R; r0 += br) {
+        int r1 = r0 + br < R ? r0 + br : R, nr = r1 - r0;
+        loom_dequantize_rows(scratch, w, C, OC, r0, r1);
+        if (w->layout == LOOM_W_LINEAR) /* dinp (+)= dout[:, r0:r1] @ Wblk, Wblk [nr, C] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, nr, 1.0f, dout + r0, ldo, scratch, C,
+                        r0 ? 1.0f : beta, dinp, ldi);
+        else /* dinp[:, r0:r1] = beta * dinp + dout @ Wblk^T, Wblk [nr, OC] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, OC, 1.0f, dout, ldo, scratch, OC, beta,
+                        dinp + r0, ldi);
+    }
+}
+
+/* ---------------------------------------------------------------- prefix attention */
+
+void loom_prefix_attention_forward(float *out, float *att, const float *qkv, int ldqkv, const float *pk,
+                                   const float *pv, int ldp, int P, int B, int T, int NH, int NKV, int HS) {
+    const int S = P + T, grp = NH / NKV, qcols = NH * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            int g = h / grp;
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + (size_t)(b * T + t) * ldqkv + h * HS;
+                float *a = att + (((size_t)b * NH + h) * T + t) * S;
+                float mx = -INFINITY;
+                for (int j = 0; j < P + t + 1; j++) {
+                    const float *k = j < P ? pk + (size_t)j * ldp + g * HS
+                                           : qkv + (size_t)(b * T + j - P) * ldqkv + qcols + g * HS;
+                    float s = 0;
+                    for (int i = 0; i < HS; i++) s += q[i] * k[i];
+                    s *= scale;
+                    a[j] = s;
+                    mx = fmaxf(mx, s);
+                }
+                float sum = 0;
+                for (int j = 0; j < P + t + 1; j++) {
+                    a[j] = expf(a[j] - mx);
+                    sum += a[j];
+                }
+                float inv = 1.0f / sum;
+                for (int j = 0; j < P + t + 1; j++) a[j] *= inv;
+                for (int j = P + t + 1; j < S; j++) a[j] = 0;
+                float *o = out + (size_t)(b * T + t) * qcols + h * HS;
+                for (int i = 0; i < HS; i++) o[i] = 0;
+                for (int j = 0; j < P + t + 1; j++) {
+                    const float *v = j < P ? pv + (size_t)j * ldp + g * HS
+                                           : qkv + (size_t)(b * T + j - P) * ldqkv + qcols + NKV * HS + g * HS;
+                    for (int i = 0; i < HS; i++) o[i] += a[j] * v[i];
+                }
+            }
+        }
+}
+
+void loom_prefix_attention_backward(float *dqkv, float *dpk, float *dpv, const float *dout, const float *qkv,
+                                    const float *att, int ldqkv, const float *pk, const float *pv, int ldp, int P,
+                                    int B, int T, int NH, int NKV, int HS) {
+    const int S = P + T, grp = NH / NKV, qcols = NH * HS, kvcols = NKV * HS;
+    const float scale = 1.0f / sqrtf((float)HS);
+    const int N = B * T;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) memset(dqkv + (size_t)n * ldqkv, 0, (size_t)(qcols + 2 * kvcols) * sizeof(float));
+    /* One thread per kv head: it alone writes that head's key/value gradients (tokens and prefix) and the
+     * query gradients of the heads in its group. */
+#pragma omp parallel
+    {
+        float *dp = malloc((size_t)S * sizeof *dp);
+#pragma omp for schedule(static)
+        for (int g = 0; g < NKV; g++) {
+            for (int b = 0; b < B; b++)
+                for (int h = g * grp; h < (g + 1) * grp; h++)
+                    for (int t = 0; t < T; t++) {
+                        const float *q = qkv + (size_t)(b * T + t) * ldqkv + h * HS;
+                        const float *a = att + (((size_t)b * NH + h) * T + t) * S;
+                        const float *d = dout + (size_t)(b * T + t) * qcols + h * HS;
+                        float *dq = dqkv + (size_t)(b * T + t) * ldqkv + h * HS;
+                        int len = P + t + 1;
+                        float dot = 0;
+                        for (int j = 0; j < len; j++) {
+                            const float *v = j < P ? pv + (size_t)j * ldp + g * HS
+                                                   : qkv + (size_t)(b * T + j - P) * ldqkv + qcols + kvcols + g * HS;
+                            float s = 0;
+                            for (int i = 0; i < HS; i++) s += d[i] * v[i];
+                            dp[j] = s;
+                            dot += a[j] * s;
+                            float *dv = j < P ? (dpv ? dpv + (size_t)j * ldp + g * HS : NULL)
+                                              : dqkv + (size_t)(b * T + j - P) * ldqkv + qcols + kvcols + g * HS;
+                            if (dv)
+                                for (int i = 0; i < HS; i++) dv[i] += a[j] * d[i];
+                        }
+                        for (int j = 0; j < len; j++) {
+                            float ds = a[j] * (dp[j] - dot) * scale;
+                            const float *k = j < P ? pk + (size_t)j * ldp + g * HS
+                                                   : qkv + (size_t)(b * T + j - P) * ldqkv + qcols + g * HS;
+                            for (int i = 0; i < HS; i++) dq[i] += ds * k[i];
+                            float *dk = j < P ? (dpk ? dpk + (size_t)j * ldp + g * HS : NULL)
+                                              : dqkv + (size_t)(b * T + j - P) * ldqkv + qcols + g * HS;
+                            if (dk)
+                                for (int i = 0; i < HS; i++) dk[i] += ds * q[i];
+                        }
+                    }
+        }
+        free(dp);
+    }
+}

@@ -1,0 +1,262 @@
+/* Trainable sets on disk: safetensors under the manifest's names; PEFT-layout adapter directories. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "loom/core.h"
+#include "loom/safetensors.h"
+#include "peft/peft_impl.h"
+
+static const char *peft_type(loom_peft_method m) {
+    switch (m) {
+    case LOOM_PEFT_LORA: return "LORA";
+    case LOOM_PEFT_PREFIX: return "PREFIX_TUNING";
+    case LOOM_PEFT_PROMPT: return "PROMPT_TUNING";
+    case LOOM_PEFT_ADAPTER: return "LOOM_ADAPTER";
+    case LOOM_PEFT_BITFIT: return "LOOM_BITFIT";
+    default: return "LOOM_FULL";
+    }
+}
+
+static const char *arch_name(const loom_model *m) { return m->cfg.arch == LOOM_ARCH_GPT2 ? "gpt2" : "llama"; }
+
+static int add_all(const loom_tset *ts, const float *vec, loom_st_writer *w) {
+    int rc = LOOM_OK;
+    for (int i = 0; i < ts->n && rc == LOOM_OK; i++) {
+        const loom_tset_entry *e = &ts->e[i];
+        rc = loom_st_writer_add(w, e->name, LOOM_DT_F32, e->ndim, e->shape, vec + e->offset);
+    }
+    return rc;
+}
+
+int loom_tset_save(const loom_tset *ts, const float *vec, const char *path) {
+    loom_st_writer *w;
+    int rc = loom_st_writer_create(&w);
+    if (rc != LOOM_OK) return rc;
+    char buf[64];
+    rc = add_all(ts, vec, w);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "format", "pt");
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_peft", loom_peft_method_name(ts->cfg.method));
+    snprintf(buf, sizeof buf, "%zu", ts->dim);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_dim", buf);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_arch", arch_name(ts->m));
+    if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
+    loom_st_writer_free(w);
+    return rc;
+}
+
+int loom_tset_load(const loom_tset *ts, float *vec, const char *path) {
+    loom_st_file *f;
+    int rc = loom_st_open(&f, path);
+    if (rc != LOOM_OK) return rc;
+    /* files loom wrote say which architecture they were trained on (shapes alone may agree) */
+    const char *arch = loom_st_meta(f, "loom_arch");
+    if (arch && strcmp(arch, arch_name(ts->m)))
+        rc = loom_error(LOOM_EINVAL, "%s was trained on a %s model; this model is %s", path, arch, arch_name(ts->m));
+    for (int i = 0; i < ts->n && rc == LOOM_OK; i++) {
+        const loom_tset_entry *e = &ts->e[i];
+        const loom_st_tensor *t = loom_st_find(f, e->name);
+        if (!t) {
+            rc = loom_error(LOOM_ENOTFOUND, "%s: no tensor %s (the model has this module; the adapter does not)", path,
+                            e->name);
+            break;
+        }
+        int same = t->ndim == e->ndim;
+        for (int d = 0; same && d < e->ndim; d++) same = t->shape[d] == e->shape[d];
+        if (!same) {
+            char got[96] = "", *p = got;
+            for (int d = 0; d < t->ndim && p < got + sizeof got - 24; d++) p += sprintf(p, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+            if (e->ndim == 2)
+                rc = loom_error(LOOM_EFORMAT, "%s: %s has shape [%s], the model needs [%lld, %lld]", path, e->name, got,
+                                (long long)e->shape[0], (long long)e->shape[1]);
+            else
+                rc = loom_error(LOOM_EFORMAT, "%s: %s has shape [%s], the model needs [%lld]", path, e->name, got,
+                                (long long)e->shape[0]);
+            break;
+        }
+        rc = loom_st_to_f32(t, vec + e->offset, e->numel);
+        if (rc != LOOM_OK) rc = loom_error_context(rc, "%s: %s", path, e->name);
+    }
+    for (size_t i = 0; rc == LOOM_OK && i < loom_st_count(f); i++) {
+        const loom_st_tensor *t = loom_st_at(f, i);
+        if (!loom_tset_find(ts, t->name))
+            rc = loom_error(LOOM_EFORMAT, "%s: tensor %s matches nothing in this model's %s set (another base model?)",
+                            path, t->name, loom_peft_method_name(ts->cfg.method));
+    }
+    loom_st_close(f);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- PEFT layout */
+
+int loom_tset_save_peft(const loom_tset *ts, const float *vec, const char *dir, const char *base_name) {
+    if (ts->cfg.method == LOOM_PEFT_FULL)
+        return loom_error(LOOM_EINVAL, "a full fine-tuning set is a model: save it with loom_model_save");
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return loom_error(LOOM_EIO, "cannot create %s: %s", dir, strerror(errno));
+    const loom_model *m = ts->m;
+    const loom_config *c = &m->cfg;
+    int KV = c->n_kv_head * (c->dim / c->n_head);
+    json_t *j = json_object();
+    json_object_set_new(j, "peft_type", json_string(peft_type(ts->cfg.method)));
+    json_object_set_new(j, "task_type", json_string("CAUSAL_LM"));
+    json_object_set_new(j, "base_model_name_or_path", base_name ? json_string(base_name) : json_null());
+    json_object_set_new(j, "inference_mode", json_true());
+    json_object_set_new(j, "revision", json_null());
+    switch (ts->cfg.method) {
+    case LOOM_PEFT_LORA: {
+        json_object_set_new(j, "r", json_integer(ts->cfg.lora_r));
+        json_object_set_new(j, "lora_alpha", json_real(ts->cfg.lora_alpha));
+        json_object_set_new(j, "lora_dropout", json_real(ts->cfg.lora_dropout));
+        json_object_set_new(j, "use_rslora", json_boolean(ts->cfg.rslora));
+        json_object_set_new(j, "bias", json_string("none"));
+        json_object_set_new(j, "fan_in_fan_out", json_boolean(c->arch == LOOM_ARCH_GPT2));
+        json_object_set_new(j, "init_lora_weights", json_true());
+        json_object_set_new(j, "use_dora", json_false());
+        json_object_set_new(j, "modules_to_save", json_null());
+        json_t *tm = json_array();
+        char targets[sizeof ts->cfg.target_modules], *save = NULL;
+        snprintf(targets, sizeof targets, "%s", ts->cfg.target_modules[0] ? ts->cfg.target_modules
+                                                : c->arch == LOOM_ARCH_GPT2 ? "c_attn" : "q_proj,v_proj");
+        for (char *t = strtok_r(targets, ", ", &save); t; t = strtok_r(NULL, ", ", &save)) json_array_append_new(tm, json_string(t));
+        json_object_set_new(j, "target_modules", tm);
+        break;
+    }
+    case LOOM_PEFT_PREFIX:
+        json_object_set_new(j, "num_virtual_tokens", json_integer(ts->cfg.prefix_len));
+        json_object_set_new(j, "num_layers", json_integer(c->n_layer));
+        json_object_set_new(j, "token_dim", json_integer(KV));
+        json_object_set_new(j, "num_attention_heads", json_integer(c->n_kv_head));
+        json_object_set_new(j, "num_transformer_submodules", json_integer(1));
+        json_object_set_new(j, "encoder_hidden_size", json_integer(c->dim));
+        json_object_set_new(j, "prefix_projection", json_false());
+        break;
+    case LOOM_PEFT_PROMPT:
+        json_object_set_new(j, "num_virtual_tokens", json_integer(ts->cfg.prompt_len));
+        json_object_set_new(j, "token_dim", json_integer(c->dim));
+        json_object_set_new(j, "num_transformer_submodules", json_integer(1));
+        json_object_set_new(j, "num_layers", json_integer(c->n_layer));
+        json_object_set_new(j, "prompt_tuning_init", json_string("SAMPLE_VOCAB"));
+        break;
+    case LOOM_PEFT_ADAPTER:
+        json_object_set_new(j, "adapter_dim", json_integer(ts->cfg.adapter_dim));
+        json_object_set_new(j, "adapter_sites", json_string("attn,mlp"));
+        json_object_set_new(j, "nonlinearity", json_string("gelu_new"));
+        break;
+    case LOOM_PEFT_BITFIT:
+        json_object_set_new(j, "bitfit_norms", json_boolean(ts->cfg.bitfit_norms));
+        break;
+    default: break;
+    }
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(j);
+    if (!text) return loom_error(LOOM_ENOMEM, "out of memory");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    size_t n = strlen(text);
+    int rc = loom_write_file_atomic(path, text, n);
+    free(text);
+    if (rc != LOOM_OK) return rc;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    return loom_tset_save(ts, vec, path);
+}
+
+static int jint(json_t *o, const char *k, int def) {
+    json_t *v = json_object_get(o, k);
+    return json_is_integer(v) ? (int)json_integer_value(v) : json_is_real(v) ? (int)json_real_value(v) : def;
+}
+static double jnum(json_t *o, const char *k, double def) {
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : def;
+}
+
+int loom_peft_config_load(loom_peft_config *cfg, const char *dir, char *base, size_t cap) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    json_error_t err;
+    json_t *j = json_load_file(path, 0, &err);
+    if (!j) {
+        FILE *f = fopen(path, "r");
+        if (!f) return loom_error(LOOM_ENOTFOUND, "%s: cannot open (is %s a PEFT adapter directory?)", path, dir);
+        fclose(f);
+        return loom_error(LOOM_EFORMAT, "%s:%d: invalid JSON: %s", path, err.line, err.text);
+    }
+    int rc = LOOM_OK;
+    json_t *pt = json_object_get(j, "peft_type");
+    const char *type = json_is_string(pt) ? json_string_value(pt) : "";
+    loom_peft_method mth;
+    if (!strcmp(type, "LORA")) mth = LOOM_PEFT_LORA;
+    else if (!strcmp(type, "PREFIX_TUNING")) mth = LOOM_PEFT_PREFIX;
+    else if (!strcmp(type, "PROMPT_TUNING")) mth = LOOM_PEFT_PROMPT;
+    else if (!strcmp(type, "LOOM_ADAPTER")) mth = LOOM_PEFT_ADAPTER;
+    else if (!strcmp(type, "LOOM_BITFIT")) mth = LOOM_PEFT_BITFIT;
+    else {
+        json_decref(j);
+        return loom_error(LOOM_EUNSUPPORTED, "%s: peft_type '%s' is not supported (LORA, PREFIX_TUNING, PROMPT_TUNING, LOOM_ADAPTER, LOOM_BITFIT)", path, type);
+    }
+    loom_peft_defaults(cfg, mth);
+    if (base && cap) {
+        json_t *b = json_object_get(j, "base_model_name_or_path");
+        snprintf(base, cap, "%s", json_is_string(b) ? json_string_value(b) : "");
+    }
+    switch (mth) {
+    case LOOM_PEFT_LORA: {
+        cfg->lora_r = jint(j, "r", 8);
+        cfg->lora_alpha = (float)jnum(j, "lora_alpha", 8);
+        cfg->lora_dropout = (float)jnum(j, "lora_dropout", 0);
+        cfg->rslora = json_is_true(json_object_get(j, "use_rslora"));
+        json_t *bias = json_object_get(j, "bias");
+        if (json_is_string(bias) && strcmp(json_string_value(bias), "none"))
+            rc = loom_error(LOOM_EUNSUPPORTED, "%s: bias '%s' is not supported (only \"none\")", path, json_string_value(bias));
+        if (json_is_true(json_object_get(j, "use_dora")))
+            rc = loom_error(LOOM_EUNSUPPORTED, "%s: DoRA adapters are not supported", path);
+        json_t *tm = json_object_get(j, "target_modules");
+        size_t n = 0;
+        if (json_is_array(tm)) {
+            for (size_t i = 0; i < json_array_size(tm); i++) {
+                json_t *s = json_array_get(tm, i);
+                if (!json_is_string(s)) continue;
+                n += (size_t)snprintf(cfg->target_modules + n, n < sizeof cfg->target_modules ? sizeof cfg->target_modules - n : 0,
+                                      "%s%s", i ? "," : "", json_string_value(s));
+            }
+        } else if (json_is_string(tm)) {
+            const char *s = json_string_value(tm);
+            if (strpbrk(s, "*.^$[]()|+?\\") && !strchr(s, ','))
+                rc = loom_error(LOOM_EUNSUPPORTED, "%s: target_modules as a regular expression (%s) is not supported; give a list", path, s);
+            n = (size_t)snprintf(cfg->target_modules, sizeof cfg->target_modules, "%s", s);
+        }
+        if (n >= sizeof cfg->target_modules) rc = loom_error(LOOM_ERANGE, "%s: target_modules too long", path);
+        break;
+    }
+    case LOOM_PEFT_PREFIX: cfg->prefix_len = jint(j, "num_virtual_tokens", 0); break;
+    case LOOM_PEFT_PROMPT: cfg->prompt_len = jint(j, "num_virtual_tokens", 0); break;
+    case LOOM_PEFT_ADAPTER: cfg->adapter_dim = jint(j, "adapter_dim", 0); break;
+    case LOOM_PEFT_BITFIT: cfg->bitfit_norms = json_is_true(json_object_get(j, "bitfit_norms")); break;
+    default: break;
+    }
+    if (rc == LOOM_OK && mth == LOOM_PEFT_PREFIX && json_is_true(json_object_get(j, "prefix_projection")))
+        rc = loom_error(LOOM_EUNSUPPORTED, "%s: prefix tuning with a projection is not supported", path);
+    json_decref(j);
+    return rc;
+}
+
+int loom_tset_load_peft(loom_tset **out, const loom_model *m, const char *dir) {
+    *out = NULL;
+    loom_peft_config cfg;
+    int rc = loom_peft_config_load(&cfg, dir, NULL, 0);
+    if (rc != LOOM_OK) return rc;
+    loom_tset *ts;
+    if ((rc = loom_tset_create(&ts, m, &cfg, 0)) != LOOM_OK)
+        return loom_error_context(rc, "adapter %s does not fit this model", dir);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    if ((rc = loom_tset_load(ts, ts->data, path)) != LOOM_OK) {
+        loom_tset_free(ts);
+        return loom_error_context(rc, "adapter %s does not fit this model", dir);
+    }
+    *out = ts;
+    return LOOM_OK;
+}
