@@ -51,6 +51,14 @@ int loom_client_fit(loom_trainer *tr, float *vec, size_t dim, const float *globa
 int loom_client_evaluate(loom_trainer *tr, float *vec, size_t dim, const float *global, loom_batcher *data,
                          double *loss_sum, long *correct, long *tokens);
 
+/* Classification accuracy of `global` on examples idx[0..n) of a classification dataset: each label's
+ * verbalizer is scored by its summed log-likelihood after the example's prompt, and the best-scoring
+ * label is the prediction. *loss_sum adds the true label's verbalizer loss (per token), *tokens its
+ * tokens; *correct counts right predictions, *examples the examples scored. */
+int loom_client_evaluate_cls(loom_trainer *tr, float *vec, size_t dim, const float *global, const loom_dataset *ds,
+                             const uint32_t *idx, size_t n, double *loss_sum, long *tokens, long *correct,
+                             long *examples);
+
 #ifdef __cplusplus
 }
 #endif

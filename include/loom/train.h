@@ -49,6 +49,7 @@ typedef void (*loom_grad_hook)(float *grad, const float *vec, size_t n, void *ud
 void loom_trainer_set_grad_hook(loom_trainer *t, loom_grad_hook fn, void *ud);
 /* Tokens per batch (B*T of the workspace) and the model's vocabulary size. */
 size_t loom_trainer_batch_tokens(const loom_trainer *t);
+void loom_trainer_shape(const loom_trainer *t, int *B, int *T);
 int loom_trainer_vocab(const loom_trainer *t);
 /* Forward and backward only (no optimizer step): the gradient is left in loom_trainer_grads(). */
 int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss);

@@ -153,3 +153,88 @@ int loom_client_evaluate(loom_trainer *tr, float *vec, size_t dim, const float *
     free(tgt);
     return rc;
 }
+
+#define CAND_CAP 65536 /* tokens of one prompt + verbalizer before truncation */
+
+int loom_client_evaluate_cls(loom_trainer *tr, float *vec, size_t dim, const float *global, const loom_dataset *ds,
+                             const uint32_t *idx, size_t n, double *loss_sum, long *tokens, long *correct,
+                             long *examples) {
+    *loss_sum = 0;
+    *tokens = *correct = *examples = 0;
+    if (ds->kind != LOOM_DS_CLASSIFY || ds->n_labels < 1)
+        return loom_error(LOOM_EINVAL, "classification accuracy needs a classification dataset with labels");
+    size_t BT = loom_trainer_batch_tokens(tr);
+    int Bi, Ti;
+    loom_trainer_shape(tr, &Bi, &Ti);
+    size_t B = (size_t)Bi, T = (size_t)Ti;
+    size_t K = ds->n_labels;
+    int32_t *tok = malloc(BT * sizeof *tok), *tgt = malloc(BT * sizeof *tgt), *cand = malloc(CAND_CAP * sizeof *cand);
+    double *score = malloc(K * sizeof *score);
+    size_t *cnt = malloc(K * sizeof *cnt);
+    /* row r of the batch holds candidate (example e_r, label k_r) */
+    size_t *row_ex = malloc(B * sizeof *row_ex), *row_k = malloc(B * sizeof *row_k);
+    if (!tok || !tgt || !cand || !score || !cnt || !row_ex || !row_k) {
+        free(tok); free(tgt); free(cand); free(score); free(cnt); free(row_ex); free(row_k);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    if (vec != global) memcpy(vec, global, dim * sizeof(float));
+    int rc = LOOM_OK;
+    int32_t pad = ds->pad_id >= 0 ? ds->pad_id : 0;
+    size_t total = n * K, next = 0;
+    size_t cur_ex = (size_t)-1;
+    while (next < total && rc == LOOM_OK) {
+        size_t rows = 0;
+        for (; rows < B && next < total; rows++, next++) {
+            size_t e = next / K, k = next % K;
+            size_t len = 0, plen = 0;
+            int32_t *row = tok + rows * T, *trow = tgt + rows * T;
+            for (size_t t = 0; t < T; t++) row[t] = pad, trow[t] = -1;
+            if ((rc = loom_dataset_candidate(ds, idx[e], k, cand, CAND_CAP, &len, &plen)) != LOOM_OK) break;
+            if (len > T + 1) { /* keep the end: the verbalizer and as much of the prompt as fits */
+                size_t cut = len - (T + 1);
+                memmove(cand, cand + cut, (T + 1) * sizeof *cand);
+                len = T + 1;
+                plen = plen > cut + 1 ? plen - cut : 1;
+            }
+            for (size_t t = 0; t + 1 < len && t < T; t++) {
+                row[t] = cand[t];
+                trow[t] = t + 1 >= plen ? cand[t + 1] : -1; /* only verbalizer tokens are scored */
+            }
+            row_ex[rows] = e;
+            row_k[rows] = k;
+        }
+        if (rc != LOOM_OK || rows == 0) break;
+        for (size_t r = rows; r < B; r++)
+            for (size_t t = 0; t < T; t++) tok[r * T + t] = pad, tgt[r * T + t] = -1;
+        float l;
+        if ((rc = loom_trainer_eval(tr, tok, tgt, &l)) != LOOM_OK) break;
+        const float *per = loom_ws_losses(loom_trainer_ws(tr));
+        for (size_t r = 0; r < rows; r++) {
+            size_t e = row_ex[r], k = row_k[r];
+            if (e != cur_ex) { /* a new example starts */
+                cur_ex = e;
+                for (size_t j = 0; j < K; j++) score[j] = INFINITY, cnt[j] = 0;
+            }
+            double s = 0;
+            size_t c = 0;
+            for (size_t t = 0; t < T; t++)
+                if (tgt[r * T + t] >= 0) s += per[r * T + t], c++;
+            score[k] = c ? s : INFINITY;
+            cnt[k] = c;
+            if (k == K - 1) { /* all labels of example e scored */
+                size_t best = 0;
+                for (size_t j = 1; j < K; j++)
+                    if (score[j] < score[best]) best = j;
+                int32_t label = ds->ex[idx[e]].label;
+                *correct += label >= 0 && (size_t)label == best;
+                if (label >= 0 && (size_t)label < K && cnt[label]) {
+                    *loss_sum += score[label];
+                    *tokens += (long)cnt[label];
+                }
+                (*examples)++;
+            }
+        }
+    }
+    free(tok); free(tgt); free(cand); free(score); free(cnt); free(row_ex); free(row_k);
+    return rc;
+}

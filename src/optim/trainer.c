@@ -185,6 +185,10 @@ int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t 
 
 size_t loom_trainer_batch_tokens(const loom_trainer *t) { return (size_t)t->cfg.B * (size_t)t->cfg.T; }
 int loom_trainer_vocab(const loom_trainer *t) { return t->m->cfg.vocab; }
+void loom_trainer_shape(const loom_trainer *t, int *B, int *T) {
+    *B = t->cfg.B;
+    *T = t->cfg.T;
+}
 size_t loom_trainer_dim(const loom_trainer *t) { return t->dim; }
 float *loom_trainer_vector(loom_trainer *t) { return t->params; }
 void loom_trainer_reset_optimizer(loom_trainer *t) { loom_optimizer_reset(t->opt); }

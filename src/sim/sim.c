@@ -95,6 +95,7 @@ typedef struct sim_run {
     double loss_w, weight;
     double *ev_loss;          /* per evaluated client: loss sum, correct, tokens */
     long *ev_correct, *ev_tokens;
+    long *ev_count;           /* what accuracy is counted over: tokens (LM) or examples (classification) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } sim_run;
@@ -220,11 +221,18 @@ static void *worker_main(void *p) {
         } else {
             bo.once = 1;
             bo.shuffle = 0;
-            rc = loom_batcher_create(&b, c->ds, cl->test, cl->n_test, &bo);
             double ls = 0;
-            long corr = 0, toks = 0;
-            if (rc == LOOM_OK && cl->n_test > 0) rc = loom_client_evaluate(tr, vec, dim, r->global, b, &ls, &corr, &toks);
-            loom_batcher_free(b);
+            long corr = 0, toks = 0, nex = 0;
+            if (c->ds->kind == LOOM_DS_CLASSIFY) {
+                /* accuracy = the label whose verbalizer is most likely; counted per example */
+                rc = loom_client_evaluate_cls(tr, vec, dim, r->global, c->ds, cl->test, cl->n_test, &ls, &toks, &corr, &nex);
+                r->ev_count[pos] = nex;
+            } else {
+                rc = loom_batcher_create(&b, c->ds, cl->test, cl->n_test, &bo);
+                if (rc == LOOM_OK && cl->n_test > 0) rc = loom_client_evaluate(tr, vec, dim, r->global, b, &ls, &corr, &toks);
+                loom_batcher_free(b);
+                r->ev_count[pos] = toks;
+            }
             if (rc != LOOM_OK) {
                 loom_error_context(rc, "evaluating client %d (%s)", client, cl->name);
                 fail(r, rc);
@@ -498,9 +506,10 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     r.ev_loss = calloc((size_t)N, sizeof *r.ev_loss);
     r.ev_correct = calloc((size_t)N, sizeof *r.ev_correct);
     r.ev_tokens = calloc((size_t)N, sizeof *r.ev_tokens);
+    r.ev_count = calloc((size_t)N, sizeof *r.ev_count);
     if (c->fit.scaffold) r.control = calloc((size_t)N, sizeof *r.control);
     FILE *mf = NULL;
-    if (!list || !elist || !r.client_steps || !r.rows || !r.ev_loss || !r.ev_correct || !r.ev_tokens ||
+    if (!list || !elist || !r.client_steps || !r.rows || !r.ev_loss || !r.ev_correct || !r.ev_tokens || !r.ev_count ||
         (c->fit.scaffold && !r.control)) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
@@ -588,14 +597,15 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
             if (ne > 0) {
                 if ((rc = run_phase(&r, 1, elist, ne)) != LOOM_OK) goto done;
                 double ls = 0, s1 = 0, s2 = 0, a1 = 0, a2 = 0;
-                long corr = 0, toks = 0;
+                long corr = 0, toks = 0, count = 0;
                 int k = 0;
                 for (int i = 0; i < ne; i++) {
-                    if (r.ev_tokens[i] == 0) continue;
+                    if (r.ev_tokens[i] == 0 || r.ev_count[i] == 0) continue;
                     ls += r.ev_loss[i];
                     corr += r.ev_correct[i];
                     toks += r.ev_tokens[i];
-                    double l = r.ev_loss[i] / r.ev_tokens[i], a = (double)r.ev_correct[i] / r.ev_tokens[i];
+                    count += r.ev_count[i];
+                    double l = r.ev_loss[i] / r.ev_tokens[i], a = (double)r.ev_correct[i] / r.ev_count[i];
                     s1 += l;
                     s2 += l * l;
                     a1 += a;
@@ -605,7 +615,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
                 if (k > 0) {
                     m.evaluated = k;
                     m.eval_loss = ls / toks;
-                    m.eval_acc = (double)corr / toks;
+                    m.eval_acc = (double)corr / count;
                     m.eval_loss_mean = s1 / k;
                     m.eval_loss_std = sqrt(fmax(0, s2 / k - (s1 / k) * (s1 / k)));
                     m.eval_acc_mean = a1 / k;
@@ -665,6 +675,7 @@ done:
     free(r.ev_loss);
     free(r.ev_correct);
     free(r.ev_tokens);
+    free(r.ev_count);
     loom_strategy_free(r.strat);
     pthread_mutex_destroy(&r.mu);
     pthread_cond_destroy(&r.cv);
