@@ -53,6 +53,15 @@ printf '{"rounds": }' > "$tmp/bad.json"
 check "bad config file fails with its name" grep -q 'bad.json' "$tmp/e5"
 "$LOOM" sim --config "$tmp/cfg.json" --fault 1:nan --sample 88 --local-steps 1 --out "$tmp/f" --rounds 1 > /dev/null 2>&1
 check "faulty client rejected and counted" grep -q '"rejected":1' "$tmp/f/metrics.jsonl"
+# 1,000 clients with a LoRA trainable set, all participating: only LoRA vectors travel, the base is shared
+"$LOOM" sim --model tiny --peft lora --lora-r 4 --target-modules c_attn --data "$LOOM_SHARED/data/sst2/train.tsv" \
+    --format tsv --text-col sentence --label-col label --partition iid --clients 1000 --rounds 1 --local-steps 1 \
+    --batch 1 --seq 16 --eval-clients 10 --sample-len 0 --workers 2 --out "$tmp/lora" > "$tmp/lora.out" 2> "$tmp/lora.err"
+check "1000 LoRA clients run" test $? -eq 0
+check "1000 client rows" test "$(grep -c '"type":"client"' "$tmp/lora/metrics.jsonl")" -eq 1000
+check "classification accuracy reported" grep -q '"eval_acc"' "$tmp/lora/metrics.jsonl"
+check "adapter in PEFT layout" test -s "$tmp/lora/adapter/adapter_model.safetensors" -a -s "$tmp/lora/adapter/adapter_config.json"
+check "only the LoRA vector travels" grep -q 'trainable vector *[0-9]* floats (0.0' "$tmp/lora.out"
 check "sim --help" "$LOOM" sim --help > /dev/null
 echo "$pass passed, $fail failed"
 test $fail -eq 0
