@@ -168,7 +168,10 @@ int loom_config_named(loom_config *cfg, const char *name) {
     if (!strcmp(name, "gpt2-124m") || !strcmp(name, "gpt2")) gpt2_shape(cfg, 12, 12, 768, 50257, 1024);
     else if (!strcmp(name, "gpt2-tiny")) gpt2_shape(cfg, 2, 4, 64, 512, 64);
     else if (!strcmp(name, "tiny")) gpt2_shape(cfg, 4, 4, 128, 259, 256);
-    else if (!strcmp(name, "llama-110m")) llama_shape(cfg, 12, 12, 12, 768, 2048, 32000, 1024);
+    else if (!strcmp(name, "llama-110m")) { /* llama2.c's stories110M shape: shared classifier */
+        llama_shape(cfg, 12, 12, 12, 768, 2048, 32000, 1024);
+        cfg->tied = 1;
+    }
     else if (!strcmp(name, "llama-tiny")) llama_shape(cfg, 2, 4, 2, 64, 192, 512, 64);
     else return loom_config_load(cfg, name);
     return loom_config_validate(cfg);
