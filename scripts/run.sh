@@ -9,7 +9,10 @@ bash scripts/deps.sh
 if [ ! -f ../shared/data/tinyshakespeare/input.txt ]; then
   echo "data missing: expected ../shared/data/tinyshakespeare/input.txt beside the repository" >&2; exit 1
 fi
-bash scripts/build.sh
+echo "building loom (release)..." >&2
+log=$(mktemp)
+if ! bash scripts/build.sh > "$log" 2>&1; then cat "$log" >&2; rm -f "$log"; exit 1; fi
+rm -f "$log"
 export LOOM_SHARED="$(cd ../shared && pwd)"
 mkdir -p runs
 ./build/loom sim --config configs/shakespeare.json "$@"
