@@ -26,6 +26,16 @@ static void fit_hook(float *grad, const float *vec, size_t n, void *ud) {
     if (h->c_global && h->c_local) loom_scaffold_correct(grad, h->c_local, h->c_global, n);
 }
 
+/* tokens and targets of one batch (BT each) */
+static int alloc_batch(size_t BT, int32_t **tok, int32_t **tgt) {
+    *tok = malloc(BT * sizeof **tok);
+    *tgt = malloc(BT * sizeof **tgt);
+    if (*tok && *tgt) return LOOM_OK;
+    free(*tok);
+    free(*tgt);
+    return loom_error(LOOM_ENOMEM, "out of memory for a batch of %zu tokens", BT);
+}
+
 static long count_targets(const int32_t *tgt, size_t n) {
     long c = 0;
     for (size_t i = 0; i < n; i++) c += tgt[i] >= 0;
@@ -38,12 +48,8 @@ int loom_client_fit(loom_trainer *tr, float *vec, size_t dim, const float *globa
     memset(res, 0, sizeof *res);
     if (fc->local_steps < 1) return loom_error(LOOM_EINVAL, "local steps %d must be >= 1", fc->local_steps);
     size_t BT = loom_trainer_batch_tokens(tr);
-    int32_t *tok = malloc(BT * sizeof *tok), *tgt = malloc(BT * sizeof *tgt);
-    if (!tok || !tgt) {
-        free(tok);
-        free(tgt);
-        return loom_error(LOOM_ENOMEM, "out of memory");
-    }
+    int32_t *tok, *tgt;
+    if (alloc_batch(BT, &tok, &tgt) != LOOM_OK) return LOOM_ENOMEM;
     memcpy(vec, global, dim * sizeof(float));
     loom_optimizer_reset(loom_trainer_optimizer(tr));
     int rc = LOOM_OK;
@@ -120,12 +126,8 @@ int loom_client_evaluate(loom_trainer *tr, float *vec, size_t dim, const float *
     *correct = 0;
     *tokens = 0;
     size_t BT = loom_trainer_batch_tokens(tr);
-    int32_t *tok = malloc(BT * sizeof *tok), *tgt = malloc(BT * sizeof *tgt);
-    if (!tok || !tgt) {
-        free(tok);
-        free(tgt);
-        return loom_error(LOOM_ENOMEM, "out of memory");
-    }
+    int32_t *tok, *tgt;
+    if (alloc_batch(BT, &tok, &tgt) != LOOM_OK) return LOOM_ENOMEM;
     if (vec != global) memcpy(vec, global, dim * sizeof(float));
     int rc = LOOM_OK;
     uint64_t steps = loom_batcher_steps_per_epoch(data);
