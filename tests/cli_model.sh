@@ -41,6 +41,25 @@ check "sample printed" test -s "$tmp/train.out"
 check "eval prints loss and perplexity" grep -q 'perplexity' "$tmp/eval.out"
 check "generate from the trained model" "$LOOM" generate --model "$tmp/run" --steps 20 --seed 1 > /dev/null 2>&1
 
+# 3b. a model directory with a tokenizer.json: train writes the model, eval and generate then find the
+# tokenizer beside it (a 32000-token vocabulary cannot fall back to bytes)
+cat > "$tmp/mistral-like.json" <<'JSON'
+{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+ "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 32000,
+ "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true}
+JSON
+"$LOOM" train --model "$tmp/mistral-like.json" --tokenizer "$SHARED/data/mistral-tokenizer/tokenizer.json" \
+    --data "$SHARED/data/tinyshakespeare/input.txt" --steps 3 --batch 2 --seq 32 --eval-windows 2 --sample-len 0 \
+    --out "$tmp/mdir" > /dev/null 2> "$tmp/mtrain.err"
+check "train with a tokenizer.json" test $? -eq 0
+check "train reports the tokenizer kind" grep -q 'bpe-sentencepiece' "$tmp/mtrain.err"
+"$LOOM" eval --model "$tmp/mdir" --data "$SHARED/data/tinyshakespeare/input.txt" --seq 32 --max-windows 4 > /dev/null 2>&1
+check "eval without a tokenizer.json beside the model fails" test $? -ne 0
+cp "$SHARED/data/mistral-tokenizer/tokenizer.json" "$tmp/mdir/"
+"$LOOM" eval --model "$tmp/mdir" --data "$SHARED/data/tinyshakespeare/input.txt" --seq 32 --max-windows 4 > "$tmp/meval" 2>&1
+check "eval finds the model's tokenizer.json" grep -q perplexity "$tmp/meval"
+check "generate finds it too" "$LOOM" generate --model "$tmp/mdir" --steps 8 --seed 2 > /dev/null 2>&1
+
 # 4. bad input: clear messages, non-zero exits
 "$LOOM" train --model tiny --data /nonexistent.txt --steps 1 > /dev/null 2> "$tmp/e1"
 check "missing data file fails" test $? -ne 0
