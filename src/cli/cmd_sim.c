@@ -301,7 +301,14 @@ int cmd_sim(int argc, char **argv) {
     if (!isnan(tau)) sc.sp.tau = tau;
     if (!isnan(mu)) sc.sp.mu = mu;
     if (loom_strategy_params_check(&sc.sp) != LOOM_OK) {
-        cli_fail("strategy parameters");
+        /* name the flag that sets the refused parameter */
+        static const char *const names[][2] = {{"server_lr", "--server-lr"}, {"momentum", "--server-momentum"},
+                                               {"beta1", "--beta1"}, {"beta2", "--beta2"}, {"tau", "--tau"},
+                                               {"mu", "--mu"}, {"v_init", "strategy v_init"}};
+        const char *flag = "strategy parameters";
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (!strncmp(loom_errmsg(), names[i][0], strlen(names[i][0]))) flag = names[i][1];
+        cli_fail(flag);
         goto done;
     }
     sc.fit.local_steps = local_steps;
