@@ -71,6 +71,11 @@ typedef struct {
     const char *status; /* NULL = accepted */
 } client_row;
 
+typedef struct {
+    loom_trainer *tr;
+    float *vec, *update, *dc;
+} worker_slot;
+
 typedef struct sim_run {
     const loom_sim_config *c;
     size_t dim;
@@ -96,6 +101,7 @@ typedef struct sim_run {
     double *ev_loss;          /* per evaluated client: loss sum, correct, tokens */
     long *ev_correct, *ev_tokens;
     long *ev_count;           /* what accuracy is counted over: tokens (LM) or examples (classification) */
+    worker_slot *slots;       /* (workers) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } sim_run;
@@ -128,20 +134,26 @@ static void *worker_main(void *p) {
     sim_run *r = a->run;
     const loom_sim_config *c = r->c;
     omp_set_num_threads(c->client_threads > 0 ? c->client_threads : 1);
-    loom_trainer *tr = NULL;
-    float *vec = NULL;
-    int rc = c->make_worker(c->worker_ud, &tr, &vec);
-    if (rc != LOOM_OK) {
-        fail(r, rc);
-        return NULL;
-    }
+    /* The worker's trainer and buffers live for the whole run (slot a->index), built on first use. */
+    worker_slot *ws = &r->slots[a->index];
     size_t dim = r->dim;
-    float *update = loom_alloc(dim * sizeof(float));
-    float *dc = c->fit.scaffold ? loom_alloc(dim * sizeof(float)) : NULL;
-    if (!update || (c->fit.scaffold && !dc)) {
-        fail(r, LOOM_ENOMEM);
-        goto out;
+    int rc;
+    if (!ws->tr) {
+        if ((rc = c->make_worker(c->worker_ud, &ws->tr, &ws->vec)) != LOOM_OK) {
+            ws->tr = NULL;
+            ws->vec = NULL;
+            fail(r, rc);
+            return NULL;
+        }
+        ws->update = loom_alloc(dim * sizeof(float));
+        ws->dc = c->fit.scaffold ? loom_alloc(dim * sizeof(float)) : NULL;
+        if (!ws->update || (c->fit.scaffold && !ws->dc)) {
+            fail(r, LOOM_ENOMEM);
+            return NULL;
+        }
     }
+    loom_trainer *tr = ws->tr;
+    float *vec = ws->vec, *update = ws->update, *dc = ws->dc;
     for (;;) {
         pthread_mutex_lock(&r->mu);
         if (r->failed || r->next >= r->count) {
@@ -243,10 +255,6 @@ static void *worker_main(void *p) {
             r->ev_tokens[pos] = toks;
         }
     }
-out:
-    loom_free(update);
-    loom_free(dc);
-    c->free_worker(c->worker_ud, tr, vec);
     return NULL;
 }
 
@@ -507,9 +515,10 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     r.ev_correct = calloc((size_t)N, sizeof *r.ev_correct);
     r.ev_tokens = calloc((size_t)N, sizeof *r.ev_tokens);
     r.ev_count = calloc((size_t)N, sizeof *r.ev_count);
+    r.slots = calloc((size_t)c->workers, sizeof *r.slots);
     if (c->fit.scaffold) r.control = calloc((size_t)N, sizeof *r.control);
     FILE *mf = NULL;
-    if (!list || !elist || !r.client_steps || !r.rows || !r.ev_loss || !r.ev_correct || !r.ev_tokens || !r.ev_count ||
+    if (!list || !elist || !r.client_steps || !r.rows || !r.ev_loss || !r.ev_correct || !r.ev_tokens || !r.ev_count || !r.slots ||
         (c->fit.scaffold && !r.control)) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
@@ -676,6 +685,12 @@ done:
     free(r.ev_correct);
     free(r.ev_tokens);
     free(r.ev_count);
+    for (int i = 0; r.slots && i < c->workers; i++) {
+        if (r.slots[i].tr || r.slots[i].vec) c->free_worker(c->worker_ud, r.slots[i].tr, r.slots[i].vec);
+        loom_free(r.slots[i].update);
+        loom_free(r.slots[i].dc);
+    }
+    free(r.slots);
     loom_strategy_free(r.strat);
     pthread_mutex_destroy(&r.mu);
     pthread_cond_destroy(&r.cv);
