@@ -93,26 +93,17 @@ int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int3
             const float *q = kv->qkv + h * HS;
             float *a = kv->att + (size_t)h * kv->max_len;
             int kh = h / group;
-            float mx = -INFINITY;
-            for (int t = 0; t <= pos; t++) {
-                const float *k = kc + (size_t)t * KV + kh * HS;
-                float s = 0;
-                for (int i = 0; i < HS; i++) s += q[i] * k[i];
-                a[t] = s * scale;
-                mx = a[t] > mx ? a[t] : mx;
-            }
+            /* scores a[t] = scale * K[t] . q, then softmax, then y = V^T a: two matrix-vector products */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, pos + 1, HS, scale, kc + kh * HS, KV, q, 1, 0.0f, a, 1);
+            float mx = a[0];
+            for (int t = 1; t <= pos; t++) mx = a[t] > mx ? a[t] : mx;
             float sum = 0;
             for (int t = 0; t <= pos; t++) {
                 a[t] = expf(a[t] - mx);
                 sum += a[t];
             }
             float *y = kv->y + h * HS;
-            memset(y, 0, (size_t)HS * sizeof *y);
-            for (int t = 0; t <= pos; t++) {
-                const float *v = vc + (size_t)t * KV + kh * HS;
-                float p = a[t] / sum;
-                for (int i = 0; i < HS; i++) y[i] += p * v[i];
-            }
+            cblas_sgemv(CblasRowMajor, CblasTrans, pos + 1, HS, 1.0f / sum, vc + kh * HS, KV, a, 1, 0.0f, y, 1);
         }
         matvec(kv->xb, kv->y, PW(l, LOOM_L_O_W), lay, PW(l, LOOM_L_O_B), C, C);
         for (int i = 0; i < C; i++) x[i] += kv->xb[i];
