@@ -156,7 +156,44 @@ static void thread_independence(void) {
     loom_model_free(m);
 }
 
+/* KV-cached decoding equals the full forward pass position by position (GPT-2 and Llama with GQA). */
+static void decode_matches_forward(const char *shape) {
+    loom_config cfg;
+    loom_config_named(&cfg, shape);
+    loom_model *m;
+    CHECK_OK(loom_model_create(&m, &cfg, 17));
+    loom_rng r;
+    loom_rng_init(&r, 3, 1);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * (float)loom_rng_normal(&r);
+    enum { TT = 24 };
+    int32_t tok[TT];
+    for (int i = 0; i < TT; i++) tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)cfg.vocab);
+    loom_ws *ws;
+    CHECK_OK(loom_ws_create(&ws, m, 1, TT));
+    CHECK_OK(loom_forward(m, m->params, ws, tok, NULL, 1, TT, NULL));
+    const float *full = loom_ws_logits(ws);
+    loom_kv *kv;
+    CHECK_OK(loom_kv_create(&kv, m, TT));
+    float *lg = malloc((size_t)cfg.vocab * sizeof *lg);
+    double md = 0, mx = 0;
+    for (int t = 0; t < TT; t++) {
+        CHECK_OK(loom_decode_step(m, m->params, kv, tok[t], t, lg));
+        for (int v = 0; v < cfg.vocab; v++) {
+            md = fmax(md, fabs(lg[v] - full[(size_t)t * cfg.vocab + v]));
+            mx = fmax(mx, fabs(full[(size_t)t * cfg.vocab + v]));
+        }
+    }
+    CHECK(md <= 1e-5 * mx + 1e-5, "%s: decode vs forward logits max |d| %g (max |logit| %g)", shape, md, mx);
+    CHECK(loom_decode_step(m, m->params, kv, tok[0], TT, lg) == LOOM_ERANGE, "%s: position past the cache refused", shape);
+    free(lg);
+    loom_kv_free(kv);
+    loom_ws_free(ws);
+    loom_model_free(m);
+}
+
 int main(void) {
+    decode_matches_forward("gpt2-tiny");
+    decode_matches_forward("llama-tiny");
     loom_config cfg;
     loom_config_named(&cfg, "gpt2-tiny");
     cfg.vocab = 37;
