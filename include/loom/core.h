@@ -54,6 +54,14 @@ void *loom_calloc(size_t count, size_t size); /* zeroed, aligned */
 void loom_free(void *p);
 char *loom_strdup(const char *s);
 
+/* Growable NUL-terminated byte string: start from {0}; release s with free(). */
+typedef struct {
+    char *s;
+    size_t n, cap;
+} loom_strbuf;
+/* Appends n bytes (keeps a NUL after them); LOOM_OK or LOOM_ENOMEM. */
+int loom_strbuf_add(loom_strbuf *b, const char *data, size_t n);
+
 /* Whole-file read (adds a NUL after the data, not counted in *len). */
 int loom_read_file(const char *path, char **data, size_t *len);
 /* Atomic write: writes path.tmp.<pid> then renames over path. */

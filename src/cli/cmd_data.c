@@ -83,25 +83,8 @@ static int ensure_dir(const char *dir) {
     return -1;
 }
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-} buf;
-
-static int buf_add(buf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return -1;
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-    return 0;
-}
+typedef loom_strbuf buf;
+#define buf_add loom_strbuf_add
 
 static const char *shard_ext(int format) {
     switch (format) {

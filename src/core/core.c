@@ -115,6 +115,21 @@ char *loom_strdup(const char *s) {
     return d;
 }
 
+int loom_strbuf_add(loom_strbuf *b, const char *data, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) return loom_error(LOOM_ENOMEM, "out of memory (%zu bytes)", cap);
+        b->s = p;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->s + b->n, data, n);
+    b->n += n;
+    b->s[b->n] = 0;
+    return LOOM_OK;
+}
+
 int loom_read_file(const char *path, char **data, size_t *len) {
     *data = NULL;
     if (len) *len = 0;

@@ -8,27 +8,10 @@
 #include "data/dataset_impl.h"
 #include "loom/core.h"
 
-/* ---- small string builder ---- */
+/* ---- small string builder (loom_strbuf) ---- */
 
-typedef struct {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-static int sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return loom_error(LOOM_ENOMEM, "out of memory (%zu bytes)", cap);
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-    return LOOM_OK;
-}
+typedef loom_strbuf sbuf;
+#define sb_add loom_strbuf_add
 
 static int sb_addc(sbuf *b, char c) { return sb_add(b, &c, 1); }
 
