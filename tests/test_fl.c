@@ -246,6 +246,7 @@ static void zero_lr_and_determinism_and_resume(void) {
     if (f) fclose(f);
     CHECK(rounds == 4, "metrics.jsonl has %d round rows after resume (4 expected)", rounds);
     /* resuming with another seed is refused */
+    c.rounds = 5;
     c.seed = 99;
     CHECK(loom_sim_run(&c, g3) == LOOM_EINVAL, "resume with a different seed refused");
     CHECK(strstr(loom_errmsg(), "seed") != NULL, "message names the seed: %s", loom_errmsg());

@@ -1,10 +1,15 @@
 /* Federated learning, client side (fl/ layer): one client's work in a round, transport-free.
  *
- * A client receives the global trainable vector and a fit configuration, trains on its own data and
- * returns an update (see include/loom/strategy.h for what each strategy expects): the model delta
+ * A client receives a task (the global trainable vector and a fit configuration), trains on its own
+ * data with its persistent state (loom_client_state) and returns an update (see include/loom/strategy.h for what each strategy expects): the model delta
  * y - x after E local optimizer steps, or for FedSGD the mean gradient at x. Neither this code nor the
  * strategies know how the bytes move: the in-process simulator (include/loom/sim.h) and the network
  * transports call these same functions.
+ *
+ * Who calls whom: a driver (the simulator's workers, a network client) takes a task from the round
+ * engine, calls algo->fit on a worker (loom_client_ctx), wraps the output in a loom_update
+ * (include/loom/update.h) and submits it. State: the worker owns the trainer and vector buffers;
+ * the client's state (step counter, SCAFFOLD c_i) belongs to the client and is passed in.
  *
  * The survey's eq. (1) is the inside of loom_client_fit: E steps of the client's optimizer on its local
  * loss (plus FedProx's proximal term or SCAFFOLD's drift correction when configured). */
@@ -16,6 +21,7 @@
 
 #include "loom/dataset.h"
 #include "loom/train.h"
+#include "loom/update.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -36,15 +42,75 @@ typedef struct {
     int steps;
 } loom_fit_result;
 
-/* One round on one client. tr trains `vec` (dim floats: the worker's copy of the trainable vector);
- * `global` (dim) is the round's starting point. Batches come from `data` at steps step0, step0+1, ...
- * (the client's own cumulative step count, so data order continues across rounds). For SCAFFOLD,
- * c_global/c_local (dim) are the server and client control variates; c_local is updated in place and
- * dc (dim) receives c_local_new - c_local_old. update (dim) receives the update. The trainer's optimizer
- * is reset first: each round starts with fresh optimizer state. */
-int loom_client_fit(loom_trainer *tr, float *vec, size_t dim, const float *global, loom_batcher *data, uint64_t step0,
-                    const loom_fit_config *fc, const float *c_global, float *c_local, float *dc, float *update,
-                    loom_fit_result *res);
+/* A client's persistent state, owned by the client side (in the simulator: one per simulated
+ * client, kept by the driver, never by the round engine). It survives rounds and is saved in
+ * checkpoints, so a resumed run continues bitwise identically. */
+typedef struct {
+    uint64_t steps; /* local steps taken so far: batches are drawn at steps, steps+1, ... (data order) */
+    float *control; /* SCAFFOLD c_i (dim floats), NULL until the client's first SCAFFOLD round */
+    size_t dim;     /* length of control (0 while it is NULL) */
+} loom_client_state;
+
+void loom_client_state_init(loom_client_state *s);
+/* Releases control; the state is then as after init. */
+void loom_client_state_clear(loom_client_state *s);
+/* Allocates a zero control variate of dim floats if there is none yet. */
+int loom_client_state_control(loom_client_state *s, size_t dim);
+
+/* The worker a client algorithm runs on: a trainer over its own copy of the trainable vector. */
+typedef struct {
+    loom_trainer *tr;
+    float *vec; /* (dim) the worker's vector, overwritten by every task */
+    size_t dim;
+} loom_client_ctx;
+
+/* What the server hands out for one round (the task), and what fit returns. */
+typedef struct {
+    int round;                  /* 1-based */
+    const float *global;        /* (dim) the round's global vector */
+    const float *server_control;/* (dim) SCAFFOLD's c, NULL otherwise */
+    loom_batcher *data;         /* the client's training batches (its own data order) */
+    loom_fit_config fc;
+} loom_fit_task;
+
+typedef struct {
+    float *update;        /* (dim) receives the update */
+    float *control_delta; /* (dim) receives c_i+ - c_i (SCAFFOLD); may be NULL otherwise */
+    loom_fit_result res;
+} loom_fit_output;
+
+/* Evaluation task: LM loss/accuracy over `data` (a once-mode batcher), or with ds of kind
+ * LOOM_DS_CLASSIFY the classification accuracy over examples idx[0..n) of ds. */
+typedef struct {
+    const float *global;
+    loom_batcher *data;   /* language modelling */
+    const loom_dataset *ds; /* classification (data unused) */
+    const uint32_t *idx;
+    size_t n;
+} loom_eval_task;
+
+/* A client algorithm: fit trains one round and writes the update; evaluate scores the global model.
+ * Both may be called from any thread with their own ctx. A zeroth-order (MeZO) client, or one with
+ * DP-SGD, is another loom_client_algo: nothing on the server side changes. */
+typedef struct loom_client_algo {
+    const char *name;
+    int (*fit)(const loom_client_ctx *ctx, const loom_fit_task *task, loom_client_state *st, loom_fit_output *out);
+    int (*evaluate)(const loom_client_ctx *ctx, const loom_eval_task *task, loom_eval_result *res);
+} loom_client_algo;
+
+/* Local training with the trainer's optimizer: FedAvg's E steps (eq. 1), FedProx's proximal term,
+ * SCAFFOLD's drift correction (options I and II) and FedSGD's mean gradient, as fc says. */
+extern const loom_client_algo loom_client_local_sgd;
+
+/* loom_client_local_sgd's fit. The worker's vector starts from task->global; batches come from
+ * task->data at steps st->steps, st->steps + 1, ...; on success st->steps advances by
+ * fc.local_steps. SCAFFOLD: st->control is c_i (allocated as zeros on first use), updated in place,
+ * and out->control_delta receives c_i+ - c_i. The trainer's optimizer is reset first: each round
+ * starts with fresh optimizer state. */
+int loom_client_fit(const loom_client_ctx *ctx, const loom_fit_task *task, loom_client_state *st,
+                    loom_fit_output *out);
+/* loom_client_local_sgd's evaluate (dispatches to the two functions below). */
+int loom_client_eval(const loom_client_ctx *ctx, const loom_eval_task *task, loom_eval_result *res);
 
 /* Loss and next-token accuracy of `global` on the batches of `data` (a once-mode batcher: one pass).
  * Sums are token-weighted; *tokens = counted target tokens. */

@@ -1,12 +1,23 @@
 /* In-process federated simulation (sim/ layer): many clients on one machine.
  *
- * The server side of each round (sampling, aggregation through a strategy, validation of updates,
- * evaluation, metrics, checkpoints) runs here; client work is loom_client_fit on a pool of W worker
+ * The simulator is one driver of the round engine (include/loom/engine.h): the engine does the
+ * server's work (sampling, admission and validation of updates, aggregation through the update
+ * pipeline, the evaluation hand-out, metrics); the simulator runs the clients on a pool of W worker
  * threads, each holding one trainer (one set of activations and its own trainable vector) while the
- * frozen model is shared read-only. Updates are added to the strategy in the sampled order whatever
- * order the workers finish in, and every client computation runs on a fixed number of threads
- * (client_threads), so a run is bitwise identical for any W. Memory grows with W, not with the number
- * of clients: only per-client step counters (and SCAFFOLD control variates, when used) are kept.
+ * frozen model is shared read-only, and moves the updates to the engine through an in-process
+ * "wire" (a loom_update pointing at the worker's buffer, no copy). Workers submit as soon as they
+ * finish: the engine's fixed-point sum makes the result independent of the order, and every client
+ * computation runs on a fixed number of threads (client_threads), so a run is bitwise identical for
+ * any W. Memory grows with W, not with the number of clients.
+ *
+ * Client state (loom_client_state: step counter, SCAFFOLD c_i) is kept here, one per simulated
+ * client, allocated on first participation: it belongs to the client side, not to the engine.
+ *
+ * Time: the simulator runs a virtual clock. A client's simulated duration is local_steps *
+ * step_seconds * exp(time_spread * z_k), z_k ~ N(0, 1) fixed per client (slow clients stay slow); it
+ * submits at open + duration, and with a deadline its update is refused as late past it (stragglers).
+ * A failing client (an error in its training, or LOOM_FAULT_FAIL) is a refused update with reason
+ * "client failure"; the run goes on.
  *
  * Outputs in out_dir: metrics.jsonl (one "round" row per round, one "client" row per participant,
  * "eval" rows), checkpoint.safetensors every checkpoint_every rounds (atomic; global vector, strategy
@@ -18,6 +29,7 @@
 #include <stdint.h>
 
 #include "loom/dataset.h"
+#include "loom/engine.h"
 #include "loom/fl.h"
 #include "loom/partition.h"
 #include "loom/strategy.h"
@@ -27,7 +39,8 @@
 extern "C" {
 #endif
 
-/* A named slice of the trainable vector, for writing it as safetensors. */
+/* A named slice of the trainable vector, for writing it as safetensors. (All vector I/O of the
+ * simulator goes through one pair of functions in sim.c that take this manifest.) */
 typedef struct {
     const char *name;
     size_t offset, numel;
@@ -40,22 +53,13 @@ typedef int (*loom_worker_make)(void *ud, loom_trainer **tr, float **vec);
 typedef void (*loom_worker_free)(void *ud, loom_trainer *tr, float *vec);
 
 /* Fault injection, for testing the server's defences: client `client` returns a broken update. */
-enum { LOOM_FAULT_NAN = 1, LOOM_FAULT_INF, LOOM_FAULT_HUGE, LOOM_FAULT_SHORT };
+enum { LOOM_FAULT_NAN = 1, LOOM_FAULT_INF, LOOM_FAULT_HUGE, LOOM_FAULT_SHORT, LOOM_FAULT_FAIL };
 typedef struct {
     int client;
     int kind;
 } loom_fault;
 
-typedef struct {
-    int round;
-    int sampled, accepted, rejected;
-    double train_loss;          /* example-weighted over accepted updates */
-    double eval_loss, eval_acc; /* pooled over the evaluated clients' test tokens; NAN when not evaluated */
-    double eval_loss_mean, eval_loss_std, eval_acc_mean, eval_acc_std; /* across clients */
-    int evaluated;              /* clients evaluated this round (0 = no evaluation) */
-    double bytes_down, bytes_up;
-    double seconds;
-} loom_round_metrics;
+/* loom_round_metrics (the per-round summary) is defined in include/loom/engine.h. */
 
 typedef void (*loom_round_cb)(const loom_round_metrics *m, void *ud);
 typedef void (*loom_client_cb)(int round, int done, int total, void *ud);
@@ -81,7 +85,13 @@ typedef struct {
     int sample;                     /* clients per round (0: use sample_frac) */
     double sample_frac;             /* fraction of clients per round (0 and sample 0: all) */
     int min_updates;                /* accepted updates needed to aggregate (default 1) */
-    double max_update_norm;         /* reject updates with a larger L2 norm (0 = no bound) */
+    double max_update_norm;         /* reject updates with a larger L2 norm (0 = no bound; < 0 refused) */
+    double clip_norm;               /* scale updates down to this L2 norm (0 = off) */
+    const loom_client_algo *algo;   /* the clients' algorithm (NULL = loom_client_local_sgd) */
+    /* virtual time */
+    double step_seconds;            /* simulated seconds per local step (0: every client is instant) */
+    double time_spread;             /* log-normal sigma of the clients' speeds (0: all equal) */
+    double deadline;                /* simulated seconds a round waits for updates (0: no deadline) */
     const loom_fault *faults;
     int n_faults;
     /* execution */
@@ -94,7 +104,8 @@ typedef struct {
     /* output */
     const char *out_dir;            /* NULL: no files */
     int checkpoint_every;           /* rounds between checkpoints (0 = none) */
-    int resume;                     /* continue from out_dir/checkpoint.safetensors */
+    int resume;                     /* continue from out_dir/checkpoint.safetensors (required when one
+                                       exists: a run never silently overwrites an earlier run's) */
     int per_client_rows;            /* write one metrics row per participating client (default 1) */
     loom_round_cb on_round;
     loom_client_cb on_client;
@@ -108,6 +119,13 @@ int loom_sim_run(const loom_sim_config *c, float *global);
 uint64_t loom_sim_client_seed(uint64_t seed, int client);
 /* Clients sampled in a round: a sorted subset of [0, n_clients), from (seed, round). *n = count. */
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n);
+/* The run directory's checks, before any work: without resume, an out_dir holding a checkpoint is
+ * refused (it belongs to an earlier run); with resume, the checkpoint must exist and its next round
+ * must be below rounds (a run that would do nothing is refused). LOOM_OK or LOOM_EINVAL naming
+ * --out, --resume or --rounds. */
+int loom_sim_check_out(const char *out_dir, int resume, int rounds);
+/* Simulated duration of client `client`'s round of local_steps steps. */
+double loom_sim_client_seconds(const loom_sim_config *c, int client);
 
 #ifdef __cplusplus
 }

@@ -1,33 +1,27 @@
-/* Federated aggregation strategies (fl/ layer): pure arithmetic on flat float vectors.
+/* Server optimizers ("strategies", fl/ layer): the last stage of the update pipeline.
  *
  * Everything a federated algorithm moves is one contiguous float vector of length `dim`, the
  * trainable set (all weights, or the LoRA matrices, ...). The server holds the global vector x; each
  * participating client n sends one update u_n of the same length with a weight w_n = |D_n|, its number
- * of training examples. A strategy turns the round's updates into the next global vector. It knows
- * nothing of models, transports or threads, and its memory is O(dim) whatever the number of clients:
- * updates are folded into a double-precision running sum as they arrive.
+ * of training examples. The update pipeline (include/loom/pipeline.h) decodes, validates, clips and
+ * sums the updates into the weighted mean Delta = sum_n w_n u_n / sum_n w_n (an exact fixed-point sum,
+ * so Delta does not depend on the order updates arrive in), optionally adds noise, and then hands
+ * Delta to a strategy: loom_strategy_step turns it into the next global vector. A strategy knows
+ * nothing of models, transports, threads or how the mean was formed; its memory is its O(dim) state.
  *
  *     loom_strategy_params p;
  *     loom_strategy_defaults("fedadam", &p);         // then override fields, or loom_strategy_params_set
  *     p.server_lr = 0.03;
  *     loom_strategy *s;
  *     if (loom_strategy_create(&s, "fedadam", &p, dim) != LOOM_OK) ... loom_errmsg() ...;
- *     for (round = 0; ...; round++) {
- *         loom_strategy_begin_round(s, global);
- *         for each client n, in a fixed order:
- *             // client: local training from `global`, then loom_update_delta(u, local, global, dim)
- *             if (loom_update_check(u, len, dim, max_norm, &verdict, NULL) != LOOM_OK) { skipped++; continue; }
- *             loom_strategy_add(s, u, (double)examples_n, NULL);
- *         loom_strategy_end_round(s, global);         // global now holds the next global model
- *     }
+ *     loom_strategy_step(s, global, mean, NULL, n_updates);   // usually called by loom_pipeline_end_round
  *     loom_strategy_free(s);
  *
- * Reproducibility: accumulation is in double, element by element, in the order add() is called; the
- * caller fixes that order (e.g. by client id), and then the result is bitwise reproducible, whatever the
- * number of threads the element loops use. Calls on one strategy object must not overlap (the object
- * is not locked); large vectors are processed with OpenMP inside each call.
+ * Reproducibility: every element is computed independently in double and rounded once, so the result
+ * is bitwise reproducible whatever the number of threads the element loops use. Calls on one strategy
+ * object must not overlap (the object is not locked); large vectors are processed with OpenMP.
  *
- * What add() expects (loom_strategy_update_kind):
+ * What the clients send (loom_strategy_update_kind):
  *   LOOM_UPDATE_DELTA     u_n = y_n - x: the client's model after local training minus the global model
  *                         it started the round from (loom_update_delta). All strategies but fedsgd.
  *   LOOM_UPDATE_GRADIENT  u_n = the client's mean loss gradient at the global model x over its examples
@@ -57,7 +51,8 @@
  *               task; these are a common starting point). fedadagrad ignores beta2.
  *               State: "server_m", "server_v".
  *   scaffold    (Karimireddy et al. 2020) with server control variate c and client control variates c_i.
- *               add() takes, besides the model delta u_n = y_n - x, the control delta dc_n = c_i+ - c_i.
+ *               Each update carries, besides the model delta u_n = y_n - x, the control delta dc_n = c_i+ - c_i;
+ *               the pipeline sums them unweighted and passes sum_n dc_n to the step.
  *               x <- x + server_lr * Delta           (Delta weighted by |D_n| as everywhere; the paper's
  *                                                     unweighted mean is the case of equal weights)
  *               c <- c + (1/N) sum_{n in S} dc_n      (= (|S|/N) * the unweighted mean control delta, so
@@ -112,7 +107,7 @@ int loom_strategy_params_set(loom_strategy_params *p, const char *key, double va
 int loom_strategy_params_check(const loom_strategy_params *p);
 
 /* Creates strategy `name` for vectors of length dim (> 0). params NULL: the strategy's defaults.
- * Allocates the O(dim) accumulator and state up front. */
+ * Allocates the O(dim) state up front. */
 int loom_strategy_create(loom_strategy **out, const char *name, const loom_strategy_params *params, size_t dim);
 void loom_strategy_free(loom_strategy *s);
 
@@ -120,32 +115,15 @@ const char *loom_strategy_name(const loom_strategy *s);
 const loom_strategy_params *loom_strategy_get_params(const loom_strategy *s);
 size_t loom_strategy_dim(const loom_strategy *s);
 int loom_strategy_update_kind(const loom_strategy *s);  /* LOOM_UPDATE_DELTA or LOOM_UPDATE_GRADIENT */
-int loom_strategy_uses_control(const loom_strategy *s); /* 1 when add() needs a control delta (scaffold) */
+int loom_strategy_uses_control(const loom_strategy *s); /* 1 when updates carry a control delta (scaffold) */
 
-/* Opens a round on the current global vector (dim floats). `global` must stay valid and unchanged
- * until end_round if loom_strategy_add_model is used. A round already open: LOOM_ESTATE. */
-int loom_strategy_begin_round(loom_strategy *s, const float *global);
-/* Folds one client's update (dim floats, see loom_strategy_update_kind) with weight w = |D_n| (finite,
- * > 0) into the round. control_delta: dim floats c_i+ - c_i for scaffold (required), NULL for the
- * others (refused otherwise). The update is not inspected: check it first with loom_update_check. */
-int loom_strategy_add(loom_strategy *s, const float *update, double weight, const float *control_delta);
-/* Same as add() for delta strategies, but from the client's model y_n: the delta y_n - x is formed in
- * double against the global vector given to begin_round (eq. (2) verbatim). fedsgd: LOOM_EINVAL. */
-int loom_strategy_add_model(loom_strategy *s, const float *client_model, double weight,
-                            const float *control_delta);
-/* One whole round from updates already in memory: begin_round, add(updates[i], weights[i],
- * control_deltas ? control_deltas[i] : NULL) for i = 0..n-1 in that order, end_round. */
-int loom_strategy_aggregate(loom_strategy *s, float *global, const float *const *updates, const double *weights,
-                            const float *const *control_deltas, size_t n);
-/* Number of updates and total weight added in the open round (0 outside a round). */
-size_t loom_strategy_num_added(const loom_strategy *s);
-double loom_strategy_total_weight(const loom_strategy *s);
-/* Closes the round: updates the persistent state and writes the next global model into `global`
- * (dim floats, read and written in place). A round with no update fails with LOOM_ESTATE and leaves
- * global and state untouched; the round is closed either way. */
-int loom_strategy_end_round(loom_strategy *s, float *global);
-/* Closes the round without applying it (too few usable updates): global and state stay as they were. */
-void loom_strategy_abort_round(loom_strategy *s);
+/* The server-optimizer step of one round. mean (dim doubles) is the round's weighted mean update
+ * Delta (a mean gradient for fedsgd); control_sum (dim doubles) is sum_n dc_n over the round's updates
+ * for scaffold (required), NULL for the others (refused otherwise); n_updates (> 0) is the number of
+ * updates aggregated. global (dim floats) is read and updated in place, and the persistent state
+ * advances. On an error, global and state are untouched. */
+int loom_strategy_step(loom_strategy *s, float *global, const double *mean, const double *control_sum,
+                       size_t n_updates);
 
 /* Persistent state as named flat vectors of `dim` floats (the names are listed in the table above).
  * The pointers stay valid until loom_strategy_free; write through them between rounds to restore. */
@@ -154,8 +132,8 @@ int loom_strategy_state(loom_strategy *s, size_t i, const char **name, float **d
 /* By name; LOOM_ENOTFOUND if this strategy has no such state. */
 int loom_strategy_state_find(loom_strategy *s, const char *name, float **data, size_t *len);
 /* Restores state `name` from len floats read back from a checkpoint: LOOM_ENOTFOUND for an unknown
- * name, LOOM_EFORMAT for a length other than dim or a non-finite value (nothing is changed then),
- * LOOM_ESTATE inside a round. */
+ * name, LOOM_EFORMAT for a length other than dim or a non-finite value (nothing is changed then).
+ * (loom_pipeline_state_load refuses it inside an open round.) */
 int loom_strategy_state_load(loom_strategy *s, const char *name, const float *data, size_t len);
 
 /* ---- update helpers and validation ---- */
@@ -167,22 +145,7 @@ void loom_update_delta(float *delta, const float *local, const float *global, si
  * afterwards `mean` holds the mean gradient over all the client's examples. */
 int loom_update_mean_push(float *mean, double *wsum, const float *x, double w, size_t dim);
 
-/* Why an update was refused, for counting. */
-typedef enum {
-    LOOM_UPDATE_ACCEPTED = 0,
-    LOOM_UPDATE_BAD_LENGTH,
-    LOOM_UPDATE_NONFINITE,
-    LOOM_UPDATE_TOO_LARGE,
-} loom_update_verdict;
-
-/* Checks a received update before add(): len must equal dim, every value finite, and the L2 norm at most
- * max_norm (max_norm 0 = no bound). Accepted: LOOM_OK. Rejected: LOOM_EINVAL (length) or LOOM_ERANGE
- * with the reason as the error message (loom_errmsg). verdict and norm (the L2 norm, computed in double;
- * 0 when not computed) may be NULL. */
-int loom_update_check(const float *update, size_t len, size_t dim, double max_norm, loom_update_verdict *verdict,
-                      double *norm);
-/* "accepted", "wrong length", "non-finite value", "norm above bound". */
-const char *loom_update_verdict_str(loom_update_verdict v);
+/* Update validation (loom_update_check) and the refusal reasons live in include/loom/pipeline.h. */
 
 /* ---- FedProx, client side ---- */
 
@@ -194,7 +157,7 @@ double loom_fedprox_value(const float *w, const float *w_global, double mu, size
 /* ---- SCAFFOLD, client side ----
  * Per round a client receives x (global) and c ("server_control"), keeps its own c_i (initially 0), runs
  * K local steps y <- y - lr * (g(y) - c_i + c) from y = x, then computes c_i+ by option I or II and sends
- * u = y - x and dc = c_i+ - c_i; it keeps c_i+ as its new c_i. */
+ * u = y - x and dc = c_i+ - c_i; it keeps c_i+ as its new c_i (loom_client_state, include/loom/fl.h). */
 
 /* grad <- grad - c_local + c_global: the drift correction applied to every local gradient. */
 void loom_scaffold_correct(float *grad, const float *c_local, const float *c_global, size_t dim);
@@ -205,7 +168,7 @@ void loom_scaffold_control_option1(float *c_new, const float *grad_at_global, si
  * steps of learning rate lr (both > 0). c_new may alias c_local. */
 int loom_scaffold_control_option2(float *c_new, const float *c_local, const float *c_global, const float *x_global,
                                   const float *y_local, long steps, double lr, size_t dim);
-/* dc = c_new - c_old (what add() takes as control_delta). */
+/* dc = c_new - c_old (the control delta an update carries). */
 void loom_scaffold_control_delta(float *dc, const float *c_new, const float *c_old, size_t dim);
 
 #ifdef __cplusplus

@@ -232,6 +232,12 @@ int cmd_sim(int argc, char **argv) {
     if (!(lr >= 0) && lr != -1.0f) BAD("--lr must be >= 0");
     if (!(test_frac >= 0 && test_frac < 1)) BAD("--test-frac must be in [0, 1)");
     if (scaffold_option != 1 && scaffold_option != 2) BAD("--scaffold-option must be 1 or 2");
+    if (!(max_norm >= 0) || isinf(max_norm)) BAD("--max-update-norm must be finite and >= 0 (0 = no bound)");
+    /* the run directory: a stale checkpoint, or a resume with nothing left to do, fails before any work */
+    if (loom_sim_check_out(out, resume, rounds) != LOOM_OK) {
+        cli_fail(NULL);
+        goto done;
+    }
     if (parse_faults(faults_s, &faults, &nfaults) != LOOM_OK) {
         cli_fail(NULL);
         goto done;

@@ -42,11 +42,41 @@ static long count_targets(const int32_t *tgt, size_t n) {
     return c;
 }
 
-int loom_client_fit(loom_trainer *tr, float *vec, size_t dim, const float *global, loom_batcher *data, uint64_t step0,
-                    const loom_fit_config *fc, const float *c_global, float *c_local, float *dc, float *update,
-                    loom_fit_result *res) {
+void loom_client_state_init(loom_client_state *s) { memset(s, 0, sizeof *s); }
+
+void loom_client_state_clear(loom_client_state *s) {
+    loom_free(s->control);
+    memset(s, 0, sizeof *s);
+}
+
+int loom_client_state_control(loom_client_state *s, size_t dim) {
+    if (s->control && s->dim == dim) return LOOM_OK;
+    if (s->control) return loom_error(LOOM_EINVAL, "client control variate has %zu values, expected %zu", s->dim, dim);
+    s->control = loom_calloc(dim, sizeof(float));
+    if (!s->control) return LOOM_ENOMEM;
+    s->dim = dim;
+    return LOOM_OK;
+}
+
+int loom_client_fit(const loom_client_ctx *ctx, const loom_fit_task *task, loom_client_state *st,
+                    loom_fit_output *out) {
+    loom_fit_result *res = &out->res;
     memset(res, 0, sizeof *res);
+    loom_trainer *tr = ctx->tr;
+    float *vec = ctx->vec, *update = out->update, *dc = out->control_delta;
+    const size_t dim = ctx->dim;
+    const float *global = task->global, *c_global = task->server_control;
+    const loom_fit_config *fc = &task->fc;
+    loom_batcher *data = task->data;
+    const uint64_t step0 = st->steps;
     if (fc->local_steps < 1) return loom_error(LOOM_EINVAL, "local steps %d must be >= 1", fc->local_steps);
+    if (!update || !global || !data) return loom_error(LOOM_EINVAL, "client fit needs a global vector, data and an update buffer");
+    float *c_local = NULL;
+    if (fc->scaffold) {
+        int rc = loom_client_state_control(st, dim);
+        if (rc != LOOM_OK) return rc;
+        c_local = st->control;
+    }
     size_t BT = loom_trainer_batch_tokens(tr);
     int32_t *tok, *tgt;
     if (alloc_batch(BT, &tok, &tgt) != LOOM_OK) return LOOM_ENOMEM;
@@ -117,8 +147,29 @@ int loom_client_fit(loom_trainer *tr, float *vec, size_t dim, const float *globa
     res->loss = res->tokens ? loss_sum / (double)res->tokens : 0.0;
     free(tok);
     free(tgt);
+    if (rc == LOOM_OK) st->steps += (uint64_t)fc->local_steps; /* data consumed */
     return rc;
 }
+
+int loom_client_eval(const loom_client_ctx *ctx, const loom_eval_task *task, loom_eval_result *res) {
+    memset(res, 0, sizeof *res);
+    int rc;
+    if (task->ds && task->ds->kind == LOOM_DS_CLASSIFY) {
+        /* accuracy = the label whose verbalizer is most likely; counted per example */
+        rc = loom_client_evaluate_cls(ctx->tr, ctx->vec, ctx->dim, task->global, task->ds, task->idx, task->n,
+                                      &res->loss_sum, &res->tokens, &res->correct, &res->count);
+    } else {
+        if (!task->data) return loom_error(LOOM_EINVAL, "evaluation without data");
+        rc = loom_client_evaluate(ctx->tr, ctx->vec, ctx->dim, task->global, task->data, &res->loss_sum, &res->correct,
+                                  &res->tokens);
+        res->count = res->tokens;
+    }
+    return rc;
+}
+
+const loom_client_algo loom_client_local_sgd = {"local-sgd", loom_client_fit, loom_client_eval};
+
+
 
 int loom_client_evaluate(loom_trainer *tr, float *vec, size_t dim, const float *global, loom_batcher *data,
                          double *loss_sum, long *correct, long *tokens) {

@@ -1,5 +1,4 @@
-/* Strategy front end: the registry, hyper-parameters, the round (streaming accumulation) and the
- * persistent-state table. The arithmetic of each strategy lives in strategy_<family>.c. */
+/* Strategy front end: the registry, hyper-parameters, the step and the persistent-state table. The arithmetic of each strategy lives in strategy_<family>.c. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,13 +119,7 @@ int loom_strategy_create(loom_strategy **out, const char *name, const loom_strat
     s->ops = ops;
     s->p = p;
     s->dim = dim;
-    s->acc = loom_calloc(dim, sizeof *s->acc);
-    if (!s->acc) rc = LOOM_ENOMEM;
-    if (rc == LOOM_OK && ops->uses_control) {
-        s->acc_control = loom_calloc(dim, sizeof *s->acc_control);
-        if (!s->acc_control) rc = LOOM_ENOMEM;
-    }
-    if (rc == LOOM_OK && ops->init) rc = ops->init(s);
+    if (ops->init) rc = ops->init(s);
     if (rc != LOOM_OK) {
         loom_strategy_free(s);
         return loom_error_context(rc, "strategy %s with dim %zu", name, dim);
@@ -138,8 +131,6 @@ int loom_strategy_create(loom_strategy **out, const char *name, const loom_strat
 void loom_strategy_free(loom_strategy *s) {
     if (!s) return;
     for (size_t i = 0; i < s->n_state; i++) loom_free(s->state[i].data);
-    loom_free(s->acc);
-    loom_free(s->acc_control);
     free(s);
 }
 
@@ -149,104 +140,26 @@ size_t loom_strategy_dim(const loom_strategy *s) { return s->dim; }
 int loom_strategy_update_kind(const loom_strategy *s) { return s->ops->update_kind; }
 int loom_strategy_uses_control(const loom_strategy *s) { return s->ops->uses_control; }
 
-/* ---- the round ---- */
+/* ---- the step ---- */
 
-int loom_strategy_begin_round(loom_strategy *s, const float *global) {
-    if (s->in_round) return loom_error(LOOM_ESTATE, "strategy %s: begin_round while a round is open", s->ops->name);
-    if (!global) return loom_error(LOOM_EINVAL, "strategy %s: begin_round with a NULL global vector", s->ops->name);
-    memset(s->acc, 0, s->dim * sizeof *s->acc);
-    if (s->acc_control) memset(s->acc_control, 0, s->dim * sizeof *s->acc_control);
-    s->wsum = 0.0;
-    s->n_added = 0;
-    s->round_global = global;
-    s->in_round = 1;
-    return LOOM_OK;
-}
-
-static int check_add(loom_strategy *s, const float *v, double weight, const float *control_delta) {
+int loom_strategy_step(loom_strategy *s, float *global, const double *mean, const double *control_sum,
+                       size_t n_updates) {
     const char *name = s->ops->name;
-    if (!s->in_round) return loom_error(LOOM_ESTATE, "strategy %s: add outside a round (call begin_round)", name);
-    if (!v) return loom_error(LOOM_EINVAL, "strategy %s: NULL update", name);
-    if (!(weight > 0 && isfinite(weight)))
-        return loom_error(LOOM_EINVAL, "strategy %s: client weight must be finite and > 0 (got %g)", name, weight);
-    if (s->ops->uses_control && !control_delta)
-        return loom_error(LOOM_EINVAL, "strategy %s: the update needs a control-variate delta", name);
-    if (!s->ops->uses_control && control_delta)
-        return loom_error(LOOM_EINVAL, "strategy %s has no control variates, but a control delta was given", name);
-    return LOOM_OK;
-}
-
-static void add_control(loom_strategy *s, const float *dc) {
-    double *ac = s->acc_control;
-    const size_t dim = s->dim;
-#pragma omp parallel for schedule(static) if (dim >= LOOM_STRATEGY_PAR_MIN)
-    for (size_t i = 0; i < dim; i++) ac[i] += (double)dc[i];
-}
-
-int loom_strategy_add(loom_strategy *s, const float *update, double weight, const float *control_delta) {
-    int rc = check_add(s, update, weight, control_delta);
-    if (rc != LOOM_OK) return rc;
-    double *acc = s->acc;
-    const size_t dim = s->dim;
-#pragma omp parallel for schedule(static) if (dim >= LOOM_STRATEGY_PAR_MIN)
-    for (size_t i = 0; i < dim; i++) acc[i] += weight * (double)update[i];
-    if (control_delta) add_control(s, control_delta);
-    s->wsum += weight;
-    s->n_added++;
-    return LOOM_OK;
-}
-
-int loom_strategy_add_model(loom_strategy *s, const float *client_model, double weight, const float *control_delta) {
-    int rc = check_add(s, client_model, weight, control_delta);
-    if (rc != LOOM_OK) return rc;
-    if (s->ops->update_kind != LOOM_UPDATE_DELTA)
-        return loom_error(LOOM_EINVAL, "strategy %s takes gradients, not client models", s->ops->name);
-    double *acc = s->acc;
-    const float *x = s->round_global;
-    const size_t dim = s->dim;
-#pragma omp parallel for schedule(static) if (dim >= LOOM_STRATEGY_PAR_MIN)
-    for (size_t i = 0; i < dim; i++) acc[i] += weight * ((double)client_model[i] - (double)x[i]);
-    if (control_delta) add_control(s, control_delta);
-    s->wsum += weight;
-    s->n_added++;
-    return LOOM_OK;
-}
-
-size_t loom_strategy_num_added(const loom_strategy *s) { return s->in_round ? s->n_added : 0; }
-double loom_strategy_total_weight(const loom_strategy *s) { return s->in_round ? s->wsum : 0.0; }
-
-int loom_strategy_aggregate(loom_strategy *s, float *global, const float *const *updates, const double *weights,
-                            const float *const *control_deltas, size_t n) {
-    if (n > 0 && (!updates || !weights))
-        return loom_error(LOOM_EINVAL, "strategy %s: aggregate of %zu updates without updates or weights", s->ops->name,
-                          n);
-    int rc = loom_strategy_begin_round(s, global);
-    if (rc != LOOM_OK) return rc;
-    for (size_t i = 0; i < n; i++) {
-        rc = loom_strategy_add(s, updates[i], weights[i], control_deltas ? control_deltas[i] : NULL);
-        if (rc != LOOM_OK) {
-            s->in_round = 0;
-            s->round_global = NULL;
-            return loom_error_context(rc, "update %zu", i);
-        }
-    }
-    return loom_strategy_end_round(s, global);
-}
-
-int loom_strategy_end_round(loom_strategy *s, float *global) {
-    if (!s->in_round) return loom_error(LOOM_ESTATE, "strategy %s: end_round without begin_round", s->ops->name);
-    s->in_round = 0;
-    s->round_global = NULL;
-    if (!global) return loom_error(LOOM_EINVAL, "strategy %s: end_round with a NULL global vector", s->ops->name);
-    if (s->n_added == 0)
+    if (!global || !mean) return loom_error(LOOM_EINVAL, "strategy %s: step without a global vector or a mean", name);
+    if (n_updates == 0)
         return loom_error(LOOM_ESTATE, "strategy %s: round closed with no accepted update; global model unchanged",
-                          s->ops->name);
-    return s->ops->step(s, global);
-}
-
-void loom_strategy_abort_round(loom_strategy *s) {
-    s->in_round = 0;
-    s->round_global = NULL;
+                          name);
+    if (s->ops->uses_control && !control_sum)
+        return loom_error(LOOM_EINVAL, "strategy %s: the step needs the sum of control-variate deltas", name);
+    if (!s->ops->uses_control && control_sum)
+        return loom_error(LOOM_EINVAL, "strategy %s has no control variates, but a control sum was given", name);
+    s->mean = mean;
+    s->control_sum = control_sum;
+    s->n_updates = n_updates;
+    int rc = s->ops->step(s, global);
+    s->mean = s->control_sum = NULL;
+    s->n_updates = 0;
+    return rc;
 }
 
 /* ---- persistent state ---- */
@@ -273,7 +186,6 @@ int loom_strategy_state_load(loom_strategy *s, const char *name, const float *da
     size_t dim;
     int rc = loom_strategy_state_find(s, name, &dst, &dim);
     if (rc != LOOM_OK) return rc;
-    if (s->in_round) return loom_error(LOOM_ESTATE, "strategy %s: state %s loaded inside a round", s->ops->name, name);
     if (!data || len != dim)
         return loom_error(LOOM_EFORMAT, "strategy %s: state %s has %zu values, expected %zu", s->ops->name, name,
                           data ? len : 0, dim);

@@ -23,13 +23,13 @@ static int adaptive_init(loom_strategy *s) {
 }
 
 static int adaptive_step(loom_strategy *s, float *x, int variant) {
-    const double *acc = s->acc, wsum = s->wsum;
+    const double *mean = s->mean;
     const double eta = s->p.server_lr, b1 = s->p.beta1, b2 = s->p.beta2, tau = s->p.tau;
     float *m = s->state[0].data, *v = s->state[1].data;
     const size_t dim = s->dim;
 #pragma omp parallel for schedule(static) if (dim >= LOOM_STRATEGY_PAR_MIN)
     for (size_t i = 0; i < dim; i++) {
-        double d = acc[i] / wsum, d2 = d * d, vi = v[i];
+        double d = mean[i], d2 = d * d, vi = v[i];
         double mi = b1 * (double)m[i] + (1.0 - b1) * d;
         switch (variant) {
         case ADAGRAD: vi = vi + d2; break;

@@ -9,12 +9,12 @@ static int fedavgm_init(loom_strategy *s) {
 }
 
 static int fedavgm_step(loom_strategy *s, float *x) {
-    const double *acc = s->acc, wsum = s->wsum, lr = s->p.server_lr, beta = s->p.momentum;
+    const double *mean = s->mean, lr = s->p.server_lr, beta = s->p.momentum;
     float *v = s->state[0].data;
     const size_t dim = s->dim;
 #pragma omp parallel for schedule(static) if (dim >= LOOM_STRATEGY_PAR_MIN)
     for (size_t i = 0; i < dim; i++) {
-        float vi = (float)(beta * (double)v[i] + acc[i] / wsum);
+        float vi = (float)(beta * (double)v[i] + mean[i]);
         v[i] = vi;
         x[i] = strategy_apply(x[i], lr * (double)vi);
     }

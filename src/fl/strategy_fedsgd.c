@@ -5,10 +5,10 @@
 #include "fl/strategy_impl.h"
 
 static int fedsgd_step(loom_strategy *s, float *x) {
-    const double *acc = s->acc, wsum = s->wsum, lr = s->p.server_lr;
+    const double *mean = s->mean, lr = s->p.server_lr;
     const size_t dim = s->dim;
 #pragma omp parallel for schedule(static) if (dim >= LOOM_STRATEGY_PAR_MIN)
-    for (size_t i = 0; i < dim; i++) x[i] = strategy_apply(x[i], -(lr * (acc[i] / wsum)));
+    for (size_t i = 0; i < dim; i++) x[i] = strategy_apply(x[i], -(lr * (mean[i])));
     return LOOM_OK;
 }
 

@@ -1,9 +1,10 @@
 /* Internal layout of loom_strategy, shared by the strategy implementation files.
  *
- * The generic part (strategy.c) owns the round: it folds every add() into acc (sum_n w_n u_n, double)
- * and, for strategies with control variates, acc_control (sum_n dc_n, unweighted). A strategy only
- * declares its persistent state and applies the closing step to the global vector. To add a strategy:
- * write its ops in a file of its own and list them in the registry table of strategy.c. */
+ * The generic part (strategy.c) holds the registry, the parameters and the state table; the update
+ * pipeline (pipeline.c) forms the round's weighted mean update and, for strategies with control
+ * variates, the unweighted sum of control deltas. A strategy only declares its persistent state and
+ * applies the step to the global vector. To add a strategy: write its ops in a file of its own and
+ * list them in the registry table of strategy.c. */
 #ifndef LOOM_STRATEGY_IMPL_H
 #define LOOM_STRATEGY_IMPL_H
 
@@ -20,12 +21,12 @@
 typedef struct {
     const char *name;
     int update_kind;  /* LOOM_UPDATE_DELTA / LOOM_UPDATE_GRADIENT */
-    int uses_control; /* add() takes a control delta */
+    int uses_control; /* updates carry a control delta */
     /* Overrides the generic defaults (may be NULL). */
     void (*defaults)(loom_strategy_params *p);
     /* Declares the persistent state with strategy_state_add (may be NULL). */
     int (*init)(loom_strategy *s);
-    /* Applies the round to global (dim floats) from s->acc / s->wsum (and acc_control, n_added);
+    /* Applies the round to global (dim floats) from s->mean (and control_sum, n_updates);
      * returns LOOM_OK or an error, in which case global and state must be untouched. */
     int (*step)(loom_strategy *s, float *global);
 } loom_strategy_ops;
@@ -34,12 +35,10 @@ struct loom_strategy {
     const loom_strategy_ops *ops;
     loom_strategy_params p;
     size_t dim;
-    double *acc;         /* (dim) sum_n w_n u_n */
-    double *acc_control; /* (dim) sum_n dc_n; NULL unless ops->uses_control */
-    double wsum;         /* sum_n w_n */
-    size_t n_added;
-    const float *round_global; /* begin_round's vector, for add_model */
-    int in_round;
+    /* inputs of the step being applied (valid only inside loom_strategy_step) */
+    const double *mean;        /* (dim) sum_n w_n u_n / sum_n w_n */
+    const double *control_sum; /* (dim) sum_n dc_n; NULL unless ops->uses_control */
+    size_t n_updates;
     size_t n_state;
     struct {
         const char *name;

@@ -14,17 +14,17 @@ static int scaffold_init(loom_strategy *s) {
 }
 
 static int scaffold_step(loom_strategy *s, float *x) {
-    double n_total = s->p.num_clients > 0 ? (double)s->p.num_clients : (double)s->n_added;
-    if ((double)s->n_added > n_total)
-        return loom_error(LOOM_ESTATE, "scaffold: %zu clients in the round but num_clients is %ld", s->n_added,
+    double n_total = s->p.num_clients > 0 ? (double)s->p.num_clients : (double)s->n_updates;
+    if ((double)s->n_updates > n_total)
+        return loom_error(LOOM_ESTATE, "scaffold: %zu clients in the round but num_clients is %ld", s->n_updates,
                           s->p.num_clients);
-    const double *acc = s->acc, *acc_c = s->acc_control, wsum = s->wsum, lr = s->p.server_lr;
+    const double *mean = s->mean, *csum = s->control_sum, lr = s->p.server_lr;
     float *c = s->state[0].data;
     const size_t dim = s->dim;
 #pragma omp parallel for schedule(static) if (dim >= LOOM_STRATEGY_PAR_MIN)
     for (size_t i = 0; i < dim; i++) {
-        x[i] = strategy_apply(x[i], lr * (acc[i] / wsum));
-        c[i] = strategy_apply(c[i], acc_c[i] / n_total);
+        x[i] = strategy_apply(x[i], lr * (mean[i]));
+        c[i] = strategy_apply(c[i], csum[i] / n_total);
     }
     return LOOM_OK;
 }

@@ -4,7 +4,7 @@
 #include <math.h>
 
 #include "loom/core.h"
-#include "loom/strategy.h"
+#include "loom/pipeline.h"
 
 static int reject(loom_update_verdict *out, loom_update_verdict v, int code) {
     if (out) *out = v;
@@ -15,7 +15,8 @@ int loom_update_check(const float *update, size_t len, size_t dim, double max_no
                       double *norm) {
     if (norm) *norm = 0.0;
     if (!(max_norm >= 0 && !isnan(max_norm)))
-        return loom_error(LOOM_EINVAL, "update norm bound must be >= 0 (got %g)", max_norm);
+        return reject(verdict, LOOM_UPDATE_BAD_BOUND,
+                      loom_error(LOOM_EINVAL, "update norm bound must be >= 0 (got %g)", max_norm));
     if (len != dim || (!update && dim > 0))
         return reject(verdict, LOOM_UPDATE_BAD_LENGTH,
                       loom_error(LOOM_EINVAL, "update has %zu values, expected %zu", update ? len : 0, dim));
@@ -41,6 +42,18 @@ const char *loom_update_verdict_str(loom_update_verdict v) {
     case LOOM_UPDATE_BAD_LENGTH: return "wrong length";
     case LOOM_UPDATE_NONFINITE: return "non-finite value";
     case LOOM_UPDATE_TOO_LARGE: return "norm above bound";
+    case LOOM_UPDATE_OUT_OF_RANGE: return "value out of fixed-point range";
+    case LOOM_UPDATE_BAD_WEIGHT: return "invalid weight";
+    case LOOM_UPDATE_BAD_CODEC: return "unsupported codec";
+    case LOOM_UPDATE_BAD_CONTROL: return "control delta missing or unexpected";
+    case LOOM_UPDATE_ROUND_FULL: return "round is full";
+    case LOOM_UPDATE_NOT_SAMPLED: return "not sampled";
+    case LOOM_UPDATE_DUPLICATE: return "duplicate";
+    case LOOM_UPDATE_LATE: return "late";
+    case LOOM_UPDATE_WRONG_ROUND: return "wrong round";
+    case LOOM_UPDATE_CLIENT_FAILED: return "client failure";
+    case LOOM_UPDATE_MISSING: return "no update";
+    case LOOM_UPDATE_BAD_BOUND: return "invalid norm bound";
     }
     return "unknown";
 }

@@ -1,4 +1,5 @@
-/* In-process federated simulation: server-side rounds over a pool of client workers. */
+/* In-process federated simulation: a driver of the round engine with worker threads, an in-process
+ * wire and a virtual clock (see include/loom/sim.h). */
 #include "loom/sim.h"
 
 #include <errno.h>
@@ -32,44 +33,20 @@ void loom_sim_defaults(loom_sim_config *c) {
 uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, 0x636c69656e74ULL + (uint64_t)client); }
 
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n) {
-    int N = (int)c->part->n_clients;
-    int m = c->sample > 0 ? c->sample : c->sample_frac > 0 ? (int)ceil(c->sample_frac * N) : N;
-    if (m > N) return loom_error(LOOM_EINVAL, "--sample %d is more than the %d clients", m, N);
-    if (m < 1) m = 1;
-    int *all = malloc((size_t)N * sizeof *all);
-    if (!all) return loom_error(LOOM_ENOMEM, "out of memory");
-    for (int i = 0; i < N; i++) all[i] = i;
-    if (m < N) {
+    return loom_engine_sample((int)c->part->n_clients, c->sample, c->sample_frac, c->seed, round, clients, n);
+}
+
+double loom_sim_client_seconds(const loom_sim_config *c, int client) {
+    double speed = 1.0;
+    if (c->time_spread > 0) {
         loom_rng r;
-        loom_rng_init(&r, c->seed, loom_hash2(0x73616d70, (uint64_t)round));
-        for (int i = 0; i < m; i++) { /* partial Fisher-Yates */
-            int j = i + (int)loom_rng_below(&r, (uint32_t)(N - i));
-            int t = all[i];
-            all[i] = all[j];
-            all[j] = t;
-        }
-        /* fixed (ascending) order of aggregation */
-        for (int i = 1; i < m; i++)
-            for (int k = i; k > 0 && all[k - 1] > all[k]; k--) {
-                int t = all[k];
-                all[k] = all[k - 1];
-                all[k - 1] = t;
-            }
+        loom_rng_init(&r, c->seed, loom_hash2(0x74696d65, (uint64_t)client));
+        speed = exp(c->time_spread * loom_rng_normal(&r));
     }
-    memcpy(clients, all, (size_t)m * sizeof *clients);
-    *n = m;
-    free(all);
-    return LOOM_OK;
+    return c->fit.local_steps * c->step_seconds * speed;
 }
 
 /* ------------------------------------------------------------------ shared run state */
-
-typedef struct {
-    double loss;
-    long tokens;
-    double norm;
-    const char *status; /* NULL = accepted */
-} client_row;
 
 typedef struct {
     loom_trainer *tr;
@@ -78,32 +55,23 @@ typedef struct {
 
 typedef struct sim_run {
     const loom_sim_config *c;
+    const loom_client_algo *algo;
     size_t dim;
     int n_clients;
-    float *global;
-    loom_strategy *strat;
-    uint64_t *client_steps;   /* per client: local steps taken so far (data order) */
-    float **control;          /* SCAFFOLD c_i per client, allocated on first participation */
-    float *server_control;    /* view of the strategy's state (or NULL) */
+    loom_engine *eng;
+    loom_client_state *states; /* (n_clients) the clients' own state, kept by the driver */
+    double t_open;             /* virtual time the round opened */
     /* the current phase */
     const int *list;
     int count;
-    int next;                 /* next list position to hand out */
-    int turn;                 /* next list position allowed to submit */
+    int next;                  /* next list position to hand out */
     int done;
     int round;
     int failed;
     int failed_rc;
     char failed_msg[512];
-    client_row *rows;
-    int accepted, rejected;
-    double loss_w, weight;
-    double *ev_loss;          /* per evaluated client: loss sum, correct, tokens */
-    long *ev_correct, *ev_tokens;
-    long *ev_count;           /* what accuracy is counted over: tokens (LM) or examples (classification) */
-    worker_slot *slots;       /* (workers) */
+    worker_slot *slots;        /* (workers) */
     pthread_mutex_t mu;
-    pthread_cond_t cv;
 } sim_run;
 
 typedef struct {
@@ -118,6 +86,7 @@ static int fault_of(const loom_sim_config *c, int client) {
     return 0;
 }
 
+/* A server-side error (a worker that cannot be built): the run stops. Client errors never come here. */
 static void fail(sim_run *r, int rc) {
     pthread_mutex_lock(&r->mu);
     if (!r->failed) {
@@ -125,8 +94,86 @@ static void fail(sim_run *r, int rc) {
         r->failed_rc = rc;
         snprintf(r->failed_msg, sizeof r->failed_msg, "%s", loom_errmsg());
     }
-    pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
+}
+
+static void fit_one(sim_run *r, worker_slot *ws, int client) {
+    const loom_sim_config *c = r->c;
+    const loom_client *cl = &c->part->clients[client];
+    size_t dim = r->dim;
+    loom_task task;
+    loom_engine_task(r->eng, &task);
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = (size_t)c->B;
+    bo.T = (size_t)c->T;
+    bo.seed = loom_sim_client_seed(c->seed, client);
+    loom_batcher *b = NULL;
+    loom_fit_output out;
+    memset(&out, 0, sizeof out);
+    out.update = ws->update;
+    out.control_delta = ws->dc;
+    int rc = loom_batcher_create(&b, c->ds, cl->train, cl->n_train, &bo);
+    if (rc == LOOM_OK) {
+        loom_client_ctx ctx = {ws->tr, ws->vec, dim};
+        loom_fit_task ft = {task.round, task.global, task.server_control, b, c->fit};
+        rc = r->algo->fit(&ctx, &ft, &r->states[client], &out);
+    }
+    loom_batcher_free(b);
+    double now = r->t_open + loom_sim_client_seconds(c, client);
+    int fault = fault_of(c, client);
+    if (rc != LOOM_OK || fault == LOOM_FAULT_FAIL) {
+        char why[512];
+        snprintf(why, sizeof why, "%s (%s)", rc != LOOM_OK ? loom_errmsg() : "injected failure", cl->name);
+        loom_engine_fail(r->eng, task.round, client, why, now, NULL);
+        return;
+    }
+    float *update = ws->update;
+    size_t len = dim;
+    switch (fault) {
+    case LOOM_FAULT_NAN: update[dim / 2] = NAN; break;
+    case LOOM_FAULT_INF: update[0] = INFINITY; break;
+    case LOOM_FAULT_HUGE:
+        for (size_t i = 0; i < dim; i++) update[i] *= 1e6f;
+        break;
+    case LOOM_FAULT_SHORT: len = dim - 1; break;
+    default: break;
+    }
+    /* the in-process wire: the message points at the worker's buffers */
+    loom_update u = {task.run_id, task.round, task.version, client, (uint64_t)cl->n_train, out.res.loss,
+                     out.res.tokens, LOOM_CODEC_F32, len, update, c->fit.scaffold ? ws->dc : NULL};
+    loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
+}
+
+static void eval_one(sim_run *r, worker_slot *ws, int client) {
+    const loom_sim_config *c = r->c;
+    const loom_client *cl = &c->part->clients[client];
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = (size_t)c->B;
+    bo.T = (size_t)c->T;
+    bo.seed = loom_sim_client_seed(c->seed, client);
+    bo.once = 1;
+    bo.shuffle = 0;
+    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
+    loom_eval_task et = {loom_engine_global(r->eng), NULL, NULL, cl->test, cl->n_test};
+    loom_eval_result res = {0};
+    int rc = LOOM_OK;
+    loom_batcher *b = NULL;
+    if (c->ds->kind == LOOM_DS_CLASSIFY) {
+        et.ds = c->ds;
+        rc = r->algo->evaluate(&ctx, &et, &res);
+    } else {
+        rc = loom_batcher_create(&b, c->ds, cl->test, cl->n_test, &bo);
+        et.data = b;
+        if (rc == LOOM_OK && cl->n_test > 0) rc = r->algo->evaluate(&ctx, &et, &res);
+        loom_batcher_free(b);
+    }
+    if (rc != LOOM_OK) {
+        loom_log(LOOM_WARN, "round %d: evaluating client %d (%s) failed: %s", r->round, client, cl->name, loom_errmsg());
+        return;
+    }
+    loom_engine_eval_submit(r->eng, client, &res);
 }
 
 static void *worker_main(void *p) {
@@ -152,8 +199,6 @@ static void *worker_main(void *p) {
             return NULL;
         }
     }
-    loom_trainer *tr = ws->tr;
-    float *vec = ws->vec, *update = ws->update, *dc = ws->dc;
     for (;;) {
         pthread_mutex_lock(&r->mu);
         if (r->failed || r->next >= r->count) {
@@ -163,97 +208,12 @@ static void *worker_main(void *p) {
         int pos = r->next++;
         pthread_mutex_unlock(&r->mu);
         int client = r->list[pos];
-        const loom_client *cl = &c->part->clients[client];
-        loom_batcher_opts bo;
-        loom_batcher_opts_init(&bo);
-        bo.B = (size_t)c->B;
-        bo.T = (size_t)c->T;
-        bo.seed = loom_sim_client_seed(c->seed, client);
-        loom_batcher *b = NULL;
-        if (a->phase == 0) {
-            rc = loom_batcher_create(&b, c->ds, cl->train, cl->n_train, &bo);
-            loom_fit_result fr = {0};
-            if (rc == LOOM_OK)
-                rc = loom_client_fit(tr, vec, dim, r->global, b, r->client_steps[client], &c->fit, r->server_control,
-                                     c->fit.scaffold ? r->control[client] : NULL, dc, update, &fr);
-            loom_batcher_free(b);
-            if (rc != LOOM_OK) {
-                loom_error_context(rc, "client %d (%s), round %d", client, cl->name, r->round);
-                fail(r, rc);
-                break;
-            }
-            size_t len = dim;
-            switch (fault_of(c, client)) {
-            case LOOM_FAULT_NAN: update[dim / 2] = NAN; break;
-            case LOOM_FAULT_INF: update[0] = INFINITY; break;
-            case LOOM_FAULT_HUGE:
-                for (size_t i = 0; i < dim; i++) update[i] *= 1e6f;
-                break;
-            case LOOM_FAULT_SHORT: len = dim - 1; break;
-            default: break;
-            }
-            /* submit in list order: wait for this position's turn */
-            pthread_mutex_lock(&r->mu);
-            while (r->turn != pos && !r->failed) pthread_cond_wait(&r->cv, &r->mu);
-            if (r->failed) {
-                pthread_mutex_unlock(&r->mu);
-                break;
-            }
-            loom_update_verdict verdict;
-            double norm = 0;
-            client_row *row = &r->rows[pos];
-            row->loss = fr.loss;
-            row->tokens = fr.tokens;
-            int ck = loom_update_check(update, len, dim, c->max_update_norm, &verdict, &norm);
-            row->norm = norm;
-            if (ck != LOOM_OK) {
-                row->status = loom_update_verdict_str(verdict);
-                r->rejected++;
-                loom_log(LOOM_WARN, "round %d: update of client %d (%s) rejected: %s", r->round, client, cl->name,
-                         row->status);
-            } else {
-                double w = (double)cl->n_train;
-                int arc = loom_strategy_add(r->strat, update, w, c->fit.scaffold ? dc : NULL);
-                if (arc != LOOM_OK) {
-                    pthread_mutex_unlock(&r->mu);
-                    fail(r, arc);
-                    break;
-                }
-                r->accepted++;
-                r->loss_w += fr.loss * w;
-                r->weight += w;
-            }
-            r->client_steps[client] += (uint64_t)c->fit.local_steps; /* data consumed, accepted or not */
-            r->turn++;
-            r->done++;
-            int done = r->done;
-            pthread_cond_broadcast(&r->cv);
-            pthread_mutex_unlock(&r->mu);
-            if (c->on_client) c->on_client(r->round, done, r->count, c->cb_ud);
-        } else {
-            bo.once = 1;
-            bo.shuffle = 0;
-            double ls = 0;
-            long corr = 0, toks = 0, nex = 0;
-            if (c->ds->kind == LOOM_DS_CLASSIFY) {
-                /* accuracy = the label whose verbalizer is most likely; counted per example */
-                rc = loom_client_evaluate_cls(tr, vec, dim, r->global, c->ds, cl->test, cl->n_test, &ls, &toks, &corr, &nex);
-                r->ev_count[pos] = nex;
-            } else {
-                rc = loom_batcher_create(&b, c->ds, cl->test, cl->n_test, &bo);
-                if (rc == LOOM_OK && cl->n_test > 0) rc = loom_client_evaluate(tr, vec, dim, r->global, b, &ls, &corr, &toks);
-                loom_batcher_free(b);
-                r->ev_count[pos] = toks;
-            }
-            if (rc != LOOM_OK) {
-                loom_error_context(rc, "evaluating client %d (%s)", client, cl->name);
-                fail(r, rc);
-                break;
-            }
-            r->ev_loss[pos] = ls;
-            r->ev_correct[pos] = corr;
-            r->ev_tokens[pos] = toks;
-        }
+        if (a->phase == 0) fit_one(r, ws, client);
+        else eval_one(r, ws, client);
+        pthread_mutex_lock(&r->mu);
+        int done = ++r->done;
+        pthread_mutex_unlock(&r->mu);
+        if (a->phase == 0 && c->on_client) c->on_client(r->round, done, r->count, c->cb_ud);
     }
     return NULL;
 }
@@ -262,7 +222,7 @@ static int run_phase(sim_run *r, int phase, const int *list, int count) {
     const loom_sim_config *c = r->c;
     r->list = list;
     r->count = count;
-    r->next = r->turn = r->done = 0;
+    r->next = r->done = 0;
     int W = c->workers > 0 ? c->workers : 1;
     if (W > count) W = count;
     pthread_t *th = malloc((size_t)W * sizeof *th);
@@ -336,37 +296,53 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
     loom_st_writer *w;
     int rc = loom_st_writer_create(&w);
     if (rc != LOOM_OK) return rc;
+    loom_strategy *strat = loom_engine_strategy(r->eng);
     int cap = (c->n_entries > 0 ? c->n_entries : 1) + 16 + r->n_clients;
     char **names = calloc((size_t)cap, sizeof *names);
-    int nn = 0;
-    rc = write_vector(w, c, "", r->global, r->dim, names, &nn);
-    int final = !strcmp(file, "global.safetensors");
     int64_t *steps = NULL;
-    if (!final) {
-        size_t ns = loom_strategy_state_count(r->strat);
+    int nn = 0;
+    if (!names) rc = loom_error(LOOM_ENOMEM, "out of memory");
+    if (rc == LOOM_OK) rc = write_vector(w, c, "", loom_engine_global(r->eng), r->dim, names, &nn);
+    int final = !strcmp(file, "global.safetensors");
+    if (!final && rc == LOOM_OK) {
+        /* the server's state: the strategy's named vectors */
+        size_t ns = loom_strategy_state_count(strat);
         for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
             const char *sn;
             float *data;
             size_t len;
-            loom_strategy_state(r->strat, i, &sn, &data, &len);
+            loom_strategy_state(strat, i, &sn, &data, &len);
             char *nm = malloc(strlen(sn) + 16);
+            if (!nm) {
+                rc = loom_error(LOOM_ENOMEM, "out of memory");
+                break;
+            }
             sprintf(nm, "strategy.%s", sn);
             names[nn++] = nm;
             int64_t shape[1] = {(int64_t)len};
             rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, shape, data);
         }
+        /* the clients' state, kept by this driver */
         steps = malloc((size_t)r->n_clients * sizeof *steps);
-        for (int i = 0; i < r->n_clients; i++) steps[i] = (int64_t)r->client_steps[i];
+        if (!steps && rc == LOOM_OK) rc = loom_error(LOOM_ENOMEM, "out of memory");
+        for (int i = 0; steps && i < r->n_clients; i++) steps[i] = (int64_t)r->states[i].steps;
         int64_t shape[1] = {r->n_clients};
         if (rc == LOOM_OK) rc = loom_st_writer_add(w, "client_steps", LOOM_DT_I64, 1, shape, steps);
-        for (int i = 0; i < r->n_clients && rc == LOOM_OK && r->control; i++) {
-            if (!r->control[i]) continue;
+        for (int i = 0; i < r->n_clients && rc == LOOM_OK; i++) {
+            if (!r->states[i].control) continue;
             char *nm = malloc(32);
+            if (!nm) {
+                rc = loom_error(LOOM_ENOMEM, "out of memory");
+                break;
+            }
             snprintf(nm, 32, "client_control.%d", i);
-            if (nn >= cap) break;
+            if (nn >= cap) {
+                free(nm);
+                break;
+            }
             names[nn++] = nm;
             int64_t sh[1] = {(int64_t)r->dim};
-            rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->control[i]);
+            rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].control);
         }
     }
     char buf[64];
@@ -378,13 +354,54 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "clients", buf);
     snprintf(buf, sizeof buf, "%llu", (unsigned long long)c->seed);
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "seed", buf);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "strategy", loom_strategy_name(r->strat));
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "strategy", loom_strategy_name(strat));
     if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
     loom_st_writer_free(w);
     for (int i = 0; i < nn; i++) free(names[i]);
     free(names);
     free(steps);
     return rc;
+}
+
+/* The checkpoint's next round, from its metadata (for the checks before any work). */
+static int checkpoint_next_round(const char *path, int *next) {
+    loom_st_file *f;
+    int rc = loom_st_open(&f, path);
+    if (rc != LOOM_OK) return rc;
+    const char *v = loom_st_meta(f, "next_round");
+    char *end = NULL;
+    long n = v ? strtol(v, &end, 10) : -1;
+    if (!v || *end || n < 0 || n > 1000000000L)
+        rc = loom_error(LOOM_EFORMAT, "%s: next_round is %s", path, v ? v : "missing");
+    else *next = (int)n;
+    loom_st_close(f);
+    return rc;
+}
+
+int loom_sim_check_out(const char *out_dir, int resume, int rounds) {
+    if (!out_dir) return resume ? loom_error(LOOM_EINVAL, "--resume needs --out (the run directory)") : LOOM_OK;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", out_dir);
+    struct stat st;
+    int exists = stat(path, &st) == 0;
+    if (!resume) {
+        if (exists)
+            return loom_error(LOOM_EINVAL,
+                              "--out %s holds checkpoint.safetensors from an earlier run: pass --resume to continue "
+                              "it, or choose another --out (or delete the file)",
+                              out_dir);
+        return LOOM_OK;
+    }
+    if (!exists) return loom_error(LOOM_EINVAL, "--resume: %s does not exist", path);
+    int next = 0;
+    int rc = checkpoint_next_round(path, &next);
+    if (rc != LOOM_OK) return loom_error_context(rc, "--resume");
+    if (rounds <= next)
+        return loom_error(LOOM_EINVAL,
+                          "--resume: the checkpoint in %s has finished %d rounds, so --rounds %d leaves nothing to do "
+                          "(give --rounds above %d to continue)",
+                          out_dir, next, rounds, next);
+    return LOOM_OK;
 }
 
 static int load_checkpoint(sim_run *r, int *next_round) {
@@ -394,6 +411,7 @@ static int load_checkpoint(sim_run *r, int *next_round) {
     loom_st_file *f;
     int rc = loom_st_open(&f, path);
     if (rc != LOOM_OK) return rc;
+    loom_strategy *strat = loom_engine_strategy(r->eng);
     const char *v;
     char want[64];
 #define EXPECT(key, fmt, val)                                                                                  \
@@ -408,17 +426,17 @@ static int load_checkpoint(sim_run *r, int *next_round) {
     EXPECT("dim", "%zu", r->dim);
     EXPECT("clients", "%d", r->n_clients);
     EXPECT("seed", "%llu", (unsigned long long)c->seed);
-    EXPECT("strategy", "%s", loom_strategy_name(r->strat));
+    EXPECT("strategy", "%s", loom_strategy_name(strat));
 #undef EXPECT
     v = loom_st_meta(f, "next_round");
     *next_round = v ? atoi(v) : 0;
-    rc = read_vector(f, c, "", r->global, r->dim);
-    size_t ns = loom_strategy_state_count(r->strat);
+    rc = read_vector(f, c, "", loom_engine_global(r->eng), r->dim);
+    size_t ns = loom_strategy_state_count(strat);
     for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
         const char *sn;
         float *data;
         size_t len;
-        loom_strategy_state(r->strat, i, &sn, &data, &len);
+        loom_strategy_state(strat, i, &sn, &data, &len);
         char nm[256];
         snprintf(nm, sizeof nm, "strategy.%s", sn);
         const loom_st_tensor *t = loom_st_find(f, nm);
@@ -427,28 +445,30 @@ static int load_checkpoint(sim_run *r, int *next_round) {
             break;
         }
         float *tmp = loom_alloc(len * sizeof(float));
-        rc = loom_st_to_f32(t, tmp, len);
-        if (rc == LOOM_OK) rc = loom_strategy_state_load(r->strat, sn, tmp, len);
+        rc = tmp ? loom_st_to_f32(t, tmp, len) : LOOM_ENOMEM;
+        if (rc == LOOM_OK) rc = loom_pipeline_state_load(loom_engine_pipeline(r->eng), sn, tmp, len);
         loom_free(tmp);
     }
     const loom_st_tensor *t = loom_st_find(f, "client_steps");
     if (rc == LOOM_OK && (!t || t->numel != (size_t)r->n_clients || t->dtype != LOOM_DT_I64))
         rc = loom_error(LOOM_EFORMAT, "%s: client_steps missing or of the wrong size", path);
     if (rc == LOOM_OK) {
-        int64_t *s = malloc((size_t)r->n_clients * sizeof *s);
-        memcpy(s, t->data, (size_t)r->n_clients * sizeof *s);
-        for (int i = 0; i < r->n_clients; i++) r->client_steps[i] = (uint64_t)s[i];
-        free(s);
+        for (int i = 0; i < r->n_clients; i++) {
+            int64_t s;
+            memcpy(&s, (const char *)t->data + (size_t)i * sizeof s, sizeof s);
+            r->states[i].steps = (uint64_t)s;
+        }
     }
-    for (int i = 0; i < r->n_clients && rc == LOOM_OK && r->control; i++) {
+    for (int i = 0; i < r->n_clients && rc == LOOM_OK && c->fit.scaffold; i++) {
         char nm[64];
         snprintf(nm, sizeof nm, "client_control.%d", i);
         const loom_st_tensor *ct = loom_st_find(f, nm);
         if (!ct) continue;
-        if (!r->control[i] && !(r->control[i] = loom_calloc(r->dim, sizeof(float)))) rc = LOOM_ENOMEM;
-        else rc = loom_st_to_f32(ct, r->control[i], r->dim);
+        if ((rc = loom_client_state_control(&r->states[i], r->dim)) == LOOM_OK)
+            rc = loom_st_to_f32(ct, r->states[i].control, r->dim);
     }
     loom_st_close(f);
+    if (rc == LOOM_OK) rc = loom_engine_restore(r->eng, *next_round);
     return rc;
 }
 
@@ -467,7 +487,51 @@ static void num(FILE *f, const char *key, double v) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
-/* ------------------------------------------------------------------ the run */
+/* The metrics sink of the simulator: metrics.jsonl rows, in the format the plots and tests read. */
+typedef struct {
+    FILE *f;
+    const loom_sim_config *c;
+} jsonl_sink;
+
+static void sink_round(void *ud, const loom_round_metrics *m, const int *list, int n) {
+    jsonl_sink *s = ud;
+    FILE *mf = s->f;
+    if (!mf) return; /* no run directory */
+    fprintf(mf, "{\"type\":\"round\",\"round\":%d,\"sampled\":%d,\"accepted\":%d,\"rejected\":%d", m->round, n,
+            m->accepted, m->rejected);
+    num(mf, "train_loss", m->train_loss);
+    if (m->evaluated) {
+        num(mf, "eval_loss", m->eval_loss);
+        num(mf, "eval_acc", m->eval_acc);
+        num(mf, "perplexity", exp(m->eval_loss));
+        num(mf, "eval_loss_mean", m->eval_loss_mean);
+        num(mf, "eval_loss_std", m->eval_loss_std);
+        num(mf, "eval_acc_mean", m->eval_acc_mean);
+        num(mf, "eval_acc_std", m->eval_acc_std);
+        fprintf(mf, ",\"evaluated_clients\":%d", m->evaluated);
+    }
+    num(mf, "bytes_down", m->bytes_down);
+    num(mf, "bytes_up", m->bytes_up);
+    num(mf, "seconds", m->seconds);
+    fprintf(mf, ",\"clients\":[");
+    for (int i = 0; i < n; i++) fprintf(mf, "%s%d", i ? "," : "", list[i]);
+    fprintf(mf, "]}\n");
+}
+
+static void sink_client(void *ud, const loom_client_row *r) {
+    jsonl_sink *s = ud;
+    if (!s->f || !s->c->per_client_rows) return;
+    FILE *mf = s->f;
+    const loom_client *cl = &s->c->part->clients[r->client];
+    fprintf(mf, "{\"type\":\"client\",\"round\":%d,\"client\":%d,\"name\":", r->round, r->client);
+    json_str(mf, cl->name);
+    fprintf(mf, ",\"examples\":%zu,\"tokens\":%ld", cl->n_train, r->tokens);
+    num(mf, "loss", r->loss);
+    num(mf, "update_norm", r->update_norm);
+    fprintf(mf, ",\"status\":");
+    json_str(mf, r->status);
+    fprintf(mf, "}\n");
+}
 
 int loom_sim_run(const loom_sim_config *c, float *global) {
     if (!c->ds || !c->part || !c->make_worker || !c->free_worker || !c->init || c->dim == 0)
@@ -484,48 +548,64 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     if (c->sample > N) return loom_error(LOOM_EINVAL, "--sample %d is more than the %d clients", c->sample, N);
     if (c->sample_frac < 0 || c->sample_frac > 1) return loom_error(LOOM_EINVAL, "--sample fraction %g must be in (0, 1]", c->sample_frac);
     if (c->min_updates < 0) return loom_error(LOOM_EINVAL, "--min-updates must be >= 0");
+    if (!(c->max_update_norm >= 0) || isinf(c->max_update_norm))
+        return loom_error(LOOM_EINVAL, "--max-update-norm %g must be finite and >= 0 (0 = no bound)", c->max_update_norm);
+    if (!(c->step_seconds >= 0 && c->time_spread >= 0 && c->deadline >= 0) || isinf(c->step_seconds) ||
+        isinf(c->time_spread))
+        return loom_error(LOOM_EINVAL, "simulated step time, spread and deadline must be finite and >= 0");
+    int rc = loom_sim_check_out(c->out_dir, c->resume, c->rounds);
+    if (rc != LOOM_OK) return rc;
 
     sim_run r;
     memset(&r, 0, sizeof r);
     r.c = c;
+    r.algo = c->algo ? c->algo : &loom_client_local_sgd;
     r.dim = c->dim;
     r.n_clients = N;
-    r.global = global;
-    memcpy(global, c->init, c->dim * sizeof(float));
     pthread_mutex_init(&r.mu, NULL);
-    pthread_cond_init(&r.cv, NULL);
-    loom_strategy_params sp = c->sp;
-    if (!strcmp(c->strategy, "scaffold") && sp.num_clients == 0) sp.num_clients = N;
-    int rc = loom_strategy_create(&r.strat, c->strategy, &sp, c->dim);
-    if (rc != LOOM_OK) return rc;
-    int want_grad = loom_strategy_update_kind(r.strat) == LOOM_UPDATE_GRADIENT;
-    if (want_grad != (c->fit.gradient_only != 0)) {
-        loom_strategy_free(r.strat);
-        return loom_error(LOOM_EINVAL, "strategy %s expects %s from the clients", c->strategy,
-                          want_grad ? "gradients (fit.gradient_only = 1)" : "model deltas");
-    }
-    if (loom_strategy_uses_control(r.strat) != (c->fit.scaffold != 0)) {
-        loom_strategy_free(r.strat);
-        return loom_error(LOOM_EINVAL, "SCAFFOLD control variates must be used with the scaffold strategy, and only with it");
-    }
-    int *list = malloc((size_t)N * sizeof *list), *elist = malloc((size_t)N * sizeof *elist);
-    r.client_steps = calloc((size_t)N, sizeof *r.client_steps);
-    r.rows = calloc((size_t)N, sizeof *r.rows);
-    r.ev_loss = calloc((size_t)N, sizeof *r.ev_loss);
-    r.ev_correct = calloc((size_t)N, sizeof *r.ev_correct);
-    r.ev_tokens = calloc((size_t)N, sizeof *r.ev_tokens);
-    r.ev_count = calloc((size_t)N, sizeof *r.ev_count);
+    size_t *n_test = malloc((size_t)N * sizeof *n_test);
+    r.states = calloc((size_t)N, sizeof *r.states);
     r.slots = calloc((size_t)c->workers, sizeof *r.slots);
-    if (c->fit.scaffold) r.control = calloc((size_t)N, sizeof *r.control);
     FILE *mf = NULL;
-    if (!list || !elist || !r.client_steps || !r.rows || !r.ev_loss || !r.ev_correct || !r.ev_tokens || !r.ev_count || !r.slots ||
-        (c->fit.scaffold && !r.control)) {
+    jsonl_sink js = {NULL, c};
+    if (!n_test || !r.states || !r.slots) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
     }
-    if (c->fit.scaffold) {
-        size_t len;
-        loom_strategy_state_find(r.strat, "server_control", &r.server_control, &len);
+    for (int i = 0; i < N; i++) {
+        n_test[i] = c->part->clients[i].n_test;
+        loom_client_state_init(&r.states[i]);
+    }
+    loom_engine_config ec;
+    loom_engine_defaults(&ec);
+    ec.dim = c->dim;
+    ec.init = c->init;
+    ec.n_clients = N;
+    ec.n_test = n_test;
+    ec.pipe.strategy = c->strategy;
+    ec.pipe.sp = c->sp;
+    ec.pipe.max_norm = c->max_update_norm;
+    ec.pipe.clip_norm = c->clip_norm;
+    ec.rounds = c->rounds;
+    ec.sample = c->sample;
+    ec.sample_frac = c->sample_frac;
+    ec.seed = c->seed;
+    ec.min_updates = c->min_updates;
+    ec.deadline = c->deadline;
+    ec.eval_every = c->eval_every;
+    ec.eval_clients = c->eval_clients;
+    ec.sink = (loom_metrics_sink){sink_round, sink_client, &js};
+    if ((rc = loom_engine_create(&r.eng, &ec)) != LOOM_OK) goto done;
+    loom_strategy *strat = loom_engine_strategy(r.eng);
+    int want_grad = loom_strategy_update_kind(strat) == LOOM_UPDATE_GRADIENT;
+    if (want_grad != (c->fit.gradient_only != 0)) {
+        rc = loom_error(LOOM_EINVAL, "strategy %s expects %s from the clients", c->strategy,
+                        want_grad ? "gradients (fit.gradient_only = 1)" : "model deltas");
+        goto done;
+    }
+    if (loom_strategy_uses_control(strat) != (c->fit.scaffold != 0)) {
+        rc = loom_error(LOOM_EINVAL, "SCAFFOLD control variates must be used with the scaffold strategy, and only with it");
+        goto done;
     }
     int start = 0;
     if (c->out_dir) {
@@ -544,155 +624,49 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
             rc = loom_error(LOOM_EIO, "cannot write %s: %s", path, strerror(errno));
             goto done;
         }
+        js.f = mf;
     }
+    double vclock = 0; /* the virtual clock */
     for (int round = start; round < c->rounds; round++) {
         double t0 = loom_now();
-        loom_round_metrics m;
-        memset(&m, 0, sizeof m);
-        m.round = round + 1;
-        m.eval_loss = m.eval_acc = NAN;
+        const int *list;
         int n;
-        if ((rc = loom_sim_sample(c, round, list, &n)) != LOOM_OK) goto done;
-        if (c->fit.scaffold)
-            for (int i = 0; i < n; i++)
-                if (!r.control[list[i]] && !(r.control[list[i]] = loom_calloc(c->dim, sizeof(float)))) {
-                    rc = LOOM_ENOMEM;
-                    goto done;
-                }
-        memset(r.rows, 0, (size_t)n * sizeof *r.rows);
-        r.accepted = r.rejected = 0;
-        r.loss_w = r.weight = 0;
+        if ((rc = loom_engine_open_round(r.eng, vclock, &list, &n)) != LOOM_OK) goto done;
+        r.t_open = vclock;
         r.round = round + 1;
-        if ((rc = loom_strategy_begin_round(r.strat, global)) != LOOM_OK) goto done;
         if ((rc = run_phase(&r, 0, list, n)) != LOOM_OK) goto done;
-        m.sampled = n;
-        m.accepted = r.accepted;
-        m.rejected = r.rejected;
-        m.train_loss = r.weight > 0 ? r.loss_w / r.weight : NAN;
-        double per = (double)c->dim * sizeof(float) * (c->fit.scaffold ? 2 : 1);
-        m.bytes_down = per * n;
-        m.bytes_up = per * (n - 0); /* every sampled client uploads, accepted or not */
-        if (r.accepted >= (c->min_updates > 0 ? c->min_updates : 1)) {
-            if ((rc = loom_strategy_end_round(r.strat, global)) != LOOM_OK) goto done;
-        } else {
-            /* too few usable updates: the global model stays as it was */
-            loom_strategy_abort_round(r.strat);
-            loom_log(LOOM_WARN, "round %d: %d accepted updates, fewer than the %d required; global model unchanged",
-                     round + 1, r.accepted, c->min_updates);
-        }
-        /* evaluation on the clients' test splits */
-        int last = round + 1 == c->rounds;
-        if (last || (c->eval_every > 0 && (round + 1) % c->eval_every == 0)) {
-            int ne = 0;
-            for (int i = 0; i < N; i++)
-                if (c->part->clients[i].n_test > 0) elist[ne++] = i;
-            if (c->eval_clients > 0 && ne > c->eval_clients) {
-                loom_rng er;
-                loom_rng_init(&er, c->seed, 0x6576616c);
-                for (int i = 0; i < c->eval_clients; i++) {
-                    int j = i + (int)loom_rng_below(&er, (uint32_t)(ne - i));
-                    int t = elist[i];
-                    elist[i] = elist[j];
-                    elist[j] = t;
-                }
-                ne = c->eval_clients;
-                for (int i = 1; i < ne; i++)
-                    for (int k = i; k > 0 && elist[k - 1] > elist[k]; k--) {
-                        int t = elist[k];
-                        elist[k] = elist[k - 1];
-                        elist[k - 1] = t;
-                    }
-            }
-            if (ne > 0) {
-                if ((rc = run_phase(&r, 1, elist, ne)) != LOOM_OK) goto done;
-                double ls = 0, s1 = 0, s2 = 0, a1 = 0, a2 = 0;
-                long corr = 0, toks = 0, count = 0;
-                int k = 0;
-                for (int i = 0; i < ne; i++) {
-                    if (r.ev_tokens[i] == 0 || r.ev_count[i] == 0) continue;
-                    ls += r.ev_loss[i];
-                    corr += r.ev_correct[i];
-                    toks += r.ev_tokens[i];
-                    count += r.ev_count[i];
-                    double l = r.ev_loss[i] / r.ev_tokens[i], a = (double)r.ev_correct[i] / r.ev_count[i];
-                    s1 += l;
-                    s2 += l * l;
-                    a1 += a;
-                    a2 += a * a;
-                    k++;
-                }
-                if (k > 0) {
-                    m.evaluated = k;
-                    m.eval_loss = ls / toks;
-                    m.eval_acc = (double)corr / count;
-                    m.eval_loss_mean = s1 / k;
-                    m.eval_loss_std = sqrt(fmax(0, s2 / k - (s1 / k) * (s1 / k)));
-                    m.eval_acc_mean = a1 / k;
-                    m.eval_acc_std = sqrt(fmax(0, a2 / k - (a1 / k) * (a1 / k)));
-                }
-            }
-        }
-        m.seconds = loom_now() - t0;
-        if (mf) {
-            fprintf(mf, "{\"type\":\"round\",\"round\":%d,\"sampled\":%d,\"accepted\":%d,\"rejected\":%d", m.round, n,
-                    m.accepted, m.rejected);
-            num(mf, "train_loss", m.train_loss);
-            if (m.evaluated) {
-                num(mf, "eval_loss", m.eval_loss);
-                num(mf, "eval_acc", m.eval_acc);
-                num(mf, "perplexity", exp(m.eval_loss));
-                num(mf, "eval_loss_mean", m.eval_loss_mean);
-                num(mf, "eval_loss_std", m.eval_loss_std);
-                num(mf, "eval_acc_mean", m.eval_acc_mean);
-                num(mf, "eval_acc_std", m.eval_acc_std);
-                fprintf(mf, ",\"evaluated_clients\":%d", m.evaluated);
-            }
-            num(mf, "bytes_down", m.bytes_down);
-            num(mf, "bytes_up", m.bytes_up);
-            num(mf, "seconds", m.seconds);
-            fprintf(mf, ",\"clients\":[");
-            for (int i = 0; i < n; i++) fprintf(mf, "%s%d", i ? "," : "", list[i]);
-            fprintf(mf, "]}\n");
-            if (c->per_client_rows)
-                for (int i = 0; i < n; i++) {
-                    const loom_client *cl = &c->part->clients[list[i]];
-                    fprintf(mf, "{\"type\":\"client\",\"round\":%d,\"client\":%d,\"name\":", m.round, list[i]);
-                    json_str(mf, cl->name);
-                    fprintf(mf, ",\"examples\":%zu,\"tokens\":%ld", cl->n_train, r.rows[i].tokens);
-                    num(mf, "loss", r.rows[i].loss);
-                    num(mf, "update_norm", r.rows[i].norm);
-                    fprintf(mf, ",\"status\":");
-                    json_str(mf, r.rows[i].status ? r.rows[i].status : "accepted");
-                    fprintf(mf, "}\n");
-                }
-            fflush(mf);
-        }
+        double last_arrival = 0;
+        for (int i = 0; i < n; i++) last_arrival = fmax(last_arrival, loom_sim_client_seconds(c, list[i]));
+        double close = vclock + (c->deadline > 0 ? fmin(c->deadline, last_arrival) : last_arrival);
+        if ((rc = loom_engine_close_round(r.eng, close)) != LOOM_OK) goto done;
+        vclock = close;
+        const int *elist;
+        int ne;
+        loom_engine_eval_plan(r.eng, &elist, &ne);
+        if (ne > 0 && (rc = run_phase(&r, 1, elist, ne)) != LOOM_OK) goto done;
+        loom_round_metrics m;
+        if ((rc = loom_engine_end_round(r.eng, loom_now() - t0, &m)) != LOOM_OK) goto done;
+        if (mf) fflush(mf);
         if (c->on_round) c->on_round(&m, c->cb_ud);
+        int last = round + 1 == c->rounds;
         if (c->out_dir && c->checkpoint_every > 0 && ((round + 1) % c->checkpoint_every == 0 || last))
             if ((rc = save_checkpoint(&r, round + 1, "checkpoint.safetensors")) != LOOM_OK) goto done;
     }
     if (c->out_dir) rc = save_checkpoint(&r, c->rounds, "global.safetensors");
 done:
+    if (r.eng) memcpy(global, loom_engine_global(r.eng), c->dim * sizeof(float));
+    else memcpy(global, c->init, c->dim * sizeof(float));
     if (mf) fclose(mf);
-    if (r.control)
-        for (int i = 0; i < N; i++) loom_free(r.control[i]);
-    free(r.control);
-    free(list);
-    free(elist);
-    free(r.client_steps);
-    free(r.rows);
-    free(r.ev_loss);
-    free(r.ev_correct);
-    free(r.ev_tokens);
-    free(r.ev_count);
+    for (int i = 0; r.states && i < N; i++) loom_client_state_clear(&r.states[i]);
+    free(r.states);
+    free(n_test);
     for (int i = 0; r.slots && i < c->workers; i++) {
         if (r.slots[i].tr || r.slots[i].vec) c->free_worker(c->worker_ud, r.slots[i].tr, r.slots[i].vec);
         loom_free(r.slots[i].update);
         loom_free(r.slots[i].dc);
     }
     free(r.slots);
-    loom_strategy_free(r.strat);
+    loom_engine_free(r.eng);
     pthread_mutex_destroy(&r.mu);
-    pthread_cond_destroy(&r.cv);
     return rc;
 }

@@ -1,0 +1,203 @@
+/* The update pipeline (fl/ layer): what the server does with client updates, stage by stage.
+ *
+ *     decode -> validate -> clip -> aggregate -> noise -> server optimizer
+ *
+ *   decode     the update's codec turns its payload into dim floats. Now: LOOM_CODEC_F32 (the floats
+ *              themselves). The slot is loom_update.codec (include/loom/update.h): f16, int8, top-k and
+ *              seed-scalar (zeroth-order clients send a seed and one scalar per step) decode into a
+ *              float scratch here, before validation, and nothing after this stage changes.
+ *   validate   length = dim, every value finite, L2 norm <= max_norm (0 = no bound), weight a whole
+ *              number in [1, LOOM_FX_MAX_WEIGHT] (loom_update_check; refusals carry a reason).
+ *   clip       optional: an update with L2 norm above clip_norm is scaled by clip_norm / norm (the norm
+ *              bound of DP-FedAvg; 0 = off). After clipping every value must lie within
+ *              +-LOOM_FX_MAX_ABS, else the update is refused ("value out of fixed-point range").
+ *   aggregate  an aggregator (loom_aggregator_ops). The default is the streaming, order-independent
+ *              fixed-point weighted mean below. Buffered aggregators (Krum, coordinate-wise median,
+ *              trimmed mean) plug in here with kind LOOM_AGG_BUFFERED: they keep the round's updates
+ *              (O(n dim) memory) and pick or combine them in finish(); nothing else changes.
+ *   noise      a hook on the round's mean before the optimizer sees it (loom_noise_fn). Identity now;
+ *              DP-FedAvg adds Gaussian noise of scale sigma * clip_norm / total weight here (the
+ *              central-DP slot, after the exact sum, so the noise is added once per round).
+ *   optimize   the strategy (include/loom/strategy.h): fedavg, fedsgd, fedprox, fedavgm, fedadagrad,
+ *              fedadam, fedyogi, scaffold turn the mean into the next global vector.
+ *
+ * Who calls whom: a driver (the round engine, include/loom/engine.h, or a test) owns one pipeline.
+ * begin_round opens it; loom_pipeline_add may then be called from any number of threads at once (the
+ * sum is locked inside); end_round (one thread) finishes the aggregate, applies noise and the
+ * strategy. State: the aggregator's O(dim) accumulator lives here for one round; the strategy's
+ * persistent state (momentum, moments, server control) lives in the strategy and is checkpointed
+ * through loom_pipeline_strategy().
+ *
+ * ---- The fixed-point weighted sum (LOOM_AGG_FIXED_MEAN, streaming) ----
+ *
+ * Each coordinate of an accepted update u (a float, after clipping by the factor f <= 1) is rounded
+ * once to an integer multiple of 2^-LOOM_FX_FRAC_BITS = 2^-48,
+ *     q = rint(f * u * 2^48)                 (round to nearest even, in double: f*u*2^48 is exact
+ *                                              up to one rounding of f*u when f != 1)
+ * and the round keeps, per coordinate, the exact integer S = sum_n w_n q_n in a signed 128-bit
+ * accumulator, plus the exact integer W = sum_n w_n. Integer addition is associative and commutative,
+ * so S and W, and hence the mean, are bit-identical for every order of arrival and every split of the
+ * work among threads, without keeping the updates. The mean handed on is
+ *     Delta = ((double)S / (double)W) * 2^-48.
+ * The unweighted control-delta sum of scaffold uses a second accumulator with w = 1, and
+ * sum_n dc_n = (double)S_c * 2^-48.
+ *
+ * Accepted range (anything outside is refused with a reason, never wrapped):
+ *   |f u| <= LOOM_FX_MAX_ABS = 2^20 per value       ("value out of fixed-point range")
+ *   w whole, 1 <= w <= LOOM_FX_MAX_WEIGHT = 2^32 - 1 ("weight must be a whole number ...")
+ *   at most LOOM_FX_MAX_UPDATES = 2^20 updates a round ("round is full")
+ * No overflow is possible within these limits: |q| <= 2^20 * 2^48 = 2^68 (2^68 is a double, and
+ * rounding is monotone, so rint cannot step past it); |w q| < 2^32 * 2^68 = 2^100; |S| < 2^20 * 2^100
+ * = 2^120 < 2^127 - 1 = INT128_MAX. W < 2^20 * 2^32 = 2^52, so W is exact in both uint64 and double.
+ * Control sums: |S_c| <= 2^20 * 2^68 = 2^88.
+ *
+ * Accuracy against the exact weighted mean m of the (clipped) values: each q differs from f u 2^48 by
+ * at most 1/2, so S/W differs from m 2^48 by at most 1/2 (a weighted mean of errors of at most 1/2);
+ * the conversion of S to double and the division round twice more. Hence
+ *     |Delta - m| <= 2^-49 + 2^-52 |m|    (2^-49 = 1.8e-15)
+ * while a double running sum in some arrival order is off by up to about (n + 1) 2^-53 sum_n w_n |u_n| / W.
+ * Both are far below the float rounding of the global vector for any |x| >= 2^-25. Values smaller
+ * than 2^-49 in magnitude round to zero: an update that small moves no float weight >= 2^-25 anyway.
+ */
+#ifndef LOOM_PIPELINE_H
+#define LOOM_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loom/strategy.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LOOM_FX_FRAC_BITS 48
+#define LOOM_FX_MAX_ABS 1048576.0               /* 2^20 */
+#define LOOM_FX_MAX_WEIGHT 4294967295.0         /* 2^32 - 1 */
+#define LOOM_FX_MAX_UPDATES ((size_t)1 << 20)   /* per round */
+
+/* Why an update was refused (or LOOM_UPDATE_ACCEPTED), for counting and for the metrics rows. The
+ * first group comes from the pipeline (the update's content), the second from the round engine (the
+ * update's place in the protocol). */
+typedef enum {
+    LOOM_UPDATE_ACCEPTED = 0,
+    LOOM_UPDATE_BAD_LENGTH,    /* "wrong length" */
+    LOOM_UPDATE_NONFINITE,     /* "non-finite value" */
+    LOOM_UPDATE_TOO_LARGE,     /* "norm above bound" */
+    LOOM_UPDATE_OUT_OF_RANGE,  /* "value out of fixed-point range" */
+    LOOM_UPDATE_BAD_WEIGHT,    /* "invalid weight" */
+    LOOM_UPDATE_BAD_CODEC,     /* "unsupported codec" */
+    LOOM_UPDATE_BAD_CONTROL,   /* "control delta missing or unexpected" */
+    LOOM_UPDATE_ROUND_FULL,    /* "round is full" */
+    LOOM_UPDATE_NOT_SAMPLED,   /* "not sampled" */
+    LOOM_UPDATE_DUPLICATE,     /* "duplicate" */
+    LOOM_UPDATE_LATE,          /* "late" (after the deadline, or after the round closed) */
+    LOOM_UPDATE_WRONG_ROUND,   /* "wrong round" (trained on another round's model) */
+    LOOM_UPDATE_CLIENT_FAILED, /* "client failure" (the client reported an error instead of an update) */
+    LOOM_UPDATE_MISSING,       /* "no update" (sampled, but nothing arrived before the round closed) */
+    LOOM_UPDATE_BAD_BOUND,     /* "invalid norm bound" (a configuration error, not the client's) */
+} loom_update_verdict;
+
+/* The verdict's short text (the "status" of a metrics client row). */
+const char *loom_update_verdict_str(loom_update_verdict v);
+
+/* The validate stage on its own: len must equal dim, every value finite, and the L2 norm at most
+ * max_norm (max_norm 0 = no bound; a negative or NaN bound is a configuration error: LOOM_EINVAL with
+ * verdict LOOM_UPDATE_BAD_BOUND). Accepted: LOOM_OK. Rejected: LOOM_EINVAL (length) or LOOM_ERANGE
+ * with the reason as the error message (loom_errmsg). verdict and norm (the L2 norm, computed in
+ * double; 0 when not computed) may be NULL; verdict is always written when given. */
+int loom_update_check(const float *update, size_t len, size_t dim, double max_norm, loom_update_verdict *verdict,
+                      double *norm);
+
+/* ---- aggregators ---- */
+
+typedef enum {
+    LOOM_AGG_STREAMING = 0, /* O(dim) memory whatever the number of updates; add() folds and forgets */
+    LOOM_AGG_BUFFERED = 1,  /* keeps every update of the round until finish() (Krum, median, ...) */
+} loom_agg_kind;
+
+typedef struct loom_aggregator loom_aggregator;
+
+/* An aggregator plugs into the aggregate stage. add() may be called concurrently from several threads
+ * (the pipeline serialises calls with a lock, so an implementation needs none), and the result of
+ * finish() must not depend on the order of the add() calls. */
+typedef struct {
+    const char *name;
+    loom_agg_kind kind;
+    int (*create)(loom_aggregator **out, size_t dim, int with_control);
+    void (*free)(loom_aggregator *a);
+    void (*begin)(loom_aggregator *a);
+    /* Folds u (dim floats) scaled by `scale` (the clip factor, in (0, 1]) with integer weight w, and the
+     * control delta dc (dim floats, only when created with_control). The pipeline has already checked
+     * the range, so add() cannot fail on valid input. */
+    int (*add)(loom_aggregator *a, const float *u, double scale, uint64_t w, const float *dc);
+    /* mean (dim) = the weighted mean; control_sum (dim, only with_control) = sum of dc. */
+    int (*finish)(loom_aggregator *a, double *mean, double *control_sum);
+} loom_aggregator_ops;
+
+/* The exact fixed-point weighted mean described above (streaming). */
+extern const loom_aggregator_ops loom_agg_fixed_mean;
+
+/* ---- the pipeline ---- */
+
+/* Noise stage: called once per round on the weighted mean (dim doubles) before the optimizer, with the
+ * total weight W and the number of updates n. Return LOOM_OK, or an error to abort the round's step. */
+typedef int (*loom_noise_fn)(void *ud, double *mean, size_t dim, uint64_t total_weight, size_t n_updates,
+                             int round);
+
+typedef struct {
+    size_t dim;
+    const char *strategy;          /* server optimizer name (default "fedavg") */
+    loom_strategy_params sp;       /* its parameters (loom_strategy_defaults) */
+    double max_norm;               /* validate: refuse updates with a larger L2 norm (0 = no bound) */
+    double clip_norm;              /* clip: scale larger updates down to this L2 norm (0 = off) */
+    loom_noise_fn noise;           /* noise stage (NULL = identity) */
+    void *noise_ud;
+    const loom_aggregator_ops *aggregator; /* NULL = loom_agg_fixed_mean */
+} loom_pipeline_config;
+
+typedef struct loom_pipeline loom_pipeline;
+
+/* Defaults: fedavg with its defaults, no bound, no clipping, no noise, the fixed-point mean. */
+void loom_pipeline_defaults(loom_pipeline_config *c, size_t dim);
+/* Creates the strategy and the aggregator (O(dim) memory up front). A negative or NaN max_norm or
+ * clip_norm, a clip_norm above LOOM_FX_MAX_ABS, or a bad strategy: LOOM_EINVAL/LOOM_ERANGE naming it. */
+int loom_pipeline_create(loom_pipeline **out, const loom_pipeline_config *c);
+void loom_pipeline_free(loom_pipeline *p);
+
+/* The server optimizer (for its name, update kind, state and checkpointing). */
+loom_strategy *loom_pipeline_strategy(loom_pipeline *p);
+size_t loom_pipeline_dim(const loom_pipeline *p);
+
+/* Opens a round. A round already open: LOOM_ESTATE. */
+int loom_pipeline_begin_round(loom_pipeline *p, int round);
+/* validate -> clip -> aggregate one decoded update (len floats) with weight w = |D_n| (a whole number
+ * in [1, LOOM_FX_MAX_WEIGHT]) and, for scaffold, its control delta dc (dim floats; NULL otherwise).
+ * Accepted: LOOM_OK. Refused: LOOM_EINVAL or LOOM_ERANGE with the reason in loom_errmsg and in
+ * *verdict; the round goes on. Outside a round: LOOM_ESTATE. Thread-safe between begin_round and
+ * end_round. verdict and norm (the norm before clipping) may be NULL. */
+int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                      loom_update_verdict *verdict, double *norm);
+/* Same from a client's model y (dim floats) and the global model x it started from: u = y - x. */
+int loom_pipeline_add_model(loom_pipeline *p, const float *y, const float *x, double w, const float *dc,
+                            loom_update_verdict *verdict);
+/* Accepted updates and their total weight in the open round (0 outside a round). */
+size_t loom_pipeline_num_added(const loom_pipeline *p);
+uint64_t loom_pipeline_total_weight(const loom_pipeline *p);
+/* aggregate (finish) -> noise -> optimizer: writes the next global model into global (dim floats, read
+ * and written in place). A round with no accepted update fails with LOOM_ESTATE and leaves global and
+ * state untouched; the round is closed either way. */
+int loom_pipeline_end_round(loom_pipeline *p, float *global);
+/* Closes the round without applying it (too few usable updates): global and state stay as they were. */
+void loom_pipeline_abort_round(loom_pipeline *p);
+/* One whole round from updates in memory: begin, add each (the first refusal fails the call and closes
+ * the round, global untouched), end. */
+int loom_pipeline_aggregate(loom_pipeline *p, float *global, const float *const *updates, const double *weights,
+                            const float *const *control_deltas, size_t n);
+/* Restores strategy state `name` (loom_strategy_state_load); inside an open round: LOOM_ESTATE. */
+int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *data, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

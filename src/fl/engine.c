@@ -1,0 +1,452 @@
+/* The round engine: sampling, task hand-out, admission of updates, closing, aggregation through the
+ * pipeline, evaluation hand-out and metrics (see include/loom/engine.h). */
+#include "loom/engine.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/core.h"
+
+enum { PH_IDLE = 0, PH_OPEN, PH_CLOSING, PH_CLOSED };
+
+typedef struct {
+    int answered; /* a verdict was given (or a submission is being processed) */
+    loom_update_verdict verdict;
+    uint64_t examples;
+    long tokens;
+    double loss, norm;
+} row;
+
+typedef struct {
+    int done;
+    loom_eval_result r;
+} eval_row;
+
+struct loom_engine {
+    loom_engine_config c;
+    loom_pipeline *pipe;
+    float *global;
+    float *server_control; /* view of the strategy's state, or NULL */
+    size_t dim;
+    int N, next_round;
+    /* the current round */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int phase, round, inflight;
+    double t_open;
+    int *list, n;  /* sampled, sorted */
+    int *pos;      /* (N) client -> position in list, -1 */
+    row *rows;     /* (N) by position */
+    int answered, accepted, payloads;
+    double loss_w, weight;
+    int *elist, ne;
+    int *epos;     /* (N) client -> position in elist, -1 */
+    eval_row *erows;
+};
+
+void loom_engine_defaults(loom_engine_config *c) {
+    memset(c, 0, sizeof *c);
+    loom_pipeline_defaults(&c->pipe, 0);
+    c->rounds = 1;
+    c->min_updates = 1;
+    c->seed = 1;
+}
+
+int loom_engine_sample(int N, int sample, double sample_frac, uint64_t seed, int round, int *clients, int *n) {
+    int m = sample > 0 ? sample : sample_frac > 0 ? (int)ceil(sample_frac * N) : N;
+    if (m > N) return loom_error(LOOM_EINVAL, "--sample %d is more than the %d clients", m, N);
+    if (m < 1) m = 1;
+    int *all = malloc((size_t)N * sizeof *all);
+    if (!all) return loom_error(LOOM_ENOMEM, "out of memory");
+    for (int i = 0; i < N; i++) all[i] = i;
+    if (m < N) {
+        loom_rng r;
+        loom_rng_init(&r, seed, loom_hash2(0x73616d70, (uint64_t)round));
+        for (int i = 0; i < m; i++) { /* partial Fisher-Yates */
+            int j = i + (int)loom_rng_below(&r, (uint32_t)(N - i));
+            int t = all[i];
+            all[i] = all[j];
+            all[j] = t;
+        }
+        for (int i = 1; i < m; i++) /* ascending: the order of the rows */
+            for (int k = i; k > 0 && all[k - 1] > all[k]; k--) {
+                int t = all[k];
+                all[k] = all[k - 1];
+                all[k - 1] = t;
+            }
+    }
+    memcpy(clients, all, (size_t)m * sizeof *clients);
+    *n = m;
+    free(all);
+    return LOOM_OK;
+}
+
+static int check_config(const loom_engine_config *c) {
+    if (c->dim == 0 || !c->init) return loom_error(LOOM_EINVAL, "round engine needs a vector length and an initial vector");
+    if (c->n_clients < 1) return loom_error(LOOM_EINVAL, "the partition has no clients");
+    if (c->rounds < 0) return loom_error(LOOM_EINVAL, "--rounds %d must be >= 0", c->rounds);
+    if (c->sample < 0) return loom_error(LOOM_EINVAL, "--sample %d must be >= 0", c->sample);
+    if (c->sample > c->n_clients)
+        return loom_error(LOOM_EINVAL, "--sample %d is more than the %d clients", c->sample, c->n_clients);
+    if (!(c->sample_frac >= 0 && c->sample_frac <= 1))
+        return loom_error(LOOM_EINVAL, "--sample fraction %g must be in (0, 1]", c->sample_frac);
+    if (c->min_updates < 0) return loom_error(LOOM_EINVAL, "--min-updates must be >= 0");
+    if (c->quorum < 0) return loom_error(LOOM_EINVAL, "quorum %d must be >= 0", c->quorum);
+    if (!(c->deadline >= 0) || isinf(c->deadline))
+        return loom_error(LOOM_EINVAL, "round deadline %g must be finite and >= 0", c->deadline);
+    if (c->eval_every < 0) return loom_error(LOOM_EINVAL, "--eval-every %d must be >= 0", c->eval_every);
+    if (c->eval_clients < 0) return loom_error(LOOM_EINVAL, "--eval-clients %d must be >= 0", c->eval_clients);
+    if (!(c->pipe.max_norm >= 0) || isinf(c->pipe.max_norm))
+        return loom_error(LOOM_EINVAL, "--max-update-norm %g must be finite and >= 0 (0 = no bound)", c->pipe.max_norm);
+    return LOOM_OK;
+}
+
+void loom_engine_free(loom_engine *e) {
+    if (!e) return;
+    loom_pipeline_free(e->pipe);
+    loom_free(e->global);
+    free(e->list);
+    free(e->pos);
+    free(e->rows);
+    free(e->elist);
+    free(e->epos);
+    free(e->erows);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+int loom_engine_create(loom_engine **out, const loom_engine_config *c) {
+    *out = NULL;
+    int rc = check_config(c);
+    if (rc != LOOM_OK) return rc;
+    loom_engine *e = calloc(1, sizeof *e);
+    if (!e) return loom_error(LOOM_ENOMEM, "out of memory");
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    e->c = *c;
+    e->dim = c->dim;
+    e->N = c->n_clients;
+    loom_pipeline_config pc = c->pipe;
+    pc.dim = c->dim;
+    if (!pc.strategy) pc.strategy = "fedavg";
+    if (!strcmp(pc.strategy, "scaffold") && pc.sp.num_clients == 0) pc.sp.num_clients = c->n_clients;
+    e->c.pipe = pc;
+    size_t N = (size_t)c->n_clients;
+    e->global = loom_alloc(c->dim * sizeof(float));
+    e->list = malloc(N * sizeof *e->list);
+    e->pos = malloc(N * sizeof *e->pos);
+    e->rows = calloc(N, sizeof *e->rows);
+    e->elist = malloc(N * sizeof *e->elist);
+    e->epos = malloc(N * sizeof *e->epos);
+    e->erows = calloc(N, sizeof *e->erows);
+    if (!e->global || !e->list || !e->pos || !e->rows || !e->elist || !e->epos || !e->erows) {
+        loom_engine_free(e);
+        return loom_error(LOOM_ENOMEM, "out of memory for %zu clients", N);
+    }
+    for (size_t i = 0; i < N; i++) e->pos[i] = e->epos[i] = -1;
+    if ((rc = loom_pipeline_create(&e->pipe, &pc)) != LOOM_OK) {
+        loom_engine_free(e);
+        return rc;
+    }
+    memcpy(e->global, c->init, c->dim * sizeof(float));
+    loom_strategy *s = loom_pipeline_strategy(e->pipe);
+    if (loom_strategy_uses_control(s)) {
+        size_t len;
+        loom_strategy_state_find(s, "server_control", &e->server_control, &len);
+    }
+    *out = e;
+    return LOOM_OK;
+}
+
+int loom_engine_next_round(const loom_engine *e) { return e->next_round; }
+float *loom_engine_global(loom_engine *e) { return e->global; }
+loom_strategy *loom_engine_strategy(loom_engine *e) { return loom_pipeline_strategy(e->pipe); }
+loom_pipeline *loom_engine_pipeline(loom_engine *e) { return e->pipe; }
+
+int loom_engine_restore(loom_engine *e, int next_round) {
+    if (e->phase != PH_IDLE) return loom_error(LOOM_ESTATE, "round engine: restore inside a round");
+    if (next_round < 0) return loom_error(LOOM_EINVAL, "round engine: next round %d must be >= 0", next_round);
+    e->next_round = next_round;
+    return LOOM_OK;
+}
+
+int loom_engine_open_round(loom_engine *e, double now, const int **clients, int *n) {
+    if (e->phase != PH_IDLE) return loom_error(LOOM_ESTATE, "round engine: round %d is still open", e->round);
+    if (e->next_round >= e->c.rounds)
+        return loom_error(LOOM_ESTATE, "round engine: all %d rounds are done", e->c.rounds);
+    for (int i = 0; i < e->n; i++) e->pos[e->list[i]] = -1;
+    for (int i = 0; i < e->ne; i++) e->epos[e->elist[i]] = -1;
+    e->ne = 0;
+    int rc = loom_engine_sample(e->N, e->c.sample, e->c.sample_frac, e->c.seed, e->next_round, e->list, &e->n);
+    if (rc != LOOM_OK) {
+        e->n = 0;
+        return rc;
+    }
+    for (int i = 0; i < e->n; i++) e->pos[e->list[i]] = i;
+    memset(e->rows, 0, (size_t)e->n * sizeof *e->rows);
+    e->round = e->next_round + 1;
+    if ((rc = loom_pipeline_begin_round(e->pipe, e->round)) != LOOM_OK) return rc;
+    e->answered = e->accepted = e->payloads = e->inflight = 0;
+    e->loss_w = e->weight = 0;
+    e->t_open = now;
+    pthread_mutex_lock(&e->mu);
+    e->phase = PH_OPEN;
+    pthread_mutex_unlock(&e->mu);
+    if (clients) *clients = e->list;
+    if (n) *n = e->n;
+    return LOOM_OK;
+}
+
+int loom_engine_task(loom_engine *e, loom_task *t) {
+    if (e->phase != PH_OPEN) return loom_error(LOOM_ESTATE, "round engine: no open round");
+    t->round = e->round;
+    t->version = (uint64_t)(e->round - 1);
+    t->run_id = e->c.run_id;
+    t->global = e->global;
+    t->server_control = e->server_control;
+    return LOOM_OK;
+}
+
+static int refuse(loom_update_verdict *out, loom_update_verdict v, int code) {
+    if (out) *out = v;
+    return code;
+}
+
+/* Admission under the lock: the protocol checks. On success the row is reserved (answered) and
+ * inflight counts the submission until finish(). */
+static int admit(loom_engine *e, int round, int client, double now, loom_update_verdict *verdict, row **r) {
+    if (e->phase != PH_OPEN)
+        return refuse(verdict, LOOM_UPDATE_LATE, loom_error(LOOM_ESTATE, "round %d is closed", round));
+    if (round != e->round)
+        return refuse(verdict, LOOM_UPDATE_WRONG_ROUND,
+                      loom_error(LOOM_EINVAL, "update for round %d, but round %d is open", round, e->round));
+    if (client < 0 || client >= e->N || e->pos[client] < 0)
+        return refuse(verdict, LOOM_UPDATE_NOT_SAMPLED,
+                      loom_error(LOOM_EINVAL, "client %d is not sampled in round %d", client, e->round));
+    row *w = &e->rows[e->pos[client]];
+    if (w->answered)
+        return refuse(verdict, LOOM_UPDATE_DUPLICATE,
+                      loom_error(LOOM_EINVAL, "client %d already answered in round %d", client, e->round));
+    w->answered = 1;
+    e->answered++;
+    *r = w;
+    if (e->c.deadline > 0 && now > e->t_open + e->c.deadline) {
+        w->verdict = LOOM_UPDATE_LATE;
+        return refuse(verdict, LOOM_UPDATE_LATE,
+                      loom_error(LOOM_ERANGE, "client %d answered %.3gs after the round opened, past the %gs deadline",
+                                 client, now - e->t_open, e->c.deadline));
+    }
+    e->inflight++;
+    return LOOM_OK;
+}
+
+int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict) {
+    if (!u) return loom_error(LOOM_EINVAL, "round engine: NULL update");
+    row *r = NULL;
+    pthread_mutex_lock(&e->mu);
+    int rc = LOOM_OK;
+    if (e->c.run_id && u->run_id != e->c.run_id)
+        rc = refuse(verdict, LOOM_UPDATE_WRONG_ROUND,
+                    loom_error(LOOM_EINVAL, "update of run %llx, this run is %llx", (unsigned long long)u->run_id,
+                               (unsigned long long)e->c.run_id));
+    else rc = admit(e, u->round, u->client, now, verdict, &r);
+    if (rc == LOOM_OK) e->payloads++;
+    pthread_mutex_unlock(&e->mu);
+    if (rc != LOOM_OK) return rc;
+    /* the pipeline outside the engine's lock: decode -> validate -> clip -> aggregate */
+    loom_update_verdict v = LOOM_UPDATE_ACCEPTED;
+    double norm = 0;
+    if (u->codec != LOOM_CODEC_F32)
+        rc = refuse(&v, LOOM_UPDATE_BAD_CODEC, loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
+    else
+        rc = loom_pipeline_add(e->pipe, u->values, u->len, (double)u->examples, u->control, &v, &norm);
+    if (rc != LOOM_OK && v == LOOM_UPDATE_ACCEPTED) v = LOOM_UPDATE_LATE; /* the pipeline's round was closed */
+    pthread_mutex_lock(&e->mu);
+    r->verdict = v;
+    r->examples = u->examples;
+    r->tokens = (long)u->tokens;
+    r->loss = u->loss;
+    r->norm = norm;
+    if (rc == LOOM_OK) {
+        e->accepted++;
+        e->loss_w += u->loss * (double)u->examples;
+        e->weight += (double)u->examples;
+    }
+    e->inflight--;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (verdict) *verdict = v;
+    return rc;
+}
+
+int loom_engine_fail(loom_engine *e, int round, int client, const char *reason, double now,
+                     loom_update_verdict *verdict) {
+    row *r = NULL;
+    pthread_mutex_lock(&e->mu);
+    int rc = admit(e, round, client, now, verdict, &r);
+    if (rc == LOOM_OK) {
+        r->verdict = LOOM_UPDATE_CLIENT_FAILED;
+        e->inflight--;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (rc != LOOM_OK) return rc;
+    loom_log(LOOM_WARN, "round %d: client %d failed: %s", round, client, reason ? reason : "no reason given");
+    if (verdict) *verdict = LOOM_UPDATE_CLIENT_FAILED;
+    return loom_error(LOOM_EINVAL, "client %d failed in round %d: %s", client, round, reason ? reason : "no reason given");
+}
+
+int loom_engine_ready(loom_engine *e, double now) {
+    pthread_mutex_lock(&e->mu);
+    int ready = e->phase == PH_OPEN &&
+                (e->answered >= e->n || (e->c.quorum > 0 && e->accepted >= e->c.quorum) ||
+                 (e->c.deadline > 0 && now >= e->t_open + e->c.deadline));
+    pthread_mutex_unlock(&e->mu);
+    return ready;
+}
+
+int loom_engine_close_round(loom_engine *e, double now) {
+    (void)now;
+    pthread_mutex_lock(&e->mu);
+    if (e->phase != PH_OPEN) {
+        pthread_mutex_unlock(&e->mu);
+        return loom_error(LOOM_ESTATE, "round engine: no open round to close");
+    }
+    e->phase = PH_CLOSING; /* new submissions are late from here on */
+    while (e->inflight > 0) pthread_cond_wait(&e->cv, &e->mu);
+    for (int i = 0; i < e->n; i++)
+        if (!e->rows[i].answered) e->rows[i].verdict = LOOM_UPDATE_MISSING;
+    int accepted = e->accepted;
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < e->n; i++) {
+        loom_update_verdict v = e->rows[i].verdict;
+        if (v != LOOM_UPDATE_ACCEPTED && v != LOOM_UPDATE_CLIENT_FAILED)
+            loom_log(LOOM_WARN, "round %d: update of client %d rejected: %s", e->round, e->list[i],
+                     loom_update_verdict_str(v));
+    }
+    int need = e->c.min_updates > 0 ? e->c.min_updates : 1, rc = LOOM_OK;
+    if (accepted >= need) {
+        rc = loom_pipeline_end_round(e->pipe, e->global);
+    } else {
+        loom_pipeline_abort_round(e->pipe);
+        loom_log(LOOM_WARN, "round %d: %d accepted updates, fewer than the %d required; global model unchanged",
+                 e->round, accepted, need);
+    }
+    /* the evaluation hand-out */
+    int last = e->round == e->c.rounds;
+    e->ne = 0;
+    if (e->c.n_test && (last || (e->c.eval_every > 0 && e->round % e->c.eval_every == 0))) {
+        int ne = 0;
+        for (int i = 0; i < e->N; i++)
+            if (e->c.n_test[i] > 0) e->elist[ne++] = i;
+        if (e->c.eval_clients > 0 && ne > e->c.eval_clients) {
+            loom_rng er;
+            loom_rng_init(&er, e->c.seed, 0x6576616c);
+            for (int i = 0; i < e->c.eval_clients; i++) {
+                int j = i + (int)loom_rng_below(&er, (uint32_t)(ne - i));
+                int t = e->elist[i];
+                e->elist[i] = e->elist[j];
+                e->elist[j] = t;
+            }
+            ne = e->c.eval_clients;
+            for (int i = 1; i < ne; i++)
+                for (int k = i; k > 0 && e->elist[k - 1] > e->elist[k]; k--) {
+                    int t = e->elist[k];
+                    e->elist[k] = e->elist[k - 1];
+                    e->elist[k - 1] = t;
+                }
+        }
+        e->ne = ne;
+        for (int i = 0; i < ne; i++) e->epos[e->elist[i]] = i;
+        memset(e->erows, 0, (size_t)ne * sizeof *e->erows);
+    }
+    pthread_mutex_lock(&e->mu);
+    e->phase = PH_CLOSED;
+    pthread_mutex_unlock(&e->mu);
+    if (rc != LOOM_OK) return loom_error_context(rc, "round %d", e->round);
+    return LOOM_OK;
+}
+
+int loom_engine_eval_plan(loom_engine *e, const int **clients, int *n) {
+    if (e->phase != PH_CLOSED) return loom_error(LOOM_ESTATE, "round engine: evaluation before the round closed");
+    if (clients) *clients = e->elist;
+    if (n) *n = e->ne;
+    return LOOM_OK;
+}
+
+int loom_engine_eval_submit(loom_engine *e, int client, const loom_eval_result *r) {
+    pthread_mutex_lock(&e->mu);
+    int rc = LOOM_OK;
+    if (e->phase != PH_CLOSED) rc = loom_error(LOOM_ESTATE, "round engine: evaluation outside its phase");
+    else if (client < 0 || client >= e->N || e->epos[client] < 0)
+        rc = loom_error(LOOM_EINVAL, "client %d was not asked to evaluate in round %d", client, e->round);
+    else if (e->erows[e->epos[client]].done)
+        rc = loom_error(LOOM_EINVAL, "client %d already evaluated in round %d", client, e->round);
+    else {
+        eval_row *w = &e->erows[e->epos[client]];
+        w->done = 1;
+        w->r = *r;
+    }
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}
+
+int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *out) {
+    if (e->phase != PH_CLOSED) return loom_error(LOOM_ESTATE, "round engine: end_round before close_round");
+    loom_round_metrics m;
+    memset(&m, 0, sizeof m);
+    m.round = e->round;
+    m.sampled = e->n;
+    m.accepted = e->accepted;
+    m.rejected = e->n - e->accepted;
+    m.train_loss = e->weight > 0 ? e->loss_w / e->weight : NAN;
+    m.eval_loss = m.eval_acc = NAN;
+    int need = e->c.min_updates > 0 ? e->c.min_updates : 1;
+    m.aggregated = e->accepted >= need;
+    double per = (double)e->dim * sizeof(float) * (e->server_control ? 2 : 1);
+    m.bytes_down = per * e->n;
+    m.bytes_up = per * e->payloads;
+    double ls = 0, s1 = 0, s2 = 0, a1 = 0, a2 = 0;
+    long corr = 0, toks = 0, count = 0;
+    int k = 0;
+    for (int i = 0; i < e->ne; i++) {
+        const eval_row *w = &e->erows[i];
+        if (!w->done || w->r.tokens == 0 || w->r.count == 0) continue;
+        ls += w->r.loss_sum;
+        corr += w->r.correct;
+        toks += w->r.tokens;
+        count += w->r.count;
+        double l = w->r.loss_sum / w->r.tokens, a = (double)w->r.correct / w->r.count;
+        s1 += l;
+        s2 += l * l;
+        a1 += a;
+        a2 += a * a;
+        k++;
+    }
+    if (k > 0) {
+        m.evaluated = k;
+        m.eval_loss = ls / toks;
+        m.eval_acc = (double)corr / count;
+        m.eval_loss_mean = s1 / k;
+        m.eval_loss_std = sqrt(fmax(0, s2 / k - (s1 / k) * (s1 / k)));
+        m.eval_acc_mean = a1 / k;
+        m.eval_acc_std = sqrt(fmax(0, a2 / k - (a1 / k) * (a1 / k)));
+    }
+    m.seconds = seconds;
+    if (e->c.sink.round) e->c.sink.round(e->c.sink.ud, &m, e->list, e->n);
+    if (e->c.sink.client)
+        for (int i = 0; i < e->n; i++) {
+            const row *w = &e->rows[i];
+            loom_client_row cr = {e->round, e->list[i], w->examples, w->tokens, w->loss, w->norm, w->verdict,
+                                  loom_update_verdict_str(w->verdict)};
+            e->c.sink.client(e->c.sink.ud, &cr);
+        }
+    if (out) *out = m;
+    pthread_mutex_lock(&e->mu);
+    e->phase = PH_IDLE;
+    pthread_mutex_unlock(&e->mu);
+    e->next_round = e->round;
+    return LOOM_OK;
+}

@@ -1,0 +1,324 @@
+/* The update pipeline: validate -> clip -> aggregate -> noise -> server optimizer, and the exact
+ * fixed-point weighted mean (see include/loom/pipeline.h for the scale, the range and the proof that
+ * the 128-bit sums cannot overflow). */
+#include "loom/pipeline.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/core.h"
+
+/* Element loops go parallel only on vectors large enough to pay for the threads; every element is
+ * independent (and integer sums are exact), so results do not depend on the thread count. */
+#define PAR_MIN 65536
+
+/* ------------------------------------------------------------------ the fixed-point mean */
+
+__extension__ typedef __int128 fx_acc; /* gcc and clang on 64-bit targets */
+
+#define FX_ONE 281474976710656.0 /* 2^LOOM_FX_FRAC_BITS = 2^48 */
+#define FX_INV (1.0 / FX_ONE)
+#define I64_SAFE 9.2233720368547758e18 /* 2^63: |d| below it fits int64 */
+
+struct loom_aggregator {
+    size_t dim;
+    fx_acc *acc; /* (dim) sum_n w_n q_n */
+    fx_acc *ctl; /* (dim) sum_n q(dc_n); NULL without control */
+    uint64_t wsum;
+};
+
+static void fx_free(loom_aggregator *a) {
+    if (!a) return;
+    loom_free(a->acc);
+    loom_free(a->ctl);
+    free(a);
+}
+
+static int fx_create(loom_aggregator **out, size_t dim, int with_control) {
+    *out = NULL;
+    loom_aggregator *a = calloc(1, sizeof *a);
+    if (!a) return loom_error(LOOM_ENOMEM, "out of memory");
+    a->dim = dim;
+    a->acc = loom_calloc(dim, sizeof *a->acc);
+    if (with_control) a->ctl = loom_calloc(dim, sizeof *a->ctl);
+    if (!a->acc || (with_control && !a->ctl)) {
+        fx_free(a);
+        return loom_error(LOOM_ENOMEM, "out of memory for the fixed-point sum of %zu values", dim);
+    }
+    *out = a;
+    return LOOM_OK;
+}
+
+static void fx_begin(loom_aggregator *a) {
+    memset(a->acc, 0, a->dim * sizeof *a->acc);
+    if (a->ctl) memset(a->ctl, 0, a->dim * sizeof *a->ctl);
+    a->wsum = 0;
+}
+
+/* The fixed-point value of x (|x| <= 2^20 checked by the caller): rint(x * 2^48), exact in double. */
+static inline fx_acc fx_quantize(double x) {
+    double d = rint(x * FX_ONE);
+    return fabs(d) < I64_SAFE ? (fx_acc)(int64_t)d : (fx_acc)d;
+}
+
+static int fx_add(loom_aggregator *a, const float *u, double scale, uint64_t w, const float *dc) {
+    fx_acc *acc = a->acc;
+    const size_t dim = a->dim;
+    const int64_t wi = (int64_t)w;
+    if (scale == 1.0) {
+#pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
+        for (size_t i = 0; i < dim; i++) acc[i] += fx_quantize((double)u[i]) * wi;
+    } else {
+#pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
+        for (size_t i = 0; i < dim; i++) acc[i] += fx_quantize((double)u[i] * scale) * wi;
+    }
+    if (dc && a->ctl) {
+        fx_acc *ctl = a->ctl;
+#pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
+        for (size_t i = 0; i < dim; i++) ctl[i] += fx_quantize((double)dc[i]);
+    }
+    a->wsum += w;
+    return LOOM_OK;
+}
+
+static int fx_finish(loom_aggregator *a, double *mean, double *control_sum) {
+    if (a->wsum == 0) return loom_error(LOOM_ESTATE, "fixed-point mean of no update");
+    const fx_acc *acc = a->acc;
+    const double W = (double)a->wsum; /* exact: W < 2^52 */
+    const size_t dim = a->dim;
+#pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
+    for (size_t i = 0; i < dim; i++) mean[i] = ((double)acc[i] / W) * FX_INV;
+    if (control_sum && a->ctl) {
+        const fx_acc *ctl = a->ctl;
+#pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
+        for (size_t i = 0; i < dim; i++) control_sum[i] = (double)ctl[i] * FX_INV;
+    }
+    return LOOM_OK;
+}
+
+const loom_aggregator_ops loom_agg_fixed_mean = {"fixed-mean", LOOM_AGG_STREAMING, fx_create, fx_free,
+                                                 fx_begin,     fx_add,             fx_finish};
+
+/* ------------------------------------------------------------------ the pipeline */
+
+struct loom_pipeline {
+    loom_pipeline_config c;
+    loom_strategy *strat;
+    const loom_aggregator_ops *ops;
+    loom_aggregator *agg;
+    int uses_control;
+    double *mean, *csum; /* (dim) each; csum only with control */
+    pthread_mutex_t mu;  /* guards everything below and the aggregator */
+    int in_round, round;
+    size_t n_added;
+    uint64_t wsum;
+};
+
+void loom_pipeline_defaults(loom_pipeline_config *c, size_t dim) {
+    memset(c, 0, sizeof *c);
+    c->dim = dim;
+    c->strategy = "fedavg";
+    loom_strategy_defaults("fedavg", &c->sp);
+}
+
+int loom_pipeline_create(loom_pipeline **out, const loom_pipeline_config *c) {
+    *out = NULL;
+    if (!c || c->dim == 0) return loom_error(LOOM_EINVAL, "update pipeline: dim must be > 0");
+    if (!(c->max_norm >= 0) || isinf(c->max_norm))
+        return loom_error(LOOM_EINVAL, "--max-update-norm must be finite and >= 0 (got %g)", c->max_norm);
+    if (!(c->clip_norm >= 0 && c->clip_norm <= LOOM_FX_MAX_ABS))
+        return loom_error(LOOM_EINVAL, "update clip norm must be in [0, %g] (got %g)", LOOM_FX_MAX_ABS, c->clip_norm);
+    loom_pipeline *p = calloc(1, sizeof *p);
+    if (!p) return loom_error(LOOM_ENOMEM, "out of memory");
+    p->c = *c;
+    if (!p->c.strategy) p->c.strategy = "fedavg";
+    p->ops = c->aggregator ? c->aggregator : &loom_agg_fixed_mean;
+    pthread_mutex_init(&p->mu, NULL);
+    int rc = loom_strategy_create(&p->strat, p->c.strategy, &p->c.sp, c->dim);
+    if (rc == LOOM_OK) {
+        p->uses_control = loom_strategy_uses_control(p->strat);
+        rc = p->ops->create(&p->agg, c->dim, p->uses_control);
+    }
+    if (rc == LOOM_OK) {
+        p->mean = loom_alloc(c->dim * sizeof *p->mean);
+        if (p->uses_control) p->csum = loom_alloc(c->dim * sizeof *p->csum);
+        if (!p->mean || (p->uses_control && !p->csum)) rc = loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    if (rc != LOOM_OK) {
+        loom_pipeline_free(p);
+        return rc;
+    }
+    *out = p;
+    return LOOM_OK;
+}
+
+void loom_pipeline_free(loom_pipeline *p) {
+    if (!p) return;
+    if (p->agg) p->ops->free(p->agg);
+    loom_strategy_free(p->strat);
+    loom_free(p->mean);
+    loom_free(p->csum);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+loom_strategy *loom_pipeline_strategy(loom_pipeline *p) { return p->strat; }
+size_t loom_pipeline_dim(const loom_pipeline *p) { return p->c.dim; }
+
+int loom_pipeline_begin_round(loom_pipeline *p, int round) {
+    pthread_mutex_lock(&p->mu);
+    int open = p->in_round;
+    if (!open) {
+        p->ops->begin(p->agg);
+        p->in_round = 1;
+        p->round = round;
+        p->n_added = 0;
+        p->wsum = 0;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (open) return loom_error(LOOM_ESTATE, "update pipeline: begin_round while round %d is open", p->round);
+    return LOOM_OK;
+}
+
+static int refuse(loom_update_verdict *out, loom_update_verdict v, int code) {
+    if (out) *out = v;
+    return code;
+}
+
+/* Largest |x| of n floats (all finite: checked before). */
+static double max_abs(const float *x, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)x[i]));
+    return m;
+}
+
+int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                      loom_update_verdict *verdict, double *norm) {
+    const size_t dim = p->c.dim;
+    if (norm) *norm = 0;
+    /* validate: the weight, the control delta, then the update itself */
+    if (!(w >= 1 && w <= LOOM_FX_MAX_WEIGHT && w == floor(w)))
+        return refuse(verdict, LOOM_UPDATE_BAD_WEIGHT,
+                      loom_error(LOOM_EINVAL, "client weight must be a whole number in [1, %.0f] (got %g)",
+                                 LOOM_FX_MAX_WEIGHT, w));
+    if (p->uses_control && !dc)
+        return refuse(verdict, LOOM_UPDATE_BAD_CONTROL,
+                      loom_error(LOOM_EINVAL, "strategy %s: the update needs a control-variate delta", p->c.strategy));
+    if (!p->uses_control && dc)
+        return refuse(verdict, LOOM_UPDATE_BAD_CONTROL,
+                      loom_error(LOOM_EINVAL, "strategy %s has no control variates, but a control delta was given",
+                                 p->c.strategy));
+    double n2;
+    int rc = loom_update_check(u, len, dim, p->c.max_norm, verdict, &n2);
+    if (norm) *norm = n2;
+    if (rc != LOOM_OK) return rc;
+    /* clip */
+    double scale = p->c.clip_norm > 0 && n2 > p->c.clip_norm ? p->c.clip_norm / n2 : 1.0;
+    double big = max_abs(u, dim) * scale;
+    if (big > LOOM_FX_MAX_ABS)
+        return refuse(verdict, LOOM_UPDATE_OUT_OF_RANGE,
+                      loom_error(LOOM_ERANGE, "update value of magnitude %g is outside the fixed-point range +-%g",
+                                 big, LOOM_FX_MAX_ABS));
+    if (dc) {
+        for (size_t i = 0; i < dim; i++)
+            if (!isfinite(dc[i]))
+                return refuse(verdict, LOOM_UPDATE_NONFINITE,
+                              loom_error(LOOM_ERANGE, "control delta value %zu is not finite", i));
+        if (max_abs(dc, dim) > LOOM_FX_MAX_ABS)
+            return refuse(verdict, LOOM_UPDATE_OUT_OF_RANGE,
+                          loom_error(LOOM_ERANGE, "control delta outside the fixed-point range +-%g", LOOM_FX_MAX_ABS));
+    }
+    /* aggregate */
+    pthread_mutex_lock(&p->mu);
+    if (!p->in_round) rc = loom_error(LOOM_ESTATE, "update pipeline: update added outside a round");
+    else if (p->n_added >= LOOM_FX_MAX_UPDATES) {
+        rc = refuse(verdict, LOOM_UPDATE_ROUND_FULL,
+                    loom_error(LOOM_ERANGE, "round %d is full (%zu updates)", p->round, p->n_added));
+    } else if ((rc = p->ops->add(p->agg, u, scale, (uint64_t)w, dc)) == LOOM_OK) {
+        p->n_added++;
+        p->wsum += (uint64_t)w;
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (rc == LOOM_OK && verdict) *verdict = LOOM_UPDATE_ACCEPTED;
+    return rc;
+}
+
+int loom_pipeline_add_model(loom_pipeline *p, const float *y, const float *x, double w, const float *dc,
+                            loom_update_verdict *verdict) {
+    if (loom_strategy_update_kind(p->strat) != LOOM_UPDATE_DELTA)
+        return loom_error(LOOM_EINVAL, "strategy %s takes gradients, not client models", p->c.strategy);
+    if (!y || !x) return loom_error(LOOM_EINVAL, "update pipeline: NULL model");
+    float *u = loom_alloc(p->c.dim * sizeof *u);
+    if (!u) return LOOM_ENOMEM;
+    loom_update_delta(u, y, x, p->c.dim);
+    int rc = loom_pipeline_add(p, u, p->c.dim, w, dc, verdict, NULL);
+    loom_free(u);
+    return rc;
+}
+
+size_t loom_pipeline_num_added(const loom_pipeline *p) {
+    pthread_mutex_lock((pthread_mutex_t *)&p->mu);
+    size_t n = p->in_round ? p->n_added : 0;
+    pthread_mutex_unlock((pthread_mutex_t *)&p->mu);
+    return n;
+}
+
+uint64_t loom_pipeline_total_weight(const loom_pipeline *p) {
+    pthread_mutex_lock((pthread_mutex_t *)&p->mu);
+    uint64_t w = p->in_round ? p->wsum : 0;
+    pthread_mutex_unlock((pthread_mutex_t *)&p->mu);
+    return w;
+}
+
+int loom_pipeline_end_round(loom_pipeline *p, float *global) {
+    pthread_mutex_lock(&p->mu);
+    int open = p->in_round;
+    size_t n = p->n_added;
+    uint64_t W = p->wsum;
+    p->in_round = 0;
+    int rc = LOOM_OK;
+    if (!open) rc = loom_error(LOOM_ESTATE, "update pipeline: end_round without begin_round");
+    else if (!global) rc = loom_error(LOOM_EINVAL, "update pipeline: end_round with a NULL global vector");
+    else if (n == 0)
+        rc = loom_error(LOOM_ESTATE, "strategy %s: round closed with no accepted update; global model unchanged",
+                        p->c.strategy);
+    else rc = p->ops->finish(p->agg, p->mean, p->csum);
+    pthread_mutex_unlock(&p->mu);
+    if (rc != LOOM_OK) return rc;
+    if (p->c.noise && (rc = p->c.noise(p->c.noise_ud, p->mean, p->c.dim, W, n, p->round)) != LOOM_OK)
+        return loom_error_context(rc, "noise stage of round %d", p->round);
+    return loom_strategy_step(p->strat, global, p->mean, p->uses_control ? p->csum : NULL, n);
+}
+
+void loom_pipeline_abort_round(loom_pipeline *p) {
+    pthread_mutex_lock(&p->mu);
+    p->in_round = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+int loom_pipeline_aggregate(loom_pipeline *p, float *global, const float *const *updates, const double *weights,
+                            const float *const *control_deltas, size_t n) {
+    if (n > 0 && (!updates || !weights))
+        return loom_error(LOOM_EINVAL, "update pipeline: aggregate of %zu updates without updates or weights", n);
+    int rc = loom_pipeline_begin_round(p, 0);
+    if (rc != LOOM_OK) return rc;
+    for (size_t i = 0; i < n; i++) {
+        rc = loom_pipeline_add(p, updates[i], p->c.dim, weights[i], control_deltas ? control_deltas[i] : NULL, NULL,
+                               NULL);
+        if (rc != LOOM_OK) {
+            loom_pipeline_abort_round(p);
+            return loom_error_context(rc, "update %zu", i);
+        }
+    }
+    return loom_pipeline_end_round(p, global);
+}
+
+int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *data, size_t len) {
+    pthread_mutex_lock(&p->mu);
+    int open = p->in_round;
+    pthread_mutex_unlock(&p->mu);
+    if (open) return loom_error(LOOM_ESTATE, "strategy %s: state %s loaded inside a round", p->c.strategy, name);
+    return loom_strategy_state_load(p->strat, name, data, len);
+}
