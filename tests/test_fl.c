@@ -3,7 +3,10 @@
  *  - FedSGD with K equal clients == one SGD step on the union batch
  *  - learning rate 0 leaves the global model unchanged, bit for bit
  *  - results are bitwise identical for any number of workers; resume continues identically
- *  - broken updates (NaN, Inf, wrong length, huge norm) are rejected and counted; the round goes on
+ *  - broken updates (NaN, Inf, wrong length, huge norm) and failing clients are refused and counted;
+ *    the round goes on
+ *  - with a deadline on the virtual clock exactly the stragglers are refused as late
+ *  - SCAFFOLD's client state survives a resume
  *  - impossible configurations fail at start */
 #include <math.h>
 #include <stdio.h>
@@ -224,7 +227,8 @@ static void zero_lr_and_determinism_and_resume(void) {
     CHECK(maxdiff(g, model->params, model->n_params) > 1e-4, "the run trained");
     /* resume: 2 rounds, then resume to 4 == 4 rounds straight (fedadam: state must be restored too) */
     char dir[256];
-    snprintf(dir, sizeof dir, "fl_resume_%ld", (long)getpid());
+    snprintf(dir, sizeof dir, "/tmp/loom_fl_resume_XXXXXX");
+    CHECK(mkdtemp(dir) != NULL, "scratch directory");
     c.strategy = "fedadam";
     loom_strategy_defaults("fedadam", &c.sp);
     c.out_dir = NULL;
@@ -245,6 +249,18 @@ static void zero_lr_and_determinism_and_resume(void) {
     while (f && fgets(line, sizeof line, f)) rounds += strstr(line, "\"type\":\"round\"") != NULL;
     if (f) fclose(f);
     CHECK(rounds == 4, "metrics.jsonl has %d round rows after resume (4 expected)", rounds);
+    /* a resume that would do nothing is refused, naming --rounds */
+    c.rounds = 3;
+    CHECK(loom_sim_run(&c, g3) == LOOM_EINVAL && strstr(loom_errmsg(), "--rounds 3"), "resume with fewer rounds: %s",
+          loom_errmsg());
+    c.rounds = 4;
+    CHECK(loom_sim_run(&c, g3) == LOOM_EINVAL && strstr(loom_errmsg(), "nothing to do"),
+          "resume of a finished run: %s", loom_errmsg());
+    /* a run into a directory holding another run's checkpoint is refused without --resume */
+    c.resume = 0;
+    CHECK(loom_sim_run(&c, g3) == LOOM_EINVAL && strstr(loom_errmsg(), "--resume") && strstr(loom_errmsg(), "earlier run"),
+          "stale checkpoint: %s", loom_errmsg());
+    c.resume = 1;
     /* resuming with another seed is refused */
     c.rounds = 5;
     c.seed = 99;
@@ -260,7 +276,7 @@ static void zero_lr_and_determinism_and_resume(void) {
 
 static void bad_updates_and_configs(void) {
     loom_partition *p;
-    CHECK_OK(loom_partition_iid(&p, ds->n, 5, 0, 4));
+    CHECK_OK(loom_partition_iid(&p, ds->n, 6, 0, 4));
     wud u;
     sgd_config(&u.tc, 0.05f, 2, 16);
     loom_sim_config c;
@@ -268,11 +284,13 @@ static void bad_updates_and_configs(void) {
     c.rounds = 1;
     c.fit.local_steps = 1;
     c.max_update_norm = 1e3;
-    loom_fault faults[] = {{1, LOOM_FAULT_NAN}, {2, LOOM_FAULT_INF}, {3, LOOM_FAULT_SHORT}, {4, LOOM_FAULT_HUGE}};
+    loom_fault faults[] = {{1, LOOM_FAULT_NAN}, {2, LOOM_FAULT_INF}, {3, LOOM_FAULT_SHORT}, {4, LOOM_FAULT_HUGE},
+                           {5, LOOM_FAULT_FAIL}};
     c.faults = faults;
-    c.n_faults = 4;
+    c.n_faults = 5;
     char dir[256];
-    snprintf(dir, sizeof dir, "fl_faults_%ld", (long)getpid());
+    snprintf(dir, sizeof dir, "/tmp/loom_fl_faults_XXXXXX");
+    CHECK(mkdtemp(dir) != NULL, "scratch directory");
     c.out_dir = dir;
     float *g = loom_alloc(model->n_params * 4), *g0 = loom_alloc(model->n_params * 4);
     loom_set_log(NULL, NULL, LOOM_ERROR); /* the rejections are logged as warnings */
@@ -288,22 +306,24 @@ static void bad_updates_and_configs(void) {
     char path[512], line[65536];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     FILE *f = fopen(path, "r");
-    int rejected = -1, nan_row = 0, short_row = 0, norm_row = 0;
+    int rejected = -1, nan_row = 0, short_row = 0, norm_row = 0, fail_row = 0;
     while (f && fgets(line, sizeof line, f)) {
         char *r = strstr(line, "\"rejected\":");
         if (strstr(line, "\"type\":\"round\"") && r) rejected = atoi(r + 11);
         if (strstr(line, "\"client\":1,") && strstr(line, "non-finite")) nan_row = 1;
         if (strstr(line, "\"client\":3,") && strstr(line, "length")) short_row = 1;
         if (strstr(line, "\"client\":4,") && strstr(line, "norm")) norm_row = 1;
+        if (strstr(line, "\"client\":5,") && strstr(line, "\"status\":\"client failure\"")) fail_row = 1;
     }
     if (f) fclose(f);
-    CHECK(rejected == 4, "metrics count 4 rejections (got %d)", rejected);
+    CHECK(rejected == 5, "metrics count 5 rejections (got %d)", rejected);
     CHECK(nan_row && short_row && norm_row, "per-client rows give the reasons (nan %d, length %d, norm %d)", nan_row,
           short_row, norm_row);
+    CHECK(fail_row, "a failing client is a refused update with reason \"client failure\", not an aborted run");
     /* with min_updates 2 the round cannot aggregate: the global model stays */
     c.part = p;
     c.faults = faults;
-    c.n_faults = 4;
+    c.n_faults = 5;
     c.min_updates = 2;
     CHECK_OK(loom_sim_run(&c, g));
     CHECK(memcmp(g, model->params, model->n_params * 4) == 0, "too few good updates: global unchanged");
@@ -312,8 +332,13 @@ static void bad_updates_and_configs(void) {
     c.min_updates = 1;
     c.faults = NULL;
     c.n_faults = 0;
-    c.sample = 6;
+    c.sample = 7;
     CHECK(loom_sim_run(&c, g) == LOOM_EINVAL && strstr(loom_errmsg(), "--sample"), "sample > clients: %s", loom_errmsg());
+    c.sample = 0;
+    c.max_update_norm = -1;
+    CHECK(loom_sim_run(&c, g) == LOOM_EINVAL && strstr(loom_errmsg(), "--max-update-norm"), "negative norm bound: %s",
+          loom_errmsg());
+    c.max_update_norm = 0;
     c.sample = 0;
     c.fit.local_steps = 0;
     CHECK(loom_sim_run(&c, g) == LOOM_EINVAL && strstr(loom_errmsg(), "--local-steps"), "local steps 0: %s", loom_errmsg());
@@ -331,6 +356,121 @@ static void bad_updates_and_configs(void) {
     CHECK(system(cmd) == 0, "cleanup");
     loom_free(g);
     loom_free(g0);
+    loom_partition_free(p);
+}
+
+/* Virtual time: with a deadline, exactly the clients whose simulated duration exceeds it are refused
+ * as late; the run stays bitwise identical for any number of workers, and equals a run in which the
+ * same clients fail instead (their updates never enter the sum either way). */
+static void stragglers_and_deadline(void) {
+    loom_partition *p;
+    CHECK_OK(loom_partition_iid(&p, ds->n, 8, 0, 6));
+    wud u;
+    sgd_config(&u.tc, 0.05f, 2, 16);
+    loom_sim_config c;
+    base_config(&c, &u, p);
+    c.rounds = 2;
+    c.fit.local_steps = 2;
+    c.step_seconds = 1.0;
+    c.time_spread = 1.0;
+    double t[8], sorted[8];
+    for (int k = 0; k < 8; k++) sorted[k] = t[k] = loom_sim_client_seconds(&c, k);
+    for (int i = 1; i < 8; i++)
+        for (int k = i; k > 0 && sorted[k - 1] > sorted[k]; k--) {
+            double x = sorted[k];
+            sorted[k] = sorted[k - 1];
+            sorted[k - 1] = x;
+        }
+    CHECK(sorted[0] < sorted[7] && sorted[0] > 0, "clients have different simulated speeds (%g .. %g)", sorted[0],
+          sorted[7]);
+    c.deadline = (sorted[4] + sorted[5]) / 2; /* 5 punctual, 3 late */
+    int late = 0;
+    for (int k = 0; k < 8; k++) late += t[k] > c.deadline;
+    CHECK(late == 3, "3 stragglers (%d)", late);
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/loom_fl_late_XXXXXX");
+    CHECK(mkdtemp(dir) != NULL, "scratch directory");
+    c.out_dir = dir;
+    float *g1 = loom_alloc(model->n_params * 4), *g3 = loom_alloc(model->n_params * 4), *g0 = loom_alloc(model->n_params * 4);
+    loom_set_log(NULL, NULL, LOOM_ERROR);
+    c.workers = 1;
+    CHECK_OK(loom_sim_run(&c, g1));
+    char path[512], line[65536];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    int late_rows = 0, right = 1;
+    while (f && fgets(line, sizeof line, f)) {
+        char *cp = strstr(line, "\"type\":\"client\"");
+        if (!cp) continue;
+        int k = atoi(strstr(line, "\"client\":") + 9);
+        int is_late = strstr(line, "\"status\":\"late\"") != NULL;
+        late_rows += is_late;
+        right &= is_late == (t[k] > c.deadline);
+    }
+    if (f) fclose(f);
+    CHECK(late_rows == 2 * late && right, "late rows %d (want %d), each exactly a client past the deadline", late_rows,
+          2 * late);
+    c.out_dir = NULL;
+    c.workers = 3;
+    CHECK_OK(loom_sim_run(&c, g3));
+    CHECK(memcmp(g1, g3, model->n_params * 4) == 0, "with stragglers, 1 and 3 workers give the same bits");
+    loom_fault fl[8];
+    int nf = 0;
+    for (int k = 0; k < 8; k++)
+        if (t[k] > c.deadline) fl[nf++] = (loom_fault){k, LOOM_FAULT_FAIL};
+    c.deadline = 0;
+    c.faults = fl;
+    c.n_faults = nf;
+    CHECK_OK(loom_sim_run(&c, g0));
+    CHECK(memcmp(g1, g0, model->n_params * 4) == 0, "late updates are left out exactly as failed ones");
+    c.faults = NULL;
+    c.n_faults = 0;
+    CHECK_OK(loom_sim_run(&c, g0));
+    CHECK(memcmp(g1, g0, model->n_params * 4) != 0, "the deadline made a difference");
+    loom_set_log(NULL, NULL, LOOM_WARN);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "cleanup");
+    loom_free(g0);
+    loom_free(g1);
+    loom_free(g3);
+    loom_partition_free(p);
+}
+
+/* SCAFFOLD keeps client state (c_i, step counters) on the client side; it is checkpointed, so a
+ * resumed run equals an uninterrupted one bit for bit. */
+static void scaffold_resume(void) {
+    loom_partition *p;
+    CHECK_OK(loom_partition_iid(&p, ds->n, 5, 0, 8));
+    wud u;
+    sgd_config(&u.tc, 0.05f, 2, 16);
+    loom_sim_config c;
+    base_config(&c, &u, p);
+    c.strategy = "scaffold";
+    loom_strategy_defaults("scaffold", &c.sp);
+    c.fit.scaffold = LOOM_SCAFFOLD_OPTION_II;
+    c.rounds = 4;
+    c.fit.local_steps = 2;
+    c.sample = 3;
+    float *a = loom_alloc(model->n_params * 4), *b = loom_alloc(model->n_params * 4);
+    CHECK_OK(loom_sim_run(&c, a));
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/loom_fl_scaffold_XXXXXX");
+    CHECK(mkdtemp(dir) != NULL, "scratch directory");
+    c.out_dir = dir;
+    c.checkpoint_every = 1;
+    c.rounds = 2;
+    CHECK_OK(loom_sim_run(&c, b));
+    c.rounds = 4;
+    c.resume = 1;
+    CHECK_OK(loom_sim_run(&c, b));
+    CHECK(memcmp(a, b, model->n_params * 4) == 0, "scaffold: 2 rounds + resume for 2 == 4 rounds, bitwise");
+    CHECK(maxdiff(a, model->params, model->n_params) > 1e-4, "scaffold trained");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0, "cleanup");
+    loom_free(a);
+    loom_free(b);
     loom_partition_free(p);
 }
 
@@ -356,6 +496,8 @@ int main(void) {
     fedsgd_equals_large_batch();
     zero_lr_and_determinism_and_resume();
     bad_updates_and_configs();
+    stragglers_and_deadline();
+    scaffold_resume();
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     loom_model_free(model);
