@@ -32,6 +32,17 @@ check "flag overrides config" test "$(grep -c '"type":"round"' "$tmp/c/metrics.j
 "$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --out "$tmp/d" > /dev/null 2>&1
 "$LOOM" sim --config "$tmp/cfg.json" --out "$tmp/d" --resume > /dev/null 2>&1
 check "resume == straight" cmp -s "$tmp/a/global.safetensors" "$tmp/d/global.safetensors"
+# a reused --out holding an earlier run's checkpoint is refused without --resume, before any work
+"$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --out "$tmp/d" > /dev/null 2> "$tmp/e7"
+check "stale checkpoint refused" test $? -ne 0
+check "stale checkpoint message names --resume" grep -q -- 'earlier run: pass --resume' "$tmp/e7"
+# --resume with no rounds left is refused (not a silent exit 0)
+"$LOOM" sim --config "$tmp/cfg.json" --rounds 2 --out "$tmp/d" --resume > /dev/null 2> "$tmp/e8"
+check "resume with fewer rounds refused" test $? -ne 0
+check "resume message names --rounds" grep -q -- 'finished 3 rounds, so --rounds 2 leaves nothing to do' "$tmp/e8"
+"$LOOM" sim --config "$tmp/cfg.json" --max-update-norm -1 --out "$tmp/g" > /dev/null 2> "$tmp/e9"
+check "negative --max-update-norm refused" grep -q -- '--max-update-norm must be finite and >= 0' "$tmp/e9"
+check "nothing written for a refused run" test ! -e "$tmp/g/metrics.jsonl"
 # other strategies run
 for s in fedsgd fedprox fedavgm fedadam fedyogi fedadagrad scaffold; do
   "$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --strategy $s --sample-len 0 > /dev/null 2> "$tmp/s.err"

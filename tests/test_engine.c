@@ -421,8 +421,10 @@ static void engine_protocol(void) {
 
     /* round 2: a failure, a missing client, quorum; min_updates 1 */
     CHECK_OK(loom_engine_open_round(e, 200.0, &cl, &n));
-    CHECK(loom_engine_fail(e, 2, cl[0], "out of memory", 201.0, &v) != LOOM_OK && v == LOOM_UPDATE_CLIENT_FAILED,
+    CHECK(loom_engine_fail(e, 2, cl[0], "out of memory", 201.0, &v) == LOOM_OK && v == LOOM_UPDATE_CLIENT_FAILED,
           "failure recorded");
+    CHECK(loom_engine_fail(e, 2, cl[0], "again", 201.0, &v) != LOOM_OK && v == LOOM_UPDATE_DUPLICATE,
+          "a second report is a duplicate");
     u = upd(2, cl[1], a, D, 1);
     CHECK_OK(loom_engine_submit(e, &u, 201.0, &v));
     CHECK_OK(loom_engine_close_round(e, 202.0)); /* cl[2], cl[3] never answer */

@@ -15,13 +15,24 @@
  *         loom_engine_task(e, &task);                            // global vector, server control, round
  *         ... each client k trains (loom_client_algo.fit, with its own loom_client_state) ...
  *         loom_engine_submit(e, &update_k, now_k, &verdict);    // any thread, any order
- *         loom_engine_fail(e, round, k, "reason", now_k, NULL); // a client that failed: refused, not fatal
+ *         loom_engine_fail(e, round, k, "reason", now_k, NULL); // a failed client: a refused update, not fatal
  *         ... until loom_engine_ready(e, now) ...
  *         loom_engine_close_round(e, now);                       // aggregate (or keep the model: too few)
  *         loom_engine_eval_plan(e, &eclients, &ne);              // evaluation hand-out (ne may be 0)
  *         ... loom_engine_eval_submit(e, k, &result) ...
  *         loom_engine_end_round(e, seconds, &metrics);           // metrics rows to the sink
  *     }
+ *
+ * Who calls whom (one arrow = "calls"):
+ *
+ *     driver (sim/sim.c; later net/ server, MPI root)
+ *       |-- loom_engine_*            fl/engine.c    sampling, admission, close, eval hand-out, metrics
+ *       |     |-- loom_pipeline_*    fl/pipeline.c  decode, validate, clip, aggregate, noise
+ *       |     |     |-- loom_aggregator_ops         fixed-point mean (later: Krum, median, ...)
+ *       |     |     `-- loom_strategy_step          fl/strategy*.c: the server optimizer
+ *       |     `-- loom_metrics_sink                 the driver's (sim: metrics.jsonl rows)
+ *       `-- loom_client_algo.fit / .evaluate  fl/client.c, on the driver's workers
+ *             `-- loom_trainer_*               optim/: gradient, hook (FedProx, SCAFFOLD), step
  *
  * Where state lives: the engine owns the global vector, the pipeline (the strategy's persistent state
  * and the round's O(dim) fixed-point sum) and the current round's per-client rows (O(sampled)).
@@ -151,7 +162,9 @@ int loom_engine_task(loom_engine *e, loom_task *t);
  * or another run_id), "not sampled", "duplicate", "late" (after the deadline or after close),
  * "unsupported codec", and the pipeline's (length, non-finite, norm, range, weight, control). */
 int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict);
-/* A sampled client reports that it could not train (reason is logged): its row says "client failure". */
+/* A sampled client reports that it could not train (reason is logged): its row says "client failure"
+ * and LOOM_OK is returned (the report is recorded; the client's update counts as refused). A report
+ * that is not sampled, duplicate or late is refused like a submission. */
 int loom_engine_fail(loom_engine *e, int round, int client, const char *reason, double now,
                      loom_update_verdict *verdict);
 /* 1 when the round may close at time now: every sampled client answered, the quorum of accepted

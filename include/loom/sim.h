@@ -17,11 +17,15 @@
  * step_seconds * exp(time_spread * z_k), z_k ~ N(0, 1) fixed per client (slow clients stay slow); it
  * submits at open + duration, and with a deadline its update is refused as late past it (stragglers).
  * A failing client (an error in its training, or LOOM_FAULT_FAIL) is a refused update with reason
- * "client failure"; the run goes on.
+ * "client failure"; the run goes on. Rounds close when every sampled client has answered (the
+ * engine's quorum, which closes on the first q accepted in real arrival order, is for real-time
+ * drivers; the simulator does not use it, so that its results never depend on thread timing).
  *
- * Outputs in out_dir: metrics.jsonl (one "round" row per round, one "client" row per participant,
- * "eval" rows), checkpoint.safetensors every checkpoint_every rounds (atomic; global vector, strategy
- * state, client state, round), global.safetensors at the end. */
+ * Outputs in out_dir: metrics.jsonl (one "round" row per round, with the evaluation fields when the
+ * round evaluated, then one "client" row per sampled client with its status: "accepted" or the
+ * refusal reason), checkpoint.safetensors every checkpoint_every rounds (atomic; global vector,
+ * strategy state, the clients' state, next round), global.safetensors at the end. An out_dir that
+ * already holds a checkpoint is refused unless resume is set (loom_sim_check_out). */
 #ifndef LOOM_SIM_H
 #define LOOM_SIM_H
 
@@ -52,7 +56,8 @@ typedef struct {
 typedef int (*loom_worker_make)(void *ud, loom_trainer **tr, float **vec);
 typedef void (*loom_worker_free)(void *ud, loom_trainer *tr, float *vec);
 
-/* Fault injection, for testing the server's defences: client `client` returns a broken update. */
+/* Fault injection, for testing the server's defences: client `client` returns a broken update (NaN,
+ * Inf, every value times 1e6, one value short) or reports a failure instead of an update (FAIL). */
 enum { LOOM_FAULT_NAN = 1, LOOM_FAULT_INF, LOOM_FAULT_HUGE, LOOM_FAULT_SHORT, LOOM_FAULT_FAIL };
 typedef struct {
     int client;

@@ -20,7 +20,6 @@ __extension__ typedef __int128 fx_acc; /* gcc and clang on 64-bit targets */
 
 #define FX_ONE 281474976710656.0 /* 2^LOOM_FX_FRAC_BITS = 2^48 */
 #define FX_INV (1.0 / FX_ONE)
-#define I64_SAFE 9.2233720368547758e18 /* 2^63: |d| below it fits int64 */
 
 struct loom_aggregator {
     size_t dim;
@@ -57,10 +56,12 @@ static void fx_begin(loom_aggregator *a) {
     a->wsum = 0;
 }
 
-/* The fixed-point value of x (|x| <= 2^20 checked by the caller): rint(x * 2^48), exact in double. */
-static inline fx_acc fx_quantize(double x) {
+/* acc += w * rint(x * 2^48) for |x| <= 2^20 (checked by the caller): x * 2^48 is exact in double. The
+ * common case |q| < 2^62 takes one 64 x 64 -> 128-bit multiply; larger values convert via 128 bits. */
+static inline void fx_fold(fx_acc *acc, double x, int64_t w) {
     double d = rint(x * FX_ONE);
-    return fabs(d) < I64_SAFE ? (fx_acc)(int64_t)d : (fx_acc)d;
+    if (fabs(d) < 4.611686018427387904e18) *acc += (fx_acc)(int64_t)d * (fx_acc)w; /* 2^62 */
+    else *acc += (fx_acc)d * w;
 }
 
 static int fx_add(loom_aggregator *a, const float *u, double scale, uint64_t w, const float *dc) {
@@ -69,15 +70,15 @@ static int fx_add(loom_aggregator *a, const float *u, double scale, uint64_t w, 
     const int64_t wi = (int64_t)w;
     if (scale == 1.0) {
 #pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
-        for (size_t i = 0; i < dim; i++) acc[i] += fx_quantize((double)u[i]) * wi;
+        for (size_t i = 0; i < dim; i++) fx_fold(&acc[i], (double)u[i], wi);
     } else {
 #pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
-        for (size_t i = 0; i < dim; i++) acc[i] += fx_quantize((double)u[i] * scale) * wi;
+        for (size_t i = 0; i < dim; i++) fx_fold(&acc[i], (double)u[i] * scale, wi);
     }
     if (dc && a->ctl) {
         fx_acc *ctl = a->ctl;
 #pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
-        for (size_t i = 0; i < dim; i++) ctl[i] += fx_quantize((double)dc[i]);
+        for (size_t i = 0; i < dim; i++) fx_fold(&ctl[i], (double)dc[i], 1);
     }
     a->wsum += w;
     return LOOM_OK;
@@ -187,11 +188,14 @@ static int refuse(loom_update_verdict *out, loom_update_verdict v, int code) {
     return code;
 }
 
-/* Largest |x| of n floats (all finite: checked before). */
+/* Largest |x| of n floats (all finite: checked before); a plain compare so that it vectorises. */
 static double max_abs(const float *x, size_t n) {
-    double m = 0;
-    for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)x[i]));
-    return m;
+    float m = 0;
+    for (size_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        m = a > m ? a : m;
+    }
+    return (double)m;
 }
 
 int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
