@@ -1,8 +1,9 @@
 /* Federated learning, client side (fl/ layer): one client's work in a round, transport-free.
  *
  * A client receives a task (the global trainable vector and a fit configuration), trains on its own
- * data with its persistent state (loom_client_state) and returns an update (see include/loom/strategy.h for what each strategy expects): the model delta
- * y - x after E local optimizer steps, or for FedSGD the mean gradient at x. Neither this code nor the
+ * data with its persistent state (loom_client_state) and returns an update (include/loom/strategy.h
+ * says what each strategy expects): the model delta y - x after E local optimizer steps, or for
+ * FedSGD the mean gradient at x. Neither this code nor the
  * strategies know how the bytes move: the in-process simulator (include/loom/sim.h) and the network
  * transports call these same functions.
  *
