@@ -112,6 +112,15 @@ int loom_model_find(const loom_model *m, const char *name) {
     return -1;
 }
 
+const loom_config *loom_model_config(const loom_model *m) { return &m->cfg; }
+int loom_model_n_tensors(const loom_model *m) { return m->n_tensors; }
+const loom_tensor *loom_model_tensor(const loom_model *m, int idx) {
+    return idx >= 0 && idx < m->n_tensors ? &m->tensors[idx] : NULL;
+}
+size_t loom_model_n_params(const loom_model *m) { return m->n_params; }
+float *loom_model_params(loom_model *m) { return m->params; }
+const float *loom_model_params_const(const loom_model *m) { return m->params; }
+
 /* Allocates the layout and an uninitialised parameter buffer. */
 int loom_model_alloc(loom_model **out, const loom_config *cfg) {
     *out = NULL;
@@ -237,6 +246,7 @@ static void quantize_tensor(loom_model *m, int i) {
     size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
     loom_quantize((char *)q->data + q->qoff[i] * es, q->scale ? q->scale + q->soff[i] : NULL, m->params + t->offset,
                   q->type, layout, C, OC);
+    m->tensors[i].dtype = q->type;
     release_range(m->params, t->offset, t->numel);
 }
 
@@ -278,23 +288,47 @@ loom_qtype loom_model_base_type(const loom_model *m) { return m->qbase ? m->qbas
 size_t loom_model_base_bytes(const loom_model *m) {
     size_t b = 0;
     for (int i = 0; i < m->n_tensors; i++)
-        if (!m->qbase || !is_base_linear(m, i)) b += m->tensors[i].numel * sizeof(float);
+        if (m->tensors[i].dtype == LOOM_Q_F32) b += m->tensors[i].numel * sizeof(float);
     return b + (m->qbase ? m->qbase->bytes : 0);
+}
+
+lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx) {
+    const loom_tensor *t = &m->tensors[idx];
+    int gpt2 = m->cfg.arch == LOOM_ARCH_GPT2;
+    lm_wref w;
+    memset(&w, 0, sizeof w);
+    w.type = t->dtype;
+    if (t->ndim == 2) { /* GPT-2 Conv1D [in, out]; Llama Linear and embeddings [out, in] */
+        int conv = gpt2 && t->kind == LOOM_T_LINEAR_W;
+        w.C = (int)(conv ? t->shape[0] : t->shape[1]);
+        w.OC = (int)(conv ? t->shape[1] : t->shape[0]);
+    }
+    if (t->dtype == LOOM_Q_F32) {
+        w.f = params + t->offset;
+        return w;
+    }
+    const struct loom_qbase *q = m->qbase;
+    size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
+    w.q.type = q->type;
+    w.q.layout = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    w.q.data = (const char *)q->data + q->qoff[idx] * es;
+    w.q.scale = q->scale ? q->scale + q->soff[idx] : NULL;
+    return w;
 }
 
 int loom_model_weight(const loom_model *m, const float *params, int idx, float *dst) {
     if (idx < 0 || idx >= m->n_tensors) return loom_error(LOOM_EINVAL, "no tensor %d", idx);
     const loom_tensor *t = &m->tensors[idx];
-    if (!m->qbase || m->qbase->qoff[idx] == (size_t)-1) {
-        memcpy(dst, params + t->offset, t->numel * sizeof(float));
-        return LOOM_OK;
-    }
-    int gpt2 = m->cfg.arch == LOOM_ARCH_GPT2;
-    int C = (int)(gpt2 ? t->shape[0] : t->shape[1]), OC = (int)(gpt2 ? t->shape[1] : t->shape[0]);
-    size_t es = m->qbase->type == LOOM_Q_BF16 ? 2 : 1;
-    loom_qmat q = {m->qbase->type, gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, (char *)m->qbase->data + m->qbase->qoff[idx] * es,
-                   m->qbase->scale ? m->qbase->scale + m->qbase->soff[idx] : NULL};
-    loom_dequantize_rows(dst, &q, C, OC, 0, (int)t->shape[0]);
+    lm_wref w = lm_weight_ref(m, params, idx);
+    if (w.type == LOOM_Q_F32) memcpy(dst, w.f, t->numel * sizeof(float));
+    else loom_dequantize_rows(dst, &w.q, w.C, w.OC, 0, (int)t->shape[0]);
+    return LOOM_OK;
+}
+
+int loom_model_to_float(loom_model **out, const loom_model *m, const float *params) {
+    int rc = loom_model_alloc(out, &m->cfg);
+    if (rc != LOOM_OK) return rc;
+    for (int i = 0; i < m->n_tensors; i++) loom_model_weight(m, params, i, (*out)->params + m->tensors[i].offset);
     return LOOM_OK;
 }
 
@@ -521,14 +555,18 @@ typedef struct {
     int lay;
 } run_ctx;
 
+static int trained_copy(const run_ctx *r, int idx) { return r->pf && r->pf->tmap[idx] >= 0; }
+
+/* Float values of tensor idx in this pass (a trained copy, or the float base); NULL for a tensor held
+ * in low precision, whose values only the matmuls read (through qmat_of). */
 static const float *tp(const run_ctx *r, int idx) {
     if (idx < 0) return NULL;
-    if (r->pf && r->pf->tmap[idx] >= 0) return r->vec + r->pf->tmap[idx];
-    return r->base + r->m->tensors[idx].offset;
+    if (trained_copy(r, idx)) return r->vec + r->pf->tmap[idx];
+    return lm_weight_ref(r->m, r->base, idx).f;
 }
 
 static int tq(const run_ctx *r, int idx) { /* held in low precision (and frozen) */
-    return idx >= 0 && r->m->qbase && r->m->qbase->qoff[idx] != (size_t)-1 && !(r->pf && r->pf->tmap[idx] >= 0);
+    return idx >= 0 && r->m->tensors[idx].dtype != LOOM_Q_F32 && !trained_copy(r, idx);
 }
 
 static float *tg(const run_ctx *r, int idx) {
@@ -538,12 +576,7 @@ static float *tg(const run_ctx *r, int idx) {
     return r->gbase + r->m->tensors[idx].offset;
 }
 
-static loom_qmat qmat_of(const run_ctx *r, int idx) {
-    const struct loom_qbase *q = r->m->qbase;
-    size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
-    loom_qmat w = {q->type, r->lay, (const char *)q->data + q->qoff[idx] * es, q->scale ? q->scale + q->soff[idx] : NULL};
-    return w;
-}
+static loom_qmat qmat_of(const run_ctx *r, int idx) { return lm_weight_ref(r->m, r->base, idx).q; }
 
 static void mm_fwd(const run_ctx *r, int widx, float *out, int ldo, const float *inp, int ldi, const float *bias, int N,
                    int C, int OC) {

@@ -61,6 +61,18 @@ struct loom_qbase {
     size_t bytes;
 };
 
+/* The one way to reach a tensor's values: every reader (forward, backward, decode, save, merge, export)
+ * goes through it, so a tensor held in low precision is never read from the released float pages.
+ * type LOOM_Q_F32: the values are f[numel] (in the params buffer given); otherwise q, a matrix of C
+ * inputs and OC outputs in the low-precision base (f is NULL). */
+typedef struct {
+    loom_qtype type;
+    const float *f;
+    loom_qmat q;
+    int C, OC;
+} lm_wref;
+lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx);
+
 /* Forward position of a model tensor (see LOOM_ST_*). */
 int loom_tensor_stage(const loom_model *m, int idx);
 

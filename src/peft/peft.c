@@ -417,10 +417,24 @@ static int lora_merge(const loom_tset *ts, const float *vec, float *params, floa
     return LOOM_OK;
 }
 
+/* The weights a merge writes must be floats the caller holds: the model's own buffer has no values
+ * for tensors of a low-precision base (loom_model_to_float gives a float copy). */
+static int check_merge_target(const loom_tset *ts, const float *params, int tensor) {
+    const loom_tensor *t = &ts->m->tensors[tensor];
+    if (params == ts->m->params && t->dtype != LOOM_Q_F32)
+        return loom_error(LOOM_EINVAL, "%s is held in %s: merge into a float copy of the model (loom_model_to_float)",
+                          t->name, loom_base_dtype_name(t->dtype));
+    return LOOM_OK;
+}
+
 int loom_tset_merge(const loom_tset *ts, const float *vec, float *params) {
     if (!loom_tset_mergeable(ts))
         return loom_error(LOOM_EUNSUPPORTED, "a %s set adds computation and cannot be merged into the weights",
                           loom_peft_method_name(ts->cfg.method));
+    for (int k = 0; k < ts->n; k++) {
+        int rc = ts->e[k].tensor >= 0 ? check_merge_target(ts, params, ts->e[k].tensor) : LOOM_OK;
+        if (rc != LOOM_OK) return rc;
+    }
     if (ts->cfg.method == LOOM_PEFT_LORA) return lora_merge(ts, vec, params, 1.0f);
     for (int k = 0; k < ts->n; k++)
         memcpy(params + ts->m->tensors[ts->e[k].tensor].offset, vec + ts->e[k].offset, ts->e[k].numel * sizeof(float));
@@ -431,5 +445,9 @@ int loom_tset_unmerge(const loom_tset *ts, const float *vec, float *params) {
     if (ts->cfg.method != LOOM_PEFT_LORA)
         return loom_error(LOOM_EUNSUPPORTED, "only a LoRA merge can be undone (a %s merge replaces the values)",
                           loom_peft_method_name(ts->cfg.method));
+    for (int k = 0; k < ts->n; k++) {
+        int rc = ts->e[k].tensor >= 0 ? check_merge_target(ts, params, ts->e[k].tensor) : LOOM_OK;
+        if (rc != LOOM_OK) return rc;
+    }
     return lora_merge(ts, vec, params, -1.0f);
 }
