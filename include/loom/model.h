@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "loom/quant.h"
+#include "loom/tvec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -89,6 +90,7 @@ typedef struct loom_model {
     size_t n_params;
     float *params; /* [n_params], owned */
     struct loom_qbase *qbase; /* frozen linear weights in low precision, or NULL (see loom_model_quantize) */
+    loom_tvec *manifest;      /* the tensor table as a trainable-vector manifest (loom_model_manifest) */
 } loom_model;
 
 /* Allocates a model with this config, weights initialised from `seed` (GPT-2: N(0, 0.02), residual
@@ -102,6 +104,10 @@ int loom_model_load(loom_model **out, const char *path);
 int loom_model_save(const loom_model *m, const float *params, const char *dir);
 void loom_model_free(loom_model *m);
 int loom_model_find(const loom_model *m, const char *name); /* tensor index or -1 */
+/* The whole parameter vector as a trainable-vector manifest (loom/tvec.h): every tensor under its
+ * name at its offset, F32, role SHARED. This is the FULL set's manifest, what sim and the trainer use
+ * when the whole model trains. Owned by the model. */
+const loom_tvec *loom_model_manifest(const loom_model *m);
 /* Accessors (prefer them to the fields: the struct is to become opaque). */
 const loom_config *loom_model_config(const loom_model *m);
 int loom_model_n_tensors(const loom_model *m);

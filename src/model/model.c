@@ -103,8 +103,16 @@ static int build_layout(loom_model *m) {
         m->t_normf_w = add_tensor(m, cap, "model.norm.weight", LOOM_T_NORM_W, -1, 1, C, 0);
         m->t_head = c->tied ? m->t_embed : add_tensor(m, cap, "lm_head.weight", LOOM_T_HEAD, -1, 2, V, C);
     }
-    return LOOM_OK;
+    /* the same table as a trainable-vector manifest: the FULL set, every tensor shared */
+    int rc = loom_tvec_create(&m->manifest);
+    for (int i = 0; i < m->n_tensors && rc == LOOM_OK; i++) {
+        const loom_tensor *t = &m->tensors[i];
+        rc = loom_tvec_add_at(m->manifest, t->name, t->ndim, t->shape, t->offset, LOOM_ROLE_SHARED);
+    }
+    return rc;
 }
+
+const loom_tvec *loom_model_manifest(const loom_model *m) { return m->manifest; }
 
 int loom_model_find(const loom_model *m, const char *name) {
     for (int i = 0; i < m->n_tensors; i++)
@@ -147,6 +155,7 @@ void loom_model_free(loom_model *m) {
     if (!m) return;
     free(m->tensors);
     free(m->layer_slot);
+    loom_tvec_free(m->manifest);
     loom_free(m->params);
     qbase_free(m->qbase);
     free(m);

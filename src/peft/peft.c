@@ -361,6 +361,10 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     case LOOM_PEFT_ADAPTER: rc = build_adapter(ts, seed); break;
     default: rc = loom_error(LOOM_EINVAL, "unknown fine-tuning method %d", (int)cfg->method);
     }
+    if (rc == LOOM_OK) rc = loom_tvec_create(&ts->manifest);
+    for (int i = 0; i < ts->n && rc == LOOM_OK; i++)
+        rc = loom_tvec_add_at(ts->manifest, ts->e[i].name, ts->e[i].ndim, ts->e[i].shape, ts->e[i].offset,
+                              LOOM_ROLE_SHARED);
     if (rc != LOOM_OK) {
         loom_tset_free(ts);
         return rc;
@@ -369,6 +373,8 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     return LOOM_OK;
 }
 
+const loom_tvec *loom_tset_manifest(const loom_tset *ts) { return ts->manifest; }
+
 void loom_tset_free(loom_tset *ts) {
     if (!ts) return;
     free(ts->plan.tmap);
@@ -376,6 +382,7 @@ void loom_tset_free(loom_tset *ts) {
     free(ts->plan.adapter_off);
     free(ts->e);
     loom_free(ts->data);
+    loom_tvec_free(ts->manifest);
     free(ts);
 }
 

@@ -3,6 +3,7 @@
 #define LOOM_PEFT_IMPL_H
 
 #include "loom/peft.h"
+#include "loom/tvec.h"
 #include "model/model_impl.h"
 
 struct loom_tset {
@@ -13,6 +14,7 @@ struct loom_tset {
     int n, cap;
     size_t dim;
     float *data;           /* [dim], the set's own vector */
+    loom_tvec *manifest;   /* the same entries as a trainable-vector manifest (built with the set) */
 };
 
 int tset_alloc_data(loom_tset *ts);
