@@ -354,11 +354,11 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     int rc;
     switch (cfg->method) {
     case LOOM_PEFT_FULL:
-    case LOOM_PEFT_BITFIT: rc = build_copies(ts); break;
-    case LOOM_PEFT_LORA: rc = build_lora(ts, seed); break;
-    case LOOM_PEFT_PREFIX: rc = build_prefix(ts, seed); break;
-    case LOOM_PEFT_PROMPT: rc = build_prompt(ts, seed); break;
-    case LOOM_PEFT_ADAPTER: rc = build_adapter(ts, seed); break;
+    case LOOM_PEFT_BITFIT: ts->plan.ops = &lm_copy_ops; rc = build_copies(ts); break;
+    case LOOM_PEFT_LORA: ts->plan.ops = &lm_lora_ops; rc = build_lora(ts, seed); break;
+    case LOOM_PEFT_PREFIX: ts->plan.ops = &lm_prefix_ops; rc = build_prefix(ts, seed); break;
+    case LOOM_PEFT_PROMPT: ts->plan.ops = &lm_prompt_ops; rc = build_prompt(ts, seed); break;
+    case LOOM_PEFT_ADAPTER: ts->plan.ops = &lm_adapter_ops; rc = build_adapter(ts, seed); break;
     default: rc = loom_error(LOOM_EINVAL, "unknown fine-tuning method %d", (int)cfg->method);
     }
     if (rc == LOOM_OK) rc = loom_tvec_create(&ts->manifest);

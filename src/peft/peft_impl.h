@@ -19,4 +19,7 @@ struct loom_tset {
 
 int tset_alloc_data(loom_tset *ts);
 
+/* The methods' hooks (peft_hooks.c). */
+extern const lm_peft_ops lm_lora_ops, lm_adapter_ops, lm_prefix_ops, lm_prompt_ops, lm_copy_ops;
+
 #endif
