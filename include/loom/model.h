@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "loom/quant.h"
+#include "loom/tvec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -68,6 +69,7 @@ typedef struct {
     int64_t shape[2];
     size_t offset;  /* into params/grads, in floats */
     size_t numel;
+    loom_qtype dtype; /* storage: LOOM_Q_F32 in params, or BF16/INT8 in the low-precision base */
 } loom_tensor;
 
 /* Per-layer tensor slots (index into loom_model.tensors, -1 if absent). */
@@ -88,6 +90,7 @@ typedef struct loom_model {
     size_t n_params;
     float *params; /* [n_params], owned */
     struct loom_qbase *qbase; /* frozen linear weights in low precision, or NULL (see loom_model_quantize) */
+    loom_tvec *manifest;      /* the tensor table as a trainable-vector manifest (loom_model_manifest) */
 } loom_model;
 
 /* Allocates a model with this config, weights initialised from `seed` (GPT-2: N(0, 0.02), residual
@@ -95,10 +98,25 @@ typedef struct loom_model {
 int loom_model_create(loom_model **out, const loom_config *cfg, uint64_t seed);
 /* Loads a Hugging Face directory (config.json + model.safetensors or shards), or a llama2.c .bin. */
 int loom_model_load(loom_model **out, const char *path);
-/* Writes dir/config.json and dir/model.safetensors (atomically); creates dir if needed. */
+/* Writes dir/config.json and dir/model.safetensors (atomically); creates dir if needed. Float tensors
+ * come from params; tensors of a low-precision base are written as they are held (BF16 natively,
+ * int8 dequantized to F32), so the file loads back as the values the model computes with. */
 int loom_model_save(const loom_model *m, const float *params, const char *dir);
 void loom_model_free(loom_model *m);
 int loom_model_find(const loom_model *m, const char *name); /* tensor index or -1 */
+/* The whole parameter vector as a trainable-vector manifest (loom/tvec.h): every tensor under its
+ * name at its offset, F32, role SHARED. This is the FULL set's manifest, what sim and the trainer use
+ * when the whole model trains. Owned by the model. */
+const loom_tvec *loom_model_manifest(const loom_model *m);
+/* Accessors (prefer them to the fields: the struct is to become opaque). */
+const loom_config *loom_model_config(const loom_model *m);
+int loom_model_n_tensors(const loom_model *m);
+const loom_tensor *loom_model_tensor(const loom_model *m, int idx); /* NULL outside 0..n_tensors-1 */
+size_t loom_model_n_params(const loom_model *m);
+/* The model's own float buffer [n_params]. Tensors held in low precision (dtype != LOOM_Q_F32) have no
+ * values there: read them with loom_model_weight. */
+float *loom_model_params(loom_model *m);
+const float *loom_model_params_const(const loom_model *m);
 /* Multiply-accumulates of one forward pass per token, excluding attention (2 * this = FLOPs). */
 double loom_model_flops_per_token(const loom_model *m, int T, int with_attention);
 
@@ -114,8 +132,11 @@ int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64
 loom_qtype loom_model_base_type(const loom_model *m);
 /* Bytes the base weights occupy (float tensors + low-precision linear weights with their scales). */
 size_t loom_model_base_bytes(const loom_model *m);
-/* Copies tensor idx as floats into dst[numel] (dequantized if held in low precision). */
+/* Copies tensor idx as floats into dst[numel] (dequantized if held in low precision; else from params). */
 int loom_model_weight(const loom_model *m, const float *params, int idx, float *dst);
+/* A new float model (no low-precision base) holding m's values: params for float tensors, the
+ * dequantized base for the others. What merging an adapter into a low-precision base needs. */
+int loom_model_to_float(loom_model **out, const loom_model *m, const float *params);
 
 /* Activation workspace for batches up to B x T. */
 typedef struct loom_ws loom_ws;

@@ -63,6 +63,7 @@
 #include <stdint.h>
 
 #include "loom/model.h"
+#include "loom/tvec.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -122,10 +123,14 @@ float *loom_tset_data(loom_tset *ts);                 /* the set's own vector (i
 int loom_tset_count(const loom_tset *ts);
 const loom_tset_entry *loom_tset_entry_at(const loom_tset *ts, int i);
 const loom_tset_entry *loom_tset_find(const loom_tset *ts, const char *name);
+/* The set's manifest as a trainable vector (loom/tvec.h): the entries above with dtype F32 and role
+ * SHARED, owned by the set. The FULL set's manifest is the model's own (loom_model_manifest). */
+const loom_tvec *loom_tset_manifest(const loom_tset *ts);
 /* LoRA scale (alpha/r or alpha/sqrt(r)); 0 for other methods. */
 float loom_tset_lora_scale(const loom_tset *ts);
 
-/* vec[dim] as safetensors under the manifest's names (F32), with the config in __metadata__. */
+/* vec[dim] as safetensors under the manifest's names (F32), with the config in __metadata__: the
+ * trainable-vector format (loom_tvec_write) with keys loom_peft, loom_dim and loom_arch. */
 int loom_tset_save(const loom_tset *ts, const float *vec, const char *path);
 /* Reads path into vec[dim]: every manifest tensor must be present with its shape, and the file must hold
  * nothing else; the first mismatch is named. */

@@ -1,12 +1,11 @@
-/* Kernels for parameter-efficient fine-tuning (kernels/ layer): matmuls against a frozen weight held
- * in BF16 or int8 (per-output-channel absmax), and causal attention over learned key/value prefixes.
+/* Low-precision frozen weights (kernels/ layer): matmuls against a weight held in BF16 or int8
+ * (per-output-channel absmax). Prefix attention has its own header (loom/prefix_attn.h).
  *
  * Low-precision weights are never expanded whole: each matmul dequantizes a block of rows into a
  * caller-provided float scratch buffer and multiplies it with BLAS, so the resident weight memory stays
  * 2 bytes (BF16) or 1 byte + a scale per output channel (int8) per element.
  *
- * Dimension letters as in kernels.h: N rows, C input channels, OC output channels, B batch, T time,
- * NH query heads, NKV key/value heads, HS head size, P prefix length. */
+ * Dimension letters as in kernels.h: N rows, C input channels, OC output channels. */
 #ifndef LOOM_QUANT_H
 #define LOOM_QUANT_H
 
@@ -41,18 +40,6 @@ void loom_qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const 
 /* dinp[N, C] (ldi) = beta * dinp + dout[N, OC] (ldo) @ W^T. */
 void loom_qmatmul_backward(float *dinp, int ldi, float beta, const float *dout, int ldo, const loom_qmat *w, int N,
                            int C, int OC, float *scratch);
-
-/* Causal self-attention where every query also attends to P learned prefix positions (P-tuning v2):
- * query t of a sequence sees prefix rows 0..P-1, then its own positions 0..t. qkv[N, ldqkv] as in
- * loom_attention_forward; prefix key p of kv head g is pk[p*ldp + g*HS .. +HS], value likewise in pv
- * (shared by all B sequences). att[B, NH, T, P+T] keeps the probabilities; out[N, NH*HS]. */
-void loom_prefix_attention_forward(float *out, float *att, const float *qkv, int ldqkv, const float *pk,
-                                   const float *pv, int ldp, int P, int B, int T, int NH, int NKV, int HS);
-/* dqkv[N, ldqkv] (the NH*HS + 2*NKV*HS columns) is overwritten; dpk, dpv (rows of ldp like pk, pv)
- * are accumulated (+=) and may be NULL. Deterministic: no two threads write one element. */
-void loom_prefix_attention_backward(float *dqkv, float *dpk, float *dpv, const float *dout, const float *qkv,
-                                    const float *att, int ldqkv, const float *pk, const float *pv, int ldp, int P,
-                                    int B, int T, int NH, int NKV, int HS);
 
 #ifdef __cplusplus
 }

@@ -217,15 +217,15 @@ static int generate_forward(const loom_model *m, const loom_tset *ts, const floa
 int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
                     const char *prompt, int steps, float temperature, int top_k, float top_p, unsigned long long seed,
                     double *seconds) {
-    if (!ts && !m->qbase) return cli_generate(m, m->params, tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
-    if (ts && !loom_tset_mergeable(ts))
+    /* decoding reads a low-precision base as it is held */
+    if (!ts) return cli_generate(m, loom_model_params_const(m), tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
+    if (!loom_tset_mergeable(ts))
         return generate_forward(m, ts, vec, tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
     /* a float copy of the weights (dequantized where the base is low precision) with the set merged in */
-    float *w = loom_alloc(m->n_params * sizeof(float));
-    if (!w) return LOOM_ENOMEM;
-    for (int i = 0; i < m->n_tensors; i++) loom_model_weight(m, m->params, i, w + m->tensors[i].offset);
-    int rc = ts ? loom_tset_merge(ts, vec, w) : LOOM_OK;
-    if (rc == LOOM_OK) rc = cli_generate(m, w, tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
-    loom_free(w);
+    loom_model *f = NULL;
+    int rc = loom_model_to_float(&f, m, loom_model_params_const(m));
+    if (rc == LOOM_OK) rc = loom_tset_merge(ts, vec, loom_model_params(f));
+    if (rc == LOOM_OK) rc = cli_generate(f, loom_model_params(f), tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
+    loom_model_free(f);
     return rc;
 }

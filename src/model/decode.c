@@ -7,11 +7,14 @@
 #include "loom/core.h"
 #include "loom/kernels.h"
 #include "loom/model.h"
+#include "loom/quant.h"
+#include "model/model_impl.h"
 
 struct loom_kv {
     int max_len, L, KV;
     float *k, *v;           /* [L, max_len, KV] */
     float *x, *xb, *qkv, *att, *y, *h, *mean, *rstd; /* scratch */
+    float *qscratch;        /* low-precision base: one dequantized block */
 };
 
 int loom_kv_create(loom_kv **out, const loom_model *m, int max_len) {
@@ -36,6 +39,17 @@ int loom_kv_create(loom_kv **out, const loom_model *m, int max_len) {
     kv->h = loom_alloc((size_t)3 * c->hidden * sizeof(float));
     kv->mean = loom_alloc(sizeof(float));
     kv->rstd = loom_alloc(sizeof(float));
+    int lowp = 0;
+    for (int i = 0; i < m->n_tensors; i++) lowp |= m->tensors[i].dtype != LOOM_Q_F32;
+    if (lowp) {
+        int H = c->hidden, outs[3] = {C + 2 * KV, C, c->arch == LOOM_ARCH_LLAMA ? 2 * H : H};
+        size_t qs = loom_qmatmul_scratch(H, C);
+        for (int i = 0; i < 3; i++) qs = LOOM_MAX(qs, loom_qmatmul_scratch(C, outs[i]));
+        if (!(kv->qscratch = loom_alloc(qs * sizeof(float)))) {
+            loom_kv_free(kv);
+            return loom_error(LOOM_ENOMEM, "out of memory for a KV cache of %d positions", max_len);
+        }
+    }
     if (!kv->k || !kv->v || !kv->x || !kv->xb || !kv->qkv || !kv->att || !kv->y || !kv->h || !kv->mean || !kv->rstd) {
         loom_kv_free(kv);
         return loom_error(LOOM_ENOMEM, "out of memory for a KV cache of %d positions", max_len);
@@ -48,27 +62,41 @@ void loom_kv_free(loom_kv *kv) {
     if (!kv) return;
     loom_free(kv->k); loom_free(kv->v); loom_free(kv->x); loom_free(kv->xb); loom_free(kv->qkv);
     loom_free(kv->att); loom_free(kv->y); loom_free(kv->h); loom_free(kv->mean); loom_free(kv->rstd);
+    loom_free(kv->qscratch);
     free(kv);
 }
 
-/* y[OC] = W x[C] (+ b) */
-static void matvec(float *y, const float *x, const float *w, int layout, const float *b, int C, int OC) {
+/* y[OC] = W x[C] (+ b), W = tensor idx (with its fused neighbours when OC covers them): float weights
+ * through sgemv, a low-precision base block by block without expanding it whole. */
+static void matvec(const loom_model *m, const float *params, loom_kv *kv, float *y, const float *x, int idx,
+                   const float *b, int C, int OC) {
+    lm_wref w = lm_weight_ref(m, params, idx);
+    int layout = m->cfg.arch == LOOM_ARCH_GPT2 && m->tensors[idx].kind == LOOM_T_LINEAR_W ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    if (w.type != LOOM_Q_F32) {
+        loom_qmatmul_forward(y, OC, x, C, &w.q, b, 1, C, OC, kv->qscratch);
+        return;
+    }
     if (layout == LOOM_W_LINEAR)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, w, C, x, 1, 0.0f, y, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, w.f, C, x, 1, 0.0f, y, 1);
     else
-        cblas_sgemv(CblasRowMajor, CblasTrans, C, OC, 1.0f, w, OC, x, 1, 0.0f, y, 1);
+        cblas_sgemv(CblasRowMajor, CblasTrans, C, OC, 1.0f, w.f, OC, x, 1, 0.0f, y, 1);
     if (b)
         for (int i = 0; i < OC; i++) y[i] += b[i];
 }
 
-#define P(idx) (params + m->tensors[idx].offset)
-#define PW(l, s) (m->layer_slot[l][s] >= 0 ? P(m->layer_slot[l][s]) : NULL)
+/* Float values of tensor idx (embeddings, norms, biases, head: never held in low precision). */
+static const float *fval(const loom_model *m, const float *params, int idx) {
+    return idx >= 0 ? lm_weight_ref(m, params, idx).f : NULL;
+}
+
+#define P(idx) fval(m, params, idx)
+#define PW(l, s) P(m->layer_slot[l][s])
+#define MV(y, x, l, s, bias, C, OC) matvec(m, params, kv, y, x, m->layer_slot[l][s], bias, C, OC)
 
 int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int32_t token, int pos, float *logits) {
     const loom_config *c = &m->cfg;
     const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
     const int KV = kv->KV, group = NH / NKV, gpt2 = c->arch == LOOM_ARCH_GPT2;
-    const int lay = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
     if (token < 0 || token >= V) return loom_error(LOOM_ERANGE, "token %d outside the vocabulary (%d)", token, V);
     if (pos < 0 || pos >= kv->max_len) return loom_error(LOOM_ERANGE, "position %d outside the KV cache (%d)", pos, kv->max_len);
     float *x = kv->x;
@@ -81,7 +109,7 @@ int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int3
             loom_layernorm_forward(kv->xb, kv->mean, kv->rstd, x, PW(l, LOOM_L_NORM1_W), PW(l, LOOM_L_NORM1_B), 1, C, c->norm_eps);
         else
             loom_rmsnorm_forward(kv->xb, kv->rstd, x, PW(l, LOOM_L_NORM1_W), 1, C, c->norm_eps);
-        matvec(kv->qkv, kv->xb, PW(l, LOOM_L_QKV_W), lay, PW(l, LOOM_L_QKV_B), C, C + 2 * KV);
+        MV(kv->qkv, kv->xb, l, LOOM_L_QKV_W, PW(l, LOOM_L_QKV_B), C, C + 2 * KV);
         if (!gpt2) {
             loom_rope(kv->qkv, C + 2 * KV, 1, 1, NH, HS, c->rope_theta, pos, 0);
             loom_rope(kv->qkv + C, C + 2 * KV, 1, 1, NKV, HS, c->rope_theta, pos, 0);
@@ -105,25 +133,25 @@ int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int3
             float *y = kv->y + h * HS;
             cblas_sgemv(CblasRowMajor, CblasTrans, pos + 1, HS, 1.0f / sum, vc + kh * HS, KV, a, 1, 0.0f, y, 1);
         }
-        matvec(kv->xb, kv->y, PW(l, LOOM_L_O_W), lay, PW(l, LOOM_L_O_B), C, C);
+        MV(kv->xb, kv->y, l, LOOM_L_O_W, PW(l, LOOM_L_O_B), C, C);
         for (int i = 0; i < C; i++) x[i] += kv->xb[i];
         if (gpt2) {
             loom_layernorm_forward(kv->xb, kv->mean, kv->rstd, x, PW(l, LOOM_L_NORM2_W), PW(l, LOOM_L_NORM2_B), 1, C, c->norm_eps);
-            matvec(kv->h, kv->xb, PW(l, LOOM_L_UP_W), lay, PW(l, LOOM_L_UP_B), C, H);
+            MV(kv->h, kv->xb, l, LOOM_L_UP_W, PW(l, LOOM_L_UP_B), C, H);
             loom_gelu_forward(kv->h + H, kv->h, (size_t)H, c->act == LOOM_ACT_GELU_ERF);
         } else {
             loom_rmsnorm_forward(kv->xb, kv->rstd, x, PW(l, LOOM_L_NORM2_W), 1, C, c->norm_eps);
-            matvec(kv->h, kv->xb, PW(l, LOOM_L_GATE_W), lay, NULL, C, 2 * H);
+            MV(kv->h, kv->xb, l, LOOM_L_GATE_W, NULL, C, 2 * H);
             loom_swiglu_forward(kv->h + 2 * H, kv->h, 1, H);
             memmove(kv->h + H, kv->h + 2 * H, (size_t)H * sizeof(float));
         }
-        matvec(kv->xb, kv->h + H, PW(l, LOOM_L_DOWN_W), lay, PW(l, LOOM_L_DOWN_B), H, C);
+        MV(kv->xb, kv->h + H, l, LOOM_L_DOWN_W, PW(l, LOOM_L_DOWN_B), H, C);
         for (int i = 0; i < C; i++) x[i] += kv->xb[i];
     }
     if (gpt2)
         loom_layernorm_forward(kv->xb, kv->mean, kv->rstd, x, P(m->t_normf_w), P(m->t_normf_b), 1, C, c->norm_eps);
     else
         loom_rmsnorm_forward(kv->xb, kv->rstd, x, P(m->t_normf_w), 1, C, c->norm_eps);
-    matvec(logits, kv->xb, P(m->t_head), LOOM_W_LINEAR, NULL, C, V);
+    matvec(m, params, kv, logits, kv->xb, m->t_head, NULL, C, V);
     return LOOM_OK;
 }

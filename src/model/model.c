@@ -103,14 +103,31 @@ static int build_layout(loom_model *m) {
         m->t_normf_w = add_tensor(m, cap, "model.norm.weight", LOOM_T_NORM_W, -1, 1, C, 0);
         m->t_head = c->tied ? m->t_embed : add_tensor(m, cap, "lm_head.weight", LOOM_T_HEAD, -1, 2, V, C);
     }
-    return LOOM_OK;
+    /* the same table as a trainable-vector manifest: the FULL set, every tensor shared */
+    int rc = loom_tvec_create(&m->manifest);
+    for (int i = 0; i < m->n_tensors && rc == LOOM_OK; i++) {
+        const loom_tensor *t = &m->tensors[i];
+        rc = loom_tvec_add_at(m->manifest, t->name, t->ndim, t->shape, t->offset, LOOM_ROLE_SHARED);
+    }
+    return rc;
 }
+
+const loom_tvec *loom_model_manifest(const loom_model *m) { return m->manifest; }
 
 int loom_model_find(const loom_model *m, const char *name) {
     for (int i = 0; i < m->n_tensors; i++)
         if (!strcmp(m->tensors[i].name, name)) return i;
     return -1;
 }
+
+const loom_config *loom_model_config(const loom_model *m) { return &m->cfg; }
+int loom_model_n_tensors(const loom_model *m) { return m->n_tensors; }
+const loom_tensor *loom_model_tensor(const loom_model *m, int idx) {
+    return idx >= 0 && idx < m->n_tensors ? &m->tensors[idx] : NULL;
+}
+size_t loom_model_n_params(const loom_model *m) { return m->n_params; }
+float *loom_model_params(loom_model *m) { return m->params; }
+const float *loom_model_params_const(const loom_model *m) { return m->params; }
 
 /* Allocates the layout and an uninitialised parameter buffer. */
 int loom_model_alloc(loom_model **out, const loom_config *cfg) {
@@ -138,6 +155,7 @@ void loom_model_free(loom_model *m) {
     if (!m) return;
     free(m->tensors);
     free(m->layer_slot);
+    loom_tvec_free(m->manifest);
     loom_free(m->params);
     qbase_free(m->qbase);
     free(m);
@@ -237,6 +255,7 @@ static void quantize_tensor(loom_model *m, int i) {
     size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
     loom_quantize((char *)q->data + q->qoff[i] * es, q->scale ? q->scale + q->soff[i] : NULL, m->params + t->offset,
                   q->type, layout, C, OC);
+    m->tensors[i].dtype = q->type;
     release_range(m->params, t->offset, t->numel);
 }
 
@@ -278,23 +297,47 @@ loom_qtype loom_model_base_type(const loom_model *m) { return m->qbase ? m->qbas
 size_t loom_model_base_bytes(const loom_model *m) {
     size_t b = 0;
     for (int i = 0; i < m->n_tensors; i++)
-        if (!m->qbase || !is_base_linear(m, i)) b += m->tensors[i].numel * sizeof(float);
+        if (m->tensors[i].dtype == LOOM_Q_F32) b += m->tensors[i].numel * sizeof(float);
     return b + (m->qbase ? m->qbase->bytes : 0);
+}
+
+lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx) {
+    const loom_tensor *t = &m->tensors[idx];
+    int gpt2 = m->cfg.arch == LOOM_ARCH_GPT2;
+    lm_wref w;
+    memset(&w, 0, sizeof w);
+    w.type = t->dtype;
+    if (t->ndim == 2) { /* GPT-2 Conv1D [in, out]; Llama Linear and embeddings [out, in] */
+        int conv = gpt2 && t->kind == LOOM_T_LINEAR_W;
+        w.C = (int)(conv ? t->shape[0] : t->shape[1]);
+        w.OC = (int)(conv ? t->shape[1] : t->shape[0]);
+    }
+    if (t->dtype == LOOM_Q_F32) {
+        w.f = params + t->offset;
+        return w;
+    }
+    const struct loom_qbase *q = m->qbase;
+    size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
+    w.q.type = q->type;
+    w.q.layout = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    w.q.data = (const char *)q->data + q->qoff[idx] * es;
+    w.q.scale = q->scale ? q->scale + q->soff[idx] : NULL;
+    return w;
 }
 
 int loom_model_weight(const loom_model *m, const float *params, int idx, float *dst) {
     if (idx < 0 || idx >= m->n_tensors) return loom_error(LOOM_EINVAL, "no tensor %d", idx);
     const loom_tensor *t = &m->tensors[idx];
-    if (!m->qbase || m->qbase->qoff[idx] == (size_t)-1) {
-        memcpy(dst, params + t->offset, t->numel * sizeof(float));
-        return LOOM_OK;
-    }
-    int gpt2 = m->cfg.arch == LOOM_ARCH_GPT2;
-    int C = (int)(gpt2 ? t->shape[0] : t->shape[1]), OC = (int)(gpt2 ? t->shape[1] : t->shape[0]);
-    size_t es = m->qbase->type == LOOM_Q_BF16 ? 2 : 1;
-    loom_qmat q = {m->qbase->type, gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, (char *)m->qbase->data + m->qbase->qoff[idx] * es,
-                   m->qbase->scale ? m->qbase->scale + m->qbase->soff[idx] : NULL};
-    loom_dequantize_rows(dst, &q, C, OC, 0, (int)t->shape[0]);
+    lm_wref w = lm_weight_ref(m, params, idx);
+    if (w.type == LOOM_Q_F32) memcpy(dst, w.f, t->numel * sizeof(float));
+    else loom_dequantize_rows(dst, &w.q, w.C, w.OC, 0, (int)t->shape[0]);
+    return LOOM_OK;
+}
+
+int loom_model_to_float(loom_model **out, const loom_model *m, const float *params) {
+    int rc = loom_model_alloc(out, &m->cfg);
+    if (rc != LOOM_OK) return rc;
+    for (int i = 0; i < m->n_tensors; i++) loom_model_weight(m, params, i, (*out)->params + m->tensors[i].offset);
     return LOOM_OK;
 }
 
@@ -353,10 +396,7 @@ struct loom_ws {
     const float *last_vec, *last_base;
     int prompt_len;      /* positions per row that are soft prompt (of the last forward) */
     float *pmem;
-    size_t pbytes;
-    float *lora_u, *lora_du, *lora_x, *lora_dx; /* [n_lora][N*r], [N*r], [N*max_in] x2 (dropout) */
-    float **patt, *pscratch;                     /* prefix attention probabilities [L][B*NH*T*(P+T)] */
-    float **ad_a, **ad_z, **ad_h, *ad_dh, *ad_dz, *ad_da; /* adapters: [2L][N*C], [2L][N*m] x2 */
+    float *hmem;         /* the plan's hook workspace (lm_peft_ops.ws_floats floats) */
     float *qscratch;     /* low-precision base: dequantized block */
     int dropout_on;
     uint64_t dropout_seed;
@@ -387,7 +427,7 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
                    /* scratch */ N * C * 4 + N * ws->QKV + N * ws->mlp_in + N * H + att + 2 * N;
     ws->mem = loom_alloc(total * sizeof(float));
     float ***lists[] = {&ws->res, &ws->n1, &ws->mean1, &ws->rstd1, &ws->qkv, &ws->att, &ws->atty, &ws->res2,
-                        &ws->n2, &ws->mean2, &ws->rstd2, &ws->fch, &ws->fca, &ws->patt, &ws->ad_a, &ws->ad_z, &ws->ad_h};
+                        &ws->n2, &ws->mean2, &ws->rstd2, &ws->fch, &ws->fca};
     int ok = ws->mem != NULL;
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
         *lists[i] = calloc(2 * (size_t)L + 1, sizeof(float *));
@@ -395,22 +435,10 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
     }
     ws->tok_copy = malloc(N * sizeof(int32_t));
     ws->tgt_copy = malloc(N * sizeof(int32_t));
-    /* extras: LoRA saves x A^T per module; prefix attention its probabilities; adapters their inputs and
-     * hidden activations; a low-precision base one dequantized block */
-    size_t extra = 0;
-    size_t patt = 0, am = 0;
-    if (pf) {
-        extra += (size_t)pf->n_lora * N * pf->lora_r + N * pf->lora_r;
-        if (pf->lora_dropout > 0) extra += 2 * N * (size_t)pf->lora_max_in;
-        if (pf->prefix_len) {
-            patt = (size_t)B * c->n_head * (T - P) * ((T - P) + pf->prefix_len);
-            extra += (size_t)L * patt;
-        }
-        if (pf->adapter_dim) {
-            am = (size_t)pf->adapter_dim;
-            extra += 2 * (size_t)L * (N * C + 2 * N * am) + 2 * N * am + N * C;
-        }
-    }
+    /* extras: what the plan's hooks keep (LoRA x A^T, adapter activations, prefix attention
+     * probabilities); a low-precision base one dequantized block */
+    size_t hooks = pf && pf->ops && pf->ops->ws_floats ? pf->ops->ws_floats(m, pf, B, T) : 0;
+    size_t extra = hooks;
     size_t qs = 0;
     if (m->qbase) {
         int dims[3] = {ws->QKV, ws->mlp_in, C};
@@ -458,26 +486,7 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
     ws->dfca = TAKE(N * H);
     ws->datt = TAKE(att);
     p = ws->pmem;
-    if (pf) {
-        ws->lora_u = TAKE((size_t)pf->n_lora * N * pf->lora_r);
-        ws->lora_du = TAKE(N * pf->lora_r);
-        if (pf->lora_dropout > 0) {
-            ws->lora_x = TAKE(N * (size_t)pf->lora_max_in);
-            ws->lora_dx = TAKE(N * (size_t)pf->lora_max_in);
-        }
-        if (patt)
-            for (int l = 0; l < L; l++) ws->patt[l] = TAKE(patt);
-        if (am) {
-            for (int k = 0; k < 2 * L; k++) {
-                ws->ad_a[k] = TAKE(N * C);
-                ws->ad_z[k] = TAKE(N * am);
-                ws->ad_h[k] = TAKE(N * am);
-            }
-            ws->ad_dh = TAKE(N * am);
-            ws->ad_dz = TAKE(N * am);
-            ws->ad_da = TAKE(N * C);
-        }
-    }
+    if (hooks) ws->hmem = TAKE(hooks);
     if (qs) ws->qscratch = TAKE(qs);
 #undef TAKE
     *out = ws;
@@ -492,7 +501,6 @@ void loom_ws_free(loom_ws *ws) {
     loom_free(ws->pmem);
     free(ws->res); free(ws->n1); free(ws->mean1); free(ws->rstd1); free(ws->qkv); free(ws->att);
     free(ws->atty); free(ws->res2); free(ws->n2); free(ws->mean2); free(ws->rstd2); free(ws->fch); free(ws->fca);
-    free(ws->patt); free(ws->ad_a); free(ws->ad_z); free(ws->ad_h);
     free(ws->tok_copy);
     free(ws->tgt_copy);
     free(ws);
@@ -521,14 +529,18 @@ typedef struct {
     int lay;
 } run_ctx;
 
+static int trained_copy(const run_ctx *r, int idx) { return r->pf && r->pf->tmap[idx] >= 0; }
+
+/* Float values of tensor idx in this pass (a trained copy, or the float base); NULL for a tensor held
+ * in low precision, whose values only the matmuls read (through qmat_of). */
 static const float *tp(const run_ctx *r, int idx) {
     if (idx < 0) return NULL;
-    if (r->pf && r->pf->tmap[idx] >= 0) return r->vec + r->pf->tmap[idx];
-    return r->base + r->m->tensors[idx].offset;
+    if (trained_copy(r, idx)) return r->vec + r->pf->tmap[idx];
+    return lm_weight_ref(r->m, r->base, idx).f;
 }
 
 static int tq(const run_ctx *r, int idx) { /* held in low precision (and frozen) */
-    return idx >= 0 && r->m->qbase && r->m->qbase->qoff[idx] != (size_t)-1 && !(r->pf && r->pf->tmap[idx] >= 0);
+    return idx >= 0 && r->m->tensors[idx].dtype != LOOM_Q_F32 && !trained_copy(r, idx);
 }
 
 static float *tg(const run_ctx *r, int idx) {
@@ -538,12 +550,7 @@ static float *tg(const run_ctx *r, int idx) {
     return r->gbase + r->m->tensors[idx].offset;
 }
 
-static loom_qmat qmat_of(const run_ctx *r, int idx) {
-    const struct loom_qbase *q = r->m->qbase;
-    size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
-    loom_qmat w = {q->type, r->lay, (const char *)q->data + q->qoff[idx] * es, q->scale ? q->scale + q->soff[idx] : NULL};
-    return w;
-}
+static loom_qmat qmat_of(const run_ctx *r, int idx) { return lm_weight_ref(r->m, r->base, idx).q; }
 
 static void mm_fwd(const run_ctx *r, int widx, float *out, int ldo, const float *inp, int ldi, const float *bias, int N,
                    int C, int OC) {
@@ -566,128 +573,24 @@ static void mm_bwd(const run_ctx *r, int widx, float *dinp, int ldi, float beta,
     }
 }
 
-/* Inverted dropout on LoRA's input: element i of module k keeps with probability 1-p, from a hash of
- * (seed, k, i), so the backward pass regenerates the same mask without storing it. */
-static void lora_dropout(const run_ctx *r, int k, float *dst, const float *x, int ldx, int N, int in) {
+/* The hooks' view of this pass. */
+static lm_hook_ctx hook_ctx(const run_ctx *r) {
     const loom_ws *ws = r->ws;
-    float p = r->pf->lora_dropout, keep = 1.0f / (1.0f - p);
-    uint64_t key = loom_hash2(ws->dropout_seed, (uint64_t)k);
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++)
-        for (int i = 0; i < in; i++) {
-            double u = (double)(loom_hash2(key, (uint64_t)n * (uint64_t)in + (uint64_t)i) >> 11) * 0x1.0p-53;
-            dst[(size_t)n * in + i] = u < p ? 0.0f : x[(size_t)n * ldx + i] * keep;
-        }
-}
-
-static int dropout_active(const run_ctx *r) { return r->pf->lora_dropout > 0 && r->ws->dropout_on; }
-
-/* out[:, col0:col0+out] += scale * (x A^T) B^T for each LoRA module at (layer, site). */
-static void lora_fwd(const run_ctx *r, int l, int site, const float *x, int ldx, float *out, int ldo, int N) {
-    const loom_peft *pf = r->pf;
-    if (!pf || !pf->n_lora) return;
-    const int R = pf->lora_r;
-    for (int k = 0; k < pf->n_lora; k++) {
-        const loom_lora_mod *md = &pf->lora[k];
-        if (md->layer != l || md->site != site) continue;
-        const float *A = r->vec + md->a_off, *Bm = r->vec + md->b_off;
-        const float *xin = x;
-        int ldin = ldx;
-        if (dropout_active(r)) {
-            lora_dropout(r, k, r->ws->lora_x, x, ldx, N, md->in);
-            xin = r->ws->lora_x;
-            ldin = md->in;
-        }
-        float *u = r->ws->lora_u + (size_t)k * N * R;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, R, md->in, 1.0f, xin, ldin, A, md->in, 0.0f, u, R);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, md->out, R, pf->lora_scale, u, R, Bm, R, 1.0f,
-                    out + md->col0, ldo);
-    }
-}
-
-/* Gradients of the LoRA modules at (layer, site) from dout (the site's output gradient); dinp (may be
- * NULL) += their input gradient. */
-static void lora_bwd(const run_ctx *r, int l, int site, const float *x, int ldx, const float *dout, int ldo, float *dinp,
-                     int ldi, int N) {
-    const loom_peft *pf = r->pf;
-    if (!pf || !pf->n_lora) return;
-    const int R = pf->lora_r;
-    const float s = pf->lora_scale;
-    for (int k = 0; k < pf->n_lora; k++) {
-        const loom_lora_mod *md = &pf->lora[k];
-        if (md->layer != l || md->site != site) continue;
-        const float *A = r->vec + md->a_off, *Bm = r->vec + md->b_off;
-        float *dA = r->gvec + md->a_off, *dB = r->gvec + md->b_off;
-        const float *u = r->ws->lora_u + (size_t)k * N * R, *dy = dout + md->col0;
-        float *du = r->ws->lora_du;
-        const float *xin = x;
-        int ldin = ldx, drop = dropout_active(r);
-        if (drop) {
-            lora_dropout(r, k, r->ws->lora_x, x, ldx, N, md->in);
-            xin = r->ws->lora_x;
-            ldin = md->in;
-        }
-        /* dB[out, r] += s dy^T u ; du[N, r] = s dy B ; dA[r, in] += du^T x ; dx[N, in] += du A */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, md->out, R, N, s, dy, ldo, u, R, 1.0f, dB, R);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, R, md->out, s, dy, ldo, Bm, R, 0.0f, du, R);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, md->in, N, 1.0f, du, R, xin, ldin, 1.0f, dA, md->in);
-        if (!dinp) continue;
-        if (!drop) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, md->in, R, 1.0f, du, R, A, md->in, 1.0f, dinp, ldi);
-        } else {
-            float *dx = r->ws->lora_dx;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, md->in, R, 1.0f, du, R, A, md->in, 0.0f, dx, md->in);
-            /* the same mask, applied to ones: keep/(1-p) or 0 */
-            float *ones = r->ws->lora_x; /* x was consumed above */
-            for (int n = 0; n < N; n++) /* ones as a [N, in] view with row stride in */
-                for (int i = 0; i < md->in; i++) ones[(size_t)n * md->in + i] = 1.0f;
-            lora_dropout(r, k, ones, ones, md->in, N, md->in);
-#pragma omp parallel for schedule(static)
-            for (int n = 0; n < N; n++)
-                for (int i = 0; i < md->in; i++)
-                    dinp[(size_t)n * ldi + i] += dx[(size_t)n * md->in + i] * ones[(size_t)n * md->in + i];
-        }
-    }
-}
-
-/* Houlsby adapter a (0: after attention, 1: after the MLP) of layer l, in place on y[N, C]:
- * y = y + up(gelu(down(y))). */
-static void adapter_fwd(const run_ctx *r, int l, int a, float *y, int N) {
-    const loom_peft *pf = r->pf;
-    int C = r->m->cfg.dim, M = pf->adapter_dim, k = 2 * l + a;
-    const float *wd = r->vec + pf->adapter_off[l][a], *bd = wd + (size_t)M * C, *wu = bd + M, *bu = wu + (size_t)C * M;
-    loom_ws *ws = r->ws;
-    memcpy(ws->ad_a[k], y, (size_t)N * C * sizeof(float));
-    loom_matmul_forward(ws->ad_z[k], M, y, C, wd, LOOM_W_LINEAR, bd, N, C, M);
-    loom_gelu_forward(ws->ad_h[k], ws->ad_z[k], (size_t)N * M, 0);
-    loom_matmul_forward(y, C, ws->ad_h[k], M, wu, LOOM_W_LINEAR, bu, N, M, C);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < (size_t)N * C; i++) y[i] += ws->ad_a[k][i];
-}
-
-/* Backward of adapter (l, a) from dy (gradient of its output); returns the gradient of its input (dy +
- * the bottleneck's share), or NULL when need_input is 0. */
-static const float *adapter_bwd(const run_ctx *r, int l, int a, const float *dy, int N, int need_input) {
-    const loom_peft *pf = r->pf;
-    int C = r->m->cfg.dim, M = pf->adapter_dim, k = 2 * l + a;
-    const float *wd = r->vec + pf->adapter_off[l][a], *wu = wd + (size_t)M * C + M;
-    float *gwd = r->gvec + pf->adapter_off[l][a], *gbd = gwd + (size_t)M * C, *gwu = gbd + M, *gbu = gwu + (size_t)C * M;
-    loom_ws *ws = r->ws;
-    loom_matmul_backward(ws->ad_dh, M, 0.0f, gwu, gbu, dy, C, ws->ad_h[k], wu, LOOM_W_LINEAR, N, M, C);
-    loom_gelu_backward(ws->ad_dz, ws->ad_z[k], ws->ad_dh, (size_t)N * M, 0);
-    loom_matmul_backward(need_input ? ws->ad_da : NULL, C, 0.0f, gwd, gbd, ws->ad_dz, M, ws->ad_a[k], wd, LOOM_W_LINEAR,
-                         N, C, M);
-    if (!need_input) return NULL;
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < (size_t)N * C; i++) ws->ad_da[i] += dy[i];
-    return ws->ad_da;
+    lm_hook_ctx h = {r->m, r->pf, r->vec, r->gvec, ws->hmem, ws->B, ws->T, (size_t)ws->B * ws->T, ws->dropout_on,
+                     ws->dropout_seed};
+    return h;
 }
 
 #define SLOT(l, s) (m->layer_slot[l][s])
 #define PW(l, s) tp(&r, SLOT(l, s))
 
+/* A method's hook, if the plan has one (see lm_peft_ops). */
+#define HOOK(fn) (ops && ops->fn)
+
 static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t *targets, int B, int Tu, float *loss) {
     const run_ctx r = *rc;
+    const lm_hook_ctx hk = hook_ctx(&r);
+    const lm_peft_ops *ops = r.pf ? r.pf->ops : NULL;
     const loom_model *m = r.m;
     loom_ws *ws = r.ws;
     const loom_peft *pf = r.pf;
@@ -698,7 +601,7 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     if (B > ws->B || T > ws->T || B < 1 || Tu < 1)
         return loom_error(LOOM_EINVAL, "batch %d x %d does not fit the workspace (%d x %d)", B, Tu, ws->B, ws->T - P);
     const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
-    const int QKV = ws->QKV, N = B * T, KV = NKV * HS;
+    const int QKV = ws->QKV, N = B * T;
     const int gpt2 = c->arch == LOOM_ARCH_GPT2;
     for (int n = 0; n < B * Tu; n++)
         if (tokens[n] < 0 || tokens[n] >= V)
@@ -717,7 +620,8 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
 
     /* embeddings (soft-prompt rows come from the trainable vector) */
     const float *wte = tp(&r, m->t_embed), *wpe = gpt2 ? tp(&r, m->t_pos) : NULL;
-    const float *prompt = P ? r.vec + pf->prompt_off : NULL;
+    const float *prompt = P && HOOK(prompt) ? ops->prompt(&hk, NULL) : NULL;
+    if (P && !prompt) return loom_error(LOOM_EINVAL, "a soft prompt of %d positions without its rows", P);
     const int32_t *tk = ws->tok_copy;
     float *x0 = ws->res[0];
 #pragma omp parallel for schedule(static)
@@ -740,38 +644,33 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
         else
             loom_rmsnorm_forward(ws->n1[l], ws->rstd1[l], x, PW(l, LOOM_L_NORM1_W), N, C, c->norm_eps);
         mm_fwd(&r, SLOT(l, LOOM_L_QKV_W), ws->qkv[l], QKV, ws->n1[l], C, PW(l, LOOM_L_QKV_B), N, C, QKV);
-        lora_fwd(&r, l, LOOM_SITE_QKV, ws->n1[l], C, ws->qkv[l], QKV, N);
+        if (HOOK(site_fwd)) ops->site_fwd(&hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->qkv[l], QKV, N);
         if (!gpt2) {
             loom_rope(ws->qkv[l], QKV, B, T, NH, HS, c->rope_theta, 0, 0);
             loom_rope(ws->qkv[l] + C, QKV, B, T, NKV, HS, c->rope_theta, 0, 0);
         }
-        if (pf && pf->prefix_len) {
-            const float *pk = r.vec + pf->prefix_off + (size_t)2 * l * KV;
-            loom_prefix_attention_forward(ws->atty[l], ws->patt[l], ws->qkv[l], QKV, pk, pk + KV,
-                                          2 * c->n_layer * KV, pf->prefix_len, B, T, NH, NKV, HS);
-        } else {
+        if (!(HOOK(attn_fwd) && ops->attn_fwd(&hk, l, ws->atty[l], ws->qkv[l], QKV, B, T)))
             loom_attention_forward(ws->atty[l], ws->att[l], ws->qkv[l], QKV, B, T, NH, NKV, HS);
-        }
         mm_fwd(&r, SLOT(l, LOOM_L_O_W), ws->tmp, C, ws->atty[l], C, PW(l, LOOM_L_O_B), N, C, C);
-        lora_fwd(&r, l, LOOM_SITE_O, ws->atty[l], C, ws->tmp, C, N);
-        if (pf && pf->adapter_dim) adapter_fwd(&r, l, 0, ws->tmp, N);
+        if (HOOK(site_fwd)) ops->site_fwd(&hk, l, LOOM_SITE_O, ws->atty[l], C, ws->tmp, C, N);
+        if (HOOK(point_fwd)) ops->point_fwd(&hk, l, 0, ws->tmp, N);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)N * C; i++) x2[i] = x[i] + ws->tmp[i];
         if (gpt2) {
             loom_layernorm_forward(ws->n2[l], ws->mean2[l], ws->rstd2[l], x2, PW(l, LOOM_L_NORM2_W),
                                    PW(l, LOOM_L_NORM2_B), N, C, c->norm_eps);
             mm_fwd(&r, SLOT(l, LOOM_L_UP_W), ws->fch[l], H, ws->n2[l], C, PW(l, LOOM_L_UP_B), N, C, H);
-            lora_fwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->fch[l], H, N);
+            if (HOOK(site_fwd)) ops->site_fwd(&hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->fch[l], H, N);
             loom_gelu_forward(ws->fca[l], ws->fch[l], (size_t)N * H, c->act == LOOM_ACT_GELU_ERF);
         } else {
             loom_rmsnorm_forward(ws->n2[l], ws->rstd2[l], x2, PW(l, LOOM_L_NORM2_W), N, C, c->norm_eps);
             mm_fwd(&r, SLOT(l, LOOM_L_GATE_W), ws->fch[l], 2 * H, ws->n2[l], C, NULL, N, C, 2 * H);
-            lora_fwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->fch[l], 2 * H, N);
+            if (HOOK(site_fwd)) ops->site_fwd(&hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->fch[l], 2 * H, N);
             loom_swiglu_forward(ws->fca[l], ws->fch[l], N, H);
         }
         mm_fwd(&r, SLOT(l, LOOM_L_DOWN_W), ws->tmp, C, ws->fca[l], H, PW(l, LOOM_L_DOWN_B), N, H, C);
-        lora_fwd(&r, l, LOOM_SITE_DOWN, ws->fca[l], H, ws->tmp, C, N);
-        if (pf && pf->adapter_dim) adapter_fwd(&r, l, 1, ws->tmp, N);
+        if (HOOK(site_fwd)) ops->site_fwd(&hk, l, LOOM_SITE_DOWN, ws->fca[l], H, ws->tmp, C, N);
+        if (HOOK(point_fwd)) ops->point_fwd(&hk, l, 1, ws->tmp, N);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)N * C; i++) x3[i] = x2[i] + ws->tmp[i];
     }
@@ -824,6 +723,8 @@ static int lowest_trainable(const run_ctx *r) {
 
 static int backward_impl(const run_ctx *rc) {
     const run_ctx r = *rc;
+    const lm_hook_ctx hk = hook_ctx(&r);
+    const lm_peft_ops *ops = r.pf ? r.pf->ops : NULL;
     const loom_model *m = r.m;
     loom_ws *ws = r.ws;
     const loom_peft *pf = r.pf;
@@ -866,21 +767,21 @@ static int backward_impl(const run_ctx *rc) {
         float *x = ws->res[l], *x2 = ws->res2[l];
         /* MLP: x3 = x2 + adapter(down(act(up(norm2(x2))))) ; dres holds d x3 */
         const float *dy = ws->dres;
-        if (pf && pf->adapter_dim) {
-            dy = adapter_bwd(&r, l, 1, ws->dres, N, NEED(l, LOOM_ST_ADAPT2));
+        if (HOOK(point_bwd)) {
+            dy = ops->point_bwd(&hk, l, 1, ws->dres, N, NEED(l, LOOM_ST_ADAPT2));
             if (!dy) return LOOM_OK;
         }
         int need = NEED(l, LOOM_ST_DOWN);
         mm_bwd(&r, SLOT(l, LOOM_L_DOWN_W), need ? ws->dfca : NULL, H, 0.0f, GS(l, LOOM_L_DOWN_W), GS(l, LOOM_L_DOWN_B),
                dy, C, ws->fca[l], N, H, C);
-        lora_bwd(&r, l, LOOM_SITE_DOWN, ws->fca[l], H, dy, C, need ? ws->dfca : NULL, H, N);
+        if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_DOWN, ws->fca[l], H, dy, C, need ? ws->dfca : NULL, H, N);
         if (!need) return LOOM_OK;
         need = NEED(l, LOOM_ST_UP);
         if (gpt2) {
             loom_gelu_backward(ws->dfch, ws->fch[l], ws->dfca, (size_t)N * H, c->act == LOOM_ACT_GELU_ERF);
             mm_bwd(&r, SLOT(l, LOOM_L_UP_W), need ? ws->dn : NULL, C, 0.0f, GS(l, LOOM_L_UP_W), GS(l, LOOM_L_UP_B),
                    ws->dfch, H, ws->n2[l], N, C, H);
-            lora_bwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, H, need ? ws->dn : NULL, C, N);
+            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, H, need ? ws->dn : NULL, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM2);
             loom_layernorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), GS(l, LOOM_L_NORM2_B), ws->dn, x2,
@@ -896,7 +797,7 @@ static int backward_impl(const run_ctx *rc) {
                 mm_bwd(&r, SLOT(l, LOOM_L_GATE_W), dn, C, 0.0f, dg, NULL, ws->dfch, 2 * H, ws->n2[l], N, C, H);
                 mm_bwd(&r, SLOT(l, LOOM_L_UP_W), dn, C, 1.0f, du, NULL, ws->dfch + H, 2 * H, ws->n2[l], N, C, H);
             }
-            lora_bwd(&r, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, 2 * H, dn, C, N);
+            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, 2 * H, dn, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM2);
             loom_rmsnorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), ws->dn, x2, PW(l, LOOM_L_NORM2_W),
@@ -905,23 +806,17 @@ static int backward_impl(const run_ctx *rc) {
         if (!need) return LOOM_OK;
         /* attention: x2 = x + adapter(o(attn(qkv(norm1(x))))) ; dres holds d x2 */
         dy = ws->dres;
-        if (pf && pf->adapter_dim) {
-            dy = adapter_bwd(&r, l, 0, ws->dres, N, NEED(l, LOOM_ST_ADAPT1));
+        if (HOOK(point_bwd)) {
+            dy = ops->point_bwd(&hk, l, 0, ws->dres, N, NEED(l, LOOM_ST_ADAPT1));
             if (!dy) return LOOM_OK;
         }
         need = NEED(l, LOOM_ST_O);
         mm_bwd(&r, SLOT(l, LOOM_L_O_W), need ? ws->datty : NULL, C, 0.0f, GS(l, LOOM_L_O_W), GS(l, LOOM_L_O_B), dy, C,
                ws->atty[l], N, C, C);
-        lora_bwd(&r, l, LOOM_SITE_O, ws->atty[l], C, dy, C, need ? ws->datty : NULL, C, N);
+        if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_O, ws->atty[l], C, dy, C, need ? ws->datty : NULL, C, N);
         if (!need) return LOOM_OK;
-        if (pf && pf->prefix_len) {
-            const float *pk = r.vec + pf->prefix_off + (size_t)2 * l * KV;
-            float *gk = r.gvec + pf->prefix_off + (size_t)2 * l * KV;
-            loom_prefix_attention_backward(ws->dqkv, gk, gk + KV, ws->datty, ws->qkv[l], ws->patt[l], QKV, pk, pk + KV,
-                                           2 * c->n_layer * KV, pf->prefix_len, B, T, NH, NKV, HS);
-        } else {
+        if (!(HOOK(attn_bwd) && ops->attn_bwd(&hk, l, ws->dqkv, ws->datty, ws->qkv[l], QKV, B, T)))
             loom_attention_backward(ws->dqkv, ws->datt, ws->datty, ws->qkv[l], ws->att[l], QKV, B, T, NH, NKV, HS);
-        }
         if (!NEED(l, LOOM_ST_ATTN)) return LOOM_OK;
         if (!gpt2) {
             loom_rope(ws->dqkv, QKV, B, T, NH, HS, c->rope_theta, 0, 1);
@@ -932,7 +827,7 @@ static int backward_impl(const run_ctx *rc) {
         if (gpt2) {
             mm_bwd(&r, SLOT(l, LOOM_L_QKV_W), dn, C, 0.0f, GS(l, LOOM_L_QKV_W), GS(l, LOOM_L_QKV_B), ws->dqkv, QKV,
                    ws->n1[l], N, C, QKV);
-            lora_bwd(&r, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
+            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM1);
             loom_layernorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), GS(l, LOOM_L_NORM1_B), ws->dn, x,
@@ -948,7 +843,7 @@ static int backward_impl(const run_ctx *rc) {
                 mm_bwd(&r, SLOT(l, LOOM_L_V_W), dn, C, 1.0f, dv, NULL, ws->dqkv + C + KV, QKV, ws->n1[l], N, C, KV);
                 if (db) loom_colsum_acc(db, ws->dqkv, QKV, N, QKV);
             }
-            lora_bwd(&r, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
+            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM1);
             loom_rmsnorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), ws->dn, x, PW(l, LOOM_L_NORM1_W),
@@ -959,7 +854,8 @@ static int backward_impl(const run_ctx *rc) {
 #undef NEED
     /* embeddings (and soft-prompt rows): parallel over channel blocks so repeated tokens never race */
     float *dwte = G(m->t_embed), *dwpe = gpt2 ? G(m->t_pos) : NULL;
-    float *dprompt = pf && pf->prompt_len ? r.gvec + pf->prompt_off : NULL;
+    float *dprompt = NULL;
+    if (pf && pf->prompt_len && HOOK(prompt)) ops->prompt(&hk, &dprompt);
     const int32_t *tok = ws->tok_copy;
     if (dwte || dwpe || dprompt) {
         int nblk = (C + 63) / 64;

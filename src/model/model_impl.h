@@ -29,9 +29,50 @@ typedef struct {
     size_t a_off, b_off; /* offsets of A and B in the trainable vector */
 } loom_lora_mod;
 
+
+/* What a method's hooks see of one pass: the plan, the trainable vector and its gradient (NULL in a
+ * forward-only pass), the plan's workspace block (ws_floats floats for the workspace's capacity B x T,
+ * N = B * T) and the LoRA dropout setting. */
+typedef struct {
+    const loom_model *m;
+    const loom_peft *pf;
+    const float *vec;
+    float *gvec;
+    float *mem;
+    int B, T;
+    size_t N;
+    int dropout_on;
+    uint64_t dropout_seed;
+} lm_hook_ctx;
+
+/* A trainable-set method as hooks the forward and backward passes call (src/peft/ implements them; a
+ * NULL hook does nothing). x, dout, out are row-major with the given leading dimensions; N rows.
+ *   site_fwd/site_bwd   at each matmul site (LOOM_SITE_*) of layer l, after the base matmul: out += the
+ *                       method's term; backward accumulates its gradients and dinp (may be NULL) += its
+ *                       input gradient.
+ *   point_fwd/point_bwd at the adapter points after attention (a = 0) and after the MLP (a = 1), in
+ *                       place on y[N, C]; backward returns the input gradient (NULL if need_input is 0).
+ *   attn_fwd/attn_bwd   replace the attention of layer l (return 1) or leave it to the model (0).
+ *   prompt              soft-token rows [prompt_len, C] at the start of every sequence (and their
+ *                       gradient rows through *grad, NULL in a forward-only pass). */
+typedef struct lm_peft_ops {
+    size_t (*ws_floats)(const loom_model *m, const loom_peft *pf, int B, int T);
+    void (*site_fwd)(const lm_hook_ctx *h, int l, int site, const float *x, int ldx, float *out, int ldo, int N);
+    void (*site_bwd)(const lm_hook_ctx *h, int l, int site, const float *x, int ldx, const float *dout, int ldo,
+                     float *dinp, int ldi, int N);
+    void (*point_fwd)(const lm_hook_ctx *h, int l, int a, float *y, int N);
+    const float *(*point_bwd)(const lm_hook_ctx *h, int l, int a, const float *dy, int N, int need_input);
+    int (*attn_fwd)(const lm_hook_ctx *h, int l, float *out, const float *qkv, int ldqkv, int B, int T);
+    int (*attn_bwd)(const lm_hook_ctx *h, int l, float *dqkv, const float *dout, const float *qkv, int ldqkv, int B,
+                    int T);
+    const float *(*prompt)(const lm_hook_ctx *h, float **grad);
+} lm_peft_ops;
+
 /* What a trainable set changes in the model's computation. The trainable vector `vec` holds every
- * trained value; the frozen base supplies the rest. */
+ * trained value; the frozen base supplies the rest. The model's passes read only tmap, prompt_len,
+ * lowest and ops; the other fields belong to the methods' hooks. */
 struct loom_peft {
+    const lm_peft_ops *ops; /* the method's hooks (never NULL in a built plan) */
     int n_tensors;
     long *tmap;            /* [n_tensors] offset of a trained copy of the model tensor in vec, or -1 (frozen) */
     /* LoRA: out[:, col0:col0+out] += scale * (dropout(x) A^T) B^T */
@@ -60,6 +101,18 @@ struct loom_qbase {
     size_t *qoff, *soff;   /* [n_tensors] element offsets into data / scale; (size_t)-1 if not held */
     size_t bytes;
 };
+
+/* The one way to reach a tensor's values: every reader (forward, backward, decode, save, merge, export)
+ * goes through it, so a tensor held in low precision is never read from the released float pages.
+ * type LOOM_Q_F32: the values are f[numel] (in the params buffer given); otherwise q, a matrix of C
+ * inputs and OC outputs in the low-precision base (f is NULL). */
+typedef struct {
+    loom_qtype type;
+    const float *f;
+    loom_qmat q;
+    int C, OC;
+} lm_wref;
+lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx);
 
 /* Forward position of a model tensor (see LOOM_ST_*). */
 int loom_tensor_stage(const loom_model *m, int idx);

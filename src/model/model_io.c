@@ -206,13 +206,29 @@ int loom_model_save(const loom_model *m, const float *params, const char *dir) {
     if (rc != LOOM_OK) return rc;
     loom_st_writer *w;
     if ((rc = loom_st_writer_create(&w)) != LOOM_OK) return rc;
+    /* each tensor through the weight accessor: a bf16 base is written as it is held, an int8 one
+     * dequantized (into copies that live until the write) */
+    float **deq = calloc((size_t)m->n_tensors, sizeof *deq);
+    if (!deq) rc = loom_error(LOOM_ENOMEM, "out of memory");
     for (int i = 0; i < m->n_tensors && rc == LOOM_OK; i++) {
         const loom_tensor *t = &m->tensors[i];
-        rc = loom_st_writer_add(w, t->name, LOOM_DT_F32, t->ndim, t->shape, params + t->offset);
+        lm_wref r = lm_weight_ref(m, params, i);
+        if (r.type == LOOM_Q_F32) {
+            rc = loom_st_writer_add(w, t->name, LOOM_DT_F32, t->ndim, t->shape, r.f);
+        } else if (r.type == LOOM_Q_BF16) {
+            rc = loom_st_writer_add(w, t->name, LOOM_DT_BF16, t->ndim, t->shape, r.q.data);
+        } else if (!(deq[i] = loom_alloc(t->numel * sizeof(float)))) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory saving %s", t->name);
+        } else {
+            loom_model_weight(m, params, i, deq[i]);
+            rc = loom_st_writer_add(w, t->name, LOOM_DT_F32, t->ndim, t->shape, deq[i]);
+        }
     }
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "format", "pt");
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
     loom_st_writer_free(w);
+    for (int i = 0; deq && i < m->n_tensors; i++) loom_free(deq[i]);
+    free(deq);
     return rc;
 }

@@ -354,13 +354,17 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     int rc;
     switch (cfg->method) {
     case LOOM_PEFT_FULL:
-    case LOOM_PEFT_BITFIT: rc = build_copies(ts); break;
-    case LOOM_PEFT_LORA: rc = build_lora(ts, seed); break;
-    case LOOM_PEFT_PREFIX: rc = build_prefix(ts, seed); break;
-    case LOOM_PEFT_PROMPT: rc = build_prompt(ts, seed); break;
-    case LOOM_PEFT_ADAPTER: rc = build_adapter(ts, seed); break;
+    case LOOM_PEFT_BITFIT: ts->plan.ops = &lm_copy_ops; rc = build_copies(ts); break;
+    case LOOM_PEFT_LORA: ts->plan.ops = &lm_lora_ops; rc = build_lora(ts, seed); break;
+    case LOOM_PEFT_PREFIX: ts->plan.ops = &lm_prefix_ops; rc = build_prefix(ts, seed); break;
+    case LOOM_PEFT_PROMPT: ts->plan.ops = &lm_prompt_ops; rc = build_prompt(ts, seed); break;
+    case LOOM_PEFT_ADAPTER: ts->plan.ops = &lm_adapter_ops; rc = build_adapter(ts, seed); break;
     default: rc = loom_error(LOOM_EINVAL, "unknown fine-tuning method %d", (int)cfg->method);
     }
+    if (rc == LOOM_OK) rc = loom_tvec_create(&ts->manifest);
+    for (int i = 0; i < ts->n && rc == LOOM_OK; i++)
+        rc = loom_tvec_add_at(ts->manifest, ts->e[i].name, ts->e[i].ndim, ts->e[i].shape, ts->e[i].offset,
+                              LOOM_ROLE_SHARED);
     if (rc != LOOM_OK) {
         loom_tset_free(ts);
         return rc;
@@ -369,6 +373,8 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     return LOOM_OK;
 }
 
+const loom_tvec *loom_tset_manifest(const loom_tset *ts) { return ts->manifest; }
+
 void loom_tset_free(loom_tset *ts) {
     if (!ts) return;
     free(ts->plan.tmap);
@@ -376,6 +382,7 @@ void loom_tset_free(loom_tset *ts) {
     free(ts->plan.adapter_off);
     free(ts->e);
     loom_free(ts->data);
+    loom_tvec_free(ts->manifest);
     free(ts);
 }
 
@@ -417,10 +424,24 @@ static int lora_merge(const loom_tset *ts, const float *vec, float *params, floa
     return LOOM_OK;
 }
 
+/* The weights a merge writes must be floats the caller holds: the model's own buffer has no values
+ * for tensors of a low-precision base (loom_model_to_float gives a float copy). */
+static int check_merge_target(const loom_tset *ts, const float *params, int tensor) {
+    const loom_tensor *t = &ts->m->tensors[tensor];
+    if (params == ts->m->params && t->dtype != LOOM_Q_F32)
+        return loom_error(LOOM_EINVAL, "%s is held in %s: merge into a float copy of the model (loom_model_to_float)",
+                          t->name, loom_base_dtype_name(t->dtype));
+    return LOOM_OK;
+}
+
 int loom_tset_merge(const loom_tset *ts, const float *vec, float *params) {
     if (!loom_tset_mergeable(ts))
         return loom_error(LOOM_EUNSUPPORTED, "a %s set adds computation and cannot be merged into the weights",
                           loom_peft_method_name(ts->cfg.method));
+    for (int k = 0; k < ts->n; k++) {
+        int rc = ts->e[k].tensor >= 0 ? check_merge_target(ts, params, ts->e[k].tensor) : LOOM_OK;
+        if (rc != LOOM_OK) return rc;
+    }
     if (ts->cfg.method == LOOM_PEFT_LORA) return lora_merge(ts, vec, params, 1.0f);
     for (int k = 0; k < ts->n; k++)
         memcpy(params + ts->m->tensors[ts->e[k].tensor].offset, vec + ts->e[k].offset, ts->e[k].numel * sizeof(float));
@@ -431,5 +452,9 @@ int loom_tset_unmerge(const loom_tset *ts, const float *vec, float *params) {
     if (ts->cfg.method != LOOM_PEFT_LORA)
         return loom_error(LOOM_EUNSUPPORTED, "only a LoRA merge can be undone (a %s merge replaces the values)",
                           loom_peft_method_name(ts->cfg.method));
+    for (int k = 0; k < ts->n; k++) {
+        int rc = ts->e[k].tensor >= 0 ? check_merge_target(ts, params, ts->e[k].tensor) : LOOM_OK;
+        if (rc != LOOM_OK) return rc;
+    }
     return lora_merge(ts, vec, params, -1.0f);
 }

@@ -3,6 +3,7 @@
 #define LOOM_PEFT_IMPL_H
 
 #include "loom/peft.h"
+#include "loom/tvec.h"
 #include "model/model_impl.h"
 
 struct loom_tset {
@@ -13,8 +14,12 @@ struct loom_tset {
     int n, cap;
     size_t dim;
     float *data;           /* [dim], the set's own vector */
+    loom_tvec *manifest;   /* the same entries as a trainable-vector manifest (built with the set) */
 };
 
 int tset_alloc_data(loom_tset *ts);
+
+/* The methods' hooks (peft_hooks.c). */
+extern const lm_peft_ops lm_lora_ops, lm_adapter_ops, lm_prefix_ops, lm_prompt_ops, lm_copy_ops;
 
 #endif

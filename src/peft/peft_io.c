@@ -24,29 +24,13 @@ static const char *peft_type(loom_peft_method m) {
 
 static const char *arch_name(const loom_model *m) { return m->cfg.arch == LOOM_ARCH_GPT2 ? "gpt2" : "llama"; }
 
-static int add_all(const loom_tset *ts, const float *vec, loom_st_writer *w) {
-    int rc = LOOM_OK;
-    for (int i = 0; i < ts->n && rc == LOOM_OK; i++) {
-        const loom_tset_entry *e = &ts->e[i];
-        rc = loom_st_writer_add(w, e->name, LOOM_DT_F32, e->ndim, e->shape, vec + e->offset);
-    }
-    return rc;
-}
-
 int loom_tset_save(const loom_tset *ts, const float *vec, const char *path) {
-    loom_st_writer *w;
-    int rc = loom_st_writer_create(&w);
-    if (rc != LOOM_OK) return rc;
-    char buf[64];
-    rc = add_all(ts, vec, w);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "format", "pt");
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_peft", loom_peft_method_name(ts->cfg.method));
-    snprintf(buf, sizeof buf, "%zu", ts->dim);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_dim", buf);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_arch", arch_name(ts->m));
-    if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
-    loom_st_writer_free(w);
-    return rc;
+    char dim[32];
+    snprintf(dim, sizeof dim, "%zu", ts->dim);
+    const char *meta[] = {"loom_peft", loom_peft_method_name(ts->cfg.method), "loom_dim", dim, "loom_arch",
+                          arch_name(ts->m), NULL};
+    loom_tvec_io io = {.meta = meta};
+    return loom_tvec_write(ts->manifest, vec, &io, path);
 }
 
 int loom_tset_load(const loom_tset *ts, float *vec, const char *path) {
@@ -57,30 +41,8 @@ int loom_tset_load(const loom_tset *ts, float *vec, const char *path) {
     const char *arch = loom_st_meta(f, "loom_arch");
     if (arch && strcmp(arch, arch_name(ts->m)))
         rc = loom_error(LOOM_EINVAL, "%s was trained on a %s model; this model is %s", path, arch, arch_name(ts->m));
-    for (int i = 0; i < ts->n && rc == LOOM_OK; i++) {
-        const loom_tset_entry *e = &ts->e[i];
-        const loom_st_tensor *t = loom_st_find(f, e->name);
-        if (!t) {
-            rc = loom_error(LOOM_ENOTFOUND, "%s: no tensor %s (the model has this module; the adapter does not)", path,
-                            e->name);
-            break;
-        }
-        int same = t->ndim == e->ndim;
-        for (int d = 0; same && d < e->ndim; d++) same = t->shape[d] == e->shape[d];
-        if (!same) {
-            char got[96] = "", *p = got;
-            for (int d = 0; d < t->ndim && p < got + sizeof got - 24; d++) p += sprintf(p, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-            if (e->ndim == 2)
-                rc = loom_error(LOOM_EFORMAT, "%s: %s has shape [%s], the model needs [%lld, %lld]", path, e->name, got,
-                                (long long)e->shape[0], (long long)e->shape[1]);
-            else
-                rc = loom_error(LOOM_EFORMAT, "%s: %s has shape [%s], the model needs [%lld]", path, e->name, got,
-                                (long long)e->shape[0]);
-            break;
-        }
-        rc = loom_st_to_f32(t, vec + e->offset, e->numel);
-        if (rc != LOOM_OK) rc = loom_error_context(rc, "%s: %s", path, e->name);
-    }
+    loom_tvec_io io = {.allow_extra = 1};
+    if (rc == LOOM_OK) rc = loom_tvec_read_from(f, ts->manifest, vec, &io);
     for (size_t i = 0; rc == LOOM_OK && i < loom_st_count(f); i++) {
         const loom_st_tensor *t = loom_st_at(f, i);
         if (!loom_tset_find(ts, t->name))
