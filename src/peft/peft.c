@@ -230,7 +230,7 @@ static int build_lora(loom_tset *ts, uint64_t seed) {
 }
 
 /* FULL and BITFIT: trained copies of model tensors, in model order (so fused neighbours stay adjacent). */
-static int build_copies(loom_tset *ts) {
+static int build_copies(loom_tset *ts, int with_data) {
     const loom_model *m = ts->m;
     loom_peft *pf = &ts->plan;
     int full = ts->cfg.method == LOOM_PEFT_FULL, rc;
@@ -249,6 +249,7 @@ static int build_copies(loom_tset *ts) {
     }
     if (ts->n == 0)
         return loom_error(LOOM_EINVAL, "this model has no biases for BitFit to train (add bitfit_norms / --bitfit-norms)");
+    if (!with_data) return LOOM_OK;
     if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
     for (int k = 0; k < ts->n; k++)
         memcpy(ts->data + ts->e[k].offset, m->params + m->tensors[ts->e[k].tensor].offset, ts->e[k].numel * sizeof(float));
@@ -338,7 +339,7 @@ int tset_alloc_data(loom_tset *ts) {
     return LOOM_OK;
 }
 
-int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_config *cfg, uint64_t seed) {
+static int tset_create(loom_tset **out, const loom_model *m, const loom_peft_config *cfg, uint64_t seed, int with_data) {
     *out = NULL;
     loom_tset *ts = calloc(1, sizeof *ts);
     if (!ts) return loom_error(LOOM_ENOMEM, "out of memory");
@@ -354,7 +355,7 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     int rc;
     switch (cfg->method) {
     case LOOM_PEFT_FULL:
-    case LOOM_PEFT_BITFIT: rc = build_copies(ts); break;
+    case LOOM_PEFT_BITFIT: rc = build_copies(ts, with_data); break;
     case LOOM_PEFT_LORA: rc = build_lora(ts, seed); break;
     case LOOM_PEFT_PREFIX: rc = build_prefix(ts, seed); break;
     case LOOM_PEFT_PROMPT: rc = build_prompt(ts, seed); break;
@@ -432,4 +433,15 @@ int loom_tset_unmerge(const loom_tset *ts, const float *vec, float *params) {
         return loom_error(LOOM_EUNSUPPORTED, "only a LoRA merge can be undone (a %s merge replaces the values)",
                           loom_peft_method_name(ts->cfg.method));
     return lora_merge(ts, vec, params, -1.0f);
+}
+
+int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_config *cfg, uint64_t seed) {
+    return tset_create(out, m, cfg, seed, 1);
+}
+
+int loom_tset_create_layout(loom_tset **out, const loom_model *m, const loom_peft_config *cfg) {
+    *out = NULL;
+    if (cfg->method != LOOM_PEFT_FULL && cfg->method != LOOM_PEFT_BITFIT)
+        return loom_error(LOOM_EINVAL, "only a full or BitFit set can be created without its vector");
+    return tset_create(out, m, cfg, 0, 0);
 }
