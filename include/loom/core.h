@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <stdarg.h>
 
+#include "loom/streams.h" /* the registry of random-stream ids */
+
 #ifdef __cplusplus
 extern "C" {
 #endif

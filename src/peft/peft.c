@@ -220,7 +220,7 @@ static int build_lora(loom_tset *ts, uint64_t seed) {
     for (int k = 0; k < pf->n_lora; k++) {
         const loom_lora_mod *md = &pf->lora[k];
         loom_rng r;
-        loom_rng_init(&r, seed, (uint64_t)k);
+        loom_rng_init(&r, seed, LOOM_STREAM_LORA_MODULE(k));
         float bound = 1.0f / sqrtf((float)md->in);
         float *a = ts->data + md->a_off;
         for (size_t j = 0; j < (size_t)R * md->in; j++) a[j] = bound * (float)(2.0 * loom_rng_uniform(&r) - 1.0);
@@ -268,7 +268,7 @@ static int build_prefix(loom_tset *ts, uint64_t seed) {
     ts->e[0].matrix = 0; /* an embedding table, not a weight matrix: no weight decay */
     if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
     loom_rng r;
-    loom_rng_init(&r, seed, 0x707265);
+    loom_rng_init(&r, seed, LOOM_STREAM_PREFIX_INIT);
     for (size_t j = 0; j < ts->dim; j++) ts->data[j] = 0.02f * (float)loom_rng_normal(&r);
     return LOOM_OK;
 }
@@ -287,7 +287,7 @@ static int build_prompt(loom_tset *ts, uint64_t seed) {
     ts->e[0].matrix = 0;
     if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
     loom_rng r;
-    loom_rng_init(&r, seed, 0x70726d);
+    loom_rng_init(&r, seed, LOOM_STREAM_PROMPT_INIT);
     const float *wte = m->params + m->tensors[m->t_embed].offset;
     for (int p = 0; p < P; p++) {
         uint32_t v = loom_rng_below(&r, (uint32_t)c->vocab);
@@ -326,7 +326,7 @@ static int build_adapter(loom_tset *ts, uint64_t seed) {
     for (int l = 0; l < L; l++)
         for (int a = 0; a < 2; a++) {
             loom_rng r;
-            loom_rng_init(&r, seed, (uint64_t)(2 * l + a));
+            loom_rng_init(&r, seed, LOOM_STREAM_ADAPTER(l, a));
             float *wd = ts->data + pf->adapter_off[l][a];
             for (size_t j = 0; j < (size_t)M * C; j++) wd[j] = bound * (float)(2.0 * loom_rng_uniform(&r) - 1.0);
         }

@@ -29,7 +29,7 @@ void loom_sim_defaults(loom_sim_config *c) {
     c->per_client_rows = 1;
 }
 
-uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, 0x636c69656e74ULL + (uint64_t)client); }
+uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, LOOM_STREAM_CLIENT + (uint64_t)client); }
 
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n) {
     int N = (int)c->part->n_clients;
@@ -41,7 +41,7 @@ int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n) {
     for (int i = 0; i < N; i++) all[i] = i;
     if (m < N) {
         loom_rng r;
-        loom_rng_init(&r, c->seed, loom_hash2(0x73616d70, (uint64_t)round));
+        loom_rng_init(&r, c->seed, loom_hash2(LOOM_STREAM_SAMPLE, (uint64_t)round));
         for (int i = 0; i < m; i++) { /* partial Fisher-Yates */
             int j = i + (int)loom_rng_below(&r, (uint32_t)(N - i));
             int t = all[i];
@@ -588,7 +588,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
                 if (c->part->clients[i].n_test > 0) elist[ne++] = i;
             if (c->eval_clients > 0 && ne > c->eval_clients) {
                 loom_rng er;
-                loom_rng_init(&er, c->seed, 0x6576616c);
+                loom_rng_init(&er, c->seed, LOOM_STREAM_EVAL);
                 for (int i = 0; i < c->eval_clients; i++) {
                     int j = i + (int)loom_rng_below(&er, (uint32_t)(ne - i));
                     int t = elist[i];
