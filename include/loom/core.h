@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <stdarg.h>
 
+#include "loom/streams.h" /* the registry of random-stream ids */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -82,7 +84,16 @@ void loom_rng_init(loom_rng *r, uint64_t seed, uint64_t stream);
 uint64_t loom_rng_u64(loom_rng *r);
 uint32_t loom_rng_below(loom_rng *r, uint32_t n);   /* uniform in [0, n), unbiased */
 double loom_rng_uniform(loom_rng *r);               /* uniform in [0, 1) with 53 bits */
-double loom_rng_normal(loom_rng *r);                /* standard normal */
+double loom_rng_normal(loom_rng *r);                /* standard normal (Box-Muller, keeps the pair's second value) */
+/* Element i of the standard-normal stream (seed, stream), computed directly from i with no state: the
+ * same float as the i-th (float)loom_rng_normal of a fresh loom_rng_init(seed, stream) (which draws
+ * nothing else), except after a zero uniform (probability 2^-53 per pair), which loom_rng_normal redraws.
+ * For perturbations and noise that must be regenerated from a seed (zeroth-order and seed-based updates,
+ * differential-privacy noise). */
+float loom_rng_normal_at(uint64_t seed, uint64_t stream, uint64_t i);
+/* out[j] = loom_rng_normal_at(seed, stream, first + j) for j < n, in parallel; the values do not depend
+ * on the number of threads. */
+void loom_rng_normal_fill(uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out);
 void loom_rng_shuffle_u32(loom_rng *r, uint32_t *a, size_t n);
 
 /* Monotonic wall clock in seconds. */

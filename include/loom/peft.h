@@ -112,6 +112,10 @@ typedef struct loom_tset loom_tset;
  * seed (FULL and BITFIT copy the model's current values). Errors: unknown target modules (the message
  * lists the modules that exist), ranks/alphas/lengths out of range, FULL on a low-precision base. */
 int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_config *cfg, uint64_t seed);
+/* The manifest and plan of a FULL or BITFIT set without a vector of its own (loom_tset_data returns
+ * NULL): their values are copies of model tensors the caller already holds. The FULL vector's layout is
+ * the model's (entry k at the offset of model tensor k), so m->params or a copy of it trains in place. */
+int loom_tset_create_layout(loom_tset **out, const loom_model *m, const loom_peft_config *cfg);
 void loom_tset_free(loom_tset *ts);
 const loom_peft_config *loom_tset_config(const loom_tset *ts);
 const loom_model *loom_tset_model(const loom_tset *ts);

@@ -29,7 +29,9 @@ void loom_train_defaults(loom_train_config *c);
 typedef struct loom_trainer loom_trainer;
 struct loom_tset;
 
-/* Full fine-tuning: params[m->n_params] is trained in place (it may be m->params, or a client's own copy). */
+/* Full fine-tuning: params[m->n_params] is trained in place (it may be m->params, or a client's own copy).
+ * This is the FULL trainable set (loom_tset_create_layout with LOOM_PEFT_FULL, whose vector has the
+ * model's layout) trained through the same path as any other set. */
 int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, const loom_train_config *c);
 /* Parameter-efficient (or any trainable-set) training: vec[loom_tset_dim(ts)] is trained in place; the
  * base (base_params, usually m->params, possibly with a low-precision m->qbase) is only read. With
@@ -37,12 +39,32 @@ int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, 
 int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const float *base_params,
                              const struct loom_tset *ts, float *vec, const loom_train_config *c);
 void loom_trainer_free(loom_trainer *t);
-/* One step on a batch tokens/targets [B*T]. loss and grad_norm (before clipping) may be NULL. */
+
+/* A step is compute-gradient then apply-gradient; between the two the caller may rewrite the gradient
+ * in loom_trainer_grads() (per-example clipping and noise for DP-SGD, a zeroth-order estimate, a
+ * gradient received from elsewhere). loom_trainer_step is exactly the two calls in a row.
+ *
+ * Compute-gradient: forward and backward of a batch tokens/targets [B*T] into loom_trainer_grads()
+ * (overwritten). *loss: the batch's mean loss; *n_targets: positions that carry loss (targets >= 0).
+ * Either may be NULL. A non-finite loss is LOOM_ERANGE ("loss became non-finite at step N ...": the
+ * gradient is then meaningless; *loss holds the value). */
+int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss,
+                                  long *n_targets);
+/* Apply-gradient: the gradient hook (if set), global-norm clipping (cfg.clip), one optimizer step at the
+ * schedule's learning rate, on whatever loom_trainer_grads() holds. *grad_norm (may be NULL): the norm
+ * after the hook and before clipping. A non-finite norm is LOOM_ERANGE and the vector is left unchanged. */
+int loom_trainer_apply_gradient(loom_trainer *t, double *grad_norm);
+/* One step on a batch: compute-gradient then apply-gradient. loss and grad_norm may be NULL. */
 int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm);
-/* Loss of a batch without training. */
+/* Forward and backward only (no optimizer step): the gradient is left in loom_trainer_grads(). */
+int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss);
+/* Loss of a batch without training, at the trained vector. */
 int loom_trainer_eval(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss);
+/* Forward-only loss at another vector vec[loom_trainer_dim] in the trained vector's layout (for example
+ * vec + eps*z for a zeroth-order estimate): no backward, the gradient buffer is not touched. */
+int loom_trainer_loss_at(loom_trainer *t, const float *vec, const int32_t *tokens, const int32_t *targets, float *loss);
 float loom_trainer_lr(const loom_trainer *t); /* learning rate of the next step */
-/* Called after backward and before clipping and the optimizer step, with the gradient and the current
+/* Called by apply-gradient before clipping and the optimizer step, with the gradient and the current
  * trained vector (n floats each): federated clients add FedProx's proximal gradient or SCAFFOLD's
  * correction here. NULL removes the hook. */
 typedef void (*loom_grad_hook)(float *grad, const float *vec, size_t n, void *ud);
@@ -51,8 +73,6 @@ void loom_trainer_set_grad_hook(loom_trainer *t, loom_grad_hook fn, void *ud);
 size_t loom_trainer_batch_tokens(const loom_trainer *t);
 void loom_trainer_shape(const loom_trainer *t, int *B, int *T);
 int loom_trainer_vocab(const loom_trainer *t);
-/* Forward and backward only (no optimizer step): the gradient is left in loom_trainer_grads(). */
-int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss);
 long loom_trainer_steps(const loom_trainer *t);
 loom_optimizer *loom_trainer_optimizer(loom_trainer *t);
 loom_ws *loom_trainer_ws(loom_trainer *t);
@@ -62,7 +82,7 @@ size_t loom_trainer_dim(const loom_trainer *t);
 float *loom_trainer_vector(loom_trainer *t);
 /* Zeroes the optimizer's moments and step count (a federated client starts each round afresh). */
 void loom_trainer_reset_optimizer(loom_trainer *t);
-/* The trainable set (NULL for loom_trainer_create). */
+/* The trainable set given to loom_trainer_create_peft (NULL for loom_trainer_create). */
 const struct loom_tset *loom_trainer_tset(const loom_trainer *t);
 
 #ifdef __cplusplus

@@ -138,7 +138,7 @@ static int bench_train(int argc, char **argv) {
     int N = B * T;
     int32_t *tok = malloc((size_t)N * 4), *tgt = malloc((size_t)N * 4);
     loom_rng r;
-    loom_rng_init(&r, (uint64_t)seed, 77);
+    loom_rng_init(&r, (uint64_t)seed, LOOM_STREAM_BENCH_BATCH);
     for (int i = 0; i < N; i++) {
         tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)m->cfg.vocab);
         tgt[i] = (int32_t)loom_rng_below(&r, (uint32_t)m->cfg.vocab);

@@ -79,7 +79,7 @@ int cli_generate(const loom_model *m, const float *params, const loom_tokenizer 
     }
     loom_sampler s = {temperature, top_k, top_p};
     loom_rng rng;
-    loom_rng_init(&rng, seed, 0x67656e);
+    loom_rng_init(&rng, seed, LOOM_STREAM_GENERATE);
     int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok);
     char buf[512];
     size_t w;
@@ -190,7 +190,7 @@ static int generate_forward(const loom_model *m, const loom_tset *ts, const floa
         if (loom_detok_push(dt, seq[i], buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
     loom_sampler s = {temperature, top_k, top_p};
     loom_rng rng;
-    loom_rng_init(&rng, seed, 0x67656e);
+    loom_rng_init(&rng, seed, LOOM_STREAM_GENERATE);
     int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok), generated = 0;
     double t0 = loom_now();
     while (len < steps) {

@@ -26,7 +26,7 @@ void text_free(token_stream *s) {
 void text_batch(const token_stream *s, size_t lo, size_t hi, int B, int T, uint64_t seed, long step, int32_t *tokens,
                 int32_t *targets) {
     loom_rng r;
-    loom_rng_init(&r, seed, loom_hash2(0x62617463, (uint64_t)step));
+    loom_rng_init(&r, seed, loom_hash2(LOOM_STREAM_TEXT_WINDOW, (uint64_t)step));
     size_t span = hi - lo > (size_t)T + 1 ? hi - lo - (size_t)T - 1 : 1;
     for (int b = 0; b < B; b++) {
         size_t start = lo + (size_t)(loom_rng_uniform(&r) * (double)span);

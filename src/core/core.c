@@ -198,11 +198,13 @@ void loom_rng_init(loom_rng *r, uint64_t seed, uint64_t stream) {
     r->spare = 0;
 }
 
-uint64_t loom_rng_u64(loom_rng *r) {
-    /* Two rounds of mixing over (key, counter): a stateless function of the position. */
-    uint64_t x = loom_mix64(r->key ^ loom_mix64(r->counter++));
-    return loom_mix64(x + r->key);
+/* Two rounds of mixing over (key, counter): a stateless function of the position. */
+static inline uint64_t rng_at(uint64_t key, uint64_t counter) {
+    uint64_t x = loom_mix64(key ^ loom_mix64(counter));
+    return loom_mix64(x + key);
 }
+
+uint64_t loom_rng_u64(loom_rng *r) { return rng_at(r->key, r->counter++); }
 
 uint32_t loom_rng_below(loom_rng *r, uint32_t n) {
     if (n <= 1) return 0;
@@ -228,6 +230,39 @@ double loom_rng_normal(loom_rng *r) {
     r->spare = rad * sin(2.0 * M_PI * u2);
     r->has_spare = 1;
     return rad * cos(2.0 * M_PI * u2);
+}
+
+/* Box-Muller on the uniforms at positions 2p and 2p+1: the pair loom_rng_normal draws p-th from a
+ * fresh stream (cos first, then sin). A zero first uniform, which loom_rng_normal redraws, is replaced
+ * by 2^-54 here so that every pair is a function of its position alone. */
+static void normal_pair(uint64_t key, uint64_t p, double *c, double *s) {
+    double u1 = (double)(rng_at(key, 2 * p) >> 11) * (1.0 / 9007199254740992.0);
+    double u2 = (double)(rng_at(key, 2 * p + 1) >> 11) * (1.0 / 9007199254740992.0);
+    if (u1 <= 0.0) u1 = 0x1p-54;
+    double rad = sqrt(-2.0 * log(u1)), a = 2.0 * M_PI * u2;
+    *c = rad * cos(a);
+    *s = rad * sin(a);
+}
+
+float loom_rng_normal_at(uint64_t seed, uint64_t stream, uint64_t i) {
+    double c, s;
+    normal_pair(loom_hash2(seed, stream), i >> 1, &c, &s);
+    return (float)(i & 1 ? s : c);
+}
+
+void loom_rng_normal_fill(uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out) {
+    if (n == 0) return;
+    const uint64_t key = loom_hash2(seed, stream);
+    const uint64_t p0 = first >> 1, odd = first & 1, npairs = (odd + (uint64_t)n + 1) / 2;
+    /* each element is a function of its index alone, so any split among threads gives the same values */
+#pragma omp parallel for schedule(static) if (n >= 8192)
+    for (uint64_t k = 0; k < npairs; k++) {
+        double c, s;
+        normal_pair(key, p0 + k, &c, &s); /* counters 2p, 2p+1 wrap modulo 2^64 as first + j does */
+        uint64_t j = 2 * k; /* position of the pair's first element, counted from first - odd */
+        if (j >= odd) out[j - odd] = (float)c;
+        if (j + 1 - odd < (uint64_t)n) out[j + 1 - odd] = (float)s;
+    }
 }
 
 void loom_rng_shuffle_u32(loom_rng *r, uint32_t *a, size_t n) {

@@ -104,7 +104,7 @@ static void set_epoch(loom_batcher *b, uint64_t epoch) {
     if (b->perm_valid && b->perm_epoch == epoch) return;
     for (size_t i = 0; i < b->n_samples; i++) b->perm[i] = (uint32_t)i;
     loom_rng r;
-    loom_rng_init(&r, b->seed, loom_hash2(0x6261746368ull /* "batch" */, epoch));
+    loom_rng_init(&r, b->seed, loom_hash2(LOOM_STREAM_BATCH_EPOCH, epoch));
     loom_rng_shuffle_u32(&r, b->perm, b->n_samples);
     b->perm_epoch = epoch;
     b->perm_valid = 1;

@@ -9,11 +9,11 @@
 
 /* RNG stream tags, so that the draws of different methods never share a stream. */
 enum {
-    STREAM_IID = 0x1001,
-    STREAM_DIRICHLET = 0x1002,
-    STREAM_CLASS_SHUFFLE = 0x1003,
-    STREAM_QUANTITY = 0x1004,
-    STREAM_TEST = 0x1005,
+    STREAM_IID = LOOM_STREAM_PARTITION_IID,
+    STREAM_DIRICHLET = LOOM_STREAM_PARTITION_DIRICHLET,
+    STREAM_CLASS_SHUFFLE = LOOM_STREAM_PARTITION_CLASS,
+    STREAM_QUANTITY = LOOM_STREAM_PARTITION_QUANTITY,
+    STREAM_TEST = LOOM_STREAM_PARTITION_TEST,
 };
 
 void loom_partition_opts_init(loom_partition_opts *o) {

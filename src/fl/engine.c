@@ -63,7 +63,7 @@ int loom_engine_sample(int N, int sample, double sample_frac, uint64_t seed, int
     for (int i = 0; i < N; i++) all[i] = i;
     if (m < N) {
         loom_rng r;
-        loom_rng_init(&r, seed, loom_hash2(0x73616d70, (uint64_t)round));
+        loom_rng_init(&r, seed, loom_hash2(LOOM_STREAM_SAMPLE, (uint64_t)round));
         for (int i = 0; i < m; i++) { /* partial Fisher-Yates */
             int j = i + (int)loom_rng_below(&r, (uint32_t)(N - i));
             int t = all[i];
@@ -343,7 +343,7 @@ int loom_engine_close_round(loom_engine *e, double now) {
             if (e->c.n_test[i] > 0) e->elist[ne++] = i;
         if (e->c.eval_clients > 0 && ne > e->c.eval_clients) {
             loom_rng er;
-            loom_rng_init(&er, e->c.seed, 0x6576616c);
+            loom_rng_init(&er, e->c.seed, LOOM_STREAM_EVAL);
             for (int i = 0; i < e->c.eval_clients; i++) {
                 int j = i + (int)loom_rng_below(&er, (uint32_t)(ne - i));
                 int t = e->elist[i];

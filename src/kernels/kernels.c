@@ -14,7 +14,10 @@
 
 /* exp(x) for float without libm calls, so loops over it vectorise: Cody-Waite range reduction
  * x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial for e^r (relative error ~1e-7, like expf), and
- * 2^n built in the exponent bits. Inputs are clamped to [-87, 88] (no overflow, no denormals). */
+ * 2^n built in the exponent bits. Inputs are clamped to [-87, 88] (no overflow, no denormals): -Inf
+ * gives e^-87, +Inf e^88. A NaN passes the clamps and gives NaN. The integer n is read from the bits
+ * of n + 1.5*2^23 (exact for |n| < 2^22) instead of a float-to-int conversion, which is undefined for
+ * NaN; the arithmetic is unsigned, so every input is defined and finite inputs give the same bits. */
 static inline float fast_expf(float x) {
     x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
     float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
@@ -26,8 +29,9 @@ static inline float fast_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { int32_t i; float f; } u;
-    u.i = ((int32_t)n + 127) << 23;
+    union { uint32_t i; float f; } u, k;
+    k.f = n + 12582912.0f;                     /* bits 0x4B400000 + n */
+    u.i = (k.i - 0x4B400000u + 127u) << 23;    /* 2^n */
     return p * u.f;
 }
 

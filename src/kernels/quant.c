@@ -84,8 +84,9 @@ static int block_rows(int R, int K) {
 }
 
 size_t loom_qmatmul_scratch(int C, int OC) {
-    int R = C > OC ? C : OC, K = C > OC ? C : OC; /* either layout */
-    return (size_t)block_rows(R, K) * K;
+    /* the block of either layout: LINEAR stores OC rows of C, CONV1D C rows of OC */
+    size_t lin = (size_t)block_rows(OC, C) * C, conv = (size_t)block_rows(C, OC) * OC;
+    return lin > conv ? lin : conv;
 }
 
 void loom_qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const loom_qmat *w, const float *bias, int N,

@@ -166,7 +166,7 @@ static void init_tensor(loom_model *m, int i, uint64_t seed) {
     loom_tensor *t = &m->tensors[i];
     float *p = m->params + t->offset;
     loom_rng r;
-    loom_rng_init(&r, seed, (uint64_t)i);
+    loom_rng_init(&r, seed, LOOM_STREAM_MODEL_TENSOR(i));
     int is_resid = strstr(t->name, "c_proj.weight") || strstr(t->name, "o_proj.weight") ||
                    strstr(t->name, "down_proj.weight");
     float resid_std = 0.02f / sqrtf(2.0f * m->cfg.n_layer);

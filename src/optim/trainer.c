@@ -1,17 +1,21 @@
 #include "loom/train.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "loom/core.h"
 #include "loom/peft.h"
 
+/* One path for every trainable set: full fine-tuning is the FULL set, whose vector has the model's own
+ * layout, so loom_trainer_create trains the caller's parameter vector in place through that set's plan. */
 struct loom_trainer {
     const loom_model *m;
     float *params, *grads;      /* the trained vector and its gradient ([dim]) */
     size_t dim;
-    const float *base;          /* trainable-set training: the frozen base */
-    const loom_tset *ts;        /* NULL: full fine-tuning of params */
+    const float *base;          /* the frozen base (for the FULL set: params itself) */
+    const loom_tset *ts;        /* the set trained */
+    loom_tset *own_ts;          /* loom_trainer_create: the FULL layout, owned */
     loom_train_config cfg;
     loom_optimizer *opt;
     loom_ws *ws;
@@ -34,59 +38,16 @@ void loom_train_defaults(loom_train_config *c) {
     c->decay_2d_only = 1;
 }
 
-int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, const loom_train_config *c) {
-    *out = NULL;
-    if (c->clip < 0) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
+static int check_config(const loom_train_config *c) {
+    if (!(c->clip >= 0)) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
     if (c->warmup < 0 || c->total_steps < 0) return loom_error(LOOM_EINVAL, "warm-up and step counts must be >= 0");
-    loom_trainer *t = calloc(1, sizeof *t);
-    if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
-    t->m = m;
-    t->params = params;
-    t->dim = m->n_params;
-    t->cfg = *c;
-    int rc = LOOM_OK;
-    if (m->qbase) rc = loom_error(LOOM_EUNSUPPORTED, "full fine-tuning needs a float base: use a trainable set");
-    t->grads = rc == LOOM_OK ? loom_calloc(m->n_params, sizeof(float)) : NULL;
-    if (rc == LOOM_OK && !t->grads) rc = LOOM_ENOMEM;
-    if (rc == LOOM_OK) rc = loom_optimizer_create(&t->opt, &c->opt, m->n_params);
-    if (rc == LOOM_OK && c->decay_2d_only && c->opt.weight_decay > 0) {
-        size_t *b = malloc((size_t)m->n_tensors * sizeof *b), *e = malloc((size_t)m->n_tensors * sizeof *e);
-        int k = 0;
-        if (!b || !e) rc = loom_error(LOOM_ENOMEM, "out of memory");
-        for (int i = 0; rc == LOOM_OK && i < m->n_tensors; i++)
-            if (m->tensors[i].ndim >= 2) {
-                b[k] = m->tensors[i].offset;
-                e[k] = m->tensors[i].offset + m->tensors[i].numel;
-                k++;
-            }
-        if (rc == LOOM_OK) rc = loom_optimizer_decay_ranges(t->opt, b, e, k);
-        free(b);
-        free(e);
-    }
-    if (rc == LOOM_OK) rc = loom_ws_create(&t->ws, m, c->B, c->T);
-    if (rc != LOOM_OK) {
-        loom_trainer_free(t);
-        return rc;
-    }
-    *out = t;
     return LOOM_OK;
 }
 
-int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const float *base_params, const loom_tset *ts,
-                             float *vec, const loom_train_config *c) {
-    *out = NULL;
-    if (!ts || !vec) return loom_error(LOOM_EINVAL, "a trainable set and its vector are required");
-    if (loom_tset_model(ts) != m) return loom_error(LOOM_EINVAL, "the trainable set was built for another model");
-    if (c->clip < 0) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
-    if (c->warmup < 0 || c->total_steps < 0) return loom_error(LOOM_EINVAL, "warm-up and step counts must be >= 0");
-    loom_trainer *t = calloc(1, sizeof *t);
-    if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
-    t->m = m;
-    t->params = vec;
-    t->base = base_params;
-    t->ts = ts;
-    t->dim = loom_tset_dim(ts);
-    t->cfg = *c;
+/* Optimizer (weight decay on the set's matrices only, with decay_2d_only) and workspace for t->ts. */
+static int trainer_init(loom_trainer *t) {
+    const loom_train_config *c = &t->cfg;
+    const loom_tset *ts = t->ts;
     int rc = LOOM_OK, n = loom_tset_count(ts);
     t->grads = loom_calloc(t->dim ? t->dim : 1, sizeof(float));
     if (!t->grads) rc = LOOM_ENOMEM;
@@ -106,8 +67,61 @@ int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const floa
         free(b);
         free(e);
     }
-    if (rc == LOOM_OK) rc = loom_ws_create_ex(&t->ws, m, c->B, c->T, loom_tset_plan(ts));
+    if (rc == LOOM_OK) rc = loom_ws_create_ex(&t->ws, t->m, c->B, c->T, loom_tset_plan(ts));
+    return rc;
+}
+
+int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, const loom_train_config *c) {
+    *out = NULL;
+    if (!params) return loom_error(LOOM_EINVAL, "a parameter vector is required");
+    int rc = check_config(c);
+    if (rc != LOOM_OK) return rc;
+    if (m->qbase) return loom_error(LOOM_EUNSUPPORTED, "full fine-tuning needs a float base: use a trainable set");
+    loom_trainer *t = calloc(1, sizeof *t);
+    if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
+    t->m = m;
+    t->params = params;
+    t->base = params;
+    t->cfg = *c;
+    loom_peft_config pc;
+    loom_peft_defaults(&pc, LOOM_PEFT_FULL);
+    rc = loom_tset_create_layout(&t->own_ts, m, &pc);
+    if (rc == LOOM_OK) {
+        t->ts = t->own_ts;
+        t->dim = loom_tset_dim(t->ts);
+        /* the FULL vector must be laid out as the model's parameters, since params trains in place */
+        int same = t->dim == m->n_params;
+        for (int i = 0; same && i < loom_tset_count(t->ts); i++) {
+            const loom_tset_entry *e = loom_tset_entry_at(t->ts, i);
+            same = e->tensor >= 0 && e->offset == m->tensors[e->tensor].offset;
+        }
+        if (!same) rc = loom_error(LOOM_ESTATE, "the full trainable set is not laid out as the model's parameters");
+    }
+    if (rc == LOOM_OK) rc = trainer_init(t);
     if (rc != LOOM_OK) {
+        loom_trainer_free(t);
+        return rc;
+    }
+    *out = t;
+    return LOOM_OK;
+}
+
+int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const float *base_params, const loom_tset *ts,
+                             float *vec, const loom_train_config *c) {
+    *out = NULL;
+    if (!ts || !vec) return loom_error(LOOM_EINVAL, "a trainable set and its vector are required");
+    if (loom_tset_model(ts) != m) return loom_error(LOOM_EINVAL, "the trainable set was built for another model");
+    int rc = check_config(c);
+    if (rc != LOOM_OK) return rc;
+    loom_trainer *t = calloc(1, sizeof *t);
+    if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
+    t->m = m;
+    t->params = vec;
+    t->base = base_params;
+    t->ts = ts;
+    t->dim = loom_tset_dim(ts);
+    t->cfg = *c;
+    if ((rc = trainer_init(t)) != LOOM_OK) {
         loom_trainer_free(t);
         return rc;
     }
@@ -120,6 +134,7 @@ void loom_trainer_free(loom_trainer *t) {
     loom_free(t->grads);
     loom_optimizer_free(t->opt);
     loom_ws_free(t->ws);
+    loom_tset_free(t->own_ts);
     free(t);
 }
 
@@ -129,44 +144,62 @@ float loom_trainer_lr(const loom_trainer *t) {
     return loom_lr_cosine(t->cfg.opt.lr, t->cfg.min_lr, s, t->cfg.warmup, t->cfg.total_steps > 0 ? t->cfg.total_steps : s + 1);
 }
 
-/* Forward and backward of one batch into t->grads (the trained vector's gradient). */
-static int compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *l) {
-    int rc;
-    if (t->ts) {
-        const loom_peft *pf = loom_tset_plan(t->ts);
-        loom_ws_set_dropout(t->ws, 1, loom_hash2(t->cfg.seed, (uint64_t)loom_optimizer_steps(t->opt)));
-        rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, l);
-        if (rc == LOOM_OK) {
-            memset(t->grads, 0, t->dim * sizeof(float));
-            rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->grads);
-        }
-        loom_ws_set_dropout(t->ws, 0, 0);
-        return rc;
-    }
-    rc = loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, l);
-    if (rc != LOOM_OK) return rc;
-    memset(t->grads, 0, t->m->n_params * sizeof(float));
-    return loom_backward(t->m, t->params, t->ws, t->grads, NULL);
+static long count_targets(const int32_t *targets, size_t n) {
+    long c = 0;
+    for (size_t i = 0; i < n; i++) c += targets[i] >= 0;
+    return c;
 }
 
-int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm) {
-    float l;
-    int rc = compute_gradient(t, tokens, targets, &l);
+int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss,
+                                  long *n_targets) {
+    const loom_peft *pf = loom_tset_plan(t->ts);
+    long step = loom_optimizer_steps(t->opt);
+    float l = 0;
+    loom_ws_set_dropout(t->ws, 1, loom_hash2(t->cfg.seed, (uint64_t)step));
+    int rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, &l);
+    if (rc == LOOM_OK) {
+        memset(t->grads, 0, t->dim * sizeof(float));
+        rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->grads);
+    }
+    loom_ws_set_dropout(t->ws, 0, 0);
     if (rc != LOOM_OK) return rc;
-    if (t->hook) t->hook(t->grads, t->params, t->dim, t->hook_ud);
-    double gn = loom_clip_grad_norm(t->grads, t->dim, t->cfg.clip);
-    float lr = loom_trainer_lr(t);
-    loom_optimizer_step(t->opt, t->params, t->grads, lr);
     if (loss) *loss = l;
-    if (grad_norm) *grad_norm = gn;
+    if (n_targets) *n_targets = targets ? count_targets(targets, loom_trainer_batch_tokens(t)) : 0;
+    if (!isfinite(l))
+        return loom_error(LOOM_ERANGE, "loss became non-finite (%g) at step %ld: lower --lr (now %g) or check the data",
+                          (double)l, step + 1, (double)loom_trainer_lr(t));
     return LOOM_OK;
 }
 
+int loom_trainer_apply_gradient(loom_trainer *t, double *grad_norm) {
+    long step = loom_optimizer_steps(t->opt);
+    if (t->hook) t->hook(t->grads, t->params, t->dim, t->hook_ud);
+    double gn = loom_clip_grad_norm(t->grads, t->dim, t->cfg.clip);
+    if (grad_norm) *grad_norm = gn;
+    float lr = loom_trainer_lr(t);
+    if (!isfinite(gn))
+        return loom_error(LOOM_ERANGE, "gradient norm became non-finite (%g) at step %ld: lower --lr (now %g)", gn,
+                          step + 1, (double)lr);
+    loom_optimizer_step(t->opt, t->params, t->grads, lr);
+    return LOOM_OK;
+}
+
+int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm) {
+    float l = 0;
+    int rc = loom_trainer_compute_gradient(t, tokens, targets, &l, NULL);
+    if (loss) *loss = l;
+    if (rc != LOOM_OK) return rc;
+    return loom_trainer_apply_gradient(t, grad_norm);
+}
+
+int loom_trainer_loss_at(loom_trainer *t, const float *vec, const int32_t *tokens, const int32_t *targets, float *loss) {
+    if (!vec || !targets) return loom_error(LOOM_EINVAL, "a vector and targets are required");
+    return loom_forward_ex(t->m, t->base, t->ws, loom_tset_plan(t->ts), vec, tokens, targets, t->cfg.B, t->cfg.T, loss);
+}
+
 int loom_trainer_eval(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss) {
-    if (t->ts)
-        return loom_forward_ex(t->m, t->base, t->ws, loom_tset_plan(t->ts), t->params, tokens, targets, t->cfg.B,
-                               t->cfg.T, loss);
-    return loom_forward(t->m, t->params, t->ws, tokens, targets, t->cfg.B, t->cfg.T, loss);
+    return loom_forward_ex(t->m, t->base, t->ws, loom_tset_plan(t->ts), t->params, tokens, targets, t->cfg.B, t->cfg.T,
+                           loss);
 }
 
 long loom_trainer_steps(const loom_trainer *t) { return loom_optimizer_steps(t->opt); }
@@ -180,7 +213,7 @@ void loom_trainer_set_grad_hook(loom_trainer *t, loom_grad_hook fn, void *ud) {
 }
 
 int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss) {
-    return compute_gradient(t, tokens, targets, loss);
+    return loom_trainer_compute_gradient(t, tokens, targets, loss, NULL);
 }
 
 size_t loom_trainer_batch_tokens(const loom_trainer *t) { return (size_t)t->cfg.B * (size_t)t->cfg.T; }
@@ -192,4 +225,4 @@ void loom_trainer_shape(const loom_trainer *t, int *B, int *T) {
 size_t loom_trainer_dim(const loom_trainer *t) { return t->dim; }
 float *loom_trainer_vector(loom_trainer *t) { return t->params; }
 void loom_trainer_reset_optimizer(loom_trainer *t) { loom_optimizer_reset(t->opt); }
-const loom_tset *loom_trainer_tset(const loom_trainer *t) { return t->ts; }
+const loom_tset *loom_trainer_tset(const loom_trainer *t) { return t->own_ts ? NULL : t->ts; }

@@ -220,7 +220,7 @@ static int build_lora(loom_tset *ts, uint64_t seed) {
     for (int k = 0; k < pf->n_lora; k++) {
         const loom_lora_mod *md = &pf->lora[k];
         loom_rng r;
-        loom_rng_init(&r, seed, (uint64_t)k);
+        loom_rng_init(&r, seed, LOOM_STREAM_LORA_MODULE(k));
         float bound = 1.0f / sqrtf((float)md->in);
         float *a = ts->data + md->a_off;
         for (size_t j = 0; j < (size_t)R * md->in; j++) a[j] = bound * (float)(2.0 * loom_rng_uniform(&r) - 1.0);
@@ -230,7 +230,7 @@ static int build_lora(loom_tset *ts, uint64_t seed) {
 }
 
 /* FULL and BITFIT: trained copies of model tensors, in model order (so fused neighbours stay adjacent). */
-static int build_copies(loom_tset *ts) {
+static int build_copies(loom_tset *ts, int with_data) {
     const loom_model *m = ts->m;
     loom_peft *pf = &ts->plan;
     int full = ts->cfg.method == LOOM_PEFT_FULL, rc;
@@ -249,6 +249,7 @@ static int build_copies(loom_tset *ts) {
     }
     if (ts->n == 0)
         return loom_error(LOOM_EINVAL, "this model has no biases for BitFit to train (add bitfit_norms / --bitfit-norms)");
+    if (!with_data) return LOOM_OK;
     if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
     for (int k = 0; k < ts->n; k++)
         memcpy(ts->data + ts->e[k].offset, m->params + m->tensors[ts->e[k].tensor].offset, ts->e[k].numel * sizeof(float));
@@ -267,7 +268,7 @@ static int build_prefix(loom_tset *ts, uint64_t seed) {
     ts->e[0].matrix = 0; /* an embedding table, not a weight matrix: no weight decay */
     if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
     loom_rng r;
-    loom_rng_init(&r, seed, 0x707265);
+    loom_rng_init(&r, seed, LOOM_STREAM_PREFIX_INIT);
     for (size_t j = 0; j < ts->dim; j++) ts->data[j] = 0.02f * (float)loom_rng_normal(&r);
     return LOOM_OK;
 }
@@ -286,7 +287,7 @@ static int build_prompt(loom_tset *ts, uint64_t seed) {
     ts->e[0].matrix = 0;
     if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
     loom_rng r;
-    loom_rng_init(&r, seed, 0x70726d);
+    loom_rng_init(&r, seed, LOOM_STREAM_PROMPT_INIT);
     const float *wte = m->params + m->tensors[m->t_embed].offset;
     for (int p = 0; p < P; p++) {
         uint32_t v = loom_rng_below(&r, (uint32_t)c->vocab);
@@ -325,7 +326,7 @@ static int build_adapter(loom_tset *ts, uint64_t seed) {
     for (int l = 0; l < L; l++)
         for (int a = 0; a < 2; a++) {
             loom_rng r;
-            loom_rng_init(&r, seed, (uint64_t)(2 * l + a));
+            loom_rng_init(&r, seed, LOOM_STREAM_ADAPTER(l, a));
             float *wd = ts->data + pf->adapter_off[l][a];
             for (size_t j = 0; j < (size_t)M * C; j++) wd[j] = bound * (float)(2.0 * loom_rng_uniform(&r) - 1.0);
         }
@@ -338,7 +339,7 @@ int tset_alloc_data(loom_tset *ts) {
     return LOOM_OK;
 }
 
-int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_config *cfg, uint64_t seed) {
+static int tset_create(loom_tset **out, const loom_model *m, const loom_peft_config *cfg, uint64_t seed, int with_data) {
     *out = NULL;
     loom_tset *ts = calloc(1, sizeof *ts);
     if (!ts) return loom_error(LOOM_ENOMEM, "out of memory");
@@ -354,7 +355,7 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     int rc;
     switch (cfg->method) {
     case LOOM_PEFT_FULL:
-    case LOOM_PEFT_BITFIT: ts->plan.ops = &lm_copy_ops; rc = build_copies(ts); break;
+    case LOOM_PEFT_BITFIT: ts->plan.ops = &lm_copy_ops; rc = build_copies(ts, with_data); break;
     case LOOM_PEFT_LORA: ts->plan.ops = &lm_lora_ops; rc = build_lora(ts, seed); break;
     case LOOM_PEFT_PREFIX: ts->plan.ops = &lm_prefix_ops; rc = build_prefix(ts, seed); break;
     case LOOM_PEFT_PROMPT: ts->plan.ops = &lm_prompt_ops; rc = build_prompt(ts, seed); break;
@@ -457,4 +458,15 @@ int loom_tset_unmerge(const loom_tset *ts, const float *vec, float *params) {
         if (rc != LOOM_OK) return rc;
     }
     return lora_merge(ts, vec, params, -1.0f);
+}
+
+int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_config *cfg, uint64_t seed) {
+    return tset_create(out, m, cfg, seed, 1);
+}
+
+int loom_tset_create_layout(loom_tset **out, const loom_model *m, const loom_peft_config *cfg) {
+    *out = NULL;
+    if (cfg->method != LOOM_PEFT_FULL && cfg->method != LOOM_PEFT_BITFIT)
+        return loom_error(LOOM_EINVAL, "only a full or BitFit set can be created without its vector");
+    return tset_create(out, m, cfg, 0, 0);
 }

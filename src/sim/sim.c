@@ -30,7 +30,7 @@ void loom_sim_defaults(loom_sim_config *c) {
     c->per_client_rows = 1;
 }
 
-uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, 0x636c69656e74ULL + (uint64_t)client); }
+uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, LOOM_STREAM_CLIENT + (uint64_t)client); }
 
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n) {
     return loom_engine_sample((int)c->part->n_clients, c->sample, c->sample_frac, c->seed, round, clients, n);
@@ -40,7 +40,7 @@ double loom_sim_client_seconds(const loom_sim_config *c, int client) {
     double speed = 1.0;
     if (c->time_spread > 0) {
         loom_rng r;
-        loom_rng_init(&r, c->seed, loom_hash2(0x74696d65, (uint64_t)client));
+        loom_rng_init(&r, c->seed, loom_hash2(LOOM_STREAM_CLIENT_SPEED, (uint64_t)client));
         speed = exp(c->time_spread * loom_rng_normal(&r));
     }
     return c->fit.local_steps * c->step_seconds * speed;
