@@ -3,11 +3,13 @@
  * failure. Data paths come from $LOOM_SHARED (set by CTest) or ../shared. */
 #ifndef LOOM_TEST_H
 #define LOOM_TEST_H
+#include <ftw.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int test_passed, test_failed;
 
@@ -137,6 +139,25 @@ static inline double test_grad_check_elems(test_loss_fn f, void *ctx, float *x, 
     }
     return err;
 }
+
+/* Scratch space: a fresh directory /tmp/loom_test_XXXXXX (written into dir[n]); test_rmtree removes
+ * it with everything in it. Tests write nothing anywhere else. */
+static inline const char *test_tmpdir(char *dir, size_t n) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, n, "%s/loom_test_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        exit(2);
+    }
+    return dir;
+}
+
+static inline int test_rmtree_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static inline int test_rmtree(const char *dir) { return nftw(dir, test_rmtree_one, 16, FTW_DEPTH | FTW_PHYS); }
 
 static inline int test_summary(void) {
     printf("%d passed, %d failed\n", test_passed, test_failed);
