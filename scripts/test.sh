@@ -17,7 +17,7 @@ stage_time() { echo "$(( $(date +%s) - $1 ))s"; }
 # before and after the tests, so that files a test leaves behind are named.
 worktree_state() {
     if git rev-parse --is-inside-work-tree > /dev/null 2>&1; then
-        git status --porcelain --ignored --untracked-files=all | grep -Ev '^!! build[^/]*/$' || true
+        git status --porcelain --ignored --untracked-files=all | grep -Ev '^!! build[^/]*/' || true
     fi
     local d
     for d in build build-asan build-tsan; do
