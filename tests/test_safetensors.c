@@ -70,6 +70,7 @@ static void test_reference_model(void) {
         free(w);
     }
     const loom_st_tensor *g = loom_st_find(f, "transformer.h.0.ln_1.weight");
+    CHECK(g != NULL, "transformer.h.0.ln_1.weight present");
     if (g) {
         /* LayerNorm gains 1 + N(0, 0.1^2) */
         float w[64];
@@ -684,7 +685,9 @@ static void test_sets(void) {
     loom_st_set_close(s);
     /* an index named without any directory part */
     char cwd[1024];
-    if (getcwd(cwd, sizeof cwd) && chdir(dir) == 0) {
+    int in_dir = getcwd(cwd, sizeof cwd) && chdir(dir) == 0;
+    CHECK(in_dir, "chdir to %s", dir);
+    if (in_dir) {
         CHECK_OK(loom_st_set_open(&s, "model.safetensors.index.json"));
         CHECK(loom_st_set_count(s) == 4, "set from a bare index name");
         loom_st_set_close(s);
