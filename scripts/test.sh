@@ -73,6 +73,8 @@ if [ "$tsan" != 0 ]; then
     unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS TSAN_OPTIONS
 fi
 
+# (further stages, such as a bounded fuzzing run, go here: before the leftover check and the summary)
+
 left=$(comm -13 <(sort <<< "$before") <(worktree_state | sort))
 echo "== summary"
 printf '%s\n' "${summary[@]}"

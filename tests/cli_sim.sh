@@ -56,4 +56,5 @@ check "classification accuracy reported" grep -q '"eval_acc"' "$tmp/lora/metrics
 check "adapter in PEFT layout" test -s "$tmp/lora/adapter/adapter_model.safetensors" -a -s "$tmp/lora/adapter/adapter_config.json"
 check "only the LoRA vector travels" grep -q 'trainable vector *[0-9]* floats (0.0' "$tmp/lora.out"
 check "sim --help" "$LOOM" sim --help > /dev/null
-finish
+echo "$pass passed, $fail failed"
+test $fail -eq 0
