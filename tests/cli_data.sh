@@ -1,17 +1,9 @@
 #!/usr/bin/env bash
 # loom data split / loom data shakespeare end to end: shards, manifest, plot, determinism, errors.
 set -u
-LOOM=${LOOM_BIN:-./loom}
-DATA=${LOOM_SHARED:-../shared}/data
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-pass=0
-check() { # check DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then pass=$((pass + 1)); else echo "FAIL: $what" >&2; fails=$((fails + 1)); fi
-}
+. "$(dirname "$0")/testlib.sh"
+DATA=$SHARED/data
+TMP=$tmp
 lines() { cat "$@" 2>/dev/null | wc -l | tr -d ' '; }
 json_int() { # json_int FILE KEY: first integer value of "KEY" in a JSON file
     grep -o "\"$2\": *[0-9]*" "$1" | head -1 | grep -o '[0-9]*$'
@@ -23,7 +15,7 @@ for i in $(seq 1 30); do
 done > "$TMP/alpaca.jsonl"
 check "alpaca split runs" "$LOOM" data split --data "$TMP/alpaca.jsonl" --format alpaca --partition iid --clients 3 \
     --test-frac 0.2 --seed 1 --out "$TMP/a" > "$TMP/a.out"
-check "3 train shards" test "$(ls "$TMP"/a/client_*.jsonl | grep -vc test)" = 3
+check "3 train shards" test "$(ls "$TMP"/a | grep "^client_.*\.jsonl$" | grep -vc "\.test\.")" = 3
 check "30 records in the shards" test "$(lines "$TMP"/a/client_*.jsonl)" = 30
 check "records are the input lines" test "$(cat "$TMP"/a/client_*.jsonl | sort | md5sum)" = "$(sort "$TMP/alpaca.jsonl" | md5sum)"
 check "20% test: 2 per client" test "$(lines "$TMP"/a/client_0001.test.jsonl)" = 2
@@ -65,16 +57,15 @@ for f in "$TMP"/sst/client_*.tsv; do check "min 50 rows in $f" test "$(lines "$f
 
 # 5. Malformed input: a clear error naming file and line, exit status 1.
 printf 'text,label\na,1\nb,2,3\n' > "$TMP/bad.csv"
-"$LOOM" data split --data "$TMP/bad.csv" --format csv --label-col label --partition iid --clients 2 \
-    --out "$TMP/bad" 2> "$TMP/bad.err" > /dev/null
-check "ragged csv fails" test $? = 1
-check "ragged csv message" grep -q 'bad.csv:3: row has 3 fields, expected 2' "$TMP/bad.err"
+refuse "ragged csv" 1 'bad\.csv:3' '3 fields' -- "$LOOM" data split --data "$TMP/bad.csv" --format csv --label-col label \
+    --partition iid --clients 2 --out "$TMP/bad"
 printf '{"text": "a", "label": 1}\n{"text": "b", "label": 2\n' > "$TMP/bad.jsonl"
-"$LOOM" data split --data "$TMP/bad.jsonl" --format jsonl-cls --partition iid --clients 2 --out "$TMP/bad" 2> "$TMP/bad.err" > /dev/null
-check "bad json fails" test $? = 1
-check "bad json message" grep -q 'bad.jsonl:2: invalid JSON' "$TMP/bad.err"
-"$LOOM" data split --data "$TMP/alpaca.jsonl" --format alpaca --partition bogus --clients 2 --out "$TMP/bad" 2> /dev/null
-check "unknown partition is a usage error" test $? = 2
+refuse "bad json" 1 'bad\.jsonl:2' 'json' -- "$LOOM" data split --data "$TMP/bad.jsonl" --format jsonl-cls --partition iid \
+    --clients 2 --out "$TMP/bad"
+refuse "unknown partition is a usage error" 2 'bogus' 'partition' -- "$LOOM" data split --data "$TMP/alpaca.jsonl" \
+    --format alpaca --partition bogus --clients 2 --out "$TMP/bad"
+refuse "missing data file" 1 'no-such\.jsonl' -- "$LOOM" data split --data "$TMP/no-such.jsonl" --format alpaca \
+    --partition iid --clients 2 --out "$TMP/bad"
 
 # 6. Federated Shakespeare: client count against an awk reading of input.txt (speakers with >= 64 lines).
 want=$(awk 'BEGIN { prev = 1 }
@@ -84,11 +75,10 @@ want=$(awk 'BEGIN { prev = 1 }
     END { for (k in n) if (n[k] >= 64) c++; print c }' "$DATA/tinyshakespeare/input.txt")
 check "shakespeare runs" "$LOOM" data shakespeare --data "$DATA/tinyshakespeare/input.txt" --out "$TMP/shk" > "$TMP/shk.out"
 check "shakespeare client count $want" grep -q "clients (speakers with >= 64 lines): $want\$" "$TMP/shk.out"
-check "shakespeare train files" test "$(ls "$TMP"/shk/client_*.txt | grep -vc test)" = "$want"
+check "shakespeare train files" test "$(ls "$TMP"/shk | grep "^client_.*\.txt$" | grep -vc "\.test\.")" = "$want"
 total=$(sed -n 's/^lines: \([0-9]*\) .*/\1/p' "$TMP/shk.out")
 check "shard lines = lines reported ($total)" test "$(lines "$TMP"/shk/client_*.txt)" = "$total"
 check "size summary" grep -q '^lines per client: min [0-9]*, median [0-9.]*, max [0-9]*, mean [0-9.]*$' "$TMP/shk.out"
 check "histogram" grep -q '^ *64-127 ' "$TMP/shk.out"
 
-echo "$pass passed, $fails failed"
-test "$fails" = 0
+finish

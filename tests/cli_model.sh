@@ -3,12 +3,7 @@
 # Tiny Shakespeare lowers the validation loss; the saved model loads back for eval and generate; bad
 # input fails with a message.
 set -u
-LOOM=${LOOM_BIN:-./loom}
-SHARED=${LOOM_SHARED:-../shared}
-SRC=${LOOM_SRC:-..}
-pass=0; fail=0
-check() { local what=$1; shift; if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $what" >&2; fi; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/testlib.sh"
 
 # 1. greedy generation from the pretrained stories260K equals llama2.c's documented output, byte for byte
 "$LOOM" generate --model "$SHARED/data/stories260K/stories260K.bin" --tokenizer "$SHARED/data/stories260K/tok512.bin" \
@@ -53,26 +48,21 @@ JSON
     --out "$tmp/mdir" > /dev/null 2> "$tmp/mtrain.err"
 check "train with a tokenizer.json" test $? -eq 0
 check "train reports the tokenizer kind" grep -q 'bpe-sentencepiece' "$tmp/mtrain.err"
-"$LOOM" eval --model "$tmp/mdir" --data "$SHARED/data/tinyshakespeare/input.txt" --seq 32 --max-windows 4 > /dev/null 2>&1
-check "eval without a tokenizer.json beside the model fails" test $? -ne 0
+refuse "eval without a tokenizer.json beside the model" 12 'tokeni[sz]er' -- "$LOOM" eval --model "$tmp/mdir" \
+    --data "$SHARED/data/tinyshakespeare/input.txt" --seq 32 --max-windows 4
 cp "$SHARED/data/mistral-tokenizer/tokenizer.json" "$tmp/mdir/"
 "$LOOM" eval --model "$tmp/mdir" --data "$SHARED/data/tinyshakespeare/input.txt" --seq 32 --max-windows 4 > "$tmp/meval" 2>&1
 check "eval finds the model's tokenizer.json" grep -q perplexity "$tmp/meval"
 check "generate finds it too" "$LOOM" generate --model "$tmp/mdir" --steps 8 --seed 2 > /dev/null 2>&1
 
 # 4. bad input: clear messages, non-zero exits
-"$LOOM" train --model tiny --data /nonexistent.txt --steps 1 > /dev/null 2> "$tmp/e1"
-check "missing data file fails" test $? -ne 0
-check "message names the file" grep -q nonexistent "$tmp/e1"
+refuse "missing data file" 1 'nonexistent\.txt' 'cannot open|no such|not found' -- "$LOOM" train --model tiny \
+    --data /nonexistent.txt --steps 1
 printf 'not a model' > "$tmp/bad.bin"
-"$LOOM" generate --model "$tmp/bad.bin" > /dev/null 2> "$tmp/e2"
-check "garbage model file fails" test $? -ne 0
-check "garbage model message" grep -q 'too short\|does not match\|out of range' "$tmp/e2"
-"$LOOM" train --model tiny --data "$SHARED/data/tinyshakespeare/input.txt" --seq 100000 --steps 1 > /dev/null 2> "$tmp/e3"
-check "too long --seq fails" test $? -ne 0
-"$LOOM" nosuchcommand > /dev/null 2>&1
-check "unknown command exits 2" test $? -eq 2
+refuse "garbage model file" 1 'bad\.bin' 'too short|does not match|out of range|header' -- "$LOOM" generate --model "$tmp/bad.bin"
+refuse "too long --seq" 12 '--seq' '100000' -- "$LOOM" train --model tiny --data "$SHARED/data/tinyshakespeare/input.txt" \
+    --seq 100000 --steps 1
+refuse "unknown command is a usage error" 2 'nosuchcommand' 'unknown' -- "$LOOM" nosuchcommand
 for c in train eval generate verify bench; do check "$c --help" "$LOOM" $c --help > /dev/null; done
 
-echo "$pass passed, $fail failed"
-test $fail -eq 0
+finish

@@ -3,11 +3,7 @@
 # frozen base on a small text; adapters are written in the PEFT layout, re-exported and merged, and
 # load back with identical outputs; instruction data trains; bad adapters and options are refused.
 set -u
-LOOM=${LOOM_BIN:-./loom}
-SHARED=${LOOM_SHARED:-../shared}
-pass=0; fail=0
-check() { local what=$1; shift; if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $what" >&2; fi; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/testlib.sh"
 for i in $(seq 1 150); do echo "The quick brown fox jumps over the lazy dog. A stitch in time saves nine."; done > "$tmp/rep.txt"
 common="--data $tmp/rep.txt --batch 4 --seq 64 --eval-every 0 --eval-windows 8 --sample-len 0 --threads 1"
 
@@ -43,13 +39,17 @@ check "prompt config" grep -q '"PROMPT_TUNING"' "$tmp/prompt/adapter_config.json
 
 # 2. export -> import: identical outputs
 evalargs="--data $tmp/rep.txt --seq 64 --max-windows 8 --threads 1"
+loss_of() { sed -n 's/^loss \([0-9.][0-9.]*\).*/\1/p' | head -1; } # the number of eval's "loss X  perplexity Y" line
+base_loss=$("$LOOM" eval --model "$tmp/base" $evalargs 2>/dev/null | loss_of)
+check "base eval loss parsed ($base_loss)" test -n "$base_loss"
 for meth in lora prefix prompt adapter bitfit; do
     "$LOOM" export --model "$tmp/base" --adapter "$tmp/$meth" --out "$tmp/$meth-re" > /dev/null 2>&1
     check "$meth: re-export exits 0" test $? -eq 0
     a=$("$LOOM" eval --model "$tmp/base" --adapter "$tmp/$meth" $evalargs 2>&1 | sed 's/ tokens\/s.*//; s/,.*//')
     b=$("$LOOM" eval --model "$tmp/base" --adapter "$tmp/$meth-re" $evalargs 2>&1 | sed 's/ tokens\/s.*//; s/,.*//')
     check "$meth: eval through the re-exported adapter is identical ($a / $b)" test -n "$a" -a "$a" = "$b"
-    check "$meth: adapter lowers the eval loss" test "$a" != "$("$LOOM" eval --model "$tmp/base" $evalargs 2>&1 | sed 's/ tokens\/s.*//; s/,.*//')"
+    l=$("$LOOM" eval --model "$tmp/base" --adapter "$tmp/$meth" $evalargs 2>/dev/null | loss_of)
+    check "$meth: adapter lowers the eval loss ($base_loss -> $l)" num_lt "$l" "$base_loss"
     g1=$("$LOOM" generate --model "$tmp/base" --adapter "$tmp/$meth" --temperature 0 --steps 40 --prompt "The quick" 2>/dev/null)
     g2=$("$LOOM" generate --model "$tmp/base" --adapter "$tmp/$meth-re" --temperature 0 --steps 40 --prompt "The quick" 2>/dev/null)
     check "$meth: greedy generation identical after re-export" test -n "$g1" -a "$g1" = "$g2"
@@ -66,9 +66,8 @@ for meth in lora bitfit; do
     g2=$("$LOOM" generate --model "$tmp/$meth-merged" --temperature 0 --steps 40 --prompt "A stitch" 2>/dev/null)
     check "$meth: merged model generates like base + adapter" test "$g1" = "$g2"
 done
-"$LOOM" export --model "$tmp/base" --adapter "$tmp/prefix" --out "$tmp/prefix-merged" --merge > /dev/null 2> "$tmp/e0"
-check "prefix cannot be merged" test $? -ne 0
-check "merge refusal says why" grep -q "cannot be merged" "$tmp/e0"
+refuse "prefix cannot be merged" 12 'prefix' 'merge' -- "$LOOM" export --model "$tmp/base" --adapter "$tmp/prefix" \
+    --out "$tmp/prefix-merged" --merge
 
 # 3. continuing an adapter, and a low-precision base
 "$LOOM" train --model "$tmp/base" $common --steps 5 --lr 1e-2 --adapter "$tmp/lora" --out "$tmp/lora2" > /dev/null 2> "$tmp/cont.err"
@@ -94,25 +93,20 @@ v0=$(grep 'val loss' "$tmp/alp.err" | head -1 | sed 's/.*val loss \([0-9.]*\).*/
 v1=$(grep 'val loss' "$tmp/alp.err" | tail -1 | sed 's/.*val loss \([0-9.]*\).*/\1/')
 check "alpaca: response loss falls ($v0 -> $v1)" awk -v a="$v0" -v b="$v1" 'BEGIN { exit !(b < a - 0.2) }'
 
-# 5. bad input
-"$LOOM" train --model "$tmp/base" $common --steps 1 --peft lora --target-modules q_proj > /dev/null 2> "$tmp/e1"
-check "unknown target module fails" test $? -ne 0
-check "message lists the modules" grep -q "c_attn.*c_proj.*c_fc" "$tmp/e1"
-"$LOOM" train --model "$tmp/base" $common --steps 1 --peft lora --lora-r 0 > /dev/null 2> "$tmp/e2"
-check "rank 0 fails" test $? -ne 0
-"$LOOM" train --model "$tmp/base" $common --steps 1 --peft lora --lora-alpha -2 > /dev/null 2> "$tmp/e3"
-check "negative alpha fails" test $? -ne 0
-"$LOOM" eval --model "$SHARED/reference/llama-tiny" --adapter "$tmp/lora" --data "$tmp/rep.txt" --tokenizer "$SHARED/data/stories260K/tok512.bin" > /dev/null 2> "$tmp/e4"
-check "GPT-2 adapter on a Llama model fails" test $? -ne 0
-check "message names the mismatch" grep -q "matches no module" "$tmp/e4"
-"$LOOM" eval --model "$SHARED/reference/gpt2-tiny" --adapter "$tmp/lora" --data "$tmp/rep.txt" --tokenizer "$SHARED/data/stories260K/tok512.bin" > /dev/null 2> "$tmp/e5"
-check "adapter of another width fails" test $? -ne 0
-check "message names the shape" grep -q "shape" "$tmp/e5"
-"$LOOM" train --model "$tmp/base" $common --steps 1 --peft nonsense > /dev/null 2> "$tmp/e6"
-check "unknown method fails" test $? -ne 0
-"$LOOM" train --model "$tmp/base" $common --steps 1 --base-dtype int8 > /dev/null 2> "$tmp/e7"
-check "low-precision base without a PEFT method fails" test $? -ne 0
+# 5. bad input: exit status 1 (or 2 for a usage error) and a message that names the flag or file
+refuse "unknown target module" 12 'q_proj' 'c_attn.*c_proj.*c_fc' -- "$LOOM" train --model "$tmp/base" $common --steps 1 \
+    --peft lora --target-modules q_proj
+refuse "rank 0" 12 'lora-r|rank' '\b0\b' -- "$LOOM" train --model "$tmp/base" $common --steps 1 --peft lora --lora-r 0
+refuse "negative alpha" 12 'alpha' -- "$LOOM" train --model "$tmp/base" $common --steps 1 --peft lora --lora-alpha -2
+refuse "GPT-2 adapter on a Llama model" 1 'matches no module' -- "$LOOM" eval --model "$SHARED/reference/llama-tiny" \
+    --adapter "$tmp/lora" --data "$tmp/rep.txt" --tokenizer "$SHARED/data/stories260K/tok512.bin"
+refuse "adapter of another width" 1 'shape' 'lora' -- "$LOOM" eval --model "$SHARED/reference/gpt2-tiny" --adapter "$tmp/lora" \
+    --data "$tmp/rep.txt" --tokenizer "$SHARED/data/stories260K/tok512.bin"
+refuse "unknown method" 12 '--peft' 'nonsense' -- "$LOOM" train --model "$tmp/base" $common --steps 1 --peft nonsense
+refuse "low-precision base without a PEFT method" 12 '--base-dtype' '--peft' -- "$LOOM" train --model "$tmp/base" $common \
+    --steps 1 --base-dtype int8
+refuse "missing adapter directory" 1 'no-such-adapter' -- "$LOOM" eval --model "$tmp/base" --adapter "$tmp/no-such-adapter" \
+    $evalargs
 for c in export; do check "$c --help" "$LOOM" $c --help > /dev/null; done
 
-echo "$pass passed, $fail failed"
-test $fail -eq 0
+finish

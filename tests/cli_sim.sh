@@ -2,11 +2,8 @@
 # loom sim end to end on federated Shakespeare (small and fast): outputs, config files, resume,
 # determinism across worker counts, and the errors for impossible configurations.
 set -u
-LOOM=${LOOM_BIN:-./loom}
-export LOOM_SHARED=${LOOM_SHARED:-../shared}
-pass=0; fail=0
-check() { local what=$1; shift; if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $what" >&2; fi; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/testlib.sh"
+export LOOM_SHARED=$SHARED
 cat > "$tmp/cfg.json" <<'JSON'
 {"model": "tiny", "rounds": 3, "sample": 4, "local-steps": 2, "batch": 2, "seq": 32, "eval-every": 3,
  "eval-clients": 5, "sample-len": 20, "checkpoint-every": 1, "seed": 3}
@@ -48,22 +45,16 @@ for s in fedsgd fedprox fedavgm fedadam fedyogi fedadagrad scaffold; do
   "$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --strategy $s --sample-len 0 > /dev/null 2> "$tmp/s.err"
   check "strategy $s runs" test $? -eq 0
 done
-# impossible configurations name the flag
-"$LOOM" sim --config "$tmp/cfg.json" --sample 1000 > /dev/null 2> "$tmp/e1"
-check "sample > clients fails" test $? -ne 0
-check "names --sample" grep -q -- '--sample' "$tmp/e1"
-"$LOOM" sim --config "$tmp/cfg.json" --strategy fedfoo > /dev/null 2> "$tmp/e2"
-check "unknown strategy fails" test $? -ne 0
-check "lists strategies" grep -q 'fedavg' "$tmp/e2"
-"$LOOM" sim --config "$tmp/cfg.json" --strategy fedadam --tau -0.5 > /dev/null 2> "$tmp/e3"
-check "tau < 0 fails naming the flag" grep -q -- '--tau' "$tmp/e3"
-"$LOOM" sim --config "$tmp/cfg.json" --strategy fedavgm --server-momentum 1.5 > /dev/null 2> "$tmp/e6"
-check "server momentum >= 1 names its flag" grep -q -- '--server-momentum' "$tmp/e6"
-"$LOOM" sim --config "$tmp/cfg.json" --local-steps 0 > /dev/null 2> "$tmp/e4"
-check "local steps 0 named" grep -q -- '--local-steps' "$tmp/e4"
+# impossible configurations: exit status 1 (or 2 for a usage error) and a message naming the flag
+refuse "sample > clients" 12 '--sample' '1000' -- "$LOOM" sim --config "$tmp/cfg.json" --sample 1000
+refuse "unknown strategy" 12 'fedfoo' 'fedavg' -- "$LOOM" sim --config "$tmp/cfg.json" --strategy fedfoo
+refuse "tau < 0" 12 '--tau' 'must|positive|> *0' -- "$LOOM" sim --config "$tmp/cfg.json" --strategy fedadam --tau -0.5
+refuse "server momentum >= 1" 12 '--server-momentum' 'must|\[0, *1\)|< *1' -- "$LOOM" sim --config "$tmp/cfg.json" \
+    --strategy fedavgm --server-momentum 1.5
+refuse "local steps 0" 12 '--local-steps' 'must|>= *1|at least' -- "$LOOM" sim --config "$tmp/cfg.json" --local-steps 0
 printf '{"rounds": }' > "$tmp/bad.json"
-"$LOOM" sim --config "$tmp/bad.json" > /dev/null 2> "$tmp/e5"
-check "bad config file fails with its name" grep -q 'bad.json' "$tmp/e5"
+refuse "bad config file" 12 'bad\.json' -- "$LOOM" sim --config "$tmp/bad.json"
+refuse "missing config file" 12 'no-such\.json' -- "$LOOM" sim --config "$tmp/no-such.json"
 "$LOOM" sim --config "$tmp/cfg.json" --fault 1:nan --sample 88 --local-steps 1 --out "$tmp/f" --rounds 1 > /dev/null 2>&1
 check "faulty client rejected and counted" grep -q '"rejected":1' "$tmp/f/metrics.jsonl"
 # 1,000 clients with a LoRA trainable set, all participating: only LoRA vectors travel, the base is shared

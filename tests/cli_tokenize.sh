@@ -1,18 +1,11 @@
 #!/usr/bin/env bash
 # loom tokenize / detokenize / bench tokenize from the shell.
 set -u
-LOOM=${LOOM_BIN:?LOOM_BIN not set}
-SHARED=${LOOM_SHARED:-../shared}
+. "$(dirname "$0")/testlib.sh"
 GPT2=$SHARED/reference/tokenizer/encoder.json
 LLAMA2=$SHARED/data/llama2-tokenizer/tokenizer.bin
 TEXT=$SHARED/data/tinyshakespeare/input.txt
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-pass=0 fail=0
-check() { # name, then a command that must succeed
-    local name=$1; shift
-    if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $name" >&2; fi
-}
+TMP=$tmp
 
 # ids from the reference README: "Hello world" -> [15496, 995] (GPT-2), [15043, 3186] (Llama 2), BOS = 1
 check "gpt2 ids" test "$(printf 'Hello world' | "$LOOM" tokenize --tokenizer "$GPT2")" = "15496 995"
@@ -28,18 +21,15 @@ done
 check "ids are one line" test "$(wc -l < "$TMP/ids")" -eq 1
 
 # errors: exit status and a message, never a crash
-printf 'bad \xff byte' | "$LOOM" tokenize --tokenizer "$GPT2" > /dev/null 2> "$TMP/err"
-check "invalid UTF-8 fails" test $? -eq 1
-check "invalid UTF-8 message" grep -q "UTF-8" "$TMP/err"
-printf 'x' | "$LOOM" tokenize > /dev/null 2>&1
-check "missing --tokenizer is a usage error" test $? -eq 2
-printf 'x' | "$LOOM" tokenize --tokenizer "$TMP/nope" > /dev/null 2> "$TMP/err"
-check "missing file fails" test $? -eq 1
-check "missing file message" grep -q "nope" "$TMP/err"
-printf '15496 hello' | "$LOOM" detokenize --tokenizer "$GPT2" > /dev/null 2>&1
-check "non-numeric id fails" test $? -eq 1
-printf '99999999' | "$LOOM" detokenize --tokenizer "$GPT2" > /dev/null 2>&1
-check "out-of-range id fails" test $? -eq 1
+printf 'bad \xff byte' > "$TMP/bad.txt"
+printf 'x' > "$TMP/x.txt"
+refuse "invalid UTF-8" 1 'UTF-8' -- "$LOOM" tokenize --tokenizer "$GPT2" < "$TMP/bad.txt"
+refuse "missing --tokenizer is a usage error" 2 '--tokenizer' -- "$LOOM" tokenize < "$TMP/x.txt"
+refuse "missing tokenizer file" 1 'nope' -- "$LOOM" tokenize --tokenizer "$TMP/nope" < "$TMP/x.txt"
+printf '15496 hello' > "$TMP/ids1"
+refuse "non-numeric id" 1 'hello' 'token id' -- "$LOOM" detokenize --tokenizer "$GPT2" < "$TMP/ids1"
+printf '99999999' > "$TMP/ids2"
+refuse "out-of-range id" 1 '99999999' 'vocabulary|range' -- "$LOOM" detokenize --tokenizer "$GPT2" < "$TMP/ids2"
 check "detokenize" test "$(printf '15496  995\n' | "$LOOM" detokenize --tokenizer "$GPT2")" = "Hello world"
 
 for cmd in tokenize detokenize "bench tokenize"; do
@@ -47,5 +37,4 @@ for cmd in tokenize detokenize "bench tokenize"; do
 done
 check "bench prints MB/s" bash -c "'$LOOM' bench tokenize --reps 1 --file '$SHARED/data/tinyshakespeare/SOURCE.md' | grep -q 'MB/s'"
 
-echo "$pass passed, $fail failed"
-test "$fail" -eq 0
+finish

@@ -136,8 +136,8 @@ static void test_normal_at(void) {
 }
 
 static void test_files(void) {
-    char dir[] = "/tmp/loom_test_core_XXXXXX", path[256];
-    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    char dir[256], path[512];
+    test_tmpdir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/file.bin", dir);
     const char msg[] = "hello\0world";
     CHECK_OK(loom_write_file_atomic(path, msg, sizeof msg));
@@ -147,7 +147,7 @@ static void test_files(void) {
     CHECK(len == sizeof msg && memcmp(data, msg, len) == 0, "round trip of %zu bytes", len);
     free(data);
     unlink(path);
-    rmdir(dir);
+    CHECK(test_rmtree(dir) == 0, "scratch directory %s removed", dir);
     CHECK(loom_read_file("/nonexistent/file", &data, &len) == LOOM_ENOTFOUND, "missing file");
     CHECK(strstr(loom_errmsg(), "/nonexistent/file") != NULL, "message names the path: %s", loom_errmsg());
 }

@@ -227,8 +227,7 @@ static void zero_lr_and_determinism_and_resume(void) {
     CHECK(maxdiff(g, model->params, model->n_params) > 1e-4, "the run trained");
     /* resume: 2 rounds, then resume to 4 == 4 rounds straight (fedadam: state must be restored too) */
     char dir[256];
-    snprintf(dir, sizeof dir, "/tmp/loom_fl_resume_XXXXXX");
-    CHECK(mkdtemp(dir) != NULL, "scratch directory");
+    test_tmpdir(dir, sizeof dir);
     c.strategy = "fedadam";
     loom_strategy_defaults("fedadam", &c.sp);
     c.out_dir = NULL;
@@ -266,9 +265,7 @@ static void zero_lr_and_determinism_and_resume(void) {
     c.seed = 99;
     CHECK(loom_sim_run(&c, g3) == LOOM_EINVAL, "resume with a different seed refused");
     CHECK(strstr(loom_errmsg(), "seed") != NULL, "message names the seed: %s", loom_errmsg());
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    CHECK(system(cmd) == 0, "cleanup");
+    CHECK(test_rmtree(dir) == 0, "scratch directory %s removed", dir);
     loom_free(g);
     loom_free(g3);
     loom_partition_free(p);
@@ -289,8 +286,7 @@ static void bad_updates_and_configs(void) {
     c.faults = faults;
     c.n_faults = 5;
     char dir[256];
-    snprintf(dir, sizeof dir, "/tmp/loom_fl_faults_XXXXXX");
-    CHECK(mkdtemp(dir) != NULL, "scratch directory");
+    test_tmpdir(dir, sizeof dir);
     c.out_dir = dir;
     float *g = loom_alloc(model->n_params * 4), *g0 = loom_alloc(model->n_params * 4);
     loom_set_log(NULL, NULL, LOOM_ERROR); /* the rejections are logged as warnings */
@@ -351,9 +347,7 @@ static void bad_updates_and_configs(void) {
     loom_strategy_defaults("fedadam", &c.sp);
     c.sp.tau = -1;
     CHECK(loom_sim_run(&c, g) != LOOM_OK && strstr(loom_errmsg(), "tau"), "tau < 0: %s", loom_errmsg());
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    CHECK(system(cmd) == 0, "cleanup");
+    CHECK(test_rmtree(dir) == 0, "scratch directory %s removed", dir);
     loom_free(g);
     loom_free(g0);
     loom_partition_free(p);

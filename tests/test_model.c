@@ -1,6 +1,18 @@
-/* Model forward/backward: gradients against finite differences along random directions, one tensor
- * at a time, for GPT-2 (both GELUs) and Llama (GQA, q/k/v biases, tied and untied heads); ignored
- * targets; thread-count independence. */
+/* Model forward/backward: gradients against central differences, for GPT-2 (both GELUs, tied and
+ * untied) and Llama (GQA, q/k/v biases, tied and untied heads); ignored targets; thread-count
+ * independence; KV-cached decoding.
+ *
+ * Two gradient checks (test_grad_check and test_grad_check_elems in test.h):
+ *  - per tensor of a tiny model, the derivative along the tensor's own gradient direction must equal
+ *    |g| (relative error < FD_TOL_GRAD) and along three random directions must match to FD_TOL_RAND
+ *    of a typical directional derivative |g|/sqrt(n);
+ *  - every element of every tensor of a micro model (C = 8) against its own central difference.
+ * Mutations of src/model/model.c's backward that these checks were seen to catch (each test fails,
+ * naming the tensor): c_attn.weight gradient halved; ln_1.bias gradient halved; attention output
+ * projection (c_proj / o_proj) halved; Llama q/k/v weight gradient halved; input_layernorm.weight
+ * halved; token-embedding contribution halved; one row of c_attn.weight / q_proj.weight off by 10%
+ * (caught by the element check only); one element of the MLP down-projection halved (element check
+ * only). The earlier check (error relative to |g| along one random direction) passed the first. */
 #include <omp.h>
 
 #include "loom/core.h"
@@ -8,10 +20,38 @@
 #include "test.h"
 
 enum { B = 2, T = 8 };
+/* finite differences: directions per tensor, step, tolerances (see test_grad_check in test.h) */
+#define FD_DIRS 4
+#define FD_STEP 1e-2
+#define FD_TOL_GRAD 1e-2
+#define FD_TOL_RAND 1e-1
+#define FD_TOL_ELEM 1e-2
 
-static double loss_at(const loom_model *m, const float *params, loom_ws *ws, const int32_t *tok, const int32_t *tgt) {
-    float l;
-    loom_forward(m, params, ws, tok, tgt, B, T, &l);
+
+typedef struct {
+    const loom_model *m;
+    loom_ws *ws;
+    const int32_t *tok, *tgt;
+} loss_ctx;
+
+static double loss_of(void *ctx, const float *params) {
+    loss_ctx *c = ctx;
+    float l = 0;
+    loom_forward(c->m, params, c->ws, c->tok, c->tgt, B, T, &l);
+    return l;
+}
+
+typedef struct {
+    const loom_model *m;
+    loom_ws *ws;
+    const int32_t *tok, *tgt;
+    int B, T;
+} elem_ctx;
+
+static double elem_loss(void *ctx, const float *params) {
+    elem_ctx *c = ctx;
+    float l = 0;
+    loom_forward(c->m, params, c->ws, c->tok, c->tgt, c->B, c->T, &l);
     return l;
 }
 
@@ -33,45 +73,28 @@ static void fd_check(const char *label, loom_config *cfg, int ignore_some) {
     }
     float *g = loom_calloc(m->n_params, sizeof(float));
     float *p = loom_alloc(m->n_params * sizeof(float));
-    float *d = loom_alloc(m->n_params * sizeof(float));
+    memcpy(p, m->params, m->n_params * sizeof(float));
     float l0;
     CHECK_OK(loom_forward(m, m->params, ws, tok, tgt, B, T, &l0));
     CHECK_OK(loom_backward(m, m->params, ws, g, NULL));
-    double worst = 0;
+    loss_ctx c = {m, ws, tok, tgt};
+    double worst_g = 0, worst_r = 0;
     const char *worst_name = "";
     for (int ti = 0; ti < m->n_tensors; ti++) {
         const loom_tensor *t = &m->tensors[ti];
-        if (t->kind == LOOM_T_POS) continue; /* rows >= T have zero gradient; checked below */
-        memset(d, 0, m->n_params * sizeof(float));
-        double nrm = 0, dot = 0;
-        for (size_t j = 0; j < t->numel; j++) {
-            float v = (float)loom_rng_normal(&r);
-            d[t->offset + j] = v;
-            nrm += (double)v * v;
-        }
-        nrm = sqrt(nrm);
-        for (size_t j = 0; j < t->numel; j++) {
-            d[t->offset + j] /= (float)nrm;
-            dot += (double)d[t->offset + j] * g[t->offset + j];
-        }
-        const double eps = 1e-2;
-        for (size_t j = 0; j < m->n_params; j++) p[j] = m->params[j] + (float)eps * d[j];
-        double lp = loss_at(m, p, ws, tok, tgt);
-        for (size_t j = 0; j < m->n_params; j++) p[j] = m->params[j] - (float)eps * d[j];
-        double lm = loss_at(m, p, ws, tok, tgt);
-        double fd = (lp - lm) / (2 * eps);
-        double gn = 0;
-        for (size_t j = 0; j < t->numel; j++) gn += (double)g[t->offset + j] * g[t->offset + j];
-        gn = sqrt(gn);
-        /* error relative to the gradient's norm (the largest possible directional derivative) */
-        double err = fabs(fd - dot) / (gn + 1e-4);
-        if (err > worst) {
-            worst = err;
-            worst_name = t->name;
-        }
-        CHECK(err < 2e-2, "%s: %s: finite difference %.6g vs analytic %.6g (|g| %.3g)", label, t->name, fd, dot, gn);
+        size_t n = t->numel;
+        if (t->kind == LOOM_T_POS) n = (size_t)T * cfg->dim; /* rows >= T have zero gradient; checked below */
+        double eg, er;
+        test_grad_check(loss_of, &c, p, t->offset, n, g, FD_DIRS, 1000 + (uint64_t)ti, FD_STEP, &eg, &er);
+        if (fmax(eg / FD_TOL_GRAD, er / FD_TOL_RAND) > fmax(worst_g / FD_TOL_GRAD, worst_r / FD_TOL_RAND)) worst_name = t->name;
+        worst_g = fmax(worst_g, eg);
+        worst_r = fmax(worst_r, er);
+        CHECK(eg < FD_TOL_GRAD && er < FD_TOL_RAND,
+              "%s: %s: gradient disagrees with central differences: relative error %.3g along the gradient, %.3g along random directions",
+              label, t->name, eg, er);
     }
-    printf("%s: worst relative finite-difference error %.2e (%s)\n", label, worst, worst_name);
+    printf("%s: worst relative finite-difference error %.2e along the gradient, %.2e along random directions (%s)\n", label,
+           worst_g, worst_r, worst_name);
     if (cfg->arch == LOOM_ARCH_GPT2) {
         const loom_tensor *t = &m->tensors[m->t_pos];
         int zero = 1;
@@ -80,7 +103,49 @@ static void fd_check(const char *label, loom_config *cfg, int ignore_some) {
     }
     loom_free(g);
     loom_free(p);
-    loom_free(d);
+    loom_ws_free(ws);
+    loom_model_free(m);
+}
+
+/* Every element of every tensor of a very small model (C = 8, two layers, T = 4) against its own
+ * central difference: catches errors confined to a row, a head or a single element, which
+ * directional checks on larger tensors average away. */
+static void fd_elements(const char *label, loom_config *cfg) {
+    enum { EB = 2, ET = 4 };
+    loom_model *m;
+    CHECK_OK(loom_model_create(&m, cfg, 23));
+    if (!m) return;
+    loom_rng r;
+    loom_rng_init(&r, 6, 0);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.2f * (float)loom_rng_normal(&r);
+    loom_ws *ws;
+    CHECK_OK(loom_ws_create(&ws, m, EB, ET));
+    int32_t tok[EB * ET], tgt[EB * ET];
+    for (int i = 0; i < EB * ET; i++) {
+        tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)cfg->vocab);
+        tgt[i] = i == 5 ? -1 : (int32_t)loom_rng_below(&r, (uint32_t)cfg->vocab);
+    }
+    float *g = loom_calloc(m->n_params, sizeof(float));
+    float *p = loom_alloc(m->n_params * sizeof(float));
+    memcpy(p, m->params, m->n_params * sizeof(float));
+    float l0;
+    CHECK_OK(loom_forward(m, m->params, ws, tok, tgt, EB, ET, &l0));
+    CHECK_OK(loom_backward(m, m->params, ws, g, NULL));
+    elem_ctx c = {m, ws, tok, tgt, EB, ET};
+    double worst = 0;
+    const char *worst_name = "";
+    for (int ti = 0; ti < m->n_tensors; ti++) {
+        const loom_tensor *t = &m->tensors[ti];
+        size_t at;
+        double e = test_grad_check_elems(elem_loss, &c, p, t->offset, t->numel, g, FD_STEP, &at);
+        if (e > worst) worst = e, worst_name = t->name;
+        CHECK(e < FD_TOL_ELEM, "%s: %s[%zu]: gradient %.6g disagrees with its central difference (error %.3g of the largest)",
+              label, t->name, at, g[t->offset + at], e);
+    }
+    printf("%s: %zu values one by one, worst error %.2e of the tensor's largest gradient (%s)\n", label, m->n_params,
+           worst, worst_name);
+    loom_free(g);
+    loom_free(p);
     loom_ws_free(ws);
     loom_model_free(m);
 }
@@ -194,6 +259,10 @@ static void decode_matches_forward(const char *shape) {
 int main(void) {
     decode_matches_forward("gpt2-tiny");
     decode_matches_forward("llama-tiny");
+    /* one thread for the many small forward passes of the finite differences (thread-count
+     * independence is checked separately) */
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
     loom_config cfg;
     loom_config_named(&cfg, "gpt2-tiny");
     cfg.vocab = 37;
@@ -211,6 +280,18 @@ int main(void) {
     cfg.tied = 1;
     cfg.n_kv_head = 4;
     fd_check("llama qkv-bias tied mha", &cfg, 0);
+    loom_config_named(&cfg, "gpt2-tiny");
+    cfg.dim = 8, cfg.n_head = 2, cfg.n_kv_head = 2, cfg.hidden = 32, cfg.vocab = 11, cfg.max_seq = 4, cfg.tied = 0;
+    fd_elements("gpt2 micro untied", &cfg);
+    cfg.tied = 1;
+    cfg.act = LOOM_ACT_GELU_ERF;
+    fd_elements("gpt2 micro tied gelu", &cfg);
+    loom_config_named(&cfg, "llama-tiny");
+    cfg.dim = 8, cfg.n_head = 2, cfg.n_kv_head = 1, cfg.hidden = 12, cfg.vocab = 11, cfg.max_seq = 8;
+    fd_elements("llama micro gqa", &cfg);
+    cfg.qkv_bias = 1, cfg.tied = 1, cfg.n_kv_head = 2;
+    fd_elements("llama micro qkv-bias tied", &cfg);
+    omp_set_num_threads(saved);
     ignore_label();
     thread_independence();
     return test_summary();

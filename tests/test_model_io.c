@@ -184,14 +184,11 @@ static void llama2c(void) {
 }
 
 int main(void) {
-    snprintf(dir, sizeof dir, "model_io_%ld", (long)getpid());
-    mkdir(dir, 0755);
+    test_tmpdir(dir, sizeof dir);
     roundtrip("gpt2-tiny");
     roundtrip("llama-tiny");
     bad_configs();
     llama2c();
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd) != 0) fprintf(stderr, "cleanup of %s failed\n", dir);
+    CHECK(test_rmtree(dir) == 0, "scratch directory %s removed", dir);
     return test_summary();
 }

@@ -1,6 +1,14 @@
-/* Trainable sets: gradients of every method against finite differences (GPT-2 and Llama, LoRA with
+/* Trainable sets: gradients of every method against central differences (GPT-2 and Llama, LoRA with
  * dropout, on a low-precision base); full/BitFit gradients equal the plain backward's; merge/unmerge;
- * save/load and PEFT-layout round trips; a trainer step moves only the vector; bad input. */
+ * save/load and PEFT-layout round trips; a trainer step moves only the vector; bad input.
+ *
+ * Gradient checks (test.h): per manifest entry of a tiny model along the entry's gradient and three
+ * random directions, and element by element for every method on a micro model (C = 8). Mutations of
+ * src/model/model.c that were seen to fail this test, naming the entry: LoRA B gradient halved; LoRA A
+ * gradient halved; LoRA's share of the input gradient halved; adapter up-projection bias gradient
+ * halved; prefix key gradients halved (element check only: keys and values are one entry);
+ * c_attn.weight and ln_1.bias gradients halved (full and BitFit). */
+#include <omp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,11 +28,16 @@ static void batch(loom_rng *r, int V, int32_t *tok, int32_t *tgt) {
     }
 }
 
-static loom_model *tiny(int llama, uint64_t seed) {
+/* A tiny model (C = 64), or with micro a very small one (C = 8) for element-by-element checks. */
+static loom_model *tiny_ex(int llama, int micro, uint64_t seed) {
     loom_config cfg;
     loom_config_named(&cfg, llama ? "llama-tiny" : "gpt2-tiny");
     cfg.vocab = 37;
     cfg.max_seq = 32;
+    if (micro) {
+        cfg.dim = 8, cfg.n_head = 2, cfg.n_kv_head = llama ? 1 : 2, cfg.hidden = llama ? 12 : 32;
+        cfg.vocab = 11, cfg.max_seq = 16;
+    }
     if (!llama) cfg.act = LOOM_ACT_GELU_TANH;
     loom_model *m = NULL;
     CHECK_OK(loom_model_create(&m, &cfg, seed));
@@ -32,22 +45,47 @@ static loom_model *tiny(int llama, uint64_t seed) {
     /* larger-than-default weights so every path carries signal */
     loom_rng r;
     loom_rng_init(&r, seed, 99);
-    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * (float)loom_rng_normal(&r);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += (micro ? 0.3f : 0.05f) * (float)loom_rng_normal(&r);
     return m;
 }
 
-/* Directional finite differences per manifest entry; the vector is randomised first so that every
- * tensor (LoRA B, adapter up-projections, ...) carries gradient. */
-static void fd_check(const char *label, loom_model *m, loom_peft_config *pc, int dropout) {
+static loom_model *tiny(int llama, uint64_t seed) { return tiny_ex(llama, 0, seed); }
+
+/* finite differences: directions per entry, step, tolerances (see test_grad_check in test.h) */
+#define FD_DIRS 4
+#define FD_STEP 1e-2
+#define FD_TOL_GRAD 1e-2
+#define FD_TOL_RAND 1e-1
+#define FD_TOL_ELEM 2e-2
+#define FD_STEP_ELEM 3e-3
+
+typedef struct {
+    const loom_model *m;
+    loom_ws *ws;
+    const loom_peft *pf;
+    const int32_t *tok, *tgt;
+} loss_ctx;
+
+static double loss_of(void *ctx, const float *vec) {
+    loss_ctx *c = ctx;
+    float l = 0;
+    loom_forward_ex(c->m, c->m->params, c->ws, c->pf, vec, c->tok, c->tgt, B, T, &l);
+    return l;
+}
+
+/* Finite differences per manifest entry: along the entry's gradient and random directions, or (elems)
+ * element by element; the vector is randomised first so that every tensor (LoRA B, adapter
+ * up-projections, ...) carries gradient. */
+static void fd_check(const char *label, loom_model *m, loom_peft_config *pc, int dropout, int elems) {
     loom_tset *ts = NULL;
     CHECK_OK(loom_tset_create(&ts, m, pc, 3));
     if (!ts) return;
     size_t dim = loom_tset_dim(ts);
     const loom_peft *pf = loom_tset_plan(ts);
-    float *vec = loom_alloc(dim * 4), *g = loom_calloc(dim, 4), *p = loom_alloc(dim * 4), *d = loom_alloc(dim * 4);
+    float *vec = loom_alloc(dim * 4), *g = loom_calloc(dim, 4);
     loom_rng r;
     loom_rng_init(&r, 17, 1);
-    for (size_t i = 0; i < dim; i++) vec[i] = loom_tset_data(ts)[i] + 0.1f * (float)loom_rng_normal(&r);
+    for (size_t i = 0; i < dim; i++) vec[i] = loom_tset_data(ts)[i] + (elems ? 0.2f : 0.1f) * (float)loom_rng_normal(&r);
     loom_ws *ws;
     CHECK_OK(loom_ws_create_ex(&ws, m, B, T, pf));
     if (dropout) loom_ws_set_dropout(ws, 1, 1234);
@@ -58,56 +96,53 @@ static void fd_check(const char *label, loom_model *m, loom_peft_config *pc, int
     float l0;
     CHECK_OK(loom_forward_ex(m, m->params, ws, pf, vec, tok, tgt, B, T, &l0));
     CHECK_OK(loom_backward_ex(m, m->params, ws, pf, vec, g));
-    double worst = 0;
+    loss_ctx c = {m, ws, pf, tok, tgt};
+    double worst_g = 0, worst_r = 0;
     const char *worst_name = "";
     for (int k = 0; k < loom_tset_count(ts); k++) {
         const loom_tset_entry *e = loom_tset_entry_at(ts, k);
-        if (e->tensor >= 0 && m->tensors[e->tensor].kind == LOOM_T_POS) continue; /* rows >= T: no gradient */
-        memset(d, 0, dim * 4);
-        double nrm = 0, dot = 0, gn = 0;
-        for (size_t j = 0; j < e->numel; j++) {
-            float v = (float)loom_rng_normal(&r);
-            d[e->offset + j] = v;
-            nrm += (double)v * v;
+        size_t n = e->numel;
+        if (e->tensor >= 0 && m->tensors[e->tensor].kind == LOOM_T_POS) n = (size_t)T * m->cfg.dim; /* rows >= T: no gradient */
+        double gn = 0;
+        for (size_t j = 0; j < n; j++) gn += (double)g[e->offset + j] * g[e->offset + j];
+        CHECK(gn > 0 || n == 0, "%s: %s gets a gradient", label, e->name);
+        if (elems) {
+            size_t at;
+            double err = test_grad_check_elems(loss_of, &c, vec, e->offset, n, g, FD_STEP_ELEM, &at);
+            if (err > worst_g) worst_g = err, worst_name = e->name;
+            CHECK(err < FD_TOL_ELEM, "%s: %s[%zu]: gradient %.6g disagrees with its central difference (error %.3g of the largest)",
+                  label, e->name, at, g[e->offset + at], err);
+            continue;
         }
-        nrm = sqrt(nrm);
-        for (size_t j = 0; j < e->numel; j++) {
-            d[e->offset + j] /= (float)nrm;
-            dot += (double)d[e->offset + j] * g[e->offset + j];
-            gn += (double)g[e->offset + j] * g[e->offset + j];
-        }
-        gn = sqrt(gn);
-        const double eps = 1e-2;
-        float lp, lm;
-        for (size_t j = 0; j < dim; j++) p[j] = vec[j] + (float)eps * d[j];
-        loom_forward_ex(m, m->params, ws, pf, p, tok, tgt, B, T, &lp);
-        for (size_t j = 0; j < dim; j++) p[j] = vec[j] - (float)eps * d[j];
-        loom_forward_ex(m, m->params, ws, pf, p, tok, tgt, B, T, &lm);
-        double fd = ((double)lp - lm) / (2 * eps);
-        double err = fabs(fd - dot) / (gn + 1e-4);
-        if (err > worst) {
-            worst = err;
-            worst_name = e->name;
-        }
-        CHECK(err < 2e-2, "%s: %s: finite difference %.6g vs analytic %.6g (|g| %.3g)", label, e->name, fd, dot, gn);
-        CHECK(gn > 0 || e->numel == 0, "%s: %s gets a gradient", label, e->name);
+        double eg, er;
+        test_grad_check(loss_of, &c, vec, e->offset, n, g, FD_DIRS, 500 + (uint64_t)k, FD_STEP, &eg, &er);
+        if (fmax(eg / FD_TOL_GRAD, er / FD_TOL_RAND) > fmax(worst_g / FD_TOL_GRAD, worst_r / FD_TOL_RAND)) worst_name = e->name;
+        worst_g = fmax(worst_g, eg);
+        worst_r = fmax(worst_r, er);
+        CHECK(eg < FD_TOL_GRAD && er < FD_TOL_RAND,
+              "%s: %s: gradient disagrees with central differences: relative error %.3g along the gradient, %.3g along random directions",
+              label, e->name, eg, er);
     }
     CHECK(memcmp(base_copy, m->params, m->n_params * 4) == 0, "%s: the base is not written", label);
-    printf("%s: %zu trainable values, worst relative finite-difference error %.2e (%s)\n", label, dim, worst, worst_name);
+    if (elems)
+        printf("%s: %zu trainable values one by one, worst error %.2e of the entry's largest gradient (%s)\n", label, dim,
+               worst_g, worst_name);
+    else
+        printf("%s: %zu trainable values, worst relative finite-difference error %.2e along the gradient, %.2e along random "
+               "directions (%s)\n", label, dim, worst_g, worst_r, worst_name);
     loom_free(base_copy);
     loom_free(vec);
     loom_free(g);
-    loom_free(p);
-    loom_free(d);
     loom_ws_free(ws);
     loom_tset_free(ts);
 }
 
 static void fd_all(void) {
+    for (int micro = 0; micro <= 1; micro++)
     for (int llama = 0; llama <= 1; llama++) {
-        loom_model *m = tiny(llama, 5);
+        loom_model *m = tiny_ex(llama, micro, 5);
         if (!m) return;
-        const char *arch = llama ? "llama" : "gpt2";
+        const char *arch = micro ? (llama ? "llama micro" : "gpt2 micro") : (llama ? "llama" : "gpt2");
         char label[64];
         loom_peft_config pc;
         loom_peft_defaults(&pc, LOOM_PEFT_LORA);
@@ -116,30 +151,30 @@ static void fd_all(void) {
         snprintf(pc.target_modules, sizeof pc.target_modules, "%s",
                  llama ? "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj" : "c_attn,c_proj,c_fc");
         snprintf(label, sizeof label, "%s lora (all modules)", arch);
-        fd_check(label, m, &pc, 0);
+        fd_check(label, m, &pc, 0, micro);
         pc.lora_dropout = 0.3f;
         pc.rslora = 1;
         snprintf(label, sizeof label, "%s lora dropout rslora", arch);
-        fd_check(label, m, &pc, 1);
+        fd_check(label, m, &pc, 1, micro);
         loom_peft_defaults(&pc, LOOM_PEFT_PREFIX);
         pc.prefix_len = 3;
         snprintf(label, sizeof label, "%s prefix", arch);
-        fd_check(label, m, &pc, 0);
+        fd_check(label, m, &pc, 0, micro);
         loom_peft_defaults(&pc, LOOM_PEFT_PROMPT);
         pc.prompt_len = 4;
         snprintf(label, sizeof label, "%s prompt", arch);
-        fd_check(label, m, &pc, 0);
+        fd_check(label, m, &pc, 0, micro);
         loom_peft_defaults(&pc, LOOM_PEFT_ADAPTER);
         pc.adapter_dim = 5;
         snprintf(label, sizeof label, "%s adapter", arch);
-        fd_check(label, m, &pc, 0);
+        fd_check(label, m, &pc, 0, micro);
         loom_peft_defaults(&pc, LOOM_PEFT_BITFIT);
         pc.bitfit_norms = 1;
         snprintf(label, sizeof label, "%s bitfit+norms", arch);
-        fd_check(label, m, &pc, 0);
+        fd_check(label, m, &pc, 0, micro);
         loom_peft_defaults(&pc, LOOM_PEFT_FULL);
         snprintf(label, sizeof label, "%s full", arch);
-        fd_check(label, m, &pc, 0);
+        fd_check(label, m, &pc, 0, micro);
         loom_model_free(m);
     }
     /* Qwen2-style q/k/v biases under BitFit (adjacent bias tensors train together) */
@@ -154,13 +189,13 @@ static void fd_all(void) {
     for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * (float)loom_rng_normal(&r);
     loom_peft_config pc;
     loom_peft_defaults(&pc, LOOM_PEFT_BITFIT);
-    fd_check("llama qkv-bias bitfit", m, &pc, 0);
+    fd_check("llama qkv-bias bitfit", m, &pc, 0, 0);
     /* LoRA on an int8 base: the gradient is that of the dequantized model */
     CHECK_OK(loom_model_quantize(m, LOOM_Q_INT8));
     loom_peft_defaults(&pc, LOOM_PEFT_LORA);
     pc.lora_r = 2;
     snprintf(pc.target_modules, sizeof pc.target_modules, "q_proj,v_proj,down_proj");
-    fd_check("llama lora on int8 base", m, &pc, 0);
+    fd_check("llama lora on int8 base", m, &pc, 0, 0);
     loom_model_free(m);
 }
 
@@ -256,7 +291,7 @@ static void io_roundtrip(void) {
     loom_model *m = tiny(0, 41), *ml = tiny(1, 41);
     if (!m || !ml) return;
     char dir[256], path[512];
-    snprintf(dir, sizeof dir, "peft_test_%ld", (long)getpid());
+    test_tmpdir(dir, sizeof dir);
     loom_peft_method meths[] = {LOOM_PEFT_LORA, LOOM_PEFT_PREFIX, LOOM_PEFT_PROMPT, LOOM_PEFT_ADAPTER, LOOM_PEFT_BITFIT};
     for (int i = 0; i < 5; i++) {
         loom_peft_config pc;
@@ -334,11 +369,7 @@ static void io_roundtrip(void) {
     rc = loom_tset_load_peft(&back, m, dir);
     CHECK(rc != LOOM_OK && strstr(loom_errmsg(), loom_tset_entry_at(ts, 0)->name), "missing tensor named: %s", loom_errmsg());
     loom_tset_free(ts);
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    unlink(path);
-    rmdir(dir);
+    CHECK(test_rmtree(dir) == 0, "scratch directory %s removed", dir);
     loom_model_free(m3);
     loom_model_free(mw);
     loom_model_free(m);
@@ -511,7 +542,11 @@ static void quantized_base(void) {
 }
 
 int main(void) {
+    /* one thread for the many small forward passes of the finite differences */
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
     fd_all();
+    omp_set_num_threads(saved);
     same_as_plain_backward();
     merge_unmerge();
     io_roundtrip();

@@ -9,30 +9,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Files are written under a scratch directory in the working directory, removed at the end. */
-static char scratch[64];
+/* Files are written under a fresh scratch directory in /tmp, removed at the end. */
+static char scratch[128];
 
 static const char *tmp_path(char *buf, size_t n, const char *name) {
     snprintf(buf, n, "%s/%s", scratch, name);
     return buf;
-}
-
-static void remove_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(p);
-        else
-            unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
 }
 
 static int shape_is(const loom_st_tensor *t, int ndim, const int64_t *shape) {
@@ -88,6 +70,7 @@ static void test_reference_model(void) {
         free(w);
     }
     const loom_st_tensor *g = loom_st_find(f, "transformer.h.0.ln_1.weight");
+    CHECK(g != NULL, "transformer.h.0.ln_1.weight present");
     if (g) {
         /* LayerNorm gains 1 + N(0, 0.1^2) */
         float w[64];
@@ -702,7 +685,9 @@ static void test_sets(void) {
     loom_st_set_close(s);
     /* an index named without any directory part */
     char cwd[1024];
-    if (getcwd(cwd, sizeof cwd) && chdir(dir) == 0) {
+    int in_dir = getcwd(cwd, sizeof cwd) && chdir(dir) == 0;
+    CHECK(in_dir, "chdir to %s", dir);
+    if (in_dir) {
         CHECK_OK(loom_st_set_open(&s, "model.safetensors.index.json"));
         CHECK(loom_st_set_count(s) == 4, "set from a bare index name");
         loom_st_set_close(s);
@@ -758,11 +743,7 @@ static void test_sets(void) {
 }
 
 int main(void) {
-    snprintf(scratch, sizeof scratch, "loom_test_st_%ld", (long)getpid());
-    if (mkdir(scratch, 0700) != 0) {
-        fprintf(stderr, "cannot create %s\n", scratch);
-        return 1;
-    }
+    test_tmpdir(scratch, sizeof scratch);
     test_reference_model();
     test_reference_batch();
     test_round_trip();
@@ -771,6 +752,6 @@ int main(void) {
     test_malformed();
     test_fuzz();
     test_sets();
-    remove_tree(scratch);
+    CHECK(test_rmtree(scratch) == 0, "scratch directory %s removed", scratch);
     return test_summary();
 }

@@ -1141,8 +1141,7 @@ static void test_malformed(void) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/loom_test_tok_%d", (int)getpid());
-    mkdir(tmpdir, 0700);
+    test_tmpdir(tmpdir, sizeof tmpdir);
     test_byte();
     test_gpt2_reference();
     test_llama2_reference();
@@ -1161,8 +1160,6 @@ int main(void) {
     loom_tokenizer_free(tok512);
     loom_tokenizer_free(gpt2json);
     loom_tokenizer_free(llama3);
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    CHECK(test_rmtree(tmpdir) == 0, "scratch directory %s removed", tmpdir);
     return test_summary();
 }

@@ -66,8 +66,9 @@ int main(void) {
         {"llama-tiny", "adamw2.model.layers.0.self_attn.k_proj.weight", 17, 1e-4f},
         {"llama-tiny", "grad.model.layers.1.mlp.down_proj.weight", 5, 0.05f},
     };
-    char tmp[256];
-    snprintf(tmp, sizeof tmp, "verify_perturbed_%ld.safetensors", (long)getpid());
+    char scratch[256], tmp[512];
+    test_tmpdir(scratch, sizeof scratch);
+    snprintf(tmp, sizeof tmp, "%s/perturbed.safetensors", scratch);
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(dir, sizeof dir, "%s/reference/%s", test_shared(), bad[i].c);
         snprintf(ref, sizeof ref, "%s/reference.safetensors", dir);
@@ -117,8 +118,8 @@ int main(void) {
         CHECK(named, "lora perturbed %s: no FAIL row names it:\n%s", lbad[i].victim, out);
     }
     /* the adapter itself perturbed (a copy of the directory with one lora_A element changed) */
-    char pdir[256], pfile[512], cfgcopy[4096];
-    snprintf(pdir, sizeof pdir, "verify_adapter_%ld", (long)getpid());
+    char pdir[512], pfile[768], cfgcopy[4096];
+    snprintf(pdir, sizeof pdir, "%s/adapter", scratch);
     mkdir(pdir, 0755);
     snprintf(pfile, sizeof pfile, "%s/adapter_model.safetensors", pdir);
     char aref[4096];
@@ -135,6 +136,7 @@ int main(void) {
     unlink(pfile);
     rmdir(pdir);
     unlink(tmp);
+    CHECK(test_rmtree(scratch) == 0, "scratch directory %s removed", scratch);
     /* missing tensor in the reference: clear error, exit 1 */
     snprintf(dir, sizeof dir, "%s/reference/gpt2-tiny", test_shared());
     snprintf(cmd, sizeof cmd, "%s verify --model %s --reference %s/model.safetensors 2>&1", bin, dir, dir);
