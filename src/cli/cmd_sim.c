@@ -1,4 +1,5 @@
 /* loom sim: federated training of many simulated clients in one process. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,6 +108,26 @@ static int parse_faults(const char *spec, loom_fault **out, int *n) {
     return LOOM_OK;
 }
 
+/* --sample: a whole number is a count in [1, n], anything else a fraction in (0, 1]. */
+static int parse_sample(const char *s, size_t n, int *count, double *frac) {
+    char *end;
+    errno = 0;
+    long long c = strtoll(s, &end, 10);
+    if (*s && !*end && !errno && c >= 1 && (unsigned long long)c <= n) {
+        *count = (int)c;
+        return 0;
+    }
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s && !*end && !errno && isfinite(v) && v > 0 && v <= 1 && v != 1.0 / 0.0) {
+        *frac = v;
+        return 0;
+    }
+    fprintf(stderr, "loom sim: --sample expects a count of clients in [1, %zu] or a fraction in (0, 1], got '%s'\n", n,
+            s);
+    return -1;
+}
+
 static const char *default_shakespeare(char *buf, size_t n) {
     const char *sh = getenv("LOOM_SHARED");
     snprintf(buf, n, "%s/data/tinyshakespeare/input.txt", sh && *sh ? sh : "../shared");
@@ -128,53 +149,53 @@ int cmd_sim(int argc, char **argv) {
     float lr = -1.0f, momentum = 0.0f, wd = 0.0f, clip = 1.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = NAN,
           server_momentum = NAN, beta1 = NAN, beta2 = NAN, tau = NAN, mu = NAN, max_norm = 0;
     cli_opt opts[] = {
-        {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)"},
-        {"model", OPT_STR, &model, "model dir / .bin, or a shape / config.json to train from scratch"},
-        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level)"},
-        {"data", OPT_STR, &data, "'shakespeare' (federated Shakespeare, one client per role) or a data file"},
-        {"format", OPT_STR, &format, "data format: text, jsonl, alpaca, dolly, jsonl-cls, csv, tsv, brown"},
-        {"text-col", OPT_STR, &text_col, "text column/field"},
-        {"label-col", OPT_STR, &label_col, "label column/field"},
-        {"key", OPT_STR, &key, "key column/field for natural splits"},
-        {"partition", OPT_STR, &partition, "iid, dirichlet, natural or quantity (not for shakespeare)"},
-        {"clients", OPT_INT, &clients, "number of clients (iid, dirichlet, quantity)"},
-        {"alpha", OPT_FLOAT, &alpha, "Dirichlet concentration"},
-        {"min-examples", OPT_INT, &min_examples, "minimum examples per client"},
-        {"min-lines", OPT_INT, &min_lines, "shakespeare: minimum lines for a role to be a client"},
-        {"test-frac", OPT_FLOAT, &test_frac, "share of each client's examples held out for evaluation"},
-        {"rounds", OPT_INT, &rounds, "federated rounds"},
-        {"local-steps", OPT_INT, &local_steps, "client optimizer steps per round (fedsgd: batches averaged)"},
-        {"batch", OPT_INT, &B, "client batch size"},
-        {"seq", OPT_INT, &T, "tokens per sequence"},
-        {"lr", OPT_FLOAT, &lr, "client learning rate (-1: 0.1 for sgd, 0.001 for adamw)"},
-        {"optimizer", OPT_STR, &optname, "client optimizer: sgd or adamw (reset every round)"},
-        {"momentum", OPT_FLOAT, &momentum, "client SGD momentum"},
-        {"weight-decay", OPT_FLOAT, &wd, "client weight decay"},
-        {"clip", OPT_FLOAT, &clip, "client gradient-norm clip (0 = off)"},
-        {"strategy", OPT_STR, &strategy, "fedavg, fedsgd, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, scaffold"},
-        {"server-lr", OPT_FLOAT, &server_lr, "server learning rate (strategy default when unset)"},
-        {"server-momentum", OPT_FLOAT, &server_momentum, "fedavgm momentum"},
-        {"beta1", OPT_FLOAT, &beta1, "fedadam/fedyogi/fedadagrad beta1"},
-        {"beta2", OPT_FLOAT, &beta2, "fedadam/fedyogi beta2"},
-        {"tau", OPT_FLOAT, &tau, "adaptive strategies' tau"},
-        {"mu", OPT_FLOAT, &mu, "fedprox proximal weight"},
-        {"scaffold-option", OPT_INT, &scaffold_option, "SCAFFOLD client control update: 1 or 2"},
-        {"sample", OPT_STR, &sample_s, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all"},
-        {"min-updates", OPT_INT, &min_updates, "accepted updates needed to aggregate a round"},
-        {"max-update-norm", OPT_FLOAT, &max_norm, "reject updates with a larger L2 norm (0 = no bound)"},
-        {"fault", OPT_STR, &faults_s, "inject broken updates: CLIENT:nan|inf|huge|short[,...] (testing defences)"},
-        {"workers", OPT_INT, &workers, "worker threads training clients in parallel"},
-        {"client-threads", OPT_INT, &client_threads, "threads inside one client's training (fixed: results do not depend on --workers)"},
-        {"eval-every", OPT_INT, &eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)"},
-        {"eval-clients", OPT_INT, &eval_clients, "evaluate at most N clients (0 = all)"},
-        {"seed", OPT_LONG, &seed, "seed for initialisation, sampling, data order"},
-        {"out", OPT_STR, &out, "run directory: metrics.jsonl, global.safetensors, checkpoint, plot"},
-        {"checkpoint-every", OPT_INT, &checkpoint_every, "write OUT/checkpoint.safetensors every N rounds"},
-        {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors"},
-        {"plot", OPT_STR, &plot, "SVG of evaluation accuracy and loss per round (default OUT/accuracy.svg)"},
-        {"sample-len", OPT_INT, &sample_len, "tokens of text generated by the final global model (0 = none)"},
-        {"prompt", OPT_STR, &prompt, "prompt for that sample"},
-        {"quiet-clients", OPT_FLAG, &quiet_clients, "no per-client progress on a terminal"},
+        {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)", 0, 0},
+        {"model", OPT_STR, &model, "model dir / .bin, or a shape / config.json to train from scratch", 0, 0},
+        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level)", 0, 0},
+        {"data", OPT_STR, &data, "'shakespeare' (federated Shakespeare, one client per role) or a data file", 0, 0},
+        {"format", OPT_STR, &format, "data format: text, jsonl, alpaca, dolly, jsonl-cls, csv, tsv, brown", 0, 0},
+        {"text-col", OPT_STR, &text_col, "text column/field", 0, 0},
+        {"label-col", OPT_STR, &label_col, "label column/field", 0, 0},
+        {"key", OPT_STR, &key, "key column/field for natural splits", 0, 0},
+        {"partition", OPT_STR, &partition, "iid, dirichlet, natural or quantity (not for shakespeare)", 0, 0},
+        {"clients", OPT_INT, &clients, "number of clients (iid, dirichlet, quantity)", 1, 10000000},
+        {"alpha", OPT_FLOAT, &alpha, "Dirichlet concentration", 1e-6, 1e6},
+        {"min-examples", OPT_INT, &min_examples, "minimum examples per client", 0, 1e9},
+        {"min-lines", OPT_INT, &min_lines, "shakespeare: minimum lines for a role to be a client", 1, 1e9},
+        {"test-frac", OPT_FLOAT, &test_frac, "share of each client's examples held out for evaluation", 0, 0.99},
+        {"rounds", OPT_INT, &rounds, "federated rounds", 1, 10000000},
+        {"local-steps", OPT_INT, &local_steps, "client optimizer steps per round (fedsgd: batches averaged)", 1, 10000000},
+        {"batch", OPT_INT, &B, "client batch size", 1, 65536},
+        {"seq", OPT_INT, &T, "tokens per sequence", 2, 1048576},
+        {"lr", OPT_FLOAT, &lr, "client learning rate (default 0.1 for sgd, 0.001 for adamw)", 0, 1000},
+        {"optimizer", OPT_STR, &optname, "client optimizer: sgd or adamw (reset every round)", 0, 0},
+        {"momentum", OPT_FLOAT, &momentum, "client SGD momentum", 0, 1},
+        {"weight-decay", OPT_FLOAT, &wd, "client weight decay", 0, 10},
+        {"clip", OPT_FLOAT, &clip, "client gradient-norm clip (0 = off)", 0, 1e9},
+        {"strategy", OPT_STR, &strategy, "fedavg, fedsgd, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, scaffold", 0, 0},
+        {"server-lr", OPT_FLOAT, &server_lr, "server learning rate (strategy default when unset)", 0, 10000},
+        {"server-momentum", OPT_FLOAT, &server_momentum, "fedavgm momentum", 0, 1},
+        {"beta1", OPT_FLOAT, &beta1, "fedadam/fedyogi/fedadagrad beta1", 0, 1},
+        {"beta2", OPT_FLOAT, &beta2, "fedadam/fedyogi beta2", 0, 1},
+        {"tau", OPT_FLOAT, &tau, "adaptive strategies' tau", 0, 1e6},
+        {"mu", OPT_FLOAT, &mu, "fedprox proximal weight", 0, 1e6},
+        {"scaffold-option", OPT_INT, &scaffold_option, "SCAFFOLD client control update: 1 or 2", 1, 2},
+        {"sample", OPT_STR, &sample_s, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all", 0, 0},
+        {"min-updates", OPT_INT, &min_updates, "accepted updates needed to aggregate a round", 1, 10000000},
+        {"max-update-norm", OPT_FLOAT, &max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
+        {"fault", OPT_STR, &faults_s, "inject broken updates: CLIENT:nan|inf|huge|short[,...] (testing defences)", 0, 0},
+        {"workers", OPT_INT, &workers, "worker threads training clients in parallel", 1, cli_max_threads()},
+        {"client-threads", OPT_INT, &client_threads, "threads inside one client's training (fixed: results do not depend on --workers)", 1, cli_max_threads()},
+        {"eval-every", OPT_INT, &eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)", 0, 1e9},
+        {"eval-clients", OPT_INT, &eval_clients, "evaluate at most N clients (0 = all)", 0, 1e9},
+        {"seed", OPT_LONG, &seed, "seed for initialisation, sampling, data order", 0, 9e18},
+        {"out", OPT_STR, &out, "run directory: metrics.jsonl, global.safetensors, checkpoint, plot", 0, 0},
+        {"checkpoint-every", OPT_INT, &checkpoint_every, "write OUT/checkpoint.safetensors every N rounds", 0, 1e9},
+        {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors", 0, 0},
+        {"plot", OPT_STR, &plot, "SVG of evaluation accuracy and loss per round (default OUT/accuracy.svg)", 0, 0},
+        {"sample-len", OPT_INT, &sample_len, "tokens of text generated by the final global model (0 = none)", 0, 1000000},
+        {"prompt", OPT_STR, &prompt, "prompt for that sample", 0, 0},
+        {"quiet-clients", OPT_FLAG, &quiet_clients, "no per-client progress on a terminal", 0, 0},
         CLI_PEFT_METHOD_OPTS(po),
         CLI_PEFT_LOAD_OPTS(po),
     };
@@ -187,21 +208,13 @@ int cmd_sim(int argc, char **argv) {
         "Clients run on --workers threads; results are identical for any number of workers. Writes\n"
         "per-round metrics (JSONL), the final global model, checkpoints, and an accuracy plot to --out.";
     /* config file first, then the command line */
-    int cargc = 0;
-    char **cargv = NULL;
+    cli_config *cfg = NULL;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
-    if (config) {
-        if (cli_config_argv(config, &cargc, &cargv) != LOOM_OK) return cli_fail("--config");
-        int pr = cli_parse(cargc, cargv, usage, desc, opts, nopts, NULL, NULL, 0);
-        if (pr) {
-            cli_config_free(cargc, cargv);
-            return pr > 0 ? 0 : 2;
-        }
-    }
+    if (config && cli_config_read(config, opts, nopts, &cfg) != 0) return 2;
     int pr = cli_parse(argc, argv, usage, desc, opts, nopts, NULL, NULL, 0);
     if (pr) {
-        cli_config_free(cargc, cargv);
+        cli_config_free(cfg);
         return pr > 0 ? 0 : 2;
     }
     int rc = 1;
@@ -229,6 +242,9 @@ int cmd_sim(int argc, char **argv) {
     if (B < 1 || T < 2) BAD("--batch must be >= 1 and --seq >= 2");
     if (workers < 1) BAD("--workers must be >= 1");
     if (client_threads < 1) BAD("--client-threads must be >= 1");
+    if ((long)workers * client_threads > cli_max_threads())
+        BAD("--workers %d x --client-threads %d is more than %d threads on this machine", workers, client_threads,
+            cli_max_threads());
     if (!(lr >= 0) && lr != -1.0f) BAD("--lr must be >= 0");
     if (!(test_frac >= 0 && test_frac < 1)) BAD("--test-frac must be in [0, 1)");
     if (scaffold_option != 1 && scaffold_option != 2) BAD("--scaffold-option must be 1 or 2");
@@ -315,15 +331,7 @@ int cmd_sim(int argc, char **argv) {
     sc.fit.prox_mu = !strcmp(strategy, "fedprox") ? sc.sp.mu : 0;
     sc.fit.scaffold = !strcmp(strategy, "scaffold") ? scaffold_option : 0;
     sc.fit.gradient_only = !strcmp(strategy, "fedsgd");
-    if (sample_s) {
-        char *end;
-        double v = strtod(sample_s, &end);
-        if (*end || !(v > 0)) BAD("--sample expects a count or a fraction, got '%s'", sample_s);
-        if (strchr(sample_s, '.') && v <= 1) sc.sample_frac = v;
-        else sc.sample = (int)v;
-        if (sc.sample > (int)part->n_clients)
-            BAD("--sample %d is more than the %zu clients", sc.sample, part->n_clients);
-    }
+    if (sample_s && parse_sample(sample_s, part->n_clients, &sc.sample, &sc.sample_frac) != 0) goto done;
     full_ud fu = {.m = m, .ts = set};
     loom_train_defaults(&fu.tc);
     if (loom_opt_kind_parse(optname, &fu.tc.opt.kind) != LOOM_OK) {
@@ -476,6 +484,6 @@ done:
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     loom_model_free(m);
-    cli_config_free(cargc, cargv);
+    cli_config_free(cfg);
     return rc;
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "loom/core.h"
 #include "loom/tokenizer.h"
@@ -187,19 +188,22 @@ int bench_tokenize(int argc, char **argv) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: loom bench tokenize [--tokenizer PATH] [--file PATH] [--reps N]\n\n"
                    "Encodes a text file on one thread N times and prints the throughput in MB/s: the first\n"
-                   "(cold) repetition and the median of all. Defaults: the GPT-2 tokenizer and tinyshakespeare\n"
-                   "from $LOOM_SHARED (or ../shared), 5 repetitions.\n");
+                   "(cold) repetition and the median of all.\n\n"
+                   "options:\n"
+                   "  --tokenizer PATH   tokenizer.json, encoder.json, tokenizer.bin or a model directory\n"
+                   "                     (default $LOOM_SHARED/data/gpt2-tokenizer/encoder.json, or ../shared/...)\n"
+                   "  --file PATH        text to encode (default $LOOM_SHARED/data/tinyshakespeare/input.txt)\n"
+                   "  --reps N           repetitions, 1..1000 (default 5)\n"
+                   "  --help             show this help\n");
             return 0;
         } else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
             path = argv[++i];
         } else if (!strcmp(argv[i], "--file") && i + 1 < argc) {
             file = argv[++i];
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
-            reps = atoi(argv[++i]);
-            if (reps < 1 || reps > 1000) {
-                fprintf(stderr, "loom bench tokenize: --reps must be 1..1000\n");
-                return 2;
-            }
+            long long v;
+            if (cli_parse_int("--reps", argv[++i], 1, 1000, &v)) return 2;
+            reps = (int)v;
         } else {
             fprintf(stderr, "loom bench tokenize: unknown or incomplete option '%s' (see --help)\n", argv[i]);
             return 2;
