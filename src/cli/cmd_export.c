@@ -45,6 +45,12 @@ int cmd_export(int argc, char **argv) {
         fprintf(stderr, "loom export: --model, --adapter and --out are required (see --help)\n");
         return 2;
     }
+    if (cli_same_path(out, model) || cli_same_path(out, adapter)) {
+        fprintf(stderr, "loom export: --out %s is the %s directory; it would be overwritten: choose another --out\n", out,
+                cli_same_path(out, model) ? "--model" : "--adapter");
+        return 2;
+    }
+    if (cli_out_dir("--out", out) != 0) return 1;
     loom_model *m = NULL;
     loom_tset *ts = NULL;
     int rc = 1;

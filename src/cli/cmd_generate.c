@@ -13,6 +13,7 @@ int cmd_generate(int argc, char **argv) {
     long seed = 42;
     cli_peft_opts po;
     cli_peft_init(&po);
+    po.load_only = 1;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model directory, llama2.c .bin, or a shape for a random model", 0, 0},
         CLI_PEFT_LOAD_OPTS(po),

@@ -81,7 +81,7 @@ static double eval_data(loom_trainer *tr, train_data *d, int B, int T, long max_
 
 int cmd_train(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL, *out = NULL, *optname = "adamw", *sample_prompt = "";
-    const char *format = NULL;
+    const char *format = NULL, *text_col = NULL, *label_col = NULL;
     int B = 8, T = 128, threads = 0, log_every = 10, eval_every = 100, sample_len = 200;
     cli_peft_opts po;
     cli_peft_init(&po);
@@ -90,7 +90,9 @@ int cmd_train(int argc, char **argv) {
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model dir / llama2.c .bin to fine-tune, or a shape/config.json to train from scratch", 0, 0},
         {"data", OPT_STR, &data, "UTF-8 text file, or a dataset in --format", 0, 0},
-        {"format", OPT_STR, &format, "dataset format: text, alpaca, dolly, jsonl, jsonl-cls, csv, tsv, self-instruct (default: plain text windows)", 0, 0},
+        {"format", OPT_STR, &format, "dataset format: " CLI_FORMATS " (default: plain text windows)", 0, 0},
+        {"text-col", OPT_STR, &text_col, "text column (name, or 1-based number; 2,3 joins several) or JSON field", 0, 0},
+        {"label-col", OPT_STR, &label_col, "label column or JSON field (classification)", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level for 259-token models)", 0, 0},
         CLI_PEFT_METHOD_OPTS(po),
         CLI_PEFT_LOAD_OPTS(po),
@@ -132,6 +134,16 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "loom train: need --steps >= 1, --batch >= 1, --seq >= 2, 0 <= --val-frac < 1, --lr >= 0\n");
         return 2;
     }
+    if ((text_col || label_col) && !format) {
+        fprintf(stderr, "loom train: --text-col and --label-col need --format (csv, tsv, jsonl, jsonl-cls, ...)\n");
+        return 2;
+    }
+    if (cli_is_split_manifest(data)) {
+        fprintf(stderr, "loom train: --data %s is a split manifest; give one client's file (client_NNNN.*) or the data\n",
+                data);
+        return 2;
+    }
+    if (out && cli_out_dir("--out", out) != 0) return 1;
     if (threads > 0) loom_set_threads(threads);
     loom_train_config tc;
     loom_train_defaults(&tc);
@@ -184,11 +196,10 @@ int cmd_train(int argc, char **argv) {
     } else {
         loom_dataset_opts dopt;
         loom_dataset_opts_init(&dopt);
-        dopt.format = loom_dataset_format(format);
-        if (dopt.format < 0) {
-            fprintf(stderr, "loom train: unknown --format '%s' (text, alpaca, dolly, jsonl, jsonl-cls, csv, tsv, self-instruct)\n", format);
-            goto done;
-        }
+        dopt.format = cli_format("train", format);
+        if (dopt.format < 0) goto done;
+        dopt.text_col = text_col;
+        dopt.label_col = label_col;
         if (loom_dataset_load(&td.ds, data, &dopt, tok) != LOOM_OK) {
             cli_fail("--data");
             goto done;
@@ -322,6 +333,7 @@ int cmd_eval(int argc, char **argv) {
     long max_windows = 0;
     cli_peft_opts po;
     cli_peft_init(&po);
+    po.load_only = 1;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model directory or llama2.c .bin", 0, 0},
         CLI_PEFT_LOAD_OPTS(po),

@@ -23,6 +23,7 @@ typedef struct {
     const char *base_dtype;  /* f32 | bf16 | int8 */
     const char *adapter;     /* PEFT-layout directory to load */
     int lora_r, rslora, prefix_len, prompt_len, adapter_dim, bitfit_norms;
+    int load_only;           /* the command has --adapter but no --peft (eval, generate) */
     float lora_alpha, lora_dropout;
 } cli_peft_opts;
 void cli_peft_init(cli_peft_opts *o);
@@ -48,5 +49,12 @@ int cli_peft_setup(const cli_peft_opts *o, loom_model *m, unsigned long long see
 int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
                     const char *prompt, int steps, float temperature, int top_k, float top_p, unsigned long long seed,
                     double *seconds);
+
+/* The data formats of --format, one list for every command. */
+#define CLI_FORMATS "text, jsonl, jsonl-cls, alpaca, dolly, self-instruct, csv, tsv, brown"
+/* LOOM_FMT_* of a --format value, or -1 after printing an error that names the flag and the list. */
+int cli_format(const char *cmd, const char *name);
+/* True when path is a `loom data split` / `loom data shakespeare` manifest.json. */
+int cli_is_split_manifest(const char *path);
 
 #endif
