@@ -24,6 +24,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "data/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
@@ -415,7 +416,8 @@ static void shakespeare_usage(FILE *f) {
             "\n"
             "options:\n"
             "  --data FILE         Tiny Shakespeare's input.txt (default $LOOM_DATA/tinyshakespeare/input.txt,\n"
-            "                      else $LOOM_SHARED/data/tinyshakespeare/input.txt, else ../shared/data/...)\n"
+            "                      else $LOOM_SHARED/data/tinyshakespeare/input.txt, else the shared directory\n"
+            "                      beside the repository the program was built in)\n"
             "  --min-lines N       lines a role needs to be a client (default 64)\n"
             "  --test-frac F       share of each client's lines held out, in [0, 0.99] (default 0.2)\n"
             "  --out DIR           write DIR/client_NNNN.txt, client_NNNN.test.txt and manifest.json\n"
@@ -457,10 +459,10 @@ static int cmd_shakespeare(int argc, char **argv) {
         i++;
     }
     if (!in) {
-        /* The data directory: $LOOM_DATA, else $LOOM_SHARED/data, else ../shared/data. */
-        const char *d = getenv("LOOM_DATA"), *s = getenv("LOOM_SHARED");
+        /* The data directory: $LOOM_DATA, else the shared directory's data/ (cli_shared_dir). */
+        const char *d = getenv("LOOM_DATA");
         if (d && *d) snprintf(default_path, sizeof default_path, "%s/tinyshakespeare/input.txt", d);
-        else snprintf(default_path, sizeof default_path, "%s/data/tinyshakespeare/input.txt", s && *s ? s : "../shared");
+        else snprintf(default_path, sizeof default_path, "%s/data/tinyshakespeare/input.txt", cli_shared_dir());
         in = default_path;
     }
     loom_dataset *ds;

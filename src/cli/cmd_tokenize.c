@@ -6,6 +6,7 @@
 
 #include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "loom/core.h"
 #include "loom/tokenizer.h"
 
@@ -40,11 +41,6 @@ static char *read_stdin(size_t *len) {
     buf[n] = 0;
     *len = n;
     return buf;
-}
-
-static const char *shared_dir(void) {
-    const char *s = getenv("LOOM_SHARED");
-    return s && *s ? s : "../shared";
 }
 
 static int load(loom_tokenizer **t, const char *path, const char *cmd) {
@@ -180,8 +176,8 @@ static int cmp_double(const void *a, const void *b) {
 
 int bench_tokenize(int argc, char **argv) {
     char tok_default[4096], file_default[4096];
-    snprintf(tok_default, sizeof tok_default, "%s/data/gpt2-tokenizer/encoder.json", shared_dir());
-    snprintf(file_default, sizeof file_default, "%s/data/tinyshakespeare/input.txt", shared_dir());
+    snprintf(tok_default, sizeof tok_default, "%s/data/gpt2-tokenizer/encoder.json", cli_shared_dir());
+    snprintf(file_default, sizeof file_default, "%s/data/tinyshakespeare/input.txt", cli_shared_dir());
     const char *path = tok_default, *file = file_default;
     int reps = 5;
     for (int i = 1; i < argc; i++) {

@@ -1,9 +1,11 @@
+#define _DEFAULT_SOURCE /* readlink, realpath */
 #include "cli/common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "loom/core.h"
 #include "loom/dataset.h"
@@ -253,4 +255,36 @@ int cli_is_split_manifest(const char *path) {
     fclose(f);
     head[got] = 0;
     return strstr(head, "\"loom-data-split\"") != NULL;
+}
+
+/* ---------------------------------------------------------------- the shared data directory */
+
+const char *cli_shared_dir(void) {
+    static char dir[4096];
+    const char *env = getenv("LOOM_SHARED");
+    if (env && *env) return env;
+    if (dir[0]) return dir;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = 0;
+        static const char *const ups[] = {"/../../shared", "/../shared"};
+        for (int i = 0; i < 2; i++) {
+            char cand[4200];
+            snprintf(cand, sizeof cand, "%s%s", exe, ups[i]);
+            if (is_dir(cand) && realpath(cand, dir)) return dir;
+        }
+    }
+    snprintf(dir, sizeof dir, "../shared");
+    return dir;
+}
+
+int cli_shared_file(char *path, size_t n, const char *rel) {
+    snprintf(path, n, "%s/%s", cli_shared_dir(), rel);
+    if (exists(path)) return LOOM_OK;
+    const char *env = getenv("LOOM_SHARED");
+    return loom_error(LOOM_ENOTFOUND, "cannot find %s (%s): set LOOM_SHARED to the shared data directory%s", rel, path,
+                      env && *env ? "" : " (it is not set)");
 }

@@ -50,6 +50,14 @@ int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, 
                     const char *prompt, int steps, float temperature, int top_k, float top_p, unsigned long long seed,
                     double *seconds);
 
+/* The shared data directory: $LOOM_SHARED when set; else ../shared beside the repository the binary
+ * was built in (BIN/../../shared for build/loom, then BIN/../shared); else ../shared from the current
+ * directory. */
+const char *cli_shared_dir(void);
+/* path = cli_shared_dir()/rel; LOOM_OK, or LOOM_ENOTFOUND with a message naming what was tried and
+ * LOOM_SHARED. */
+int cli_shared_file(char *path, size_t n, const char *rel);
+
 /* The data formats of --format, one list for every command. */
 #define CLI_FORMATS "text, jsonl, jsonl-cls, alpaca, dolly, self-instruct, csv, tsv, brown"
 /* LOOM_FMT_* of a --format value, or -1 after printing an error that names the flag and the list. */
