@@ -63,6 +63,18 @@ fails "resume without a checkpoint" "checkpoint.safetensors" $T --steps 12 --res
 fails "resume without --out" "need --out" $T --steps 12 --resume
 fails "stop-at past the end" "--stop-at 12 must be below --steps 12" $T --steps 12 --stop-at 12 --out "$tmp/c"
 
+# text read in blocks gives the ids of the whole text: the token count equals loom tokenize's over the
+# whole file, and the validation loss is the same for 1000-byte blocks and one block
+G="$LOOM_SHARED/data/gpt2-tokenizer/encoder.json"
+printf '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 16, "n_positions": 64, "vocab_size": 50257}' > "$tmp/g.json"
+want=$("$LOOM" tokenize --tokenizer "$G" < "$TXT" | wc -w)
+for b in 1000 1000000000; do
+  LOOM_TEXT_BLOCK=$b "$LOOM" train --model "$tmp/g.json" --tokenizer "$G" --data "$TXT" --steps 1 --batch 1 --seq 16 \
+    --eval-windows 64 --sample-len 0 --threads 1 > /dev/null 2> "$tmp/blk$b.err"
+  check "block $b: whole-text token count" grep -q "parameters (new), $want tokens" "$tmp/blk$b.err"
+done
+check "same val loss for any block size" test "$(grep 'step      0' "$tmp/blk1000.err")" = "$(grep 'step      0' "$tmp/blk1000000000.err")"
+
 # sim: plain progress lines when stderr is a file
 $LOOM sim --rounds 1 --sample 3 --local-steps 1 --batch 1 --seq 8 --eval-clients 1 --sample-len 0 --progress-every 0 \
   > /dev/null 2> "$tmp/sim.err"
