@@ -25,7 +25,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
-#include "data/plot.h"
+#include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"

@@ -9,7 +9,7 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "cli/sim_report.h"
-#include "data/plot.h"
+#include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"
