@@ -1,12 +1,19 @@
 #include "cli/args.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "loom/core.h"
+
+static int is_numeric(opt_type t) { return t == OPT_INT || t == OPT_LONG || t == OPT_FLOAT; }
 
 static void print_help(const char *usage, const char *desc, cli_opt *opts, int n) {
     printf("usage: %s\n\n%s\n\noptions:\n", usage, desc);
@@ -15,7 +22,10 @@ static void print_help(const char *usage, const char *desc, cli_opt *opts, int n
         const char *arg = opts[i].type == OPT_FLAG ? "" : opts[i].type == OPT_STR ? " S" : opts[i].type == OPT_FLOAT ? " X" : " N";
         snprintf(left, sizeof left, "--%s%s", opts[i].name, arg);
         printf("  %-22s %s", left, opts[i].help);
-        switch (opts[i].type) {
+        double d = opts[i].type == OPT_INT ? *(int *)opts[i].dst : opts[i].type == OPT_LONG ? (double)*(long *)opts[i].dst
+                   : opts[i].type == OPT_FLOAT ? *(float *)opts[i].dst : 0;
+        int shown = !is_numeric(opts[i].type) || (d >= opts[i].min && d <= opts[i].max); /* a "not given" marker is not shown */
+        switch (shown ? opts[i].type : OPT_FLAG) {
         case OPT_STR:
             if (*(const char **)opts[i].dst) printf(" (default %s)", *(const char **)opts[i].dst);
             break;
@@ -26,9 +36,68 @@ static void print_help(const char *usage, const char *desc, cli_opt *opts, int n
             break;
         case OPT_FLAG: break;
         }
+        if (opts[i].type == OPT_FLOAT) printf(" [%g, %g]", opts[i].min, opts[i].max);
+        else if (is_numeric(opts[i].type)) printf(" [%.0f, %.0f]", opts[i].min, opts[i].max);
         printf("\n");
     }
     printf("  %-22s %s\n", "--help", "show this help");
+}
+
+int cli_parse_int(const char *flag, const char *s, long long min, long long max, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    int ok = *s && !*end && !errno && v >= min && v <= max;
+    /* strtoll skips leading blanks: refuse them too, a value is the number and nothing else */
+    if (*s == ' ' || *s == '\t' || *s == '\n') ok = 0;
+    if (!ok) {
+        fprintf(stderr, "loom: %s expects an integer in [%lld, %lld], got '%s'\n", flag, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_real(const char *flag, const char *s, double min, double max, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    int ok = *s && !*end && isfinite(v) && v >= min && v <= max && !(errno == ERANGE && v != 0);
+    if (*s == ' ' || *s == '\t' || *s == '\n') ok = 0;
+    if (!ok) {
+        fprintf(stderr, "loom: %s expects a finite number in [%g, %g], got '%s'\n", flag, min, max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_max_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    return n * 16 < 256 ? (int)(n * 16) : 256;
+}
+
+/* Stores a checked number into the option's destination. */
+static int set_number(cli_opt *o, const char *flag, const char *val) {
+    if (o->type == OPT_FLOAT) {
+        double v;
+        if (cli_parse_real(flag, val, o->min, o->max, &v)) return -1;
+        if (!isfinite((float)v)) { /* within a range wider than float's */
+            fprintf(stderr, "loom: %s is too large for a float: '%s'\n", flag, val);
+            return -1;
+        }
+        *(float *)o->dst = (float)v;
+        return 0;
+    }
+    long long lo = o->type == OPT_INT ? INT_MIN : LONG_MIN, hi = o->type == OPT_INT ? INT_MAX : LONG_MAX;
+    if (o->min > (double)lo) lo = (long long)o->min;
+    if (o->max < (double)hi) hi = (long long)o->max;
+    long long v;
+    if (cli_parse_int(flag, val, lo, hi, &v)) return -1;
+    if (o->type == OPT_INT) *(int *)o->dst = (int)v;
+    else *(long *)o->dst = (long)v;
+    return 0;
 }
 
 int cli_parse(int argc, char **argv, const char *usage, const char *desc, cli_opt *opts, int nopts,
@@ -78,32 +147,13 @@ int cli_parse(int argc, char **argv, const char *usage, const char *desc, cli_op
             }
             val = argv[++i];
         }
-        char *end;
-        errno = 0;
-        switch (o->type) {
-        case OPT_STR: *(const char **)o->dst = val; break;
-        case OPT_INT:
-        case OPT_LONG: {
-            long v = strtol(val, &end, 10);
-            if (*val == 0 || *end || errno) {
-                fprintf(stderr, "loom: --%s expects an integer, got '%s'\n", name, val);
-                return -1;
-            }
-            if (o->type == OPT_INT) *(int *)o->dst = (int)v;
-            else *(long *)o->dst = v;
-            break;
+        if (o->type == OPT_STR) {
+            *(const char **)o->dst = val;
+            continue;
         }
-        case OPT_FLOAT: {
-            float v = strtof(val, &end);
-            if (*val == 0 || *end || errno) {
-                fprintf(stderr, "loom: --%s expects a number, got '%s'\n", name, val);
-                return -1;
-            }
-            *(float *)o->dst = v;
-            break;
-        }
-        case OPT_FLAG: break;
-        }
+        char flag[140];
+        snprintf(flag, sizeof flag, "--%s", o->name);
+        if (set_number(o, flag, val)) return -1;
     }
     return 0;
 }
@@ -125,49 +175,195 @@ const char *cli_duration(double s, char *buf, int n) {
     return buf;
 }
 
-#include <jansson.h>
+/* ---------------------------------------------------------------- config files */
 
-int cli_config_argv(const char *path, int *argc, char ***argv) {
+struct cli_config {
+    json_t *root;
+    char *numbers; /* numbers given to string options, as text */
+};
+
+#define CONFIG_MAX_BYTES (1 << 20)
+
+typedef struct {
+    cli_opt *o;
+    size_t at; /* offset of its text in the numbers buffer */
+} cli_opt_slot;
+
+int cli_config_read(const char *path, cli_opt *opts, int nopts, cli_config **cfg) {
+    *cfg = NULL;
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fprintf(stderr, "loom: --config %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (st.st_size > CONFIG_MAX_BYTES) {
+        fprintf(stderr, "loom: --config %s: %lld bytes, more than the %d a config file may have\n", path,
+                (long long)st.st_size, CONFIG_MAX_BYTES);
+        return -1;
+    }
     json_error_t e;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &e);
-    if (!root) return loom_error(LOOM_EFORMAT, "%s:%d: %s", path, e.line, e.text);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return loom_error(LOOM_EFORMAT, "%s: a config file is a JSON object of flag names and values", path);
+    if (!root) {
+        fprintf(stderr, "loom: --config %s:%d: %s\n", path, e.line, e.text);
+        return -1;
     }
-    size_t n = json_object_size(root);
-    char **v = calloc(2 * n + 2, sizeof *v);
-    int k = 0;
-    v[k++] = strdup("config");
+    if (!json_is_object(root)) {
+        fprintf(stderr, "loom: --config %s: a config file is a JSON object of flag names and values\n", path);
+        json_decref(root);
+        return -1;
+    }
+    loom_strbuf numbers = {0};
+    cli_opt_slot *slots = calloc(json_object_size(root) + 1, sizeof *slots);
+    int nslots = 0;
     const char *key;
     json_t *val;
-    int rc = LOOM_OK;
+    if (!slots) goto fail;
     json_object_foreach(root, key, val) {
-        char buf[64];
-        if (json_is_false(val) || json_is_null(val)) continue;
-        size_t kl = strlen(key);
-        v[k] = malloc(kl + 3);
-        sprintf(v[k++], "--%s", key);
-        if (json_is_true(val)) continue;
-        if (json_is_string(val)) v[k++] = strdup(json_string_value(val));
-        else if (json_is_integer(val)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val)), v[k++] = strdup(buf);
-        else if (json_is_real(val)) snprintf(buf, sizeof buf, "%.17g", json_real_value(val)), v[k++] = strdup(buf);
-        else {
-            rc = loom_error(LOOM_EFORMAT, "%s: value of \"%s\" must be a string, number or boolean", path, key);
+        cli_opt *o = NULL;
+        for (int k = 0; k < nopts; k++)
+            if (!strcmp(opts[k].name, key)) o = &opts[k];
+        if (!o || !strcmp(key, "config")) {
+            fprintf(stderr, "loom: %s: unknown key \"%s\" (the keys are the command's flags, see --help)\n", path, key);
+            goto fail;
+        }
+        if (json_is_null(val)) continue;
+        char flag[300];
+        snprintf(flag, sizeof flag, "%s: \"%s\"", path, key);
+        switch (o->type) {
+        case OPT_STR:
+            if (json_is_number(val)) { /* e.g. "sample": 10; kept as the text the flag would get */
+                char buf[64];
+                if (json_is_integer(val)) snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
+                else snprintf(buf, sizeof buf, "%.17g", json_real_value(val));
+                size_t at = numbers.n;
+                if (loom_strbuf_add(&numbers, buf, strlen(buf) + 1) != LOOM_OK) goto fail;
+                slots[nslots] = (cli_opt_slot){o, at};
+                nslots++;
+                break;
+            }
+            if (!json_is_string(val)) {
+                fprintf(stderr, "loom: %s must be a string\n", flag);
+                goto fail;
+            }
+            *(const char **)o->dst = json_string_value(val);
+            break;
+        case OPT_FLAG:
+            if (!json_is_boolean(val)) {
+                fprintf(stderr, "loom: %s must be true or false\n", flag);
+                goto fail;
+            }
+            *(int *)o->dst = json_is_true(val);
+            break;
+        case OPT_INT:
+        case OPT_LONG:
+        case OPT_FLOAT: {
+            char buf[64];
+            if (json_is_integer(val)) {
+                snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
+            } else if (json_is_real(val) && o->type == OPT_FLOAT) {
+                snprintf(buf, sizeof buf, "%.17g", json_real_value(val));
+            } else {
+                const char *what = json_is_string(val) ? "a string" : json_is_real(val) ? "a fraction" : "not a number";
+                if (o->type == OPT_FLOAT)
+                    fprintf(stderr, "loom: %s must be a number in [%g, %g], got %s\n", flag, o->min, o->max, what);
+                else
+                    fprintf(stderr, "loom: %s must be an integer in [%.0f, %.0f], got %s\n", flag, o->min, o->max, what);
+                goto fail;
+            }
+            if (set_number(o, flag, buf)) goto fail;
             break;
         }
+        }
     }
+    *cfg = malloc(sizeof **cfg);
+    if (!*cfg) goto fail;
+    (*cfg)->root = root;
+    (*cfg)->numbers = numbers.s;
+    /* the buffer may have moved while growing: point the options at its final place */
+    for (int i = 0; i < nslots; i++) *(const char **)slots[i].o->dst = numbers.s + slots[i].at;
+    free(slots);
+    return 0;
+fail:
+    free(numbers.s);
+    free(slots);
     json_decref(root);
-    if (rc != LOOM_OK) {
-        cli_config_free(k, v);
-        return rc;
-    }
-    *argc = k;
-    *argv = v;
-    return LOOM_OK;
+    return -1;
 }
 
-void cli_config_free(int argc, char **argv) {
-    for (int i = 0; i < argc; i++) free(argv[i]);
-    free(argv);
+void cli_config_free(cli_config *cfg) {
+    if (!cfg) return;
+    free(cfg->numbers);
+    json_decref(cfg->root);
+    free(cfg);
+}
+
+/* ---------------------------------------------------------------- output locations */
+
+static int mkdir_p(const char *dir) {
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/') p[--n] = 0;
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) return -1;
+        *s = '/';
+    }
+    if (mkdir(p, 0777) != 0 && errno != EEXIST) return -1;
+    struct stat st;
+    if (stat(p, &st) != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+int cli_out_dir(const char *flag, const char *dir) {
+    if (!dir || !*dir) {
+        fprintf(stderr, "loom: %s: an empty path\n", flag);
+        return -1;
+    }
+    if (mkdir_p(dir) != 0) {
+        fprintf(stderr, "loom: %s: cannot create directory %s: %s\n", flag, dir, strerror(errno));
+        return -1;
+    }
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.loom-write-test.%ld", dir, (long)getpid());
+    FILE *f = fopen(probe, "wb");
+    if (!f) {
+        fprintf(stderr, "loom: %s: cannot write in %s: %s\n", flag, dir, strerror(errno));
+        return -1;
+    }
+    fclose(f);
+    remove(probe);
+    return 0;
+}
+
+int cli_out_file(const char *flag, const char *path) {
+    char dir[4096];
+    if (!path || !*path || snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) {
+        fprintf(stderr, "loom: %s: a bad path\n", flag);
+        return -1;
+    }
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "loom: %s: %s is a directory, not a file\n", flag, path);
+        return -1;
+    }
+    char *slash = strrchr(dir, '/');
+    if (!slash) return cli_out_dir(flag, ".");
+    if (slash == dir) slash[1] = 0;
+    else *slash = 0;
+    return cli_out_dir(flag, dir);
+}
+
+int cli_same_path(const char *a, const char *b) {
+    struct stat x, y;
+    if (!a || !b || stat(a, &x) != 0 || stat(b, &y) != 0) return 0;
+    return x.st_dev == y.st_dev && x.st_ino == y.st_ino;
 }

@@ -78,17 +78,17 @@ static int bench_train(int argc, char **argv) {
     cli_peft_opts po;
     cli_peft_init(&po);
     cli_opt opts[] = {
-        {"model", OPT_STR, &config, "shape (gpt2-124m, gpt2-tiny, llama-110m, llama-tiny, tiny), config.json or model dir"},
+        {"model", OPT_STR, &config, "shape (gpt2-124m, gpt2-tiny, llama-110m, llama-tiny, tiny), config.json or model dir", 0, 0},
         CLI_PEFT_METHOD_OPTS(po),
-        {"base-dtype", OPT_STR, &po.base_dtype, "frozen base's linear weights: f32, bf16 or int8 (with --peft)"},
-        {"batch", OPT_INT, &B, "batch size B"},
-        {"seq", OPT_INT, &T, "sequence length T"},
-        {"steps", OPT_INT, &steps, "timed steps (median reported)"},
-        {"warmup", OPT_INT, &warm, "untimed steps first"},
-        {"threads", OPT_INT, &threads, "threads for loom and BLAS"},
-        {"optimizer", OPT_STR, &optname, "adamw or sgd"},
-        {"peak-reps", OPT_INT, &peak_reps, "repetitions per sgemm shape when measuring the peak"},
-        {"seed", OPT_LONG, &seed, "seed"},
+        {"base-dtype", OPT_STR, &po.base_dtype, "frozen base's linear weights: f32, bf16 or int8 (with --peft)", 0, 0},
+        {"batch", OPT_INT, &B, "batch size B", 1, 65536},
+        {"seq", OPT_INT, &T, "sequence length T", 2, 1048576},
+        {"steps", OPT_INT, &steps, "timed steps (median reported)", 1, 1000000},
+        {"warmup", OPT_INT, &warm, "untimed steps first", 0, 1000000},
+        {"threads", OPT_INT, &threads, "threads for loom and BLAS", 1, cli_max_threads()},
+        {"optimizer", OPT_STR, &optname, "adamw or sgd", 0, 0},
+        {"peak-reps", OPT_INT, &peak_reps, "repetitions per sgemm shape when measuring the peak", 1, 1000},
+        {"seed", OPT_LONG, &seed, "seed", 0, 9e18},
     };
     int pr = cli_parse(argc, argv, "loom bench train [--model gpt2-124m] [--batch 4] [--seq 256] [options]",
                        "Times full training steps (forward with full logits, mean cross-entropy, backward, AdamW\n"
@@ -216,11 +216,11 @@ static int bench_generate(int argc, char **argv) {
     int steps = 128, threads = 1, reps = 3;
     long seed = 1;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model path or shape (llama-110m, gpt2-124m, ...)"},
-        {"steps", OPT_INT, &steps, "tokens generated per run"},
-        {"reps", OPT_INT, &reps, "runs (median reported)"},
-        {"threads", OPT_INT, &threads, "threads"},
-        {"seed", OPT_LONG, &seed, "seed for a random model"},
+        {"model", OPT_STR, &model, "model path or shape (llama-110m, gpt2-124m, ...)", 0, 0},
+        {"steps", OPT_INT, &steps, "tokens generated per run", 1, 1000000},
+        {"reps", OPT_INT, &reps, "runs (median reported)", 1, 1000},
+        {"threads", OPT_INT, &threads, "threads", 1, cli_max_threads()},
+        {"seed", OPT_LONG, &seed, "seed for a random model", 0, 9e18},
     };
     int pr = cli_parse(argc, argv, "loom bench generate [--model llama-110m] [--steps 128]",
                        "Greedy KV-cached generation speed in tokens/s (median over --reps runs).", opts,

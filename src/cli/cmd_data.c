@@ -22,8 +22,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
-#include "data/plot.h"
+#include "cli/common.h"
+#include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"
@@ -35,7 +37,14 @@ static void data_usage(FILE *f) {
             "                       --clients N --out DIR [options]\n"
             "       loom data shakespeare [--data input.txt] [--min-lines N] [--test-frac F] [--out DIR]\n"
             "\n"
+            "Splits a data set among federated clients and writes one file per client and a manifest\n"
+            "(loom sim --data DIR/manifest.json trains on it). loom data shakespeare --help for the other.\n"
+            "\n"
             "split options:\n"
+            "  --data FILE         the data set (brown: the corpus directory)\n"
+            "  --partition P       iid, dirichlet, natural (one client per label/key value) or quantity\n"
+            "  --clients N         number of clients (not for natural)\n"
+            "  --out DIR           output directory: DIR/client_NNNN.<ext>, .test.<ext>, manifest.json\n"
             "  --format FMT        text|jsonl|jsonl-cls|alpaca|dolly|self-instruct|csv|tsv|brown (brown: --data is\n"
             "                      the corpus directory)\n"
             "  --text-col C        column name, 1-based number, or list \"2,3\" (JSONL: field; default text)\n"
@@ -56,22 +65,16 @@ static void data_usage(FILE *f) {
             "  --max-examples N    read only the first N records\n");
 }
 
-static int parse_size(const char *s, size_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-') return -1;
+/* Strict numbers (cli/args.c): the error names the flag and the range. */
+static int parse_size(const char *flag, const char *s, long long max, size_t *out) {
+    long long v;
+    if (cli_parse_int(flag, s, 0, max, &v)) return -1;
     *out = (size_t)v;
     return 0;
 }
 
-static int parse_double(const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end) return -1;
-    *out = v;
-    return 0;
+static int parse_double(const char *flag, const char *s, double lo, double hi, double *out) {
+    return cli_parse_real(flag, s, lo, hi, out);
 }
 
 static int ensure_dir(const char *dir) {
@@ -206,20 +209,20 @@ static int cmd_split(int argc, char **argv) {
                 return 2;
             }
         } else if (!strcmp(a, "--clients")) {
-            if (parse_size(v, &popt.n_clients)) goto bad_value;
+            if (parse_size(a, v, 10000000, &popt.n_clients)) return 2;
         } else if (!strcmp(a, "--alpha")) {
-            if (parse_double(v, &popt.alpha)) goto bad_value;
+            if (parse_double(a, v, 1e-6, 1e6, &popt.alpha)) return 2;
         } else if (!strcmp(a, "--sigma")) {
-            if (parse_double(v, &popt.sigma)) goto bad_value;
+            if (parse_double(a, v, 0, 100, &popt.sigma)) return 2;
         } else if (!strcmp(a, "--min-examples")) {
-            if (parse_size(v, &popt.min_examples)) goto bad_value;
+            if (parse_size(a, v, 1000000000, &popt.min_examples)) return 2;
         } else if (!strcmp(a, "--max-examples")) {
-            if (parse_size(v, &dopt.max_examples)) goto bad_value;
+            if (parse_size(a, v, 1000000000000LL, &dopt.max_examples)) return 2;
         } else if (!strcmp(a, "--test-frac")) {
-            if (parse_double(v, &test_frac) || test_frac < 0 || test_frac > 1) goto bad_value;
+            if (parse_double(a, v, 0, 1, &test_frac)) return 2;
         } else if (!strcmp(a, "--seed")) {
             size_t s;
-            if (parse_size(v, &s)) goto bad_value;
+            if (parse_size(a, v, 9000000000000000000LL, &s)) return 2;
             popt.seed = s;
         } else if (!strcmp(a, "--by")) {
             popt.by = !strcmp(v, "label") ? LOOM_BY_LABEL : !strcmp(v, "key") ? LOOM_BY_KEY : -1;
@@ -403,6 +406,24 @@ done:
     return status;
 }
 
+static void shakespeare_usage(FILE *f) {
+    fprintf(f,
+            "usage: loom data shakespeare [--data input.txt] [--min-lines N] [--test-frac F] [--out DIR]\n"
+            "\n"
+            "Federated Shakespeare (as LEAF): one client per speaking role of Tiny Shakespeare with at least\n"
+            "--min-lines lines; each client's first (1 - test-frac) lines train, the rest are its test data.\n"
+            "Prints the clients and a histogram of lines per client.\n"
+            "\n"
+            "options:\n"
+            "  --data FILE         Tiny Shakespeare's input.txt (default $LOOM_DATA/tinyshakespeare/input.txt,\n"
+            "                      else $LOOM_SHARED/data/tinyshakespeare/input.txt, else the shared directory\n"
+            "                      beside the repository the program was built in)\n"
+            "  --min-lines N       lines a role needs to be a client (default 64)\n"
+            "  --test-frac F       share of each client's lines held out, in [0, 0.99] (default 0.2)\n"
+            "  --out DIR           write DIR/client_NNNN.txt, client_NNNN.test.txt and manifest.json\n"
+            "  --help              show this help\n");
+}
+
 static int cmp_size(const void *a, const void *b) {
     size_t x = *(const size_t *)a, y = *(const size_t *)b;
     return x < y ? -1 : x > y;
@@ -416,7 +437,7 @@ static int cmd_shakespeare(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            data_usage(stdout);
+            shakespeare_usage(stdout);
             return 0;
         }
         if (!v) {
@@ -428,24 +449,20 @@ static int cmd_shakespeare(int argc, char **argv) {
         } else if (!strcmp(a, "--out")) {
             out = v;
         } else if (!strcmp(a, "--min-lines")) {
-            if (parse_size(v, &o.min_lines)) goto bad_value;
+            if (parse_size(a, v, 1000000000, &o.min_lines)) return 2;
         } else if (!strcmp(a, "--test-frac")) {
-            if (parse_double(v, &o.test_frac) || o.test_frac < 0 || o.test_frac > 1) goto bad_value;
+            if (parse_double(a, v, 0, 0.99, &o.test_frac)) return 2;
         } else {
             fprintf(stderr, "loom data shakespeare: unknown option %s\n", a);
             return 2;
         }
         i++;
-        continue;
-    bad_value:
-        fprintf(stderr, "loom data shakespeare: bad value '%s' for %s\n", v, a);
-        return 2;
     }
     if (!in) {
-        /* The data directory: $LOOM_DATA, else $LOOM_SHARED/data, else ../shared/data. */
-        const char *d = getenv("LOOM_DATA"), *s = getenv("LOOM_SHARED");
+        /* The data directory: $LOOM_DATA, else the shared directory's data/ (cli_shared_dir). */
+        const char *d = getenv("LOOM_DATA");
         if (d && *d) snprintf(default_path, sizeof default_path, "%s/tinyshakespeare/input.txt", d);
-        else snprintf(default_path, sizeof default_path, "%s/data/tinyshakespeare/input.txt", s && *s ? s : "../shared");
+        else snprintf(default_path, sizeof default_path, "%s/data/tinyshakespeare/input.txt", cli_shared_dir());
         in = default_path;
     }
     loom_dataset *ds;

@@ -28,10 +28,10 @@ int cmd_export(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *out = NULL;
     int merge = 0;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "base model directory the adapter was trained on"},
-        {"adapter", OPT_STR, &adapter, "PEFT-layout adapter directory"},
-        {"out", OPT_STR, &out, "output directory"},
-        {"merge", OPT_FLAG, &merge, "merge the adapter into the weights: write a full model directory"},
+        {"model", OPT_STR, &model, "base model directory the adapter was trained on", 0, 0},
+        {"adapter", OPT_STR, &adapter, "PEFT-layout adapter directory", 0, 0},
+        {"out", OPT_STR, &out, "output directory", 0, 0},
+        {"merge", OPT_FLAG, &merge, "merge the adapter into the weights: write a full model directory", 0, 0},
     };
     int pr = cli_parse(argc, argv, "loom export --model BASE --adapter DIR --out OUT [--merge]",
                        "Without --merge, re-exports the adapter in the PEFT layout (adapter_config.json +\n"
@@ -45,6 +45,12 @@ int cmd_export(int argc, char **argv) {
         fprintf(stderr, "loom export: --model, --adapter and --out are required (see --help)\n");
         return 2;
     }
+    if (cli_same_path(out, model) || cli_same_path(out, adapter)) {
+        fprintf(stderr, "loom export: --out %s is the %s directory; it would be overwritten: choose another --out\n", out,
+                cli_same_path(out, model) ? "--model" : "--adapter");
+        return 2;
+    }
+    if (cli_out_dir("--out", out) != 0) return 1;
     loom_model *m = NULL;
     loom_tset *ts = NULL;
     int rc = 1;

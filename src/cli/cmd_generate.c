@@ -13,17 +13,18 @@ int cmd_generate(int argc, char **argv) {
     long seed = 42;
     cli_peft_opts po;
     cli_peft_init(&po);
+    po.load_only = 1;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model directory, llama2.c .bin, or a shape for a random model"},
+        {"model", OPT_STR, &model, "model directory, llama2.c .bin, or a shape for a random model", 0, 0},
         CLI_PEFT_LOAD_OPTS(po),
-        {"tokenizer", OPT_STR, &tokp, "tokenizer (tokenizer.json, model dir, encoder.json, llama2.c tokenizer.bin)"},
-        {"prompt", OPT_STR, &prompt, "text to continue (BOS is prepended)"},
-        {"steps", OPT_INT, &steps, "total positions, prompt included (as llama2.c's -n)"},
-        {"temperature", OPT_FLOAT, &temperature, "0 = greedy"},
-        {"top-k", OPT_INT, &top_k, "sample among the k most likely tokens (0 = off)"},
-        {"top-p", OPT_FLOAT, &top_p, "nucleus sampling mass (1 = off)"},
-        {"seed", OPT_LONG, &seed, "random seed"},
-        {"threads", OPT_INT, &threads, "threads (0 = all cores)"},
+        {"tokenizer", OPT_STR, &tokp, "tokenizer (tokenizer.json, model dir, encoder.json, llama2.c tokenizer.bin)", 0, 0},
+        {"prompt", OPT_STR, &prompt, "text to continue (BOS is prepended)", 0, 0},
+        {"steps", OPT_INT, &steps, "total positions, prompt included (as llama2.c's -n)", 1, 10000000},
+        {"temperature", OPT_FLOAT, &temperature, "0 = greedy", 0, 100},
+        {"top-k", OPT_INT, &top_k, "sample among the k most likely tokens (0 = off)", 0, 10000000},
+        {"top-p", OPT_FLOAT, &top_p, "nucleus sampling mass (1 = off)", 0, 1},
+        {"seed", OPT_LONG, &seed, "random seed", 0, 9e18},
+        {"threads", OPT_INT, &threads, "threads (0 = all cores)", 0, cli_max_threads()},
     };
     int pr = cli_parse(argc, argv, "loom generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]",
                        "Generates text with a KV cache, one token at a time, starting from BOS and the prompt,\n"

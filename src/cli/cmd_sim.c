@@ -1,4 +1,5 @@
 /* loom sim: federated training of many simulated clients in one process. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,7 +8,8 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
-#include "data/plot.h"
+#include "cli/sim_report.h"
+#include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"
@@ -44,8 +46,8 @@ static void full_free(void *ud, loom_trainer *tr, float *vec) {
 }
 
 typedef struct {
-    int rounds, tty;
-    double t0;
+    int rounds, tty, quiet;
+    double t0, last_line, every;
     double *acc, *loss, *x;
     int n;
     int last_line_done;
@@ -53,14 +55,19 @@ typedef struct {
 
 static void on_client(int round, int done, int total, void *ud) {
     progress *p = ud;
-    if (!p->tty) return;
-    double el = loom_now() - p->t0;
-    fprintf(stderr, "\r  round %d/%d  clients %d/%d  elapsed %.0fs   ", round, p->rounds, done, total, el);
+    double now = loom_now(), el = now - p->t0;
+    if (p->tty) {
+        fprintf(stderr, "\r  round %d/%d  clients %d/%d  elapsed %.0fs   ", round, p->rounds, done, total, el);
+    } else if (!p->quiet && done < total && now - p->last_line >= p->every) {
+        fprintf(stderr, "  round %d/%d  client %d/%d done  elapsed %.0fs\n", round, p->rounds, done, total, el);
+        p->last_line = now;
+    }
 }
 
 static void on_round(const loom_round_metrics *m, void *ud) {
     progress *p = ud;
     double el = loom_now() - p->t0;
+    p->last_line = loom_now();
     char eta[32];
     cli_duration(el / m->round * (p->rounds - m->round), eta, sizeof eta);
     if (p->tty) fprintf(stderr, "\r");
@@ -107,11 +114,26 @@ static int parse_faults(const char *spec, loom_fault **out, int *n) {
     return LOOM_OK;
 }
 
-static const char *default_shakespeare(char *buf, size_t n) {
-    const char *sh = getenv("LOOM_SHARED");
-    snprintf(buf, n, "%s/data/tinyshakespeare/input.txt", sh && *sh ? sh : "../shared");
-    return buf;
+/* --sample: a whole number is a count in [1, n], anything else a fraction in (0, 1]. */
+static int parse_sample(const char *s, size_t n, int *count, double *frac) {
+    char *end;
+    errno = 0;
+    long long c = strtoll(s, &end, 10);
+    if (*s && !*end && !errno && c >= 1 && (unsigned long long)c <= n) {
+        *count = (int)c;
+        return 0;
+    }
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s && !*end && !errno && isfinite(v) && v > 0 && v <= 1 && v != 1.0 / 0.0) {
+        *frac = v;
+        return 0;
+    }
+    fprintf(stderr, "loom sim: --sample expects a count of clients in [1, %zu] or a fraction in (0, 1], got '%s'\n", n,
+            s);
+    return -1;
 }
+
 
 int cmd_sim(int argc, char **argv) {
     /* defaults: a small federated Shakespeare run */
@@ -121,6 +143,8 @@ int cmd_sim(int argc, char **argv) {
     int clients = 10, rounds = 20, local_steps = 10, B = 8, T = 64, workers = 2, client_threads = 1, eval_every = 1,
         eval_clients = 0, min_examples = 0, min_updates = 1, checkpoint_every = 0, resume = 0, scaffold_option = 2,
         sample_len = 200, min_lines = 64, quiet_clients = 0;
+    float progress_every = 5;
+    int compare = 0;
     long seed = 1;
     cli_peft_opts po;
     cli_peft_init(&po);
@@ -128,53 +152,55 @@ int cmd_sim(int argc, char **argv) {
     float lr = -1.0f, momentum = 0.0f, wd = 0.0f, clip = 1.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = NAN,
           server_momentum = NAN, beta1 = NAN, beta2 = NAN, tau = NAN, mu = NAN, max_norm = 0;
     cli_opt opts[] = {
-        {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)"},
-        {"model", OPT_STR, &model, "model dir / .bin, or a shape / config.json to train from scratch"},
-        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level)"},
-        {"data", OPT_STR, &data, "'shakespeare' (federated Shakespeare, one client per role) or a data file"},
-        {"format", OPT_STR, &format, "data format: text, jsonl, alpaca, dolly, jsonl-cls, csv, tsv, brown"},
-        {"text-col", OPT_STR, &text_col, "text column/field"},
-        {"label-col", OPT_STR, &label_col, "label column/field"},
-        {"key", OPT_STR, &key, "key column/field for natural splits"},
-        {"partition", OPT_STR, &partition, "iid, dirichlet, natural or quantity (not for shakespeare)"},
-        {"clients", OPT_INT, &clients, "number of clients (iid, dirichlet, quantity)"},
-        {"alpha", OPT_FLOAT, &alpha, "Dirichlet concentration"},
-        {"min-examples", OPT_INT, &min_examples, "minimum examples per client"},
-        {"min-lines", OPT_INT, &min_lines, "shakespeare: minimum lines for a role to be a client"},
-        {"test-frac", OPT_FLOAT, &test_frac, "share of each client's examples held out for evaluation"},
-        {"rounds", OPT_INT, &rounds, "federated rounds"},
-        {"local-steps", OPT_INT, &local_steps, "client optimizer steps per round (fedsgd: batches averaged)"},
-        {"batch", OPT_INT, &B, "client batch size"},
-        {"seq", OPT_INT, &T, "tokens per sequence"},
-        {"lr", OPT_FLOAT, &lr, "client learning rate (-1: 0.1 for sgd, 0.001 for adamw)"},
-        {"optimizer", OPT_STR, &optname, "client optimizer: sgd or adamw (reset every round)"},
-        {"momentum", OPT_FLOAT, &momentum, "client SGD momentum"},
-        {"weight-decay", OPT_FLOAT, &wd, "client weight decay"},
-        {"clip", OPT_FLOAT, &clip, "client gradient-norm clip (0 = off)"},
-        {"strategy", OPT_STR, &strategy, "fedavg, fedsgd, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, scaffold"},
-        {"server-lr", OPT_FLOAT, &server_lr, "server learning rate (strategy default when unset)"},
-        {"server-momentum", OPT_FLOAT, &server_momentum, "fedavgm momentum"},
-        {"beta1", OPT_FLOAT, &beta1, "fedadam/fedyogi/fedadagrad beta1"},
-        {"beta2", OPT_FLOAT, &beta2, "fedadam/fedyogi beta2"},
-        {"tau", OPT_FLOAT, &tau, "adaptive strategies' tau"},
-        {"mu", OPT_FLOAT, &mu, "fedprox proximal weight"},
-        {"scaffold-option", OPT_INT, &scaffold_option, "SCAFFOLD client control update: 1 or 2"},
-        {"sample", OPT_STR, &sample_s, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all"},
-        {"min-updates", OPT_INT, &min_updates, "accepted updates needed to aggregate a round"},
-        {"max-update-norm", OPT_FLOAT, &max_norm, "reject updates with a larger L2 norm (0 = no bound)"},
-        {"fault", OPT_STR, &faults_s, "inject broken updates: CLIENT:nan|inf|huge|short[,...] (testing defences)"},
-        {"workers", OPT_INT, &workers, "worker threads training clients in parallel"},
-        {"client-threads", OPT_INT, &client_threads, "threads inside one client's training (fixed: results do not depend on --workers)"},
-        {"eval-every", OPT_INT, &eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)"},
-        {"eval-clients", OPT_INT, &eval_clients, "evaluate at most N clients (0 = all)"},
-        {"seed", OPT_LONG, &seed, "seed for initialisation, sampling, data order"},
-        {"out", OPT_STR, &out, "run directory: metrics.jsonl, global.safetensors, checkpoint, plot"},
-        {"checkpoint-every", OPT_INT, &checkpoint_every, "write OUT/checkpoint.safetensors every N rounds"},
-        {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors"},
-        {"plot", OPT_STR, &plot, "SVG of evaluation accuracy and loss per round (default OUT/accuracy.svg)"},
-        {"sample-len", OPT_INT, &sample_len, "tokens of text generated by the final global model (0 = none)"},
-        {"prompt", OPT_STR, &prompt, "prompt for that sample"},
-        {"quiet-clients", OPT_FLAG, &quiet_clients, "no per-client progress on a terminal"},
+        {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)", 0, 0},
+        {"model", OPT_STR, &model, "model dir / .bin, or a shape / config.json to train from scratch", 0, 0},
+        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level)", 0, 0},
+        {"data", OPT_STR, &data, "'shakespeare' (federated Shakespeare, one client per role, from $LOOM_SHARED/data/tinyshakespeare) or a data file", 0, 0},
+        {"format", OPT_STR, &format, "data format: " CLI_FORMATS, 0, 0},
+        {"text-col", OPT_STR, &text_col, "text column/field", 0, 0},
+        {"label-col", OPT_STR, &label_col, "label column/field", 0, 0},
+        {"key", OPT_STR, &key, "key column/field for natural splits", 0, 0},
+        {"partition", OPT_STR, &partition, "iid, dirichlet, natural or quantity (not for shakespeare)", 0, 0},
+        {"clients", OPT_INT, &clients, "number of clients (iid, dirichlet, quantity)", 1, 10000000},
+        {"alpha", OPT_FLOAT, &alpha, "Dirichlet concentration", 1e-6, 1e6},
+        {"min-examples", OPT_INT, &min_examples, "minimum examples per client", 0, 1e9},
+        {"min-lines", OPT_INT, &min_lines, "shakespeare: minimum lines for a role to be a client", 1, 1e9},
+        {"test-frac", OPT_FLOAT, &test_frac, "share of each client's examples held out for evaluation", 0, 0.99},
+        {"rounds", OPT_INT, &rounds, "federated rounds", 1, 10000000},
+        {"local-steps", OPT_INT, &local_steps, "client optimizer steps per round (fedsgd: batches averaged)", 1, 10000000},
+        {"batch", OPT_INT, &B, "client batch size", 1, 65536},
+        {"seq", OPT_INT, &T, "tokens per sequence", 2, 1048576},
+        {"lr", OPT_FLOAT, &lr, "client learning rate (default 0.1 for sgd, 0.001 for adamw)", 0, 1000},
+        {"optimizer", OPT_STR, &optname, "client optimizer: sgd or adamw (reset every round)", 0, 0},
+        {"momentum", OPT_FLOAT, &momentum, "client SGD momentum", 0, 1},
+        {"weight-decay", OPT_FLOAT, &wd, "client weight decay", 0, 10},
+        {"clip", OPT_FLOAT, &clip, "client gradient-norm clip (0 = off)", 0, 1e9},
+        {"strategy", OPT_STR, &strategy, "fedavg, fedsgd, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, scaffold", 0, 0},
+        {"server-lr", OPT_FLOAT, &server_lr, "server learning rate (strategy default when unset)", 0, 10000},
+        {"server-momentum", OPT_FLOAT, &server_momentum, "fedavgm momentum", 0, 1},
+        {"beta1", OPT_FLOAT, &beta1, "fedadam/fedyogi/fedadagrad beta1", 0, 1},
+        {"beta2", OPT_FLOAT, &beta2, "fedadam/fedyogi beta2", 0, 1},
+        {"tau", OPT_FLOAT, &tau, "adaptive strategies' tau", 0, 1e6},
+        {"mu", OPT_FLOAT, &mu, "fedprox proximal weight", 0, 1e6},
+        {"scaffold-option", OPT_INT, &scaffold_option, "SCAFFOLD client control update: 1 or 2", 1, 2},
+        {"sample", OPT_STR, &sample_s, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all", 0, 0},
+        {"min-updates", OPT_INT, &min_updates, "accepted updates needed to aggregate a round", 1, 10000000},
+        {"max-update-norm", OPT_FLOAT, &max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
+        {"fault", OPT_STR, &faults_s, "inject broken updates: CLIENT:nan|inf|huge|short[,...] (testing defences)", 0, 0},
+        {"workers", OPT_INT, &workers, "worker threads training clients in parallel", 1, cli_max_threads()},
+        {"client-threads", OPT_INT, &client_threads, "threads inside one client's training (fixed: results do not depend on --workers)", 1, cli_max_threads()},
+        {"eval-every", OPT_INT, &eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)", 0, 1e9},
+        {"eval-clients", OPT_INT, &eval_clients, "evaluate at most N clients (0 = all)", 0, 1e9},
+        {"seed", OPT_LONG, &seed, "seed for initialisation, sampling, data order", 0, 9e18},
+        {"out", OPT_STR, &out, "run directory: metrics.jsonl, global.safetensors, checkpoint, plot", 0, 0},
+        {"checkpoint-every", OPT_INT, &checkpoint_every, "write OUT/checkpoint.safetensors every N rounds", 0, 1e9},
+        {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors", 0, 0},
+        {"plot", OPT_STR, &plot, "SVG of evaluation accuracy and loss per round (default OUT/accuracy.svg)", 0, 0},
+        {"sample-len", OPT_INT, &sample_len, "tokens of text generated by the final global model (0 = none)", 0, 1000000},
+        {"prompt", OPT_STR, &prompt, "prompt for that sample", 0, 0},
+        {"quiet-clients", OPT_FLAG, &quiet_clients, "no per-client progress lines", 0, 0},
+        {"compare", OPT_INT, &compare, "before training, measure the initial model on every client's held-out text and sample from it; at the end, print perplexity before/after for the N clients with the most test text (0 = off)", 0, 1000000},
+        {"progress-every", OPT_FLOAT, &progress_every, "seconds between per-client progress lines when stderr is not a terminal", 0, 3600},
         CLI_PEFT_METHOD_OPTS(po),
         CLI_PEFT_LOAD_OPTS(po),
     };
@@ -187,21 +213,13 @@ int cmd_sim(int argc, char **argv) {
         "Clients run on --workers threads; results are identical for any number of workers. Writes\n"
         "per-round metrics (JSONL), the final global model, checkpoints, and an accuracy plot to --out.";
     /* config file first, then the command line */
-    int cargc = 0;
-    char **cargv = NULL;
+    cli_config *cfg = NULL;
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--config")) config = argv[i + 1];
-    if (config) {
-        if (cli_config_argv(config, &cargc, &cargv) != LOOM_OK) return cli_fail("--config");
-        int pr = cli_parse(cargc, cargv, usage, desc, opts, nopts, NULL, NULL, 0);
-        if (pr) {
-            cli_config_free(cargc, cargv);
-            return pr > 0 ? 0 : 2;
-        }
-    }
+    if (config && cli_config_read(config, opts, nopts, &cfg) != 0) return 2;
     int pr = cli_parse(argc, argv, usage, desc, opts, nopts, NULL, NULL, 0);
     if (pr) {
-        cli_config_free(cargc, cargv);
+        cli_config_free(cfg);
         return pr > 0 ? 0 : 2;
     }
     int rc = 1;
@@ -214,6 +232,8 @@ int cmd_sim(int argc, char **argv) {
     loom_vec_entry *entries = NULL;
     loom_tset *set = NULL;
     progress prog = {0};
+    double *ppl0 = NULL, *ppl1 = NULL; /* --compare: clients' test losses before and after */
+    long *ppl_tok = NULL;
     int nfaults = 0, created;
     loom_sim_config sc;
     loom_sim_defaults(&sc);
@@ -229,6 +249,9 @@ int cmd_sim(int argc, char **argv) {
     if (B < 1 || T < 2) BAD("--batch must be >= 1 and --seq >= 2");
     if (workers < 1) BAD("--workers must be >= 1");
     if (client_threads < 1) BAD("--client-threads must be >= 1");
+    if ((long)workers * client_threads > cli_max_threads())
+        BAD("--workers %d x --client-threads %d is more than %d threads on this machine", workers, client_threads,
+            cli_max_threads());
     if (!(lr >= 0) && lr != -1.0f) BAD("--lr must be >= 0");
     if (!(test_frac >= 0 && test_frac < 1)) BAD("--test-frac must be in [0, 1)");
     if (scaffold_option != 1 && scaffold_option != 2) BAD("--scaffold-option must be 1 or 2");
@@ -238,6 +261,8 @@ int cmd_sim(int argc, char **argv) {
         cli_fail(NULL);
         goto done;
     }
+    if (out && cli_out_dir("--out", out) != 0) goto done;
+    if (plot && cli_out_file("--plot", plot) != 0) goto done;
     if (parse_faults(faults_s, &faults, &nfaults) != LOOM_OK) {
         cli_fail(NULL);
         goto done;
@@ -263,15 +288,19 @@ int cmd_sim(int argc, char **argv) {
         loom_shakespeare_opts_init(&so);
         so.min_lines = (size_t)min_lines;
         so.test_frac = test_frac;
-        if (loom_shakespeare_load(&ds, &part, default_shakespeare(path, sizeof path), &so, tok) != LOOM_OK) {
+        if (cli_shared_file(path, sizeof path, "data/tinyshakespeare/input.txt") != LOOM_OK ||
+            loom_shakespeare_load(&ds, &part, path, &so, tok) != LOOM_OK) {
             cli_fail("federated Shakespeare");
             goto done;
         }
     } else {
         loom_dataset_opts dopt;
         loom_dataset_opts_init(&dopt);
-        dopt.format = loom_dataset_format(format);
-        if (dopt.format < 0) BAD("unknown --format '%s'", format);
+        if (cli_is_split_manifest(data))
+            BAD("--data %s is a split manifest (loom data split): give the data set it was made from with the same "
+                "--format and --partition options (splits are deterministic from --seed)", data);
+        dopt.format = cli_format("sim", format);
+        if (dopt.format < 0) goto done;
         dopt.text_col = text_col;
         dopt.label_col = label_col;
         dopt.key_col = key;
@@ -321,15 +350,7 @@ int cmd_sim(int argc, char **argv) {
     sc.fit.prox_mu = !strcmp(strategy, "fedprox") ? sc.sp.mu : 0;
     sc.fit.scaffold = !strcmp(strategy, "scaffold") ? scaffold_option : 0;
     sc.fit.gradient_only = !strcmp(strategy, "fedsgd");
-    if (sample_s) {
-        char *end;
-        double v = strtod(sample_s, &end);
-        if (*end || !(v > 0)) BAD("--sample expects a count or a fraction, got '%s'", sample_s);
-        if (strchr(sample_s, '.') && v <= 1) sc.sample_frac = v;
-        else sc.sample = (int)v;
-        if (sc.sample > (int)part->n_clients)
-            BAD("--sample %d is more than the %zu clients", sc.sample, part->n_clients);
-    }
+    if (sample_s && parse_sample(sample_s, part->n_clients, &sc.sample, &sc.sample_frac) != 0) goto done;
     full_ud fu = {.m = m, .ts = set};
     loom_train_defaults(&fu.tc);
     if (loom_opt_kind_parse(optname, &fu.tc.opt.kind) != LOOM_OK) {
@@ -390,7 +411,9 @@ int cmd_sim(int argc, char **argv) {
     sc.resume = resume;
     prog.rounds = rounds;
     prog.tty = cli_tty() && !quiet_clients;
-    prog.t0 = loom_now();
+    prog.quiet = quiet_clients;
+    prog.every = progress_every;
+    prog.t0 = prog.last_line = loom_now();
     prog.x = calloc((size_t)rounds, sizeof(double));
     prog.acc = calloc((size_t)rounds, sizeof(double));
     prog.loss = calloc((size_t)rounds, sizeof(double));
@@ -407,11 +430,32 @@ int cmd_sim(int argc, char **argv) {
         snprintf(what, sizeof what, "%s: %zu trainable of %zu, base %s", loom_peft_method_name(loom_tset_config(set)->method),
                  sc.dim, m->n_params, loom_base_dtype_name(loom_model_base_type(m)));
     else
-        snprintf(what, sizeof what, "full fine-tuning of %zu parameters", m->n_params);
+        snprintf(what, sizeof what, "%s of %zu parameters", created ? "training from scratch" : "full fine-tuning",
+                 m->n_params);
     fprintf(stderr, "loom sim: %s, %s model (%s), %zu clients (%zu training examples), %d per round\n", strategy,
             m->cfg.arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", what, part->n_clients, total_ex, per_round);
     fprintf(stderr, "  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld\n",
             rounds, local_steps, B, T, optname, lr, workers, client_threads, seed);
+    if (compare > 0) {
+        ppl0 = calloc(part->n_clients, sizeof *ppl0);
+        ppl1 = calloc(part->n_clients, sizeof *ppl1);
+        ppl_tok = calloc(part->n_clients, sizeof *ppl_tok);
+        if (!ppl0 || !ppl1 || !ppl_tok) BAD("out of memory");
+        if (cli_client_losses(m, set, sc.init, ds, part, B, T, client_threads, ppl0, ppl_tok) != LOOM_OK) {
+            cli_fail("evaluating the initial model");
+            goto done;
+        }
+        if (sample_len > 0) {
+            if (m->n_params < 20000000) loom_set_threads(client_threads); /* one token at a time: few threads */
+            printf("sample from the initial model (temperature 0.8):\n");
+            fflush(stdout);
+            int steps = sample_len + 1 < m->cfg.max_seq ? sample_len + 1 : m->cfg.max_seq;
+            if (set) cli_generate_ex(m, set, sc.init, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
+            else cli_generate(m, sc.init, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
+            printf("\n");
+            fflush(stdout);
+        }
+    }
     double t0 = loom_now();
     if (loom_sim_run(&sc, global) != LOOM_OK) {
         if (prog.tty) fprintf(stderr, "\n");
@@ -453,7 +497,17 @@ int cmd_sim(int argc, char **argv) {
             free(svg);
         }
     }
-    if (out) printf("%-28s %s/global.safetensors, %s/metrics.jsonl\n", "written", out, out);
+    if (out)
+        printf("%-28s %s/global.safetensors, %s/metrics.jsonl%s%s%s\n", "written", out, out,
+               checkpoint_every > 0 ? ", " : "", checkpoint_every > 0 ? out : "",
+               checkpoint_every > 0 ? "/checkpoint.safetensors" : "");
+    if (compare > 0) {
+        if (cli_client_losses(m, set, global, ds, part, B, T, client_threads, ppl1, ppl_tok) != LOOM_OK) {
+            cli_fail("evaluating the trained model");
+            goto done;
+        }
+        cli_print_ppl_table(part, ppl0, ppl1, ppl_tok, compare);
+    }
     if (out && set) {
         char adir[4096];
         snprintf(adir, sizeof adir, "%s/adapter", out);
@@ -463,6 +517,7 @@ int cmd_sim(int argc, char **argv) {
             cli_fail("writing the adapter");
     }
     if (sample_len > 0) {
+        if (m->n_params < 20000000) loom_set_threads(client_threads); /* one token at a time: few threads */
         printf("\nsample from the global model (temperature 0.8):\n");
         fflush(stdout);
         int steps = sample_len + 1 < m->cfg.max_seq ? sample_len + 1 : m->cfg.max_seq;
@@ -471,6 +526,9 @@ int cmd_sim(int argc, char **argv) {
     }
     rc = 0;
 done:
+    free(ppl0);
+    free(ppl1);
+    free(ppl_tok);
     free(prog.x);
     free(prog.acc);
     free(prog.loss);
@@ -482,6 +540,6 @@ done:
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     loom_model_free(m);
-    cli_config_free(cargc, cargv);
+    cli_config_free(cfg);
     return rc;
 }

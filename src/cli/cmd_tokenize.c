@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
+#include "cli/common.h"
 #include "loom/core.h"
 #include "loom/tokenizer.h"
 
@@ -39,11 +41,6 @@ static char *read_stdin(size_t *len) {
     buf[n] = 0;
     *len = n;
     return buf;
-}
-
-static const char *shared_dir(void) {
-    const char *s = getenv("LOOM_SHARED");
-    return s && *s ? s : "../shared";
 }
 
 static int load(loom_tokenizer **t, const char *path, const char *cmd) {
@@ -179,27 +176,30 @@ static int cmp_double(const void *a, const void *b) {
 
 int bench_tokenize(int argc, char **argv) {
     char tok_default[4096], file_default[4096];
-    snprintf(tok_default, sizeof tok_default, "%s/data/gpt2-tokenizer/encoder.json", shared_dir());
-    snprintf(file_default, sizeof file_default, "%s/data/tinyshakespeare/input.txt", shared_dir());
+    snprintf(tok_default, sizeof tok_default, "%s/data/gpt2-tokenizer/encoder.json", cli_shared_dir());
+    snprintf(file_default, sizeof file_default, "%s/data/tinyshakespeare/input.txt", cli_shared_dir());
     const char *path = tok_default, *file = file_default;
     int reps = 5;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: loom bench tokenize [--tokenizer PATH] [--file PATH] [--reps N]\n\n"
                    "Encodes a text file on one thread N times and prints the throughput in MB/s: the first\n"
-                   "(cold) repetition and the median of all. Defaults: the GPT-2 tokenizer and tinyshakespeare\n"
-                   "from $LOOM_SHARED (or ../shared), 5 repetitions.\n");
+                   "(cold) repetition and the median of all.\n\n"
+                   "options:\n"
+                   "  --tokenizer PATH   tokenizer.json, encoder.json, tokenizer.bin or a model directory\n"
+                   "                     (default $LOOM_SHARED/data/gpt2-tokenizer/encoder.json, or ../shared/...)\n"
+                   "  --file PATH        text to encode (default $LOOM_SHARED/data/tinyshakespeare/input.txt)\n"
+                   "  --reps N           repetitions, 1..1000 (default 5)\n"
+                   "  --help             show this help\n");
             return 0;
         } else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
             path = argv[++i];
         } else if (!strcmp(argv[i], "--file") && i + 1 < argc) {
             file = argv[++i];
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
-            reps = atoi(argv[++i]);
-            if (reps < 1 || reps > 1000) {
-                fprintf(stderr, "loom bench tokenize: --reps must be 1..1000\n");
-                return 2;
-            }
+            long long v;
+            if (cli_parse_int("--reps", argv[++i], 1, 1000, &v)) return 2;
+            reps = (int)v;
         } else {
             fprintf(stderr, "loom bench tokenize: unknown or incomplete option '%s' (see --help)\n", argv[i]);
             return 2;

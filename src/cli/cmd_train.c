@@ -11,6 +11,7 @@
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/peft.h"
+#include "loom/safetensors.h"
 #include "loom/train.h"
 
 /* Mean loss over up to max_windows non-overlapping windows of [lo, hi). */
@@ -79,40 +80,171 @@ static double eval_data(loom_trainer *tr, train_data *d, int B, int T, long max_
     return eval_windows(tr, &d->ts, d->ntrain, d->ts.n, B, T, max_windows, count);
 }
 
+
+/* ---------------------------------------------------------------- checkpoints and metrics
+ * OUT/checkpoint.safetensors: "vector" (the trained vector: all weights, or the trainable set), "opt.m"
+ * and "opt.v" (the optimizer's moments, when it has them), and metadata naming the step reached and
+ * the settings a resumed run must share (batches are drawn from (seed, step), so the step is also the
+ * data position). Written atomically. */
+
+typedef struct {
+    long steps, step;
+    int B, T;
+    long seed;
+    size_t dim;
+    float lr;
+    const char *optimizer;
+} train_state;
+
+static int ckpt_write(const char *dir, loom_trainer *tr, const train_state *st) {
+    char path[4200], buf[64];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+    loom_optimizer *o = loom_trainer_optimizer(tr);
+    size_t n;
+    float *m = loom_optimizer_state(o, 0, &n), *v = loom_optimizer_state(o, 1, &n);
+    int64_t shape[1] = {(int64_t)st->dim};
+    loom_st_writer *w;
+    int rc = loom_st_writer_create(&w);
+    if (rc != LOOM_OK) return rc;
+    rc = loom_st_writer_add_f32(w, "vector", LOOM_DT_F32, 1, shape, loom_trainer_vector(tr));
+    if (rc == LOOM_OK && m) rc = loom_st_writer_add_f32(w, "opt.m", LOOM_DT_F32, 1, shape, m);
+    if (rc == LOOM_OK && v) rc = loom_st_writer_add_f32(w, "opt.v", LOOM_DT_F32, 1, shape, v);
+#define META(k, fmt, val) \
+    if (rc == LOOM_OK) snprintf(buf, sizeof buf, fmt, val), rc = loom_st_writer_meta(w, k, buf)
+    META("format", "%s", "loom-train-checkpoint");
+    META("step", "%ld", st->step);
+    META("steps", "%ld", st->steps);
+    META("batch", "%d", st->B);
+    META("seq", "%d", st->T);
+    META("seed", "%ld", st->seed);
+    META("optimizer", "%s", st->optimizer);
+    META("lr", "%.9g", st->lr);
+#undef META
+    if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
+    loom_st_writer_free(w);
+    return rc;
+}
+
+/* Loads OUT/checkpoint.safetensors into the trainer; *step = the step it reached. */
+static int ckpt_read(const char *dir, loom_trainer *tr, const train_state *st, long *step) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+    loom_st_file *f;
+    int rc = loom_st_open(&f, path);
+    if (rc != LOOM_OK) return loom_error_context(rc, "--resume");
+    const char *fmt = loom_st_meta(f, "format");
+    char want[4][64];
+    snprintf(want[0], 64, "%ld", st->steps);
+    snprintf(want[1], 64, "%d", st->B);
+    snprintf(want[2], 64, "%d", st->T);
+    snprintf(want[3], 64, "%ld", st->seed);
+    static const char *const keys[4][2] = {{"steps", "--steps"}, {"batch", "--batch"}, {"seq", "--seq"}, {"seed", "--seed"}};
+    if (!fmt || strcmp(fmt, "loom-train-checkpoint")) {
+        rc = loom_error(LOOM_EFORMAT, "%s is not a loom train checkpoint", path);
+        goto done;
+    }
+    for (int i = 0; i < 4; i++) {
+        const char *got = loom_st_meta(f, keys[i][0]);
+        if (!got || strcmp(got, want[i])) {
+            rc = loom_error(LOOM_EINVAL, "%s was written with %s %s, this run has %s", path, keys[i][1], got ? got : "?",
+                            want[i]);
+            goto done;
+        }
+    }
+    const char *opt = loom_st_meta(f, "optimizer");
+    if (!opt || strcmp(opt, st->optimizer)) {
+        rc = loom_error(LOOM_EINVAL, "%s was written with --optimizer %s, this run has %s", path, opt ? opt : "?",
+                        st->optimizer);
+        goto done;
+    }
+    char *end;
+    const char *sv = loom_st_meta(f, "step");
+    long s = sv ? strtol(sv, &end, 10) : -1;
+    if (!sv || *end || s < 0 || s > st->steps) {
+        rc = loom_error(LOOM_EFORMAT, "%s: bad step '%s'", path, sv ? sv : "");
+        goto done;
+    }
+    loom_optimizer *o = loom_trainer_optimizer(tr);
+    size_t n;
+    float *dst[3] = {loom_trainer_vector(tr), loom_optimizer_state(o, 0, &n), loom_optimizer_state(o, 1, &n)};
+    static const char *const names[3] = {"vector", "opt.m", "opt.v"};
+    for (int i = 0; i < 3 && rc == LOOM_OK; i++) {
+        const loom_st_tensor *t = loom_st_find(f, names[i]);
+        if (!dst[i]) continue;
+        if (!t) rc = loom_error(LOOM_EFORMAT, "%s has no tensor %s", path, names[i]);
+        else if (t->numel != st->dim)
+            rc = loom_error(LOOM_EFORMAT, "%s: %s has %zu values, this run trains %zu", path, names[i], t->numel, st->dim);
+        else rc = loom_st_to_f32(t, dst[i], st->dim);
+    }
+    if (rc == LOOM_OK) {
+        loom_optimizer_set_steps(o, s);
+        *step = s;
+    }
+done:
+    loom_st_close(f);
+    return rc;
+}
+
+/* Opens OUT/metrics.jsonl: a new file, or on resume the old one cut after the rows of steps <= step. */
+static FILE *metrics_open(const char *dir, long resume_step) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    if (resume_step < 0) return fopen(path, "w");
+    char *old = NULL;
+    size_t len = 0;
+    if (loom_read_file(path, &old, &len) != LOOM_OK) return fopen(path, "w");
+    FILE *f = fopen(path, "w");
+    for (char *line = old; f && line < old + len;) {
+        char *nl = memchr(line, '\n', (size_t)(old + len - line));
+        size_t ll = nl ? (size_t)(nl - line) + 1 : (size_t)(old + len - line);
+        const char *sp = strstr(line, "\"step\":");
+        if (sp && sp < line + ll && strtol(sp + 7, NULL, 10) <= resume_step) fwrite(line, 1, ll, f);
+        line += ll;
+    }
+    free(old);
+    return f;
+}
+
 int cmd_train(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL, *out = NULL, *optname = "adamw", *sample_prompt = "";
-    const char *format = NULL;
+    const char *format = NULL, *text_col = NULL, *label_col = NULL;
     int B = 8, T = 128, threads = 0, log_every = 10, eval_every = 100, sample_len = 200;
     cli_peft_opts po;
     cli_peft_init(&po);
-    long steps = 500, seed = 1337, warmup = -1, eval_windows_max = 64;
+    long steps = 500, seed = 1337, warmup = -1, eval_windows_max = 64, checkpoint_every = 100, stop_at = 0;
+    int resume = 0;
     float lr = 1e-3f, min_lr = -1.0f, wd = 0.1f, clip = 1.0f, val_frac = 0.1f, momentum = 0.0f;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model dir / llama2.c .bin to fine-tune, or a shape/config.json to train from scratch"},
-        {"data", OPT_STR, &data, "UTF-8 text file, or a dataset in --format"},
-        {"format", OPT_STR, &format, "dataset format: text, alpaca, dolly, jsonl, jsonl-cls, csv, tsv, self-instruct (default: plain text windows)"},
-        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level for 259-token models)"},
+        {"model", OPT_STR, &model, "model dir / llama2.c .bin to fine-tune, or a shape/config.json to train from scratch", 0, 0},
+        {"data", OPT_STR, &data, "UTF-8 text file, or a dataset in --format", 0, 0},
+        {"format", OPT_STR, &format, "dataset format: " CLI_FORMATS " (default: plain text windows)", 0, 0},
+        {"text-col", OPT_STR, &text_col, "text column (name, or 1-based number; 2,3 joins several) or JSON field", 0, 0},
+        {"label-col", OPT_STR, &label_col, "label column or JSON field (classification)", 0, 0},
+        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level for 259-token models)", 0, 0},
         CLI_PEFT_METHOD_OPTS(po),
         CLI_PEFT_LOAD_OPTS(po),
-        {"steps", OPT_LONG, &steps, "optimizer steps"},
-        {"batch", OPT_INT, &B, "sequences per step"},
-        {"seq", OPT_INT, &T, "tokens per sequence"},
-        {"lr", OPT_FLOAT, &lr, "peak learning rate"},
-        {"min-lr", OPT_FLOAT, &min_lr, "cosine floor (default lr/10)"},
-        {"warmup", OPT_LONG, &warmup, "linear warm-up steps (default steps/20)"},
-        {"optimizer", OPT_STR, &optname, "adamw or sgd"},
-        {"momentum", OPT_FLOAT, &momentum, "SGD momentum"},
-        {"weight-decay", OPT_FLOAT, &wd, "decoupled weight decay on matrices"},
-        {"clip", OPT_FLOAT, &clip, "global gradient-norm clip (0 = off)"},
-        {"val-frac", OPT_FLOAT, &val_frac, "share of the text (its end) held out for validation"},
-        {"eval-every", OPT_INT, &eval_every, "validation loss every N steps (0 = only at the end)"},
-        {"eval-windows", OPT_LONG, &eval_windows_max, "validation windows of --seq tokens per evaluation"},
-        {"log-every", OPT_INT, &log_every, "progress line every N steps when not on a terminal"},
-        {"seed", OPT_LONG, &seed, "seed for initialisation and batch order"},
-        {"out", OPT_STR, &out, "run directory: OUT/model.safetensors + config.json (full), or OUT/adapter_model.safetensors + adapter_config.json (PEFT layout)"},
-        {"sample-len", OPT_INT, &sample_len, "tokens of generated text printed at the end (0 = none)"},
-        {"sample-prompt", OPT_STR, &sample_prompt, "prompt for that sample"},
-        {"threads", OPT_INT, &threads, "threads (0 = all cores)"},
+        {"steps", OPT_LONG, &steps, "optimizer steps", 1, 1e9},
+        {"batch", OPT_INT, &B, "sequences per step", 1, 65536},
+        {"seq", OPT_INT, &T, "tokens per sequence", 2, 1048576},
+        {"lr", OPT_FLOAT, &lr, "peak learning rate", 0, 1000},
+        {"min-lr", OPT_FLOAT, &min_lr, "cosine floor (default lr/10)", 0, 1000},
+        {"warmup", OPT_LONG, &warmup, "linear warm-up steps (default steps/20)", 0, 1e9},
+        {"optimizer", OPT_STR, &optname, "adamw or sgd", 0, 0},
+        {"momentum", OPT_FLOAT, &momentum, "SGD momentum", 0, 1},
+        {"weight-decay", OPT_FLOAT, &wd, "decoupled weight decay on matrices", 0, 10},
+        {"clip", OPT_FLOAT, &clip, "global gradient-norm clip (0 = off)", 0, 1e9},
+        {"val-frac", OPT_FLOAT, &val_frac, "share of the text (its end) held out for validation", 0, 0.99},
+        {"eval-every", OPT_INT, &eval_every, "validation loss every N steps (0 = only at the end)", 0, 1e9},
+        {"eval-windows", OPT_LONG, &eval_windows_max, "validation windows of --seq tokens per evaluation", 1, 1e9},
+        {"log-every", OPT_INT, &log_every, "progress line every N steps when not on a terminal", 1, 1e9},
+        {"seed", OPT_LONG, &seed, "seed for initialisation and batch order", 0, 9e18},
+        {"out", OPT_STR, &out, "run directory: OUT/model.safetensors + config.json (full), or OUT/adapter_model.safetensors + adapter_config.json (PEFT layout)", 0, 0},
+        {"sample-len", OPT_INT, &sample_len, "tokens of generated text printed at the end (0 = none)", 0, 1000000},
+        {"sample-prompt", OPT_STR, &sample_prompt, "prompt for that sample", 0, 0},
+        {"threads", OPT_INT, &threads, "threads (0 = all cores)", 0, cli_max_threads()},
+        {"checkpoint-every", OPT_LONG, &checkpoint_every, "with --out: write OUT/checkpoint.safetensors every N steps and at the end (0 = never)", 0, 1e9},
+        {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors (same --steps, --batch, --seq, --seed, --optimizer)", 0, 0},
+        {"stop-at", OPT_LONG, &stop_at, "stop after step N with a checkpoint, to be continued with --resume (0 = run all --steps)", 0, 1e9},
     };
     int pr = cli_parse(argc, argv, "loom train --model PATH|SHAPE --data FILE [options]",
                        "Trains one model on a text file: pre-training from scratch (--model gpt2-tiny, tiny,\n"
@@ -121,7 +253,10 @@ int cmd_train(int argc, char **argv) {
                        "frozen base, optionally held in bf16/int8 (--base-dtype). Plain text: batches are random\n"
                        "windows of --seq+1 tokens from the first (1 - val-frac) of the text, drawn from --seed. With\n"
                        "--format, examples come from a dataset (instruction formats train on response tokens only)\n"
-                       "and the last val-frac of the examples is held out. Shows step, loss, tokens/s and ETA.",
+                       "and the last val-frac of the examples is held out. Shows step, loss, tokens/s and ETA.\n"
+                       "With --out, also writes OUT/metrics.jsonl (a row per step: loss, lr, grad_norm, tokens/s;\n"
+                       "rows with val_loss at evaluations) and OUT/checkpoint.safetensors (weights or set, optimizer\n"
+                       "state, step) that --resume continues bit for bit.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
     if (!data) {
@@ -132,6 +267,24 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "loom train: need --steps >= 1, --batch >= 1, --seq >= 2, 0 <= --val-frac < 1, --lr >= 0\n");
         return 2;
     }
+    if ((resume || stop_at) && !out) {
+        fprintf(stderr, "loom train: --resume and --stop-at need --out (the run directory holding the checkpoint)\n");
+        return 2;
+    }
+    if (stop_at >= steps) {
+        fprintf(stderr, "loom train: --stop-at %ld must be below --steps %ld\n", stop_at, steps);
+        return 2;
+    }
+    if ((text_col || label_col) && !format) {
+        fprintf(stderr, "loom train: --text-col and --label-col need --format (csv, tsv, jsonl, jsonl-cls, ...)\n");
+        return 2;
+    }
+    if (cli_is_split_manifest(data)) {
+        fprintf(stderr, "loom train: --data %s is a split manifest; give one client's file (client_NNNN.*) or the data\n",
+                data);
+        return 2;
+    }
+    if (out && cli_out_dir("--out", out) != 0) return 1;
     if (threads > 0) loom_set_threads(threads);
     loom_train_config tc;
     loom_train_defaults(&tc);
@@ -154,6 +307,7 @@ int cmd_train(int argc, char **argv) {
     train_data td;
     memset(&td, 0, sizeof td);
     int32_t *tokens = NULL, *targets = NULL;
+    FILE *metrics = NULL;
     int created, rc = 1;
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
     if (T > m->cfg.max_seq) {
@@ -184,11 +338,10 @@ int cmd_train(int argc, char **argv) {
     } else {
         loom_dataset_opts dopt;
         loom_dataset_opts_init(&dopt);
-        dopt.format = loom_dataset_format(format);
-        if (dopt.format < 0) {
-            fprintf(stderr, "loom train: unknown --format '%s' (text, alpaca, dolly, jsonl, jsonl-cls, csv, tsv, self-instruct)\n", format);
-            goto done;
-        }
+        dopt.format = cli_format("train", format);
+        if (dopt.format < 0) goto done;
+        dopt.text_col = text_col;
+        dopt.label_col = label_col;
         if (loom_dataset_load(&td.ds, data, &dopt, tok) != LOOM_OK) {
             cli_fail("--data");
             goto done;
@@ -240,14 +393,34 @@ int cmd_train(int argc, char **argv) {
             T, optname, lr, tc.warmup, tc.min_lr, clip, loom_threads());
     tokens = malloc((size_t)B * T * 4);
     targets = malloc((size_t)B * T * 4);
+    train_state st = {.steps = steps, .B = B, .T = T, .seed = seed, .dim = loom_trainer_dim(tr), .lr = lr,
+                      .optimizer = optname};
+    long start = 0, end = stop_at > 0 ? stop_at : steps;
+    if (resume) {
+        if (ckpt_read(out, tr, &st, &start) != LOOM_OK) {
+            cli_fail(NULL);
+            goto done;
+        }
+        if (start >= end) {
+            fprintf(stderr, "loom train: %s/checkpoint.safetensors is at step %ld: nothing left to do for --steps %ld%s\n",
+                    out, start, steps, stop_at ? " --stop-at" : "");
+            goto done;
+        }
+        fprintf(stderr, "  resuming at step %ld from %s/checkpoint.safetensors\n", start, out);
+    }
+    if (out && !(metrics = metrics_open(out, resume ? start : -1))) {
+        fprintf(stderr, "loom train: cannot write %s/metrics.jsonl\n", out);
+        goto done;
+    }
     long vcount;
-    if (val_frac > 0) {
+    if (val_frac > 0 && !resume) {
         double v0 = eval_data(tr, &td, B, T, eval_windows_max, &vcount);
         fprintf(stderr, "  step %6d  val loss %.4f  (ppl %.2f, %ld tokens)\n", 0, v0, exp(v0), vcount);
+        if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.6f,\"val_ppl\":%.4f}\n", v0, exp(v0));
     }
     double t0 = loom_now(), tlast = t0, ema = -1;
     int tty = cli_tty();
-    for (long s = 0; s < steps; s++) {
+    for (long s = start; s < end; s++) {
         if (td.ds) loom_batcher_fill(td.train, (uint64_t)s, tokens, targets, NULL);
         else text_batch(&td.ts, 0, td.ntrain, B, T, (uint64_t)seed, s, tokens, targets);
         float loss;
@@ -263,9 +436,12 @@ int cmd_train(int argc, char **argv) {
         }
         ema = ema < 0 ? loss : 0.9 * ema + 0.1 * loss;
         double now = loom_now(), el = now - t0;
-        double tps = (double)(s + 1) * B * T / el;
+        double tps = (double)(s + 1 - start) * B * T / el;
         char eta[32];
-        cli_duration(el / (double)(s + 1) * (double)(steps - s - 1), eta, sizeof eta);
+        cli_duration(el / (double)(s + 1 - start) * (double)(end - s - 1), eta, sizeof eta);
+        if (metrics)
+            fprintf(metrics, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}\n", s + 1,
+                    loss, lr_now, gn, tps);
         if (tty) {
             if (now - tlast > 0.2 || s + 1 == steps) {
                 fprintf(stderr, "\r  step %6ld/%ld  loss %.4f  lr %.2e  |g| %.2f  %.0f tok/s  ETA %s   ", s + 1, steps,
@@ -279,10 +455,24 @@ int cmd_train(int argc, char **argv) {
         if (val_frac > 0 && ((eval_every > 0 && (s + 1) % eval_every == 0) || s + 1 == steps)) {
             double v = eval_data(tr, &td, B, T, eval_windows_max, &vcount);
             fprintf(stderr, "%s  step %6ld  val loss %.4f  (ppl %.2f)\n", tty ? "\n" : "", s + 1, v, exp(v));
+            if (metrics) fprintf(metrics, "{\"step\":%ld,\"val_loss\":%.6f,\"val_ppl\":%.4f}\n", s + 1, v, exp(v));
+        }
+        st.step = s + 1;
+        if (out && ((checkpoint_every > 0 && (s + 1) % checkpoint_every == 0) || s + 1 == end) &&
+            (checkpoint_every > 0 || s + 1 == stop_at) && ckpt_write(out, tr, &st) != LOOM_OK) {
+            cli_fail("checkpoint");
+            goto done;
         }
     }
+    if (metrics) fflush(metrics);
+    if (stop_at > 0) {
+        if (tty) fprintf(stderr, "\n");
+        fprintf(stderr, "loom train: stopped after step %ld; %s/checkpoint.safetensors continues with --resume\n", end, out);
+        rc = 0;
+        goto done;
+    }
     if (tty) fprintf(stderr, "\n");
-    fprintf(stderr, "loom train: %ld steps in %.1fs, peak RSS %.0f MiB\n", steps, loom_now() - t0,
+    fprintf(stderr, "loom train: %ld steps in %.1fs, peak RSS %.0f MiB\n", end - start, loom_now() - t0,
             loom_peak_rss() / 1048576.0);
     if (out && set) {
         if (loom_tset_save_peft(set, vec, out, created ? NULL : model) != LOOM_OK) {
@@ -303,6 +493,7 @@ int cmd_train(int argc, char **argv) {
     }
     rc = 0;
 done:
+    if (metrics) fclose(metrics);
     free(tokens);
     free(targets);
     text_free(&td.ts);
@@ -322,15 +513,16 @@ int cmd_eval(int argc, char **argv) {
     long max_windows = 0;
     cli_peft_opts po;
     cli_peft_init(&po);
+    po.load_only = 1;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model directory or llama2.c .bin"},
+        {"model", OPT_STR, &model, "model directory or llama2.c .bin", 0, 0},
         CLI_PEFT_LOAD_OPTS(po),
-        {"data", OPT_STR, &data, "UTF-8 text file"},
-        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's)"},
-        {"batch", OPT_INT, &B, "windows per forward pass"},
-        {"seq", OPT_INT, &T, "tokens per window"},
-        {"max-windows", OPT_LONG, &max_windows, "stop after N windows (0 = the whole file)"},
-        {"threads", OPT_INT, &threads, "threads (0 = all cores)"},
+        {"data", OPT_STR, &data, "UTF-8 text file", 0, 0},
+        {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's)", 0, 0},
+        {"batch", OPT_INT, &B, "windows per forward pass", 1, 65536},
+        {"seq", OPT_INT, &T, "tokens per window", 2, 1048576},
+        {"max-windows", OPT_LONG, &max_windows, "stop after N windows (0 = the whole file)", 0, 1e12},
+        {"threads", OPT_INT, &threads, "threads (0 = all cores)", 0, cli_max_threads()},
     };
     int pr = cli_parse(argc, argv, "loom eval --model PATH --data FILE [options]",
                        "Mean next-token loss and perplexity over the file, in non-overlapping windows of --seq.",

@@ -224,10 +224,10 @@ int cmd_verify(int argc, char **argv) {
     const char *model_path = NULL, *ref_path = NULL, *adapter = NULL;
     int verbose = 0;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model_path, "model directory (config.json + model.safetensors) or llama2.c .bin"},
-        {"reference", OPT_STR, &ref_path, "reference.safetensors with tokens, targets, logits, loss, grad.*, adamw1.*, adamw2.*"},
-        {"adapter", OPT_STR, &adapter, "PEFT-layout adapter directory: verify the adapter's tensors on the frozen base"},
-        {"verbose", OPT_FLAG, &verbose, "print a row for every tensor, not only failures"},
+        {"model", OPT_STR, &model_path, "model directory (config.json + model.safetensors) or llama2.c .bin", 0, 0},
+        {"reference", OPT_STR, &ref_path, "reference.safetensors with tokens, targets, logits, loss, grad.*, adamw1.*, adamw2.*", 0, 0},
+        {"adapter", OPT_STR, &adapter, "PEFT-layout adapter directory: verify the adapter's tensors on the frozen base", 0, 0},
+        {"verbose", OPT_FLAG, &verbose, "print a row for every tensor, not only failures", 0, 0},
     };
     int pr = cli_parse(argc, argv, "loom verify --model DIR [--adapter DIR] --reference FILE",
                        "Checks loom's numerics against reference tensors from a PyTorch oracle: logits, loss,\n"

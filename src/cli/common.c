@@ -1,11 +1,14 @@
+#define _DEFAULT_SOURCE /* readlink, realpath */
 #include "cli/common.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "loom/core.h"
+#include "loom/dataset.h"
 #include "loom/sample.h"
 
 static int exists(const char *p) {
@@ -136,9 +139,13 @@ int cli_peft_setup(const cli_peft_opts *o, loom_model *m, unsigned long long see
     if (o->peft && (rc = loom_peft_method_parse(o->peft, &meth)) != LOOM_OK) return loom_error_context(rc, "--peft");
     if (o->adapter && o->peft)
         return loom_error(LOOM_EINVAL, "give either --adapter (load a trained set) or --peft (start a new one)");
-    if (qt != LOOM_Q_F32 && !o->adapter && (!o->peft || meth == LOOM_PEFT_FULL))
+    if (qt != LOOM_Q_F32 && !o->adapter && (!o->peft || meth == LOOM_PEFT_FULL)) {
+        if (o->load_only)
+            return loom_error(LOOM_EINVAL, "--base-dtype %s holds a frozen base under an adapter: add --adapter DIR",
+                              o->base_dtype);
         return loom_error(LOOM_EINVAL, "--base-dtype %s freezes the base: add --peft lora|prefix|prompt|adapter|bitfit",
                           o->base_dtype);
+    }
     if (qt != LOOM_Q_F32 && (rc = loom_model_quantize(m, qt)) != LOOM_OK) return rc;
     if (o->adapter) return loom_tset_load_peft(ts, m, o->adapter);
     if (!o->peft || meth == LOOM_PEFT_FULL) return LOOM_OK;
@@ -228,4 +235,56 @@ int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, 
     if (rc == LOOM_OK) rc = cli_generate(f, loom_model_params(f), tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
     loom_model_free(f);
     return rc;
+}
+
+/* ---------------------------------------------------------------- data */
+
+int cli_format(const char *cmd, const char *name) {
+    int f = loom_dataset_format(name);
+    if (f < 0) fprintf(stderr, "loom %s: unknown --format '%s' (%s)\n", cmd, name, CLI_FORMATS);
+    return f;
+}
+
+int cli_is_split_manifest(const char *path) {
+    size_t n = strlen(path);
+    if (n >= 13 && !strcmp(path + n - 13, "manifest.json")) return 1;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char head[512];
+    size_t got = fread(head, 1, sizeof head - 1, f);
+    fclose(f);
+    head[got] = 0;
+    return strstr(head, "\"loom-data-split\"") != NULL;
+}
+
+/* ---------------------------------------------------------------- the shared data directory */
+
+const char *cli_shared_dir(void) {
+    static char dir[4096];
+    const char *env = getenv("LOOM_SHARED");
+    if (env && *env) return env;
+    if (dir[0]) return dir;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = 0;
+        static const char *const ups[] = {"/../../shared", "/../shared"};
+        for (int i = 0; i < 2; i++) {
+            char cand[4200];
+            snprintf(cand, sizeof cand, "%s%s", exe, ups[i]);
+            if (is_dir(cand) && realpath(cand, dir)) return dir;
+        }
+    }
+    snprintf(dir, sizeof dir, "../shared");
+    return dir;
+}
+
+int cli_shared_file(char *path, size_t n, const char *rel) {
+    snprintf(path, n, "%s/%s", cli_shared_dir(), rel);
+    if (exists(path)) return LOOM_OK;
+    const char *env = getenv("LOOM_SHARED");
+    return loom_error(LOOM_ENOTFOUND, "cannot find %s (%s): set LOOM_SHARED to the shared data directory%s", rel, path,
+                      env && *env ? "" : " (it is not set)");
 }

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "data/plot.h"
+#include "loom/plot.h"
 #include "loom/core.h"
 
 typedef struct {

@@ -1,6 +1,7 @@
-/* SVG charts of data splits (private to loom: used by the data commands). */
-#ifndef LOOM_DATA_PLOT_H
-#define LOOM_DATA_PLOT_H
+/* SVG charts (data/ layer): stacked bars of data splits, line charts of training curves; used by the
+ * CLI (loom data, loom sim) and the benchmarks. */
+#ifndef LOOM_PLOT_H
+#define LOOM_PLOT_H
 
 #include <stddef.h>
 #include <stdint.h>
