@@ -318,6 +318,142 @@ static void test_empty_pieces(void) {
     loom_tokenizer_free(tok);
 }
 
+/* ---- truncation keeps the label / response; shards without targets ---- */
+
+/* Targets in one batch (B rows of T) and, in want (NUL-terminated), the target ids of row 0 in order. */
+static size_t batch_targets(loom_batcher *b, size_t B, size_t T, int32_t *row0, size_t *n_row0) {
+    int32_t *tk = malloc(B * T * sizeof *tk), *tg = malloc(B * T * sizeof *tg);
+    size_t n = 0;
+    *n_row0 = 0;
+    CHECK_OK(loom_batcher_fill(b, 0, tk, tg, NULL));
+    for (size_t i = 0; i < B * T; i++)
+        if (tg[i] >= 0) {
+            n++;
+            if (i < T) row0[(*n_row0)++] = tg[i];
+        }
+    free(tk);
+    free(tg);
+    return n;
+}
+
+static void test_truncation(void) {
+    loom_tokenizer *tok;
+    CHECK_OK(loom_tokenizer_byte(&tok));
+    loom_dataset_opts o;
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = 1;
+    bo.T = 32;
+    bo.shuffle = 0;
+    int32_t row0[64];
+    size_t n0;
+    /* classification: a 200-character text; at T = 32 the label " pos" must still be the target */
+    char csv[512] = "\"";
+    for (int i = 0; i < 200; i++) strcat(csv, i % 10 == 9 ? " " : "x");
+    strcat(csv, "\",\"pos\"\n\"short\",\"neg\"\n");
+    loom_dataset_opts_init(&o);
+    o.format = LOOM_FMT_CSV;
+    o.text_col = "1";
+    o.label_col = "2";
+    loom_dataset *ds = NULL;
+    CHECK_OK(loom_dataset_load_buffer(&ds, csv, strlen(csv), "cls.csv", &o, tok));
+    loom_batcher *b = NULL;
+    if (ds) CHECK_OK(loom_batcher_create(&b, ds, NULL, 0, &bo));
+    if (b) {
+        size_t n = batch_targets(b, 1, 32, row0, &n0);
+        CHECK(n == 4 && row0[0] == ' ' && row0[1] == 'p' && row0[2] == 'o' && row0[3] == 's',
+              "long classification example: %zu targets (want the 4 bytes of \" pos\")", n);
+        CHECK(loom_batcher_untargeted(b) == 0, "untargeted %zu", loom_batcher_untargeted(b));
+    }
+    loom_batcher_free(b);
+    loom_dataset_free(ds);
+    /* instruction: a long instruction, response "OK" + EOS */
+    char js[1024] = "{\"instruction\": \"";
+    for (int i = 0; i < 300; i++) strcat(js, i % 7 == 6 ? " " : "w");
+    strcat(js, "\", \"output\": \"OK\"}\n");
+    loom_dataset_opts_init(&o);
+    o.format = LOOM_FMT_ALPACA;
+    ds = NULL;
+    b = NULL;
+    CHECK_OK(loom_dataset_load_buffer(&ds, js, strlen(js), "inst.jsonl", &o, tok));
+    if (ds) CHECK_OK(loom_batcher_create(&b, ds, NULL, 0, &bo));
+    if (b) {
+        size_t n = batch_targets(b, 1, 32, row0, &n0);
+        CHECK(n == 3 && row0[0] == 'O' && row0[1] == 'K' && row0[2] == loom_tokenizer_eos(tok),
+              "long instruction: %zu targets (want O, K, EOS)", n);
+    }
+    loom_batcher_free(b);
+    /* a response longer than the row: it starts right after the last prompt token and is cut at the end */
+    bo.T = 4;
+    b = NULL;
+    const char *lr = "{\"instruction\": \"ask\", \"output\": \"abcdefghij\"}\n";
+    loom_dataset_free(ds);
+    ds = NULL;
+    CHECK_OK(loom_dataset_load_buffer(&ds, lr, strlen(lr), "long.jsonl", &o, tok));
+    if (ds) CHECK_OK(loom_batcher_create(&b, ds, NULL, 0, &bo));
+    if (b) {
+        size_t n = batch_targets(b, 1, 4, row0, &n0);
+        CHECK(n == 4 && row0[0] == 'a' && row0[3] == 'd', "long response: %zu targets from %c", n, n ? row0[0] : '?');
+    }
+    loom_batcher_free(b);
+    loom_dataset_free(ds);
+    /* a shard where no sample has a target is refused; some without targets are counted */
+    const char *one[2] = {"a", "b"};
+    size_t lens[2] = {1, 1};
+    ds = NULL;
+    CHECK_OK(loom_dataset_from_texts(&ds, one, lens, NULL, 2, NULL, tok));
+    bo.T = 8;
+    bo.pack = LOOM_PACK_OFF;
+    b = NULL;
+    int rc = ds ? loom_batcher_create(&b, ds, NULL, 0, &bo) : LOOM_OK;
+    CHECK(rc == LOOM_EINVAL && !b && has(loom_errmsg(), "none of the 2 samples has a target"), "rc %d: %s", rc,
+          loom_errmsg());
+    loom_dataset_free(ds);
+    const char *mixed[2] = {"a", "bcd"};
+    size_t mlens[2] = {1, 3};
+    ds = NULL;
+    CHECK_OK(loom_dataset_from_texts(&ds, mixed, mlens, NULL, 2, NULL, tok));
+    if (ds) CHECK_OK(loom_batcher_create(&b, ds, NULL, 0, &bo));
+    CHECK(b && loom_batcher_untargeted(b) == 1, "one of two samples untargeted: %zu", b ? loom_batcher_untargeted(b) : 0);
+    loom_batcher_free(b);
+    loom_dataset_free(ds);
+    /* the README's AG News run (text column 3, label column 1) at the default --seq 64, and the
+     * self-instruct seed tasks at --seq 128: every row has targets */
+    char p[512];
+    loom_dataset_opts_init(&o);
+    o.format = LOOM_FMT_CSV;
+    o.text_col = "3";
+    o.label_col = "1";
+    o.labels = "1=World,2=Sports,3=Business,4=Sci/Tech";
+    o.max_examples = 64;
+    ds = NULL;
+    CHECK_OK(loom_dataset_load(&ds, test_path(p, sizeof p, "data/ag-news/test.csv"), &o, tok));
+    loom_batcher_opts_init(&bo);
+    bo.B = 64;
+    bo.T = 64;
+    b = NULL;
+    if (ds) CHECK_OK(loom_batcher_create(&b, ds, NULL, 0, &bo));
+    if (b) {
+        CHECK(loom_batcher_untargeted(b) == 0, "AG News: %zu of 64 rows without targets", loom_batcher_untargeted(b));
+        size_t n = batch_targets(b, 64, 64, row0, &n0);
+        CHECK(n >= 64 * 5, "AG News at T = 64: %zu targets in 64 rows (a label is at least ' ' + 5 bytes)", n);
+    }
+    loom_batcher_free(b);
+    loom_dataset_free(ds);
+    loom_dataset_opts_init(&o);
+    o.format = LOOM_FMT_SELF_INSTRUCT;
+    ds = NULL;
+    CHECK_OK(loom_dataset_load(&ds, test_path(p, sizeof p, "data/self-instruct/seed_tasks.jsonl"), &o, tok));
+    bo.T = 128;
+    bo.B = 16;
+    b = NULL;
+    if (ds) CHECK_OK(loom_batcher_create(&b, ds, NULL, 0, &bo));
+    if (b) CHECK(loom_batcher_untargeted(b) == 0, "self-instruct: %zu rows without targets", loom_batcher_untargeted(b));
+    loom_batcher_free(b);
+    loom_dataset_free(ds);
+    loom_tokenizer_free(tok);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/loom_badinput_XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -330,6 +466,7 @@ int main(void) {
     test_llama2c_header();
     test_nonfinite_weights();
     test_empty_pieces();
+    test_truncation();
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_summary();
 }

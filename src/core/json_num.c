@@ -46,7 +46,7 @@ int loom_json_int(const json_t *obj, const char *key, long long lo, long long hi
 }
 
 int loom_json_int32(const json_t *obj, const char *key, int lo, int hi, int def, int *out, const char *file) {
-    long long x;
+    long long x = 0;
     int rc = loom_json_int(obj, key, lo, hi, def, &x, file);
     if (rc == LOOM_OK) *out = (int)x;
     return rc;
