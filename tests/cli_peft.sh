@@ -86,7 +86,7 @@ for i in $(seq 1 40); do
     printf '{"instruction": "Say the phrase number %d.", "input": "", "output": "The quick brown fox %d."}\n' $i $i
 done > "$tmp/alpaca.jsonl"
 "$LOOM" train --model "$tmp/base" --data "$tmp/alpaca.jsonl" --format alpaca --peft lora --batch 4 --seq 128 --steps 30 \
-    --lr 2e-2 --eval-every 0 --sample-len 0 --threads 1 > /dev/null 2> "$tmp/alp.err"
+    --lr 5e-3 --eval-every 0 --sample-len 0 --threads 1 > /dev/null 2> "$tmp/alp.err"
 check "alpaca training exits 0" test $? -eq 0
 check "examples held out" grep -q "examples held out" "$tmp/alp.err"
 v0=$(grep 'val loss' "$tmp/alp.err" | head -1 | sed 's/.*val loss \([0-9.]*\).*/\1/')

@@ -170,8 +170,11 @@ int loom_dataset_candidate(const loom_dataset *ds, size_t i, size_t k, int32_t *
 /* ---- batching ---------------------------------------------------------------------------------
  * A sample is a packed window (pack = 1: the shard's examples are concatenated in index order into
  * one stream, window w holds stream[w*T .. w*T+T], T+1 tokens, and the last window is padded) or one
- * example (pack = 0: truncated to its first T+1 tokens, padded; a prompt of T tokens or more leaves the
- * row without targets, all -1). Sample s of the infinite sequence (s = step*B +
+ * example (pack = 0: T+1 tokens, padded; a language-modelling example is cut at its end, an example
+ * with a prompt loses prompt tokens from its front, all but the last if need be, so that its response
+ * or label stays in the row). A shard whose every sample has no target is refused at create (it
+ * would train on nothing); when only some have none, a warning is logged once per process and
+ * loom_batcher_untargeted counts them. Sample s of the infinite sequence (s = step*B +
  * row) belongs to epoch e = s / S (S samples an epoch) and is sample perm_e[s % S], perm_e a shuffle
  * drawn from the stream (seed, e): batches depend on (seed, step) alone, every sample is seen once an
  * epoch, and a batch may straddle two epochs. */
@@ -194,6 +197,7 @@ int loom_batcher_create(loom_batcher **out, const loom_dataset *ds, const uint32
                         const loom_batcher_opts *o);
 void loom_batcher_free(loom_batcher *b);
 size_t loom_batcher_samples(const loom_batcher *b);         /* samples an epoch (S) */
+size_t loom_batcher_untargeted(const loom_batcher *b);      /* of them, samples without a target */
 uint64_t loom_batcher_steps_per_epoch(const loom_batcher *b); /* ceil(S / B) */
 /* Fills tokens (B*T) and targets (B*T) for this step; *rows (may be NULL) = rows holding a sample
  * (fewer than B only when once = 1 or S = 0). Padding rows have tokens = pad_id, targets = -1. */

@@ -2,6 +2,7 @@
 #include "loom/tvec.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,6 +173,11 @@ int loom_tvec_read_from(const loom_st_file *f, const loom_tvec *v, float *vec, c
         }
         if ((rc = loom_st_to_f32(t, vec + e->offset, e->numel)) != LOOM_OK)
             return loom_error_context(rc, "%s: %s", src, nm);
+        /* a NaN or Inf would poison every forward pass and every aggregate: refuse it, naming where */
+        for (size_t k = 0; k < e->numel; k++)
+            if (!isfinite(vec[e->offset + k]))
+                return loom_error(LOOM_EFORMAT, "%s: tensor %s holds a non-finite value (%g at element %zu)", src, nm,
+                                  (double)vec[e->offset + k], k);
     }
     if (io->allow_extra) return LOOM_OK;
     size_t pl = io->prefix ? strlen(io->prefix) : 0;

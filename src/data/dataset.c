@@ -129,6 +129,7 @@ static int pool_reserve(tok_pool *p, size_t extra) {
 }
 
 static int pool_push(tok_pool *p, const int32_t *ids, size_t n, uint8_t m) {
+    if (n == 0) return LOOM_OK; /* the pool may still be unallocated: no memcpy to NULL */
     int rc = pool_reserve(p, n);
     if (rc) return rc;
     memcpy(p->ids + p->n, ids, n * sizeof *ids);

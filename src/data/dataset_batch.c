@@ -1,5 +1,6 @@
 /* The batcher: (tokens, targets) batches over a shard, deterministic from (seed, step).
  * B = batch size, T = sequence length, S = samples an epoch. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,7 +19,10 @@ struct loom_batcher {
     uint32_t *perm; /* (n_samples) the permutation of perm_epoch */
     uint64_t perm_epoch;
     int perm_valid;
+    size_t untargeted; /* samples without a single target */
 };
+
+static size_t count_untargeted(const loom_batcher *b);
 
 void loom_batcher_opts_init(loom_batcher_opts *o) {
     memset(o, 0, sizeof *o);
@@ -92,11 +96,28 @@ int loom_batcher_create(loom_batcher **out, const loom_dataset *ds, const uint32
         loom_batcher_free(b);
         return loom_error(LOOM_ENOMEM, "out of memory");
     }
+    b->untargeted = count_untargeted(b);
+    if (b->n_samples && b->untargeted == b->n_samples) {
+        size_t S = b->n_samples;
+        loom_batcher_free(b);
+        return loom_error(LOOM_EINVAL,
+                          "batcher: none of the %zu samples has a target token within T = %zu (every batch would "
+                          "train on nothing; is the sequence length too short for the prompts?)",
+                          S, o->T);
+    }
+    if (b->untargeted) {
+        static atomic_int warned;
+        if (!atomic_exchange(&warned, 1))
+            loom_log(LOOM_WARN, "batcher: %zu of %zu samples have no target token within T = %zu and train on nothing",
+                     b->untargeted, b->n_samples, o->T);
+    }
     *out = b;
     return LOOM_OK;
 }
 
 size_t loom_batcher_samples(const loom_batcher *b) { return b->n_samples; }
+
+size_t loom_batcher_untargeted(const loom_batcher *b) { return b->untargeted; }
 
 uint64_t loom_batcher_steps_per_epoch(const loom_batcher *b) { return (b->n_samples + b->B - 1) / b->B; }
 
@@ -143,14 +164,54 @@ static void fill_window(const loom_batcher *b, size_t w, int32_t *tok, int32_t *
     }
 }
 
-/* Fills one row (T) from example k: truncated to T+1 tokens, padded. */
+/* Where an unpacked example's row starts. An example of more than T+1 tokens with a prompt
+ * (instruction, classification) loses prompt tokens from the front, as many as needed but never the
+ * last one, so the response or label stays in the row (and a longer response is cut at its end);
+ * the classification scorer keeps the end of its candidates the same way. Language-modelling
+ * examples are cut at the end. */
+static size_t row_start(const loom_example *ex, size_t T) {
+    if (ex->n <= T + 1 || ex->prompt_len < 2) return 0;
+    return LOOM_MIN((size_t)ex->n - (T + 1), (size_t)ex->prompt_len - 1);
+}
+
+/* Fills one row (T) from example k: T+1 tokens from row_start on, padded. */
 static void fill_example(const loom_batcher *b, size_t k, int32_t *tok, int32_t *tgt) {
     const loom_example *ex = &b->ds->ex[b->idx[k]];
-    size_t T = b->T, n = ex->n;
+    size_t T = b->T, c = row_start(ex, T), n = ex->n - c;
+    const int32_t *ids = ex->ids + c;
+    const uint8_t *mask = ex->mask + c;
     for (size_t t = 0; t < T; t++) {
-        tok[t] = t < n ? ex->ids[t] : b->ds->pad_id;
-        tgt[t] = t + 1 < n && ex->mask[t + 1] ? ex->ids[t + 1] : -1;
+        tok[t] = t < n ? ids[t] : b->ds->pad_id;
+        tgt[t] = t + 1 < n && mask[t + 1] ? ids[t + 1] : -1;
     }
+}
+
+/* Samples whose row has no target (a prompt that fills the row, a one-token example, a window of
+ * context only): they would train on nothing. */
+static size_t count_untargeted(const loom_batcher *b) {
+    const loom_dataset *ds = b->ds;
+    size_t none = 0, T = b->T;
+    if (!b->pack) {
+        for (size_t i = 0; i < b->n_idx; i++) {
+            const loom_example *ex = &ds->ex[b->idx[i]];
+            size_t c = row_start(ex, T), end = LOOM_MIN((size_t)ex->n, c + T + 1), t = c + 1;
+            while (t < end && !ex->mask[t]) t++;
+            none += t >= end;
+        }
+        return none;
+    }
+    /* window w targets stream positions w*T+1 .. w*T+T */
+    size_t e = 0;
+    for (size_t w = 0; w < b->n_samples; w++) {
+        uint64_t p = (uint64_t)w * T + 1, end = LOOM_MIN(p + T, b->cum[b->n_idx]);
+        int any = 0;
+        for (; p < end && !any; p++) {
+            while (p >= b->cum[e + 1]) e++;
+            any = ds->ex[b->idx[e]].mask[p - b->cum[e]];
+        }
+        none += !any;
+    }
+    return none;
 }
 
 int loom_batcher_fill(loom_batcher *b, uint64_t step, int32_t *tokens, int32_t *targets, size_t *rows) {

@@ -140,6 +140,7 @@ static int buf_reserve(buf_t *b, size_t n) {
 }
 
 static int buf_add(buf_t *b, const void *s, size_t n) {
+    if (n == 0) return LOOM_OK; /* b->p may still be NULL: no memcpy to NULL */
     int rc = buf_reserve(b, b->len + n);
     if (rc != LOOM_OK) return rc;
     memcpy(b->p + b->len, s, n);

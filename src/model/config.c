@@ -4,20 +4,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json_num.h"
 #include "loom/core.h"
 #include "loom/model.h"
 
-static int get_int(json_t *root, const char *key, int def) {
-    json_t *v = json_object_get(root, key);
-    if (json_is_integer(v)) return (int)json_integer_value(v);
-    if (json_is_real(v)) return (int)json_real_value(v);
-    return def;
-}
+#define CFG "config.json"
 
-static double get_num(json_t *root, const char *key, double def) {
+/* Integer fields: a JSON number, integer-valued, within [lo, hi] (json_num.h); absent or null = def. */
+#define GET_INT(dst, key, lo, hi, def)                                               \
+    do {                                                                              \
+        if (rc == LOOM_OK) rc = loom_json_int32(root, key, lo, hi, def, &(dst), CFG); \
+    } while (0)
+#define GET_REAL(dst, key, lo, hi, def)                                   \
+    do {                                                                   \
+        double v_ = 0;                                                     \
+        if (rc == LOOM_OK && (rc = loom_json_real(root, key, lo, hi, def, &v_, CFG)) == LOOM_OK) \
+            (dst) = (float)v_;                                             \
+    } while (0)
+
+/* A token id; Llama 3 style configs give a list of end ids, of which the first is kept. */
+static int get_token_id(json_t *root, const char *key, int *out) {
     json_t *v = json_object_get(root, key);
-    if (json_is_number(v)) return json_number_value(v);
-    return def;
+    if (json_is_array(v)) v = json_array_size(v) ? json_array_get(v, 0) : NULL;
+    long long x = -1;
+    int rc = v && !json_is_null(v) ? loom_json_int_value(v, key, -1, 1 << 24, &x, CFG) : LOOM_OK;
+    if (rc == LOOM_OK) *out = (int)x;
+    return rc;
 }
 
 static const char *get_str(json_t *root, const char *key) {
@@ -44,19 +56,22 @@ int loom_config_parse(loom_config *cfg, const char *text) {
     int is_llama = (mt && (!strcmp(mt, "llama") || !strcmp(mt, "mistral") || !strcmp(mt, "qwen2"))) ||
                    (arch && (!strcmp(arch, "LlamaForCausalLM") || !strcmp(arch, "MistralForCausalLM") ||
                              !strcmp(arch, "Qwen2ForCausalLM")));
-    cfg->bos_id = get_int(root, "bos_token_id", -1);
-    cfg->eos_id = get_int(root, "eos_token_id", -1);
+    rc = get_token_id(root, "bos_token_id", &cfg->bos_id);
+    if (rc == LOOM_OK) rc = get_token_id(root, "eos_token_id", &cfg->eos_id);
     if (is_gpt2) {
         cfg->arch = LOOM_ARCH_GPT2;
-        cfg->dim = get_int(root, "n_embd", 768);
-        cfg->n_layer = get_int(root, "n_layer", 12);
-        cfg->n_head = get_int(root, "n_head", 12);
+        int inner = 0, n_ctx = 1024;
+        GET_INT(cfg->dim, "n_embd", 1, 65536, 768);
+        GET_INT(cfg->n_layer, "n_layer", 1, 1024, 12);
+        GET_INT(cfg->n_head, "n_head", 1, 65536, 12);
+        GET_INT(inner, "n_inner", 0, 1 << 20, 0);
+        GET_INT(cfg->vocab, "vocab_size", 1, 1 << 24, 50257);
+        GET_INT(n_ctx, "n_ctx", 1, 1 << 20, 1024);
+        GET_INT(cfg->max_seq, "n_positions", 1, 1 << 20, n_ctx);
+        GET_REAL(cfg->norm_eps, "layer_norm_epsilon", 0, 1, 1e-5);
+        if (rc != LOOM_OK) goto done;
         cfg->n_kv_head = cfg->n_head;
-        int inner = get_int(root, "n_inner", 0);
         cfg->hidden = inner > 0 ? inner : 4 * cfg->dim;
-        cfg->vocab = get_int(root, "vocab_size", 50257);
-        cfg->max_seq = get_int(root, "n_positions", get_int(root, "n_ctx", 1024));
-        cfg->norm_eps = (float)get_num(root, "layer_norm_epsilon", 1e-5);
         cfg->tied = 1;
         json_t *tie = json_object_get(root, "tie_word_embeddings");
         if (json_is_boolean(tie)) cfg->tied = json_is_true(tie);
@@ -69,15 +84,20 @@ int loom_config_parse(loom_config *cfg, const char *text) {
             rc = loom_error(LOOM_EUNSUPPORTED, "config.json: activation_function \"%s\" is not supported (gelu_new, gelu)", act);
     } else if (is_llama) {
         cfg->arch = LOOM_ARCH_LLAMA;
-        cfg->dim = get_int(root, "hidden_size", 4096);
-        cfg->n_layer = get_int(root, "num_hidden_layers", 32);
-        cfg->n_head = get_int(root, "num_attention_heads", 32);
-        cfg->n_kv_head = get_int(root, "num_key_value_heads", cfg->n_head);
-        cfg->hidden = get_int(root, "intermediate_size", 11008);
-        cfg->vocab = get_int(root, "vocab_size", 32000);
-        cfg->max_seq = get_int(root, "max_position_embeddings", 2048);
-        cfg->norm_eps = (float)get_num(root, "rms_norm_eps", 1e-6);
-        cfg->rope_theta = (float)get_num(root, "rope_theta", 10000.0);
+        GET_INT(cfg->dim, "hidden_size", 1, 65536, 4096);
+        GET_INT(cfg->n_layer, "num_hidden_layers", 1, 1024, 32);
+        GET_INT(cfg->n_head, "num_attention_heads", 1, 65536, 32);
+        GET_INT(cfg->n_kv_head, "num_key_value_heads", 1, 65536, cfg->n_head);
+        GET_INT(cfg->hidden, "intermediate_size", 1, 1 << 20, 11008);
+        GET_INT(cfg->vocab, "vocab_size", 1, 1 << 24, 32000);
+        GET_INT(cfg->max_seq, "max_position_embeddings", 1, 1 << 20, 2048);
+        GET_REAL(cfg->norm_eps, "rms_norm_eps", 0, 1, 1e-6);
+        GET_REAL(cfg->rope_theta, "rope_theta", 0, 1e30, 10000.0);
+        int head_dim = 0;
+        GET_INT(head_dim, "head_dim", 1, 65536, 0);
+        if (rc != LOOM_OK) goto done;
+        if (head_dim && (long long)head_dim * cfg->n_head != cfg->dim)
+            rc = loom_error(LOOM_EUNSUPPORTED, "config.json: head_dim %d differs from hidden_size/num_attention_heads", head_dim);
         cfg->act = LOOM_ACT_SILU;
         json_t *tie = json_object_get(root, "tie_word_embeddings");
         cfg->tied = json_is_boolean(tie) ? json_is_true(tie) : 0;
@@ -86,19 +106,16 @@ int loom_config_parse(loom_config *cfg, const char *text) {
         const char *act = get_str(root, "hidden_act");
         if (act && strcmp(act, "silu") != 0)
             rc = loom_error(LOOM_EUNSUPPORTED, "config.json: hidden_act \"%s\" is not supported (silu)", act);
-        json_t *hd = json_object_get(root, "head_dim");
-        if (json_is_integer(hd) && json_integer_value(hd) * cfg->n_head != cfg->dim)
-            rc = loom_error(LOOM_EUNSUPPORTED, "config.json: head_dim %d differs from hidden_size/num_attention_heads",
-                            (int)json_integer_value(hd));
         json_t *rs = json_object_get(root, "rope_scaling");
         if (rs && !json_is_null(rs))
             loom_log(LOOM_WARN, "config.json: rope_scaling is ignored (plain RoPE is used)");
-    } else {
+    } else if (rc == LOOM_OK) {
         rc = loom_error(LOOM_EUNSUPPORTED,
                         "config.json: model_type \"%s\" / architecture \"%s\" is not supported "
                         "(GPT2LMHeadModel, LlamaForCausalLM and its Mistral/Qwen2 relatives)",
                         mt ? mt : "?", arch ? arch : "?");
     }
+done:
     json_decref(root);
     if (rc != LOOM_OK) return rc;
     return loom_config_validate(cfg);

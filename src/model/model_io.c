@@ -1,6 +1,7 @@
 /* Model files: Hugging Face directories (config.json + safetensors, sharded or not) and llama2.c
  * checkpoints in; Hugging Face directories out. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,25 @@ static const loom_st_tensor *find_tensor(const loom_st_set *s, const char *name)
     const loom_st_tensor *t = loom_st_set_find(s, name);
     if (!t && !strncmp(name, "transformer.", 12)) t = loom_st_set_find(s, name + 12);
     return t;
+}
+
+/* Weights must be finite: a NaN or Inf in a file would otherwise run through every forward pass
+ * and show up only as "loss nan" or a stream of <unk>. */
+static int check_finite(const float *x, size_t n, const char *file, const char *tensor) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return loom_error(LOOM_EFORMAT, "%s: tensor %s holds a non-finite value (%g at element %zu)", file, tensor,
+                              (double)x[i], i);
+    return LOOM_OK;
+}
+
+/* The file of a set that holds tensor t (for messages about shards). */
+static const char *file_of(const loom_st_set *s, const loom_st_tensor *t, const char *fallback) {
+    for (size_t i = 0; i < loom_st_set_file_count(s); i++) {
+        const loom_st_file *f = loom_st_set_file(s, i);
+        if (loom_st_find(f, t->name) == t) return loom_st_path(f);
+    }
+    return fallback;
 }
 
 static int load_hf(loom_model **out, const char *dir, const char *weights) {
@@ -68,6 +88,8 @@ static int load_hf(loom_model **out, const char *dir, const char *weights) {
         }
         if ((rc = loom_st_to_f32(st, m->params + t->offset, t->numel)) != LOOM_OK)
             loom_error_context(rc, "%s: tensor %s", weights, t->name);
+        else
+            rc = check_finite(m->params + t->offset, t->numel, file_of(set, st, weights), st->name);
     }
     loom_st_set_close(set);
     if (rc != LOOM_OK) {
@@ -90,7 +112,9 @@ static int load_llama2c(loom_model **out, const char *path) {
     }
     int32_t h[7];
     memcpy(h, data, sizeof h);
-    int dim = h[0], hidden = h[1], L = h[2], NH = h[3], NKV = h[4], V = h[5] < 0 ? -h[5] : h[5], maxT = h[6];
+    /* a negative vocab_size means an unshared classifier; INT32_MIN has no negation (and is invalid) */
+    int dim = h[0], hidden = h[1], L = h[2], NH = h[3], NKV = h[4], maxT = h[6];
+    int V = h[5] == INT32_MIN ? 0 : h[5] < 0 ? -h[5] : h[5];
     int shared = h[5] > 0;
     loom_config cfg = {0};
     cfg.arch = LOOM_ARCH_LLAMA;
@@ -168,6 +192,12 @@ static int load_llama2c(loom_model **out, const char *path) {
     if (wcls) memcpy(DST(m->t_head), wcls, (size_t)V * dim * 4);
 #undef DST
     free(data);
+    for (int i = 0; i < m->n_tensors && rc == LOOM_OK; i++)
+        rc = check_finite(m->params + m->tensors[i].offset, m->tensors[i].numel, path, m->tensors[i].name);
+    if (rc != LOOM_OK) {
+        loom_model_free(m);
+        return rc;
+    }
     *out = m;
     return LOOM_OK;
 }

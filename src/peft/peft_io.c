@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/json_num.h"
 #include "loom/core.h"
 #include "loom/safetensors.h"
 #include "peft/peft_impl.h"
@@ -126,15 +127,6 @@ int loom_tset_save_peft(const loom_tset *ts, const float *vec, const char *dir, 
     return loom_tset_save(ts, vec, path);
 }
 
-static int jint(json_t *o, const char *k, int def) {
-    json_t *v = json_object_get(o, k);
-    return json_is_integer(v) ? (int)json_integer_value(v) : json_is_real(v) ? (int)json_real_value(v) : def;
-}
-static double jnum(json_t *o, const char *k, double def) {
-    json_t *v = json_object_get(o, k);
-    return json_is_number(v) ? json_number_value(v) : def;
-}
-
 int loom_peft_config_load(loom_peft_config *cfg, const char *dir, char *base, size_t cap) {
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
@@ -156,8 +148,10 @@ int loom_peft_config_load(loom_peft_config *cfg, const char *dir, char *base, si
     else if (!strcmp(type, "LOOM_ADAPTER")) mth = LOOM_PEFT_ADAPTER;
     else if (!strcmp(type, "LOOM_BITFIT")) mth = LOOM_PEFT_BITFIT;
     else {
+        /* the message is built before the JSON (which owns `type`) is released */
+        rc = loom_error(LOOM_EUNSUPPORTED, "%s: peft_type '%s' is not supported (LORA, PREFIX_TUNING, PROMPT_TUNING, LOOM_ADAPTER, LOOM_BITFIT)", path, type);
         json_decref(j);
-        return loom_error(LOOM_EUNSUPPORTED, "%s: peft_type '%s' is not supported (LORA, PREFIX_TUNING, PROMPT_TUNING, LOOM_ADAPTER, LOOM_BITFIT)", path, type);
+        return rc;
     }
     loom_peft_defaults(cfg, mth);
     if (base && cap) {
@@ -166,9 +160,13 @@ int loom_peft_config_load(loom_peft_config *cfg, const char *dir, char *base, si
     }
     switch (mth) {
     case LOOM_PEFT_LORA: {
-        cfg->lora_r = jint(j, "r", 8);
-        cfg->lora_alpha = (float)jnum(j, "lora_alpha", 8);
-        cfg->lora_dropout = (float)jnum(j, "lora_dropout", 0);
+        double alpha, dropout;
+        if ((rc = loom_json_int32(j, "r", 1, 1024, 8, &cfg->lora_r, path)) != LOOM_OK ||
+            (rc = loom_json_real(j, "lora_alpha", 0, 1e6, 8, &alpha, path)) != LOOM_OK ||
+            (rc = loom_json_real(j, "lora_dropout", 0, 1, 0, &dropout, path)) != LOOM_OK)
+            break;
+        cfg->lora_alpha = (float)alpha;
+        cfg->lora_dropout = (float)dropout;
         cfg->rslora = json_is_true(json_object_get(j, "use_rslora"));
         json_t *bias = json_object_get(j, "bias");
         if (json_is_string(bias) && strcmp(json_string_value(bias), "none"))
@@ -193,9 +191,9 @@ int loom_peft_config_load(loom_peft_config *cfg, const char *dir, char *base, si
         if (n >= sizeof cfg->target_modules) rc = loom_error(LOOM_ERANGE, "%s: target_modules too long", path);
         break;
     }
-    case LOOM_PEFT_PREFIX: cfg->prefix_len = jint(j, "num_virtual_tokens", 0); break;
-    case LOOM_PEFT_PROMPT: cfg->prompt_len = jint(j, "num_virtual_tokens", 0); break;
-    case LOOM_PEFT_ADAPTER: cfg->adapter_dim = jint(j, "adapter_dim", 0); break;
+    case LOOM_PEFT_PREFIX: rc = loom_json_int32(j, "num_virtual_tokens", 1, 4096, 0, &cfg->prefix_len, path); break;
+    case LOOM_PEFT_PROMPT: rc = loom_json_int32(j, "num_virtual_tokens", 1, 1 << 20, 0, &cfg->prompt_len, path); break;
+    case LOOM_PEFT_ADAPTER: rc = loom_json_int32(j, "adapter_dim", 1, 65536, 0, &cfg->adapter_dim, path); break;
     case LOOM_PEFT_BITFIT: cfg->bitfit_norms = json_is_true(json_object_get(j, "bitfit_norms")); break;
     default: break;
     }
