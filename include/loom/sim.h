@@ -38,19 +38,11 @@
 #include "loom/partition.h"
 #include "loom/strategy.h"
 #include "loom/train.h"
+#include "loom/tvec.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* A named slice of the trainable vector, for writing it as safetensors. (All vector I/O of the
- * simulator goes through one pair of functions in sim.c that take this manifest.) */
-typedef struct {
-    const char *name;
-    size_t offset, numel;
-    int ndim;
-    int64_t shape[2];
-} loom_vec_entry;
 
 /* Builds one worker: a trainer over its own vector (dim floats). */
 typedef int (*loom_worker_make)(void *ud, loom_trainer **tr, float **vec);
@@ -73,8 +65,8 @@ typedef struct {
     /* model and trainable vector */
     size_t dim;
     const float *init;              /* initial global vector (dim) */
-    const loom_vec_entry *entries;  /* manifest for safetensors output (may be NULL: one tensor "vector") */
-    int n_entries;
+    const loom_tvec *manifest;      /* names of the vector's tensors in checkpoints and global.safetensors
+                                     * (include/loom/tvec.h; NULL: one tensor "vector" of dim floats) */
     loom_worker_make make_worker;
     loom_worker_free free_worker;
     void *worker_ud;

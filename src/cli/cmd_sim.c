@@ -229,7 +229,6 @@ int cmd_sim(int argc, char **argv) {
     loom_partition *part = NULL;
     loom_fault *faults = NULL;
     float *global = NULL;
-    loom_vec_entry *entries = NULL;
     loom_tset *set = NULL;
     progress prog = {0};
     double *ppl0 = NULL, *ppl1 = NULL; /* --compare: clients' test losses before and after */
@@ -366,29 +365,15 @@ int cmd_sim(int argc, char **argv) {
     fu.tc.total_steps = 0;
     fu.tc.B = B;
     fu.tc.T = T;
-    int ne = 0;
     if (set) {
-        entries = calloc((size_t)loom_tset_count(set), sizeof *entries);
-        for (int i = 0; entries && i < loom_tset_count(set); i++) {
-            const loom_tset_entry *e = loom_tset_entry_at(set, i);
-            entries[ne++] = (loom_vec_entry){.name = e->name, .offset = e->offset, .numel = e->numel, .ndim = e->ndim,
-                                             .shape = {e->shape[0], e->shape[1]}};
-        }
         sc.dim = loom_tset_dim(set);
         sc.init = loom_tset_data(set);
+        sc.manifest = loom_tset_manifest(set);
     } else {
-        entries = calloc((size_t)m->n_tensors, sizeof *entries);
-        for (int i = 0; entries && i < m->n_tensors; i++) {
-            const loom_tensor *t = &m->tensors[i];
-            entries[ne++] = (loom_vec_entry){.name = t->name, .offset = t->offset, .numel = t->numel, .ndim = t->ndim,
-                                             .shape = {t->shape[0], t->shape[1]}};
-        }
         sc.dim = m->n_params;
         sc.init = m->params;
+        sc.manifest = loom_model_manifest(m);
     }
-    if (!entries) BAD("out of memory");
-    sc.entries = entries;
-    sc.n_entries = ne;
     sc.make_worker = full_make;
     sc.free_worker = full_free;
     sc.worker_ud = &fu;
@@ -532,7 +517,6 @@ done:
     free(prog.x);
     free(prog.acc);
     free(prog.loss);
-    free(entries);
     free(faults);
     loom_free(global);
     loom_tset_free(set);

@@ -59,6 +59,8 @@ typedef struct sim_run {
     size_t dim;
     int n_clients;
     loom_engine *eng;
+    const loom_tvec *manifest; /* the vector's tensor names: c->manifest, or own_manifest */
+    loom_tvec *own_manifest;   /* one tensor "vector" when the caller gave no manifest */
     loom_client_state *states; /* (n_clients) the clients' own state, kept by the driver */
     double t_open;             /* virtual time the round opened */
     /* the current phase */
@@ -250,43 +252,17 @@ static int run_phase(sim_run *r, int phase, const int *list, int count) {
 
 /* ------------------------------------------------------------------ checkpoints */
 
-static int write_vector(loom_st_writer *w, const loom_sim_config *c, const char *prefix, const float *v, size_t dim,
-                        char **names, int *nn) {
-    int rc = LOOM_OK;
-    if (c->entries && c->n_entries > 0) {
-        for (int i = 0; i < c->n_entries && rc == LOOM_OK; i++) {
-            const loom_vec_entry *e = &c->entries[i];
-            char *nm = malloc(strlen(prefix) + strlen(e->name) + 1);
-            sprintf(nm, "%s%s", prefix, e->name);
-            names[(*nn)++] = nm;
-            rc = loom_st_writer_add(w, nm, LOOM_DT_F32, e->ndim, e->shape, v + e->offset);
-        }
-    } else {
-        char *nm = malloc(strlen(prefix) + 8);
-        sprintf(nm, "%svector", prefix);
-        names[(*nn)++] = nm;
-        int64_t shape[1] = {(int64_t)dim};
-        rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, shape, v);
-    }
-    return rc;
+/* All of the simulator's vector I/O: the global vector under its manifest's names (prefix "" here),
+ * through the one trainable-vector serializer. */
+static int write_vector(loom_st_writer *w, const loom_tvec *mf, const char *prefix, const float *v) {
+    loom_tvec_io io = {.prefix = prefix};
+    return loom_tvec_add_to(w, mf, v, &io);
 }
 
-static int read_vector(const loom_st_file *f, const loom_sim_config *c, const char *prefix, float *v, size_t dim) {
-    char nm[512];
-    if (c->entries && c->n_entries > 0) {
-        for (int i = 0; i < c->n_entries; i++) {
-            snprintf(nm, sizeof nm, "%s%s", prefix, c->entries[i].name);
-            const loom_st_tensor *t = loom_st_find(f, nm);
-            if (!t) return loom_error(LOOM_ENOTFOUND, "checkpoint has no tensor %s", nm);
-            int rc = loom_st_to_f32(t, v + c->entries[i].offset, c->entries[i].numel);
-            if (rc != LOOM_OK) return loom_error_context(rc, "checkpoint tensor %s", nm);
-        }
-        return LOOM_OK;
-    }
-    snprintf(nm, sizeof nm, "%svector", prefix);
-    const loom_st_tensor *t = loom_st_find(f, nm);
-    if (!t) return loom_error(LOOM_ENOTFOUND, "checkpoint has no tensor %s", nm);
-    return loom_st_to_f32(t, v, dim);
+static int read_vector(const loom_st_file *f, const loom_tvec *mf, const char *prefix, float *v) {
+    loom_tvec_io io = {.prefix = prefix, .allow_extra = 1}; /* a checkpoint holds state beside the vector */
+    int rc = loom_tvec_read_from(f, mf, v, &io);
+    return rc == LOOM_OK ? rc : loom_error_context(rc, "checkpoint");
 }
 
 static int save_checkpoint(sim_run *r, int next_round, const char *file) {
@@ -297,12 +273,12 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
     int rc = loom_st_writer_create(&w);
     if (rc != LOOM_OK) return rc;
     loom_strategy *strat = loom_engine_strategy(r->eng);
-    int cap = (c->n_entries > 0 ? c->n_entries : 1) + 16 + r->n_clients;
+    int cap = 16 + r->n_clients;
     char **names = calloc((size_t)cap, sizeof *names);
     int64_t *steps = NULL;
     int nn = 0;
     if (!names) rc = loom_error(LOOM_ENOMEM, "out of memory");
-    if (rc == LOOM_OK) rc = write_vector(w, c, "", loom_engine_global(r->eng), r->dim, names, &nn);
+    if (rc == LOOM_OK) rc = write_vector(w, r->manifest, "", loom_engine_global(r->eng));
     int final = !strcmp(file, "global.safetensors");
     if (!final && rc == LOOM_OK) {
         /* the server's state: the strategy's named vectors */
@@ -350,6 +326,9 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "next_round", buf);
     snprintf(buf, sizeof buf, "%zu", r->dim);
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "dim", buf);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_tvec_dim", buf);
+    snprintf(buf, sizeof buf, "%d", LOOM_TVEC_VERSION);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_tvec", buf);
     snprintf(buf, sizeof buf, "%d", r->n_clients);
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "clients", buf);
     snprintf(buf, sizeof buf, "%llu", (unsigned long long)c->seed);
@@ -430,7 +409,7 @@ static int load_checkpoint(sim_run *r, int *next_round) {
 #undef EXPECT
     v = loom_st_meta(f, "next_round");
     *next_round = v ? atoi(v) : 0;
-    rc = read_vector(f, c, "", loom_engine_global(r->eng), r->dim);
+    rc = read_vector(f, r->manifest, "", loom_engine_global(r->eng));
     size_t ns = loom_strategy_state_count(strat);
     for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
         const char *sn;
@@ -572,6 +551,19 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
     }
+    r.manifest = c->manifest;
+    if (!r.manifest) {
+        int64_t shape[1] = {(int64_t)c->dim};
+        if ((rc = loom_tvec_create(&r.own_manifest)) != LOOM_OK ||
+            (rc = loom_tvec_add(r.own_manifest, "vector", 1, shape, LOOM_ROLE_SHARED)) != LOOM_OK)
+            goto done;
+        r.manifest = r.own_manifest;
+    }
+    if (loom_tvec_dim(r.manifest) != c->dim) {
+        rc = loom_error(LOOM_EINVAL, "the vector's manifest describes %zu values, the vector has %zu",
+                        loom_tvec_dim(r.manifest), c->dim);
+        goto done;
+    }
     for (int i = 0; i < N; i++) {
         n_test[i] = c->part->clients[i].n_test;
         loom_client_state_init(&r.states[i]);
@@ -667,6 +659,7 @@ done:
     }
     free(r.slots);
     loom_engine_free(r.eng);
+    loom_tvec_free(r.own_manifest);
     pthread_mutex_destroy(&r.mu);
     return rc;
 }
