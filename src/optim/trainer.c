@@ -144,6 +144,8 @@ float loom_trainer_lr(const loom_trainer *t) {
     return loom_lr_cosine(t->cfg.opt.lr, t->cfg.min_lr, s, t->cfg.warmup, t->cfg.total_steps > 0 ? t->cfg.total_steps : s + 1);
 }
 
+static const char *nonfinite_name(double x) { return isnan(x) ? "NaN" : x > 0 ? "+Inf" : "-Inf"; }
+
 static long count_targets(const int32_t *targets, size_t n) {
     long c = 0;
     for (size_t i = 0; i < n; i++) c += targets[i] >= 0;
@@ -166,8 +168,8 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
     if (loss) *loss = l;
     if (n_targets) *n_targets = targets ? count_targets(targets, loom_trainer_batch_tokens(t)) : 0;
     if (!isfinite(l))
-        return loom_error(LOOM_ERANGE, "loss became non-finite (%g) at step %ld: lower --lr (now %g) or check the data",
-                          (double)l, step + 1, (double)loom_trainer_lr(t));
+        return loom_error(LOOM_ERANGE, "loss became non-finite (%s) at step %ld: lower --lr (now %g) or check the data",
+                          nonfinite_name(l), step + 1, (double)loom_trainer_lr(t));
     return LOOM_OK;
 }
 
@@ -178,8 +180,8 @@ int loom_trainer_apply_gradient(loom_trainer *t, double *grad_norm) {
     if (grad_norm) *grad_norm = gn;
     float lr = loom_trainer_lr(t);
     if (!isfinite(gn))
-        return loom_error(LOOM_ERANGE, "gradient norm became non-finite (%g) at step %ld: lower --lr (now %g)", gn,
-                          step + 1, (double)lr);
+        return loom_error(LOOM_ERANGE, "gradient norm became non-finite (%s) at step %ld: lower --lr (now %g)",
+                          nonfinite_name(gn), step + 1, (double)lr);
     loom_optimizer_step(t->opt, t->params, t->grads, lr);
     return LOOM_OK;
 }
