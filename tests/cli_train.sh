@@ -80,6 +80,19 @@ $LOOM sim --rounds 1 --sample 3 --local-steps 1 --batch 1 --seq 8 --eval-clients
   > /dev/null 2> "$tmp/sim.err"
 check "sim progress lines without a terminal" grep -q '^  round 1/1  client 1/3 done' "$tmp/sim.err"
 check "no carriage returns in a file" bash -c "! grep -q $'\r' '$tmp/sim.err'"
+check "a new model is said to train from scratch" grep -q 'training from scratch of [0-9]* parameters' "$tmp/sim.err"
+
+# sim --compare: per-client perplexity before and after fine-tuning a pretrained model, sample before
+$LOOM sim --model "$M" --tokenizer "$K" --min-lines 400 --rounds 1 --sample 2 --local-steps 3 --batch 4 --seq 32 \
+  --optimizer adamw --lr 0.003 --eval-clients 1 --compare 2 --sample-len 8 --workers 1 --checkpoint-every 1 \
+  --out "$tmp/cmp" > "$tmp/cmp.out" 2> "$tmp/cmp.err"
+check "compare: sample from the initial model" grep -q 'sample from the initial model' "$tmp/cmp.out"
+check "compare: table header" grep -q 'client  *test tokens  *ppl before  *ppl after' "$tmp/cmp.out"
+check "compare: two client rows" test "$(grep -c '^  [A-Z][A-Z ]* [0-9]* *[0-9.]* *[0-9.]* *[-+]' "$tmp/cmp.out")" -eq 2
+check "compare: pooled row" grep -q '^  all [0-9]* clients' "$tmp/cmp.out"
+check "compare: fine-tuning lowers the pooled perplexity" awk '/^  all [0-9]+ clients/ { ok = ($6 < $5) } END { exit !ok }' "$tmp/cmp.out"
+check "pretrained model is said to be fine-tuned" grep -q 'full fine-tuning of 260032 parameters' "$tmp/cmp.err"
+check "written line names the checkpoint" grep -q 'written .*checkpoint.safetensors' "$tmp/cmp.out"
 
 # the default --data shakespeare is found from another directory, through the binary's location
 (cd "$tmp" && env -u LOOM_SHARED "$LOOM" sim --rounds 1 --sample 1 --local-steps 1 --batch 1 --seq 8 --eval-clients 1 \
