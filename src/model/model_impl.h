@@ -73,6 +73,7 @@ typedef struct lm_peft_ops {
  * lowest and ops; the other fields belong to the methods' hooks. */
 struct loom_peft {
     const lm_peft_ops *ops; /* the method's hooks (never NULL in a built plan) */
+    size_t dim;             /* floats in the trainable vector */
     int n_tensors;
     long *tmap;            /* [n_tensors] offset of a trained copy of the model tensor in vec, or -1 (frozen) */
     /* LoRA: out[:, col0:col0+out] += scale * (dropout(x) A^T) B^T */

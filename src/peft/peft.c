@@ -361,6 +361,7 @@ int loom_tset_create(loom_tset **out, const loom_model *m, const loom_peft_confi
     case LOOM_PEFT_ADAPTER: ts->plan.ops = &lm_adapter_ops; rc = build_adapter(ts, seed); break;
     default: rc = loom_error(LOOM_EINVAL, "unknown fine-tuning method %d", (int)cfg->method);
     }
+    ts->plan.dim = ts->dim;
     if (rc == LOOM_OK) rc = loom_tvec_create(&ts->manifest);
     for (int i = 0; i < ts->n && rc == LOOM_OK; i++)
         rc = loom_tvec_add_at(ts->manifest, ts->e[i].name, ts->e[i].ndim, ts->e[i].shape, ts->e[i].offset,
