@@ -9,10 +9,15 @@
  * (loom_ws) sized for a batch B and sequence length T, so several workers can share one model:
  *
  *     loom_model *m;   loom_model_load(&m, "dir");             // or loom_model_create(&m, &cfg, seed)
- *     loom_ws *ws;     loom_ws_create(&ws, m, B, T);
- *     float loss;      loom_forward(m, m->params, ws, tokens, targets, B, T, &loss);
- *     memset(grads, 0, m->n_params * sizeof(float));
- *                      loom_backward(m, m->params, ws, grads, NULL);
+ *     loom_ws *ws;     loom_ws_create(&ws, m, B, T);           // loom_ws_create_infer: forward only
+ *     float *p = loom_model_params(m), loss;
+ *                      loom_forward(m, p, ws, tokens, targets, B, T, &loss);
+ *     float *grads = loom_calloc(loom_model_n_params(m), sizeof(float));
+ *                      loom_backward(m, p, ws, grads, NULL);
+ *
+ * A tensor's storage type is loom_tensor.dtype: LOOM_Q_F32 in the float buffer, or BF16/INT8 in a
+ * low-precision base (loom_model_quantize); every reader goes through one internal weight accessor,
+ * so forward, backward, decoding and saving all read a low-precision base as it is held.
  *
  * Dimension letters: B batch, T time, C model width, H MLP width, V vocabulary, L layers. */
 #ifndef LOOM_MODEL_H
@@ -121,10 +126,12 @@ const float *loom_model_params_const(const loom_model *m);
 double loom_model_flops_per_token(const loom_model *m, int T, int with_attention);
 
 /* Low-precision frozen base (QLoRA-style): every linear weight (LOOM_T_LINEAR_W) is held in BF16 or int8
- * with one absmax scale per output channel, and dequantized block by block inside each matmul. The
- * float copies of those weights in m->params are released (their pages returned to the system) and
- * must no longer be read: use loom_model_weight. Such weights are frozen: loom_backward gives them no
- * gradient, and a trainable set may not contain them. Embeddings, norms and biases stay float. */
+ * with one absmax scale per output channel (its loom_tensor.dtype says which), and dequantized block by
+ * block inside each matmul: forward, backward, loom_decode_step and loom_model_save read it as held,
+ * whatever params buffer they are given. The float copies of those weights in the model's buffer are
+ * released (their pages returned to the system) and hold nothing: loom_model_weight gives the values.
+ * Such weights are frozen: loom_backward gives them no gradient, and a trainable set may not contain
+ * them. Embeddings, norms and biases stay float. */
 int loom_model_quantize(loom_model *m, loom_qtype type);
 /* loom_model_create followed by loom_model_quantize, one tensor at a time, so the float copy of the
  * linear weights is never resident as a whole (peak memory ~ the low-precision model). */

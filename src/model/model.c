@@ -130,7 +130,7 @@ float *loom_model_params(loom_model *m) { return m->params; }
 const float *loom_model_params_const(const loom_model *m) { return m->params; }
 
 /* Allocates the layout and an uninitialised parameter buffer. */
-int loom_model_alloc(loom_model **out, const loom_config *cfg) {
+int lm_model_alloc(loom_model **out, const loom_config *cfg) {
     *out = NULL;
     int rc = loom_config_validate(cfg);
     if (rc != LOOM_OK) return rc;
@@ -189,7 +189,7 @@ static void init_tensor(loom_model *m, int i, uint64_t seed) {
 }
 
 int loom_model_create(loom_model **out, const loom_config *cfg, uint64_t seed) {
-    int rc = loom_model_alloc(out, cfg);
+    int rc = lm_model_alloc(out, cfg);
     if (rc != LOOM_OK) return rc;
     loom_model *m = *out;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -276,7 +276,7 @@ int loom_model_quantize(loom_model *m, loom_qtype type) {
 
 int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type) {
     if (type == LOOM_Q_F32) return loom_model_create(out, cfg, seed);
-    int rc = loom_model_alloc(out, cfg);
+    int rc = lm_model_alloc(out, cfg);
     if (rc != LOOM_OK) return rc;
     loom_model *m = *out;
     if ((rc = qbase_alloc(m, type)) != LOOM_OK) {
@@ -335,13 +335,13 @@ int loom_model_weight(const loom_model *m, const float *params, int idx, float *
 }
 
 int loom_model_to_float(loom_model **out, const loom_model *m, const float *params) {
-    int rc = loom_model_alloc(out, &m->cfg);
+    int rc = lm_model_alloc(out, &m->cfg);
     if (rc != LOOM_OK) return rc;
     for (int i = 0; i < m->n_tensors; i++) loom_model_weight(m, params, i, (*out)->params + m->tensors[i].offset);
     return LOOM_OK;
 }
 
-int loom_tensor_stage(const loom_model *m, int idx) {
+int lm_tensor_stage(const loom_model *m, int idx) {
     const loom_tensor *t = &m->tensors[idx];
     if (t->kind == LOOM_T_EMBED || t->kind == LOOM_T_POS) return -1;
     if (t->layer < 0) return m->cfg.n_layer * LOOM_STAGES;
@@ -760,7 +760,7 @@ static int lowest_trainable(const run_ctx *r) {
     if (r->pf) return r->pf->lowest;
     int lo = m->cfg.n_layer * LOOM_STAGES + 1;
     for (int i = 0; i < m->n_tensors; i++)
-        if (tg(r, i)) lo = LOOM_MIN(lo, loom_tensor_stage(m, i));
+        if (tg(r, i)) lo = LOOM_MIN(lo, lm_tensor_stage(m, i));
     return lo;
 }
 
