@@ -62,6 +62,12 @@ float loom_crossentropy_forward(float *losses, const float *logits, const int32_
                                 int *n_valid);
 /* In place: logits[N,V] becomes d(mean loss)/d logits * dloss. */
 void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, int V, int n_valid, float dloss);
+/* The same with a weight per batch row (rows of T positions; row_w[N / T], NULL = all 1): the loss is
+ * sum_n row_w[n / T] * losses[n] / n_valid (losses[] stay unweighted), and its gradient. */
+float loom_crossentropy_forward_w(float *losses, const float *logits, const int32_t *targets, const float *row_w, int T,
+                                  int N, int V, int *n_valid);
+void loom_crossentropy_backward_w(float *logits, const int32_t *targets, const float *row_w, int T, int N, int V,
+                                  int n_valid, float dloss);
 
 /* Row-sum of a [N, C] matrix into out[C] (+=), fixed chunking (thread-count independent). */
 void loom_colsum_acc(float *out, const float *x, int ld, int N, int C);

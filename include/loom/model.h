@@ -9,10 +9,15 @@
  * (loom_ws) sized for a batch B and sequence length T, so several workers can share one model:
  *
  *     loom_model *m;   loom_model_load(&m, "dir");             // or loom_model_create(&m, &cfg, seed)
- *     loom_ws *ws;     loom_ws_create(&ws, m, B, T);
- *     float loss;      loom_forward(m, m->params, ws, tokens, targets, B, T, &loss);
- *     memset(grads, 0, m->n_params * sizeof(float));
- *                      loom_backward(m, m->params, ws, grads, NULL);
+ *     loom_ws *ws;     loom_ws_create(&ws, m, B, T);           // loom_ws_create_infer: forward only
+ *     float *p = loom_model_params(m), loss;
+ *                      loom_forward(m, p, ws, tokens, targets, B, T, &loss);
+ *     float *grads = loom_calloc(loom_model_n_params(m), sizeof(float));
+ *                      loom_backward(m, p, ws, grads, NULL);
+ *
+ * A tensor's storage type is loom_tensor.dtype: LOOM_Q_F32 in the float buffer, or BF16/INT8 in a
+ * low-precision base (loom_model_quantize); every reader goes through one internal weight accessor,
+ * so forward, backward, decoding and saving all read a low-precision base as it is held.
  *
  * Dimension letters: B batch, T time, C model width, H MLP width, V vocabulary, L layers. */
 #ifndef LOOM_MODEL_H
@@ -121,10 +126,12 @@ const float *loom_model_params_const(const loom_model *m);
 double loom_model_flops_per_token(const loom_model *m, int T, int with_attention);
 
 /* Low-precision frozen base (QLoRA-style): every linear weight (LOOM_T_LINEAR_W) is held in BF16 or int8
- * with one absmax scale per output channel, and dequantized block by block inside each matmul. The
- * float copies of those weights in m->params are released (their pages returned to the system) and
- * must no longer be read: use loom_model_weight. Such weights are frozen: loom_backward gives them no
- * gradient, and a trainable set may not contain them. Embeddings, norms and biases stay float. */
+ * with one absmax scale per output channel (its loom_tensor.dtype says which), and dequantized block by
+ * block inside each matmul: forward, backward, loom_decode_step and loom_model_save read it as held,
+ * whatever params buffer they are given. The float copies of those weights in the model's buffer are
+ * released (their pages returned to the system) and hold nothing: loom_model_weight gives the values.
+ * Such weights are frozen: loom_backward gives them no gradient, and a trainable set may not contain
+ * them. Embeddings, norms and biases stay float. */
 int loom_model_quantize(loom_model *m, loom_qtype type);
 /* loom_model_create followed by loom_model_quantize, one tensor at a time, so the float copy of the
  * linear weights is never resident as a whole (peak memory ~ the low-precision model). */
@@ -164,6 +171,14 @@ typedef struct loom_peft loom_peft;
 /* A workspace sized for B x T plus what the plan needs (soft-prompt positions, LoRA/adapter/prefix
  * activations, a dequantization block for a low-precision base). pf may be NULL. */
 int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf);
+/* A forward-only workspace (generation, evaluation, a forward-only client): one layer's activations,
+ * reused through the layers, and no backward scratch; loom_backward* on it is refused. pf may be NULL. */
+int loom_ws_create_infer(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf);
+/* Loss weight per batch row for the following forwards and backwards: the loss becomes
+ * sum over valid targets of w[row] * loss / (number of valid targets), so all 1 is the plain mean (the
+ * default, and what w = NULL restores). Per-position losses (loom_ws_losses) stay unweighted. A
+ * forward must then run batches of exactly B rows. Weights must be finite and >= 0. */
+int loom_ws_set_row_weights(loom_ws *ws, const float *w, int B);
 /* LoRA dropout for the following forward/backward pairs: on in training, off (default) in evaluation;
  * the mask is a function of (seed, module, element), so give each step its own seed. */
 void loom_ws_set_dropout(loom_ws *ws, int on, uint64_t seed);
@@ -175,6 +190,17 @@ int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const l
 /* gvec[dim] += d loss / d vec for the last forward_ex (same base, plan and vec). */
 int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                      float *gvec);
+
+/* Per-example gradients of the trainable vector (any set: LoRA, FULL, ...), one batch row at a time:
+ * g_b = d(row b's share of the batch loss)/d vec, where the batch loss is the mean over all B rows'
+ * valid targets, so sum_b g_b is loom_backward_ex's gradient. norms[b] = ||g_b||_2. If gvec is not
+ * NULL, gvec += sum_b s_b g_b with s_b = min(1, clip / norms[b]) when clip > 0, else 1 (the clipped
+ * sum of DP-SGD). gscratch[dim] is caller scratch; *loss (may be NULL) gets the batch loss. Row weights
+ * are ignored; LoRA dropout masks are those of row 0 for every row. The workspace keeps the last row's
+ * forward (run the batch forward again before a loom_backward_ex of the batch). */
+int loom_per_example_grads(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                           const int32_t *tokens, const int32_t *targets, int B, int T, float *norms, float clip,
+                           float *gvec, float *gscratch, float *loss);
 
 /* KV-cached inference for generation, one sequence. */
 typedef struct loom_kv loom_kv;

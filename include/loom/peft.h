@@ -48,7 +48,7 @@
  *     loom_tset *ts;   if (loom_tset_create(&ts, m, &pc, 42) != LOOM_OK) ... loom_errmsg() ...
  *     // ts's own vector holds the initial values: 2 * 12 * 8 * (768 + 2304) = 589,824 floats
  *     loom_train_config tc; loom_train_defaults(&tc);
- *     loom_trainer *tr; loom_trainer_create_peft(&tr, m, m->params, ts, loom_tset_data(ts), &tc);
+ *     loom_trainer *tr; loom_trainer_create_peft(&tr, m, loom_model_params(m), ts, loom_tset_data(ts), &tc);
  *     loom_trainer_step(tr, tokens, targets, &loss, NULL);   // steps only the LoRA vector
  *     loom_tset_save_peft(ts, loom_trainer_vector(tr), "out-dir", "gpt2-dir");
  *     loom_trainer_free(tr); loom_tset_free(ts); loom_model_free(m);

@@ -183,7 +183,7 @@ static int generate_forward(const loom_model *m, const loom_tset *ts, const floa
     float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
     loom_ws *ws = NULL;
     loom_detok *dt = NULL;
-    if (!seq || !logits || (rc = loom_ws_create_ex(&ws, m, 1, cap, pf)) != LOOM_OK ||
+    if (!seq || !logits || (rc = loom_ws_create_infer(&ws, m, 1, cap, pf)) != LOOM_OK ||
         (rc = loom_detok_create(&dt, tok)) != LOOM_OK) {
         free(ids); free(seq); free(logits); loom_ws_free(ws);
         return rc ? rc : loom_error(LOOM_ENOMEM, "out of memory");

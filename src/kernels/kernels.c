@@ -356,8 +356,8 @@ void loom_attention_backward(float *dqkv, float *scratch, const float *dout, con
         }
 }
 
-float loom_crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V,
-                                int *n_valid) {
+float loom_crossentropy_forward_w(float *losses, const float *logits, const int32_t *targets, const float *row_w, int T,
+                                  int N, int V, int *n_valid) {
 #pragma omp parallel for schedule(static) if (PAR((size_t)N * V))
     for (int n = 0; n < N; n++) {
         int tg = targets[n];
@@ -378,20 +378,27 @@ float loom_crossentropy_forward(float *losses, const float *logits, const int32_
     int cnt = 0;
     for (int n = 0; n < N; n++)
         if (targets[n] >= 0 && targets[n] < V) {
-            total += losses[n];
+            total += row_w ? (double)row_w[n / T] * losses[n] : (double)losses[n];
             cnt++;
         }
     *n_valid = cnt;
     return cnt ? (float)(total / cnt) : 0.0f;
 }
 
-void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, int V, int n_valid, float dloss) {
-    float k = n_valid ? dloss / (float)n_valid : 0.0f;
+float loom_crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V,
+                                int *n_valid) {
+    return loom_crossentropy_forward_w(losses, logits, targets, NULL, 1, N, V, n_valid);
+}
+
+void loom_crossentropy_backward_w(float *logits, const int32_t *targets, const float *row_w, int T, int N, int V,
+                                  int n_valid, float dloss) {
+    float k0 = n_valid ? dloss / (float)n_valid : 0.0f;
 #pragma omp parallel for schedule(static) if (PAR((size_t)N * V))
     for (int n = 0; n < N; n++) {
         float *row = logits + (size_t)n * V;
         int tg = targets[n];
-        if (tg < 0 || tg >= V) {
+        float k = row_w ? k0 * row_w[n / T] : k0;
+        if (tg < 0 || tg >= V || k == 0.0f) {
             memset(row, 0, (size_t)V * sizeof *row);
             continue;
         }
@@ -409,4 +416,8 @@ void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, in
         for (int j = 0; j < V; j++) row[j] *= scale;
         row[tg] -= k;
     }
+}
+
+void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, int V, int n_valid, float dloss) {
+    loom_crossentropy_backward_w(logits, targets, NULL, 1, N, V, n_valid, dloss);
 }

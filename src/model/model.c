@@ -130,7 +130,7 @@ float *loom_model_params(loom_model *m) { return m->params; }
 const float *loom_model_params_const(const loom_model *m) { return m->params; }
 
 /* Allocates the layout and an uninitialised parameter buffer. */
-int loom_model_alloc(loom_model **out, const loom_config *cfg) {
+int lm_model_alloc(loom_model **out, const loom_config *cfg) {
     *out = NULL;
     int rc = loom_config_validate(cfg);
     if (rc != LOOM_OK) return rc;
@@ -189,7 +189,7 @@ static void init_tensor(loom_model *m, int i, uint64_t seed) {
 }
 
 int loom_model_create(loom_model **out, const loom_config *cfg, uint64_t seed) {
-    int rc = loom_model_alloc(out, cfg);
+    int rc = lm_model_alloc(out, cfg);
     if (rc != LOOM_OK) return rc;
     loom_model *m = *out;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -276,7 +276,7 @@ int loom_model_quantize(loom_model *m, loom_qtype type) {
 
 int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type) {
     if (type == LOOM_Q_F32) return loom_model_create(out, cfg, seed);
-    int rc = loom_model_alloc(out, cfg);
+    int rc = lm_model_alloc(out, cfg);
     if (rc != LOOM_OK) return rc;
     loom_model *m = *out;
     if ((rc = qbase_alloc(m, type)) != LOOM_OK) {
@@ -335,13 +335,13 @@ int loom_model_weight(const loom_model *m, const float *params, int idx, float *
 }
 
 int loom_model_to_float(loom_model **out, const loom_model *m, const float *params) {
-    int rc = loom_model_alloc(out, &m->cfg);
+    int rc = lm_model_alloc(out, &m->cfg);
     if (rc != LOOM_OK) return rc;
     for (int i = 0; i < m->n_tensors; i++) loom_model_weight(m, params, i, (*out)->params + m->tensors[i].offset);
     return LOOM_OK;
 }
 
-int loom_tensor_stage(const loom_model *m, int idx) {
+int lm_tensor_stage(const loom_model *m, int idx) {
     const loom_tensor *t = &m->tensors[idx];
     if (t->kind == LOOM_T_EMBED || t->kind == LOOM_T_POS) return -1;
     if (t->layer < 0) return m->cfg.n_layer * LOOM_STAGES;
@@ -400,9 +400,14 @@ struct loom_ws {
     float *qscratch;     /* low-precision base: dequantized block */
     int dropout_on;
     uint64_t dropout_seed;
+    int train;           /* sized for backward (else forward only) */
+    float *row_w;        /* [B] loss weight per batch row (loom_ws_set_row_weights) */
+    int use_row_w, n_row_w;
 };
 
-int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
+/* train: sized for backward (every layer's activations kept, gradient scratch); else forward only
+ * (one layer's activations, reused layer after layer, and no gradient scratch). */
+static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int train) {
     *out = NULL;
     const loom_config *c = &m->cfg;
     int P = pf ? pf->prompt_len : 0;
@@ -421,10 +426,13 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
     ws->QKV = C + 2 * KV;
     ws->mlp_in = c->arch == LOOM_ARCH_LLAMA ? 2 * H : H;
     ws->pf = pf;
+    ws->train = train;
+    ws->row_w = malloc((size_t)B * sizeof *ws->row_w);
     size_t att = (size_t)B * c->n_head * T * T;
     size_t per_layer = N * C * 4 + N * 4 + N * ws->QKV + att + N * ws->mlp_in + N * H;
-    size_t total = (size_t)(L + 1) * N * C + (size_t)L * per_layer + N * C + 2 * N + N * V + N +
-                   /* scratch */ N * C * 4 + N * ws->QKV + N * ws->mlp_in + N * H + att + 2 * N;
+    int nl = train ? L : 1, nres = train ? L + 1 : 2; /* layers whose activations are stored */
+    size_t total = (size_t)nres * N * C + (size_t)nl * per_layer + N * C + 2 * N + N * V + N + /* tmp */ N * C +
+                   (train ? /* backward scratch */ N * C * 3 + N * ws->QKV + N * ws->mlp_in + N * H + att + 2 * N : 0);
     ws->mem = loom_alloc(total * sizeof(float));
     float ***lists[] = {&ws->res, &ws->n1, &ws->mean1, &ws->rstd1, &ws->qkv, &ws->att, &ws->atty, &ws->res2,
                         &ws->n2, &ws->mean2, &ws->rstd2, &ws->fch, &ws->fca};
@@ -449,7 +457,7 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
         extra += qs;
     }
     if (extra) ws->pmem = loom_alloc(extra * sizeof(float));
-    if (!ok || !ws->tok_copy || !ws->tgt_copy || (extra && !ws->pmem)) {
+    if (!ok || !ws->tok_copy || !ws->tgt_copy || !ws->row_w || (extra && !ws->pmem)) {
         loom_ws_free(ws);
         return loom_error(LOOM_ENOMEM, "out of memory for activations of batch %d x %d (%.1f MiB)", B, T,
                           (total + extra) * 4.0 / (1 << 20));
@@ -457,8 +465,14 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
     ws->bytes = (total + extra) * sizeof(float);
     float *p = ws->mem;
 #define TAKE(n) (p += (n), p - (n))
-    for (int l = 0; l <= L; l++) ws->res[l] = TAKE(N * C);
+    for (int l = 0; l <= L; l++) ws->res[l] = l < nres ? TAKE(N * C) : ws->res[l % 2];
     for (int l = 0; l < L; l++) {
+        if (l >= nl) { /* forward only: every layer works in layer 0's buffers */
+            float ***ls[] = {&ws->n1, &ws->mean1, &ws->rstd1, &ws->qkv, &ws->att, &ws->atty, &ws->res2,
+                             &ws->n2, &ws->mean2, &ws->rstd2, &ws->fch, &ws->fca};
+            for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) (*ls[i])[l] = (*ls[i])[0];
+            continue;
+        }
         ws->n1[l] = TAKE(N * C);
         ws->mean1[l] = TAKE(N);
         ws->rstd1[l] = TAKE(N);
@@ -477,14 +491,16 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
     ws->rstdf = TAKE(N);
     ws->logits = TAKE(N * V);
     ws->losses = TAKE(N);
-    ws->dres = TAKE(N * C);
-    ws->dn = TAKE(N * C);
-    ws->datty = TAKE(N * C);
     ws->tmp = TAKE(N * C);
-    ws->dqkv = TAKE(N * ws->QKV);
-    ws->dfch = TAKE(N * ws->mlp_in);
-    ws->dfca = TAKE(N * H);
-    ws->datt = TAKE(att);
+    if (train) {
+        ws->dres = TAKE(N * C);
+        ws->dn = TAKE(N * C);
+        ws->datty = TAKE(N * C);
+        ws->dqkv = TAKE(N * ws->QKV);
+        ws->dfch = TAKE(N * ws->mlp_in);
+        ws->dfca = TAKE(N * H);
+        ws->datt = TAKE(att);
+    }
     p = ws->pmem;
     if (hooks) ws->hmem = TAKE(hooks);
     if (qs) ws->qscratch = TAKE(qs);
@@ -493,7 +509,30 @@ int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const lo
     return LOOM_OK;
 }
 
-int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) { return loom_ws_create_ex(out, m, B, T, NULL); }
+int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
+    return ws_create(out, m, B, T, pf, 1);
+}
+
+int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) { return ws_create(out, m, B, T, NULL, 1); }
+
+int loom_ws_create_infer(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
+    return ws_create(out, m, B, T, pf, 0);
+}
+
+int loom_ws_set_row_weights(loom_ws *ws, const float *w, int B) {
+    if (!w) {
+        ws->use_row_w = 0;
+        return LOOM_OK;
+    }
+    if (B < 1 || B > ws->B) return loom_error(LOOM_EINVAL, "%d row weights for a workspace of %d rows", B, ws->B);
+    for (int b = 0; b < B; b++)
+        if (!isfinite(w[b]) || w[b] < 0)
+            return loom_error(LOOM_EINVAL, "row weight %d is %g (weights must be finite and >= 0)", b, (double)w[b]);
+    memcpy(ws->row_w, w, (size_t)B * sizeof *w);
+    ws->n_row_w = B;
+    ws->use_row_w = 1;
+    return LOOM_OK;
+}
 
 void loom_ws_free(loom_ws *ws) {
     if (!ws) return;
@@ -503,6 +542,7 @@ void loom_ws_free(loom_ws *ws) {
     free(ws->atty); free(ws->res2); free(ws->n2); free(ws->mean2); free(ws->rstd2); free(ws->fch); free(ws->fca);
     free(ws->tok_copy);
     free(ws->tgt_copy);
+    free(ws->row_w);
     free(ws);
 }
 
@@ -684,7 +724,10 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
 
     ws->have_forward = 1;
     if (targets) {
-        float l = loom_crossentropy_forward(ws->losses, ws->logits, ws->tgt_copy, N, V, &ws->n_valid);
+        if (ws->use_row_w && ws->n_row_w != B)
+            return loom_error(LOOM_EINVAL, "%d row weights set for a batch of %d rows", ws->n_row_w, B);
+        float l = loom_crossentropy_forward_w(ws->losses, ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N,
+                                              V, &ws->n_valid);
         if (loss) *loss = l;
     } else {
         ws->n_valid = -1;
@@ -717,7 +760,7 @@ static int lowest_trainable(const run_ctx *r) {
     if (r->pf) return r->pf->lowest;
     int lo = m->cfg.n_layer * LOOM_STAGES + 1;
     for (int i = 0; i < m->n_tensors; i++)
-        if (tg(r, i)) lo = LOOM_MIN(lo, loom_tensor_stage(m, i));
+        if (tg(r, i)) lo = LOOM_MIN(lo, lm_tensor_stage(m, i));
     return lo;
 }
 
@@ -729,6 +772,8 @@ static int backward_impl(const run_ctx *rc) {
     loom_ws *ws = r.ws;
     const loom_peft *pf = r.pf;
     const loom_config *c = &m->cfg;
+    if (!ws->train)
+        return loom_error(LOOM_ESTATE, "the workspace is for inference only (loom_ws_create_infer): no backward");
     if (!ws->have_forward || ws->n_valid < 0)
         return loom_error(LOOM_ESTATE, "backward needs a forward pass with targets first");
     if (ws->last_pf != pf || ws->last_vec != r.vec || ws->last_base != r.base)
@@ -744,7 +789,7 @@ static int backward_impl(const run_ctx *rc) {
     ws->have_forward = 0; /* logits are about to be overwritten */
 
     /* loss -> logits (in place) -> final norm */
-    loom_crossentropy_backward(ws->logits, ws->tgt_copy, N, V, ws->n_valid, 1.0f);
+    loom_crossentropy_backward_w(ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N, V, ws->n_valid, 1.0f);
     loom_matmul_backward(ws->dn, C, 0.0f, G(m->t_head), NULL, ws->logits, V, ws->nf, tp(&r, m->t_head), LOOM_W_LINEAR,
                          N, C, V);
     float *xl = ws->res[c->n_layer];
@@ -888,4 +933,44 @@ int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const 
     if (!pf || !vec || !gvec) return loom_error(LOOM_EINVAL, "loom_backward_ex needs a plan, its vector and a gradient vector");
     run_ctx r = {m, base, vec, NULL, gvec, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
     return backward_impl(&r);
+}
+
+/* ---------------------------------------------------------------- per-example gradients */
+
+int loom_per_example_grads(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                           const int32_t *tokens, const int32_t *targets, int B, int T, float *norms, float clip,
+                           float *gvec, float *gscratch, float *loss) {
+    if (!pf || !vec || !targets || !norms || !gscratch)
+        return loom_error(LOOM_EINVAL, "per-example gradients need a plan, its vector, targets, norms and scratch");
+    if (!(clip >= 0) || !isfinite(clip)) return loom_error(LOOM_EINVAL, "clip norm %g must be finite and >= 0", (double)clip);
+    if (B < 1 || B > ws->B) return loom_error(LOOM_EINVAL, "batch of %d rows for a workspace of %d", B, ws->B);
+    const int V = m->cfg.vocab;
+    long nv = 0; /* valid targets of the whole batch: the mean's denominator */
+    for (size_t n = 0; n < (size_t)B * T; n++) nv += targets[n] >= 0 && targets[n] < V;
+    int saved = ws->use_row_w, rc = LOOM_OK;
+    ws->use_row_w = 0;
+    double total = 0;
+    for (int b = 0; b < B && rc == LOOM_OK; b++) {
+        float lb;
+        memset(gscratch, 0, pf->dim * sizeof(float));
+        rc = loom_forward_ex(m, base, ws, pf, vec, tokens + (size_t)b * T, targets + (size_t)b * T, 1, T, &lb);
+        if (rc != LOOM_OK) break;
+        int nb = ws->n_valid;
+        norms[b] = 0.0f;
+        if (nb == 0) continue;
+        if ((rc = loom_backward_ex(m, base, ws, pf, vec, gscratch)) != LOOM_OK) break;
+        /* row b's share of the batch mean is nb / nv times its own mean */
+        double share = (double)nb / (double)nv, sq = 0;
+        for (size_t i = 0; i < pf->dim; i++) sq += (double)gscratch[i] * gscratch[i];
+        double nrm = share * sqrt(sq);
+        norms[b] = (float)nrm;
+        total += (double)lb * nb;
+        if (gvec) {
+            float f = (float)(share * (clip > 0 && nrm > clip ? clip / nrm : 1.0));
+            for (size_t i = 0; i < pf->dim; i++) gvec[i] += f * gscratch[i];
+        }
+    }
+    ws->use_row_w = saved;
+    if (loss) *loss = nv ? (float)(total / (double)nv) : 0.0f;
+    return rc;
 }

@@ -1,4 +1,5 @@
-/* Internal to the model/ layer, and to peft/, which builds the plans the forward pass follows. */
+/* Internal to the model/ layer, and to peft/, which builds the plans the forward pass follows and
+ * implements their hooks. Cross-file private names carry the lm_ prefix (public ones loom_). */
 #ifndef LOOM_MODEL_IMPL_H
 #define LOOM_MODEL_IMPL_H
 #include <stddef.h>
@@ -8,7 +9,7 @@
 #include "loom/quant.h"
 
 /* Allocates the layout and an uninitialised parameter buffer. */
-int loom_model_alloc(loom_model **out, const loom_config *cfg);
+int lm_model_alloc(loom_model **out, const loom_config *cfg);
 
 /* Matmul sites of a layer, where LoRA modules attach (their output columns are a slice of the site's
  * output): QKV (GPT-2 c_attn; Llama q|k|v), O (c_proj / o_proj), UP (GPT-2 c_fc; Llama gate|up), DOWN. */
@@ -73,6 +74,7 @@ typedef struct lm_peft_ops {
  * lowest and ops; the other fields belong to the methods' hooks. */
 struct loom_peft {
     const lm_peft_ops *ops; /* the method's hooks (never NULL in a built plan) */
+    size_t dim;             /* floats in the trainable vector */
     int n_tensors;
     long *tmap;            /* [n_tensors] offset of a trained copy of the model tensor in vec, or -1 (frozen) */
     /* LoRA: out[:, col0:col0+out] += scale * (dropout(x) A^T) B^T */
@@ -115,6 +117,6 @@ typedef struct {
 lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx);
 
 /* Forward position of a model tensor (see LOOM_ST_*). */
-int loom_tensor_stage(const loom_model *m, int idx);
+int lm_tensor_stage(const loom_model *m, int idx);
 
 #endif

@@ -63,7 +63,7 @@ static int load_hf(loom_model **out, const char *dir, const char *weights) {
         cfg.tied = 1;
     }
     loom_model *m;
-    if ((rc = loom_model_alloc(&m, &cfg)) != LOOM_OK) {
+    if ((rc = lm_model_alloc(&m, &cfg)) != LOOM_OK) {
         loom_st_set_close(set);
         return rc;
     }
@@ -144,7 +144,7 @@ static int load_llama2c(loom_model **out, const char *path) {
         return loom_error(LOOM_EFORMAT, "%s: size %zu bytes does not match the header (expected %zu)", path, len, 28 + need * 4);
     }
     loom_model *m;
-    if ((rc = loom_model_alloc(&m, &cfg)) != LOOM_OK) {
+    if ((rc = lm_model_alloc(&m, &cfg)) != LOOM_OK) {
         free(data);
         return rc;
     }

@@ -215,7 +215,7 @@ static int build_lora(loom_tset *ts, uint64_t seed) {
             rc = add_entry(ts, nm, 2, md->out, R, l, md->tensor);
         }
     free(selected);
-    if (rc != LOOM_OK || (rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
+    if (rc != LOOM_OK || (rc = lm_tset_alloc_data(ts)) != LOOM_OK) return rc;
     /* PEFT init: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0 */
     for (int k = 0; k < pf->n_lora; k++) {
         const loom_lora_mod *md = &pf->lora[k];
@@ -244,13 +244,13 @@ static int build_copies(loom_tset *ts, int with_data) {
                    (ts->cfg.bitfit_norms && t->kind == LOOM_T_NORM_W);
         if (!take) continue;
         pf->tmap[i] = (long)ts->dim;
-        pf->lowest = LOOM_MIN(pf->lowest, loom_tensor_stage(m, i));
+        pf->lowest = LOOM_MIN(pf->lowest, lm_tensor_stage(m, i));
         if ((rc = add_entry(ts, t->name, t->ndim, t->shape[0], t->shape[1], t->layer, i)) != LOOM_OK) return rc;
     }
     if (ts->n == 0)
         return loom_error(LOOM_EINVAL, "this model has no biases for BitFit to train (add bitfit_norms / --bitfit-norms)");
     if (!with_data) return LOOM_OK;
-    if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
+    if ((rc = lm_tset_alloc_data(ts)) != LOOM_OK) return rc;
     for (int k = 0; k < ts->n; k++)
         memcpy(ts->data + ts->e[k].offset, m->params + m->tensors[ts->e[k].tensor].offset, ts->e[k].numel * sizeof(float));
     return LOOM_OK;
@@ -266,7 +266,7 @@ static int build_prefix(loom_tset *ts, uint64_t seed) {
     ts->plan.lowest = LOOM_ST_ATTN;
     if ((rc = add_entry(ts, "prompt_embeddings", 2, P, 2 * (int64_t)c->n_layer * KV, -1, -1)) != LOOM_OK) return rc;
     ts->e[0].matrix = 0; /* an embedding table, not a weight matrix: no weight decay */
-    if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
+    if ((rc = lm_tset_alloc_data(ts)) != LOOM_OK) return rc;
     loom_rng r;
     loom_rng_init(&r, seed, LOOM_STREAM_PREFIX_INIT);
     for (size_t j = 0; j < ts->dim; j++) ts->data[j] = 0.02f * (float)loom_rng_normal(&r);
@@ -285,7 +285,7 @@ static int build_prompt(loom_tset *ts, uint64_t seed) {
     ts->plan.lowest = -1;
     if ((rc = add_entry(ts, "prompt_embeddings", 2, P, C, -1, -1)) != LOOM_OK) return rc;
     ts->e[0].matrix = 0;
-    if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
+    if ((rc = lm_tset_alloc_data(ts)) != LOOM_OK) return rc;
     loom_rng r;
     loom_rng_init(&r, seed, LOOM_STREAM_PROMPT_INIT);
     const float *wte = m->params + m->tensors[m->t_embed].offset;
@@ -320,7 +320,7 @@ static int build_adapter(loom_tset *ts, uint64_t seed) {
             ADD("up.bias", 1, C, 0);
 #undef ADD
         }
-    if ((rc = tset_alloc_data(ts)) != LOOM_OK) return rc;
+    if ((rc = lm_tset_alloc_data(ts)) != LOOM_OK) return rc;
     memset(ts->data, 0, ts->dim * sizeof(float));
     float bound = 1.0f / sqrtf((float)C);
     for (int l = 0; l < L; l++)
@@ -333,7 +333,7 @@ static int build_adapter(loom_tset *ts, uint64_t seed) {
     return LOOM_OK;
 }
 
-int tset_alloc_data(loom_tset *ts) {
+int lm_tset_alloc_data(loom_tset *ts) {
     ts->data = loom_calloc(ts->dim ? ts->dim : 1, sizeof(float));
     if (!ts->data) return loom_error(LOOM_ENOMEM, "out of memory for a trainable set of %zu values", ts->dim);
     return LOOM_OK;
@@ -362,6 +362,7 @@ static int tset_create(loom_tset **out, const loom_model *m, const loom_peft_con
     case LOOM_PEFT_ADAPTER: ts->plan.ops = &lm_adapter_ops; rc = build_adapter(ts, seed); break;
     default: rc = loom_error(LOOM_EINVAL, "unknown fine-tuning method %d", (int)cfg->method);
     }
+    ts->plan.dim = ts->dim;
     if (rc == LOOM_OK) rc = loom_tvec_create(&ts->manifest);
     for (int i = 0; i < ts->n && rc == LOOM_OK; i++)
         rc = loom_tvec_add_at(ts->manifest, ts->e[i].name, ts->e[i].ndim, ts->e[i].shape, ts->e[i].offset,

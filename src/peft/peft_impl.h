@@ -17,7 +17,7 @@ struct loom_tset {
     loom_tvec *manifest;   /* the same entries as a trainable-vector manifest (built with the set) */
 };
 
-int tset_alloc_data(loom_tset *ts);
+int lm_tset_alloc_data(loom_tset *ts);
 
 /* The methods' hooks (peft_hooks.c). */
 extern const lm_peft_ops lm_lora_ops, lm_adapter_ops, lm_prefix_ops, lm_prompt_ops, lm_copy_ops;
