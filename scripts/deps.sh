@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages loom needs to build and run (when run as root), or prints the
-# exact apt-get line and fails. Sourced/called by scripts/run.sh and scripts/test.sh.
+# exact apt-get line and fails. Called by scripts/run.sh, and with --test by scripts/test.sh (which also
+# needs clang 14 with its libFuzzer and OpenMP runtimes for the fuzzing stage).
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev)
+if [ "${1:-}" = "--test" ]; then PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev); fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -2,11 +2,11 @@
 # The test command: installs missing packages, builds loom (Release, ASan+UBSan, and ThreadSanitizer for
 # the threaded tests), runs the CTest suite on each build, checks that no test left files in the work
 # tree or a build directory, and ends with the totals of every stage. Needs ../shared beside the
-# repository. LOOM_TEST_TSAN=0 skips the ThreadSanitizer stage.
+# repository. LOOM_TEST_TSAN=0 skips the ThreadSanitizer stage, LOOM_TEST_FUZZ=0 the fuzzing stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
-bash scripts/deps.sh
+bash scripts/deps.sh --test
 if [ ! -d ../shared/reference ]; then echo "test data missing: expected ../shared beside the repository" >&2; exit 1; fi
 
 summary=()
@@ -73,7 +73,19 @@ if [ "$tsan" != 0 ]; then
     unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS TSAN_OPTIONS
 fi
 
-# (further stages, such as a bounded fuzzing run, go here: before the leftover check and the summary)
+# every libFuzzer harness for a bounded time (FUZZ_SECONDS each; LOOM_TEST_FUZZ=0 skips the stage)
+if [ "${LOOM_TEST_FUZZ:-1}" != 0 ]; then
+    t=$(date +%s)
+    echo "== fuzzing, ${FUZZ_SECONDS:-5} s per harness"
+    if FUZZ_SECONDS=${FUZZ_SECONDS:-5} bash scripts/fuzz.sh; then
+        summary+=("$(printf '%-22s 10 harnesses, no crash [%s]' "fuzz:" "$(stage_time "$t")")")
+    else
+        summary+=("$(printf '%-22s FAILED (inputs in build-fuzz/crashes/) [%s]' "fuzz:" "$(stage_time "$t")")")
+        total_fail=$((total_fail + 1))
+        bad=1
+    fi
+fi
+
 
 left=$(comm -13 <(sort <<< "$before") <(worktree_state | sort))
 echo "== summary"
