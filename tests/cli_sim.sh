@@ -57,6 +57,28 @@ refuse "bad config file" 12 'bad\.json' -- "$LOOM" sim --config "$tmp/bad.json"
 refuse "missing config file" 12 'no-such\.json' -- "$LOOM" sim --config "$tmp/no-such.json"
 "$LOOM" sim --config "$tmp/cfg.json" --fault 1:nan --sample 88 --local-steps 1 --out "$tmp/f" --rounds 1 > /dev/null 2>&1
 check "faulty client rejected and counted" grep -q '"rejected":1' "$tmp/f/metrics.jsonl"
+# a client that fails is a refused update with its reason; the round goes on
+"$LOOM" sim --config "$tmp/cfg.json" --fault 2:fail --sample 88 --local-steps 1 --out "$tmp/ff" --rounds 1 --sample-len 0 > /dev/null 2>&1
+check "failed client: the run completes" test -s "$tmp/ff/global.safetensors"
+check "failed client: its row says client failure" grep -q '"client":2,.*"status":"client failure"' "$tmp/ff/metrics.jsonl"
+check "failed client: 87 accepted" grep -q '"accepted":87,"rejected":1' "$tmp/ff/metrics.jsonl"
+# the virtual clock: with a spread of client speeds and a deadline, the slow clients are late; the same
+# run on 1 and 3 workers gives the same bits
+for w in 1 3; do
+  "$LOOM" sim --config "$tmp/cfg.json" --sample 20 --rounds 1 --sample-len 0 --step-seconds 1 --time-spread 1 \
+      --deadline 2.5 --workers $w --out "$tmp/dl$w" > /dev/null 2>&1
+done
+late=$(grep -c '"status":"late"' "$tmp/dl1/metrics.jsonl")
+check "deadline: some clients late ($late), not all" test "$late" -gt 0 -a "$late" -lt 20
+check "deadline: workers 1 == workers 3" cmp -s "$tmp/dl1/global.safetensors" "$tmp/dl3/global.safetensors"
+refuse "negative deadline" 12 '--deadline' -- "$LOOM" sim --config "$tmp/cfg.json" --deadline -1
+# the server's clip of each update: a tiny bound moves the model less than no bound
+"$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --sample-len 0 --out "$tmp/nc" > /dev/null 2>&1
+"$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --sample-len 0 --update-clip 1e6 --out "$tmp/uc0" > /dev/null 2>&1
+"$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --sample-len 0 --update-clip 1e-6 --out "$tmp/uc" > /dev/null 2>&1
+check "update clip runs" test -s "$tmp/uc/global.safetensors"
+check "a clip above every norm changes nothing" cmp -s "$tmp/uc0/global.safetensors" "$tmp/nc/global.safetensors"
+check "a tiny clip changes the result" bash -c "! cmp -s '$tmp/uc/global.safetensors' '$tmp/nc/global.safetensors'"
 # 1,000 clients with a LoRA trainable set, all participating: only LoRA vectors travel, the base is shared
 "$LOOM" sim --model tiny --peft lora --lora-r 4 --target-modules c_attn --data "$LOOM_SHARED/data/sst2/train.tsv" \
     --format tsv --text-col sentence --label-col label --partition iid --clients 1000 --rounds 1 --local-steps 1 \

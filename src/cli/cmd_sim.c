@@ -98,13 +98,14 @@ static int parse_faults(const char *spec, loom_fault **out, int *n) {
         int client, used = 0;
         if (sscanf(s, "%d:%15[a-z]%n", &client, kind, &used) != 2) {
             free(f);
-            return loom_error(LOOM_EINVAL, "--fault: expected CLIENT:nan|inf|huge|short[,...], got '%s'", s);
+            return loom_error(LOOM_EINVAL, "--fault: expected CLIENT:nan|inf|huge|short|fail[,...], got '%s'", s);
         }
         int k = !strcmp(kind, "nan") ? LOOM_FAULT_NAN : !strcmp(kind, "inf") ? LOOM_FAULT_INF
-                : !strcmp(kind, "huge") ? LOOM_FAULT_HUGE : !strcmp(kind, "short") ? LOOM_FAULT_SHORT : 0;
+                : !strcmp(kind, "huge") ? LOOM_FAULT_HUGE : !strcmp(kind, "short") ? LOOM_FAULT_SHORT
+                : !strcmp(kind, "fail") ? LOOM_FAULT_FAIL : 0;
         if (!k) {
             free(f);
-            return loom_error(LOOM_EINVAL, "--fault: unknown kind '%s' (nan, inf, huge, short)", kind);
+            return loom_error(LOOM_EINVAL, "--fault: unknown kind '%s' (nan, inf, huge, short, fail)", kind);
         }
         f[(*n)++] = (loom_fault){client, k};
         s += used;
@@ -150,7 +151,8 @@ int cmd_sim(int argc, char **argv) {
     cli_peft_init(&po);
     /* NAN = not given: the strategy's default applies */
     float lr = -1.0f, momentum = 0.0f, wd = 0.0f, clip = 1.0f, alpha = 0.5f, test_frac = 0.2f, server_lr = NAN,
-          server_momentum = NAN, beta1 = NAN, beta2 = NAN, tau = NAN, mu = NAN, max_norm = 0;
+          server_momentum = NAN, beta1 = NAN, beta2 = NAN, tau = NAN, mu = NAN, max_norm = 0, update_clip = 0,
+          step_seconds = 0, time_spread = 0, deadline = 0;
     cli_opt opts[] = {
         {"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)", 0, 0},
         {"model", OPT_STR, &model, "model dir / .bin, or a shape / config.json to train from scratch", 0, 0},
@@ -186,7 +188,11 @@ int cmd_sim(int argc, char **argv) {
         {"sample", OPT_STR, &sample_s, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all", 0, 0},
         {"min-updates", OPT_INT, &min_updates, "accepted updates needed to aggregate a round", 1, 10000000},
         {"max-update-norm", OPT_FLOAT, &max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
-        {"fault", OPT_STR, &faults_s, "inject broken updates: CLIENT:nan|inf|huge|short[,...] (testing defences)", 0, 0},
+        {"update-clip", OPT_FLOAT, &update_clip, "server scales each update down to this L2 norm before aggregating (0 = off)", 0, 1048576},
+        {"fault", OPT_STR, &faults_s, "inject broken updates or failures: CLIENT:nan|inf|huge|short|fail[,...] (testing defences)", 0, 0},
+        {"step-seconds", OPT_FLOAT, &step_seconds, "virtual clock: simulated seconds per local step (0 = every client instant)", 0, 1e9},
+        {"time-spread", OPT_FLOAT, &time_spread, "virtual clock: log-normal sigma of the clients' speeds (slow clients stay slow)", 0, 10},
+        {"deadline", OPT_FLOAT, &deadline, "virtual clock: seconds a round waits; later updates are refused as late (0 = none)", 0, 1e12},
         {"workers", OPT_INT, &workers, "worker threads training clients in parallel", 1, cli_max_threads()},
         {"client-threads", OPT_INT, &client_threads, "threads inside one client's training (fixed: results do not depend on --workers)", 1, cli_max_threads()},
         {"eval-every", OPT_INT, &eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)", 0, 1e9},
@@ -384,6 +390,10 @@ int cmd_sim(int argc, char **argv) {
     sc.rounds = rounds;
     sc.min_updates = min_updates;
     sc.max_update_norm = max_norm;
+    sc.clip_norm = update_clip;
+    sc.step_seconds = step_seconds;
+    sc.time_spread = time_spread;
+    sc.deadline = deadline;
     sc.faults = faults;
     sc.n_faults = nfaults;
     sc.workers = workers;
