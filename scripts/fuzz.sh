@@ -12,8 +12,11 @@ SECS=${FUZZ_SECONDS:-10}
 CC_FUZZ=${CC_FUZZ:-$(command -v clang-14 || command -v clang || true)}
 if [ -z "$CC_FUZZ" ]; then echo "fuzz: clang not found (apt-get install --no-install-recommends clang-14 libclang-rt-14-dev libomp-14-dev)" >&2; exit 1; fi
 CC="$CC_FUZZ" cmake -S . -B build-fuzz -DLOOM_FUZZ=ON -DLOOM_SANITIZE=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
-cmake --build build-fuzz -j2 --target loom_fuzz 2>&1 | grep -E "error|warning" || true
-test -x build-fuzz/fuzz/fuzz_make_seeds || { echo "fuzz: build failed" >&2; exit 1; }
+if ! cmake --build build-fuzz -j2 --target loom_fuzz > build-fuzz/build.log 2>&1; then
+  grep -E "error" build-fuzz/build.log | head -20 >&2
+  echo "fuzz: the harnesses do not build (build-fuzz/build.log)" >&2
+  exit 1
+fi
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 build-fuzz/fuzz/fuzz_make_seeds "$SHARED" "$tmp/seeds" > /dev/null
 mkdir -p "$tmp/seeds/fuzz_sim_config" build-fuzz/crashes

@@ -3,18 +3,8 @@
 # exit status 2 and a message naming the flag (or the file and key) and the accepted range; every
 # command's help lists its flags; one --format list; split manifests are refused clearly.
 set -u
-LOOM=${LOOM_BIN:-./loom}
-export LOOM_SHARED=${LOOM_SHARED:-../shared}
-pass=0; fail=0
-check() { local what=$1; shift; if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $what" >&2; fi; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-# fails DESCRIPTION PATTERN COMMAND...: exit status 1 or 2 (not a crash) and PATTERN in stderr
-fails() {
-  local what=$1 pat=$2; shift 2
-  "$@" > "$tmp/out" 2> "$tmp/err"; local rc=$?
-  if [ $rc -ne 1 ] && [ $rc -ne 2 ]; then fail=$((fail+1)); echo "FAIL: $what: exit status $rc" >&2; return; fi
-  check "$what: message" grep -q -- "$pat" "$tmp/err"
-}
+. "$(dirname "$0")/testlib.sh"
+export LOOM_SHARED=$SHARED
 S="$LOOM sim --sample-len 0"
 fails "rounds beyond int" "--rounds expects an integer in \[1, " $S --rounds 4294967297
 fails "rounds 0" "--rounds expects an integer in \[1, " $S --rounds 0

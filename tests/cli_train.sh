@@ -4,17 +4,8 @@
 # loom sim prints plain progress lines when stderr is not a terminal; the default data is found from
 # any directory.
 set -u
-LOOM=${LOOM_BIN:-./loom}
-export LOOM_SHARED=${LOOM_SHARED:-../shared}
-pass=0; fail=0
-check() { local what=$1; shift; if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAIL: $what" >&2; fi; }
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-fails() {
-  local what=$1 pat=$2; shift 2
-  "$@" > "$tmp/out" 2> "$tmp/err"; local rc=$?
-  if [ $rc -ne 1 ] && [ $rc -ne 2 ]; then fail=$((fail+1)); echo "FAIL: $what: exit status $rc" >&2; return; fi
-  check "$what: message" grep -q -- "$pat" "$tmp/err"
-}
+. "$(dirname "$0")/testlib.sh"
+export LOOM_SHARED=$SHARED
 TXT="$LOOM_SHARED/data/tinyshakespeare/input.txt"
 T="$LOOM train --model tiny --data $TXT --batch 2 --seq 32 --eval-every 4 --eval-windows 2 --sample-len 0 --threads 1"
 

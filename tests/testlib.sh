@@ -8,6 +8,10 @@
 #                             file name in one pattern and the gist in another rather than a whole
 #                             sentence. Redirect stdin on the refuse line itself, not through a pipe
 #                             (a pipe runs it in a subshell and loses the count).
+#   fails WHAT PATTERN COMMAND...
+#                             COMMAND must fail with exit status 1 or 2 (not a crash) and its stderr
+#                             must contain PATTERN (grep basic regex); stdout and stderr are left in
+#                             $tmp/out and $tmp/err for further checks.
 #   num_lt A B                A < B as numbers (both must be numbers).
 #   finish                    prints "N passed, M failed" and exits 1 on any failure.
 #
@@ -52,6 +56,15 @@ refuse() {
         echo "FAIL: $what: $why; stderr was:" >&2
         head -5 "$err" | sed 's/^/    /' >&2
     fi
+}
+
+fails() {
+    local what=$1 pat=$2
+    shift 2
+    "$@" > "$tmp/out" 2> "$tmp/err"
+    local rc=$?
+    if [ $rc -ne 1 ] && [ $rc -ne 2 ]; then fail=$((fail + 1)); echo "FAIL: $what: exit status $rc" >&2; return; fi
+    check "$what: message" grep -q -- "$pat" "$tmp/err"
 }
 
 num_lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ && b ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ && a + 0 < b + 0) }'; }
