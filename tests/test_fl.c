@@ -22,6 +22,7 @@
 #include "loom/sim.h"
 #include "loom/tokenizer.h"
 #include "loom/train.h"
+#include "model/model_impl.h"
 #include "test.h"
 
 static loom_model *model;

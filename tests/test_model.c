@@ -17,6 +17,7 @@
 
 #include "loom/core.h"
 #include "loom/model.h"
+#include "model/model_impl.h"
 #include "test.h"
 
 enum { B = 2, T = 8 };

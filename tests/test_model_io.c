@@ -9,6 +9,7 @@
 #include "loom/half.h"
 #include "loom/model.h"
 #include "loom/safetensors.h"
+#include "model/model_impl.h"
 #include "test.h"
 
 static char dir[256];

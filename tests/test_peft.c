@@ -17,6 +17,7 @@
 #include "loom/peft.h"
 #include "loom/safetensors.h"
 #include "loom/train.h"
+#include "model/model_impl.h"
 #include "test.h"
 
 enum { B = 2, T = 8 };

@@ -15,6 +15,7 @@
 #include "loom/optim.h"
 #include "loom/peft.h"
 #include "loom/train.h"
+#include "model/model_impl.h"
 #include "test.h"
 
 enum { B = 2, T = 16 };

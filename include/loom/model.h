@@ -86,17 +86,8 @@ enum {
 /* Note: for Llama, QKV_W is q_proj and K_W/V_W follow it contiguously (so [q;k;v] is one [C+2*KV, C]
  * matrix); GATE_W is gate_proj and UP_W follows it contiguously ([gate;up] is one [2H, C] matrix). */
 
-typedef struct loom_model {
-    loom_config cfg;
-    loom_tensor *tensors;
-    int n_tensors;
-    int (*layer_slot)[LOOM_L_NSLOTS]; /* [L][slot] -> tensor index */
-    int t_embed, t_pos, t_normf_w, t_normf_b, t_head; /* -1 if absent; t_head = t_embed when tied */
-    size_t n_params;
-    float *params; /* [n_params], owned */
-    struct loom_qbase *qbase; /* frozen linear weights in low precision, or NULL (see loom_model_quantize) */
-    loom_tvec *manifest;      /* the tensor table as a trainable-vector manifest (loom_model_manifest) */
-} loom_model;
+/* Opaque: read a model through the accessors below (the layout lives in src/model/model_impl.h). */
+typedef struct loom_model loom_model;
 
 /* Allocates a model with this config, weights initialised from `seed` (GPT-2: N(0, 0.02), residual
  * projections scaled by 1/sqrt(2L); norms 1, biases 0). */
@@ -113,7 +104,7 @@ int loom_model_find(const loom_model *m, const char *name); /* tensor index or -
  * name at its offset, F32, role SHARED. This is the FULL set's manifest, what sim and the trainer use
  * when the whole model trains. Owned by the model. */
 const loom_tvec *loom_model_manifest(const loom_model *m);
-/* Accessors (prefer them to the fields: the struct is to become opaque). */
+/* Accessors: the only way callers outside the model layer read a model. */
 const loom_config *loom_model_config(const loom_model *m);
 int loom_model_n_tensors(const loom_model *m);
 const loom_tensor *loom_model_tensor(const loom_model *m, int idx); /* NULL outside 0..n_tensors-1 */
@@ -122,6 +113,8 @@ size_t loom_model_n_params(const loom_model *m);
  * values there: read them with loom_model_weight. */
 float *loom_model_params(loom_model *m);
 const float *loom_model_params_const(const loom_model *m);
+/* 1 if the frozen base is held in low precision (loom_model_quantize), 0 if all tensors are float. */
+int loom_model_is_quantized(const loom_model *m);
 /* Multiply-accumulates of one forward pass per token, excluding attention (2 * this = FLOPs). */
 double loom_model_flops_per_token(const loom_model *m, int T, int with_attention);
 

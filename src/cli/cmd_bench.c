@@ -53,7 +53,7 @@ typedef struct {
 
 /* The matmuls of one training step (forward, input gradient, weight gradient) of each linear layer. */
 static int step_shapes(const loom_model *m, int B, int T, mm_shape *s) {
-    const loom_config *c = &m->cfg;
+    const loom_config *c = loom_model_config(m);
     int N = B * T, C = c->dim, H = c->hidden, V = c->vocab, KV = c->n_kv_head * (C / c->n_head), L = c->n_layer;
     int conv = c->arch == LOOM_ARCH_GPT2;
     int qkv = C + 2 * KV, up = conv ? H : 2 * H;
@@ -131,8 +131,8 @@ static int bench_train(int argc, char **argv) {
     loom_trainer *tr;
     if (set) {
         tc.opt.weight_decay = 0.0f; /* the baseline's LoRA mode */
-        if (loom_trainer_create_peft(&tr, m, m->params, set, loom_tset_data(set), &tc) != LOOM_OK) return cli_fail("trainer");
-    } else if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) {
+        if (loom_trainer_create_peft(&tr, m, loom_model_params(m), set, loom_tset_data(set), &tc) != LOOM_OK) return cli_fail("trainer");
+    } else if (loom_trainer_create(&tr, m, loom_model_params(m), &tc) != LOOM_OK) {
         return cli_fail("trainer");
     }
     int N = B * T;
@@ -140,10 +140,10 @@ static int bench_train(int argc, char **argv) {
     loom_rng r;
     loom_rng_init(&r, (uint64_t)seed, LOOM_STREAM_BENCH_BATCH);
     for (int i = 0; i < N; i++) {
-        tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)m->cfg.vocab);
-        tgt[i] = (int32_t)loom_rng_below(&r, (uint32_t)m->cfg.vocab);
+        tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)loom_model_config(m)->vocab);
+        tgt[i] = (int32_t)loom_rng_below(&r, (uint32_t)loom_model_config(m)->vocab);
     }
-    printf("loom bench train: %s, %zu parameters, B=%d T=%d, %d threads, %s\n", config, m->n_params, B, T, loom_threads(),
+    printf("loom bench train: %s, %zu parameters, B=%d T=%d, %d threads, %s\n", config, loom_model_n_params(m), B, T, loom_threads(),
            optname);
     if (set)
         printf("  %s: %zu trainable parameters (%.1f KiB), frozen base %s: %.1f MiB\n",
@@ -177,7 +177,7 @@ static int bench_train(int argc, char **argv) {
         loom_model_free(m);
         return 0;
     }
-    double flops_tok = 6.0 * loom_model_flops_per_token(m, T, 0) + 12.0 * m->cfg.n_layer * (double)T * m->cfg.dim;
+    double flops_tok = 6.0 * loom_model_flops_per_token(m, T, 0) + 12.0 * loom_model_config(m)->n_layer * (double)T * loom_model_config(m)->dim;
     double achieved = flops_tok * N / med / 1e9;
     /* sgemm at the step's shapes */
     mm_shape sh[16];
@@ -200,7 +200,7 @@ static int bench_train(int argc, char **argv) {
            "(FLOP-weighted mean %.1f)\n", achieved, flops_tok * N / 1e9, best, weighted);
     printf("  share of peak: %.1f%% (of the weighted mean: %.1f%%)\n", 100 * achieved / best, 100 * achieved / weighted);
     printf("  peak RSS %.0f MiB (parameters %.0f MiB, activations %.0f MiB)\n", loom_peak_rss() / 1048576.0,
-           m->n_params * 4.0 / 1048576.0, loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
+           loom_model_n_params(m) * 4.0 / 1048576.0, loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
     printf("RESULT tokens_per_s=%.2f step_ms=%.2f gflops=%.2f peak_gflops=%.2f share=%.3f peak_rss_mib=%.0f\n", N / med,
            med * 1e3, achieved, best, achieved / best, loom_peak_rss() / 1048576.0);
     free(times);
@@ -230,19 +230,19 @@ static int bench_generate(int argc, char **argv) {
     loom_model *m;
     int created;
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
-    if (steps > m->cfg.max_seq) steps = m->cfg.max_seq;
+    if (steps > loom_model_config(m)->max_seq) steps = loom_model_config(m)->max_seq;
     loom_kv *kv;
     if (loom_kv_create(&kv, m, steps) != LOOM_OK) return cli_fail("kv cache");
-    float *logits = malloc((size_t)m->cfg.vocab * 4);
+    float *logits = malloc((size_t)loom_model_config(m)->vocab * 4);
     double t[16];
     if (reps > 16) reps = 16;
     for (int r = 0; r < reps; r++) {
-        int32_t tok = m->cfg.bos_id >= 0 ? m->cfg.bos_id : 0;
+        int32_t tok = loom_model_config(m)->bos_id >= 0 ? loom_model_config(m)->bos_id : 0;
         double t0 = loom_now();
         for (int p = 0; p < steps; p++) {
-            loom_decode_step(m, m->params, kv, tok, p, logits);
+            loom_decode_step(m, loom_model_params(m), kv, tok, p, logits);
             int best = 0;
-            for (int i = 1; i < m->cfg.vocab; i++)
+            for (int i = 1; i < loom_model_config(m)->vocab; i++)
                 if (logits[i] > logits[best]) best = i;
             tok = best;
         }
@@ -250,7 +250,7 @@ static int bench_generate(int argc, char **argv) {
     }
     double med = median(t, reps);
     printf("loom bench generate: %s (%zu parameters), %d tokens, %d threads: %.1f tokens/s (median of %d)\n", model,
-           m->n_params, steps, loom_threads(), steps / med, reps);
+           loom_model_n_params(m), steps, loom_threads(), steps / med, reps);
     printf("RESULT gen_tokens_per_s=%.2f\n", steps / med);
     free(logits);
     loom_kv_free(kv);

@@ -72,7 +72,7 @@ int cmd_export(int argc, char **argv) {
         rc = 0;
         goto done;
     }
-    if (loom_tset_merge(ts, loom_tset_data(ts), m->params) != LOOM_OK || loom_model_save(m, m->params, out) != LOOM_OK) {
+    if (loom_tset_merge(ts, loom_tset_data(ts), loom_model_params(m)) != LOOM_OK || loom_model_save(m, loom_model_params(m), out) != LOOM_OK) {
         cli_fail("merging");
         goto done;
     }

@@ -40,7 +40,7 @@ int cmd_generate(int argc, char **argv) {
     int created;
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("loading the model");
     /* one token at a time, a small model is faster on one thread than paying for thread wake-ups */
-    if (threads <= 0 && m->n_params < 20000000) loom_set_threads(1);
+    if (threads <= 0 && loom_model_n_params(m) < 20000000) loom_set_threads(1);
     loom_tset *set = NULL;
     if (cli_peft_setup(&po, m, 0, &set) != LOOM_OK) {
         loom_model_free(m);

@@ -27,10 +27,10 @@ typedef struct {
 /* With a trainable set each worker trains its own copy of the set over the shared frozen base. */
 static int full_make(void *ud, loom_trainer **tr, float **vec) {
     full_ud *u = ud;
-    size_t dim = u->ts ? loom_tset_dim(u->ts) : u->m->n_params;
+    size_t dim = u->ts ? loom_tset_dim(u->ts) : loom_model_n_params(u->m);
     *vec = loom_alloc(dim * sizeof(float));
     if (!*vec) return LOOM_ENOMEM;
-    int rc = u->ts ? loom_trainer_create_peft(tr, u->m, u->m->params, u->ts, *vec, &u->tc)
+    int rc = u->ts ? loom_trainer_create_peft(tr, u->m, loom_model_params_const(u->m), u->ts, *vec, &u->tc)
                    : loom_trainer_create(tr, u->m, *vec, &u->tc);
     if (rc != LOOM_OK) {
         loom_free(*vec);
@@ -277,7 +277,7 @@ int cmd_sim(int argc, char **argv) {
         cli_fail("--model");
         goto done;
     }
-    if (T > m->cfg.max_seq) BAD("--seq %d exceeds the model's %d positions", T, m->cfg.max_seq);
+    if (T > loom_model_config(m)->max_seq) BAD("--seq %d exceeds the model's %d positions", T, loom_model_config(m)->max_seq);
     if (cli_peft_setup(&po, m, (unsigned long long)seed, &set) != LOOM_OK) {
         cli_fail(po.adapter ? "--adapter" : "--peft");
         goto done;
@@ -376,8 +376,8 @@ int cmd_sim(int argc, char **argv) {
         sc.init = loom_tset_data(set);
         sc.manifest = loom_tset_manifest(set);
     } else {
-        sc.dim = m->n_params;
-        sc.init = m->params;
+        sc.dim = loom_model_n_params(m);
+        sc.init = loom_model_params(m);
         sc.manifest = loom_model_manifest(m);
     }
     sc.make_worker = full_make;
@@ -423,12 +423,12 @@ int cmd_sim(int argc, char **argv) {
     char what[128];
     if (set)
         snprintf(what, sizeof what, "%s: %zu trainable of %zu, base %s", loom_peft_method_name(loom_tset_config(set)->method),
-                 sc.dim, m->n_params, loom_base_dtype_name(loom_model_base_type(m)));
+                 sc.dim, loom_model_n_params(m), loom_base_dtype_name(loom_model_base_type(m)));
     else
         snprintf(what, sizeof what, "%s of %zu parameters", created ? "training from scratch" : "full fine-tuning",
-                 m->n_params);
+                 loom_model_n_params(m));
     fprintf(stderr, "loom sim: %s, %s model (%s), %zu clients (%zu training examples), %d per round\n", strategy,
-            m->cfg.arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", what, part->n_clients, total_ex, per_round);
+            loom_model_config(m)->arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", what, part->n_clients, total_ex, per_round);
     fprintf(stderr, "  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld\n",
             rounds, local_steps, B, T, optname, lr, workers, client_threads, seed);
     if (compare > 0) {
@@ -441,10 +441,10 @@ int cmd_sim(int argc, char **argv) {
             goto done;
         }
         if (sample_len > 0) {
-            if (m->n_params < 20000000) loom_set_threads(client_threads); /* one token at a time: few threads */
+            if (loom_model_n_params(m) < 20000000) loom_set_threads(client_threads); /* one token at a time: few threads */
             printf("sample from the initial model (temperature 0.8):\n");
             fflush(stdout);
-            int steps = sample_len + 1 < m->cfg.max_seq ? sample_len + 1 : m->cfg.max_seq;
+            int steps = sample_len + 1 < loom_model_config(m)->max_seq ? sample_len + 1 : loom_model_config(m)->max_seq;
             if (set) cli_generate_ex(m, set, sc.init, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
             else cli_generate(m, sc.init, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
             printf("\n");
@@ -512,10 +512,10 @@ int cmd_sim(int argc, char **argv) {
             cli_fail("writing the adapter");
     }
     if (sample_len > 0) {
-        if (m->n_params < 20000000) loom_set_threads(client_threads); /* one token at a time: few threads */
+        if (loom_model_n_params(m) < 20000000) loom_set_threads(client_threads); /* one token at a time: few threads */
         printf("\nsample from the global model (temperature 0.8):\n");
         fflush(stdout);
-        int steps = sample_len + 1 < m->cfg.max_seq ? sample_len + 1 : m->cfg.max_seq;
+        int steps = sample_len + 1 < loom_model_config(m)->max_seq ? sample_len + 1 : loom_model_config(m)->max_seq;
         if (set) cli_generate_ex(m, set, global, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
         else cli_generate(m, global, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
     }

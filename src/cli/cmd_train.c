@@ -310,8 +310,8 @@ int cmd_train(int argc, char **argv) {
     FILE *metrics = NULL;
     int created, rc = 1;
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
-    if (T > m->cfg.max_seq) {
-        fprintf(stderr, "loom train: --seq %d exceeds the model's %d positions\n", T, m->cfg.max_seq);
+    if (T > loom_model_config(m)->max_seq) {
+        fprintf(stderr, "loom train: --seq %d exceeds the model's %d positions\n", T, loom_model_config(m)->max_seq);
         goto done;
     }
     if (cli_peft_setup(&po, m, (unsigned long long)seed, &set) != LOOM_OK) {
@@ -373,21 +373,21 @@ int cmd_train(int argc, char **argv) {
     if (set) {
         vec = loom_tset_data(set);
         tc.seed = (uint64_t)seed;
-        if (loom_trainer_create_peft(&tr, m, m->params, set, vec, &tc) != LOOM_OK) {
+        if (loom_trainer_create_peft(&tr, m, loom_model_params(m), set, vec, &tc) != LOOM_OK) {
             cli_fail("trainer");
             goto done;
         }
-    } else if (loom_trainer_create(&tr, m, m->params, &tc) != LOOM_OK) {
+    } else if (loom_trainer_create(&tr, m, loom_model_params(m), &tc) != LOOM_OK) {
         cli_fail("trainer");
         goto done;
     }
     fprintf(stderr, "loom train: %s model, %zu parameters (%s), %zu %s (%zu %s held out, %s tokenizer)\n",
-            m->cfg.arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", m->n_params, created ? "new" : "loaded", ntok,
+            loom_model_config(m)->arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", loom_model_n_params(m), created ? "new" : "loaded", ntok,
             td.ds ? "tokens in examples" : "tokens", nval, td.ds ? "examples" : "tokens", loom_tokenizer_kind(tok));
     if (set)
         fprintf(stderr, "  %s: %zu trainable parameters (%.2f%% of the model, %.1f KiB), base %s (%.1f MiB)\n",
                 loom_peft_method_name(loom_tset_config(set)->method), loom_tset_dim(set),
-                100.0 * (double)loom_tset_dim(set) / (double)m->n_params, loom_tset_bytes(set) / 1024.0,
+                100.0 * (double)loom_tset_dim(set) / (double)loom_model_n_params(m), loom_tset_bytes(set) / 1024.0,
                 loom_base_dtype_name(loom_model_base_type(m)), loom_model_base_bytes(m) / 1048576.0);
     fprintf(stderr, "  %ld steps of %d x %d tokens, %s lr %g (warm-up %ld, cosine to %g), clip %g, %d threads\n", steps, B,
             T, optname, lr, tc.warmup, tc.min_lr, clip, loom_threads());
@@ -481,7 +481,7 @@ int cmd_train(int argc, char **argv) {
         }
         fprintf(stderr, "loom train: wrote %s/adapter_model.safetensors and %s/adapter_config.json\n", out, out);
     } else if (out) {
-        if (loom_model_save(m, m->params, out) != LOOM_OK) {
+        if (loom_model_save(m, loom_model_params(m), out) != LOOM_OK) {
             cli_fail("saving");
             goto done;
         }
@@ -545,7 +545,7 @@ int cmd_eval(int argc, char **argv) {
         return cli_fail("--adapter");
     }
     int P = set && loom_tset_config(set)->method == LOOM_PEFT_PROMPT ? loom_tset_config(set)->prompt_len : 0;
-    if (T > m->cfg.max_seq - P) T = m->cfg.max_seq - P;
+    if (T > loom_model_config(m)->max_seq - P) T = loom_model_config(m)->max_seq - P;
     loom_train_config tc;
     loom_train_defaults(&tc);
     tc.B = B;
@@ -558,8 +558,8 @@ int cmd_eval(int argc, char **argv) {
         cli_fail("--data");
         goto done;
     }
-    if ((set ? loom_trainer_create_peft(&tr, m, m->params, set, loom_tset_data(set), &tc)
-             : loom_trainer_create(&tr, m, m->params, &tc)) != LOOM_OK) {
+    if ((set ? loom_trainer_create_peft(&tr, m, loom_model_params(m), set, loom_tset_data(set), &tc)
+             : loom_trainer_create(&tr, m, loom_model_params(m), &tc)) != LOOM_OK) {
         cli_fail("evaluator");
         goto done;
     }

@@ -48,16 +48,16 @@ static float *ref_f32(const loom_st_file *f, const char *name, size_t n, int *rc
 /* Marks elements with a structurally-zero gradient that must stay exactly unchanged. */
 static int key_slice(const loom_model *m, const loom_tensor *t, size_t j) {
     /* GPT-2 c_attn.bias [3C]: the key part [C, 2C) has an exact gradient of 0 */
-    if (m->cfg.arch != LOOM_ARCH_GPT2 || !strstr(t->name, "attn.c_attn.bias")) return 0;
-    return j >= (size_t)m->cfg.dim && j < 2 * (size_t)m->cfg.dim;
+    if (loom_model_config(m)->arch != LOOM_ARCH_GPT2 || !strstr(t->name, "attn.c_attn.bias")) return 0;
+    return j >= (size_t)loom_model_config(m)->dim && j < 2 * (size_t)loom_model_config(m)->dim;
 }
 
 static int compare_adamw(report *r, const loom_model *m, const loom_st_file *f, const char *prefix, const float *params,
                          const float *orig, const float *refgrad, const int *token_used, int T, double tol_good,
                          double lr) {
     int rc = LOOM_OK;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const loom_tensor *t = &m->tensors[i];
+    for (int i = 0; i < loom_model_n_tensors(m); i++) {
+        const loom_tensor *t = loom_model_tensor(m, i);
         char nm[160];
         snprintf(nm, sizeof nm, "%s.%s", prefix, t->name);
         float *ref = ref_f32(f, nm, t->numel, &rc);
@@ -68,8 +68,8 @@ static int compare_adamw(report *r, const loom_model *m, const loom_st_file *f, 
         for (size_t j = 0; j < t->numel; j++) {
             double d = fabs((double)p[j] - ref[j]);
             maxref = fmax(maxref, fabs(ref[j]));
-            int structural = (t->kind == LOOM_T_POS && j / (size_t)m->cfg.dim >= (size_t)T) ||
-                             (m->cfg.arch == LOOM_ARCH_LLAMA && t->kind == LOOM_T_EMBED && !token_used[j / (size_t)m->cfg.dim]);
+            int structural = (t->kind == LOOM_T_POS && j / (size_t)loom_model_config(m)->dim >= (size_t)T) ||
+                             (loom_model_config(m)->arch == LOOM_ARCH_LLAMA && t->kind == LOOM_T_EMBED && !token_used[j / (size_t)loom_model_config(m)->dim]);
             if (structural) frozen_moved |= p[j] != o[j];
             if (fabs(g[j]) > 1e-6 && !key_slice(m, t, j))
                 dgood = fmax(dgood, d);
@@ -96,7 +96,7 @@ static int verify_adapter(report *r, loom_model *m, const char *adapter, const l
     loom_ws *ws = NULL;
     loom_optimizer *opt = NULL;
     float *vec = NULL, *g = NULL, *refgrad = NULL, *ref = NULL, *merged = NULL;
-    int N = B * T, V = m->cfg.vocab, rc;
+    int N = B * T, V = loom_model_config(m)->vocab, rc;
     if ((rc = loom_tset_load_peft(&ts, m, adapter)) != LOOM_OK) return rc;
     size_t dim = loom_tset_dim(ts);
     printf("  adapter %s: %s, %d tensors, %zu parameters (scale %g)\n", adapter, loom_peft_method_name(loom_tset_config(ts)->method),
@@ -112,7 +112,7 @@ static int verify_adapter(report *r, loom_model *m, const char *adapter, const l
     const loom_peft *pf = loom_tset_plan(ts);
     if ((rc = loom_ws_create_ex(&ws, m, B, T, pf)) != LOOM_OK) goto done;
     float loss;
-    if ((rc = loom_forward_ex(m, m->params, ws, pf, vec, tokens, targets, B, T, &loss)) != LOOM_OK) goto done;
+    if ((rc = loom_forward_ex(m, loom_model_params(m), ws, pf, vec, tokens, targets, B, T, &loss)) != LOOM_OK) goto done;
     if (!(ref = ref_f32(f, "logits", (size_t)N * V, &rc))) goto done;
     {
         const float *mine = loom_ws_logits(ws);
@@ -128,7 +128,7 @@ static int verify_adapter(report *r, loom_model *m, const char *adapter, const l
         free(ref);
         ref = NULL;
     }
-    if ((rc = loom_backward_ex(m, m->params, ws, pf, vec, g)) != LOOM_OK) goto done;
+    if ((rc = loom_backward_ex(m, loom_model_params(m), ws, pf, vec, g)) != LOOM_OK) goto done;
     for (int i = 0; i < loom_tset_count(ts); i++) {
         const loom_tset_entry *e = loom_tset_entry_at(ts, i);
         char nm[200];
@@ -172,21 +172,21 @@ static int verify_adapter(report *r, loom_model *m, const char *adapter, const l
             }
             if (step == 2) break;
             float l1;
-            if ((rc = loom_forward_ex(m, m->params, ws, pf, vec, tokens, targets, B, T, &l1)) != LOOM_OK) goto done;
+            if ((rc = loom_forward_ex(m, loom_model_params(m), ws, pf, vec, tokens, targets, B, T, &l1)) != LOOM_OK) goto done;
             if (!(ref = ref_f32(f, "loss_after_adamw1", 1, &rc))) goto done;
             row(r, "loss", "loss_after_adamw1", fabs(ref[0]), fabs((double)l1 - ref[0]), 1e-5, NULL);
             free(ref);
             ref = NULL;
             memset(g, 0, dim * sizeof(float));
-            if ((rc = loom_backward_ex(m, m->params, ws, pf, vec, g)) != LOOM_OK) goto done;
+            if ((rc = loom_backward_ex(m, loom_model_params(m), ws, pf, vec, g)) != LOOM_OK) goto done;
         }
     }
     /* merging the adapter as loaded (before the AdamW steps) into the base weights */
-    if (!(merged = loom_alloc(m->n_params * sizeof(float)))) {
+    if (!(merged = loom_alloc(loom_model_n_params(m) * sizeof(float)))) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
     }
-    memcpy(merged, m->params, m->n_params * sizeof(float));
+    memcpy(merged, loom_model_params(m), loom_model_n_params(m) * sizeof(float));
     if ((rc = loom_tset_merge(ts, loom_tset_data(ts), merged)) != LOOM_OK) goto done;
     for (size_t i = 0; i < loom_st_count(f); i++) {
         const loom_st_tensor *t = loom_st_at(f, i);
@@ -196,7 +196,7 @@ static int verify_adapter(report *r, loom_model *m, const char *adapter, const l
             rc = loom_error(LOOM_ENOTFOUND, "reference tensor %s names no weight of the model", t->name);
             goto done;
         }
-        const loom_tensor *mt = &m->tensors[ti];
+        const loom_tensor *mt = loom_model_tensor(m, ti);
         if (!(ref = ref_f32(f, t->name, mt->numel, &rc))) goto done;
         double md = 0, mr = 0;
         for (size_t j = 0; j < mt->numel; j++) {
@@ -259,28 +259,28 @@ int cmd_verify(int argc, char **argv) {
         fprintf(stderr, "loom verify: %s needs 2-D tokens and targets of the same shape\n", ref_path);
         return 1;
     }
-    int B = (int)tt->shape[0], T = (int)tt->shape[1], N = B * T, V = m->cfg.vocab;
+    int B = (int)tt->shape[0], T = (int)tt->shape[1], N = B * T, V = loom_model_config(m)->vocab;
     int32_t *tokens = malloc((size_t)N * 4), *targets = malloc((size_t)N * 4);
     loom_st_to_i32(tt, tokens, (size_t)N);
     loom_st_to_i32(tg, targets, (size_t)N);
     report r = {0, 0, verbose};
     loom_ws *ws = NULL;
-    float *grads = loom_calloc(m->n_params, sizeof(float)), *refgrad = loom_alloc(m->n_params * sizeof(float));
-    float *orig = loom_alloc(m->n_params * sizeof(float)), *logits = NULL;
+    float *grads = loom_calloc(loom_model_n_params(m), sizeof(float)), *refgrad = loom_alloc(loom_model_n_params(m) * sizeof(float));
+    float *orig = loom_alloc(loom_model_n_params(m) * sizeof(float)), *logits = NULL;
     int *used = calloc((size_t)V, sizeof(int));
     loom_optimizer *opt = NULL;
     float loss = 0;
     if ((rc = loom_ws_create(&ws, m, B, T)) != LOOM_OK) goto done;
     for (int i = 0; i < N; i++) used[tokens[i]] = 1;
-    memcpy(orig, m->params, m->n_params * sizeof(float));
-    printf("loom verify: %s on %s (B=%d, T=%d, %zu parameters)\n", model_path, ref_path, B, T, m->n_params);
+    memcpy(orig, loom_model_params(m), loom_model_n_params(m) * sizeof(float));
+    printf("loom verify: %s on %s (B=%d, T=%d, %zu parameters)\n", model_path, ref_path, B, T, loom_model_n_params(m));
     if (adapter) {
         printf("  %-7s %-48s %11s %11s %10s  %s\n", "what", "tensor", "max|ref|", "max|d|", "tol", "");
         rc = verify_adapter(&r, m, adapter, f, tokens, targets, B, T);
         goto done;
     }
     printf("  %-7s %-48s %11s %11s %10s  %s\n", "what", "tensor", "max|ref|", "max|d|", "tol", "");
-    if ((rc = loom_forward(m, m->params, ws, tokens, targets, B, T, &loss)) != LOOM_OK) goto done;
+    if ((rc = loom_forward(m, loom_model_params(m), ws, tokens, targets, B, T, &loss)) != LOOM_OK) goto done;
     /* logits and loss */
     if (!(logits = ref_f32(f, "logits", (size_t)N * V, &rc))) goto done;
     {
@@ -299,9 +299,9 @@ int cmd_verify(int argc, char **argv) {
         row(&r, "loss", "loss", fabs(refloss), fabs((double)loss - refloss), 1e-5, NULL);
     }
     /* gradients */
-    if ((rc = loom_backward(m, m->params, ws, grads, NULL)) != LOOM_OK) goto done;
-    for (int i = 0; i < m->n_tensors; i++) {
-        const loom_tensor *t = &m->tensors[i];
+    if ((rc = loom_backward(m, loom_model_params(m), ws, grads, NULL)) != LOOM_OK) goto done;
+    for (int i = 0; i < loom_model_n_tensors(m); i++) {
+        const loom_tensor *t = loom_model_tensor(m, i);
         char nm[160];
         snprintf(nm, sizeof nm, "grad.%s", t->name);
         float *ref = ref_f32(f, nm, t->numel, &rc);
@@ -318,7 +318,7 @@ int cmd_verify(int argc, char **argv) {
             mr = fmax(mr, fabs(ref[j]));
         }
         row(&r, "grad", t->name, mr, md, 1e-4 * mr + 1e-7, NULL);
-        if (key_slice(m, t, (size_t)m->cfg.dim)) row(&r, "grad", t->name, 0.0, mkey, 1e-6, "key slice: exact gradient 0");
+        if (key_slice(m, t, (size_t)loom_model_config(m)->dim)) row(&r, "grad", t->name, 0.0, mkey, 1e-6, "key slice: exact gradient 0");
         free(ref);
     }
     /* two AdamW steps (torch.optim.AdamW defaults of the reference: lr 1e-3, no weight decay) */
@@ -327,19 +327,19 @@ int cmd_verify(int argc, char **argv) {
         loom_opt_defaults(&oc, LOOM_OPT_ADAMW);
         oc.lr = 1e-3f;
         oc.weight_decay = 0.0f;
-        if ((rc = loom_optimizer_create(&opt, &oc, m->n_params)) != LOOM_OK) goto done;
-        loom_optimizer_step(opt, m->params, grads, oc.lr);
-        if ((rc = compare_adamw(&r, m, f, "adamw1", m->params, orig, refgrad, used, T, 2e-5, oc.lr)) != LOOM_OK) goto done;
+        if ((rc = loom_optimizer_create(&opt, &oc, loom_model_n_params(m))) != LOOM_OK) goto done;
+        loom_optimizer_step(opt, loom_model_params(m), grads, oc.lr);
+        if ((rc = compare_adamw(&r, m, f, "adamw1", loom_model_params(m), orig, refgrad, used, T, 2e-5, oc.lr)) != LOOM_OK) goto done;
         float l1;
-        if ((rc = loom_forward(m, m->params, ws, tokens, targets, B, T, &l1)) != LOOM_OK) goto done;
+        if ((rc = loom_forward(m, loom_model_params(m), ws, tokens, targets, B, T, &l1)) != LOOM_OK) goto done;
         float *rl = ref_f32(f, "loss_after_adamw1", 1, &rc);
         if (!rl) goto done;
         row(&r, "loss", "loss_after_adamw1", fabs(rl[0]), fabs((double)l1 - rl[0]), 1e-5, NULL);
         free(rl);
-        memset(grads, 0, m->n_params * sizeof(float));
-        if ((rc = loom_backward(m, m->params, ws, grads, NULL)) != LOOM_OK) goto done;
-        loom_optimizer_step(opt, m->params, grads, oc.lr);
-        if ((rc = compare_adamw(&r, m, f, "adamw2", m->params, orig, refgrad, used, T, 5e-5, oc.lr)) != LOOM_OK) goto done;
+        memset(grads, 0, loom_model_n_params(m) * sizeof(float));
+        if ((rc = loom_backward(m, loom_model_params(m), ws, grads, NULL)) != LOOM_OK) goto done;
+        loom_optimizer_step(opt, loom_model_params(m), grads, oc.lr);
+        if ((rc = compare_adamw(&r, m, f, "adamw2", loom_model_params(m), orig, refgrad, used, T, 5e-5, oc.lr)) != LOOM_OK) goto done;
     }
 done:
     if (rc != LOOM_OK) fprintf(stderr, "loom verify: %s\n", loom_errmsg());

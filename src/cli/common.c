@@ -43,17 +43,17 @@ int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path
     } else if (model_path && is_dir(model_path) &&
                (rc = loom_tokenizer_load(tok, model_path)) == LOOM_OK) {
         /* tokenizer files beside the model */
-    } else if (m->cfg.vocab == 259) {
+    } else if (loom_model_config(m)->vocab == 259) {
         rc = loom_tokenizer_byte(tok);
     } else {
-        return loom_error(LOOM_EINVAL, "the model's vocabulary has %d tokens: give its tokenizer with --tokenizer", m->cfg.vocab);
+        return loom_error(LOOM_EINVAL, "the model's vocabulary has %d tokens: give its tokenizer with --tokenizer", loom_model_config(m)->vocab);
     }
     if (rc != LOOM_OK) return rc;
-    if (loom_tokenizer_vocab_size(*tok) > m->cfg.vocab) {
+    if (loom_tokenizer_vocab_size(*tok) > loom_model_config(m)->vocab) {
         int v = loom_tokenizer_vocab_size(*tok);
         loom_tokenizer_free(*tok);
         *tok = NULL;
-        return loom_error(LOOM_EINVAL, "the tokenizer has %d tokens but the model only %d", v, m->cfg.vocab);
+        return loom_error(LOOM_EINVAL, "the tokenizer has %d tokens but the model only %d", v, loom_model_config(m)->vocab);
     }
     return LOOM_OK;
 }
@@ -69,11 +69,11 @@ int cli_generate(const loom_model *m, const float *params, const loom_tokenizer 
         ids = calloc(1, sizeof *ids);
         n = 1;
     }
-    if (steps > m->cfg.max_seq) steps = m->cfg.max_seq;
-    if ((int)n >= steps) steps = (int)n + 1 <= m->cfg.max_seq ? (int)n + 1 : m->cfg.max_seq;
+    if (steps > loom_model_config(m)->max_seq) steps = loom_model_config(m)->max_seq;
+    if ((int)n >= steps) steps = (int)n + 1 <= loom_model_config(m)->max_seq ? (int)n + 1 : loom_model_config(m)->max_seq;
     loom_kv *kv = NULL;
     loom_detok *dt = NULL;
-    float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
+    float *logits = malloc((size_t)loom_model_config(m)->vocab * sizeof *logits);
     if (!logits || (rc = loom_kv_create(&kv, m, steps)) != LOOM_OK || (rc = loom_detok_create(&dt, tok)) != LOOM_OK) {
         free(ids);
         free(logits);
@@ -96,7 +96,7 @@ int cli_generate(const loom_model *m, const float *params, const loom_tokenizer 
             next = ids[pos + 1];
         } else {
             if (generated == 0) t0 = loom_now();
-            next = loom_sample(logits, m->cfg.vocab, &s, &rng);
+            next = loom_sample(logits, loom_model_config(m)->vocab, &s, &rng);
             generated++;
             if (next == bos || next == eos) break;
         }
@@ -173,14 +173,14 @@ static int generate_forward(const loom_model *m, const loom_tset *ts, const floa
                             unsigned long long seed, double *seconds) {
     const loom_peft *pf = loom_tset_plan(ts);
     int P = loom_tset_config(ts)->method == LOOM_PEFT_PROMPT ? loom_tset_config(ts)->prompt_len : 0;
-    int cap = m->cfg.max_seq - P;
+    int cap = loom_model_config(m)->max_seq - P;
     int32_t *ids = NULL;
     size_t n = 0;
     int rc = loom_tokenizer_encode(tok, prompt, strlen(prompt), LOOM_TOK_BOS, &ids, &n);
     if (rc != LOOM_OK) return rc;
     if (steps > cap) steps = cap;
     int32_t *seq = calloc((size_t)cap + 1, sizeof *seq);
-    float *logits = malloc((size_t)m->cfg.vocab * sizeof *logits);
+    float *logits = malloc((size_t)loom_model_config(m)->vocab * sizeof *logits);
     loom_ws *ws = NULL;
     loom_detok *dt = NULL;
     if (!seq || !logits || (rc = loom_ws_create_infer(&ws, m, 1, cap, pf)) != LOOM_OK ||
@@ -201,9 +201,9 @@ static int generate_forward(const loom_model *m, const loom_tset *ts, const floa
     int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok), generated = 0;
     double t0 = loom_now();
     while (len < steps) {
-        if ((rc = loom_forward_ex(m, m->params, ws, pf, vec, seq, NULL, 1, len, NULL)) != LOOM_OK) break;
-        memcpy(logits, loom_ws_logits(ws) + (size_t)(P + len - 1) * m->cfg.vocab, (size_t)m->cfg.vocab * sizeof *logits);
-        int32_t next = loom_sample(logits, m->cfg.vocab, &s, &rng);
+        if ((rc = loom_forward_ex(m, loom_model_params_const(m), ws, pf, vec, seq, NULL, 1, len, NULL)) != LOOM_OK) break;
+        memcpy(logits, loom_ws_logits(ws) + (size_t)(P + len - 1) * loom_model_config(m)->vocab, (size_t)loom_model_config(m)->vocab * sizeof *logits);
+        int32_t next = loom_sample(logits, loom_model_config(m)->vocab, &s, &rng);
         generated++;
         if (next == bos || next == eos) break;
         seq[len++] = next;

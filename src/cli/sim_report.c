@@ -16,7 +16,7 @@ int cli_client_losses(const loom_model *m, const loom_tset *ts, const float *vec
     tc.B = B;
     tc.T = T;
     tc.opt.lr = 0;
-    size_t dim = ts ? loom_tset_dim(ts) : m->n_params;
+    size_t dim = ts ? loom_tset_dim(ts) : loom_model_n_params(m);
     /* the trainer trains in place: give it a copy so vec is only read */
     float *w = loom_alloc(dim * sizeof(float));
     int32_t *tok = malloc((size_t)B * T * sizeof *tok), *tgt = malloc((size_t)B * T * sizeof *tgt);
@@ -24,7 +24,7 @@ int cli_client_losses(const loom_model *m, const loom_tset *ts, const float *vec
     int rc = w && tok && tgt ? LOOM_OK : loom_error(LOOM_ENOMEM, "out of memory");
     if (rc == LOOM_OK) {
         for (size_t i = 0; i < dim; i++) w[i] = vec[i];
-        rc = ts ? loom_trainer_create_peft(&tr, m, m->params, ts, w, &tc) : loom_trainer_create(&tr, m, w, &tc);
+        rc = ts ? loom_trainer_create_peft(&tr, m, loom_model_params_const(m), ts, w, &tc) : loom_trainer_create(&tr, m, w, &tc);
     }
     for (size_t c = 0; rc == LOOM_OK && c < part->n_clients; c++) {
         const loom_client *cl = &part->clients[c];

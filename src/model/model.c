@@ -128,6 +128,7 @@ const loom_tensor *loom_model_tensor(const loom_model *m, int idx) {
 size_t loom_model_n_params(const loom_model *m) { return m->n_params; }
 float *loom_model_params(loom_model *m) { return m->params; }
 const float *loom_model_params_const(const loom_model *m) { return m->params; }
+int loom_model_is_quantized(const loom_model *m) { return m->qbase != NULL; }
 
 /* Allocates the layout and an uninitialised parameter buffer. */
 int lm_model_alloc(loom_model **out, const loom_config *cfg) {

@@ -8,6 +8,19 @@
 #include "loom/model.h"
 #include "loom/quant.h"
 
+/* The model: config, tensor table, the float buffer and an optional low-precision base. */
+struct loom_model {
+    loom_config cfg;
+    loom_tensor *tensors;
+    int n_tensors;
+    int (*layer_slot)[LOOM_L_NSLOTS]; /* [L][slot] -> tensor index */
+    int t_embed, t_pos, t_normf_w, t_normf_b, t_head; /* -1 if absent; t_head = t_embed when tied */
+    size_t n_params;
+    float *params; /* [n_params], owned */
+    struct loom_qbase *qbase; /* frozen linear weights in low precision, or NULL (see loom_model_quantize) */
+    loom_tvec *manifest;      /* the tensor table as a trainable-vector manifest (loom_model_manifest) */
+};
+
 /* Allocates the layout and an uninitialised parameter buffer. */
 int lm_model_alloc(loom_model **out, const loom_config *cfg);
 

@@ -76,7 +76,7 @@ int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, 
     if (!params) return loom_error(LOOM_EINVAL, "a parameter vector is required");
     int rc = check_config(c);
     if (rc != LOOM_OK) return rc;
-    if (m->qbase) return loom_error(LOOM_EUNSUPPORTED, "full fine-tuning needs a float base: use a trainable set");
+    if (loom_model_is_quantized(m)) return loom_error(LOOM_EUNSUPPORTED, "full fine-tuning needs a float base: use a trainable set");
     loom_trainer *t = calloc(1, sizeof *t);
     if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
     t->m = m;
@@ -90,10 +90,10 @@ int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, 
         t->ts = t->own_ts;
         t->dim = loom_tset_dim(t->ts);
         /* the FULL vector must be laid out as the model's parameters, since params trains in place */
-        int same = t->dim == m->n_params;
+        int same = t->dim == loom_model_n_params(m);
         for (int i = 0; same && i < loom_tset_count(t->ts); i++) {
             const loom_tset_entry *e = loom_tset_entry_at(t->ts, i);
-            same = e->tensor >= 0 && e->offset == m->tensors[e->tensor].offset;
+            same = e->tensor >= 0 && e->offset == loom_model_tensor(m, e->tensor)->offset;
         }
         if (!same) rc = loom_error(LOOM_ESTATE, "the full trainable set is not laid out as the model's parameters");
     }
@@ -219,7 +219,7 @@ int loom_trainer_gradient(loom_trainer *t, const int32_t *tokens, const int32_t 
 }
 
 size_t loom_trainer_batch_tokens(const loom_trainer *t) { return (size_t)t->cfg.B * (size_t)t->cfg.T; }
-int loom_trainer_vocab(const loom_trainer *t) { return t->m->cfg.vocab; }
+int loom_trainer_vocab(const loom_trainer *t) { return loom_model_config(t->m)->vocab; }
 void loom_trainer_shape(const loom_trainer *t, int *B, int *T) {
     *B = t->cfg.B;
     *T = t->cfg.T;
