@@ -3,7 +3,8 @@
 # exact apt-get line and fails. Called by scripts/run.sh, and with --test by scripts/test.sh (which also
 # needs clang 14 with its libFuzzer and OpenMP runtimes for the fuzzing stage).
 set -euo pipefail
-PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev)
+PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev
+      libmicrohttpd-dev libgnutls28-dev libcurl4-gnutls-dev libsqlite3-dev)
 if [ "${1:-}" = "--test" ]; then PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev); fi
 missing=()
 for p in "${PKGS[@]}"; do

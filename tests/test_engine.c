@@ -496,7 +496,7 @@ static void update_message(void) {
     loom_update u = {0xabcdef0123ULL, 7, 6, 42, 1234, 2.75, 999, LOOM_CODEC_F32, 3, v, dc};
     uint8_t *buf;
     size_t n;
-    CHECK_OK(loom_update_encode(&u, &buf, &n));
+    CHECK_OK(loom_update_encode(&u, NULL, &buf, &n));
     CHECK(n == 72 + 24, "encoded size %zu", n);
     /* the layout by hand: magic, format 1, round 7 at offset 16, client 42 at 28, len 3 at 64 */
     CHECK(!memcmp(buf, "LMUP", 4) && buf[4] == 1 && buf[16] == 7 && buf[28] == 42 && buf[64] == 3 && buf[60] == 1,

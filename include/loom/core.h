@@ -96,6 +96,23 @@ float loom_rng_normal_at(uint64_t seed, uint64_t stream, uint64_t i);
 void loom_rng_normal_fill(uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out);
 void loom_rng_shuffle_u32(loom_rng *r, uint32_t *a, size_t n);
 
+/* SHA-256 (FIPS 180-4), for content hashes on the wire (global model, base model, updates) and
+ * token hashes. Streaming: init, update any number of times, final. */
+typedef struct {
+    uint32_t h[8];
+    uint64_t len;    /* bytes hashed so far */
+    uint8_t buf[64];
+    size_t n;        /* bytes in buf */
+} loom_sha256;
+void loom_sha256_init(loom_sha256 *s);
+void loom_sha256_update(loom_sha256 *s, const void *data, size_t n);
+void loom_sha256_final(loom_sha256 *s, uint8_t out[32]);
+/* One buffer: out[65] receives the lowercase hex digest. */
+void loom_sha256_hex(const void *data, size_t n, char out[65]);
+void loom_hex(const uint8_t *bytes, size_t n, char *out); /* 2n+1 chars, lowercase */
+/* The hex digest of a file (read in chunks). */
+int loom_sha256_file(const char *path, char out[65]);
+
 /* Monotonic wall clock in seconds. */
 double loom_now(void);
 /* Peak resident set size of this process in bytes (0 if unknown). */

@@ -162,6 +162,13 @@ int loom_engine_task(loom_engine *e, loom_task *t);
  * or another run_id), "not sampled", "duplicate", "late" (after the deadline or after close),
  * "unsupported codec", and the pipeline's (length, non-finite, norm, range, weight, control). */
 int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict);
+/* What loom_engine_submit would answer at time now, without recording anything: the protocol checks
+ * (run, round, sampled, duplicate, late) and the pipeline's content checks (loom_pipeline_check). A
+ * network server checks an upload with it, makes it durable, acknowledges it, and submits the stored
+ * updates in the sampled order when the round closes (so the result never depends on arrival order). */
+int loom_engine_check(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict);
+/* Time the open round opened (the `now` given to open_round; 0 before the first round). */
+double loom_engine_opened_at(const loom_engine *e);
 /* A sampled client reports that it could not train (reason is logged): its row says "client failure"
  * and LOOM_OK is returned (the report is recorded; the client's update counts as refused). A report
  * that is not sampled, duplicate or late is refused like a submission. */

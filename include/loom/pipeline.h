@@ -178,6 +178,11 @@ int loom_pipeline_begin_round(loom_pipeline *p, int round);
  * end_round. verdict and norm (the norm before clipping) may be NULL. */
 int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
                       loom_update_verdict *verdict, double *norm);
+/* The validate and clip stages of loom_pipeline_add without adding (any time, any thread): LOOM_OK
+ * when loom_pipeline_add would accept the update in an open round with room. A network server checks an
+ * upload with it before storing it, and adds the stored updates when the round closes. */
+int loom_pipeline_check(const loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                        loom_update_verdict *verdict, double *norm);
 /* Same from a client's model y (dim floats) and the global model x it started from: u = y - x. */
 int loom_pipeline_add_model(loom_pipeline *p, const float *y, const float *x, double w, const float *dc,
                             loom_update_verdict *verdict);

@@ -70,10 +70,17 @@ typedef struct {
     long count;      /* what accuracy is counted over: tokens (LM) or examples (classification) */
 } loom_eval_result;
 
+/* How an update is compressed on the wire (NULL everywhere = F32, lossless). */
+typedef struct {
+    loom_codec codec;   /* F32, F16, INT8 (per-chunk absmax scales), TOPK (largest |values|) */
+    int chunk;          /* INT8: values per scale (default 256) */
+    double topk_frac;   /* TOPK: share of coordinates kept, in (0, 1] (default 0.01) */
+} loom_codec_opts;
+
 /* Bytes of the encoded message. */
-size_t loom_update_encoded_size(const loom_update *u);
-/* Encodes u (codec F32 only) into a new buffer *buf of *n bytes (release with free). */
-int loom_update_encode(const loom_update *u, uint8_t **buf, size_t *n);
+size_t loom_update_encoded_size(const loom_update *u, const loom_codec_opts *o);
+/* Encodes u with codec o (NULL: F32) into a new buffer *buf of *n bytes (release with free). */
+int loom_update_encode(const loom_update *u, const loom_codec_opts *o, uint8_t **buf, size_t *n);
 /* Decodes n bytes. max_len bounds the payload (the server's dim): a longer one is refused before any
  * copy. The values are copied into values (max_len floats) and, when the message has one, the control
  * delta into control (max_len floats; NULL refuses messages with a control delta); out's pointers

@@ -243,6 +243,39 @@ static int admit(loom_engine *e, int round, int client, double now, loom_update_
     return LOOM_OK;
 }
 
+int loom_engine_check(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict) {
+    if (!u) return loom_error(LOOM_EINVAL, "round engine: NULL update");
+    pthread_mutex_lock(&e->mu);
+    int rc = LOOM_OK;
+    if (e->c.run_id && u->run_id != e->c.run_id)
+        rc = refuse(verdict, LOOM_UPDATE_WRONG_ROUND,
+                    loom_error(LOOM_EINVAL, "update of run %llx, this run is %llx", (unsigned long long)u->run_id,
+                               (unsigned long long)e->c.run_id));
+    else if (e->phase != PH_OPEN)
+        rc = refuse(verdict, LOOM_UPDATE_LATE, loom_error(LOOM_ESTATE, "round %d is closed", u->round));
+    else if (u->round != e->round)
+        rc = refuse(verdict, LOOM_UPDATE_WRONG_ROUND,
+                    loom_error(LOOM_EINVAL, "update for round %d, but round %d is open", u->round, e->round));
+    else if (u->client < 0 || u->client >= e->N || e->pos[u->client] < 0)
+        rc = refuse(verdict, LOOM_UPDATE_NOT_SAMPLED,
+                    loom_error(LOOM_EINVAL, "client %d is not sampled in round %d", u->client, e->round));
+    else if (e->rows[e->pos[u->client]].answered)
+        rc = refuse(verdict, LOOM_UPDATE_DUPLICATE,
+                    loom_error(LOOM_EINVAL, "client %d already answered in round %d", u->client, e->round));
+    else if (e->c.deadline > 0 && now > e->t_open + e->c.deadline)
+        rc = refuse(verdict, LOOM_UPDATE_LATE,
+                    loom_error(LOOM_ERANGE, "client %d answered %.3gs after the round opened, past the %gs deadline",
+                               u->client, now - e->t_open, e->c.deadline));
+    pthread_mutex_unlock(&e->mu);
+    if (rc != LOOM_OK) return rc;
+    if (u->codec != LOOM_CODEC_F32)
+        return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
+                      loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
+    return loom_pipeline_check(e->pipe, u->values, u->len, (double)u->examples, u->control, verdict, NULL);
+}
+
+double loom_engine_opened_at(const loom_engine *e) { return e->t_open; }
+
 int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict) {
     if (!u) return loom_error(LOOM_EINVAL, "round engine: NULL update");
     row *r = NULL;

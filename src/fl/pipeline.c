@@ -198,8 +198,9 @@ static double max_abs(const float *x, size_t n) {
     return (double)m;
 }
 
-int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
-                      loom_update_verdict *verdict, double *norm) {
+/* validate and clip without adding: the accepted update's clip factor in *scale */
+static int check(const loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                 loom_update_verdict *verdict, double *norm, double *scale_out) {
     const size_t dim = p->c.dim;
     if (norm) *norm = 0;
     /* validate: the weight, the control delta, then the update itself */
@@ -234,6 +235,22 @@ int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, co
             return refuse(verdict, LOOM_UPDATE_OUT_OF_RANGE,
                           loom_error(LOOM_ERANGE, "control delta outside the fixed-point range +-%g", LOOM_FX_MAX_ABS));
     }
+    *scale_out = scale;
+    if (verdict) *verdict = LOOM_UPDATE_ACCEPTED;
+    return LOOM_OK;
+}
+
+int loom_pipeline_check(const loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                        loom_update_verdict *verdict, double *norm) {
+    double scale = 1.0;
+    return check(p, u, len, w, dc, verdict, norm, &scale);
+}
+
+int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                      loom_update_verdict *verdict, double *norm) {
+    double scale = 1.0;
+    int rc = check(p, u, len, w, dc, verdict, norm, &scale);
+    if (rc != LOOM_OK) return rc;
     /* aggregate */
     pthread_mutex_lock(&p->mu);
     if (!p->in_round) rc = loom_error(LOOM_ESTATE, "update pipeline: update added outside a round");

@@ -24,7 +24,8 @@ static uint64_t get64(const uint8_t *p) {
     return v;
 }
 
-size_t loom_update_encoded_size(const loom_update *u) {
+size_t loom_update_encoded_size(const loom_update *u, const loom_codec_opts *o) {
+    (void)o;
     return LOOM_UPDATE_HEADER_BYTES + u->len * 4 * (u->control ? 2 : 1);
 }
 
@@ -42,14 +43,15 @@ static void get_floats(float *x, const uint8_t *p, size_t n) {
     }
 }
 
-int loom_update_encode(const loom_update *u, uint8_t **buf, size_t *n) {
+int loom_update_encode(const loom_update *u, const loom_codec_opts *o, uint8_t **buf, size_t *n) {
+    if (o && o->codec != LOOM_CODEC_F32) return loom_error(LOOM_EUNSUPPORTED, "update codec %u cannot be encoded yet", o->codec);
     *buf = NULL;
     *n = 0;
     if (u->codec != LOOM_CODEC_F32) return loom_error(LOOM_EUNSUPPORTED, "update codec %u cannot be encoded yet", u->codec);
     if (u->round < 0 || u->client < 0) return loom_error(LOOM_EINVAL, "update round and client must be >= 0");
     if (u->len > ((size_t)SIZE_MAX - LOOM_UPDATE_HEADER_BYTES) / 8) return loom_error(LOOM_ERANGE, "update too long");
     if (u->len && !u->values) return loom_error(LOOM_EINVAL, "update without values");
-    size_t size = loom_update_encoded_size(u);
+    size_t size = loom_update_encoded_size(u, o);
     uint8_t *b = malloc(size);
     if (!b) return loom_error(LOOM_ENOMEM, "out of memory for an update of %zu bytes", size);
     uint64_t lb;

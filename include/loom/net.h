@@ -1,0 +1,132 @@
+/* The network transport (net/ layer): `loom server` and `loom client` over HTTPS (docs/protocol.md).
+ *
+ * The server is a driver of the round engine (include/loom/engine.h), as the simulator is: the engine
+ * decides sampling, admission, closing and aggregation; this layer moves bytes (libmicrohttpd with
+ * GnuTLS on the server, libcurl on the client), checks tokens, and makes what it acknowledges durable
+ * (SQLite in WAL mode, fsync'd update files, atomic checkpoints). It never knows the algorithm: the
+ * strategy, the clients' training and the codecs come from fl/.
+ *
+ * Who calls whom:
+ *
+ *     cli/cmd_server.c -- loom_server_run --------------- net/server.c  HTTP handlers, round driver
+ *                           |-- loom_engine_*              fl/engine.c   every decision
+ *                           |-- loom_update_decode         fl/update.c   upload bodies (size-limited)
+ *                           `-- store (SQLite)             net/store.c   registry, rounds, updates, events
+ *     cli/cmd_client.c -- loom_netclient_run ------------ net/client.c  poll, download, upload, retry
+ *                           `-- callbacks setup/fit/evaluate (the CLI's: the same client code as loom sim)
+ *
+ * State: the server's lives in state_dir (state.db, updates/, checkpoint.safetensors,
+ * global.safetensors, metrics.jsonl, tls/); the client's in work_dir (the downloaded global model,
+ * the pending upload, the driver's own client state). */
+#ifndef LOOM_NET_H
+#define LOOM_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loom/engine.h"
+#include "loom/tvec.h"
+#include "loom/update.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------ identities (state_dir/state.db) */
+
+/* 1..64 chars of [A-Za-z0-9._-], not starting with '.' or '-'. LOOM_OK or LOOM_EINVAL with a message. */
+int loom_net_check_name(const char *name);
+/* Registers NAME (creating state_dir and its database when new) and writes its fresh token (64 hex
+ * digits) to token[65]; only the token's SHA-256 is stored. admin = 1: an administrator identity. A
+ * name already registered (and not revoked): LOOM_EINVAL. */
+int loom_server_add_client(const char *state_dir, const char *name, int admin, char token[65]);
+/* Revokes NAME: its token is refused from then on. Unknown name: LOOM_ENOTFOUND. */
+int loom_server_revoke_client(const char *state_dir, const char *name);
+
+/* ------------------------------------------------------------------ server */
+
+typedef enum { LOOM_NET_SYNC = 0, LOOM_NET_FEDASYNC = 1, LOOM_NET_FEDBUFF = 2 } loom_net_mode;
+
+typedef struct {
+    const char *state_dir;       /* required */
+    const char *listen;          /* "HOST:PORT" (default "127.0.0.1:8443"); port 0 picks a free one */
+    const char *tls_cert, *tls_key; /* PEM files; NULL: a self-signed development certificate is made
+                                      in state_dir/tls/ (cert.pem, key.pem) and a warning logged */
+    /* the run: the engine's configuration. dim, init, rounds, pipe (strategy, bounds), sample, seed,
+     * min_updates, deadline, eval_every, eval_clients are used; n_clients, run_id and n_test are set by
+     * the server (the registered clients; a random run id kept in the database). */
+    loom_engine_config engine;
+    const loom_tvec *manifest;   /* the vector's tensor names (global.safetensors, downloads) */
+    const char *run_json;        /* JSON object text sent to clients in hello ("run") */
+    const char *model_config_json; /* JSON object text ("model_config"), or NULL (PEFT run) */
+    const char *base_sha256;     /* PEFT run: the frozen base's hash clients must match; NULL otherwise */
+    const char *compress;        /* "none", "fp16", "int8", "topk" (told to clients in hello) */
+    int min_clients;             /* clients that said hello before round 1 opens (0: all registered) */
+    size_t max_upload;           /* bytes (0: twice the f32 update size plus 1 MiB) */
+    int poll_ms;                 /* the retry_ms told to waiting clients (default 500) */
+    int eval_timeout_s;          /* seconds to wait for evaluation reports (default 60) */
+    int threads;                 /* HTTP worker threads (default 4) */
+    int checkpoint_every;        /* rounds between checkpoints (default 1: every round) */
+    loom_net_mode mode;          /* synchronous rounds, or asynchronous (FedAsync, FedBuff) */
+    /* test hooks */
+    void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
+    void *ud;
+    volatile int *stop;          /* when non-NULL and set, the server stops at the next event */
+} loom_server_config;
+
+void loom_server_defaults(loom_server_config *c);
+/* Runs (or resumes) the run in state_dir until its last round is done: writes state_dir/
+ * global.safetensors and metrics.jsonl, returns LOOM_OK and the final vector in global (dim). A second
+ * start with the same configuration continues where the first stopped; another configuration
+ * (dim, seed, strategy, rounds, clients) is refused with a message naming the difference. */
+int loom_server_run(const loom_server_config *c, float *global);
+
+/* ------------------------------------------------------------------ client */
+
+typedef struct {
+    uint64_t run_id;
+    int client;                  /* this client's index in the run */
+    int n_clients, rounds;
+    size_t dim;
+    const char *mode;            /* "sync", "fedasync", "fedbuff" */
+    const char *compress;        /* "none", "fp16", "int8", "topk" */
+    const char *run_json;        /* the run configuration (JSON object text) */
+    const char *model_config_json; /* or NULL */
+    const char *base_sha256;     /* or NULL */
+} loom_netclient_hello;
+
+typedef struct {
+    int round;
+    uint64_t version;
+    double deadline_s;           /* seconds left (0: none) */
+} loom_netclient_task;
+
+typedef struct {
+    const char *url;             /* "https://HOST:PORT" */
+    const char *name;
+    const char *token;
+    const char *ca_cert;         /* PEM file trusted for the server (NULL: the system's CAs) */
+    const char *work_dir;        /* required: downloads, the pending upload */
+    const char *base_sha256;     /* this client's frozen base hash (PEFT), or NULL */
+    /* The driver: setup after hello (build the trainer; check the manifest), fit one round (fill u with
+     * values pointing at the driver's buffers, u->round/version/client/examples/loss/tokens, and the
+     * codec to send in *co), evaluate the global model. global (and control, SCAFFOLD's c, or NULL)
+     * are dim floats valid during the call. */
+    int (*setup)(void *ud, const loom_netclient_hello *h);
+    int (*fit)(void *ud, const loom_netclient_task *t, const float *global, const float *control, loom_update *u,
+               loom_codec_opts *co);
+    int (*evaluate)(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *r);
+    void *ud;
+    double give_up_s;            /* stop when the server was unreachable this long (default 600) */
+    volatile int *stop;
+} loom_netclient_config;
+
+/* Says hello, then polls, downloads (resuming), trains, uploads (retrying transient failures with
+ * back-off) until the run is done: LOOM_OK. Refusals that cannot be retried (401, 403, 409
+ * base_mismatch) fail with the server's message. */
+int loom_netclient_run(const loom_netclient_config *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
