@@ -83,6 +83,9 @@ int loom_partition_dataset(loom_partition **out, const loom_dataset *ds, const l
 /* Moves round(test_frac * n) of each client's train indices to its test list: a seeded random subset
  * (stream (seed, client)) when ordered = 0, the last ones in index order when ordered = 1. */
 int loom_partition_split_test(loom_partition *p, double test_frac, uint64_t seed, int ordered);
+/* The same for one client, the c-th of its partition (the draw depends on seed and c only): a client
+ * holding only its own data (a networked client, or a --clients-dir file) splits as loom sim does. */
+int loom_client_split_test(loom_client *cl, size_t c, double test_frac, uint64_t seed, int ordered);
 /* LOOM_OK when the clients' train and test lists together hold every index in [0, n) exactly once. */
 int loom_partition_check(const loom_partition *p, size_t n);
 void loom_partition_free(loom_partition *p);

@@ -73,6 +73,8 @@ typedef struct {
     /* data */
     const loom_dataset *ds;
     const loom_partition *part;     /* clients: train and test example indices */
+    const loom_dataset *const *client_ds; /* (part->n_clients) each client's own dataset, which its indices
+                                     * refer to (--clients-dir: one file per client); NULL: all use ds */
     int B, T;
     /* federation */
     const char *strategy;

@@ -189,6 +189,9 @@ typedef struct {
     size_t at; /* offset of its text in the numbers buffer */
 } cli_opt_slot;
 
+/* Applies a parsed config object (taking ownership of root); path names it in errors. */
+static int config_apply(json_t *root, const char *path, cli_opt *opts, int nopts, cli_config **cfg);
+
 int cli_config_read(const char *path, cli_opt *opts, int nopts, cli_config **cfg) {
     *cfg = NULL;
     struct stat st;
@@ -207,6 +210,27 @@ int cli_config_read(const char *path, cli_opt *opts, int nopts, cli_config **cfg
         fprintf(stderr, "loom: --config %s:%d: %s\n", path, e.line, e.text);
         return -1;
     }
+    return config_apply(root, path, opts, nopts, cfg);
+}
+
+int cli_config_parse(const char *text, const char *name, cli_opt *opts, int nopts, cli_config **cfg) {
+    *cfg = NULL;
+    size_t n = strlen(text);
+    if (n > CONFIG_MAX_BYTES) {
+        fprintf(stderr, "loom: %s: %zu bytes, more than the %d a configuration may have\n", name, n, CONFIG_MAX_BYTES);
+        return -1;
+    }
+    json_error_t e;
+    json_t *root = json_loadb(text, n, JSON_REJECT_DUPLICATES, &e);
+    if (!root) {
+        fprintf(stderr, "loom: %s:%d: %s\n", name, e.line, e.text);
+        return -1;
+    }
+    return config_apply(root, name, opts, nopts, cfg);
+}
+
+static int config_apply(json_t *root, const char *path, cli_opt *opts, int nopts, cli_config **cfg) {
+    *cfg = NULL;
     if (!json_is_object(root)) {
         fprintf(stderr, "loom: --config %s: a config file is a JSON object of flag names and values\n", path);
         json_decref(root);

@@ -44,6 +44,8 @@ const char *cli_duration(double s, char *buf, int n);
  * cli_config_free(*cfg). */
 typedef struct cli_config cli_config;
 int cli_config_read(const char *path, cli_opt *opts, int nopts, cli_config **cfg);
+/* The same from a JSON object text (name names it in errors). */
+int cli_config_parse(const char *text, const char *name, cli_opt *opts, int nopts, cli_config **cfg);
 void cli_config_free(cli_config *cfg);
 
 /* Output locations, checked before any work starts. cli_out_dir creates dir and its parents (as

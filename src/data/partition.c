@@ -476,38 +476,43 @@ int loom_partition_dataset(loom_partition **out, const loom_dataset *ds, const l
     return rc;
 }
 
-int loom_partition_split_test(loom_partition *p, double test_frac, uint64_t seed, int ordered) {
+int loom_client_split_test(loom_client *cl, size_t c, double test_frac, uint64_t seed, int ordered) {
     if (!(test_frac >= 0 && test_frac <= 1)) return loom_error(LOOM_EINVAL, "test fraction %g is not in [0, 1]", test_frac);
-    for (size_t c = 0; c < p->n_clients; c++) {
-        loom_client *cl = &p->clients[c];
-        if (cl->n_test) return loom_error(LOOM_ESTATE, "client %s already has a test split", cl->name);
-        size_t n = cl->n_train, nt = (size_t)floor(test_frac * (double)n + 0.5);
-        if (nt > n) nt = n;
-        uint32_t *test = malloc((nt ? nt : 1) * sizeof *test);
-        if (!test) return loom_error(LOOM_ENOMEM, "out of memory");
-        if (ordered) {
-            memcpy(test, cl->train + (n - nt), nt * sizeof *test);
-        } else {
-            /* A seeded shuffle of the client's indices; the first nt go to test. */
-            uint32_t *tmp = malloc((n ? n : 1) * sizeof *tmp);
-            if (!tmp) {
-                free(test);
-                return loom_error(LOOM_ENOMEM, "out of memory");
-            }
-            memcpy(tmp, cl->train, n * sizeof *tmp);
-            loom_rng r;
-            loom_rng_init(&r, seed, loom_hash2(STREAM_TEST, c));
-            loom_rng_shuffle_u32(&r, tmp, n);
-            memcpy(test, tmp, nt * sizeof *test);
-            qsort(test, nt, sizeof *test, cmp_u32);
-            memcpy(cl->train, tmp + nt, (n - nt) * sizeof *tmp);
-            qsort(cl->train, n - nt, sizeof *tmp, cmp_u32);
-            free(tmp);
+    if (cl->n_test) return loom_error(LOOM_ESTATE, "client %s already has a test split", cl->name);
+    size_t n = cl->n_train, nt = (size_t)floor(test_frac * (double)n + 0.5);
+    if (nt > n) nt = n;
+    uint32_t *test = malloc((nt ? nt : 1) * sizeof *test);
+    if (!test) return loom_error(LOOM_ENOMEM, "out of memory");
+    if (ordered) {
+        memcpy(test, cl->train + (n - nt), nt * sizeof *test);
+    } else {
+        /* A seeded shuffle of the client's indices; the first nt go to test. */
+        uint32_t *tmp = malloc((n ? n : 1) * sizeof *tmp);
+        if (!tmp) {
+            free(test);
+            return loom_error(LOOM_ENOMEM, "out of memory");
         }
-        cl->n_train = n - nt;
-        free(cl->test);
-        cl->test = test;
-        cl->n_test = nt;
+        memcpy(tmp, cl->train, n * sizeof *tmp);
+        loom_rng r;
+        loom_rng_init(&r, seed, loom_hash2(STREAM_TEST, c));
+        loom_rng_shuffle_u32(&r, tmp, n);
+        memcpy(test, tmp, nt * sizeof *test);
+        qsort(test, nt, sizeof *test, cmp_u32);
+        memcpy(cl->train, tmp + nt, (n - nt) * sizeof *tmp);
+        qsort(cl->train, n - nt, sizeof *tmp, cmp_u32);
+        free(tmp);
+    }
+    cl->n_train = n - nt;
+    free(cl->test);
+    cl->test = test;
+    cl->n_test = nt;
+    return LOOM_OK;
+}
+
+int loom_partition_split_test(loom_partition *p, double test_frac, uint64_t seed, int ordered) {
+    for (size_t c = 0; c < p->n_clients; c++) {
+        int rc = loom_client_split_test(&p->clients[c], c, test_frac, seed, ordered);
+        if (rc != LOOM_OK) return rc;
     }
     return LOOM_OK;
 }

@@ -99,6 +99,10 @@ static void fail(sim_run *r, int rc) {
     pthread_mutex_unlock(&r->mu);
 }
 
+static const loom_dataset *client_ds(const loom_sim_config *c, int client) {
+    return c->client_ds ? c->client_ds[client] : c->ds;
+}
+
 static void fit_one(sim_run *r, worker_slot *ws, int client) {
     const loom_sim_config *c = r->c;
     const loom_client *cl = &c->part->clients[client];
@@ -115,7 +119,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     memset(&out, 0, sizeof out);
     out.update = ws->update;
     out.control_delta = ws->dc;
-    int rc = loom_batcher_create(&b, c->ds, cl->train, cl->n_train, &bo);
+    int rc = loom_batcher_create(&b, client_ds(c, client), cl->train, cl->n_train, &bo);
     if (rc == LOOM_OK) {
         loom_client_ctx ctx = {ws->tr, ws->vec, dim};
         loom_fit_task ft = {task.round, task.global, task.server_control, b, c->fit};
@@ -162,11 +166,12 @@ static void eval_one(sim_run *r, worker_slot *ws, int client) {
     loom_eval_result res = {0};
     int rc = LOOM_OK;
     loom_batcher *b = NULL;
-    if (c->ds->kind == LOOM_DS_CLASSIFY) {
-        et.ds = c->ds;
+    const loom_dataset *ds = client_ds(c, client);
+    if (ds->kind == LOOM_DS_CLASSIFY) {
+        et.ds = ds;
         rc = r->algo->evaluate(&ctx, &et, &res);
     } else {
-        rc = loom_batcher_create(&b, c->ds, cl->test, cl->n_test, &bo);
+        rc = loom_batcher_create(&b, ds, cl->test, cl->n_test, &bo);
         et.data = b;
         if (rc == LOOM_OK && cl->n_test > 0) rc = r->algo->evaluate(&ctx, &et, &res);
         loom_batcher_free(b);
@@ -513,7 +518,7 @@ static void sink_client(void *ud, const loom_client_row *r) {
 }
 
 int loom_sim_run(const loom_sim_config *c, float *global) {
-    if (!c->ds || !c->part || !c->make_worker || !c->free_worker || !c->init || c->dim == 0)
+    if ((!c->ds && !c->client_ds) || !c->part || !c->make_worker || !c->free_worker || !c->init || c->dim == 0)
         return loom_error(LOOM_EINVAL, "simulation needs a dataset, a partition, a worker factory and an initial vector");
     if (c->rounds < 0) return loom_error(LOOM_EINVAL, "--rounds %d must be >= 0", c->rounds);
     if (c->workers < 1) return loom_error(LOOM_EINVAL, "--workers %d must be >= 1", c->workers);

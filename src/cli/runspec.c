@@ -1,0 +1,353 @@
+/* A federated run's configuration (see runspec.h). */
+#include "cli/runspec.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/cli.h"
+#include "loom/core.h"
+#include "loom/strategy.h"
+
+void cli_run_init(cli_run *r) {
+    memset(r, 0, sizeof *r);
+    r->model = "tiny";
+    cli_peft_init(&r->peft);
+    r->data = "shakespeare";
+    r->format = "text";
+    r->partition = "iid";
+    r->clients = 10;
+    r->min_lines = 64;
+    r->alpha = 0.5f;
+    r->test_frac = 0.2f;
+    r->strategy = "fedavg";
+    r->rounds = 20;
+    r->local_steps = 10;
+    r->min_updates = 1;
+    r->scaffold_option = 2;
+    r->eval_every = 1;
+    /* NAN = not given: the strategy's default applies */
+    r->server_lr = r->server_momentum = r->beta1 = r->beta2 = r->tau = r->mu = NAN;
+    r->optimizer = "sgd";
+    r->B = 8;
+    r->T = 64;
+    r->lr = -1.0f; /* the optimizer's default */
+    r->clip = 1.0f;
+    r->seed = 1;
+    r->prompt = "";
+    r->workers = 2;
+    r->client_threads = 1;
+    r->sample_len = 200;
+    r->progress_every = 5;
+}
+
+/* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
+static const char *const client_keys[] = {
+    "rounds", "local-steps", "batch", "seq", "lr", "optimizer", "momentum", "weight-decay", "clip", "strategy",
+    "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
+    "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", NULL};
+
+int cli_run_opts(cli_run *r, cli_opt *o) {
+    cli_peft_opts *po = &r->peft;
+    cli_opt t[] = {
+        {"model", OPT_STR, &r->model, "model dir / .bin, or a shape / config.json to train from scratch", 0, 0},
+        {"tokenizer", OPT_STR, &r->tokenizer, "tokenizer (default: the model's, or byte-level)", 0, 0},
+        {"data", OPT_STR, &r->data, "'shakespeare' (federated Shakespeare, one client per role, from $LOOM_SHARED/data/tinyshakespeare) or a data file", 0, 0},
+        {"clients-dir", OPT_STR, &r->clients_dir, "one data file per client (the client's name is the file's stem; clients in name order), instead of --data and --partition", 0, 0},
+        {"format", OPT_STR, &r->format, "data format: " CLI_FORMATS, 0, 0},
+        {"text-col", OPT_STR, &r->text_col, "text column/field", 0, 0},
+        {"label-col", OPT_STR, &r->label_col, "label column/field", 0, 0},
+        {"key", OPT_STR, &r->key, "key column/field for natural splits", 0, 0},
+        {"partition", OPT_STR, &r->partition, "iid, dirichlet, natural or quantity (not for shakespeare)", 0, 0},
+        {"clients", OPT_INT, &r->clients, "number of clients (iid, dirichlet, quantity)", 1, 10000000},
+        {"alpha", OPT_FLOAT, &r->alpha, "Dirichlet concentration", 1e-6, 1e6},
+        {"min-examples", OPT_INT, &r->min_examples, "minimum examples per client", 0, 1e9},
+        {"min-lines", OPT_INT, &r->min_lines, "shakespeare: minimum lines for a role to be a client", 1, 1e9},
+        {"test-frac", OPT_FLOAT, &r->test_frac, "share of each client's examples held out for evaluation", 0, 0.99},
+        {"rounds", OPT_INT, &r->rounds, "federated rounds", 1, 10000000},
+        {"local-steps", OPT_INT, &r->local_steps, "client optimizer steps per round (fedsgd: batches averaged)", 1, 10000000},
+        {"batch", OPT_INT, &r->B, "client batch size", 1, 65536},
+        {"seq", OPT_INT, &r->T, "tokens per sequence", 2, 1048576},
+        {"lr", OPT_FLOAT, &r->lr, "client learning rate (default 0.1 for sgd, 0.001 for adamw)", 0, 1000},
+        {"optimizer", OPT_STR, &r->optimizer, "client optimizer: sgd or adamw (reset every round)", 0, 0},
+        {"momentum", OPT_FLOAT, &r->momentum, "client SGD momentum", 0, 1},
+        {"weight-decay", OPT_FLOAT, &r->wd, "client weight decay", 0, 10},
+        {"clip", OPT_FLOAT, &r->clip, "client gradient-norm clip (0 = off)", 0, 1e9},
+        {"strategy", OPT_STR, &r->strategy, "fedavg, fedsgd, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, scaffold", 0, 0},
+        {"server-lr", OPT_FLOAT, &r->server_lr, "server learning rate (strategy default when unset)", 0, 10000},
+        {"server-momentum", OPT_FLOAT, &r->server_momentum, "fedavgm momentum", 0, 1},
+        {"beta1", OPT_FLOAT, &r->beta1, "fedadam/fedyogi/fedadagrad beta1", 0, 1},
+        {"beta2", OPT_FLOAT, &r->beta2, "fedadam/fedyogi beta2", 0, 1},
+        {"tau", OPT_FLOAT, &r->tau, "adaptive strategies' tau", 0, 1e6},
+        {"mu", OPT_FLOAT, &r->mu, "fedprox proximal weight", 0, 1e6},
+        {"scaffold-option", OPT_INT, &r->scaffold_option, "SCAFFOLD client control update: 1 or 2", 1, 2},
+        {"sample", OPT_STR, &r->sample, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all", 0, 0},
+        {"min-updates", OPT_INT, &r->min_updates, "accepted updates needed to aggregate a round", 1, 10000000},
+        {"max-update-norm", OPT_FLOAT, &r->max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
+        {"update-clip", OPT_FLOAT, &r->update_clip, "server scales each update down to this L2 norm before aggregating (0 = off)", 0, 1048576},
+        {"deadline", OPT_FLOAT, &r->deadline, "seconds a round waits for updates (sim: on the virtual clock); later updates are refused as late (0 = none)", 0, 1e12},
+        {"eval-every", OPT_INT, &r->eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)", 0, 1e9},
+        {"eval-clients", OPT_INT, &r->eval_clients, "evaluate at most N clients (0 = all)", 0, 1e9},
+        {"seed", OPT_LONG, &r->seed, "seed for initialisation, sampling, data order", 0, 9e18},
+        {"fault", OPT_STR, &r->faults, "sim: inject broken updates or failures: CLIENT:nan|inf|huge|short|fail[,...] (testing defences)", 0, 0},
+        {"step-seconds", OPT_FLOAT, &r->step_seconds, "sim: virtual clock: simulated seconds per local step (0 = every client instant)", 0, 1e9},
+        {"time-spread", OPT_FLOAT, &r->time_spread, "sim: virtual clock: log-normal sigma of the clients' speeds (slow clients stay slow)", 0, 10},
+        {"workers", OPT_INT, &r->workers, "sim: worker threads training clients in parallel", 1, cli_max_threads()},
+        {"client-threads", OPT_INT, &r->client_threads, "threads inside one client's training (fixed: results do not depend on --workers)", 1, cli_max_threads()},
+        {"out", OPT_STR, &r->out, "sim: run directory: metrics.jsonl, global.safetensors, checkpoint, plot", 0, 0},
+        {"checkpoint-every", OPT_INT, &r->checkpoint_every, "sim: write OUT/checkpoint.safetensors every N rounds", 0, 1e9},
+        {"resume", OPT_FLAG, &r->resume, "sim: continue from OUT/checkpoint.safetensors", 0, 0},
+        {"plot", OPT_STR, &r->plot, "sim: SVG of evaluation accuracy and loss per round (default OUT/accuracy.svg)", 0, 0},
+        {"sample-len", OPT_INT, &r->sample_len, "sim: tokens of text generated by the final global model (0 = none)", 0, 1000000},
+        {"prompt", OPT_STR, &r->prompt, "sim: prompt for that sample", 0, 0},
+        {"quiet-clients", OPT_FLAG, &r->quiet_clients, "sim: no per-client progress lines", 0, 0},
+        {"compare", OPT_INT, &r->compare, "sim: before training, measure the initial model on every client's held-out text and sample from it; at the end, print perplexity before/after for the N clients with the most test text (0 = off)", 0, 1000000},
+        {"progress-every", OPT_FLOAT, &r->progress_every, "sim: seconds between per-client progress lines when stderr is not a terminal", 0, 3600},
+        CLI_PEFT_METHOD_OPTS(*po),
+        CLI_PEFT_LOAD_OPTS(*po),
+    };
+    int n = (int)(sizeof t / sizeof t[0]);
+    if (n > CLI_RUN_MAX_OPTS) n = CLI_RUN_MAX_OPTS; /* CLI_RUN_MAX_OPTS is sized for the table */
+    memcpy(o, t, (size_t)n * sizeof *o);
+    return n;
+}
+
+static int is_client_key(const char *k) {
+    for (int i = 0; client_keys[i]; i++)
+        if (!strcmp(client_keys[i], k)) return 1;
+    return 0;
+}
+
+char *cli_run_client_json(cli_run *r) {
+    cli_opt o[CLI_RUN_MAX_OPTS];
+    int n = cli_run_opts(r, o);
+    json_t *j = json_object();
+    for (int i = 0; j && i < n; i++) {
+        if (!is_client_key(o[i].name)) continue;
+        json_t *v = NULL;
+        switch (o[i].type) {
+        case OPT_STR: {
+            const char *s = *(const char **)o[i].dst;
+            v = s ? json_string(s) : json_null();
+            break;
+        }
+        case OPT_INT: v = json_integer(*(int *)o[i].dst); break;
+        case OPT_LONG: v = json_integer(*(long *)o[i].dst); break;
+        case OPT_FLAG: v = json_boolean(*(int *)o[i].dst); break;
+        case OPT_FLOAT: {
+            float f = *(float *)o[i].dst;
+            /* unset (NAN) and "the optimizer's default" (-1) travel as null and keep the client's default */
+            v = isnan(f) || (f < 0 && !strcmp(o[i].name, "lr")) ? json_null() : json_real((double)f);
+            break;
+        }
+        }
+        if (!v || json_object_set_new(j, o[i].name, v) != 0) {
+            json_decref(j);
+            return NULL;
+        }
+    }
+    char *s = j ? json_dumps(j, JSON_SORT_KEYS | JSON_COMPACT) : NULL;
+    json_decref(j);
+    return s;
+}
+
+int cli_run_apply_json(cli_run *r, const char *text, const char *from, cli_config **cfg) {
+    cli_opt o[CLI_RUN_MAX_OPTS];
+    int n = cli_run_opts(r, o);
+    /* only the client keys may come from a server */
+    cli_opt k[CLI_RUN_MAX_OPTS];
+    int nk = 0;
+    for (int i = 0; i < n; i++)
+        if (is_client_key(o[i].name)) k[nk++] = o[i];
+    return cli_config_parse(text, from, k, nk, cfg);
+}
+
+/* --sample: a whole number is a count in [1, n], anything else a fraction in (0, 1]. */
+static int parse_sample(const char *cmd, const char *s, size_t n, int *count, double *frac) {
+    char *end;
+    errno = 0;
+    long long c = strtoll(s, &end, 10);
+    if (*s && !*end && !errno && c >= 1 && (unsigned long long)c <= n) {
+        *count = (int)c;
+        return 0;
+    }
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*s && !*end && !errno && isfinite(v) && v > 0 && v <= 1) {
+        *frac = v;
+        return 0;
+    }
+    fprintf(stderr, "loom %s: --sample expects a count of clients in [1, %zu] or a fraction in (0, 1], got '%s'\n", cmd,
+            n, s);
+    return -1;
+}
+
+int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc) {
+    sc->strategy = r->strategy;
+    if (loom_strategy_defaults(r->strategy, &sc->sp) != LOOM_OK) return cli_fail("--strategy") ? -1 : -1;
+    if (!isnan(r->server_lr)) sc->sp.server_lr = r->server_lr;
+    if (!isnan(r->server_momentum)) sc->sp.momentum = r->server_momentum;
+    if (!isnan(r->beta1)) sc->sp.beta1 = r->beta1;
+    if (!isnan(r->beta2)) sc->sp.beta2 = r->beta2;
+    if (!isnan(r->tau)) sc->sp.tau = r->tau;
+    if (!isnan(r->mu)) sc->sp.mu = r->mu;
+    if (loom_strategy_params_check(&sc->sp) != LOOM_OK) {
+        /* name the flag that sets the refused parameter */
+        static const char *const names[][2] = {{"server_lr", "--server-lr"}, {"momentum", "--server-momentum"},
+                                               {"beta1", "--beta1"}, {"beta2", "--beta2"}, {"tau", "--tau"},
+                                               {"mu", "--mu"}, {"v_init", "strategy v_init"}};
+        const char *flag = "strategy parameters";
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if (!strncmp(loom_errmsg(), names[i][0], strlen(names[i][0]))) flag = names[i][1];
+        cli_fail(flag);
+        return -1;
+    }
+    if (r->scaffold_option != 1 && r->scaffold_option != 2) {
+        fprintf(stderr, "loom %s: --scaffold-option must be 1 or 2\n", cmd);
+        return -1;
+    }
+    if (!(r->max_norm >= 0) || isinf(r->max_norm)) {
+        fprintf(stderr, "loom %s: --max-update-norm must be finite and >= 0 (0 = no bound)\n", cmd);
+        return -1;
+    }
+    sc->fit.local_steps = r->local_steps;
+    sc->fit.prox_mu = !strcmp(r->strategy, "fedprox") ? sc->sp.mu : 0;
+    sc->fit.scaffold = !strcmp(r->strategy, "scaffold") ? r->scaffold_option : 0;
+    sc->fit.gradient_only = !strcmp(r->strategy, "fedsgd");
+    sc->sample = 0;
+    sc->sample_frac = 0;
+    if (r->sample && parse_sample(cmd, r->sample, n_clients, &sc->sample, &sc->sample_frac) != 0) return -1;
+    sc->B = r->B;
+    sc->T = r->T;
+    sc->rounds = r->rounds;
+    sc->min_updates = r->min_updates;
+    sc->max_update_norm = r->max_norm;
+    sc->clip_norm = r->update_clip;
+    sc->deadline = r->deadline;
+    sc->seed = (uint64_t)r->seed;
+    sc->eval_every = r->eval_every;
+    sc->eval_clients = r->eval_clients;
+    loom_train_defaults(tc);
+    if (loom_opt_kind_parse(r->optimizer, &tc->opt.kind) != LOOM_OK) {
+        cli_fail("--optimizer");
+        return -1;
+    }
+    if (r->lr < 0) r->lr = tc->opt.kind == LOOM_OPT_ADAMW ? 1e-3f : 0.1f;
+    tc->opt.lr = r->lr;
+    tc->opt.momentum = r->momentum;
+    tc->opt.weight_decay = r->wd;
+    tc->clip = r->clip;
+    tc->warmup = 0;
+    tc->total_steps = 0;
+    tc->B = r->B;
+    tc->T = r->T;
+    return 0;
+}
+
+int cli_client_data(const cli_run *r, const char *path, const loom_tokenizer *tok, size_t index, loom_dataset **ds,
+                    loom_client *cl) {
+    memset(cl, 0, sizeof *cl);
+    *ds = NULL;
+    loom_dataset_opts dopt;
+    loom_dataset_opts_init(&dopt);
+    dopt.format = loom_dataset_format(r->format);
+    if (dopt.format < 0) return loom_error(LOOM_EINVAL, "unknown --format '%s' (%s)", r->format, CLI_FORMATS);
+    dopt.text_col = r->text_col;
+    dopt.label_col = r->label_col;
+    dopt.key_col = r->key;
+    int rc = loom_dataset_load(ds, path, &dopt, tok);
+    if (rc != LOOM_OK) return rc;
+    size_t n = (*ds)->n;
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t len = strlen(base);
+    const char *dot = strrchr(base, '.');
+    if (dot && dot != base) len = (size_t)(dot - base);
+    cl->name = malloc(len + 1);
+    cl->train = malloc((n ? n : 1) * sizeof *cl->train);
+    if (!cl->name || !cl->train) {
+        cli_client_data_free(cl);
+        loom_dataset_free(*ds);
+        *ds = NULL;
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    memcpy(cl->name, base, len);
+    cl->name[len] = 0;
+    for (size_t i = 0; i < n; i++) cl->train[i] = (uint32_t)i;
+    cl->n_train = n;
+    rc = loom_client_split_test(cl, index, r->test_frac, (uint64_t)r->seed, 0);
+    if (rc == LOOM_OK && cl->n_train == 0)
+        rc = loom_error(LOOM_EINVAL, "%s: no training examples left (%zu examples, --test-frac %g)", path, n,
+                        r->test_frac);
+    if (rc != LOOM_OK) {
+        cli_client_data_free(cl);
+        loom_dataset_free(*ds);
+        *ds = NULL;
+    }
+    return rc;
+}
+
+void cli_client_data_free(loom_client *cl) {
+    free(cl->name);
+    free(cl->train);
+    free(cl->test);
+    memset(cl, 0, sizeof *cl);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+void cli_free_list(char **paths, size_t n) {
+    for (size_t i = 0; paths && i < n; i++) free(paths[i]);
+    free(paths);
+}
+
+int cli_list_dir(const char *dir, char ***paths, size_t *n) {
+    *paths = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return loom_error(LOOM_EIO, "--clients-dir %s: %s", dir, strerror(errno));
+    char **v = NULL;
+    size_t cnt = 0, cap = 0;
+    struct dirent *e;
+    int rc = LOOM_OK;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char *p = malloc(strlen(dir) + strlen(e->d_name) + 2);
+        if (!p) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory");
+            break;
+        }
+        sprintf(p, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (stat(p, &st) != 0 || !S_ISREG(st.st_mode)) {
+            free(p);
+            continue;
+        }
+        if (cnt == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **nv = realloc(v, cap * sizeof *v);
+            if (!nv) {
+                free(p);
+                rc = loom_error(LOOM_ENOMEM, "out of memory");
+                break;
+            }
+            v = nv;
+        }
+        v[cnt++] = p;
+    }
+    closedir(d);
+    if (rc == LOOM_OK && cnt == 0) rc = loom_error(LOOM_EINVAL, "--clients-dir %s holds no data files", dir);
+    if (rc != LOOM_OK) {
+        cli_free_list(v, cnt);
+        return rc;
+    }
+    qsort(v, cnt, sizeof *v, cmp_str);
+    *paths = v;
+    *n = cnt;
+    return LOOM_OK;
+}

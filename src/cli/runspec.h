@@ -1,0 +1,64 @@
+/* A federated run's configuration, shared by loom sim, loom server and loom client: the flags (and
+ * --config RUN.json keys) of loom sim, and how they turn into the simulator's, the engine's and a
+ * client's settings. One table, so a RUN.json means the same thing to the simulator and to a server,
+ * and a client trains with exactly the settings the server resolved. */
+#ifndef LOOM_CLI_RUNSPEC_H
+#define LOOM_CLI_RUNSPEC_H
+
+#include "cli/args.h"
+#include "cli/common.h"
+#include "loom/dataset.h"
+#include "loom/partition.h"
+#include "loom/sim.h"
+#include "loom/train.h"
+
+typedef struct {
+    /* model */
+    const char *model, *tokenizer;
+    cli_peft_opts peft;
+    /* data (the simulator's; a networked client has its own --data) */
+    const char *data, *format, *text_col, *label_col, *key, *partition, *clients_dir;
+    int clients, min_examples, min_lines;
+    float alpha, test_frac;
+    /* federation */
+    const char *strategy, *sample, *compress, *mode, *staleness;
+    int rounds, local_steps, min_updates, scaffold_option, eval_every, eval_clients, buffer, concurrency;
+    float server_lr, server_momentum, beta1, beta2, tau, mu, max_norm, update_clip, deadline, async_alpha;
+    /* client training */
+    const char *optimizer;
+    int B, T;
+    float lr, momentum, wd, clip;
+    long seed;
+    /* simulator only (accepted in a server's RUN.json, and ignored there) */
+    const char *faults, *out, *plot, *prompt;
+    int workers, client_threads, checkpoint_every, resume, sample_len, quiet_clients, compare;
+    float step_seconds, time_spread, progress_every;
+} cli_run;
+
+#define CLI_RUN_MAX_OPTS 96
+void cli_run_init(cli_run *r);
+/* Writes the run's option entries into opts (room for CLI_RUN_MAX_OPTS) and returns their number. */
+int cli_run_opts(cli_run *r, cli_opt *opts);
+/* The settings a client needs to train as the server resolved them, as a JSON object text (release
+ * with free): the client-training and federation keys, not the model, data or simulator keys. */
+char *cli_run_client_json(cli_run *r);
+/* Applies such a JSON text (from a server) to r: unknown keys or bad values fail, naming `from`. */
+int cli_run_apply_json(cli_run *r, const char *text, const char *from, cli_config **cfg);
+
+/* The federation settings of sc (strategy and its parameters, fit, sampling among n_clients, bounds,
+ * deadline, seed, evaluation) and the clients' trainer configuration tc. Errors are printed naming
+ * the flag (prefix: "loom CMD: "); returns 0 or -1. */
+int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc);
+
+/* One client's data from its own file (format flags of r): *ds, and cl's train and test lists (the
+ * test split drawn with the run's seed and the client's index, as loom sim draws it) and its name
+ * (the file's stem). Release with cli_client_data_free. */
+int cli_client_data(const cli_run *r, const char *path, const loom_tokenizer *tok, size_t index, loom_dataset **ds,
+                    loom_client *cl);
+void cli_client_data_free(loom_client *cl);
+/* The files of a clients directory (regular files not starting with '.'), in byte order of their
+ * names: *paths (n strings, release with cli_free_list). An empty or unreadable directory fails. */
+int cli_list_dir(const char *dir, char ***paths, size_t *n);
+void cli_free_list(char **paths, size_t n);
+
+#endif
