@@ -19,34 +19,6 @@
 #include "loom/train.h"
 
 typedef struct {
-    const loom_model *m;
-    const loom_tset *ts; /* NULL: full fine-tuning */
-    loom_train_config tc;
-} full_ud;
-
-/* Full fine-tuning: each worker trains its own copy of all weights. */
-/* With a trainable set each worker trains its own copy of the set over the shared frozen base. */
-static int full_make(void *ud, loom_trainer **tr, float **vec) {
-    full_ud *u = ud;
-    size_t dim = u->ts ? loom_tset_dim(u->ts) : loom_model_n_params(u->m);
-    *vec = loom_alloc(dim * sizeof(float));
-    if (!*vec) return LOOM_ENOMEM;
-    int rc = u->ts ? loom_trainer_create_peft(tr, u->m, loom_model_params_const(u->m), u->ts, *vec, &u->tc)
-                   : loom_trainer_create(tr, u->m, *vec, &u->tc);
-    if (rc != LOOM_OK) {
-        loom_free(*vec);
-        *vec = NULL;
-    }
-    return rc;
-}
-
-static void full_free(void *ud, loom_trainer *tr, float *vec) {
-    (void)ud;
-    loom_trainer_free(tr);
-    loom_free(vec);
-}
-
-typedef struct {
     int rounds, tty, quiet;
     double t0, last_line, every;
     double *acc, *loss, *x;
@@ -259,7 +231,7 @@ int cmd_sim(int argc, char **argv) {
         }
     }
     /* federation settings */
-    full_ud fu = {.m = m, .ts = set};
+    cli_trainer_ud fu = {.m = m, .ts = set};
     if (cli_run_federation(&r, "sim", part->n_clients, &sc, &fu.tc) != 0) goto done;
     const char *strategy = r.strategy, *optname = r.optimizer;
     int local_steps = r.local_steps, checkpoint_every = r.checkpoint_every, compare = r.compare,
@@ -276,8 +248,8 @@ int cmd_sim(int argc, char **argv) {
         sc.init = loom_model_params(m);
         sc.manifest = loom_model_manifest(m);
     }
-    sc.make_worker = full_make;
-    sc.free_worker = full_free;
+    sc.make_worker = cli_trainer_make;
+    sc.free_worker = cli_trainer_free;
     sc.worker_ud = &fu;
     sc.ds = ds;
     sc.client_ds = (const loom_dataset *const *)cds;

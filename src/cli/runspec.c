@@ -351,3 +351,31 @@ int cli_list_dir(const char *dir, char ***paths, size_t *n) {
     *n = cnt;
     return LOOM_OK;
 }
+
+int cli_trainer_make(void *ud, loom_trainer **tr, float **vec) {
+    cli_trainer_ud *u = ud;
+    size_t dim = u->ts ? loom_tset_dim(u->ts) : loom_model_n_params(u->m);
+    *vec = loom_alloc(dim * sizeof(float));
+    if (!*vec) return LOOM_ENOMEM;
+    int rc = u->ts ? loom_trainer_create_peft(tr, u->m, loom_model_params_const(u->m), u->ts, *vec, &u->tc)
+                   : loom_trainer_create(tr, u->m, *vec, &u->tc);
+    if (rc != LOOM_OK) {
+        loom_free(*vec);
+        *vec = NULL;
+    }
+    return rc;
+}
+
+void cli_trainer_free(void *ud, loom_trainer *tr, float *vec) {
+    (void)ud;
+    loom_trainer_free(tr);
+    loom_free(vec);
+}
+
+/* The SHA-256 of a model's f32 parameters (the frozen base of a PEFT run). */
+int cli_base_sha256(const loom_model *m, char out[65]) {
+    const float *p = loom_model_params_const(m);
+    if (!p) return loom_error(LOOM_EUNSUPPORTED, "the model's weights are not held in f32");
+    loom_sha256_hex(p, loom_model_n_params(m) * sizeof(float), out);
+    return LOOM_OK;
+}

@@ -61,4 +61,18 @@ void cli_client_data_free(loom_client *cl);
 int cli_list_dir(const char *dir, char ***paths, size_t *n);
 void cli_free_list(char **paths, size_t n);
 
+/* A client's trainer over its own vector: the whole model (ts NULL) or the trainable set ts over the
+ * shared frozen base (the simulator's workers and a networked client). */
+typedef struct {
+    const loom_model *m;
+    const loom_tset *ts;
+    loom_train_config tc;
+} cli_trainer_ud;
+int cli_trainer_make(void *ud, loom_trainer **tr, float **vec);
+void cli_trainer_free(void *ud, loom_trainer *tr, float *vec);
+
+/* The SHA-256 of a model's f32 parameters, little-endian in tensor order: a PEFT run's frozen base,
+ * which a networked client must hold identically (docs/protocol.md, hello). */
+int cli_base_sha256(const loom_model *m, char out[65]);
+
 #endif
