@@ -88,6 +88,30 @@ check "1000 client rows" test "$(grep -c '"type":"client"' "$tmp/lora/metrics.js
 check "classification accuracy reported" grep -q '"eval_acc"' "$tmp/lora/metrics.jsonl"
 check "adapter in PEFT layout" test -s "$tmp/lora/adapter/adapter_model.safetensors" -a -s "$tmp/lora/adapter/adapter_config.json"
 check "only the LoRA vector travels" grep -q 'trainable vector *[0-9]* floats (0.0' "$tmp/lora.out"
+# --clients-dir: one data file per client, numbered in byte order of the names (the file's stem)
+mkdir -p "$tmp/cd" "$tmp/cd2" "$tmp/cdempty"
+head -c 20000 "$LOOM_SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/carol.txt"
+tail -c 15000 "$LOOM_SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/alice.txt"
+head -c 60000 "$LOOM_SHARED/data/tinyshakespeare/input.txt" | tail -c 12000 > "$tmp/cd/bob.txt"
+touch "$tmp/cd/.hidden"
+cp "$tmp/cd/bob.txt" "$tmp/cd2/bob.txt"; cp "$tmp/cd/carol.txt" "$tmp/cd2/carol.txt"; cp "$tmp/cd/alice.txt" "$tmp/cd2/alice.txt"
+"$LOOM" sim --clients-dir "$tmp/cd" --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo" > /dev/null 2>&1
+check "clients-dir runs" test -s "$tmp/cdo/global.safetensors"
+names=$(grep '"type":"client","round":1' "$tmp/cdo/metrics.jsonl" | sed 's/.*"name":"\([a-z]*\)".*/\1/' | tr '\n' ' ')
+clients=$(grep '"type":"round","round":1' "$tmp/cdo/metrics.jsonl" | sed 's/.*"clients":\[\([0-9,]*\)\].*/\1/')
+want=""
+for k in ${clients//,/ }; do want="$want$(echo alice bob carol | cut -d' ' -f$((k + 1))) "; done
+check "clients-dir: client k is the k-th name in byte order ($names / $clients)" test "$names" = "$want"
+"$LOOM" sim --clients-dir "$tmp/cd2" --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo2" > /dev/null 2>&1
+check "clients-dir: the order of creation does not matter" cmp -s "$tmp/cdo/global.safetensors" "$tmp/cdo2/global.safetensors"
+mv "$tmp/cd2/alice.txt" "$tmp/cd2/zed.txt"
+"$LOOM" sim --clients-dir "$tmp/cd2" --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo3" > /dev/null 2>&1
+check "clients-dir: renaming a client renumbers the clients" bash -c "! cmp -s '$tmp/cdo/global.safetensors' '$tmp/cdo3/global.safetensors'"
+refuse "clients-dir with --data" 12 'clients-dir' 'replaces --data' -- "$LOOM" sim --clients-dir "$tmp/cd" --data "$tmp/cd/bob.txt"
+refuse "empty clients-dir" 12 'cdempty' 'no data files' -- "$LOOM" sim --clients-dir "$tmp/cdempty"
+refuse "missing clients-dir" 12 'nonexistent' -- "$LOOM" sim --clients-dir "$tmp/nonexistent"
+: > "$tmp/cd2/tiny.txt"
+refuse "clients-dir file without examples" 12 'tiny.txt' -- "$LOOM" sim --clients-dir "$tmp/cd2" --rounds 1
 check "sim --help" "$LOOM" sim --help > /dev/null
 echo "$pass passed, $fail failed"
 test $fail -eq 0

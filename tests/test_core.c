@@ -152,7 +152,56 @@ static void test_files(void) {
     CHECK(strstr(loom_errmsg(), "/nonexistent/file") != NULL, "message names the path: %s", loom_errmsg());
 }
 
+/* SHA-256 against the published FIPS 180-2 example digests, one-shot and in odd-sized pieces. */
+static void test_sha256(void) {
+    static const struct {
+        const char *msg;
+        size_t repeat;
+        const char *hex;
+    } v[] = {
+        {"", 1, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"},
+        {"abc", 1, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"},
+        {"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 1,
+         "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"},
+        {"a", 1000000, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"},
+    };
+    for (size_t k = 0; k < sizeof v / sizeof v[0]; k++) {
+        size_t len = strlen(v[k].msg), n = len * v[k].repeat;
+        char *buf = malloc(n + 1);
+        for (size_t i = 0; i < v[k].repeat; i++) memcpy(buf + i * len, v[k].msg, len);
+        char hex[65];
+        loom_sha256_hex(buf, n, hex);
+        CHECK(!strcmp(hex, v[k].hex), "sha256 vector %zu: %s", k, hex);
+        /* streaming in pieces of 1, 63, 64, 65, ... bytes gives the same digest */
+        loom_sha256 s;
+        loom_sha256_init(&s);
+        size_t at = 0, step = 1;
+        while (at < n) {
+            size_t take = step < n - at ? step : n - at;
+            loom_sha256_update(&s, buf + at, take);
+            at += take;
+            step = step * 7 % 131 + 1;
+        }
+        uint8_t d[32];
+        loom_sha256_final(&s, d);
+        loom_hex(d, 32, hex);
+        CHECK(!strcmp(hex, v[k].hex), "sha256 vector %zu streamed: %s", k, hex);
+        free(buf);
+    }
+    char dir[256], path[512], hex[65];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/abc", dir);
+    CHECK_OK(loom_write_file_atomic(path, "abc", 3));
+    CHECK_OK(loom_sha256_file(path, hex));
+    CHECK(!strcmp(hex, v[1].hex), "sha256 of a file: %s", hex);
+    unlink(path);
+    CHECK(test_rmtree(dir) == 0, "scratch directory %s removed", dir);
+    CHECK(loom_sha256_file("/nonexistent/file", hex) == LOOM_EIO && strstr(loom_errmsg(), "/nonexistent/file"),
+          "a missing file is named: %s", loom_errmsg());
+}
+
 int main(void) {
+    test_sha256();
     test_errors();
     test_rng();
     test_normal_at();
