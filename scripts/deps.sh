@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages loom needs to build and run (when run as root), or prints the
 # exact apt-get line and fails. Called by scripts/run.sh, and with --test by scripts/test.sh (which also
-# needs clang 14 with its libFuzzer and OpenMP runtimes for the fuzzing stage).
+# needs clang 14 with its libFuzzer and OpenMP runtimes for the fuzzing stage, and curl, which the
+# network tests use to speak to a running server).
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev
       libmicrohttpd-dev libgnutls28-dev libcurl4-gnutls-dev libsqlite3-dev)
-if [ "${1:-}" = "--test" ]; then PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev); fi
+if [ "${1:-}" = "--test" ]; then PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev curl); fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
