@@ -562,8 +562,14 @@ static int key_ok(const char *k) {
 /* The protocol checks of an answer (update or failure report) of client k for round `round`, under the
  * lock: 0 (the slot is now pending) or -1 with the reply. */
 static int reserve(net_server *s, int k, int round, double now, net_response *r) {
-    if ((s->phase != NET_PH_FIT && s->phase != NET_PH_CLOSING) || round != s->round) {
-        if (s->phase == NET_PH_FIT || s->phase == NET_PH_CLOSING || s->phase == NET_PH_EVAL || s->phase == NET_PH_DONE)
+    int past_deadline = s->ec.deadline > 0 && now > s->opened_at + s->ec.deadline;
+    if (s->round > 0 && round == s->round && (s->phase != NET_PH_FIT || past_deadline)) {
+        if (past_deadline) reply_err(r, 410, "late", "round %d's deadline of %gs has passed", round, s->ec.deadline);
+        else reply_err(r, 410, "stale", "round %d is closed", round);
+        return -1;
+    }
+    if (s->phase != NET_PH_FIT || round != s->round) {
+        if (s->round > 0)
             reply_err(r, 410, "stale", "round %d is not the open round (%s %d)", round,
                       s->phase == NET_PH_FIT ? "round" : "the last round was", s->round);
         else reply_err(r, 410, "stale", "round %d is not open (no round is open yet)", round);
@@ -575,10 +581,6 @@ static int reserve(net_server *s, int k, int round, double now, net_response *r)
     }
     if (s->ans[k] != 0) {
         reply_err(r, 409, "duplicate", "client %d already answered round %d", k, round);
-        return -1;
-    }
-    if (s->phase == NET_PH_CLOSING || (s->ec.deadline > 0 && now > s->opened_at + s->ec.deadline)) {
-        reply_err(r, 410, "late", "round %d's deadline of %gs has passed", round, s->ec.deadline);
         return -1;
     }
     s->ans[k] = 1;

@@ -333,7 +333,9 @@ int net_server_create(net_server **out, const loom_server_config *c) {
     struct stat st;
     if (stat(path, &st) == 0) {
         if ((rc = load_checkpoint(s, path)) != LOOM_OK) goto fail;
-        net_store_event(s->store, 0, "resume", "resuming at round %d of %d", s->next_round + 1, s->ec.rounds);
+        if (s->next_round < s->ec.rounds)
+            net_store_event(s->store, 0, "resume", "resuming at round %d of %d", s->next_round + 1, s->ec.rounds);
+        else net_store_event(s->store, 0, "resume", "the run's %d rounds are already done", s->ec.rounds);
     }
     /* metrics.jsonl as it was at the checkpoint: rows of a round redone after a crash are written once */
     snprintf(path, sizeof path, "%s/metrics.jsonl", c->state_dir);
