@@ -118,7 +118,8 @@ typedef struct {
     int (*evaluate)(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *r);
     void *ud;
     double give_up_s;            /* stop when the server was unreachable this long (default 600) */
-    volatile int *stop;
+    volatile int *stop;          /* when non-NULL and set, the run stops at the next step: LOOM_ESTATE */
+    const char *version;         /* the loom version told in hello and the User-Agent (NULL: "unknown") */
 } loom_netclient_config;
 
 /* Says hello, then polls, downloads (resuming), trains, uploads (retrying transient failures with
