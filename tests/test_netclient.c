@@ -443,6 +443,10 @@ static void test_main_run(void) {
     loom_netclient_config c;
     char url[64];
     config_init(&c, url, port, dir, &d);
+    /* a stale file under the name of version 0 (another run's): never trusted without its hash */
+    char stale[128];
+    snprintf(stale, sizeof stale, "%s/global-0.safetensors", dir);
+    CHECK_OK(loom_write_file_atomic(stale, "not this version", 16));
     int rc = loom_netclient_run(&c);
     MHD_stop_daemon(daemon);
     CHECK(rc == LOOM_OK, "the scripted run completes: %s", loom_errmsg());
@@ -627,6 +631,7 @@ static void quiet_log(int level, const char *msg, void *ud) {
 }
 
 int main(void) {
+    alarm(120); /* a client that never ends fails the test instead of hanging it */
     loom_set_log(quiet_log, NULL, LOOM_DEBUG);
     make_manifest();
     test_main_run();
