@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Load and throughput of the federation transport on loopback TLS (docs/protocol.md).
+#
+# 1. N simulated clients (default 1000, build/loadgen: one thread, curl multi, keep-alive) poll a
+#    `loom server` every RETRY_MS and upload LoRA-sized updates when sampled: the GPT-2 124M shape with
+#    LoRA r=8 on c_attn, 12 x (8x768 + 2304x8) = 294912 floats (1.18 MB a f32 update). Prints
+#    requests/s, p50/p99 poll and upload latency, bytes uploaded, MB/s, and the server's peak RSS
+#    (VmHWM of /proc/PID/status).
+# 2. One full update of the 124M-parameter model (124439808 floats, 498 MB f32): uploaded once by
+#    loadgen (libcurl, as `loom client` does) and once by the curl program (the same number of bytes,
+#    the same server, the same TLS): the two MB/s side by side.
+#
+# Usage: bash bench/net_load.sh [N_CLIENTS] [DURATION_S] [SAMPLE]
+# Env: LOOM (default build/loom), LOADGEN (default build/loadgen), RETRY_MS (500), PORT (a free one),
+#      BASE_SHA256 (the LoRA run's frozen base hash, when the server checks it), SKIP_LORA=1, SKIP_FULL=1,
+#      KEEP=1 (keep the temporary directory).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-1000}
+duration=${2:-30}
+sample=${3:-100}
+retry=${RETRY_MS:-500}
+loom=${LOOM:-build/loom}
+loadgen=${LOADGEN:-build/loadgen}
+for b in "$loom" "$loadgen"; do
+    [ -x "$b" ] || { echo "net_load: $b not built (cmake --build build)" >&2; exit 1; }
+done
+tmp=$(mktemp -d /tmp/loom_netload.XXXXXX)
+server_pid=
+sampler_pid=
+cleanup() {
+    [ -n "$sampler_pid" ] && kill "$sampler_pid" 2>/dev/null || true
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    if [ "${KEEP:-0}" = 1 ]; then echo "net_load: kept $tmp"; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
+echo "net_load: $(ulimit -n) file descriptors per process; $(nproc) cores"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A certificate for 127.0.0.1 (the clients verify it against this file).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+chmod 600 "$tmp/key.pem"
+
+# register STATE COUNT PREFIX OUT: COUNT identities, their "name token" lines into OUT.
+register() {
+    local i
+    : > "$4"
+    for ((i = 0; i < $2; i++)); do
+        local name
+        name=$(printf '%s%04d' "$3" "$i")
+        echo "$name $("$loom" server add-client --state "$1" "$name")" >> "$4"
+    done
+}
+
+# start_server STATE RUN.json LOG: starts `loom server` and waits until it answers over TLS.
+start_server() {
+    port=${PORT:-$(free_port)}
+    url=https://127.0.0.1:$port
+    "$loom" server --state "$1" --config "$2" --listen "127.0.0.1:$port" \
+        --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" > "$3" 2>&1 &
+    server_pid=$!
+    local t
+    for ((t = 0; t < 600; t++)); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$tmp/cert.pem" "$url/v1/task" || true)
+        [ "$code" = 401 ] && return 0
+        kill -0 "$server_pid" 2>/dev/null || { echo "net_load: the server exited:" >&2; cat "$3" >&2; exit 1; }
+        sleep 0.2
+    done
+    echo "net_load: the server did not answer within 120 s" >&2
+    cat "$3" >&2
+    exit 1
+}
+
+# Peak and sampled resident memory of the server (MiB).
+server_hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$server_pid/status"; }
+start_sampler() {
+    (while kill -0 "$server_pid" 2>/dev/null; do
+        awk '/^VmRSS/ {print $2}' "/proc/$server_pid/status" 2>/dev/null
+        sleep 0.5
+    done) > "$1" &
+    sampler_pid=$!
+}
+
+stop_server() {
+    [ -n "$sampler_pid" ] && { kill "$sampler_pid" 2>/dev/null || true; sampler_pid=; }
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+}
+
+base_flag=()
+[ -n "${BASE_SHA256:-}" ] && base_flag=(--base-sha256 "$BASE_SHA256")
+
+# ---------------------------------------------------------------- 1. N clients, LoRA-sized updates
+if [ "${SKIP_LORA:-0}" != 1 ]; then
+    state=$tmp/lora
+    echo "net_load: registering $n clients"
+    t0=$SECONDS
+    register "$state" "$n" c "$tmp/lora-tokens.txt"
+    echo "net_load: registered in $((SECONDS - t0)) s"
+    cat > "$tmp/lora.json" <<EOF
+{
+  "model": "gpt2-124m",
+  "peft": "lora",
+  "lora-r": 8,
+  "lora-alpha": 16,
+  "target-modules": "c_attn",
+  "strategy": "fedavg",
+  "rounds": 1000,
+  "sample": $sample,
+  "local-steps": 1,
+  "lr": 0.001,
+  "seed": 1,
+  "eval-every": 0
+}
+EOF
+    start_server "$state" "$tmp/lora.json" "$tmp/lora-server.log"
+    start_sampler "$tmp/lora-rss.txt"
+    echo "net_load: $n clients for $duration s against $url (sample $sample a round, poll every $retry ms)"
+    "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/lora-tokens.txt" --n "$n" \
+        --retry-ms "$retry" --duration "$duration" "${base_flag[@]}" | tee "$tmp/lora-loadgen.txt"
+    hwm=$(server_hwm)
+    rss_max=$(sort -n "$tmp/lora-rss.txt" | tail -1)
+    echo "server: peak RSS (VmHWM) $hwm MiB; largest sampled VmRSS $((rss_max / 1024)) MiB"
+    echo "server: $(grep -c 'accepted\|closed' "$tmp/lora-server.log" || true) log lines about accepted updates or closed rounds"
+    grep -q "dim 294912" "$tmp/lora-loadgen.txt" || echo "net_load: warning: the server's dim is not 294912" >&2
+    stop_server
+fi
+
+# ---------------------------------------------------------------- 2. one 124M full update: loom vs curl
+if [ "${SKIP_FULL:-0}" != 1 ]; then
+    state=$tmp/full
+    register "$state" 2 f "$tmp/full-tokens.txt"
+    cat > "$tmp/full.json" <<EOF
+{
+  "model": "gpt2-124m",
+  "strategy": "fedavg",
+  "rounds": 1,
+  "sample": 2,
+  "local-steps": 1,
+  "lr": 0.001,
+  "seed": 1,
+  "eval-every": 0
+}
+EOF
+    start_server "$state" "$tmp/full.json" "$tmp/full-server.log"
+    # client f0001's update, written by loadgen and sent by curl
+    sed -n 2p "$tmp/full-tokens.txt" > "$tmp/full-t1.txt"
+    sed -n 1p "$tmp/full-tokens.txt" > "$tmp/full-t0.txt"
+    "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/full-t1.txt" --n 1 --duration 300 \
+        --write-body "$tmp/full-body.bin" | tee "$tmp/full-write.txt"
+    key=$(sed -n 's/.*key \([0-9a-f]*\).*/\1/p' "$tmp/full-write.txt")
+    token1=$(awk '{print $2}' "$tmp/full-t1.txt")
+    bytes=$(stat -c %s "$tmp/full-body.bin")
+    # curl reads the file into memory first: only the transfer is timed (time_total - time_pretransfer)
+    curl -s -o "$tmp/curl-answer.json" --cacert "$tmp/cert.pem" -H "Authorization: Bearer $token1" \
+        -H "Content-Type: application/octet-stream" -H "Idempotency-Key: $key" -H "X-Loom-SHA256: $key" \
+        --data-binary "@$tmp/full-body.bin" \
+        -w 'curl: %{http_code}, %{size_upload} bytes in %{time_total} s (TLS ready at %{time_appconnect} s), %{speed_upload} B/s\n' \
+        "$url/v1/update" | tee "$tmp/curl.txt"
+    echo "curl answer: $(cat "$tmp/curl-answer.json")"
+    curl_mbs=$(awk '{for (i = 1; i <= NF; i++) if ($(i) == "B/s") print $(i-1) / 1e6}' "$tmp/curl.txt")
+    # client f0000: loom's client code path (libcurl easy/multi, the same POST)
+    "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/full-t0.txt" --n 1 --duration 300 \
+        --uploads 1 | tee "$tmp/full-loadgen.txt"
+    loom_mbs=$(sed -n 's/^upload throughput.*: \([0-9.]*\) MB\/s/\1/p' "$tmp/full-loadgen.txt")
+    echo "full update ($bytes bytes): loadgen $loom_mbs MB/s, curl $curl_mbs MB/s; server peak RSS $(server_hwm) MiB"
+    stop_server
+fi
