@@ -297,8 +297,8 @@ typedef struct {
     float *out;              /* dim values + the marker right behind them */
     float *ctl_out;
     float *sent[3];          /* copies of what fit produced, per round */
-    loom_netclient_hello hello;
-    int hello_run_ok;
+    loom_netclient_hello hello; /* its strings are valid during the run only: checked in setup */
+    int hello_run_ok, hello_strings_ok;
 } driver;
 
 static int drv_setup(void *ud, const loom_netclient_hello *h) {
@@ -306,6 +306,7 @@ static int drv_setup(void *ud, const loom_netclient_hello *h) {
     d->setup_calls++;
     d->hello = *h;
     d->hello_run_ok = h->run_json && strstr(h->run_json, "\"fedavg\"") != NULL && h->model_config_json == NULL;
+    d->hello_strings_ok = strcmp(h->mode, "sync") == 0 && strcmp(h->compress, "none") == 0 && h->base_sha256 == NULL;
     d->dim = h->dim;
     return LOOM_OK;
 }
@@ -455,8 +456,7 @@ static void test_main_run(void) {
     CHECK(strstr(m.hello_json, "\"name\":\"alice\"") && strstr(m.hello_json, "\"loom\":\"0.1.0-test\"") &&
           strstr(m.hello_json, "\"base_sha256\":null"), "hello body %s", m.hello_json);
     CHECK(d.hello.run_id == UINT64_C(0x00c0ffee12345678) && d.hello.client == 1 && d.hello.n_clients == 3 &&
-          d.hello.rounds == 2 && d.hello.dim == m.dim && strcmp(d.hello.mode, "sync") == 0 &&
-          strcmp(d.hello.compress, "none") == 0 && d.hello.base_sha256 == NULL, "hello decoded");
+          d.hello.rounds == 2 && d.hello.dim == m.dim && d.hello_strings_ok, "hello decoded");
     CHECK(d.hello_run_ok, "the run configuration reaches setup");
     /* the cut download resumed where the bytes stopped */
     long long from = -1;

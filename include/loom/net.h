@@ -111,7 +111,10 @@ typedef struct {
     /* The driver: setup after hello (build the trainer; check the manifest), fit one round (fill u with
      * values pointing at the driver's buffers, u->round/version/client/examples/loss/tokens, and the
      * codec to send in *co), evaluate the global model. global (and control, SCAFFOLD's c, or NULL)
-     * are dim floats valid during the call. */
+     * are dim floats valid during the call; the hello's strings stay valid until the run returns.
+     * fit's u comes preset with run_id, round, version, client, len = dim and codec F32 (fit sets
+     * values, examples, loss, tokens, and control for SCAFFOLD); an update that does not match its
+     * task, or a fit that fails, is reported to /v1/fail with loom_errmsg() and the run goes on. */
     int (*setup)(void *ud, const loom_netclient_hello *h);
     int (*fit)(void *ud, const loom_netclient_task *t, const float *global, const float *control, loom_update *u,
                loom_codec_opts *co);
