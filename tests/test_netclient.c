@@ -6,8 +6,12 @@
  * mid-upload and restarted (the pending update is sent again, not retrained), an unreachable server
  * (give_up_s). Every request body the mock receives is kept, to check that only protocol bodies leave
  * the client: the bytes next to the fit's output (a marker standing for training text) never do. */
+#include <arpa/inet.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <time.h>
 #include <sys/stat.h>
 
 #include "loom/core.h"
@@ -237,6 +241,17 @@ static struct MHD_Daemon *mock_start(mock *m, int *port) {
     struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handler, m,
                                             MHD_OPTION_NOTIFY_COMPLETED, completed, m,
                                             MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
+    if (!d) return NULL;
+    *port = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port;
+    return d;
+}
+
+/* The same mock over TLS, with a certificate and key in PEM. */
+static struct MHD_Daemon *mock_start_tls(mock *m, int *port, const char *cert, const char *key) {
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_TLS, 0, NULL, NULL, handler, m,
+                                            MHD_OPTION_NOTIFY_COMPLETED, completed, m,
+                                            MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_HTTPS_MEM_CERT, cert,
+                                            MHD_OPTION_END);
     if (!d) return NULL;
     *port = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port;
     return d;
@@ -626,6 +641,92 @@ static void test_restart_resends_pending(void) {
     test_rmtree(dir);
 }
 
+/* A self-signed ECDSA certificate for 127.0.0.1 (PEM, NUL-terminated; release with gnutls_free). */
+static int make_cert(char **cert, char **key) {
+    gnutls_x509_privkey_t k;
+    gnutls_x509_crt_t c;
+    gnutls_datum_t dc = {0}, dk = {0};
+    unsigned char ip[4];
+    inet_pton(AF_INET, "127.0.0.1", ip);
+    time_t now = time(NULL);
+    int ok = gnutls_x509_privkey_init(&k) == 0 && gnutls_x509_crt_init(&c) == 0;
+    ok = ok && gnutls_x509_privkey_generate(k, GNUTLS_PK_ECDSA, GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1), 0) == 0;
+    ok = ok && gnutls_x509_crt_set_version(c, 3) == 0 && gnutls_x509_crt_set_serial(c, "\x01\x02", 2) == 0 &&
+         gnutls_x509_crt_set_activation_time(c, now - 3600) == 0 &&
+         gnutls_x509_crt_set_expiration_time(c, now + 86400) == 0 &&
+         gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, "127.0.0.1", 9) == 0 &&
+         gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_IPADDRESS, ip, 4, GNUTLS_FSAN_SET) == 0 &&
+         gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, "localhost", 9, GNUTLS_FSAN_APPEND) == 0 &&
+         gnutls_x509_crt_set_basic_constraints(c, 1, -1) == 0 && gnutls_x509_crt_set_key(c, k) == 0 &&
+         gnutls_x509_crt_sign2(c, c, k, GNUTLS_DIG_SHA256, 0) == 0 &&
+         gnutls_x509_crt_export2(c, GNUTLS_X509_FMT_PEM, &dc) == 0 &&
+         gnutls_x509_privkey_export2(k, GNUTLS_X509_FMT_PEM, &dk) == 0;
+    gnutls_x509_crt_deinit(c);
+    gnutls_x509_privkey_deinit(k);
+    *cert = ok ? gnutls_realloc(dc.data, dc.size + 1) : NULL;
+    *key = ok ? gnutls_realloc(dk.data, dk.size + 1) : NULL;
+    if (!ok || !*cert || !*key) return -1;
+    (*cert)[dc.size] = 0;
+    (*key)[dk.size] = 0;
+    return 0;
+}
+
+/* The whole scripted run over TLS with the server's certificate as CA; refused without it. */
+static void test_tls(void) {
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        fprintf(stderr, "SKIP test_tls: libmicrohttpd without TLS\n");
+        return;
+    }
+    char *cert, *key, *other_cert, *other_key;
+    CHECK(make_cert(&cert, &key) == 0 && make_cert(&other_cert, &other_key) == 0, "certificates generated");
+    char dir[64], ca[128], wrong[128];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    snprintf(wrong, sizeof wrong, "%s/other.pem", dir);
+    CHECK_OK(loom_write_file_atomic(ca, cert, strlen(cert)));
+    CHECK_OK(loom_write_file_atomic(wrong, other_cert, strlen(other_cert)));
+    char work[128];
+    snprintf(work, sizeof work, "%s/work", dir);
+    mock m;
+    mock_init(&m, SC_MAIN, work);
+    int port;
+    struct MHD_Daemon *daemon = mock_start_tls(&m, &port, cert, key);
+    CHECK(daemon != NULL, "TLS mock server starts");
+    if (!daemon) return;
+    driver d;
+    driver_init(&d, m.dim);
+    loom_netclient_config c;
+    char url[64];
+    config_init(&c, url, port, work, &d);
+    snprintf(url, sizeof url, "https://127.0.0.1:%d", port);
+    /* not trusted: the system's CAs, then another certificate; each fails at once, nothing is sent */
+    const char *cas[2] = {NULL, wrong};
+    for (int i = 0; i < 2; i++) {
+        c.ca_cert = cas[i];
+        double t0 = loom_now();
+        int rc = loom_netclient_run(&c);
+        CHECK(rc == LOOM_EIO && strstr(loom_errmsg(), "hello") && strcasestr(loom_errmsg(), "certificate"),
+              "untrusted server (%s): %s", cas[i] ? "other CA" : "system CAs", loom_errmsg());
+        CHECK(loom_now() - t0 < 5, "a TLS verification failure is not retried");
+    }
+    CHECK(m.hello_calls == 0 && m.all.n == 0, "nothing reached the untrusted server (%d hellos)", m.hello_calls);
+    c.ca_cert = ca;
+    int rc = loom_netclient_run(&c);
+    MHD_stop_daemon(daemon);
+    CHECK(rc == LOOM_OK, "the scripted run completes over TLS: %s", loom_errmsg());
+    CHECK(m.update_calls == 4 && m.global_calls[0] == 2 && m.eval_calls == 1, "over TLS: %d uploads, %d downloads of v0",
+          m.update_calls, m.global_calls[0]);
+    if (m.update_calls >= 3) check_body(&m, 2, &d, 1, 0, 0);
+    CHECK(!mem_has(&m.all, MARKER), "no training text in any request over TLS");
+    driver_free(&d);
+    mock_free(&m);
+    gnutls_free(cert);
+    gnutls_free(key);
+    gnutls_free(other_cert);
+    gnutls_free(other_key);
+    test_rmtree(dir);
+}
+
 static void quiet_log(int level, const char *msg, void *ud) {
     if (getenv("LOOM_TEST_VERBOSE")) fprintf(stderr, "[%d] %s\n", level, msg);
 }
@@ -638,6 +739,7 @@ int main(void) {
     test_unauthorized();
     test_fit_failure();
     test_restart_resends_pending();
+    test_tls();
     loom_tvec_free(g_manifest);
     return test_summary();
 }
