@@ -768,6 +768,10 @@ static int nc_fetch_global(nc *n, const nc_task *t, int *outcome) {
                 goto out;
             }
             if (k == NC_TRANSIENT) {
+                if (r.received > 0) { /* bytes came: the server is there, and the next try resumes */
+                    n->last_contact = loom_now();
+                    delay = NC_BACKOFF_FIRST;
+                }
                 if ((rc = nc_backoff(n, &delay, &q, r.curl_err)) != LOOM_OK) goto out;
                 continue;
             }
