@@ -179,6 +179,24 @@ static int nc_path(char *out, const nc *n, const char *fmt, ...) {
     return LOOM_OK;
 }
 
+/* mkdir -p, new directories 0700. */
+static int nc_mkdirs(const char *dir) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != 0) continue;
+        char keep = *s;
+        *s = 0;
+        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+            return loom_error(LOOM_EIO, "net client: cannot create %s: %s", p, strerror(errno));
+        *s = keep;
+        if (!keep) break;
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return loom_error(LOOM_EIO, "net client: %s is not a directory", dir);
+    return LOOM_OK;
+}
+
 static int nc_fsync_dir(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
     if (fd < 0) return loom_error(LOOM_EIO, "cannot open %s: %s", dir, strerror(errno));
@@ -1049,8 +1067,7 @@ static int nc_check_config(const loom_netclient_config *c) {
 int loom_netclient_run(const loom_netclient_config *c) {
     int rc = nc_check_config(c);
     if (rc != LOOM_OK) return rc;
-    if (mkdir(c->work_dir, 0700) != 0 && errno != EEXIST)
-        return loom_error(LOOM_EIO, "net client: cannot create %s: %s", c->work_dir, strerror(errno));
+    if ((rc = nc_mkdirs(c->work_dir)) != LOOM_OK) return rc;
     pthread_once(&nc_curl_once, nc_curl_init);
     if (!nc_curl_ok) return loom_error(LOOM_EIO, "net client: libcurl could not be initialised");
     nc *n = calloc(1, sizeof *n);
