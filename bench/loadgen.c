@@ -77,11 +77,17 @@ static struct {
     size_t dim;
     float *values;
     loom_rng rng;
-    series lat[K_KINDS];
+    series lat[K_KINDS];        /* every request */
+    series steady[K_KINDS];     /* requests started once every client had said hello (plus 1 s) */
+    double steady_t0;           /* 0 until then */
+    int hellos;
+    long steady_requests;
+    size_t steady_bytes;
     long answers[K_KINDS][6];   /* by status class: 0 none/transport, 2xx, 3xx, 4xx, 5xx, other */
     long requests;
     size_t bytes_up;
     int wrote_body;
+    long connects;              /* new connections (TLS handshakes): keep-alive keeps this near N */
 } G;
 
 static size_t on_body(char *buf, size_t size, size_t n, void *ud) {
@@ -118,7 +124,10 @@ static void start(CURLM *multi, sim *s, double now) {
     curl_easy_setopt(h, CURLOPT_PRIVATE, s);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 30L);
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 600L);
-    if (G.ca) curl_easy_setopt(h, CURLOPT_CAINFO, G.ca);
+    if (G.ca) { /* that file only: loading the system's CA directory costs ~40 ms a connection */
+        curl_easy_setopt(h, CURLOPT_CAINFO, G.ca);
+        curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
+    }
     curl_slist_free_all(s->hdr);
     s->hdr = curl_slist_append(NULL, s->auth);
     static char hello[400];
@@ -186,6 +195,11 @@ static void finish(sim *s, CURLcode cc, long status, double now) {
     }
     s->backoff = 0;
     series_add(&G.lat[s->kind], lat);
+    int steady = G.steady_t0 > 0 && s->t0 >= G.steady_t0;
+    if (steady) {
+        series_add(&G.steady[s->kind], lat);
+        G.steady_requests++;
+    }
     json_t *j = answer(s);
     if (s->kind == K_HELLO) {
         if (status != 200) {
@@ -193,6 +207,7 @@ static void finish(sim *s, CURLcode cc, long status, double now) {
             s->done = 1;
         } else {
             s->said_hello = 1;
+            if (++G.hellos == G.n) G.steady_t0 = now + 1.0;
             s->client = (int)json_integer_value(json_object_get(j, "client"));
             const char *rid = json_string_value(json_object_get(j, "run_id"));
             s->run_id = rid ? strtoull(rid, NULL, 16) : 0;
@@ -238,7 +253,11 @@ static void finish(sim *s, CURLcode cc, long status, double now) {
             }
         }
     } else if (s->kind == K_UPLOAD) {
-        if (status == 200) G.bytes_up += s->body_len, G.accepted++;
+        if (status == 200) {
+            G.bytes_up += s->body_len;
+            G.accepted++;
+            if (steady) G.steady_bytes += s->body_len;
+        }
         else fprintf(stderr, "loadgen: %s: upload answered %ld: %.*s\n", s->name, status, (int)s->resp.n, s->resp.s);
         free(s->body);
         s->body = NULL;
@@ -250,6 +269,19 @@ static void finish(sim *s, CURLcode cc, long status, double now) {
         s->due = now;
     }
     json_decref(j);
+}
+
+static void report(series *lat, double secs, size_t bytes) {
+    for (int k = 0; k < K_KINDS; k++) {
+        if (!lat[k].n) continue;
+        double p50 = series_pct(&lat[k], 0.5) * 1e3, p99 = series_pct(&lat[k], 0.99) * 1e3;
+        double mx = lat[k].v[lat[k].n - 1] * 1e3;
+        printf("  %-6s n %zu  p50 %.2f ms  p99 %.2f ms  max %.2f ms\n", kind_name[k], lat[k].n, p50, p99, mx);
+    }
+    printf("  uploaded: %zu bytes accepted, %.2f MB/s\n", bytes, bytes / secs / 1e6);
+    if (lat[K_UPLOAD].n && bytes)
+        printf("  upload throughput (one upload, median latency): %.1f MB/s\n",
+               (double)bytes / (double)lat[K_UPLOAD].n / series_pct(&lat[K_UPLOAD], 0.5) / 1e6);
 }
 
 static int usage(void) {
@@ -335,6 +367,9 @@ int main(int argc, char **argv) {
             long status = 0;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&s);
             curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+            long nc = 0;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_NUM_CONNECTS, &nc);
+            G.connects += nc;
             CURLcode cc = m->data.result;
             curl_multi_remove_handle(multi, m->easy_handle);
             finish(s, cc, status, loom_now());
@@ -357,21 +392,21 @@ int main(int argc, char **argv) {
     curl_multi_cleanup(multi);
     if (G.write_body) return G.wrote_body ? 0 : 1;
     printf("loadgen: %d clients, %.1f s, %d not done, dim %zu\n", n, secs, unfinished, G.dim);
-    printf("requests: %ld (%.0f/s)\n", G.requests, G.requests / secs);
+    printf("all requests: %ld (%.0f/s), %ld new connections\n", G.requests, G.requests / secs, G.connects);
+    report(G.lat, secs, G.bytes_up);
+    double steady_secs = G.steady_t0 > 0 ? t0 + secs - G.steady_t0 : 0;
+    if (steady_secs > 1) {
+        printf("steady state (from 1 s after the last hello, %.1f s): %ld requests (%.0f/s)\n", steady_secs,
+               G.steady_requests, G.steady_requests / steady_secs);
+        report(G.steady, steady_secs, G.steady_bytes);
+    }
+    free(G.values);
     for (int k = 0; k < K_KINDS; k++) {
         long *a = G.answers[k];
-        if (!G.lat[k].n && !a[0]) continue;
-        double p50 = series_pct(&G.lat[k], 0.5) * 1e3, p99 = series_pct(&G.lat[k], 0.99) * 1e3;
-        double mx = G.lat[k].n ? G.lat[k].v[G.lat[k].n - 1] * 1e3 : 0;
-        printf("%-6s n %zu  p50 %.2f ms  p99 %.2f ms  max %.2f ms  (2xx %ld, 4xx %ld, 5xx %ld, no answer %ld)\n",
-               kind_name[k], G.lat[k].n, p50, p99, mx, a[2], a[4], a[5], a[0]);
+        if (a[0] || a[2] || a[3] || a[4] || a[5])
+            printf("answers %-6s 2xx %ld, 4xx %ld, 5xx %ld, no answer %ld\n", kind_name[k], a[2], a[4], a[5], a[0]);
     }
-    printf("uploaded: %zu bytes accepted, %.2f MB/s over the run\n", G.bytes_up, G.bytes_up / secs / 1e6);
-    if (G.lat[K_UPLOAD].n && G.bytes_up)
-        printf("upload throughput (one upload, median latency): %.1f MB/s\n",
-               (double)G.bytes_up / (double)G.lat[K_UPLOAD].n / series_pct(&G.lat[K_UPLOAD], 0.5) / 1e6);
-    free(G.values);
-    for (int k = 0; k < K_KINDS; k++) free(G.lat[k].v);
+    for (int k = 0; k < K_KINDS; k++) free(G.lat[k].v), free(G.steady[k].v);
     curl_global_cleanup();
     return 0;
 }

@@ -24,6 +24,7 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <dirent.h>
+#include <gnutls/crypto.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -226,6 +227,35 @@ static void nc_remove_others(const nc *n, const char *prefix, const char *suffix
     closedir(d);
 }
 
+/* SHA-256 through GnuTLS (its SHA-NI / AVX2 code runs ~7x faster than the portable loom_sha256 on a
+ * 500 MB full model); the same digests. */
+static int nc_sha256_hex(const void *data, size_t len, char out[65]) {
+    uint8_t d[32];
+    if (gnutls_hash_fast(GNUTLS_DIG_SHA256, data, len, d) != 0) return loom_error(LOOM_EIO, "net client: SHA-256 failed");
+    loom_hex(d, 32, out);
+    return LOOM_OK;
+}
+
+static int nc_sha256_file(const char *path, char out[65]) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return loom_error(LOOM_EIO, "net client: cannot open %s: %s", path, strerror(errno));
+    gnutls_hash_hd_t h;
+    if (gnutls_hash_init(&h, GNUTLS_DIG_SHA256) != 0) {
+        fclose(f);
+        return loom_error(LOOM_EIO, "net client: SHA-256 failed");
+    }
+    size_t cap = (size_t)1 << 20, got;
+    uint8_t *buf = malloc(cap), d[32];
+    int rc = buf ? LOOM_OK : loom_error(LOOM_ENOMEM, "net client: out of memory hashing %s", path);
+    while (rc == LOOM_OK && (got = fread(buf, 1, cap, f)) > 0) gnutls_hash(h, buf, got);
+    if (rc == LOOM_OK && ferror(f)) rc = loom_error(LOOM_EIO, "net client: cannot read %s", path);
+    gnutls_hash_deinit(h, d);
+    free(buf);
+    fclose(f);
+    if (rc == LOOM_OK) loom_hex(d, 32, out);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ one HTTP exchange */
 
 static size_t nc_on_header(char *buf, size_t size, size_t nitems, void *ud) {
@@ -358,7 +388,10 @@ static int nc_perform(nc *n, const nc_req *q, nc_resp *r) {
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L); /* never carry the token elsewhere */
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (n->c->ca_cert) curl_easy_setopt(h, CURLOPT_CAINFO, n->c->ca_cert);
+    if (n->c->ca_cert) { /* that file only: not the system's CA directory as well */
+        curl_easy_setopt(h, CURLOPT_CAINFO, n->c->ca_cert);
+        curl_easy_setopt(h, CURLOPT_CAPATH, NULL);
+    }
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 15L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     if (q->bulk) {
@@ -736,7 +769,7 @@ static int nc_fetch_global(nc *n, const nc_task *t, int *outcome) {
     snprintf(path, sizeof path, "/v1/global?version=%" PRIu64, t->version);
     char sha[65];
     if (access(final, F_OK) == 0) {
-        if (loom_sha256_file(final, sha) == LOOM_OK && strcmp(sha, t->sha) == 0) goto verified;
+        if (nc_sha256_file(final, sha) == LOOM_OK && strcmp(sha, t->sha) == 0) goto verified;
         unlink(final);
     }
     double delay = NC_BACKOFF_FIRST, t0 = loom_now();
@@ -824,7 +857,7 @@ static int nc_fetch_global(nc *n, const nc_task *t, int *outcome) {
                 continue;
             }
         }
-        if ((rc = loom_sha256_file(part, sha)) != LOOM_OK) goto out;
+        if ((rc = nc_sha256_file(part, sha)) != LOOM_OK) goto out;
         if (strcmp(sha, t->sha) == 0) break;
         loom_log(LOOM_WARN, "net client: version %" PRIu64 " downloaded with SHA-256 %s, expected %s: downloading again",
                  t->version, sha, t->sha);
@@ -893,12 +926,13 @@ static int nc_post_fail(nc *n, const nc_task *t, const char *reason) {
 /* Sends the encoded update of round t->round until the server answers; deletes pending once it has. */
 static int nc_upload(nc *n, const nc_task *t, const uint8_t *body, size_t len, const char *pending) {
     char key[65];
-    loom_sha256_hex(body, len, key);
+    int rc = nc_sha256_hex(body, len, key);
+    if (rc != LOOM_OK) return rc;
     nc_req q = {.method = "POST", .path = "/v1/update", .body = body, .len = len,
                 .content_type = "application/octet-stream", .key = key, .bulk = 1};
     nc_resp r = {0};
     double t0 = loom_now();
-    int rc = nc_call(n, &q, &r);
+    rc = nc_call(n, &q, &r);
     if (rc != LOOM_OK) goto done;
     double secs = loom_now() - t0;
     if (nc_is_final_for_run(&r)) {
