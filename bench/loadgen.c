@@ -10,11 +10,14 @@
  * tokens.txt: one "NAME TOKEN" a line. Each client says hello, polls /v1/task every retry_ms (+-20 %),
  * and on a fit task uploads a prepared update (the same values for everyone, encoded with that client's
  * run, round, version and index; loom_update_encode, F32), under the body's SHA-256 as idempotency
- * key; eval tasks get a fixed report. It does not download the global model. It ends when every
+ * key (encoded and hashed by a worker thread, so that the event loop never stalls on it); eval tasks
+ * get a fixed report. It does not download the global model. It ends when every
  * client was told "done", or after --duration seconds, and prints requests/s, p50/p99 latency of
  * polls and uploads, bytes uploaded and MB/s, and the answers by status. */
 #include <curl/curl.h>
 #include <errno.h>
+#include <gnutls/crypto.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -34,6 +37,7 @@ typedef struct {
     CURL *h;
     struct curl_slist *hdr;
     int busy, done, kind, said_hello, want_eval;
+    int prep;                   /* upload body: 0 none, 1 being encoded by the worker, 2 ready (atomic) */
     double due, t0;             /* next request; start of the one in flight */
     double backoff;
     loom_strbuf resp;
@@ -173,8 +177,43 @@ static int prepare_upload(sim *s) {
         fprintf(stderr, "loadgen: cannot encode an update: %s\n", loom_errmsg());
         return -1;
     }
-    loom_sha256_hex(s->body, s->body_len, s->key);
+    uint8_t d[32];
+    gnutls_hash_fast(GNUTLS_DIG_SHA256, s->body, s->body_len, d);
+    loom_hex(d, 32, s->key);
     return 0;
+}
+
+/* The encoding worker: a queue of clients whose upload body is to be built. */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    sim **q;
+    size_t head, tail, cap;
+    int quit;
+} W = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0};
+
+static void *worker(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&W.mu);
+    for (;;) {
+        while (W.head == W.tail && !W.quit) pthread_cond_wait(&W.cv, &W.mu);
+        if (W.head == W.tail) break;
+        sim *s = W.q[W.head++ % W.cap];
+        pthread_mutex_unlock(&W.mu);
+        int ok = prepare_upload(s) == 0;
+        __atomic_store_n(&s->prep, ok ? 2 : 0, __ATOMIC_RELEASE);
+        pthread_mutex_lock(&W.mu);
+    }
+    pthread_mutex_unlock(&W.mu);
+    return NULL;
+}
+
+static void enqueue(sim *s) {
+    __atomic_store_n(&s->prep, 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&W.mu);
+    W.q[W.tail++ % W.cap] = s;
+    pthread_cond_signal(&W.cv);
+    pthread_mutex_unlock(&W.mu);
 }
 
 static json_t *answer(sim *s) {
@@ -233,20 +272,19 @@ static void finish(sim *s, CURLcode cc, long status, double now) {
             int round = (int)json_integer_value(json_object_get(j, "round"));
             s->version = (uint64_t)json_integer_value(json_object_get(j, "version"));
             s->round = round;
-            if (type[0] == 'f' && round != s->uploaded_round && G.dim) {
-                if (prepare_upload(s) == 0) {
-                    if (G.write_body) {
-                        FILE *f = fopen(G.write_body, "wb");
-                        if (!f || fwrite(s->body, 1, s->body_len, f) != s->body_len || fclose(f) != 0) {
-                            fprintf(stderr, "loadgen: cannot write %s\n", G.write_body);
-                            exit(1);
-                        }
-                        printf("wrote %s: %zu bytes, key %s, client %s\n", G.write_body, s->body_len, s->key, s->name);
-                        G.wrote_body = 1;
-                        s->done = 1;
-                    }
-                    s->due = now;
+            if (type[0] == 'f' && round != s->uploaded_round && G.dim && !G.write_body) {
+                enqueue(s); /* sent once the worker has built it */
+            } else if (type[0] == 'f' && round != s->uploaded_round && G.dim) {
+                if (prepare_upload(s) != 0) exit(1);
+                FILE *f = fopen(G.write_body, "wb");
+                if (!f || fwrite(s->body, 1, s->body_len, f) != s->body_len || fclose(f) != 0) {
+                    fprintf(stderr, "loadgen: cannot write %s\n", G.write_body);
+                    exit(1);
                 }
+                printf("wrote %s: %zu bytes, key %s, client %s\n", G.write_body, s->body_len, s->key, s->name);
+                fflush(stdout);
+                G.wrote_body = 1;
+                s->done = 1;
             } else if (type[0] == 'e' && round != s->evaluated_round) {
                 s->want_eval = 1; /* the next request reports */
                 s->due = now;
@@ -345,6 +383,10 @@ int main(int argc, char **argv) {
         sims[i].h = curl_easy_init();
         sims[i].due = t0 + G.retry_ms / 1000.0 * loom_rng_uniform(&G.rng); /* spread the hellos */
     }
+    W.cap = (size_t)n;
+    W.q = calloc(W.cap, sizeof *W.q);
+    pthread_t wt;
+    pthread_create(&wt, NULL, worker, NULL);
     int active = n;
     double end = t0 + G.duration;
     while (active > 0) {
@@ -354,6 +396,9 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n; i++) {
             sim *s = &sims[i];
             if (s->busy || s->done) continue;
+            int prep = __atomic_load_n(&s->prep, __ATOMIC_ACQUIRE);
+            if (prep == 1) continue;
+            if (prep == 2) s->prep = 0, s->due = now;
             if (s->due <= now) start(multi, s, now);
             else if (s->due < next) next = s->due;
         }
@@ -380,6 +425,12 @@ int main(int argc, char **argv) {
         if (wait_ms > 0) curl_multi_poll(multi, NULL, 0, wait_ms, NULL);
     }
     double secs = loom_now() - t0;
+    pthread_mutex_lock(&W.mu);
+    W.quit = 1;
+    pthread_cond_broadcast(&W.cv);
+    pthread_mutex_unlock(&W.mu);
+    pthread_join(wt, NULL);
+    free(W.q);
     int unfinished = 0;
     for (int i = 0; i < n; i++) {
         if (sims[i].busy) curl_multi_remove_handle(multi, sims[i].h);

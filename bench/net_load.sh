@@ -147,26 +147,31 @@ if [ "${SKIP_FULL:-0}" != 1 ]; then
 }
 EOF
     start_server "$state" "$tmp/full.json" "$tmp/full-server.log"
-    # client f0001's update, written by loadgen and sent by curl
+    # Round 1 opens once both clients said hello. f0001's update is written by loadgen (not sent) and
+    # sent by curl afterwards; f0000 uploads through libcurl as `loom client` does.
     sed -n 2p "$tmp/full-tokens.txt" > "$tmp/full-t1.txt"
     sed -n 1p "$tmp/full-tokens.txt" > "$tmp/full-t0.txt"
     "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/full-t1.txt" --n 1 --duration 300 \
-        --write-body "$tmp/full-body.bin" | tee "$tmp/full-write.txt"
+        --write-body "$tmp/full-body.bin" > "$tmp/full-write.txt" &
+    writer=$!
+    sleep 1
+    "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/full-t0.txt" --n 1 --duration 300 \
+        --uploads 1 | tee "$tmp/full-loadgen.txt"
+    wait "$writer"
+    cat "$tmp/full-write.txt"
     key=$(sed -n 's/.*key \([0-9a-f]*\).*/\1/p' "$tmp/full-write.txt")
     token1=$(awk '{print $2}' "$tmp/full-t1.txt")
     bytes=$(stat -c %s "$tmp/full-body.bin")
-    # curl reads the file into memory first: only the transfer is timed (time_total - time_pretransfer)
     curl -s -o "$tmp/curl-answer.json" --cacert "$tmp/cert.pem" -H "Authorization: Bearer $token1" \
         -H "Content-Type: application/octet-stream" -H "Idempotency-Key: $key" -H "X-Loom-SHA256: $key" \
         --data-binary "@$tmp/full-body.bin" \
-        -w 'curl: %{http_code}, %{size_upload} bytes in %{time_total} s (TLS ready at %{time_appconnect} s), %{speed_upload} B/s\n' \
+        -w 'curl: %{http_code}, %{size_upload} bytes in %{time_total} s, %{speed_upload} B/s\n' \
         "$url/v1/update" | tee "$tmp/curl.txt"
     echo "curl answer: $(cat "$tmp/curl-answer.json")"
-    curl_mbs=$(awk '{for (i = 1; i <= NF; i++) if ($(i) == "B/s") print $(i-1) / 1e6}' "$tmp/curl.txt")
-    # client f0000: loom's client code path (libcurl easy/multi, the same POST)
-    "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/full-t0.txt" --n 1 --duration 300 \
-        --uploads 1 | tee "$tmp/full-loadgen.txt"
-    loom_mbs=$(sed -n 's/^upload throughput.*: \([0-9.]*\) MB\/s/\1/p' "$tmp/full-loadgen.txt")
-    echo "full update ($bytes bytes): loadgen $loom_mbs MB/s, curl $curl_mbs MB/s; server peak RSS $(server_hwm) MiB"
+    curl_mbs=$(awk '{for (i = 1; i <= NF; i++) if ($(i) == "B/s") printf "%.1f", $(i-1) / 1e6}' "$tmp/curl.txt")
+    loom_mbs=$(sed -n 's/^  upload throughput.*: \([0-9.]*\) MB\/s/\1/p' "$tmp/full-loadgen.txt" | head -1)
+    echo "full update ($bytes bytes): loadgen (libcurl) $loom_mbs MB/s, curl $curl_mbs MB/s; server peak RSS $(server_hwm) MiB"
+    echo "cipher alone (openssl speed, AES-128-GCM, 16 KiB records, one core):"
+    openssl speed -evp aes-128-gcm -seconds 1 -bytes 16384 2>/dev/null | tail -1
     stop_server
 fi
