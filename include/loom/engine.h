@@ -64,6 +64,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "loom/pipeline.h"
 #include "loom/strategy.h"
@@ -105,6 +106,19 @@ typedef struct {
     void (*client)(void *ud, const loom_client_row *r);
     void *ud;
 } loom_metrics_sink;
+
+/* The metrics.jsonl rows (one JSON object a line; the format the plots and tests read), shared by
+ * the drivers: a round row, then a client row (name and examples given by the driver). f NULL: nothing. */
+void loom_metrics_jsonl_round(FILE *f, const loom_round_metrics *m, const int *clients, int n);
+void loom_metrics_jsonl_client(FILE *f, const loom_client_row *r, const char *name, uint64_t examples);
+/* A sink writing those rows to f: client names from names[client] (may be NULL), the examples each
+ * client reported; per_client_rows 0 writes round rows only. s must outlive the sink. */
+typedef struct {
+    FILE *f;
+    const char *const *names;
+    int per_client_rows;
+} loom_metrics_jsonl;
+loom_metrics_sink loom_metrics_jsonl_sink(loom_metrics_jsonl *s);
 
 typedef struct {
     size_t dim;

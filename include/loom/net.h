@@ -68,6 +68,11 @@ typedef struct {
     int threads;                 /* HTTP worker threads (default 4) */
     int checkpoint_every;        /* rounds between checkpoints (default 1: every round) */
     loom_net_mode mode;          /* synchronous rounds, or asynchronous (FedAsync, FedBuff) */
+    int no_eval;                 /* 1: no evaluation phase (else every client evaluates on the engine's
+                                    eval_every rounds and the last one; a client without test data
+                                    reports tokens 0 and is left out) */
+    double done_grace_s;         /* after the last round, tasks answer "done" until every client has
+                                    seen it or this many seconds passed (default 10) */
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;

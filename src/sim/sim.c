@@ -453,19 +453,6 @@ static int load_checkpoint(sim_run *r, int *next_round) {
 
 /* ------------------------------------------------------------------ metrics */
 
-static void json_str(FILE *f, const char *s) {
-    json_t *j = json_string(s ? s : ""); /* NULL for invalid UTF-8: a placeholder is written */
-    char *e = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-    fputs(e ? e : "\"?\"", f);
-    free(e);
-    json_decref(j);
-}
-
-static void num(FILE *f, const char *key, double v) {
-    if (isfinite(v)) fprintf(f, ",\"%s\":%.9g", key, v);
-    else fprintf(f, ",\"%s\":null", key);
-}
-
 /* The metrics sink of the simulator: metrics.jsonl rows, in the format the plots and tests read. */
 typedef struct {
     FILE *f;
@@ -474,42 +461,14 @@ typedef struct {
 
 static void sink_round(void *ud, const loom_round_metrics *m, const int *list, int n) {
     jsonl_sink *s = ud;
-    FILE *mf = s->f;
-    if (!mf) return; /* no run directory */
-    fprintf(mf, "{\"type\":\"round\",\"round\":%d,\"sampled\":%d,\"accepted\":%d,\"rejected\":%d", m->round, n,
-            m->accepted, m->rejected);
-    num(mf, "train_loss", m->train_loss);
-    if (m->evaluated) {
-        num(mf, "eval_loss", m->eval_loss);
-        num(mf, "eval_acc", m->eval_acc);
-        num(mf, "perplexity", exp(m->eval_loss));
-        num(mf, "eval_loss_mean", m->eval_loss_mean);
-        num(mf, "eval_loss_std", m->eval_loss_std);
-        num(mf, "eval_acc_mean", m->eval_acc_mean);
-        num(mf, "eval_acc_std", m->eval_acc_std);
-        fprintf(mf, ",\"evaluated_clients\":%d", m->evaluated);
-    }
-    num(mf, "bytes_down", m->bytes_down);
-    num(mf, "bytes_up", m->bytes_up);
-    num(mf, "seconds", m->seconds);
-    fprintf(mf, ",\"clients\":[");
-    for (int i = 0; i < n; i++) fprintf(mf, "%s%d", i ? "," : "", list[i]);
-    fprintf(mf, "]}\n");
+    loom_metrics_jsonl_round(s->f, m, list, n); /* no run directory: f is NULL */
 }
 
 static void sink_client(void *ud, const loom_client_row *r) {
     jsonl_sink *s = ud;
     if (!s->f || !s->c->per_client_rows) return;
-    FILE *mf = s->f;
     const loom_client *cl = &s->c->part->clients[r->client];
-    fprintf(mf, "{\"type\":\"client\",\"round\":%d,\"client\":%d,\"name\":", r->round, r->client);
-    json_str(mf, cl->name);
-    fprintf(mf, ",\"examples\":%zu,\"tokens\":%ld", cl->n_train, r->tokens);
-    num(mf, "loss", r->loss);
-    num(mf, "update_norm", r->update_norm);
-    fprintf(mf, ",\"status\":");
-    json_str(mf, r->status);
-    fprintf(mf, "}\n");
+    loom_metrics_jsonl_client(s->f, r, cl->name, cl->n_train);
 }
 
 int loom_sim_run(const loom_sim_config *c, float *global) {

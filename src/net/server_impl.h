@@ -1,0 +1,58 @@
+/* Internal to the server's files (server.c: handlers, server_driver.c: rounds, server_http.c: daemon). */
+#ifndef LOOM_SERVER_IMPL_H
+#define LOOM_SERVER_IMPL_H
+
+#include <pthread.h>
+#include <stdio.h>
+
+#include "net/net_impl.h"
+
+enum { NET_PH_WAIT = 0, NET_PH_FIT, NET_PH_CLOSING, NET_PH_EVAL, NET_PH_DONE };
+
+struct net_server {
+    loom_server_config c;
+    loom_engine_config ec;     /* as given to the engine (n_clients, run_id, n_test set) */
+    net_store *store;
+    loom_engine *eng;
+    const loom_tvec *manifest;
+    loom_tvec *own_manifest;
+    size_t dim, max_upload;
+    int uses_control;
+    uint64_t run_id;
+    char upd_dir[4200];
+    char *run_text, *model_text; /* compact JSON texts for hello */
+    /* the run's clients, in byte order of their names (index = client id) */
+    int n;
+    char **names;
+    size_t *n_test;
+    int next_round;            /* from the checkpoint */
+    size_t metrics_bytes;      /* metrics.jsonl's length at the checkpoint */
+    FILE *metrics;
+    loom_metrics_jsonl js;
+    /* identities cache (refreshed every second: revocations of a running server) */
+    net_identity *ids;
+    int nids;
+    double ids_at;
+    /* everything below under mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int phase, round;          /* round: 1-based, the open (or evaluated) one; 0 before the first */
+    double opened_at;
+    int *hello, n_hello;       /* (n) */
+    double *last_seen;         /* (n) wall seconds */
+    int *seen_done, n_seen_done;
+    int *spos;                 /* (n) client -> position in the sampled list, -1 */
+    int *ans;                  /* (n) 0 nothing, 1 pending (being stored), 2 answered (stored) */
+    int pending, n_sampled, n_answered, n_updates;
+    int *epos, *ereported, ne, n_reported;
+    net_blob *cur, *prev;      /* the served global bodies */
+};
+
+double net_wall(void);
+int net_random(void *buf, size_t n);
+int net_write_durable(const char *dir, const char *name, const void *data, size_t len);
+int net_publish(net_server *s, uint64_t version);
+int net_make_blob(net_server *s, uint64_t version, net_blob **out);
+void net_blob_release(net_server *s, net_blob *b);
+
+#endif
