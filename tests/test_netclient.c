@@ -17,6 +17,7 @@
 #include "loom/core.h"
 #include "loom/net.h"
 #include "loom/safetensors.h"
+#include "loom/strategy.h"
 #include "loom/tvec.h"
 #include "loom/update.h"
 #include "test.h"
@@ -727,6 +728,160 @@ static void test_tls(void) {
     test_rmtree(dir);
 }
 
+/* ------------------------------------------------------------------ against the real server */
+
+#define E2E_DIM 5000
+static const double e2e_delta[2] = {0.5, -0.25};
+static const uint64_t e2e_examples[2] = {10, 30};
+
+static double e2e_init(size_t i) { return 0.01 * (double)(i % 101) - 0.5; }
+/* The global model after r rounds of FedAvg over the two clients' constant deltas, in double. */
+static double e2e_expect(size_t i, int r) {
+    double mean = (e2e_delta[0] * e2e_examples[0] + e2e_delta[1] * e2e_examples[1]) / (double)(e2e_examples[0] + e2e_examples[1]);
+    return e2e_init(i) + r * mean;
+}
+
+typedef struct {
+    int who, fits, global_ok;
+    float *out;
+} e2e_driver;
+
+static int e2e_fit(void *ud, const loom_netclient_task *t, const float *global, const float *control, loom_update *u,
+                   loom_codec_opts *co) {
+    e2e_driver *d = ud;
+    d->fits++;
+    int ok = t->version == (uint64_t)(t->round - 1);
+    for (size_t i = 0; i < E2E_DIM; i++) ok &= fabs(global[i] - e2e_expect(i, (int)t->version)) < 1e-5;
+    d->global_ok += ok;
+    for (size_t i = 0; i < E2E_DIM; i++) d->out[i] = (float)e2e_delta[d->who];
+    u->values = d->out;
+    u->examples = e2e_examples[d->who];
+    u->loss = 1.0 + d->who;
+    u->tokens = 100;
+    return LOOM_OK;
+}
+
+static int e2e_eval(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *r) {
+    r->loss_sum = 1;
+    r->tokens = 1;
+    r->count = 1;
+    return LOOM_OK;
+}
+
+typedef struct {
+    loom_server_config c;
+    float *out;
+    int rc, port;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} e2e_server;
+
+static void e2e_on_listen(void *ud, int port) {
+    e2e_server *s = ud;
+    pthread_mutex_lock(&s->mu);
+    s->port = port;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *e2e_server_main(void *p) {
+    e2e_server *s = p;
+    s->rc = loom_server_run(&s->c, s->out);
+    pthread_mutex_lock(&s->mu);
+    if (!s->port) s->port = -1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+typedef struct {
+    loom_netclient_config c;
+    int rc;
+    char msg[512];
+} e2e_client;
+
+static void *e2e_client_main(void *p) {
+    e2e_client *x = p;
+    x->rc = loom_netclient_run(&x->c);
+    snprintf(x->msg, sizeof x->msg, "%s", x->rc ? loom_errmsg() : "");
+    return NULL;
+}
+
+/* Server (loom_server_run over TLS with its development certificate) and two clients, 2 rounds. */
+static void test_against_server(void) {
+    char dir[64], state[128], ca[160], work[2][160], url[64];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(state, sizeof state, "%s/state", dir);
+    const char *names[2] = {"alice", "bob"};
+    char tok[2][65];
+    for (int k = 0; k < 2; k++) CHECK_OK(loom_server_add_client(state, names[k], 0, tok[k]));
+    loom_tvec *m;
+    loom_tvec_create(&m);
+    int64_t s1[2] = {40, 100}, s2[1] = {1000};
+    loom_tvec_add(m, "b.layer", 2, s1, LOOM_ROLE_SHARED);
+    loom_tvec_add(m, "a.layer", 1, s2, LOOM_ROLE_SHARED);
+    float *init = malloc(E2E_DIM * sizeof(float));
+    for (size_t i = 0; i < E2E_DIM; i++) init[i] = (float)e2e_init(i);
+    e2e_server sv;
+    memset(&sv, 0, sizeof sv);
+    sv.out = calloc(E2E_DIM, sizeof(float));
+    pthread_mutex_init(&sv.mu, NULL);
+    pthread_cond_init(&sv.cv, NULL);
+    loom_server_defaults(&sv.c);
+    sv.c.state_dir = state;
+    sv.c.listen = "127.0.0.1:0";
+    sv.c.engine.dim = E2E_DIM;
+    sv.c.engine.init = init;
+    sv.c.engine.rounds = 2;
+    sv.c.engine.sample = 2;
+    sv.c.engine.seed = 5;
+    sv.c.engine.pipe.strategy = "fedavg";
+    loom_strategy_defaults("fedavg", &sv.c.engine.pipe.sp);
+    sv.c.manifest = m;
+    sv.c.run_json = "{\"strategy\": \"fedavg\", \"rounds\": 2}";
+    sv.c.poll_ms = 20;
+    sv.c.threads = 2;
+    sv.c.no_eval = 1;
+    sv.c.done_grace_s = 5;
+    sv.c.on_listen = e2e_on_listen;
+    sv.c.ud = &sv;
+    pthread_t st, ct[2];
+    pthread_create(&st, NULL, e2e_server_main, &sv);
+    pthread_mutex_lock(&sv.mu);
+    while (sv.port == 0) pthread_cond_wait(&sv.cv, &sv.mu);
+    pthread_mutex_unlock(&sv.mu);
+    CHECK(sv.port > 0, "the server listens: %s", loom_errmsg());
+    snprintf(url, sizeof url, "https://127.0.0.1:%d", sv.port);
+    snprintf(ca, sizeof ca, "%s/tls/cert.pem", state);
+    e2e_client cl[2];
+    e2e_driver dr[2];
+    for (int k = 0; k < 2 && sv.port > 0; k++) {
+        snprintf(work[k], sizeof work[k], "%s/work-%s", dir, names[k]);
+        dr[k] = (e2e_driver){.who = k, .out = malloc(E2E_DIM * sizeof(float))};
+        memset(&cl[k], 0, sizeof cl[k]);
+        cl[k].c = (loom_netclient_config){.url = url, .name = names[k], .token = tok[k], .ca_cert = ca,
+                                          .work_dir = work[k], .fit = e2e_fit, .evaluate = e2e_eval, .ud = &dr[k],
+                                          .give_up_s = 30, .version = "test"};
+        pthread_create(&ct[k], NULL, e2e_client_main, &cl[k]);
+    }
+    for (int k = 0; k < 2 && sv.port > 0; k++) {
+        pthread_join(ct[k], NULL);
+        CHECK(cl[k].rc == LOOM_OK, "client %s ends: %s", names[k], cl[k].msg);
+        CHECK(dr[k].fits == 2 && dr[k].global_ok == 2, "client %s trained twice (%d) on the right globals (%d)",
+              names[k], dr[k].fits, dr[k].global_ok);
+        free(dr[k].out);
+    }
+    pthread_join(st, NULL);
+    CHECK(sv.rc == LOOM_OK, "the server ends the run");
+    int ok = 1;
+    for (size_t i = 0; i < E2E_DIM; i++) ok &= fabs(sv.out[i] - e2e_expect(i, 2)) < 1e-5;
+    CHECK(ok, "the final model is FedAvg of the uploads: %.7g vs %.7g", sv.out[0], e2e_expect(0, 2));
+    free(sv.out);
+    free(init);
+    loom_tvec_free(m);
+    test_rmtree(dir);
+}
+
 static void quiet_log(int level, const char *msg, void *ud) {
     if (getenv("LOOM_TEST_VERBOSE")) fprintf(stderr, "[%d] %s\n", level, msg);
 }
@@ -740,6 +895,7 @@ int main(void) {
     test_fit_failure();
     test_restart_resends_pending();
     test_tls();
+    test_against_server();
     loom_tvec_free(g_manifest);
     return test_summary();
 }
