@@ -11,7 +11,11 @@
 #    the same server, the same TLS): the two MB/s side by side.
 #
 # Usage: bash bench/net_load.sh [N_CLIENTS] [DURATION_S] [SAMPLE]
-# Env: LOOM (default build/loom), LOADGEN (default build/loadgen), RETRY_MS (500), PORT (a free one),
+# The server is `loom server` (clients registered with `loom server add-client`, a RUN.json); where the
+# loom binary has no server command yet, build/net_serve (the same loom_server_run, the LoRA layout,
+# FedAvg) stands in for it.
+# Env: LOOM (default build/loom), LOADGEN (default build/loadgen), NET_SERVE (default build/net_serve),
+#      RETRY_MS (500), PORT (a free one),
 #      BASE_SHA256 (the LoRA run's frozen base hash, when the server checks it), SKIP_LORA=1, SKIP_FULL=1,
 #      KEEP=1 (keep the temporary directory).
 set -euo pipefail
@@ -22,7 +26,14 @@ sample=${3:-100}
 retry=${RETRY_MS:-500}
 loom=${LOOM:-build/loom}
 loadgen=${LOADGEN:-build/loadgen}
-for b in "$loom" "$loadgen"; do
+net_serve=${NET_SERVE:-build/net_serve}
+if "$loom" server add-client --help > /dev/null 2>&1; then
+    use_cli=1
+else
+    use_cli=0
+    echo "net_load: $loom has no server command: using $net_serve"
+fi
+for b in "$loom" "$loadgen" "$net_serve"; do
     [ -x "$b" ] || { echo "net_load: $b not built (cmake --build build)" >&2; exit 1; }
 done
 tmp=$(mktemp -d /tmp/loom_netload.XXXXXX)
@@ -55,22 +66,30 @@ register() {
     done
 }
 
-# start_server STATE RUN.json LOG: starts `loom server` and waits until it answers over TLS.
-start_server() {
+# serve STATE N TOKENS RUN.json LOG DIM SAMPLE ROUNDS: registers N clients ("name token" lines into
+# TOKENS), starts the server and waits until it answers over TLS.
+serve() {
     port=${PORT:-$(free_port)}
     url=https://127.0.0.1:$port
-    "$loom" server --state "$1" --config "$2" --listen "127.0.0.1:$port" \
-        --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" > "$3" 2>&1 &
+    if [ "$use_cli" = 1 ]; then
+        register "$1" "$2" c "$3"
+        "$loom" server --state "$1" --config "$4" --listen "127.0.0.1:$port" \
+            --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" > "$5" 2>&1 &
+    else
+        "$net_serve" --state "$1" --clients "$2" --tokens "$3" --dim "$6" --sample "$7" --rounds "$8" \
+            --listen "127.0.0.1:$port" --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" --poll-ms "$retry" \
+            > "$5" 2>&1 &
+    fi
     server_pid=$!
     local t
-    for ((t = 0; t < 600; t++)); do
+    for ((t = 0; t < 1200; t++)); do
         code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$tmp/cert.pem" "$url/v1/task" || true)
         [ "$code" = 401 ] && return 0
-        kill -0 "$server_pid" 2>/dev/null || { echo "net_load: the server exited:" >&2; cat "$3" >&2; exit 1; }
+        kill -0 "$server_pid" 2>/dev/null || { echo "net_load: the server exited:" >&2; cat "$5" >&2; exit 1; }
         sleep 0.2
     done
-    echo "net_load: the server did not answer within 120 s" >&2
-    cat "$3" >&2
+    echo "net_load: the server did not answer within 240 s" >&2
+    cat "$5" >&2
     exit 1
 }
 
@@ -97,10 +116,6 @@ base_flag=()
 # ---------------------------------------------------------------- 1. N clients, LoRA-sized updates
 if [ "${SKIP_LORA:-0}" != 1 ]; then
     state=$tmp/lora
-    echo "net_load: registering $n clients"
-    t0=$SECONDS
-    register "$state" "$n" c "$tmp/lora-tokens.txt"
-    echo "net_load: registered in $((SECONDS - t0)) s"
     cat > "$tmp/lora.json" <<EOF
 {
   "model": "gpt2-124m",
@@ -117,7 +132,10 @@ if [ "${SKIP_LORA:-0}" != 1 ]; then
   "eval-every": 0
 }
 EOF
-    start_server "$state" "$tmp/lora.json" "$tmp/lora-server.log"
+    echo "net_load: registering $n clients, starting the server"
+    t0=$SECONDS
+    serve "$state" "$n" "$tmp/lora-tokens.txt" "$tmp/lora.json" "$tmp/lora-server.log" 294912 "$sample" 1000
+    echo "net_load: registered and serving in $((SECONDS - t0)) s"
     start_sampler "$tmp/lora-rss.txt"
     echo "net_load: $n clients for $duration s against $url (sample $sample a round, poll every $retry ms)"
     "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/lora-tokens.txt" --n "$n" \
@@ -125,7 +143,6 @@ EOF
     hwm=$(server_hwm)
     rss_max=$(sort -n "$tmp/lora-rss.txt" | tail -1)
     echo "server: peak RSS (VmHWM) $hwm MiB; largest sampled VmRSS $((rss_max / 1024)) MiB"
-    echo "server: $(grep -c 'accepted\|closed' "$tmp/lora-server.log" || true) log lines about accepted updates or closed rounds"
     grep -q "dim 294912" "$tmp/lora-loadgen.txt" || echo "net_load: warning: the server's dim is not 294912" >&2
     stop_server
 fi
@@ -133,7 +150,6 @@ fi
 # ---------------------------------------------------------------- 2. one 124M full update: loom vs curl
 if [ "${SKIP_FULL:-0}" != 1 ]; then
     state=$tmp/full
-    register "$state" 2 f "$tmp/full-tokens.txt"
     cat > "$tmp/full.json" <<EOF
 {
   "model": "gpt2-124m",
@@ -146,9 +162,9 @@ if [ "${SKIP_FULL:-0}" != 1 ]; then
   "eval-every": 0
 }
 EOF
-    start_server "$state" "$tmp/full.json" "$tmp/full-server.log"
-    # Round 1 opens once both clients said hello. f0001's update is written by loadgen (not sent) and
-    # sent by curl afterwards; f0000 uploads through libcurl as `loom client` does.
+    serve "$state" 2 "$tmp/full-tokens.txt" "$tmp/full.json" "$tmp/full-server.log" 124439808 2 1
+    # Round 1 opens once both clients said hello. The second client's update is written by loadgen (not sent) and
+    # sent by curl afterwards; the first uploads through libcurl as `loom client` does.
     sed -n 2p "$tmp/full-tokens.txt" > "$tmp/full-t1.txt"
     sed -n 1p "$tmp/full-tokens.txt" > "$tmp/full-t0.txt"
     "$loadgen" --url "$url" --ca-cert "$tmp/cert.pem" --clients "$tmp/full-t1.txt" --n 1 --duration 300 \
