@@ -116,19 +116,39 @@ typedef struct {
     /* The driver: setup after hello (build the trainer; check the manifest), fit one round (fill u with
      * values pointing at the driver's buffers, u->round/version/client/examples/loss/tokens, and the
      * codec to send in *co), evaluate the global model. global (and control, SCAFFOLD's c, or NULL)
-     * are dim floats valid during the call. */
+     * are dim floats valid during the call; the hello's strings stay valid until the run returns.
+     * fit's u comes preset with run_id, round, version, client, len = dim and codec F32 (fit sets
+     * values, examples, loss, tokens, and control for SCAFFOLD); an update that does not match its
+     * task, or a fit that fails, is reported to /v1/fail with loom_errmsg() and the run goes on. */
     int (*setup)(void *ud, const loom_netclient_hello *h);
     int (*fit)(void *ud, const loom_netclient_task *t, const float *global, const float *control, loom_update *u,
                loom_codec_opts *co);
     int (*evaluate)(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *r);
     void *ud;
     double give_up_s;            /* stop when the server was unreachable this long (default 600) */
-    volatile int *stop;
+    volatile int *stop;          /* when non-NULL and set, the run stops at the next step: LOOM_ESTATE */
+    const char *version;         /* the loom version told in hello and the User-Agent (NULL: "unknown") */
 } loom_netclient_config;
 
 /* Says hello, then polls, downloads (resuming), trains, uploads (retrying transient failures with
  * back-off) until the run is done: LOOM_OK. Refusals that cannot be retried (401, 403, 409
- * base_mismatch) fail with the server's message. */
+ * base_mismatch), an untrusted certificate, or an answer that breaks the protocol fail with the
+ * server's message (LOOM_EINVAL for refusals, LOOM_EIO for transport, LOOM_EFORMAT for bad answers);
+ * a server out of contact for give_up_s: LOOM_EIO "giving up"; *stop set: LOOM_ESTATE "stopped".
+ * 409 duplicate, 410 stale/late, 412 and the content refusals of an upload end that round for this
+ * client only (logged; polling goes on). Logs one line per event through loom_log.
+ *
+ *     loom_netclient_config c = {0};
+ *     c.url = "https://server:8443"; c.name = "alice"; c.token = token;   // token: no newline
+ *     c.ca_cert = "cert.pem"; c.work_dir = "work"; c.version = LOOM_VERSION;
+ *     c.base_sha256 = base_hex;                        // PEFT: hash of the local frozen base, or NULL
+ *     c.setup = my_setup; c.fit = my_fit; c.evaluate = my_eval; c.ud = &state; c.stop = &sigint_flag;
+ *     if (loom_netclient_run(&c) != LOOM_OK) fprintf(stderr, "loom: %s\n", loom_errmsg());
+ *
+ * work_dir (created 0700 when missing) holds global-V.part / global-V.safetensors (the verified
+ * download) and pending-R.upd (an update written and fsync'd before it is sent; a restarted client
+ * sends it again under the same idempotency key instead of training again): keep it across restarts
+ * of the same client, and give every client its own. */
 int loom_netclient_run(const loom_netclient_config *c);
 
 #ifdef __cplusplus
