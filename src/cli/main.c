@@ -14,6 +14,8 @@ static const struct {
     {"eval", cmd_eval, "loss and perplexity of a model on a text file"},
     {"generate", cmd_generate, "sample text from a model (greedy, temperature, top-k, top-p)"},
     {"sim", cmd_sim, "federated training of many simulated clients (FedAvg, FedProx, FedAdam, SCAFFOLD, ...)"},
+    {"server", cmd_server, "coordinate a real federation over HTTPS; register and revoke clients"},
+    {"client", cmd_client, "take part in a federation run by loom server (only the update leaves this machine)"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cli/cli.h"
 #include "loom/core.h"
@@ -379,3 +380,16 @@ int cli_base_sha256(const loom_model *m, char out[65]) {
     loom_sha256_hex(p, loom_model_n_params(m) * sizeof(float), out);
     return LOOM_OK;
 }
+
+/* One line per event on stderr: UTC time, the command, the level when it is not info. */
+static void event_log(int level, const char *msg, void *ud) {
+    char ts[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    fprintf(stderr, "%s %s%s %s\n", ts, (const char *)ud,
+            level >= LOOM_ERROR ? " error:" : level >= LOOM_WARN ? " warning:" : "", msg);
+}
+
+void cli_event_log(const char *who) { loom_set_log(event_log, (void *)who, LOOM_INFO); }

@@ -75,4 +75,8 @@ void cli_trainer_free(void *ud, loom_trainer *tr, float *vec);
  * which a networked client must hold identically (docs/protocol.md, hello). */
 int cli_base_sha256(const loom_model *m, char out[65]);
 
+/* Logs every library event (info and above) as one timestamped line on stderr, tagged `who`
+ * (a string that outlives the program's run): loom server and loom client. */
+void cli_event_log(const char *who);
+
 #endif

@@ -1,0 +1,337 @@
+/* loom client: one party of a real federation. Polls a loom server over HTTPS, trains on its own data
+ * with the same client code as loom sim, and sends back only the update (docs/protocol.md). */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "cli/runspec.h"
+#include "loom/core.h"
+#include "loom/fl.h"
+#include "loom/net.h"
+#include "loom/peft.h"
+#include "loom/safetensors.h"
+
+static volatile int stop_flag;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_flag = 1;
+}
+
+typedef struct {
+    /* the command line */
+    const char *data, *model, *tokenizer, *format, *text_col, *label_col, *work_dir;
+    int threads;
+    /* built in setup */
+    cli_run r;
+    cli_config *run_cfg;
+    loom_model *m;
+    loom_tset *set;
+    loom_tokenizer *tok;
+    loom_dataset *ds;
+    loom_client cl;
+    loom_sim_config sc;      /* the federation settings (fit config, B, T, seed) */
+    cli_trainer_ud tu;
+    loom_trainer *tr;
+    float *vec, *update, *dc;
+    size_t dim;
+    int client;
+    uint64_t run_id;
+    loom_client_state st;
+    char state_path[4096];
+} client_run;
+
+/* The client's own state (local step counter, SCAFFOLD c_i) survives restarts of the process. */
+static int save_state(client_run *c) {
+    loom_st_writer *w;
+    int rc = loom_st_writer_create(&w);
+    if (rc != LOOM_OK) return rc;
+    int64_t steps = (int64_t)c->st.steps, one[1] = {1}, dim[1] = {(int64_t)c->dim};
+    rc = loom_st_writer_add(w, "steps", LOOM_DT_I64, 1, one, &steps);
+    if (rc == LOOM_OK && c->st.control) rc = loom_st_writer_add(w, "control", LOOM_DT_F32, 1, dim, c->st.control);
+    char buf[32];
+    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)c->run_id);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "run_id", buf);
+    if (rc == LOOM_OK) rc = loom_st_writer_write(w, c->state_path);
+    loom_st_writer_free(w);
+    return rc;
+}
+
+static int load_state(client_run *c) {
+    struct stat sb;
+    if (stat(c->state_path, &sb) != 0) return LOOM_OK; /* a new client */
+    loom_st_file *f;
+    int rc = loom_st_open(&f, c->state_path);
+    if (rc != LOOM_OK) return rc;
+    char want[32];
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)c->run_id);
+    const char *rid = loom_st_meta(f, "run_id");
+    if (!rid || strcmp(rid, want)) {
+        loom_st_close(f);
+        loom_log(LOOM_WARN, "%s belongs to another run: starting this run's client state afresh", c->state_path);
+        return LOOM_OK;
+    }
+    const loom_st_tensor *t = loom_st_find(f, "steps");
+    if (!t || t->dtype != LOOM_DT_I64 || t->numel != 1) rc = loom_error(LOOM_EFORMAT, "%s: no step counter", c->state_path);
+    else {
+        int64_t s;
+        memcpy(&s, t->data, sizeof s);
+        c->st.steps = (uint64_t)s;
+    }
+    const loom_st_tensor *ct = loom_st_find(f, "control");
+    if (rc == LOOM_OK && ct && (rc = loom_client_state_control(&c->st, c->dim)) == LOOM_OK)
+        rc = loom_st_to_f32(ct, c->st.control, c->dim);
+    loom_st_close(f);
+    return rc;
+}
+
+static int setup(void *ud, const loom_netclient_hello *h) {
+    client_run *c = ud;
+    cli_run_init(&c->r);
+    if (cli_run_apply_json(&c->r, h->run_json, "the server's run configuration", &c->run_cfg) != 0)
+        return loom_error(LOOM_EFORMAT, "the server sent a run configuration this client cannot use");
+    /* the data flags are this client's own */
+    c->r.format = c->format;
+    c->r.text_col = c->text_col;
+    c->r.label_col = c->label_col;
+    int created = 0, rc;
+    if (h->model_config_json) {
+        /* a full fine-tuning run: the architecture comes from the server, the weights with the global model */
+        loom_config mc;
+        if ((rc = loom_config_parse(&mc, h->model_config_json)) != LOOM_OK) return loom_error_context(rc, "the server's model_config");
+        if ((rc = loom_model_create(&c->m, &mc, (uint64_t)c->r.seed)) != LOOM_OK) return rc;
+        created = 1;
+    } else {
+        if (!c->model)
+            return loom_error(LOOM_EINVAL, "this is a %s run: give the frozen base model with --model",
+                              c->r.peft.peft ? c->r.peft.peft : "PEFT");
+        if ((rc = cli_load_or_create(&c->m, c->model, (unsigned long long)c->r.seed, &created)) != LOOM_OK) return rc;
+        char hash[65];
+        if ((rc = cli_base_sha256(c->m, hash)) != LOOM_OK) return rc;
+        if (h->base_sha256 && strcmp(hash, h->base_sha256))
+            return loom_error(LOOM_EINVAL, "--model %s is not the run's base model (SHA-256 %.16s..., the server's is %.16s...)",
+                              c->model, hash, h->base_sha256);
+    }
+    if (c->r.T > loom_model_config(c->m)->max_seq)
+        return loom_error(LOOM_EINVAL, "the run's seq %d exceeds the model's %d positions", c->r.T, loom_model_config(c->m)->max_seq);
+    if ((rc = cli_peft_setup(&c->r.peft, c->m, (unsigned long long)c->r.seed, &c->set)) != LOOM_OK) return rc;
+    c->dim = c->set ? loom_tset_dim(c->set) : loom_model_n_params(c->m);
+    if (c->dim != h->dim)
+        return loom_error(LOOM_EINVAL, "the server's trainable vector has %zu values, this client's %zu: the run's "
+                                       "model or PEFT settings differ", h->dim, c->dim);
+    if ((rc = cli_tokenizer(&c->tok, c->tokenizer, created ? NULL : c->model, c->m)) != LOOM_OK) return rc;
+    if ((rc = cli_client_data(&c->r, c->data, c->tok, (size_t)h->client, &c->ds, &c->cl)) != LOOM_OK)
+        return loom_error_context(rc, "--data %s", c->data);
+    loom_sim_defaults(&c->sc);
+    if (cli_run_federation(&c->r, "client", (size_t)h->n_clients, &c->sc, &c->tu.tc) != 0)
+        return loom_error(LOOM_EINVAL, "the server's run configuration was refused (see above)");
+    c->tu.m = c->m;
+    c->tu.ts = c->set;
+    if ((rc = cli_trainer_make(&c->tu, &c->tr, &c->vec)) != LOOM_OK) return rc;
+    c->update = loom_alloc(c->dim * sizeof(float));
+    c->dc = c->sc.fit.scaffold ? loom_alloc(c->dim * sizeof(float)) : NULL;
+    if (!c->update || (c->sc.fit.scaffold && !c->dc)) return loom_error(LOOM_ENOMEM, "out of memory");
+    c->client = h->client;
+    c->run_id = h->run_id;
+    snprintf(c->state_path, sizeof c->state_path, "%s/client-state.safetensors", c->work_dir);
+    if ((rc = load_state(c)) != LOOM_OK) return rc;
+    loom_log(LOOM_INFO, "client %d of %d: %zu training and %zu test examples, %zu trainable values", h->client,
+             h->n_clients, c->cl.n_train, c->cl.n_test, c->dim);
+    return LOOM_OK;
+}
+
+static int batcher_for(client_run *c, const uint32_t *idx, size_t n, int once, loom_batcher **b) {
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = (size_t)c->sc.B;
+    bo.T = (size_t)c->sc.T;
+    bo.seed = loom_sim_client_seed(c->sc.seed, c->client);
+    if (once) {
+        bo.once = 1;
+        bo.shuffle = 0;
+    }
+    return loom_batcher_create(b, c->ds, idx, n, &bo);
+}
+
+static int fit(void *ud, const loom_netclient_task *t, const float *global, const float *control, loom_update *u,
+               loom_codec_opts *co) {
+    client_run *c = ud;
+    loom_batcher *b = NULL;
+    int rc = batcher_for(c, c->cl.train, c->cl.n_train, 0, &b);
+    loom_fit_output out;
+    memset(&out, 0, sizeof out);
+    out.update = c->update;
+    out.control_delta = c->dc;
+    if (rc == LOOM_OK) {
+        loom_client_ctx ctx = {c->tr, c->vec, c->dim};
+        loom_fit_task ft = {t->round, global, control, b, c->sc.fit};
+        rc = loom_client_local_sgd.fit(&ctx, &ft, &c->st, &out);
+    }
+    loom_batcher_free(b);
+    if (rc != LOOM_OK) return rc;
+    if ((rc = save_state(c)) != LOOM_OK) return rc;
+    *u = (loom_update){c->run_id, t->round, t->version, c->client, (uint64_t)c->cl.n_train, out.res.loss,
+                       out.res.tokens, LOOM_CODEC_F32, c->dim, c->update, c->sc.fit.scaffold ? c->dc : NULL};
+    memset(co, 0, sizeof *co);
+    co->codec = LOOM_CODEC_F32;
+    loom_log(LOOM_INFO, "round %d: trained %d steps, loss %.4f", t->round, out.res.steps, out.res.loss);
+    return LOOM_OK;
+}
+
+static int evaluate(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *res) {
+    client_run *c = ud;
+    (void)t;
+    memset(res, 0, sizeof *res);
+    loom_client_ctx ctx = {c->tr, c->vec, c->dim};
+    loom_eval_task et = {global, NULL, NULL, c->cl.test, c->cl.n_test};
+    if (c->ds->kind == LOOM_DS_CLASSIFY) {
+        et.ds = c->ds;
+        return loom_client_local_sgd.evaluate(&ctx, &et, res);
+    }
+    if (c->cl.n_test == 0) return LOOM_OK;
+    loom_batcher *b = NULL;
+    int rc = batcher_for(c, c->cl.test, c->cl.n_test, 1, &b);
+    et.data = b;
+    if (rc == LOOM_OK) rc = loom_client_local_sgd.evaluate(&ctx, &et, res);
+    loom_batcher_free(b);
+    return rc;
+}
+
+/* A token file holds the token alone (surrounding white space is dropped); at most 4 KiB. */
+static int read_token(const char *path, char *tok, size_t cap) {
+    char *data = NULL;
+    size_t len = 0;
+    struct stat sb;
+    if (stat(path, &sb) != 0) return loom_error(LOOM_EIO, "--token-file %s: %s", path, strerror(errno));
+    if (sb.st_size > 4096) return loom_error(LOOM_EINVAL, "--token-file %s is larger than a token", path);
+    int rc = loom_read_file(path, &data, &len);
+    if (rc != LOOM_OK) return rc;
+    size_t a = 0, b = len;
+    while (a < b && (data[a] == ' ' || data[a] == '\n' || data[a] == '\r' || data[a] == '\t')) a++;
+    while (b > a && (data[b - 1] == ' ' || data[b - 1] == '\n' || data[b - 1] == '\r' || data[b - 1] == '\t')) b--;
+    if (b == a || b - a >= cap) rc = loom_error(LOOM_EINVAL, "--token-file %s does not hold a token", path);
+    else {
+        memcpy(tok, data + a, b - a);
+        tok[b - a] = 0;
+    }
+    memset(data, 0, len);
+    free(data);
+    return rc;
+}
+
+int cmd_client(int argc, char **argv) {
+    const char *server = NULL, *name = NULL, *token_file = NULL, *ca = NULL;
+    client_run c;
+    memset(&c, 0, sizeof c);
+    c.format = "text";
+    c.threads = 0;
+    float give_up = 600;
+    cli_opt opts[] = {
+        {"server", OPT_STR, &server, "the server's address, https://HOST:PORT", 0, 0},
+        {"name", OPT_STR, &name, "this client's registered name", 0, 0},
+        {"token-file", OPT_STR, &token_file, "file holding this client's token (from loom server add-client)", 0, 0},
+        {"ca-cert", OPT_STR, &ca, "PEM certificate to trust for the server (e.g. its STATE/tls/cert.pem); default: the system's CAs", 0, 0},
+        {"data", OPT_STR, &c.data, "this client's training data (stays on this machine)", 0, 0},
+        {"model", OPT_STR, &c.model, "the frozen base model of a PEFT run (checked against the server's hash); a full run needs none", 0, 0},
+        {"tokenizer", OPT_STR, &c.tokenizer, "tokenizer (default: the model's, or byte-level)", 0, 0},
+        {"format", OPT_STR, &c.format, "data format: " CLI_FORMATS, 0, 0},
+        {"text-col", OPT_STR, &c.text_col, "text column/field", 0, 0},
+        {"label-col", OPT_STR, &c.label_col, "label column/field", 0, 0},
+        {"work-dir", OPT_STR, &c.work_dir, "directory for downloads, the pending upload and this client's state (default ./loom-client-NAME)", 0, 0},
+        {"threads", OPT_INT, &c.threads, "threads for training (0 = the machine's)", 0, cli_max_threads()},
+        {"give-up", OPT_FLOAT, &give_up, "seconds without reaching the server before giving up", 1, 1e9},
+    };
+    int pr = cli_parse(argc, argv,
+                       "loom client --server https://HOST:PORT --name NAME --token-file F --data FILE [--ca-cert F] "
+                       "[--model M] [options]",
+                       "Takes part in a federated run coordinated by loom server: polls for tasks, downloads the\n"
+                       "global model (resuming interrupted downloads), trains on --data with the run's settings,\n"
+                       "and uploads only the update, retrying transient failures. Exits 0 when the run ends.",
+                       opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
+    int rc = 1;
+    char token[512], wd[4096];
+#define BAD(...)                                     \
+    do {                                             \
+        fprintf(stderr, "loom client: " __VA_ARGS__); \
+        fprintf(stderr, "\n");                       \
+        goto done;                                   \
+    } while (0)
+    if (!server) BAD("--server https://HOST:PORT is required");
+    if (strncmp(server, "https://", 8)) BAD("--server %s: the address must start with https://", server);
+    if (!name) BAD("--name is required");
+    if (loom_net_check_name(name) != LOOM_OK) {
+        cli_fail("--name");
+        goto done;
+    }
+    if (!token_file) BAD("--token-file is required");
+    if (!c.data) BAD("--data is required (this client's training data)");
+    if (loom_dataset_format(c.format) < 0) BAD("unknown --format '%s' (%s)", c.format, CLI_FORMATS);
+    if (read_token(token_file, token, sizeof token) != LOOM_OK) {
+        cli_fail(NULL);
+        goto done;
+    }
+    if (!c.work_dir) {
+        snprintf(wd, sizeof wd, "loom-client-%s", name);
+        c.work_dir = wd;
+    }
+    if (cli_out_dir("--work-dir", c.work_dir) != 0) goto done;
+    char base_hash[65];
+    const char *base = NULL;
+    if (c.model) {
+        /* the base's hash goes with hello: the server refuses a client holding another base */
+        loom_model *bm = NULL;
+        int created;
+        if (cli_load_or_create(&bm, c.model, 1, &created) != LOOM_OK) {
+            cli_fail("--model");
+            goto done;
+        }
+        if (!created && cli_base_sha256(bm, base_hash) == LOOM_OK) base = base_hash;
+        loom_model_free(bm);
+    }
+    if (c.threads > 0) loom_set_threads(c.threads);
+    cli_event_log("client");
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGPIPE, SIG_IGN);
+    loom_client_state_init(&c.st);
+    loom_netclient_config nc;
+    memset(&nc, 0, sizeof nc);
+    nc.url = server;
+    nc.name = name;
+    nc.token = token;
+    nc.ca_cert = ca;
+    nc.work_dir = c.work_dir;
+    nc.base_sha256 = base;
+    nc.setup = setup;
+    nc.fit = fit;
+    nc.evaluate = evaluate;
+    nc.ud = &c;
+    nc.give_up_s = give_up;
+    nc.stop = &stop_flag;
+    if (loom_netclient_run(&nc) != LOOM_OK) {
+        cli_fail("client");
+        goto done;
+    }
+    fprintf(stderr, "loom client: %s\n", stop_flag ? "stopped" : "the run is over");
+    rc = 0;
+done:
+    memset(token, 0, sizeof token);
+    if (c.tr || c.vec) cli_trainer_free(&c.tu, c.tr, c.vec);
+    loom_free(c.update);
+    loom_free(c.dc);
+    loom_client_state_clear(&c.st);
+    cli_client_data_free(&c.cl);
+    loom_dataset_free(c.ds);
+    loom_tokenizer_free(c.tok);
+    loom_tset_free(c.set);
+    loom_model_free(c.m);
+    cli_config_free(c.run_cfg);
+    return rc;
+}

@@ -1,0 +1,214 @@
+/* loom server: the coordinator of a real federation over HTTPS (docs/protocol.md), and its client
+ * registry (add-client, revoke-client). */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/args.h"
+#include "cli/cli.h"
+#include "cli/common.h"
+#include "cli/runspec.h"
+#include "loom/core.h"
+#include "loom/net.h"
+#include "loom/peft.h"
+
+static volatile int stop_flag;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_flag = 1;
+}
+
+/* add-client / revoke-client: loom server add-client --state DIR [--admin] NAME */
+static int registry(int argc, char **argv, int add) {
+    const char *state = NULL;
+    int admin = 0;
+    cli_opt opts[] = {
+        {"state", OPT_STR, &state, "the server's state directory (created with its database when new)", 0, 0},
+        {"admin", OPT_FLAG, &admin, "an administrator identity (may read /v1/status, may not train)", 0, 0},
+    };
+    const char *pos[1];
+    int npos = 0;
+    int pr = cli_parse(argc, argv,
+                       add ? "loom server add-client --state DIR [--admin] NAME"
+                           : "loom server revoke-client --state DIR NAME",
+                       add ? "Registers a client and prints its fresh token alone on stdout, once (only its hash is\n"
+                             "kept). Give the token to the client's operator; loom client reads it with --token-file.\n"
+                             "The run's clients are the identities registered before the server first starts."
+                           : "Revokes a client: its token is refused (401) from now on.",
+                       opts, add ? 2 : 1, pos, &npos, 1);
+    if (pr) return pr > 0 ? 0 : 2;
+    if (!state) {
+        fprintf(stderr, "loom server: --state DIR is required\n");
+        return 2;
+    }
+    if (npos != 1) {
+        fprintf(stderr, "loom server: give the client's NAME\n");
+        return 2;
+    }
+    if (loom_net_check_name(pos[0]) != LOOM_OK) return cli_fail("client name");
+    if (add) {
+        char token[65];
+        if (loom_server_add_client(state, pos[0], admin, token) != LOOM_OK) return cli_fail("add-client");
+        printf("%s\n", token);
+        fflush(stdout);
+        memset(token, 0, sizeof token);
+        fprintf(stderr, "loom server: registered %s%s in %s\n", pos[0], admin ? " (administrator)" : "", state);
+        return 0;
+    }
+    if (loom_server_revoke_client(state, pos[0]) != LOOM_OK) return cli_fail("revoke-client");
+    fprintf(stderr, "loom server: revoked %s\n", pos[0]);
+    return 0;
+}
+
+static void server_listening(void *ud, int port) {
+    (void)ud;
+    fprintf(stderr, "loom server: listening on port %d\n", port);
+}
+
+int cmd_server(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "add-client")) return registry(argc - 1, argv + 1, 1);
+    if (argc >= 2 && !strcmp(argv[1], "revoke-client")) return registry(argc - 1, argv + 1, 0);
+    cli_run r;
+    cli_run_init(&r);
+    const char *config = NULL, *state = NULL, *listen = "127.0.0.1:8443", *cert = NULL, *key = NULL;
+    int min_clients = 0, poll_ms = 500, eval_timeout = 60, threads = 4;
+    float max_upload_mb = 0;
+    cli_opt opts[CLI_RUN_MAX_OPTS + 12];
+    int nopts = 0;
+    opts[nopts++] = (cli_opt){"config", OPT_STR, &config, "RUN.json: the run, with the keys of loom sim --config", 0, 0};
+    opts[nopts++] = (cli_opt){"state", OPT_STR, &state, "state directory: state.db, updates, checkpoints, global.safetensors, metrics.jsonl, tls/", 0, 0};
+    opts[nopts++] = (cli_opt){"listen", OPT_STR, &listen, "HOST:PORT to listen on (port 0: any free port)", 0, 0};
+    opts[nopts++] = (cli_opt){"tls-cert", OPT_STR, &cert, "PEM certificate (default: a self-signed development certificate in STATE/tls/)", 0, 0};
+    opts[nopts++] = (cli_opt){"tls-key", OPT_STR, &key, "PEM private key of --tls-cert", 0, 0};
+    opts[nopts++] = (cli_opt){"min-clients", OPT_INT, &min_clients, "clients that must say hello before round 1 opens (0 = all registered)", 0, 10000000};
+    opts[nopts++] = (cli_opt){"max-upload-mb", OPT_FLOAT, &max_upload_mb, "largest accepted upload body in MiB (0 = twice the f32 update size plus 1 MiB)", 0, 1e6};
+    opts[nopts++] = (cli_opt){"poll-ms", OPT_INT, &poll_ms, "milliseconds waiting clients are told to wait between polls", 10, 600000};
+    opts[nopts++] = (cli_opt){"eval-timeout", OPT_INT, &eval_timeout, "seconds to wait for evaluation reports after a round", 1, 86400};
+    opts[nopts++] = (cli_opt){"threads", OPT_INT, &threads, "HTTP worker threads", 1, 1024};
+    nopts += cli_run_opts(&r, opts + nopts);
+    const char *usage = "loom server --state DIR --config RUN.json [--listen HOST:PORT] [--tls-cert F --tls-key F]\n"
+                        "       loom server add-client --state DIR [--admin] NAME\n"
+                        "       loom server revoke-client --state DIR NAME";
+    const char *desc =
+        "Coordinates a federated run across machines over HTTPS (docs/protocol.md). Clients (loom client)\n"
+        "make only outbound calls: they poll for a task, download the global model, train on their own\n"
+        "data and upload an update; the server runs the same round engine as loom sim (sampling,\n"
+        "validation, aggregation, strategy), keeps its state in STATE (SQLite), acknowledges an update only\n"
+        "once it is on disk, and resumes where it stopped when started again with the same command.\n"
+        "Writes STATE/global.safetensors and STATE/metrics.jsonl and exits 0 after the last round.";
+    cli_config *cfg = NULL;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
+    if (config && cli_config_read(config, opts, nopts, &cfg) != 0) return 2;
+    int pr = cli_parse(argc, argv, usage, desc, opts, nopts, NULL, NULL, 0);
+    if (pr) {
+        cli_config_free(cfg);
+        return pr > 0 ? 0 : 2;
+    }
+    int rc = 1;
+    loom_model *m = NULL;
+    loom_tset *set = NULL;
+    float *global = NULL;
+    char *run_json = NULL, *model_json = NULL;
+    char base_hash[65];
+    int created = 0;
+#define BAD(...)                                     \
+    do {                                             \
+        fprintf(stderr, "loom server: " __VA_ARGS__); \
+        fprintf(stderr, "\n");                       \
+        goto done;                                   \
+    } while (0)
+    if (!state) BAD("--state DIR is required (the server's state directory)");
+    if (!config) BAD("--config RUN.json is required (the run: model, strategy, rounds, ...; the keys of loom sim)");
+    if ((cert != NULL) != (key != NULL)) BAD("--tls-cert and --tls-key go together");
+    if (cli_load_or_create(&m, r.model, (unsigned long long)r.seed, &created) != LOOM_OK) {
+        cli_fail("--model");
+        goto done;
+    }
+    if (r.T > loom_model_config(m)->max_seq) BAD("--seq %d exceeds the model's %d positions", r.T, loom_model_config(m)->max_seq);
+    if (cli_base_sha256(m, base_hash) != LOOM_OK) {
+        cli_fail("--model");
+        goto done;
+    }
+    if (cli_peft_setup(&r.peft, m, (unsigned long long)r.seed, &set) != LOOM_OK) {
+        cli_fail(r.peft.adapter ? "--adapter" : "--peft");
+        goto done;
+    }
+    loom_sim_config sc;
+    loom_sim_defaults(&sc);
+    loom_train_config tc;
+    if (cli_run_federation(&r, "server", (size_t)1 << 30, &sc, &tc) != 0) goto done;
+    run_json = cli_run_client_json(&r);
+    if (!run_json) BAD("out of memory");
+    loom_server_config c;
+    loom_server_defaults(&c);
+    c.state_dir = state;
+    c.listen = listen;
+    c.tls_cert = cert;
+    c.tls_key = key;
+    loom_engine_config *ec = &c.engine;
+    if (set) {
+        ec->dim = loom_tset_dim(set);
+        ec->init = loom_tset_data(set);
+        c.manifest = loom_tset_manifest(set);
+        c.base_sha256 = base_hash; /* clients bring the frozen base themselves */
+    } else {
+        ec->dim = loom_model_n_params(m);
+        ec->init = loom_model_params(m);
+        c.manifest = loom_model_manifest(m);
+        model_json = loom_config_to_json(loom_model_config(m));
+        if (!model_json) BAD("out of memory");
+        c.model_config_json = model_json; /* a full run: clients need no local model */
+    }
+    ec->pipe.strategy = sc.strategy;
+    ec->pipe.sp = sc.sp;
+    ec->pipe.max_norm = sc.max_update_norm;
+    ec->pipe.clip_norm = sc.clip_norm;
+    ec->rounds = sc.rounds;
+    ec->sample = sc.sample;
+    ec->sample_frac = sc.sample_frac;
+    ec->seed = sc.seed;
+    ec->min_updates = sc.min_updates;
+    ec->deadline = sc.deadline;
+    ec->eval_every = sc.eval_every;
+    ec->eval_clients = sc.eval_clients;
+    c.run_json = run_json;
+    c.compress = "none";
+    c.min_clients = min_clients;
+    c.max_upload = (size_t)(max_upload_mb * 1048576.0);
+    c.poll_ms = poll_ms;
+    c.eval_timeout_s = eval_timeout;
+    c.threads = threads;
+    c.on_listen = server_listening;
+    c.stop = &stop_flag;
+    cli_event_log("server");
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGPIPE, SIG_IGN);
+    loom_set_threads(1);
+    global = loom_alloc(ec->dim * sizeof(float));
+    if (!global) BAD("out of memory");
+    fprintf(stderr, "loom server: %s, %zu trainable values, %d rounds, state in %s\n", sc.strategy, ec->dim, sc.rounds,
+            state);
+    if (loom_server_run(&c, global) != LOOM_OK) {
+        cli_fail("server");
+        goto done;
+    }
+    if (stop_flag) {
+        fprintf(stderr, "loom server: stopped; start it again with the same command to continue\n");
+        rc = 0;
+        goto done;
+    }
+    printf("%-28s %s/global.safetensors, %s/metrics.jsonl\n", "written", state, state);
+    rc = 0;
+done:
+    free(run_json);
+    free(model_json);
+    loom_free(global);
+    loom_tset_free(set);
+    loom_model_free(m);
+    cli_config_free(cfg);
+    return rc;
+}
