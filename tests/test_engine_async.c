@@ -500,6 +500,21 @@ static int count_rows(const char *dir, const char *what) {
     return n;
 }
 
+typedef struct {
+    int rows, ordered;
+    uint64_t last_version;
+    double last_clock, max_staleness;
+} sim_watch;
+
+static void on_round(const loom_round_metrics *m, void *ud) {
+    sim_watch *w = ud;
+    w->ordered &= m->version == w->last_version + 1 && m->round == (int)m->version && m->clock >= w->last_clock;
+    w->last_version = m->version;
+    w->last_clock = m->clock;
+    w->max_staleness = fmax(w->max_staleness, m->staleness_max);
+    w->rows++;
+}
+
 static void sim_async(void) {
     loom_partition *p;
     CHECK_OK(loom_partition_iid(&p, ds->n, 5, 0, 3));
@@ -546,7 +561,15 @@ static void sim_async(void) {
         test_tmpdir(dir, sizeof dir);
         c.out_dir = dir;
         c.workers = 1;
+        sim_watch w = {0, 1, 0, 0, 0};
+        c.on_round = on_round;
+        c.cb_ud = &w;
         CHECK_OK(loom_sim_run(&c, g1));
+        c.on_round = NULL;
+        CHECK(w.rows == 6 && w.ordered, "%s: versions 1..6 in order on a clock that never goes back (%d rows)",
+              loom_engine_mode_name(modes[mi]), w.rows);
+        CHECK(w.max_staleness >= 1 && w.last_clock > 0, "%s: spread speeds make stale updates (max %g, clock %g)",
+              loom_engine_mode_name(modes[mi]), w.max_staleness, w.last_clock);
         CHECK(count_rows(dir, "\"type\":\"round\"") == 6, "%s: one round row per version (%d)",
               loom_engine_mode_name(modes[mi]), count_rows(dir, "\"type\":\"round\""));
         CHECK(count_rows(dir, "\"eval_loss\"") == 2, "%s: evaluated at versions 3 and 6 (%d rows)",
