@@ -610,6 +610,185 @@ static void sim_async(void) {
     loom_partition_free(p);
 }
 
+/* ---- the simulator's schedule against a reference written from its documented rules ----
+ * A toy client algorithm pulls the model half-way to a target of its own, u = (target_k - x_tau) / 2,
+ * so every update depends on the version the client trained on. The reference replays the schedule
+ * of include/loom/sim.h here: durations loom_sim_client_seconds, the first clients from the round-0
+ * sample, arrivals by (time, client id), freed places refilled after each instant from the
+ * LOOM_STREAM_ASYNC_NEXT stream among the idle clients, and applies FedAsync's (1 - a) x + a y or
+ * FedBuff's weighted mean in double. */
+
+enum { TD = 8, TN = 5 };
+static char toy_trainer; /* the toy algorithm needs no trainer: a placeholder object */
+
+/* A client's identity, as the toy sees it: a hash of its first batch (its own data in its own order). */
+static uint64_t batch_hash(loom_batcher *b) {
+    int32_t tk[2 * 16], tg[2 * 16];
+    loom_batcher_fill(b, 0, tk, tg, NULL);
+    uint64_t h = 17;
+    for (int i = 0; i < 2 * 16; i++) h = loom_hash2(h, (uint64_t)(uint32_t)tk[i]);
+    return h;
+}
+
+static double toy_target(uint64_t h, int i) { return (double)((h >> (4 * i)) & 15) / 4.0 - 2.0; }
+
+static int toy_fit(const loom_client_ctx *ctx, const loom_fit_task *t, loom_client_state *st, loom_fit_output *out) {
+    uint64_t h = batch_hash(t->data);
+    for (size_t i = 0; i < ctx->dim; i++) out->update[i] = (float)((toy_target(h, (int)i) - t->global[i]) * 0.5);
+    out->res.loss = 1;
+    out->res.tokens = 1;
+    return LOOM_OK;
+}
+static int toy_eval(const loom_client_ctx *ctx, const loom_eval_task *t, loom_eval_result *r) {
+    memset(r, 0, sizeof *r);
+    return LOOM_OK;
+}
+static const loom_client_algo toy_algo = {"toy", toy_fit, toy_eval};
+
+static int toy_mk(void *ud, loom_trainer **tr, float **vec) {
+    *tr = (loom_trainer *)(void *)&toy_trainer;
+    *vec = loom_alloc(TD * sizeof(float));
+    return LOOM_OK;
+}
+static void toy_fr(void *ud, loom_trainer *tr, float *vec) { loom_free(vec); }
+
+static void reference(const loom_sim_config *c, const loom_partition *p, double *x) {
+    const int C = c->concurrency, N = TN;
+    int list[TN], n0 = 0, busy[TN] = {0};
+    loom_engine_sample(N, C, 0, c->seed, 0, list, &n0);
+    struct {
+        int active, client;
+        double arrive;
+        uint64_t version;
+        double xtau[TD];
+    } job[TN];
+    uint64_t t = 0;
+    for (int i = 0; i < TD; i++) x[i] = c->init[i];
+    for (int k = 0; k < n0; k++) {
+        job[k].active = 1;
+        job[k].client = list[k];
+        job[k].arrive = loom_sim_client_seconds(c, list[k]);
+        job[k].version = 0;
+        for (int i = 0; i < TD; i++) job[k].xtau[i] = x[i];
+        busy[list[k]] = 1;
+    }
+    loom_rng next;
+    loom_rng_init(&next, c->seed, LOOM_STREAM_ASYNC_NEXT);
+    uint64_t hash[TN];
+    for (int k = 0; k < N; k++) {
+        loom_batcher_opts bo;
+        loom_batcher_opts_init(&bo);
+        bo.B = 2;
+        bo.T = 16;
+        bo.seed = loom_sim_client_seed(c->seed, k);
+        loom_batcher *b;
+        CHECK_OK(loom_batcher_create(&b, ds, p->clients[k].train, p->clients[k].n_train, &bo));
+        hash[k] = batch_hash(b);
+        loom_batcher_free(b);
+    }
+    double acc[TD] = {0}, W = 0;
+    int in_buf = 0;
+    while (t < (uint64_t)c->rounds) {
+        double T = INFINITY;
+        for (int k = 0; k < C; k++)
+            if (job[k].active && job[k].arrive < T) T = job[k].arrive;
+        int order[TN], nb = 0;
+        for (int id = 0; id < N; id++) /* the arrivals at T, by client id */
+            for (int k = 0; k < C; k++)
+                if (job[k].active && job[k].arrive == T && job[k].client == id) order[nb++] = k;
+        int freed[TN], nf = 0;
+        for (int q = 0; q < nb && t < (uint64_t)c->rounds; q++) {
+            int k = order[q], cl = job[k].client;
+            double s = loom_staleness_weight(&c->staleness, t - job[k].version), u[TD];
+            for (int i = 0; i < TD; i++) u[i] = (float)((toy_target(hash[cl], i) - (float)job[k].xtau[i]) * 0.5);
+            if (c->mode == LOOM_ENGINE_FEDASYNC) {
+                double a = c->async_alpha * s;
+                for (int i = 0; i < TD; i++) x[i] = (float)((1 - a) * x[i] + a * (job[k].xtau[i] + u[i]));
+                t++;
+            } else {
+                double w = (double)p->clients[cl].n_train;
+                for (int i = 0; i < TD; i++) acc[i] += w * (float)(u[i] * s);
+                W += w;
+                if (++in_buf == c->buffer) {
+                    for (int i = 0; i < TD; i++) x[i] = (float)(x[i] + acc[i] / W);
+                    memset(acc, 0, sizeof acc);
+                    W = 0;
+                    in_buf = 0;
+                    t++;
+                }
+            }
+            job[k].active = 0;
+            busy[cl] = 0;
+            freed[nf++] = k;
+        }
+        if (t >= (uint64_t)c->rounds) break;
+        for (int q = 0; q < nf; q++) {
+            int n_idle = 0;
+            for (int i = 0; i < N; i++) n_idle += !busy[i];
+            int pick = (int)loom_rng_below(&next, (uint32_t)n_idle), cl = -1;
+            for (int i = 0; i < N; i++)
+                if (!busy[i] && pick-- == 0) {
+                    cl = i;
+                    break;
+                }
+            int k = freed[q];
+            job[k].active = 1;
+            job[k].client = cl;
+            job[k].arrive = T + loom_sim_client_seconds(c, cl);
+            job[k].version = t;
+            for (int i = 0; i < TD; i++) job[k].xtau[i] = x[i];
+            busy[cl] = 1;
+        }
+    }
+}
+
+static void sim_schedule(void) {
+    loom_partition *p;
+    CHECK_OK(loom_partition_iid(&p, ds->n, TN, 0, 3));
+    float init[TD] = {0.3f, -0.2f, 1.0f, 0.0f, 2.0f, -1.5f, 0.25f, 0.75f};
+    loom_sim_config c;
+    loom_sim_defaults(&c);
+    c.dim = TD;
+    c.init = init;
+    c.make_worker = toy_mk;
+    c.free_worker = toy_fr;
+    c.ds = ds;
+    c.part = p;
+    c.B = 2;
+    c.T = 16;
+    c.seed = 21;
+    c.algo = &toy_algo;
+    c.fit.local_steps = 3;
+    c.step_seconds = 1;
+    c.concurrency = 3;
+    c.rounds = 14;
+    c.async_alpha = 0.7;
+    c.staleness = (loom_staleness_fn){LOOM_STALENESS_HINGE, 0.5, 1};
+    loom_set_log(NULL, NULL, LOOM_ERROR);
+    for (int mi = 0; mi < 2; mi++)
+        for (int spread = 0; spread < 2; spread++) {
+            c.mode = mi ? LOOM_ENGINE_FEDBUFF : LOOM_ENGINE_FEDASYNC;
+            c.buffer = 2;
+            c.time_spread = spread ? 0.9 : 0; /* 0: every arrival of an instant ties */
+            c.workers = 1 + 2 * spread;
+            float g[TD];
+            double ref[TD];
+            CHECK_OK(loom_sim_run(&c, g));
+            reference(&c, p, ref);
+            int ok = 1;
+            double worst = 0;
+            for (int i = 0; i < TD; i++) {
+                ok &= fabs(g[i] - ref[i]) <= 1e-5 * fabs(ref[i]) + 1e-6;
+                worst = fmax(worst, fabs(g[i] - ref[i]));
+            }
+            CHECK(ok, "%s, time spread %g: the simulator follows the reference schedule (max |d| %g)",
+                  loom_engine_mode_name(c.mode), c.time_spread, worst);
+            CHECK(memcmp(g, init, sizeof g) != 0, "and the model moved");
+        }
+    loom_set_log(NULL, NULL, LOOM_INFO);
+    loom_partition_free(p);
+}
+
 int main(void) {
     staleness_functions();
     fedasync_mixing();
@@ -633,6 +812,7 @@ int main(void) {
     o.max_examples = 200;
     CHECK_OK(loom_dataset_load(&ds, test_path(path, sizeof path, "data/tinyshakespeare/input.txt"), &o, tok));
     if (model && ds) sim_async();
+    if (ds) sim_schedule();
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     loom_model_free(model);
