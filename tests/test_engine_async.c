@@ -386,6 +386,13 @@ static void refusals(void) {
     rc = submit(e, 0, 1, 1, u, AD, &v, &made);
     CHECK(rc != LOOM_OK && v == LOOM_UPDATE_WRONG_ROUND && strstr(loom_errmsg(), "newer"), "a version from the future: %s",
           loom_errmsg());
+    loom_update cu = upd(0, 0, 1, u, AD);
+    CHECK_OK(loom_engine_async_check(e, &cu, 0, &v));
+    float nan_u[AD] = {0, 0, NAN, 0, 0, 0};
+    cu.values = nan_u;
+    rc = loom_engine_async_check(e, &cu, 0, &v);
+    CHECK(rc != LOOM_OK && v == LOOM_UPDATE_NONFINITE, "check: NaN refused (%s)", loom_errmsg());
+    CHECK(loom_engine_version(e) == 0 && loom_engine_async_training(e) == 2, "check records and consumes nothing");
     CHECK_OK(submit(e, 0, 0, 1, u, AD, &v, &made)); /* version 1 */
     rc = submit(e, 0, 0, 1, u, AD, &v, &made);
     CHECK(rc != LOOM_OK && v == LOOM_UPDATE_NOT_SAMPLED, "a replayed update: %s", loom_errmsg());
@@ -785,6 +792,30 @@ static void sim_schedule(void) {
                   loom_engine_mode_name(c.mode), c.time_spread, worst);
             CHECK(memcmp(g, init, sizeof g) != 0, "and the model moved");
         }
+    /* broken and failing clients are refused and counted; the run goes on */
+    char dir[256];
+    test_tmpdir(dir, sizeof dir);
+    c.out_dir = dir;
+    c.mode = LOOM_ENGINE_FEDASYNC;
+    loom_fault faults[] = {{1, LOOM_FAULT_NAN}, {2, LOOM_FAULT_FAIL}, {3, LOOM_FAULT_SHORT}};
+    c.faults = faults;
+    c.n_faults = 3;
+    float g[TD];
+    CHECK_OK(loom_sim_run(&c, g));
+    CHECK(count_rows(dir, "\"type\":\"round\"") == c.rounds, "fedasync with faults: %d versions",
+          count_rows(dir, "\"type\":\"round\""));
+    CHECK(count_rows(dir, "\"status\":\"non-finite value\"") > 0 && count_rows(dir, "\"status\":\"client failure\"") > 0 &&
+              count_rows(dir, "\"status\":\"wrong length\"") > 0,
+          "the refused arrivals have their rows");
+    CHECK(test_rmtree(dir) == 0, "scratch directory removed");
+    c.out_dir = NULL;
+    /* every client broken: the run stops with a clear error instead of spinning */
+    loom_fault all[TN];
+    for (int k = 0; k < TN; k++) all[k] = (loom_fault){k, LOOM_FAULT_FAIL};
+    c.faults = all;
+    c.n_faults = TN;
+    int rc = loom_sim_run(&c, g);
+    CHECK(rc == LOOM_ESTATE && strstr(loom_errmsg(), "without a new version"), "all clients failing: %s", loom_errmsg());
     loom_set_log(NULL, NULL, LOOM_INFO);
     loom_partition_free(p);
 }

@@ -311,6 +311,10 @@ int loom_engine_async_task(loom_engine *e, int client, double now, loom_task *t)
  * the server strategy during a FedBuff flush is returned as the call's error with verdict ACCEPTED. */
 int loom_engine_async_submit(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict,
                              int *made);
+/* What loom_engine_async_submit would answer now, without recording or applying anything (a network
+ * server checks an upload with it, makes it durable, then submits it). The staleness is that of this
+ * moment: it can only grow before the submit. */
+int loom_engine_async_check(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict);
 /* Client `client` could not train (or vanished): its task is released and its row says "client
  * failure". A client without a task: LOOM_EINVAL. */
 int loom_engine_async_fail(loom_engine *e, int client, const char *reason, double now);

@@ -258,14 +258,11 @@ int lm_async_create(lm_async **out, const loom_engine_config *c, float *global, 
     if (c->mode == LOOM_ENGINE_FEDBUFF) a->scratch = loom_alloc(a->dim * sizeof(float));
     int ok = a->snaps && a->slot_of && a->elist && a->epos && a->eres && a->edone &&
              (c->mode != LOOM_ENGINE_FEDBUFF || a->scratch);
-    for (int i = 0; ok && i < a->C; i++) {
-        a->snaps[i].version = UINT64_MAX;
-        ok = (a->snaps[i].x = loom_alloc(a->dim * sizeof(float))) != NULL;
-    }
     if (!ok) {
         lm_async_free(a);
-        return loom_error(LOOM_ENOMEM, "out of memory for %d model versions of %zu values", a->C, a->dim);
+        return loom_error(LOOM_ENOMEM, "out of memory for %d clients", a->N);
     }
+    for (int i = 0; i < a->C; i++) a->snaps[i].version = UINT64_MAX; /* x allocated on first use */
     for (size_t i = 0; i < N; i++) a->slot_of[i] = a->epos[i] = -1;
     eval_set(a);
     int rc = LOOM_OK;
@@ -440,6 +437,10 @@ int loom_engine_async_task(loom_engine *e, int client, double now, loom_task *t)
         }
         if (use < 0) { /* there is one: fewer than C clients hold the C snapshots */
             use = spare;
+            if (!a->snaps[use].x && !(a->snaps[use].x = loom_alloc(a->dim * sizeof(float)))) {
+                pthread_mutex_unlock(&a->mu);
+                return loom_error(LOOM_ENOMEM, "out of memory for a model version of %zu values", a->dim);
+            }
             memcpy(a->snaps[use].x, a->global, a->dim * sizeof(float));
             a->snaps[use].version = a->t;
         }
@@ -475,9 +476,8 @@ static void fedasync_mix(float *x, const float *xtau, const float *u, double a, 
     }
 }
 
-/* Under the lock: the checks and the application of one update. */
-static int submit_locked(lm_async *a, const loom_update *u, double now, loom_update_verdict *verdict, int *made,
-                         double *norm_out, long *st_out) {
+/* Under the lock: the protocol checks that leave the client's task in place (run, task, version). */
+static int check_task(const lm_async *a, const loom_update *u, loom_update_verdict *verdict) {
     const int client = u->client;
     if (a->c.run_id && u->run_id != a->c.run_id)
         return refuse(verdict, LOOM_UPDATE_WRONG_ROUND,
@@ -496,22 +496,38 @@ static int submit_locked(lm_async *a, const loom_update *u, double now, loom_upd
         return refuse(verdict, LOOM_UPDATE_WRONG_ROUND,
                       loom_error(LOOM_EINVAL, "client %d was handed version %llu, its update says version %llu", client,
                                  (unsigned long long)s->version, (unsigned long long)u->version));
+    return LOOM_OK;
+}
+
+/* The refusals that consume the task: too stale, codec; then the pipeline's content checks. */
+static int check_content(const lm_async *a, const loom_update *u, uint64_t staleness, loom_update_verdict *verdict,
+                         double *norm) {
+    if (a->c.max_staleness > 0 && staleness > (uint64_t)a->c.max_staleness)
+        return refuse(verdict, LOOM_UPDATE_STALE,
+                      loom_error(LOOM_ERANGE, "client %d: update on version %llu is %llu versions old, more than the %ld allowed",
+                                 u->client, (unsigned long long)u->version, (unsigned long long)staleness,
+                                 a->c.max_staleness));
+    if (u->codec != LOOM_CODEC_F32)
+        return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
+                      loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
+    return loom_pipeline_check(a->pipe, u->values, u->len, (double)u->examples, u->control, verdict, norm);
+}
+
+/* Under the lock: the checks and the application of one update. */
+static int submit_locked(lm_async *a, const loom_update *u, double now, loom_update_verdict *verdict, int *made,
+                         double *norm_out, long *st_out) {
+    const int client = u->client;
+    int rc = check_task(a, u, verdict);
+    if (rc != LOOM_OK) return rc;
+    snapshot *s = &a->snaps[a->slot_of[client]];
     /* from here on the task is consumed, accepted or not */
     uint64_t staleness = a->t - s->version;
     *st_out = (long)staleness;
     const float *xtau = s->x; /* stays intact while the lock is held, even once released */
     release(a, client);
     a->cur.payloads++;
-    if (a->c.max_staleness > 0 && staleness > (uint64_t)a->c.max_staleness)
-        return refuse(verdict, LOOM_UPDATE_STALE,
-                      loom_error(LOOM_ERANGE, "client %d: update on version %llu is %llu versions old, more than the %ld allowed",
-                                 client, (unsigned long long)u->version, (unsigned long long)staleness,
-                                 a->c.max_staleness));
-    if (u->codec != LOOM_CODEC_F32)
-        return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
-                      loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     double norm = 0;
-    int rc = loom_pipeline_check(a->pipe, u->values, u->len, (double)u->examples, u->control, verdict, &norm);
+    rc = check_content(a, u, staleness, verdict, &norm);
     *norm_out = norm;
     if (rc != LOOM_OK) return rc;
     double sw = loom_staleness_weight(&a->c.staleness, staleness);
@@ -565,6 +581,21 @@ int loom_engine_async_submit(loom_engine *e, const loom_update *u, double now, l
                  u->client, loom_update_verdict_str(v));
     if (verdict) *verdict = v;
     if (made) *made = mk;
+    return rc;
+}
+
+int loom_engine_async_check(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict) {
+    (void)now;
+    if (!u) return loom_error(LOOM_EINVAL, "round engine: NULL update");
+    lm_async *a = need(e);
+    if (!a) return LOOM_ESTATE;
+    pthread_mutex_lock(&a->mu);
+    int rc = check_task(a, u, verdict);
+    if (rc == LOOM_OK) {
+        uint64_t staleness = a->t - a->snaps[a->slot_of[u->client]].version;
+        rc = check_content(a, u, staleness, verdict, NULL);
+    }
+    pthread_mutex_unlock(&a->mu);
     return rc;
 }
 

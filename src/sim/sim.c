@@ -832,6 +832,9 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         js.f = mf;
     }
     if (c->mode != LOOM_ENGINE_SYNC) {
+        if (c->checkpoint_every > 0)
+            loom_log(LOOM_WARN, "mode %s writes no periodic checkpoints (an asynchronous run cannot resume)",
+                     loom_engine_mode_name(c->mode));
         if ((rc = run_async(&r, mf)) == LOOM_OK && c->out_dir) rc = save_checkpoint(&r, c->rounds, "global.safetensors");
         goto done;
     }
