@@ -792,6 +792,12 @@ static void sim_schedule(void) {
                   loom_engine_mode_name(c.mode), c.time_spread, worst);
             CHECK(memcmp(g, init, sizeof g) != 0, "and the model moved");
         }
+    /* no versions to make: the initial model */
+    c.rounds = 0;
+    float g0[TD];
+    CHECK_OK(loom_sim_run(&c, g0));
+    CHECK(memcmp(g0, init, sizeof g0) == 0, "rounds 0: the initial model");
+    c.rounds = 14;
     /* broken and failing clients are refused and counted; the run goes on */
     char dir[256];
     test_tmpdir(dir, sizeof dir);

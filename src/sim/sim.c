@@ -352,6 +352,7 @@ static int run_async(sim_run *r, FILE *mf) {
     if (m < 1) m = 1;
     const int C = c->concurrency > 0 ? c->concurrency : m;
     int rc = LOOM_OK;
+    if (c->rounds == 0) return LOOM_OK;
     char *busy = calloc((size_t)N, 1);
     int *list = malloc((size_t)N * sizeof *list), *idx = malloc((size_t)C * sizeof *idx);
     int *batch = malloc((size_t)C * sizeof *batch);
