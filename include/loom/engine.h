@@ -295,7 +295,7 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *m)
  * loom_engine_eval_plan and loom_engine_eval_submit serve the version last made) ---- */
 
 loom_engine_mode loom_engine_get_mode(const loom_engine *e);
-/* The current global version t (thread-safe). */
+/* The current global version t (thread-safe; in synchronous rounds: the rounds ended). */
 uint64_t loom_engine_version(const loom_engine *e);
 /* The number of clients holding a task (thread-safe). */
 int loom_engine_async_training(const loom_engine *e);
