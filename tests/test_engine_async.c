@@ -212,6 +212,25 @@ static void fedasync_mixing(void) {
     CHECK(memcmp(loom_engine_global(e), y, sizeof y) == 0, "alpha 1, staleness 0: the global model is the client's");
     loom_engine_free(e);
 
+    /* clipping: an update of norm 2 with clip norm 1 enters as u / 2 */
+    {
+        loom_engine_config ec;
+        loom_engine_defaults(&ec);
+        ec.dim = AD;
+        ec.init = x0;
+        ec.n_clients = 1;
+        ec.rounds = 1;
+        ec.mode = LOOM_ENGINE_FEDASYNC;
+        ec.async_alpha = 0.5;
+        ec.pipe.clip_norm = 1;
+        float cu[AD] = {2, 0, 0, 0, 0, 0};
+        CHECK_OK(loom_engine_create(&e, &ec));
+        CHECK_OK(loom_engine_async_task(e, 0, 0, &t0));
+        CHECK_OK(submit(e, 0, 0, 1, cu, AD, &v, &made));
+        CHECK(near_f(loom_engine_global(e)[0], x0[0] + 0.5 * 1.0) && loom_engine_global(e)[1] == x0[1],
+              "FedAsync mixes the clipped update: %g", loom_engine_global(e)[0]);
+        loom_engine_free(e);
+    }
     /* alpha 0: nothing changes, bit for bit, whatever arrives */
     e = make(LOOM_ENGINE_FEDASYNC, "fedavg", AD, x0, 3, 9, 3, 0, 0.0, poly, NULL);
     for (int round = 0; round < 3; round++)
@@ -429,6 +448,25 @@ static void refusals(void) {
     CHECK_OK(loom_engine_async_end_version(e, 0, NULL));
     /* version 3's row (emitted when version 4 was made) holds the refusals since version 2 */
     CHECK(cap.rows == 4, "four rows (%d)", cap.rows);
+    loom_engine_free(e);
+
+    /* another run's update */
+    loom_engine_defaults(&ec);
+    ec.dim = AD;
+    ec.init = x0;
+    ec.n_clients = 3;
+    ec.mode = LOOM_ENGINE_FEDBUFF;
+    ec.run_id = 0x1234;
+    CHECK_OK(loom_engine_create(&e, &ec));
+    CHECK_OK(loom_engine_async_task(e, 1, 0, &t));
+    CHECK(t.run_id == 0x1234, "the task names the run");
+    loom_update ru = upd(1, 0, 1, u, AD);
+    ru.run_id = 0x999;
+    rc = loom_engine_async_submit(e, &ru, 0, &v, &made);
+    CHECK(rc != LOOM_OK && v == LOOM_UPDATE_WRONG_ROUND && strstr(loom_errmsg(), "run 999"), "another run: %s",
+          loom_errmsg());
+    ru.run_id = 0x1234;
+    CHECK_OK(loom_engine_async_submit(e, &ru, 0, &v, &made)); /* the task was not consumed by the refusal */
     loom_engine_free(e);
 
     /* configurations */
