@@ -262,6 +262,21 @@ static void *sub_thread(void *p) {
     return NULL;
 }
 
+typedef struct {
+    loom_engine *e;
+    int ok;
+} reader_arg;
+
+static void *reader_thread(void *p) {
+    reader_arg *ra = p;
+    float copy[BD];
+    for (int i = 0; i < 50; i++) {
+        uint64_t ver = 99;
+        ra->ok &= loom_engine_async_copy_global(ra->e, copy, &ver) == LOOM_OK && ver <= BR;
+    }
+    return NULL;
+}
+
 static void fedbuff_equals_sync(void) {
     loom_rng r;
     loom_rng_init(&r, 11, 4);
@@ -312,10 +327,15 @@ static void fedbuff_equals_sync(void) {
             } else {
                 pthread_t th[BN];
                 sub_arg sa[BN];
+                reader_arg ra = {b, 1};
+                pthread_t rth;
+                pthread_create(&rth, NULL, reader_thread, &ra);
                 for (int n = 0; n < BN; n++) {
                     sa[n] = (sub_arg){b, n, k, 0, 0};
                     pthread_create(&th[n], NULL, sub_thread, &sa[n]);
                 }
+                pthread_join(rth, NULL);
+                CHECK(ra.ok, "locked copies while the submits run");
                 int mades = 0;
                 for (int n = 0; n < BN; n++) {
                     pthread_join(th[n], NULL);
@@ -323,6 +343,11 @@ static void fedbuff_equals_sync(void) {
                     mades += sa[n].made;
                 }
                 CHECK(mades == 1, "one of the threaded submits made the version (%d)", mades);
+                float copy[BD];
+                uint64_t ver = 0;
+                CHECK_OK(loom_engine_async_copy_global(b, copy, &ver));
+                CHECK(ver == BR && memcmp(copy, loom_engine_global(b), sizeof copy) == 0, "a locked copy of version %llu",
+                      (unsigned long long)ver);
             }
         }
         CHECK(loom_engine_version(b) == BR, "FedBuff made %d versions", BR);

@@ -165,10 +165,14 @@ typedef struct {
  *         }
  *     }
  *
- * Threads: task, submit, fail, eval_submit and end_version may be called from any thread (one lock;
- * an update is validated and applied under it, so arrivals are serialised in the order they take the
- * lock). A version made while the previous version's row is still pending emits that row first
- * (with whatever evaluation came in), so no row is lost when a driver does not call end_version. */
+ * Threads: task, check, submit, fail, copy_global, eval_submit and end_version may be called from any
+ * thread (one lock; an update is validated and applied under it, so arrivals are serialised in the
+ * order they take the lock, and a real-time driver's result depends on that order, as FedAsync's
+ * does by definition). The sink is called under that lock: it must not call the engine. The global
+ * vector (loom_engine_global) may be read directly only while no submit runs; otherwise through
+ * loom_engine_async_copy_global. A version made while the previous version's row is still pending
+ * emits that row first (with whatever evaluation came in), so no row is lost when a driver does not
+ * call end_version. */
 
 typedef enum {
     LOOM_ENGINE_SYNC = 0,       /* synchronous rounds (open_round ... end_round) */
@@ -297,6 +301,9 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *m)
 loom_engine_mode loom_engine_get_mode(const loom_engine *e);
 /* The current global version t (thread-safe; in synchronous rounds: the rounds ended). */
 uint64_t loom_engine_version(const loom_engine *e);
+/* Copies the global vector (dim floats) and its version under the lock, for a real-time driver's
+ * checkpoint or download while submits may run (loom_engine_global is only safe between them). */
+int loom_engine_async_copy_global(loom_engine *e, float *out, uint64_t *version);
 /* The number of clients holding a task (thread-safe). */
 int loom_engine_async_training(const loom_engine *e);
 /* Hands client `client` the current version: t->version, t->round = version + 1, t->global = a

@@ -398,6 +398,16 @@ uint64_t loom_engine_version(const loom_engine *e) {
     return t;
 }
 
+int loom_engine_async_copy_global(loom_engine *e, float *out, uint64_t *version) {
+    lm_async *a = need(e);
+    if (!a) return LOOM_ESTATE;
+    pthread_mutex_lock(&a->mu);
+    memcpy(out, a->global, a->dim * sizeof(float));
+    if (version) *version = a->t;
+    pthread_mutex_unlock(&a->mu);
+    return LOOM_OK;
+}
+
 int loom_engine_async_training(const loom_engine *e) {
     lm_async *a = lm_engine_async(e);
     if (!a) return 0;
