@@ -49,9 +49,8 @@
  *   HTTPS server transport  a driver: decodes loom_update messages (loom_update_decode, size-limited)
  *                           and calls submit with the wall clock; deadlines and quorum are already here.
  *   MPI                     a driver on the root rank; ranks run clients and send encoded updates.
- *   async rounds            FedAsync/FedBuff: a buffered variant of open/close where an update's
- *                           version (loom_update.version) may lag; the staleness weight enters at the
- *                           pipeline's weight, the buffer size is the quorum.
+ *   async rounds            FedAsync and FedBuff: the loom_engine_async_* calls below (mode field of
+ *                           the config); the simulator drives them on its virtual clock.
  *   secure aggregation      clients send masked fixed-point vectors; the aggregate stage sums them in
  *                           the same 128-bit integers (the masks cancel in the exact sum).
  *   DP                      clip_norm (pipeline clip stage) + a loom_noise_fn (pipeline noise stage);
@@ -85,6 +84,11 @@ typedef struct {
     int aggregated;             /* 1 when the global model was updated (accepted >= min_updates) */
     double bytes_down, bytes_up;
     double seconds;             /* as given by the driver to end_round */
+    /* asynchronous modes only (0 in synchronous rounds): */
+    uint64_t version;           /* the global version this row made (= round) */
+    double staleness_mean;      /* over the accepted updates the version contains */
+    double staleness_max;
+    double clock;               /* the driver's time when the version was made (the sim's virtual clock) */
 } loom_round_metrics;
 
 /* One sampled client's outcome in a round (a client row of the metrics). */
@@ -97,6 +101,7 @@ typedef struct {
     double update_norm;         /* L2 norm of the update before clipping (0 when not computed) */
     loom_update_verdict verdict;
     const char *status;         /* loom_update_verdict_str(verdict) */
+    long staleness;             /* asynchronous modes: version at arrival - version trained on (-1: none) */
 } loom_client_row;
 
 /* The metrics sink: round() is called once per round, then client() once per sampled client in the
@@ -120,6 +125,98 @@ typedef struct {
 } loom_metrics_jsonl;
 loom_metrics_sink loom_metrics_jsonl_sink(loom_metrics_jsonl *s);
 
+/* ---- asynchronous modes ----
+ *
+ * Global version t counts the server's updates of the global model (0 = the initial vector). A client
+ * pulls version tau (loom_engine_async_task), trains, and its update arrives later; its staleness is
+ * t - tau at arrival. Clients send deltas as in synchronous rounds: u = y - x_tau, y = its model.
+ *
+ *   FedAsync (Xie, Koyejo, Gupta 2019, "Asynchronous Federated Optimization"): every accepted update
+ *            is mixed into the global model on arrival,
+ *                x_{t+1} = (1 - a) x_t + a y,   y = x_tau + u,   a = alpha * s(t - tau),
+ *            computed per element in double as x_t + a ((x_tau - x_t) + c u) and rounded once to float
+ *            (c = the pipeline's clip factor, 1 without clipping). alpha 0 leaves x unchanged bit for
+ *            bit; alpha 1 with staleness 0 replaces x by the client's model. The server strategy is not
+ *            used: FedAsync needs fedavg (its server_lr is ignored).
+ *   FedBuff  (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation"): the
+ *            accepted updates, each scaled by s(t - tau) (no copy when s = 1), go into the pipeline's
+ *            exact fixed-point weighted sum (weight = examples); after every K accepted updates the
+ *            buffer's mean is handed to the server strategy (fedavg server_lr 1: x + mean delta),
+ *            and t advances. With K = the number of clients, every client starting each cycle on the
+ *            same version and s constant, this is synchronous FedAvg, bit for bit.
+ *
+ * Staleness functions s (the FedAsync paper's section 5.2; s(0) = 1 for each):
+ *   constant    s = 1
+ *   polynomial  s_a(d) = (d + 1)^(-a)                          (a > 0, default 0.5)
+ *   hinge       s_{a,b}(d) = 1 if d <= b, else 1 / (a (d - b) + 1)  (a > 0, default 0.5; b >= 0, default 4)
+ *
+ * Versions in use: a task hands out a snapshot of the current version (shared by every client that
+ * pulls the same version), kept until that client's update or failure is in. At most `concurrency`
+ * clients hold a task at once (a further task is refused with LOOM_ESTATE until one answers), so the
+ * engine keeps at most `concurrency` snapshots: O(concurrency * dim) memory, and x_tau is exact for
+ * FedAsync however stale an update is. A real-time driver reports a vanished client with
+ * loom_engine_async_fail to free its place.
+ *
+ * Refusals (verdict, then the round goes on): no task held by that client ("not sampled"; a replayed
+ * upload after its task was consumed lands here too), a version newer than the current one or other
+ * than the one handed out ("wrong round"), staleness above max_staleness ("stale"), another run_id
+ * ("wrong round"), and the pipeline's content checks. A refused update consumes the client's task
+ * except "not sampled" and "wrong round" (so a corrected upload can follow).
+ *
+ * Work: `rounds` is the number of versions to make (FedAsync: applied updates; FedBuff: buffer
+ * flushes). Metrics: one round row per version (round = version), with the arrivals since the
+ * previous version as its client rows and the staleness of the accepted ones.
+ *
+ * A driver's loop (the simulator's, src/sim/sim.c; a real-time server calls the same from its threads):
+ *
+ *     while (loom_engine_version(e) < cfg.rounds) {
+ *         loom_engine_async_task(e, k, now, &task);      // client k starts on task.version (task.global)
+ *         ... k trains on task.global ...
+ *         loom_engine_async_submit(e, &u, now, &verdict, &made);  // u.version = task.version
+ *         if (made) {                                     // a new version: evaluate and report it
+ *             loom_engine_eval_plan(e, &ec, &ne); ... loom_engine_eval_submit(e, k, &res) ...
+ *             loom_engine_async_end_version(e, seconds, &m);
+ *         }
+ *     }
+ *
+ * Threads: task, check, submit, fail, copy_global, eval_submit and end_version may be called from any
+ * thread (one lock; an update is validated and applied under it, so arrivals are serialised in the
+ * order they take the lock, and a real-time driver's result depends on that order, as FedAsync's
+ * does by definition). The sink is called under that lock: it must not call the engine. The global
+ * vector (loom_engine_global) may be read directly only while no submit runs; otherwise through
+ * loom_engine_async_copy_global. A version made while the previous version's row is still pending
+ * emits that row first (with whatever evaluation came in), so no row is lost when a driver does not
+ * call end_version. */
+
+typedef enum {
+    LOOM_ENGINE_SYNC = 0,       /* synchronous rounds (open_round ... end_round) */
+    LOOM_ENGINE_FEDASYNC = 1,   /* mix each update on arrival */
+    LOOM_ENGINE_FEDBUFF = 2,    /* aggregate every `buffer` arrivals */
+} loom_engine_mode;
+
+typedef enum {
+    LOOM_STALENESS_CONSTANT = 0,
+    LOOM_STALENESS_POLY = 1,
+    LOOM_STALENESS_HINGE = 2,
+} loom_staleness_kind;
+
+typedef struct {
+    loom_staleness_kind kind;
+    double a;                   /* polynomial exponent, hinge slope (> 0) */
+    double b;                   /* hinge: staleness tolerated at full weight (>= 0) */
+} loom_staleness_fn;
+
+/* s(staleness) as defined above (a configuration that loom_staleness_check refuses gives NAN). */
+double loom_staleness_weight(const loom_staleness_fn *f, uint64_t staleness);
+/* LOOM_OK, or LOOM_EINVAL naming --staleness and the bad parameter. */
+int loom_staleness_check(const loom_staleness_fn *f);
+/* Parses "constant", "poly", "poly:A", "hinge", "hinge:A" or "hinge:A:B" (the --staleness flag;
+ * omitted parameters take the defaults above). A bad string: LOOM_EINVAL naming --staleness. */
+int loom_staleness_parse(const char *s, loom_staleness_fn *f);
+/* "sync", "fedasync", "fedbuff" (the --mode flag); unknown: LOOM_EINVAL naming --mode. */
+int loom_engine_mode_parse(const char *s, loom_engine_mode *m);
+const char *loom_engine_mode_name(loom_engine_mode m);
+
 typedef struct {
     size_t dim;
     const float *init;          /* initial global vector (dim) */
@@ -137,6 +234,15 @@ typedef struct {
     int eval_every;             /* rounds between evaluations (0 = only the last round) */
     int eval_clients;           /* evaluate at most this many clients (0 = all), chosen by seed */
     loom_metrics_sink sink;
+    /* asynchronous modes (see above; ignored in LOOM_ENGINE_SYNC). rounds = versions to make;
+     * sample, min_updates, quorum and deadline do not apply; eval_every counts versions. */
+    loom_engine_mode mode;      /* default LOOM_ENGINE_SYNC */
+    double async_alpha;         /* FedAsync alpha in [0, 1] (default 0.6) */
+    loom_staleness_fn staleness;/* s (default constant) */
+    int buffer;                 /* FedBuff K >= 1 (0: = concurrency) */
+    int concurrency;            /* clients holding a task at once, >= 1 (0: the sample size, from sample
+                                   or sample_frac, else every client) */
+    long max_staleness;         /* refuse updates staler than this (0 = no limit) */
 } loom_engine_config;
 
 typedef struct loom_engine loom_engine;
@@ -202,6 +308,40 @@ int loom_engine_eval_plan(loom_engine *e, const int **clients, int *n);
 int loom_engine_eval_submit(loom_engine *e, int client, const loom_eval_result *r);
 /* Ends the round: pools the evaluation, emits the metrics rows to the sink and fills *m (may be NULL). */
 int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *m);
+
+/* ---- asynchronous modes (the synchronous round calls refuse with LOOM_ESTATE in these modes;
+ * loom_engine_eval_plan and loom_engine_eval_submit serve the version last made) ---- */
+
+loom_engine_mode loom_engine_get_mode(const loom_engine *e);
+/* The current global version t (thread-safe; in synchronous rounds: the rounds ended). */
+uint64_t loom_engine_version(const loom_engine *e);
+/* Copies the global vector (dim floats) and its version under the lock, for a real-time driver's
+ * checkpoint or download while submits may run (loom_engine_global is only safe between them). */
+int loom_engine_async_copy_global(loom_engine *e, float *out, uint64_t *version);
+/* The number of clients holding a task (thread-safe). */
+int loom_engine_async_training(const loom_engine *e);
+/* Hands client `client` the current version: t->version, t->round = version + 1, t->global = a
+ * snapshot that stays valid until the client's update or failure is in (the global vector itself
+ * changes under a training client). A client that already holds a task gets the same task again.
+ * Refused with LOOM_ESTATE: every version made ("all N versions are made"), or `concurrency` clients
+ * already training; LOOM_EINVAL: no such client. */
+int loom_engine_async_task(loom_engine *e, int client, double now, loom_task *t);
+/* An update trained on u->version arrives at time now (u->round is not used). Accepted: LOOM_OK, and
+ * *made (may be NULL) is 1 when this update made a new version (FedAsync: every accepted one;
+ * FedBuff: every K-th). Refused: a negative code, the reason in *verdict and loom_errmsg. An error of
+ * the server strategy during a FedBuff flush is returned as the call's error with verdict ACCEPTED. */
+int loom_engine_async_submit(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict,
+                             int *made);
+/* What loom_engine_async_submit would answer now, without recording or applying anything (a network
+ * server checks an upload with it, makes it durable, then submits it). The staleness is that of this
+ * moment: it can only grow before the submit. */
+int loom_engine_async_check(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict);
+/* Client `client` could not train (or vanished): its task is released and its row says "client
+ * failure". A client without a task: LOOM_EINVAL. */
+int loom_engine_async_fail(loom_engine *e, int client, const char *reason, double now);
+/* Emits the row of the version last made (pooling its evaluation) to the sink and fills *m (may be
+ * NULL): seconds is the driver's wall time for it. No version pending: LOOM_ESTATE. */
+int loom_engine_async_end_version(loom_engine *e, double seconds, loom_round_metrics *m);
 
 #ifdef __cplusplus
 }

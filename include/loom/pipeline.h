@@ -96,6 +96,7 @@ typedef enum {
     LOOM_UPDATE_CLIENT_FAILED, /* "client failure" (the client reported an error instead of an update) */
     LOOM_UPDATE_MISSING,       /* "no update" (sampled, but nothing arrived before the round closed) */
     LOOM_UPDATE_BAD_BOUND,     /* "invalid norm bound" (a configuration error, not the client's) */
+    LOOM_UPDATE_STALE,         /* "stale" (asynchronous modes: trained on a version too far behind) */
 } loom_update_verdict;
 
 /* The verdict's short text (the "status" of a metrics client row). */

@@ -25,7 +25,21 @@
  * round evaluated, then one "client" row per sampled client with its status: "accepted" or the
  * refusal reason), checkpoint.safetensors every checkpoint_every rounds (atomic; global vector,
  * strategy state, the clients' state, next round), global.safetensors at the end. An out_dir that
- * already holds a checkpoint is refused unless resume is set (loom_sim_check_out). */
+ * already holds a checkpoint is refused unless resume is set (loom_sim_check_out).
+ *
+ * Asynchronous modes (mode LOOM_ENGINE_FEDASYNC or LOOM_ENGINE_FEDBUFF; the definitions are in
+ * include/loom/engine.h): an event loop on the virtual clock. `concurrency` clients train at once (the
+ * first ones from the round-0 sample of that size: loom_engine_sample(N, C, 0, seed, 0)), each taking
+ * loom_sim_client_seconds of simulated time; a client starts on the version current when it starts.
+ * Arrivals are applied in simulated-time order, simultaneous ones in client-id order; after all the
+ * arrivals of one instant, each freed place goes to a client drawn uniformly among the idle ones from
+ * the stream (seed, LOOM_STREAM_ASYNC_NEXT) (with concurrency = all clients: the client that just
+ * finished). A started client's input is fixed (its version's snapshot and its own state), so the
+ * workers train the started clients in parallel and the order of application never depends on
+ * threads: a run is bitwise identical for any W. rounds = versions to make; with equal speeds,
+ * concurrency = buffer = all clients, FedBuff is the synchronous FedAvg run bit for bit. One metrics
+ * round row per version (eval_every counts versions). Resume is refused in these modes, and no
+ * periodic checkpoint is written (global.safetensors is). */
 #ifndef LOOM_SIM_H
 #define LOOM_SIM_H
 
@@ -93,6 +107,13 @@ typedef struct {
     double deadline;                /* simulated seconds a round waits for updates (0: no deadline) */
     const loom_fault *faults;
     int n_faults;
+    /* asynchronous modes (include/loom/engine.h; ignored in LOOM_ENGINE_SYNC) */
+    loom_engine_mode mode;          /* default LOOM_ENGINE_SYNC */
+    double async_alpha;             /* FedAsync alpha in [0, 1] (default 0.6) */
+    loom_staleness_fn staleness;    /* s (default constant; poly a 0.5; hinge a 0.5, b 4) */
+    int buffer;                     /* FedBuff K (0: = concurrency) */
+    int concurrency;                /* clients training at once (0: the sample size, else all clients) */
+    long max_staleness;             /* refuse updates staler than this (0 = no limit) */
     /* execution */
     int workers;                    /* W worker threads */
     int client_threads;             /* threads inside one client's computation (fixed for determinism) */

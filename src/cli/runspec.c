@@ -32,6 +32,9 @@ void cli_run_init(cli_run *r) {
     r->min_updates = 1;
     r->scaffold_option = 2;
     r->eval_every = 1;
+    r->mode = "sync";
+    r->staleness = "constant";
+    r->async_alpha = 0.6f;
     /* NAN = not given: the strategy's default applies */
     r->server_lr = r->server_momentum = r->beta1 = r->beta2 = r->tau = r->mu = NAN;
     r->optimizer = "sgd";
@@ -92,6 +95,12 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"max-update-norm", OPT_FLOAT, &r->max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
         {"update-clip", OPT_FLOAT, &r->update_clip, "server scales each update down to this L2 norm before aggregating (0 = off)", 0, 1048576},
         {"deadline", OPT_FLOAT, &r->deadline, "seconds a round waits for updates (sim: on the virtual clock); later updates are refused as late (0 = none)", 0, 1e12},
+        {"mode", OPT_STR, &r->mode, "sync (rounds), fedasync (each update mixed in on arrival) or fedbuff (the server steps every --buffer arrivals); in the async modes --rounds counts global versions", 0, 0},
+        {"async-alpha", OPT_FLOAT, &r->async_alpha, "fedasync: mixing weight alpha (x <- (1 - a) x + a y, a = alpha s(staleness))", 0, 1},
+        {"staleness", OPT_STR, &r->staleness, "async: staleness weight s: constant, poly[:A] ((1 + d)^-A) or hinge[:A[:B]] (1 up to B, then 1/(A(d - B) + 1))", 0, 0},
+        {"buffer", OPT_INT, &r->buffer, "fedbuff: updates per server step K (0 = --concurrency)", 0, 10000000},
+        {"concurrency", OPT_INT, &r->concurrency, "async: clients training at the same time (0 = --sample, or all clients)", 0, 10000000},
+        {"max-staleness", OPT_LONG, &r->max_staleness, "async: refuse updates staler than this many versions (0 = no limit)", 0, 1e12},
         {"eval-every", OPT_INT, &r->eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)", 0, 1e9},
         {"eval-clients", OPT_INT, &r->eval_clients, "evaluate at most N clients (0 = all)", 0, 1e9},
         {"seed", OPT_LONG, &r->seed, "seed for initialisation, sampling, data order", 0, 9e18},
@@ -233,6 +242,18 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     sc->seed = (uint64_t)r->seed;
     sc->eval_every = r->eval_every;
     sc->eval_clients = r->eval_clients;
+    if (loom_engine_mode_parse(r->mode, &sc->mode) != LOOM_OK) {
+        cli_fail("--mode");
+        return -1;
+    }
+    if (loom_staleness_parse(r->staleness, &sc->staleness) != LOOM_OK) {
+        cli_fail("--staleness");
+        return -1;
+    }
+    sc->async_alpha = r->async_alpha;
+    sc->buffer = r->buffer;
+    sc->concurrency = r->concurrency;
+    sc->max_staleness = r->max_staleness;
     loom_train_defaults(tc);
     if (loom_opt_kind_parse(r->optimizer, &tc->opt.kind) != LOOM_OK) {
         cli_fail("--optimizer");

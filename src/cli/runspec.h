@@ -24,6 +24,7 @@ typedef struct {
     const char *strategy, *sample, *compress, *mode, *staleness;
     int rounds, local_steps, min_updates, scaffold_option, eval_every, eval_clients, buffer, concurrency;
     float server_lr, server_momentum, beta1, beta2, tau, mu, max_norm, update_clip, deadline, async_alpha;
+    long max_staleness;
     /* client training */
     const char *optimizer;
     int B, T;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "loom/core.h"
+#include "fl/engine_async.h"
 
 enum { PH_IDLE = 0, PH_OPEN, PH_CLOSING, PH_CLOSED };
 
@@ -44,6 +45,7 @@ struct loom_engine {
     int *elist, ne;
     int *epos;     /* (N) client -> position in elist, -1 */
     eval_row *erows;
+    lm_async *as;  /* the asynchronous modes' state (engine_async.c), NULL in synchronous rounds */
 };
 
 void loom_engine_defaults(loom_engine_config *c) {
@@ -52,6 +54,10 @@ void loom_engine_defaults(loom_engine_config *c) {
     c->rounds = 1;
     c->min_updates = 1;
     c->seed = 1;
+    c->async_alpha = 0.6;
+    c->staleness.kind = LOOM_STALENESS_CONSTANT;
+    c->staleness.a = 0.5;
+    c->staleness.b = 4;
 }
 
 int loom_engine_sample(int N, int sample, double sample_frac, uint64_t seed, int round, int *clients, int *n) {
@@ -100,11 +106,12 @@ static int check_config(const loom_engine_config *c) {
     if (c->eval_clients < 0) return loom_error(LOOM_EINVAL, "--eval-clients %d must be >= 0", c->eval_clients);
     if (!(c->pipe.max_norm >= 0) || isinf(c->pipe.max_norm))
         return loom_error(LOOM_EINVAL, "--max-update-norm %g must be finite and >= 0 (0 = no bound)", c->pipe.max_norm);
-    return LOOM_OK;
+    return lm_async_check(c);
 }
 
 void loom_engine_free(loom_engine *e) {
     if (!e) return;
+    lm_async_free(e->as);
     loom_pipeline_free(e->pipe);
     loom_free(e->global);
     free(e->list);
@@ -157,6 +164,10 @@ int loom_engine_create(loom_engine **out, const loom_engine_config *c) {
         size_t len;
         loom_strategy_state_find(s, "server_control", &e->server_control, &len);
     }
+    if (c->mode != LOOM_ENGINE_SYNC && (rc = lm_async_create(&e->as, &e->c, e->global, e->pipe)) != LOOM_OK) {
+        loom_engine_free(e);
+        return rc;
+    }
     *out = e;
     return LOOM_OK;
 }
@@ -165,8 +176,13 @@ int loom_engine_next_round(const loom_engine *e) { return e->next_round; }
 float *loom_engine_global(loom_engine *e) { return e->global; }
 loom_strategy *loom_engine_strategy(loom_engine *e) { return loom_pipeline_strategy(e->pipe); }
 loom_pipeline *loom_engine_pipeline(loom_engine *e) { return e->pipe; }
+loom_engine_mode loom_engine_get_mode(const loom_engine *e) { return e->c.mode; }
+lm_async *lm_engine_async(const loom_engine *e) { return e->as; }
 
 int loom_engine_restore(loom_engine *e, int next_round) {
+    if (e->as)
+        return loom_error(LOOM_EUNSUPPORTED, "round engine: resuming is not supported in the asynchronous mode %s",
+                          loom_engine_mode_name(e->c.mode));
     if (e->phase != PH_IDLE) return loom_error(LOOM_ESTATE, "round engine: restore inside a round");
     if (next_round < 0) return loom_error(LOOM_EINVAL, "round engine: next round %d must be >= 0", next_round);
     e->next_round = next_round;
@@ -174,6 +190,9 @@ int loom_engine_restore(loom_engine *e, int next_round) {
 }
 
 int loom_engine_open_round(loom_engine *e, double now, const int **clients, int *n) {
+    if (e->as)
+        return loom_error(LOOM_ESTATE, "round engine: no rounds to open in mode %s (use loom_engine_async_task)",
+                          loom_engine_mode_name(e->c.mode));
     if (e->phase != PH_IDLE) return loom_error(LOOM_ESTATE, "round engine: round %d is still open", e->round);
     if (e->next_round >= e->c.rounds)
         return loom_error(LOOM_ESTATE, "round engine: all %d rounds are done", e->c.rounds);
@@ -403,6 +422,7 @@ int loom_engine_close_round(loom_engine *e, double now) {
 }
 
 int loom_engine_eval_plan(loom_engine *e, const int **clients, int *n) {
+    if (e->as) return lm_async_eval_plan(e->as, clients, n);
     if (e->phase != PH_CLOSED) return loom_error(LOOM_ESTATE, "round engine: evaluation before the round closed");
     if (clients) *clients = e->elist;
     if (n) *n = e->ne;
@@ -410,6 +430,7 @@ int loom_engine_eval_plan(loom_engine *e, const int **clients, int *n) {
 }
 
 int loom_engine_eval_submit(loom_engine *e, int client, const loom_eval_result *r) {
+    if (e->as) return lm_async_eval_submit(e->as, client, r);
     pthread_mutex_lock(&e->mu);
     int rc = LOOM_OK;
     if (e->phase != PH_CLOSED) rc = loom_error(LOOM_ESTATE, "round engine: evaluation outside its phase");
@@ -473,7 +494,7 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
         for (int i = 0; i < e->n; i++) {
             const row *w = &e->rows[i];
             loom_client_row cr = {e->round, e->list[i], w->examples, w->tokens, w->loss, w->norm, w->verdict,
-                                  loom_update_verdict_str(w->verdict)};
+                                  loom_update_verdict_str(w->verdict), -1};
             e->c.sink.client(e->c.sink.ud, &cr);
         }
     if (out) *out = m;

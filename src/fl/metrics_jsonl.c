@@ -35,6 +35,12 @@ void loom_metrics_jsonl_round(FILE *mf, const loom_round_metrics *m, const int *
         num(mf, "eval_acc_std", m->eval_acc_std);
         fprintf(mf, ",\"evaluated_clients\":%d", m->evaluated);
     }
+    if (m->version > 0) { /* asynchronous modes: the version this row made, and how stale its updates were */
+        fprintf(mf, ",\"version\":%llu", (unsigned long long)m->version);
+        num(mf, "staleness_mean", m->staleness_mean);
+        num(mf, "staleness_max", m->staleness_max);
+        num(mf, "clock", m->clock);
+    }
     num(mf, "bytes_down", m->bytes_down);
     num(mf, "bytes_up", m->bytes_up);
     num(mf, "seconds", m->seconds);
@@ -50,6 +56,7 @@ void loom_metrics_jsonl_client(FILE *mf, const loom_client_row *r, const char *n
     fprintf(mf, ",\"examples\":%llu,\"tokens\":%ld", (unsigned long long)examples, r->tokens);
     num(mf, "loss", r->loss);
     num(mf, "update_norm", r->update_norm);
+    if (r->staleness >= 0) fprintf(mf, ",\"staleness\":%ld", r->staleness);
     fprintf(mf, ",\"status\":");
     json_str(mf, r->status);
     fprintf(mf, "}\n");

@@ -54,6 +54,7 @@ const char *loom_update_verdict_str(loom_update_verdict v) {
     case LOOM_UPDATE_CLIENT_FAILED: return "client failure";
     case LOOM_UPDATE_MISSING: return "no update";
     case LOOM_UPDATE_BAD_BOUND: return "invalid norm bound";
+    case LOOM_UPDATE_STALE: return "stale";
     }
     return "unknown";
 }

@@ -28,6 +28,8 @@ void loom_sim_defaults(loom_sim_config *c) {
     c->client_threads = 1;
     c->seed = 1;
     c->per_client_rows = 1;
+    c->async_alpha = 0.6;
+    c->staleness = (loom_staleness_fn){LOOM_STALENESS_CONSTANT, 0.5, 4};
 }
 
 uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, LOOM_STREAM_CLIENT + (uint64_t)client); }
@@ -73,6 +75,7 @@ typedef struct sim_run {
     int failed_rc;
     char failed_msg[512];
     worker_slot *slots;        /* (workers) */
+    struct async_job *jobs;    /* asynchronous modes: the places of the clients in training */
     pthread_mutex_t mu;
 } sim_run;
 
@@ -183,6 +186,8 @@ static void eval_one(sim_run *r, worker_slot *ws, int client) {
     loom_engine_eval_submit(r->eng, client, &res);
 }
 
+static void fit_async(sim_run *r, worker_slot *ws, int job);
+
 static void *worker_main(void *p) {
     worker_arg *a = p;
     sim_run *r = a->run;
@@ -216,7 +221,8 @@ static void *worker_main(void *p) {
         pthread_mutex_unlock(&r->mu);
         int client = r->list[pos];
         if (a->phase == 0) fit_one(r, ws, client);
-        else eval_one(r, ws, client);
+        else if (a->phase == 1) eval_one(r, ws, client);
+        else fit_async(r, ws, client); /* phase 2: `client` is a place in r->jobs */
         pthread_mutex_lock(&r->mu);
         int done = ++r->done;
         pthread_mutex_unlock(&r->mu);
@@ -253,6 +259,205 @@ static int run_phase(sim_run *r, int phase, const int *list, int count) {
     free(args);
     if (r->failed) return loom_error(r->failed_rc, "%s", r->failed_msg);
     return LOOM_OK;
+}
+
+/* ------------------------------------------------------------------ asynchronous modes */
+
+/* One place of a training client: its task (version snapshot), simulated arrival and update. */
+typedef struct async_job {
+    int active;     /* a client holds this place */
+    int client;
+    double arrive;  /* simulated arrival time */
+    loom_task task;
+    int trained;
+    int failed;     /* the client failed (its training, or an injected failure) */
+    char why[512];
+    float *buf;     /* (dim) its update */
+    size_t len;
+    double loss;
+    long tokens;
+} async_job;
+
+/* Trains the client of place `job` on its task (a worker, phase 2). Same client code as fit_one. */
+static void fit_async(sim_run *r, worker_slot *ws, int job) {
+    const loom_sim_config *c = r->c;
+    async_job *j = &r->jobs[job];
+    const loom_client *cl = &c->part->clients[j->client];
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = (size_t)c->B;
+    bo.T = (size_t)c->T;
+    bo.seed = loom_sim_client_seed(c->seed, j->client);
+    loom_batcher *b = NULL;
+    loom_fit_output out;
+    memset(&out, 0, sizeof out);
+    out.update = j->buf;
+    int rc = loom_batcher_create(&b, client_ds(c, j->client), cl->train, cl->n_train, &bo);
+    if (rc == LOOM_OK) {
+        loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
+        loom_fit_task ft = {j->task.round, j->task.global, NULL, b, c->fit};
+        rc = r->algo->fit(&ctx, &ft, &r->states[j->client], &out);
+    }
+    loom_batcher_free(b);
+    int fault = fault_of(c, j->client);
+    j->trained = 1;
+    j->len = r->dim;
+    j->loss = out.res.loss;
+    j->tokens = out.res.tokens;
+    if (rc != LOOM_OK || fault == LOOM_FAULT_FAIL) {
+        j->failed = 1;
+        snprintf(j->why, sizeof j->why, "%s (%s)", rc != LOOM_OK ? loom_errmsg() : "injected failure", cl->name);
+        return;
+    }
+    switch (fault) {
+    case LOOM_FAULT_NAN: j->buf[r->dim / 2] = NAN; break;
+    case LOOM_FAULT_INF: j->buf[0] = INFINITY; break;
+    case LOOM_FAULT_HUGE:
+        for (size_t i = 0; i < r->dim; i++) j->buf[i] *= 1e6f;
+        break;
+    case LOOM_FAULT_SHORT: j->len = r->dim - 1; break;
+    default: break;
+    }
+}
+
+static int async_start(sim_run *r, async_job *j, int client, double now, char *busy) {
+    int rc = loom_engine_async_task(r->eng, client, now, &j->task);
+    if (rc != LOOM_OK) return rc;
+    j->active = 1;
+    j->client = client;
+    j->arrive = now + loom_sim_client_seconds(r->c, client);
+    j->trained = j->failed = 0;
+    busy[client] = 1;
+    return LOOM_OK;
+}
+
+/* After a new version: its evaluation (if due) and its metrics row. */
+static int async_version(sim_run *r, FILE *mf, double *t0) {
+    const loom_sim_config *c = r->c;
+    const int *elist;
+    int ne = 0, rc;
+    r->round = (int)loom_engine_version(r->eng);
+    if ((rc = loom_engine_eval_plan(r->eng, &elist, &ne)) != LOOM_OK) return rc;
+    if (ne > 0 && (rc = run_phase(r, 1, elist, ne)) != LOOM_OK) return rc;
+    loom_round_metrics m;
+    double now = loom_now();
+    if ((rc = loom_engine_async_end_version(r->eng, now - *t0, &m)) != LOOM_OK) return rc;
+    *t0 = now;
+    if (mf) fflush(mf);
+    if (c->on_round) c->on_round(&m, c->cb_ud);
+    return LOOM_OK;
+}
+
+/* The event loop of the asynchronous modes on the virtual clock (see include/loom/sim.h). */
+static int run_async(sim_run *r, FILE *mf) {
+    const loom_sim_config *c = r->c;
+    const int N = r->n_clients;
+    int m = c->sample > 0 ? c->sample : c->sample_frac > 0 ? (int)ceil(c->sample_frac * N) : N;
+    if (m > N) m = N;
+    if (m < 1) m = 1;
+    const int C = c->concurrency > 0 ? c->concurrency : m;
+    int rc = LOOM_OK;
+    if (c->rounds == 0) return LOOM_OK;
+    char *busy = calloc((size_t)N, 1);
+    int *list = malloc((size_t)N * sizeof *list), *idx = malloc((size_t)C * sizeof *idx);
+    int *batch = malloc((size_t)C * sizeof *batch);
+    r->jobs = calloc((size_t)C, sizeof *r->jobs);
+    if (!busy || !list || !idx || !batch || !r->jobs) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory");
+        goto out;
+    }
+    for (int i = 0; i < C; i++)
+        if (!(r->jobs[i].buf = loom_alloc(r->dim * sizeof(float)))) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory for %d updates of %zu values", C, r->dim);
+            goto out;
+        }
+    loom_rng next;
+    loom_rng_init(&next, c->seed, LOOM_STREAM_ASYNC_NEXT);
+    int n0 = 0;
+    if ((rc = loom_engine_sample(N, C, 0, c->seed, 0, list, &n0)) != LOOM_OK) goto out;
+    for (int i = 0; i < n0; i++)
+        if ((rc = async_start(r, &r->jobs[i], list[i], 0, busy)) != LOOM_OK) goto out;
+    const uint64_t rounds = (uint64_t)c->rounds;
+    long idle_arrivals = 0; /* arrivals since the last new version */
+    const long idle_limit = 64L * (C + N) + 1024;
+    double t0 = loom_now();
+    while (loom_engine_version(r->eng) < rounds) {
+        /* the next instant and its arrivals, in client-id order */
+        double T = INFINITY;
+        for (int i = 0; i < C; i++)
+            if (r->jobs[i].active && r->jobs[i].arrive < T) T = r->jobs[i].arrive;
+        int nb = 0, untrained = 0;
+        for (int i = 0; i < C; i++) {
+            async_job *j = &r->jobs[i];
+            if (!j->active) continue;
+            if (j->arrive == T) {
+                int k = nb++;
+                for (; k > 0 && r->jobs[batch[k - 1]].client > j->client; k--) batch[k] = batch[k - 1];
+                batch[k] = i;
+            }
+            if (!j->trained) idx[untrained++] = i;
+        }
+        if (nb == 0) {
+            rc = loom_error(LOOM_ESTATE, "asynchronous simulation: no client is training");
+            goto out;
+        }
+        int need = 0;
+        for (int k = 0; k < nb; k++) need |= !r->jobs[batch[k]].trained;
+        /* every started client's input is fixed: train all untrained ones at once, in parallel */
+        if (need && (rc = run_phase(r, 2, idx, untrained)) != LOOM_OK) goto out;
+        int freed = 0;
+        for (int k = 0; k < nb && loom_engine_version(r->eng) < rounds; k++) {
+            async_job *j = &r->jobs[batch[k]];
+            int made = 0;
+            if (j->failed) {
+                loom_engine_async_fail(r->eng, j->client, j->why, T);
+            } else {
+                const loom_client *cl = &c->part->clients[j->client];
+                loom_update u = {j->task.run_id, j->task.round, j->task.version, j->client, (uint64_t)cl->n_train,
+                                 j->loss, j->tokens, LOOM_CODEC_F32, j->len, j->buf, NULL};
+                loom_update_verdict v;
+                int src = loom_engine_async_submit(r->eng, &u, T, &v, &made);
+                if (src != LOOM_OK && v == LOOM_UPDATE_ACCEPTED) { /* the server strategy failed */
+                    rc = src;
+                    goto out;
+                }
+            }
+            j->active = 0;
+            busy[j->client] = 0;
+            batch[freed++] = batch[k];
+            if (made) {
+                idle_arrivals = 0;
+                if ((rc = async_version(r, mf, &t0)) != LOOM_OK) goto out;
+            } else if (++idle_arrivals > idle_limit) {
+                rc = loom_error(LOOM_ESTATE, "asynchronous simulation: %ld arrivals without a new version (every update refused?)",
+                                idle_arrivals);
+                goto out;
+            }
+        }
+        if (loom_engine_version(r->eng) >= rounds) break;
+        /* each freed place goes to a client drawn among the idle ones */
+        for (int k = 0; k < freed; k++) {
+            int n_idle = 0;
+            for (int i = 0; i < N; i++) n_idle += !busy[i];
+            if (n_idle == 0) break;
+            int pick = (int)loom_rng_below(&next, (uint32_t)n_idle), client = -1;
+            for (int i = 0; i < N; i++)
+                if (!busy[i] && pick-- == 0) {
+                    client = i;
+                    break;
+                }
+            if ((rc = async_start(r, &r->jobs[batch[k]], client, T, busy)) != LOOM_OK) goto out;
+        }
+    }
+out:
+    for (int i = 0; r->jobs && i < C; i++) loom_free(r->jobs[i].buf);
+    free(r->jobs);
+    r->jobs = NULL;
+    free(busy);
+    free(list);
+    free(idx);
+    free(batch);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ checkpoints */
@@ -496,6 +701,9 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     if (!(c->step_seconds >= 0 && c->time_spread >= 0 && c->deadline >= 0) || isinf(c->step_seconds) ||
         isinf(c->time_spread))
         return loom_error(LOOM_EINVAL, "simulated step time, spread and deadline must be finite and >= 0");
+    if (c->mode != LOOM_ENGINE_SYNC && c->resume)
+        return loom_error(LOOM_EUNSUPPORTED, "--resume is not supported with --mode %s (asynchronous runs start afresh)",
+                          loom_engine_mode_name(c->mode));
     int rc = loom_sim_check_out(c->out_dir, c->resume, c->rounds);
     if (rc != LOOM_OK) return rc;
 
@@ -551,6 +759,12 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     ec.eval_every = c->eval_every;
     ec.eval_clients = c->eval_clients;
     ec.sink = (loom_metrics_sink){sink_round, sink_client, &js};
+    ec.mode = c->mode;
+    ec.async_alpha = c->async_alpha;
+    ec.staleness = c->staleness;
+    ec.buffer = c->buffer;
+    ec.concurrency = c->concurrency;
+    ec.max_staleness = c->max_staleness;
     if ((rc = loom_engine_create(&r.eng, &ec)) != LOOM_OK) goto done;
     loom_strategy *strat = loom_engine_strategy(r.eng);
     int want_grad = loom_strategy_update_kind(strat) == LOOM_UPDATE_GRADIENT;
@@ -581,6 +795,13 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
             goto done;
         }
         js.f = mf;
+    }
+    if (c->mode != LOOM_ENGINE_SYNC) {
+        if (c->checkpoint_every > 0)
+            loom_log(LOOM_WARN, "mode %s writes no periodic checkpoints (an asynchronous run cannot resume)",
+                     loom_engine_mode_name(c->mode));
+        if ((rc = run_async(&r, mf)) == LOOM_OK && c->out_dir) rc = save_checkpoint(&r, c->rounds, "global.safetensors");
+        goto done;
     }
     double vclock = 0; /* the virtual clock */
     for (int round = start; round < c->rounds; round++) {

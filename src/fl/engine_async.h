@@ -1,0 +1,22 @@
+/* The round engine's asynchronous modes (FedAsync, FedBuff), internal to fl/: engine.c owns one
+ * lm_async per engine in those modes and forwards the evaluation calls to it (see
+ * include/loom/engine.h for the definitions). */
+#ifndef LOOM_FL_ENGINE_ASYNC_H
+#define LOOM_FL_ENGINE_ASYNC_H
+
+#include "loom/engine.h"
+
+typedef struct lm_async lm_async;
+
+/* The asynchronous fields of the configuration (LOOM_OK in synchronous mode). */
+int lm_async_check(const loom_engine_config *c);
+/* global: the engine's vector (mixed into in place); pipe: the engine's pipeline. */
+int lm_async_create(lm_async **out, const loom_engine_config *c, float *global, loom_pipeline *pipe);
+void lm_async_free(lm_async *a);
+int lm_async_eval_plan(lm_async *a, const int **clients, int *n);
+int lm_async_eval_submit(lm_async *a, int client, const loom_eval_result *r);
+
+/* The engine's lm_async (NULL in synchronous mode); defined in engine.c. */
+lm_async *lm_engine_async(const loom_engine *e);
+
+#endif
