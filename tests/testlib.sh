@@ -13,6 +13,7 @@
 #                             must contain PATTERN (grep basic regex); stdout and stderr are left in
 #                             $tmp/out and $tmp/err for further checks.
 #   num_lt A B                A < B as numbers (both must be numbers).
+#   st_data FILE              SHA-256 of a safetensors file's tensor bytes, whatever its metadata says.
 #   finish                    prints "N passed, M failed" and exits 1 on any failure.
 #
 # $tmp is a fresh directory under /tmp, removed on exit; tests write nowhere else.
@@ -23,6 +24,12 @@ pass=0
 fail=0
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/loom_test_XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
+
+st_data() {
+    local h
+    h=$(od -An -t u8 -N8 "$1" | tr -d ' ')
+    tail -c +$((9 + h)) "$1" | sha256sum | cut -d' ' -f1
+}
 
 check() {
     local what=$1
