@@ -143,7 +143,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     }
     /* the in-process wire: the message points at the worker's buffers */
     loom_update u = {task.run_id, task.round, task.version, client, (uint64_t)cl->n_train, out.res.loss,
-                     out.res.tokens, LOOM_CODEC_F32, len, update, c->fit.scaffold ? ws->dc : NULL};
+                     out.res.tokens, LOOM_CODEC_F32, len, update, c->fit.scaffold ? ws->dc : NULL, 0};
     loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
 }
 
