@@ -8,11 +8,18 @@
 #include <string.h>
 
 #include "loom/core.h"
+#include "loom/dataset.h"
 #include "loom/engine.h"
 #include "loom/fl.h"
 #include "loom/half.h"
+#include "loom/model.h"
+#include "loom/partition.h"
 #include "loom/safetensors.h"
+#include "loom/sim.h"
+#include "loom/tokenizer.h"
+#include "loom/train.h"
 #include "loom/update.h"
+#include "model/model_impl.h"
 #include "test.h"
 
 static void fill(float *v, size_t n, uint64_t seed, double scale) {
@@ -501,6 +508,146 @@ static void engine_codecs(void) {
     loom_engine_free(e);
 }
 
+/* ---- the simulator with compression ---- */
+
+static loom_model *model;
+static loom_dataset *ds;
+
+static int mk(void *ud, loom_trainer **tr, float **vec) {
+    *vec = loom_alloc(model->n_params * sizeof(float));
+    return loom_trainer_create(tr, model, *vec, ud);
+}
+static void fr(void *ud, loom_trainer *tr, float *vec) {
+    loom_trainer_free(tr);
+    loom_free(vec);
+}
+
+/* Sums the "bytes_up" of the client rows and of the round rows, counts rows with a status. */
+static void read_metrics(const char *dir, double *client_bytes, double *round_bytes, int *rows, const char *status,
+                         int *with_status) {
+    char path[512], line[65536];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    *client_bytes = *round_bytes = 0;
+    *rows = *with_status = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        const char *b = strstr(line, "\"bytes_up\":");
+        double v = b ? atof(b + 11) : 0;
+        if (strstr(line, "\"type\":\"client\"")) {
+            *client_bytes += v;
+            (*rows)++;
+            if (status && strstr(line, status)) (*with_status)++;
+        } else *round_bytes += v;
+    }
+    if (f) fclose(f);
+}
+
+static void sim_compression(void) {
+    loom_partition *p;
+    CHECK_OK(loom_partition_iid(&p, ds->n, 5, 0, 8));
+    loom_train_config tc;
+    loom_train_defaults(&tc);
+    tc.opt.kind = LOOM_OPT_SGD;
+    tc.opt.lr = 0.05f;
+    tc.opt.weight_decay = 0;
+    tc.opt.momentum = 0;
+    tc.clip = 0;
+    tc.warmup = 0;
+    tc.total_steps = 0;
+    tc.B = 2;
+    tc.T = 16;
+    loom_sim_config c;
+    loom_sim_defaults(&c);
+    size_t D = model->n_params;
+    c.dim = D;
+    c.init = model->params;
+    c.make_worker = mk;
+    c.free_worker = fr;
+    c.worker_ud = &tc;
+    c.ds = ds;
+    c.part = p;
+    c.B = 2;
+    c.T = 16;
+    c.seed = 5;
+    c.strategy = "fedavg";
+    loom_strategy_defaults("fedavg", &c.sp);
+    c.rounds = 4;
+    c.fit.local_steps = 2;
+    c.sample = 3;
+    c.workers = 2;
+    float *plain = loom_alloc(D * 4), *a = loom_alloc(D * 4), *b = loom_alloc(D * 4);
+    CHECK_OK(loom_sim_run(&c, plain));
+    const loom_codec_opts codecs[] = {{LOOM_CODEC_F16, 0, 0}, {LOOM_CODEC_INT8, 64, 0}, {LOOM_CODEC_TOPK, 0, 0.05}};
+    for (int ci = 0; ci < 3; ci++) {
+        c.compress = codecs[ci];
+        const char *name = loom_codec_name(c.compress.codec);
+        char dir[256];
+        test_tmpdir(dir, sizeof dir);
+        c.out_dir = dir;
+        c.checkpoint_every = 1;
+        c.resume = 0;
+        CHECK_OK(loom_sim_run(&c, a));
+        double cb, rb;
+        int rows, acc;
+        read_metrics(dir, &cb, &rb, &rows, "\"accepted\"", &acc);
+        /* 4 rounds x 3 clients; per codec the payload is a known share of the f32 size */
+        double f32 = (double)D * 4 * rows, lo = ci == 0 ? 0.5 : ci == 1 ? 0.25 : 0.05 * 2,
+               hi = ci == 0 ? 0.51 : ci == 1 ? 0.28 : 0.05 * 2 + 0.01;
+        CHECK(rows == 12 && acc == 12 && cb == rb && cb >= lo * f32 && cb <= hi * f32,
+              "%s: %d rows (%d accepted), bytes_up %g (rounds %g), %.3f of f32", name, rows, acc, cb, rb, cb / f32);
+        double dd = 0;
+        for (size_t i = 0; i < D; i++) dd = fmax(dd, fabs((double)a[i] - plain[i]));
+        CHECK(dd > 0 && (ci != 0 || dd < 1e-3), "%s: compressed run differs from f32 by %g", name, dd);
+        /* resume: the residuals come back from the checkpoint */
+        test_rmtree(dir);
+        test_tmpdir(dir, sizeof dir);
+        c.out_dir = dir;
+        c.rounds = 2;
+        CHECK_OK(loom_sim_run(&c, b));
+        loom_st_file *f;
+        char path[512];
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", dir);
+        int nres = 0;
+        if (loom_st_open(&f, path) == LOOM_OK) {
+            for (size_t i = 0; i < loom_st_count(f); i++)
+                nres += !strncmp(loom_st_at(f, i)->name, "client_residual.", 16) && loom_st_at(f, i)->numel == D;
+            loom_st_close(f);
+        }
+        CHECK(nres >= 3, "%s: %d residuals in the checkpoint", name, nres);
+        c.rounds = 4;
+        c.resume = 1;
+        CHECK_OK(loom_sim_run(&c, b));
+        CHECK(!memcmp(a, b, D * 4), "%s: 2 rounds + resume for 2 == 4 rounds, bitwise", name);
+        test_rmtree(dir);
+        c.out_dir = NULL;
+        c.resume = 0;
+    }
+    /* a broken update is still the server's verdict, not hidden by the codec */
+    char dir[256];
+    test_tmpdir(dir, sizeof dir);
+    c.out_dir = dir;
+    loom_fault fault = {1, LOOM_FAULT_NAN};
+    c.faults = &fault;
+    c.n_faults = 1;
+    c.rounds = 1;
+    c.sample = 0;
+    CHECK_OK(loom_sim_run(&c, a));
+    double cb, rb;
+    int rows, nf;
+    read_metrics(dir, &cb, &rb, &rows, "non-finite value", &nf);
+    CHECK(rows == 5 && nf == 1, "NaN fault under top-k: %d of %d rows say non-finite value", nf, rows);
+    test_rmtree(dir);
+    c.faults = NULL;
+    c.n_faults = 0;
+    c.out_dir = NULL;
+    c.compress.codec = LOOM_CODEC_SEED_SCALAR;
+    CHECK(loom_sim_run(&c, a) == LOOM_EINVAL && strstr(loom_errmsg(), "--compress"), "bad codec: %s", loom_errmsg());
+    loom_free(plain);
+    loom_free(a);
+    loom_free(b);
+    loom_partition_free(p);
+}
+
 int main(void) {
     loom_set_log(NULL, NULL, LOOM_ERROR);
     round_trips();
@@ -509,5 +656,26 @@ int main(void) {
     parse_opts();
     error_feedback();
     engine_codecs();
+    loom_config cfg;
+    loom_config_named(&cfg, "gpt2-tiny");
+    cfg.vocab = 259;
+    cfg.n_layer = 1;
+    cfg.dim = 32;
+    cfg.hidden = 64;
+    cfg.n_head = cfg.n_kv_head = 2;
+    cfg.max_seq = 32;
+    loom_tokenizer *tok = NULL;
+    CHECK_OK(loom_model_create(&model, &cfg, 7));
+    CHECK_OK(loom_tokenizer_byte(&tok));
+    char path[1024];
+    loom_dataset_opts o;
+    loom_dataset_opts_init(&o);
+    o.format = loom_dataset_format("text");
+    o.max_examples = 240;
+    CHECK_OK(loom_dataset_load(&ds, test_path(path, sizeof path, "data/tinyshakespeare/input.txt"), &o, tok));
+    if (model && ds) sim_compression();
+    loom_dataset_free(ds);
+    loom_tokenizer_free(tok);
+    loom_model_free(model);
     return test_summary();
 }
