@@ -10,6 +10,7 @@
 
 #include "loom/core.h"
 #include "loom/safetensors.h"
+#include "loom/update.h"
 
 static const char *shared, *out;
 static int written;
@@ -55,7 +56,7 @@ static void copy_head(const char *target, const char *name, const char *rel, siz
     if (!d) return;
     size_t pl = prefix ? strlen(prefix) : 0;
     char *buf = malloc(pl + n + 1);
-    memcpy(buf, prefix, pl);
+    if (pl) memcpy(buf, prefix, pl);
     memcpy(buf + pl, d, n);
     put(target, name, buf, pl + n);
     free(buf);
@@ -197,6 +198,24 @@ static void llama2c_seed(const char *name, int shared_cls) {
     free(d);
 }
 
+/* Upload bodies: a small update in every codec, with and without a control delta. */
+static void update_seeds(void) {
+    float v[40], c[40];
+    for (int i = 0; i < 40; i++) v[i] = (float)((i * 37 % 17) - 8) / 64, c[i] = (float)i / 40;
+    const loom_codec_opts codecs[] = {{LOOM_CODEC_F32, 0, 0}, {LOOM_CODEC_F16, 0, 0}, {LOOM_CODEC_INT8, 16, 0},
+                                      {LOOM_CODEC_TOPK, 0, 0.2}};
+    for (int k = 0; k < 8; k++) {
+        loom_update u = {0xfeedULL, 3, 2, 1, 12, 2.5, 640, LOOM_CODEC_F32, 40, v, k % 2 ? c : NULL, 0};
+        uint8_t *buf;
+        size_t n;
+        if (loom_update_encode(&u, &codecs[k / 2], &buf, &n) != LOOM_OK) continue;
+        char name[32];
+        snprintf(name, sizeof name, "%s%s", loom_codec_name(codecs[k / 2].codec), k % 2 ? "-control" : "");
+        put("fuzz_update", name, buf, n);
+        free(buf);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: fuzz_make_seeds SHARED_DIR OUT_DIR\n");
@@ -265,6 +284,7 @@ int main(int argc, char **argv) {
     put_str("fuzz_sim_config", "sim", "{\"rounds\": 3, \"clients\": 10, \"lr\": 0.05, \"sample\": 0.5, \"seed\": 7, "
                                       "\"quiet\": true, \"data\": \"shakespeare\", \"strategy\": \"fedavg\"}");
     put_str("fuzz_sim_config", "odd", "{\"rounds\": 4294967297, \"lr\": 1e400, \"quiet\": false, \"x\": null}");
+    update_seeds();
     printf("fuzz_make_seeds: %d seeds in %s\n", written, out);
     return written > 20 ? 0 : 1;
 }

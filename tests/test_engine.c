@@ -16,6 +16,7 @@
 #include "loom/core.h"
 #include "loom/engine.h"
 #include "loom/pipeline.h"
+#include "loom/safetensors.h"
 #include "loom/update.h"
 #include "test.h"
 
@@ -328,7 +329,7 @@ static void log_client(void *ud, const loom_client_row *r) {
 }
 
 static loom_update upd(int round, int client, const float *v, size_t len, uint64_t ex) {
-    loom_update u = {0, round, (uint64_t)(round - 1), client, ex, 1.5, 10, LOOM_CODEC_F32, len, v, NULL};
+    loom_update u = {0, round, (uint64_t)(round - 1), client, ex, 1.5, 10, LOOM_CODEC_F32, len, v, NULL, 0};
     return u;
 }
 
@@ -493,48 +494,77 @@ static void engine_protocol(void) {
 
 static void update_message(void) {
     const float v[3] = {1.5f, -2.25f, 1e-20f}, dc[3] = {0.5f, 0, -1};
-    loom_update u = {0xabcdef0123ULL, 7, 6, 42, 1234, 2.75, 999, LOOM_CODEC_F32, 3, v, dc};
+    loom_update u = {0xabcdef0123ULL, 7, 6, 42, 1234, 2.75, 999, LOOM_CODEC_F32, 3, v, dc, 0};
     uint8_t *buf;
     size_t n;
     CHECK_OK(loom_update_encode(&u, NULL, &buf, &n));
-    CHECK(n == 72 + 24, "encoded size %zu", n);
-    /* the layout by hand: magic, format 1, round 7 at offset 16, client 42 at 28, len 3 at 64 */
-    CHECK(!memcmp(buf, "LMUP", 4) && buf[4] == 1 && buf[16] == 7 && buf[28] == 42 && buf[64] == 3 && buf[60] == 1,
-          "header bytes");
+    CHECK(n == loom_update_encoded_size(&u, NULL), "encoded size %zu, announced %zu", n,
+          loom_update_encoded_size(&u, NULL));
+    /* a safetensors file read by the general reader: the metadata and tensors of docs/protocol.md */
+    loom_st_file *f;
+    CHECK_OK(loom_st_open_memory(&f, buf, n, "upload"));
+    CHECK(loom_st_meta(f, "round") && !strcmp(loom_st_meta(f, "round"), "7") && !strcmp(loom_st_meta(f, "client"), "42") &&
+              !strcmp(loom_st_meta(f, "run_id"), "000000abcdef0123") && !strcmp(loom_st_meta(f, "codec"), "f32") &&
+              !strcmp(loom_st_meta(f, "dim"), "3") && !strcmp(loom_st_meta(f, "loom_update"), "1"),
+          "metadata");
+    const loom_st_tensor *tu = loom_st_find(f, "update"), *tc = loom_st_find(f, "control");
+    CHECK(tu && tc && tu->dtype == LOOM_DT_F32 && tu->numel == 3 && loom_st_count(f) == 2, "tensors");
+    float back[3];
+    CHECK(tu && loom_st_to_f32(tu, back, 3) == LOOM_OK && !memcmp(back, v, sizeof back), "update tensor bytes");
+    loom_st_close(f);
     float vals[3], ctl[3];
     loom_update d;
     CHECK_OK(loom_update_decode(buf, n, 3, &d, vals, ctl));
     CHECK(d.run_id == u.run_id && d.round == 7 && d.version == 6 && d.client == 42 && d.examples == 1234 &&
-              d.loss == 2.75 && d.tokens == 999 && d.len == 3,
+              d.loss == 2.75 && d.tokens == 999 && d.len == 3 && d.codec == LOOM_CODEC_F32 && d.wire_bytes == n,
           "fields round-trip");
     CHECK(!memcmp(vals, v, sizeof vals) && d.control && !memcmp(ctl, dc, sizeof ctl), "payload round-trips");
     CHECK(loom_update_decode(buf, n, 2, &d, vals, ctl) == LOOM_ERANGE && strstr(loom_errmsg(), "limit"),
           "over the size limit: %s", loom_errmsg());
-    CHECK(loom_update_decode(buf, n - 1, 3, &d, vals, ctl) == LOOM_EFORMAT && strstr(loom_errmsg(), "announces"),
+    CHECK(loom_update_decode(buf, n - 1, 3, &d, vals, ctl) == LOOM_EFORMAT && strstr(loom_errmsg(), "not a safetensors"),
           "truncated: %s", loom_errmsg());
     CHECK(loom_update_decode(buf, 10, 3, &d, vals, ctl) == LOOM_EFORMAT && strstr(loom_errmsg(), "header"),
-          "shorter than the header: %s", loom_errmsg());
+          "shorter than its header: %s", loom_errmsg());
     CHECK(loom_update_decode(buf, n, 3, &d, vals, NULL) == LOOM_EFORMAT && strstr(loom_errmsg(), "control"),
           "unexpected control delta: %s", loom_errmsg());
-    buf[56] = LOOM_CODEC_TOPK;
-    CHECK(loom_update_decode(buf, n, 3, &d, vals, ctl) == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "codec"),
-          "reserved codec: %s", loom_errmsg());
-    buf[56] = 0;
-    buf[4] = 2;
-    CHECK(loom_update_decode(buf, n, 3, &d, vals, ctl) == LOOM_EFORMAT && strstr(loom_errmsg(), "format 2"),
-          "future format: %s", loom_errmsg());
-    buf[4] = 1;
-    buf[0] = 'X';
-    CHECK(loom_update_decode(buf, n, 3, &d, vals, ctl) == LOOM_EFORMAT && strstr(loom_errmsg(), "magic"),
-          "bad magic: %s", loom_errmsg());
-    buf[0] = 'L';
-    buf[31] = 0x80; /* client >= 2^31 */
-    CHECK(loom_update_decode(buf, n, 3, &d, vals, ctl) == LOOM_EFORMAT, "client above 2^31-1");
     free(buf);
-    /* a huge announced length is refused before anything is read */
-    uint8_t hdr[72] = {'L', 'M', 'U', 'P', 1};
-    hdr[71] = 0x7f;
-    CHECK(loom_update_decode(hdr, sizeof hdr, 1000, &d, vals, ctl) == LOOM_ERANGE, "huge length refused");
+    /* a message written by the general writer with a reserved codec, a future format, no metadata */
+    const char *cases[][3] = {{"codec", "seed_scalar", "codec 'seed_scalar'"},
+                              {"loom_update", "2", "format 2"},
+                              {"client", "2147483648", "client"}};
+    for (int c = 0; c < 3; c++) {
+        loom_st_writer *w;
+        CHECK_OK(loom_st_writer_create(&w));
+        const char *kv[][2] = {{"loom_update", "1"}, {"run_id", "1"}, {"round", "1"},   {"version", "0"},
+                               {"client", "0"},      {"examples", "1"}, {"loss", "1"}, {"tokens", "0"},
+                               {"codec", "f32"},     {"dim", "3"}};
+        for (int i = 0; i < 10; i++) loom_st_writer_meta(w, kv[i][0], kv[i][1]);
+        loom_st_writer_meta(w, cases[c][0], cases[c][1]);
+        int64_t sh[1] = {3};
+        loom_st_writer_add_f32(w, "update", LOOM_DT_F32, 1, sh, v);
+        void *b;
+        size_t bn;
+        CHECK_OK(loom_st_writer_serialize(w, &b, &bn));
+        int rc = loom_update_decode(b, bn, 3, &d, vals, ctl);
+        CHECK(rc == (c == 0 ? LOOM_EUNSUPPORTED : LOOM_EFORMAT) && strstr(loom_errmsg(), cases[c][2]), "%s: %s",
+              cases[c][2], loom_errmsg());
+        loom_free(b);
+        loom_st_writer_free(w);
+    }
+    /* a huge announced dim is refused before anything is read */
+    loom_st_writer *w;
+    CHECK_OK(loom_st_writer_create(&w));
+    const char *kv[][2] = {{"loom_update", "1"}, {"run_id", "1"},  {"round", "1"}, {"version", "0"},
+                           {"client", "0"},      {"examples", "1"}, {"loss", "1"}, {"tokens", "0"},
+                           {"codec", "f32"},     {"dim", "18446744073709551615"}};
+    for (int i = 0; i < 10; i++) loom_st_writer_meta(w, kv[i][0], kv[i][1]);
+    void *b;
+    size_t bn;
+    CHECK_OK(loom_st_writer_serialize(w, &b, &bn));
+    CHECK(loom_update_decode(b, bn, 1000, &d, vals, ctl) == LOOM_ERANGE && strstr(loom_errmsg(), "limit"),
+          "huge length refused: %s", loom_errmsg());
+    loom_free(b);
+    loom_st_writer_free(w);
 }
 
 int main(void) {

@@ -117,7 +117,7 @@ static loom_engine *make(loom_engine_mode mode, const char *strategy, size_t dim
 }
 
 static loom_update upd(int client, uint64_t version, uint64_t examples, const float *v, size_t len) {
-    loom_update u = {0, (int)version + 1, version, client, examples, 1.0, 10, LOOM_CODEC_F32, len, v, NULL};
+    loom_update u = {0, (int)version + 1, version, client, examples, 1.0, 10, LOOM_CODEC_F32, len, v, NULL, 0};
     return u;
 }
 
@@ -302,7 +302,7 @@ static void fedbuff_equals_sync(void) {
         for (int k = 0; k < BR; k++) {
             CHECK_OK(loom_engine_open_round(s, 0, NULL, NULL));
             for (int n = BN - 1; n >= 0; n--) {
-                loom_update u = {0, k + 1, (uint64_t)k, n, bw[n], 1.0, 1, LOOM_CODEC_F32, BD, bu[k][n], NULL};
+                loom_update u = {0, k + 1, (uint64_t)k, n, bw[n], 1.0, 1, LOOM_CODEC_F32, BD, bu[k][n], NULL, 0};
                 CHECK_OK(loom_engine_submit(s, &u, 0, NULL));
             }
             CHECK_OK(loom_engine_close_round(s, 0));

@@ -167,7 +167,7 @@ static void init_vec(float *x) {
 
 /* The encoded upload of client k for round r (values may be overridden). */
 static uint8_t *encode(uint64_t run_id, int r, uint64_t version, int k, const float *vals, size_t len, size_t *n) {
-    loom_update u = {run_id, r, version, k, weight_of(k), 1.5 + k, 100 + k, LOOM_CODEC_F32, len, vals, NULL};
+    loom_update u = {run_id, r, version, k, weight_of(k), 1.5 + k, 100 + k, LOOM_CODEC_F32, len, vals, NULL, 0};
     uint8_t *buf = NULL;
     int rc = loom_update_encode(&u, NULL, &buf, n);
     CHECK(rc == LOOM_OK, "encode: %s", loom_errmsg());

@@ -82,7 +82,8 @@ typedef struct {
     double eval_loss_mean, eval_loss_std, eval_acc_mean, eval_acc_std; /* across clients */
     int evaluated;              /* clients evaluated this round (0 = no evaluation) */
     int aggregated;             /* 1 when the global model was updated (accepted >= min_updates) */
-    double bytes_down, bytes_up;
+    double bytes_down, bytes_up; /* down: the f32 global (and control) per sampled client; up: the
+                                    submitted updates' wire_bytes (f32 size when not given) */
     double seconds;             /* as given by the driver to end_round */
     /* asynchronous modes only (0 in synchronous rounds): */
     uint64_t version;           /* the global version this row made (= round) */
@@ -102,6 +103,8 @@ typedef struct {
     loom_update_verdict verdict;
     const char *status;         /* loom_update_verdict_str(verdict) */
     long staleness;             /* asynchronous modes: version at arrival - version trained on (-1: none) */
+    double bytes_up;            /* bytes its update took on the wire (loom_update.wire_bytes, else the
+                                   f32 size; 0 when nothing arrived) */
 } loom_client_row;
 
 /* The metrics sink: round() is called once per round, then client() once per sampled client in the

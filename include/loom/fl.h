@@ -50,11 +50,27 @@ typedef struct {
     uint64_t steps; /* local steps taken so far: batches are drawn at steps, steps+1, ... (data order) */
     float *control; /* SCAFFOLD c_i (dim floats), NULL until the client's first SCAFFOLD round */
     size_t dim;     /* length of control (0 while it is NULL) */
+    float *residual;     /* error feedback: what compression has not sent yet (residual_dim floats),
+                            NULL until the client's first compressed round */
+    size_t residual_dim; /* length of residual (0 while it is NULL) */
 } loom_client_state;
 
 void loom_client_state_init(loom_client_state *s);
-/* Releases control; the state is then as after init. */
+/* Releases control and residual; the state is then as after init. */
 void loom_client_state_clear(loom_client_state *s);
+/* Allocates a zero residual of dim floats if there is none yet (LOOM_EINVAL if it has another length). */
+int loom_client_state_residual(loom_client_state *s, size_t dim);
+
+/* Compression with error feedback, on the client before its update is encoded: update += residual,
+ * then update is replaced in place by exactly what the server decodes from the update encoded with
+ * o (loom_update_encode then loom_update_decode: the lossy round trip, bit for bit), and residual
+ * becomes the pre-compression update minus that. So encoding the compressed update again with o
+ * gives what the client accounted for, and over rounds sum(sent) + residual = sum(raw updates) up
+ * to float rounding: nothing is lost, only delayed (top-k sends every coordinate eventually). The
+ * residual is allocated (zeros) on first use. o NULL or codec F32: nothing is done. Errors: those
+ * of loom_update_encode (a non-finite value; f16: a value beyond its range), then update and
+ * residual are unchanged. */
+int loom_client_compress(loom_client_state *st, float *update, size_t dim, const loom_codec_opts *o);
 /* Allocates a zero control variate of dim floats if there is none yet. */
 int loom_client_state_control(loom_client_state *s, size_t dim);
 

@@ -101,6 +101,10 @@ typedef struct {
     double max_update_norm;         /* reject updates with a larger L2 norm (0 = no bound; < 0 refused) */
     double clip_norm;               /* scale updates down to this L2 norm (0 = off) */
     const loom_client_algo *algo;   /* the clients' algorithm (NULL = loom_client_local_sgd) */
+    loom_codec_opts compress;       /* update compression (codec F32 = off, the default): each client
+                                     * compresses with error feedback (loom_client_compress, its residual
+                                     * in its state and the checkpoint) and its upload is counted as the
+                                     * encoded size (loom_update_encoded_size) in bytes_up */
     /* virtual time */
     double step_seconds;            /* simulated seconds per local step (0: every client is instant) */
     double time_spread;             /* log-normal sigma of the clients' speeds (0: all equal) */

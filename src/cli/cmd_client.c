@@ -55,6 +55,7 @@ static int save_state(client_run *c) {
     int64_t steps = (int64_t)c->st.steps, one[1] = {1}, dim[1] = {(int64_t)c->dim};
     rc = loom_st_writer_add(w, "steps", LOOM_DT_I64, 1, one, &steps);
     if (rc == LOOM_OK && c->st.control) rc = loom_st_writer_add(w, "control", LOOM_DT_F32, 1, dim, c->st.control);
+    if (rc == LOOM_OK && c->st.residual) rc = loom_st_writer_add(w, "residual", LOOM_DT_F32, 1, dim, c->st.residual);
     char buf[32];
     snprintf(buf, sizeof buf, "%016llx", (unsigned long long)c->run_id);
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "run_id", buf);
@@ -87,6 +88,9 @@ static int load_state(client_run *c) {
     const loom_st_tensor *ct = loom_st_find(f, "control");
     if (rc == LOOM_OK && ct && (rc = loom_client_state_control(&c->st, c->dim)) == LOOM_OK)
         rc = loom_st_to_f32(ct, c->st.control, c->dim);
+    const loom_st_tensor *rt = loom_st_find(f, "residual");
+    if (rc == LOOM_OK && rt && (rc = loom_client_state_residual(&c->st, c->dim)) == LOOM_OK)
+        rc = loom_st_to_f32(rt, c->st.residual, c->dim);
     loom_st_close(f);
     return rc;
 }
@@ -175,11 +179,12 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     }
     loom_batcher_free(b);
     if (rc != LOOM_OK) return rc;
+    /* compression with error feedback: the update becomes exactly what the server will decode */
+    if ((rc = loom_client_compress(&c->st, c->update, c->dim, &c->sc.compress)) != LOOM_OK) return rc;
     if ((rc = save_state(c)) != LOOM_OK) return rc;
     *u = (loom_update){c->run_id, t->round, t->version, c->client, (uint64_t)c->cl.n_train, out.res.loss,
-                       out.res.tokens, LOOM_CODEC_F32, c->dim, c->update, c->sc.fit.scaffold ? c->dc : NULL};
-    memset(co, 0, sizeof *co);
-    co->codec = LOOM_CODEC_F32;
+                       out.res.tokens, LOOM_CODEC_F32, c->dim, c->update, c->sc.fit.scaffold ? c->dc : NULL, 0};
+    *co = c->sc.compress;
     loom_log(LOOM_INFO, "round %d: trained %d steps, loss %.4f", t->round, out.res.steps, out.res.loss);
     return LOOM_OK;
 }

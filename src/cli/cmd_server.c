@@ -175,7 +175,7 @@ int cmd_server(int argc, char **argv) {
     ec->eval_every = sc.eval_every;
     ec->eval_clients = sc.eval_clients;
     c.run_json = run_json;
-    c.compress = "none";
+    c.compress = r.compress;
     c.min_clients = min_clients;
     c.max_upload = (size_t)(max_upload_mb * 1048576.0);
     c.poll_ms = poll_ms;

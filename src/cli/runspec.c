@@ -33,6 +33,7 @@ void cli_run_init(cli_run *r) {
     r->scaffold_option = 2;
     r->eval_every = 1;
     r->mode = "sync";
+    r->compress = "none";
     r->staleness = "constant";
     r->async_alpha = 0.6f;
     /* NAN = not given: the strategy's default applies */
@@ -54,7 +55,7 @@ void cli_run_init(cli_run *r) {
 static const char *const client_keys[] = {
     "rounds", "local-steps", "batch", "seq", "lr", "optimizer", "momentum", "weight-decay", "clip", "strategy",
     "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
-    "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", NULL};
+    "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -95,6 +96,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"max-update-norm", OPT_FLOAT, &r->max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
         {"update-clip", OPT_FLOAT, &r->update_clip, "server scales each update down to this L2 norm before aggregating (0 = off)", 0, 1048576},
         {"deadline", OPT_FLOAT, &r->deadline, "seconds a round waits for updates (sim: on the virtual clock); later updates are refused as late (0 = none)", 0, 1e12},
+        {"compress", OPT_STR, &r->compress, "update compression with error feedback: none, fp16, int8[:CHUNK] (per-chunk scales) or topk[:FRAC] (largest values)", 0, 0},
         {"mode", OPT_STR, &r->mode, "sync (rounds), fedasync (each update mixed in on arrival) or fedbuff (the server steps every --buffer arrivals); in the async modes --rounds counts global versions", 0, 0},
         {"async-alpha", OPT_FLOAT, &r->async_alpha, "fedasync: mixing weight alpha (x <- (1 - a) x + a y, a = alpha s(staleness))", 0, 1},
         {"staleness", OPT_STR, &r->staleness, "async: staleness weight s: constant, poly[:A] ((1 + d)^-A) or hinge[:A[:B]] (1 up to B, then 1/(A(d - B) + 1))", 0, 0},
@@ -248,6 +250,10 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     }
     if (loom_staleness_parse(r->staleness, &sc->staleness) != LOOM_OK) {
         cli_fail("--staleness");
+        return -1;
+    }
+    if (loom_codec_opts_parse(r->compress, &sc->compress) != LOOM_OK) {
+        cli_fail("--compress");
         return -1;
     }
     sc->async_alpha = r->async_alpha;

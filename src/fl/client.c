@@ -46,7 +46,39 @@ void loom_client_state_init(loom_client_state *s) { memset(s, 0, sizeof *s); }
 
 void loom_client_state_clear(loom_client_state *s) {
     loom_free(s->control);
+    loom_free(s->residual);
     memset(s, 0, sizeof *s);
+}
+
+int loom_client_state_residual(loom_client_state *s, size_t dim) {
+    if (s->residual && s->residual_dim == dim) return LOOM_OK;
+    if (s->residual)
+        return loom_error(LOOM_EINVAL, "client residual has %zu values, expected %zu", s->residual_dim, dim);
+    s->residual = loom_calloc(dim ? dim : 1, sizeof(float));
+    if (!s->residual) return loom_error(LOOM_ENOMEM, "out of memory for a residual of %zu values", dim);
+    s->residual_dim = dim;
+    return LOOM_OK;
+}
+
+int loom_client_compress(loom_client_state *st, float *update, size_t dim, const loom_codec_opts *o) {
+    if (!o || o->codec == LOOM_CODEC_F32) return LOOM_OK;
+    int rc = loom_client_state_residual(st, dim);
+    if (rc != LOOM_OK) return rc;
+    float *res = st->residual;
+    float *pre = loom_alloc((dim ? dim : 1) * sizeof(float));
+    if (!pre) return loom_error(LOOM_ENOMEM, "out of memory for an update of %zu values", dim);
+    for (size_t i = 0; i < dim; i++) pre[i] = update[i] + res[i];
+    /* the payload depends on the values and o only: placeholder metadata gives the same bytes */
+    loom_update u = {0, 0, 0, 0, 1, 0.0, 0, LOOM_CODEC_F32, dim, pre, NULL, 0};
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    loom_update d;
+    if ((rc = loom_update_encode(&u, o, &buf, &n)) == LOOM_OK) rc = loom_update_decode(buf, n, dim, &d, update, NULL);
+    free(buf);
+    if (rc == LOOM_OK) /* (decode writes the values only once the whole message has been checked) */
+        for (size_t i = 0; i < dim; i++) res[i] = pre[i] - update[i];
+    loom_free(pre);
+    return rc;
 }
 
 int loom_client_state_control(loom_client_state *s, size_t dim) {

@@ -18,6 +18,7 @@ typedef struct {
     uint64_t examples;
     long tokens;
     double loss, norm;
+    double bytes; /* uploaded: the update's wire_bytes, else its f32 size */
 } row;
 
 typedef struct {
@@ -41,7 +42,7 @@ struct loom_engine {
     int *pos;      /* (N) client -> position in list, -1 */
     row *rows;     /* (N) by position */
     int answered, accepted, payloads;
-    double loss_w, weight;
+    double loss_w, weight, bytes_up;
     int *elist, ne;
     int *epos;     /* (N) client -> position in elist, -1 */
     eval_row *erows;
@@ -209,7 +210,7 @@ int loom_engine_open_round(loom_engine *e, double now, const int **clients, int 
     e->round = e->next_round + 1;
     if ((rc = loom_pipeline_begin_round(e->pipe, e->round)) != LOOM_OK) return rc;
     e->answered = e->accepted = e->payloads = e->inflight = 0;
-    e->loss_w = e->weight = 0;
+    e->loss_w = e->weight = e->bytes_up = 0;
     e->t_open = now;
     pthread_mutex_lock(&e->mu);
     e->phase = PH_OPEN;
@@ -287,7 +288,7 @@ int loom_engine_check(loom_engine *e, const loom_update *u, double now, loom_upd
                                u->client, now - e->t_open, e->c.deadline));
     pthread_mutex_unlock(&e->mu);
     if (rc != LOOM_OK) return rc;
-    if (u->codec != LOOM_CODEC_F32)
+    if (u->codec > LOOM_CODEC_TOPK) /* the codecs loom_update_decode turns into floats */
         return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
                       loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     return loom_pipeline_check(e->pipe, u->values, u->len, (double)u->examples, u->control, verdict, NULL);
@@ -311,7 +312,7 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
     /* the pipeline outside the engine's lock: decode -> validate -> clip -> aggregate */
     loom_update_verdict v = LOOM_UPDATE_ACCEPTED;
     double norm = 0;
-    if (u->codec != LOOM_CODEC_F32)
+    if (u->codec > LOOM_CODEC_TOPK)
         rc = refuse(&v, LOOM_UPDATE_BAD_CODEC, loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     else
         rc = loom_pipeline_add(e->pipe, u->values, u->len, (double)u->examples, u->control, &v, &norm);
@@ -322,6 +323,8 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
     r->tokens = (long)u->tokens;
     r->loss = u->loss;
     r->norm = norm;
+    r->bytes = u->wire_bytes ? (double)u->wire_bytes : (double)u->len * sizeof(float) * (u->control ? 2 : 1);
+    e->bytes_up += r->bytes;
     if (rc == LOOM_OK) {
         e->accepted++;
         e->loss_w += u->loss * (double)u->examples;
@@ -461,7 +464,7 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
     m.aggregated = e->accepted >= need;
     double per = (double)e->dim * sizeof(float) * (e->server_control ? 2 : 1);
     m.bytes_down = per * e->n;
-    m.bytes_up = per * e->payloads;
+    m.bytes_up = e->bytes_up;
     double ls = 0, s1 = 0, s2 = 0, a1 = 0, a2 = 0;
     long corr = 0, toks = 0, count = 0;
     int k = 0;
@@ -494,7 +497,7 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
         for (int i = 0; i < e->n; i++) {
             const row *w = &e->rows[i];
             loom_client_row cr = {e->round, e->list[i], w->examples, w->tokens, w->loss, w->norm, w->verdict,
-                                  loom_update_verdict_str(w->verdict), -1};
+                                  loom_update_verdict_str(w->verdict), -1, w->bytes};
             e->c.sink.client(e->c.sink.ud, &cr);
         }
     if (out) *out = m;

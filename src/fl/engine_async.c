@@ -360,7 +360,8 @@ static void emit(lm_async *a, double seconds, loom_round_metrics *out) {
         for (int i = 0; i < b->n; i++) {
             const arow *w = &b->rows[i];
             loom_client_row cr = {(int)a->pend_version, w->client, w->examples, w->tokens, w->loss, w->norm,
-                                  w->verdict, loom_update_verdict_str(w->verdict), w->staleness};
+                                  w->verdict, loom_update_verdict_str(w->verdict), w->staleness,
+                                  w->verdict == LOOM_UPDATE_ACCEPTED ? a->per_bytes : 0};
             sk->client(sk->ud, &cr);
         }
     if (out) *out = m;

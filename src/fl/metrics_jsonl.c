@@ -56,6 +56,7 @@ void loom_metrics_jsonl_client(FILE *mf, const loom_client_row *r, const char *n
     fprintf(mf, ",\"examples\":%llu,\"tokens\":%ld", (unsigned long long)examples, r->tokens);
     num(mf, "loss", r->loss);
     num(mf, "update_norm", r->update_norm);
+    num(mf, "bytes_up", r->bytes_up);
     if (r->staleness >= 0) fprintf(mf, ",\"staleness\":%ld", r->staleness);
     fprintf(mf, ",\"status\":");
     json_str(mf, r->status);

@@ -201,6 +201,23 @@ static enum MHD_Result send_too_large(struct MHD_Connection *con, net_server *s,
     return send_response(con, s, &r);
 }
 
+/* LOOM_NET_TRACE=FILE appends every request's method, path and body to FILE (for audits and tests: it
+ * shows exactly what clients send; off unless set). */
+static pthread_mutex_t trace_mu = PTHREAD_MUTEX_INITIALIZER;
+static void trace_request(const char *method, const char *url, const uint8_t *body, size_t len) {
+    const char *path = getenv("LOOM_NET_TRACE");
+    if (!path || !*path) return;
+    pthread_mutex_lock(&trace_mu);
+    FILE *f = fopen(path, "ab");
+    if (f) {
+        fprintf(f, "%s %s %zu\n", method, url, len);
+        fwrite(body, 1, len, f);
+        fputc('\n', f);
+        fclose(f);
+    }
+    pthread_mutex_unlock(&trace_mu);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     (void)version;
@@ -262,6 +279,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         .body = cx->body ? cx->body : (const uint8_t *)"",
         .len = cx->len,
     };
+    trace_request(method, url, q.body, q.len);
     net_response r;
     net_handle(s, &q, &r);
     return send_response(con, s, &r);

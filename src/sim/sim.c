@@ -128,6 +128,9 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
         loom_fit_task ft = {task.round, task.global, task.server_control, b, c->fit};
         rc = r->algo->fit(&ctx, &ft, &r->states[client], &out);
     }
+    int compress = c->compress.codec != LOOM_CODEC_F32;
+    if (rc == LOOM_OK && compress) /* error feedback: the client keeps what the codec did not send */
+        rc = loom_client_compress(&r->states[client], ws->update, dim, &c->compress);
     loom_batcher_free(b);
     double now = r->t_open + loom_sim_client_seconds(c, client);
     int fault = fault_of(c, client);
@@ -150,7 +153,11 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     }
     /* the in-process wire: the message points at the worker's buffers */
     loom_update u = {task.run_id, task.round, task.version, client, (uint64_t)cl->n_train, out.res.loss,
-                     out.res.tokens, LOOM_CODEC_F32, len, update, c->fit.scaffold ? ws->dc : NULL};
+                     out.res.tokens, LOOM_CODEC_F32, len, update, c->fit.scaffold ? ws->dc : NULL, 0};
+    if (compress) { /* the values are already what the codec delivers; count what it would send */
+        u.codec = c->compress.codec;
+        u.wire_bytes = loom_update_encoded_size(&u, &c->compress);
+    }
     loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
 }
 
@@ -414,7 +421,7 @@ static int run_async(sim_run *r, FILE *mf) {
             } else {
                 const loom_client *cl = &c->part->clients[j->client];
                 loom_update u = {j->task.run_id, j->task.round, j->task.version, j->client, (uint64_t)cl->n_train,
-                                 j->loss, j->tokens, LOOM_CODEC_F32, j->len, j->buf, NULL};
+                                 j->loss, j->tokens, LOOM_CODEC_F32, j->len, j->buf, NULL, 0};
                 loom_update_verdict v;
                 int src = loom_engine_async_submit(r->eng, &u, T, &v, &made);
                 if (src != LOOM_OK && v == LOOM_UPDATE_ACCEPTED) { /* the server strategy failed */
@@ -483,7 +490,7 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
     int rc = loom_st_writer_create(&w);
     if (rc != LOOM_OK) return rc;
     loom_strategy *strat = loom_engine_strategy(r->eng);
-    int cap = 16 + r->n_clients;
+    int cap = 16 + 2 * r->n_clients;
     char **names = calloc((size_t)cap, sizeof *names);
     int64_t *steps = NULL;
     int nn = 0;
@@ -529,6 +536,18 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
             names[nn++] = nm;
             int64_t sh[1] = {(int64_t)r->dim};
             rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].control);
+        }
+        for (int i = 0; i < r->n_clients && rc == LOOM_OK; i++) { /* error feedback of compression */
+            if (!r->states[i].residual || nn >= cap) continue;
+            char *nm = malloc(32);
+            if (!nm) {
+                rc = loom_error(LOOM_ENOMEM, "out of memory");
+                break;
+            }
+            snprintf(nm, 32, "client_residual.%d", i);
+            names[nn++] = nm;
+            int64_t sh[1] = {(int64_t)r->states[i].residual_dim};
+            rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].residual);
         }
     }
     char buf[64];
@@ -656,6 +675,15 @@ static int load_checkpoint(sim_run *r, int *next_round) {
         if ((rc = loom_client_state_control(&r->states[i], r->dim)) == LOOM_OK)
             rc = loom_st_to_f32(ct, r->states[i].control, r->dim);
     }
+    for (int i = 0; i < r->n_clients && rc == LOOM_OK && c->compress.codec != LOOM_CODEC_F32; i++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "client_residual.%d", i);
+        const loom_st_tensor *rt = loom_st_find(f, nm);
+        if (!rt) continue;
+        if ((rc = loom_client_state_residual(&r->states[i], r->dim)) == LOOM_OK)
+            rc = loom_st_to_f32(rt, r->states[i].residual, r->dim);
+        if (rc != LOOM_OK) rc = loom_error_context(rc, "%s: %s", path, nm);
+    }
     loom_st_close(f);
     if (rc == LOOM_OK) rc = loom_engine_restore(r->eng, *next_round);
     return rc;
@@ -704,6 +732,11 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     if (c->mode != LOOM_ENGINE_SYNC && c->resume)
         return loom_error(LOOM_EUNSUPPORTED, "--resume is not supported with --mode %s (asynchronous runs start afresh)",
                           loom_engine_mode_name(c->mode));
+    if (c->compress.codec > LOOM_CODEC_TOPK || c->compress.codec == LOOM_CODEC_SEED_SCALAR || c->compress.chunk < 0 ||
+        !(c->compress.topk_frac >= 0 && c->compress.topk_frac <= 1))
+        return loom_error(LOOM_EINVAL, "--compress: codec %d (chunk %d, top-k share %g) is not one of none, fp16, "
+                          "int8[:CHUNK], topk[:FRAC in (0, 1]]", (int)c->compress.codec, c->compress.chunk,
+                          c->compress.topk_frac);
     int rc = loom_sim_check_out(c->out_dir, c->resume, c->rounds);
     if (rc != LOOM_OK) return rc;
 
