@@ -142,6 +142,31 @@ int loom_client_evaluate_cls(loom_trainer *tr, float *vec, size_t dim, const flo
                              const uint32_t *idx, size_t n, double *loss_sum, long *tokens, long *correct,
                              long *examples);
 
+/* A client's data as every driver hands it to its algorithm: examples of ds (train for fit, test for
+ * evaluation) in batches of B x T, in the data order named by data_seed (the simulator's
+ * loom_sim_client_seed(run seed, client index): a networked client with the same index and files
+ * draws the same batches). */
+typedef struct {
+    const loom_dataset *ds;
+    const uint32_t *train;
+    size_t n_train;
+    const uint32_t *test;
+    size_t n_test;
+    int B, T;
+    uint64_t data_seed;
+} loom_client_data;
+
+/* One round of a client, as the simulator and `loom client` run it: algo->fit on d's training batches
+ * from the task's global vector (and SCAFFOLD's control, or NULL), then, when co names a lossy codec,
+ * loom_client_compress with error feedback (out->update becomes what the server will decode). */
+int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx, const loom_client_data *d, int round,
+                        const float *global, const float *control, const loom_fit_config *fc, const loom_codec_opts *co,
+                        loom_client_state *st, loom_fit_output *out);
+/* The evaluation of global on d's test examples (one pass; classification data by its labels). A
+ * client without test examples reports nothing (res zeroed, LOOM_OK). */
+int loom_client_run_eval(const loom_client_algo *algo, const loom_client_ctx *ctx, const loom_client_data *d,
+                         const float *global, loom_eval_result *res);
+
 #ifdef __cplusplus
 }
 #endif

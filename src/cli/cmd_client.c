@@ -150,37 +150,25 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     return LOOM_OK;
 }
 
-static int batcher_for(client_run *c, const uint32_t *idx, size_t n, int once, loom_batcher **b) {
-    loom_batcher_opts bo;
-    loom_batcher_opts_init(&bo);
-    bo.B = (size_t)c->sc.B;
-    bo.T = (size_t)c->sc.T;
-    bo.seed = loom_sim_client_seed(c->sc.seed, c->client);
-    if (once) {
-        bo.once = 1;
-        bo.shuffle = 0;
-    }
-    return loom_batcher_create(b, c->ds, idx, n, &bo);
+static loom_client_data client_data(const client_run *c) {
+    loom_client_data d = {c->ds, c->cl.train, c->cl.n_train, c->cl.test, c->cl.n_test, c->sc.B, c->sc.T,
+                          loom_sim_client_seed(c->sc.seed, c->client)};
+    return d;
 }
 
 static int fit(void *ud, const loom_netclient_task *t, const float *global, const float *control, loom_update *u,
                loom_codec_opts *co) {
     client_run *c = ud;
-    loom_batcher *b = NULL;
-    int rc = batcher_for(c, c->cl.train, c->cl.n_train, 0, &b);
     loom_fit_output out;
     memset(&out, 0, sizeof out);
     out.update = c->update;
     out.control_delta = c->dc;
-    if (rc == LOOM_OK) {
-        loom_client_ctx ctx = {c->tr, c->vec, c->dim};
-        loom_fit_task ft = {t->round, global, control, b, c->sc.fit};
-        rc = loom_client_local_sgd.fit(&ctx, &ft, &c->st, &out);
-    }
-    loom_batcher_free(b);
+    loom_client_ctx ctx = {c->tr, c->vec, c->dim};
+    loom_client_data d = client_data(c);
+    /* with compression the update becomes exactly what the server will decode (error feedback) */
+    int rc = loom_client_run_fit(&loom_client_local_sgd, &ctx, &d, t->round, global, control, &c->sc.fit,
+                                 &c->sc.compress, &c->st, &out);
     if (rc != LOOM_OK) return rc;
-    /* compression with error feedback: the update becomes exactly what the server will decode */
-    if ((rc = loom_client_compress(&c->st, c->update, c->dim, &c->sc.compress)) != LOOM_OK) return rc;
     if ((rc = save_state(c)) != LOOM_OK) return rc;
     *u = (loom_update){c->run_id, t->round, t->version, c->client, (uint64_t)c->cl.n_train, out.res.loss,
                        out.res.tokens, LOOM_CODEC_F32, c->dim, c->update, c->sc.fit.scaffold ? c->dc : NULL, 0};
@@ -192,20 +180,9 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
 static int evaluate(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *res) {
     client_run *c = ud;
     (void)t;
-    memset(res, 0, sizeof *res);
     loom_client_ctx ctx = {c->tr, c->vec, c->dim};
-    loom_eval_task et = {global, NULL, NULL, c->cl.test, c->cl.n_test};
-    if (c->ds->kind == LOOM_DS_CLASSIFY) {
-        et.ds = c->ds;
-        return loom_client_local_sgd.evaluate(&ctx, &et, res);
-    }
-    if (c->cl.n_test == 0) return LOOM_OK;
-    loom_batcher *b = NULL;
-    int rc = batcher_for(c, c->cl.test, c->cl.n_test, 1, &b);
-    et.data = b;
-    if (rc == LOOM_OK) rc = loom_client_local_sgd.evaluate(&ctx, &et, res);
-    loom_batcher_free(b);
-    return rc;
+    loom_client_data d = client_data(c);
+    return loom_client_run_eval(&loom_client_local_sgd, &ctx, &d, global, res);
 }
 
 /* A token file holds the token alone (surrounding white space is dropped); at most 4 KiB. */

@@ -323,3 +323,48 @@ int loom_client_evaluate_cls(loom_trainer *tr, float *vec, size_t dim, const flo
     free(tok); free(tgt); free(cand); free(score); free(cnt); free(row_ex); free(row_k);
     return rc;
 }
+
+static int client_batcher(const loom_client_data *d, const uint32_t *idx, size_t n, int once, loom_batcher **b) {
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = (size_t)d->B;
+    bo.T = (size_t)d->T;
+    bo.seed = d->data_seed;
+    if (once) {
+        bo.once = 1;
+        bo.shuffle = 0;
+    }
+    return loom_batcher_create(b, d->ds, idx, n, &bo);
+}
+
+int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx, const loom_client_data *d, int round,
+                        const float *global, const float *control, const loom_fit_config *fc, const loom_codec_opts *co,
+                        loom_client_state *st, loom_fit_output *out) {
+    loom_batcher *b = NULL;
+    int rc = client_batcher(d, d->train, d->n_train, 0, &b);
+    if (rc == LOOM_OK) {
+        loom_fit_task ft = {round, global, control, b, *fc};
+        rc = algo->fit(ctx, &ft, st, out);
+    }
+    loom_batcher_free(b);
+    if (rc == LOOM_OK && co && co->codec != LOOM_CODEC_F32) /* error feedback: the client keeps what is not sent */
+        rc = loom_client_compress(st, out->update, ctx->dim, co);
+    return rc;
+}
+
+int loom_client_run_eval(const loom_client_algo *algo, const loom_client_ctx *ctx, const loom_client_data *d,
+                         const float *global, loom_eval_result *res) {
+    memset(res, 0, sizeof *res);
+    loom_eval_task et = {global, NULL, NULL, d->test, d->n_test};
+    if (d->ds->kind == LOOM_DS_CLASSIFY) {
+        et.ds = d->ds;
+        return algo->evaluate(ctx, &et, res);
+    }
+    if (d->n_test == 0) return LOOM_OK;
+    loom_batcher *b = NULL;
+    int rc = client_batcher(d, d->test, d->n_test, 1, &b);
+    et.data = b;
+    if (rc == LOOM_OK) rc = algo->evaluate(ctx, &et, res);
+    loom_batcher_free(b);
+    return rc;
+}

@@ -102,8 +102,11 @@ static void fail(sim_run *r, int rc) {
     pthread_mutex_unlock(&r->mu);
 }
 
-static const loom_dataset *client_ds(const loom_sim_config *c, int client) {
-    return c->client_ds ? c->client_ds[client] : c->ds;
+static loom_client_data client_data(const loom_sim_config *c, int client) {
+    const loom_client *cl = &c->part->clients[client];
+    loom_client_data d = {c->client_ds ? c->client_ds[client] : c->ds, cl->train, cl->n_train, cl->test, cl->n_test,
+                          c->B, c->T, loom_sim_client_seed(c->seed, client)};
+    return d;
 }
 
 static void fit_one(sim_run *r, worker_slot *ws, int client) {
@@ -112,26 +115,15 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     size_t dim = r->dim;
     loom_task task;
     loom_engine_task(r->eng, &task);
-    loom_batcher_opts bo;
-    loom_batcher_opts_init(&bo);
-    bo.B = (size_t)c->B;
-    bo.T = (size_t)c->T;
-    bo.seed = loom_sim_client_seed(c->seed, client);
-    loom_batcher *b = NULL;
     loom_fit_output out;
     memset(&out, 0, sizeof out);
     out.update = ws->update;
     out.control_delta = ws->dc;
-    int rc = loom_batcher_create(&b, client_ds(c, client), cl->train, cl->n_train, &bo);
-    if (rc == LOOM_OK) {
-        loom_client_ctx ctx = {ws->tr, ws->vec, dim};
-        loom_fit_task ft = {task.round, task.global, task.server_control, b, c->fit};
-        rc = r->algo->fit(&ctx, &ft, &r->states[client], &out);
-    }
+    loom_client_ctx ctx = {ws->tr, ws->vec, dim};
+    loom_client_data d = client_data(c, client);
     int compress = c->compress.codec != LOOM_CODEC_F32;
-    if (rc == LOOM_OK && compress) /* error feedback: the client keeps what the codec did not send */
-        rc = loom_client_compress(&r->states[client], ws->update, dim, &c->compress);
-    loom_batcher_free(b);
+    int rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &c->fit,
+                                 &c->compress, &r->states[client], &out);
     double now = r->t_open + loom_sim_client_seconds(c, client);
     int fault = fault_of(c, client);
     if (rc != LOOM_OK || fault == LOOM_FAULT_FAIL) {
@@ -164,28 +156,10 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
 static void eval_one(sim_run *r, worker_slot *ws, int client) {
     const loom_sim_config *c = r->c;
     const loom_client *cl = &c->part->clients[client];
-    loom_batcher_opts bo;
-    loom_batcher_opts_init(&bo);
-    bo.B = (size_t)c->B;
-    bo.T = (size_t)c->T;
-    bo.seed = loom_sim_client_seed(c->seed, client);
-    bo.once = 1;
-    bo.shuffle = 0;
     loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
-    loom_eval_task et = {loom_engine_global(r->eng), NULL, NULL, cl->test, cl->n_test};
-    loom_eval_result res = {0};
-    int rc = LOOM_OK;
-    loom_batcher *b = NULL;
-    const loom_dataset *ds = client_ds(c, client);
-    if (ds->kind == LOOM_DS_CLASSIFY) {
-        et.ds = ds;
-        rc = r->algo->evaluate(&ctx, &et, &res);
-    } else {
-        rc = loom_batcher_create(&b, ds, cl->test, cl->n_test, &bo);
-        et.data = b;
-        if (rc == LOOM_OK && cl->n_test > 0) rc = r->algo->evaluate(&ctx, &et, &res);
-        loom_batcher_free(b);
-    }
+    loom_client_data d = client_data(c, client);
+    loom_eval_result res;
+    int rc = loom_client_run_eval(r->algo, &ctx, &d, loom_engine_global(r->eng), &res);
     if (rc != LOOM_OK) {
         loom_log(LOOM_WARN, "round %d: evaluating client %d (%s) failed: %s", r->round, client, cl->name, loom_errmsg());
         return;
@@ -290,22 +264,13 @@ static void fit_async(sim_run *r, worker_slot *ws, int job) {
     const loom_sim_config *c = r->c;
     async_job *j = &r->jobs[job];
     const loom_client *cl = &c->part->clients[j->client];
-    loom_batcher_opts bo;
-    loom_batcher_opts_init(&bo);
-    bo.B = (size_t)c->B;
-    bo.T = (size_t)c->T;
-    bo.seed = loom_sim_client_seed(c->seed, j->client);
-    loom_batcher *b = NULL;
     loom_fit_output out;
     memset(&out, 0, sizeof out);
     out.update = j->buf;
-    int rc = loom_batcher_create(&b, client_ds(c, j->client), cl->train, cl->n_train, &bo);
-    if (rc == LOOM_OK) {
-        loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
-        loom_fit_task ft = {j->task.round, j->task.global, NULL, b, c->fit};
-        rc = r->algo->fit(&ctx, &ft, &r->states[j->client], &out);
-    }
-    loom_batcher_free(b);
+    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
+    loom_client_data d = client_data(c, j->client);
+    int rc = loom_client_run_fit(r->algo, &ctx, &d, j->task.round, j->task.global, NULL, &c->fit, NULL,
+                                 &r->states[j->client], &out);
     int fault = fault_of(c, j->client);
     j->trained = 1;
     j->len = r->dim;
