@@ -296,6 +296,7 @@ int cmd_client(int argc, char **argv) {
     nc.evaluate = evaluate;
     nc.ud = &c;
     nc.give_up_s = give_up;
+    nc.version = LOOM_VERSION;
     nc.stop = &stop_flag;
     if (loom_netclient_run(&nc) != LOOM_OK) {
         cli_fail("client");
