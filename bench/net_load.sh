@@ -34,7 +34,9 @@ else
     use_cli=0
     echo "net_load: $loom has no server command: using $net_serve"
 fi
-for b in "$loom" "$loadgen" "$net_serve"; do
+bins=("$loom" "$loadgen")
+[ "$use_cli" = 0 ] && bins+=("$net_serve")
+for b in "${bins[@]}"; do
     [ -x "$b" ] || { echo "net_load: $b not built (cmake --build build)" >&2; exit 1; }
 done
 tmp=$(mktemp -d /tmp/loom_netload.XXXXXX)
@@ -63,7 +65,7 @@ register() {
     for ((i = 0; i < $2; i++)); do
         local name
         name=$(printf '%s%04d' "$3" "$i")
-        echo "$name $("$loom" server add-client --state "$1" "$name")" >> "$4"
+        echo "$name $("$loom" server add-client --state "$1" "$name" 2>> "$tmp/add-client.log")" >> "$4"
     done
 }
 
