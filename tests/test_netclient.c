@@ -42,6 +42,7 @@ typedef struct {
     int phase, task_calls, hello_calls, global_calls[2], update_calls, eval_calls, fail_calls, bad_auth;
     int v0_drop_at;          /* bytes of the first v0 answer before the connection drops */
     int ignore_range;        /* answer a resumed download with the whole body (200) */
+    const char *hello_answer; /* replaces the hello answer (a broken server) */
     char range[4][64];       /* Range headers of the v0 requests */
     char keys[8][65], shas[8][65];
     uint8_t *bodies[8];
@@ -202,6 +203,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         m->hello_calls++;
         snprintf(m->hello_json, sizeof m->hello_json, "%.*s", (int)q->body.n, q->body.s ? q->body.s : "");
         char buf[512];
+        if (m->hello_answer) {
+            ret = reply(c, 200, m->hello_answer);
+            pthread_mutex_unlock(&m->mu);
+            return ret;
+        }
         snprintf(buf, sizeof buf, "{\"run_id\":\"" RUN_ID "\",\"client\":1,\"clients\":3,\"rounds\":2,\"dim\":%zu,"
                  "\"mode\":\"sync\",\"compress\":\"none\",\"poll_ms\":20,\"base_sha256\":null,"
                  "\"run\":{\"rounds\":2,\"strategy\":\"fedavg\"}}", m->dim);
@@ -542,6 +548,26 @@ static void test_unauthorized(void) {
           "a refused hello fails: %s", loom_errmsg());
     CHECK(d.setup_calls == 0, "setup is not called after a refused hello");
     mock_free(&m);
+    /* hello answers that break the protocol: refused with the field named, setup never called */
+    const char *broken[][2] = {
+        {"{\"run_id\":\"" RUN_ID "\",\"client\":0,\"clients\":2,\"rounds\":2,\"dim\":0,\"mode\":\"sync\"}", "\"dim\""},
+        {"{\"run_id\":\"xyz\",\"client\":0,\"clients\":2,\"rounds\":2,\"dim\":5,\"mode\":\"sync\"}", "\"run_id\""},
+        {"{\"run_id\":\"" RUN_ID "\",\"client\":2,\"clients\":2,\"rounds\":2,\"dim\":5,\"mode\":\"sync\"}", "\"client\""},
+        {"{\"run_id\":\"" RUN_ID "\",\"client\":0,\"clients\":2,\"rounds\":2,\"dim\":5}", "\"mode\""},
+        {"[1, 2]", "not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof broken / sizeof *broken; i++) {
+        mock_init(&m, SC_MAIN, dir);
+        m.hello_answer = broken[i][0];
+        daemon = mock_start(&m, &port);
+        config_init(&c, url, port, dir, &d);
+        d.setup_calls = 0;
+        rc = loom_netclient_run(&c);
+        MHD_stop_daemon(daemon);
+        CHECK(rc == LOOM_EFORMAT && strstr(loom_errmsg(), broken[i][1]) && d.setup_calls == 0 && m.task_calls == 0,
+              "broken hello %zu: %d %s", i, rc, loom_errmsg());
+        mock_free(&m);
+    }
     /* an unreachable server: given up after give_up_s */
     mock_init(&m, SC_MAIN, dir);
     daemon = mock_start(&m, &port);
