@@ -3,6 +3,8 @@
  *
  *     loadgen --url https://127.0.0.1:8443 --ca-cert cert.pem --clients tokens.txt [--n 1000]
  *             [--retry-ms 500] [--duration 60] [--seed 1] [--base-sha256 HEX (a PEFT run's frozen base)]
+ *     loadgen ... --base-model gpt2-124m --base-seed 1   the base's hash from a model made from a shape
+ *                                             with that seed (as `loom server` makes it)
  *     loadgen ... --uploads K                 stop once K uploads were accepted
  *     loadgen ... --n 1 --write-body FILE     the first fit's encoded update goes to FILE (not sent):
  *                                             a reference upload with another tool (curl)
@@ -26,6 +28,7 @@
 #include <sys/resource.h>
 
 #include "loom/core.h"
+#include "loom/model.h"
 #include "loom/update.h"
 
 enum { K_HELLO, K_POLL, K_UPLOAD, K_EVAL, K_KINDS };
@@ -324,7 +327,8 @@ static void report(series *lat, double secs, size_t bytes) {
 
 static int usage(void) {
     fprintf(stderr, "usage: loadgen --url URL --clients FILE [--ca-cert F] [--n 1000] [--retry-ms 500] "
-                    "[--duration 60] [--uploads K] [--seed 1] [--base-sha256 HEX] [--write-body FILE]\n");
+                    "[--duration 60] [--uploads K] [--seed 1] [--base-sha256 HEX | --base-model SHAPE --base-seed S] "
+                    "[--write-body FILE]\n");
     return 2;
 }
 
@@ -333,6 +337,9 @@ int main(int argc, char **argv) {
     G.retry_ms = 500;
     G.duration = 60;
     G.seed = 1;
+    const char *base_model = NULL;
+    uint64_t base_seed = 1;
+    static char base_hex[65];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) return usage();
@@ -341,6 +348,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--clients")) G.clients = v;
         else if (!strcmp(a, "--write-body")) G.write_body = v;
         else if (!strcmp(a, "--base-sha256")) G.base_sha = v;
+        else if (!strcmp(a, "--base-model")) base_model = v;
+        else if (!strcmp(a, "--base-seed")) base_seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--n")) G.n = atoi(v);
         else if (!strcmp(a, "--retry-ms")) G.retry_ms = atoi(v);
         else if (!strcmp(a, "--duration")) G.duration = atof(v);
@@ -350,6 +359,20 @@ int main(int argc, char **argv) {
         i++;
     }
     if (!G.url || !G.clients || G.n < 1 || G.retry_ms < 1 || G.duration <= 0) return usage();
+    if (base_model) { /* the SHA-256 of the f32 parameters, as the server computes it */
+        loom_config cfg;
+        loom_model *m;
+        if (loom_config_named(&cfg, base_model) != LOOM_OK || loom_model_create(&m, &cfg, base_seed) != LOOM_OK) {
+            fprintf(stderr, "loadgen: --base-model %s: %s\n", base_model, loom_errmsg());
+            return 1;
+        }
+        uint8_t d[32];
+        gnutls_hash_fast(GNUTLS_DIG_SHA256, loom_model_params_const(m), loom_model_n_params(m) * sizeof(float), d);
+        loom_hex(d, 32, base_hex);
+        loom_model_free(m);
+        G.base_sha = base_hex;
+        printf("loadgen: base %s (seed %llu): SHA-256 %s\n", base_model, (unsigned long long)base_seed, base_hex);
+    }
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;

@@ -16,7 +16,8 @@
 # FedAvg) stands in for it.
 # Env: LOOM (default build/loom), LOADGEN (default build/loadgen), NET_SERVE (default build/net_serve),
 #      RETRY_MS (500), PORT (a free one),
-#      BASE_SHA256 (the LoRA run's frozen base hash, when the server checks it), SKIP_LORA=1, SKIP_FULL=1,
+#      BASE_SHA256 (the LoRA run's frozen base hash; default: computed by loadgen from gpt2-124m, seed 1,
+#      as `loom server` makes it), SKIP_LORA=1, SKIP_FULL=1,
 #      KEEP=1 (keep the temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,9 @@ else
     use_cli=0
     echo "net_load: $loom has no server command: using $net_serve"
 fi
-for b in "$loom" "$loadgen" "$net_serve"; do
+bins=("$loom" "$loadgen")
+[ "$use_cli" = 0 ] && bins+=("$net_serve")
+for b in "${bins[@]}"; do
     [ -x "$b" ] || { echo "net_load: $b not built (cmake --build build)" >&2; exit 1; }
 done
 tmp=$(mktemp -d /tmp/loom_netload.XXXXXX)
@@ -62,7 +65,7 @@ register() {
     for ((i = 0; i < $2; i++)); do
         local name
         name=$(printf '%s%04d' "$3" "$i")
-        echo "$name $("$loom" server add-client --state "$1" "$name")" >> "$4"
+        echo "$name $("$loom" server add-client --state "$1" "$name" 2>> "$tmp/add-client.log")" >> "$4"
     done
 }
 
@@ -110,7 +113,9 @@ stop_server() {
     server_pid=
 }
 
-base_flag=()
+# The LoRA run's frozen base: `loom server` makes gpt2-124m from its seed and checks clients' hash of it.
+base_flag=(--base-model gpt2-124m --base-seed 1)
+[ "$use_cli" = 0 ] && base_flag=()
 [ -n "${BASE_SHA256:-}" ] && base_flag=(--base-sha256 "$BASE_SHA256")
 
 # ---------------------------------------------------------------- 1. N clients, LoRA-sized updates

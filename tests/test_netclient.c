@@ -41,6 +41,8 @@ typedef struct {
     /* script state */
     int phase, task_calls, hello_calls, global_calls[2], update_calls, eval_calls, fail_calls, bad_auth;
     int v0_drop_at;          /* bytes of the first v0 answer before the connection drops */
+    int ignore_range;        /* answer a resumed download with the whole body (200) */
+    const char *hello_answer; /* replaces the hello answer (a broken server) */
     char range[4][64];       /* Range headers of the v0 requests */
     char keys[8][65], shas[8][65];
     uint8_t *bodies[8];
@@ -80,6 +82,7 @@ static enum MHD_Result serve_global(mock *m, struct MHD_Connection *c, int v) {
     const char *range = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range");
     if (v == 0 && call < 4) snprintf(m->range[call], sizeof m->range[call], "%s", range ? range : "");
     size_t from = 0;
+    if (m->ignore_range) range = NULL;
     if (range && sscanf(range, "bytes=%zu-", &from) != 1) return reply(c, 416, "{\"error\":\"bad_range\",\"message\":\"?\"}");
     if (from >= m->glen[v]) return reply(c, 416, "{\"error\":\"bad_range\",\"message\":\"outside\"}");
     struct MHD_Response *r;
@@ -200,6 +203,11 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
         m->hello_calls++;
         snprintf(m->hello_json, sizeof m->hello_json, "%.*s", (int)q->body.n, q->body.s ? q->body.s : "");
         char buf[512];
+        if (m->hello_answer) {
+            ret = reply(c, 200, m->hello_answer);
+            pthread_mutex_unlock(&m->mu);
+            return ret;
+        }
         snprintf(buf, sizeof buf, "{\"run_id\":\"" RUN_ID "\",\"client\":1,\"clients\":3,\"rounds\":2,\"dim\":%zu,"
                  "\"mode\":\"sync\",\"compress\":\"none\",\"poll_ms\":20,\"base_sha256\":null,"
                  "\"run\":{\"rounds\":2,\"strategy\":\"fedavg\"}}", m->dim);
@@ -540,6 +548,26 @@ static void test_unauthorized(void) {
           "a refused hello fails: %s", loom_errmsg());
     CHECK(d.setup_calls == 0, "setup is not called after a refused hello");
     mock_free(&m);
+    /* hello answers that break the protocol: refused with the field named, setup never called */
+    const char *broken[][2] = {
+        {"{\"run_id\":\"" RUN_ID "\",\"client\":0,\"clients\":2,\"rounds\":2,\"dim\":0,\"mode\":\"sync\"}", "\"dim\""},
+        {"{\"run_id\":\"xyz\",\"client\":0,\"clients\":2,\"rounds\":2,\"dim\":5,\"mode\":\"sync\"}", "\"run_id\""},
+        {"{\"run_id\":\"" RUN_ID "\",\"client\":2,\"clients\":2,\"rounds\":2,\"dim\":5,\"mode\":\"sync\"}", "\"client\""},
+        {"{\"run_id\":\"" RUN_ID "\",\"client\":0,\"clients\":2,\"rounds\":2,\"dim\":5}", "\"mode\""},
+        {"[1, 2]", "not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof broken / sizeof *broken; i++) {
+        mock_init(&m, SC_MAIN, dir);
+        m.hello_answer = broken[i][0];
+        daemon = mock_start(&m, &port);
+        config_init(&c, url, port, dir, &d);
+        d.setup_calls = 0;
+        rc = loom_netclient_run(&c);
+        MHD_stop_daemon(daemon);
+        CHECK(rc == LOOM_EFORMAT && strstr(loom_errmsg(), broken[i][1]) && d.setup_calls == 0 && m.task_calls == 0,
+              "broken hello %zu: %d %s", i, rc, loom_errmsg());
+        mock_free(&m);
+    }
     /* an unreachable server: given up after give_up_s */
     mock_init(&m, SC_MAIN, dir);
     daemon = mock_start(&m, &port);
@@ -600,6 +628,7 @@ static void test_restart_resends_pending(void) {
     mock_init(&m, SC_STOP, dir);
     m.phase = 1;
     m.stop = &stop;
+    m.ignore_range = 1; /* the cut download is answered 200 from byte 0: the client starts the file again */
     int port;
     struct MHD_Daemon *daemon = mock_start(&m, &port);
     driver d;
@@ -612,6 +641,8 @@ static void test_restart_resends_pending(void) {
     MHD_stop_daemon(daemon);
     CHECK(rc == LOOM_ESTATE && strstr(loom_errmsg(), "stopped"), "stopped: %d %s", rc, loom_errmsg());
     CHECK(d.fit_calls == 1 && m.update_calls == 1, "trained once (%d), one upload (%d)", d.fit_calls, m.update_calls);
+    CHECK(m.global_calls[0] == 2 && d.global_ok[1], "a 200 answer to a Range request restarts the file (%d requests)",
+          m.global_calls[0]);
     CHECK(file_exists(dir, "pending-1.upd"), "the unacknowledged update stays pending");
     char key1[65];
     snprintf(key1, sizeof key1, "%s", m.keys[0]);

@@ -835,6 +835,7 @@ static int nc_fetch_global(nc *n, const nc_task *t, int *outcome) {
                 goto out;
             }
             if (r.status == 416) {
+                loom_error(LOOM_EFORMAT, "416 %s: %s", r.code, r.message);
                 unlink(part);
                 if (++bad >= NC_BAD_DOWNLOADS) goto too_bad;
                 continue;
@@ -851,8 +852,11 @@ static int nc_fetch_global(nc *n, const nc_task *t, int *outcome) {
                 rc = LOOM_OK;
                 goto out;
             }
-            if (stat(part, &st) != 0 || (size_t)st.st_size != t->bytes) {
-                /* an answer shorter than promised that curl did not flag: resume it */
+            long long have = stat(part, &st) == 0 ? (long long)st.st_size : -1;
+            if (have != (long long)t->bytes) {
+                /* an answer shorter than promised that curl did not flag: resume it, a few times */
+                loom_error(LOOM_EFORMAT, "the body ended at byte %lld of %zu", have, t->bytes);
+                if (++bad >= NC_BAD_DOWNLOADS) goto too_bad;
                 if ((rc = nc_backoff(n, &delay, &q, "short body")) != LOOM_OK) goto out;
                 continue;
             }
