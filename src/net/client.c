@@ -228,8 +228,8 @@ static void nc_remove_others(const nc *n, const char *prefix, const char *suffix
 }
 
 /* SHA-256 through GnuTLS (its SHA-NI / AVX2 code runs ~7x faster than the portable loom_sha256 on a
- * 500 MB full model); the same digests. */
-static int nc_sha256_hex(const void *data, size_t len, char out[65]) {
+ * 500 MB full model); the same digests. Shared with the server (net_impl.h). */
+int net_sha256_hex(const void *data, size_t len, char out[65]) {
     uint8_t d[32];
     if (gnutls_hash_fast(GNUTLS_DIG_SHA256, data, len, d) != 0) return loom_error(LOOM_EIO, "net client: SHA-256 failed");
     loom_hex(d, 32, out);
@@ -930,7 +930,7 @@ static int nc_post_fail(nc *n, const nc_task *t, const char *reason) {
 /* Sends the encoded update of round t->round until the server answers; deletes pending once it has. */
 static int nc_upload(nc *n, const nc_task *t, const uint8_t *body, size_t len, const char *pending) {
     char key[65];
-    int rc = nc_sha256_hex(body, len, key);
+    int rc = net_sha256_hex(body, len, key);
     if (rc != LOOM_OK) return rc;
     nc_req q = {.method = "POST", .path = "/v1/update", .body = body, .len = len,
                 .content_type = "application/octet-stream", .key = key, .bulk = 1};

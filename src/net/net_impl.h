@@ -127,4 +127,7 @@ int net_server_drive(net_server *s, float *global);
 /* The largest JSON request body. */
 #define NET_MAX_JSON (64 * 1024)
 
+/* SHA-256 of a buffer as hex, through GnuTLS (several times faster than the portable loom_sha256). */
+int net_sha256_hex(const void *data, size_t len, char out[65]);
+
 #endif

@@ -204,7 +204,7 @@ int net_make_blob(net_server *s, uint64_t version, net_blob **out) {
     b->data = data;
     b->len = len;
     b->version = version;
-    loom_sha256_hex(data, len, b->sha256);
+    if (net_sha256_hex(data, len, b->sha256) != LOOM_OK) loom_sha256_hex(data, len, b->sha256);
     *out = b;
     return LOOM_OK;
 }
@@ -638,7 +638,7 @@ static void handle_update(net_server *s, const net_request *q, const net_identit
         return;
     }
     char sha[65];
-    loom_sha256_hex(q->body, q->len, sha);
+    if (net_sha256_hex(q->body, q->len, sha) != LOOM_OK) loom_sha256_hex(q->body, q->len, sha);
     if (q->sha256 && strcasecmp(q->sha256, sha)) {
         reply_err(r, 400, "bad_request", "X-Loom-SHA256 does not match the body's SHA-256 (%s)", sha);
         return;
