@@ -80,7 +80,10 @@ static resp req(const char *method, const char *path, const char *token, const c
                 size_t len) {
     resp r;
     memset(&r, 0, sizeof r);
-    CURL *c = curl_easy_init();
+    /* one handle for the whole test: its connection (and TLS session) is kept between requests */
+    static CURL *c;
+    if (c) curl_easy_reset(c);
+    else c = curl_easy_init();
     char url[512], auth[128];
     snprintf(url, sizeof url, "https://127.0.0.1:%d%s", g_port, path);
     struct curl_slist *h = NULL;
@@ -116,7 +119,6 @@ static resp req(const char *method, const char *path, const char *token, const c
     if (cc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
     else r.status = -1;
     curl_slist_free_all(h);
-    curl_easy_cleanup(c);
     return r;
 }
 
@@ -238,7 +240,7 @@ static void config(server_run *s, const char *dir, int rounds, int sample) {
     s->c.poll_ms = 20;
     s->c.threads = 2;
     s->c.no_eval = 1;
-    s->c.done_grace_s = 2;
+    s->c.done_grace_s = 10;
     s->c.on_listen = on_listen;
     s->c.ud = s;
     s->c.stop = &s->stop;
@@ -719,7 +721,7 @@ static void deadline(void) {
     x = req("POST", "/v1/fail", tok[1], NULL, fj, strlen(fj));
     EXPECT_ERR(x, 409, "duplicate", "already answered");
     resp_free(&x);
-    CHECK(wait_task(tok[2], "done", 0, 10), "the run did not end after the deadline"); /* the round closed */
+    CHECK(wait_task(tok[2], "done", 0, 20), "the run did not end after the deadline"); /* the round closed */
     float u2[DIM];
     make_delta(2, 1, u2);
     b = encode(id, 1, 0, 2, u2, DIM, &n);
