@@ -525,6 +525,17 @@ static void refusals(void) {
     x = hello(admin, "root");
     EXPECT_ERR(x, 403, "not_in_run", "administrator");
     resp_free(&x);
+    /* a revocation while the server runs takes effect within about a second */
+    CHECK_OK(loom_server_revoke_client(dir, "latecomer"));
+    long last = 0;
+    for (int i = 0; i < 60 && last != 401; i++) {
+        x = hello(late, "latecomer");
+        last = x.status;
+        if (last == 401) EXPECT_ERR(x, 401, "unauthorized", "revoked");
+        resp_free(&x);
+        if (last != 401) usleep(50000);
+    }
+    CHECK(last == 401, "the revoked token still gets %ld", last);
     x = req("GET", "/v1/status", tok[0], NULL, NULL, 0);
     EXPECT_ERR(x, 403, "forbidden", "administrator");
     resp_free(&x);
