@@ -57,6 +57,12 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
 }
 
 static int g_port;
+static __thread CURL *g_curl; /* this thread's handle, kept between requests */
+
+static void curl_done(void) {
+    if (g_curl) curl_easy_cleanup(g_curl);
+    g_curl = NULL;
+}
 static int g_chunked; /* the next POST streams its body without a Content-Length */
 
 typedef struct {
@@ -80,7 +86,9 @@ static resp req(const char *method, const char *path, const char *token, const c
                 size_t len) {
     resp r;
     memset(&r, 0, sizeof r);
-    CURL *c = curl_easy_init();
+    if (g_curl) curl_easy_reset(g_curl);
+    else g_curl = curl_easy_init();
+    CURL *c = g_curl;
     char url[512], auth[128];
     snprintf(url, sizeof url, "https://127.0.0.1:%d%s", g_port, path);
     struct curl_slist *h = NULL;
@@ -116,7 +124,6 @@ static resp req(const char *method, const char *path, const char *token, const c
     if (cc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
     else r.status = -1;
     curl_slist_free_all(h);
-    curl_easy_cleanup(c);
     return r;
 }
 
@@ -238,7 +245,7 @@ static void config(server_run *s, const char *dir, int rounds, int sample) {
     s->c.poll_ms = 20;
     s->c.threads = 2;
     s->c.no_eval = 1;
-    s->c.done_grace_s = 2;
+    s->c.done_grace_s = 10;
     s->c.on_listen = on_listen;
     s->c.ud = s;
     s->c.stop = &s->stop;
@@ -518,6 +525,17 @@ static void refusals(void) {
     x = hello(admin, "root");
     EXPECT_ERR(x, 403, "not_in_run", "administrator");
     resp_free(&x);
+    /* a revocation while the server runs takes effect within about a second */
+    CHECK_OK(loom_server_revoke_client(dir, "latecomer"));
+    long last = 0;
+    for (int i = 0; i < 60 && last != 401; i++) {
+        x = hello(late, "latecomer");
+        last = x.status;
+        if (last == 401) EXPECT_ERR(x, 401, "unauthorized", "revoked");
+        resp_free(&x);
+        if (last != 401) usleep(50000);
+    }
+    CHECK(last == 401, "the revoked token still gets %ld", last);
     x = req("GET", "/v1/status", tok[0], NULL, NULL, 0);
     EXPECT_ERR(x, 403, "forbidden", "administrator");
     resp_free(&x);
@@ -719,7 +737,7 @@ static void deadline(void) {
     x = req("POST", "/v1/fail", tok[1], NULL, fj, strlen(fj));
     EXPECT_ERR(x, 409, "duplicate", "already answered");
     resp_free(&x);
-    CHECK(wait_task(tok[2], "done", 0, 10), "the run did not end after the deadline"); /* the round closed */
+    CHECK(wait_task(tok[2], "done", 0, 20), "the run did not end after the deadline"); /* the round closed */
     float u2[DIM];
     make_delta(2, 1, u2);
     b = encode(id, 1, 0, 2, u2, DIM, &n);
@@ -840,6 +858,22 @@ void test_listen_pipe(void *ud, int port) {
     close(fd);
 }
 
+typedef struct {
+    const char *token;
+    const uint8_t *body;
+    size_t n;
+    long status;
+} upload_job;
+
+static void *upload_main(void *p) {
+    upload_job *j = p;
+    resp x = upload(j->token, j->body, j->n, NULL);
+    j->status = x.status;
+    resp_free(&x);
+    curl_done();
+    return NULL;
+}
+
 static void kill9(void) {
     char dir[256];
     test_tmpdir(dir, sizeof dir);
@@ -863,6 +897,27 @@ static void kill9(void) {
             size_t n;
             uint8_t *b = encode(id, r, (uint64_t)(r - 1), k, u, DIM, &n);
             int ok = 0;
+            if ((r == 1 && k == 2) || (r == 3 && k == 1)) {
+                /* killed while the upload is in flight (before, during or after it is made durable) */
+                upload_job job = {tok[k], b, n, 0};
+                pthread_t th;
+                pthread_create(&th, NULL, upload_main, &job);
+                usleep(r == 1 ? 2000 : 15000);
+                kill(pid, SIGKILL);
+                int st;
+                waitpid(pid, &st, 0);
+                pthread_join(th, NULL);
+                pid = spawn(dir, &port);
+                CHECK(pid > 0 && port > 0, "no server process after the kill mid-upload");
+                if (pid <= 0 || port <= 0) return;
+                g_port = port;
+                for (int attempt = 0; attempt < 200 && !ok; attempt++) { /* the retry, same key: once */
+                    resp x = upload(tok[k], b, n, NULL);
+                    ok = x.status == 200;
+                    resp_free(&x);
+                    if (!ok) usleep(20000);
+                }
+            }
             for (int attempt = 0; attempt < 3 && !ok; attempt++) {
                 if (!wait_task(tok[k], "fit", r, 20)) continue;
                 resp x = upload(tok[k], b, n, NULL);
@@ -929,6 +984,7 @@ int main(void) {
     t0 = loom_now();
     kill9();
     fprintf(stderr, "kill -9: %.1fs\n", loom_now() - t0);
+    curl_done();
     curl_global_cleanup();
     return test_summary();
 }

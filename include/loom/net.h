@@ -76,14 +76,18 @@ typedef struct {
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;
-    volatile int *stop;          /* when non-NULL and set, the server stops at the next event */
+    volatile int *stop;          /* when non-NULL and set (read atomically: a signal handler may set
+                                    it), the server stops within 100 ms: LOOM_ESTATE "stopped" */
 } loom_server_config;
 
 void loom_server_defaults(loom_server_config *c);
 /* Runs (or resumes) the run in state_dir until its last round is done: writes state_dir/
  * global.safetensors and metrics.jsonl, returns LOOM_OK and the final vector in global (dim). A second
  * start with the same configuration continues where the first stopped; another configuration
- * (dim, seed, strategy, rounds, clients) is refused with a message naming the difference. */
+ * (dim, seed, strategy, rounds) is refused with a message naming the difference (the clients are
+ * those registered when the run was created). Before round 1 it waits for min_clients hellos; the
+ * events go to loom_log(LOOM_INFO), one line each. Stopped through c->stop: LOOM_ESTATE. Only
+ * LOOM_NET_SYNC is served (the others: LOOM_EUNSUPPORTED). */
 int loom_server_run(const loom_server_config *c, float *global);
 
 /* ------------------------------------------------------------------ client */

@@ -192,7 +192,8 @@ int cmd_server(int argc, char **argv) {
     if (!global) BAD("out of memory");
     fprintf(stderr, "loom server: %s, %zu trainable values, %d rounds, state in %s\n", sc.strategy, ec->dim, sc.rounds,
             state);
-    if (loom_server_run(&c, global) != LOOM_OK) {
+    int src = loom_server_run(&c, global);
+    if (src != LOOM_OK && !(stop_flag && src == LOOM_ESTATE)) {
         cli_fail("server");
         goto done;
     }
