@@ -145,6 +145,26 @@ check "compressed: networked == loom sim --compress, bit for bit" test "$(st_dat
 check "compressed: fewer bytes up than f32" test "$(grep -o '"bytes_up":[0-9.e+]*' "$S/metrics.jsonl" | head -1 | cut -d: -f2 | cut -d. -f1)" -lt 6000000
 cp "$tmp/run.json.plain" "$tmp/run.json"
 
+# ---- asynchronous modes over the network: FedAsync and FedBuff run to their last version
+for mode in fedasync fedbuff; do
+    sed "s/\"strategy\": \"fedavg\"/\"strategy\": \"fedavg\", \"mode\": \"$mode\", \"buffer\": 2, \"concurrency\": 2, \"staleness\": \"poly:0.5\"/" \
+        "$tmp/run.json.plain" > "$tmp/run.json"
+    S="$tmp/s5$mode"
+    register "$S"
+    start_server "$S"
+    start_clients "$S"
+    wait_all 300
+    check "$mode: networked run completes" test $? -eq 0
+    check "$mode: one row per version" test "$(grep -c '"type":"round"' "$S/metrics.jsonl")" -eq 3
+    check "$mode: rows carry the version and staleness" grep -q '"staleness_max"' "$S/metrics.jsonl"
+    check "$mode: the last version is evaluated" grep -q '"eval_loss"' "$S/metrics.jsonl"
+    check "$mode: global model written" test -s "$S/global.safetensors"
+    check "$mode: hello says the mode" grep -q "$mode" "$S.log" 
+done
+refuse "an asynchronous run does not resume" 12 'asynchronous' 'new --state' -- \
+    "$LOOM" server --state "$tmp/s5fedbuff" --config "$tmp/run.json" --listen 127.0.0.1:0
+cp "$tmp/run.json.plain" "$tmp/run.json"
+
 # ---- registry refusals
 refuse "add-client: bad name" 12 'name' -- "$LOOM" server add-client --state "$tmp/s3" '../evil'
 refuse "add-client: twice" 12 'alice' -- "$LOOM" server add-client --state "$tmp/s1" alice

@@ -174,6 +174,12 @@ int cmd_server(int argc, char **argv) {
     ec->deadline = sc.deadline;
     ec->eval_every = sc.eval_every;
     ec->eval_clients = sc.eval_clients;
+    ec->mode = sc.mode; /* asynchronous modes: FedAsync, FedBuff */
+    ec->async_alpha = sc.async_alpha;
+    ec->staleness = sc.staleness;
+    ec->buffer = sc.buffer;
+    ec->concurrency = sc.concurrency;
+    ec->max_staleness = sc.max_staleness;
     c.run_json = run_json;
     c.compress = r.compress;
     c.min_clients = min_clients;

@@ -152,6 +152,13 @@ int net_write_durable(const char *dir, const char *name, const void *data, size_
 
 /* ------------------------------------------------------------------ the global model as a body */
 
+void net_blob_release_locked(net_blob *b) {
+    if (b && --b->refs == 0) {
+        loom_free(b->data);
+        free(b);
+    }
+}
+
 void net_blob_release(net_server *s, net_blob *b) {
     if (!b) return;
     pthread_mutex_lock(&s->mu);
@@ -165,10 +172,6 @@ void net_blob_release(net_server *s, net_blob *b) {
 
 /* The current global vector (and SCAFFOLD's server control as control/NAME) as a safetensors body. */
 int net_make_blob(net_server *s, uint64_t version, net_blob **out) {
-    *out = NULL;
-    loom_st_writer *w;
-    int rc = loom_st_writer_create(&w);
-    if (rc != LOOM_OK) return rc;
     loom_task t;
     const float *control = NULL;
     if (loom_engine_task(s->eng, &t) == LOOM_OK) control = t.server_control;
@@ -178,7 +181,15 @@ int net_make_blob(net_server *s, uint64_t version, net_blob **out) {
         loom_strategy_state_find(loom_engine_strategy(s->eng), "server_control", &c, &len);
         control = c;
     }
-    rc = loom_tvec_add_to(w, s->manifest, loom_engine_global(s->eng), NULL);
+    return net_make_blob_of(s, version, loom_engine_global(s->eng), control, out);
+}
+
+int net_make_blob_of(net_server *s, uint64_t version, const float *vec, const float *control, net_blob **out) {
+    *out = NULL;
+    loom_st_writer *w;
+    int rc = loom_st_writer_create(&w);
+    if (rc != LOOM_OK) return rc;
+    rc = loom_tvec_add_to(w, s->manifest, vec, NULL);
     if (rc == LOOM_OK && control) {
         loom_tvec_io io = {.prefix = "control/"};
         rc = loom_tvec_add_to(w, s->manifest, control, &io);
@@ -257,9 +268,7 @@ static void reply_json(net_response *r, int status, json_t *j) {
     r->len = text ? strlen(text) : 0;
 }
 
-static void reply_err(net_response *r, int status, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void reply_err(net_response *r, int status, const char *code, const char *fmt, ...) {
+void net_reply_err(net_response *r, int status, const char *code, const char *fmt, ...) {
     char msg[768];
     va_list ap;
     va_start(ap, fmt);
@@ -272,7 +281,7 @@ static void reply_err(net_response *r, int status, const char *code, const char 
     reply_json(r, status, j);
 }
 
-static void reply_rejected(net_response *r, const char *reason, const char *msg) {
+void net_reply_rejected(net_response *r, const char *reason, const char *msg) {
     json_t *j = json_object();
     json_object_set_new(j, "error", json_string("rejected"));
     json_t *m = json_string(msg);
@@ -317,7 +326,7 @@ static int authenticate(net_server *s, const net_request *q, net_response *r, ne
         if (idx >= 0) *who = s->ids[idx];
         pthread_mutex_unlock(&s->mu);
     }
-    if (idx < 0) reply_err(r, 401, "unauthorized", "missing, unknown or revoked token");
+    if (idx < 0) net_reply_err(r, 401, "unauthorized", "missing, unknown or revoked token");
     return idx;
 }
 
@@ -337,7 +346,7 @@ static int client_index(net_server *s, const char *name) {
 
 static json_t *parse_body(const net_request *q, net_response *r) {
     if (q->len > NET_MAX_JSON) {
-        reply_err(r, 413, "too_large", "the request body of %zu bytes exceeds the %d-byte limit for JSON", q->len,
+        net_reply_err(r, 413, "too_large", "the request body of %zu bytes exceeds the %d-byte limit for JSON", q->len,
                   NET_MAX_JSON);
         return NULL;
     }
@@ -345,7 +354,7 @@ static json_t *parse_body(const net_request *q, net_response *r) {
     json_t *j = json_loadb((const char *)q->body, q->len, JSON_REJECT_DUPLICATES, &e);
     if (!j || !json_is_object(j)) {
         json_decref(j);
-        reply_err(r, 400, "bad_request", "the body is not a JSON object%s%s", j ? "" : ": ", j ? "" : e.text);
+        net_reply_err(r, 400, "bad_request", "the body is not a JSON object%s%s", j ? "" : ": ", j ? "" : e.text);
         return NULL;
     }
     return j;
@@ -355,12 +364,12 @@ static json_t *parse_body(const net_request *q, net_response *r) {
 static int get_int(json_t *j, const char *key, long long lo, long long hi, long long *v, net_response *r) {
     json_t *x = json_object_get(j, key);
     if (!json_is_integer(x)) {
-        reply_err(r, 400, "bad_request", "\"%s\" is missing or not an integer", key);
+        net_reply_err(r, 400, "bad_request", "\"%s\" is missing or not an integer", key);
         return -1;
     }
     *v = json_integer_value(x);
     if (*v < lo || *v > hi) {
-        reply_err(r, 400, "bad_request", "\"%s\" = %lld is outside [%lld, %lld]", key, *v, lo, hi);
+        net_reply_err(r, 400, "bad_request", "\"%s\" = %lld is outside [%lld, %lld]", key, *v, lo, hi);
         return -1;
     }
     return 0;
@@ -374,18 +383,18 @@ static void handle_hello(net_server *s, const net_request *q, const net_identity
     const char *name = json_string_value(json_object_get(j, "name"));
     json_t *base = json_object_get(j, "base_sha256");
     if (!name) {
-        reply_err(r, 400, "bad_request", "\"name\" is missing or not a string");
+        net_reply_err(r, 400, "bad_request", "\"name\" is missing or not a string");
         json_decref(j);
         return;
     }
     if (strcmp(name, who->name)) {
-        reply_err(r, 403, "wrong_client", "this token belongs to another client than %.64s", name);
+        net_reply_err(r, 403, "wrong_client", "this token belongs to another client than %.64s", name);
         json_decref(j);
         return;
     }
     int k = who->admin ? -1 : client_index(s, who->name);
     if (k < 0) {
-        reply_err(r, 403, "not_in_run", "%s is not a client of this run (%s)", who->name,
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run (%s)", who->name,
                   who->admin ? "an administrator identity" : "registered after the run was created");
         json_decref(j);
         return;
@@ -395,7 +404,7 @@ static void handle_hello(net_server *s, const net_request *q, const net_identity
          * settings (a model shape and the seed) names none and checks the hash it is told */
         const char *b = json_string_value(base);
         if (b && strcmp(b, s->c.base_sha256)) {
-            reply_err(r, 409, "base_mismatch", "the client's base model (%.64s) differs from the server's (%.64s)",
+            net_reply_err(r, 409, "base_mismatch", "the client's base model (%.64s) differs from the server's (%.64s)",
                       b, s->c.base_sha256);
             json_decref(j);
             return;
@@ -420,7 +429,7 @@ static void handle_hello(net_server *s, const net_request *q, const net_identity
     json_object_set_new(o, "clients", json_integer(s->n));
     json_object_set_new(o, "rounds", json_integer(s->ec.rounds));
     json_object_set_new(o, "dim", json_integer((json_int_t)s->dim));
-    json_object_set_new(o, "mode", json_string("sync"));
+    json_object_set_new(o, "mode", json_string(loom_engine_mode_name(s->ec.mode)));
     json_object_set_new(o, "compress", json_string(s->c.compress ? s->c.compress : "none"));
     json_object_set_new(o, "poll_ms", json_integer(s->c.poll_ms));
     json_object_set_new(o, "base_sha256", s->c.base_sha256 ? json_string(s->c.base_sha256) : json_null());
@@ -431,7 +440,7 @@ static void handle_hello(net_server *s, const net_request *q, const net_identity
     char *b = malloc(n);
     if (!b) {
         net_response_clear(s, r);
-        reply_err(r, 503, "busy", "out of memory");
+        net_reply_err(r, 503, "busy", "out of memory");
         return;
     }
     r->body[r->len - 1] = 0; /* the closing brace */
@@ -444,7 +453,7 @@ static void handle_hello(net_server *s, const net_request *q, const net_identity
 static void handle_task(net_server *s, const net_identity *who, net_response *r) {
     int k = who->admin ? -1 : client_index(s, who->name);
     if (k < 0) {
-        reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
         return;
     }
     json_t *o = json_object();
@@ -459,6 +468,8 @@ static void handle_task(net_server *s, const net_identity *who, net_response *r)
         json_object_set_new(o, "type", json_string("done"));
         json_object_set_new(o, "rounds", json_integer(s->ec.rounds));
         json_object_set_new(o, "global_sha256", json_string(s->cur ? s->cur->sha256 : ""));
+    } else if (s->async && net_async_task(s, k, o)) {
+        /* an asynchronous task (server_async.c) */
     } else if (s->phase == NET_PH_FIT && s->spos[k] >= 0 && s->ans[k] == 0) {
         json_object_set_new(o, "type", json_string("fit"));
         json_object_set_new(o, "round", json_integer(s->round));
@@ -507,7 +518,7 @@ static int parse_range(const char *v, size_t len, size_t *a, size_t *b) {
 
 static void handle_global(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
     if (!who->admin && client_index(s, who->name) < 0) {
-        reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
         return;
     }
     unsigned long long v = 0;
@@ -524,17 +535,18 @@ static void handle_global(net_server *s, const net_request *q, const net_identit
     else if (s->cur && s->cur->version == v) b = s->cur;
     else if (s->prev && s->prev->version == v) b = s->prev;
     if (b) b->refs++;
+    else if (s->async && have) b = net_async_blob(s, v);
     unsigned long long curv = s->cur ? (unsigned long long)s->cur->version : 0;
     pthread_mutex_unlock(&s->mu);
     if (!b) {
-        if (q->version && !have) reply_err(r, 400, "bad_request", "version %.32s is not a whole number", q->version);
-        else reply_err(r, 410, "stale", "version %llu is not served (the current version is %llu)", v, curv);
+        if (q->version && !have) net_reply_err(r, 400, "bad_request", "version %.32s is not a whole number", q->version);
+        else net_reply_err(r, 410, "stale", "version %llu is not served (the current version is %llu)", v, curv);
         return;
     }
     size_t a0 = 0, a1 = b->len ? b->len - 1 : 0;
     if (q->range) {
         if (parse_range(q->range, b->len, &a0, &a1) != 0) {
-            reply_err(r, 416, "bad_range", "range %.64s lies outside the %zu-byte body", q->range, b->len);
+            net_reply_err(r, 416, "bad_range", "range %.64s lies outside the %zu-byte body", q->range, b->len);
             add_header(r, "Content-Range", "bytes */%zu", b->len);
             net_blob_release(s, b);
             return;
@@ -566,23 +578,23 @@ static int key_ok(const char *k) {
 static int reserve(net_server *s, int k, int round, double now, net_response *r) {
     int past_deadline = s->ec.deadline > 0 && now > s->opened_at + s->ec.deadline;
     if (s->round > 0 && round == s->round && (s->phase != NET_PH_FIT || past_deadline)) {
-        if (past_deadline) reply_err(r, 410, "late", "round %d's deadline of %gs has passed", round, s->ec.deadline);
-        else reply_err(r, 410, "stale", "round %d is closed", round);
+        if (past_deadline) net_reply_err(r, 410, "late", "round %d's deadline of %gs has passed", round, s->ec.deadline);
+        else net_reply_err(r, 410, "stale", "round %d is closed", round);
         return -1;
     }
     if (s->phase != NET_PH_FIT || round != s->round) {
         if (s->round > 0)
-            reply_err(r, 410, "stale", "round %d is not the open round (%s %d)", round,
+            net_reply_err(r, 410, "stale", "round %d is not the open round (%s %d)", round,
                       s->phase == NET_PH_FIT ? "round" : "the last round was", s->round);
-        else reply_err(r, 410, "stale", "round %d is not open (no round is open yet)", round);
+        else net_reply_err(r, 410, "stale", "round %d is not open (no round is open yet)", round);
         return -1;
     }
     if (s->spos[k] < 0) {
-        reply_err(r, 412, "not_sampled", "client %d is not sampled in round %d", k, round);
+        net_reply_err(r, 412, "not_sampled", "client %d is not sampled in round %d", k, round);
         return -1;
     }
     if (s->ans[k] != 0) {
-        reply_err(r, 409, "duplicate", "client %d already answered round %d", k, round);
+        net_reply_err(r, 409, "duplicate", "client %d already answered round %d", k, round);
         return -1;
     }
     s->ans[k] = 1;
@@ -603,7 +615,7 @@ static void settle(net_server *s, int k, int stored, int is_update) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static const char *verdict_code(loom_update_verdict v, int *status) {
+const char *net_verdict_code(loom_update_verdict v, int *status) {
     switch (v) {
     case LOOM_UPDATE_WRONG_ROUND: *status = 410; return "stale";
     case LOOM_UPDATE_LATE: *status = 410; return "late";
@@ -613,7 +625,7 @@ static const char *verdict_code(loom_update_verdict v, int *status) {
     }
 }
 
-static void reply_accepted(net_response *r, int round, int k, int replayed) {
+void net_reply_accepted(net_response *r, int round, int k, int replayed) {
     json_t *o = json_object();
     json_object_set_new(o, "status", json_string("accepted"));
     json_object_set_new(o, "round", json_integer(round));
@@ -625,36 +637,36 @@ static void reply_accepted(net_response *r, int round, int k, int replayed) {
 static void handle_update(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
     int k = who->admin ? -1 : client_index(s, who->name);
     if (k < 0) {
-        reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
         return;
     }
     if (q->len > s->max_upload) {
-        reply_err(r, 413, "too_large", "the update of %zu bytes exceeds the %zu-byte upload limit", q->len, s->max_upload);
+        net_reply_err(r, 413, "too_large", "the update of %zu bytes exceeds the %zu-byte upload limit", q->len, s->max_upload);
         return;
     }
     if (!key_ok(q->idem_key)) {
-        reply_err(r, 400, "bad_request", "Idempotency-Key is %s: 1 to 64 characters of [A-Za-z0-9_-]",
+        net_reply_err(r, 400, "bad_request", "Idempotency-Key is %s: 1 to 64 characters of [A-Za-z0-9_-]",
                   q->idem_key ? "malformed" : "missing");
         return;
     }
     char sha[65];
     if (net_sha256_hex(q->body, q->len, sha) != LOOM_OK) loom_sha256_hex(q->body, q->len, sha);
     if (q->sha256 && strcasecmp(q->sha256, sha)) {
-        reply_err(r, 400, "bad_request", "X-Loom-SHA256 does not match the body's SHA-256 (%s)", sha);
+        net_reply_err(r, 400, "bad_request", "X-Loom-SHA256 does not match the body's SHA-256 (%s)", sha);
         return;
     }
     net_answer prev;
     int found = 0;
     if (net_store_find_key(s->store, k, q->idem_key, &prev, &found) != LOOM_OK) {
-        reply_err(r, 500, "server_error", "%s", loom_errmsg());
+        net_reply_err(r, 500, "server_error", "%s", loom_errmsg());
         return;
     }
     if (found) {
         if (strcmp(prev.sha256, sha))
-            reply_err(r, 409, "duplicate", "idempotency key %s was used for another body in round %d", q->idem_key,
+            net_reply_err(r, 409, "duplicate", "idempotency key %s was used for another body in round %d", q->idem_key,
                       prev.round);
-        else if (!strcmp(prev.kind, "update")) reply_accepted(r, prev.round, k, 1);
-        else reply_err(r, 409, "duplicate", "this update was already answered in round %d (%s)", prev.round, prev.kind);
+        else if (!strcmp(prev.kind, "update")) net_reply_accepted(r, prev.round, k, 1);
+        else net_reply_err(r, 409, "duplicate", "this update was already answered in round %d (%s)", prev.round, prev.kind);
         return;
     }
     float *values = loom_alloc(s->dim * sizeof(float));
@@ -662,29 +674,33 @@ static void handle_update(net_server *s, const net_request *q, const net_identit
     if (!values || (s->uses_control && !control)) {
         loom_free(values);
         loom_free(control);
-        reply_err(r, 503, "busy", "out of memory for an upload");
+        net_reply_err(r, 503, "busy", "out of memory for an upload");
         return;
     }
     loom_update u;
     memset(&u, 0, sizeof u);
     int rc = loom_update_decode(q->body, q->len, s->dim, &u, values, control);
     if (rc != LOOM_OK) {
-        if (rc == LOOM_EUNSUPPORTED) reply_rejected(r, "unsupported codec", loom_errmsg());
-        else reply_err(r, 400, "bad_request", "not an update: %s", loom_errmsg());
+        if (rc == LOOM_EUNSUPPORTED) net_reply_rejected(r, "unsupported codec", loom_errmsg());
+        else net_reply_err(r, 400, "bad_request", "not an update: %s", loom_errmsg());
         goto out;
     }
     if (u.client != k) {
-        reply_err(r, 403, "wrong_client", "the update is for client %d, this token is client %d (%s)", u.client, k,
+        net_reply_err(r, 403, "wrong_client", "the update is for client %d, this token is client %d (%s)", u.client, k,
                   who->name);
         goto out;
     }
     if (u.run_id != s->run_id) {
-        reply_err(r, 410, "stale", "the update belongs to run %016llx, this run is %016llx",
+        net_reply_err(r, 410, "stale", "the update belongs to run %016llx, this run is %016llx",
                   (unsigned long long)u.run_id, (unsigned long long)s->run_id);
         goto out;
     }
+    if (s->async) { /* FedAsync, FedBuff: applied on arrival (server_async.c) */
+        net_async_update(s, &u, k, who->name, q->idem_key, sha, q->body, q->len, r);
+        goto out;
+    }
     if (u.version != (uint64_t)(u.round - 1)) {
-        reply_err(r, 410, "stale", "the update of round %d was trained on version %llu, not %d", u.round,
+        net_reply_err(r, 410, "stale", "the update of round %d was trained on version %llu, not %d", u.round,
                   (unsigned long long)u.version, u.round - 1);
         goto out;
     }
@@ -696,12 +712,12 @@ static void handle_update(net_server *s, const net_request *q, const net_identit
     loom_update_verdict v = LOOM_UPDATE_ACCEPTED;
     rc = loom_engine_check(s->eng, &u, now, &v);
     int status = 200;
-    const char *code = rc == LOOM_OK ? NULL : verdict_code(v, &status);
+    const char *code = rc == LOOM_OK ? NULL : net_verdict_code(v, &status);
     char why[512];
     snprintf(why, sizeof why, "%s", rc == LOOM_OK ? "" : loom_errmsg());
     if (rc != LOOM_OK && status != 422) { /* the protocol's verdict (a race with the deadline): nothing stored */
         settle(s, k, 0, 0);
-        reply_err(r, status, code, "%s", why);
+        net_reply_err(r, status, code, "%s", why);
         goto out;
     }
     /* accepted, or decoded but refused on its content: both are the client's answer, made durable */
@@ -723,17 +739,17 @@ static void handle_update(net_server *s, const net_request *q, const net_identit
     if (wrc != LOOM_OK) {
         settle(s, k, 0, 0);
         loom_log(LOOM_ERROR, "round %d: cannot store the update of client %d: %s", u.round, k, loom_errmsg());
-        reply_err(r, 503, "busy", "the update could not be stored; retry it");
+        net_reply_err(r, 503, "busy", "the update could not be stored; retry it");
         goto out;
     }
     settle(s, k, 1, rc == LOOM_OK);
     if (rc == LOOM_OK) {
         net_store_event(s->store, u.round, "update", "client %d (%s): %llu examples, loss %.6g, %zu bytes", k,
                         who->name, (unsigned long long)u.examples, u.loss, q->len);
-        reply_accepted(r, u.round, k, 0);
+        net_reply_accepted(r, u.round, k, 0);
     } else {
         net_store_event(s->store, u.round, "rejected", "client %d (%s): %s", k, who->name, why);
-        reply_rejected(r, loom_update_verdict_str(v), why);
+        net_reply_rejected(r, loom_update_verdict_str(v), why);
     }
 out:
     loom_free(values);
@@ -743,7 +759,7 @@ out:
 static void handle_fail(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
     int k = who->admin ? -1 : client_index(s, who->name);
     if (k < 0) {
-        reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
         return;
     }
     json_t *j = parse_body(q, r);
@@ -762,6 +778,18 @@ static void handle_fail(net_server *s, const net_request *q, const net_identity 
     snprintf(a.reason, sizeof a.reason, "%s", reason ? reason : "no reason given");
     json_decref(j);
     a.received_at = net_wall();
+    if (s->async) {
+        pthread_mutex_lock(&s->mu);
+        int ares = net_async_answer(s, k, a.round, r);
+        if (ares == 0) net_async_fail(s, k, a.reason);
+        pthread_mutex_unlock(&s->mu);
+        if (ares != 0) return;
+        net_store_event(s->store, a.round, "failed", "client %d (%s): %s", k, who->name, a.reason);
+        json_t *o = json_object();
+        json_object_set_new(o, "status", json_string("accepted"));
+        reply_json(r, 200, o);
+        return;
+    }
     pthread_mutex_lock(&s->mu);
     int res = reserve(s, k, a.round, a.received_at, r);
     pthread_mutex_unlock(&s->mu);
@@ -770,7 +798,7 @@ static void handle_fail(net_server *s, const net_request *q, const net_identity 
     snprintf(a.idem_key, sizeof a.idem_key, "fail.r%d", a.round);
     if (net_store_put_answer(s->store, &a) != LOOM_OK) {
         settle(s, k, 0, 0);
-        reply_err(r, 503, "busy", "the report could not be stored; retry it");
+        net_reply_err(r, 503, "busy", "the report could not be stored; retry it");
         return;
     }
     settle(s, k, 1, 0);
@@ -783,7 +811,7 @@ static void handle_fail(net_server *s, const net_request *q, const net_identity 
 static void handle_eval(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
     int k = who->admin ? -1 : client_index(s, who->name);
     if (k < 0) {
-        reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
         return;
     }
     json_t *j = parse_body(q, r);
@@ -797,7 +825,7 @@ static void handle_eval(net_server *s, const net_request *q, const net_identity 
         return;
     }
     if (!json_is_number(ls) || !isfinite(json_number_value(ls)) || json_number_value(ls) < 0 || correct > count) {
-        reply_err(r, 400, "bad_request", "\"loss_sum\" must be a finite number >= 0 and \"correct\" at most \"count\"");
+        net_reply_err(r, 400, "bad_request", "\"loss_sum\" must be a finite number >= 0 and \"correct\" at most \"count\"");
         json_decref(j);
         return;
     }
@@ -806,16 +834,16 @@ static void handle_eval(net_server *s, const net_request *q, const net_identity 
     pthread_mutex_lock(&s->mu);
     int ok = 0;
     if (s->phase != NET_PH_EVAL || round != s->round)
-        reply_err(r, 410, "stale", "round %lld has no evaluation running", round);
+        net_reply_err(r, 410, "stale", "round %lld has no evaluation running", round);
     else if (s->epos[k] < 0)
-        reply_err(r, 412, "not_sampled", "client %d is not asked to evaluate round %lld", k, round);
+        net_reply_err(r, 412, "not_sampled", "client %d is not asked to evaluate round %lld", k, round);
     else if (s->ereported[k])
-        reply_err(r, 409, "duplicate", "client %d already reported its evaluation of round %lld", k, round);
+        net_reply_err(r, 409, "duplicate", "client %d already reported its evaluation of round %lld", k, round);
     else {
         /* stored first, then counted: a restart submits the stored reports again */
         if (net_store_put_eval(s->store, (int)round, k, &res) != LOOM_OK ||
             loom_engine_eval_submit(s->eng, k, &res) != LOOM_OK)
-            reply_err(r, 503, "busy", "the report could not be stored: %s", loom_errmsg());
+            net_reply_err(r, 503, "busy", "the report could not be stored: %s", loom_errmsg());
         else {
             s->ereported[k] = 1;
             s->n_reported++;
@@ -846,7 +874,7 @@ static const char *phase_name(int p) {
 
 static void handle_status(net_server *s, const net_identity *who, net_response *r) {
     if (!who->admin) {
-        reply_err(r, 403, "forbidden", "the status needs an administrator token");
+        net_reply_err(r, 403, "forbidden", "the status needs an administrator token");
         return;
     }
     int nup = 0;
@@ -855,7 +883,7 @@ static void handle_status(net_server *s, const net_identity *who, net_response *
     snprintf(id, sizeof id, "%016llx", (unsigned long long)s->run_id);
     json_t *o = json_object();
     json_object_set_new(o, "run_id", json_string(id));
-    json_object_set_new(o, "mode", json_string("sync"));
+    json_object_set_new(o, "mode", json_string(loom_engine_mode_name(s->ec.mode)));
     json_object_set_new(o, "rounds", json_integer(s->ec.rounds));
     json_object_set_new(o, "updates", json_integer(nup));
     json_t *cl = json_array();
@@ -892,12 +920,12 @@ void net_handle(net_server *s, const net_request *q, net_response *r) {
     for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++)
         if (q->path && !strcmp(q->path, routes[i].path)) route = i;
     if (route < 0) {
-        reply_err(r, 404, "not_found", "no endpoint %.128s", q->path ? q->path : "");
+        net_reply_err(r, 404, "not_found", "no endpoint %.128s", q->path ? q->path : "");
         return;
     }
     int is_head = q->method && !strcmp(q->method, "HEAD") && !strcmp(routes[route].method, "GET");
     if (!q->method || (strcmp(q->method, routes[route].method) && !is_head)) {
-        reply_err(r, 405, "method_not_allowed", "%s takes %s", routes[route].path, routes[route].method);
+        net_reply_err(r, 405, "method_not_allowed", "%s takes %s", routes[route].path, routes[route].method);
         return;
     }
     net_identity who;

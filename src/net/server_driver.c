@@ -15,7 +15,8 @@
 #include "loom/safetensors.h"
 #include "net/server_impl.h"
 
-static int stopped(const net_server *s) { return s->c.stop && __atomic_load_n(s->c.stop, __ATOMIC_RELAXED); }
+int net_stopped(const net_server *s) { return s->c.stop && __atomic_load_n(s->c.stop, __ATOMIC_RELAXED); }
+#define stopped net_stopped
 
 /* ------------------------------------------------------------------ checkpoints */
 
@@ -147,6 +148,7 @@ void net_server_free(net_server *s) {
     free(s->ans);
     free(s->epos);
     free(s->ereported);
+    net_async_free(s);
     free(s->ids);
     free(s->run_text);
     free(s->model_text);
@@ -261,8 +263,6 @@ static int resolve_run(net_server *s) {
 int net_server_create(net_server **out, const loom_server_config *c) {
     *out = NULL;
     if (!c->state_dir) return loom_error(LOOM_EINVAL, "the server needs a state directory (--state)");
-    if (c->mode != LOOM_NET_SYNC)
-        return loom_error(LOOM_EUNSUPPORTED, "asynchronous rounds (FedAsync, FedBuff) are not served yet");
     if (c->engine.dim == 0 || !c->engine.init) return loom_error(LOOM_EINVAL, "the server needs the run's initial vector");
     if (c->poll_ms < 1 || c->threads < 1 || c->eval_timeout_s < 0 || c->checkpoint_every < 1 ||
         !(c->done_grace_s >= 0) || c->min_clients < 0)
@@ -312,6 +312,8 @@ int net_server_create(net_server **out, const loom_server_config *c) {
         rc = loom_error(LOOM_ENOMEM, "out of memory for %zu clients", N);
         goto fail;
     }
+    s->async = c->engine.mode != LOOM_ENGINE_SYNC;
+    if (s->async && (rc = net_async_init(s)) != LOOM_OK) goto fail;
     for (size_t i = 0; i < N; i++) {
         s->n_test[i] = 1; /* every client is asked; one without test data reports no tokens */
         s->spos[i] = s->epos[i] = -1;
@@ -359,7 +361,7 @@ fail:
 /* ------------------------------------------------------------------ the round loop */
 
 /* Waits on the condition for at most dt seconds (the caller holds mu). */
-static void wait_for(net_server *s, double dt) {
+void net_wait_for(net_server *s, double dt) {
     if (dt > 0.1) dt = 0.1; /* the stop flag is looked at every 100 ms */
     if (dt < 0.001) dt = 0.001;
     struct timespec ts;
@@ -411,13 +413,17 @@ static int submit_stored(net_server *s, int round, const int *list, int n) {
 
 int net_server_drive(net_server *s, float *global) {
     int rc = LOOM_OK;
+    if (s->async) {
+        if ((rc = net_async_drive(s, global)) != LOOM_OK) return rc;
+        goto finish;
+    }
     int started = 0;
     net_store_started(s->store, &started);
     int need = s->c.min_clients > 0 ? LOOM_MIN(s->c.min_clients, s->n) : s->n;
     if (!started && s->next_round < s->ec.rounds) {
         net_store_event(s->store, 0, "waiting", "waiting for %d of %d clients to say hello", need, s->n);
         pthread_mutex_lock(&s->mu);
-        while (s->n_hello < need && !stopped(s)) wait_for(s, 0.1);
+        while (s->n_hello < need && !stopped(s)) net_wait_for(s, 0.1);
         pthread_mutex_unlock(&s->mu);
     }
     for (int r0 = s->next_round; r0 < s->ec.rounds && rc == LOOM_OK; r0++) {
@@ -465,10 +471,10 @@ int net_server_drive(net_server *s, float *global) {
             if (s->n_answered >= s->n_sampled || (s->ec.quorum > 0 && s->n_updates >= s->ec.quorum)) break;
             if (s->ec.deadline > 0 && now >= s->opened_at + s->ec.deadline) break;
             if (stopped(s)) break;
-            wait_for(s, s->ec.deadline > 0 ? s->opened_at + s->ec.deadline - now : 0.1);
+            net_wait_for(s, s->ec.deadline > 0 ? s->opened_at + s->ec.deadline - now : 0.1);
         }
         s->phase = NET_PH_CLOSING; /* new answers are late from here on */
-        while (s->pending > 0) wait_for(s, 0.01);
+        while (s->pending > 0) net_wait_for(s, 0.01);
         int answered = s->n_answered;
         pthread_mutex_unlock(&s->mu);
         if (stopped(s)) return loom_error(LOOM_ESTATE, "the server was stopped before the run ended");
@@ -500,7 +506,7 @@ int net_server_drive(net_server *s, float *global) {
             while (s->n_reported < s->ne && !stopped(s)) {
                 double now = net_wall();
                 if (now >= te + s->c.eval_timeout_s) break;
-                wait_for(s, te + s->c.eval_timeout_s - now);
+                net_wait_for(s, te + s->c.eval_timeout_s - now);
             }
             int reported = s->n_reported;
             s->phase = NET_PH_WAIT;
@@ -527,6 +533,7 @@ int net_server_drive(net_server *s, float *global) {
         net_store_event(s->store, R, "done", "%d accepted, train loss %.6g%s", m.accepted, m.train_loss,
                         m.aggregated ? "" : ", global model unchanged");
     }
+finish:
     if ((rc = save_checkpoint(s, s->ec.rounds, "global.safetensors", 1)) != LOOM_OK) return rc;
     memcpy(global, loom_engine_global(s->eng), s->dim * sizeof(float));
     /* the run is over: tasks answer "done" until every client saw it, or the grace period passed */
@@ -537,7 +544,7 @@ int net_server_drive(net_server *s, float *global) {
     double t = net_wall();
     for (;;) {
         if (s->n_seen_done >= s->n || stopped(s) || net_wall() >= t + s->c.done_grace_s) break;
-        wait_for(s, t + s->c.done_grace_s - net_wall());
+        net_wait_for(s, t + s->c.done_grace_s - net_wall());
     }
     pthread_mutex_unlock(&s->mu);
     net_store_event(s->store, 0, "finished", "the run's %d rounds are done; %s/global.safetensors written", s->ec.rounds,

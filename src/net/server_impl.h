@@ -3,6 +3,7 @@
 #define LOOM_SERVER_IMPL_H
 
 #include <pthread.h>
+#include <jansson.h>
 #include <stdio.h>
 
 #include "net/net_impl.h"
@@ -46,6 +47,16 @@ struct net_server {
     int pending, n_sampled, n_answered, n_updates;
     int *epos, *ereported, ne, n_reported;
     net_blob *cur, *prev;      /* the served global bodies */
+    /* asynchronous modes (server_async.c), under mu */
+    int async;
+    uint64_t *atask;           /* (n) the task a client holds (its number), 0: none */
+    uint64_t *aver;            /* (n) the version it trains on */
+    double *aat;               /* (n) when it got the task */
+    int *abusy;                /* (n) an answer is being stored */
+    net_blob **ablob;          /* the snapshots clients train on */
+    int nablob;
+    uint64_t aseq;             /* tasks handed out */
+    int amade, aended;         /* versions made, and whose rows were emitted */
 };
 
 double net_wall(void);
@@ -54,5 +65,25 @@ int net_write_durable(const char *dir, const char *name, const void *data, size_
 int net_publish(net_server *s, uint64_t version);
 int net_make_blob(net_server *s, uint64_t version, net_blob **out);
 void net_blob_release(net_server *s, net_blob *b);
+void net_blob_release_locked(net_blob *b); /* the same, the caller holding mu */
+/* The body of vector vec (and control, or NULL) as version `version`. */
+int net_make_blob_of(net_server *s, uint64_t version, const float *vec, const float *control, net_blob **out);
+/* Replies shared by the handlers (server.c). */
+void net_reply_err(net_response *r, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void net_reply_accepted(net_response *r, int round, int k, int replayed);
+void net_reply_rejected(net_response *r, const char *reason, const char *msg);
+const char *net_verdict_code(loom_update_verdict v, int *status);
+int net_stopped(const net_server *s);
+void net_wait_for(net_server *s, double dt); /* the caller holds mu */
+/* Asynchronous modes (server_async.c). */
+int net_async_init(net_server *s);
+void net_async_free(net_server *s);
+int net_async_task(net_server *s, int k, json_t *o);     /* under mu: 1 when a fit task was written */
+net_blob *net_async_blob(net_server *s, uint64_t v);     /* under mu: a held snapshot (referenced) */
+int net_async_answer(net_server *s, int k, int round, net_response *r); /* under mu */
+void net_async_update(net_server *s, const loom_update *u, int k, const char *name, const char *idem_key,
+                      const char *sha, const uint8_t *body, size_t len, net_response *r);
+void net_async_fail(net_server *s, int k, const char *reason); /* under mu, after net_async_answer */
+int net_async_drive(net_server *s, float *global);
 
 #endif
