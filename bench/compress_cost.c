@@ -4,7 +4,19 @@
  * final evaluation loss and perplexity on the evaluated clients' held-out lines and the bytes
  * uploaded (the encoded update sizes), against f32.
  *   compress_cost [ROUNDS [SAMPLE [LOCAL_STEPS [TOPK_FRAC]]]]      (defaults 10 10 10 0.01)
- * Needs $LOOM_SHARED (or ../shared) for data/tinyshakespeare/input.txt. */
+ * Needs $LOOM_SHARED (or ../shared) for data/tinyshakespeare/input.txt.
+ *
+ * Measured with the defaults (88 clients, 859,264 parameters, evaluation on 30 clients' held-out
+ * lines after round 10; 2 cores shared with other jobs, so the seconds are not comparable):
+ *   codec      eval_loss perplexity   bytes_up (MB)  vs f32
+ *   f32           3.1384     23.067          343.7    1.0000
+ *   f16           3.1286     22.843          171.9    0.5001
+ *   int8:256      3.1600     23.571           87.3    0.2540
+ *   topk:0.01     3.4149     30.413            6.9    0.0201
+ *   topk:0.1      3.1695     23.795           68.8    0.2001
+ * f16 and int8 cost nothing measurable at this scale (their differences from f32 are of the size a
+ * changed trajectory gives); top-k at 1% with error feedback costs 0.28 nats after 10 rounds, at 10%
+ * 0.03 nats. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
