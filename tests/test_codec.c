@@ -160,6 +160,59 @@ static void ties_and_zeros(void) {
     free(buf);
 }
 
+/* The top-k choice against a brute-force ranking (qsort by |v| descending, then index), on values
+ * with many ties, for k from 1 to dim. */
+static const float *rank_v;
+static int by_rank(const void *a, const void *b) {
+    int i = *(const int *)a, j = *(const int *)b;
+    float x = fabsf(rank_v[i]), y = fabsf(rank_v[j]);
+    return x > y ? -1 : x < y ? 1 : i - j;
+}
+
+static void topk_brute_force(void) {
+    enum { D = 257 };
+    static float v[D], out[D];
+    static int order[D];
+    loom_rng r;
+    loom_rng_init(&r, 3, 3);
+    for (int i = 0; i < D; i++) v[i] = (float)((int)loom_rng_below(&r, 9) - 4) / 4; /* 9 levels: ties */
+    for (int i = 0; i < D; i++) order[i] = i;
+    rank_v = v;
+    qsort(order, D, sizeof *order, by_rank);
+    const size_t ks[] = {1, 2, 3, 50, 128, 200, 256, 257};
+    int bad = 0;
+    for (int t = 0; t < 8; t++) {
+        size_t k = ks[t];
+        loom_codec_opts o = {LOOM_CODEC_TOPK, 0, (double)k / D};
+        loom_update u = make(v, D, NULL);
+        uint8_t *buf;
+        size_t n;
+        loom_update d;
+        if (loom_update_encode(&u, &o, &buf, &n) != LOOM_OK) {
+            bad++;
+            continue;
+        }
+        loom_st_file *f;
+        int32_t idx[D];
+        int got = 0;
+        if (loom_st_open_memory(&f, buf, n, "msg") == LOOM_OK) {
+            const loom_st_tensor *ix = loom_st_find(f, "update.index");
+            if (ix && ix->numel == k && loom_st_to_i32(ix, idx, k) == LOOM_OK) got = 1;
+            loom_st_close(f);
+        }
+        /* the kept set is the first k of the ranking, listed in ascending index order */
+        static char want[D];
+        memset(want, 0, sizeof want);
+        for (size_t i = 0; i < k; i++) want[order[i]] = 1;
+        for (size_t j = 0; got && j < k; j++) bad += !want[idx[j]] || (j > 0 && idx[j] <= idx[j - 1]);
+        bad += !got;
+        if (loom_update_decode(buf, n, D, &d, out, NULL) == LOOM_OK)
+            for (int i = 0; i < D; i++) bad += out[i] != (want[i] ? v[i] : 0.0f);
+        free(buf);
+    }
+    CHECK(bad == 0, "top-k equals the brute-force ranking for every k (%d differences)", bad);
+}
+
 /* ---- refusals ---- */
 
 typedef struct {
@@ -652,6 +705,7 @@ int main(void) {
     loom_set_log(NULL, NULL, LOOM_ERROR);
     round_trips();
     ties_and_zeros();
+    topk_brute_force();
     refusals();
     parse_opts();
     error_feedback();
