@@ -18,7 +18,7 @@
 #      RETRY_MS (500), PORT (a free one),
 #      BASE_SHA256 (the LoRA run's frozen base hash; default: computed by loadgen from gpt2-124m, seed 1,
 #      as `loom server` makes it), SKIP_LORA=1, SKIP_FULL=1,
-#      KEEP=1 (keep the temporary directory).
+#      THREADS (the server's HTTP threads, default 16), KEEP=1 (keep the temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000}
@@ -76,7 +76,7 @@ serve() {
     url=https://127.0.0.1:$port
     if [ "$use_cli" = 1 ]; then
         register "$1" "$2" c "$3"
-        "$loom" server --state "$1" --config "$4" --listen "127.0.0.1:$port" \
+        "$loom" server --state "$1" --config "$4" --listen "127.0.0.1:$port" --threads "${THREADS:-16}" \
             --tls-cert "$tmp/cert.pem" --tls-key "$tmp/key.pem" > "$5" 2>&1 &
     else
         "$net_serve" --state "$1" --clients "$2" --tokens "$3" --dim "$6" --sample "$7" --rounds "$8" \

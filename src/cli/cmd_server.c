@@ -73,7 +73,7 @@ int cmd_server(int argc, char **argv) {
     cli_run r;
     cli_run_init(&r);
     const char *config = NULL, *state = NULL, *listen = "127.0.0.1:8443", *cert = NULL, *key = NULL;
-    int min_clients = 0, poll_ms = 500, eval_timeout = 60, threads = 8;
+    int min_clients = 0, poll_ms = 500, eval_timeout = 60, threads = 16;
     float max_upload_mb = 0;
     cli_opt opts[CLI_RUN_MAX_OPTS + 12];
     int nopts = 0;
