@@ -67,6 +67,8 @@
 
 #include "loom/pipeline.h"
 #include "loom/strategy.h"
+#include "loom/safetensors.h"
+#include "loom/tvec.h"
 #include "loom/update.h"
 
 #ifdef __cplusplus
@@ -275,6 +277,19 @@ loom_strategy *loom_engine_strategy(loom_engine *e);
 loom_pipeline *loom_engine_pipeline(loom_engine *e);
 /* Continues at next_round (after the driver loaded the global vector and the strategy state). */
 int loom_engine_restore(loom_engine *e, int next_round);
+
+/* ---- checkpoints, shared by the drivers ----
+ * The engine's part of a run checkpoint, added to w: the global vector under mf's names; unless final,
+ * the strategy's named state as tensors "strategy.NAME"; metadata next_round, dim, loom_tvec,
+ * loom_tvec_dim, clients, seed and strategy. A driver adds its own state (its clients', a run id) to the
+ * same writer and writes it (the data are referenced until then: write before the next round). */
+int loom_engine_checkpoint_add(loom_engine *e, loom_st_writer *w, const loom_tvec *mf, int next_round,
+                               int final);
+/* Restores what checkpoint_add wrote to f (path names it in errors): the metadata must match this
+ * engine (dim, clients, seed, strategy: a difference is an error naming the key), then the vector, the
+ * strategy state, and loom_engine_restore at the checkpoint's next round (*next_round). */
+int loom_engine_checkpoint_load(loom_engine *e, const loom_st_file *f, const loom_tvec *mf, const char *path,
+                                int *next_round);
 
 /* Opens round next_round at time now: samples; *clients (n of them, sorted) stays valid until
  * end_round. All rounds done: LOOM_ESTATE. */

@@ -2,10 +2,10 @@
  *
  *     decode -> validate -> clip -> aggregate -> noise -> server optimizer
  *
- *   decode     the update's codec turns its payload into dim floats. Now: LOOM_CODEC_F32 (the floats
- *              themselves). The slot is loom_update.codec (include/loom/update.h): f16, int8, top-k and
- *              seed-scalar (zeroth-order clients send a seed and one scalar per step) decode into a
- *              float scratch here, before validation, and nothing after this stage changes.
+ *   decode     the update's codec turns its payload into dim floats: f32, f16, int8 with per-chunk
+ *              scales and top-k (loom_update_decode, include/loom/update.h; a transport decodes before
+ *              it submits, the simulator's clients hand over what the codec would deliver). The
+ *              seed-scalar slot (zeroth-order clients: a seed and one scalar per step) is reserved.
  *   validate   length = dim, every value finite, L2 norm <= max_norm (0 = no bound), weight a whole
  *              number in [1, LOOM_FX_MAX_WEIGHT] (loom_update_check; refusals carry a reason).
  *   clip       optional: an update with L2 norm above clip_norm is scaled by clip_norm / norm (the norm

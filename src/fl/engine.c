@@ -2,6 +2,8 @@
  * pipeline, evaluation hand-out and metrics (see include/loom/engine.h). */
 #include "loom/engine.h"
 
+#include "loom/safetensors.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -506,4 +508,81 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
     pthread_mutex_unlock(&e->mu);
     e->next_round = e->round;
     return LOOM_OK;
+}
+
+/* ------------------------------------------------------------------ checkpoints */
+
+int loom_engine_checkpoint_add(loom_engine *e, loom_st_writer *w, const loom_tvec *mf, int next_round, int final) {
+    loom_strategy *strat = loom_engine_strategy(e);
+    int rc = loom_tvec_add_to(w, mf, e->global, NULL);
+    size_t ns = final ? 0 : loom_strategy_state_count(strat);
+    for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
+        const char *sn;
+        float *data;
+        size_t len;
+        loom_strategy_state(strat, i, &sn, &data, &len);
+        char nm[256];
+        snprintf(nm, sizeof nm, "strategy.%s", sn);
+        int64_t shape[1] = {(int64_t)len};
+        rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, shape, data);
+    }
+    char buf[64];
+#define META(key, fmt, val)                                       \
+    do {                                                          \
+        snprintf(buf, sizeof buf, fmt, val);                      \
+        if (rc == LOOM_OK) rc = loom_st_writer_meta(w, key, buf); \
+    } while (0)
+    META("next_round", "%d", next_round);
+    META("dim", "%zu", e->c.dim);
+    META("loom_tvec_dim", "%zu", e->c.dim);
+    META("loom_tvec", "%d", LOOM_TVEC_VERSION);
+    META("clients", "%d", e->c.n_clients);
+    META("seed", "%llu", (unsigned long long)e->c.seed);
+    META("strategy", "%s", loom_strategy_name(strat));
+#undef META
+    return rc;
+}
+
+int loom_engine_checkpoint_load(loom_engine *e, const loom_st_file *f, const loom_tvec *mf, const char *path,
+                                int *next_round) {
+    loom_strategy *strat = loom_engine_strategy(e);
+    char want[4][64];
+    snprintf(want[0], sizeof want[0], "%zu", e->c.dim);
+    snprintf(want[1], sizeof want[1], "%d", e->c.n_clients);
+    snprintf(want[2], sizeof want[2], "%llu", (unsigned long long)e->c.seed);
+    snprintf(want[3], sizeof want[3], "%s", loom_strategy_name(strat));
+    static const char *const keys[4] = {"dim", "clients", "seed", "strategy"};
+    for (int i = 0; i < 4; i++) {
+        const char *v = loom_st_meta(f, keys[i]);
+        if (!v || strcmp(v, want[i]))
+            return loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: resuming needs the same configuration", path,
+                              keys[i], v ? v : "missing", want[i]);
+    }
+    const char *v = loom_st_meta(f, "next_round");
+    char *end = NULL;
+    long nr = v ? strtol(v, &end, 10) : -1;
+    if (!v || *end || nr < 0 || nr > e->c.rounds)
+        return loom_error(LOOM_EFORMAT, "%s: next_round is %s (the run has %d rounds)", path, v ? v : "missing",
+                          e->c.rounds);
+    loom_tvec_io io = {.allow_extra = 1}; /* a checkpoint holds state beside the vector */
+    int rc = loom_tvec_read_from(f, mf, e->global, &io);
+    if (rc != LOOM_OK) return loom_error_context(rc, "%s", path);
+    size_t ns = loom_strategy_state_count(strat);
+    for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
+        const char *sn;
+        float *data;
+        size_t len;
+        loom_strategy_state(strat, i, &sn, &data, &len);
+        char nm[256];
+        snprintf(nm, sizeof nm, "strategy.%s", sn);
+        const loom_st_tensor *t = loom_st_find(f, nm);
+        if (!t) return loom_error(LOOM_ENOTFOUND, "%s: no strategy state %s", path, nm);
+        float *tmp = loom_alloc(len * sizeof(float));
+        rc = tmp ? loom_st_to_f32(t, tmp, len) : LOOM_ENOMEM;
+        if (rc == LOOM_OK) rc = loom_pipeline_state_load(e->pipe, sn, tmp, len);
+        loom_free(tmp);
+    }
+    if (rc == LOOM_OK) rc = loom_engine_restore(e, (int)nr);
+    if (rc == LOOM_OK) *next_round = (int)nr;
+    return rc;
 }

@@ -27,49 +27,18 @@ static int save_checkpoint(net_server *s, int next_round, const char *file, int 
     loom_st_writer *w;
     int rc = loom_st_writer_create(&w);
     if (rc != LOOM_OK) return rc;
-    loom_strategy *strat = loom_engine_strategy(s->eng);
-    size_t ns = loom_strategy_state_count(strat);
-    char **names = calloc(ns + 1, sizeof *names);
-    if (!names) rc = loom_error(LOOM_ENOMEM, "out of memory");
-    if (rc == LOOM_OK) rc = loom_tvec_add_to(w, s->manifest, loom_engine_global(s->eng), NULL);
-    for (size_t i = 0; !final && i < ns && rc == LOOM_OK; i++) {
-        const char *sn;
-        float *data;
-        size_t len;
-        loom_strategy_state(strat, i, &sn, &data, &len);
-        names[i] = malloc(strlen(sn) + 16);
-        if (!names[i]) {
-            rc = loom_error(LOOM_ENOMEM, "out of memory");
-            break;
-        }
-        sprintf(names[i], "strategy.%s", sn);
-        int64_t shape[1] = {(int64_t)len};
-        rc = loom_st_writer_add(w, names[i], LOOM_DT_F32, 1, shape, data);
-    }
+    rc = loom_engine_checkpoint_add(s->eng, w, s->manifest, next_round, final);
     char buf[64];
-#define META(key, fmt, val)                                             \
-    do {                                                                \
-        snprintf(buf, sizeof buf, fmt, val);                            \
-        if (rc == LOOM_OK) rc = loom_st_writer_meta(w, key, buf);       \
-    } while (0)
-    META("next_round", "%d", next_round);
-    META("dim", "%zu", s->dim);
-    META("loom_tvec_dim", "%zu", s->dim);
-    META("loom_tvec", "%d", LOOM_TVEC_VERSION);
-    META("clients", "%d", s->n);
-    META("seed", "%llu", (unsigned long long)s->ec.seed);
-    META("run_id", "%016llx", (unsigned long long)s->run_id);
-    if (!final) META("metrics_bytes", "%zu", s->metrics_bytes);
-#undef META
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "strategy", loom_strategy_name(strat));
+    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)s->run_id);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "run_id", buf);
+    snprintf(buf, sizeof buf, "%zu", s->metrics_bytes);
+    if (rc == LOOM_OK && !final) rc = loom_st_writer_meta(w, "metrics_bytes", buf);
     void *data = NULL;
     size_t len = 0;
     if (rc == LOOM_OK) rc = loom_st_writer_serialize(w, &data, &len);
     if (rc == LOOM_OK) rc = net_write_durable(s->c.state_dir, file, data, len);
     loom_free(data);
     loom_st_writer_free(w);
-    for (size_t i = 0; names && i < ns; i++) free(names[i]);
-    free(names);
     return rc;
 }
 
@@ -77,57 +46,20 @@ static int load_checkpoint(net_server *s, const char *path) {
     loom_st_file *f;
     int rc = loom_st_open(&f, path);
     if (rc != LOOM_OK) return rc;
-    loom_strategy *strat = loom_engine_strategy(s->eng);
-    const char *v;
-    char want[64];
-#define EXPECT(key, fmt, val)                                                                                   \
-    snprintf(want, sizeof want, fmt, val);                                                                      \
-    v = loom_st_meta(f, key);                                                                                   \
-    if (!v || strcmp(v, want)) {                                                                                \
-        rc = loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: a restart needs the same configuration", path, \
-                        key, v ? v : "missing", want);                                                          \
-        loom_st_close(f);                                                                                       \
-        return rc;                                                                                              \
-    }
-    EXPECT("dim", "%zu", s->dim);
-    EXPECT("clients", "%d", s->n);
-    EXPECT("seed", "%llu", (unsigned long long)s->ec.seed);
-    EXPECT("run_id", "%016llx", (unsigned long long)s->run_id);
-    EXPECT("strategy", "%s", loom_strategy_name(strat));
-#undef EXPECT
-    v = loom_st_meta(f, "next_round");
-    char *end = NULL;
-    long nr = v ? strtol(v, &end, 10) : -1;
-    if (!v || *end || nr < 0 || nr > s->ec.rounds) {
+    char want[32];
+    snprintf(want, sizeof want, "%016llx", (unsigned long long)s->run_id);
+    const char *v = loom_st_meta(f, "run_id");
+    if (!v || strcmp(v, want)) {
         loom_st_close(f);
-        return loom_error(LOOM_EFORMAT, "%s: next_round is %s", path, v ? v : "missing");
+        return loom_error(LOOM_EINVAL, "%s: run_id is %s, this run is %s: a restart needs the same run", path,
+                          v ? v : "missing", want);
     }
     v = loom_st_meta(f, "metrics_bytes");
     s->metrics_bytes = v ? (size_t)strtoull(v, NULL, 10) : 0;
-    loom_tvec_io io = {.allow_extra = 1};
-    rc = loom_tvec_read_from(f, s->manifest, loom_engine_global(s->eng), &io);
-    if (rc != LOOM_OK) rc = loom_error_context(rc, "%s", path);
-    size_t ns = loom_strategy_state_count(strat);
-    for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
-        const char *sn;
-        float *data;
-        size_t len;
-        loom_strategy_state(strat, i, &sn, &data, &len);
-        char nm[256];
-        snprintf(nm, sizeof nm, "strategy.%s", sn);
-        const loom_st_tensor *t = loom_st_find(f, nm);
-        if (!t) {
-            rc = loom_error(LOOM_ENOTFOUND, "%s: no strategy state %s", path, nm);
-            break;
-        }
-        float *tmp = loom_alloc(len * sizeof(float));
-        rc = tmp ? loom_st_to_f32(t, tmp, len) : LOOM_ENOMEM;
-        if (rc == LOOM_OK) rc = loom_pipeline_state_load(loom_engine_pipeline(s->eng), sn, tmp, len);
-        loom_free(tmp);
-    }
+    int nr = 0;
+    rc = loom_engine_checkpoint_load(s->eng, f, s->manifest, path, &nr);
     loom_st_close(f);
-    if (rc == LOOM_OK) rc = loom_engine_restore(s->eng, (int)nr);
-    if (rc == LOOM_OK) s->next_round = (int)nr;
+    if (rc == LOOM_OK) s->next_round = nr;
     return rc;
 }
 

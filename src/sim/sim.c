@@ -434,19 +434,9 @@ out:
 
 /* ------------------------------------------------------------------ checkpoints */
 
-/* All of the simulator's vector I/O: the global vector under its manifest's names (prefix "" here),
- * through the one trainable-vector serializer. */
-static int write_vector(loom_st_writer *w, const loom_tvec *mf, const char *prefix, const float *v) {
-    loom_tvec_io io = {.prefix = prefix};
-    return loom_tvec_add_to(w, mf, v, &io);
-}
-
-static int read_vector(const loom_st_file *f, const loom_tvec *mf, const char *prefix, float *v) {
-    loom_tvec_io io = {.prefix = prefix, .allow_extra = 1}; /* a checkpoint holds state beside the vector */
-    int rc = loom_tvec_read_from(f, mf, v, &io);
-    return rc == LOOM_OK ? rc : loom_error_context(rc, "checkpoint");
-}
-
+/* The checkpoint: the engine's part (global vector, strategy state, run metadata) and the clients'
+ * state this driver keeps (data positions, SCAFFOLD c_i, compression residuals). The final
+ * global.safetensors holds the vector alone. */
 static int save_checkpoint(sim_run *r, int next_round, const char *file) {
     const loom_sim_config *c = r->c;
     char path[4096];
@@ -454,84 +444,31 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
     loom_st_writer *w;
     int rc = loom_st_writer_create(&w);
     if (rc != LOOM_OK) return rc;
-    loom_strategy *strat = loom_engine_strategy(r->eng);
-    int cap = 16 + 2 * r->n_clients;
-    char **names = calloc((size_t)cap, sizeof *names);
-    int64_t *steps = NULL;
-    int nn = 0;
-    if (!names) rc = loom_error(LOOM_ENOMEM, "out of memory");
-    if (rc == LOOM_OK) rc = write_vector(w, r->manifest, "", loom_engine_global(r->eng));
     int final = !strcmp(file, "global.safetensors");
+    int64_t *steps = NULL;
+    rc = loom_engine_checkpoint_add(r->eng, w, r->manifest, next_round, final);
     if (!final && rc == LOOM_OK) {
-        /* the server's state: the strategy's named vectors */
-        size_t ns = loom_strategy_state_count(strat);
-        for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
-            const char *sn;
-            float *data;
-            size_t len;
-            loom_strategy_state(strat, i, &sn, &data, &len);
-            char *nm = malloc(strlen(sn) + 16);
-            if (!nm) {
-                rc = loom_error(LOOM_ENOMEM, "out of memory");
-                break;
-            }
-            sprintf(nm, "strategy.%s", sn);
-            names[nn++] = nm;
-            int64_t shape[1] = {(int64_t)len};
-            rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, shape, data);
-        }
-        /* the clients' state, kept by this driver */
         steps = malloc((size_t)r->n_clients * sizeof *steps);
-        if (!steps && rc == LOOM_OK) rc = loom_error(LOOM_ENOMEM, "out of memory");
+        if (!steps) rc = loom_error(LOOM_ENOMEM, "out of memory");
         for (int i = 0; steps && i < r->n_clients; i++) steps[i] = (int64_t)r->states[i].steps;
         int64_t shape[1] = {r->n_clients};
         if (rc == LOOM_OK) rc = loom_st_writer_add(w, "client_steps", LOOM_DT_I64, 1, shape, steps);
         for (int i = 0; i < r->n_clients && rc == LOOM_OK; i++) {
-            if (!r->states[i].control) continue;
-            char *nm = malloc(32);
-            if (!nm) {
-                rc = loom_error(LOOM_ENOMEM, "out of memory");
-                break;
-            }
-            snprintf(nm, 32, "client_control.%d", i);
-            if (nn >= cap) {
-                free(nm);
-                break;
-            }
-            names[nn++] = nm;
+            char nm[48];
             int64_t sh[1] = {(int64_t)r->dim};
-            rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].control);
-        }
-        for (int i = 0; i < r->n_clients && rc == LOOM_OK; i++) { /* error feedback of compression */
-            if (!r->states[i].residual || nn >= cap) continue;
-            char *nm = malloc(32);
-            if (!nm) {
-                rc = loom_error(LOOM_ENOMEM, "out of memory");
-                break;
+            if (r->states[i].control) {
+                snprintf(nm, sizeof nm, "client_control.%d", i);
+                rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].control);
             }
-            snprintf(nm, 32, "client_residual.%d", i);
-            names[nn++] = nm;
-            int64_t sh[1] = {(int64_t)r->states[i].residual_dim};
-            rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].residual);
+            if (rc == LOOM_OK && r->states[i].residual) { /* error feedback of compression */
+                snprintf(nm, sizeof nm, "client_residual.%d", i);
+                sh[0] = (int64_t)r->states[i].residual_dim;
+                rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].residual);
+            }
         }
     }
-    char buf[64];
-    snprintf(buf, sizeof buf, "%d", next_round);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "next_round", buf);
-    snprintf(buf, sizeof buf, "%zu", r->dim);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "dim", buf);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_tvec_dim", buf);
-    snprintf(buf, sizeof buf, "%d", LOOM_TVEC_VERSION);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "loom_tvec", buf);
-    snprintf(buf, sizeof buf, "%d", r->n_clients);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "clients", buf);
-    snprintf(buf, sizeof buf, "%llu", (unsigned long long)c->seed);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "seed", buf);
-    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "strategy", loom_strategy_name(strat));
     if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
     loom_st_writer_free(w);
-    for (int i = 0; i < nn; i++) free(names[i]);
-    free(names);
     free(steps);
     return rc;
 }
@@ -584,44 +521,7 @@ static int load_checkpoint(sim_run *r, int *next_round) {
     loom_st_file *f;
     int rc = loom_st_open(&f, path);
     if (rc != LOOM_OK) return rc;
-    loom_strategy *strat = loom_engine_strategy(r->eng);
-    const char *v;
-    char want[64];
-#define EXPECT(key, fmt, val)                                                                                  \
-    snprintf(want, sizeof want, fmt, val);                                                                     \
-    v = loom_st_meta(f, key);                                                                                  \
-    if (!v || strcmp(v, want)) {                                                                               \
-        rc = loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: resume needs the same configuration", path,  \
-                        key, v ? v : "missing", want);                                                         \
-        loom_st_close(f);                                                                                      \
-        return rc;                                                                                             \
-    }
-    EXPECT("dim", "%zu", r->dim);
-    EXPECT("clients", "%d", r->n_clients);
-    EXPECT("seed", "%llu", (unsigned long long)c->seed);
-    EXPECT("strategy", "%s", loom_strategy_name(strat));
-#undef EXPECT
-    v = loom_st_meta(f, "next_round");
-    *next_round = v ? atoi(v) : 0;
-    rc = read_vector(f, r->manifest, "", loom_engine_global(r->eng));
-    size_t ns = loom_strategy_state_count(strat);
-    for (size_t i = 0; i < ns && rc == LOOM_OK; i++) {
-        const char *sn;
-        float *data;
-        size_t len;
-        loom_strategy_state(strat, i, &sn, &data, &len);
-        char nm[256];
-        snprintf(nm, sizeof nm, "strategy.%s", sn);
-        const loom_st_tensor *t = loom_st_find(f, nm);
-        if (!t) {
-            rc = loom_error(LOOM_ENOTFOUND, "%s: no strategy state %s", path, nm);
-            break;
-        }
-        float *tmp = loom_alloc(len * sizeof(float));
-        rc = tmp ? loom_st_to_f32(t, tmp, len) : LOOM_ENOMEM;
-        if (rc == LOOM_OK) rc = loom_pipeline_state_load(loom_engine_pipeline(r->eng), sn, tmp, len);
-        loom_free(tmp);
-    }
+    rc = loom_engine_checkpoint_load(r->eng, f, r->manifest, path, next_round);
     const loom_st_tensor *t = loom_st_find(f, "client_steps");
     if (rc == LOOM_OK && (!t || t->numel != (size_t)r->n_clients || t->dtype != LOOM_DT_I64))
         rc = loom_error(LOOM_EFORMAT, "%s: client_steps missing or of the wrong size", path);
@@ -650,7 +550,6 @@ static int load_checkpoint(sim_run *r, int *next_round) {
         if (rc != LOOM_OK) rc = loom_error_context(rc, "%s: %s", path, nm);
     }
     loom_st_close(f);
-    if (rc == LOOM_OK) rc = loom_engine_restore(r->eng, *next_round);
     return rc;
 }
 
