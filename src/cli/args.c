@@ -314,6 +314,21 @@ fail:
     return -1;
 }
 
+int cli_parse_config(int argc, char **argv, const char *usage, const char *description, cli_opt *opts, int nopts,
+                     cli_config **cfg) {
+    *cfg = NULL;
+    const char *config = NULL;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
+    if (config && cli_config_read(config, opts, nopts, cfg) != 0) return -1;
+    int pr = cli_parse(argc, argv, usage, description, opts, nopts, NULL, NULL, 0);
+    if (pr) {
+        cli_config_free(*cfg);
+        *cfg = NULL;
+    }
+    return pr;
+}
+
 void cli_config_free(cli_config *cfg) {
     if (!cfg) return;
     free(cfg->numbers);

@@ -44,6 +44,11 @@ const char *cli_duration(double s, char *buf, int n);
  * cli_config_free(*cfg). */
 typedef struct cli_config cli_config;
 int cli_config_read(const char *path, cli_opt *opts, int nopts, cli_config **cfg);
+/* Parses a command whose table has a "config" option: the file named by --config first (its values),
+ * then the command line over them. Returns as cli_parse (1: help printed; -1: error printed, also for a
+ * refused config file); *cfg (release with cli_config_free) holds the file's strings. */
+int cli_parse_config(int argc, char **argv, const char *usage, const char *description, cli_opt *opts, int nopts,
+                     cli_config **cfg);
 /* The same from a JSON object text (name names it in errors). */
 int cli_config_parse(const char *text, const char *name, cli_opt *opts, int nopts, cli_config **cfg);
 void cli_config_free(cli_config *cfg);

@@ -99,14 +99,8 @@ int cmd_server(int argc, char **argv) {
         "once it is on disk, and resumes where it stopped when started again with the same command.\n"
         "Writes STATE/global.safetensors and STATE/metrics.jsonl and exits 0 after the last round.";
     cli_config *cfg = NULL;
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
-    if (config && cli_config_read(config, opts, nopts, &cfg) != 0) return 2;
-    int pr = cli_parse(argc, argv, usage, desc, opts, nopts, NULL, NULL, 0);
-    if (pr) {
-        cli_config_free(cfg);
-        return pr > 0 ? 0 : 2;
-    }
+    int pr = cli_parse_config(argc, argv, usage, desc, opts, nopts, &cfg);
+    if (pr) return pr > 0 ? 0 : 2;
     int rc = 1;
     loom_model *m = NULL;
     loom_tset *set = NULL;

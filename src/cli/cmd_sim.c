@@ -103,16 +103,9 @@ int cmd_sim(int argc, char **argv) {
         "Clients run on --workers threads; results are identical for any number of workers. Writes\n"
         "per-round metrics (JSONL), the final global model, checkpoints, and an accuracy plot to --out.\n"
         "The same --config file runs a real federation with loom server (see docs/protocol.md).";
-    /* config file first, then the command line */
     cli_config *cfg = NULL;
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "--config")) config = argv[i + 1];
-    if (config && cli_config_read(config, opts, nopts, &cfg) != 0) return 2;
-    int pr = cli_parse(argc, argv, usage, desc, opts, nopts, NULL, NULL, 0);
-    if (pr) {
-        cli_config_free(cfg);
-        return pr > 0 ? 0 : 2;
-    }
+    int pr = cli_parse_config(argc, argv, usage, desc, opts, nopts, &cfg);
+    if (pr) return pr > 0 ? 0 : 2;
     int rc = 1;
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
