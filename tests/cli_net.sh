@@ -130,6 +130,53 @@ check "after 3 kills == loom sim, bit for bit" test "$(st_data "$S/global.safete
 check "restart with another configuration is refused" bash -c "sed 's/\"rounds\": 3/\"rounds\": 4/' '$tmp/run.json' > '$tmp/run4.json' &&
     ! '$LOOM' server --state '$S' --config '$tmp/run4.json' --listen 127.0.0.1:0 2> '$tmp/r4.err' && grep -qi 'rounds' '$tmp/r4.err'"
 
+# ---- kill -9 of a client right after it trained (before or while it uploads), twice; started again
+# with the same command it sends the same update: the result is still the simulator's, bit for bit
+S="$tmp/s6"
+register "$S"
+unset port_fixed
+start_server "$S"
+start_clients "$S"
+read -r alice_pid bob_pid <<< "$cpids"
+ckills=0
+for after in 1 2; do
+    for _ in $(seq 600); do
+        [ "$(grep -c 'trained' "$S.alice.log" 2> /dev/null)" -ge $after ] && break
+        sleep 0.05
+    done
+    if kill -0 "$alice_pid" 2> /dev/null; then
+        kill -9 "$alice_pid"
+        wait "$alice_pid" 2> /dev/null
+        ckills=$((ckills + 1))
+        "$LOOM" client --server "https://127.0.0.1:$port" --name alice --token-file "$S.alice" --ca-cert "$S/tls/cert.pem" \
+            --data "$tmp/cd/alice.txt" --work-dir "$S.walice" --threads 1 > /dev/null 2>> "$S.alice.log" &
+        alice_pid=$!
+    fi
+done
+cpids="$alice_pid $bob_pid"
+check "killed a client twice ($ckills)" test $ckills -eq 2
+wait_all 300
+check "run survives clients killed with kill -9 (exit 0)" test $? -eq 0
+check "after clients killed with kill -9 == loom sim, bit for bit" test "$(st_data "$S/global.safetensors")" = "$(st_data "$tmp/ref/global.safetensors")"
+# a client that dies after training round 2 and before its upload trains round 2 again from the same state
+S="$tmp/s7"
+register "$S"
+start_server "$S"
+LOOM_TEST_CRASH_AFTER_FIT=2 "$LOOM" client --server "https://127.0.0.1:$port" --name alice --token-file "$S.alice" \
+    --ca-cert "$S/tls/cert.pem" --data "$tmp/cd/alice.txt" --work-dir "$S.walice" --threads 1 > /dev/null 2>> "$S.alice.log" &
+alice_pid=$!
+"$LOOM" client --server "https://127.0.0.1:$port" --name bob --token-file "$S.bob" --ca-cert "$S/tls/cert.pem" \
+    --data "$tmp/cd/bob.txt" --work-dir "$S.wbob" --threads 1 > /dev/null 2>> "$S.bob.log" &
+bob_pid=$!
+wait $alice_pid
+check "the client died after training round 2" test $? -eq 9
+"$LOOM" client --server "https://127.0.0.1:$port" --name alice --token-file "$S.alice" --ca-cert "$S/tls/cert.pem" \
+    --data "$tmp/cd/alice.txt" --work-dir "$S.walice" --threads 1 > /dev/null 2>> "$S.alice.log" &
+cpids="$! $bob_pid"
+wait_all 300
+check "run survives a client dying between training and upload (exit 0)" test $? -eq 0
+check "a client retrained after dying: == loom sim, bit for bit" test "$(st_data "$S/global.safetensors")" = "$(st_data "$tmp/ref/global.safetensors")"
+
 # ---- compressed updates (top-k with error feedback): the networked run still equals the simulator's
 sed 's/"strategy": "fedavg"/"strategy": "fedavg", "compress": "topk:0.05"/' "$tmp/run.json" > "$tmp/runc.json"
 "$LOOM" sim --config "$tmp/runc.json" --clients-dir "$tmp/cd" --out "$tmp/refc" > /dev/null 2>&1

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -44,11 +45,15 @@ typedef struct {
     int client;
     uint64_t run_id;
     loom_client_state st;
-    char state_path[4096];
+    char state_path[4096], pre_path[4096];
 } client_run;
 
-/* The client's own state (local step counter, SCAFFOLD c_i) survives restarts of the process. */
-static int save_state(client_run *c) {
+/* The client's own state (local step counter, SCAFFOLD c_i, compression residual) survives restarts of
+ * the process, and a round is trained from the same state however often it is trained: before a fit
+ * of round R the state is kept as "pre" (tagged R); a fit of R that finds a pre tagged R (the process
+ * stopped after training, before its upload was safely pending) starts from it again, so the update
+ * it sends is the one it would have sent. After the fit the state is saved as the current one. */
+static int save_state(client_run *c, const char *path, int round) {
     loom_st_writer *w;
     int rc = loom_st_writer_create(&w);
     if (rc != LOOM_OK) return rc;
@@ -59,27 +64,31 @@ static int save_state(client_run *c) {
     char buf[32];
     snprintf(buf, sizeof buf, "%016llx", (unsigned long long)c->run_id);
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "run_id", buf);
-    if (rc == LOOM_OK) rc = loom_st_writer_write(w, c->state_path);
+    snprintf(buf, sizeof buf, "%d", round);
+    if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "round", buf);
+    if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
     loom_st_writer_free(w);
     return rc;
 }
 
-static int load_state(client_run *c) {
+/* Loads the state saved in path when it belongs to this run: *round its tag (-1: nothing loaded). */
+static int load_state(client_run *c, const char *path, int *round) {
+    *round = -1;
     struct stat sb;
-    if (stat(c->state_path, &sb) != 0) return LOOM_OK; /* a new client */
+    if (stat(path, &sb) != 0) return LOOM_OK; /* a new client */
     loom_st_file *f;
-    int rc = loom_st_open(&f, c->state_path);
+    int rc = loom_st_open(&f, path);
     if (rc != LOOM_OK) return rc;
     char want[32];
     snprintf(want, sizeof want, "%016llx", (unsigned long long)c->run_id);
-    const char *rid = loom_st_meta(f, "run_id");
-    if (!rid || strcmp(rid, want)) {
+    const char *rid = loom_st_meta(f, "run_id"), *rd = loom_st_meta(f, "round");
+    if (!rid || strcmp(rid, want) || !rd) {
         loom_st_close(f);
-        loom_log(LOOM_WARN, "%s belongs to another run: starting this run's client state afresh", c->state_path);
+        loom_log(LOOM_WARN, "%s belongs to another run: starting this run's client state afresh", path);
         return LOOM_OK;
     }
     const loom_st_tensor *t = loom_st_find(f, "steps");
-    if (!t || t->dtype != LOOM_DT_I64 || t->numel != 1) rc = loom_error(LOOM_EFORMAT, "%s: no step counter", c->state_path);
+    if (!t || t->dtype != LOOM_DT_I64 || t->numel != 1) rc = loom_error(LOOM_EFORMAT, "%s: no step counter", path);
     else {
         int64_t s;
         memcpy(&s, t->data, sizeof s);
@@ -91,8 +100,26 @@ static int load_state(client_run *c) {
     const loom_st_tensor *rt = loom_st_find(f, "residual");
     if (rc == LOOM_OK && rt && (rc = loom_client_state_residual(&c->st, c->dim)) == LOOM_OK)
         rc = loom_st_to_f32(rt, c->st.residual, c->dim);
+    if (rc == LOOM_OK) *round = atoi(rd); /* rd lives in f */
     loom_st_close(f);
     return rc;
+}
+
+/* The state a fit of round R starts from (see save_state). */
+static int state_for_round(client_run *c, int round) {
+    loom_client_state keep = c->st;
+    loom_client_state_init(&c->st);
+    int tag = -1;
+    int rc = load_state(c, c->pre_path, &tag);
+    if (rc == LOOM_OK && tag == round) { /* this round was trained before: start from the same state */
+        loom_client_state_clear(&keep);
+        loom_log(LOOM_INFO, "round %d: training again from the state it was first trained from", round);
+        return LOOM_OK;
+    }
+    loom_client_state_clear(&c->st);
+    c->st = keep;
+    if (rc != LOOM_OK) return rc;
+    return save_state(c, c->pre_path, round);
 }
 
 static int setup(void *ud, const loom_netclient_hello *h) {
@@ -144,7 +171,9 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     c->client = h->client;
     c->run_id = h->run_id;
     snprintf(c->state_path, sizeof c->state_path, "%s/client-state.safetensors", c->work_dir);
-    if ((rc = load_state(c)) != LOOM_OK) return rc;
+    snprintf(c->pre_path, sizeof c->pre_path, "%s/client-state-pre.safetensors", c->work_dir);
+    int tag;
+    if ((rc = load_state(c, c->state_path, &tag)) != LOOM_OK) return rc;
     loom_log(LOOM_INFO, "client %d of %d: %zu training and %zu test examples, %zu trainable values", h->client,
              h->n_clients, c->cl.n_train, c->cl.n_test, c->dim);
     return LOOM_OK;
@@ -165,11 +194,16 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     out.control_delta = c->dc;
     loom_client_ctx ctx = {c->tr, c->vec, c->dim};
     loom_client_data d = client_data(c);
+    int rc = state_for_round(c, t->round);
+    if (rc != LOOM_OK) return rc;
     /* with compression the update becomes exactly what the server will decode (error feedback) */
-    int rc = loom_client_run_fit(&loom_client_local_sgd, &ctx, &d, t->round, global, control, &c->sc.fit,
+    rc = loom_client_run_fit(&loom_client_local_sgd, &ctx, &d, t->round, global, control, &c->sc.fit,
                                  &c->sc.compress, &c->st, &out);
     if (rc != LOOM_OK) return rc;
-    if ((rc = save_state(c)) != LOOM_OK) return rc;
+    if ((rc = save_state(c, c->state_path, t->round)) != LOOM_OK) return rc;
+    /* fault injection for the tests: die between training and the upload, as a power cut would */
+    const char *crash = getenv("LOOM_TEST_CRASH_AFTER_FIT");
+    if (crash && atoi(crash) == t->round) _exit(9);
     *u = (loom_update){c->run_id, t->round, t->version, c->client, (uint64_t)c->cl.n_train, out.res.loss,
                        out.res.tokens, LOOM_CODEC_F32, c->dim, c->update, c->sc.fit.scaffold ? c->dc : NULL, 0};
     *co = c->sc.compress;
