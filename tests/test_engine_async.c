@@ -465,8 +465,17 @@ static void refusals(void) {
     CHECK_OK(loom_engine_async_task(e, 2, 0, &t));
     CHECK_OK(submit(e, 2, 2, 1, u, AD, &v, &made));
     CHECK_OK(loom_engine_async_task(e, 2, 0, &t));
+    loom_task t0;
+    CHECK_OK(loom_engine_async_task(e, 0, 0, &t0)); /* still training when the last version is made */
     CHECK_OK(submit(e, 2, 3, 1, u, AD, &v, &made));
     CHECK(loom_engine_version(e) == 4, "four versions");
+    memcpy(before, loom_engine_global(e), sizeof before);
+    rc = submit(e, 0, (int)t0.version, 1, u, AD, &v, &made);
+    CHECK(rc != LOOM_OK && v == LOOM_UPDATE_LATE && strstr(loom_errmsg(), "too late") && !made,
+          "an update after the last version is late: %s", loom_errmsg());
+    CHECK(loom_engine_version(e) == 4 && memcmp(before, loom_engine_global(e), sizeof before) == 0,
+          "the late update made no fifth version");
+    CHECK_OK(loom_engine_async_fail(e, 0, "the run is over", 0));
     rc = loom_engine_async_task(e, 1, 0, &t);
     CHECK(rc == LOOM_ESTATE && strstr(loom_errmsg(), "all 4 versions"), "no task once every version is made: %s",
           loom_errmsg());

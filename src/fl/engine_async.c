@@ -494,6 +494,9 @@ static int check_task(const lm_async *a, const loom_update *u, loom_update_verdi
         return refuse(verdict, LOOM_UPDATE_WRONG_ROUND,
                       loom_error(LOOM_EINVAL, "update of run %llx, this run is %llx", (unsigned long long)u->run_id,
                                  (unsigned long long)a->c.run_id));
+    if (a->t >= (uint64_t)a->c.rounds) /* a real-time driver's late arrival: the run is complete */
+        return refuse(verdict, LOOM_UPDATE_LATE,
+                      loom_error(LOOM_ESTATE, "all %d versions are made: the update arrived too late", a->c.rounds));
     if (client < 0 || client >= a->N || a->slot_of[client] < 0)
         return refuse(verdict, LOOM_UPDATE_NOT_SAMPLED,
                       loom_error(LOOM_EINVAL, "client %d holds no task (it was never handed one, or already answered)",

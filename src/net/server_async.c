@@ -200,7 +200,10 @@ void net_async_update(net_server *s, const loom_update *u, int k, const char *na
     } else {
         snprintf(why, sizeof why, "%s", loom_errmsg());
         net_store_event(s->store, u->round, "rejected", "client %d (%s): %s", k, name, why);
-        net_reply_rejected(r, loom_update_verdict_str(v2), why);
+        int st2 = 422;
+        const char *c2 = net_verdict_code(v2, &st2);
+        if (st2 != 422) net_reply_err(r, st2, c2, "%s", why); /* e.g. late: the last version was made meanwhile */
+        else net_reply_rejected(r, loom_update_verdict_str(v2), why);
     }
 }
 
