@@ -77,13 +77,15 @@ fi
 if [ "${LOOM_TEST_FUZZ:-1}" != 0 ]; then
     t=$(date +%s)
     echo "== fuzzing, ${FUZZ_SECONDS:-5} s per harness"
-    if FUZZ_SECONDS=${FUZZ_SECONDS:-5} bash scripts/fuzz.sh; then
-        summary+=("$(printf '%-22s 10 harnesses, no crash [%s]' "fuzz:" "$(stage_time "$t")")")
+    flog=$(mktemp "${TMPDIR:-/tmp}/loom_fuzz_XXXXXX")
+    if FUZZ_SECONDS=${FUZZ_SECONDS:-5} bash scripts/fuzz.sh 2>&1 | tee "$flog"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+        summary+=("$(printf '%-22s %d harnesses, no crash [%s]' "fuzz:" "$(grep -c ' ok, ' "$flog")" "$(stage_time "$t")")")
     else
         summary+=("$(printf '%-22s FAILED (inputs in build-fuzz/crashes/) [%s]' "fuzz:" "$(stage_time "$t")")")
         total_fail=$((total_fail + 1))
         bad=1
     fi
+    rm -f "$flog"
 fi
 
 
