@@ -126,6 +126,11 @@ check "fedasync: some update was stale" grep -q '"staleness":[1-9]' "$tmp/fa/met
     --concurrency 3 --out "$tmp/fa0" > /dev/null 2>&1
 "$LOOM" sim --clients-dir "$tmp/cd" --rounds 1 --local-steps 1 --sample-len 0 --lr 0 --out "$tmp/lr0" > /dev/null 2>&1
 check "fedasync alpha 0 leaves the model (== an lr 0 round)" test "$(st_data "$tmp/fa0/global.safetensors")" = "$(st_data "$tmp/lr0/global.safetensors")"
+"$LOOM" sim --clients-dir "$tmp/cd" --rounds 2 --local-steps 2 --sample-len 0 --mode fedasync --concurrency 2 \
+    --compress int8 --out "$tmp/fac" > /dev/null 2>&1
+check "fedasync with int8 compression runs" test -s "$tmp/fac/global.safetensors"
+up=$(grep -o '"type":"round".*"bytes_up":[0-9]*' "$tmp/fac/metrics.jsonl" | head -1 | sed 's/.*"bytes_up"://')
+check "fedasync int8: a quarter of the f32 bytes up ($up)" test "${up:-0}" -gt 0 -a "${up:-0}" -lt 1000000
 refuse "unknown mode" 12 '--mode' 'fedasync' -- "$LOOM" sim --mode bogus
 refuse "bad staleness" 12 '--staleness' -- "$LOOM" sim --staleness hinge:x
 refuse "async resume" 12 'resume' -- "$LOOM" sim --clients-dir "$tmp/cd" --mode fedasync --rounds 8 --out "$tmp/fa" --resume

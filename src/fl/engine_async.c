@@ -111,6 +111,7 @@ typedef struct {
     double loss, norm;
     loom_update_verdict verdict;
     long staleness;
+    double bytes;     /* uploaded: the update's wire_bytes, else its f32 size (0: nothing arrived) */
 } arow;
 
 /* The arrivals of one version (the one being built, or the one last made awaiting its row). */
@@ -119,7 +120,7 @@ typedef struct {
     int *clients;
     int n, cap;
     long arrivals, accepted, payloads, tasks;
-    double loss_w, weight, st_sum, st_max;
+    double loss_w, weight, st_sum, st_max, bytes_up;
 } batch;
 
 struct lm_async {
@@ -296,6 +297,7 @@ static void record(batch *b, int client, const loom_update *u, double norm, loom
         w->norm = norm;
         w->verdict = v;
         w->staleness = staleness;
+        w->bytes = u ? (u->wire_bytes ? (double)u->wire_bytes : (double)u->len * sizeof(float)) : 0;
         b->clients[b->n++] = client;
     }
     if (v == LOOM_UPDATE_ACCEPTED) {
@@ -320,7 +322,7 @@ static void emit(lm_async *a, double seconds, loom_round_metrics *out) {
     m.eval_loss = m.eval_acc = NAN;
     m.aggregated = 1;
     m.bytes_down = a->per_bytes * (double)b->tasks;
-    m.bytes_up = a->per_bytes * (double)b->payloads;
+    m.bytes_up = b->bytes_up;
     if (a->eval_due) {
         double ls = 0, s1 = 0, s2 = 0, a1 = 0, a2 = 0;
         long corr = 0, toks = 0, count = 0;
@@ -361,7 +363,7 @@ static void emit(lm_async *a, double seconds, loom_round_metrics *out) {
             const arow *w = &b->rows[i];
             loom_client_row cr = {(int)a->pend_version, w->client, w->examples, w->tokens, w->loss, w->norm,
                                   w->verdict, loom_update_verdict_str(w->verdict), w->staleness,
-                                  w->verdict == LOOM_UPDATE_ACCEPTED ? a->per_bytes : 0};
+                                  w->bytes};
             sk->client(sk->ud, &cr);
         }
     if (out) *out = m;
@@ -521,7 +523,7 @@ static int check_content(const lm_async *a, const loom_update *u, uint64_t stale
                       loom_error(LOOM_ERANGE, "client %d: update on version %llu is %llu versions old, more than the %ld allowed",
                                  u->client, (unsigned long long)u->version, (unsigned long long)staleness,
                                  a->c.max_staleness));
-    if (u->codec != LOOM_CODEC_F32)
+    if (u->codec > LOOM_CODEC_TOPK) /* the codecs loom_update_decode turns into floats */
         return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
                       loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     return loom_pipeline_check(a->pipe, u->values, u->len, (double)u->examples, u->control, verdict, norm);
@@ -540,6 +542,7 @@ static int submit_locked(lm_async *a, const loom_update *u, double now, loom_upd
     const float *xtau = s->x; /* stays intact while the lock is held, even once released */
     release(a, client);
     a->cur.payloads++;
+    a->cur.bytes_up += u->wire_bytes ? (double)u->wire_bytes : a->per_bytes;
     double norm = 0;
     rc = check_content(a, u, staleness, verdict, &norm);
     *norm_out = norm;

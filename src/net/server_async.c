@@ -88,12 +88,15 @@ int net_async_task(net_server *s, int k, json_t *o) {
     }
     if (!s->atask[k]) return 0;
     if (fresh) {
-        /* the snapshot's body (valid while this client holds its task: it cannot be released meanwhile,
-         * since only this client's own answers release it) */
+        /* the snapshot's body, built outside the lock: the snapshot stays valid while this client holds
+         * its task, and abusy keeps the driver from releasing it (at the deadline or the run's end) */
+        s->abusy[k] = 1; /* the driver releases no task while its snapshot is being read */
         pthread_mutex_unlock(&s->mu);
         net_blob *b = NULL;
         int rc = net_make_blob_of(s, t.version, t.global, NULL, &b);
         pthread_mutex_lock(&s->mu);
+        s->abusy[k] = 0;
+        pthread_cond_broadcast(&s->cv);
         if (rc != LOOM_OK) {
             loom_log(LOOM_ERROR, "cannot serve version %llu: %s", (unsigned long long)t.version, loom_errmsg());
             return 0;

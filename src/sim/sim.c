@@ -269,7 +269,7 @@ static void fit_async(sim_run *r, worker_slot *ws, int job) {
     out.update = j->buf;
     loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
     loom_client_data d = client_data(c, j->client);
-    int rc = loom_client_run_fit(r->algo, &ctx, &d, j->task.round, j->task.global, NULL, &c->fit, NULL,
+    int rc = loom_client_run_fit(r->algo, &ctx, &d, j->task.round, j->task.global, NULL, &c->fit, &c->compress,
                                  &r->states[j->client], &out);
     int fault = fault_of(c, j->client);
     j->trained = 1;
@@ -387,6 +387,10 @@ static int run_async(sim_run *r, FILE *mf) {
                 const loom_client *cl = &c->part->clients[j->client];
                 loom_update u = {j->task.run_id, j->task.round, j->task.version, j->client, (uint64_t)cl->n_train,
                                  j->loss, j->tokens, LOOM_CODEC_F32, j->len, j->buf, NULL, 0};
+                if (c->compress.codec != LOOM_CODEC_F32) { /* what the codec delivers, and what it would send */
+                    u.codec = c->compress.codec;
+                    u.wire_bytes = loom_update_encoded_size(&u, &c->compress);
+                }
                 loom_update_verdict v;
                 int src = loom_engine_async_submit(r->eng, &u, T, &v, &made);
                 if (src != LOOM_OK && v == LOOM_UPDATE_ACCEPTED) { /* the server strategy failed */
