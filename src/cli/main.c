@@ -16,6 +16,7 @@ static const struct {
     {"sim", cmd_sim, "federated training of many simulated clients (FedAvg, FedProx, FedAdam, SCAFFOLD, ...)"},
     {"server", cmd_server, "coordinate a real federation over HTTPS; register and revoke clients"},
     {"client", cmd_client, "take part in a federation run by loom server (only the update leaves this machine)"},
+    {"dp", cmd_dp, "differential privacy accounting: epsilon of a DP-SGD / DP-FedAvg schedule, or the noise for a budget"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
