@@ -718,9 +718,9 @@ static void test_tls(void) {
     CHECK_OK(loom_write_file_atomic(ca, cert, strlen(cert)));
     CHECK_OK(loom_write_file_atomic(wrong, other_cert, strlen(other_cert)));
     char work[128];
-    snprintf(work, sizeof work, "%s/work/alice", dir);
+    snprintf(work, sizeof work, "%s/state/alice", dir);
     mock m;
-    mock_init(&m, SC_MAIN, work); /* work/ does not exist yet: the client makes it */
+    mock_init(&m, SC_MAIN, work); /* state/ does not exist yet: the client makes it */
     int port;
     struct MHD_Daemon *daemon = mock_start_tls(&m, &port, cert, key);
     CHECK(daemon != NULL, "TLS mock server starts");
