@@ -467,32 +467,10 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
     double per = (double)e->dim * sizeof(float) * (e->server_control ? 2 : 1);
     m.bytes_down = per * e->n;
     m.bytes_up = e->bytes_up;
-    double ls = 0, s1 = 0, s2 = 0, a1 = 0, a2 = 0;
-    long corr = 0, toks = 0, count = 0;
-    int k = 0;
-    for (int i = 0; i < e->ne; i++) {
-        const eval_row *w = &e->erows[i];
-        if (!w->done || w->r.tokens == 0 || w->r.count == 0) continue;
-        ls += w->r.loss_sum;
-        corr += w->r.correct;
-        toks += w->r.tokens;
-        count += w->r.count;
-        double l = w->r.loss_sum / w->r.tokens, a = (double)w->r.correct / w->r.count;
-        s1 += l;
-        s2 += l * l;
-        a1 += a;
-        a2 += a * a;
-        k++;
-    }
-    if (k > 0) {
-        m.evaluated = k;
-        m.eval_loss = ls / toks;
-        m.eval_acc = (double)corr / count;
-        m.eval_loss_mean = s1 / k;
-        m.eval_loss_std = sqrt(fmax(0, s2 / k - (s1 / k) * (s1 / k)));
-        m.eval_acc_mean = a1 / k;
-        m.eval_acc_std = sqrt(fmax(0, a2 / k - (a1 / k) * (a1 / k)));
-    }
+    lm_eval_pool pool = {0};
+    for (int i = 0; i < e->ne; i++)
+        if (e->erows[i].done) lm_eval_pool_add(&pool, &e->erows[i].r);
+    lm_eval_pool_finish(&pool, &m);
     m.seconds = seconds;
     if (e->c.sink.round) e->c.sink.round(e->c.sink.ud, &m, e->list, e->n);
     if (e->c.sink.client)
@@ -585,4 +563,32 @@ int loom_engine_checkpoint_load(loom_engine *e, const loom_st_file *f, const loo
     if (rc == LOOM_OK) rc = loom_engine_restore(e, (int)nr);
     if (rc == LOOM_OK) *next_round = (int)nr;
     return rc;
+}
+
+/* ------------------------------------------------------------------ pooled evaluation */
+
+void lm_eval_pool_add(lm_eval_pool *p, const loom_eval_result *r) {
+    if (r->tokens == 0 || r->count == 0) return;
+    p->ls += r->loss_sum;
+    p->corr += r->correct;
+    p->toks += r->tokens;
+    p->count += r->count;
+    double l = r->loss_sum / r->tokens, a = (double)r->correct / r->count;
+    p->s1 += l;
+    p->s2 += l * l;
+    p->a1 += a;
+    p->a2 += a * a;
+    p->k++;
+}
+
+void lm_eval_pool_finish(const lm_eval_pool *p, loom_round_metrics *m) {
+    if (p->k == 0) return;
+    double k = p->k;
+    m->evaluated = p->k;
+    m->eval_loss = p->ls / p->toks;
+    m->eval_acc = (double)p->corr / p->count;
+    m->eval_loss_mean = p->s1 / k;
+    m->eval_loss_std = sqrt(fmax(0, p->s2 / k - (p->s1 / k) * (p->s1 / k)));
+    m->eval_acc_mean = p->a1 / k;
+    m->eval_acc_std = sqrt(fmax(0, p->a2 / k - (p->a1 / k) * (p->a1 / k)));
 }

@@ -324,32 +324,10 @@ static void emit(lm_async *a, double seconds, loom_round_metrics *out) {
     m.bytes_down = a->per_bytes * (double)b->tasks;
     m.bytes_up = b->bytes_up;
     if (a->eval_due) {
-        double ls = 0, s1 = 0, s2 = 0, a1 = 0, a2 = 0;
-        long corr = 0, toks = 0, count = 0;
-        int k = 0;
-        for (int i = 0; i < a->ne; i++) {
-            const loom_eval_result *r = &a->eres[i];
-            if (!a->edone[i] || r->tokens == 0 || r->count == 0) continue;
-            ls += r->loss_sum;
-            corr += r->correct;
-            toks += r->tokens;
-            count += r->count;
-            double l = r->loss_sum / r->tokens, ac = (double)r->correct / r->count;
-            s1 += l;
-            s2 += l * l;
-            a1 += ac;
-            a2 += ac * ac;
-            k++;
-        }
-        if (k > 0) {
-            m.evaluated = k;
-            m.eval_loss = ls / toks;
-            m.eval_acc = (double)corr / count;
-            m.eval_loss_mean = s1 / k;
-            m.eval_loss_std = sqrt(fmax(0, s2 / k - (s1 / k) * (s1 / k)));
-            m.eval_acc_mean = a1 / k;
-            m.eval_acc_std = sqrt(fmax(0, a2 / k - (a1 / k) * (a1 / k)));
-        }
+        lm_eval_pool pool = {0};
+        for (int i = 0; i < a->ne; i++)
+            if (a->edone[i]) lm_eval_pool_add(&pool, &a->eres[i]);
+        lm_eval_pool_finish(&pool, &m);
     }
     m.seconds = seconds;
     m.version = a->pend_version;
