@@ -137,6 +137,9 @@ typedef struct {
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);
+/* The round engine's configuration of a run described by c (everything but the population, n_test
+ * and the metrics sink, which the driver sets): the simulator's, and a server's from the same RUN.json. */
+void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec);
 /* Runs the rounds; global (dim) receives the final global vector. */
 int loom_sim_run(const loom_sim_config *c, float *global);
 /* The seed of client `client`'s data order (its batcher's seed): batches depend on (this, step). */

@@ -144,36 +144,19 @@ int cmd_server(int argc, char **argv) {
     c.tls_key = key;
     loom_engine_config *ec = &c.engine;
     if (set) {
-        ec->dim = loom_tset_dim(set);
-        ec->init = loom_tset_data(set);
+        sc.dim = loom_tset_dim(set);
+        sc.init = loom_tset_data(set);
         c.manifest = loom_tset_manifest(set);
         c.base_sha256 = base_hash; /* clients bring the frozen base themselves */
     } else {
-        ec->dim = loom_model_n_params(m);
-        ec->init = loom_model_params(m);
+        sc.dim = loom_model_n_params(m);
+        sc.init = loom_model_params(m);
         c.manifest = loom_model_manifest(m);
         model_json = loom_config_to_json(loom_model_config(m));
         if (!model_json) BAD("out of memory");
         c.model_config_json = model_json; /* a full run: clients need no local model */
     }
-    ec->pipe.strategy = sc.strategy;
-    ec->pipe.sp = sc.sp;
-    ec->pipe.max_norm = sc.max_update_norm;
-    ec->pipe.clip_norm = sc.clip_norm;
-    ec->rounds = sc.rounds;
-    ec->sample = sc.sample;
-    ec->sample_frac = sc.sample_frac;
-    ec->seed = sc.seed;
-    ec->min_updates = sc.min_updates;
-    ec->deadline = sc.deadline;
-    ec->eval_every = sc.eval_every;
-    ec->eval_clients = sc.eval_clients;
-    ec->mode = sc.mode; /* asynchronous modes: FedAsync, FedBuff */
-    ec->async_alpha = sc.async_alpha;
-    ec->staleness = sc.staleness;
-    ec->buffer = sc.buffer;
-    ec->concurrency = sc.concurrency;
-    ec->max_staleness = sc.max_staleness;
+    loom_sim_engine_config(&sc, ec); /* the engine loom sim would run on the same RUN.json */
     c.run_json = run_json;
     c.compress = r.compress;
     c.min_clients = min_clients;

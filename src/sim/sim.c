@@ -48,6 +48,30 @@ double loom_sim_client_seconds(const loom_sim_config *c, int client) {
     return c->fit.local_steps * c->step_seconds * speed;
 }
 
+void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
+    loom_engine_defaults(ec);
+    ec->dim = c->dim;
+    ec->init = c->init;
+    ec->pipe.strategy = c->strategy;
+    ec->pipe.sp = c->sp;
+    ec->pipe.max_norm = c->max_update_norm;
+    ec->pipe.clip_norm = c->clip_norm;
+    ec->rounds = c->rounds;
+    ec->sample = c->sample;
+    ec->sample_frac = c->sample_frac;
+    ec->seed = c->seed;
+    ec->min_updates = c->min_updates;
+    ec->deadline = c->deadline;
+    ec->eval_every = c->eval_every;
+    ec->eval_clients = c->eval_clients;
+    ec->mode = c->mode;
+    ec->async_alpha = c->async_alpha;
+    ec->staleness = c->staleness;
+    ec->buffer = c->buffer;
+    ec->concurrency = c->concurrency;
+    ec->max_staleness = c->max_staleness;
+}
+
 /* ------------------------------------------------------------------ shared run state */
 
 typedef struct {
@@ -642,30 +666,10 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         loom_client_state_init(&r.states[i]);
     }
     loom_engine_config ec;
-    loom_engine_defaults(&ec);
-    ec.dim = c->dim;
-    ec.init = c->init;
+    loom_sim_engine_config(c, &ec);
     ec.n_clients = N;
     ec.n_test = n_test;
-    ec.pipe.strategy = c->strategy;
-    ec.pipe.sp = c->sp;
-    ec.pipe.max_norm = c->max_update_norm;
-    ec.pipe.clip_norm = c->clip_norm;
-    ec.rounds = c->rounds;
-    ec.sample = c->sample;
-    ec.sample_frac = c->sample_frac;
-    ec.seed = c->seed;
-    ec.min_updates = c->min_updates;
-    ec.deadline = c->deadline;
-    ec.eval_every = c->eval_every;
-    ec.eval_clients = c->eval_clients;
     ec.sink = (loom_metrics_sink){sink_round, sink_client, &js};
-    ec.mode = c->mode;
-    ec.async_alpha = c->async_alpha;
-    ec.staleness = c->staleness;
-    ec.buffer = c->buffer;
-    ec.concurrency = c->concurrency;
-    ec.max_staleness = c->max_staleness;
     if ((rc = loom_engine_create(&r.eng, &ec)) != LOOM_OK) goto done;
     loom_strategy *strat = loom_engine_strategy(r.eng);
     int want_grad = loom_strategy_update_kind(strat) == LOOM_UPDATE_GRADIENT;
