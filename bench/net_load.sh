@@ -39,6 +39,9 @@ bins=("$loom" "$loadgen")
 for b in "${bins[@]}"; do
     [ -x "$b" ] || { echo "net_load: $b not built (cmake --build build)" >&2; exit 1; }
 done
+for t in openssl curl python3; do
+    command -v "$t" > /dev/null || { echo "net_load: needs $t (apt-get install -y --no-install-recommends ${t/python3/python3-minimal})" >&2; exit 1; }
+done
 tmp=$(mktemp -d /tmp/loom_netload.XXXXXX)
 server_pid=
 sampler_pid=
