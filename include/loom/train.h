@@ -22,6 +22,12 @@ typedef struct {
     int B, T;              /* batch shape the workspace is sized for */
     int decay_2d_only;     /* weight decay on matrices only (biases, norms, ... excluded) */
     uint64_t seed;         /* LoRA dropout masks (step s uses a stream named by (seed, s)) */
+    /* DP-SGD (dp_sgd = 1): each step clips every example's gradient to L2 norm dp_clip, adds
+     * N(0, (dp_noise * dp_clip)^2) to each coordinate of the sum of the clipped gradients (the noise
+     * stream named by (seed, step), LOOM_STREAM_DP_NOISE), and divides by the batch size B. */
+    int dp_sgd;
+    float dp_clip;         /* C > 0 */
+    float dp_noise;        /* sigma >= 0, the noise multiplier */
 } loom_train_config;
 
 void loom_train_defaults(loom_train_config *c);
