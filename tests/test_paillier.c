@@ -342,7 +342,7 @@ static void test_aggregate(loom_paillier_sk *sk, int pack, size_t dim) {
 static void headroom_case(loom_paillier_sk *sk, double clip, unsigned f, uint64_t max_w, uint32_t max_k,
                           unsigned want_s) {
     const loom_paillier_pk *pk = loom_paillier_sk_public(sk);
-    const size_t dim = 50;
+    const size_t dim = 150; /* the first plaintext full at any slot width >= 14 */
     loom_paillier_params p;
     loom_paillier_defaults(&p, dim);
     p.clip = clip, p.frac_bits = f, p.max_weight = max_w, p.max_clients = max_k;
@@ -354,7 +354,7 @@ static void headroom_case(loom_paillier_sk *sk, double clip, unsigned f, uint64_
     const double Q = nearbyint(clip * pow(2.0, f));
     const long double B = (long double)max_k * 2 * Q * (long double)max_w;
     CHECK(B < ldexpl(1, (int)want_s) && B >= ldexpl(1, (int)want_s - 1), "B = %.0Lf is in [2^(s-1), 2^s)", B);
-    float x[50];
+    float x[150];
     for (int pattern = 0; pattern < 3; pattern++) {
         for (size_t j = 0; j < dim; j++) {
             double sign = pattern == 0 ? (j % 2 ? -1 : 1) : pattern == 1 ? 1 : -1;
@@ -373,7 +373,7 @@ static void headroom_case(loom_paillier_sk *sk, double clip, unsigned f, uint64_
         }
         CHECK_OK(loom_paillier_sum_result(sum, &r));
         loom_paillier_sum_free(sum);
-        int64_t got[50];
+        int64_t got[150];
         uint64_t W = 0;
         CHECK_OK(loom_paillier_decrypt_sum_fx(sk, &p, r.data, r.len, got, &W, NULL));
         CHECK(W == (uint64_t)max_k * max_w, "pattern %d: total weight %llu", pattern, (unsigned long long)W);
@@ -529,6 +529,9 @@ int main(void) {
     headroom_case(sk, 1.0, 32, (uint64_t)1 << 16, 1024, 60);
     /* B = 1000 2 rint(0.75 2^30) 50000 = 80,530,636,800,000,000 in [2^56, 2^57) */
     headroom_case(sk, 0.75, 30, 50000, 1000, 57);
+    /* B = 64 2 2^14 2047 = 2^32 - 2^21: 63 slots of 32 bits; a 64th would make a full plaintext about
+     * 2^2048 (1 - 2^-11), above n */
+    headroom_case(sk, 1.0, 14, 2047, 64, 32);
     test_refusals(sk);
     test_threads(sk);
     loom_paillier_sk_free(sk);
