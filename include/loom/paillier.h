@@ -91,9 +91,10 @@ extern "C" {
 
 #define LOOM_PAILLIER_MIN_BITS 2048u
 #define LOOM_PAILLIER_MAX_BITS 8192u
-/* The default params.max_dim: at 2048 bits a packed client encrypts about 2.6e4 values per second per
- * core (docs/privacy-paillier.md), so 2^21 values is over a minute per client per round. */
-#define LOOM_PAILLIER_DEFAULT_MAX_DIM ((size_t)1 << 21)
+/* The default params.max_dim: at 2048 bits a packed client encrypts about 3,000 values per CPU second
+ * (330 us each, bench/paillier.c, docs/privacy-paillier.md), so 2^19 = 524,288 values is about three
+ * CPU minutes per client per round; a 294,912-value LoRA set passes (about 100 s). */
+#define LOOM_PAILLIER_DEFAULT_MAX_DIM ((size_t)1 << 19)
 
 /* A byte string (free with loom_paillier_blob_free, which also wipes it: secret keys travel in it). */
 typedef struct {
