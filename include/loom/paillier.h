@@ -135,7 +135,8 @@ int loom_paillier_sk_load(loom_paillier_sk **out, const uint8_t *data, size_t le
 
 size_t loom_paillier_pt_bytes(const loom_paillier_pk *pk); /* bits / 8 */
 size_t loom_paillier_ct_bytes(const loom_paillier_pk *pk); /* 2 bits / 8 */
-/* ct[ct_bytes] = E(m), m the big-endian integer m[m_len] (< n, else LOOM_ERANGE). seed: as keygen's. */
+/* ct[ct_bytes] = E(m), m the big-endian integer m[m_len] (< n, else LOOM_ERANGE). seed: as keygen's (one
+ * seed always gives the same r: tests only). */
 int loom_paillier_encrypt(const loom_paillier_pk *pk, const uint8_t *m, size_t m_len, const uint8_t seed[32],
                           uint8_t *ct);
 /* out = a b mod n^2 (an encryption of the sum); out may alias a or b. A ciphertext outside [1, n^2) or
@@ -178,7 +179,9 @@ int loom_paillier_encrypt_update(const loom_paillier_pk *pk, const loom_paillier
                                  size_t dim, uint64_t w, const uint8_t seed[32], loom_paillier_blob *out);
 
 /* Server: a running product of blobs; never needs the secret key. The result does not depend on the
- * order of the additions (the product mod n^2 is commutative). */
+ * order of the additions (the product mod n^2 is commutative). One thread at a time per sum (the
+ * addition itself runs its ciphertexts in parallel); keys, parameters and blobs are read-only
+ * everywhere, so clients may encrypt on many threads at once. */
 typedef struct loom_paillier_sum loom_paillier_sum;
 int loom_paillier_sum_create(loom_paillier_sum **out, const loom_paillier_pk *pk, const loom_paillier_params *p);
 void loom_paillier_sum_free(loom_paillier_sum *s);
