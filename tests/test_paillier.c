@@ -524,7 +524,7 @@ int main(void) {
     test_keys(sk);
     test_ciphertexts(sk);
     test_aggregate(sk, 1, 300);
-    test_aggregate(sk, 0, 12);
+    test_aggregate(sk, 0, 5);
     /* defaults: B = 1024 2 2^32 2^16 = 2^59, s = 60 */
     headroom_case(sk, 1.0, 32, (uint64_t)1 << 16, 1024, 60);
     /* B = 1000 2 rint(0.75 2^30) 50000 = 80,530,636,800,000,000 in [2^56, 2^57) */
