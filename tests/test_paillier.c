@@ -169,6 +169,30 @@ static void test_keys(loom_paillier_sk *sk) {
     loom_paillier_blob_free(&sb);
 }
 
+/* A seed names the key; without one, keys come from the system generator and differ. */
+static void test_keygen_sources(loom_paillier_sk *sk) {
+    loom_paillier_sk *again = NULL, *fresh = NULL;
+    CHECK_OK(loom_paillier_keygen(&again, 2048, SEED));
+    CHECK_OK(loom_paillier_keygen(&fresh, 2048, NULL));
+    if (!again || !fresh) goto out;
+    uint8_t a[32], b[32], c[32];
+    loom_paillier_pk_id(loom_paillier_sk_public(sk), a);
+    loom_paillier_pk_id(loom_paillier_sk_public(again), b);
+    loom_paillier_pk_id(loom_paillier_sk_public(fresh), c);
+    CHECK(!memcmp(a, b, 32), "the same seed gives the same key");
+    CHECK(memcmp(a, c, 32) != 0, "a key from the system generator is another key");
+    uint8_t m[256] = {0}, ct[512], d[256];
+    m[255] = 42;
+    CHECK_OK(loom_paillier_encrypt(loom_paillier_sk_public(fresh), m, 256, NULL, ct));
+    CHECK_OK(loom_paillier_decrypt(fresh, ct, d));
+    CHECK(!memcmp(m, d, 256), "a round trip under the fresh key");
+    int rc = loom_paillier_decrypt(sk, ct, d); /* refused (out of range) or another plaintext */
+    CHECK(rc != LOOM_OK || memcmp(m, d, 256) != 0, "another key does not decrypt it");
+out:
+    loom_paillier_sk_free(again);
+    loom_paillier_sk_free(fresh);
+}
+
 static void test_ciphertexts(loom_paillier_sk *sk) {
     const loom_paillier_pk *pk = loom_paillier_sk_public(sk);
     ref_key k;
@@ -522,6 +546,7 @@ int main(void) {
     if (!sk) return test_summary();
     printf("keygen 2048: %.2f s\n", loom_now() - t);
     test_keys(sk);
+    test_keygen_sources(sk);
     test_ciphertexts(sk);
     test_aggregate(sk, 1, 300);
     test_aggregate(sk, 0, 5);
