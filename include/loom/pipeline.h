@@ -200,6 +200,10 @@ void loom_pipeline_abort_round(loom_pipeline *p);
  * the round, global untouched), end. */
 int loom_pipeline_aggregate(loom_pipeline *p, float *global, const float *const *updates, const double *weights,
                             const float *const *control_deltas, size_t n);
+/* The clip stage's norm for the coming rounds (DP's adaptive clipping): between rounds only (inside an
+ * open round: LOOM_ESTATE); 0 = off; a negative, NaN or too large value: LOOM_EINVAL. */
+int loom_pipeline_set_clip(loom_pipeline *p, double clip_norm);
+double loom_pipeline_clip(const loom_pipeline *p);
 /* Restores strategy state `name` (loom_strategy_state_load); inside an open round: LOOM_ESTATE. */
 int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *data, size_t len);
 
