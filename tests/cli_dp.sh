@@ -99,4 +99,47 @@ printf '{"model": "tiny", "rounds": 2, "dp": "sgd", "dp-clip": 1, "dp-noise": 1.
 refuse "server: --dp sgd needs the fewest examples" 12 '--dp-min-examples' -- "$LOOM" server --state "$tmp/st" --config "$tmp/run.json"
 printf '{"model": "tiny", "rounds": 2, "dp": "central", "dp-noise": 1.0}\n' > "$tmp/run.json"
 refuse "server: RUN.json central without a clip" 12 '--dp-clip' -- "$LOOM" server --state "$tmp/st" --config "$tmp/run.json"
+# ---- over the network: loom server with the same RUN.json keys; its clients privatize as loom sim's do
+mkdir -p "$tmp/nd"
+head -c 16000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/nd/alice.txt"
+tail -c 14000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/nd/bob.txt"
+net_run() { # MODE STATE: a networked run of RUN.json $tmp/$MODE.json, then loom sim --clients-dir on it
+    local st=$2 port spid cpids="" ok=1
+    "$LOOM" server add-client --state "$st" alice > "$st.alice" 2> /dev/null &&
+        "$LOOM" server add-client --state "$st" bob > "$st.bob" 2> /dev/null || return 1
+    for _ in 1 2 3 4 5; do
+        port=$((20000 + RANDOM % 30000))
+        "$LOOM" server --state "$st" --config "$tmp/$1.json" --listen "127.0.0.1:$port" --poll-ms 50 >> "$st.log" 2>&1 &
+        spid=$!
+        for _ in $(seq 100); do
+            grep -q "listening on port" "$st.log" 2> /dev/null && break 2
+            kill -0 $spid 2> /dev/null || break
+            sleep 0.1
+        done
+    done
+    for n in alice bob; do
+        "$LOOM" client --server "https://127.0.0.1:$port" --name $n --token-file "$st.$n" --ca-cert "$st/tls/cert.pem" \
+            --data "$tmp/nd/$n.txt" --work-dir "$st.w$n" --threads 1 > /dev/null 2>> "$st.$n.log" &
+        cpids="$cpids $!"
+    done
+    local t=0
+    while kill -0 $spid 2> /dev/null && [ $t -lt 1200 ]; do sleep 0.1; t=$((t + 1)); done
+    kill -0 $spid 2> /dev/null && { kill -9 $spid; ok=0; }
+    wait $spid || ok=0
+    for p in $cpids; do wait $p || ok=0; done
+    "$LOOM" sim --config "$tmp/$1.json" --clients-dir "$tmp/nd" --out "$st.sim" > /dev/null 2>&1 || ok=0
+    [ $ok = 1 ]
+}
+for mode in local central; do
+    printf '{"model": "tiny", "rounds": 1, "local-steps": 2, "batch": 4, "seq": 32, "seed": 5, "sample-len": 0,
+ "dp": "%s", "dp-clip": 0.5, "dp-noise": 0.7, "dp-delta": 1e-4}\n' $mode > "$tmp/$mode.json"
+    net_run $mode "$tmp/n$mode"
+    check "network, --dp $mode: the run completes and loom sim --clients-dir runs" test $? -eq 0
+    check "network, --dp $mode: the server's model = loom sim --clients-dir's, bit for bit" \
+        test "$(st_data "$tmp/n$mode/global.safetensors")" = "$(st_data "$tmp/n$mode.sim/global.safetensors")"
+    got=$(row_eps "$tmp/n$mode" 1) want=$(row_eps "$tmp/n$mode.sim" 1)
+    check "network, --dp $mode: epsilon of round 1 in the server's metrics ($got) = the simulator's ($want)" test -n "$got" -a "$got" = "$want"
+done
+check "network: local epsilon = loom dp epsilon --q 1 --sigma 0.35 --steps 1" test "$(row_eps "$tmp/nlocal" 1)" = "$(cli_eps 1 0.35 1 1e-4)"
+check "network: central epsilon = loom dp epsilon --q 1 --sigma 0.7 --steps 1" test "$(row_eps "$tmp/ncentral" 1)" = "$(cli_eps 1 0.7 1 1e-4)"
 finish
