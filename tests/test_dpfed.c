@@ -111,6 +111,15 @@ static void central_noise_scale(void) {
     free(g1);
     free_vectors(u, N);
     free(init);
+    /* the noise is the documented stream, element by element, across block boundaries */
+    const size_t M = 3 * 4096 + 17;
+    double *x = calloc(M, sizeof *x);
+    uint64_t st = loom_dp_stream(LOOM_DP_STREAM_CENTRAL, 3);
+    loom_dp_add_noise(x, M, 0.5, 7, st);
+    size_t off = 0;
+    for (size_t i = 0; i < M; i++) off += x[i] != 0.5 * (double)loom_rng_normal_at(7, st, i);
+    CHECK(off == 0, "%zu of %zu noise values are not 0.5 loom_rng_normal_at(seed, stream, i)", off, M);
+    free(x);
 }
 
 /* sigma 0 and a clip no update reaches: uniform FedAvg (every client weight 1), bit for bit */

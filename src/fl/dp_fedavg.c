@@ -157,10 +157,20 @@ uint64_t loom_dp_stream(int kind, int round) {
     return loom_hash2(loom_hash2(LOOM_STREAM_DP_NOISE, (uint64_t)kind), (uint64_t)round);
 }
 
+/* Noise goes in blocks: loom_rng_normal_fill draws a block's normals in pairs (one Box-Muller
+ * transform per two values), the same values as loom_rng_normal_at element by element. */
+#define BLOCK 4096
+
 void loom_dp_add_noise(double *x, size_t n, double std, uint64_t seed, uint64_t stream) {
     if (std == 0) return;
+    const size_t nb = (n + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) x[i] += std * (double)loom_rng_normal_at(seed, stream, i);
+    for (size_t b = 0; b < nb; b++) {
+        float z[BLOCK];
+        size_t i0 = b * BLOCK, len = n - i0 < BLOCK ? n - i0 : BLOCK;
+        loom_rng_normal_fill(seed, stream, i0, len, z);
+        for (size_t i = 0; i < len; i++) x[i0 + i] += std * (double)z[i];
+    }
 }
 
 int loom_dp_local_privatize(float *u, size_t dim, double clip, double noise, uint64_t seed, int round, double *norm) {
@@ -173,11 +183,17 @@ int loom_dp_local_privatize(float *u, size_t dim, double clip, double noise, uin
     if (!isfinite(n2)) return loom_error(LOOM_ERANGE, "local DP: the update has a non-finite norm");
     const double f = n2 > clip ? clip / n2 : 1.0, sd = noise * clip;
     const uint64_t stream = loom_dp_stream(LOOM_DP_STREAM_LOCAL, round);
+    const size_t nb = (dim + BLOCK - 1) / BLOCK;
 #pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
-    for (size_t i = 0; i < dim; i++) {
-        double v = (double)u[i] * f;
-        if (sd > 0) v += sd * (double)loom_rng_normal_at(seed, stream, i);
-        u[i] = (float)v;
+    for (size_t b = 0; b < nb; b++) {
+        float z[BLOCK];
+        size_t i0 = b * BLOCK, len = dim - i0 < BLOCK ? dim - i0 : BLOCK;
+        if (sd > 0) {
+            loom_rng_normal_fill(seed, stream, i0, len, z);
+            for (size_t i = 0; i < len; i++) u[i0 + i] = (float)((double)u[i0 + i] * f + sd * (double)z[i]);
+        } else if (f != 1.0) {
+            for (size_t i = 0; i < len; i++) u[i0 + i] = (float)((double)u[i0 + i] * f);
+        }
     }
     return LOOM_OK;
 }
