@@ -53,8 +53,8 @@
  *                           the config); the simulator drives them on its virtual clock.
  *   secure aggregation      clients send masked fixed-point vectors; the aggregate stage sums them in
  *                           the same 128-bit integers (the masks cancel in the exact sum).
- *   DP                      clip_norm (pipeline clip stage) + a loom_noise_fn (pipeline noise stage);
- *                           DP-SGD on the client side is a loom_client_algo.
+ *   DP (built)              loom_engine_config.dp: central DP-FedAvg sets the clip stage and the
+ *                           noise stage, local DP and DP-SGD run in the clients; epsilon per round row.
  *   robust aggregators      Krum, median, trimmed mean: a LOOM_AGG_BUFFERED loom_aggregator_ops.
  *   zeroth-order clients    a loom_client_algo whose updates use the seed-scalar codec.
  */

@@ -15,9 +15,10 @@
  *              fixed-point weighted mean below. Buffered aggregators (Krum, coordinate-wise median,
  *              trimmed mean) plug in here with kind LOOM_AGG_BUFFERED: they keep the round's updates
  *              (O(n dim) memory) and pick or combine them in finish(); nothing else changes.
- *   noise      a hook on the round's mean before the optimizer sees it (loom_noise_fn). Identity now;
- *              DP-FedAvg adds Gaussian noise of scale sigma * clip_norm / total weight here (the
- *              central-DP slot, after the exact sum, so the noise is added once per round).
+ *   noise      a hook on the round's mean before the optimizer sees it (loom_noise_fn; NULL = identity).
+ *              Central DP-FedAvg (the round engine's loom_engine_config.dp, include/loom/dp.h) installs
+ *              one: Gaussian noise of scale sigma * clip_norm on the sum, divided by the clients sampled
+ *              (after the exact sum, so the noise is added once per round).
  *   optimize   the strategy (include/loom/strategy.h): fedavg, fedsgd, fedprox, fedavgm, fedadagrad,
  *              fedadam, fedyogi, scaffold turn the mean into the next global vector.
  *
