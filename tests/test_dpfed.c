@@ -9,6 +9,8 @@
 #include "loom/core.h"
 #include "loom/dp.h"
 #include "loom/engine.h"
+#include "loom/fl.h"
+#include "loom/tokenizer.h"
 #include "loom/safetensors.h"
 #include "test.h"
 
@@ -233,6 +235,53 @@ static void local_privatize(void) {
     free(a);
     free(b);
     free(c);
+}
+
+/* loom_client_run_fit applies local DP after the client's training, from the client's data seed or its
+ * own secret dp_seed: a stand-in algorithm whose update is all ones shows what run_fit does to it */
+static int ones_fit(const loom_client_ctx *ctx, const loom_fit_task *t, loom_client_state *st, loom_fit_output *o) {
+    (void)t;
+    (void)st;
+    for (size_t i = 0; i < ctx->dim; i++) o->update[i] = 1.0f;
+    return LOOM_OK;
+}
+
+static void local_in_run_fit(void) {
+    enum { D = 5000 };
+    loom_tokenizer *tok = NULL;
+    loom_dataset *ds = NULL;
+    const char *texts[1] = {"the client's own text, long enough for a batch of a few tokens"};
+    size_t lens[1] = {strlen(texts[0])};
+    CHECK_OK(loom_tokenizer_byte(&tok));
+    CHECK_OK(loom_dataset_from_texts(&ds, texts, lens, NULL, 1, NULL, tok));
+    if (!ds) return;
+    const uint32_t train[1] = {0};
+    loom_client_data d = {ds, train, 1, NULL, 0, 1, 8, 101};
+    const loom_client_algo algo = {"ones", ones_fit, NULL};
+    float *vec = calloc(D, sizeof(float)), *upd = calloc(D, sizeof(float)), *want = malloc(D * sizeof(float));
+    loom_client_ctx ctx = {NULL, vec, D};
+    loom_fit_config fc = {.local_steps = 1, .dp_clip = 2.0, .dp_noise = 0.5};
+    loom_client_state st;
+    loom_client_state_init(&st);
+    loom_fit_output out;
+    memset(&out, 0, sizeof out);
+    out.update = upd;
+    for (int which = 0; which < 3; which++) {
+        fc.dp_seed = which == 1 ? 999 : 0;
+        fc.dp_clip = which == 2 ? 0 : 2.0;
+        CHECK_OK(loom_client_run_fit(&algo, &ctx, &d, 4, vec, NULL, &fc, NULL, &st, &out));
+        for (size_t i = 0; i < D; i++) want[i] = 1.0f;
+        if (which < 2) loom_dp_local_privatize(want, D, 2.0, 0.5, which == 1 ? 999 : 101, 4, NULL);
+        CHECK(memcmp(upd, want, D * sizeof(float)) == 0, "%s", which == 0 ? "local DP from the client's data seed"
+              : which == 1 ? "local DP from its secret dp_seed" : "dp_clip 0: the update as trained");
+    }
+    CHECK(fabs(l2(upd, D) - sqrt((double)D)) < 1e-3, "no DP: norm %g", l2(upd, D));
+    loom_client_state_clear(&st);
+    free(vec);
+    free(upd);
+    free(want);
+    loom_dataset_free(ds);
+    loom_tokenizer_free(tok);
 }
 
 /* adaptive clipping: the clip follows the target quantile of the clients' update norms */
@@ -471,6 +520,7 @@ int main(void) {
     central_zero_noise_is_uniform_fedavg();
     clip_bounds_influence();
     local_privatize();
+    local_in_run_fit();
     adaptive_quantile();
     budget();
     refusals();
