@@ -53,8 +53,8 @@
  *                           the config); the simulator drives them on its virtual clock.
  *   secure aggregation      clients send masked fixed-point vectors; the aggregate stage sums them in
  *                           the same 128-bit integers (the masks cancel in the exact sum).
- *   DP                      clip_norm (pipeline clip stage) + a loom_noise_fn (pipeline noise stage);
- *                           DP-SGD on the client side is a loom_client_algo.
+ *   DP (built)              loom_engine_config.dp: central DP-FedAvg sets the clip stage and the
+ *                           noise stage, local DP and DP-SGD run in the clients; epsilon per round row.
  *   robust aggregators      Krum, median, trimmed mean: a LOOM_AGG_BUFFERED loom_aggregator_ops.
  *   zeroth-order clients    a loom_client_algo whose updates use the seed-scalar codec.
  */
@@ -65,6 +65,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "loom/dp.h"
 #include "loom/pipeline.h"
 #include "loom/strategy.h"
 #include "loom/safetensors.h"
@@ -92,6 +93,10 @@ typedef struct {
     double staleness_mean;      /* over the accepted updates the version contains */
     double staleness_max;
     double clock;               /* the driver's time when the version was made (the sim's virtual clock) */
+    /* differential privacy (dp = 0 when the run has none): */
+    int dp;
+    double epsilon;             /* spent after this round (loom_dp_run_epsilon; +inf with --dp-noise 0) */
+    double dp_clip;             /* the clip this round used (central: it moves with adaptive clipping) */
 } loom_round_metrics;
 
 /* One sampled client's outcome in a round (a client row of the metrics). */
@@ -248,6 +253,16 @@ typedef struct {
     int concurrency;            /* clients holding a task at once, >= 1 (0: the sample size, from sample
                                    or sample_frac, else every client) */
     long max_staleness;         /* refuse updates staler than this (0 = no limit) */
+    /* differential privacy (include/loom/dp.h; mode LOOM_DP_OFF by default). Any mode: every client
+     * weighs 1 in the mean, the run is refused at create when its epsilon would pass dp.epsilon_budget,
+     * and the round rows carry epsilon and dp_clip; synchronous rounds only, not with scaffold.
+     * central: the engine sets the pipeline's clip (dp.clip; pipe.clip_norm must be 0 or equal) and
+     * its noise stage (pipe.noise must be NULL): the sum of the clipped updates gets N(0, (sigma_u
+     * C)^2) per value (sigma_u = dp.noise, or sigma_delta with adaptive clipping) from the stream
+     * (seed, loom_dp_stream(LOOM_DP_STREAM_CENTRAL, round)) and is divided by the number of sampled
+     * clients m; adaptive clipping moves C after each aggregated round (its value is in the
+     * checkpoint: metadata dp_clip). local and sgd: the clients privatize; the engine accounts. */
+    loom_dp_config dp;
 } loom_engine_config;
 
 typedef struct loom_engine loom_engine;

@@ -35,6 +35,13 @@ typedef struct {
     double prox_mu;    /* FedProx: mu/2 ||w - x||^2 added to the local loss (0 = off) */
     int scaffold;      /* LOOM_SCAFFOLD_*: client control-variate update option */
     int gradient_only; /* 1: return the mean gradient at x (FedSGD) instead of a delta */
+    /* local DP (include/loom/dp.h, --dp local): loom_client_run_fit clips the update to dp_clip and adds
+     * N(0, (dp_noise dp_clip)^2) per value (loom_dp_local_privatize) before compression. dp_clip 0: off.
+     * The noise is drawn from (dp_seed, or the client's data seed when 0; round): a simulation is
+     * reproducible, and a client that keeps its dp_seed secret keeps its noise from the server. */
+    double dp_clip;
+    double dp_noise;
+    uint64_t dp_seed;
 } loom_fit_config;
 
 typedef struct {
@@ -157,7 +164,8 @@ typedef struct {
 } loom_client_data;
 
 /* One round of a client, as the simulator and `loom client` run it: algo->fit on d's training batches
- * from the task's global vector (and SCAFFOLD's control, or NULL), then, when co names a lossy codec,
+ * from the task's global vector (and SCAFFOLD's control, or NULL), then local DP when fc->dp_clip > 0,
+ * then, when co names a lossy codec,
  * loom_client_compress with error feedback (out->update becomes what the server will decode). */
 int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx, const loom_client_data *d, int round,
                         const float *global, const float *control, const loom_fit_config *fc, const loom_codec_opts *co,

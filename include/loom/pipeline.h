@@ -15,9 +15,10 @@
  *              fixed-point weighted mean below. Buffered aggregators (Krum, coordinate-wise median,
  *              trimmed mean) plug in here with kind LOOM_AGG_BUFFERED: they keep the round's updates
  *              (O(n dim) memory) and pick or combine them in finish(); nothing else changes.
- *   noise      a hook on the round's mean before the optimizer sees it (loom_noise_fn). Identity now;
- *              DP-FedAvg adds Gaussian noise of scale sigma * clip_norm / total weight here (the
- *              central-DP slot, after the exact sum, so the noise is added once per round).
+ *   noise      a hook on the round's mean before the optimizer sees it (loom_noise_fn; NULL = identity).
+ *              Central DP-FedAvg (the round engine's loom_engine_config.dp, include/loom/dp.h) installs
+ *              one: Gaussian noise of scale sigma * clip_norm on the sum, divided by the clients sampled
+ *              (after the exact sum, so the noise is added once per round).
  *   optimize   the strategy (include/loom/strategy.h): fedavg, fedsgd, fedprox, fedavgm, fedadagrad,
  *              fedadam, fedyogi, scaffold turn the mean into the next global vector.
  *
@@ -200,6 +201,10 @@ void loom_pipeline_abort_round(loom_pipeline *p);
  * the round, global untouched), end. */
 int loom_pipeline_aggregate(loom_pipeline *p, float *global, const float *const *updates, const double *weights,
                             const float *const *control_deltas, size_t n);
+/* The clip stage's norm for the coming rounds (DP's adaptive clipping): between rounds only (inside an
+ * open round: LOOM_ESTATE); 0 = off; a negative, NaN or too large value: LOOM_EINVAL. */
+int loom_pipeline_set_clip(loom_pipeline *p, double clip_norm);
+double loom_pipeline_clip(const loom_pipeline *p);
 /* Restores strategy state `name` (loom_strategy_state_load); inside an open round: LOOM_ESTATE. */
 int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *data, size_t len);
 

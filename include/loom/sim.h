@@ -134,6 +134,9 @@ typedef struct {
     loom_round_cb on_round;
     loom_client_cb on_client;
     void *cb_ud;
+    /* differential privacy (include/loom/dp.h): handed to the engine (loom_engine_config.dp); local DP
+     * and DP-SGD are the clients' (fit.dp_clip / fit.dp_noise, the trainer's dp_sgd) */
+    loom_dp_config dp;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);

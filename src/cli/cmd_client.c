@@ -29,6 +29,7 @@ typedef struct {
     /* the command line */
     const char *data, *model, *tokenizer, *format, *text_col, *label_col, *work_dir;
     int threads;
+    long dp_seed; /* --dp local: this client's secret noise seed (0: from the run's seed) */
     /* built in setup */
     cli_run r;
     cli_config *run_cfg;
@@ -162,6 +163,12 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     loom_sim_defaults(&c->sc);
     if (cli_run_federation(&c->r, "client", (size_t)h->n_clients, &c->sc, &c->tu.tc) != 0)
         return loom_error(LOOM_EINVAL, "the server's run configuration was refused (see above)");
+    if (c->sc.fit.dp_clip > 0) { /* local DP: the noise the server must not be able to regenerate */
+        if (c->dp_seed > 0) c->sc.fit.dp_seed = (uint64_t)c->dp_seed;
+        else
+            loom_log(LOOM_WARN, "--dp local: the noise is drawn from the run's seed, which the server knows (it could "
+                                "subtract it); give --dp-seed with a secret number");
+    }
     c->tu.m = c->m;
     c->tu.ts = c->set;
     if ((rc = cli_trainer_make(&c->tu, &c->tr, &c->vec)) != LOOM_OK) return rc;
@@ -261,6 +268,7 @@ int cmd_client(int argc, char **argv) {
         {"label-col", OPT_STR, &c.label_col, "label column/field", 0, 0},
         {"work-dir", OPT_STR, &c.work_dir, "directory for downloads, the pending upload and this client's state (default ./loom-client-NAME)", 0, 0},
         {"threads", OPT_INT, &c.threads, "threads for training (0 = the machine's)", 0, cli_max_threads()},
+        {"dp-seed", OPT_LONG, &c.dp_seed, "--dp local runs: a secret seed of this client's noise (keep it, and give the same after a restart; default: from the run's seed, which the server knows)", 0, 9e18},
         {"give-up", OPT_FLOAT, &give_up, "seconds without reaching the server before giving up", 1, 1e9},
     };
     int pr = cli_parse(argc, argv,

@@ -134,6 +134,9 @@ int cmd_server(int argc, char **argv) {
     loom_sim_defaults(&sc);
     loom_train_config tc;
     if (cli_run_federation(&r, "server", (size_t)1 << 30, &sc, &tc) != 0) goto done;
+    if (sc.dp.mode == LOOM_DP_SGD && r.dp_min_examples <= 0)
+        BAD("--dp sgd needs --dp-min-examples N on a server: the fewest training examples of any client (the "
+            "accounting's sampling rate is --batch / N; the clients' data is theirs)");
     run_json = cli_run_client_json(&r);
     if (!run_json) BAD("out of memory");
     loom_server_config c;

@@ -49,6 +49,7 @@ static void on_round(const loom_round_metrics *m, void *ud) {
         fprintf(stderr, "  eval loss %.4f acc %.3f (clients %.3f +- %.3f)", m->eval_loss, m->eval_acc, m->eval_acc_mean,
                 m->eval_acc_std);
     if (m->rejected) fprintf(stderr, "  rejected %d", m->rejected);
+    if (m->dp) fprintf(stderr, "  epsilon %.3g", m->epsilon);
     fprintf(stderr, "  %.1fs  ETA %s%s\n", m->seconds, eta, p->tty ? "      " : "");
     if (p->n < p->rounds) {
         p->x[p->n] = m->round;
@@ -226,6 +227,12 @@ int cmd_sim(int argc, char **argv) {
     /* federation settings */
     cli_trainer_ud fu = {.m = m, .ts = set};
     if (cli_run_federation(&r, "sim", part->n_clients, &sc, &fu.tc) != 0) goto done;
+    if (sc.dp.mode == LOOM_DP_SGD) { /* the worst client's sampling rate: the fewest examples */
+        size_t fewest = SIZE_MAX;
+        for (size_t i = 0; i < part->n_clients; i++)
+            if (part->clients[i].n_train < fewest) fewest = part->clients[i].n_train;
+        sc.dp.sgd_q = fmin(1.0, (double)r.B / (double)(fewest ? fewest : 1));
+    }
     const char *strategy = r.strategy, *optname = r.optimizer;
     int local_steps = r.local_steps, checkpoint_every = r.checkpoint_every, compare = r.compare,
         sample_len = r.sample_len;

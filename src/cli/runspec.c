@@ -13,6 +13,7 @@
 
 #include "cli/cli.h"
 #include "loom/core.h"
+#include "loom/dp.h"
 #include "loom/strategy.h"
 
 void cli_run_init(cli_run *r) {
@@ -55,7 +56,8 @@ void cli_run_init(cli_run *r) {
 static const char *const client_keys[] = {
     "rounds", "local-steps", "batch", "seq", "lr", "optimizer", "momentum", "weight-decay", "clip", "strategy",
     "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
-    "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress", NULL};
+    "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress",
+    "dp", "dp-clip", "dp-noise", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -103,6 +105,15 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"buffer", OPT_INT, &r->buffer, "fedbuff: updates per server step K (0 = --concurrency)", 0, 10000000},
         {"concurrency", OPT_INT, &r->concurrency, "async: clients training at the same time (0 = --sample, or all clients)", 0, 10000000},
         {"max-staleness", OPT_LONG, &r->max_staleness, "async: refuse updates staler than this many versions (0 = no limit)", 0, 1e12},
+        {"dp", OPT_STR, &r->dp, "differential privacy: sgd (clients train with DP-SGD), central (DP-FedAvg: the server clips each update and noises the sum) or local (each client clips and noises its own update); docs/privacy-dp.md", 0, 0},
+        {"dp-clip", OPT_STR, &r->dp_clip, "--dp central/local: L2 norm each client's update is clipped to (S); --dp sgd: each example's gradient (C)", 0, 0},
+        {"dp-noise", OPT_STR, &r->dp_noise, "DP noise multiplier sigma: the Gaussian noise's standard deviation is sigma x the clip", 0, 0},
+        {"dp-delta", OPT_STR, &r->dp_delta, "DP delta of the reported epsilon (default 1e-5)", 0, 0},
+        {"dp-epsilon", OPT_STR, &r->dp_epsilon, "DP budget: a run whose epsilon would exceed it before its last round is refused", 0, 0},
+        {"dp-adaptive-clip", OPT_STR, &r->dp_adaptive, "--dp central: the clip follows this quantile of the update norms (Andrew et al. 2021; e.g. 0.5)", 0, 0},
+        {"dp-clip-lr", OPT_STR, &r->dp_clip_lr, "adaptive clipping: learning rate eta of C <- C exp(-eta (b - quantile)) (default 0.2)", 0, 0},
+        {"dp-clip-noise", OPT_STR, &r->dp_clip_noise, "adaptive clipping: noise sigma_b of the count of updates within the clip (default clients per round / 20)", 0, 0},
+        {"dp-min-examples", OPT_LONG, &r->dp_min_examples, "--dp sgd on loom server: the fewest training examples of any client, for the accounting (loom sim counts them)", 0, 9e18},
         {"eval-every", OPT_INT, &r->eval_every, "evaluate on the clients' test splits every N rounds (0 = last only)", 0, 1e9},
         {"eval-clients", OPT_INT, &r->eval_clients, "evaluate at most N clients (0 = all)", 0, 1e9},
         {"seed", OPT_LONG, &r->seed, "seed for initialisation, sampling, data order", 0, 9e18},
@@ -199,6 +210,90 @@ static int parse_sample(const char *cmd, const char *s, size_t n, int *count, do
     return -1;
 }
 
+/* A DP flag's number (text, parsed in double precision); NULL leaves *v. */
+static int dp_num(const char *cmd, const char *flag, const char *s, double *v) {
+    if (!s) return 0;
+    char *end;
+    errno = 0;
+    double x = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(x) || x < 0) {
+        fprintf(stderr, "loom %s: %s expects a finite number >= 0, got '%s'\n", cmd, flag, s);
+        return -1;
+    }
+    *v = x;
+    return 0;
+}
+
+/* The --dp flags into sc->dp, sc->fit (local DP) and tc (DP-SGD). */
+static int dp_settings(cli_run *r, const char *cmd, loom_sim_config *sc, loom_train_config *tc) {
+    loom_dp_config *d = &sc->dp;
+    loom_dp_config_defaults(d);
+    if (!r->dp || !strcmp(r->dp, "off")) {
+        const char *given = r->dp_clip ? "--dp-clip" : r->dp_noise ? "--dp-noise" : r->dp_delta ? "--dp-delta"
+                            : r->dp_epsilon ? "--dp-epsilon" : r->dp_adaptive ? "--dp-adaptive-clip"
+                            : r->dp_clip_lr ? "--dp-clip-lr" : r->dp_clip_noise ? "--dp-clip-noise"
+                            : r->dp_min_examples ? "--dp-min-examples" : NULL;
+        if (given) {
+            fprintf(stderr, "loom %s: %s needs --dp sgd|central|local\n", cmd, given);
+            return -1;
+        }
+        return 0;
+    }
+    if (loom_dp_mode_parse(r->dp, &d->mode) != LOOM_OK) {
+        cli_fail("--dp");
+        return -1;
+    }
+    const char *mode = loom_dp_mode_name(d->mode);
+    if (!r->dp_clip) {
+        fprintf(stderr, "loom %s: --dp %s needs --dp-clip C (the L2 norm each %s is clipped to)\n", cmd, mode,
+                d->mode == LOOM_DP_SGD ? "example's gradient" : "client's update");
+        return -1;
+    }
+    if (!r->dp_noise) {
+        fprintf(stderr, "loom %s: --dp %s needs --dp-noise SIGMA (the noise multiplier; loom dp sigma finds one for a "
+                "budget)\n", cmd, mode);
+        return -1;
+    }
+    if (dp_num(cmd, "--dp-clip", r->dp_clip, &d->clip) || dp_num(cmd, "--dp-noise", r->dp_noise, &d->noise) ||
+        dp_num(cmd, "--dp-delta", r->dp_delta, &d->delta) || dp_num(cmd, "--dp-epsilon", r->dp_epsilon, &d->epsilon_budget) ||
+        dp_num(cmd, "--dp-adaptive-clip", r->dp_adaptive, &d->quantile) ||
+        dp_num(cmd, "--dp-clip-lr", r->dp_clip_lr, &d->clip_lr) ||
+        dp_num(cmd, "--dp-clip-noise", r->dp_clip_noise, &d->bits_noise))
+        return -1;
+    if (!(d->clip > 0)) {
+        fprintf(stderr, "loom %s: --dp-clip must be > 0, got %s\n", cmd, r->dp_clip);
+        return -1;
+    }
+    if (r->dp_adaptive && d->mode != LOOM_DP_CENTRAL) {
+        fprintf(stderr, "loom %s: --dp-adaptive-clip works with --dp central only (not --dp %s)\n", cmd, mode);
+        return -1;
+    }
+    if (strcmp(r->mode, "sync")) {
+        fprintf(stderr, "loom %s: --dp %s works with --mode sync only (not --mode %s)\n", cmd, mode, r->mode);
+        return -1;
+    }
+    if (!strcmp(r->strategy, "scaffold")) {
+        fprintf(stderr, "loom %s: --dp %s does not work with --strategy scaffold (its control deltas would travel "
+                "unclipped and without noise)\n", cmd, mode);
+        return -1;
+    }
+    if (d->mode == LOOM_DP_CENTRAL && r->update_clip > 0) {
+        fprintf(stderr, "loom %s: --update-clip with --dp central: the server clips to --dp-clip (give one of them)\n", cmd);
+        return -1;
+    }
+    if (d->mode == LOOM_DP_LOCAL) {
+        sc->fit.dp_clip = d->clip;
+        sc->fit.dp_noise = d->noise;
+    } else if (d->mode == LOOM_DP_SGD) {
+        tc->dp_sgd = 1;
+        tc->dp_clip = (float)d->clip;
+        tc->dp_noise = (float)d->noise;
+        d->sgd_steps = r->local_steps;
+        if (r->dp_min_examples > 0) d->sgd_q = fmin(1.0, (double)r->B / (double)r->dp_min_examples);
+    }
+    return 0;
+}
+
 int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc) {
     sc->strategy = r->strategy;
     if (loom_strategy_defaults(r->strategy, &sc->sp) != LOOM_OK) return cli_fail("--strategy") ? -1 : -1;
@@ -274,7 +369,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     tc->total_steps = 0;
     tc->B = r->B;
     tc->T = r->T;
-    return 0;
+    return dp_settings(r, cmd, sc, tc);
 }
 
 int cli_client_data(const cli_run *r, const char *path, const loom_tokenizer *tok, size_t index, loom_dataset **ds,

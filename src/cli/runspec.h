@@ -25,6 +25,9 @@ typedef struct {
     int rounds, local_steps, min_updates, scaffold_option, eval_every, eval_clients, buffer, concurrency;
     float server_lr, server_momentum, beta1, beta2, tau, mu, max_norm, update_clip, deadline, async_alpha;
     long max_staleness;
+    /* differential privacy (include/loom/dp.h): numbers as text, parsed in double precision */
+    const char *dp, *dp_clip, *dp_noise, *dp_delta, *dp_adaptive, *dp_clip_lr, *dp_clip_noise, *dp_epsilon;
+    long dp_min_examples;
     /* client training */
     const char *optimizer;
     int B, T;
@@ -36,7 +39,7 @@ typedef struct {
     float step_seconds, time_spread, progress_every;
 } cli_run;
 
-#define CLI_RUN_MAX_OPTS 96
+#define CLI_RUN_MAX_OPTS 128
 void cli_run_init(cli_run *r);
 /* Writes the run's option entries into opts (room for CLI_RUN_MAX_OPTS) and returns their number. */
 int cli_run_opts(cli_run *r, cli_opt *opts);
@@ -47,7 +50,9 @@ char *cli_run_client_json(cli_run *r);
 int cli_run_apply_json(cli_run *r, const char *text, const char *from, cli_config **cfg);
 
 /* The federation settings of sc (strategy and its parameters, fit, sampling among n_clients, bounds,
- * deadline, seed, evaluation) and the clients' trainer configuration tc. Errors are printed naming
+ * deadline, seed, evaluation, differential privacy: sc->dp, local DP in sc->fit, DP-SGD in tc; --dp sgd's
+ * sc->dp.sgd_q comes from --dp-min-examples, which loom sim replaces by its partition's fewest) and the
+ * clients' trainer configuration tc. Errors are printed naming
  * the flag (prefix: "loom CMD: "); returns 0 or -1. */
 int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "loom/core.h"
+#include "loom/dp.h"
 #include "loom/fl.h"
 #include "loom/model.h"
 #include "loom/strategy.h"
@@ -347,6 +348,9 @@ int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx
         rc = algo->fit(ctx, &ft, st, out);
     }
     loom_batcher_free(b);
+    if (rc == LOOM_OK && fc->dp_clip > 0) /* local DP: clip and noise before anything leaves the client */
+        rc = loom_dp_local_privatize(out->update, ctx->dim, fc->dp_clip, fc->dp_noise,
+                                     fc->dp_seed ? fc->dp_seed : d->data_seed, round, NULL);
     if (rc == LOOM_OK && co && co->codec != LOOM_CODEC_F32) /* error feedback: the client keeps what is not sent */
         rc = loom_client_compress(st, out->update, ctx->dim, co);
     return rc;

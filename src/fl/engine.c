@@ -49,6 +49,13 @@ struct loom_engine {
     int *epos;     /* (N) client -> position in elist, -1 */
     eval_row *erows;
     lm_async *as;  /* the asynchronous modes' state (engine_async.c), NULL in synchronous rounds */
+    /* differential privacy (c.dp): */
+    int per_round;      /* m: clients sampled per round */
+    double dp_sigma;    /* central: the update noise multiplier (sigma, or sigma_delta when adaptive) */
+    double dp_bits_sd;  /* adaptive: sigma_b */
+    double dp_clip;     /* the clip of the open (or next) round */
+    double dp_next_clip;/* adaptive: the clip the open round hands on */
+    int dp_bits;        /* adaptive: accepted updates of the open round with norm <= dp_clip */
 };
 
 void loom_engine_defaults(loom_engine_config *c) {
@@ -61,6 +68,7 @@ void loom_engine_defaults(loom_engine_config *c) {
     c->staleness.kind = LOOM_STALENESS_CONSTANT;
     c->staleness.a = 0.5;
     c->staleness.b = 4;
+    loom_dp_config_defaults(&c->dp);
 }
 
 int loom_engine_sample(int N, int sample, double sample_frac, uint64_t seed, int round, int *clients, int *n) {
@@ -92,6 +100,27 @@ int loom_engine_sample(int N, int sample, double sample_frac, uint64_t seed, int
     return LOOM_OK;
 }
 
+/* m: the clients each round samples (loom_engine_sample's count) */
+static int per_round(const loom_engine_config *c) {
+    int N = c->n_clients;
+    int m = c->sample > 0 ? c->sample : c->sample_frac > 0 ? (int)ceil(c->sample_frac * N) : N;
+    return m < 1 ? 1 : m > N ? N : m;
+}
+
+/* Central DP's noise stage: the mean of the n accepted (clipped, weight 1) updates becomes
+ * (sum + N(0, (sigma C)^2)) / m, m the clients sampled (a fixed denominator). */
+static int dp_noise(void *ud, double *mean, size_t dim, uint64_t W, size_t n, int round) {
+    loom_engine *e = ud;
+    (void)W;
+    const double m = (double)e->n;
+    if ((double)n != m) {
+        const double f = (double)n / m;
+        for (size_t i = 0; i < dim; i++) mean[i] *= f;
+    }
+    loom_dp_add_noise(mean, dim, e->dp_sigma * e->dp_clip / m, e->c.seed, loom_dp_stream(LOOM_DP_STREAM_CENTRAL, round));
+    return LOOM_OK;
+}
+
 static int check_config(const loom_engine_config *c) {
     if (c->dim == 0 || !c->init) return loom_error(LOOM_EINVAL, "round engine needs a vector length and an initial vector");
     if (c->n_clients < 1) return loom_error(LOOM_EINVAL, "the partition has no clients");
@@ -109,6 +138,24 @@ static int check_config(const loom_engine_config *c) {
     if (c->eval_clients < 0) return loom_error(LOOM_EINVAL, "--eval-clients %d must be >= 0", c->eval_clients);
     if (!(c->pipe.max_norm >= 0) || isinf(c->pipe.max_norm))
         return loom_error(LOOM_EINVAL, "--max-update-norm %g must be finite and >= 0 (0 = no bound)", c->pipe.max_norm);
+    if (c->dp.mode != LOOM_DP_OFF) {
+        const char *mode = loom_dp_mode_name(c->dp.mode);
+        if (c->mode != LOOM_ENGINE_SYNC)
+            return loom_error(LOOM_EUNSUPPORTED, "--dp %s works with --mode sync only (not %s): the accounting of "
+                              "asynchronous updates is not implemented", mode, loom_engine_mode_name(c->mode));
+        if (c->pipe.strategy && !strcmp(c->pipe.strategy, "scaffold"))
+            return loom_error(LOOM_EUNSUPPORTED, "--dp %s does not work with --strategy scaffold (its control deltas "
+                              "would travel unclipped and without noise)", mode);
+        if (c->dp.mode == LOOM_DP_CENTRAL && c->pipe.noise)
+            return loom_error(LOOM_EINVAL, "--dp central: the pipeline already has a noise stage");
+        if (c->dp.mode == LOOM_DP_CENTRAL && c->pipe.clip_norm != 0 && c->pipe.clip_norm != c->dp.clip)
+            return loom_error(LOOM_EINVAL, "--update-clip %g with --dp central: the server clips to --dp-clip %g (give "
+                              "one of them)", c->pipe.clip_norm, c->dp.clip);
+        if (c->dp.mode == LOOM_DP_CENTRAL && !(c->dp.clip <= LOOM_FX_MAX_ABS))
+            return loom_error(LOOM_EINVAL, "--dp-clip %g is above the fixed-point range %g", c->dp.clip, LOOM_FX_MAX_ABS);
+        int rc = loom_dp_run_budget(&c->dp, c->n_clients, per_round(c), c->rounds);
+        if (rc != LOOM_OK) return rc;
+    }
     return lm_async_check(c);
 }
 
@@ -139,7 +186,21 @@ int loom_engine_create(loom_engine **out, const loom_engine_config *c) {
     e->c = *c;
     e->dim = c->dim;
     e->N = c->n_clients;
+    e->per_round = per_round(c);
     loom_pipeline_config pc = c->pipe;
+    if (c->dp.mode == LOOM_DP_CENTRAL) {
+        e->dp_clip = c->dp.clip;
+        e->dp_sigma = c->dp.noise;
+        if (c->dp.quantile > 0) {
+            e->dp_bits_sd = c->dp.bits_noise > 0 ? c->dp.bits_noise : e->per_round / 20.0;
+            e->dp_sigma = loom_dp_adaptive_sigma(c->dp.noise, e->dp_bits_sd);
+        }
+        pc.clip_norm = c->dp.clip;
+        pc.noise = dp_noise;
+        pc.noise_ud = e;
+    } else if (c->dp.mode != LOOM_DP_OFF) {
+        e->dp_clip = c->dp.clip;
+    }
     pc.dim = c->dim;
     if (!pc.strategy) pc.strategy = "fedavg";
     if (!strcmp(pc.strategy, "scaffold") && pc.sp.num_clients == 0) pc.sp.num_clients = c->n_clients;
@@ -212,6 +273,8 @@ int loom_engine_open_round(loom_engine *e, double now, const int **clients, int 
     e->round = e->next_round + 1;
     if ((rc = loom_pipeline_begin_round(e->pipe, e->round)) != LOOM_OK) return rc;
     e->answered = e->accepted = e->payloads = e->inflight = 0;
+    e->dp_bits = 0;
+    e->dp_next_clip = e->dp_clip;
     e->loss_w = e->weight = e->bytes_up = 0;
     e->t_open = now;
     pthread_mutex_lock(&e->mu);
@@ -293,7 +356,8 @@ int loom_engine_check(loom_engine *e, const loom_update *u, double now, loom_upd
     if (u->codec > LOOM_CODEC_TOPK) /* the codecs loom_update_decode turns into floats */
         return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
                       loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
-    return loom_pipeline_check(e->pipe, u->values, u->len, (double)u->examples, u->control, verdict, NULL);
+    return loom_pipeline_check(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples, u->control, verdict,
+                               NULL);
 }
 
 double loom_engine_opened_at(const loom_engine *e) { return e->t_open; }
@@ -317,7 +381,8 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
     if (u->codec > LOOM_CODEC_TOPK)
         rc = refuse(&v, LOOM_UPDATE_BAD_CODEC, loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     else
-        rc = loom_pipeline_add(e->pipe, u->values, u->len, (double)u->examples, u->control, &v, &norm);
+        rc = loom_pipeline_add(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples, u->control, &v,
+                               &norm); /* DP: every client weighs 1 */
     if (rc != LOOM_OK && v == LOOM_UPDATE_ACCEPTED) v = LOOM_UPDATE_LATE; /* the pipeline's round was closed */
     pthread_mutex_lock(&e->mu);
     r->verdict = v;
@@ -329,6 +394,7 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
     e->bytes_up += r->bytes;
     if (rc == LOOM_OK) {
         e->accepted++;
+        e->dp_bits += norm <= e->dp_clip;
         e->loss_w += u->loss * (double)u->examples;
         e->weight += (double)u->examples;
     }
@@ -386,6 +452,15 @@ int loom_engine_close_round(loom_engine *e, double now) {
     int need = e->c.min_updates > 0 ? e->c.min_updates : 1, rc = LOOM_OK;
     if (accepted >= need) {
         rc = loom_pipeline_end_round(e->pipe, e->global);
+        if (rc == LOOM_OK && e->c.dp.mode == LOOM_DP_CENTRAL && e->c.dp.quantile > 0) {
+            /* adaptive clipping: the noisy share of updates within the clip moves it toward the quantile */
+            loom_rng br;
+            loom_rng_init(&br, e->c.seed, loom_dp_stream(LOOM_DP_STREAM_BITS, e->round));
+            double next = loom_dp_adaptive_next(e->dp_clip, e->dp_bits, e->n, e->dp_bits_sd, loom_rng_normal(&br),
+                                                e->c.dp.quantile, e->c.dp.clip_lr);
+            next = fmin(fmax(next, 1e-12), LOOM_FX_MAX_ABS);
+            e->dp_next_clip = next;
+        }
     } else {
         loom_pipeline_abort_round(e->pipe);
         loom_log(LOOM_WARN, "round %d: %d accepted updates, fewer than the %d required; global model unchanged",
@@ -472,6 +547,11 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
         if (e->erows[i].done) lm_eval_pool_add(&pool, &e->erows[i].r);
     lm_eval_pool_finish(&pool, &m);
     m.seconds = seconds;
+    if (e->c.dp.mode != LOOM_DP_OFF) {
+        m.dp = 1;
+        m.dp_clip = e->dp_clip;
+        if (loom_dp_run_epsilon(&e->c.dp, e->N, e->per_round, e->round, &m.epsilon) != LOOM_OK) m.epsilon = NAN;
+    }
     if (e->c.sink.round) e->c.sink.round(e->c.sink.ud, &m, e->list, e->n);
     if (e->c.sink.client)
         for (int i = 0; i < e->n; i++) {
@@ -485,6 +565,11 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
     e->phase = PH_IDLE;
     pthread_mutex_unlock(&e->mu);
     e->next_round = e->round;
+    if (e->dp_next_clip != e->dp_clip) { /* adaptive clipping: the next round's clip */
+        e->dp_clip = e->dp_next_clip;
+        int rc = loom_pipeline_set_clip(e->pipe, e->dp_clip);
+        if (rc != LOOM_OK) return loom_error_context(rc, "round %d: adaptive clip", e->round);
+    }
     return LOOM_OK;
 }
 
@@ -517,6 +602,10 @@ int loom_engine_checkpoint_add(loom_engine *e, loom_st_writer *w, const loom_tve
     META("clients", "%d", e->c.n_clients);
     META("seed", "%llu", (unsigned long long)e->c.seed);
     META("strategy", "%s", loom_strategy_name(strat));
+    if (e->c.dp.mode != LOOM_DP_OFF) {
+        META("dp", "%s", loom_dp_mode_name(e->c.dp.mode));
+        META("dp_clip", "%.17g", e->dp_clip); /* the next round's (adaptive clipping moves it) */
+    }
 #undef META
     return rc;
 }
@@ -535,6 +624,20 @@ int loom_engine_checkpoint_load(loom_engine *e, const loom_st_file *f, const loo
         if (!v || strcmp(v, want[i]))
             return loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: resuming needs the same configuration", path,
                               keys[i], v ? v : "missing", want[i]);
+    }
+    const char *dpm = loom_st_meta(f, "dp"), *want_dp = loom_dp_mode_name(e->c.dp.mode);
+    if (strcmp(dpm ? dpm : "off", want_dp))
+        return loom_error(LOOM_EINVAL, "%s: dp is %s, this run has --dp %s: resuming needs the same configuration", path,
+                          dpm ? dpm : "off (missing)", want_dp);
+    double clip = e->dp_clip;
+    if (e->c.dp.mode != LOOM_DP_OFF) {
+        const char *cv = loom_st_meta(f, "dp_clip");
+        char *ce = NULL;
+        clip = cv ? strtod(cv, &ce) : NAN;
+        if (!cv || *ce || !(clip > 0 && clip <= LOOM_FX_MAX_ABS))
+            return loom_error(LOOM_EFORMAT, "%s: dp_clip is %s (a clip norm in (0, %g])", path, cv ? cv : "missing",
+                              LOOM_FX_MAX_ABS);
+        if (e->c.dp.quantile == 0) clip = e->dp_clip; /* a fixed clip: this run's flag */
     }
     const char *v = loom_st_meta(f, "next_round");
     char *end = NULL;
@@ -561,6 +664,10 @@ int loom_engine_checkpoint_load(loom_engine *e, const loom_st_file *f, const loo
         loom_free(tmp);
     }
     if (rc == LOOM_OK) rc = loom_engine_restore(e, (int)nr);
+    if (rc == LOOM_OK && clip != e->dp_clip) {
+        e->dp_clip = clip;
+        rc = e->c.dp.mode == LOOM_DP_CENTRAL ? loom_pipeline_set_clip(e->pipe, clip) : LOOM_OK;
+    }
     if (rc == LOOM_OK) *next_round = (int)nr;
     return rc;
 }

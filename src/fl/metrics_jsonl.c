@@ -41,6 +41,11 @@ void loom_metrics_jsonl_round(FILE *mf, const loom_round_metrics *m, const int *
         num(mf, "staleness_max", m->staleness_max);
         num(mf, "clock", m->clock);
     }
+    if (m->dp) { /* epsilon in full precision: it is compared with loom dp epsilon */
+        if (isfinite(m->epsilon)) fprintf(mf, ",\"epsilon\":%.17g", m->epsilon);
+        else fprintf(mf, ",\"epsilon\":null");
+        fprintf(mf, ",\"dp_clip\":%.17g", m->dp_clip);
+    }
     num(mf, "bytes_down", m->bytes_down);
     num(mf, "bytes_up", m->bytes_up);
     num(mf, "seconds", m->seconds);

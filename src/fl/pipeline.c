@@ -343,3 +343,16 @@ int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *da
     if (open) return loom_error(LOOM_ESTATE, "strategy %s: state %s loaded inside a round", p->c.strategy, name);
     return loom_strategy_state_load(p->strat, name, data, len);
 }
+
+int loom_pipeline_set_clip(loom_pipeline *p, double clip_norm) {
+    if (!(clip_norm >= 0 && clip_norm <= LOOM_FX_MAX_ABS))
+        return loom_error(LOOM_EINVAL, "update clip norm must be in [0, %g] (got %g)", LOOM_FX_MAX_ABS, clip_norm);
+    pthread_mutex_lock(&p->mu);
+    int open = p->in_round;
+    if (!open) p->c.clip_norm = clip_norm;
+    pthread_mutex_unlock(&p->mu);
+    if (open) return loom_error(LOOM_ESTATE, "update pipeline: clip changed inside round %d", p->round);
+    return LOOM_OK;
+}
+
+double loom_pipeline_clip(const loom_pipeline *p) { return p->c.clip_norm; }

@@ -30,6 +30,7 @@ void loom_sim_defaults(loom_sim_config *c) {
     c->per_client_rows = 1;
     c->async_alpha = 0.6;
     c->staleness = (loom_staleness_fn){LOOM_STALENESS_CONSTANT, 0.5, 4};
+    loom_dp_config_defaults(&c->dp);
 }
 
 uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, LOOM_STREAM_CLIENT + (uint64_t)client); }
@@ -70,6 +71,7 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
     ec->buffer = c->buffer;
     ec->concurrency = c->concurrency;
     ec->max_staleness = c->max_staleness;
+    ec->dp = c->dp;
 }
 
 /* ------------------------------------------------------------------ shared run state */
