@@ -87,7 +87,9 @@ refuse "reference of another vocabulary" 1 "--reference" "share the tokenizer" -
 refuse "canaries without --out" 2 "--out" "required" -- $A canaries --n 2
 refuse "format without a digit" 2 "--format" "has no '#'" -- $A canaries --out "$tmp/cx" --format 'no digits'
 refuse "more canaries than half the space" 2 "--n 60" "at most 50" -- $A canaries --out "$tmp/cx" --format 'pin # #' --n 60
-refuse "insert into a missing file" 1 "--insert" "$tmp/nofile" -- $A canaries --out "$tmp/cx" --insert "$tmp/nofile"
+refuse "insert into a missing file" 1 "--insert" "$tmp/nofile" "no such file" -- $A canaries --out "$tmp/cx" --insert "$tmp/nofile"
+check "nothing written before the insert is refused" test ! -e "$tmp/cx/canaries.json"
+refuse "--repeat without --insert" 2 "--repeat needs --insert" -- $A canaries --out "$tmp/cx" --repeat 3
 refuse "exposure without canaries.json" 1 "--canaries" "canaries.json" "loom audit canaries" -- $A exposure --model "$tmp/m" --canaries "$tmp/none"
 mkdir -p "$tmp/cbad"
 printf '{"format": "pin # #", "canaries": ["pin 1 x"]}' > "$tmp/cbad/canaries.json"

@@ -440,10 +440,11 @@ static int cmd_mia(int argc, char **argv) {
         printf("%-28s %zu members, %zu non-members (%zu + %zu without a target skipped), %d tokens each at most\n",
                "examples", km, kn, nm - km, nn - kn, tgt.T);
         printf("%-28s members %.4f, non-members %.4f (%.1fs)\n", "mean loss", mlm, mln, secs);
-        printf("%-28s %-8s %s\n", "attack", "AUC", "TPR at FPR <= ");
-        printf("%-28s %-8s %g (FPR reached)\n", "", "", alpha);
-        printf("%-28s %-8.4f %.4f (%.4f)\n", "loss threshold", la.auc, la.tpr, la.fpr);
-        if (ref) printf("%-28s %-8.4f %.4f (%.4f)\n", "reference-calibrated", ra.auc, ra.tpr, ra.fpr);
+        char head[64];
+        snprintf(head, sizeof head, "TPR at FPR <= %g", alpha);
+        printf("%-28s %-8s %-20s %s\n", "attack", "AUC", head, "FPR reached");
+        printf("%-28s %-8.4f %-20.4f %.4f\n", "loss threshold", la.auc, la.tpr, la.fpr);
+        if (ref) printf("%-28s %-8.4f %-20.4f %.4f\n", "reference-calibrated", ra.auc, ra.tpr, ra.fpr);
     }
     rc = 0;
 done:
@@ -464,9 +465,12 @@ done:
  * separate example for the paragraph and line splits alike). */
 static int insert_canaries(const char *path, char **lines, size_t n, long repeat) {
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
-        fprintf(stderr, "loom audit canaries: --insert %s: %s\n", path,
-                errno && stat(path, &st) != 0 ? strerror(errno) : "not a regular file");
+    if (stat(path, &st) != 0) {
+        fprintf(stderr, "loom audit canaries: --insert %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "loom audit canaries: --insert %s is not a regular file\n", path);
         return 1;
     }
     if (st.st_size > AUDIT_MAX_FILE) {
@@ -514,6 +518,17 @@ static int cmd_canaries(int argc, char **argv) {
     if (!out) {
         fprintf(stderr, "loom audit canaries: --out is required (the canary directory)\n");
         return 2;
+    }
+    if (repeat != 1 && !insert) {
+        fprintf(stderr, "loom audit canaries: --repeat needs --insert (the file the copies go into)\n");
+        return 2;
+    }
+    struct stat ist;
+    errno = 0;
+    if (insert && (stat(insert, &ist) != 0 || !S_ISREG(ist.st_mode))) {
+        fprintf(stderr, "loom audit canaries: --insert %s: %s\n", insert,
+                errno ? strerror(errno) : "not a regular file");
+        return 1;
     }
     int digits;
     uint64_t space;
