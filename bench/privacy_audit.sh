@@ -26,7 +26,8 @@
 #   MODE  sgd (default), central or local
 #   ROWS  the runs, default "none 8 2" (no DP, then each target epsilon)
 # Environment: ROUNDS (10), LOCAL_STEPS (15), CANDIDATES (1000), DP_CLIP (sgd 1, central/local 5),
-# DP_DELTA (1e-5), WORKERS (2). Runs go to runs/bench-privacy-audit/.
+# DP_DELTA (1e-5), WORKERS (2), LOOM_BIN (a loom binary to use instead of building build/loom).
+# Runs go to runs/bench-privacy-audit/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-sgd}
@@ -48,8 +49,12 @@ for tool in python3 awk; do
   command -v "$tool" > /dev/null || { echo "privacy_audit: needs $tool" >&2; exit 1; }
 done
 export LOOM_SHARED=${LOOM_SHARED:-$(cd ../shared && pwd)}
-bash scripts/build.sh > /dev/null
-L=./build/loom
+if [ -n "${LOOM_BIN:-}" ]; then
+  L=$LOOM_BIN
+else
+  bash scripts/build.sh loom > /dev/null
+  L=./build/loom
+fi
 M="$LOOM_SHARED/data/stories260K/stories260K.bin"
 K="$LOOM_SHARED/data/stories260K/tok512.bin"
 TXT="$LOOM_SHARED/data/tinyshakespeare/input.txt"

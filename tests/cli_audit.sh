@@ -37,8 +37,8 @@ $TR --data "$tmp/other.txt" --steps 100 --seed 5 --out "$tmp/ref" > /dev/null 2>
 check "target model trained" test -s "$tmp/m/model.safetensors"
 check "reference model trained" test -s "$tmp/ref/model.safetensors"
 
-# loom train never shows the model a BOS: score the examples without one
-M="$A mia --model $tmp/m --bos no --threads 1"
+# loom train on plain text never shows the model a BOS or an EOS: score the examples without them
+M="$A mia --model $tmp/m --bos no --eos no --threads 1"
 $M --members "$tmp/mem.txt" --nonmembers "$tmp/non.txt" --reference "$tmp/ref" --json > "$tmp/mia.json" 2> "$tmp/mia.err"
 cat "$tmp/mia.json" >&2
 field() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, d))" "$@"; }
@@ -55,12 +55,20 @@ check "no reference attack without --reference" bash -c "! grep -q '\"reference\
 $M --members "$tmp/mem.txt" --nonmembers "$tmp/non.txt" --scores "$tmp/scores.tsv" > "$tmp/mia.txt" 2> /dev/null
 check "text output names the attack" grep -q '^loss threshold ' "$tmp/mia.txt"
 check "scores: one row per example" test "$(grep -c '^member' "$tmp/scores.tsv")" -eq 32
+# per-example loss by a second route: loom eval on a file holding just that line (no newline, no BOS:
+# one window, the same targets), for examples scored in a batch beside longer ones
+for k in 1 2 3; do
+  printf '%s' "$(sed -n "${k}p" "$tmp/mem.txt")" > "$tmp/one.txt"
+  want=$($LOOM eval --model "$tmp/m" --data "$tmp/one.txt" --seq 64 --threads 1 | awk '{ print $2 }')
+  got=$(awk -F'\t' -v k=$k '$1 == "member" && $2 == k { print $5 }' "$tmp/scores.tsv")
+  check "member $k: loss equals loom eval's ($got vs $want)" awk -v a="$got" -v b="$want" 'BEGIN { d = a - b; exit !(a != "" && d < 6e-5 && d > -6e-5) }'
+done
 # swapping the sets mirrors the AUC
 $M --members "$tmp/non.txt" --nonmembers "$tmp/mem.txt" --json > "$tmp/swap.json" 2> /dev/null
 check "swapped sets: AUC mirrored" test "$(python3 -c "import json; a=json.load(open('$tmp/mia.json')); b=json.load(open('$tmp/swap.json')); print(abs(a['loss']['auc'] + b['loss']['auc'] - 1) < 1e-12)")" = True
 
 # exposure: the trained-in canaries rank first, the others do not
-E="$A exposure --model $tmp/m --bos no --threads 1 --candidates 200 --json"
+E="$A exposure --model $tmp/m --bos no --eos no --threads 1 --candidates 200 --json"
 $E --canaries "$tmp/cin" > "$tmp/ein.json" 2> /dev/null
 $E --canaries "$tmp/cout" > "$tmp/eout.json" 2> /dev/null
 cat "$tmp/ein.json" "$tmp/eout.json" >&2
@@ -69,7 +77,7 @@ check "inserted canaries more exposed than the others" num_lt "$(field "$tmp/eou
 check "exposure at most log2(K + 1)" test "$(field "$tmp/ein.json" "max_exposure <= max_possible + 1e-12")" = True
 # a 2-digit space is enumerated whole
 $A canaries --out "$tmp/c2" --n 1 --seed 3 --format 'pin # #' 2> /dev/null
-$A exposure --model "$tmp/m" --bos no --threads 1 --canaries "$tmp/c2" --candidates 5000 --json > "$tmp/e2.json" 2> /dev/null
+$A exposure --model "$tmp/m" --bos no --eos no --threads 1 --canaries "$tmp/c2" --candidates 5000 --json > "$tmp/e2.json" 2> /dev/null
 check "small space enumerated: 99 candidates" test "$(field "$tmp/e2.json" "(candidates, exhaustive)")" = "(99, True)"
 
 # refusals name the flag or the file
@@ -77,6 +85,7 @@ refuse "mia without --members" 2 "--members" "required" -- $M --nonmembers "$tmp
 refuse "missing members file" 1 "--members" "$tmp/none.txt" "no such file" -- $M --members "$tmp/none.txt" --nonmembers "$tmp/non.txt"
 refuse "missing model" 1 "--model" "$tmp/nomodel" -- $A mia --model "$tmp/nomodel" --members "$tmp/mem.txt" --nonmembers "$tmp/non.txt"
 refuse "bad --bos" 2 "--bos" "auto, yes or no" -- $M --members "$tmp/mem.txt" --nonmembers "$tmp/non.txt" --bos maybe
+refuse "bad --eos" 2 "--eos" "auto, yes or no" -- $A exposure --model "$tmp/m" --canaries "$tmp/cin" --eos 1
 refuse "bad --split" 2 "--split" "line, paragraph or file" -- $M --members "$tmp/mem.txt" --nonmembers "$tmp/non.txt" --split words
 refuse "--fpr out of range" 2 "--fpr" -- $M --members "$tmp/mem.txt" --nonmembers "$tmp/non.txt" --fpr 2
 refuse "--seq-len past the model" 2 "--seq-len 500" "128 positions" -- $M --members "$tmp/mem.txt" --nonmembers "$tmp/non.txt" --seq-len 500

@@ -6,7 +6,8 @@
  *   loom audit exposure  each canary's exposure: its rank among random candidates of its format
  *
  * Per-example loss: the example's tokens as the training loader makes them (loom_dataset_load, the
- * same formats, BOS as the loader adds it), the first --seq-len + 1 tokens (the last ones for an example
+ * same formats, BOS and EOS as the loader adds them unless --bos / --eos say otherwise), the first
+ * --seq-len + 1 tokens (the last ones for an example
  * with a prompt, so that its response stays), one forward pass of an inference workspace; the loss of
  * an example is the mean over its target tokens, its log-perplexity the sum. */
 #include <errno.h>
@@ -178,8 +179,9 @@ static int score_dataset(scorer *s, const loom_dataset *ds, double *sum, long *c
 
 /* ---------------------------------------------------------------- data */
 
-/* --bos: -1 auto (as the training loader: when the tokenizer has a BOS distinct from EOS), 0, 1. */
-static int bos_kind(const char *s) {
+/* --bos / --eos: -1 auto (as the training loader: BOS when the tokenizer has one distinct from EOS,
+ * EOS after a language-modelling example when it has one), 0 no, 1 yes; -2 for anything else. */
+static int special_kind(const char *s) {
     if (!strcmp(s, "auto")) return -1;
     if (!strcmp(s, "no")) return 0;
     if (!strcmp(s, "yes")) return 1;
@@ -195,7 +197,7 @@ static int split_kind(const char *s) {
 
 /* Loads the examples of a file named by flag; prints the error and returns NULL on failure. */
 static loom_dataset *load_examples(const char *flag, const char *path, const char *format, const char *text_col,
-                                   int split, int bos, long max_examples, const loom_tokenizer *tok) {
+                                   int split, int bos, int eos, long max_examples, const loom_tokenizer *tok) {
     struct stat st;
     if (stat(path, &st) != 0) {
         fprintf(stderr, "loom audit: %s %s: %s\n", flag, path, strerror(errno));
@@ -216,6 +218,7 @@ static loom_dataset *load_examples(const char *flag, const char *path, const cha
     if (o.format < 0) return NULL;
     o.text_split = split;
     o.add_bos = bos;
+    o.add_eos = eos;
     o.text_col = text_col;
     o.max_examples = (size_t)max_examples;
     loom_dataset *ds = NULL;
@@ -266,7 +269,7 @@ static void print_attack_json(const char *name, const attack_result *r) {
 static int cmd_mia(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *tokp = NULL, *members = NULL, *nonmembers = NULL, *ref = NULL,
                *ref_adapter = NULL, *format = NULL, *text_col = NULL, *split_s = "line", *base_dtype = NULL,
-               *scores_path = NULL, *bos_s = "auto";
+               *scores_path = NULL, *bos_s = "auto", *eos_s = "auto";
     int T = 0, B = 16, threads = 0, json = 0;
     long max_examples = 100000;
     float alpha = 0.01f;
@@ -283,6 +286,7 @@ static int cmd_mia(int argc, char **argv) {
         {"text-col", OPT_STR, &text_col, "text column or JSON field", 0, 0},
         {"split", OPT_STR, &split_s, "text format: an example is a line, a paragraph (blank-line separated) or the file", 0, 0},
         {"bos", OPT_STR, &bos_s, "start each example with BOS: auto (as loom sim's data loader: when the tokenizer has one), yes or no (a model trained by loom train on plain text never saw BOS)", 0, 0},
+        {"eos", OPT_STR, &eos_s, "end each example with EOS: auto (as loom sim's data loader: when the tokenizer has one), yes or no (loom train on plain text: no)", 0, 0},
         {"seq-len", OPT_INT, &T, "tokens of each example scored (its first seq-len + 1; 0 = min(128, the model's positions))", 0, 1048576},
         {"batch", OPT_INT, &B, "examples per forward pass", 1, 4096},
         {"max-examples", OPT_LONG, &max_examples, "read at most N examples of each file", 1, 10000000},
@@ -300,7 +304,8 @@ static int cmd_mia(int argc, char **argv) {
         "ranks, ties counted one half; 0.5 is chance) and its TPR at FPR <= --fpr (the empirical ROC curve\n"
         "without interpolation: the best threshold whose false-positive rate is at most --fpr; with N\n"
         "non-members only multiples of 1/N are reachable). Examples are read by the training loader (the\n"
-        "same --format, BOS as training adds it); examples without a target token are skipped and counted.",
+        "same --format, BOS and EOS as loom sim's loader adds them); examples without a target token are\n"
+        "skipped and counted.",
         opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
     if (!model) {
@@ -315,13 +320,14 @@ static int cmd_mia(int argc, char **argv) {
         fprintf(stderr, "loom audit mia: --reference-adapter needs --reference (its base model; it may be --model)\n");
         return 2;
     }
-    int split = split_kind(split_s), bos = bos_kind(bos_s);
+    int split = split_kind(split_s), bos = special_kind(bos_s), eos = special_kind(eos_s);
     if (split < 0) {
         fprintf(stderr, "loom audit mia: --split '%s': give line, paragraph or file\n", split_s);
         return 2;
     }
-    if (bos < -1) {
-        fprintf(stderr, "loom audit mia: --bos '%s': give auto, yes or no\n", bos_s);
+    if (bos < -1 || eos < -1) {
+        fprintf(stderr, "loom audit mia: %s '%s': give auto, yes or no\n", bos < -1 ? "--bos" : "--eos",
+                bos < -1 ? bos_s : eos_s);
         return 2;
     }
     if (threads > 0) loom_set_threads(threads);
@@ -344,8 +350,8 @@ static int cmd_mia(int argc, char **argv) {
         goto done;
     }
     if (scores_path && cli_out_file("--scores", scores_path) != 0) goto done;
-    if (!(dm = load_examples("--members", members, format, text_col, split, bos, max_examples, tok)) ||
-        !(dn = load_examples("--nonmembers", nonmembers, format, text_col, split, bos, max_examples, tok)))
+    if (!(dm = load_examples("--members", members, format, text_col, split, bos, eos, max_examples, tok)) ||
+        !(dn = load_examples("--nonmembers", nonmembers, format, text_col, split, bos, eos, max_examples, tok)))
         goto done;
     size_t nm = dm->n, nn = dn->n;
     sm = calloc(nm + 1, sizeof *sm), sn = calloc(nn + 1, sizeof *sn), lm = calloc(nm + 1, sizeof *lm),
@@ -693,8 +699,8 @@ done:
 
 /* Log-perplexities px[i] (sum of token losses, nats) of the n strings of candidate numbers v[] in fmt,
  * tokenized AUDIT_CHUNK at a time. */
-static int score_strings(scorer *s, const loom_tokenizer *tok, const char *fmt, int bos, const uint64_t *v, size_t n,
-                         double *px) {
+static int score_strings(scorer *s, const loom_tokenizer *tok, const char *fmt, int bos, int eos, const uint64_t *v,
+                         size_t n, double *px) {
     size_t flen = strlen(fmt);
     size_t chunk = n < AUDIT_CHUNK ? n : AUDIT_CHUNK;
     char *buf = malloc(chunk * (flen + 1) + 1);
@@ -705,6 +711,7 @@ static int score_strings(scorer *s, const loom_tokenizer *tok, const char *fmt, 
     loom_dataset_opts o;
     loom_dataset_opts_init(&o);
     o.add_bos = bos;
+    o.add_eos = eos;
     for (size_t first = 0; rc == LOOM_OK && first < n; first += chunk) {
         size_t k = n - first < chunk ? n - first : chunk;
         for (size_t i = 0; i < k; i++) {
@@ -736,7 +743,8 @@ static int cmp_u64(const void *a, const void *b) {
 }
 
 static int cmd_exposure(int argc, char **argv) {
-    const char *model = NULL, *adapter = NULL, *tokp = NULL, *dir = NULL, *base_dtype = NULL, *bos_s = "auto";
+    const char *model = NULL, *adapter = NULL, *tokp = NULL, *dir = NULL, *base_dtype = NULL, *bos_s = "auto",
+               *eos_s = "auto";
     long K = 1000, seed = 1;
     int T = 0, B = 64, threads = 0, json = 0;
     cli_opt opts[] = {
@@ -749,26 +757,28 @@ static int cmd_exposure(int argc, char **argv) {
         {"seed", OPT_LONG, &seed, "seed of the candidates (stream \"cand\")", 0, 9e18},
         {"seq-len", OPT_INT, &T, "positions of the scoring window (0 = min(128, the model's positions))", 0, 1048576},
         {"bos", OPT_STR, &bos_s, "start each example with BOS: auto (as loom sim's data loader: when the tokenizer has one), yes or no (a model trained by loom train on plain text never saw BOS)", 0, 0},
+        {"eos", OPT_STR, &eos_s, "end each example with EOS: auto (as loom sim's data loader: when the tokenizer has one), yes or no (loom train on plain text: no)", 0, 0},
         {"batch", OPT_INT, &B, "strings per forward pass", 1, 4096},
         {"threads", OPT_INT, &threads, "threads (0 = all cores)", 0, cli_max_threads()},
         {"json", OPT_FLAG, &json, "print one JSON object", 0, 0},
     };
     int pr = cli_parse(argc, argv, "loom audit exposure --model M [--adapter A] --canaries DIR [--candidates K] [--json]",
                        "Exposure of each canary of DIR (Carlini et al. 2019): its log-perplexity under the model (the\n"
-                       "sum of its token losses, BOS first as training adds it) is ranked among K candidates of the\n"
-                       "same format drawn uniformly from its space (without the canary itself; every other string of\n"
-                       "the space when K >= its size - 1): rank = 1 + #lower + #equal / 2, exposure = log2(K + 1) -\n"
-                       "log2(rank), in [0, log2(K + 1)] bits; about 1.44 for a canary the model never saw, log2(K + 1)\n"
-                       "for one it memorised. Prints each canary's exposure and the mean and maximum.",
+                       "sum of its token losses, with BOS and EOS as loom sim's loader adds them) is ranked among K\n"
+                       "candidates of the same format drawn uniformly from its space (without the canary itself; every\n"
+                       "other string of the space when K >= its size - 1): rank = 1 + #lower + #equal / 2, exposure =\n"
+                       "log2(K + 1) - log2(rank), in [0, log2(K + 1)] bits; about 1.44 for a canary the model never\n"
+                       "saw, log2(K + 1) for one it memorised. Prints each canary's exposure and the mean and maximum.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
     if (!model || !dir) {
         fprintf(stderr, "loom audit exposure: --model and --canaries are required\n");
         return 2;
     }
-    int bos = bos_kind(bos_s);
-    if (bos < -1) {
-        fprintf(stderr, "loom audit exposure: --bos '%s': give auto, yes or no\n", bos_s);
+    int bos = special_kind(bos_s), eos = special_kind(eos_s);
+    if (bos < -1 || eos < -1) {
+        fprintf(stderr, "loom audit exposure: %s '%s': give auto, yes or no\n", bos < -1 ? "--bos" : "--eos",
+                bos < -1 ? bos_s : eos_s);
         return 2;
     }
     canary_set cs;
@@ -800,8 +810,8 @@ static int cmd_exposure(int argc, char **argv) {
     }
     for (size_t j = 0; j < nc; j++) cand[j] = all ? j : loom_audit_candidate((uint64_t)seed, space, j);
     double t0 = loom_now();
-    if (score_strings(&s, tok, cs.fmt, bos, cs.v, cs.n, kpx) != LOOM_OK ||
-        score_strings(&s, tok, cs.fmt, bos, cand, nc, cpx) != LOOM_OK) {
+    if (score_strings(&s, tok, cs.fmt, bos, eos, cs.v, cs.n, kpx) != LOOM_OK ||
+        score_strings(&s, tok, cs.fmt, bos, eos, cand, nc, cpx) != LOOM_OK) {
         cli_fail("scoring");
         goto done;
     }
