@@ -5,6 +5,8 @@
 #include "cli/cli.h"
 #include "loom/core.h"
 
+int cmd_audit(int argc, char **argv); /* cmd_audit.c */
+
 static const struct {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -17,6 +19,7 @@ static const struct {
     {"server", cmd_server, "coordinate a real federation over HTTPS; register and revoke clients"},
     {"client", cmd_client, "take part in a federation run by loom server (only the update leaves this machine)"},
     {"dp", cmd_dp, "differential privacy accounting: epsilon of a DP-SGD / DP-FedAvg schedule, or the noise for a budget"},
+    {"audit", cmd_audit, "privacy audits: membership inference (AUC, TPR at 1% FPR) and canary exposure"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
