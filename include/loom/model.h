@@ -195,6 +195,19 @@ int loom_per_example_grads(const loom_model *m, const float *base, loom_ws *ws, 
                            const int32_t *tokens, const int32_t *targets, int B, int T, float *norms, float clip,
                            float *gvec, float *gscratch, float *loss);
 
+/* Per-example gradients in ONE batched backward of the last loom_forward_ex (same base, plan and vec):
+ * grows[b * dim + i] += d(row b's share of the loss)/d vec[i] for each row b < B of that forward, with
+ * dim = the plan's dimension, so sum_b grows[b] is loom_backward_ex's gradient (to rounding). The
+ * input-gradient path (activations, attention, the frozen weights' products) runs batched as in
+ * loom_backward_ex; only the trainable set's weight-gradient products are split by row (LoRA's A and B
+ * per row, a trained tensor's outer products, norm and bias sums, embedding rows, prefix and prompt
+ * rows), into grows[B * dim] (caller memory, zeroed by the caller). Row weights apply as in the forward,
+ * so row b's share is w[b] * (its summed loss) / (the batch's valid targets). LoRA dropout masks are the
+ * batch's own. The cost over loom_backward_ex is B * dim floats and B smaller products per trained
+ * weight. */
+int loom_backward_ex_rows(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                          float *grows);
+
 /* KV-cached inference for generation, one sequence. */
 typedef struct loom_kv loom_kv;
 int loom_kv_create(loom_kv **out, const loom_model *m, int max_len);
