@@ -274,6 +274,14 @@ static void noise(void) {
           5 / sqrt(2.0 * n));
     CHECK(fabs((double)within / n - p1) < 5 * sqrt(p1 * (1 - p1) / n), "%.4f of the noise within 1 sd", (double)within / n);
     CHECK(maxdev < 1e-3, "the noise is not the stream (seed, hash2(LOOM_STREAM_DP_NOISE, step)): off by %.3g", maxdev);
+    /* a seed set for the noise (a federated client's, per round): that stream at the same step */
+    loom_trainer_set_dp_seed(t2, 99);
+    CHECK_OK(loom_trainer_compute_gradient(t2, tok, tgt, NULL, NULL));
+    const float *g2 = loom_trainer_grads(t2);
+    double dev99 = 0;
+    for (size_t i = 0; i < n; i++)
+        dev99 = fmax(dev99, fabs(B * ((double)g2[i] - g0[i]) / (sigma * C) - loom_rng_normal_at(99, stream, i)));
+    CHECK(dev99 < 1e-3, "the noise does not follow loom_trainer_set_dp_seed: off by %.3g", dev99);
     /* the next step draws new noise */
     CHECK_OK(loom_trainer_apply_gradient(t1, NULL));
     CHECK_OK(loom_trainer_compute_gradient(t1, tok, tgt, NULL, NULL));

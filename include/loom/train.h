@@ -103,6 +103,11 @@ void loom_trainer_reset_optimizer(loom_trainer *t);
  * clipping (0 for rows without targets); NULL without DP-SGD. *row_loop (may be NULL): 1 if the
  * trainer computes them by the row loop, 0 by one batched backward. */
 const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop);
+/* DP-SGD: the seed of the noise stream for the following steps (default cfg.seed): step s draws from
+ * (seed, hash2(LOOM_STREAM_DP_NOISE, s)). A federated client restarts its step count every round, so
+ * it sets a seed of its own per round (loom_client_run_fit: hash2(client seed, round)); otherwise every
+ * client would draw the same noise in every round. */
+void loom_trainer_set_dp_seed(loom_trainer *t, uint64_t seed);
 /* The trainable set given to loom_trainer_create_peft (NULL for loom_trainer_create). */
 const struct loom_tset *loom_trainer_tset(const loom_trainer *t);
 

@@ -26,6 +26,7 @@ struct loom_trainer {
     float *dp_buf;              /* [dim] a row's gradient (row loop), then the noise */
     float *dp_norms, *dp_w;     /* [B] per-example norms, row weights */
     long *dp_nv;                /* [B] valid targets per row */
+    uint64_t dp_seed;           /* the noise stream's seed (cfg.seed unless set) */
 };
 
 void loom_train_defaults(loom_train_config *c) {
@@ -106,6 +107,7 @@ int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, 
     t->params = params;
     t->base = params;
     t->cfg = *c;
+    t->dp_seed = c->seed;
     loom_peft_config pc;
     loom_peft_defaults(&pc, LOOM_PEFT_FULL);
     rc = loom_tset_create_layout(&t->own_ts, m, &pc);
@@ -144,6 +146,7 @@ int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const floa
     t->ts = ts;
     t->dim = loom_tset_dim(ts);
     t->cfg = *c;
+    t->dp_seed = c->seed;
     if ((rc = trainer_init(t)) != LOOM_OK) {
         loom_trainer_free(t);
         return rc;
@@ -257,7 +260,7 @@ static int dp_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *ta
     const float sd = (float)(t->cfg.dp_noise * C), inv = 1.0f / (float)B;
     float *g = t->grads;
     if (sd > 0) {
-        loom_rng_normal_fill(t->cfg.seed, loom_hash2(LOOM_STREAM_DP_NOISE, (uint64_t)step), 0, dim, t->dp_buf);
+        loom_rng_normal_fill(t->dp_seed, loom_hash2(LOOM_STREAM_DP_NOISE, (uint64_t)step), 0, dim, t->dp_buf);
         const float *z = t->dp_buf;
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < dim; i++) g[i] = (g[i] + sd * z[i]) * inv;
@@ -267,6 +270,8 @@ static int dp_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *ta
     *loss = nv ? (float)(lsum / (double)nv) : 0.0f;
     return LOOM_OK;
 }
+
+void loom_trainer_set_dp_seed(loom_trainer *t, uint64_t seed) { t->dp_seed = seed; }
 
 const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop) {
     if (row_loop) *row_loop = t->dp_rows == NULL;
