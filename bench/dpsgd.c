@@ -4,7 +4,8 @@
  *   dpsgd [MODEL [B [T [STEPS [RANK [TARGETS]]]]]]
  * MODEL: a model directory or llama2.c file, or a built-in shape (gpt2-tiny, llama-tiny, ...);
  * default $LOOM_SHARED/data/stories260K/stories260K.bin (or ../shared/...). Defaults B 8, T 64,
- * 30 timed steps (after 3 warm-up steps), LoRA rank 8 on the default targets.
+ * 30 timed steps (after 3 warm-up steps), LoRA rank 8 on the default targets. The three routes take
+ * turns step by step (each with its own vector), so they see the same machine load.
  * Prints one line per route and the ratios to the plain step. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,35 +21,45 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Median seconds of `steps` steps of a trainer on a fresh copy of the LoRA vector. */
+enum { ROUTES = 3 };
+
+/* Median seconds of `steps` steps of each route's trainer, each on its own copy of the LoRA vector. The
+ * routes take turns step by step, so a load that comes and goes on the machine falls on all of them. */
 static int time_steps(const loom_model *m, const loom_tset *ts, const loom_train_config *tc, const int32_t *tok,
                       const int32_t *tgt, int steps, double *median, double *loss) {
     size_t dim = loom_tset_dim(ts);
-    float *vec = loom_alloc(dim * sizeof(float));
-    if (!vec) return LOOM_ENOMEM;
-    memcpy(vec, loom_tset_data((loom_tset *)ts), dim * sizeof(float));
-    loom_trainer *t;
-    int rc = loom_trainer_create_peft(&t, m, loom_model_params_const(m), ts, vec, tc);
-    if (rc != LOOM_OK) {
-        loom_free(vec);
-        return rc;
+    float *vec[ROUTES] = {NULL};
+    loom_trainer *t[ROUTES] = {NULL};
+    double *s = malloc((size_t)ROUTES * steps * sizeof *s);
+    int rc = s ? LOOM_OK : LOOM_ENOMEM;
+    for (int k = 0; k < ROUTES && rc == LOOM_OK; k++) {
+        vec[k] = loom_alloc(dim * sizeof(float));
+        if (!vec[k]) {
+            rc = LOOM_ENOMEM;
+            break;
+        }
+        memcpy(vec[k], loom_tset_data((loom_tset *)ts), dim * sizeof(float));
+        rc = loom_trainer_create_peft(&t[k], m, loom_model_params_const(m), ts, vec[k], &tc[k]);
     }
-    double *s = malloc((size_t)steps * sizeof *s);
-    size_t bt = loom_trainer_batch_tokens(t);
-    for (int i = -3; i < steps && rc == LOOM_OK; i++) {
-        float l;
-        double t0 = loom_now();
-        rc = loom_trainer_step(t, tok + (size_t)((i + 3) % 4) * bt, tgt + (size_t)((i + 3) % 4) * bt, &l, NULL);
-        if (i >= 0) s[i] = loom_now() - t0;
-        *loss = l;
+    size_t bt = (size_t)tc[0].B * tc[0].T;
+    for (int i = -3; i < steps && rc == LOOM_OK; i++)
+        for (int k = 0; k < ROUTES && rc == LOOM_OK; k++) {
+            float l;
+            size_t o = (size_t)((i + 3) % 4) * bt;
+            double t0 = loom_now();
+            rc = loom_trainer_step(t[k], tok + o, tgt + o, &l, NULL);
+            if (i >= 0) s[(size_t)k * steps + i] = loom_now() - t0;
+            loss[k] = l;
+        }
+    for (int k = 0; k < ROUTES && rc == LOOM_OK; k++) {
+        qsort(s + (size_t)k * steps, (size_t)steps, sizeof *s, cmp_double);
+        median[k] = s[(size_t)k * steps + steps / 2];
     }
-    if (rc == LOOM_OK) {
-        qsort(s, (size_t)steps, sizeof *s, cmp_double);
-        *median = s[steps / 2];
+    for (int k = 0; k < ROUTES; k++) {
+        loom_trainer_free(t[k]);
+        loom_free(vec[k]);
     }
     free(s);
-    loom_trainer_free(t);
-    loom_free(vec);
     return rc;
 }
 
@@ -102,21 +113,21 @@ int main(int argc, char **argv) {
     printf("model %s: %d layers, dim %d, %zu parameters; LoRA rank %d on %s: %zu floats; batch %d x %d, %d steps\n",
            model, mc->n_layer, mc->dim, loom_model_n_params(m), rank, pc.target_modules[0] ? pc.target_modules : "defaults",
            loom_tset_dim(ts), B, T, steps);
-    const char *names[3] = {"plain", "dp-sgd batched", "dp-sgd row loop"};
-    double med[3] = {0, 0, 0};
-    for (int k = 0; k < 3 && rc == LOOM_OK; k++) {
-        loom_train_config c = tc;
+    const char *names[ROUTES] = {"plain", "dp-sgd batched", "dp-sgd row loop"};
+    loom_train_config c[ROUTES];
+    for (int k = 0; k < ROUTES; k++) {
+        c[k] = tc;
         if (k > 0) {
-            c.dp_sgd = 1;
-            c.dp_clip = 1.0f;
-            c.dp_noise = 1.0f;
-            c.dp_row_loop = k == 2;
+            c[k].dp_sgd = 1;
+            c[k].dp_clip = 1.0f;
+            c[k].dp_noise = 1.0f;
+            c[k].dp_row_loop = k == 2;
         }
-        double loss = 0;
-        rc = time_steps(m, ts, &c, tok, tgt, steps, &med[k], &loss);
-        if (rc != LOOM_OK) break;
-        printf("%-16s median step %9.3f ms   x%.3f   (last loss %.4f)\n", names[k], med[k] * 1e3, med[k] / med[0], loss);
     }
+    double med[ROUTES] = {0}, loss[ROUTES] = {0};
+    rc = time_steps(m, ts, c, tok, tgt, steps, med, loss);
+    for (int k = 0; k < ROUTES && rc == LOOM_OK; k++)
+        printf("%-16s median step %9.3f ms   x%.3f   (last loss %.4f)\n", names[k], med[k] * 1e3, med[k] / med[0], loss[k]);
     if (rc != LOOM_OK) fprintf(stderr, "dpsgd: %s\n", loom_errmsg());
     free(tok);
     free(tgt);
