@@ -16,6 +16,8 @@
 
 enum { B = 3, T = 8 };
 
+static loom_qtype base_type = LOOM_Q_F32; /* the frozen base of the next check_set */
+
 static double norm2(const float *x, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
@@ -38,6 +40,7 @@ static void check_set(const char *shape, loom_peft_method method, float dropout)
     loom_model *m;
     CHECK_OK(loom_model_create(&m, &cfg, 5));
     if (!m) return;
+    if (base_type != LOOM_Q_F32) CHECK_OK(loom_model_quantize(m, base_type));
     loom_peft_config pc;
     loom_peft_defaults(&pc, method);
     if (method == LOOM_PEFT_LORA) pc.lora_dropout = dropout;
@@ -209,5 +212,8 @@ int main(void) {
     check_set("llama-tiny", LOOM_PEFT_BITFIT, 0);
     check_set("gpt2-tiny", LOOM_PEFT_ADAPTER, 0);
     check_set("llama-tiny", LOOM_PEFT_ADAPTER, 0);
+    base_type = LOOM_Q_INT8; /* frozen low-precision weights: their bias gradients are split per row too */
+    check_set("gpt2-tiny", LOOM_PEFT_BITFIT, 0);
+    check_set("llama-tiny", LOOM_PEFT_LORA, 0);
     return test_summary();
 }
