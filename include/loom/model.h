@@ -184,7 +184,8 @@ int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const l
 int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                      float *gvec);
 
-/* Per-example gradients of the trainable vector (any set: LoRA, FULL, ...), one batch row at a time:
+/* Per-example gradients of the trainable vector (any set: LoRA, FULL, ...), one batch row at a time
+ * (B forwards and backwards of batch 1; loom_backward_ex_rows below gets them from one batched pass):
  * g_b = d(row b's share of the batch loss)/d vec, where the batch loss is the mean over all B rows'
  * valid targets, so sum_b g_b is loom_backward_ex's gradient. norms[b] = ||g_b||_2. If gvec is not
  * NULL, gvec += sum_b s_b g_b with s_b = min(1, clip / norms[b]) when clip > 0, else 1 (the clipped
