@@ -248,7 +248,7 @@ static int dp_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *ta
                                  T, &lb);
             if (rc != LOOM_OK) break;
             memset(t->dp_buf, 0, dim * sizeof(float));
-            rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->dp_buf);
+            if ((rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->dp_buf)) != LOOM_OK) break;
             lsum += (double)lb * (double)t->dp_nv[b];
             double nrm = sqrt(sq_norm(t->dp_buf, dim)), f = nrm > C ? C / nrm : 1.0;
             t->dp_norms[b] = (float)nrm;
