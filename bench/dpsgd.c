@@ -6,10 +6,13 @@
  * default $LOOM_SHARED/data/stories260K/stories260K.bin (or ../shared/...). Defaults B 8, T 64,
  * 30 timed steps (after 3 warm-up steps), LoRA rank 8 on the default targets. The three routes take
  * turns step by step (each with its own vector), so they see the same machine load.
- * Prints one line per route and the ratios to the plain step. */
+ * Prints one line per route: the median wall-clock and CPU time of a step (the CPU time of the process,
+ * which a machine shared with other jobs disturbs far less; run with OMP_NUM_THREADS=1 for it to be
+ * the step's work) and their ratios to the plain step. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "loom/core.h"
 #include "loom/model.h"
@@ -23,15 +26,23 @@ static int cmp_double(const void *a, const void *b) {
 
 enum { ROUTES = 3 };
 
+/* CPU seconds of the whole process (all its threads): on a machine shared with other jobs this moves
+ * far less than the wall clock. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* Median seconds of `steps` steps of each route's trainer, each on its own copy of the LoRA vector. The
  * routes take turns step by step, so a load that comes and goes on the machine falls on all of them. */
 static int time_steps(const loom_model *m, const loom_tset *ts, const loom_train_config *tc, const int32_t *tok,
-                      const int32_t *tgt, int steps, double *median, double *loss) {
+                      const int32_t *tgt, int steps, double *median, double *cpu_median, double *loss) {
     size_t dim = loom_tset_dim(ts);
     float *vec[ROUTES] = {NULL};
     loom_trainer *t[ROUTES] = {NULL};
-    double *s = malloc((size_t)ROUTES * steps * sizeof *s);
-    int rc = s ? LOOM_OK : LOOM_ENOMEM;
+    double *s = malloc((size_t)ROUTES * steps * sizeof *s), *u = malloc((size_t)ROUTES * steps * sizeof *u);
+    int rc = s && u ? LOOM_OK : LOOM_ENOMEM;
     for (int k = 0; k < ROUTES && rc == LOOM_OK; k++) {
         vec[k] = loom_alloc(dim * sizeof(float));
         if (!vec[k]) {
@@ -46,20 +57,26 @@ static int time_steps(const loom_model *m, const loom_tset *ts, const loom_train
         for (int k = 0; k < ROUTES && rc == LOOM_OK; k++) {
             float l;
             size_t o = (size_t)((i + 3) % 4) * bt;
-            double t0 = loom_now();
+            double t0 = loom_now(), c0 = cpu_now();
             rc = loom_trainer_step(t[k], tok + o, tgt + o, &l, NULL);
-            if (i >= 0) s[(size_t)k * steps + i] = loom_now() - t0;
+            if (i >= 0) {
+                s[(size_t)k * steps + i] = loom_now() - t0;
+                u[(size_t)k * steps + i] = cpu_now() - c0;
+            }
             loss[k] = l;
         }
     for (int k = 0; k < ROUTES && rc == LOOM_OK; k++) {
         qsort(s + (size_t)k * steps, (size_t)steps, sizeof *s, cmp_double);
         median[k] = s[(size_t)k * steps + steps / 2];
+        qsort(u + (size_t)k * steps, (size_t)steps, sizeof *u, cmp_double);
+        cpu_median[k] = u[(size_t)k * steps + steps / 2];
     }
     for (int k = 0; k < ROUTES; k++) {
         loom_trainer_free(t[k]);
         loom_free(vec[k]);
     }
     free(s);
+    free(u);
     return rc;
 }
 
@@ -124,10 +141,11 @@ int main(int argc, char **argv) {
             c[k].dp_row_loop = k == 2;
         }
     }
-    double med[ROUTES] = {0}, loss[ROUTES] = {0};
-    rc = time_steps(m, ts, c, tok, tgt, steps, med, loss);
+    double med[ROUTES] = {0}, cpu[ROUTES] = {0}, loss[ROUTES] = {0};
+    rc = time_steps(m, ts, c, tok, tgt, steps, med, cpu, loss);
     for (int k = 0; k < ROUTES && rc == LOOM_OK; k++)
-        printf("%-16s median step %9.3f ms   x%.3f   (last loss %.4f)\n", names[k], med[k] * 1e3, med[k] / med[0], loss[k]);
+        printf("%-16s median step %9.3f ms wall  x%.3f   %9.3f ms cpu  x%.3f   (last loss %.4f)\n", names[k], med[k] * 1e3,
+               med[k] / med[0], cpu[k] * 1e3, cpu[k] / cpu[0], loss[k]);
     if (rc != LOOM_OK) fprintf(stderr, "dpsgd: %s\n", loom_errmsg());
     free(tok);
     free(tgt);
