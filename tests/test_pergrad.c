@@ -3,8 +3,9 @@
  *
  * Per-example gradients are checked against an independent route: the batched forward/backward with
  * one-hot row weights gives row b's share of the batch gradient directly, while loom_per_example_grads
- * runs each row alone at batch 1. Weighted losses are checked against sums of the unweighted
- * per-position losses. */
+ * runs each row alone at batch 1, and loom_backward_ex_rows instantiates every row's gradient in one
+ * batched backward (checked against both, with LoRA dropout on as well). Weighted losses are checked
+ * against sums of the unweighted per-position losses. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,8 @@
 #include "test.h"
 
 enum { B = 3, T = 8 };
+
+static loom_qtype base_type = LOOM_Q_F32; /* the frozen base of the next check_set */
 
 static double norm2(const float *x, size_t n) {
     double s = 0;
@@ -30,15 +33,18 @@ static double rel_diff(const float *a, const float *b, size_t n) {
     return d / fmax(s, 1e-30);
 }
 
-static void check_set(const char *shape, loom_peft_method method) {
+static void check_set(const char *shape, loom_peft_method method, float dropout) {
     const char *mn = loom_peft_method_name(method);
     loom_config cfg;
     CHECK_OK(loom_config_named(&cfg, shape));
     loom_model *m;
     CHECK_OK(loom_model_create(&m, &cfg, 5));
     if (!m) return;
+    if (base_type != LOOM_Q_F32) CHECK_OK(loom_model_quantize(m, base_type));
     loom_peft_config pc;
     loom_peft_defaults(&pc, method);
+    if (method == LOOM_PEFT_LORA) pc.lora_dropout = dropout;
+    if (method == LOOM_PEFT_BITFIT) pc.bitfit_norms = 1; /* Llama has no biases */
     loom_tset *ts;
     CHECK_OK(loom_tset_create(&ts, m, &pc, 9));
     if (!ts) {
@@ -59,6 +65,7 @@ static void check_set(const char *shape, loom_peft_method method) {
     for (int t = 0; t < 5; t++) tgt[1 * T + t] = -1; /* rows with 8, 3 and 8 targets */
     loom_ws *ws;
     CHECK_OK(loom_ws_create_ex(&ws, m, B, T, pf));
+    if (dropout > 0) loom_ws_set_dropout(ws, 1, 77);
     const float *base = loom_model_params(m);
     float *g = loom_calloc(dim, sizeof(float)), *g1 = loom_calloc(dim, sizeof(float)), *sum = loom_calloc(dim, sizeof(float));
     float *gb[B], *scratch = loom_calloc(dim, sizeof(float)), *clipped = loom_calloc(dim, sizeof(float));
@@ -108,6 +115,37 @@ static void check_set(const char *shape, loom_peft_method method) {
     for (size_t i = 0; i < dim; i++) sum[i] = gb[0][i] + gb[1][i] + gb[2][i];
     CHECK(rel_diff(sum, g, dim) < 1e-5, "%s %s: one-hot shares do not sum to the gradient (%.3g)", shape, mn,
           rel_diff(sum, g, dim));
+
+    /* one batched backward with per-row weight gradients: each row equals its one-hot share */
+    float *rows = loom_calloc((size_t)B * dim, sizeof(float));
+    CHECK_OK(loom_forward_ex(m, base, ws, pf, vec, tok, tgt, B, T, &l1));
+    CHECK_OK(loom_backward_ex_rows(m, base, ws, pf, vec, rows));
+    for (int b = 0; b < B; b++) {
+        double d = rel_diff(rows + (size_t)b * dim, gb[b], dim);
+        CHECK(d < 1e-5, "%s %s dropout %g: per-row gradient of row %d differs from its one-hot share by %.3g", shape, mn,
+              (double)dropout, b, d);
+    }
+    rc = loom_backward_ex_rows(m, base, ws, pf, vec, rows);
+    CHECK(rc == LOOM_ESTATE && strstr(loom_errmsg(), "forward pass"), "per-row backward without a forward: %s",
+          loom_errmsg());
+    /* one-hot weights through the per-row backward: the other rows get nothing */
+    float e1[B] = {0, 1, 0};
+    memset(rows, 0, (size_t)B * dim * sizeof(float));
+    CHECK_OK(loom_ws_set_row_weights(ws, e1, B));
+    CHECK_OK(loom_forward_ex(m, base, ws, pf, vec, tok, tgt, B, T, &l1));
+    CHECK_OK(loom_backward_ex_rows(m, base, ws, pf, vec, rows));
+    CHECK_OK(loom_ws_set_row_weights(ws, NULL, B));
+    CHECK(norm2(rows, dim) == 0 && norm2(rows + 2 * dim, dim) == 0 && rel_diff(rows + dim, gb[1], dim) < 1e-5,
+          "%s %s: a zero row weight leaves a per-row gradient", shape, mn);
+    loom_free(rows);
+    if (dropout > 0) { /* the row-at-a-time route below has row 0's masks for every row */
+        for (int b = 0; b < B; b++) loom_free(gb[b]);
+        loom_free(g); loom_free(g1); loom_free(sum); loom_free(scratch); loom_free(clipped);
+        loom_ws_free(ws);
+        loom_tset_free(ts);
+        loom_model_free(m);
+        return;
+    }
 
     float norms[B], lp;
     memset(g1, 0, dim * sizeof(float));
@@ -161,11 +199,21 @@ static void check_set(const char *shape, loom_peft_method method) {
 }
 
 int main(void) {
-    check_set("gpt2-tiny", LOOM_PEFT_LORA);
-    check_set("llama-tiny", LOOM_PEFT_LORA);
-    check_set("gpt2-tiny", LOOM_PEFT_FULL);
-    check_set("llama-tiny", LOOM_PEFT_FULL);
-    check_set("gpt2-tiny", LOOM_PEFT_PREFIX);
-    check_set("llama-tiny", LOOM_PEFT_PROMPT);
+    check_set("gpt2-tiny", LOOM_PEFT_LORA, 0);
+    check_set("llama-tiny", LOOM_PEFT_LORA, 0);
+    check_set("gpt2-tiny", LOOM_PEFT_LORA, 0.3f);
+    check_set("gpt2-tiny", LOOM_PEFT_FULL, 0);
+    check_set("llama-tiny", LOOM_PEFT_FULL, 0);
+    check_set("gpt2-tiny", LOOM_PEFT_PREFIX, 0);
+    check_set("llama-tiny", LOOM_PEFT_PREFIX, 0);
+    check_set("llama-tiny", LOOM_PEFT_PROMPT, 0);
+    check_set("gpt2-tiny", LOOM_PEFT_PROMPT, 0);
+    check_set("gpt2-tiny", LOOM_PEFT_BITFIT, 0);
+    check_set("llama-tiny", LOOM_PEFT_BITFIT, 0);
+    check_set("gpt2-tiny", LOOM_PEFT_ADAPTER, 0);
+    check_set("llama-tiny", LOOM_PEFT_ADAPTER, 0);
+    base_type = LOOM_Q_INT8; /* frozen low-precision weights: their bias gradients are split per row too */
+    check_set("gpt2-tiny", LOOM_PEFT_BITFIT, 0);
+    check_set("llama-tiny", LOOM_PEFT_LORA, 0);
     return test_summary();
 }

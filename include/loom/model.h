@@ -184,7 +184,8 @@ int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const l
 int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                      float *gvec);
 
-/* Per-example gradients of the trainable vector (any set: LoRA, FULL, ...), one batch row at a time:
+/* Per-example gradients of the trainable vector (any set: LoRA, FULL, ...), one batch row at a time
+ * (B forwards and backwards of batch 1; loom_backward_ex_rows below gets them from one batched pass):
  * g_b = d(row b's share of the batch loss)/d vec, where the batch loss is the mean over all B rows'
  * valid targets, so sum_b g_b is loom_backward_ex's gradient. norms[b] = ||g_b||_2. If gvec is not
  * NULL, gvec += sum_b s_b g_b with s_b = min(1, clip / norms[b]) when clip > 0, else 1 (the clipped
@@ -194,6 +195,19 @@ int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const 
 int loom_per_example_grads(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                            const int32_t *tokens, const int32_t *targets, int B, int T, float *norms, float clip,
                            float *gvec, float *gscratch, float *loss);
+
+/* Per-example gradients in ONE batched backward of the last loom_forward_ex (same base, plan and vec):
+ * grows[b * dim + i] += d(row b's share of the loss)/d vec[i] for each row b < B of that forward, with
+ * dim = the plan's dimension, so sum_b grows[b] is loom_backward_ex's gradient (to rounding). The
+ * input-gradient path (activations, attention, the frozen weights' products) runs batched as in
+ * loom_backward_ex; only the trainable set's weight-gradient products are split by row (LoRA's A and B
+ * per row, a trained tensor's outer products, norm and bias sums, embedding rows, prefix and prompt
+ * rows), into grows[B * dim] (caller memory, zeroed by the caller). Row weights apply as in the forward,
+ * so row b's share is w[b] * (its summed loss) / (the batch's valid targets). LoRA dropout masks are the
+ * batch's own. The cost over loom_backward_ex is B * dim floats and B smaller products per trained
+ * weight. */
+int loom_backward_ex_rows(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                          float *grows);
 
 /* KV-cached inference for generation, one sequence. */
 typedef struct loom_kv loom_kv;

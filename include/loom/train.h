@@ -24,11 +24,22 @@ typedef struct {
     uint64_t seed;         /* LoRA dropout masks (step s uses a stream named by (seed, s)) */
     /* DP-SGD (dp_sgd = 1): each step clips every example's gradient to L2 norm dp_clip, adds
      * N(0, (dp_noise * dp_clip)^2) to each coordinate of the sum of the clipped gradients (the noise
-     * stream named by (seed, step), LOOM_STREAM_DP_NOISE), and divides by the batch size B. */
+     * stream named by (seed, step), LOOM_STREAM_DP_NOISE), and divides by the batch size B.
+     * An example is a batch row; its gradient is that of the row's OWN mean loss (the mean over its
+     * valid targets), so one example moves the sum by at most dp_clip whatever the other rows hold; a
+     * row without valid targets contributes nothing (its gradient is 0, it still counts in B). With
+     * every row holding the same number of targets, sigma = 0 and a clip above every norm, the step is
+     * the plain mean-loss step. Global clipping (clip) still applies after the noise if set. */
     int dp_sgd;
     float dp_clip;         /* C > 0 */
     float dp_noise;        /* sigma >= 0, the noise multiplier */
+    /* How per-example gradients are computed: 0 (default) one batched backward with the trainable
+     * set's weight gradients split per row (loom_backward_ex_rows; B x dim floats) when that buffer
+     * fits in LOOM_DP_ROWS_MAX_BYTES, else one forward/backward per row; 1 always the row loop. */
+    int dp_row_loop;
 } loom_train_config;
+
+#define LOOM_DP_ROWS_MAX_BYTES ((size_t)512 << 20)
 
 void loom_train_defaults(loom_train_config *c);
 
@@ -88,6 +99,15 @@ size_t loom_trainer_dim(const loom_trainer *t);
 float *loom_trainer_vector(loom_trainer *t);
 /* Zeroes the optimizer's moments and step count (a federated client starts each round afresh). */
 void loom_trainer_reset_optimizer(loom_trainer *t);
+/* DP-SGD (cfg.dp_sgd): the per-example gradient norms [B] of the last compute-gradient, before
+ * clipping (0 for rows without targets); NULL without DP-SGD. *row_loop (may be NULL): 1 if the
+ * trainer computes them by the row loop, 0 by one batched backward. */
+const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop);
+/* DP-SGD: the seed of the noise stream for the following steps (default cfg.seed): step s draws from
+ * (seed, hash2(LOOM_STREAM_DP_NOISE, s)). A federated client restarts its step count every round, so
+ * it sets a seed of its own per round (loom_client_run_fit: hash2(client seed, round)); otherwise every
+ * client would draw the same noise in every round. */
+void loom_trainer_set_dp_seed(loom_trainer *t, uint64_t seed);
 /* The trainable set given to loom_trainer_create_peft (NULL for loom_trainer_create). */
 const struct loom_tset *loom_trainer_tset(const loom_trainer *t);
 

@@ -10,6 +10,7 @@
 #include "cli/textdata.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
+#include "loom/dp.h"
 #include "loom/peft.h"
 #include "loom/safetensors.h"
 #include "loom/train.h"
@@ -185,6 +186,57 @@ done:
     return rc;
 }
 
+/* ---------------------------------------------------------------- DP-SGD accounting
+ * Each step's batch is accounted as Poisson sampling of the N training examples with q = B / N (the
+ * batches are fixed-size draws: with replacement for text windows, without for a dataset's epochs;
+ * Opacus accounts them the same way), through the RDP accountant of loom/dp.h. */
+
+typedef struct {
+    int on;
+    double q, sigma, delta, budget; /* budget: NAN = none */
+    long n_examples;
+} dp_acct;
+
+/* epsilon after `steps` steps; *order (may be NULL) the optimal order */
+static double dp_eps_at(const dp_acct *a, long steps, double *order) {
+    double eps = NAN, ord = 0;
+    if (loom_dp_epsilon(a->q, a->sigma, (double)steps, a->delta, NULL, 0, &eps, &ord) != LOOM_OK) return NAN;
+    if (order) *order = ord;
+    return eps;
+}
+
+/* Refuses (1) a run whose epsilon after its last step would exceed the budget, naming the knobs. */
+static int dp_check_budget(const dp_acct *a, long steps) {
+    double eps = dp_eps_at(a, steps, NULL);
+    if (!isfinite(eps) && a->sigma > 0) {
+        fprintf(stderr, "loom train: the accountant failed: %s\n", loom_errmsg());
+        return 1;
+    }
+    if (isnan(a->budget) || eps <= a->budget) return 0;
+    long lo = 0, hi = steps; /* the most steps within the budget: epsilon grows with the steps */
+    while (hi - lo > 1) {
+        long mid = lo + (hi - lo) / 2;
+        if (dp_eps_at(a, mid, NULL) <= a->budget) lo = mid;
+        else hi = mid;
+    }
+    double sig = NAN, got = NAN;
+    int src = loom_dp_sigma(a->q, (double)steps, a->delta, a->budget, &sig, &got);
+    fprintf(stderr,
+            "loom train: --dp-epsilon %g would be exceeded: %ld steps at q = %.6g (--batch %d of %ld examples), "
+            "--dp-noise %g, --dp-delta %g spend epsilon %.4g\n",
+            a->budget, steps, a->q, (int)(a->q * (double)a->n_examples + 0.5), a->n_examples, a->sigma, a->delta, eps);
+    if (src == LOOM_OK) {
+        double p = pow(10.0, floor(log10(sig)) - 3); /* 4 significant digits, rounded up */
+        dp_acct b = *a;
+        b.sigma = ceil(sig / p) * p;
+        fprintf(stderr, "  raise --dp-noise to %.4g (epsilon %.4g after %ld steps), or lower --steps to %ld\n", b.sigma,
+                dp_eps_at(&b, steps, NULL), steps, lo);
+    }
+    else
+        fprintf(stderr, "  lower --steps to %ld (no --dp-noise reaches the budget in %ld steps)\n", lo, steps);
+    return 1;
+}
+
 /* Opens OUT/metrics.jsonl: a new file, or on resume the old one cut after the rows of steps <= step. */
 static FILE *metrics_open(const char *dir, long resume_step) {
     char path[4200];
@@ -213,7 +265,10 @@ int cmd_train(int argc, char **argv) {
     cli_peft_init(&po);
     long steps = 500, seed = 1337, warmup = -1, eval_windows_max = 64, checkpoint_every = 100, stop_at = 0;
     int resume = 0;
-    float lr = 1e-3f, min_lr = -1.0f, wd = 0.1f, clip = 1.0f, val_frac = 0.1f, momentum = 0.0f;
+    float lr = 1e-3f, min_lr = -1.0f, wd = 0.1f, clip = NAN, val_frac = 0.1f, momentum = 0.0f;
+    const char *dp_mode = NULL;
+    float dp_clip = NAN, dp_noise = NAN, dp_delta = 1e-5f, dp_budget = NAN, dp_adaptive = NAN;
+    int dp_row_loop = 0;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model dir / llama2.c .bin to fine-tune, or a shape/config.json to train from scratch", 0, 0},
         {"data", OPT_STR, &data, "UTF-8 text file, or a dataset in --format", 0, 0},
@@ -232,7 +287,14 @@ int cmd_train(int argc, char **argv) {
         {"optimizer", OPT_STR, &optname, "adamw or sgd", 0, 0},
         {"momentum", OPT_FLOAT, &momentum, "SGD momentum", 0, 1},
         {"weight-decay", OPT_FLOAT, &wd, "decoupled weight decay on matrices", 0, 10},
-        {"clip", OPT_FLOAT, &clip, "global gradient-norm clip (0 = off)", 0, 1e9},
+        {"clip", OPT_FLOAT, &clip, "global gradient-norm clip (0 = off; default 1, or 0 with --dp sgd)", 0, 1e9},
+        {"dp", OPT_STR, &dp_mode, "differential privacy: sgd (DP-SGD: each example's gradient clipped to --dp-clip, Gaussian noise on the sum; central and local are federated: loom sim / loom server)", 0, 0},
+        {"dp-clip", OPT_FLOAT, &dp_clip, "--dp sgd: L2 norm C each example's gradient is clipped to", 0, 1e9},
+        {"dp-noise", OPT_FLOAT, &dp_noise, "--dp sgd: noise multiplier sigma (noise std sigma x C on the clipped sum; loom dp sigma finds one for a budget)", 0, 1e6},
+        {"dp-delta", OPT_FLOAT, &dp_delta, "--dp sgd: delta of the reported epsilon", 0, 1},
+        {"dp-epsilon", OPT_FLOAT, &dp_budget, "--dp sgd: budget: a run whose epsilon would exceed it before its last step is refused", 0, 1e9},
+        {"dp-adaptive-clip", OPT_FLOAT, &dp_adaptive, "client-level DP only (loom sim / loom server --dp central)", 0, 1},
+        {"dp-row-loop", OPT_FLAG, &dp_row_loop, "--dp sgd: per-example gradients one example at a time (B passes) instead of one batched backward", 0, 0},
         {"val-frac", OPT_FLOAT, &val_frac, "share of the text (its end) held out for validation", 0, 0.99},
         {"eval-every", OPT_INT, &eval_every, "validation loss every N steps (0 = only at the end)", 0, 1e9},
         {"eval-windows", OPT_LONG, &eval_windows_max, "validation windows of --seq tokens per evaluation", 1, 1e9},
@@ -284,6 +346,47 @@ int cmd_train(int argc, char **argv) {
                 data);
         return 2;
     }
+    dp_acct dp = {0};
+    dp.budget = NAN;
+    if (!dp_mode) {
+        const char *given = !isnan(dp_clip) ? "--dp-clip" : !isnan(dp_noise) ? "--dp-noise" : !isnan(dp_budget) ? "--dp-epsilon"
+                            : !isnan(dp_adaptive) ? "--dp-adaptive-clip" : dp_row_loop ? "--dp-row-loop" : NULL;
+        if (given) {
+            fprintf(stderr, "loom train: %s needs --dp sgd\n", given);
+            return 2;
+        }
+    } else if (!strcmp(dp_mode, "central") || !strcmp(dp_mode, "local")) {
+        fprintf(stderr, "loom train: --dp %s is client-level DP of a federated run (loom sim / loom server); loom train "
+                        "offers --dp sgd\n", dp_mode);
+        return 2;
+    } else if (strcmp(dp_mode, "sgd")) {
+        fprintf(stderr, "loom train: --dp %s: unknown; loom train offers --dp sgd\n", dp_mode);
+        return 2;
+    } else {
+        if (!isnan(dp_adaptive)) {
+            fprintf(stderr, "loom train: --dp-adaptive-clip is client-level DP's (loom sim / loom server --dp central), "
+                            "not --dp sgd's\n");
+            return 2;
+        }
+        if (isnan(dp_clip) || !(dp_clip > 0)) {
+            fprintf(stderr, "loom train: --dp sgd needs --dp-clip C > 0 (the L2 norm each example's gradient is clipped to)\n");
+            return 2;
+        }
+        if (isnan(dp_noise)) {
+            fprintf(stderr, "loom train: --dp sgd needs --dp-noise SIGMA (the noise multiplier; loom dp sigma finds one for "
+                            "a budget)\n");
+            return 2;
+        }
+        if (!(dp_delta > 0 && dp_delta < 1)) {
+            fprintf(stderr, "loom train: --dp-delta must be in (0, 1), got %g\n", dp_delta);
+            return 2;
+        }
+        dp.on = 1;
+        dp.sigma = dp_noise;
+        dp.delta = dp_delta;
+        dp.budget = dp_budget;
+    }
+    if (isnan(clip)) clip = dp.on ? 0.0f : 1.0f;
     if (out && cli_out_dir("--out", out) != 0) return 1;
     if (threads > 0) loom_set_threads(threads);
     loom_train_config tc;
@@ -298,6 +401,11 @@ int cmd_train(int argc, char **argv) {
     tc.clip = clip;
     tc.B = B;
     tc.T = T;
+    tc.dp_sgd = dp.on;
+    tc.dp_clip = dp.on ? dp_clip : 0.0f;
+    tc.dp_noise = dp.on ? dp_noise : 0.0f;
+    tc.dp_row_loop = dp_row_loop;
+    tc.seed = (uint64_t)seed; /* LoRA dropout masks and DP-SGD's noise */
 
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
@@ -370,6 +478,17 @@ int cmd_train(int argc, char **argv) {
         ntok = td.ds->n_tokens;
         nval = nv;
     }
+    if (dp.on) {
+        /* the examples a batch row is drawn from: text windows (their start positions), or examples */
+        dp.n_examples = td.ds ? (long)(td.ds->n - nval) : (long)(td.ntrain > (size_t)T + 1 ? td.ntrain - (size_t)T - 1 : 1);
+        dp.q = (double)B / (double)dp.n_examples;
+        if (dp.q > 1) {
+            fprintf(stderr, "loom train: --batch %d exceeds the %ld training examples: DP-SGD's sampling rate would be "
+                            "above 1\n", B, dp.n_examples);
+            goto done;
+        }
+        if (dp_check_budget(&dp, steps)) goto done;
+    }
     if (set) {
         vec = loom_tset_data(set);
         tc.seed = (uint64_t)seed;
@@ -391,6 +510,16 @@ int cmd_train(int argc, char **argv) {
                 loom_base_dtype_name(loom_model_base_type(m)), loom_model_base_bytes(m) / 1048576.0);
     fprintf(stderr, "  %ld steps of %d x %d tokens, %s lr %g (warm-up %ld, cosine to %g), clip %g, %d threads\n", steps, B,
             T, optname, lr, tc.warmup, tc.min_lr, clip, loom_threads());
+    if (dp.on) {
+        int loop = 0;
+        loom_trainer_dp_norms(tr, &loop);
+        double e_end = dp_eps_at(&dp, steps, NULL);
+        fprintf(stderr, "  DP-SGD: clip %g, noise %g, q = %d/%ld = %.6g (%s, accounted as Poisson sampling), delta %g: "
+                        "epsilon %.4g after %ld steps%s%s; per-example gradients by %s\n",
+                dp_clip, dp_noise, B, dp.n_examples, dp.q, td.ds ? "examples" : "text windows", dp.delta, e_end, steps,
+                isnan(dp.budget) ? "" : " (budget ", isnan(dp.budget) ? "" : "ok)",
+                loop ? "the row loop" : "one batched backward");
+    }
     tokens = malloc((size_t)B * T * 4);
     targets = malloc((size_t)B * T * 4);
     train_state st = {.steps = steps, .B = B, .T = T, .seed = seed, .dim = loom_trainer_dim(tr), .lr = lr,
@@ -439,7 +568,11 @@ int cmd_train(int argc, char **argv) {
         double tps = (double)(s + 1 - start) * B * T / el;
         char eta[32];
         cli_duration(el / (double)(s + 1 - start) * (double)(end - s - 1), eta, sizeof eta);
-        if (metrics)
+        if (metrics && dp.on)
+            fprintf(metrics,
+                    "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"epsilon\":%.6g,\"tokens_per_s\":%.1f}\n",
+                    s + 1, loss, lr_now, gn, dp_eps_at(&dp, s + 1, NULL), tps);
+        else if (metrics)
             fprintf(metrics, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}\n", s + 1,
                     loss, lr_now, gn, tps);
         if (tty) {
@@ -474,6 +607,11 @@ int cmd_train(int argc, char **argv) {
     if (tty) fprintf(stderr, "\n");
     fprintf(stderr, "loom train: %ld steps in %.1fs, peak RSS %.0f MiB\n", end - start, loom_now() - t0,
             loom_peak_rss() / 1048576.0);
+    if (dp.on) {
+        double order = 0, e = dp_eps_at(&dp, end, &order);
+        fprintf(stderr, "loom train: DP-SGD spent epsilon %.4f at delta %g (RDP order %g) over %ld steps of q = %.6g, "
+                        "noise %g, clip %g\n", e, dp.delta, order, end, dp.q, dp.sigma, dp_clip);
+    }
     if (out && set) {
         if (loom_tset_save_peft(set, vec, out, created ? NULL : model) != LOOM_OK) {
             cli_fail("saving");

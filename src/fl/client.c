@@ -345,6 +345,8 @@ int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx
     int rc = client_batcher(d, d->train, d->n_train, 0, &b);
     if (rc == LOOM_OK) {
         loom_fit_task ft = {round, global, control, b, *fc};
+        /* DP-SGD: noise of this client and round (the trainer's step count restarts every round) */
+        if (ctx->tr) loom_trainer_set_dp_seed(ctx->tr, loom_hash2(d->data_seed, (uint64_t)round));
         rc = algo->fit(ctx, &ft, st, out);
     }
     loom_batcher_free(b);

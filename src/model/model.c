@@ -568,6 +568,9 @@ typedef struct {
     const loom_peft *pf;
     loom_ws *ws;
     int lay;
+    /* per-row weight gradients (loom_backward_ex_rows): gvec is row 0's gradient, row b's lies at
+     * gvec + b * gstride; 0 = one gradient for the whole batch */
+    size_t gstride;
 } run_ctx;
 
 static int trained_copy(const run_ctx *r, int idx) { return r->pf && r->pf->tmap[idx] >= 0; }
@@ -603,14 +606,67 @@ static void mm_fwd(const run_ctx *r, int widx, float *out, int ldo, const float 
     }
 }
 
+/* Per-row weight gradients: the input gradient for the whole batch in one product, then the weight (and
+ * bias) gradient of each batch row b (positions b*T .. b*T+T-1) into its own gradient row. */
+static void mm_bwd_f(const run_ctx *r, const float *w, int layout, float *dinp, int ldi, float beta, float *dw, float *db,
+                     const float *dout, int ldo, const float *inp, int N, int C, int OC) {
+    if (!r->gstride || (!dw && !db)) {
+        loom_matmul_backward(dinp, ldi, beta, dw, db, dout, ldo, inp, w, layout, N, C, OC);
+        return;
+    }
+    if (dinp) loom_matmul_backward(dinp, ldi, beta, NULL, NULL, dout, ldo, inp, w, layout, N, C, OC);
+    const int B = r->ws->curB, T = r->ws->curT;
+    for (int b = 0; b < B; b++) {
+        size_t o = (size_t)b * r->gstride, p = (size_t)b * T;
+        loom_matmul_backward(NULL, ldi, 0.0f, dw ? dw + o : NULL, db ? db + o : NULL, dout + p * ldo, ldo, inp + p * ldi, w,
+                             layout, T, C, OC);
+    }
+}
+
+static void colsum_rows(const run_ctx *r, float *db, const float *x, int ld, int N, int C) {
+    if (!r->gstride) {
+        loom_colsum_acc(db, x, ld, N, C);
+        return;
+    }
+    const int T = r->ws->curT;
+    for (int b = 0; b < r->ws->curB; b++) loom_colsum_acc(db + (size_t)b * r->gstride, x + (size_t)b * T * ld, ld, T, C);
+}
+
+static void ln_bwd(const run_ctx *r, float *dinp, float *dw, float *db, const float *dout, const float *x, const float *w,
+                   const float *mean, const float *rstd, int N, int C) {
+    if (!r->gstride || (!dw && !db)) {
+        loom_layernorm_backward(dinp, dw, db, dout, x, w, mean, rstd, N, C);
+        return;
+    }
+    const int T = r->ws->curT;
+    for (int b = 0; b < r->ws->curB; b++) {
+        size_t o = (size_t)b * r->gstride, p = (size_t)b * T;
+        loom_layernorm_backward(dinp + p * C, dw ? dw + o : NULL, db ? db + o : NULL, dout + p * C, x + p * C, w, mean + p,
+                                rstd + p, T, C);
+    }
+}
+
+static void rms_bwd(const run_ctx *r, float *dinp, float *dw, const float *dout, const float *x, const float *w,
+                    const float *rstd, int N, int C) {
+    if (!r->gstride || !dw) {
+        loom_rmsnorm_backward(dinp, dw, dout, x, w, rstd, N, C);
+        return;
+    }
+    const int T = r->ws->curT;
+    for (int b = 0; b < r->ws->curB; b++) {
+        size_t p = (size_t)b * T;
+        loom_rmsnorm_backward(dinp + p * C, dw + (size_t)b * r->gstride, dout + p * C, x + p * C, w, rstd + p, T, C);
+    }
+}
+
 static void mm_bwd(const run_ctx *r, int widx, float *dinp, int ldi, float beta, float *dw, float *db, const float *dout,
                    int ldo, const float *inp, int N, int C, int OC) {
     if (tq(r, widx)) {
         loom_qmat w = qmat_of(r, widx);
         if (dinp) loom_qmatmul_backward(dinp, ldi, beta, dout, ldo, &w, N, C, OC, r->ws->qscratch);
-        if (db) loom_colsum_acc(db, dout, ldo, N, OC);
+        if (db) colsum_rows(r, db, dout, ldo, N, OC);
     } else {
-        loom_matmul_backward(dinp, ldi, beta, dw, db, dout, ldo, inp, tp(r, widx), r->lay, N, C, OC);
+        mm_bwd_f(r, tp(r, widx), r->lay, dinp, ldi, beta, dw, db, dout, ldo, inp, N, C, OC);
     }
 }
 
@@ -618,7 +674,7 @@ static void mm_bwd(const run_ctx *r, int widx, float *dinp, int ldi, float beta,
 static lm_hook_ctx hook_ctx(const run_ctx *r) {
     const loom_ws *ws = r->ws;
     lm_hook_ctx h = {r->m, r->pf, r->vec, r->gvec, ws->hmem, ws->B, ws->T, (size_t)ws->B * ws->T, ws->dropout_on,
-                     ws->dropout_seed};
+                     ws->dropout_seed, 0};
     return h;
 }
 
@@ -739,14 +795,14 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
 
 int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const int32_t *tokens,
                  const int32_t *targets, int B, int T, float *loss) {
-    run_ctx r = {m, params, NULL, NULL, NULL, NULL, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    run_ctx r = {m, params, NULL, NULL, NULL, NULL, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
     return forward_impl(&r, tokens, targets, B, T, loss);
 }
 
 int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                     const int32_t *tokens, const int32_t *targets, int B, int T, float *loss) {
     if (!pf || !vec) return loom_error(LOOM_EINVAL, "loom_forward_ex needs a plan and its vector");
-    run_ctx r = {m, base, vec, NULL, NULL, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    run_ctx r = {m, base, vec, NULL, NULL, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
     return forward_impl(&r, tokens, targets, B, T, loss);
 }
 
@@ -763,6 +819,59 @@ static int lowest_trainable(const run_ctx *r) {
     for (int i = 0; i < m->n_tensors; i++)
         if (tg(r, i)) lo = LOOM_MIN(lo, lm_tensor_stage(m, i));
     return lo;
+}
+
+/* The hooks' view of batch row b in a per-row pass: its own gradient row, and its first position in the
+ * batch (where the method finds what the batched forward kept for that row). */
+static lm_hook_ctx hook_row(const lm_hook_ctx *hk, const run_ctx *r, int b) {
+    lm_hook_ctx h = *hk;
+    h.gvec = hk->gvec + (size_t)b * r->gstride;
+    h.pos0 = (size_t)b * r->ws->curT;
+    return h;
+}
+
+static void site_bwd_rows(const run_ctx *r, const lm_hook_ctx *hk, int l, int site, const float *x, int ldx,
+                          const float *dout, int ldo, float *dinp, int ldi, int N) {
+    const lm_peft_ops *ops = r->pf->ops;
+    if (!r->gstride) {
+        ops->site_bwd(hk, l, site, x, ldx, dout, ldo, dinp, ldi, N);
+        return;
+    }
+    const int T = r->ws->curT;
+    for (int b = 0; b < r->ws->curB; b++) {
+        lm_hook_ctx h = hook_row(hk, r, b);
+        size_t p = (size_t)b * T;
+        ops->site_bwd(&h, l, site, x + p * ldx, ldx, dout + p * ldo, ldo, dinp ? dinp + p * ldi : NULL, ldi, T);
+    }
+}
+
+/* Row by row, each row's input gradient lands at its own positions of one [N, C] buffer (the method's):
+ * the first row's pointer is the whole batch's. */
+static const float *point_bwd_rows(const run_ctx *r, const lm_hook_ctx *hk, int l, int a, const float *dy, int N,
+                                   int need_input) {
+    const lm_peft_ops *ops = r->pf->ops;
+    if (!r->gstride) return ops->point_bwd(hk, l, a, dy, N, need_input);
+    const int T = r->ws->curT, C = r->m->cfg.dim;
+    const float *first = NULL;
+    for (int b = 0; b < r->ws->curB; b++) {
+        lm_hook_ctx h = hook_row(hk, r, b);
+        const float *o = ops->point_bwd(&h, l, a, dy + (size_t)b * T * C, T, need_input);
+        if (b == 0) first = o;
+    }
+    return first;
+}
+
+static int attn_bwd_rows(const run_ctx *r, const lm_hook_ctx *hk, int l, float *dqkv, const float *dout,
+                         const float *qkv, int ldqkv, int B, int T) {
+    const lm_peft_ops *ops = r->pf->ops;
+    if (!r->gstride) return ops->attn_bwd(hk, l, dqkv, dout, qkv, ldqkv, B, T);
+    const int C = r->m->cfg.dim;
+    for (int b = 0; b < B; b++) {
+        lm_hook_ctx h = hook_row(hk, r, b);
+        size_t p = (size_t)b * T;
+        if (!ops->attn_bwd(&h, l, dqkv + p * ldqkv, dout + p * C, qkv + p * ldqkv, ldqkv, 1, T)) return 0;
+    }
+    return 1;
 }
 
 static int backward_impl(const run_ctx *rc) {
@@ -791,47 +900,46 @@ static int backward_impl(const run_ctx *rc) {
 
     /* loss -> logits (in place) -> final norm */
     loom_crossentropy_backward_w(ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N, V, ws->n_valid, 1.0f);
-    loom_matmul_backward(ws->dn, C, 0.0f, G(m->t_head), NULL, ws->logits, V, ws->nf, tp(&r, m->t_head), LOOM_W_LINEAR,
-                         N, C, V);
+    mm_bwd_f(&r, tp(&r, m->t_head), LOOM_W_LINEAR, ws->dn, C, 0.0f, G(m->t_head), NULL, ws->logits, V, ws->nf, N, C, V);
     float *xl = ws->res[c->n_layer];
     if (!NEED(c->n_layer, 0)) { /* only the final norm / head train: no gradient flows into the layers */
         if (gpt2)
-            loom_layernorm_backward(ws->tmp, G(m->t_normf_w), G(m->t_normf_b), ws->dn, xl, tp(&r, m->t_normf_w),
-                                    ws->meanf, ws->rstdf, N, C);
+            ln_bwd(&r, ws->tmp, G(m->t_normf_w), G(m->t_normf_b), ws->dn, xl, tp(&r, m->t_normf_w), ws->meanf, ws->rstdf,
+                   N, C);
         else
-            loom_rmsnorm_backward(ws->tmp, G(m->t_normf_w), ws->dn, xl, tp(&r, m->t_normf_w), ws->rstdf, N, C);
+            rms_bwd(&r, ws->tmp, G(m->t_normf_w), ws->dn, xl, tp(&r, m->t_normf_w), ws->rstdf, N, C);
         return LOOM_OK;
     }
     memset(ws->dres, 0, (size_t)N * C * sizeof(float));
     if (gpt2)
-        loom_layernorm_backward(ws->dres, G(m->t_normf_w), G(m->t_normf_b), ws->dn, xl, tp(&r, m->t_normf_w), ws->meanf,
-                                ws->rstdf, N, C);
+        ln_bwd(&r, ws->dres, G(m->t_normf_w), G(m->t_normf_b), ws->dn, xl, tp(&r, m->t_normf_w), ws->meanf, ws->rstdf, N,
+               C);
     else
-        loom_rmsnorm_backward(ws->dres, G(m->t_normf_w), ws->dn, xl, tp(&r, m->t_normf_w), ws->rstdf, N, C);
+        rms_bwd(&r, ws->dres, G(m->t_normf_w), ws->dn, xl, tp(&r, m->t_normf_w), ws->rstdf, N, C);
 
     for (int l = c->n_layer - 1; l >= 0; l--) {
         float *x = ws->res[l], *x2 = ws->res2[l];
         /* MLP: x3 = x2 + adapter(down(act(up(norm2(x2))))) ; dres holds d x3 */
         const float *dy = ws->dres;
         if (HOOK(point_bwd)) {
-            dy = ops->point_bwd(&hk, l, 1, ws->dres, N, NEED(l, LOOM_ST_ADAPT2));
+            dy = point_bwd_rows(&r, &hk, l, 1, ws->dres, N, NEED(l, LOOM_ST_ADAPT2));
             if (!dy) return LOOM_OK;
         }
         int need = NEED(l, LOOM_ST_DOWN);
         mm_bwd(&r, SLOT(l, LOOM_L_DOWN_W), need ? ws->dfca : NULL, H, 0.0f, GS(l, LOOM_L_DOWN_W), GS(l, LOOM_L_DOWN_B),
                dy, C, ws->fca[l], N, H, C);
-        if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_DOWN, ws->fca[l], H, dy, C, need ? ws->dfca : NULL, H, N);
+        if (HOOK(site_bwd)) site_bwd_rows(&r, &hk, l, LOOM_SITE_DOWN, ws->fca[l], H, dy, C, need ? ws->dfca : NULL, H, N);
         if (!need) return LOOM_OK;
         need = NEED(l, LOOM_ST_UP);
         if (gpt2) {
             loom_gelu_backward(ws->dfch, ws->fch[l], ws->dfca, (size_t)N * H, c->act == LOOM_ACT_GELU_ERF);
             mm_bwd(&r, SLOT(l, LOOM_L_UP_W), need ? ws->dn : NULL, C, 0.0f, GS(l, LOOM_L_UP_W), GS(l, LOOM_L_UP_B),
                    ws->dfch, H, ws->n2[l], N, C, H);
-            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, H, need ? ws->dn : NULL, C, N);
+            if (HOOK(site_bwd)) site_bwd_rows(&r, &hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, H, need ? ws->dn : NULL, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM2);
-            loom_layernorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), GS(l, LOOM_L_NORM2_B), ws->dn, x2,
-                                    PW(l, LOOM_L_NORM2_W), ws->mean2[l], ws->rstd2[l], N, C);
+            ln_bwd(&r, need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), GS(l, LOOM_L_NORM2_B), ws->dn, x2,
+                   PW(l, LOOM_L_NORM2_W), ws->mean2[l], ws->rstd2[l], N, C);
         } else {
             loom_swiglu_backward(ws->dfch, ws->dfca, ws->fch[l], N, H);
             /* gate and up weights are adjacent: one [2H, C] gradient when both train */
@@ -843,25 +951,25 @@ static int backward_impl(const run_ctx *rc) {
                 mm_bwd(&r, SLOT(l, LOOM_L_GATE_W), dn, C, 0.0f, dg, NULL, ws->dfch, 2 * H, ws->n2[l], N, C, H);
                 mm_bwd(&r, SLOT(l, LOOM_L_UP_W), dn, C, 1.0f, du, NULL, ws->dfch + H, 2 * H, ws->n2[l], N, C, H);
             }
-            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, 2 * H, dn, C, N);
+            if (HOOK(site_bwd)) site_bwd_rows(&r, &hk, l, LOOM_SITE_UP, ws->n2[l], C, ws->dfch, 2 * H, dn, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM2);
-            loom_rmsnorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), ws->dn, x2, PW(l, LOOM_L_NORM2_W),
-                                  ws->rstd2[l], N, C);
+            rms_bwd(&r, need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM2_W), ws->dn, x2, PW(l, LOOM_L_NORM2_W), ws->rstd2[l],
+                    N, C);
         }
         if (!need) return LOOM_OK;
         /* attention: x2 = x + adapter(o(attn(qkv(norm1(x))))) ; dres holds d x2 */
         dy = ws->dres;
         if (HOOK(point_bwd)) {
-            dy = ops->point_bwd(&hk, l, 0, ws->dres, N, NEED(l, LOOM_ST_ADAPT1));
+            dy = point_bwd_rows(&r, &hk, l, 0, ws->dres, N, NEED(l, LOOM_ST_ADAPT1));
             if (!dy) return LOOM_OK;
         }
         need = NEED(l, LOOM_ST_O);
         mm_bwd(&r, SLOT(l, LOOM_L_O_W), need ? ws->datty : NULL, C, 0.0f, GS(l, LOOM_L_O_W), GS(l, LOOM_L_O_B), dy, C,
                ws->atty[l], N, C, C);
-        if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_O, ws->atty[l], C, dy, C, need ? ws->datty : NULL, C, N);
+        if (HOOK(site_bwd)) site_bwd_rows(&r, &hk, l, LOOM_SITE_O, ws->atty[l], C, dy, C, need ? ws->datty : NULL, C, N);
         if (!need) return LOOM_OK;
-        if (!(HOOK(attn_bwd) && ops->attn_bwd(&hk, l, ws->dqkv, ws->datty, ws->qkv[l], QKV, B, T)))
+        if (!(HOOK(attn_bwd) && attn_bwd_rows(&r, &hk, l, ws->dqkv, ws->datty, ws->qkv[l], QKV, B, T)))
             loom_attention_backward(ws->dqkv, ws->datt, ws->datty, ws->qkv[l], ws->att[l], QKV, B, T, NH, NKV, HS);
         if (!NEED(l, LOOM_ST_ATTN)) return LOOM_OK;
         if (!gpt2) {
@@ -873,11 +981,11 @@ static int backward_impl(const run_ctx *rc) {
         if (gpt2) {
             mm_bwd(&r, SLOT(l, LOOM_L_QKV_W), dn, C, 0.0f, GS(l, LOOM_L_QKV_W), GS(l, LOOM_L_QKV_B), ws->dqkv, QKV,
                    ws->n1[l], N, C, QKV);
-            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
+            if (HOOK(site_bwd)) site_bwd_rows(&r, &hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM1);
-            loom_layernorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), GS(l, LOOM_L_NORM1_B), ws->dn, x,
-                                    PW(l, LOOM_L_NORM1_W), ws->mean1[l], ws->rstd1[l], N, C);
+            ln_bwd(&r, need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), GS(l, LOOM_L_NORM1_B), ws->dn, x,
+                   PW(l, LOOM_L_NORM1_W), ws->mean1[l], ws->rstd1[l], N, C);
         } else {
             float *dq = GS(l, LOOM_L_QKV_W), *dk = GS(l, LOOM_L_K_W), *dv = GS(l, LOOM_L_V_W);
             float *db = GS(l, LOOM_L_QKV_B); /* q/k/v biases adjacent; they train together */
@@ -887,13 +995,13 @@ static int backward_impl(const run_ctx *rc) {
                 mm_bwd(&r, SLOT(l, LOOM_L_QKV_W), dn, C, 0.0f, dq, NULL, ws->dqkv, QKV, ws->n1[l], N, C, C);
                 mm_bwd(&r, SLOT(l, LOOM_L_K_W), dn, C, 1.0f, dk, NULL, ws->dqkv + C, QKV, ws->n1[l], N, C, KV);
                 mm_bwd(&r, SLOT(l, LOOM_L_V_W), dn, C, 1.0f, dv, NULL, ws->dqkv + C + KV, QKV, ws->n1[l], N, C, KV);
-                if (db) loom_colsum_acc(db, ws->dqkv, QKV, N, QKV);
+                if (db) colsum_rows(&r, db, ws->dqkv, QKV, N, QKV);
             }
-            if (HOOK(site_bwd)) ops->site_bwd(&hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
+            if (HOOK(site_bwd)) site_bwd_rows(&r, &hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->dqkv, QKV, dn, C, N);
             if (!need) return LOOM_OK;
             need = NEED(l, LOOM_ST_NORM1);
-            loom_rmsnorm_backward(need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), ws->dn, x, PW(l, LOOM_L_NORM1_W),
-                                  ws->rstd1[l], N, C);
+            rms_bwd(&r, need ? ws->dres : ws->tmp, GS(l, LOOM_L_NORM1_W), ws->dn, x, PW(l, LOOM_L_NORM1_W), ws->rstd1[l],
+                    N, C);
         }
         if (!need) return LOOM_OK;
     }
@@ -903,6 +1011,7 @@ static int backward_impl(const run_ctx *rc) {
     float *dprompt = NULL;
     if (pf && pf->prompt_len && HOOK(prompt)) ops->prompt(&hk, &dprompt);
     const int32_t *tok = ws->tok_copy;
+    const size_t gs = r.gstride; /* per-row pass: position n's gradient goes to row n / T */
     if (dwte || dwpe || dprompt) {
         int nblk = (C + 63) / 64;
 #pragma omp parallel for schedule(static)
@@ -910,12 +1019,13 @@ static int backward_impl(const run_ctx *rc) {
             int c0 = blk * 64, c1 = c0 + 64 < C ? c0 + 64 : C;
             for (int n = 0; n < N; n++) {
                 const float *d = ws->dres + (size_t)n * C;
-                float *g = tok[n] >= 0 ? (dwte ? dwte + (size_t)tok[n] * C : NULL)
-                                       : (dprompt ? dprompt + (size_t)(n % T) * C : NULL);
+                size_t ro = (size_t)(n / T) * gs;
+                float *g = tok[n] >= 0 ? (dwte ? dwte + ro + (size_t)tok[n] * C : NULL)
+                                       : (dprompt ? dprompt + ro + (size_t)(n % T) * C : NULL);
                 if (g)
                     for (int i = c0; i < c1; i++) g[i] += d[i];
                 if (dwpe) {
-                    float *gp = dwpe + (size_t)(n % T) * C;
+                    float *gp = dwpe + ro + (size_t)(n % T) * C;
                     for (int i = c0; i < c1; i++) gp[i] += d[i];
                 }
             }
@@ -925,18 +1035,28 @@ static int backward_impl(const run_ctx *rc) {
 }
 
 int loom_backward(const loom_model *m, const float *params, loom_ws *ws, float *grads, const uint8_t *trainable) {
-    run_ctx r = {m, params, NULL, grads, NULL, trainable, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    run_ctx r = {m, params, NULL, grads, NULL, trainable, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
     return backward_impl(&r);
 }
 
 int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                      float *gvec) {
     if (!pf || !vec || !gvec) return loom_error(LOOM_EINVAL, "loom_backward_ex needs a plan, its vector and a gradient vector");
-    run_ctx r = {m, base, vec, NULL, gvec, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR};
+    run_ctx r = {m, base, vec, NULL, gvec, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
     return backward_impl(&r);
 }
 
 /* ---------------------------------------------------------------- per-example gradients */
+
+int loom_backward_ex_rows(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                          float *grows) {
+    if (!pf || !vec || !grows)
+        return loom_error(LOOM_EINVAL, "per-row gradients need a plan, its vector and a [B x dim] gradient buffer");
+    if (!pf->dim) return loom_error(LOOM_EINVAL, "per-row gradients of an empty trainable set");
+    run_ctx r = {m, base, vec, NULL, grows, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR,
+                 pf->dim};
+    return backward_impl(&r);
+}
 
 int loom_per_example_grads(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                            const int32_t *tokens, const int32_t *targets, int B, int T, float *norms, float clip,

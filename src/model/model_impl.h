@@ -46,7 +46,7 @@ typedef struct {
 
 /* What a method's hooks see of one pass: the plan, the trainable vector and its gradient (NULL in a
  * forward-only pass), the plan's workspace block (ws_floats floats for the workspace's capacity B x T,
- * N = B * T) and the LoRA dropout setting. */
+ * N = B * T), the LoRA dropout setting and the first position of the call's rows (pos0). */
 typedef struct {
     const loom_model *m;
     const loom_peft *pf;
@@ -57,6 +57,10 @@ typedef struct {
     size_t N;
     int dropout_on;
     uint64_t dropout_seed;
+    /* first batch position of this call's rows (0 for a batched call; b * T when the backward calls a
+     * backward hook row by row for per-example gradients, with N = T rows starting at row b): where the
+     * call's rows sit in mem, and their positions in the LoRA dropout masks */
+    size_t pos0;
 } lm_hook_ctx;
 
 /* A trainable-set method as hooks the forward and backward passes call (src/peft/ implements them; a

@@ -21,6 +21,12 @@ struct loom_trainer {
     loom_ws *ws;
     loom_grad_hook hook;
     void *hook_ud;
+    /* DP-SGD (cfg.dp_sgd) */
+    float *dp_rows;             /* [B][dim] per-example gradients (NULL: the row loop) */
+    float *dp_buf;              /* [dim] a row's gradient (row loop), then the noise */
+    float *dp_norms, *dp_w;     /* [B] per-example norms, row weights */
+    long *dp_nv;                /* [B] valid targets per row */
+    uint64_t dp_seed;           /* the noise stream's seed (cfg.seed unless set) */
 };
 
 void loom_train_defaults(loom_train_config *c) {
@@ -41,6 +47,12 @@ void loom_train_defaults(loom_train_config *c) {
 static int check_config(const loom_train_config *c) {
     if (!(c->clip >= 0)) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
     if (c->warmup < 0 || c->total_steps < 0) return loom_error(LOOM_EINVAL, "warm-up and step counts must be >= 0");
+    if (c->dp_sgd) {
+        if (!(c->dp_clip > 0) || !isfinite(c->dp_clip))
+            return loom_error(LOOM_EINVAL, "DP-SGD clip norm %g must be finite and > 0", (double)c->dp_clip);
+        if (!(c->dp_noise >= 0) || !isfinite(c->dp_noise))
+            return loom_error(LOOM_EINVAL, "DP-SGD noise multiplier %g must be finite and >= 0", (double)c->dp_noise);
+    }
     return LOOM_OK;
 }
 
@@ -68,6 +80,18 @@ static int trainer_init(loom_trainer *t) {
         free(e);
     }
     if (rc == LOOM_OK) rc = loom_ws_create_ex(&t->ws, t->m, c->B, c->T, loom_tset_plan(ts));
+    if (rc == LOOM_OK && c->dp_sgd) {
+        size_t B = (size_t)c->B, d = t->dim ? t->dim : 1;
+        t->dp_buf = loom_alloc(d * sizeof(float));
+        t->dp_norms = calloc(B, sizeof(float));
+        t->dp_w = calloc(B, sizeof(float));
+        t->dp_nv = calloc(B, sizeof(long));
+        /* per-row gradients in one batched backward when B x dim floats fit, else the row loop */
+        int batched = !c->dp_row_loop && d <= LOOM_DP_ROWS_MAX_BYTES / sizeof(float) / B;
+        if (batched) t->dp_rows = loom_alloc(B * d * sizeof(float));
+        if (!t->dp_buf || !t->dp_norms || !t->dp_w || !t->dp_nv || (batched && !t->dp_rows))
+            rc = loom_error(LOOM_ENOMEM, "out of memory for DP-SGD's per-example gradients (%d x %zu floats)", c->B, d);
+    }
     return rc;
 }
 
@@ -83,6 +107,7 @@ int loom_trainer_create(loom_trainer **out, const loom_model *m, float *params, 
     t->params = params;
     t->base = params;
     t->cfg = *c;
+    t->dp_seed = c->seed;
     loom_peft_config pc;
     loom_peft_defaults(&pc, LOOM_PEFT_FULL);
     rc = loom_tset_create_layout(&t->own_ts, m, &pc);
@@ -121,6 +146,7 @@ int loom_trainer_create_peft(loom_trainer **out, const loom_model *m, const floa
     t->ts = ts;
     t->dim = loom_tset_dim(ts);
     t->cfg = *c;
+    t->dp_seed = c->seed;
     if ((rc = trainer_init(t)) != LOOM_OK) {
         loom_trainer_free(t);
         return rc;
@@ -135,6 +161,11 @@ void loom_trainer_free(loom_trainer *t) {
     loom_optimizer_free(t->opt);
     loom_ws_free(t->ws);
     loom_tset_free(t->own_ts);
+    loom_free(t->dp_rows);
+    loom_free(t->dp_buf);
+    free(t->dp_norms);
+    free(t->dp_w);
+    free(t->dp_nv);
     free(t);
 }
 
@@ -152,16 +183,116 @@ static long count_targets(const int32_t *targets, size_t n) {
     return c;
 }
 
+static double sq_norm(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+/* DP-SGD's gradient of one batch (see loom_train_config): per-example gradients of each row's own mean
+ * loss, each clipped to dp_clip, summed, noised with N(0, (dp_noise dp_clip)^2) per coordinate from the
+ * stream (seed, hash2(LOOM_STREAM_DP_NOISE, step)), divided by B. *loss: the batch's plain mean loss. */
+static int dp_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, long step, float *loss) {
+    const loom_peft *pf = loom_tset_plan(t->ts);
+    const int B = t->cfg.B, T = t->cfg.T, V = loom_model_config(t->m)->vocab;
+    const size_t dim = t->dim;
+    const double C = t->cfg.dp_clip;
+    if (!targets) return loom_error(LOOM_EINVAL, "DP-SGD needs targets");
+    long nv = 0;
+    for (int b = 0; b < B; b++) {
+        long c = 0;
+        for (int j = 0; j < T; j++) c += targets[(size_t)b * T + j] >= 0 && targets[(size_t)b * T + j] < V;
+        t->dp_nv[b] = c;
+        nv += c;
+    }
+    memset(t->grads, 0, dim * sizeof(float));
+    double lsum = 0;
+    int rc = LOOM_OK;
+    if (t->dp_rows) {
+        /* one batched pass: row weights nv / nv_b turn the batch-mean loss into the sum of the rows'
+         * own means, and the per-row backward keeps each row's gradient apart */
+        for (int b = 0; b < B; b++) t->dp_w[b] = t->dp_nv[b] ? (float)((double)nv / (double)t->dp_nv[b]) : 0.0f;
+        rc = loom_ws_set_row_weights(t->ws, t->dp_w, B);
+        float lw;
+        if (rc == LOOM_OK) rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, B, T, &lw);
+        if (rc == LOOM_OK) {
+            const float *pl = loom_ws_losses(t->ws);
+            size_t np = (size_t)B * (size_t)(T + loom_ws_prompt_len(t->ws));
+            for (size_t n = 0; n < np; n++) lsum += pl[n]; /* 0 where no target */
+            memset(t->dp_rows, 0, (size_t)B * dim * sizeof(float));
+            rc = loom_backward_ex_rows(t->m, t->base, t->ws, pf, t->params, t->dp_rows);
+        }
+        loom_ws_set_row_weights(t->ws, NULL, B);
+        if (rc != LOOM_OK) return rc;
+        float *f = t->dp_w; /* now the clip factors */
+        for (int b = 0; b < B; b++) {
+            double nrm = sqrt(sq_norm(t->dp_rows + (size_t)b * dim, dim));
+            t->dp_norms[b] = (float)nrm;
+            f[b] = (float)(nrm > C ? C / nrm : 1.0);
+        }
+        float *g = t->grads;
+        const float *rows = t->dp_rows;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < dim; i++) {
+            double v = 0;
+            for (int b = 0; b < B; b++) v += (double)f[b] * rows[(size_t)b * dim + i];
+            g[i] = (float)v;
+        }
+    } else {
+        /* the row loop: each row alone at batch 1, where the batch mean is the row's own mean */
+        for (int b = 0; b < B && rc == LOOM_OK; b++) {
+            t->dp_norms[b] = 0.0f;
+            if (!t->dp_nv[b]) continue;
+            float lb;
+            rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens + (size_t)b * T, targets + (size_t)b * T, 1,
+                                 T, &lb);
+            if (rc != LOOM_OK) break;
+            memset(t->dp_buf, 0, dim * sizeof(float));
+            if ((rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->dp_buf)) != LOOM_OK) break;
+            lsum += (double)lb * (double)t->dp_nv[b];
+            double nrm = sqrt(sq_norm(t->dp_buf, dim)), f = nrm > C ? C / nrm : 1.0;
+            t->dp_norms[b] = (float)nrm;
+            for (size_t i = 0; i < dim; i++) t->grads[i] += (float)(f * t->dp_buf[i]);
+        }
+        if (rc != LOOM_OK) return rc;
+    }
+    /* noise on the clipped sum, then the mean over the B examples of the batch */
+    const float sd = (float)(t->cfg.dp_noise * C), inv = 1.0f / (float)B;
+    float *g = t->grads;
+    if (sd > 0) {
+        loom_rng_normal_fill(t->dp_seed, loom_hash2(LOOM_STREAM_DP_NOISE, (uint64_t)step), 0, dim, t->dp_buf);
+        const float *z = t->dp_buf;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < dim; i++) g[i] = (g[i] + sd * z[i]) * inv;
+    } else {
+        for (size_t i = 0; i < dim; i++) g[i] *= inv;
+    }
+    *loss = nv ? (float)(lsum / (double)nv) : 0.0f;
+    return LOOM_OK;
+}
+
+void loom_trainer_set_dp_seed(loom_trainer *t, uint64_t seed) { t->dp_seed = seed; }
+
+const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop) {
+    if (row_loop) *row_loop = t->dp_rows == NULL;
+    return t->cfg.dp_sgd ? t->dp_norms : NULL;
+}
+
 int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss,
                                   long *n_targets) {
     const loom_peft *pf = loom_tset_plan(t->ts);
     long step = loom_optimizer_steps(t->opt);
     float l = 0;
+    int rc;
     loom_ws_set_dropout(t->ws, 1, loom_hash2(t->cfg.seed, (uint64_t)step));
-    int rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, &l);
-    if (rc == LOOM_OK) {
-        memset(t->grads, 0, t->dim * sizeof(float));
-        rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->grads);
+    if (t->cfg.dp_sgd) {
+        rc = dp_gradient(t, tokens, targets, step, &l);
+    } else {
+        rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, &l);
+        if (rc == LOOM_OK) {
+            memset(t->grads, 0, t->dim * sizeof(float));
+            rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->grads);
+        }
     }
     loom_ws_set_dropout(t->ws, 0, 0);
     if (rc != LOOM_OK) return rc;

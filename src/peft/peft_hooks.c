@@ -23,9 +23,16 @@ static size_t lora_ws(const loom_model *m, const loom_peft *pf, int B, int T) {
     return n;
 }
 
-static float *lora_u(const lm_hook_ctx *h, int k) { return h->mem + (size_t)k * h->N * h->pf->lora_r; }
-static float *lora_du(const lm_hook_ctx *h) { return h->mem + (size_t)h->pf->n_lora * h->N * h->pf->lora_r; }
-static float *lora_x(const lm_hook_ctx *h) { return lora_du(h) + h->N * h->pf->lora_r; }
+/* each block at the call's first position h->pos0 (0 unless the backward runs row by row) */
+static float *lora_u(const lm_hook_ctx *h, int k) {
+    return h->mem + ((size_t)k * h->N + h->pos0) * h->pf->lora_r;
+}
+static float *lora_du(const lm_hook_ctx *h) {
+    return h->mem + ((size_t)h->pf->n_lora * h->N + h->pos0) * h->pf->lora_r;
+}
+static float *lora_x(const lm_hook_ctx *h) {
+    return h->mem + (size_t)(h->pf->n_lora + 1) * h->N * h->pf->lora_r + h->pos0 * (size_t)h->pf->lora_max_in;
+}
 static float *lora_dx(const lm_hook_ctx *h) { return lora_x(h) + h->N * (size_t)h->pf->lora_max_in; }
 
 /* Inverted dropout on LoRA's input: element i of module k keeps with probability 1-p, from a hash of
@@ -36,7 +43,7 @@ static void lora_dropout(const lm_hook_ctx *h, int k, float *dst, const float *x
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++)
         for (int i = 0; i < in; i++) {
-            double u = (double)(loom_hash2(key, (uint64_t)n * (uint64_t)in + (uint64_t)i) >> 11) * 0x1.0p-53;
+            double u = (double)(loom_hash2(key, (uint64_t)(n + h->pos0) * (uint64_t)in + (uint64_t)i) >> 11) * 0x1.0p-53;
             dst[(size_t)n * in + i] = u < p ? 0.0f : x[(size_t)n * ldx + i] * keep;
         }
 }
@@ -127,7 +134,9 @@ typedef struct {
 static adapter_mem adapter_at(const lm_hook_ctx *h, int k) {
     size_t N = h->N, C = (size_t)h->m->cfg.dim, M = (size_t)h->pf->adapter_dim, per = N * C + 2 * N * M;
     float *p = h->mem + (size_t)k * per, *tail = h->mem + 2 * (size_t)h->m->cfg.n_layer * per;
-    adapter_mem am = {p, p + N * C, p + N * C + N * M, tail, tail + N * M, tail + 2 * N * M};
+    size_t o = h->pos0; /* the call's first position */
+    adapter_mem am = {p + o * C, p + N * C + o * M, p + N * C + N * M + o * M, tail + o * M, tail + N * M + o * M,
+                      tail + 2 * N * M + o * C};
     return am;
 }
 
@@ -192,7 +201,8 @@ static int prefix_attn_bwd(const lm_hook_ctx *h, int l, float *dqkv, const float
     int HS = c->dim / c->n_head, KV = c->n_kv_head * HS;
     const float *pk = h->vec + h->pf->prefix_off + (size_t)2 * l * KV;
     float *gk = h->gvec + h->pf->prefix_off + (size_t)2 * l * KV;
-    const float *att = h->mem + (size_t)l * prefix_layer_floats(h->m, h->pf, h->B, h->T);
+    const float *att = h->mem + (size_t)l * prefix_layer_floats(h->m, h->pf, h->B, h->T) +
+                       h->pos0 * c->n_head * ((size_t)T + h->pf->prefix_len); /* row pos0 / T's probabilities */
     loom_prefix_attention_backward(dqkv, gk, gk + KV, dout, qkv, att, ldqkv, pk, pk + KV, 2 * c->n_layer * KV,
                                    h->pf->prefix_len, B, T, c->n_head, c->n_kv_head, HS);
     return 1;
