@@ -7,7 +7,8 @@
  * expansion at Bonawitz et al.'s 2^10 clients x 2^20 values of 16 bits, computed from the message
  * sizes (the layout in src/privacy/secagg.c), checked here against the measured messages.
  *
- *   secagg [--dim D] [--n N[,N...]] [--no-drop]
+ *   secagg [--dim D] [--n N[,N...]] [--no-drop] [--threads T]
+ * --threads T lets the server's unmasking and the plain pipeline use T threads (default 1).
  */
 #include <math.h>
 #include <stdio.h>
@@ -130,26 +131,28 @@ static void plain(uint32_t n, size_t dim, const float *x, double *pipe_s, double
 int main(int argc, char **argv) {
     size_t dim = 294912;
     uint32_t ns[8] = {10, 50, 100};
-    int nn = 3, drops = 1;
+    int nn = 3, drops = 1, threads = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dim") && i + 1 < argc) dim = (size_t)strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--n") && i + 1 < argc) {
             nn = 0;
             for (char *t = strtok(argv[++i], ","); t && nn < 8; t = strtok(NULL, ",")) ns[nn++] = (uint32_t)atoi(t);
         } else if (!strcmp(argv[i], "--no-drop")) drops = 0;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: secagg [--dim D] [--n N[,N...]] [--no-drop]\n");
+            fprintf(stderr, "usage: secagg [--dim D] [--n N[,N...]] [--no-drop] [--threads T]\n");
             return 2;
         }
     }
-    loom_set_threads(1);
+    loom_set_threads(threads > 0 ? threads : 1);
     float *x = malloc(4 * dim * sizeof *x);
     uint64_t s = 1;
     for (size_t i = 0; i < 4 * dim; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         x[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 0.02 - 0.01);
     }
-    printf("secure aggregation, dim %zu, one thread (client time per client; server time for the round)\n", dim);
+    printf("secure aggregation, dim %zu, %d server thread(s) (client time per client, one thread; server time for "
+           "the round)\n", dim, loom_threads());
     printf("%5s %-9s %3s %3s %10s %10s %11s %11s %7s %12s %12s %10s %9s\n", "n", "graph", "k", "t", "client s",
            "server s", "up B/client", "down B", "up/f32", "plain pipe s", "plain sum s", "srv/pipe", "drop10% s");
     for (int i = 0; i < nn; i++) {

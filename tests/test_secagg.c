@@ -179,6 +179,17 @@ static void test_exact_sums(void) {
     drop[8] = 3; /* after its masked input: its self-mask is removed via its seed's shares */
     check_exact("n - t dropouts at three phases", &p, drop, 20);
 
+    /* a vector long enough for the server's parallel unmasking (2 threads, each its own partial sum) */
+    loom_secagg_defaults(&p, 5, 70000);
+    p.threshold = 3;
+    int threads = loom_threads();
+    loom_set_threads(2);
+    for (int i = 0; i < 5; i++) drop[i] = 4;
+    drop[1] = 2;
+    drop[3] = 3;
+    check_exact("dim 70000 on 2 threads, dropouts after sharing and after masking", &p, drop, 40);
+    loom_set_threads(threads);
+
     /* SecAgg+: n = 16, k = 6 neighbours, t = 5 of the 7 holders */
     loom_secagg_defaults(&p, 16, 200);
     p.neighbours = 6;
