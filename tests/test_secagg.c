@@ -260,7 +260,7 @@ static void test_threshold(void) {
     /* Shamir: t shares reconstruct, t - 1 do not */
     uint8_t sec[32], back[32];
     for (int i = 0; i < 32; i++) sec[i] = (uint8_t)(37 * i + 11);
-    uint64_t ch[LM_SHAMIR_CHUNKS], coef[LM_SHAMIR_CHUNKS][6], xs[6], ys[6][LM_SHAMIR_CHUNKS], lam[6];
+    uint64_t ch[LM_SHAMIR_CHUNKS], coef[LM_SHAMIR_CHUNKS][6], xs[6], ys[6][LM_SHAMIR_CHUNKS], lam[10];
     lm_shamir_split_secret(sec, ch);
     uint64_t s = 99;
     for (int k = 0; k < LM_SHAMIR_CHUNKS; k++) {
