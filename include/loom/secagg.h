@@ -20,7 +20,11 @@
  *   result               the server reconstructs what it may, removes the masks, and decodes the sum
  *
  * Clients are numbered 0..n-1 within a round (their place in the round's sample); the transport maps
- * them to identities and authenticates them (the server is trusted to relay, not to see). */
+ * them to identities and authenticates them (the server is trusted to relay, not to see).
+ *
+ * Threads: a client or server object is used by one thread at a time, except that
+ * loom_secagg_server_message (read-only) may run on many threads at once while no receive, close or
+ * result runs. loom_secagg_server_result takes the masks off on loom_threads() threads. */
 #ifndef LOOM_SECAGG_H
 #define LOOM_SECAGG_H
 
