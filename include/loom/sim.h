@@ -78,15 +78,16 @@ typedef struct {
  * answered, the backend turns the held updates into their sum, which enters the pipeline through
  * loom_engine_submit_sum (noise and the strategy run after it; the client rows keep each client's
  * status). Secure aggregation is sim_secure.c's backend; a Paillier backend plugs in the same way.
- *   check  (may be NULL) before the run, with the number of clients a round samples: LOOM_EINVAL
- *          naming the backend's flag when it cannot work.
+ *   check  (may be NULL) before the run, with the number of clients a round samples and the vector's
+ *          length: LOOM_EINVAL (or LOOM_ERANGE) naming the backend's flag when it cannot work. It may
+ *          prepare the run (a Paillier backend makes its key pair here).
  *   sum    updates[i] (dim floats) of client clients[i] (increasing) with weight weights[i], i < n:
  *          writes sum (dim doubles) = sum_i weights[i] dec(enc(updates[i])) as the backend decodes it,
  *          *total_weight = sum_i weights[i], and bytes_up[i] (what client i sent, every phase). An error
  *          refuses the round's updates (each client row: "client failure"; the model stays). */
 typedef struct {
     const char *name;
-    int (*check)(void *ud, int per_round);
+    int (*check)(void *ud, int per_round, size_t dim);
     int (*sum)(void *ud, int round, size_t dim, const float *const *updates, const uint64_t *weights,
                const int *clients, size_t n, double *sum, uint64_t *total_weight, double *bytes_up);
     void *ud;
@@ -107,6 +108,25 @@ typedef struct {
 void loom_sim_secagg_defaults(loom_sim_secagg *s);
 /* The backend over *s (which must outlive the run). */
 loom_secure_sum loom_sim_secagg_backend(loom_sim_secagg *s);
+
+/* Paillier additive homomorphic aggregation as a secure-sum backend (src/sim/sim_secure.c,
+ * include/loom/paillier.h): each client encrypts its packed fixed-point update under the key holder's
+ * public key, the server multiplies the ciphertexts (adds the plaintexts) without any secret, and only
+ * the key holder decrypts the round's sum. In the simulator the key holder is a separate object made
+ * by check (key seeded by the run's seed, so runs are reproducible; a deployment would use fresh
+ * system randomness and keep the secret key away from the server). */
+typedef struct {
+    unsigned key_bits;    /* --he-key-bits: modulus n (default 2048, at least 2048) */
+    double clip;          /* --he-clip: values clipped to [-clip, clip] before encoding (default 1) */
+    size_t max_dim;       /* --he-max-dim: larger trainable sets are refused (the cost knob) */
+    uint64_t max_weight;  /* the largest client weight accepted (default 2^20) */
+    uint64_t seed;        /* the run's seed */
+    struct loom_paillier_sk *sk; /* the key holder's key, made by check; freed by loom_sim_paillier_clear */
+    int max_clients;      /* set by check: the clients a round samples */
+} loom_sim_paillier;
+void loom_sim_paillier_defaults(loom_sim_paillier *s);
+void loom_sim_paillier_clear(loom_sim_paillier *s);
+loom_secure_sum loom_sim_paillier_backend(loom_sim_paillier *s);
 
 typedef void (*loom_round_cb)(const loom_round_metrics *m, void *ud);
 typedef void (*loom_client_cb)(int round, int done, int total, void *ud);

@@ -380,6 +380,7 @@ int cmd_sim(int argc, char **argv) {
     }
     rc = 0;
 done:
+    loom_sim_paillier_clear(&r.paillier_cfg);
     free(ppl0);
     free(ppl1);
     free(ppl_tok);

@@ -138,6 +138,11 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"secagg-neighbours", OPT_INT, &r->secagg_neighbours, "sim: SecAgg+ (Bell et al. 2020): each client masks with K random neighbours (even; 0 = with all)", 0, LOOM_SECAGG_MAX_CLIENTS},
         {"secagg-drop", OPT_INT, &r->secagg_drop, "sim: clients (chosen by the seed) that vanish after sending their masked input, each round", 0, LOOM_SECAGG_MAX_CLIENTS},
         {"secagg-clip", OPT_FLOAT, &r->secagg_clip, "sim: secure aggregation clips each update value to [-C, C] before its 24-bit fixed-point encoding (default 1)", 0, 1e6},
+        /* Paillier aggregation (sim_secure.c, docs/privacy.md) */
+        {"he", OPT_STR, &r->he, "sim: homomorphic aggregation: paillier (clients encrypt, the server adds ciphertexts, a key holder decrypts the sum)", 0, 0},
+        {"he-key-bits", OPT_INT, &r->he_key_bits, "sim: Paillier modulus bits (default 2048; 2048 to 8192, a multiple of 64)", 2048, 8192},
+        {"he-clip", OPT_FLOAT, &r->he_clip, "sim: Paillier clips each update value to [-C, C] before its 32-bit fixed-point encoding (default 1)", 0, 1e6},
+        {"he-max-dim", OPT_LONG, &r->he_max_dim, "sim: refuse trainable sets larger than N values under --he (default 524288; encryption costs about 0.3 ms per value per client)", 1, 1e9},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };
@@ -301,6 +306,50 @@ static int dp_settings(cli_run *r, const char *cmd, loom_sim_config *sc, loom_tr
     return 0;
 }
 
+/* --he paillier and its flags: sc->secure (the other flags need --he). */
+static int he_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
+    if (!r->he || !strcmp(r->he, "none")) {
+        const char *given = r->he_key_bits ? "--he-key-bits" : r->he_clip != 0 ? "--he-clip"
+                            : r->he_max_dim ? "--he-max-dim" : NULL;
+        if (given) {
+            fprintf(stderr, "loom %s: %s needs --he paillier\n", cmd, given);
+            return -1;
+        }
+        return 0;
+    }
+    if (strcmp(r->he, "paillier")) {
+        fprintf(stderr, "loom %s: --he expects paillier or none, got '%s'\n", cmd, r->he);
+        return -1;
+    }
+    if (strcmp(cmd, "sim")) {
+        fprintf(stderr, "loom %s: --he paillier runs in loom sim only (over the network, use secure aggregation: "
+                "secagg)\n", cmd);
+        return -1;
+    }
+    if (r->secagg) {
+        fprintf(stderr, "loom %s: --he paillier and --secagg are two ways to hide the updates: give one\n", cmd);
+        return -1;
+    }
+    if (r->dp && !strcmp(r->dp, "central")) {
+        fprintf(stderr, "loom %s: --he paillier with --dp central is not supported: the server cannot clip updates "
+                "it never sees (use --dp local or --dp sgd)\n", cmd);
+        return -1;
+    }
+    if (r->he_clip != 0 && !(r->he_clip > 0)) {
+        fprintf(stderr, "loom %s: --he-clip must be positive\n", cmd);
+        return -1;
+    }
+    loom_sim_paillier *s = &r->paillier_cfg;
+    loom_sim_paillier_clear(s);
+    loom_sim_paillier_defaults(s);
+    if (r->he_key_bits) s->key_bits = (unsigned)r->he_key_bits;
+    if (r->he_clip != 0) s->clip = r->he_clip;
+    if (r->he_max_dim) s->max_dim = (size_t)r->he_max_dim;
+    s->seed = (uint64_t)r->seed;
+    sc->secure = loom_sim_paillier_backend(s);
+    return 0;
+}
+
 /* --secagg and its flags: sc->secure (the other flags need --secagg). */
 static int secagg_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
     memset(&sc->secure, 0, sizeof sc->secure);
@@ -378,7 +427,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     sc->seed = (uint64_t)r->seed;
     sc->eval_every = r->eval_every;
     sc->eval_clients = r->eval_clients;
-    if (secagg_settings(r, cmd, sc) != 0) return -1;
+    if (secagg_settings(r, cmd, sc) != 0 || he_settings(r, cmd, sc) != 0) return -1;
     if (loom_engine_mode_parse(r->mode, &sc->mode) != LOOM_OK) {
         cli_fail("--mode");
         return -1;

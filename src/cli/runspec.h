@@ -42,6 +42,12 @@ typedef struct {
     int secagg, secagg_threshold, secagg_neighbours, secagg_drop;
     float secagg_clip;
     loom_sim_secagg secagg_cfg;
+    /* Paillier aggregation (loom sim --he paillier; sim_secure.c) */
+    const char *he;
+    int he_key_bits;
+    float he_clip;
+    long he_max_dim;
+    loom_sim_paillier paillier_cfg;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 128

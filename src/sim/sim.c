@@ -621,7 +621,7 @@ static int secure_start(sim_run *r) {
     if (!list) return loom_error(LOOM_ENOMEM, "out of memory");
     rc = loom_sim_sample(c, 1, list, &n);
     free(list);
-    if (rc == LOOM_OK && c->secure.check) rc = c->secure.check(c->secure.ud, n);
+    if (rc == LOOM_OK && c->secure.check) rc = c->secure.check(c->secure.ud, n, c->dim);
     if (rc == LOOM_OK) rc = lm_secure_create(&r->secure, c, r->n_clients);
     return rc;
 }

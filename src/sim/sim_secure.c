@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "loom/core.h"
+#include "loom/paillier.h"
 #include "loom/secagg.h"
 
 /* The clients that vanish after sending their masked input: (seed, hash2(this, round)). */
@@ -147,7 +148,8 @@ static void round_params(const loom_sim_secagg *s, uint32_t n, size_t dim, uint6
     p->round = round;
 }
 
-static int secagg_check(void *ud, int per_round) {
+static int secagg_check(void *ud, int per_round, size_t dim) {
+    (void)dim;
     const loom_sim_secagg *s = ud;
     uint32_t n = (uint32_t)per_round;
     if (per_round < 2 || n > LOOM_SECAGG_MAX_CLIENTS)
@@ -261,5 +263,102 @@ done:
 
 loom_secure_sum loom_sim_secagg_backend(loom_sim_secagg *s) {
     loom_secure_sum b = {"secure aggregation", secagg_check, secagg_sum, s};
+    return b;
+}
+
+/* ------------------------------------------------------------------ Paillier (include/loom/paillier.h) */
+
+/* Each client's encryption randomness in the simulator: (seed, hash2(this, round), client). */
+#define STREAM_PAILLIER_R UINT64_C(0x70616c72) /* "palr" */
+#define STREAM_PAILLIER_KEY UINT64_C(0x70616c6b) /* "palk" */
+
+static void seed32(uint64_t a, uint64_t b, uint8_t out[32]) {
+    uint64_t h = loom_hash2(a, b);
+    for (int k = 0; k < 4; k++) {
+        uint64_t v = loom_mix64(h + (uint64_t)k * 0x9e3779b97f4a7c15ull);
+        for (int i = 0; i < 8; i++) out[8 * k + i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+void loom_sim_paillier_defaults(loom_sim_paillier *s) {
+    memset(s, 0, sizeof *s);
+    s->key_bits = 2048;
+    s->clip = 1.0;
+    s->max_dim = LOOM_PAILLIER_DEFAULT_MAX_DIM;
+    s->max_weight = (uint64_t)1 << 20;
+}
+
+void loom_sim_paillier_clear(loom_sim_paillier *s) {
+    if (!s) return;
+    loom_paillier_sk_free(s->sk);
+    s->sk = NULL;
+}
+
+static void paillier_params(const loom_sim_paillier *s, size_t dim, loom_paillier_params *p) {
+    loom_paillier_defaults(p, dim);
+    p->clip = s->clip;
+    p->max_dim = s->max_dim;
+    p->max_weight = s->max_weight;
+    p->max_clients = (uint32_t)(s->max_clients > 0 ? s->max_clients : 1);
+}
+
+static int paillier_check(void *ud, int per_round, size_t dim) {
+    loom_sim_paillier *s = ud;
+    if (per_round < 1) return loom_error(LOOM_EINVAL, "--he paillier: no clients a round");
+    if (!(s->clip > 0) || !isfinite(s->clip))
+        return loom_error(LOOM_EINVAL, "--he-clip %g must be positive and finite", s->clip);
+    s->max_clients = per_round;
+    loom_paillier_params p;
+    paillier_params(s, dim, &p);
+    int rc = loom_paillier_check(&p, s->key_bits, NULL);
+    if (rc == LOOM_ERANGE && dim > s->max_dim)
+        return loom_error(LOOM_ERANGE, "--he paillier: the trainable set has %zu values, above --he-max-dim %zu (each "
+                          "client would encrypt about %zu ciphertexts a round): choose a smaller set (--peft lora with "
+                          "a lower --lora-r, --peft prompt) or raise --he-max-dim", dim, s->max_dim,
+                          (dim + 33) / 34);
+    if (rc) return loom_error_context(rc, "--he paillier (--he-key-bits %u, --he-clip %g)", s->key_bits, s->clip);
+    loom_paillier_sk_free(s->sk);
+    s->sk = NULL;
+    uint8_t seed[32];
+    seed32(s->seed, STREAM_PAILLIER_KEY, seed);
+    rc = loom_paillier_keygen(&s->sk, s->key_bits, seed);
+    if (rc) return loom_error_context(rc, "--he paillier: key generation");
+    return LOOM_OK;
+}
+
+static int paillier_sum(void *ud, int round, size_t dim, const float *const *updates, const uint64_t *weights,
+                        const int *clients, size_t n, double *sum, uint64_t *total_weight, double *bytes_up) {
+    loom_sim_paillier *s = ud;
+    if (!s->sk) return loom_error(LOOM_ESTATE, "--he paillier: no key (the backend was not checked)");
+    const loom_paillier_pk *pk = loom_paillier_sk_public(s->sk);
+    loom_paillier_params p;
+    paillier_params(s, dim, &p);
+    loom_paillier_sum *acc = NULL;
+    int rc = loom_paillier_sum_create(&acc, pk, &p);
+    /* clients encrypt (each in parallel inside), the server adds in client order: the product is the
+     * same in any order anyway */
+    for (size_t i = 0; i < n && rc == LOOM_OK; i++) {
+        uint8_t seed[32];
+        seed32(loom_hash2(s->seed, loom_hash2(STREAM_PAILLIER_R, (uint64_t)round)), (uint64_t)clients[i], seed);
+        loom_paillier_blob b = {0};
+        rc = loom_paillier_encrypt_update(pk, &p, updates[i], dim, weights[i], seed, &b);
+        if (rc) rc = loom_error_context(rc, "client %d: Paillier encryption", clients[i]);
+        if (!rc) {
+            bytes_up[i] += (double)b.len;
+            rc = loom_paillier_sum_add(acc, b.data, b.len);
+        }
+        loom_paillier_blob_free(&b);
+    }
+    loom_paillier_blob r = {0};
+    if (!rc) rc = loom_paillier_sum_result(acc, &r);
+    /* the key holder */
+    if (!rc) rc = loom_paillier_decrypt_sum(s->sk, &p, r.data, r.len, sum, total_weight);
+    loom_paillier_blob_free(&r);
+    loom_paillier_sum_free(acc);
+    return rc;
+}
+
+loom_secure_sum loom_sim_paillier_backend(loom_sim_paillier *s) {
+    loom_secure_sum b = {"Paillier aggregation", paillier_check, paillier_sum, s};
     return b;
 }
