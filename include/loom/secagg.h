@@ -54,6 +54,8 @@ typedef struct {
 } loom_secagg_params;
 
 #define LOOM_SECAGG_MAX_CLIENTS 4096u
+#define LOOM_SECAGG_MAX_DIM (1u << 28) /* floats per update: a masked input is 8 (dim + 1) bytes */
+#define LOOM_SECAGG_FRAC_BITS 24       /* fixed-point fraction bits of the encoding (see secagg.c) */
 
 /* Defaults: threshold = floor(2n/3)+1, complete graph, clip 1, max_weight 2^16, seed 0, round 0. */
 void loom_secagg_defaults(loom_secagg_params *p, uint32_t n, size_t dim);
@@ -109,7 +111,8 @@ int loom_secagg_server_close(loom_secagg_server *s, loom_secagg_phase phase);
 int loom_secagg_server_message(loom_secagg_server *s, loom_secagg_phase phase, uint32_t to, loom_secagg_buf *out);
 /* After closing UNMASK: the exact weighted sum of the survivors' encoded updates decoded to doubles,
  * sum[dim] = sum_u w_u dec(enc(x_u)), its total weight, and how many updates it holds. ring_sum (may be
- * NULL) receives the raw sum of the encodings in the ring, for exactness tests. A share that does not
+ * NULL; dim + 1 values, the last the weight) receives the raw sum of the encodings in the ring, for
+ * exactness tests. After a failure (LOOM_EFORMAT, LOOM_ESTATE) the round cannot finish. A share that does not
  * match the commitment its owner made (a lying client) is refused with LOOM_EFORMAT naming it. */
 int loom_secagg_server_result(loom_secagg_server *s, double *sum, uint64_t *total_weight, uint32_t *n_included,
                               uint64_t *ring_sum);
