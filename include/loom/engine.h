@@ -361,6 +361,18 @@ int loom_engine_async_fail(loom_engine *e, int client, const char *reason, doubl
  * NULL): seconds is the driver's wall time for it. No version pending: LOOM_ESTATE. */
 int loom_engine_async_end_version(loom_engine *e, double seconds, loom_round_metrics *m);
 
+/* ---- secure aggregation: the round's updates as one sum ----
+ * loom_engine_submit_sum admits n sampled clients of round `round` together, with their weighted sum
+ * instead of their updates (a secure-sum backend's output: sum (len = dim) = sum_i w_i u_i, total
+ * weight W = sum_i w_i), and folds it into the pipeline (loom_pipeline_add_sum). members[i] describes
+ * client i as an update would (client, examples, loss, tokens, wire_bytes; its values are not read).
+ * Every member must be admissible as by loom_engine_submit (round open, sampled, not answered, before
+ * the deadline at `now`), else the whole sum is refused with LOOM_EINVAL/LOOM_ESTATE naming the client
+ * and nothing is recorded; a sum the pipeline refuses marks every member's row with its verdict.
+ * Accepted: every member's row is "accepted". Driver's thread (or any thread, like submit). */
+int loom_engine_submit_sum(loom_engine *e, int round, const double *sum, size_t len, uint64_t total_weight,
+                           const loom_update *members, size_t n, double now);
+
 #ifdef __cplusplus
 }
 #endif

@@ -203,6 +203,19 @@ int loom_pipeline_aggregate(loom_pipeline *p, float *global, const float *const 
 /* Restores strategy state `name` (loom_strategy_state_load); inside an open round: LOOM_ESTATE. */
 int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *data, size_t len);
 
+/* ---- secure aggregation: a round's updates as one sum ----
+ * A secure-sum backend (secure aggregation, Paillier) delivers only the weighted sum of the updates it
+ * received, never the updates. loom_pipeline_add_sum folds sum (len = dim doubles, sum_n w_n u_n as
+ * the backend decoded it), its total weight and the number of updates it holds into the round as if
+ * they had been added one by one: each value is rounded once to the 2^-48 grid (exact for a secure
+ * sum's 2^-24 grid), and noise and the strategy run after it as usual. The clip stage cannot apply to
+ * a sum (the clients clip before they encode). Refused (LOOM_EINVAL / LOOM_ERANGE / LOOM_EUNSUPPORTED,
+ * the round goes on): a length other than dim, a non-finite value, |sum_i| > LOOM_FX_MAX_ABS * total
+ * weight, a total weight outside [n_updates, n_updates * LOOM_FX_MAX_WEIGHT], an aggregator other than
+ * the fixed-point mean (a robust aggregator needs the updates), a strategy with control variates.
+ * Outside a round: LOOM_ESTATE. Thread-safe like loom_pipeline_add. */
+int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint64_t total_weight, size_t n_updates);
+
 #ifdef __cplusplus
 }
 #endif

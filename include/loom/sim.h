@@ -72,6 +72,42 @@ typedef struct {
 
 /* loom_round_metrics (the per-round summary) is defined in include/loom/engine.h. */
 
+/* A secure-sum backend: the server learns the round's weighted sum, never one update. With one set
+ * (loom_sim_config.secure.sum not NULL), each client's update is validated and clipped (clip_norm) as
+ * usual, then held for the backend instead of entering the pipeline; when the round's clients have all
+ * answered, the backend turns the held updates into their sum, which enters the pipeline through
+ * loom_engine_submit_sum (noise and the strategy run after it; the client rows keep each client's
+ * status). Secure aggregation is sim_secure.c's backend; a Paillier backend plugs in the same way.
+ *   check  (may be NULL) before the run, with the number of clients a round samples: LOOM_EINVAL
+ *          naming the backend's flag when it cannot work.
+ *   sum    updates[i] (dim floats) of client clients[i] (increasing) with weight weights[i], i < n:
+ *          writes sum (dim doubles) = sum_i weights[i] dec(enc(updates[i])) as the backend decodes it,
+ *          *total_weight = sum_i weights[i], and bytes_up[i] (what client i sent, every phase). An error
+ *          refuses the round's updates (each client row: "client failure"; the model stays). */
+typedef struct {
+    const char *name;
+    int (*check)(void *ud, int per_round);
+    int (*sum)(void *ud, int round, size_t dim, const float *const *updates, const uint64_t *weights,
+               const int *clients, size_t n, double *sum, uint64_t *total_weight, double *bytes_up);
+    void *ud;
+} loom_secure_sum;
+
+/* Secure aggregation as a secure-sum backend (src/sim/sim_secure.c, include/loom/secagg.h): each round
+ * runs the four phases among the round's n accepted clients in process (their keys seeded from (seed,
+ * round, client)), `drop` of them, chosen by the seed, vanishing after sending their masked input (their
+ * inputs stay in the sum, their self-masks are removed through the others' shares). */
+typedef struct {
+    uint32_t threshold;   /* --secagg-threshold: 0 = floor(2h/3) + 1 of the h holders (n, or k + 1) */
+    uint32_t neighbours;  /* --secagg-neighbours: SecAgg+ k (even); 0 = complete graph */
+    int drop;             /* --secagg-drop */
+    double clip;          /* --secagg-clip: values clipped to [-clip, clip] before encoding (default 1) */
+    uint64_t max_weight;  /* the largest client weight (examples) accepted (default 2^20) */
+    uint64_t seed;        /* the run's seed */
+} loom_sim_secagg;
+void loom_sim_secagg_defaults(loom_sim_secagg *s);
+/* The backend over *s (which must outlive the run). */
+loom_secure_sum loom_sim_secagg_backend(loom_sim_secagg *s);
+
 typedef void (*loom_round_cb)(const loom_round_metrics *m, void *ud);
 typedef void (*loom_client_cb)(int round, int done, int total, void *ud);
 
@@ -134,6 +170,9 @@ typedef struct {
     loom_round_cb on_round;
     loom_client_cb on_client;
     void *cb_ud;
+    /* secure aggregation (or another secure-sum backend); .sum NULL = plain aggregation. Synchronous
+     * rounds only; not with scaffold or a robust aggregator (they need the updates). */
+    loom_secure_sum secure;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);

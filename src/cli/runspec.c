@@ -1,5 +1,6 @@
 /* A federated run's configuration (see runspec.h). */
 #include "cli/runspec.h"
+#include "loom/secagg.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -120,6 +121,12 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"quiet-clients", OPT_FLAG, &r->quiet_clients, "sim: no per-client progress lines", 0, 0},
         {"compare", OPT_INT, &r->compare, "sim: before training, measure the initial model on every client's held-out text and sample from it; at the end, print perplexity before/after for the N clients with the most test text (0 = off)", 0, 1000000},
         {"progress-every", OPT_FLOAT, &r->progress_every, "sim: seconds between per-client progress lines when stderr is not a terminal", 0, 3600},
+        /* secure aggregation (sim_secure.c, docs/privacy-secagg.md) */
+        {"secagg", OPT_FLAG, &r->secagg, "sim: secure aggregation (Bonawitz et al. 2017): the server only learns the round's sum", 0, 0},
+        {"secagg-threshold", OPT_INT, &r->secagg_threshold, "sim: secure aggregation's threshold t: shares that rebuild a secret (0 = 2/3 of the holders + 1)", 0, LOOM_SECAGG_MAX_CLIENTS},
+        {"secagg-neighbours", OPT_INT, &r->secagg_neighbours, "sim: SecAgg+ (Bell et al. 2020): each client masks with K random neighbours (even; 0 = with all)", 0, LOOM_SECAGG_MAX_CLIENTS},
+        {"secagg-drop", OPT_INT, &r->secagg_drop, "sim: clients (chosen by the seed) that vanish after sending their masked input, each round", 0, LOOM_SECAGG_MAX_CLIENTS},
+        {"secagg-clip", OPT_FLOAT, &r->secagg_clip, "sim: secure aggregation clips each update value to [-C, C] before its 24-bit fixed-point encoding (default 1)", 0, 1e6},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };
@@ -199,6 +206,33 @@ static int parse_sample(const char *cmd, const char *s, size_t n, int *count, do
     return -1;
 }
 
+/* --secagg and its flags: sc->secure (the other flags need --secagg). */
+static int secagg_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
+    memset(&sc->secure, 0, sizeof sc->secure);
+    if (!r->secagg) {
+        const char *given = r->secagg_threshold ? "--secagg-threshold" : r->secagg_neighbours ? "--secagg-neighbours"
+                            : r->secagg_drop ? "--secagg-drop" : r->secagg_clip != 0 ? "--secagg-clip" : NULL;
+        if (given) {
+            fprintf(stderr, "loom %s: %s needs --secagg\n", cmd, given);
+            return -1;
+        }
+        return 0;
+    }
+    if (r->secagg_clip != 0 && !(r->secagg_clip > 0)) {
+        fprintf(stderr, "loom %s: --secagg-clip must be positive\n", cmd);
+        return -1;
+    }
+    loom_sim_secagg *s = &r->secagg_cfg;
+    loom_sim_secagg_defaults(s);
+    s->threshold = (uint32_t)r->secagg_threshold;
+    s->neighbours = (uint32_t)r->secagg_neighbours;
+    s->drop = r->secagg_drop;
+    if (r->secagg_clip != 0) s->clip = r->secagg_clip;
+    s->seed = (uint64_t)r->seed;
+    sc->secure = loom_sim_secagg_backend(s);
+    return 0;
+}
+
 int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc) {
     sc->strategy = r->strategy;
     if (loom_strategy_defaults(r->strategy, &sc->sp) != LOOM_OK) return cli_fail("--strategy") ? -1 : -1;
@@ -244,6 +278,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     sc->seed = (uint64_t)r->seed;
     sc->eval_every = r->eval_every;
     sc->eval_clients = r->eval_clients;
+    if (secagg_settings(r, cmd, sc) != 0) return -1;
     if (loom_engine_mode_parse(r->mode, &sc->mode) != LOOM_OK) {
         cli_fail("--mode");
         return -1;

@@ -34,6 +34,11 @@ typedef struct {
     const char *faults, *out, *plot, *prompt;
     int workers, client_threads, checkpoint_every, resume, sample_len, quiet_clients, compare;
     float step_seconds, time_spread, progress_every;
+    /* secure aggregation (loom sim --secagg; sim_secure.c): the backend's settings live here, so they
+     * outlive the run */
+    int secagg, secagg_threshold, secagg_neighbours, secagg_drop;
+    float secagg_clip;
+    loom_sim_secagg secagg_cfg;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 96

@@ -592,3 +592,64 @@ void lm_eval_pool_finish(const lm_eval_pool *p, loom_round_metrics *m) {
     m->eval_acc_mean = p->a1 / k;
     m->eval_acc_std = sqrt(fmax(0, p->a2 / k - (p->a1 / k) * (p->a1 / k)));
 }
+
+/* ------------------------------------------------------------------ a secure sum (see engine.h) */
+
+int loom_engine_submit_sum(loom_engine *e, int round, const double *sum, size_t len, uint64_t total_weight,
+                           const loom_update *members, size_t n, double now) {
+    if (n == 0 || !members || !sum) return loom_error(LOOM_EINVAL, "round engine: an empty secure sum");
+    if (e->as) return loom_error(LOOM_EUNSUPPORTED, "round engine: a secure sum needs synchronous rounds");
+    pthread_mutex_lock(&e->mu);
+    int rc = LOOM_OK;
+    for (size_t i = 0; i < n && rc == LOOM_OK; i++) { /* every member first, so that a refusal records nothing */
+        int k = members[i].client;
+        if (e->phase != PH_OPEN) rc = loom_error(LOOM_ESTATE, "round %d is closed", round);
+        else if (round != e->round)
+            rc = loom_error(LOOM_EINVAL, "secure sum for round %d, but round %d is open", round, e->round);
+        else if (k < 0 || k >= e->N || e->pos[k] < 0)
+            rc = loom_error(LOOM_EINVAL, "secure sum: client %d is not sampled in round %d", k, e->round);
+        else if (e->rows[e->pos[k]].answered)
+            rc = loom_error(LOOM_EINVAL, "secure sum: client %d already answered in round %d", k, e->round);
+        else if (e->c.deadline > 0 && now > e->t_open + e->c.deadline)
+            rc = loom_error(LOOM_ERANGE, "secure sum: %.3gs after the round opened, past the %gs deadline",
+                            now - e->t_open, e->c.deadline);
+        for (size_t j = 0; j < i && rc == LOOM_OK; j++)
+            if (members[j].client == k) rc = loom_error(LOOM_EINVAL, "secure sum: client %d listed twice", k);
+    }
+    if (rc == LOOM_OK) {
+        for (size_t i = 0; i < n; i++) {
+            e->rows[e->pos[members[i].client]].answered = 1;
+            e->answered++;
+        }
+        e->inflight++;
+        e->payloads += (int)n;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (rc != LOOM_OK) return rc;
+    rc = loom_pipeline_add_sum(e->pipe, sum, len, total_weight, n);
+    loom_update_verdict v = rc == LOOM_OK ? LOOM_UPDATE_ACCEPTED
+                            : rc == LOOM_ERANGE ? LOOM_UPDATE_OUT_OF_RANGE
+                            : rc == LOOM_ESTATE ? LOOM_UPDATE_LATE
+                                                : LOOM_UPDATE_BAD_LENGTH;
+    pthread_mutex_lock(&e->mu);
+    for (size_t i = 0; i < n; i++) {
+        const loom_update *u = &members[i];
+        row *r = &e->rows[e->pos[u->client]];
+        r->verdict = v;
+        r->examples = u->examples;
+        r->tokens = (long)u->tokens;
+        r->loss = u->loss;
+        r->norm = 0;
+        r->bytes = u->wire_bytes ? (double)u->wire_bytes : (double)len * sizeof(float);
+        e->bytes_up += r->bytes;
+        if (rc == LOOM_OK) {
+            e->accepted++;
+            e->loss_w += u->loss * (double)u->examples;
+            e->weight += (double)u->examples;
+        }
+    }
+    e->inflight--;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}

@@ -343,3 +343,39 @@ int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *da
     if (open) return loom_error(LOOM_ESTATE, "strategy %s: state %s loaded inside a round", p->c.strategy, name);
     return loom_strategy_state_load(p->strat, name, data, len);
 }
+
+/* ------------------------------------------------------------------ a secure sum (see pipeline.h) */
+
+int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint64_t total_weight, size_t n_updates) {
+    if (!sum || len != p->c.dim)
+        return loom_error(LOOM_EINVAL, "update pipeline: secure sum of %zu values, the vector has %zu", len, p->c.dim);
+    if (p->ops != &loom_agg_fixed_mean)
+        return loom_error(LOOM_EUNSUPPORTED, "aggregator %s needs the individual updates: it cannot take a secure sum",
+                          p->ops->name);
+    if (p->uses_control)
+        return loom_error(LOOM_EUNSUPPORTED, "strategy %s needs control deltas: it cannot take a secure sum",
+                          p->c.strategy);
+    if (n_updates < 1 || total_weight < n_updates || (double)total_weight > (double)n_updates * LOOM_FX_MAX_WEIGHT)
+        return loom_error(LOOM_EINVAL, "update pipeline: secure sum of %zu updates with total weight %llu", n_updates,
+                          (unsigned long long)total_weight);
+    const double lim = LOOM_FX_MAX_ABS * (double)total_weight;
+    for (size_t i = 0; i < len; i++)
+        if (!(fabs(sum[i]) <= lim))
+            return loom_error(LOOM_ERANGE, "secure sum value %zu (%g) is outside the fixed-point range", i, sum[i]);
+    pthread_mutex_lock(&p->mu);
+    int rc = LOOM_OK;
+    if (!p->in_round) rc = loom_error(LOOM_ESTATE, "update pipeline: secure sum added outside a round");
+    else if (p->n_added + n_updates > LOOM_FX_MAX_UPDATES)
+        rc = loom_error(LOOM_ERANGE, "round %d is full (%zu updates)", p->round, p->n_added);
+    else {
+        fx_acc *acc = p->agg->acc;
+        /* |sum 2^48| <= 2^20 2^52 2^48 = 2^120: exact in the 128-bit sum */
+#pragma omp parallel for schedule(static) if (len >= PAR_MIN)
+        for (size_t i = 0; i < len; i++) acc[i] += (fx_acc)rint(sum[i] * FX_ONE);
+        p->agg->wsum += total_weight;
+        p->n_added += n_updates;
+        p->wsum += total_weight;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}

@@ -14,6 +14,7 @@
 
 #include "loom/core.h"
 #include "loom/safetensors.h"
+#include "sim/sim_secure.h"
 
 void loom_sim_defaults(loom_sim_config *c) {
     memset(c, 0, sizeof *c);
@@ -100,6 +101,7 @@ typedef struct sim_run {
     char failed_msg[512];
     worker_slot *slots;        /* (workers) */
     struct async_job *jobs;    /* asynchronous modes: the places of the clients in training */
+    lm_secure_round *secure;   /* a secure-sum backend's holding area (sim_secure.c), NULL: plain */
     pthread_mutex_t mu;
 } sim_run;
 
@@ -173,6 +175,10 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     if (compress) { /* the values are already what the codec delivers; count what it would send */
         u.codec = c->compress.codec;
         u.wire_bytes = loom_update_encoded_size(&u, &c->compress);
+    }
+    if (r->secure) { /* secure sum: held until the round's sum (sim_secure.c) */
+        lm_secure_hold(r->secure, r->eng, &u, now);
+        return;
     }
     loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
 }
@@ -601,6 +607,23 @@ static void sink_client(void *ud, const loom_client_row *r) {
     loom_metrics_jsonl_client(s->f, r, cl->name, cl->n_train);
 }
 
+/* A secure-sum backend's checks and holding area. */
+static int secure_start(sim_run *r) {
+    const loom_sim_config *c = r->c;
+    const char *name = c->secure.name ? c->secure.name : "a secure sum";
+    if (c->mode != LOOM_ENGINE_SYNC)
+        return loom_error(LOOM_EUNSUPPORTED, "%s needs synchronous rounds (not --mode %s)", name,
+                          loom_engine_mode_name(c->mode));
+    if (c->fit.scaffold) return loom_error(LOOM_EUNSUPPORTED, "%s cannot carry scaffold's control deltas", name);
+    int *list = malloc((size_t)r->n_clients * sizeof *list), n = 0, rc;
+    if (!list) return loom_error(LOOM_ENOMEM, "out of memory");
+    rc = loom_sim_sample(c, 1, list, &n);
+    free(list);
+    if (rc == LOOM_OK && c->secure.check) rc = c->secure.check(c->secure.ud, n);
+    if (rc == LOOM_OK) rc = lm_secure_create(&r->secure, c, r->n_clients);
+    return rc;
+}
+
 int loom_sim_run(const loom_sim_config *c, float *global) {
     if ((!c->ds && !c->client_ds) || !c->part || !c->make_worker || !c->free_worker || !c->init || c->dim == 0)
         return loom_error(LOOM_EINVAL, "simulation needs a dataset, a partition, a worker factory and an initial vector");
@@ -682,6 +705,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         rc = loom_error(LOOM_EINVAL, "SCAFFOLD control variates must be used with the scaffold strategy, and only with it");
         goto done;
     }
+    if (c->secure.sum && (rc = secure_start(&r)) != LOOM_OK) goto done;
     int start = 0;
     if (c->out_dir) {
         if (mkdir(c->out_dir, 0755) != 0 && errno != EEXIST) {
@@ -717,6 +741,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         r.t_open = vclock;
         r.round = round + 1;
         if ((rc = run_phase(&r, 0, list, n)) != LOOM_OK) goto done;
+        if (r.secure && (rc = lm_secure_finish(r.secure, r.eng, r.round)) != LOOM_OK) goto done;
         double last_arrival = 0;
         for (int i = 0; i < n; i++) last_arrival = fmax(last_arrival, loom_sim_client_seconds(c, list[i]));
         double close = vclock + (c->deadline > 0 ? fmin(c->deadline, last_arrival) : last_arrival);
@@ -749,6 +774,7 @@ done:
     }
     free(r.slots);
     loom_engine_free(r.eng);
+    lm_secure_free(r.secure);
     loom_tvec_free(r.own_manifest);
     pthread_mutex_destroy(&r.mu);
     return rc;
