@@ -90,6 +90,8 @@ check "networked secure run == loom sim --secagg, bit for bit" same "$S/global.s
 check "2 round rows" test "$(grep -c '"type":"round"' "$S/metrics.jsonl")" -eq 2
 check "same accepted counts as the simulator's" \
     test "$(grep -o '"accepted":[0-9]*' "$S/metrics.jsonl" | tr '\n' ' ')" = "$(grep -o '"accepted":[0-9]*' "$tmp/ref/metrics.jsonl" | tr '\n' ' ')"
+check "bytes up per client and round: the simulator's count of the four phases" \
+    test "$(grep -o '"bytes_up":[0-9.e+]*' "$S/metrics.jsonl" | tr '\n' ' ')" = "$(grep -o '"bytes_up":[0-9.e+]*' "$tmp/ref/metrics.jsonl" | tr '\n' ' ')"
 check "every round unmasked the sum of 4 inputs" test "$(grep -c "the sum of 4 clients' inputs" "$S.log")" -eq 2
 check "the clients ran the four phases (bytes logged)" test "$(cat "$S".*.log | grep -c 'secure aggregation done')" -eq 8
 check "the clients posted 4 phases x 2 rounds to /v1/secagg" test "$(grep -ac '^POST /v1/secagg ' "$tmp/trace")" -ge 32

@@ -38,7 +38,7 @@ typedef struct net_sa {
     int n;                       /* ids (the sampled clients) */
     int cap;
     unsigned *sent;              /* (n) bit K: the phase-K message was accepted */
-    uint8_t (*sha)[SA_PHASES][32]; /* (n) the accepted bodies' SHA-256 (idempotent retries) */
+    char (*sha)[SA_PHASES][65];  /* (n) the accepted bodies' SHA-256 in hex (idempotent retries) */
     uint64_t (*up)[SA_PHASES];   /* (n) bytes received from the client per phase */
     uint64_t (*down)[SA_PHASES]; /* (n) bytes served to it per phase */
     double *loss;                /* (n) phase 2's examples, loss and tokens (the metrics rows) */
@@ -111,8 +111,9 @@ static size_t small_limit(const net_server *s) { return SA_SMALL_BASE + SA_SMALL
 
 json_t *net_sa_hello(const net_server *s) {
     if (!s->c.secagg) return json_null();
+    /* the configuration only (no lock needed): the per-round values come with each fit task */
     return json_pack("{s:I, s:I, s:f, s:f}", "threshold", (json_int_t)s->c.secagg_threshold, "neighbours",
-                     (json_int_t)s->c.secagg_neighbours, "clip", s->sa && s->sa->round ? s->sa->p.clip : s->c.secagg_clip,
+                     (json_int_t)s->c.secagg_neighbours, "clip", s->c.secagg_clip > 0 ? s->c.secagg_clip : 1.0,
                      "phase_timeout_s", phase_timeout(s));
 }
 
@@ -223,16 +224,13 @@ static void sa_post(net_server *s, const net_request *q, int k, const char *name
             return;
         }
     }
-    uint8_t sha[32];
-    loom_sha256 h;
-    loom_sha256_init(&h);
-    loom_sha256_update(&h, q->body, q->len);
-    loom_sha256_final(&h, sha);
+    char sha[65];
+    if (net_sha256_hex(q->body, q->len, sha) != LOOM_OK) loom_sha256_hex(q->body, q->len, sha);
     pthread_mutex_lock(&s->mu);
     int id;
     if (sa_admit(s, k, round, epoch, r, &id) != 0) goto out;
     if (a->sent[id] & (1u << phase)) {
-        if (!memcmp(a->sha[id][phase], sha, 32)) reply_accepted(r, round, phase, 1);
+        if (!strcmp(a->sha[id][phase], sha)) reply_accepted(r, round, phase, 1);
         else net_reply_err(r, 409, "duplicate", "client %d already sent another phase-%d message in round %d", k, phase, round);
         goto out;
     }
@@ -251,7 +249,7 @@ static void sa_post(net_server *s, const net_request *q, int k, const char *name
         goto out;
     }
     a->sent[id] |= 1u << phase;
-    memcpy(a->sha[id][phase], sha, 32);
+    memcpy(a->sha[id][phase], sha, 65);
     a->up[id][phase] = q->len;
     a->count[phase]++;
     if (phase == LOOM_SECAGG_MASK) {
