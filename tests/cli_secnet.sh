@@ -65,6 +65,13 @@ wait_all() { # waits for the server and the clients in $cpids (at most $1 second
     return $st
 }
 
+wait_exit() { # PID SECONDS: the exit status of a background process, or 99 (killed) when it runs longer
+    local t=0
+    while kill -0 "$1" 2> /dev/null && [ $t -lt $(($2 * 10)) ]; do sleep 0.1; t=$((t + 1)); done
+    kill -0 "$1" 2> /dev/null && { kill -9 "$1"; wait "$1" 2> /dev/null; return 99; }
+    wait "$1"
+}
+
 same() { test "$(st_data "$1")" = "$(st_data "$2")"; }
 
 # ---- four clients, two rounds, TLS: the networked run equals loom sim --secagg bit for bit
@@ -84,7 +91,7 @@ check "plain upload in a secure run: 409" test "$(code -H 'Idempotency-Key: k1' 
 check "409 says not_secure" grep -q '"not_secure"' "$tmp/body"
 cpids=""
 for n in $names; do client "$S" $n; cpids="$cpids $cpid"; done
-wait_all 120
+wait_all 300
 check "secure networked run completes (server and 4 clients exit 0)" test $? -eq 0
 check "networked secure run == loom sim --secagg, bit for bit" same "$S/global.safetensors" "$tmp/ref/global.safetensors"
 check "2 round rows" test "$(grep -c '"type":"round"' "$S/metrics.jsonl")" -eq 2
@@ -107,11 +114,11 @@ start_server "$S" "$tmp/run.json" --eval-timeout 20 --secagg-phase-timeout 4
 cpids=""
 for n in alice bob dave; do client "$S" $n; cpids="$cpids $cpid"; done
 client "$S" carol LOOM_TEST_SECAGG_EXIT_AFTER=1:2
-wait $cpid
+wait_exit $cpid 300
 check "carol exited after sending her masked input of round 1" test $? -eq 9
 client "$S" carol
 cpids="$cpids $cpid"
-wait_all 120
+wait_all 300
 check "run with a client lost after masking completes" test $? -eq 0
 check "lost after masking: round 1 still holds her input (4 inputs)" grep -q "round 1: secagg: the sum of 4 clients' inputs\|1.*the sum of 4 clients' inputs" "$S.log"
 check "lost after masking, back for round 2: == loom sim --secagg, bit for bit" same "$S/global.safetensors" "$tmp/ref/global.safetensors"
@@ -124,9 +131,9 @@ start_server "$S" "$tmp/run1.json" --eval-timeout 2 --secagg-phase-timeout 4 --d
 cpids=""
 for n in alice bob carol; do client "$S" $n; cpids="$cpids $cpid"; done
 client "$S" dave LOOM_TEST_SECAGG_EXIT_AFTER=1
-wait $cpid
+wait_exit $cpid 300
 check "dave exited after phase 1 (before masking)" test $? -eq 9
-wait_all 120
+wait_all 300
 check "run with a client lost before masking completes" test $? -eq 0
 check "lost before masking: the sum of 3 inputs" grep -q "the sum of 3 clients' inputs" "$S.log"
 check "lost before masking: == loom sim --secagg over the 3 others, bit for bit" same "$S/global.safetensors" "$tmp/ref3/global.safetensors"
@@ -135,10 +142,10 @@ check "the others were told dave is out of phase 2 (survivors without him)" bash
 # ---- fewer than t live clients: the round is aborted with the documented message, the model kept
 S="$tmp/s4"
 register "$S"
-start_server "$S" "$tmp/run1.json" --min-clients 2 --eval-timeout 1 --secagg-phase-timeout 3 --done-grace 1
+start_server "$S" "$tmp/run1.json" --min-clients 2 --eval-timeout 1 --secagg-fit-timeout 3 --done-grace 1
 cpids=""
 for n in alice bob; do client "$S" $n; cpids="$cpids $cpid"; done
-wait_all 60
+wait_all 300
 check "a run whose round aborted still ends (exit 0)" test $? -eq 0
 check "abort message: phase 0, only 2 of the 3 clients needed" \
     grep -q 'round 1: secure aggregation aborted in phase 0: only 2 of the 3 clients needed' "$S.log"

@@ -997,6 +997,7 @@ static void secure_run(int started, int stop_phase, unsigned mask1, unsigned mas
     sv.c.done_grace_s = 0.5;
     sv.c.secagg = 1;
     sv.c.secagg_threshold = 2;
+    sv.c.secagg_fit_timeout_s = 1.0;
     sv.c.secagg_phase_timeout_s = 1.0;
     sv.c.min_clients = started;
     sv.c.on_listen = e2e_on_listen;

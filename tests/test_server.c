@@ -1093,6 +1093,7 @@ static void secure(void) {
     config(&s, dir, 1, NCL);
     s.c.secagg = 1;
     s.c.secagg_threshold = 2;
+    s.c.secagg_fit_timeout_s = 1.0;
     s.c.secagg_phase_timeout_s = 1.0;
     s.c.done_grace_s = 0.2;
     CHECK(start(&s), "secure server starts: %s", s.msg);
@@ -1183,6 +1184,7 @@ static void secure(void) {
     config(&s, dir, 1, NCL);
     s.c.secagg = 1;
     s.c.secagg_threshold = 2;
+    s.c.secagg_fit_timeout_s = 5;
     s.c.secagg_phase_timeout_s = 5;
     s.c.done_grace_s = 0.2;
     CHECK(start(&s), "secure server starts: %s", s.msg);

@@ -81,8 +81,9 @@ typedef struct {
     uint32_t secagg_neighbours;  /* SecAgg+: neighbours per client (0: every other client) */
     double secagg_clip;          /* values are clipped to [-clip, clip] before encoding (0: the library's 1) */
     uint64_t secagg_max_weight;  /* the largest weight (examples) a client may give (0: the library's) */
-    double secagg_phase_timeout_s; /* a phase closes this long after it opened (phase 0: after the round
-                                      opened, so it holds the training; default 60) */
+    double secagg_fit_timeout_s; /* phase 0 (the clients' download and training, then their keys)
+                                    closes this long after the round opened (default 600) */
+    double secagg_phase_timeout_s; /* phases 1, 2, 3 close this long after they opened (default 60) */
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;

@@ -94,7 +94,7 @@ typedef struct {
     /* a secure round: the task's "secagg" object */
     int sa;
     uint32_t sa_id, sa_n, sa_threshold, sa_neighbours;
-    double sa_clip, sa_timeout_s;
+    double sa_clip, sa_fit_timeout_s, sa_timeout_s;
     uint64_t sa_max_weight, sa_seed, sa_epoch;
 } nc_task;
 
@@ -655,6 +655,7 @@ static int nc_parse_secagg(json_t *sa, nc_task *t, const char *what) {
         (rc = nc_get_int(sa, "neighbours", 0, cnt, 1, &nb, what)) != LOOM_OK ||
         (rc = nc_get_int(sa, "max_weight", 1, LLONG_MAX, 1, &mw, what)) != LOOM_OK ||
         (rc = nc_get_pos(sa, "clip", &t->sa_clip, what)) != LOOM_OK ||
+        (rc = nc_get_pos(sa, "fit_timeout_s", &t->sa_fit_timeout_s, what)) != LOOM_OK ||
         (rc = nc_get_pos(sa, "phase_timeout_s", &t->sa_timeout_s, what)) != LOOM_OK ||
         (rc = nc_get_hex64(sa, "seed", &t->sa_seed, what)) != LOOM_OK ||
         (rc = nc_get_hex64(sa, "epoch", &t->sa_epoch, what)) != LOOM_OK)
@@ -1125,7 +1126,8 @@ static int nc_secagg(nc *n, const nc_task *t, const loom_update *u) {
         if (phase == 3) break;
         /* the server's message once the phase closed */
         nc_sa_path(path, sizeof path, t, phase, "");
-        double t0 = loom_now(), most = 2 * t->sa_timeout_s + 60;
+        /* the server closes the phase well before */
+        double t0 = loom_now(), most = 2 * (phase == 0 ? t->sa_fit_timeout_s : t->sa_timeout_s) + 60;
         for (;;) {
             nc_req g = {.method = "GET", .path = path};
             if ((rc = nc_call(n, &g, &r)) != LOOM_OK) goto done;

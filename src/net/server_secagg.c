@@ -51,6 +51,10 @@ static double phase_timeout(const net_server *s) {
     return s->c.secagg_phase_timeout_s > 0 ? s->c.secagg_phase_timeout_s : 60.0;
 }
 
+static double fit_timeout(const net_server *s) {
+    return s->c.secagg_fit_timeout_s > 0 ? s->c.secagg_fit_timeout_s : 600.0;
+}
+
 int net_sa_init(net_server *s) {
     if (!s->c.secagg) return LOOM_OK;
     if (s->async)
@@ -66,8 +70,8 @@ int net_sa_init(net_server *s) {
         return loom_error(LOOM_EINVAL, "secure aggregation hides the updates from the server, which cannot clip them to "
                                        "clip_norm %g: clip on the clients instead", s->ec.pipe.clip_norm);
     if (s->c.secagg_clip < 0 || !isfinite(s->c.secagg_clip) || s->c.secagg_phase_timeout_s < 0 ||
-        !isfinite(s->c.secagg_phase_timeout_s))
-        return loom_error(LOOM_EINVAL, "secure aggregation: the clip and the phase timeout must be finite and >= 0");
+        !isfinite(s->c.secagg_phase_timeout_s) || s->c.secagg_fit_timeout_s < 0 || !isfinite(s->c.secagg_fit_timeout_s))
+        return loom_error(LOOM_EINVAL, "secure aggregation: the clip and the timeouts must be finite and >= 0");
     if (s->n > (int)LOOM_SECAGG_MAX_CLIENTS)
         return loom_error(LOOM_EINVAL, "secure aggregation serves at most %u clients a round, the run has %d",
                           LOOM_SECAGG_MAX_CLIENTS, s->n);
@@ -112,9 +116,9 @@ static size_t small_limit(const net_server *s) { return SA_SMALL_BASE + SA_SMALL
 json_t *net_sa_hello(const net_server *s) {
     if (!s->c.secagg) return json_null();
     /* the configuration only (no lock needed): the per-round values come with each fit task */
-    return json_pack("{s:I, s:I, s:f, s:f}", "threshold", (json_int_t)s->c.secagg_threshold, "neighbours",
+    return json_pack("{s:I, s:I, s:f, s:f, s:f}", "threshold", (json_int_t)s->c.secagg_threshold, "neighbours",
                      (json_int_t)s->c.secagg_neighbours, "clip", s->c.secagg_clip > 0 ? s->c.secagg_clip : 1.0,
-                     "phase_timeout_s", phase_timeout(s));
+                     "fit_timeout_s", fit_timeout(s), "phase_timeout_s", phase_timeout(s));
 }
 
 static int live(const net_server *s) {
@@ -133,11 +137,11 @@ void net_sa_task(net_server *s, int k, json_t *o) {
     snprintf(seed, sizeof seed, "%016" PRIx64, a->p.seed);
     snprintf(epoch, sizeof epoch, "%016" PRIx64, a->epoch);
     json_object_set_new(o, "secagg",
-                        json_pack("{s:i, s:I, s:I, s:I, s:f, s:I, s:s, s:s, s:f}", "id", s->spos[k], "n",
+                        json_pack("{s:i, s:I, s:I, s:I, s:f, s:I, s:s, s:s, s:f, s:f}", "id", s->spos[k], "n",
                                   (json_int_t)a->p.n, "threshold", (json_int_t)a->p.threshold, "neighbours",
                                   (json_int_t)a->p.neighbours, "clip", a->p.clip, "max_weight",
-                                  (json_int_t)a->p.max_weight, "seed", seed, "epoch", epoch, "phase_timeout_s",
-                                  phase_timeout(s)));
+                                  (json_int_t)a->p.max_weight, "seed", seed, "epoch", epoch, "fit_timeout_s",
+                                  fit_timeout(s), "phase_timeout_s", phase_timeout(s)));
 }
 
 /* ------------------------------------------------------------------ the handler */
@@ -466,8 +470,8 @@ int net_sa_round(net_server *s, int round, const int *list, int n) {
     else
         net_store_event(s->store, round, "secagg", "%d clients, threshold %u, %s, epoch %016" PRIx64, n, p.threshold,
                         p.neighbours ? "SecAgg+ neighbours" : "complete graph", epoch);
-    double timeout = phase_timeout(s);
     for (int K = 0; K < SA_PHASES && !a->aborted; K++) {
+        double timeout = K == 0 ? fit_timeout(s) : phase_timeout(s);
         pthread_mutex_lock(&s->mu);
         int expected = 0;
         for (;;) {
