@@ -51,7 +51,7 @@ client() { # STATE NAME [env...]: one client in the background (its pid in $cpid
     local st=$1 n=$2
     shift 2
     env "$@" "$LOOM" client --server "https://127.0.0.1:$port" --name $n --token-file "$st.$n" --ca-cert "$st/tls/cert.pem" \
-        --data "$tmp/cd/$n.txt" --work-dir "$st.w$n" --threads 1 > /dev/null 2>> "$st.$n.log" &
+        --data "$tmp/cd/$n.txt" --work-dir "$st.w$n" --threads 1 --give-up 60 > /dev/null 2>> "$st.$n.log" &
     cpid=$!
 }
 
@@ -127,12 +127,14 @@ check "lost after masking, back for round 2: == loom sim --secagg, bit for bit" 
 # removed with the others' shares: the sum is exactly that of the three others (loom sim over them)
 S="$tmp/s3"
 register "$S"
-start_server "$S" "$tmp/run1.json" --eval-timeout 2 --secagg-phase-timeout 4 --done-grace 1
+start_server "$S" "$tmp/run1.json" --secagg-phase-timeout 4
 cpids=""
 for n in alice bob carol; do client "$S" $n; cpids="$cpids $cpid"; done
 client "$S" dave LOOM_TEST_SECAGG_EXIT_AFTER=1
 wait_exit $cpid 300
 check "dave exited after phase 1 (before masking)" test $? -eq 9
+client "$S" dave # back: out of this round's sum, he evaluates and ends with the others
+cpids="$cpids $cpid"
 wait_all 300
 check "run with a client lost before masking completes" test $? -eq 0
 check "lost before masking: the sum of 3 inputs" grep -q "the sum of 3 clients' inputs" "$S.log"
@@ -142,9 +144,11 @@ check "the others were told dave is out of phase 2 (survivors without him)" bash
 # ---- fewer than t live clients: the round is aborted with the documented message, the model kept
 S="$tmp/s4"
 register "$S"
-start_server "$S" "$tmp/run1.json" --min-clients 2 --eval-timeout 1 --secagg-fit-timeout 3 --done-grace 1
+start_server "$S" "$tmp/run1.json" --min-clients 2 --secagg-fit-timeout 3
 cpids=""
 for n in alice bob; do client "$S" $n; cpids="$cpids $cpid"; done
+for _ in $(seq 1200); do grep -q 'secure aggregation aborted' "$S.log" && break; sleep 0.1; done
+for n in carol dave; do client "$S" $n; cpids="$cpids $cpid"; done # too late for the round: they evaluate and end
 wait_all 300
 check "a run whose round aborted still ends (exit 0)" test $? -eq 0
 check "abort message: phase 0, only 2 of the 3 clients needed" \
@@ -157,4 +161,9 @@ sed 's/"strategy": "fedavg"/"strategy": "fedavg", "compress": "fp16"/' "$tmp/run
 register "$tmp/s5"
 refuse "secure aggregation with compression is refused" 12 'secure aggregation' 'compress' -- \
     "$LOOM" server --state "$tmp/s5" --config "$tmp/runc.json" --listen 127.0.0.1:0
+sed 's/"strategy": "fedavg"/"strategy": "fedavg", "mode": "fedasync"/' "$tmp/run1.json" > "$tmp/runa.json"
+refuse "secure aggregation with an asynchronous mode is refused" 12 'secure aggregation' 'synchronous' -- \
+    "$LOOM" server --state "$tmp/s5" --config "$tmp/runa.json" --listen 127.0.0.1:0
+refuse "a phase timeout of 0 is refused, naming the flag" 12 'secagg-phase-timeout' -- \
+    "$LOOM" server --state "$tmp/s5" --config "$tmp/run1.json" --secagg-phase-timeout 0
 finish
