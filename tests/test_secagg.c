@@ -8,6 +8,8 @@
 #include "test.h"
 
 #include "loom/core.h"
+#include "loom/engine.h"
+#include "loom/pipeline.h"
 
 /* The encoding, written independently of secagg.c: q = round-half-even(clamp(x) * 2^24). */
 static int64_t ref_encode(float x, double clip) {
@@ -44,6 +46,7 @@ typedef struct {
     int liar;          /* client whose unmask message lies (-1 none) */
     int corrupt_mask;  /* client whose masked input is altered (-1 none) */
     int close_rc[4];   /* what each close returned */
+    loom_secagg_buf *unmask; /* (n) NULL, or receives each client's unmask message */
     char err[512];
 } round_opts;
 
@@ -82,6 +85,11 @@ static int run_round(const loom_secagg_params *p, const float *x, const uint64_t
                 for (int i = 7; i >= 0; i--) v = v << 8 | e[i];
                 v = (v + 1) % LM_SHAMIR_P;
                 for (int i = 0; i < 8; i++) e[i] = (uint8_t)(v >> (8 * i));
+            }
+            if (!rc && ph == 3 && o->unmask) {
+                o->unmask[u].data = malloc(out.len);
+                memcpy(o->unmask[u].data, out.data, out.len);
+                o->unmask[u].len = out.len;
             }
             if (!rc && ph == 2 && u == 0 && masked0) {
                 masked0->data = malloc(out.len);
@@ -171,6 +179,17 @@ static void test_exact_sums(void) {
     drop[8] = 3; /* after its masked input: its self-mask is removed via its seed's shares */
     check_exact("n - t dropouts at three phases", &p, drop, 20);
 
+    /* a vector long enough for the server's parallel unmasking (2 threads, each its own partial sum) */
+    loom_secagg_defaults(&p, 5, 70000);
+    p.threshold = 3;
+    int threads = loom_threads();
+    loom_set_threads(2);
+    for (int i = 0; i < 5; i++) drop[i] = 4;
+    drop[1] = 2;
+    drop[3] = 3;
+    check_exact("dim 70000 on 2 threads, dropouts after sharing and after masking", &p, drop, 40);
+    loom_set_threads(threads);
+
     /* SecAgg+: n = 16, k = 6 neighbours, t = 5 of the 7 holders */
     loom_secagg_defaults(&p, 16, 200);
     p.neighbours = 6;
@@ -241,7 +260,7 @@ static void test_threshold(void) {
     /* Shamir: t shares reconstruct, t - 1 do not */
     uint8_t sec[32], back[32];
     for (int i = 0; i < 32; i++) sec[i] = (uint8_t)(37 * i + 11);
-    uint64_t ch[LM_SHAMIR_CHUNKS], coef[LM_SHAMIR_CHUNKS][6], xs[6], ys[6][LM_SHAMIR_CHUNKS], lam[6];
+    uint64_t ch[LM_SHAMIR_CHUNKS], coef[LM_SHAMIR_CHUNKS][6], xs[6], ys[6][LM_SHAMIR_CHUNKS], lam[10];
     lm_shamir_split_secret(sec, ch);
     uint64_t s = 99;
     for (int k = 0; k < LM_SHAMIR_CHUNKS; k++) {
@@ -266,6 +285,38 @@ static void test_threshold(void) {
     CHECK(lm_shamir_lagrange(xs + 1, 5, 0, lam) == 0, "lagrange");
     for (int k = 0; k < LM_SHAMIR_CHUNKS; k++) got[k] = lm_shamir_combine(lam, &ys[1][k], LM_SHAMIR_CHUNKS, 5);
     CHECK(lm_shamir_join_secret(got, back) != 0 || memcmp(back, sec, 32) != 0, "t - 1 shares reconstructed the secret");
+
+    /* the protocol's own shares: any t of them give one secret, t - 1 of them another */
+    {
+        loom_secagg_params p;
+        loom_secagg_defaults(&p, 10, 8);
+        int drop[10] = {4, 4, 4, 4, 4, 4, 4, 4, 4, 4};
+        float x[80] = {0};
+        uint64_t w[10] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        loom_secagg_buf um[10] = {{0}};
+        round_opts o = {.liar = -1, .corrupt_mask = -1, .unmask = um};
+        CHECK_OK(run_round(&p, x, w, drop, &o, NULL, NULL, NULL, NULL, NULL));
+        uint64_t hx[10], hy[10][LM_SHAMIR_CHUNKS], a[LM_SHAMIR_CHUNKS], b2[LM_SHAMIR_CHUNKS], c2[LM_SHAMIR_CHUNKS];
+        for (int h = 0; h < 10; h++) { /* holder h's first entry: client 0's self-mask seed (documented layout) */
+            const uint8_t *e = um[h].data + 24;
+            CHECK(um[h].len == 24 + 10 * 48 && e[0] == 0 && e[4] == 0, "unmask message of %zu bytes", um[h].len);
+            hx[h] = (uint64_t)h + 1;
+            for (int k = 0; k < LM_SHAMIR_CHUNKS; k++) {
+                uint64_t v = 0;
+                for (int i = 7; i >= 0; i--) v = v << 8 | e[8 + 8 * k + i];
+                hy[h][k] = v;
+            }
+        }
+        lm_shamir_lagrange(hx, 7, 0, lam);
+        for (int k = 0; k < LM_SHAMIR_CHUNKS; k++) a[k] = lm_shamir_combine(lam, &hy[0][k], LM_SHAMIR_CHUNKS, 7);
+        lm_shamir_lagrange(hx + 3, 7, 0, lam);
+        for (int k = 0; k < LM_SHAMIR_CHUNKS; k++) b2[k] = lm_shamir_combine(lam, &hy[3][k], LM_SHAMIR_CHUNKS, 7);
+        lm_shamir_lagrange(hx, 6, 0, lam);
+        for (int k = 0; k < LM_SHAMIR_CHUNKS; k++) c2[k] = lm_shamir_combine(lam, &hy[0][k], LM_SHAMIR_CHUNKS, 6);
+        CHECK(memcmp(a, b2, sizeof a) == 0, "two sets of t shares disagree");
+        CHECK(memcmp(a, c2, sizeof a) != 0, "t - 1 of the protocol's shares gave the secret");
+        for (int h = 0; h < 10; h++) loom_secagg_buf_free(&um[h]);
+    }
 
     /* the server refuses to close a phase with fewer than t messages */
     loom_secagg_params p;
@@ -426,7 +477,95 @@ static void test_params_and_messages(void) {
     loom_secagg_server_free(srv);
 }
 
+/* The pipeline and the engine take a round's sum: on the 2^-24 grid it gives the global model the
+ * updates give one by one, bit for bit; refusals name their reason. */
+static void test_pipeline_sum(void) {
+    enum { D = 40, N = 3 };
+    float init[D], u[N][D], g1[D], g2[D];
+    double sum[D] = {0}, wt[N] = {3, 5, 9};
+    uint64_t s = 5;
+    for (int j = 0; j < D; j++) init[j] = (float)(j % 7) * 0.25f - 0.5f;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < D; j++) {
+            u[i][j] = (float)((int64_t)(splitmix(&s) % 2000001) - 1000000) * 0x1p-24f;
+            sum[j] += wt[i] * u[i][j]; /* exact: |w q| < 2^24 */
+        }
+    loom_pipeline_config pc;
+    loom_pipeline_defaults(&pc, D);
+    loom_pipeline *p1 = NULL, *p2 = NULL;
+    CHECK_OK(loom_pipeline_create(&p1, &pc));
+    CHECK_OK(loom_pipeline_create(&p2, &pc));
+    const float *ups[N] = {u[0], u[1], u[2]};
+    memcpy(g1, init, sizeof g1);
+    memcpy(g2, init, sizeof g2);
+    CHECK_OK(loom_pipeline_aggregate(p1, g1, ups, wt, NULL, N));
+    CHECK_OK(loom_pipeline_begin_round(p2, 1));
+    int rc = loom_pipeline_add_sum(p2, sum, D - 1, 17, N);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "secure sum of 39 values"), "%s", loom_errmsg());
+    sum[3] = NAN;
+    rc = loom_pipeline_add_sum(p2, sum, D, 17, N);
+    CHECK(rc == LOOM_ERANGE && strstr(loom_errmsg(), "secure sum value 3"), "%s", loom_errmsg());
+    sum[3] = 0;
+    for (int i = 0; i < N; i++) sum[3] += wt[i] * u[i][3];
+    rc = loom_pipeline_add_sum(p2, sum, D, 2, N);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "total weight 2"), "%s", loom_errmsg());
+    CHECK_OK(loom_pipeline_add_sum(p2, sum, D, 17, N));
+    CHECK(loom_pipeline_num_added(p2) == N && loom_pipeline_total_weight(p2) == 17, "added %zu",
+          loom_pipeline_num_added(p2));
+    CHECK_OK(loom_pipeline_end_round(p2, g2));
+    CHECK(memcmp(g1, g2, sizeof g1) == 0, "a secure sum gives another model than its updates");
+    loom_pipeline_free(p1);
+    loom_pipeline_free(p2);
+    loom_pipeline_defaults(&pc, D);
+    pc.strategy = "scaffold";
+    loom_strategy_defaults("scaffold", &pc.sp);
+    pc.sp.num_clients = N;
+    if (loom_pipeline_create(&p1, &pc) == LOOM_OK) {
+        loom_pipeline_begin_round(p1, 1);
+        rc = loom_pipeline_add_sum(p1, sum, D, 17, N);
+        CHECK(rc == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "cannot take a secure sum"), "%s", loom_errmsg());
+        loom_pipeline_free(p1);
+    }
+
+    /* the engine: every member accepted, a second sum for the same clients refused whole */
+    loom_engine_config ec;
+    loom_engine_defaults(&ec);
+    ec.dim = D;
+    ec.init = init;
+    ec.n_clients = 4;
+    ec.rounds = 1;
+    loom_pipeline_defaults(&ec.pipe, D);
+    loom_engine *e = NULL;
+    CHECK_OK(loom_engine_create(&e, &ec));
+    const int *list;
+    int n;
+    CHECK_OK(loom_engine_open_round(e, 0, &list, &n));
+    loom_update mem[N];
+    memset(mem, 0, sizeof mem);
+    for (int i = 0; i < N; i++) {
+        mem[i].round = 1;
+        mem[i].client = i;
+        mem[i].examples = (uint64_t)wt[i];
+        mem[i].wire_bytes = 1000;
+    }
+    mem[2].client = 7;
+    rc = loom_engine_submit_sum(e, 1, sum, D, 17, mem, N, 0);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "client 7 is not sampled"), "%s", loom_errmsg());
+    mem[2].client = 2;
+    CHECK_OK(loom_engine_submit_sum(e, 1, sum, D, 17, mem, N, 0));
+    rc = loom_engine_submit_sum(e, 1, sum, D, 17, mem, 1, 0);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "client 0 already answered"), "%s", loom_errmsg());
+    CHECK_OK(loom_engine_close_round(e, 0));
+    loom_round_metrics m;
+    CHECK_OK(loom_engine_end_round(e, 0, &m));
+    CHECK(m.accepted == 3 && m.sampled == 4 && m.bytes_up == 3000, "accepted %d of %d, %g bytes", m.accepted, m.sampled,
+          m.bytes_up);
+    CHECK(memcmp(loom_engine_global(e), g1, sizeof g1) == 0, "the engine's model differs from the pipeline's");
+    loom_engine_free(e);
+}
+
 int main(void) {
+    test_pipeline_sum();
     test_exact_sums();
     test_uniform_and_rounds();
     test_threshold();

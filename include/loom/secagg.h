@@ -20,7 +20,11 @@
  *   result               the server reconstructs what it may, removes the masks, and decodes the sum
  *
  * Clients are numbered 0..n-1 within a round (their place in the round's sample); the transport maps
- * them to identities and authenticates them (the server is trusted to relay, not to see). */
+ * them to identities and authenticates them (the server is trusted to relay, not to see).
+ *
+ * Threads: a client or server object is used by one thread at a time, except that
+ * loom_secagg_server_message (read-only) may run on many threads at once while no receive, close or
+ * result runs. loom_secagg_server_result takes the masks off on loom_threads() threads. */
 #ifndef LOOM_SECAGG_H
 #define LOOM_SECAGG_H
 
@@ -43,9 +47,11 @@ typedef enum {
 typedef struct {
     uint32_t n;          /* clients in the round (2 .. LOOM_SECAGG_MAX_CLIENTS) */
     uint32_t threshold;  /* t: shares needed to reconstruct a secret, and the fewest clients a phase may
-                            close with (n/2 < t <= n for the complete graph) */
-    uint32_t neighbours; /* SecAgg+: each client shares keys and masks with k random neighbours; 0 = with
-                            every other client (SecAgg) */
+                            close with (n/2 < t <= n for the complete graph; (k+1)/2 < t <= k+1 with k
+                            neighbours, who hold a client's shares with the client itself) */
+    uint32_t neighbours; /* SecAgg+: each client shares keys and masks with k random neighbours (k even,
+                            2 <= k < n - 1: a randomly relabelled Harary graph); 0 = with every other
+                            client (SecAgg) */
     size_t dim;          /* floats per update */
     double clip;         /* every value is clipped to [-clip, clip] before encoding (> 0) */
     uint64_t max_weight; /* the largest weight (examples) a client may give its update */
@@ -60,7 +66,8 @@ typedef struct {
 /* Defaults: threshold = floor(2n/3)+1, complete graph, clip 1, max_weight 2^16, seed 0, round 0. */
 void loom_secagg_defaults(loom_secagg_params *p, uint32_t n, size_t dim);
 /* LOOM_OK, or LOOM_EINVAL naming the bad field (including parameters for which the encoding could
- * overflow: see the encoding in secagg.c and docs/privacy.md). */
+ * overflow, n * max_weight * rint(clip 2^24) >= 2^63: see the encoding in secagg.c and
+ * docs/privacy-secagg.md). */
 int loom_secagg_check(const loom_secagg_params *p);
 
 /* A byte string produced by a phase (free with loom_secagg_buf_free). */

@@ -54,6 +54,7 @@
 #include "loom/secagg.h"
 
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -945,6 +946,37 @@ done:
     return rc;
 }
 
+/* One mask to take off the sum: acc -= sign * ChaCha20(key, nonce). */
+typedef struct {
+    uint8_t key[32], nonce[12];
+    int sign;
+} unmask_job;
+
+/* Runs the jobs into acc (len values): in parallel on loom_threads() threads, each into its own
+ * partial sum, added at the end; integer sums mod 2^64 do not depend on the split. */
+static int run_jobs(uint64_t *acc, size_t len, const unmask_job *jobs, size_t nj) {
+    int nt = loom_threads();
+    if (nt > (int)nj) nt = (int)nj;
+    if (nt <= 1 || len < 65536) {
+        for (size_t j = 0; j < nj; j++) add_stream(acc, len, jobs[j].key, jobs[j].nonce, jobs[j].sign);
+        return LOOM_OK;
+    }
+    uint64_t *part = calloc((size_t)(nt - 1) * len, sizeof *part);
+    if (!part) return loom_error(LOOM_ENOMEM, "secagg: out of memory for %d partial sums", nt - 1);
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        uint64_t *a = t == 0 ? acc : part + (size_t)(t - 1) * len;
+#pragma omp for schedule(dynamic, 1)
+        for (size_t j = 0; j < nj; j++) add_stream(a, len, jobs[j].key, jobs[j].nonce, jobs[j].sign);
+    }
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (size_t i = 0; i < len; i++)
+        for (int t = 1; t < nt; t++) acc[i] += part[(size_t)(t - 1) * len + i];
+    free(part);
+    return LOOM_OK;
+}
+
 int loom_secagg_server_result(loom_secagg_server *s, double *sum, uint64_t *total_weight, uint32_t *n_included,
                               uint64_t *ring_sum) {
     const loom_secagg_params *p = &s->p;
@@ -952,29 +984,44 @@ int loom_secagg_server_result(loom_secagg_server *s, double *sum, uint64_t *tota
     size_t n1 = p->dim + 1;
     int rc = LOOM_OK;
     if (!s->have_result) {
-        uint8_t sec[32], key[32], nonce[12];
+        /* the masks to take off: every survivor's self-mask, and each dropped client's pairwise masks with
+         * its surviving neighbours (at most n + (n - t) (n - 1) jobs) */
+        size_t nj = 0, cap = p->n;
+        unmask_job *jobs = malloc(cap * sizeof *jobs);
+        uint8_t sec[32];
+        if (!jobs) rc = loom_error(LOOM_ENOMEM, "secagg: out of memory");
         for (uint32_t u = 0; u < p->n && !rc; u++) {
             if (!s->got[1][u]) continue;
             if (s->got[2][u]) { /* survived: remove its self-mask */
                 if ((rc = reconstruct(s, u, 0, sec))) break;
-                self_key(key, sec, p->round, u);
-                stream_nonce(nonce, p->round, u, u);
-                add_stream(s->acc, n1, key, nonce, -1);
-            } else { /* dropped after sharing: remove its masks from its surviving neighbours' inputs */
-                if ((rc = reconstruct(s, u, 1, sec))) break;
-                for (uint32_t v = 0; v < p->n; v++) {
-                    if (v == u || !s->got[2][v] || !graph_nb(p, s->place, u, v)) continue;
-                    if (pair_key(key, sec, s->s_pk[v], "loom-secagg mask", p->round, u, v) != 0) {
-                        rc = loom_error(LOOM_EFORMAT, "secagg: client %u's mask key is invalid (low order)", v);
-                        break;
-                    }
-                    stream_nonce(nonce, p->round, u, v);
-                    add_stream(s->acc, n1, key, nonce, v < u ? -1 : +1); /* v added the mask if v < u */
+                self_key(jobs[nj].key, sec, p->round, u);
+                stream_nonce(jobs[nj].nonce, p->round, u, u);
+                jobs[nj++].sign = -1;
+                continue;
+            }
+            /* dropped after sharing: remove its masks from its surviving neighbours' inputs */
+            if ((rc = reconstruct(s, u, 1, sec))) break;
+            unmask_job *more = realloc(jobs, (cap + p->n) * sizeof *jobs);
+            if (!more) {
+                rc = loom_error(LOOM_ENOMEM, "secagg: out of memory");
+                break;
+            }
+            jobs = more;
+            cap += p->n;
+            for (uint32_t v = 0; v < p->n; v++) {
+                if (v == u || !s->got[2][v] || !graph_nb(p, s->place, u, v)) continue;
+                if (pair_key(jobs[nj].key, sec, s->s_pk[v], "loom-secagg mask", p->round, u, v) != 0) {
+                    rc = loom_error(LOOM_EFORMAT, "secagg: client %u's mask key is invalid (low order)", v);
+                    break;
                 }
+                stream_nonce(jobs[nj].nonce, p->round, u, v);
+                jobs[nj++].sign = v < u ? -1 : +1; /* v added the mask if v < u */
             }
         }
         sodium_memzero(sec, sizeof sec);
-        sodium_memzero(key, sizeof key);
+        if (!rc) rc = run_jobs(s->acc, n1, jobs, nj);
+        if (jobs) sodium_memzero(jobs, nj * sizeof *jobs);
+        free(jobs);
         if (rc) {
             s->closed = 5; /* the sum is half unmasked: the round cannot finish */
             return rc;

@@ -178,7 +178,10 @@ static int secagg_sum(void *ud, int round, size_t dim, const float *const *updat
     if (n < 2) return loom_error(LOOM_EINVAL, "secure aggregation needs at least 2 updates, the round has %zu", n);
     loom_secagg_params p;
     round_params(s, (uint32_t)n, dim, (uint64_t)round, &p);
-    if (p.neighbours >= p.n - 1) p.neighbours = 0;
+    if (p.neighbours >= p.n - 1) { /* too few clients this round for a sparse graph: the complete one */
+        p.neighbours = 0;
+        if (!s->threshold) p.threshold = 2 * p.n / 3 + 1;
+    }
     if (p.threshold > p.n) return loom_error(LOOM_EINVAL, "--secagg-threshold %u is above the %zu updates", p.threshold, n);
     int rc = loom_secagg_check(&p);
     if (rc) return rc;
