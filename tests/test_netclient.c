@@ -162,7 +162,7 @@ static enum MHD_Result serve_update(mock *m, struct MHD_Connection *c, const req
         }
     }
     if (m->scenario == SC_STOP) {
-        *m->stop = 1;
+        __atomic_store_n(m->stop, 1, __ATOMIC_RELAXED);
         return reply(c, 503, "{\"error\":\"busy\",\"message\":\"try later\"}");
     }
     if (m->phase == 1) {

@@ -134,7 +134,7 @@ static pthread_once_t nc_curl_once = PTHREAD_ONCE_INIT;
 static int nc_curl_ok;
 static void nc_curl_init(void) { nc_curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK; }
 
-static int nc_stopped(const nc *n) { return n->c->stop && *n->c->stop; }
+static int nc_stopped(const nc *n) { return n->c->stop && __atomic_load_n(n->c->stop, __ATOMIC_RELAXED); }
 
 static int nc_stop_error(void) { return loom_error(LOOM_ESTATE, "net client: stopped"); }
 
