@@ -162,7 +162,7 @@ static enum MHD_Result serve_update(mock *m, struct MHD_Connection *c, const req
         }
     }
     if (m->scenario == SC_STOP) {
-        *m->stop = 1;
+        __atomic_store_n(m->stop, 1, __ATOMIC_RELAXED);
         return reply(c, 503, "{\"error\":\"busy\",\"message\":\"try later\"}");
     }
     if (m->phase == 1) {
@@ -913,7 +913,159 @@ static void test_against_server(void) {
     test_rmtree(dir);
 }
 
+/* ------------------------------------------------------------------ secure aggregation against the real server */
+
+/* Three clients with constant deltas on the encoding's 2^-24 grid, so that the exact secure sum and
+ * FedAvg in double give the same numbers. */
+#define SA_CLIENTS 3
+static const double sa_delta[SA_CLIENTS] = {0.5, -0.25, 0.375};
+static const uint64_t sa_examples[SA_CLIENTS] = {10, 30, 20};
+
+/* FedAvg's step over the clients in mask (bit k: client k's input is in the round's sum), in double. */
+static double sa_mean(unsigned mask) {
+    double s = 0, w = 0;
+    for (int k = 0; k < SA_CLIENTS; k++)
+        if (mask & (1u << k)) {
+            s += sa_delta[k] * (double)sa_examples[k];
+            w += (double)sa_examples[k];
+        }
+    return w > 0 ? s / w : 0;
+}
+
+typedef struct {
+    int who, fits, secure_tasks, stop_round, stop_phase;
+    volatile int stop;
+    float *out;
+} sa_driver;
+
+static int sa_setup(void *ud, const loom_netclient_hello *h) {
+    sa_driver *d = ud;
+    return h->secagg ? LOOM_OK : loom_error(LOOM_EINVAL, "client %d: hello does not say secure aggregation", d->who);
+}
+
+static int sa_fit(void *ud, const loom_netclient_task *t, const float *global, const float *control, loom_update *u,
+                  loom_codec_opts *co) {
+    sa_driver *d = ud;
+    d->fits++;
+    d->secure_tasks += t->secagg;
+    for (size_t i = 0; i < E2E_DIM; i++) d->out[i] = (float)sa_delta[d->who];
+    u->values = d->out;
+    u->examples = sa_examples[d->who];
+    u->loss = 1.0 + d->who;
+    u->tokens = 100;
+    return LOOM_OK;
+}
+
+/* The client vanishes once the server accepted its phase-stop_phase message of round stop_round. */
+static void sa_sent(void *ud, int round, int phase) {
+    sa_driver *d = ud;
+    if (round == d->stop_round && phase == d->stop_phase) d->stop = 1;
+}
+
+/* A server with secure aggregation (t = 2 of 3) over TLS and three clients, 2 rounds; client 2 stops
+ * after phase stop_phase of round 1 (-1: never). mask1, mask2: whose inputs each round's sum holds. */
+static int g_aborts; /* log lines announcing an abort for too few clients (quiet_log counts them) */
+
+static void secure_run(int started, int stop_phase, unsigned mask1, unsigned mask2, const char *what) {
+    char dir[64], state[128], ca[160], work[SA_CLIENTS][160], url[64];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(state, sizeof state, "%s/state", dir);
+    const char *names[SA_CLIENTS] = {"alice", "bob", "carol"};
+    char tok[SA_CLIENTS][65];
+    for (int k = 0; k < SA_CLIENTS; k++) CHECK_OK(loom_server_add_client(state, names[k], 0, tok[k]));
+    float *init = malloc(E2E_DIM * sizeof(float));
+    for (size_t i = 0; i < E2E_DIM; i++) init[i] = (float)e2e_init(i);
+    e2e_server sv;
+    memset(&sv, 0, sizeof sv);
+    sv.out = calloc(E2E_DIM, sizeof(float));
+    pthread_mutex_init(&sv.mu, NULL);
+    pthread_cond_init(&sv.cv, NULL);
+    loom_server_defaults(&sv.c);
+    sv.c.state_dir = state;
+    sv.c.listen = "127.0.0.1:0";
+    sv.c.engine.dim = E2E_DIM;
+    sv.c.engine.init = init;
+    sv.c.engine.rounds = 2;
+    sv.c.engine.sample = SA_CLIENTS;
+    sv.c.engine.seed = 11;
+    sv.c.engine.pipe.strategy = "fedavg";
+    loom_strategy_defaults("fedavg", &sv.c.engine.pipe.sp);
+    sv.c.run_json = "{\"strategy\": \"fedavg\", \"rounds\": 2}";
+    sv.c.poll_ms = 20;
+    sv.c.threads = 4;
+    sv.c.no_eval = 1;
+    sv.c.done_grace_s = 0.5;
+    sv.c.secagg = 1;
+    sv.c.secagg_threshold = 2;
+    sv.c.secagg_fit_timeout_s = 1.0;
+    sv.c.secagg_phase_timeout_s = 1.0;
+    sv.c.min_clients = started;
+    sv.c.on_listen = e2e_on_listen;
+    sv.c.ud = &sv;
+    pthread_t st, ct[SA_CLIENTS];
+    pthread_create(&st, NULL, e2e_server_main, &sv);
+    pthread_mutex_lock(&sv.mu);
+    while (sv.port == 0) pthread_cond_wait(&sv.cv, &sv.mu);
+    pthread_mutex_unlock(&sv.mu);
+    CHECK(sv.port > 0, "%s: the server listens: %s", what, loom_errmsg());
+    snprintf(url, sizeof url, "https://127.0.0.1:%d", sv.port);
+    snprintf(ca, sizeof ca, "%s/tls/cert.pem", state);
+    e2e_client cl[SA_CLIENTS];
+    sa_driver dr[SA_CLIENTS];
+    for (int k = 0; k < started && sv.port > 0; k++) {
+        snprintf(work[k], sizeof work[k], "%s/work-%s", dir, names[k]);
+        memset(&dr[k], 0, sizeof dr[k]);
+        dr[k].who = k;
+        dr[k].out = malloc(E2E_DIM * sizeof(float));
+        dr[k].stop_round = k == 2 ? 1 : -1;
+        dr[k].stop_phase = stop_phase;
+        memset(&cl[k], 0, sizeof cl[k]);
+        cl[k].c = (loom_netclient_config){.url = url, .name = names[k], .token = tok[k], .ca_cert = ca,
+                                          .work_dir = work[k], .setup = sa_setup, .fit = sa_fit, .evaluate = e2e_eval,
+                                          .ud = &dr[k], .give_up_s = 30, .version = "test", .stop = &dr[k].stop,
+                                          .on_secagg_sent = sa_sent};
+        pthread_create(&ct[k], NULL, e2e_client_main, &cl[k]);
+    }
+    for (int k = 0; k < started && sv.port > 0; k++) {
+        pthread_join(ct[k], NULL);
+        int stops = k == 2 && stop_phase >= 0;
+        CHECK(stops ? cl[k].rc == LOOM_ESTATE : cl[k].rc == LOOM_OK, "%s: client %s ends%s: %s", what, names[k],
+              stops ? " when it vanishes" : "", cl[k].msg);
+        CHECK(dr[k].fits == (stops ? 1 : 2) && dr[k].secure_tasks == dr[k].fits,
+              "%s: client %s trained %d secure tasks (%d)", what, names[k], dr[k].fits, dr[k].secure_tasks);
+        free(dr[k].out);
+    }
+    pthread_join(st, NULL);
+    CHECK(sv.rc == LOOM_OK, "%s: the server ends the run", what);
+    int ok = 1;
+    double want0 = 0;
+    for (size_t i = 0; i < E2E_DIM; i++) {
+        double want = (double)init[i] + sa_mean(mask1) + sa_mean(mask2);
+        if (i == 0) want0 = want;
+        ok &= fabs(sv.out[i] - want) < 1e-6;
+    }
+    CHECK(ok, "%s: the final model is FedAvg of exactly the inputs the sums hold: %.9g vs %.9g", what, sv.out[0], want0);
+    free(sv.out);
+    free(init);
+    test_rmtree(dir);
+}
+
+static void test_secure_against_server(void) {
+    secure_run(3, -1, 7, 7, "secure, no dropout");
+    /* carol vanishes before masking: the others' shares remove her pairwise masks; round 2 is without her */
+    secure_run(3, 1, 3, 3, "secure, carol lost before masking");
+    /* carol vanishes after masking: her input is unmasked with the others' shares */
+    secure_run(3, 2, 7, 3, "secure, carol lost after masking");
+    /* one client of the t = 2 needed: both rounds abort in phase 0 and the model stays */
+    g_aborts = 0;
+    secure_run(1, -1, 0, 0, "secure, too few clients");
+    int aborts = __atomic_load_n(&g_aborts, __ATOMIC_RELAXED);
+    CHECK(aborts == 2, "too few clients: both rounds aborted with the documented message (%d)", aborts);
+}
+
 static void quiet_log(int level, const char *msg, void *ud) {
+    if (!strncmp(msg, "round ", 6) && strstr(msg, ": secure aggregation aborted in phase 0: only 1 of the 2 clients needed"))
+        __atomic_add_fetch(&g_aborts, 1, __ATOMIC_RELAXED); /* the server's line, not the clients' echo of it */
     if (getenv("LOOM_TEST_VERBOSE")) fprintf(stderr, "[%d] %s\n", level, msg);
 }
 
@@ -927,6 +1079,7 @@ int main(void) {
     test_restart_resends_pending();
     test_tls();
     test_against_server();
+    test_secure_against_server();
     loom_tvec_free(g_manifest);
     return test_summary();
 }

@@ -8,6 +8,7 @@
  *  - kill -9 of a forked server process at several points, restarted each time: the same bits */
 #include <curl/curl.h>
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include "loom/core.h"
 #include "loom/net.h"
 #include "loom/safetensors.h"
+#include "loom/secagg.h"
 #include "loom/update.h"
 #include "test.h"
 
@@ -965,6 +967,264 @@ static void kill9(void) {
     test_rmtree(dir);
 }
 
+/* ------------------------------------------------------------------ secure aggregation's endpoint */
+
+/* A client's part in a secure round, played by hand with the library's client side. */
+typedef struct {
+    int k;                       /* the client */
+    uint32_t id;                 /* its secure-aggregation id */
+    char epoch[17];
+    loom_secagg_params p;
+    loom_secagg_client *c;
+    uint8_t *in;                 /* the server's last message */
+    size_t in_len;
+    loom_secagg_buf sent;        /* the client's last message */
+} sa_party;
+
+/* The fit task's "secagg" object into x (and a library client); 0 when the task is not a secure fit. */
+static int sa_task(const char *token, int k, sa_party *x) {
+    memset(x, 0, sizeof *x);
+    x->k = k;
+    resp t = req("GET", "/v1/task", token, NULL, NULL, 0);
+    json_t *j = t.body ? json_loadb(t.body, t.len, 0, NULL) : NULL;
+    json_t *a = json_object_get(j, "secagg");
+    const char *type = json_string_value(json_object_get(j, "type"));
+    int ok = t.status == 200 && type && !strcmp(type, "fit") && json_is_object(a);
+    if (ok) {
+        loom_secagg_defaults(&x->p, (uint32_t)json_integer_value(json_object_get(a, "n")), DIM);
+        x->id = (uint32_t)json_integer_value(json_object_get(a, "id"));
+        x->p.threshold = (uint32_t)json_integer_value(json_object_get(a, "threshold"));
+        x->p.neighbours = (uint32_t)json_integer_value(json_object_get(a, "neighbours"));
+        x->p.max_weight = (uint64_t)json_integer_value(json_object_get(a, "max_weight"));
+        x->p.clip = json_real_value(json_object_get(a, "clip"));
+        x->p.seed = strtoull(json_string_value(json_object_get(a, "seed")), NULL, 16);
+        x->p.round = (uint64_t)json_integer_value(json_object_get(j, "round"));
+        snprintf(x->epoch, sizeof x->epoch, "%s", json_string_value(json_object_get(a, "epoch")));
+        ok = loom_secagg_client_create(&x->c, &x->p, x->id, NULL) == LOOM_OK;
+    }
+    json_decref(j);
+    resp_free(&t);
+    return ok;
+}
+
+static void sa_party_free(sa_party *x) {
+    loom_secagg_client_free(x->c);
+    free(x->in);
+    loom_secagg_buf_free(&x->sent);
+    memset(x, 0, sizeof *x);
+}
+
+static resp sa_req(const char *method, const char *token, const char *epoch, int phase, const char *extra,
+                   const void *body, size_t len) {
+    char path[256];
+    snprintf(path, sizeof path, "/v1/secagg?round=1&phase=%d&epoch=%s%s", phase, epoch, extra ? extra : "");
+    return req(method, path, token, NULL, body, len);
+}
+
+/* x's phase-`phase` message, posted: the status. */
+static long sa_send(const char *token, sa_party *x, int phase, const float *delta) {
+    loom_secagg_buf b = {0};
+    int rc = phase == 0 ? loom_secagg_client_advertise(x->c, &b)
+             : phase == 1 ? loom_secagg_client_share(x->c, x->in, x->in_len, &b)
+             : phase == 2 ? loom_secagg_client_mask(x->c, x->in, x->in_len, delta, weight_of(x->k), &b)
+                          : loom_secagg_client_unmask(x->c, x->in, x->in_len, &b);
+    CHECK(rc == LOOM_OK, "client %d: phase %d: %s", x->k, phase, loom_errmsg());
+    char extra[96] = "";
+    if (phase == 2) snprintf(extra, sizeof extra, "&examples=%llu&loss=1.5&tokens=10", (unsigned long long)weight_of(x->k));
+    resp r = sa_req("POST", token, x->epoch, phase, extra, b.data, b.len);
+    long st = r.status;
+    CHECK(st == 200, "client %d: phase %d posted: %ld %s", x->k, phase, st, r.body ? r.body : "");
+    resp_free(&r);
+    loom_secagg_buf_free(&x->sent);
+    x->sent = b;
+    return st;
+}
+
+/* The server's message of phase `phase` for x, waiting while the phase is open: the final status. */
+static long sa_fetch(const char *token, sa_party *x, int phase) {
+    double t0 = loom_now();
+    for (;;) {
+        resp r = sa_req("GET", token, x->epoch, phase, NULL, NULL, 0);
+        if (r.status != 202 || loom_now() - t0 > 20) {
+            long st = r.status;
+            if (st == 200) {
+                free(x->in);
+                x->in = (uint8_t *)r.body;
+                x->in_len = r.len;
+                r.body = NULL;
+            }
+            resp_free(&r);
+            return st;
+        }
+        resp_free(&r);
+        usleep(20000);
+    }
+}
+
+/* The model after one FedAvg round over the clients in mask, with each delta encoded as secure
+ * aggregation does (rint(x 2^24) / 2^24), in double. */
+static void sa_expected(unsigned mask, float *x) {
+    double s[DIM] = {0}, W = 0;
+    for (int k = 0; k < NCL; k++) {
+        if (!(mask & (1u << k))) continue;
+        float u[DIM];
+        make_delta(k, 1, u);
+        W += (double)weight_of(k);
+        for (int i = 0; i < DIM; i++) s[i] += (double)weight_of(k) * rint((double)u[i] * 0x1p24) * 0x1p-24;
+    }
+    init_vec(x);
+    for (int i = 0; i < DIM; i++) x[i] = (float)((double)x[i] + s[i] / W);
+}
+
+static void sa_check_model(const float *got, unsigned mask, const char *what) {
+    float want[DIM];
+    sa_expected(mask, want);
+    double worst = 0;
+    for (int i = 0; i < DIM; i++) worst = fmax(worst, fabs((double)got[i] - want[i]));
+    CHECK(worst < 1e-6, "%s: the model is FedAvg of exactly the inputs unmasked (max error %g)", what, worst);
+}
+
+static void secure(void) {
+    char dir[64];
+    test_tmpdir(dir, sizeof dir);
+    char tok[NCL][65];
+    add_clients(dir, tok, NCL);
+    server_run s;
+    config(&s, dir, 1, NCL);
+    s.c.secagg = 1;
+    s.c.secagg_threshold = 2;
+    s.c.secagg_fit_timeout_s = 1.0;
+    s.c.secagg_phase_timeout_s = 1.0;
+    s.c.done_grace_s = 0.2;
+    CHECK(start(&s), "secure server starts: %s", s.msg);
+    for (int k = 0; k < NCL; k++) {
+        resp h = hello(tok[k], NAMES[k]);
+        json_t *j = h.body ? json_loadb(h.body, h.len, 0, NULL) : NULL;
+        CHECK(h.status == 200 && json_is_object(json_object_get(j, "secagg")), "hello tells secure aggregation: %s",
+              h.body ? h.body : "");
+        json_decref(j);
+        resp_free(&h);
+    }
+    CHECK(wait_task(tok[0], "fit", 1, 10), "round 1 opens");
+    sa_party x[NCL];
+    for (int k = 0; k < NCL; k++) CHECK(sa_task(tok[k], k, &x[k]), "client %d: a secure fit task", k);
+    CHECK(x[0].p.n == NCL && x[0].p.threshold == 2 && x[0].id != x[1].id, "the task's parameters: n %u, t %u", x[0].p.n,
+          x[0].p.threshold);
+    float d[NCL][DIM];
+    for (int k = 0; k < NCL; k++) make_delta(k, 1, d[k]);
+    /* refusals while phase 0 is open */
+    resp r = req("POST", "/v1/secagg", tok[0], NULL, "x", 1);
+    EXPECT_ERR(r, 400, "bad_request", "epoch=E");
+    resp_free(&r);
+    r = sa_req("POST", tok[0], "0123456789abcdef", 0, NULL, "x", 1);
+    EXPECT_ERR(r, 410, "stale", "started the round's secure aggregation again");
+    resp_free(&r);
+    r = sa_req("POST", tok[0], x[0].epoch, 1, NULL, "x", 1);
+    EXPECT_ERR(r, 409, "wrong_phase", "has not opened yet");
+    resp_free(&r);
+    r = sa_req("GET", tok[0], x[0].epoch, 3, NULL, NULL, 0);
+    EXPECT_ERR(r, 400, "bad_request", "phase 3 has no server message");
+    resp_free(&r);
+    r = sa_req("GET", tok[0], x[0].epoch, 0, NULL, NULL, 0);
+    CHECK(r.status == 202 && jint(&r, "retry_ms") > 0, "GET of an open phase: 202 wait (%ld)", r.status);
+    resp_free(&r);
+    size_t big = (64 << 10) + 256 * NCL + 1;
+    char *junk = calloc(1, big);
+    r = sa_req("POST", tok[0], x[0].epoch, 0, NULL, junk, big);
+    EXPECT_ERR(r, 413, "too_large", "exceeds");
+    resp_free(&r);
+    r = sa_req("POST", tok[1], x[1].epoch, 0, NULL, junk, 100);
+    EXPECT_ERR(r, 400, "bad_request", "phase-0 message was refused");
+    resp_free(&r);
+    free(junk);
+    uint8_t body[8] = {0};
+    size_t n = 0;
+    uint8_t *upd = encode(1, 1, 0, 0, d[0], DIM, &n);
+    r = upload(tok[0], upd, n, NULL);
+    EXPECT_ERR(r, 409, "not_secure", "/v1/secagg");
+    resp_free(&r);
+    free(upd);
+    /* alice and bob advertise; carol does not: phase 0 closes at its timeout with 2 of 3 */
+    sa_send(tok[0], &x[0], 0, NULL);
+    sa_send(tok[1], &x[1], 0, NULL);
+    r = sa_req("POST", tok[0], x[0].epoch, 0, NULL, x[0].sent.data, x[0].sent.len);
+    CHECK(r.status == 200 && strstr(r.body, "\"replayed\":true"), "the same phase-0 body again: 200 replayed (%ld)", r.status);
+    resp_free(&r);
+    r = sa_req("POST", tok[0], x[0].epoch, 0, NULL, body, sizeof body);
+    EXPECT_ERR(r, 409, "duplicate", "another phase-0 message");
+    resp_free(&r);
+    CHECK(sa_fetch(tok[0], &x[0], 0) == 200 && sa_fetch(tok[1], &x[1], 0) == 200, "the roster once phase 0 closed");
+    r = sa_req("POST", tok[2], x[2].epoch, 0, NULL, body, sizeof body);
+    EXPECT_ERR(r, 409, "wrong_phase", "it closed");
+    resp_free(&r);
+    r = sa_req("POST", tok[2], x[2].epoch, 1, NULL, body, sizeof body);
+    EXPECT_ERR(r, 409, "not_in_phase", "did not send phase 0");
+    resp_free(&r);
+    r = sa_req("GET", tok[2], x[2].epoch, 0, NULL, NULL, 0);
+    EXPECT_ERR(r, 409, "not_in_phase", "did not send phase 0");
+    resp_free(&r);
+    CHECK(wait_task(tok[2], "wait", 1, 2), "a client out of the round gets no fit task");
+    /* phases 1 to 3 for alice and bob */
+    for (int k = 0; k < 2; k++) sa_send(tok[k], &x[k], 1, NULL);
+    CHECK(sa_fetch(tok[0], &x[0], 1) == 200 && sa_fetch(tok[1], &x[1], 1) == 200, "the inboxes once phase 1 closed");
+    r = sa_req("POST", tok[0], x[0].epoch, 2, NULL, body, sizeof body);
+    EXPECT_ERR(r, 400, "bad_request", "examples=N");
+    resp_free(&r);
+    for (int k = 0; k < 2; k++) sa_send(tok[k], &x[k], 2, d[k]);
+    CHECK(sa_fetch(tok[0], &x[0], 2) == 200 && sa_fetch(tok[1], &x[1], 2) == 200, "the survivors once phase 2 closed");
+    for (int k = 0; k < 2; k++) sa_send(tok[k], &x[k], 3, NULL);
+    CHECK(finish(&s) == LOOM_OK, "the secure run ends: %s", s.msg);
+    sa_check_model(s.out, 3, "alice and bob");
+    for (int k = 0; k < NCL; k++) sa_party_free(&x[k]);
+    test_rmtree(dir);
+
+    /* a server stopped in the middle of a secure round starts it again from phase 0, under a new epoch */
+    test_tmpdir(dir, sizeof dir);
+    add_clients(dir, tok, NCL);
+    config(&s, dir, 1, NCL);
+    s.c.secagg = 1;
+    s.c.secagg_threshold = 2;
+    s.c.secagg_fit_timeout_s = 5;
+    s.c.secagg_phase_timeout_s = 5;
+    s.c.done_grace_s = 0.2;
+    CHECK(start(&s), "secure server starts: %s", s.msg);
+    for (int k = 0; k < NCL; k++) {
+        resp h = hello(tok[k], NAMES[k]);
+        resp_free(&h);
+    }
+    CHECK(wait_task(tok[0], "fit", 1, 10), "round 1 opens");
+    for (int k = 0; k < NCL; k++) CHECK(sa_task(tok[k], k, &x[k]), "client %d: a secure fit task", k);
+    for (int k = 0; k < NCL; k++) sa_send(tok[k], &x[k], 0, NULL);
+    for (int k = 0; k < NCL; k++) CHECK(sa_fetch(tok[k], &x[k], 0) == 200, "client %d: the roster", k);
+    stop_server(&s);
+    CHECK(start(&s), "secure server starts again: %s", s.msg);
+    for (int k = 0; k < NCL; k++) {
+        resp h = hello(tok[k], NAMES[k]);
+        resp_free(&h);
+    }
+    CHECK(wait_task(tok[0], "fit", 1, 10), "round 1 is offered again");
+    r = sa_req("POST", tok[1], x[1].epoch, 1, NULL, body, sizeof body);
+    EXPECT_ERR(r, 410, "stale", "started the round's secure aggregation again");
+    resp_free(&r);
+    char old[17];
+    snprintf(old, sizeof old, "%s", x[0].epoch);
+    for (int k = 0; k < NCL; k++) {
+        sa_party_free(&x[k]);
+        CHECK(sa_task(tok[k], k, &x[k]), "client %d: the round's fit task again", k);
+    }
+    CHECK(strcmp(old, x[0].epoch) != 0, "a new epoch after the restart (%s)", x[0].epoch);
+    for (int ph = 0; ph < 4; ph++)
+        for (int k = 0; k < NCL; k++) {
+            sa_send(tok[k], &x[k], ph, d[k]);
+            if (ph < 3 && k == NCL - 1)
+                for (int j = 0; j < NCL; j++) CHECK(sa_fetch(tok[j], &x[j], ph) == 200, "client %d: phase %d's message", j, ph);
+        }
+    CHECK(finish(&s) == LOOM_OK, "the restarted secure run ends: %s", s.msg);
+    sa_check_model(s.out, 7, "after a restart mid-round, all three");
+    for (int k = 0; k < NCL; k++) sa_party_free(&x[k]);
+    test_rmtree(dir);
+}
+
 int main(void) {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     g_t0 = loom_now();
@@ -981,6 +1241,9 @@ int main(void) {
     t0 = loom_now();
     stop_restart();
     fprintf(stderr, "stop and restart: %.1fs\n", loom_now() - t0);
+    t0 = loom_now();
+    secure();
+    fprintf(stderr, "secure aggregation: %.1fs\n", loom_now() - t0);
     t0 = loom_now();
     kill9();
     fprintf(stderr, "kill -9: %.1fs\n", loom_now() - t0);

@@ -73,6 +73,17 @@ typedef struct {
                                     reports tokens 0 and is left out) */
     double done_grace_s;         /* after the last round, tasks answer "done" until every client has
                                     seen it or this many seconds passed (default 10) */
+    /* secure aggregation (docs/protocol.md, "Secure aggregation"): every synchronous round runs the
+     * four phases of /v1/secagg and the server only learns the round's sum */
+    int secagg;                  /* 1: on (synchronous mode, no compression, no SCAFFOLD) */
+    uint32_t secagg_threshold;   /* t (0: floor(2h/3) + 1 of the h holders of a client's shares: the n
+                                    sampled, or neighbours + 1) */
+    uint32_t secagg_neighbours;  /* SecAgg+: neighbours per client (0: every other client) */
+    double secagg_clip;          /* values are clipped to [-clip, clip] before encoding (0: the library's 1) */
+    uint64_t secagg_max_weight;  /* the largest weight (examples) a client may give (0: the library's) */
+    double secagg_fit_timeout_s; /* phase 0 (the clients' download and training, then their keys)
+                                    closes this long after the round opened (default 600) */
+    double secagg_phase_timeout_s; /* phases 1, 2, 3 close this long after they opened (default 60) */
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;
@@ -102,12 +113,14 @@ typedef struct {
     const char *run_json;        /* the run configuration (JSON object text) */
     const char *model_config_json; /* or NULL */
     const char *base_sha256;     /* or NULL */
+    int secagg;                  /* 1: the run's rounds use secure aggregation */
 } loom_netclient_hello;
 
 typedef struct {
     int round;
     uint64_t version;
     double deadline_s;           /* seconds left (0: none) */
+    int secagg;                  /* 1: the round uses secure aggregation (the update is masked, never sent) */
 } loom_netclient_task;
 
 typedef struct {
@@ -132,6 +145,9 @@ typedef struct {
     double give_up_s;            /* stop when the server was unreachable this long (default 600) */
     volatile int *stop;          /* when non-NULL and set, the run stops at the next step: LOOM_ESTATE */
     const char *version;         /* the loom version told in hello and the User-Agent (NULL: "unknown") */
+    /* test hook: called once the server accepted this client's phase-`phase` message of a secure round
+     * (tests stop the process there, as a client that vanishes); NULL: none */
+    void (*on_secagg_sent)(void *ud, int round, int phase);
 } loom_netclient_config;
 
 /* Says hello, then polls, downloads (resuming), trains, uploads (retrying transient failures with

@@ -226,6 +226,21 @@ static int evaluate(void *ud, const loom_netclient_task *t, const float *global,
     return loom_client_run_eval(&loom_client_local_sgd, &ctx, &d, global, res);
 }
 
+/* Fault injection for the tests: LOOM_TEST_SECAGG_EXIT_AFTER=PHASE (or ROUND:PHASE) stops the process
+ * as soon as the server accepted its phase-PHASE message of a secure round (of round ROUND, or of any
+ * round), as a client that vanishes there would. */
+static void secagg_sent(void *ud, int round, int phase) {
+    (void)ud;
+    const char *e = getenv("LOOM_TEST_SECAGG_EXIT_AFTER");
+    if (!e || !*e) return;
+    int r = 0, p = -1;
+    if (strchr(e, ':') ? sscanf(e, "%d:%d", &r, &p) != 2 : sscanf(e, "%d", &p) != 1) return;
+    if (p == phase && (r == 0 || r == round)) {
+        fprintf(stderr, "loom client: LOOM_TEST_SECAGG_EXIT_AFTER: exiting after phase %d of round %d\n", phase, round);
+        _exit(9);
+    }
+}
+
 /* A token file holds the token alone (surrounding white space is dropped); at most 4 KiB. */
 static int read_token(const char *path, char *tok, size_t cap) {
     char *data = NULL;
@@ -340,6 +355,7 @@ int cmd_client(int argc, char **argv) {
     nc.give_up_s = give_up;
     nc.version = LOOM_VERSION;
     nc.stop = &stop_flag;
+    nc.on_secagg_sent = secagg_sent;
     if (loom_netclient_run(&nc) != LOOM_OK) {
         cli_fail("client");
         goto done;

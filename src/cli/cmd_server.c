@@ -62,6 +62,23 @@ static int registry(int argc, char **argv, int add) {
     return 0;
 }
 
+/* Secure aggregation (docs/protocol.md): the run's --secagg settings (RUN.json, shared with loom sim)
+ * and the server's own phase timeout. */
+static void server_secagg(const cli_run *r, double fit_timeout, double phase_timeout, loom_server_config *c) {
+    c->secagg_fit_timeout_s = fit_timeout;
+    c->secagg_phase_timeout_s = phase_timeout;
+    if (!r->secagg) return;
+    const loom_sim_secagg *g = &r->secagg_cfg; /* resolved by cli_run_federation, as for loom sim */
+    c->secagg = 1;
+    c->secagg_threshold = g->threshold;
+    c->secagg_neighbours = g->neighbours;
+    c->secagg_clip = g->clip;
+    c->secagg_max_weight = g->max_weight;
+    if (g->drop)
+        fprintf(stderr, "loom server: --secagg-drop %d is the simulator's: over the network clients drop out by "
+                        "themselves (ignored)\n", g->drop);
+}
+
 static void server_listening(void *ud, int port) {
     (void)ud;
     fprintf(stderr, "loom server: listening on port %d\n", port);
@@ -74,8 +91,8 @@ int cmd_server(int argc, char **argv) {
     cli_run_init(&r);
     const char *config = NULL, *state = NULL, *listen = "127.0.0.1:8443", *cert = NULL, *key = NULL;
     int min_clients = 0, poll_ms = 500, eval_timeout = 60, threads = 16;
-    float max_upload_mb = 0;
-    cli_opt opts[CLI_RUN_MAX_OPTS + 12];
+    float max_upload_mb = 0, secagg_fit_timeout = 600, secagg_timeout = 60, done_grace = 10;
+    cli_opt opts[CLI_RUN_MAX_OPTS + 15];
     int nopts = 0;
     opts[nopts++] = (cli_opt){"config", OPT_STR, &config, "RUN.json: the run, with the keys of loom sim --config", 0, 0};
     opts[nopts++] = (cli_opt){"state", OPT_STR, &state, "state directory: state.db, updates, checkpoints, global.safetensors, metrics.jsonl, tls/", 0, 0};
@@ -87,6 +104,9 @@ int cmd_server(int argc, char **argv) {
     opts[nopts++] = (cli_opt){"poll-ms", OPT_INT, &poll_ms, "milliseconds waiting clients are told to wait between polls", 10, 600000};
     opts[nopts++] = (cli_opt){"eval-timeout", OPT_INT, &eval_timeout, "seconds to wait for evaluation reports after a round", 1, 86400};
     opts[nopts++] = (cli_opt){"threads", OPT_INT, &threads, "HTTP worker threads", 1, 1024};
+    opts[nopts++] = (cli_opt){"done-grace", OPT_FLOAT, &done_grace, "seconds the server keeps answering \"done\" after the last round for clients that have not seen it", 0, 86400};
+    opts[nopts++] = (cli_opt){"secagg-fit-timeout", OPT_FLOAT, &secagg_fit_timeout, "with --secagg: seconds after a round opens that its phase 0 (the clients' download and training, then their keys) waits for them", 0.1, 864000};
+    opts[nopts++] = (cli_opt){"secagg-phase-timeout", OPT_FLOAT, &secagg_timeout, "with --secagg: seconds each later phase of secure aggregation (shares, masked inputs, unmasking) waits for the clients", 0.1, 86400};
     nopts += cli_run_opts(&r, opts + nopts);
     const char *usage = "loom server --state DIR --config RUN.json [--listen HOST:PORT] [--tls-cert F --tls-key F]\n"
                         "       loom server add-client --state DIR [--admin] NAME\n"
@@ -167,6 +187,8 @@ int cmd_server(int argc, char **argv) {
     c.poll_ms = poll_ms;
     c.eval_timeout_s = eval_timeout;
     c.threads = threads;
+    c.done_grace_s = done_grace;
+    server_secagg(&r, secagg_fit_timeout, secagg_timeout, &c);
     c.on_listen = server_listening;
     c.stop = &stop_flag;
     cli_event_log("server");

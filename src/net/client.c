@@ -41,6 +41,7 @@
 
 #include "loom/core.h"
 #include "loom/safetensors.h"
+#include "loom/secagg.h"
 
 #define NC_JSON_MAX ((size_t)1 << 20)          /* largest JSON answer read */
 #define NC_GLOBAL_MARGIN ((size_t)16 << 20)    /* header room above 8 bytes a float (values + control) */
@@ -79,6 +80,7 @@ typedef struct {
     char finished_type[8];
     int finished_round;
     uint64_t finished_version;
+    uint64_t finished_epoch;    /* a secure round's epoch (a restarted server's round is a new task) */
 } nc;
 
 typedef struct {
@@ -89,6 +91,11 @@ typedef struct {
     size_t bytes;
     double deadline_s;
     int retry_ms;
+    /* a secure round: the task's "secagg" object */
+    int sa;
+    uint32_t sa_id, sa_n, sa_threshold, sa_neighbours;
+    double sa_clip, sa_fit_timeout_s, sa_timeout_s;
+    uint64_t sa_max_weight, sa_seed, sa_epoch;
 } nc_task;
 
 /* One request. */
@@ -127,7 +134,7 @@ static pthread_once_t nc_curl_once = PTHREAD_ONCE_INIT;
 static int nc_curl_ok;
 static void nc_curl_init(void) { nc_curl_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK; }
 
-static int nc_stopped(const nc *n) { return n->c->stop && *n->c->stop; }
+static int nc_stopped(const nc *n) { return n->c->stop && __atomic_load_n(n->c->stop, __ATOMIC_RELAXED); }
 
 static int nc_stop_error(void) { return loom_error(LOOM_ESTATE, "net client: stopped"); }
 
@@ -557,6 +564,7 @@ static int nc_hello(nc *n) {
     const char *compress = json_string_value(json_object_get(j, "compress"));
     json_t *base = json_object_get(j, "base_sha256");
     json_t *run = json_object_get(j, "run"), *mc = json_object_get(j, "model_config");
+    json_t *sa = json_object_get(j, "secagg");
     if (!run_id || !nc_is_hex(run_id, 16)) {
         rc = loom_error(LOOM_EFORMAT, "net client: %s: \"run_id\" missing or not 16 hex digits", what);
     } else if ((rc = nc_get_int(j, "clients", 1, INT_MAX, 1, &clients, what)) != LOOM_OK ||
@@ -574,6 +582,8 @@ static int nc_hello(nc *n) {
         rc = loom_error(LOOM_EFORMAT, "net client: %s: \"run\" is not an object", what);
     } else if (mc && !json_is_null(mc) && !json_is_object(mc)) {
         rc = loom_error(LOOM_EFORMAT, "net client: %s: \"model_config\" is not an object", what);
+    } else if (sa && !json_is_null(sa) && !json_is_object(sa)) {
+        rc = loom_error(LOOM_EFORMAT, "net client: %s: \"secagg\" is not an object", what);
     }
     if (rc == LOOM_OK && json_is_string(base) && c->base_sha256 && strcmp(json_string_value(base), c->base_sha256) != 0)
         rc = loom_error(LOOM_EINVAL, "net client: the server's base model (SHA-256 %s) is not this client's (%s)",
@@ -589,8 +599,10 @@ static int nc_hello(nc *n) {
         if (!n->run_json || (json_is_object(mc) && !n->model_config_json))
             rc = loom_error(LOOM_ENOMEM, "net client: out of memory keeping the run configuration");
     }
-    json_decref(j);
-    if (rc != LOOM_OK) goto done;
+    if (rc != LOOM_OK) {
+        json_decref(j);
+        goto done;
+    }
     n->poll_ms = (int)poll;
     loom_netclient_hello *h = &n->hello;
     h->run_id = strtoull(n->run_id_hex, NULL, 16);
@@ -603,15 +615,59 @@ static int nc_hello(nc *n) {
     h->run_json = n->run_json;
     h->model_config_json = n->model_config_json;
     h->base_sha256 = n->base_sha[0] ? n->base_sha : NULL;
+    h->secagg = json_is_object(sa);
     n->max_global = 8 * h->dim + NC_GLOBAL_MARGIN;
-    loom_log(LOOM_INFO, "net client: hello %s: run %s, client %d of %d, %d rounds, dim %zu, mode %s, compress %s",
-             c->name, n->run_id_hex, h->client, h->n_clients, h->rounds, h->dim, n->mode, n->compress);
+    json_decref(j);
+    loom_log(LOOM_INFO, "net client: hello %s: run %s, client %d of %d, %d rounds, dim %zu, mode %s, compress %s%s",
+             c->name, n->run_id_hex, h->client, h->n_clients, h->rounds, h->dim, n->mode, n->compress,
+             h->secagg ? ", secure aggregation" : "");
 done:
     nc_resp_reset(&r);
     return rc;
 }
 
 /* ------------------------------------------------------------------ task */
+
+/* A number member > 0 (finite). */
+static int nc_get_pos(json_t *j, const char *key, double *out, const char *what) {
+    json_t *v = json_object_get(j, key);
+    if (!json_is_number(v) || !isfinite(json_number_value(v)) || !(json_number_value(v) > 0))
+        return loom_error(LOOM_EFORMAT, "net client: %s: \"%s\" missing or not a number > 0", what, key);
+    *out = json_number_value(v);
+    return LOOM_OK;
+}
+
+static int nc_get_hex64(json_t *j, const char *key, uint64_t *out, const char *what) {
+    const char *v = json_string_value(json_object_get(j, key));
+    if (!v || !nc_is_hex(v, 16)) return loom_error(LOOM_EFORMAT, "net client: %s: \"%s\" missing or not 16 hex digits", what, key);
+    *out = strtoull(v, NULL, 16);
+    return LOOM_OK;
+}
+
+/* The fit task's "secagg" object (docs/protocol.md): the round's parameters and this client's id. */
+static int nc_parse_secagg(json_t *sa, nc_task *t, const char *what) {
+    if (!json_is_object(sa)) return loom_error(LOOM_EFORMAT, "net client: %s: \"secagg\" is not an object", what);
+    long long cnt = 0, id = 0, th = 0, nb = 0, mw = 0;
+    int rc;
+    if ((rc = nc_get_int(sa, "n", 2, LOOM_SECAGG_MAX_CLIENTS, 1, &cnt, what)) != LOOM_OK ||
+        (rc = nc_get_int(sa, "id", 0, cnt - 1, 1, &id, what)) != LOOM_OK ||
+        (rc = nc_get_int(sa, "threshold", 1, cnt, 1, &th, what)) != LOOM_OK ||
+        (rc = nc_get_int(sa, "neighbours", 0, cnt, 1, &nb, what)) != LOOM_OK ||
+        (rc = nc_get_int(sa, "max_weight", 1, LLONG_MAX, 1, &mw, what)) != LOOM_OK ||
+        (rc = nc_get_pos(sa, "clip", &t->sa_clip, what)) != LOOM_OK ||
+        (rc = nc_get_pos(sa, "fit_timeout_s", &t->sa_fit_timeout_s, what)) != LOOM_OK ||
+        (rc = nc_get_pos(sa, "phase_timeout_s", &t->sa_timeout_s, what)) != LOOM_OK ||
+        (rc = nc_get_hex64(sa, "seed", &t->sa_seed, what)) != LOOM_OK ||
+        (rc = nc_get_hex64(sa, "epoch", &t->sa_epoch, what)) != LOOM_OK)
+        return rc;
+    t->sa = 1;
+    t->sa_n = (uint32_t)cnt;
+    t->sa_id = (uint32_t)id;
+    t->sa_threshold = (uint32_t)th;
+    t->sa_neighbours = (uint32_t)nb;
+    t->sa_max_weight = (uint64_t)mw;
+    return LOOM_OK;
+}
 
 static int nc_get_task(nc *n, nc_task *t) {
     memset(t, 0, sizeof *t);
@@ -662,6 +718,9 @@ static int nc_get_task(nc *n, nc_task *t) {
             }
             t->deadline_s = json_number_value(dl);
         }
+        json_t *sa = json_object_get(j, "secagg");
+        if (strcmp(type, "fit") == 0 && sa && !json_is_null(sa) && (rc = nc_parse_secagg(sa, t, what)) != LOOM_OK)
+            goto parsed;
     } else {
         loom_log(LOOM_WARN, "net client: unknown task type \"%.32s\": waiting", type);
         strcpy(t->type, "wait");
@@ -903,10 +962,12 @@ static void nc_mark_finished(nc *n, const nc_task *t) {
     snprintf(n->finished_type, sizeof n->finished_type, "%s", t->type);
     n->finished_round = t->round;
     n->finished_version = t->version;
+    n->finished_epoch = t->sa ? t->sa_epoch : 0;
 }
 
 static int nc_is_finished(const nc *n, const nc_task *t) {
-    return strcmp(n->finished_type, t->type) == 0 && n->finished_round == t->round && n->finished_version == t->version;
+    return strcmp(n->finished_type, t->type) == 0 && n->finished_round == t->round && n->finished_version == t->version &&
+           n->finished_epoch == (t->sa ? t->sa_epoch : 0);
 }
 
 static int nc_post_fail(nc *n, const nc_task *t, const char *reason) {
@@ -986,6 +1047,132 @@ static uint8_t *nc_read_pending(nc *n, const nc_task *t, const char *pending, si
     return (uint8_t *)data;
 }
 
+/* ------------------------------------------------------------------ secure aggregation */
+
+/* "/v1/secagg?round=R&phase=K&epoch=E" (+ extra). */
+static void nc_sa_path(char *out, size_t cap, const nc_task *t, int phase, const char *extra) {
+    snprintf(out, cap, "/v1/secagg?round=%d&phase=%d&epoch=%016" PRIx64 "%s", t->round, phase, t->sa_epoch, extra);
+}
+
+/* The end of this client's part in a secure round without a result (logged; polling goes on). */
+static int nc_sa_out(nc *n, const nc_task *t, int phase, const nc_resp *r, const char *what) {
+    if (nc_is_final_for_run(r)) return nc_refused(r, what);
+    loom_log(LOOM_WARN, "net client: round %d: out of the secure round at phase %d (%ld %s): %s", t->round, phase,
+             r->status, r->code, r->message);
+    nc_mark_finished(n, t);
+    return LOOM_OK;
+}
+
+/* Phases 0..3 of a secure round with the trained update u (docs/protocol.md): each phase's message is
+ * posted, then the server's message for it is fetched once the phase closed. The client's keys and
+ * masks live in memory only. */
+static int nc_secagg(nc *n, const nc_task *t, const loom_update *u) {
+    loom_secagg_params p;
+    loom_secagg_defaults(&p, t->sa_n, n->hello.dim);
+    p.threshold = t->sa_threshold;
+    p.neighbours = t->sa_neighbours;
+    p.clip = t->sa_clip;
+    p.max_weight = t->sa_max_weight;
+    p.seed = t->sa_seed;
+    p.round = (uint64_t)t->round;
+    loom_secagg_client *sc = NULL;
+    loom_secagg_buf msg = {0};
+    uint8_t *in = NULL;
+    size_t in_len = 0;
+    nc_resp r = {0};
+    size_t up[4] = {0}, down[4] = {0};
+    char path[160];
+    int rc = loom_secagg_client_create(&sc, &p, t->sa_id, NULL);
+    if (rc != LOOM_OK) {
+        char why[NC_REASON_MAX + 1];
+        snprintf(why, sizeof why, "secure aggregation: %s", loom_errmsg());
+        loom_log(LOOM_ERROR, "net client: round %d: %s", t->round, why);
+        return nc_post_fail(n, t, why);
+    }
+    int phase;
+    for (phase = 0; phase < 4; phase++) {
+        loom_secagg_buf_free(&msg);
+        switch (phase) {
+        case 0: rc = loom_secagg_client_advertise(sc, &msg); break;
+        case 1: rc = loom_secagg_client_share(sc, in, in_len, &msg); break;
+        case 2: rc = loom_secagg_client_mask(sc, in, in_len, u->values, u->examples, &msg); break;
+        default: rc = loom_secagg_client_unmask(sc, in, in_len, &msg); break;
+        }
+        if (rc != LOOM_OK) {
+            char why[NC_REASON_MAX + 1];
+            snprintf(why, sizeof why, "secure aggregation phase %d: %s", phase, loom_errmsg());
+            loom_log(LOOM_ERROR, "net client: round %d: %s", t->round, why);
+            rc = phase <= 2 ? nc_post_fail(n, t, why) : LOOM_OK;
+            nc_mark_finished(n, t);
+            goto done;
+        }
+        char extra[128] = "";
+        if (phase == 2)
+            snprintf(extra, sizeof extra, "&examples=%" PRIu64 "&loss=%.17g&tokens=%" PRId64, u->examples, u->loss, u->tokens);
+        for (char *x = extra; (x = strchr(x, '+'));) { /* "1e+20": a '+' in a query is a space */
+            memmove(x + 3, x + 1, strlen(x + 1) + 1);
+            memcpy(x, "%2B", 3);
+        }
+        nc_sa_path(path, sizeof path, t, phase, extra);
+        nc_req q = {.method = "POST", .path = path, .body = msg.data, .len = msg.len,
+                    .content_type = "application/octet-stream", .bulk = phase == 2};
+        if ((rc = nc_call(n, &q, &r)) != LOOM_OK) goto done;
+        if (r.status != 200) {
+            rc = nc_sa_out(n, t, phase, &r, "secure aggregation");
+            goto done;
+        }
+        up[phase] = msg.len;
+        if (n->c->on_secagg_sent) n->c->on_secagg_sent(n->c->ud, t->round, phase);
+        if (phase == 3) break;
+        /* the server's message once the phase closed */
+        nc_sa_path(path, sizeof path, t, phase, "");
+        /* the server closes the phase well before */
+        double t0 = loom_now(), most = 2 * (phase == 0 ? t->sa_fit_timeout_s : t->sa_timeout_s) + 60;
+        for (;;) {
+            nc_req g = {.method = "GET", .path = path};
+            if ((rc = nc_call(n, &g, &r)) != LOOM_OK) goto done;
+            if (r.status != 202) break;
+            if (loom_now() - t0 > most) {
+                loom_log(LOOM_WARN, "net client: round %d: phase %d did not close in %.0f s: leaving the round", t->round,
+                         phase, most);
+                nc_mark_finished(n, t);
+                goto done;
+            }
+            long long retry = 100;
+            json_t *j = r.body.s ? json_loadb(r.body.s, r.body.n, 0, NULL) : NULL;
+            json_t *rv = json_object_get(j, "retry_ms");
+            if (json_is_integer(rv) && json_integer_value(rv) >= 1 && json_integer_value(rv) <= 60000) retry = json_integer_value(rv);
+            json_decref(j);
+            if (nc_sleep(n, retry / 1000.0 * nc_jitter(n))) {
+                rc = nc_stop_error();
+                goto done;
+            }
+        }
+        if (r.status != 200) {
+            rc = nc_sa_out(n, t, phase, &r, "secure aggregation");
+            goto done;
+        }
+        free(in);
+        in_len = r.body.n;
+        in = malloc(in_len ? in_len : 1);
+        if (!in) {
+            rc = loom_error(LOOM_ENOMEM, "net client: out of memory");
+            goto done;
+        }
+        memcpy(in, r.body.s, in_len);
+        down[phase] = in_len;
+    }
+    loom_log(LOOM_INFO, "net client: round %d: secure aggregation done: sent %zu + %zu + %zu + %zu bytes, received %zu + "
+             "%zu + %zu bytes (phases 0-3)", t->round, up[0], up[1], up[2], up[3], down[0], down[1], down[2]);
+    nc_mark_finished(n, t);
+done:
+    nc_resp_reset(&r);
+    free(in);
+    loom_secagg_buf_free(&msg);
+    loom_secagg_client_free(sc);
+    return rc;
+}
+
 static int nc_fit(nc *n, const nc_task *t) {
     const loom_netclient_config *c = n->c;
     char pending[PATH_MAX];
@@ -993,7 +1180,7 @@ static int nc_fit(nc *n, const nc_task *t) {
     if (rc != LOOM_OK) return rc;
     nc_remove_others(n, "pending-", ".upd", t->round);
     size_t len = 0;
-    uint8_t *body = nc_read_pending(n, t, pending, &len);
+    uint8_t *body = t->sa ? NULL : nc_read_pending(n, t, pending, &len); /* a masked input is never kept */
     if (!body) {
         int outcome;
         if ((rc = nc_fetch_global(n, t, &outcome)) != LOOM_OK) return rc;
@@ -1002,7 +1189,7 @@ static int nc_fit(nc *n, const nc_task *t) {
         loom_update u = {.run_id = n->hello.run_id, .round = t->round, .version = t->version,
                          .client = n->hello.client, .codec = LOOM_CODEC_F32, .len = n->hello.dim};
         loom_codec_opts co = {.codec = LOOM_CODEC_F32};
-        loom_netclient_task nt = {t->round, t->version, t->deadline_s};
+        loom_netclient_task nt = {t->round, t->version, t->deadline_s, t->sa};
         loom_clear_error();
         double t0 = loom_now();
         rc = c->fit(c->ud, &nt, n->global, n->has_control ? n->control : NULL, &u, &co);
@@ -1020,6 +1207,11 @@ static int nc_fit(nc *n, const nc_task *t) {
                      u.round, u.version, u.client, u.len, t->round, t->version, n->hello.client, n->hello.dim);
             loom_log(LOOM_ERROR, "net client: %s", why);
             return nc_post_fail(n, t, why);
+        }
+        if (t->sa) {
+            loom_log(LOOM_INFO, "net client: round %d: trained on version %" PRIu64 " in %.1f s (%" PRIu64
+                     " examples, loss %.4f); secure aggregation", t->round, t->version, loom_now() - t0, u.examples, u.loss);
+            return nc_secagg(n, t, &u);
         }
         rc = loom_update_encode(&u, &co, &body, &len);
         if (rc != LOOM_OK) {
@@ -1048,7 +1240,7 @@ static int nc_eval(nc *n, const nc_task *t) {
     if (rc != LOOM_OK || outcome == NC_AGAIN) return rc;
     if (nc_stopped(n)) return nc_stop_error();
     loom_eval_result e = {0};
-    loom_netclient_task nt = {t->round, t->version, 0};
+    loom_netclient_task nt = {t->round, t->version, 0, 0};
     loom_clear_error();
     rc = c->evaluate(c->ud, &nt, n->global, &e);
     if (rc != LOOM_OK || !isfinite(e.loss_sum) || e.tokens < 0 || e.correct < 0 || e.count < 0) {

@@ -89,6 +89,8 @@ typedef struct {
     const char *sha256;
     const char *range;
     const char *version;       /* the ?version= argument */
+    /* /v1/secagg's arguments: ?round=R&phase=K&epoch=E (and &examples=N&loss=X&tokens=N with phase 2) */
+    const char *arg_round, *arg_phase, *arg_epoch, *arg_examples, *arg_loss, *arg_tokens;
     const uint8_t *body;
     size_t len;
 } net_request;

@@ -433,6 +433,7 @@ static void handle_hello(net_server *s, const net_request *q, const net_identity
     json_object_set_new(o, "compress", json_string(s->c.compress ? s->c.compress : "none"));
     json_object_set_new(o, "poll_ms", json_integer(s->c.poll_ms));
     json_object_set_new(o, "base_sha256", s->c.base_sha256 ? json_string(s->c.base_sha256) : json_null());
+    json_object_set_new(o, "secagg", net_sa_hello(s));
     reply_json(r, 200, o);
     if (r->status != 200) return;
     /* the run's texts, checked and made compact once, spliced in (no JSON object shared by threads) */
@@ -470,8 +471,9 @@ static void handle_task(net_server *s, const net_identity *who, net_response *r)
         json_object_set_new(o, "global_sha256", json_string(s->cur ? s->cur->sha256 : ""));
     } else if (s->async && net_async_task(s, k, o)) {
         /* an asynchronous task (server_async.c) */
-    } else if (s->phase == NET_PH_FIT && s->spos[k] >= 0 && s->ans[k] == 0) {
+    } else if (s->phase == NET_PH_FIT && s->spos[k] >= 0 && s->ans[k] == 0 && (!s->sa || net_sa_offers_fit(s, k))) {
         json_object_set_new(o, "type", json_string("fit"));
+        if (s->sa) net_sa_task(s, k, o);
         json_object_set_new(o, "round", json_integer(s->round));
         json_object_set_new(o, "version", json_integer(s->round - 1));
         json_object_set_new(o, "global_sha256", json_string(s->cur->sha256));
@@ -638,6 +640,10 @@ static void handle_update(net_server *s, const net_request *q, const net_identit
     int k = who->admin ? -1 : client_index(s, who->name);
     if (k < 0) {
         net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        return;
+    }
+    if (s->sa) {
+        net_reply_err(r, 409, "not_secure", "this run uses secure aggregation: send the masked input to /v1/secagg");
         return;
     }
     if (q->len > s->max_upload) {
@@ -861,6 +867,18 @@ static void handle_eval(net_server *s, const net_request *q, const net_identity 
     }
 }
 
+static void handle_secagg(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
+    int k = who->admin ? -1 : client_index(s, who->name);
+    if (k < 0) {
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->last_seen[k] = net_wall();
+    pthread_mutex_unlock(&s->mu);
+    net_sa_handle(s, q, k, who->name, r);
+}
+
 static const char *phase_name(int p) {
     switch (p) {
     case NET_PH_WAIT: return "waiting";
@@ -914,18 +932,23 @@ void net_handle(net_server *s, const net_request *q, net_response *r) {
     memset(r, 0, sizeof r[0]);
     static const struct {
         const char *path, *method;
-    } routes[] = {{"/v1/hello", "POST"}, {"/v1/task", "GET"},  {"/v1/global", "GET"}, {"/v1/update", "POST"},
-                  {"/v1/eval", "POST"},  {"/v1/fail", "POST"}, {"/v1/status", "GET"}};
-    int route = -1;
-    for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++)
-        if (q->path && !strcmp(q->path, routes[i].path)) route = i;
-    if (route < 0) {
+    } routes[] = {{"/v1/hello", "POST"}, {"/v1/task", "GET"},  {"/v1/global", "GET"},   {"/v1/update", "POST"},
+                  {"/v1/eval", "POST"},  {"/v1/fail", "POST"}, {"/v1/status", "GET"},   {"/v1/secagg", "POST"},
+                  {"/v1/secagg", "GET"}};
+    int route = -1, first = -1;
+    for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++) {
+        if (!q->path || strcmp(q->path, routes[i].path)) continue;
+        if (first < 0) first = i;
+        int is_head = q->method && !strcmp(q->method, "HEAD") && !strcmp(routes[i].method, "GET");
+        if (q->method && (!strcmp(q->method, routes[i].method) || is_head) && route < 0) route = i;
+    }
+    if (first < 0) {
         net_reply_err(r, 404, "not_found", "no endpoint %.128s", q->path ? q->path : "");
         return;
     }
-    int is_head = q->method && !strcmp(q->method, "HEAD") && !strcmp(routes[route].method, "GET");
-    if (!q->method || (strcmp(q->method, routes[route].method) && !is_head)) {
-        net_reply_err(r, 405, "method_not_allowed", "%s takes %s", routes[route].path, routes[route].method);
+    if (route < 0) {
+        net_reply_err(r, 405, "method_not_allowed", "%s takes %s", routes[first].path,
+                      !strcmp(routes[first].path, "/v1/secagg") ? "POST or GET" : routes[first].method);
         return;
     }
     net_identity who;
@@ -937,6 +960,7 @@ void net_handle(net_server *s, const net_request *q, net_response *r) {
     case 3: handle_update(s, q, &who, r); break;
     case 4: handle_eval(s, q, &who, r); break;
     case 5: handle_fail(s, q, &who, r); break;
-    default: handle_status(s, &who, r); break;
+    case 6: handle_status(s, &who, r); break;
+    default: handle_secagg(s, q, &who, r); break;
     }
 }

@@ -81,6 +81,7 @@ void net_server_free(net_server *s) {
     free(s->epos);
     free(s->ereported);
     net_async_free(s);
+    net_sa_free(s);
     free(s->ids);
     free(s->run_text);
     free(s->model_text);
@@ -257,6 +258,7 @@ int net_server_create(net_server **out, const loom_server_config *c) {
     s->ec.sink = loom_metrics_jsonl_sink(&s->js);
     if ((rc = loom_engine_create(&s->eng, &s->ec)) != LOOM_OK) goto fail;
     s->uses_control = loom_strategy_uses_control(loom_engine_strategy(s->eng));
+    if ((rc = net_sa_init(s)) != LOOM_OK) goto fail;
     if (c->max_upload) s->max_upload = c->max_upload;
     else {
         loom_update u = {.len = s->dim, .control = s->uses_control ? c->engine.init : NULL};
@@ -396,6 +398,15 @@ int net_server_drive(net_server *s, float *global) {
         free(a);
         net_store_event(s->store, R, "open", "%d clients sampled, %d answers already stored%s", n, na,
                         s->ec.deadline > 0 ? "" : ", no deadline");
+        if (s->sa) { /* secure aggregation: the four phases instead of uploads (server_secagg.c) */
+            if ((rc = net_sa_round(s, R, list, n)) != LOOM_OK) return rc;
+            pthread_mutex_lock(&s->mu);
+            int answered = s->n_answered;
+            pthread_mutex_unlock(&s->mu);
+            if ((rc = loom_engine_close_round(s->eng, net_wall())) != LOOM_OK) return rc;
+            net_store_event(s->store, R, "close", "%d of %d sampled clients reported a failure", answered, n);
+            goto closed;
+        }
         /* collect: every sampled client answered, the quorum of updates, or the deadline */
         pthread_mutex_lock(&s->mu);
         for (;;) {
@@ -413,6 +424,7 @@ int net_server_drive(net_server *s, float *global) {
         if ((rc = submit_stored(s, R, list, n)) != LOOM_OK) return rc;
         if ((rc = loom_engine_close_round(s->eng, net_wall())) != LOOM_OK) return rc;
         net_store_event(s->store, R, "close", "%d of %d sampled clients answered", answered, n);
+    closed:
         if ((rc = net_publish(s, (uint64_t)R)) != LOOM_OK) return rc;
         const int *elist;
         int ne = 0;

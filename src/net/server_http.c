@@ -227,7 +227,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         cx = calloc(1, sizeof *cx);
         if (!cx) return MHD_NO;
         *con_cls = cx;
-        cx->limit = url && !strcmp(url, "/v1/update") ? s->max_upload : NET_MAX_JSON;
+        cx->limit = url && !strcmp(url, "/v1/update") ? s->max_upload
+                    : url && !strcmp(url, "/v1/secagg") ? net_sa_body_limit(s)
+                                                        : NET_MAX_JSON;
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
             unsigned long long v = strtoull(cl, NULL, 10);
@@ -276,6 +278,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         .sha256 = MHD_lookup_connection_value(con, MHD_HEADER_KIND, "X-Loom-SHA256"),
         .range = MHD_lookup_connection_value(con, MHD_HEADER_KIND, MHD_HTTP_HEADER_RANGE),
         .version = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "version"),
+        .arg_round = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "round"),
+        .arg_phase = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "phase"),
+        .arg_epoch = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "epoch"),
+        .arg_examples = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "examples"),
+        .arg_loss = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "loss"),
+        .arg_tokens = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "tokens"),
         .body = cx->body ? cx->body : (const uint8_t *)"",
         .len = cx->len,
     };

@@ -57,6 +57,8 @@ struct net_server {
     int nablob;
     uint64_t aseq;             /* tasks handed out */
     int amade, aended;         /* versions made, and whose rows were emitted */
+    /* secure aggregation (server_secagg.c), under mu */
+    struct net_sa *sa;
 };
 
 double net_wall(void);
@@ -85,5 +87,16 @@ void net_async_update(net_server *s, const loom_update *u, int k, const char *na
                       const char *sha, const uint8_t *body, size_t len, net_response *r);
 void net_async_fail(net_server *s, int k, const char *reason); /* under mu, after net_async_answer */
 int net_async_drive(net_server *s, float *global);
+/* Secure aggregation rounds (server_secagg.c). */
+int net_sa_init(net_server *s);                 /* at create: checks the configuration, allocates */
+void net_sa_free(net_server *s);
+/* The round thread, once round R is open with the sampled list (n): runs phases 0..3, then gives the
+ * engine the stored failure reports and the round's secure sum (nothing when the round aborted). */
+int net_sa_round(net_server *s, int round, const int *list, int n);
+int net_sa_offers_fit(const net_server *s, int k); /* under mu: 1 when client k may get the fit task */
+void net_sa_task(net_server *s, int k, json_t *o); /* under mu: the fit task's "secagg" object */
+json_t *net_sa_hello(const net_server *s);        /* hello's "secagg" (null without) */
+void net_sa_handle(net_server *s, const net_request *q, int k, const char *name, net_response *r);
+size_t net_sa_body_limit(const net_server *s);    /* the largest /v1/secagg body (phase 2) */
 
 #endif
