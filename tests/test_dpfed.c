@@ -246,6 +246,14 @@ static int ones_fit(const loom_client_ctx *ctx, const loom_fit_task *t, loom_cli
     return LOOM_OK;
 }
 
+/* and hands DP-SGD's trainer a noise seed of the client and the round (the trainer's steps restart
+ * every round, so without it every client would draw the same noise every round) */
+static uint64_t seen_sgd_seed;
+static int seed_fit(const loom_client_ctx *ctx, const loom_fit_task *t, loom_client_state *st, loom_fit_output *o) {
+    seen_sgd_seed = t->fc.sgd_noise_seed;
+    return ones_fit(ctx, t, st, o);
+}
+
 static void local_in_run_fit(void) {
     enum { D = 5000 };
     loom_tokenizer *tok = NULL;
@@ -276,6 +284,13 @@ static void local_in_run_fit(void) {
               : which == 1 ? "local DP from its secret dp_seed" : "dp_clip 0: the update as trained");
     }
     CHECK(fabs(l2(upd, D) - sqrt((double)D)) < 1e-3, "no DP: norm %g", l2(upd, D));
+    const loom_client_algo salgo = {"seed", seed_fit, NULL};
+    fc.dp_clip = 0;
+    CHECK_OK(loom_client_run_fit(&salgo, &ctx, &d, 4, vec, NULL, &fc, NULL, &st, &out));
+    CHECK(seen_sgd_seed == loom_hash2(101, 4), "DP-SGD noise seed of client seed 101, round 4: %llx",
+          (unsigned long long)seen_sgd_seed);
+    CHECK_OK(loom_client_run_fit(&salgo, &ctx, &d, 5, vec, NULL, &fc, NULL, &st, &out));
+    CHECK(seen_sgd_seed == loom_hash2(101, 5), "DP-SGD noise seed of round 5: %llx", (unsigned long long)seen_sgd_seed);
     loom_client_state_clear(&st);
     free(vec);
     free(upd);

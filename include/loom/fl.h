@@ -42,6 +42,10 @@ typedef struct {
     double dp_clip;
     double dp_noise;
     uint64_t dp_seed;
+    /* DP-SGD (the trainer's dp_sgd): the seed of this client's noise in this round, given to the trainer
+     * by loom_client_fit (the trainer's step count restarts every round); loom_client_run_fit sets it to
+     * hash2(data seed, round). 0: the trainer's own. */
+    uint64_t sgd_noise_seed;
 } loom_fit_config;
 
 typedef struct {

@@ -103,6 +103,7 @@ int loom_client_fit(const loom_client_ctx *ctx, const loom_fit_task *task, loom_
     loom_batcher *data = task->data;
     const uint64_t step0 = st->steps;
     if (fc->local_steps < 1) return loom_error(LOOM_EINVAL, "local steps %d must be >= 1", fc->local_steps);
+    if (fc->sgd_noise_seed) loom_trainer_set_dp_seed(tr, fc->sgd_noise_seed);
     if (!update || !global || !data) return loom_error(LOOM_EINVAL, "client fit needs a global vector, data and an update buffer");
     float *c_local = NULL;
     if (fc->scaffold) {
@@ -346,7 +347,7 @@ int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx
     if (rc == LOOM_OK) {
         loom_fit_task ft = {round, global, control, b, *fc};
         /* DP-SGD: noise of this client and round (the trainer's step count restarts every round) */
-        if (ctx->tr) loom_trainer_set_dp_seed(ctx->tr, loom_hash2(d->data_seed, (uint64_t)round));
+        ft.fc.sgd_noise_seed = loom_hash2(d->data_seed, (uint64_t)round);
         rc = algo->fit(ctx, &ft, st, out);
     }
     loom_batcher_free(b);
