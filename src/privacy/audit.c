@@ -38,15 +38,24 @@ static double *sorted_desc(const double *x, size_t n) {
     return s;
 }
 
-int loom_audit_auc(const double *pos, size_t np, const double *neg, size_t nn, double *auc) {
+/* Checks both score sets and returns sorted copies of each (release both with free). */
+static int sorted_sets(const double *pos, size_t np, const double *neg, size_t nn, double **p, double **q) {
     int rc = check_sets(pos, np, neg, nn);
     if (rc != LOOM_OK) return rc;
-    double *p = sorted_desc(pos, np), *q = sorted_desc(neg, nn);
-    if (!p || !q) {
-        free(p);
-        free(q);
+    *p = sorted_desc(pos, np);
+    *q = sorted_desc(neg, nn);
+    if (!*p || !*q) {
+        free(*p);
+        free(*q);
         return loom_error(LOOM_ENOMEM, "out of memory for %zu scores", np + nn);
     }
+    return LOOM_OK;
+}
+
+int loom_audit_auc(const double *pos, size_t np, const double *neg, size_t nn, double *auc) {
+    double *p, *q;
+    int rc = sorted_sets(pos, np, neg, nn, &p, &q);
+    if (rc != LOOM_OK) return rc;
     /* Walk both lists from the top: for each distinct value v, the members at v beat every non-member
      * below v and tie with those at v. Counted in units of one half, exactly, in 64-bit integers
      * (np * nn * 2 < 2^64 for any sizes that fit in memory). */
@@ -71,14 +80,9 @@ int loom_audit_auc(const double *pos, size_t np, const double *neg, size_t nn, d
 int loom_audit_tpr_at_fpr(const double *pos, size_t np, const double *neg, size_t nn, double alpha, double *tpr,
                           double *fpr, double *threshold) {
     if (!(alpha >= 0 && alpha <= 1)) return loom_error(LOOM_EINVAL, "false-positive rate %g is outside [0, 1]", alpha);
-    int rc = check_sets(pos, np, neg, nn);
+    double *p, *q;
+    int rc = sorted_sets(pos, np, neg, nn, &p, &q);
     if (rc != LOOM_OK) return rc;
-    double *p = sorted_desc(pos, np), *q = sorted_desc(neg, nn);
-    if (!p || !q) {
-        free(p);
-        free(q);
-        return loom_error(LOOM_ENOMEM, "out of memory for %zu scores", np + nn);
-    }
     /* Thresholds in decreasing order: every distinct score. TP and FP only grow as tau falls, so the
      * answer is the last threshold whose FP rate is still allowed. */
     size_t tp = 0, fp = 0, best_tp = 0, best_fp = 0, i = 0, j = 0;
