@@ -128,6 +128,42 @@ void loom_sim_paillier_defaults(loom_sim_paillier *s);
 void loom_sim_paillier_clear(loom_sim_paillier *s);
 loom_secure_sum loom_sim_paillier_backend(loom_sim_paillier *s);
 
+/* Simulated Byzantine update attacks (src/sim/sim_attack.c). The attackers are a fixed set of clients
+ * for the whole run, chosen by the seed (loom_sim_attackers); each trains as usual, then replaces its
+ * update u before sending it:
+ *   GAUSSIAN  N(0, scale^2) in every value (scale = sigma, default 1), from the stream
+ *             (seed, hash2(hash2(LOOM_STREAM_ATTACK_NOISE, round), client))
+ *   SIGNFLIP  -u
+ *   SCALE     scale * u (scale = lambda, default 10)
+ *   ALIE      "a little is enough" (Baruch et al. 2019): mean - z_max * std per coordinate of the round's
+ *             honest updates (std with n - 1), z_max = Phi^-1((n - s) / n), s = floor(n / 2 + 1) - f, n the
+ *             round's sampled clients, f its attackers; needs f < floor(n / 2 + 1)
+ *   IPM       inner-product manipulation (Xie et al. 2020): -scale * mean of the round's honest updates
+ *             (scale = epsilon, default 0.1)
+ * ALIE and IPM are omniscient: the simulator holds the attackers' updates until the round's honest
+ * clients have all answered (the honest updates they see are those of the honest clients that trained
+ * without an injected fault; unweighted), then sends them in client order. Synchronous rounds only. */
+enum { LOOM_ATTACK_NONE = 0, LOOM_ATTACK_GAUSSIAN, LOOM_ATTACK_SIGNFLIP, LOOM_ATTACK_SCALE, LOOM_ATTACK_ALIE,
+       LOOM_ATTACK_IPM };
+typedef struct {
+    int kind;          /* LOOM_ATTACK_* */
+    int attackers;     /* how many of the clients attack */
+    double scale;      /* sigma, lambda or epsilon; NAN or 0: the kind's default */
+} loom_sim_attack;
+/* The kind of a name (gaussian, signflip, scale, alie, ipm, or none): LOOM_OK or LOOM_EINVAL. */
+int loom_sim_attack_parse(const char *name, int *kind);
+const char *loom_sim_attack_name(int kind);
+/* The attackers among n_clients: is_attacker[i] = 1 for `count` clients drawn uniformly by
+ * (seed, LOOM_STREAM_ATTACKERS), 0 for the others. LOOM_EINVAL when count is not in [0, n_clients]. */
+int loom_sim_attackers(uint64_t seed, int n_clients, int count, unsigned char *is_attacker);
+/* ALIE's z_max for n clients of which f attack (see above); LOOM_EINVAL when f >= floor(n / 2 + 1). */
+int loom_sim_alie_z(int n, int f, double *z);
+/* Attacker `client`'s update of `round` (dim values, in place: it holds the client's own update on
+ * entry): honest[0..n_honest) are the round's honest updates (used by ALIE and IPM), n and f the round's
+ * sampled clients and attackers (ALIE's z_max). */
+int loom_sim_attack_craft(const loom_sim_attack *a, uint64_t seed, int round, int client, size_t dim,
+                          const float *const *honest, size_t n_honest, int n, int f, float *update);
+
 typedef void (*loom_round_cb)(const loom_round_metrics *m, void *ud);
 typedef void (*loom_client_cb)(int round, int done, int total, void *ud);
 
@@ -196,6 +232,8 @@ typedef struct {
     /* secure aggregation (or another secure-sum backend); .sum NULL = plain aggregation. Synchronous
      * rounds only; not with scaffold or a robust aggregator (they need the updates). */
     loom_secure_sum secure;
+    /* simulated Byzantine attackers (src/sim/sim_attack.c); kind LOOM_ATTACK_NONE = none */
+    loom_sim_attack attack;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);

@@ -51,6 +51,8 @@ void cli_run_init(cli_run *r) {
     r->client_threads = 1;
     r->sample_len = 200;
     r->progress_every = 5;
+    r->attack = "none";
+    r->attack_scale = NAN; /* the attack's default */
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -143,6 +145,10 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"he-key-bits", OPT_INT, &r->he_key_bits, "sim: Paillier modulus bits (default 2048; 2048 to 8192, a multiple of 64)", 2048, 8192},
         {"he-clip", OPT_FLOAT, &r->he_clip, "sim: Paillier clips each update value to [-C, C] before its 32-bit fixed-point encoding (default 1)", 0, 1e6},
         {"he-max-dim", OPT_LONG, &r->he_max_dim, "sim: refuse trainable sets larger than N values under --he (default 524288; encryption costs about 0.3 ms per value per client)", 1, 1e9},
+        /* simulated Byzantine attackers (sim_attack.c) */
+        {"attack", OPT_STR, &r->attack, "sim: Byzantine attack of the --attackers clients: gaussian (N(0, s^2) values), signflip (-u), scale (s u), alie (a little is enough: mean - z_max std of the honest updates) or ipm (-s mean of the honest updates); none = off", 0, 0},
+        {"attackers", OPT_STR, &r->attackers, "sim: attacking clients (chosen by the seed): a count (e.g. 4) or a fraction of the clients (e.g. 0.2)", 0, 0},
+        {"attack-scale", OPT_FLOAT, &r->attack_scale, "sim: the attack's s: gaussian sigma (default 1), scale lambda (default 10), ipm epsilon (default 0.1)", -1e6, 1e6},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };
@@ -382,6 +388,45 @@ static int secagg_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
     return 0;
 }
 
+/* --attack, --attackers, --attack-scale into sc->attack. */
+static int attack_settings(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc) {
+    memset(&sc->attack, 0, sizeof sc->attack);
+    if (loom_sim_attack_parse(r->attack, &sc->attack.kind) != LOOM_OK) return cli_fail("--attack") ? -1 : -1;
+    sc->attack.scale = r->attack_scale;
+    if (sc->attack.kind == LOOM_ATTACK_NONE) {
+        if (r->attackers) {
+            fprintf(stderr, "loom %s: --attackers needs --attack KIND\n", cmd);
+            return -1;
+        }
+        return 0;
+    }
+    int count = 0;
+    double frac = 0;
+    if (!r->attackers) {
+        fprintf(stderr, "loom %s: --attack %s needs --attackers N or FRACTION\n", cmd, r->attack);
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    long long k = strtoll(r->attackers, &end, 10);
+    if (*r->attackers && !*end && !errno && k >= 1 && (unsigned long long)k <= n_clients) {
+        count = (int)k;
+    } else {
+        errno = 0;
+        frac = strtod(r->attackers, &end);
+        if (!*r->attackers || *end || errno || !isfinite(frac) || frac <= 0 || frac >= 1 ||
+            (count = (int)floor(frac * (double)n_clients + 0.5)) < 1) {
+            fprintf(stderr,
+                    "loom %s: --attackers expects a count of clients in [1, %zu] or a fraction in (0, 1) giving at "
+                    "least one client, got '%s'\n",
+                    cmd, n_clients, r->attackers);
+            return -1;
+        }
+    }
+    sc->attack.attackers = count;
+    return 0;
+}
+
 int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc) {
     sc->strategy = r->strategy;
     if (loom_strategy_defaults(r->strategy, &sc->sp) != LOOM_OK) return cli_fail("--strategy") ? -1 : -1;
@@ -458,6 +503,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     tc->total_steps = 0;
     tc->B = r->B;
     tc->T = r->T;
+    if (attack_settings(r, cmd, n_clients, sc) != 0) return -1;
     return dp_settings(r, cmd, sc, tc);
 }
 

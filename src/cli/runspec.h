@@ -48,6 +48,9 @@ typedef struct {
     float he_clip;
     long he_max_dim;
     loom_sim_paillier paillier_cfg;
+    /* simulated attackers (loom sim --attack; sim_attack.c) */
+    const char *attack, *attackers;
+    float attack_scale;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 128

@@ -14,6 +14,7 @@
 
 #include "loom/core.h"
 #include "loom/safetensors.h"
+#include "sim/sim_attack.h"
 #include "sim/sim_secure.h"
 
 void loom_sim_defaults(loom_sim_config *c) {
@@ -104,6 +105,7 @@ typedef struct sim_run {
     worker_slot *slots;        /* (workers) */
     struct async_job *jobs;    /* asynchronous modes: the places of the clients in training */
     lm_secure_round *secure;   /* a secure-sum backend's holding area (sim_secure.c), NULL: plain */
+    lm_attack *attack;         /* the simulated attackers (sim_attack.c), NULL: none */
     pthread_mutex_t mu;
 } sim_run;
 
@@ -178,6 +180,8 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
         u.codec = c->compress.codec;
         u.wire_bytes = loom_update_encoded_size(&u, &c->compress);
     }
+    if (r->attack && !lm_attack_update(r->attack, &u, update, now, fault != 0))
+        return; /* an omniscient attacker: held until the honest updates are in (sim_attack.c) */
     if (r->secure) { /* secure sum: held until the round's sum (sim_secure.c) */
         lm_secure_hold(r->secure, r->eng, &u, now);
         return;
@@ -595,6 +599,7 @@ static int load_checkpoint(sim_run *r, int *next_round) {
 typedef struct {
     FILE *f;
     const loom_sim_config *c;
+    const lm_attack *attack;
 } jsonl_sink;
 
 static void sink_round(void *ud, const loom_round_metrics *m, const int *list, int n) {
@@ -606,7 +611,21 @@ static void sink_client(void *ud, const loom_client_row *r) {
     jsonl_sink *s = ud;
     if (!s->f || !s->c->per_client_rows) return;
     const loom_client *cl = &s->c->part->clients[r->client];
-    loom_metrics_jsonl_client(s->f, r, cl->name, cl->n_train);
+    if (!lm_attack_is(s->attack, r->client)) {
+        loom_metrics_jsonl_client(s->f, r, cl->name, cl->n_train);
+        return;
+    }
+    /* an attacker's row: the same row with "attacker": true */
+    char *row = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&row, &len);
+    if (mem) {
+        loom_metrics_jsonl_client(mem, r, cl->name, cl->n_train);
+        fclose(mem);
+    }
+    if (row && len >= 2 && row[len - 2] == '}') fprintf(s->f, "%.*s,\"attacker\":true}\n", (int)(len - 2), row);
+    else loom_metrics_jsonl_client(s->f, r, cl->name, cl->n_train);
+    free(row);
 }
 
 /* A secure-sum backend's checks and holding area. */
@@ -668,7 +687,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     r.states = calloc((size_t)N, sizeof *r.states);
     r.slots = calloc((size_t)c->workers, sizeof *r.slots);
     FILE *mf = NULL;
-    jsonl_sink js = {NULL, c};
+    jsonl_sink js = {NULL, c, NULL};
     if (!n_test || !r.states || !r.slots) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
@@ -708,6 +727,8 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         goto done;
     }
     if (c->secure.sum && (rc = secure_start(&r)) != LOOM_OK) goto done;
+    if ((rc = lm_attack_create(&r.attack, c, N)) != LOOM_OK) goto done;
+    js.attack = r.attack;
     int start = 0;
     if (c->out_dir) {
         if (mkdir(c->out_dir, 0755) != 0 && errno != EEXIST) {
@@ -742,7 +763,9 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         if ((rc = loom_engine_open_round(r.eng, vclock, &list, &n)) != LOOM_OK) goto done;
         r.t_open = vclock;
         r.round = round + 1;
+        if ((rc = lm_attack_open(r.attack, r.round, list, n)) != LOOM_OK) goto done;
         if ((rc = run_phase(&r, 0, list, n)) != LOOM_OK) goto done;
+        if ((rc = lm_attack_finish(r.attack, r.eng, r.secure)) != LOOM_OK) goto done;
         if (r.secure && (rc = lm_secure_finish(r.secure, r.eng, r.round)) != LOOM_OK) goto done;
         double last_arrival = 0;
         for (int i = 0; i < n; i++) last_arrival = fmax(last_arrival, loom_sim_client_seconds(c, list[i]));
@@ -777,6 +800,7 @@ done:
     free(r.slots);
     loom_engine_free(r.eng);
     lm_secure_free(r.secure);
+    lm_attack_free(r.attack);
     loom_tvec_free(r.own_manifest);
     pthread_mutex_destroy(&r.mu);
     return rc;

@@ -1,0 +1,266 @@
+/* Simulated Byzantine update attacks (see include/loom/sim.h). */
+#include "sim/sim_attack.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/core.h"
+
+static const char *const attack_names[] = {"none", "gaussian", "signflip", "scale", "alie", "ipm"};
+
+int loom_sim_attack_parse(const char *name, int *kind) {
+    for (int i = 0; i < (int)(sizeof attack_names / sizeof attack_names[0]); i++)
+        if (name && !strcmp(name, attack_names[i])) {
+            *kind = i;
+            return LOOM_OK;
+        }
+    return loom_error(LOOM_EINVAL, "--attack '%s' is not one of gaussian, signflip, scale, alie, ipm, none",
+                      name ? name : "");
+}
+
+const char *loom_sim_attack_name(int kind) {
+    return kind >= 0 && kind <= LOOM_ATTACK_IPM ? attack_names[kind] : "?";
+}
+
+int loom_sim_attackers(uint64_t seed, int n_clients, int count, unsigned char *is_attacker) {
+    if (n_clients < 0 || count < 0 || count > n_clients)
+        return loom_error(LOOM_EINVAL, "--attackers %d must be in [0, %d] (the clients)", count, n_clients);
+    int *perm = malloc((size_t)(n_clients > 0 ? n_clients : 1) * sizeof *perm);
+    if (!perm) return loom_error(LOOM_ENOMEM, "out of memory");
+    for (int i = 0; i < n_clients; i++) perm[i] = i;
+    loom_rng r;
+    loom_rng_init(&r, seed, LOOM_STREAM_ATTACKERS);
+    memset(is_attacker, 0, (size_t)n_clients);
+    for (int i = 0; i < count; i++) { /* the first `count` places of a Fisher-Yates shuffle */
+        int j = i + (int)loom_rng_below(&r, (uint32_t)(n_clients - i));
+        int t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+        is_attacker[perm[i]] = 1;
+    }
+    free(perm);
+    return LOOM_OK;
+}
+
+int loom_sim_alie_z(int n, int f, double *z) {
+    int s = n / 2 + 1 - f;
+    if (n < 1 || f < 0 || s <= 0)
+        return loom_error(LOOM_EINVAL,
+                          "--attack alie needs fewer attackers than floor(n/2 + 1) of a round's n clients (n %d, f %d)",
+                          n, f);
+    double p = (double)(n - s) / n;
+    /* Phi^-1(p) by bisection on Phi(x) = erfc(-x / sqrt 2) / 2, increasing */
+    double lo = -40, hi = 40;
+    for (int i = 0; i < 200; i++) {
+        double mid = 0.5 * (lo + hi);
+        if (0.5 * erfc(-mid / sqrt(2.0)) < p) lo = mid;
+        else hi = mid;
+    }
+    *z = 0.5 * (lo + hi);
+    return LOOM_OK;
+}
+
+static double scale_of(const loom_sim_attack *a) {
+    if (a->scale != 0 && !isnan(a->scale)) return a->scale;
+    return a->kind == LOOM_ATTACK_GAUSSIAN ? 1.0 : a->kind == LOOM_ATTACK_SCALE ? 10.0 : 0.1;
+}
+
+int loom_sim_attack_craft(const loom_sim_attack *a, uint64_t seed, int round, int client, size_t dim,
+                          const float *const *honest, size_t n_honest, int n, int f, float *update) {
+    double s = scale_of(a);
+    switch (a->kind) {
+    case LOOM_ATTACK_NONE: return LOOM_OK;
+    case LOOM_ATTACK_GAUSSIAN: {
+        uint64_t stream = loom_hash2(loom_hash2(LOOM_STREAM_ATTACK_NOISE, (uint64_t)round), (uint64_t)client);
+        for (size_t i = 0; i < dim; i++) update[i] = (float)(s * loom_rng_normal_at(seed, stream, i));
+        return LOOM_OK;
+    }
+    case LOOM_ATTACK_SIGNFLIP:
+        for (size_t i = 0; i < dim; i++) update[i] = -update[i];
+        return LOOM_OK;
+    case LOOM_ATTACK_SCALE:
+        for (size_t i = 0; i < dim; i++) update[i] = (float)(s * update[i]);
+        return LOOM_OK;
+    case LOOM_ATTACK_ALIE:
+    case LOOM_ATTACK_IPM: {
+        double z = 0;
+        int rc;
+        if (a->kind == LOOM_ATTACK_ALIE && (rc = loom_sim_alie_z(n, f, &z)) != LOOM_OK) return rc;
+        if (n_honest == 0) return LOOM_OK; /* nothing to see: the attacker sends its own update */
+        for (size_t i = 0; i < dim; i++) {
+            double sum = 0;
+            for (size_t k = 0; k < n_honest; k++) sum += honest[k][i];
+            double mean = sum / (double)n_honest;
+            if (a->kind == LOOM_ATTACK_IPM) {
+                update[i] = (float)(-s * mean);
+                continue;
+            }
+            double ss = 0;
+            for (size_t k = 0; k < n_honest; k++) ss += (honest[k][i] - mean) * (honest[k][i] - mean);
+            double sd = n_honest > 1 ? sqrt(ss / (double)(n_honest - 1)) : 0;
+            update[i] = (float)(mean - z * sd);
+        }
+        return LOOM_OK;
+    }
+    default: return loom_error(LOOM_EINVAL, "unknown attack kind %d", a->kind);
+    }
+}
+
+/* ------------------------------------------------------------------ the simulator's side */
+
+struct lm_attack {
+    loom_sim_attack cfg;
+    uint64_t seed;
+    size_t dim;
+    int n_clients;
+    unsigned char *is;   /* (n_clients) attacker flags */
+    int omniscient;
+    int round;
+    const int *list;     /* the round's sampled clients */
+    int n;
+    int *pos;            /* (n_clients) place in list, -1 when not sampled */
+    int cap;             /* places with buffers */
+    float **buf;         /* (cap) one update per place */
+    unsigned char *state; /* (cap) 0 nothing, 1 honest update kept, 2 attacker held */
+    loom_update *held;   /* (cap) the held attackers' messages */
+    double *now;         /* (cap) their arrival times */
+};
+
+int lm_attack_create(lm_attack **out, const loom_sim_config *c, int n_clients) {
+    *out = NULL;
+    const loom_sim_attack *k = &c->attack;
+    if (k->kind == LOOM_ATTACK_NONE) return LOOM_OK;
+    const char *name = loom_sim_attack_name(k->kind);
+    if (k->kind < 0 || k->kind > LOOM_ATTACK_IPM) return loom_error(LOOM_EINVAL, "unknown attack kind %d", k->kind);
+    if (c->mode != LOOM_ENGINE_SYNC)
+        return loom_error(LOOM_EUNSUPPORTED, "--attack %s needs synchronous rounds (not --mode %s)", name,
+                          loom_engine_mode_name(c->mode));
+    if (!isnan(k->scale) && (isinf(k->scale) || (k->kind == LOOM_ATTACK_GAUSSIAN && k->scale < 0)))
+        return loom_error(LOOM_EINVAL, "--attack-scale %g must be finite (and >= 0 for gaussian)", k->scale);
+    if ((k->kind == LOOM_ATTACK_ALIE || k->kind == LOOM_ATTACK_IPM) && c->fit.scaffold)
+        return loom_error(LOOM_EUNSUPPORTED, "--attack %s cannot be combined with scaffold's control deltas", name);
+    if (k->attackers < 1 || k->attackers > n_clients)
+        return loom_error(LOOM_EINVAL, "--attackers %d must be in [1, %d] (the clients) with --attack %s", k->attackers,
+                          n_clients, name);
+    lm_attack *a = calloc(1, sizeof *a);
+    if (!a) return loom_error(LOOM_ENOMEM, "out of memory");
+    a->cfg = *k;
+    a->seed = c->seed;
+    a->dim = c->dim;
+    a->n_clients = n_clients;
+    a->omniscient = k->kind == LOOM_ATTACK_ALIE || k->kind == LOOM_ATTACK_IPM;
+    a->is = malloc((size_t)n_clients);
+    a->pos = malloc((size_t)n_clients * sizeof *a->pos);
+    int *list = malloc((size_t)n_clients * sizeof *list), n = 0;
+    int rc = !a->is || !a->pos || !list ? loom_error(LOOM_ENOMEM, "out of memory") : LOOM_OK;
+    if (rc == LOOM_OK) rc = loom_sim_attackers(c->seed, n_clients, k->attackers, a->is);
+    if (rc == LOOM_OK && k->kind == LOOM_ATTACK_ALIE) { /* the most attackers a round can hold */
+        double z;
+        if ((rc = loom_sim_sample(c, 1, list, &n)) == LOOM_OK)
+            rc = loom_sim_alie_z(n, k->attackers < n ? k->attackers : n, &z);
+    }
+    free(list);
+    for (int i = 0; a->pos && i < n_clients; i++) a->pos[i] = -1;
+    if (rc != LOOM_OK) {
+        lm_attack_free(a);
+        return rc;
+    }
+    *out = a;
+    return LOOM_OK;
+}
+
+void lm_attack_free(lm_attack *a) {
+    if (!a) return;
+    for (int i = 0; i < a->cap; i++) loom_free(a->buf[i]);
+    free(a->buf);
+    free(a->state);
+    free(a->held);
+    free(a->now);
+    free(a->is);
+    free(a->pos);
+    free(a);
+}
+
+int lm_attack_is(const lm_attack *a, int client) { return a && client >= 0 && client < a->n_clients && a->is[client]; }
+
+/* Buffers for n places (on the driver's thread, before the fit phase). */
+static int reserve(lm_attack *a, int n) {
+    if (n <= a->cap) return LOOM_OK;
+    float **b = realloc(a->buf, (size_t)n * sizeof *b);
+    if (!b) return loom_error(LOOM_ENOMEM, "out of memory");
+    a->buf = b;
+    unsigned char *st = realloc(a->state, (size_t)n);
+    if (!st) return loom_error(LOOM_ENOMEM, "out of memory");
+    a->state = st;
+    loom_update *h = realloc(a->held, (size_t)n * sizeof *h);
+    if (!h) return loom_error(LOOM_ENOMEM, "out of memory");
+    a->held = h;
+    double *t = realloc(a->now, (size_t)n * sizeof *t);
+    if (!t) return loom_error(LOOM_ENOMEM, "out of memory");
+    a->now = t;
+    for (; a->cap < n; a->cap++)
+        if (!(a->buf[a->cap] = loom_alloc(a->dim * sizeof(float))))
+            return loom_error(LOOM_ENOMEM, "out of memory for the attack's %d updates of %zu values", n, a->dim);
+    return LOOM_OK;
+}
+
+int lm_attack_open(lm_attack *a, int round, const int *list, int n) {
+    if (!a) return LOOM_OK;
+    int rc = a->omniscient ? reserve(a, n) : LOOM_OK;
+    if (rc != LOOM_OK) return rc;
+    if (a->cap > 0) memset(a->state, 0, (size_t)a->cap);
+    for (int i = 0; i < a->n_clients; i++) a->pos[i] = -1;
+    a->round = round;
+    a->list = list;
+    a->n = n;
+    for (int i = 0; i < n; i++) a->pos[list[i]] = i;
+    return LOOM_OK;
+}
+
+int lm_attack_update(lm_attack *a, loom_update *u, float *values, double now, int faulted) {
+    if (!a) return 1;
+    int p = a->pos[u->client];
+    if (!a->is[u->client]) {
+        if (a->omniscient && !faulted && u->len == a->dim && p >= 0 && p < a->cap) {
+            memcpy(a->buf[p], values, a->dim * sizeof(float));
+            a->state[p] = 1;
+        }
+        return 1;
+    }
+    if (!a->omniscient) {
+        int f = 0;
+        for (int i = 0; i < a->n; i++) f += a->is[a->list[i]];
+        loom_sim_attack_craft(&a->cfg, a->seed, a->round, u->client, u->len, NULL, 0, a->n, f, values);
+        return 1;
+    }
+    if (p < 0 || p >= a->cap) return 1;
+    a->held[p] = *u;
+    a->now[p] = now;
+    a->state[p] = 2;
+    return 0;
+}
+
+int lm_attack_finish(lm_attack *a, loom_engine *e, lm_secure_round *secure) {
+    if (!a || !a->omniscient) return LOOM_OK;
+    const float **honest = malloc((size_t)(a->n > 0 ? a->n : 1) * sizeof *honest);
+    if (!honest) return loom_error(LOOM_ENOMEM, "out of memory");
+    size_t nh = 0;
+    int f = 0, rc = LOOM_OK;
+    for (int i = 0; i < a->n; i++) {
+        f += a->is[a->list[i]];
+        if (i < a->cap && a->state[i] == 1) honest[nh++] = a->buf[i];
+    }
+    for (int i = 0; i < a->n && i < a->cap && rc == LOOM_OK; i++) {
+        if (a->state[i] != 2) continue;
+        loom_update u = a->held[i];
+        rc = loom_sim_attack_craft(&a->cfg, a->seed, a->round, u.client, a->dim, honest, nh, a->n, f, a->buf[i]);
+        u.values = a->buf[i];
+        u.len = a->dim;
+        if (rc != LOOM_OK) break;
+        if (secure) lm_secure_hold(secure, e, &u, a->now[i]);
+        else loom_engine_submit(e, &u, a->now[i], NULL); /* a refusal is recorded in the client's row */
+    }
+    free(honest);
+    return rc;
+}
