@@ -134,6 +134,13 @@ check "fedasync int8: a quarter of the f32 bytes up ($up)" test "${up:-0}" -gt 0
 refuse "unknown mode" 12 '--mode' 'fedasync' -- "$LOOM" sim --mode bogus
 refuse "bad staleness" 12 '--staleness' -- "$LOOM" sim --staleness hinge:x
 refuse "async resume" 12 'resume' -- "$LOOM" sim --clients-dir "$tmp/cd" --mode fedasync --rounds 8 --out "$tmp/fa" --resume
+# simulated attackers (sim_attack.c): their client rows are marked; bad --attack flags are refused
+"$LOOM" sim --config "$tmp/cfg.json" --rounds 1 --eval-every 0 --sample-len 0 --checkpoint-every 0 --attack alie \
+    --attackers 0.5 --out "$tmp/atk" > /dev/null 2>&1
+check "attack run exits 0" test $? -eq 0
+check "attackers' rows marked" test "$(grep -c '"attacker":true' "$tmp/atk/metrics.jsonl")" -ge 1
+refuse "unknown attack" 12 "--attack 'sybil'" -- "$LOOM" sim --attack sybil --attackers 2
+refuse "attack without attackers" 12 '--attackers N or FRACTION' -- "$LOOM" sim --attack ipm
 check "sim --help" "$LOOM" sim --help > /dev/null
 echo "$pass passed, $fail failed"
 test $fail -eq 0

@@ -31,6 +31,8 @@ static void formulas(void) {
     CHECK(fabs(z - 0.2533471) < 1e-6, "z_max(10, 2) = %.7f", z);
     CHECK_OK(loom_sim_alie_z(6, 2, &z)); /* s = 2, 4/6 */
     CHECK(fabs(z - 0.4307273) < 1e-6, "z_max(6, 2) = %.7f", z);
+    CHECK_OK(loom_sim_alie_z(6, 3, &z)); /* s = 1, 5/6 */
+    CHECK(fabs(z - 0.9674216) < 1e-6, "z_max(6, 3) = %.7f", z);
     CHECK(loom_sim_alie_z(10, 6, &z) == LOOM_EINVAL && strstr(loom_errmsg(), "alie") && strstr(loom_errmsg(), "f 6"),
           "ALIE with f >= n/2 + 1 refused: %s", loom_errmsg());
 
@@ -84,6 +86,10 @@ static void formulas(void) {
     ok = 1;
     for (int i = 0; i < D; i++) ok &= fabs(u[i] - (mean[i] - 0.3853205 * sd[i])) < 1e-5;
     CHECK(ok, "alie sends mean - z_max std: %g vs %g", u[2], mean[2] - 0.3853205 * sd[2]);
+    memcpy(u, own, sizeof u); /* a sampled round of 6 with 5 attackers: f is lowered to 3 */
+    CHECK_OK(loom_sim_attack_craft(&a, 3, 1, 0, D, honest, H, 6, 5, u));
+    CHECK(fabs(u[4] - (mean[4] - 0.9674216 * sd[4])) < 1e-5, "alie with a majority of the round: %g vs %g", u[4],
+          mean[4] - 0.9674216 * sd[4]);
 
     /* Gaussian: N(0, sigma^2) values, by (seed, round, client) */
     enum { G = 20000 };

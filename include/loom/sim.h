@@ -137,7 +137,8 @@ loom_secure_sum loom_sim_paillier_backend(loom_sim_paillier *s);
  *   SCALE     scale * u (scale = lambda, default 10)
  *   ALIE      "a little is enough" (Baruch et al. 2019): mean - z_max * std per coordinate of the round's
  *             honest updates (std with n - 1), z_max = Phi^-1((n - s) / n), s = floor(n / 2 + 1) - f, n the
- *             round's sampled clients, f its attackers; needs f < floor(n / 2 + 1)
+ *             round's sampled clients, f its attackers (a sampled round holding more than n / 2 attackers
+ *             uses f = floor(n / 2)); refused when the attackers are a majority of all the clients
  *   IPM       inner-product manipulation (Xie et al. 2020): -scale * mean of the round's honest updates
  *             (scale = epsilon, default 0.1)
  * ALIE and IPM are omniscient: the simulator holds the attackers' updates until the round's honest
@@ -156,7 +157,8 @@ const char *loom_sim_attack_name(int kind);
 /* The attackers among n_clients: is_attacker[i] = 1 for `count` clients drawn uniformly by
  * (seed, LOOM_STREAM_ATTACKERS), 0 for the others. LOOM_EINVAL when count is not in [0, n_clients]. */
 int loom_sim_attackers(uint64_t seed, int n_clients, int count, unsigned char *is_attacker);
-/* ALIE's z_max for n clients of which f attack (see above); LOOM_EINVAL when f >= floor(n / 2 + 1). */
+/* ALIE's z_max for n clients of which f attack (see above); LOOM_EINVAL when f >= floor(n / 2 + 1)
+ * (loom_sim_attack_craft lowers such an f to floor(n / 2) first). */
 int loom_sim_alie_z(int n, int f, double *z);
 /* Attacker `client`'s update of `round` (dim values, in place: it holds the client's own update on
  * entry): honest[0..n_honest) are the round's honest updates (used by ALIE and IPM), n and f the round's

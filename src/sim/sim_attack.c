@@ -86,6 +86,7 @@ int loom_sim_attack_craft(const loom_sim_attack *a, uint64_t seed, int round, in
     case LOOM_ATTACK_IPM: {
         double z = 0;
         int rc;
+        if (a->kind == LOOM_ATTACK_ALIE && f > n / 2) f = n / 2; /* a sampled round with a majority of attackers */
         if (a->kind == LOOM_ATTACK_ALIE && (rc = loom_sim_alie_z(n, f, &z)) != LOOM_OK) return rc;
         if (n_honest == 0) return LOOM_OK; /* nothing to see: the attacker sends its own update */
         for (size_t i = 0; i < dim; i++) {
@@ -155,10 +156,12 @@ int lm_attack_create(lm_attack **out, const loom_sim_config *c, int n_clients) {
     int *list = malloc((size_t)n_clients * sizeof *list), n = 0;
     int rc = !a->is || !a->pos || !list ? loom_error(LOOM_ENOMEM, "out of memory") : LOOM_OK;
     if (rc == LOOM_OK) rc = loom_sim_attackers(c->seed, n_clients, k->attackers, a->is);
-    if (rc == LOOM_OK && k->kind == LOOM_ATTACK_ALIE) { /* the most attackers a round can hold */
+    if (rc == LOOM_OK && k->kind == LOOM_ATTACK_ALIE) { /* attackers a majority of the population */
         double z;
-        if ((rc = loom_sim_sample(c, 1, list, &n)) == LOOM_OK)
-            rc = loom_sim_alie_z(n, k->attackers < n ? k->attackers : n, &z);
+        if ((rc = loom_sim_sample(c, 1, list, &n)) == LOOM_OK && n == n_clients)
+            rc = loom_sim_alie_z(n, k->attackers, &z);
+        else if (rc == LOOM_OK && k->attackers >= n_clients / 2 + 1)
+            rc = loom_sim_alie_z(n_clients, k->attackers, &z);
     }
     free(list);
     for (int i = 0; a->pos && i < n_clients; i++) a->pos[i] = -1;
