@@ -297,6 +297,43 @@ static void sim_round(void) {
     loom_partition_free(p);
 }
 
+/* label flipping: the flipped copy of a file equals the same file written with the labels swapped */
+static void labelflip(const loom_tokenizer *tok) {
+    static const char a[] = "{\"text\": \"a fine film\", \"label\": \"terrible\"}\n"
+                            "{\"text\": \"dull\", \"label\": \"good\"}\n"
+                            "{\"text\": \"loved every minute of it\", \"label\": \"terrible\"}\n"
+                            "{\"text\": \"no\", \"label\": \"meh\"}\n";
+    static const char b[] = "{\"text\": \"a fine film\", \"label\": \"good\"}\n"
+                            "{\"text\": \"dull\", \"label\": \"terrible\"}\n"
+                            "{\"text\": \"loved every minute of it\", \"label\": \"good\"}\n"
+                            "{\"text\": \"no\", \"label\": \"meh\"}\n";
+    loom_dataset_opts o;
+    loom_dataset_opts_init(&o);
+    o.format = loom_dataset_format("jsonl-cls");
+    loom_dataset *da = NULL, *db = NULL;
+    CHECK_OK(loom_dataset_load_buffer(&da, a, strlen(a), "a.jsonl", &o, tok));
+    CHECK_OK(loom_dataset_load_buffer(&db, b, strlen(b), "b.jsonl", &o, tok));
+    if (!da || !db) return;
+    /* labels by strcmp: good 0, meh 1, terrible 2; flipping l -> 2 - l swaps good and terrible (verbalizers
+     * of different lengths) */
+    lm_flip *fl = NULL;
+    CHECK_OK(lm_flip_create(&fl, da));
+    int same = fl && fl->ds->n == db->n;
+    for (size_t i = 0; same && i < db->n; i++) {
+        const loom_example *x = &fl->ds->ex[i], *y = &db->ex[i];
+        same &= x->n == y->n && x->label == y->label && x->prompt_len == y->prompt_len &&
+                !memcmp(x->ids, y->ids, y->n * sizeof *y->ids) && !memcmp(x->mask, y->mask, y->n);
+    }
+    CHECK(same, "the flipped copy equals the file with its labels swapped");
+    CHECK(fl && fl->ds->n_tokens == db->n_tokens && db->n_tokens != da->n_tokens, "token count follows the new verbalizers");
+    CHECK(da->ex[0].label == 2 && da->ex[1].label == 0, "the original is untouched");
+    lm_flip_free(fl);
+    loom_dataset_free(da);
+    loom_dataset_free(db);
+    CHECK(lm_flip_create(&fl, ds) == LOOM_EINVAL && strstr(loom_errmsg(), "labelflip needs classification data"),
+          "label flipping of language-modelling data refused: %s", loom_errmsg());
+}
+
 int main(void) {
     formulas();
     choice();
@@ -309,6 +346,7 @@ int main(void) {
     o.max_examples = 120;
     CHECK_OK(loom_dataset_load(&ds, test_path(path, sizeof path, "data/tinyshakespeare/input.txt"), &o, tok));
     if (ds) sim_round();
+    if (ds && tok) labelflip(tok);
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     return test_summary();

@@ -141,17 +141,19 @@ loom_secure_sum loom_sim_paillier_backend(loom_sim_paillier *s);
  *             uses f = floor(n / 2)); refused when the attackers are a majority of all the clients
  *   IPM       inner-product manipulation (Xie et al. 2020): -scale * mean of the round's honest updates
  *             (scale = epsilon, default 0.1)
+ *   LABELFLIP data poisoning of classification data: the attacker trains on its examples with label l
+ *             replaced by n_labels - 1 - l (its verbalizer, its label), and sends that honest-looking update
  * ALIE and IPM are omniscient: the simulator holds the attackers' updates until the round's honest
  * clients have all answered (the honest updates they see are those of the honest clients that trained
  * without an injected fault; unweighted), then sends them in client order. Synchronous rounds only. */
 enum { LOOM_ATTACK_NONE = 0, LOOM_ATTACK_GAUSSIAN, LOOM_ATTACK_SIGNFLIP, LOOM_ATTACK_SCALE, LOOM_ATTACK_ALIE,
-       LOOM_ATTACK_IPM };
+       LOOM_ATTACK_IPM, LOOM_ATTACK_LABELFLIP };
 typedef struct {
     int kind;          /* LOOM_ATTACK_* */
     int attackers;     /* how many of the clients attack */
     double scale;      /* sigma, lambda or epsilon; NAN or 0: the kind's default */
 } loom_sim_attack;
-/* The kind of a name (gaussian, signflip, scale, alie, ipm, or none): LOOM_OK or LOOM_EINVAL. */
+/* The kind of a name (gaussian, signflip, scale, alie, ipm, labelflip, or none): LOOM_OK or LOOM_EINVAL. */
 int loom_sim_attack_parse(const char *name, int *kind);
 const char *loom_sim_attack_name(int kind);
 /* The attackers among n_clients: is_attacker[i] = 1 for `count` clients drawn uniformly by

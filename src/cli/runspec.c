@@ -146,7 +146,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"he-clip", OPT_FLOAT, &r->he_clip, "sim: Paillier clips each update value to [-C, C] before its 32-bit fixed-point encoding (default 1)", 0, 1e6},
         {"he-max-dim", OPT_LONG, &r->he_max_dim, "sim: refuse trainable sets larger than N values under --he (default 524288; encryption costs about 0.3 ms per value per client)", 1, 1e9},
         /* simulated Byzantine attackers (sim_attack.c) */
-        {"attack", OPT_STR, &r->attack, "sim: Byzantine attack of the --attackers clients: gaussian (N(0, s^2) values), signflip (-u), scale (s u), alie (a little is enough: mean - z_max std of the honest updates) or ipm (-s mean of the honest updates); none = off", 0, 0},
+        {"attack", OPT_STR, &r->attack, "sim: Byzantine attack of the --attackers clients: gaussian (N(0, s^2) values), signflip (-u), scale (s u), alie (a little is enough: mean - z_max std of the honest updates), ipm (-s mean of the honest updates) or labelflip (classification data: train on label l as n_labels - 1 - l); none = off", 0, 0},
         {"attackers", OPT_STR, &r->attackers, "sim: attacking clients (chosen by the seed): a count (e.g. 4) or a fraction of the clients (e.g. 0.2)", 0, 0},
         {"attack-scale", OPT_FLOAT, &r->attack_scale, "sim: the attack's s: gaussian sigma (default 1), scale lambda (default 10), ipm epsilon (default 0.1)", -1e6, 1e6},
         CLI_PEFT_METHOD_OPTS(*po),

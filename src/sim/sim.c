@@ -151,6 +151,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     out.control_delta = ws->dc;
     loom_client_ctx ctx = {ws->tr, ws->vec, dim};
     loom_client_data d = client_data(c, client);
+    d.ds = lm_attack_data(r->attack, client, d.ds); /* a label-flipping attacker's poisoned copy */
     int compress = c->compress.codec != LOOM_CODEC_F32;
     int rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &c->fit,
                                  &c->compress, &r->states[client], &out);

@@ -7,7 +7,7 @@
 
 #include "loom/core.h"
 
-static const char *const attack_names[] = {"none", "gaussian", "signflip", "scale", "alie", "ipm"};
+static const char *const attack_names[] = {"none", "gaussian", "signflip", "scale", "alie", "ipm", "labelflip"};
 
 int loom_sim_attack_parse(const char *name, int *kind) {
     for (int i = 0; i < (int)(sizeof attack_names / sizeof attack_names[0]); i++)
@@ -15,12 +15,12 @@ int loom_sim_attack_parse(const char *name, int *kind) {
             *kind = i;
             return LOOM_OK;
         }
-    return loom_error(LOOM_EINVAL, "--attack '%s' is not one of gaussian, signflip, scale, alie, ipm, none",
+    return loom_error(LOOM_EINVAL, "--attack '%s' is not one of gaussian, signflip, scale, alie, ipm, labelflip, none",
                       name ? name : "");
 }
 
 const char *loom_sim_attack_name(int kind) {
-    return kind >= 0 && kind <= LOOM_ATTACK_IPM ? attack_names[kind] : "?";
+    return kind >= 0 && kind <= LOOM_ATTACK_LABELFLIP ? attack_names[kind] : "?";
 }
 
 int loom_sim_attackers(uint64_t seed, int n_clients, int count, unsigned char *is_attacker) {
@@ -70,7 +70,8 @@ int loom_sim_attack_craft(const loom_sim_attack *a, uint64_t seed, int round, in
                           const float *const *honest, size_t n_honest, int n, int f, float *update) {
     double s = scale_of(a);
     switch (a->kind) {
-    case LOOM_ATTACK_NONE: return LOOM_OK;
+    case LOOM_ATTACK_NONE:
+    case LOOM_ATTACK_LABELFLIP: return LOOM_OK; /* the poisoning is in its data */
     case LOOM_ATTACK_GAUSSIAN: {
         uint64_t stream = loom_hash2(loom_hash2(LOOM_STREAM_ATTACK_NOISE, (uint64_t)round), (uint64_t)client);
         for (size_t i = 0; i < dim; i++) update[i] = (float)(s * loom_rng_normal_at(seed, stream, i));
@@ -126,14 +127,82 @@ struct lm_attack {
     unsigned char *state; /* (cap) 0 nothing, 1 honest update kept, 2 attacker held */
     loom_update *held;   /* (cap) the held attackers' messages */
     double *now;         /* (cap) their arrival times */
+    lm_flip *flip;       /* labelflip over one shared dataset: its flipped copy */
+    lm_flip **flips;     /* labelflip over the clients' own datasets: (n_clients) the attackers' copies */
 };
+
+int lm_flip_create(lm_flip **out, const loom_dataset *ds) {
+    *out = NULL;
+    if (ds->kind != LOOM_DS_CLASSIFY || ds->n_labels < 2)
+        return loom_error(LOOM_EINVAL, "--attack labelflip needs classification data (a --label-col with two or more labels)");
+    lm_flip *fl = calloc(1, sizeof *fl);
+    uint32_t *idx = malloc((ds->n ? ds->n : 1) * sizeof *idx);
+    if (!fl || !idx) {
+        free(fl);
+        free(idx);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < ds->n; i++) idx[i] = (uint32_t)i;
+    int rc = loom_dataset_subset(&fl->ds, ds, idx, ds->n);
+    free(idx);
+    if (rc != LOOM_OK) {
+        lm_flip_free(fl);
+        return rc;
+    }
+    loom_dataset *f = fl->ds;
+    size_t total = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        const loom_example *e = &f->ex[i];
+        if (e->label >= 0 && (size_t)e->label < f->n_labels && e->prompt_len <= e->n)
+            total += e->prompt_len + f->verb_len[f->n_labels - 1 - (size_t)e->label];
+    }
+    fl->ids = malloc((total ? total : 1) * sizeof *fl->ids);
+    fl->mask = malloc(total ? total : 1);
+    if (!fl->ids || !fl->mask) {
+        lm_flip_free(fl);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    size_t at = 0, ntok = 0;
+    for (size_t i = 0; i < f->n; i++) {
+        loom_example *e = &f->ex[i];
+        if (e->label < 0 || (size_t)e->label >= f->n_labels || e->prompt_len > e->n) continue; /* kept as it is */
+        size_t k = f->n_labels - 1 - (size_t)e->label, p = e->prompt_len, v = f->verb_len[k];
+        memcpy(fl->ids + at, e->ids, p * sizeof *fl->ids);
+        memcpy(fl->mask + at, e->mask, p);
+        memcpy(fl->ids + at + p, f->verb_ids[k], v * sizeof *fl->ids);
+        memset(fl->mask + at + p, 1, v);
+        e->ids = fl->ids + at;
+        e->mask = fl->mask + at;
+        e->n = (uint32_t)(p + v);
+        e->label = (int32_t)k;
+        at += p + v;
+    }
+    for (size_t i = 0; i < f->n; i++) ntok += f->ex[i].n;
+    f->n_tokens = ntok;
+    *out = fl;
+    return LOOM_OK;
+}
+
+void lm_flip_free(lm_flip *fl) {
+    if (!fl) return;
+    loom_dataset_free(fl->ds);
+    free(fl->ids);
+    free(fl->mask);
+    free(fl);
+}
+
+const loom_dataset *lm_attack_data(const lm_attack *a, int client, const loom_dataset *ds) {
+    if (!a || a->cfg.kind != LOOM_ATTACK_LABELFLIP || !a->is[client]) return ds;
+    if (a->flips) return a->flips[client]->ds;
+    return a->flip->ds;
+}
 
 int lm_attack_create(lm_attack **out, const loom_sim_config *c, int n_clients) {
     *out = NULL;
     const loom_sim_attack *k = &c->attack;
     if (k->kind == LOOM_ATTACK_NONE) return LOOM_OK;
     const char *name = loom_sim_attack_name(k->kind);
-    if (k->kind < 0 || k->kind > LOOM_ATTACK_IPM) return loom_error(LOOM_EINVAL, "unknown attack kind %d", k->kind);
+    if (k->kind < 0 || k->kind > LOOM_ATTACK_LABELFLIP) return loom_error(LOOM_EINVAL, "unknown attack kind %d", k->kind);
     if (c->mode != LOOM_ENGINE_SYNC)
         return loom_error(LOOM_EUNSUPPORTED, "--attack %s needs synchronous rounds (not --mode %s)", name,
                           loom_engine_mode_name(c->mode));
@@ -165,6 +234,13 @@ int lm_attack_create(lm_attack **out, const loom_sim_config *c, int n_clients) {
     }
     free(list);
     for (int i = 0; a->pos && i < n_clients; i++) a->pos[i] = -1;
+    if (rc == LOOM_OK && k->kind == LOOM_ATTACK_LABELFLIP) {
+        if (!c->client_ds) rc = lm_flip_create(&a->flip, c->ds);
+        else if (!(a->flips = calloc((size_t)n_clients, sizeof *a->flips))) rc = loom_error(LOOM_ENOMEM, "out of memory");
+        for (int i = 0; a->flips && i < n_clients && rc == LOOM_OK; i++)
+            if (a->is[i] && (rc = lm_flip_create(&a->flips[i], c->client_ds[i])) != LOOM_OK)
+                rc = loom_error_context(rc, "client %d (%s)", i, c->part->clients[i].name);
+    }
     if (rc != LOOM_OK) {
         lm_attack_free(a);
         return rc;
@@ -180,6 +256,9 @@ void lm_attack_free(lm_attack *a) {
     free(a->state);
     free(a->held);
     free(a->now);
+    lm_flip_free(a->flip);
+    for (int i = 0; a->flips && i < a->n_clients; i++) lm_flip_free(a->flips[i]);
+    free(a->flips);
     free(a->is);
     free(a->pos);
     free(a);

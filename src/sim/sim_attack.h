@@ -14,6 +14,19 @@
 
 typedef struct lm_attack lm_attack;
 
+/* Label flipping: a copy of ds (classification data with two or more labels, else LOOM_EINVAL) whose
+ * examples have label l replaced by n_labels - 1 - l: the label index and the verbalizer tokens after
+ * the prompt (examples without a label stay as they are). */
+typedef struct {
+    loom_dataset *ds;
+    int32_t *ids;  /* the flipped examples' tokens */
+    uint8_t *mask;
+} lm_flip;
+int lm_flip_create(lm_flip **out, const loom_dataset *ds);
+void lm_flip_free(lm_flip *fl);
+/* The dataset client trains on: its flipped copy for a labelflip attacker, else ds. */
+const loom_dataset *lm_attack_data(const lm_attack *a, int client, const loom_dataset *ds);
+
 /* The run's attackers and holding area; checks the configuration against the run (synchronous rounds,
  * attackers within the clients, ALIE's f below half of a round). *out NULL when c has no attack. */
 int lm_attack_create(lm_attack **out, const loom_sim_config *c, int n_clients);
