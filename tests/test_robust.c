@@ -186,17 +186,17 @@ static void expect_refusal(const loom_robust_config *c, size_t n, const char *ne
 
 static void test_refusals(void) {
     loom_robust_config c = cfg(LOOM_ROBUST_KRUM, 2, 0, 0, 1);
-    expect_refusal(&c, 6, "n >= 2f + 3"); /* 2 * 2 + 3 = 7 > 6 */
+    expect_refusal(&c, 6, "n >= 2f + 3 updates: f = 2 needs at least 7, got n = 6"); /* 2 * 2 + 3 = 7 > 6 */
     c.f = -1;
-    expect_refusal(&c, 8, "--f");
+    expect_refusal(&c, 8, "f must be >= 0");
     c = cfg(LOOM_ROBUST_MULTI_KRUM, 2, 6, 0, 1); /* m = 6 > n - f = 5 */
-    expect_refusal(&c, 7, "--m 6");
+    expect_refusal(&c, 7, "m = 6 with n = 7, f = 2");
     c = cfg(LOOM_ROBUST_TRIMMED_MEAN, 0, 0, 0.5, 1);
-    expect_refusal(&c, 8, "--beta");
+    expect_refusal(&c, 8, "beta must be in [0, 0.5)");
     c.beta = -0.1; /* (beta < 0.5 implies 2 floor(beta n) < n for every n) */
-    expect_refusal(&c, 8, "--beta");
+    expect_refusal(&c, 8, "beta must be in [0, 0.5)");
     c = cfg(LOOM_ROBUST_NORM_BOUND, 0, 0, 0, 0);
-    expect_refusal(&c, 3, "--bound");
+    expect_refusal(&c, 3, "bound must be finite and > 0");
     loom_robust_rule r;
     CHECK(loom_robust_rule_parse("bogus", &r) == LOOM_EINVAL && strstr(loom_errmsg(), "bogus"), "%s", loom_errmsg());
     CHECK(loom_robust_rule_parse("multi-krum", &r) == LOOM_OK && r == LOOM_ROBUST_MULTI_KRUM, "parse multi-krum");
@@ -214,7 +214,7 @@ static void test_refusals(void) {
     pc.aggregator = &loom_agg_robust;
     pc.aggregator_config = &bad;
     rc = loom_pipeline_create(&p, &pc);
-    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "--beta"), "bad beta: %d %s", rc, loom_errmsg());
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "beta must be"), "bad beta: %d %s", rc, loom_errmsg());
 }
 
 /* ---- order independence, through the pipeline ---- */

@@ -269,7 +269,7 @@ void loom_robust_defaults(loom_robust_config *c, loom_robust_rule rule);
 int loom_robust_rule_parse(const char *name, loom_robust_rule *rule);
 const char *loom_robust_rule_name(loom_robust_rule rule);
 /* The rule's assumption for n updates (n = 0: the parameters alone). LOOM_OK or LOOM_EINVAL naming
- * the broken parameter ("--f", "--m", "--beta", "--bound"). */
+ * the broken parameter (f, m, beta, bound) and its value. */
 int loom_robust_check(const loom_robust_config *c, size_t n);
 
 /* The pipeline's plug: aggregator = &loom_agg_robust, aggregator_config = a loom_robust_config (copied

@@ -48,30 +48,30 @@ int loom_robust_check(const loom_robust_config *c, size_t n) {
         return LOOM_OK;
     case LOOM_ROBUST_TRIMMED_MEAN: {
         if (!(c->beta >= 0 && c->beta < 0.5))
-            return loom_error(LOOM_EINVAL, "trimmed-mean: --beta must be in [0, 0.5) (got %g)", c->beta);
+            return loom_error(LOOM_EINVAL, "trimmed-mean: beta must be in [0, 0.5) (got %g)", c->beta);
         size_t k = (size_t)floor(c->beta * (double)n);
         if (n > 0 && 2 * k >= n)
-            return loom_error(LOOM_EINVAL, "trimmed-mean needs 2*floor(beta n) < n: --beta %g cuts %zu of n = %zu",
+            return loom_error(LOOM_EINVAL, "trimmed-mean needs 2 floor(beta n) < n: beta = %g cuts %zu of n = %zu",
                               c->beta, 2 * k, n);
         return LOOM_OK;
     }
     case LOOM_ROBUST_KRUM:
     case LOOM_ROBUST_MULTI_KRUM: {
         const char *nm = rule_names[c->rule];
-        if (c->f < 0) return loom_error(LOOM_EINVAL, "%s: --f must be >= 0 (got %d)", nm, c->f);
+        if (c->f < 0) return loom_error(LOOM_EINVAL, "%s: f must be >= 0 (got %d)", nm, c->f);
         if (c->rule == LOOM_ROBUST_MULTI_KRUM && c->m < 0)
-            return loom_error(LOOM_EINVAL, "multi-krum: --m must be >= 1, or 0 for n - f (got %d)", c->m);
+            return loom_error(LOOM_EINVAL, "multi-krum: m must be >= 1, or 0 for n - f (got %d)", c->m);
         if (n == 0) return LOOM_OK;
         if (n < 2 * (size_t)c->f + 3)
-            return loom_error(LOOM_EINVAL, "%s needs n >= 2f + 3: --f %d allows at least %zu updates, got n = %zu", nm,
+            return loom_error(LOOM_EINVAL, "%s needs n >= 2f + 3 updates: f = %d needs at least %zu, got n = %zu", nm,
                               c->f, 2 * (size_t)c->f + 3, n);
         if (c->rule == LOOM_ROBUST_MULTI_KRUM && (size_t)c->m > n - (size_t)c->f)
-            return loom_error(LOOM_EINVAL, "multi-krum needs m <= n - f: --m %d with n = %zu, f = %d", c->m, n, c->f);
+            return loom_error(LOOM_EINVAL, "multi-krum needs m <= n - f: m = %d with n = %zu, f = %d", c->m, n, c->f);
         return LOOM_OK;
     }
     case LOOM_ROBUST_NORM_BOUND:
         if (!(c->bound > 0) || isinf(c->bound))
-            return loom_error(LOOM_EINVAL, "norm-bound: --bound must be finite and > 0 (got %g)", c->bound);
+            return loom_error(LOOM_EINVAL, "norm-bound: bound must be finite and > 0 (got %g)", c->bound);
         return LOOM_OK;
     }
     return loom_error(LOOM_EINVAL, "robust aggregator: unknown rule %d", (int)c->rule);
