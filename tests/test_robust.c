@@ -2,9 +2,11 @@
  * coordinate-wise rules against a full-sort reference, f sign-flip attackers among n, refusals, and
  * independence from the order of the updates. */
 #include <string.h>
+#include <sys/wait.h>
 
 #include "loom/core.h"
 #include "loom/pipeline.h"
+#include "loom/safetensors.h"
 #include "test.h"
 
 static loom_robust_config cfg(loom_robust_rule r, int f, int m, double beta, double bound) {
@@ -275,6 +277,94 @@ static void test_order(void) {
     }
 }
 
+
+/* ---- loom aggregate ---- */
+
+/* A file with tensors "a" (2 x 2) and "b" (3, or 2 when short) from v (7 values). */
+static void write_update(const char *path, const float *v, int short_b) {
+    loom_st_writer *w = NULL;
+    const int64_t sa[2] = {2, 2}, sb[1] = {short_b ? 2 : 3};
+    CHECK_OK(loom_st_writer_create(&w));
+    CHECK_OK(loom_st_writer_add_f32(w, "a", LOOM_DT_F32, 2, sa, v));
+    CHECK_OK(loom_st_writer_add_f32(w, "b", LOOM_DT_F32, 1, sb, v + 4));
+    CHECK_OK(loom_st_writer_write(w, path));
+    loom_st_writer_free(w);
+}
+
+/* Runs loom aggregate with args (in dir); returns its exit status, stderr in err. */
+static int run_cli(const char *dir, const char *args, char *err, size_t n) {
+    const char *bin = getenv("LOOM_BIN"); /* set by CTest; else the build directory's ./loom */
+    char cmd[4096], abs[4096];
+    if (!bin || !*bin) bin = realpath("loom", abs) ? abs : "loom";
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' aggregate %s > out.txt 2> err.txt", dir, bin, args);
+    int st = system(cmd);
+    snprintf(cmd, sizeof cmd, "%s/err.txt", dir);
+    err[0] = 0;
+    FILE *f = fopen(cmd, "r");
+    if (f) {
+        size_t k = fread(err, 1, n - 1, f);
+        err[k] = 0;
+        fclose(f);
+    }
+    return st == -1 ? -1 : WEXITSTATUS(st);
+}
+
+static void test_cli(void) {
+    char dir[256], path[512], err[4096];
+    test_tmpdir(dir, sizeof dir);
+    /* three updates; the median per value is the middle one of each column */
+    const float v[3][7] = {{1, 2, 3, 4, 5, 6, 7}, {-1, 20, 0, 4, 50, -6, 8}, {3, 0, 30, -4, 0, 60, 9}};
+    const float med[7] = {1, 2, 3, 4, 5, 6, 8};
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/u%d.safetensors", dir, i);
+        write_update(path, v[i], 0);
+    }
+    int rc = run_cli(dir, "--rule median --out m.safetensors u0.safetensors u1.safetensors u2.safetensors", err,
+                     sizeof err);
+    CHECK(rc == 0, "loom aggregate median: %d %s", rc, err);
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    loom_st_file *f = NULL;
+    if (rc == 0 && loom_st_open(&f, path) == LOOM_OK) {
+        const loom_st_tensor *a = loom_st_find(f, "a"), *b = loom_st_find(f, "b");
+        float got[7] = {0};
+        CHECK(a && b && a->ndim == 2 && a->shape[0] == 2 && a->shape[1] == 2 && b->numel == 3, "output shapes");
+        if (a && b && a->numel == 4 && b->numel == 3) {
+            loom_st_to_f32(a, got, 4);
+            loom_st_to_f32(b, got + 4, 3);
+        }
+        CHECK(memcmp(got, med, sizeof med) == 0, "median %g %g %g %g %g %g %g", got[0], got[1], got[2], got[3], got[4],
+              got[5], got[6]);
+        loom_st_close(f);
+    }
+    /* weighted fedavg: (1 * u0 + 3 * u1) / 4, first value (1 - 3) / 4 = -0.5 */
+    rc = run_cli(dir, "--rule fedavg --weights 1,3 --out a.safetensors u0.safetensors u1.safetensors", err, sizeof err);
+    CHECK(rc == 0, "fedavg: %d %s", rc, err);
+    snprintf(path, sizeof path, "%s/a.safetensors", dir);
+    if (rc == 0 && loom_st_open(&f, path) == LOOM_OK) {
+        float got[4] = {0};
+        loom_st_to_f32(loom_st_find(f, "a"), got, 4);
+        CHECK(got[0] == -0.5f && got[1] == 15.5f, "weighted mean %g %g", got[0], got[1]);
+        loom_st_close(f);
+    }
+    /* refusals: another shape, a NaN, an impossible f, weights that do not match the files */
+    snprintf(path, sizeof path, "%s/short.safetensors", dir);
+    write_update(path, v[0], 1);
+    rc = run_cli(dir, "--rule median --out x.safetensors u0.safetensors short.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "short.safetensors: tensor 'b' has another shape"), "shape: %d %s", rc, err);
+    const float bad[7] = {1, NAN, 3, 4, 5, 6, 7};
+    snprintf(path, sizeof path, "%s/nan.safetensors", dir);
+    write_update(path, bad, 0);
+    rc = run_cli(dir, "--rule krum --f 1 --out x.safetensors u0.safetensors nan.safetensors u1.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "krum needs n >= 2f + 3 updates: f = 1 needs at least 5, got n = 3"), "krum n=3: %d %s", rc, err);
+    rc = run_cli(dir, "--rule median --out x.safetensors u0.safetensors nan.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "nan.safetensors refused: update value 1 is NaN"), "nan: %d %s", rc, err);
+    rc = run_cli(dir, "--rule median --weights 1,2,3 --out x.safetensors u0.safetensors u1.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "--weights has more values"), "weights: %d %s", rc, err);
+    rc = run_cli(dir, "--rule bulyan2 --out x.safetensors u0.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "unknown robust aggregator 'bulyan2'"), "rule: %d %s", rc, err);
+    test_rmtree(dir);
+}
+
 int main(void) {
     test_coordinatewise_exact();
     test_coordinatewise_reference();
@@ -283,5 +373,6 @@ int main(void) {
     test_sign_flip();
     test_refusals();
     test_order();
+    test_cli();
     return test_summary();
 }
