@@ -9,6 +9,8 @@
 #include "loom/safetensors.h"
 #include "test.h"
 
+static void expect_refusal(const loom_robust_config *c, size_t n, const char *needle);
+
 static loom_robust_config cfg(loom_robust_rule r, int f, int m, double beta, double bound) {
     loom_robust_config c;
     loom_robust_defaults(&c, r);
@@ -130,13 +132,55 @@ static void test_norm_bound(void) {
     CHECK_NEAR(out[1], 0.2, 1e-15);
 }
 
+/* ---- geometric median ---- */
+
+static double gm_obj(const float p[][2], const double *w, int n, double x, double y) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += w[i] * hypot(x - p[i][0], y - p[i][1]);
+    return s;
+}
+
+static void test_geomedian(void) {
+    /* Five weighted points in the plane; the optimum is found by brute force: a grid of step 0.01 over
+     * [-2, 6]^2, then grids of steps 1e-4 and 1e-6 around the best point so far. */
+    const float p[5][2] = {{0, 0}, {4, 0}, {0, 3}, {5, 5}, {1, -2}};
+    const double w[5] = {1, 2, 1, 1, 3};
+    const float *u[5] = {p[0], p[1], p[2], p[3], p[4]};
+    double bx = 0, by = 0, best = INFINITY;
+    for (int a = 0; a <= 800; a++)
+        for (int b = 0; b <= 800; b++) {
+            double x = -2 + 0.01 * a, y = -2 + 0.01 * b, o = gm_obj(p, w, 5, x, y);
+            if (o < best) best = o, bx = x, by = y;
+        }
+    for (double h = 1e-4; h >= 1e-6; h /= 100) { /* the objective is convex: refine around the best */
+        double cx = bx, cy = by;
+        for (int a = -100; a <= 100; a++)
+            for (int b = -100; b <= 100; b++) {
+                double x = cx + h * a, y = cy + h * b, o = gm_obj(p, w, 5, x, y);
+                if (o < best) best = o, bx = x, by = y;
+            }
+    }
+    double out[2];
+    loom_robust_config c = cfg(LOOM_ROBUST_GEOMEDIAN, 0, 0, 0, 1);
+    CHECK_OK(loom_robust_aggregate(&c, out, u, w, 5, 2, NULL));
+    /* the iterations stop when the objective improves by less than 1e-10 of itself: within 1e-4 of the
+     * point, 1e-9 of the objective */
+    CHECK(hypot(out[0] - bx, out[1] - by) <= 1e-4, "geomedian (%.7f, %.7f), brute force (%.7f, %.7f)", out[0], out[1],
+          bx, by);
+    CHECK(gm_obj(p, w, 5, out[0], out[1]) <= best * (1 + 1e-9), "objective %.12g > brute force %.12g",
+          gm_obj(p, w, 5, out[0], out[1]), best);
+    c.iters = 0;
+    expect_refusal(&c, 5, "iters must be >= 1");
+}
+
 /* ---- f sign-flip attackers among n ---- */
 
 static void test_sign_flip(void) {
     /* n = 20, f = 4, d = 2000. Honest u_i = 1 + 0.1 z (z standard normal per value); each attacker sends
      * -10 times the honest mean. The plain mean moves by 4/20 * 11 = 2.2 per coordinate (RMS about 2.2);
      * every robust rule must stay within RMS 2 sigma = 0.2 of the honest mean (the median and trimmed
-     * mean shift by a few tenths of sigma, Krum picks one honest update, about 1.03 sigma away). */
+     * mean shift by a few tenths of sigma, Krum picks one honest update, about 1.03 sigma away; the geometric
+     * median's breakdown point is 1/2). */
     enum { N = 20, F = 4, D = 2000 };
     const double sigma = 0.1;
     float *buf = malloc((size_t)N * D * sizeof *buf);
@@ -155,7 +199,8 @@ static void test_sign_flip(void) {
     const float *t = u[2];
     u[2] = u[N - 1], u[N - 1] = t;
     const loom_robust_config rules[] = {cfg(LOOM_ROBUST_MEDIAN, 0, 0, 0, 1), cfg(LOOM_ROBUST_TRIMMED_MEAN, 0, 0, 0.2, 1),
-                                        cfg(LOOM_ROBUST_KRUM, F, 0, 0, 1), cfg(LOOM_ROBUST_MULTI_KRUM, F, 0, 0, 1)};
+                                        cfg(LOOM_ROBUST_KRUM, F, 0, 0, 1), cfg(LOOM_ROBUST_MULTI_KRUM, F, 0, 0, 1),
+                                        cfg(LOOM_ROBUST_GEOMEDIAN, 0, 0, 0, 1)};
     for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
         CHECK_OK(loom_robust_aggregate(&rules[r], out, u, NULL, N, D, NULL));
         double e = 0;
@@ -255,7 +300,7 @@ static void test_order(void) {
               mix[N] = {4, 1, 8, 0, 5, 3, 7, 2, 6};
     const loom_robust_config rules[] = {cfg(LOOM_ROBUST_MEDIAN, 0, 0, 0, 1), cfg(LOOM_ROBUST_TRIMMED_MEAN, 0, 0, 0.2, 1),
                                         cfg(LOOM_ROBUST_KRUM, 3, 0, 0, 1), cfg(LOOM_ROBUST_MULTI_KRUM, 2, 4, 0, 1),
-                                        cfg(LOOM_ROBUST_NORM_BOUND, 0, 0, 0, 1e5)};
+                                        cfg(LOOM_ROBUST_NORM_BOUND, 0, 0, 0, 1e5), cfg(LOOM_ROBUST_GEOMEDIAN, 0, 0, 0, 1)};
     float x0[D], x1[D], x2[D];
     for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
         round_in_order(&rules[r], u, w, fwd, N, D, x0);
@@ -294,7 +339,7 @@ static void write_update(const char *path, const float *v, int short_b) {
 /* Runs loom aggregate with args (in dir); returns its exit status, stderr in err. */
 static int run_cli(const char *dir, const char *args, char *err, size_t n) {
     const char *bin = getenv("LOOM_BIN"); /* set by CTest; else the build directory's ./loom */
-    char cmd[4096], abs[4096];
+    char cmd[9000], abs[4096];
     if (!bin || !*bin) bin = realpath("loom", abs) ? abs : "loom";
     snprintf(cmd, sizeof cmd, "cd '%s' && '%s' aggregate %s > out.txt 2> err.txt", dir, bin, args);
     int st = system(cmd);
@@ -370,6 +415,7 @@ int main(void) {
     test_coordinatewise_reference();
     test_krum();
     test_norm_bound();
+    test_geomedian();
     test_sign_flip();
     test_refusals();
     test_order();

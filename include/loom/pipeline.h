@@ -243,6 +243,10 @@ int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint6
  *                 Assumes n >= 2f + 3 and 1 <= m <= n - f.
  *   norm-bound    the weighted mean of the updates, each scaled to L2 norm at most `bound`
  *                 (Sun et al. 2019). Assumes bound > 0.
+ *   geomedian     the weighted geometric median argmin_z sum_i w_i ||z - u_i|| by smoothed Weiszfeld
+ *                 iterations (RFA, Pillutla et al. 2022): z <- sum_i b_i u_i / sum_i b_i with
+ *                 b_i = w_i / max(nu, ||z - u_i||), from the weighted mean, at most `iters` steps, until
+ *                 the objective improves by less than 1e-10 of itself. Assumes iters >= 1, nu > 0.
  * Score ties (Krum) are broken by the sorted order, so the choice is deterministic. A configuration
  * that breaks its assumption is refused with LOOM_EINVAL naming the parameter (at create for the
  * parameters alone, at finish when n is known). Control variates (scaffold) are not supported. */
@@ -253,6 +257,7 @@ typedef enum {
     LOOM_ROBUST_KRUM,
     LOOM_ROBUST_MULTI_KRUM,
     LOOM_ROBUST_NORM_BOUND,
+    LOOM_ROBUST_GEOMEDIAN,
 } loom_robust_rule;
 
 typedef struct {
@@ -261,15 +266,18 @@ typedef struct {
     int m;        /* multi-krum: updates averaged (0 = n - f) */
     double beta;  /* trimmed-mean: fraction cut from each end, in [0, 0.5) */
     double bound; /* norm-bound: L2 norm bound (> 0) */
+    int iters;    /* geomedian: most Weiszfeld steps (>= 1) */
+    double nu;    /* geomedian: smoothing, the smallest distance used (> 0) */
 } loom_robust_config;
 
-/* Defaults for `rule`: f = 0, m = 0, beta = 0.1, bound = 1. */
+/* Defaults for `rule`: f = 0, m = 0, beta = 0.1, bound = 1, iters = 100, nu = 1e-6. */
 void loom_robust_defaults(loom_robust_config *c, loom_robust_rule rule);
-/* "median", "trimmed-mean", "krum", "multi-krum", "norm-bound" -> rule; anything else LOOM_EINVAL. */
+/* "median", "trimmed-mean", "krum", "multi-krum", "norm-bound", "geomedian" -> rule; anything else
+ * LOOM_EINVAL. */
 int loom_robust_rule_parse(const char *name, loom_robust_rule *rule);
 const char *loom_robust_rule_name(loom_robust_rule rule);
 /* The rule's assumption for n updates (n = 0: the parameters alone). LOOM_OK or LOOM_EINVAL naming
- * the broken parameter (f, m, beta, bound) and its value. */
+ * the broken parameter (f, m, beta, bound, iters, nu) and its value. */
 int loom_robust_check(const loom_robust_config *c, size_t n);
 
 /* The pipeline's plug: aggregator = &loom_agg_robust, aggregator_config = a loom_robust_config (copied

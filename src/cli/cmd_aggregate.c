@@ -85,7 +85,7 @@ int cmd_aggregate(int argc, char **argv) {
     int f = 0, m = 0;
     float beta = 0.1f, bound = 1.0f;
     cli_opt opts[] = {
-        {"rule", OPT_STR, &rule, "fedavg (the exact weighted mean), median, trimmed-mean, krum, multi-krum or norm-bound", 0, 0},
+        {"rule", OPT_STR, &rule, "fedavg (the exact weighted mean), median, trimmed-mean, krum, multi-krum, norm-bound or geomedian", 0, 0},
         {"f", OPT_INT, &f, "krum, multi-krum: Byzantine updates tolerated (needs n >= 2f + 3 files)", 0, 1000000},
         {"m", OPT_INT, &m, "multi-krum: updates averaged (0 = n - f)", 0, 1000000},
         {"beta", OPT_FLOAT, &beta, "trimmed-mean: fraction cut from each end, in [0, 0.5)", 0, 0.5},

@@ -99,7 +99,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"max-update-norm", OPT_FLOAT, &r->max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
         {"update-clip", OPT_FLOAT, &r->update_clip, "server scales each update down to this L2 norm before aggregating (0 = off)", 0, 1048576},
         /* robust aggregation (fl/agg_robust.c): the rule replaces the weighted mean; the strategy applies to its result */
-        {"aggregator", OPT_STR, &r->aggregator, "mean (the exact weighted mean, default), median, trimmed-mean, krum, multi-krum or norm-bound", 0, 0},
+        {"aggregator", OPT_STR, &r->aggregator, "mean (the exact weighted mean, default), median, trimmed-mean, krum, multi-krum, norm-bound or geomedian", 0, 0},
         {"agg-f", OPT_INT, &r->agg_f, "krum, multi-krum: Byzantine updates tolerated f (needs n >= 2f + 3 updates a round)", 0, 1000000},
         {"agg-m", OPT_INT, &r->agg_m, "multi-krum: updates averaged (0 = n - f)", 0, 1000000},
         {"agg-beta", OPT_FLOAT, &r->agg_beta, "trimmed-mean: fraction cut from each end, in [0, 0.5) (default 0.1)", 0, 0.5},

@@ -16,7 +16,7 @@
 #define SEL_BLOCK 64   /* coordinates transposed together for the selection (n x SEL_BLOCK floats) */
 #define GRAM_BLOCK 2048 /* columns of U converted to double per dsyrk call */
 
-static const char *const rule_names[] = {"median", "trimmed-mean", "krum", "multi-krum", "norm-bound"};
+static const char *const rule_names[] = {"median", "trimmed-mean", "krum", "multi-krum", "norm-bound", "geomedian"};
 #define N_RULES (sizeof rule_names / sizeof rule_names[0])
 
 void loom_robust_defaults(loom_robust_config *c, loom_robust_rule rule) {
@@ -24,6 +24,8 @@ void loom_robust_defaults(loom_robust_config *c, loom_robust_rule rule) {
     c->rule = rule;
     c->beta = 0.1;
     c->bound = 1.0;
+    c->iters = 100;
+    c->nu = 1e-6;
 }
 
 int loom_robust_rule_parse(const char *name, loom_robust_rule *rule) {
@@ -33,7 +35,7 @@ int loom_robust_rule_parse(const char *name, loom_robust_rule *rule) {
             return LOOM_OK;
         }
     return loom_error(LOOM_EINVAL,
-                      "unknown robust aggregator '%s' (median, trimmed-mean, krum, multi-krum, norm-bound)",
+                      "unknown robust aggregator '%s' (median, trimmed-mean, krum, multi-krum, norm-bound, geomedian)",
                       name ? name : "(null)");
 }
 
@@ -72,6 +74,11 @@ int loom_robust_check(const loom_robust_config *c, size_t n) {
     case LOOM_ROBUST_NORM_BOUND:
         if (!(c->bound > 0) || isinf(c->bound))
             return loom_error(LOOM_EINVAL, "norm-bound: bound must be finite and > 0 (got %g)", c->bound);
+        return LOOM_OK;
+    case LOOM_ROBUST_GEOMEDIAN:
+        if (c->iters < 1) return loom_error(LOOM_EINVAL, "geomedian: iters must be >= 1 (got %d)", c->iters);
+        if (!(c->nu > 0) || isinf(c->nu))
+            return loom_error(LOOM_EINVAL, "geomedian: nu must be finite and > 0 (got %g)", c->nu);
         return LOOM_OK;
     }
     return loom_error(LOOM_EINVAL, "robust aggregator: unknown rule %d", (int)c->rule);
@@ -240,6 +247,46 @@ static void weighted_mean(double *out, const float *const *rows, const double *c
     }
 }
 
+/* ------------------------------------------------------------------ geometric median */
+
+/* dist[i] = ||z - u_i|| (each a sequential double sum: the same whatever the thread count). */
+static void distances(double *dist, const double *z, const float *const *rows, size_t n, size_t dim) {
+#pragma omp parallel for schedule(static) if (n * dim >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        double s = 0;
+        for (size_t j = 0; j < dim; j++) {
+            double d = z[j] - rows[i][j];
+            s += d * d;
+        }
+        dist[i] = sqrt(s);
+    }
+}
+
+static int geomedian(const loom_robust_config *c, double *z, const float *const *rows, const double *w, size_t n,
+                     size_t dim) {
+    double *dist = malloc(n * sizeof *dist), *b = malloc(n * sizeof *b);
+    if (!dist || !b) {
+        free(dist), free(b);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    weighted_mean(z, rows, w, n, dim);
+    distances(dist, z, rows, n, dim);
+    double obj = 0;
+    for (size_t i = 0; i < n; i++) obj += w[i] * dist[i];
+    for (int it = 0; it < c->iters; it++) {
+        for (size_t i = 0; i < n; i++) b[i] = w[i] / (dist[i] > c->nu ? dist[i] : c->nu);
+        weighted_mean(z, rows, b, n, dim);
+        distances(dist, z, rows, n, dim);
+        double o = 0;
+        for (size_t i = 0; i < n; i++) o += w[i] * dist[i];
+        int done = obj - o <= 1e-10 * o;
+        obj = o;
+        if (done) break;
+    }
+    free(dist), free(b);
+    return LOOM_OK;
+}
+
 /* ------------------------------------------------------------------ one rule on sorted rows */
 
 static int combine(const loom_robust_config *c, double *out, const float *const *rows, const double *w, size_t n,
@@ -248,6 +295,8 @@ static int combine(const loom_robust_config *c, double *out, const float *const 
     switch (c->rule) {
     case LOOM_ROBUST_MEDIAN:
         return coordinatewise(out, rows, n, dim, -1);
+    case LOOM_ROBUST_GEOMEDIAN:
+        return geomedian(c, out, rows, w, n, dim);
     case LOOM_ROBUST_TRIMMED_MEAN:
         return coordinatewise(out, rows, n, dim, (long)floor(c->beta * (double)n));
     case LOOM_ROBUST_NORM_BOUND: {
