@@ -135,6 +135,9 @@ typedef struct {
     int (*add)(loom_aggregator *a, const float *u, double scale, uint64_t w, const float *dc);
     /* mean (dim) = the weighted mean; control_sum (dim, only with_control) = sum of dc. */
     int (*finish)(loom_aggregator *a, double *mean, double *control_sum);
+    /* Optional: create with a rule-specific configuration (loom_pipeline_config.aggregator_config, e.g.
+     * a loom_robust_config); when set, the pipeline calls it instead of create(). */
+    int (*create_with)(loom_aggregator **out, size_t dim, int with_control, const void *config);
 } loom_aggregator_ops;
 
 /* The exact fixed-point weighted mean described above (streaming). */
@@ -156,6 +159,7 @@ typedef struct {
     loom_noise_fn noise;           /* noise stage (NULL = identity) */
     void *noise_ud;
     const loom_aggregator_ops *aggregator; /* NULL = loom_agg_fixed_mean */
+    const void *aggregator_config;         /* given to aggregator->create_with (NULL = its defaults) */
 } loom_pipeline_config;
 
 typedef struct loom_pipeline loom_pipeline;
@@ -220,6 +224,71 @@ int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *da
  * the fixed-point mean (a robust aggregator needs the updates), a strategy with control variates.
  * Outside a round: LOOM_ESTATE. Thread-safe like loom_pipeline_add. */
 int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint64_t total_weight, size_t n_updates);
+
+/* ---- robust aggregators (src/fl/agg_robust.c; LOOM_AGG_BUFFERED) ----
+ * Byzantine-robust rules over the n updates of a round (u_1..u_n, dim floats each, after clipping; the
+ * pipeline's weights w_n). Each keeps the round's updates (O(n dim) memory) and combines them in
+ * finish(). Before combining, the held updates are sorted by a key of their content (a 64-bit hash
+ * of the bytes, then the weight, then the bytes), so the result does not depend on the order of add().
+ *
+ *   median        coordinate-wise median (unweighted; an even n takes the mean of the two middle
+ *                 values). Selection per coordinate, parallel over coordinates. Assumes n >= 1.
+ *   trimmed-mean  per coordinate, drop the k = floor(beta n) smallest and k largest values and average
+ *                 the rest (unweighted). Assumes 0 <= beta < 0.5 and 2k < n.
+ *   krum          the update with the smallest score, score_i = the sum of the n - f - 2 smallest
+ *                 squared distances ||u_i - u_j||^2, j != i (Blanchard et al. 2017). Pairwise distances
+ *                 from one Gram matrix G = U U^T (BLAS dsyrk over column blocks of the n x dim update
+ *                 matrix, in double): ||a - b||^2 = G_aa + G_bb - 2 G_ab. Assumes n >= 2f + 3.
+ *   multi-krum    the weighted mean of the m updates with the smallest Krum scores (m = 0: n - f).
+ *                 Assumes n >= 2f + 3 and 1 <= m <= n - f.
+ *   norm-bound    the weighted mean of the updates, each scaled to L2 norm at most `bound`
+ *                 (Sun et al. 2019). Assumes bound > 0.
+ *   geomedian     the weighted geometric median argmin_z sum_i w_i ||z - u_i|| by smoothed Weiszfeld
+ *                 iterations (RFA, Pillutla et al. 2022): z <- sum_i b_i u_i / sum_i b_i with
+ *                 b_i = w_i / max(nu, ||z - u_i||), from the weighted mean, at most `iters` steps, until
+ *                 the objective improves by less than 1e-10 of itself. Assumes iters >= 1, nu > 0.
+ * Score ties (Krum) are broken by the sorted order, so the choice is deterministic. A configuration
+ * that breaks its assumption is refused with LOOM_EINVAL naming the parameter (at create for the
+ * parameters alone, at finish when n is known). Control variates (scaffold) are not supported. */
+
+typedef enum {
+    LOOM_ROBUST_MEDIAN = 0,
+    LOOM_ROBUST_TRIMMED_MEAN,
+    LOOM_ROBUST_KRUM,
+    LOOM_ROBUST_MULTI_KRUM,
+    LOOM_ROBUST_NORM_BOUND,
+    LOOM_ROBUST_GEOMEDIAN,
+} loom_robust_rule;
+
+typedef struct {
+    loom_robust_rule rule;
+    int f;        /* krum, multi-krum: Byzantine updates tolerated (>= 0) */
+    int m;        /* multi-krum: updates averaged (0 = n - f) */
+    double beta;  /* trimmed-mean: fraction cut from each end, in [0, 0.5) */
+    double bound; /* norm-bound: L2 norm bound (> 0) */
+    int iters;    /* geomedian: most Weiszfeld steps (>= 1) */
+    double nu;    /* geomedian: smoothing, the smallest distance used (> 0) */
+} loom_robust_config;
+
+/* Defaults for `rule`: f = 0, m = 0, beta = 0.1, bound = 1, iters = 100, nu = 1e-6. */
+void loom_robust_defaults(loom_robust_config *c, loom_robust_rule rule);
+/* "median", "trimmed-mean", "krum", "multi-krum", "norm-bound", "geomedian" -> rule; anything else
+ * LOOM_EINVAL. */
+int loom_robust_rule_parse(const char *name, loom_robust_rule *rule);
+const char *loom_robust_rule_name(loom_robust_rule rule);
+/* The rule's assumption for n updates (n = 0: the parameters alone). LOOM_OK or LOOM_EINVAL naming
+ * the broken parameter (f, m, beta, bound, iters, nu) and its value. */
+int loom_robust_check(const loom_robust_config *c, size_t n);
+
+/* The pipeline's plug: aggregator = &loom_agg_robust, aggregator_config = a loom_robust_config (copied
+ * at create; NULL = median). */
+extern const loom_aggregator_ops loom_agg_robust;
+
+/* One rule on n updates in memory (updates[i]: dim floats, finite; weights NULL = all 1, else whole
+ * numbers >= 1): out (dim doubles) = the aggregate. selected (n ints, may be NULL) = 1 for the updates
+ * Krum/Multi-Krum chose, else 0 (all 1 for the other rules), in the order given. */
+int loom_robust_aggregate(const loom_robust_config *c, double *out, const float *const *updates,
+                          const double *weights, size_t n, size_t dim, int *selected);
 
 #ifdef __cplusplus
 }

@@ -196,6 +196,9 @@ typedef struct {
     int min_updates;                /* accepted updates needed to aggregate (default 1) */
     double max_update_norm;         /* reject updates with a larger L2 norm (0 = no bound; < 0 refused) */
     double clip_norm;               /* scale updates down to this L2 norm (0 = off) */
+    const loom_aggregator_ops *aggregator; /* the pipeline's aggregator (NULL = the fixed-point mean;
+                                     * &loom_agg_robust with a loom_robust_config in aggregator_config) */
+    const void *aggregator_config;
     const loom_client_algo *algo;   /* the clients' algorithm (NULL = loom_client_local_sgd) */
     loom_codec_opts compress;       /* update compression (codec F32 = off, the default): each client
                                      * compresses with error feedback (loom_client_compress, its residual

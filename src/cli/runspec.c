@@ -100,6 +100,12 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"min-updates", OPT_INT, &r->min_updates, "accepted updates needed to aggregate a round", 1, 10000000},
         {"max-update-norm", OPT_FLOAT, &r->max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
         {"update-clip", OPT_FLOAT, &r->update_clip, "server scales each update down to this L2 norm before aggregating (0 = off)", 0, 1048576},
+        /* robust aggregation (fl/agg_robust.c): the rule replaces the weighted mean; the strategy applies to its result */
+        {"aggregator", OPT_STR, &r->aggregator, "mean (the exact weighted mean, default), median, trimmed-mean, krum, multi-krum, norm-bound or geomedian", 0, 0},
+        {"agg-f", OPT_INT, &r->agg_f, "krum, multi-krum: Byzantine updates tolerated f (needs n >= 2f + 3 updates a round)", 0, 1000000},
+        {"agg-m", OPT_INT, &r->agg_m, "multi-krum: updates averaged (0 = n - f)", 0, 1000000},
+        {"agg-beta", OPT_FLOAT, &r->agg_beta, "trimmed-mean: fraction cut from each end, in [0, 0.5) (default 0.1)", 0, 0.5},
+        {"agg-bound", OPT_FLOAT, &r->agg_bound, "norm-bound: each update is scaled to at most this L2 norm (default 1)", 0, 1e30},
         {"deadline", OPT_FLOAT, &r->deadline, "seconds a round waits for updates (sim: on the virtual clock); later updates are refused as late (0 = none)", 0, 1e12},
         {"compress", OPT_STR, &r->compress, "update compression with error feedback: none, fp16, int8[:CHUNK] (per-chunk scales) or topk[:FRAC] (largest values)", 0, 0},
         {"mode", OPT_STR, &r->mode, "sync (rounds), fedasync (each update mixed in on arrival) or fedbuff (the server steps every --buffer arrivals); in the async modes --rounds counts global versions", 0, 0},
@@ -427,6 +433,29 @@ static int attack_settings(cli_run *r, const char *cmd, size_t n_clients, loom_s
     return 0;
 }
 
+/* --aggregator and its parameters into sc (the configuration lives in r->robust_cfg). */
+static int robust_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
+    sc->aggregator = NULL;
+    sc->aggregator_config = NULL;
+    if (!r->aggregator || !strcmp(r->aggregator, "mean") || !strcmp(r->aggregator, "fedavg")) return 0;
+    loom_robust_rule rule;
+    if (loom_robust_rule_parse(r->aggregator, &rule) != LOOM_OK) return cli_fail("--aggregator") ? -1 : -1;
+    loom_robust_config *c = &r->robust_cfg;
+    loom_robust_defaults(c, rule);
+    c->f = r->agg_f;
+    c->m = r->agg_m;
+    if (r->agg_beta != 0) c->beta = r->agg_beta;
+    if (r->agg_bound != 0) c->bound = r->agg_bound;
+    if (loom_robust_check(c, 0) != LOOM_OK) {
+        fprintf(stderr, "loom %s: --aggregator %s: %s (--agg-f, --agg-m, --agg-beta, --agg-bound)\n", cmd,
+                r->aggregator, loom_errmsg());
+        return -1;
+    }
+    sc->aggregator = &loom_agg_robust;
+    sc->aggregator_config = c;
+    return 0;
+}
+
 int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc) {
     sc->strategy = r->strategy;
     if (loom_strategy_defaults(r->strategy, &sc->sp) != LOOM_OK) return cli_fail("--strategy") ? -1 : -1;
@@ -468,6 +497,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     sc->min_updates = r->min_updates;
     sc->max_update_norm = r->max_norm;
     sc->clip_norm = r->update_clip;
+    if (robust_settings(r, cmd, sc) != 0) return -1;
     sc->deadline = r->deadline;
     sc->seed = (uint64_t)r->seed;
     sc->eval_every = r->eval_every;

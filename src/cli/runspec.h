@@ -25,6 +25,11 @@ typedef struct {
     int rounds, local_steps, min_updates, scaffold_option, eval_every, eval_clients, buffer, concurrency;
     float server_lr, server_momentum, beta1, beta2, tau, mu, max_norm, update_clip, deadline, async_alpha;
     long max_staleness;
+    /* robust aggregation (--aggregator; include/loom/pipeline.h): the rule's settings live here */
+    const char *aggregator;
+    int agg_f, agg_m;
+    float agg_beta, agg_bound;
+    loom_robust_config robust_cfg;
     /* differential privacy (include/loom/dp.h): numbers as text, parsed in double precision */
     const char *dp, *dp_clip, *dp_noise, *dp_delta, *dp_adaptive, *dp_clip_lr, *dp_clip_noise, *dp_epsilon;
     long dp_min_examples;

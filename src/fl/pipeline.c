@@ -100,7 +100,7 @@ static int fx_finish(loom_aggregator *a, double *mean, double *control_sum) {
 }
 
 const loom_aggregator_ops loom_agg_fixed_mean = {"fixed-mean", LOOM_AGG_STREAMING, fx_create, fx_free,
-                                                 fx_begin,     fx_add,             fx_finish};
+                                                 fx_begin,     fx_add,             fx_finish,  NULL};
 
 /* ------------------------------------------------------------------ the pipeline */
 
@@ -140,7 +140,8 @@ int loom_pipeline_create(loom_pipeline **out, const loom_pipeline_config *c) {
     int rc = loom_strategy_create(&p->strat, p->c.strategy, &p->c.sp, c->dim);
     if (rc == LOOM_OK) {
         p->uses_control = loom_strategy_uses_control(p->strat);
-        rc = p->ops->create(&p->agg, c->dim, p->uses_control);
+        rc = p->ops->create_with ? p->ops->create_with(&p->agg, c->dim, p->uses_control, c->aggregator_config)
+                                 : p->ops->create(&p->agg, c->dim, p->uses_control);
     }
     if (rc == LOOM_OK) {
         p->mean = loom_alloc(c->dim * sizeof *p->mean);

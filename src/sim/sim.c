@@ -59,6 +59,8 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
     ec->pipe.sp = c->sp;
     ec->pipe.max_norm = c->max_update_norm;
     ec->pipe.clip_norm = c->clip_norm;
+    ec->pipe.aggregator = c->aggregator;
+    ec->pipe.aggregator_config = c->aggregator_config;
     ec->rounds = c->rounds;
     ec->sample = c->sample;
     ec->sample_frac = c->sample_frac;
