@@ -388,6 +388,13 @@ int loom_engine_async_end_version(loom_engine *e, double seconds, loom_round_met
 int loom_engine_submit_sum(loom_engine *e, int round, const double *sum, size_t len, uint64_t total_weight,
                            const loom_update *members, size_t n, double now);
 
+/* ---- a reference update (FLTrust's server update on its root data) ----
+ * loom_engine_wants_reference: 1 when the pipeline's aggregator needs one each round; the driver then
+ * computes it from the round's global model (loom_engine_task) and hands it over with
+ * loom_engine_set_reference while the round is open, before it closes (loom_pipeline_set_reference). */
+int loom_engine_wants_reference(const loom_engine *e);
+int loom_engine_set_reference(loom_engine *e, int round, const float *ref, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -138,6 +138,12 @@ typedef struct {
     /* Optional: create with a rule-specific configuration (loom_pipeline_config.aggregator_config, e.g.
      * a loom_robust_config); when set, the pipeline calls it instead of create(). */
     int (*create_with)(loom_aggregator **out, size_t dim, int with_control, const void *config);
+    /* Optional: the round's reference update (dim floats, finite), given once per round between begin
+     * and finish: the server's own update on its root data for FLTrust. The aggregator copies it. A rule
+     * that needs one and did not get one fails at finish(). NULL: the aggregator takes none. */
+    int (*reference)(loom_aggregator *a, const float *ref);
+    /* Optional: 1 when this aggregator's configuration needs the reference update (FLTrust), else 0. */
+    int (*wants_reference)(const loom_aggregator *a);
 } loom_aggregator_ops;
 
 /* The exact fixed-point weighted mean described above (streaming). */
@@ -205,6 +211,13 @@ void loom_pipeline_abort_round(loom_pipeline *p);
  * the round, global untouched), end. */
 int loom_pipeline_aggregate(loom_pipeline *p, float *global, const float *const *updates, const double *weights,
                             const float *const *control_deltas, size_t n);
+/* The open round's reference update (len = dim floats, every value finite), for an aggregator that
+ * takes one (loom_aggregator_ops.reference: FLTrust's server update); copied. Outside a round:
+ * LOOM_ESTATE; an aggregator without the hook: LOOM_EUNSUPPORTED; a bad length or value: LOOM_EINVAL.
+ * Thread-safe like loom_pipeline_add. */
+int loom_pipeline_set_reference(loom_pipeline *p, const float *ref, size_t len);
+/* 1 when the pipeline's aggregator takes a reference update (the driver must then compute one). */
+int loom_pipeline_wants_reference(const loom_pipeline *p);
 /* The clip stage's norm for the coming rounds (DP's adaptive clipping): between rounds only (inside an
  * open round: LOOM_ESTATE); 0 = off; a negative, NaN or too large value: LOOM_EINVAL. */
 int loom_pipeline_set_clip(loom_pipeline *p, double clip_norm);

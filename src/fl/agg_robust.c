@@ -444,4 +444,5 @@ static int rb_finish(loom_aggregator *a, double *mean, double *control_sum) {
 }
 
 const loom_aggregator_ops loom_agg_robust = {"robust",  LOOM_AGG_BUFFERED, rb_create, rb_free,
-                                             rb_begin,  rb_add,            rb_finish, rb_create_with};
+                                             rb_begin,  rb_add,            rb_finish, rb_create_with,
+                                             NULL,      NULL};

@@ -760,3 +760,18 @@ int loom_engine_submit_sum(loom_engine *e, int round, const double *sum, size_t 
     pthread_mutex_unlock(&e->mu);
     return rc;
 }
+
+/* ------------------------------------------------------------------ a reference update (see engine.h) */
+
+int loom_engine_wants_reference(const loom_engine *e) { return loom_pipeline_wants_reference(e->pipe); }
+
+int loom_engine_set_reference(loom_engine *e, int round, const float *ref, size_t len) {
+    if (e->as) return loom_error(LOOM_EUNSUPPORTED, "round engine: a reference update needs synchronous rounds");
+    pthread_mutex_lock(&e->mu);
+    int rc = e->phase != PH_OPEN ? loom_error(LOOM_ESTATE, "reference update: round %d is closed", round)
+             : round != e->round ? loom_error(LOOM_EINVAL, "reference update for round %d, but round %d is open", round,
+                                              e->round)
+                                 : loom_pipeline_set_reference(e->pipe, ref, len);
+    pthread_mutex_unlock(&e->mu);
+    return rc;
+}

@@ -100,7 +100,7 @@ static int fx_finish(loom_aggregator *a, double *mean, double *control_sum) {
 }
 
 const loom_aggregator_ops loom_agg_fixed_mean = {"fixed-mean", LOOM_AGG_STREAMING, fx_create, fx_free,
-                                                 fx_begin,     fx_add,             fx_finish,  NULL};
+                                                 fx_begin,     fx_add,             fx_finish,  NULL, NULL, NULL};
 
 /* ------------------------------------------------------------------ the pipeline */
 
@@ -357,6 +357,25 @@ int loom_pipeline_set_clip(loom_pipeline *p, double clip_norm) {
 }
 
 double loom_pipeline_clip(const loom_pipeline *p) { return p->c.clip_norm; }
+
+int loom_pipeline_wants_reference(const loom_pipeline *p) {
+    return p->ops->reference && p->ops->wants_reference && p->ops->wants_reference(p->agg);
+}
+
+int loom_pipeline_set_reference(loom_pipeline *p, const float *ref, size_t len) {
+    if (!p->ops->reference)
+        return loom_error(LOOM_EUNSUPPORTED, "aggregator %s takes no reference update", p->ops->name);
+    if (!ref || len != p->c.dim)
+        return loom_error(LOOM_EINVAL, "reference update of %zu values for a vector of %zu", ref ? len : 0, p->c.dim);
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(ref[i])) return loom_error(LOOM_EINVAL, "reference update: value %zu is not finite", i);
+    pthread_mutex_lock(&p->mu);
+    int open = p->in_round, rc = LOOM_OK;
+    if (open) rc = p->ops->reference(p->agg, ref);
+    pthread_mutex_unlock(&p->mu);
+    if (!open) return loom_error(LOOM_ESTATE, "update pipeline: reference update outside a round");
+    return rc;
+}
 
 /* ------------------------------------------------------------------ a secure sum (see pipeline.h) */
 
