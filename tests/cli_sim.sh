@@ -89,44 +89,45 @@ check "classification accuracy reported" grep -q '"eval_acc"' "$tmp/lora/metrics
 check "adapter in PEFT layout" test -s "$tmp/lora/adapter/adapter_model.safetensors" -a -s "$tmp/lora/adapter/adapter_config.json"
 check "only the LoRA vector travels" grep -q 'trainable vector *[0-9]* floats (0.0' "$tmp/lora.out"
 # --clients-dir: one data file per client, numbered in byte order of the names (the file's stem)
+small="--batch 2 --seq 32 --eval-every 0 --eval-clients 1" # these runs check orders and identities, not learning
 mkdir -p "$tmp/cd" "$tmp/cd2" "$tmp/cdempty"
 head -c 20000 "$LOOM_SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/carol.txt"
 tail -c 15000 "$LOOM_SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/alice.txt"
 head -c 60000 "$LOOM_SHARED/data/tinyshakespeare/input.txt" | tail -c 12000 > "$tmp/cd/bob.txt"
 touch "$tmp/cd/.hidden"
 cp "$tmp/cd/bob.txt" "$tmp/cd2/bob.txt"; cp "$tmp/cd/carol.txt" "$tmp/cd2/carol.txt"; cp "$tmp/cd/alice.txt" "$tmp/cd2/alice.txt"
-"$LOOM" sim --clients-dir "$tmp/cd" --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo" > /dev/null 2>&1
+"$LOOM" sim --clients-dir "$tmp/cd" $small --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo" > /dev/null 2>&1
 check "clients-dir runs" test -s "$tmp/cdo/global.safetensors"
 names=$(grep '"type":"client","round":1' "$tmp/cdo/metrics.jsonl" | sed 's/.*"name":"\([a-z]*\)".*/\1/' | tr '\n' ' ')
 clients=$(grep '"type":"round","round":1' "$tmp/cdo/metrics.jsonl" | sed 's/.*"clients":\[\([0-9,]*\)\].*/\1/')
 want=""
 for k in ${clients//,/ }; do want="$want$(echo alice bob carol | cut -d' ' -f$((k + 1))) "; done
 check "clients-dir: client k is the k-th name in byte order ($names / $clients)" test "$names" = "$want"
-"$LOOM" sim --clients-dir "$tmp/cd2" --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo2" > /dev/null 2>&1
+"$LOOM" sim --clients-dir "$tmp/cd2" $small --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo2" > /dev/null 2>&1
 check "clients-dir: the order of creation does not matter" cmp -s "$tmp/cdo/global.safetensors" "$tmp/cdo2/global.safetensors"
 mv "$tmp/cd2/alice.txt" "$tmp/cd2/zed.txt"
-"$LOOM" sim --clients-dir "$tmp/cd2" --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo3" > /dev/null 2>&1
+"$LOOM" sim --clients-dir "$tmp/cd2" $small --rounds 2 --local-steps 2 --sample 2 --sample-len 0 --out "$tmp/cdo3" > /dev/null 2>&1
 check "clients-dir: renaming a client renumbers the clients" bash -c "! cmp -s '$tmp/cdo/global.safetensors' '$tmp/cdo3/global.safetensors'"
 refuse "clients-dir with --data" 12 'clients-dir' 'replaces --data' -- "$LOOM" sim --clients-dir "$tmp/cd" --data "$tmp/cd/bob.txt"
 refuse "empty clients-dir" 12 'cdempty' 'no data files' -- "$LOOM" sim --clients-dir "$tmp/cdempty"
 refuse "missing clients-dir" 12 'nonexistent' -- "$LOOM" sim --clients-dir "$tmp/nonexistent"
 : > "$tmp/cd2/tiny.txt"
-refuse "clients-dir file without examples" 12 'tiny.txt' -- "$LOOM" sim --clients-dir "$tmp/cd2" --rounds 1
+refuse "clients-dir file without examples" 12 'tiny.txt' -- "$LOOM" sim --clients-dir "$tmp/cd2" $small --rounds 1
 # asynchronous modes: FedBuff with every client in every buffer, equal speeds, is synchronous FedAvg
-"$LOOM" sim --clients-dir "$tmp/cd" --rounds 2 --local-steps 2 --sample-len 0 --out "$tmp/sy" > /dev/null 2>&1
-"$LOOM" sim --clients-dir "$tmp/cd" --rounds 2 --local-steps 2 --sample-len 0 --mode fedbuff --buffer 3 --concurrency 3 \
+"$LOOM" sim --clients-dir "$tmp/cd" $small --rounds 2 --local-steps 2 --sample-len 0 --out "$tmp/sy" > /dev/null 2>&1
+"$LOOM" sim --clients-dir "$tmp/cd" $small --rounds 2 --local-steps 2 --sample-len 0 --mode fedbuff --buffer 3 --concurrency 3 \
     --out "$tmp/fb" > /dev/null 2>&1
 check "fedbuff K = N == sync fedavg, bit for bit" cmp -s "$tmp/sy/global.safetensors" "$tmp/fb/global.safetensors"
-"$LOOM" sim --clients-dir "$tmp/cd" --rounds 4 --local-steps 2 --sample-len 0 --mode fedasync --staleness hinge:0.5:1 \
+"$LOOM" sim --clients-dir "$tmp/cd" $small --rounds 4 --local-steps 2 --sample-len 0 --mode fedasync --staleness hinge:0.5:1 \
     --concurrency 3 --step-seconds 1 --time-spread 1 --out "$tmp/fa" > /dev/null 2>&1
 check "fedasync: one row per version" test "$(grep -c '"type":"round"' "$tmp/fa/metrics.jsonl")" -eq 4
 check "fedasync: staleness in the rows" grep -q '"staleness_max"' "$tmp/fa/metrics.jsonl"
 check "fedasync: some update was stale" grep -q '"staleness":[1-9]' "$tmp/fa/metrics.jsonl"
-"$LOOM" sim --clients-dir "$tmp/cd" --rounds 4 --local-steps 2 --sample-len 0 --mode fedasync --async-alpha 0 \
+"$LOOM" sim --clients-dir "$tmp/cd" $small --rounds 4 --local-steps 2 --sample-len 0 --mode fedasync --async-alpha 0 \
     --concurrency 3 --out "$tmp/fa0" > /dev/null 2>&1
-"$LOOM" sim --clients-dir "$tmp/cd" --rounds 1 --local-steps 1 --sample-len 0 --lr 0 --out "$tmp/lr0" > /dev/null 2>&1
+"$LOOM" sim --clients-dir "$tmp/cd" $small --rounds 1 --local-steps 1 --sample-len 0 --lr 0 --out "$tmp/lr0" > /dev/null 2>&1
 check "fedasync alpha 0 leaves the model (== an lr 0 round)" test "$(st_data "$tmp/fa0/global.safetensors")" = "$(st_data "$tmp/lr0/global.safetensors")"
-"$LOOM" sim --clients-dir "$tmp/cd" --rounds 2 --local-steps 2 --sample-len 0 --mode fedasync --concurrency 2 \
+"$LOOM" sim --clients-dir "$tmp/cd" $small --rounds 2 --local-steps 2 --sample-len 0 --mode fedasync --concurrency 2 \
     --compress int8 --out "$tmp/fac" > /dev/null 2>&1
 check "fedasync with int8 compression runs" test -s "$tmp/fac/global.safetensors"
 up=$(grep -o '"type":"round".*"bytes_up":[0-9]*' "$tmp/fac/metrics.jsonl" | head -1 | sed 's/.*"bytes_up"://')
