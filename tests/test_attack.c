@@ -54,7 +54,7 @@ static void formulas(void) {
         mean[i] = s / H;
         sd[i] = sqrt((s2 - H * mean[i] * mean[i]) / (H - 1));
     }
-    loom_sim_attack a = {LOOM_ATTACK_SIGNFLIP, 2, NAN};
+    loom_sim_attack a = {.kind = LOOM_ATTACK_SIGNFLIP, .attackers = 2, .scale = NAN};
     float u[D];
     int ok;
     memcpy(u, own, sizeof u);
