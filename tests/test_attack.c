@@ -75,6 +75,16 @@ static void formulas(void) {
     memcpy(u, own, sizeof u);
     CHECK_OK(loom_sim_attack_craft(&a, 3, 1, 0, D, honest, H, 7, 2, u));
     CHECK(fabs(u[1] - 10 * own[1]) < 1e-6, "scale's default lambda is 10: %g", u[1]);
+    a.kind = LOOM_ATTACK_BACKDOOR; /* model replacement: lambda u; the default lambda 1 sends u as trained */
+    a.scale = 3.0;
+    memcpy(u, own, sizeof u);
+    CHECK_OK(loom_sim_attack_craft(&a, 3, 1, 0, D, honest, H, 7, 2, u));
+    ok = 1;
+    for (int i = 0; i < D; i++) ok &= fabs(u[i] - 3.0 * own[i]) < 1e-6;
+    a.scale = NAN;
+    memcpy(u, own, sizeof u);
+    CHECK_OK(loom_sim_attack_craft(&a, 3, 1, 0, D, honest, H, 7, 2, u));
+    CHECK(ok && !memcmp(u, own, sizeof u), "backdoor sends lambda u, by default u");
     a.kind = LOOM_ATTACK_IPM;
     a.scale = 0.7;
     memcpy(u, own, sizeof u);
@@ -116,6 +126,10 @@ static void formulas(void) {
 
     int kind = -1;
     CHECK(loom_sim_attack_parse("alie", &kind) == LOOM_OK && kind == LOOM_ATTACK_ALIE, "parse alie");
+    CHECK(loom_sim_attack_parse("backdoor", &kind) == LOOM_OK && kind == LOOM_ATTACK_BACKDOOR &&
+              loom_sim_attack_parse("embedding", &kind) == LOOM_OK && kind == LOOM_ATTACK_EMBEDDING &&
+              !strcmp(loom_sim_attack_name(LOOM_ATTACK_EMBEDDING), "embedding"),
+          "parse backdoor and embedding");
     CHECK(loom_sim_attack_parse("sybil", &kind) == LOOM_EINVAL && strstr(loom_errmsg(), "--attack 'sybil'"),
           "unknown attack refused: %s", loom_errmsg());
 }
