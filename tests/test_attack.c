@@ -412,9 +412,11 @@ static void trigger_insertion(const char *what, const loom_tokenizer *tok) {
     /* a prompt that does not start with the tokens of "Text:" is refused, naming its line */
     loom_example bad = d->ex[1];
     int32_t ids[64];
-    memcpy(ids, bad.ids, (bad.n < 64 ? bad.n : 64) * sizeof *ids);
-    ids[bad.prompt_len > 2 ? 2 : 0] ^= 1;
-    ids[0] ^= bos >= 0 && bos != eos ? 0 : 1;
+    CHECK(bad.n <= 64 && bad.prompt_len > t.n_head + 1, "a short example (%u tokens)", bad.n);
+    bad.n = bad.n < 64 ? bad.n : 64;
+    bad.prompt_len = bad.prompt_len < bad.n ? bad.prompt_len : bad.n;
+    memcpy(ids, bad.ids, bad.n * sizeof *ids);
+    ids[bos >= 0 && bos != eos] ^= 1; /* the first token of "Text:" */
     bad.ids = ids;
     size_t at;
     CHECK(lm_trigger_at(&t, &bad, &at) == LOOM_EFORMAT && strstr(loom_errmsg(), "line 2: the prompt's tokens do not start"),
