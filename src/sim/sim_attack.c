@@ -327,12 +327,12 @@ int lm_trigger_copy(lm_flip **out, const loom_dataset *ds, const uint32_t *idx, 
     return LOOM_OK;
 }
 
-size_t lm_backdoor_pick(uint64_t seed, int client, size_t n, double frac, unsigned char *pick) {
+int lm_backdoor_pick(uint64_t seed, int client, size_t n, double frac, unsigned char *pick) {
     size_t k = (size_t)floor(frac * (double)n + 0.5);
     if (k > n) k = n;
     memset(pick, 0, n);
     uint32_t *perm = malloc((n ? n : 1) * sizeof *perm);
-    if (!perm) return 0;
+    if (!perm) return loom_error(LOOM_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
     loom_rng r;
     loom_rng_init(&r, seed, loom_hash2(LOOM_STREAM_BACKDOOR, (uint64_t)client));
@@ -344,7 +344,7 @@ size_t lm_backdoor_pick(uint64_t seed, int client, size_t n, double frac, unsign
         pick[perm[i]] = 1;
     }
     free(perm);
-    return k;
+    return LOOM_OK;
 }
 
 void lm_attack_data(const lm_attack *a, int client, loom_client_data *d) {
@@ -454,9 +454,9 @@ static int backdoor_create(lm_attack *a, const loom_sim_config *c) {
         a->poison_idx[i] = malloc((n ? n : 1) * sizeof *a->poison_idx[i]);
         if (!pick || !a->poison_idx[i]) rc = loom_error(LOOM_ENOMEM, "out of memory");
         if (rc == LOOM_OK) {
-            lm_backdoor_pick(c->seed, i, n, frac, pick);
             for (size_t j = 0; j < n; j++) a->poison_idx[i][j] = (uint32_t)j;
-            rc = lm_trigger_copy(&a->poison[i], ds, cl->train, n, pick, &a->trig, k->target);
+            if ((rc = lm_backdoor_pick(c->seed, i, n, frac, pick)) == LOOM_OK)
+                rc = lm_trigger_copy(&a->poison[i], ds, cl->train, n, pick, &a->trig, k->target);
         }
         free(pick);
         if (rc != LOOM_OK && c->client_ds) rc = loom_error_context(rc, "client %d (%s)", i, cl->name);

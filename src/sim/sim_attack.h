@@ -47,9 +47,9 @@ int lm_trigger_at(const lm_trigger *t, const loom_example *e, size_t *at);
 int lm_trigger_copy(lm_flip **out, const loom_dataset *ds, const uint32_t *idx, size_t n, const unsigned char *pick,
                     const lm_trigger *t, int target);
 /* The poisoned examples of a backdoor attacker `client` among its n training examples: pick[i] = 1 for
- * round(frac * n) of them drawn uniformly by (seed, hash2(LOOM_STREAM_BACKDOOR, client)), 0 elsewhere;
- * returns their count. */
-size_t lm_backdoor_pick(uint64_t seed, int client, size_t n, double frac, unsigned char *pick);
+ * round(frac * n) of them (halves up) drawn uniformly by (seed, hash2(LOOM_STREAM_BACKDOOR, client)), 0
+ * elsewhere. */
+int lm_backdoor_pick(uint64_t seed, int client, size_t n, double frac, unsigned char *pick);
 
 /* The data `client` trains on (d: its own, rewritten in place): a labelflip attacker's flipped copy; a
  * backdoor or embedding attacker's poisoned copy of its training examples (d->train then indexes that
