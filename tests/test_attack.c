@@ -637,9 +637,10 @@ static void sim_backdoor(const loom_tokenizer *tok) {
     CHECK(dir != NULL, "scratch directory");
     if (!dir) return;
     char out[4096], path[4200];
-    float g[2][TD];
-    for (int run = 0; run < 2; run++) {
+    float g[3][TD];
+    for (int run = 0; run < 3; run++) { /* no attack, a backdoor on 1 worker, on 3 workers */
         c.attack.kind = run ? LOOM_ATTACK_BACKDOOR : LOOM_ATTACK_NONE;
+        c.workers = run == 2 ? 3 : 1;
         snprintf(out, sizeof out, "%s/run%d", dir, run);
         c.out_dir = out;
         CHECK_OK(loom_sim_run(&c, g[run]));
@@ -660,6 +661,7 @@ static void sim_backdoor(const loom_tokenizer *tok) {
     }
     CHECK(trig > hit && hit > 0, "the toy's hits %ld of %ld", hit, trig);
     CHECK(memcmp(g[0], g[1], sizeof g[0]) != 0, "the attackers trained on their poisoned copies");
+    CHECK(!memcmp(g[1], g[2], sizeof g[1]), "a backdoor run on 1 and 3 workers agrees bit for bit");
     test_rmtree(dir);
     loom_partition_free(p);
     loom_dataset_free(d);
