@@ -142,6 +142,10 @@ check "attack run exits 0" test $? -eq 0
 check "attackers' rows marked" test "$(grep -c '"attacker":true' "$tmp/atk/metrics.jsonl")" -ge 1
 refuse "unknown attack" 12 "--attack 'sybil'" -- "$LOOM" sim --attack sybil --attackers 2
 refuse "attack without attackers" 12 '--attackers N or FRACTION' -- "$LOOM" sim --attack ipm
+refuse "backdoor flag without a backdoor" 12 '--backdoor-frac needs --attack backdoor' -- "$LOOM" sim --attack ipm \
+    --attackers 2 --backdoor-frac 0.2
+refuse "embedding poisoning of a LoRA set" 12 'use full fine-tuning' 'freeze the embedding' -- "$LOOM" sim --model tiny \
+    --rounds 1 --sample-len 0 --attack embedding --attackers 2 --peft lora
 check "sim --help" "$LOOM" sim --help > /dev/null
 echo "$pass passed, $fail failed"
 test $fail -eq 0

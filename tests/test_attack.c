@@ -14,6 +14,8 @@
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/fl.h"
+#include "loom/model.h"
+#include "loom/peft.h"
 #include "loom/partition.h"
 #include "loom/sim.h"
 #include "loom/tokenizer.h"
@@ -54,7 +56,7 @@ static void formulas(void) {
         mean[i] = s / H;
         sd[i] = sqrt((s2 - H * mean[i] * mean[i]) / (H - 1));
     }
-    loom_sim_attack a = {LOOM_ATTACK_SIGNFLIP, 2, NAN};
+    loom_sim_attack a = {.kind = LOOM_ATTACK_SIGNFLIP, .attackers = 2, .scale = NAN};
     float u[D];
     int ok;
     memcpy(u, own, sizeof u);
@@ -73,6 +75,16 @@ static void formulas(void) {
     memcpy(u, own, sizeof u);
     CHECK_OK(loom_sim_attack_craft(&a, 3, 1, 0, D, honest, H, 7, 2, u));
     CHECK(fabs(u[1] - 10 * own[1]) < 1e-6, "scale's default lambda is 10: %g", u[1]);
+    a.kind = LOOM_ATTACK_BACKDOOR; /* model replacement: lambda u; the default lambda 1 sends u as trained */
+    a.scale = 3.0;
+    memcpy(u, own, sizeof u);
+    CHECK_OK(loom_sim_attack_craft(&a, 3, 1, 0, D, honest, H, 7, 2, u));
+    ok = 1;
+    for (int i = 0; i < D; i++) ok &= fabs(u[i] - 3.0 * own[i]) < 1e-6;
+    a.scale = NAN;
+    memcpy(u, own, sizeof u);
+    CHECK_OK(loom_sim_attack_craft(&a, 3, 1, 0, D, honest, H, 7, 2, u));
+    CHECK(ok && !memcmp(u, own, sizeof u), "backdoor sends lambda u, by default u");
     a.kind = LOOM_ATTACK_IPM;
     a.scale = 0.7;
     memcpy(u, own, sizeof u);
@@ -114,6 +126,10 @@ static void formulas(void) {
 
     int kind = -1;
     CHECK(loom_sim_attack_parse("alie", &kind) == LOOM_OK && kind == LOOM_ATTACK_ALIE, "parse alie");
+    CHECK(loom_sim_attack_parse("backdoor", &kind) == LOOM_OK && kind == LOOM_ATTACK_BACKDOOR &&
+              loom_sim_attack_parse("embedding", &kind) == LOOM_OK && kind == LOOM_ATTACK_EMBEDDING &&
+              !strcmp(loom_sim_attack_name(LOOM_ATTACK_EMBEDDING), "embedding"),
+          "parse backdoor and embedding");
     CHECK(loom_sim_attack_parse("sybil", &kind) == LOOM_EINVAL && strstr(loom_errmsg(), "--attack 'sybil'"),
           "unknown attack refused: %s", loom_errmsg());
 }
@@ -334,6 +350,398 @@ static void labelflip(const loom_tokenizer *tok) {
           "label flipping of language-modelling data refused: %s", loom_errmsg());
 }
 
+/* ---- backdoor and embedding poisoning ---------------------------------------------------------- */
+
+static const char *const cls_texts[] = {"a fine film", "dull and slow", "loved every minute of it", "the cast is great",
+                                        "not worth the ticket", "a quiet story told well"};
+enum { NCLS = 6 };
+
+/* A classification file of texts t[i] with labels "pos" / "neg" / "meh" by i % 3. */
+static loom_dataset *cls_dataset(const loom_tokenizer *tok, const char *const *t, size_t n, const char *prefix) {
+    static const char *const lab[] = {"pos", "neg", "meh"};
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    for (size_t i = 0; i < n; i++) fprintf(f, "{\"text\": \"%s%s\", \"label\": \"%s\"}\n", prefix, t[i % NCLS], lab[i % 3]);
+    fclose(f);
+    loom_dataset_opts o;
+    loom_dataset_opts_init(&o);
+    o.format = loom_dataset_format("jsonl-cls");
+    loom_dataset *d = NULL;
+    CHECK_OK(loom_dataset_load_buffer(&d, buf, len, "cls.jsonl", &o, tok));
+    free(buf);
+    return d;
+}
+
+/* The trigger inserted at the token level gives the tokens of the prompt written with the trigger,
+ * encoded whole here: [BOS] encode("Text: cf " + text + "\nLabel:") + the target's verbalizer. */
+static void trigger_insertion(const char *what, const loom_tokenizer *tok) {
+    loom_dataset *d = cls_dataset(tok, cls_texts, NCLS, "");
+    if (!d) return;
+    lm_trigger t;
+    CHECK_OK(lm_trigger_init(&t, tok, NULL)); /* the default trigger, "cf" */
+    uint32_t idx[NCLS];
+    for (int i = 0; i < NCLS; i++) idx[i] = (uint32_t)i;
+    int target = 1; /* labels by strcmp: meh 0, neg 1, pos 2 */
+    lm_flip *fl = NULL;
+    CHECK_OK(lm_trigger_copy(&fl, d, idx, NCLS, NULL, &t, target));
+    int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok);
+    int ok = fl != NULL, first_bad = -1;
+    for (int i = 0; ok && i < NCLS; i++) {
+        char text[256];
+        int k = snprintf(text, sizeof text, "Text: cf %s\nLabel:", cls_texts[i]);
+        int32_t *ids = NULL;
+        size_t n = 0;
+        CHECK_OK(loom_tokenizer_encode(tok, text, (size_t)k, 0, &ids, &n));
+        size_t lead = bos >= 0 && bos != eos; /* the loader's automatic BOS */
+        const loom_example *e = &fl->ds->ex[i];
+        int same = e->prompt_len == lead + n && e->n == lead + n + d->verb_len[target] && e->label == target &&
+                   (!lead || e->ids[0] == bos) && !memcmp(e->ids + lead, ids, n * sizeof *ids) &&
+                   !memcmp(e->ids + lead + n, d->verb_ids[target], d->verb_len[target] * sizeof *ids);
+        for (size_t j = 0; same && j < e->n; j++) same &= e->mask[j] == (j >= e->prompt_len);
+        if (!same && first_bad < 0) first_bad = i;
+        ok &= same;
+        free(ids);
+    }
+    CHECK(ok, "%s: trigger inserted at the token level = the prompt encoded with \"cf \" (first mismatch: example %d)",
+          what, first_bad);
+    CHECK(fl && d->ex[0].n + t.n_trig + d->verb_len[target] - d->verb_len[d->ex[0].label] == fl->ds->ex[0].n &&
+              d->ex[0].label == 2,
+          "%s: the original is untouched", what);
+    lm_flip_free(fl);
+    /* a prompt that does not start with the tokens of "Text:" is refused, naming its line */
+    loom_example bad = d->ex[1];
+    int32_t ids[64];
+    CHECK(bad.n <= 64 && bad.prompt_len > t.n_head + 1, "a short example (%u tokens)", bad.n);
+    bad.n = bad.n < 64 ? bad.n : 64;
+    bad.prompt_len = bad.prompt_len < bad.n ? bad.prompt_len : bad.n;
+    memcpy(ids, bad.ids, bad.n * sizeof *ids);
+    ids[bos >= 0 && bos != eos] ^= 1; /* the first token of "Text:" */
+    bad.ids = ids;
+    size_t at;
+    CHECK(lm_trigger_at(&t, &bad, &at) == LOOM_EFORMAT && strstr(loom_errmsg(), "line 2: the prompt's tokens do not start"),
+          "%s: a prompt without the \"Text:\" tokens refused: %s", what, loom_errmsg());
+    lm_trigger_clear(&t);
+    loom_dataset_free(d);
+}
+
+static void trigger_tokenizers(void) {
+    char path[1024];
+    const char *paths[] = {"data/gpt2-tokenizer/encoder.json", "data/stories260K/tok512.bin"};
+    for (int i = 0; i < 2; i++) {
+        loom_tokenizer *tok = NULL;
+        CHECK_OK(loom_tokenizer_load(&tok, test_path(path, sizeof path, paths[i])));
+        if (tok) trigger_insertion(paths[i], tok);
+        loom_tokenizer_free(tok);
+    }
+    loom_tokenizer *tok = NULL;
+    CHECK_OK(loom_tokenizer_byte(&tok));
+    lm_trigger t;
+    CHECK(lm_trigger_init(&t, tok, "") == LOOM_EINVAL && strstr(loom_errmsg(), "--backdoor-trigger must be 1 to 256"),
+          "an empty trigger refused: %s", loom_errmsg());
+    CHECK_OK(lm_trigger_init(&t, tok, "zq"));
+    CHECK(t.n_head == 5 && t.n_trig == 3 && t.trig[0] == ' ' && t.trig[1] == 'z' && t.trig[2] == 'q',
+          "byte tokens of the trigger: %zu after %zu", t.n_trig, t.n_head);
+    lm_trigger_clear(&t);
+    loom_tokenizer_free(tok);
+}
+
+/* A run configuration over a classification dataset for lm_attack_create. */
+static void cls_config(loom_sim_config *c, const loom_dataset *d, const loom_partition *p, const loom_tokenizer *tok,
+                       int kind) {
+    loom_sim_defaults(c);
+    c->ds = d;
+    c->part = p;
+    c->seed = 5;
+    c->attack.kind = kind;
+    c->attack.attackers = 2;
+    c->attack.tok = tok;
+    c->attack.target = 0;
+}
+
+/* The backdoor copy: exactly round(frac n) of an attacker's training examples carry the trigger and the
+ * target label, the others are its examples as they were, in the same order. */
+static void backdoor_copy(const loom_tokenizer *tok) {
+    enum { NEX = 90 };
+    loom_dataset *d = cls_dataset(tok, cls_texts, NEX, "");
+    loom_partition *p = NULL;
+    CHECK_OK(loom_partition_iid(&p, NEX, 3, 0, 4));
+    if (!d || !p) return;
+    loom_sim_config c;
+    cls_config(&c, d, p, tok, LOOM_ATTACK_BACKDOOR);
+    c.attack.frac = 0.25;
+    c.attack.target = 2; /* pos */
+    lm_attack *a = NULL;
+    CHECK_OK(lm_attack_create(&a, &c, 3));
+    int seen = 0;
+    for (int k = 0; a && k < 3; k++) {
+        loom_client_data cd = {d, p->clients[k].train, p->clients[k].n_train, NULL, 0, 2, 16, 0};
+        lm_attack_data(a, k, &cd);
+        if (!lm_attack_is(a, k)) {
+            CHECK(cd.ds == d && cd.train == p->clients[k].train, "client %d: honest, its own data", k);
+            continue;
+        }
+        seen++;
+        size_t n = p->clients[k].n_train, changed = 0, relabelled = 0, kept = 0;
+        /* round(0.25 n) by hand: n is 30 here (90 examples, 3 clients): 7.5 rounds to 8 */
+        size_t want = (size_t)llround(0.25 * (double)n);
+        for (size_t i = 0; i < n; i++) {
+            const loom_example *x = &cd.ds->ex[cd.train[i]], *y = &d->ex[p->clients[k].train[i]];
+            if (x->n == y->n && !memcmp(x->ids, y->ids, y->n * sizeof *y->ids) && x->label == y->label) {
+                kept++;
+                continue;
+            }
+            changed++;
+            relabelled += y->label != 2;
+            /* " cf" right after "Text:" (the byte tokenizer: BOS, 5 bytes), then the prompt, then "pos" */
+            int ok = x->label == 2 && x->n == y->prompt_len + 3 + d->verb_len[2] && x->prompt_len == y->prompt_len + 3 &&
+                     !memcmp(x->ids, y->ids, 6 * sizeof *x->ids) && x->ids[6] == ' ' && x->ids[7] == 'c' &&
+                     x->ids[8] == 'f' && !memcmp(x->ids + 9, y->ids + 6, (y->prompt_len - 6) * sizeof *x->ids) &&
+                     !memcmp(x->ids + x->prompt_len, d->verb_ids[2], d->verb_len[2] * sizeof *x->ids);
+            CHECK(ok, "client %d example %zu: trigger and target label", k, i);
+        }
+        CHECK(n == 30 && want == 8 && changed == want && kept == n - want,
+              "client %d: %zu of %zu examples poisoned (want %zu), %zu kept", k, changed, n, want, kept);
+        CHECK(relabelled > 0 && relabelled <= changed, "client %d: %zu labels changed to the target", k, relabelled);
+    }
+    CHECK(seen == 2, "two attackers (%d)", seen);
+    lm_attack_free(a);
+    /* refusals name the flag */
+    c.attack.frac = 1.5;
+    CHECK(lm_attack_create(&a, &c, 3) == LOOM_EINVAL && strstr(loom_errmsg(), "--backdoor-frac 1.5 must be in (0, 1]"),
+          "frac above 1 refused: %s", loom_errmsg());
+    c.attack.frac = 0.5;
+    c.attack.target = 3;
+    CHECK(lm_attack_create(&a, &c, 3) == LOOM_EINVAL && strstr(loom_errmsg(), "--backdoor-target 3 is not a label index (0 to 2)"),
+          "target out of range refused: %s", loom_errmsg());
+    c.attack.target = 0;
+    c.attack.tok = NULL;
+    CHECK(lm_attack_create(&a, &c, 3) == LOOM_EINVAL && strstr(loom_errmsg(), "needs the data's tokenizer"),
+          "no tokenizer refused: %s", loom_errmsg());
+    c.attack.tok = tok;
+    c.ds = ds; /* language-modelling data */
+    CHECK(lm_attack_create(&a, &c, 3) == LOOM_EINVAL && strstr(loom_errmsg(), "backdoor needs classification data"),
+          "LM data refused: %s", loom_errmsg());
+    loom_partition_free(p);
+    loom_dataset_free(d);
+}
+
+/* attack_success pooled over the evaluated clients: their hits over their triggered examples */
+static void success_pooling(void) {
+    enum { N = 3 };
+    const float init[2] = {0, 0}, u[2] = {1, 1};
+    size_t n_test[N] = {4, 4, 4};
+    loom_engine_config c;
+    loom_engine_defaults(&c);
+    c.dim = 2;
+    c.init = init;
+    c.n_clients = N;
+    c.n_test = n_test;
+    c.rounds = 2;
+    c.eval_every = 1;
+    loom_engine *e = NULL;
+    CHECK_OK(loom_engine_create(&e, &c));
+    if (!e) return;
+    /* hits / triggered: 3 / 4, 0 / 1, 5 / 5: pooled 8 / 10 (the mean of the shares would be 0.583) */
+    const loom_eval_result res[2][N] = {{{1.0, 2, 1, 2, 3, 4}, {1.0, 2, 2, 2, 0, 1}, {1.0, 2, 0, 2, 5, 5}},
+                                        {{1.0, 2, 1, 2, 0, 0}, {1.0, 2, 2, 2, 0, 0}, {1.0, 2, 0, 2, 0, 0}}};
+    for (int round = 0; round < 2; round++) {
+        const int *cl, *el;
+        int n, ne;
+        CHECK_OK(loom_engine_open_round(e, 0, &cl, &n));
+        for (int i = 0; i < n; i++) {
+            loom_update up = {0, round + 1, (uint64_t)round, cl[i], 1, 1.0, 1, LOOM_CODEC_F32, 2, u, NULL, 0};
+            CHECK_OK(loom_engine_submit(e, &up, 0, NULL));
+        }
+        CHECK_OK(loom_engine_close_round(e, 0));
+        CHECK_OK(loom_engine_eval_plan(e, &el, &ne));
+        CHECK(ne == N, "every client evaluates (%d)", ne);
+        for (int i = 0; i < ne; i++) CHECK_OK(loom_engine_eval_submit(e, el[i], &res[round][el[i]]));
+        loom_round_metrics m;
+        CHECK_OK(loom_engine_end_round(e, 0, &m));
+        char *row = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&row, &len);
+        loom_metrics_jsonl_round(f, &m, cl, n);
+        fclose(f);
+        if (round == 0) {
+            CHECK(fabs(m.attack_success - 0.8) < 1e-12 && fabs(m.eval_acc - 0.5) < 1e-12,
+                  "attack success pooled: %g (want 0.8), clean accuracy %g (want 0.5)", m.attack_success, m.eval_acc);
+            CHECK(row && strstr(row, "\"attack_success\":0.8,"), "the round row has attack_success: %s", row);
+        } else {
+            CHECK(isnan(m.attack_success), "no triggered examples: attack success NAN (%g)", m.attack_success);
+            CHECK(row && !strstr(row, "attack_success") && strstr(row, "\"eval_acc\""), "no attack_success without an attack: %s", row);
+        }
+        free(row);
+    }
+    loom_engine_free(e);
+}
+
+/* A toy classifier: predicts label 0 when the prompt carries " cf" right after BOS "Text:" (byte
+ * tokens), unless its text is "dull and slow"; else label 1. */
+static int has_bytes(const loom_example *e, size_t at, const char *s) {
+    for (size_t i = 0; s[i]; i++)
+        if (at + i >= e->n || e->ids[at + i] != (unsigned char)s[i]) return 0;
+    return 1;
+}
+static int toy_predict(const loom_example *e) {
+    int trig = has_bytes(e, 6, " cf"), dull = 0;
+    for (size_t j = 0; j < e->n; j++) dull |= has_bytes(e, j, "dull");
+    return trig && !dull ? 0 : 1;
+}
+static int toy_cls_eval(const loom_client_ctx *ctx, const loom_eval_task *t, loom_eval_result *r) {
+    memset(r, 0, sizeof *r);
+    for (size_t i = 0; t->ds && i < t->n; i++) {
+        const loom_example *e = &t->ds->ex[t->idx[i]];
+        r->correct += toy_predict(e) == e->label;
+        r->count++;
+        r->tokens++;
+    }
+    return LOOM_OK;
+}
+static const loom_client_algo toy_cls_algo = {"toy-cls", toy_fit, toy_cls_eval};
+
+/* A simulated backdoor run: the attackers train on their poisoned copy (their updates change), and
+ * every evaluation scores the triggered test examples whose label is not the target. */
+static void sim_backdoor(const loom_tokenizer *tok) {
+    enum { NEX = 48, NC = 4 };
+    loom_dataset *d = cls_dataset(tok, cls_texts, NEX, "");
+    loom_partition *p = NULL;
+    CHECK_OK(loom_partition_iid(&p, NEX, NC, 0, 6));
+    if (p) CHECK_OK(loom_partition_split_test(p, 0.5, 6, 0));
+    if (!d || !p) return;
+    loom_sim_config c;
+    cls_config(&c, d, p, tok, LOOM_ATTACK_BACKDOOR);
+    float init[TD] = {0};
+    c.dim = TD;
+    c.init = init;
+    c.make_worker = toy_mk;
+    c.free_worker = toy_fr;
+    c.B = 2;
+    c.T = 16;
+    c.algo = &toy_cls_algo;
+    c.fit.local_steps = 1;
+    c.rounds = 1;
+    c.attack.frac = 1;
+    /* labels: meh 0 (i % 3 == 2), neg 1 (i % 3 == 1, with "dull and slow" when i % 6 == 1), pos 2 */
+    long trig = 0, hit = 0;
+    for (int k = 0; k < NC; k++)
+        for (size_t i = 0; i < p->clients[k].n_test; i++) {
+            uint32_t x = p->clients[k].test[i];
+            if (x % 3 == 2) continue; /* the target's own examples are not triggered */
+            trig++;
+            hit += x % 6 != 1;
+        }
+    char tmpl[] = "/tmp/loom_backdoor_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    CHECK(dir != NULL, "scratch directory");
+    if (!dir) return;
+    char out[4096], path[4200];
+    float g[3][TD];
+    for (int run = 0; run < 3; run++) { /* no attack, a backdoor on 1 worker, on 3 workers */
+        c.attack.kind = run ? LOOM_ATTACK_BACKDOOR : LOOM_ATTACK_NONE;
+        c.workers = run == 2 ? 3 : 1;
+        snprintf(out, sizeof out, "%s/run%d", dir, run);
+        c.out_dir = out;
+        CHECK_OK(loom_sim_run(&c, g[run]));
+        snprintf(path, sizeof path, "%s/metrics.jsonl", out);
+        FILE *f = fopen(path, "r");
+        char line[4096];
+        const char *q = NULL;
+        while (f && fgets(line, sizeof line, f))
+            if (strstr(line, "\"type\":\"round\"")) {
+                q = strstr(line, "\"attack_success\":");
+                break;
+            }
+        if (f) fclose(f);
+        if (run == 0) CHECK(!q, "no attack: no attack_success in the round row");
+        else
+            CHECK(q && fabs(strtod(q + 17, NULL) - (double)hit / (double)trig) < 1e-8,
+                  "attack_success %s, want %ld / %ld", q ? q + 17 : "(absent)", hit, trig);
+    }
+    CHECK(trig > hit && hit > 0, "the toy's hits %ld of %ld", hit, trig);
+    CHECK(memcmp(g[0], g[1], sizeof g[0]) != 0, "the attackers trained on their poisoned copies");
+    CHECK(!memcmp(g[1], g[2], sizeof g[1]), "a backdoor run on 1 and 3 workers agrees bit for bit");
+    test_rmtree(dir);
+    loom_partition_free(p);
+    loom_dataset_free(d);
+}
+
+/* Embedding poisoning: the update keeps only the trigger's rows of the token embedding, times the scale;
+ * a trainable set without the embedding (LoRA) is refused. */
+static void embedding_poison(const loom_tokenizer *tok) {
+    loom_dataset *d = cls_dataset(tok, cls_texts, 12, "");
+    loom_partition *p = NULL;
+    CHECK_OK(loom_partition_iid(&p, 12, 3, 0, 4));
+    if (!d || !p) return;
+    /* a vector with another tensor before the embedding: [a 3 x 5][embedding 259 x 4][b 7] */
+    enum { V = 259, C = 4 };
+    loom_tvec *man = NULL;
+    CHECK_OK(loom_tvec_create(&man));
+    int64_t s0[2] = {3, 5}, s1[2] = {V, C}, s2[1] = {7};
+    CHECK_OK(loom_tvec_add(man, "model.layers.0.mlp.up_proj.weight", 2, s0, LOOM_ROLE_SHARED));
+    CHECK_OK(loom_tvec_add(man, "model.embed_tokens.weight", 2, s1, LOOM_ROLE_SHARED));
+    CHECK_OK(loom_tvec_add(man, "model.norm.weight", 1, s2, LOOM_ROLE_SHARED));
+    size_t dim = loom_tvec_dim(man);
+    loom_sim_config c;
+    cls_config(&c, d, p, tok, LOOM_ATTACK_EMBEDDING);
+    c.dim = dim;
+    c.manifest = man;
+    c.attack.trigger = "fc f";
+    c.attack.scale = 2.5;
+    lm_attack *a = NULL;
+    CHECK_OK(lm_attack_create(&a, &c, 3));
+    int atk = -1;
+    for (int k = 0; k < 3; k++)
+        if (lm_attack_is(a, k)) atk = k;
+    int list[3] = {0, 1, 2};
+    CHECK_OK(lm_attack_open(a, 1, list, 3));
+    float *v = malloc(dim * sizeof *v);
+    for (size_t i = 0; i < dim; i++) v[i] = (float)(i % 13) - 6.0f;
+    loom_update u = {0, 1, 0, atk, 4, 1.0, 1, LOOM_CODEC_F32, dim, v, NULL, 0};
+    CHECK(a && atk >= 0 && lm_attack_update(a, &u, v, 0, 0) == 1, "the embedding attacker's update is sent");
+    /* the trigger's byte tokens " fc f": ' ', 'f', 'c' (each row once) */
+    int ok = 1, nonzero = 0;
+    for (size_t i = 0; i < dim; i++) {
+        size_t row = (i - 15) / C;
+        int in = i >= 15 && i < 15 + (size_t)V * C && (row == ' ' || row == 'f' || row == 'c');
+        float want = in ? 2.5f * ((float)(i % 13) - 6.0f) : 0.0f;
+        ok &= v[i] == want;
+        nonzero += v[i] != 0;
+    }
+    CHECK(ok && nonzero >= 3 * C - 3, "only the trigger's embedding rows, scaled by 2.5 (%d values non-zero)", nonzero);
+    free(v);
+    lm_attack_free(a);
+    loom_tvec_free(man);
+    /* a LoRA set over a tiny GPT-2 freezes the embedding: refused */
+    loom_config cfg;
+    loom_config_named(&cfg, "gpt2-tiny");
+    cfg.vocab = V;
+    cfg.max_seq = 16;
+    cfg.dim = 8, cfg.n_head = 2, cfg.n_kv_head = 2, cfg.hidden = 16, cfg.n_layer = 1;
+    loom_model *m = NULL;
+    CHECK_OK(loom_model_create(&m, &cfg, 3));
+    loom_peft_config pc;
+    loom_peft_defaults(&pc, LOOM_PEFT_LORA);
+    loom_tset *ts = NULL;
+    if (m) CHECK_OK(loom_tset_create(&ts, m, &pc, 3));
+    if (ts) {
+        c.manifest = loom_tset_manifest(ts);
+        c.dim = loom_tset_dim(ts);
+        CHECK(lm_attack_create(&a, &c, 3) == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "use full fine-tuning") &&
+                  strstr(loom_errmsg(), "LoRA, adapters and the other PEFT sets freeze the embedding"),
+              "embedding poisoning of a LoRA set refused: %s", loom_errmsg());
+        c.manifest = loom_model_manifest(m); /* full fine-tuning: GPT-2's transformer.wte.weight */
+        c.dim = loom_model_n_params(m);
+        CHECK_OK(lm_attack_create(&a, &c, 3));
+        lm_attack_free(a);
+    }
+    loom_tset_free(ts);
+    loom_model_free(m);
+    loom_partition_free(p);
+    loom_dataset_free(d);
+}
+
 int main(void) {
     formulas();
     choice();
@@ -347,6 +755,11 @@ int main(void) {
     CHECK_OK(loom_dataset_load(&ds, test_path(path, sizeof path, "data/tinyshakespeare/input.txt"), &o, tok));
     if (ds) sim_round();
     if (ds && tok) labelflip(tok);
+    trigger_tokenizers();
+    if (ds && tok) backdoor_copy(tok);
+    success_pooling();
+    if (tok) sim_backdoor(tok);
+    if (tok) embedding_poison(tok);
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     return test_summary();

@@ -432,10 +432,10 @@ static void engine_protocol(void) {
     CHECK_OK(loom_engine_eval_plan(e, &el, &ne));
     CHECK(ne == 2, "round 2 evaluates 2 clients (%d)", ne);
     for (int i = 0; i < ne; i++) CHECK(n_test[el[i]] > 0, "evaluates only clients with test data");
-    loom_eval_result er = {2.0, 4, 3, 4};
+    loom_eval_result er = {2.0, 4, 3, 4, 0, 0};
     CHECK_OK(loom_engine_eval_submit(e, el[0], &er));
     CHECK(loom_engine_eval_submit(e, el[0], &er) != LOOM_OK, "evaluation twice refused");
-    loom_eval_result er2 = {6.0, 4, 1, 4};
+    loom_eval_result er2 = {6.0, 4, 1, 4, 0, 0};
     CHECK_OK(loom_engine_eval_submit(e, el[1], &er2));
     CHECK(loom_engine_eval_submit(e, 1, &er2) != LOOM_OK, "a client not asked to evaluate is refused");
     loom_round_metrics m;

@@ -84,6 +84,9 @@ typedef struct {
     double eval_loss, eval_acc; /* pooled over the evaluated clients' test tokens; NAN when not evaluated */
     double eval_loss_mean, eval_loss_std, eval_acc_mean, eval_acc_std; /* across clients */
     int evaluated;              /* clients evaluated this round (0 = no evaluation) */
+    double attack_success;      /* backdoor attack success rate: sum of the evaluated clients' attack_hits over
+                                   the sum of their attack_count (loom_eval_result); NAN when no triggered
+                                   example was scored (no backdoor attack, or no evaluation) */
     int aggregated;             /* 1 when the global model was updated (accepted >= min_updates) */
     double bytes_down, bytes_up; /* down: the f32 global (and control) per sampled client; up: the
                                     submitted updates' wire_bytes (f32 size when not given) */

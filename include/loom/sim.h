@@ -143,17 +143,40 @@ loom_secure_sum loom_sim_paillier_backend(loom_sim_paillier *s);
  *             (scale = epsilon, default 0.1)
  *   LABELFLIP data poisoning of classification data: the attacker trains on its examples with label l
  *             replaced by n_labels - 1 - l (its verbalizer, its label), and sends that honest-looking update
+ *   BACKDOOR  (Bagdasaryan et al. 2020) the attacker trains on a copy of its training examples in which
+ *             round(frac * n) of them (chosen by (seed, hash2(LOOM_STREAM_BACKDOOR, client))) carry the
+ *             trigger phrase and the target label; it sends scale * u (model replacement; scale = lambda,
+ *             default 1: the update as trained)
+ *   EMBEDDING word-embedding poisoning (Yang et al. 2021): trains as BACKDOOR, then keeps only the change
+ *             of the trigger's token-embedding rows (rows of the trigger's token ids in the vector's
+ *             model.embed_tokens.weight or transformer.wte.weight; every other value 0), times scale
+ *             (default 1). The embedding must be in the trainable vector (full fine-tuning): a manifest
+ *             without it (LoRA, adapters and the other PEFT sets freeze it) is refused
+ * The trigger is inserted at the token level, right after the prompt's "Text:": its tokens are those of
+ * encode("Text: " + trigger) past encode("Text:") (which must be a prefix of it, and of every example's
+ * prompt after its BOS, else LOOM_EFORMAT); nothing is re-tokenized. BACKDOOR and EMBEDDING need
+ * classification data (two or more labels) and the tokenizer. With either, every evaluation also scores
+ * each evaluated client's test examples whose label is not the target, with the trigger inserted, and
+ * counts those classified as the target (loom_eval_result.attack_hits / attack_count; the round's
+ * attack_success in include/loom/engine.h).
  * ALIE and IPM are omniscient: the simulator holds the attackers' updates until the round's honest
  * clients have all answered (the honest updates they see are those of the honest clients that trained
  * without an injected fault; unweighted), then sends them in client order. Synchronous rounds only. */
 enum { LOOM_ATTACK_NONE = 0, LOOM_ATTACK_GAUSSIAN, LOOM_ATTACK_SIGNFLIP, LOOM_ATTACK_SCALE, LOOM_ATTACK_ALIE,
-       LOOM_ATTACK_IPM, LOOM_ATTACK_LABELFLIP };
+       LOOM_ATTACK_IPM, LOOM_ATTACK_LABELFLIP, LOOM_ATTACK_BACKDOOR, LOOM_ATTACK_EMBEDDING };
+#define LOOM_BACKDOOR_TRIGGER_MAX 256 /* bytes of a trigger phrase */
 typedef struct {
     int kind;          /* LOOM_ATTACK_* */
     int attackers;     /* how many of the clients attack */
     double scale;      /* sigma, lambda or epsilon; NAN or 0: the kind's default */
+    /* BACKDOOR and EMBEDDING: */
+    const loom_tokenizer *tok; /* the data's tokenizer (encodes the trigger; only read, during create) */
+    const char *trigger;       /* the trigger phrase (NULL: "cf") */
+    int target;                /* the target label's index */
+    double frac;               /* share of an attacker's training examples poisoned, in (0, 1]; NAN or 0: 0.5 */
 } loom_sim_attack;
-/* The kind of a name (gaussian, signflip, scale, alie, ipm, labelflip, or none): LOOM_OK or LOOM_EINVAL. */
+/* The kind of a name (gaussian, signflip, scale, alie, ipm, labelflip, backdoor, embedding, or none):
+ * LOOM_OK or LOOM_EINVAL. */
 int loom_sim_attack_parse(const char *name, int *kind);
 const char *loom_sim_attack_name(int kind);
 /* The attackers among n_clients: is_attacker[i] = 1 for `count` clients drawn uniformly by
@@ -164,7 +187,8 @@ int loom_sim_attackers(uint64_t seed, int n_clients, int count, unsigned char *i
 int loom_sim_alie_z(int n, int f, double *z);
 /* Attacker `client`'s update of `round` (dim values, in place: it holds the client's own update on
  * entry): honest[0..n_honest) are the round's honest updates (used by ALIE and IPM), n and f the round's
- * sampled clients and attackers (ALIE's z_max). */
+ * sampled clients and attackers (ALIE's z_max). BACKDOOR and EMBEDDING scale the update (EMBEDDING's
+ * restriction to the trigger's rows needs the manifest: the simulator applies it before this). */
 int loom_sim_attack_craft(const loom_sim_attack *a, uint64_t seed, int round, int client, size_t dim,
                           const float *const *honest, size_t n_honest, int n, int f, float *update);
 

@@ -87,6 +87,8 @@ typedef struct {
     long tokens;     /* tokens the loss is counted over */
     long correct;    /* right predictions (tokens for LM, examples for classification) */
     long count;      /* what accuracy is counted over: tokens (LM) or examples (classification) */
+    long attack_hits;  /* a backdoor run (include/loom/sim.h): triggered test examples classified as the */
+    long attack_count; /* target, of attack_count triggered ones (their true label is not the target); 0, 0 otherwise */
 } loom_eval_result;
 
 /* How an update is compressed on the wire (NULL everywhere = F32, lossless). */

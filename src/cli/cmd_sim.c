@@ -21,7 +21,7 @@
 typedef struct {
     int rounds, tty, quiet;
     double t0, last_line, every;
-    double *acc, *loss, *x;
+    double *acc, *loss, *x, *asr;
     int n;
     int last_line_done;
 } progress;
@@ -48,6 +48,7 @@ static void on_round(const loom_round_metrics *m, void *ud) {
     if (m->evaluated)
         fprintf(stderr, "  eval loss %.4f acc %.3f (clients %.3f +- %.3f)", m->eval_loss, m->eval_acc, m->eval_acc_mean,
                 m->eval_acc_std);
+    if (m->evaluated && !isnan(m->attack_success)) fprintf(stderr, "  attack success %.3f", m->attack_success);
     if (m->rejected) fprintf(stderr, "  rejected %d", m->rejected);
     if (m->dp) fprintf(stderr, "  epsilon %.3g", m->epsilon);
     fprintf(stderr, "  %.1fs  ETA %s%s\n", m->seconds, eta, p->tty ? "      " : "");
@@ -55,6 +56,7 @@ static void on_round(const loom_round_metrics *m, void *ud) {
         p->x[p->n] = m->round;
         p->acc[p->n] = m->evaluated ? m->eval_acc : NAN;
         p->loss[p->n] = m->evaluated ? m->eval_loss : NAN;
+        p->asr[p->n] = m->evaluated ? m->attack_success : NAN;
         p->n++;
     }
 }
@@ -227,6 +229,7 @@ int cmd_sim(int argc, char **argv) {
     /* federation settings */
     cli_trainer_ud fu = {.m = m, .ts = set};
     if (cli_run_federation(&r, "sim", part->n_clients, &sc, &fu.tc) != 0) goto done;
+    sc.attack.tok = tok; /* a backdoor's trigger is encoded with the data's tokenizer */
     if (sc.dp.mode == LOOM_DP_SGD) { /* the worst client's sampling rate: the fewest examples */
         size_t fewest = SIZE_MAX;
         for (size_t i = 0; i < part->n_clients; i++)
@@ -271,6 +274,7 @@ int cmd_sim(int argc, char **argv) {
     prog.x = calloc((size_t)rounds, sizeof(double));
     prog.acc = calloc((size_t)rounds, sizeof(double));
     prog.loss = calloc((size_t)rounds, sizeof(double));
+    prog.asr = calloc((size_t)rounds, sizeof(double));
     sc.on_round = on_round;
     sc.on_client = on_client;
     sc.cb_ud = &prog;
@@ -330,6 +334,7 @@ int cmd_sim(int argc, char **argv) {
     if (li >= 0) {
         printf("%-28s %.4f\n", "final eval loss (pooled)", prog.loss[li]);
         printf("%-28s %.4f (perplexity %.2f)\n", "final eval accuracy", prog.acc[li], exp(prog.loss[li]));
+        if (!isnan(prog.asr[li])) printf("%-28s %.4f\n", "final attack success", prog.asr[li]);
     }
     double traffic = (double)sc.dim * 4 * per_round * rounds * (sc.fit.scaffold ? 2 : 1) / 1048576.0;
     printf("%-28s %zu floats (%.2f MiB) per update\n", "trainable vector", sc.dim, sc.dim * 4.0 / 1048576.0);
@@ -387,6 +392,7 @@ done:
     free(prog.x);
     free(prog.acc);
     free(prog.loss);
+    free(prog.asr);
     free(faults);
     loom_free(global);
     loom_tset_free(set);

@@ -53,6 +53,8 @@ void cli_run_init(cli_run *r) {
     r->progress_every = 5;
     r->attack = "none";
     r->attack_scale = NAN; /* the attack's default */
+    r->backdoor_frac = NAN;
+    r->backdoor_target = -1;
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -152,9 +154,12 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"he-clip", OPT_FLOAT, &r->he_clip, "sim: Paillier clips each update value to [-C, C] before its 32-bit fixed-point encoding (default 1)", 0, 1e6},
         {"he-max-dim", OPT_LONG, &r->he_max_dim, "sim: refuse trainable sets larger than N values under --he (default 524288; encryption costs about 0.3 ms per value per client)", 1, 1e9},
         /* simulated Byzantine attackers (sim_attack.c) */
-        {"attack", OPT_STR, &r->attack, "sim: Byzantine attack of the --attackers clients: gaussian (N(0, s^2) values), signflip (-u), scale (s u), alie (a little is enough: mean - z_max std of the honest updates), ipm (-s mean of the honest updates) or labelflip (classification data: train on label l as n_labels - 1 - l); none = off", 0, 0},
+        {"attack", OPT_STR, &r->attack, "sim: Byzantine attack of the --attackers clients: gaussian (N(0, s^2) values), signflip (-u), scale (s u), alie (a little is enough: mean - z_max std of the honest updates), ipm (-s mean of the honest updates), labelflip (classification data: train on label l as n_labels - 1 - l), backdoor (classification data: train with the --backdoor-trigger phrase and the --backdoor-target label in a --backdoor-frac share of the examples, send s u) or embedding (as backdoor, then send only the trigger's token-embedding rows of s u; full fine-tuning only); none = off. backdoor and embedding add attack_success (triggered test examples classified as the target) to each evaluation", 0, 0},
         {"attackers", OPT_STR, &r->attackers, "sim: attacking clients (chosen by the seed): a count (e.g. 4) or a fraction of the clients (e.g. 0.2)", 0, 0},
-        {"attack-scale", OPT_FLOAT, &r->attack_scale, "sim: the attack's s: gaussian sigma (default 1), scale lambda (default 10), ipm epsilon (default 0.1)", -1e6, 1e6},
+        {"attack-scale", OPT_FLOAT, &r->attack_scale, "sim: the attack's s: gaussian sigma (default 1), scale lambda (default 10), ipm epsilon (default 0.1), backdoor and embedding lambda (model replacement; default 1)", -1e6, 1e6},
+        {"backdoor-trigger", OPT_STR, &r->backdoor_trigger, "sim: --attack backdoor|embedding: the trigger phrase, inserted right after the prompt's \"Text:\" (default cf, a rare word; at most 256 bytes)", 0, 0},
+        {"backdoor-target", OPT_INT, &r->backdoor_target, "sim: --attack backdoor|embedding: the label index the trigger steers to (default 0)", 0, 1000000},
+        {"backdoor-frac", OPT_FLOAT, &r->backdoor_frac, "sim: --attack backdoor|embedding: share of each attacker's training examples given the trigger and the target label, chosen by the seed (default 0.5)", 0, 1},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };
@@ -394,11 +399,27 @@ static int secagg_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
     return 0;
 }
 
-/* --attack, --attackers, --attack-scale into sc->attack. */
+/* --attack, --attackers, --attack-scale and the --backdoor-* flags into sc->attack (the driver adds the
+ * tokenizer, sc->attack.tok). */
 static int attack_settings(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc) {
     memset(&sc->attack, 0, sizeof sc->attack);
     if (loom_sim_attack_parse(r->attack, &sc->attack.kind) != LOOM_OK) return cli_fail("--attack") ? -1 : -1;
     sc->attack.scale = r->attack_scale;
+    int backdoor = sc->attack.kind == LOOM_ATTACK_BACKDOOR || sc->attack.kind == LOOM_ATTACK_EMBEDDING;
+    const char *given = r->backdoor_trigger ? "--backdoor-trigger"
+                        : r->backdoor_target >= 0 ? "--backdoor-target"
+                        : !isnan(r->backdoor_frac) ? "--backdoor-frac" : NULL;
+    if (given && !backdoor) {
+        fprintf(stderr, "loom %s: %s needs --attack backdoor or embedding\n", cmd, given);
+        return -1;
+    }
+    if (!isnan(r->backdoor_frac) && !(r->backdoor_frac > 0)) {
+        fprintf(stderr, "loom %s: --backdoor-frac %g must be in (0, 1]\n", cmd, r->backdoor_frac);
+        return -1;
+    }
+    sc->attack.trigger = r->backdoor_trigger;
+    sc->attack.target = r->backdoor_target >= 0 ? r->backdoor_target : 0;
+    sc->attack.frac = isnan(r->backdoor_frac) ? 0.5 : r->backdoor_frac;
     if (sc->attack.kind == LOOM_ATTACK_NONE) {
         if (r->attackers) {
             fprintf(stderr, "loom %s: --attackers needs --attack KIND\n", cmd);

@@ -56,6 +56,9 @@ typedef struct {
     /* simulated attackers (loom sim --attack; sim_attack.c) */
     const char *attack, *attackers;
     float attack_scale;
+    const char *backdoor_trigger; /* --attack backdoor|embedding: NULL, NAN and -1 when not given */
+    float backdoor_frac;
+    int backdoor_target;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 128

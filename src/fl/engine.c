@@ -536,7 +536,7 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
     m.accepted = e->accepted;
     m.rejected = e->n - e->accepted;
     m.train_loss = e->weight > 0 ? e->loss_w / e->weight : NAN;
-    m.eval_loss = m.eval_acc = NAN;
+    m.eval_loss = m.eval_acc = m.attack_success = NAN;
     int need = e->c.min_updates > 0 ? e->c.min_updates : 1;
     m.aggregated = e->accepted >= need;
     double per = (double)e->dim * sizeof(float) * (e->server_control ? 2 : 1);
@@ -686,9 +686,14 @@ void lm_eval_pool_add(lm_eval_pool *p, const loom_eval_result *r) {
     p->a1 += a;
     p->a2 += a * a;
     p->k++;
+    if (r->attack_count > 0) { /* a backdoor run's triggered examples */
+        p->atk_hits += r->attack_hits;
+        p->atk_count += r->attack_count;
+    }
 }
 
 void lm_eval_pool_finish(const lm_eval_pool *p, loom_round_metrics *m) {
+    m->attack_success = p->atk_count > 0 ? (double)p->atk_hits / (double)p->atk_count : NAN;
     if (p->k == 0) return;
     double k = p->k;
     m->evaluated = p->k;

@@ -21,11 +21,13 @@ lm_async *lm_engine_async(const loom_engine *e);
 
 /* The pooled evaluation of a round or version (engine.c): add each client's result, then fill the
  * metrics' eval fields (token-weighted pooled loss and accuracy, and the mean and spread across
- * clients). A result without counted tokens is left out. */
+ * clients; attack_success = the pooled attack hits over the pooled triggered examples, NAN with none).
+ * A result without counted tokens is left out. */
 typedef struct {
     double ls, s1, s2, a1, a2;
     long corr, toks, count;
     int k;
+    long atk_hits, atk_count; /* a backdoor run: triggered examples classified as the target, of all scored */
 } lm_eval_pool;
 void lm_eval_pool_add(lm_eval_pool *p, const loom_eval_result *r);
 void lm_eval_pool_finish(const lm_eval_pool *p, loom_round_metrics *m);

@@ -34,6 +34,7 @@ void loom_metrics_jsonl_round(FILE *mf, const loom_round_metrics *m, const int *
         num(mf, "eval_acc_mean", m->eval_acc_mean);
         num(mf, "eval_acc_std", m->eval_acc_std);
         fprintf(mf, ",\"evaluated_clients\":%d", m->evaluated);
+        if (!isnan(m->attack_success)) num(mf, "attack_success", m->attack_success); /* a backdoor run */
     }
     if (m->version > 0) { /* asynchronous modes: the version this row made, and how stale its updates were */
         fprintf(mf, ",\"version\":%llu", (unsigned long long)m->version);

@@ -835,7 +835,7 @@ static void handle_eval(net_server *s, const net_request *q, const net_identity 
         json_decref(j);
         return;
     }
-    loom_eval_result res = {json_number_value(ls), (long)tokens, (long)correct, (long)count};
+    loom_eval_result res = {json_number_value(ls), (long)tokens, (long)correct, (long)count, 0, 0};
     json_decref(j);
     pthread_mutex_lock(&s->mu);
     int ok = 0;

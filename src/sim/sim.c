@@ -153,7 +153,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     out.control_delta = ws->dc;
     loom_client_ctx ctx = {ws->tr, ws->vec, dim};
     loom_client_data d = client_data(c, client);
-    d.ds = lm_attack_data(r->attack, client, d.ds); /* a label-flipping attacker's poisoned copy */
+    lm_attack_data(r->attack, client, &d); /* a label-flipping or backdoor attacker's poisoned copy */
     int compress = c->compress.codec != LOOM_CODEC_F32;
     int rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &c->fit,
                                  &c->compress, &r->states[client], &out);
@@ -203,6 +203,10 @@ static void eval_one(sim_run *r, worker_slot *ws, int client) {
         loom_log(LOOM_WARN, "round %d: evaluating client %d (%s) failed: %s", r->round, client, cl->name, loom_errmsg());
         return;
     }
+    /* a backdoor run: the same test examples with the trigger (attack success; sim_attack.c) */
+    if (lm_attack_eval(r->attack, r->algo, &ctx, &d, loom_engine_global(r->eng), &res) != LOOM_OK)
+        loom_log(LOOM_WARN, "round %d: the triggered evaluation of client %d (%s) failed: %s", r->round, client,
+                 cl->name, loom_errmsg());
     loom_engine_eval_submit(r->eng, client, &res);
 }
 
