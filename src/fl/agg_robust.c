@@ -17,7 +17,8 @@
 #define SEL_BLOCK 64   /* coordinates transposed together for the selection (n x SEL_BLOCK floats) */
 #define GRAM_BLOCK 2048 /* columns of U converted to double per dsyrk call */
 #define NET_MAX 256    /* largest n sorted by the network; above it, selection and sorts */
-#define NET_B 32       /* coordinates sorted together by the network (P x NET_B floats) */
+#define NET_B 32       /* coordinates sorted together by the network (n x NET_B floats) */
+#define NET_SUPER 16   /* blocks of NET_B read together from each row */
 
 /* indexed by loom_robust_rule */
 static const char *const rule_names[] = {"median",    "trimmed-mean", "krum",          "multi-krum", "norm-bound",
@@ -116,18 +117,23 @@ typedef struct {
     size_t dim;
 } row_key;
 
+/* A 64-bit hash of the row's bytes: four independent multiply-xorshift lanes over 32-byte steps (so
+ * that the multiplies overlap), then the tail, folded into one. */
 static uint64_t row_hash(const float *u, size_t dim) {
     const unsigned char *b = (const unsigned char *)u;
     size_t nb = dim * sizeof *u, i = 0;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; i + 8 <= nb; i += 8) {
-        uint64_t x;
-        memcpy(&x, b + i, 8);
-        h = (h ^ x) * 0x100000001b3ull;
-        h ^= h >> 29;
-    }
-    for (; i < nb; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
+    uint64_t h[4] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull, 0x9e3779b97f4a7c15ull, 0x7f4a7c159e3779b9ull};
+    for (; i + 32 <= nb; i += 32)
+        for (int k = 0; k < 4; k++) {
+            uint64_t x;
+            memcpy(&x, b + i + 8 * k, 8);
+            h[k] = (h[k] ^ x) * 0x100000001b3ull;
+            h[k] ^= h[k] >> 29;
+        }
+    uint64_t r = h[0];
+    for (int k = 1; k < 4; k++) r = (r ^ h[k]) * 0x9e3779b97f4a7c15ull, r ^= r >> 32;
+    for (; i < nb; i++) r = (r ^ b[i]) * 0x100000001b3ull;
+    return r;
 }
 
 static int row_cmp(const void *pa, const void *pb) {
@@ -214,9 +220,12 @@ static size_t net_build(cmpx **out, size_t n, size_t lo, size_t hi) {
 
 static inline void cx(float *restrict x, float *restrict y) {
     for (size_t j = 0; j < NET_B; j++) {
+        /* both stores unconditional: written as x[j] = p < q ? p : q, GCC turns the store into a
+         * branch on whether any lane changes */
         float p = x[j], q = y[j];
-        x[j] = p < q ? p : q;
-        y[j] = p < q ? q : p;
+        float lo = q < p ? q : p, hi = q < p ? p : q;
+        x[j] = lo;
+        y[j] = hi;
     }
 }
 
@@ -278,33 +287,48 @@ static int coordinatewise(double *out, const float *const *rows, size_t n, size_
         size_t hi = mode == CW_MEDIAN ? n / 2 + 1 : mode == CW_TRIM ? n - k : n;
         cmpx *net = NULL;
         size_t nc = net_build(&net, n, lo, hi);
-        float *scratch = loom_alloc((size_t)nt * (n * NET_B + n) * sizeof *scratch);
+        /* per thread: NET_SUPER blocks of (n, NET_B) and a column */
+        size_t per = NET_SUPER * n * NET_B + n;
+        float *scratch = loom_alloc((size_t)nt * per * sizeof *scratch);
         if (nc == (size_t)-1 || !scratch) {
             free(net), loom_free(scratch);
             return loom_error(LOOM_ENOMEM, "out of memory for the selection of %zu updates", n);
         }
-        size_t nblk = (dim + NET_B - 1) / NET_B;
+        /* Each row's NET_SUPER * NET_B coordinates of a super-block are read as one contiguous run (so
+         * that the hardware prefetcher follows the n streams) into NET_SUPER blocks of (n, NET_B), each
+         * then sorted in the caches. */
+        size_t sup = NET_SUPER * NET_B, nsup = (dim + sup - 1) / sup;
 #pragma omp parallel for schedule(static) num_threads(nt)
-        for (size_t b = 0; b < nblk; b++) {
-            float *t = scratch + (size_t)omp_get_thread_num() * (n * NET_B + n), *col = t + n * NET_B;
-            size_t j0 = b * NET_B, nb = dim - j0 < NET_B ? dim - j0 : NET_B;
+        for (size_t q = 0; q < nsup; q++) {
+            float *t0 = scratch + (size_t)omp_get_thread_num() * per, *col = t0 + NET_SUPER * n * NET_B;
+            size_t q0 = q * sup, qn = dim - q0 < sup ? dim - q0 : sup, nblk = (qn + NET_B - 1) / NET_B;
             for (size_t i = 0; i < n; i++) {
-                memcpy(t + i * NET_B, rows[i] + j0, nb * sizeof *t);
-                for (size_t j = nb; j < NET_B; j++) t[i * NET_B + j] = 0;
+                const float *src = rows[i] + q0;
+                for (size_t b = 0; b < nblk; b++) {
+                    size_t nb = qn - b * NET_B < NET_B ? qn - b * NET_B : NET_B;
+                    float *dst = t0 + (b * n + i) * NET_B;
+                    memcpy(dst, src + b * NET_B, nb * sizeof *dst);
+                    for (size_t j = nb; j < NET_B; j++) dst[j] = 0;
+                }
             }
-            net_apply(t, net, nc);
-            if (mode == CW_MEDIAN) {
-                const float *a = t + lo * NET_B, *z = t + (hi - 1) * NET_B;
-                for (size_t j = 0; j < nb; j++) out[j0 + j] = n & 1 ? (double)a[j] : 0.5 * ((double)a[j] + (double)z[j]);
-            } else if (mode == CW_TRIM) {
-                double acc[NET_B] = {0};
-                for (size_t r = lo; r < hi; r++)
-                    for (size_t j = 0; j < NET_B; j++) acc[j] += t[r * NET_B + j];
-                for (size_t j = 0; j < nb; j++) out[j0 + j] = acc[j] / (double)(n - 2 * k);
-            } else {
-                for (size_t j = 0; j < nb; j++) {
-                    for (size_t r = 0; r < n; r++) col[r] = t[r * NET_B + j];
-                    out[j0 + j] = bulyan_col(col, n, k);
+            for (size_t b = 0; b < nblk; b++) {
+                float *t = t0 + b * n * NET_B;
+                size_t j0 = q0 + b * NET_B, nb = qn - b * NET_B < NET_B ? qn - b * NET_B : NET_B;
+                net_apply(t, net, nc);
+                if (mode == CW_MEDIAN) {
+                    const float *x = t + lo * NET_B, *z = t + (hi - 1) * NET_B;
+                    for (size_t j = 0; j < nb; j++)
+                        out[j0 + j] = n & 1 ? (double)x[j] : 0.5 * ((double)x[j] + (double)z[j]);
+                } else if (mode == CW_TRIM) {
+                    double acc[NET_B] = {0};
+                    for (size_t r = lo; r < hi; r++)
+                        for (size_t j = 0; j < NET_B; j++) acc[j] += t[r * NET_B + j];
+                    for (size_t j = 0; j < nb; j++) out[j0 + j] = acc[j] / (double)(n - 2 * k);
+                } else {
+                    for (size_t j = 0; j < nb; j++) {
+                        for (size_t r = 0; r < n; r++) col[r] = t[r * NET_B + j];
+                        out[j0 + j] = bulyan_col(col, n, k);
+                    }
                 }
             }
         }
@@ -603,8 +627,10 @@ int loom_robust_aggregate(const loom_robust_config *c, double *out, const float 
                             i, wi);
             goto done;
         }
-        key[i] = (row_key){row_hash(updates[i], dim), wi, i, updates[i], dim};
+        key[i] = (row_key){0, wi, i, updates[i], dim};
     }
+#pragma omp parallel for schedule(dynamic, 1) if (n * dim >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) key[i].hash = row_hash(updates[i], dim);
     qsort(key, n, sizeof *key, row_cmp);
     for (size_t i = 0; i < n; i++) rows[i] = key[i].u, w[i] = key[i].w;
     rc = combine(c, out, rows, w, n, dim, sel);
