@@ -4,7 +4,6 @@
  * independence are described in include/loom/pipeline.h.
  *
  * Shapes: n = updates in the round, d = dim; U (n, d) the held updates, row-major, one row each. */
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -15,7 +14,7 @@
 
 #define PAR_MIN 65536  /* coordinates below which the selection loops stay on one thread */
 #define SEL_BLOCK 64   /* coordinates transposed together for the selection (n x SEL_BLOCK floats) */
-#define GRAM_BLOCK 2048 /* columns of U converted to double per dsyrk call */
+#define GRAM_STRIPES 64 /* column stripes of the Gram matrix, each with its own partial sum */
 #define NET_MAX 256    /* largest n sorted by the network; above it, selection and sorts */
 #define NET_B 32       /* coordinates sorted together by the network (n x NET_B floats) */
 #define NET_SUPER 16   /* blocks of NET_B read together from each row */
@@ -358,28 +357,88 @@ static int dbl_cmp(const void *pa, const void *pb) {
     return a < b ? -1 : a > b;
 }
 
-/* D (n, n) = the squared distances ||u_i - u_j||^2 (>= 0, D_ii = 0) from G = U U^T, upper triangle,
- * accumulated in double over column blocks of U. */
+/* x y + z: one fused multiply-add where the build targets FMA (so the result of a build is the same
+ * on every run and thread count, though an FMA build and one without differ in the last bits of the
+ * Gram matrix); the separate product and sum elsewhere. */
+#ifdef __FMA__
+#define MADD(x, y, z) fma(x, y, z)
+#else
+#define MADD(x, y, z) ((x) * (y) + (z))
+#endif
+
+/* s[16] += the 16 dot products of rows a0..a3 with b0..b3 over nb doubles (nb a multiple of 8), each
+ * summed in 8 lanes (column j into lane j mod 8) and the lanes then in order: a fixed order, and a
+ * loop the compiler vectorizes without reassociating anything. */
+static void tile44(double *restrict s16, const double *a0, const double *a1, const double *a2, const double *a3,
+                   const double *b0, const double *b1, const double *b2, const double *b3, size_t nb) {
+    double s[16][8];
+    for (int i = 0; i < 16; i++)
+        for (int l = 0; l < 8; l++) s[i][l] = 0;
+    for (size_t j = 0; j < nb; j += 8)
+        for (int l = 0; l < 8; l++) {
+            double x0 = a0[j + l], x1 = a1[j + l], x2 = a2[j + l], x3 = a3[j + l];
+            double y0 = b0[j + l], y1 = b1[j + l], y2 = b2[j + l], y3 = b3[j + l];
+            s[0][l] = MADD(x0, y0, s[0][l]), s[1][l] = MADD(x0, y1, s[1][l]);
+            s[2][l] = MADD(x0, y2, s[2][l]), s[3][l] = MADD(x0, y3, s[3][l]);
+            s[4][l] = MADD(x1, y0, s[4][l]), s[5][l] = MADD(x1, y1, s[5][l]);
+            s[6][l] = MADD(x1, y2, s[6][l]), s[7][l] = MADD(x1, y3, s[7][l]);
+            s[8][l] = MADD(x2, y0, s[8][l]), s[9][l] = MADD(x2, y1, s[9][l]);
+            s[10][l] = MADD(x2, y2, s[10][l]), s[11][l] = MADD(x2, y3, s[11][l]);
+            s[12][l] = MADD(x3, y0, s[12][l]), s[13][l] = MADD(x3, y1, s[13][l]);
+            s[14][l] = MADD(x3, y2, s[14][l]), s[15][l] = MADD(x3, y3, s[15][l]);
+        }
+    for (int i = 0; i < 16; i++)
+        s16[i] += ((s[i][0] + s[i][1]) + (s[i][2] + s[i][3])) + ((s[i][4] + s[i][5]) + (s[i][6] + s[i][7]));
+}
+
+/* D (n, n) = the squared distances ||u_i - u_j||^2 (>= 0, D_ii = 0) from the Gram matrix G = U U^T,
+ * ||a - b||^2 = G_aa + G_bb - 2 G_ab, in double. The columns are cut into GRAM_STRIPES fixed stripes
+ * (whatever the number of threads); a stripe converts chunks of its columns to double (n_pad x ch, in
+ * the caches) and adds 4 x 4 tiles of dot products into its own G; the stripes' Gs are then added in
+ * stripe order. Every sum has a fixed order, so D does not depend on the threads. A hand-written
+ * kernel rather than BLAS dsyrk: OpenBLAS may fall back to old kernels on an unrecognised CPU, and the
+ * Gram of n ~ 100 rows is a thin product BLAS does not block well. */
 static int sq_distances(double *D, const float *const *rows, size_t n, size_t dim) {
-    size_t kb = dim < GRAM_BLOCK ? dim : GRAM_BLOCK;
-    double *G = loom_calloc(n * n, sizeof *G);
-    double *A = loom_alloc(n * kb * sizeof *A);
-    if (!G || !A) {
-        loom_free(G), loom_free(A);
+    size_t np = (n + 3) / 4 * 4, nt4 = np / 4, npairs = nt4 * (nt4 + 1) / 2;
+    size_t ns = (size_t)1 << 24 >= np * np * GRAM_STRIPES ? GRAM_STRIPES : ((size_t)1 << 24) / (np * np);
+    if (ns < 1) ns = 1;
+    if (ns > dim / 8 + 1) ns = dim / 8 + 1;
+    size_t ch = 32768 / np < 256 ? 256 : 32768 / np / 8 * 8; /* chunk columns: about 256 KB of doubles */
+    int nt = omp_get_max_threads();
+    if (n * dim < PAR_MIN) nt = 1;
+    double *Gs = loom_calloc(ns * np * np, sizeof *Gs);
+    double *A = loom_alloc((size_t)nt * np * ch * sizeof *A);
+    if (!Gs || !A) {
+        loom_free(Gs), loom_free(A);
         return loom_error(LOOM_ENOMEM, "out of memory for the Gram matrix of %zu updates", n);
     }
-    for (size_t j0 = 0; j0 < dim; j0 += kb) {
-        size_t nb = dim - j0 < kb ? dim - j0 : kb;
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < nb; j++) A[i * nb + j] = rows[i][j0 + j];
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)n, (int)nb, 1.0, A, (int)nb, 1.0, G, (int)n);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (size_t st = 0; st < ns; st++) {
+        double *G = Gs + st * np * np, *a = A + (size_t)omp_get_thread_num() * np * ch;
+        size_t c0 = dim * st / ns, c1 = dim * (st + 1) / ns;
+        for (size_t j0 = c0; j0 < c1; j0 += ch) {
+            size_t nb = c1 - j0 < ch ? c1 - j0 : ch, nb8 = (nb + 7) / 8 * 8;
+            for (size_t i = 0; i < np; i++)
+                for (size_t j = 0; j < nb8; j++) a[i * ch + j] = i < n && j < nb ? (double)rows[i][j0 + j] : 0.0;
+            for (size_t pr = 0, ta = 0, tb = 0; pr < npairs; pr++) {
+                const double *x = a + 4 * ta * ch, *y = a + 4 * tb * ch;
+                double s16[16] = {0};
+                tile44(s16, x, x + ch, x + 2 * ch, x + 3 * ch, y, y + ch, y + 2 * ch, y + 3 * ch, nb8);
+                for (int p = 0; p < 4; p++)
+                    for (int q = 0; q < 4; q++) G[(4 * ta + p) * np + 4 * tb + q] += s16[4 * p + q];
+                if (++tb == nt4) tb = ++ta;
+            }
+        }
     }
+    double *G = Gs; /* the sum of the stripes, in order, into the first */
+    for (size_t st = 1; st < ns; st++)
+        for (size_t i = 0; i < np * np; i++) G[i] += Gs[st * np * np + i];
     for (size_t a = 0; a < n; a++)
         for (size_t b = a; b < n; b++) {
-            double d = a == b ? 0 : G[a * n + a] + G[b * n + b] - 2 * G[a * n + b];
+            double d = a == b ? 0 : G[a * np + a] + G[b * np + b] - 2 * G[a * np + b];
             D[a * n + b] = D[b * n + a] = d > 0 ? d : 0;
         }
-    loom_free(G), loom_free(A);
+    loom_free(Gs), loom_free(A);
     return LOOM_OK;
 }
 
@@ -406,14 +465,23 @@ static int scored_cmp(const void *pa, const void *pb) {
     return a->i < b->i ? -1 : a->i > b->i;
 }
 
-/* out = sum_i c_i u_i / denom over the rows with c_i != 0 (parallel over coordinates). */
+/* out = sum_i c_i u_i / denom over the rows with c_i != 0, each coordinate's sum in the order of i
+ * (parallel over blocks of coordinates, the rows' loop outside so that the coordinates vectorize). */
 static void linear_comb(double *out, const float *const *rows, const double *c, size_t n, size_t dim, double denom) {
+    enum { B = 1024 };
+    size_t nblk = (dim + B - 1) / B;
 #pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
-    for (size_t j = 0; j < dim; j++) {
-        double s = 0;
-        for (size_t i = 0; i < n; i++)
-            if (c[i] != 0) s += c[i] * rows[i][j];
-        out[j] = s / denom;
+    for (size_t b = 0; b < nblk; b++) {
+        size_t j0 = b * B, nb = dim - j0 < B ? dim - j0 : B;
+        double s[B];
+        for (size_t j = 0; j < nb; j++) s[j] = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (c[i] == 0) continue;
+            const float *r = rows[i] + j0;
+            double ci = c[i];
+            for (size_t j = 0; j < nb; j++) s[j] += ci * r[j];
+        }
+        for (size_t j = 0; j < nb; j++) out[j0 + j] = s[j] / denom;
     }
 }
 
