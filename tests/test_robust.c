@@ -676,6 +676,39 @@ static void test_cli(void) {
     CHECK(rc != 0 && strstr(err, "--weights has more values"), "weights: %d %s", rc, err);
     rc = run_cli(dir, "--rule bulyan2 --out x.safetensors u0.safetensors", err, sizeof err);
     CHECK(rc != 0 && strstr(err, "unknown robust aggregator 'bulyan2'"), "rule: %d %s", rc, err);
+    /* bulyan on 4 files with f = 1 needs 4 * 1 + 3 = 7; fltrust without the server's update */
+    rc = run_cli(dir, "--rule bulyan --f 1 --out x.safetensors u0.safetensors u1.safetensors u2.safetensors "
+                 "u0.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "bulyan needs n >= 4f + 3 updates: f = 1 needs at least 7, got n = 4"), "bulyan: %d %s",
+          rc, err);
+    rc = run_cli(dir, "--rule fltrust --out x.safetensors u0.safetensors u1.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "--rule fltrust needs --server-update FILE: the server update") &&
+              strstr(err, "is missing"), "fltrust: %d %s", rc, err);
+    rc = run_cli(dir, "--rule centered-clip --tau 0 --out x.safetensors u0.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "centered-clip: tau must be finite and > 0 (got 0)"), "tau: %d %s", rc, err);
+    /* fltrust with the server update u0 and the updates u0 and -u0 (in a short file: refused first) */
+    rc = run_cli(dir, "--rule fltrust --server-update short.safetensors --out x.safetensors u0.safetensors", err,
+                 sizeof err);
+    CHECK(rc != 0 && strstr(err, "short.safetensors: tensor 'b' has another shape"), "short server update: %d %s", rc,
+          err);
+    float neg[7];
+    for (int i = 0; i < 7; i++) neg[i] = -2 * v[0][i];
+    snprintf(path, sizeof path, "%s/neg.safetensors", dir);
+    write_update(path, neg, 0);
+    /* u0 has trust 1 and keeps its norm, -2 u0 trust 0: the aggregate is u0 */
+    rc = run_cli(dir, "--rule fltrust --server-update u0.safetensors --out t.safetensors neg.safetensors u0.safetensors",
+                 err, sizeof err);
+    CHECK(rc == 0, "fltrust: %d %s", rc, err);
+    snprintf(path, sizeof path, "%s/t.safetensors", dir);
+    if (rc == 0 && loom_st_open(&f, path) == LOOM_OK) {
+        float got[7] = {0};
+        loom_st_to_f32(loom_st_find(f, "a"), got, 4);
+        loom_st_to_f32(loom_st_find(f, "b"), got + 4, 3);
+        double e = 0;
+        for (int i = 0; i < 7; i++) e = fmax(e, fabs(got[i] - v[0][i]));
+        CHECK(e <= 1e-5, "fltrust aggregate off u0 by %g", e);
+        loom_st_close(f);
+    }
     test_rmtree(dir);
 }
 

@@ -12,9 +12,10 @@
  *              bound of DP-FedAvg; 0 = off). After clipping every value must lie within
  *              +-LOOM_FX_MAX_ABS, else the update is refused ("value out of fixed-point range").
  *   aggregate  an aggregator (loom_aggregator_ops). The default is the streaming, order-independent
- *              fixed-point weighted mean below. Buffered aggregators (Krum, coordinate-wise median,
- *              trimmed mean) plug in here with kind LOOM_AGG_BUFFERED: they keep the round's updates
- *              (O(n dim) memory) and pick or combine them in finish(); nothing else changes.
+ *              fixed-point weighted mean below. Buffered aggregators (the robust rules below: Krum,
+ *              Bulyan, coordinate-wise median, FLTrust, ...) plug in here with kind LOOM_AGG_BUFFERED:
+ *              they keep the round's updates (O(n dim) memory) and pick or combine them in finish();
+ *              nothing else changes.
  *   noise      a hook on the round's mean before the optimizer sees it (loom_noise_fn; NULL = identity).
  *              Central DP-FedAvg (the round engine's loom_engine_config.dp, include/loom/dp.h) installs
  *              one: Gaussian noise of scale sigma * clip_norm on the sum, divided by the clients sampled
@@ -254,8 +255,9 @@ int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint6
  *                 result equals that of a full sort). Assumes 0 <= beta < 0.5 and 2k < n.
  *   krum          the update with the smallest score, score_i = the sum of the n - f - 2 smallest
  *                 squared distances ||u_i - u_j||^2, j != i (Blanchard et al. 2017). Pairwise distances
- *                 from one Gram matrix G = U U^T (BLAS dsyrk over column blocks of the n x dim update
- *                 matrix, in double): ||a - b||^2 = G_aa + G_bb - 2 G_ab. Assumes n >= 2f + 3.
+ *                 from one Gram matrix G = U U^T of the n x dim update matrix (a blocked product in
+ *                 double: 4 x 4 tiles over fixed column stripes, each sum in a fixed order):
+ *                 ||a - b||^2 = max(0, G_aa + G_bb - 2 G_ab). Assumes n >= 2f + 3.
  *   multi-krum    the weighted mean of the m updates with the smallest Krum scores (m = 0: n - f).
  *                 Assumes n >= 2f + 3 and 1 <= m <= n - f.
  *   bulyan        (El Mhamdi et al. 2018) theta = n - 2f updates chosen by repeated Krum: from the
