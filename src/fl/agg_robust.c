@@ -252,6 +252,30 @@ static double bulyan_col(const float *s, size_t theta, size_t beta) {
     return sum / (double)beta;
 }
 
+/* bulyan_col on the NET_B sorted columns of t (theta, NET_B) at once, without branches: the window
+ * [L, L + beta) bulyan_col ends with is the one where the value below it is farther from the median
+ * than its top value and the value above it is at least as far as its bottom value, so (both
+ * distances monotone in L) L = the number of L' < theta - beta with med - s[L'] > s[L' + beta] - med.
+ * The window's values are then added in ascending order, as in bulyan_col. */
+static void bulyan_block(double *out, const float *t, size_t theta, size_t beta, size_t nb) {
+    size_t h = theta / 2;
+    double med[NET_B], sum[NET_B];
+    size_t L[NET_B];
+    for (size_t j = 0; j < NET_B; j++) {
+        med[j] = theta & 1 ? (double)t[h * NET_B + j] : 0.5 * ((double)t[(h - 1) * NET_B + j] + (double)t[h * NET_B + j]);
+        L[j] = 0, sum[j] = 0;
+    }
+    for (size_t l = 0; l + beta < theta; l++)
+        for (size_t j = 0; j < NET_B; j++)
+            L[j] += med[j] - (double)t[l * NET_B + j] > (double)t[(l + beta) * NET_B + j] - med[j];
+    for (size_t r = 0; r < theta; r++)
+        for (size_t j = 0; j < NET_B; j++) {
+            double v = sum[j] + (double)t[r * NET_B + j];
+            sum[j] = r >= L[j] && r < L[j] + beta ? v : sum[j];
+        }
+    for (size_t j = 0; j < nb; j++) out[j] = sum[j] / (double)beta;
+}
+
 static int flt_cmp(const void *pa, const void *pb) {
     float a = *(const float *)pa, b = *(const float *)pb;
     return a < b ? -1 : a > b;
@@ -286,8 +310,7 @@ static int coordinatewise(double *out, const float *const *rows, size_t n, size_
         size_t hi = mode == CW_MEDIAN ? n / 2 + 1 : mode == CW_TRIM ? n - k : n;
         cmpx *net = NULL;
         size_t nc = net_build(&net, n, lo, hi);
-        /* per thread: NET_SUPER blocks of (n, NET_B) and a column */
-        size_t per = NET_SUPER * n * NET_B + n;
+        size_t per = NET_SUPER * n * NET_B; /* per thread: NET_SUPER blocks of (n, NET_B) */
         float *scratch = loom_alloc((size_t)nt * per * sizeof *scratch);
         if (nc == (size_t)-1 || !scratch) {
             free(net), loom_free(scratch);
@@ -299,7 +322,7 @@ static int coordinatewise(double *out, const float *const *rows, size_t n, size_
         size_t sup = NET_SUPER * NET_B, nsup = (dim + sup - 1) / sup;
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (size_t q = 0; q < nsup; q++) {
-            float *t0 = scratch + (size_t)omp_get_thread_num() * per, *col = t0 + NET_SUPER * n * NET_B;
+            float *t0 = scratch + (size_t)omp_get_thread_num() * per;
             size_t q0 = q * sup, qn = dim - q0 < sup ? dim - q0 : sup, nblk = (qn + NET_B - 1) / NET_B;
             for (size_t i = 0; i < n; i++) {
                 const float *src = rows[i] + q0;
@@ -323,12 +346,8 @@ static int coordinatewise(double *out, const float *const *rows, size_t n, size_
                     for (size_t r = lo; r < hi; r++)
                         for (size_t j = 0; j < NET_B; j++) acc[j] += t[r * NET_B + j];
                     for (size_t j = 0; j < nb; j++) out[j0 + j] = acc[j] / (double)(n - 2 * k);
-                } else {
-                    for (size_t j = 0; j < nb; j++) {
-                        for (size_t r = 0; r < n; r++) col[r] = t[r * NET_B + j];
-                        out[j0 + j] = bulyan_col(col, n, k);
-                    }
-                }
+                } else
+                    bulyan_block(out + j0, t, n, k, nb);
             }
         }
         free(net);
