@@ -86,6 +86,247 @@ static void test_coordinatewise_reference(void) {
     free(out);
 }
 
+/* ---- the sorting network against a full sort, for many n ---- */
+
+static void test_network(void) {
+    /* n from 1 to 257 (above 256 the selection path), dim 70 (two blocks of 32 and a partial one),
+     * values on a coarse grid so that ties are common. The median must equal the sorted column's middle
+     * (or the mean of the two middle values) exactly; the trimmed mean the ascending double sum of the
+     * sorted column's ranks [k, n - k) divided by n - 2k, exactly. */
+    enum { D = 70 };
+    static const size_t ns[] = {1, 2, 3, 4, 5, 7, 8, 16, 17, 31, 64, 100, 129, 256, 257};
+    uint64_t s = 5;
+    float *buf = malloc(257 * D * sizeof *buf), col[257];
+    const float *u[257];
+    double out[D];
+    for (size_t q = 0; q < sizeof ns / sizeof ns[0]; q++) {
+        size_t n = ns[q];
+        for (size_t i = 0; i < n * D; i++) buf[i] = (float)rint(8 * test_normal(&s)) / 8;
+        for (size_t i = 0; i < n; i++) u[i] = buf + i * D;
+        loom_robust_config c = cfg(LOOM_ROBUST_MEDIAN, 0, 0, 0, 1);
+        CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, n, D, NULL));
+        size_t bad = 0;
+        for (size_t j = 0; j < D; j++) {
+            for (size_t i = 0; i < n; i++) col[i] = u[i][j];
+            qsort(col, n, sizeof *col, flt_cmp);
+            double m = n & 1 ? col[n / 2] : 0.5 * ((double)col[n / 2 - 1] + col[n / 2]);
+            bad += out[j] != m;
+        }
+        CHECK(bad == 0, "median of n = %zu: %zu coordinates differ from the sorted reference", n, bad);
+        const double betas[] = {0.0, 0.1, 0.25, 0.49};
+        for (size_t b = 0; b < 4; b++) {
+            c = cfg(LOOM_ROBUST_TRIMMED_MEAN, 0, 0, betas[b], 1);
+            size_t k = (size_t)(betas[b] * (double)n);
+            if (2 * k >= n) continue;
+            CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, n, D, NULL));
+            bad = 0;
+            for (size_t j = 0; j < D; j++) {
+                for (size_t i = 0; i < n; i++) col[i] = u[i][j];
+                qsort(col, n, sizeof *col, flt_cmp);
+                double m = 0;
+                for (size_t i = k; i < n - k; i++) m += col[i];
+                bad += out[j] != m / (double)(n - 2 * k);
+            }
+            CHECK(bad == 0, "trimmed mean of n = %zu, k = %zu: %zu coordinates differ from the sorted reference", n, k,
+                  bad);
+        }
+    }
+    free(buf);
+}
+
+/* ---- Bulyan ---- */
+
+static void test_bulyan(void) {
+    /* n = 7 updates of two values, f = 1 (n = 4f + 3): theta = 5 chosen, beta = 3 averaged.
+     *   (1,0) (50,2) (4,2) (2,1) (-6,2) (0,3) (25,2)
+     * Repeated Krum, squared distances:
+     *   |R| = 7, 4 nearest: (0,3): 10 + 8 + 17 + 37 = 72 (to (1,0), (2,1), (4,2), (-6,2));
+     *          (1,0): 10 + 2 + 13 + 53 = 78; (2,1): 8 + 2 + 5 + 65 = 80; (4,2): 135; (-6,2): 255;
+     *          (25,2): 2176; (50,2): 7451                                          -> (0,3)
+     *   |R| = 6, 3 nearest: (1,0): 2 + 13 + 53 = 68; (2,1): 2 + 5 + 65 = 72; (4,2): 118; ... -> (1,0)
+     *   |R| = 5, 2 nearest: (2,1): 5 + 65 = 70; (4,2): 5 + 100 = 105; (-6,2): 165; ...      -> (2,1)
+     *   |R| = 4, 1 nearest: (4,2): 100; (-6,2): 100; (25,2): 441; (50,2): 625 -> (4,2) or (-6,2), a tie
+     *          broken by the content order
+     *   |R| = 3, 0 nearest: every score 0 -> any of the three left.
+     * Chosen: (0,3) (1,0) (2,1), one of (4,2) (-6,2), and one more of (-6,2) (4,2) (25,2) (50,2).
+     * First value, the 3 closest to the median:
+     *   {0,1,2,4,x}, x = 25 or 50: median 2; then 1 (distance 1, 4 is at 2); then 0 and 4 both at 2: the
+     *     lower, 0 -> {0,1,2}. x = -6: sorted -6 0 1 2 4, median 1; 0 and 2 tie: 0; then 2 (1 < 7).
+     *   {0,1,2,-6,x}, x = 25 or 50: median 1; 0 (tie with 2, lower); 2 -> {0,1,2}.
+     *   Every case: (0 + 1 + 2) / 3 = 1 (a trimmed mean of {0,1,2,4,50} would give 7/3).
+     * Second value: always {3, 0, 1, 2, 2}, sorted 0 1 2 2 3: median 2; then the other 2; then 1 and 3 tie
+     *   at distance 1: the lower, 1 -> (1 + 2 + 2) / 3 = 5/3 (the upper would give 7/3).
+     * Selected: (0,3) (1,0) (2,1) always, (25,2) and (50,2) not both. */
+    const float v[7][2] = {{1, 0}, {50, 2}, {4, 2}, {2, 1}, {-6, 2}, {0, 3}, {25, 2}};
+    const float *u[7];
+    for (int i = 0; i < 7; i++) u[i] = v[i];
+    double out[2];
+    int sel[7];
+    loom_robust_config c = cfg(LOOM_ROBUST_BULYAN, 1, 0, 0, 1);
+    CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, 7, 2, sel));
+    CHECK(out[0] == 1 && out[1] == 5.0 / 3, "bulyan (%.17g, %.17g), want (1, 5/3)", out[0], out[1]);
+    CHECK(sel[0] && sel[3] && sel[5] && sel[2] + sel[4] >= 1 && sel[1] + sel[6] <= 1 &&
+              sel[0] + sel[1] + sel[2] + sel[3] + sel[4] + sel[5] + sel[6] == 5,
+          "bulyan selection %d %d %d %d %d %d %d", sel[0], sel[1], sel[2], sel[3], sel[4], sel[5], sel[6]);
+    /* 11 updates of two values, f = 2 (theta = 7, beta = 3): 7 honest (0, i), i = 0..6, and 4 attackers
+     * (1000 k, 3), k = 1..4. While |R| >= 6 each honest update has at least |R| - f - 3 honest
+     * neighbours within distance^2 36 and one attacker term of at most 1e6 + 9, while every attacker
+     * score has at least two terms >= 1e6: the first 6 chosen are honest. The 7th (|R| = 5, one term)
+     * is a tie-prone closest pair, honest or attacker. Either way the first value's median over the
+     * chosen is 0 and its 3 closest values are 0: the aggregate's first value is 0. */
+    float w2[11][2];
+    const float *u2[11];
+    for (int i = 0; i < 7; i++) w2[i][0] = 0, w2[i][1] = (float)i;
+    for (int i = 7; i < 11; i++) w2[i][0] = 1000.0f * (float)(i - 6), w2[i][1] = 3;
+    for (int i = 0; i < 11; i++) u2[i] = w2[i];
+    double out2[2];
+    int sel2[11];
+    c.f = 2;
+    CHECK_OK(loom_robust_aggregate(&c, out2, u2, NULL, 11, 2, sel2));
+    CHECK(out2[0] == 0, "bulyan 11: first value %g", out2[0]);
+    int ns = 0, nh = 0;
+    for (int i = 0; i < 11; i++) ns += sel2[i], nh += i < 7 && sel2[i];
+    CHECK(ns == 7 && nh >= 6, "bulyan 11 chose %d updates, %d honest", ns, nh);
+}
+
+/* ---- centered clipping ---- */
+
+/* The formula itself: v <- v + (1/n) sum_i (u_i - v) min(1, tau / ||u_i - v||), iters times. */
+static void cc_direct(double *v, const float *const *u, size_t n, size_t d, double tau, int iters) {
+    double *nv = malloc(d * sizeof *nv);
+    for (int it = 0; it < iters; it++) {
+        for (size_t j = 0; j < d; j++) nv[j] = v[j];
+        for (size_t i = 0; i < n; i++) {
+            double r = 0;
+            for (size_t j = 0; j < d; j++) r += (u[i][j] - v[j]) * (u[i][j] - v[j]);
+            r = sqrt(r);
+            double cl = r > 0 && tau / r < 1 ? tau / r : 1;
+            for (size_t j = 0; j < d; j++) nv[j] += (u[i][j] - v[j]) * cl / (double)n;
+        }
+        for (size_t j = 0; j < d; j++) v[j] = nv[j];
+    }
+    free(nv);
+}
+
+static void test_centered_clip(void) {
+    /* u = (3,4), (0,1), (-6,8), (0.5,0) from v0 = (0.5, 0.5), tau = 2, 3 iterations. One step by hand:
+     * u - v0 = (2.5,3.5) norm 4.30 -> x 2/4.30; (-0.5,0.5) norm 0.71 -> kept; (-6.5,7.5) norm 9.92 ->
+     * x 2/9.92; (0,-0.5) kept. Checked against cc_direct above, to 1e-12. */
+    const float r[4][2] = {{3, 4}, {0, 1}, {-6, 8}, {0.5f, 0}};
+    const float *u[4] = {r[0], r[1], r[2], r[3]};
+    const double v0[2] = {0.5, 0.5};
+    double out[2], ref[2];
+    loom_robust_config c = cfg(LOOM_ROBUST_CENTERED_CLIP, 0, 0, 0, 1);
+    c.tau = 2, c.cc_iters = 3, c.center = v0;
+    CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, 4, 2, NULL));
+    ref[0] = v0[0], ref[1] = v0[1];
+    cc_direct(ref, u, 4, 2, 2, 3);
+    CHECK(fabs(out[0] - ref[0]) <= 1e-12 && fabs(out[1] - ref[1]) <= 1e-12, "centered-clip (%.15g, %.15g), direct (%.15g, %.15g)",
+          out[0], out[1], ref[0], ref[1]);
+    /* one step by hand from v0: (1/4) [(2.5,3.5) 2/sqrt(18.5) + (-0.5,0.5) + (-6.5,7.5) 2/sqrt(98.5) + (0,-0.5)] */
+    c.cc_iters = 1;
+    CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, 4, 2, NULL));
+    double a = 2 / sqrt(18.5), b = 2 / sqrt(98.5);
+    CHECK_NEAR(out[0], 0.5 + (2.5 * a - 0.5 - 6.5 * b) / 4, 1e-14);
+    CHECK_NEAR(out[1], 0.5 + (3.5 * a + 0.5 + 7.5 * b - 0.5) / 4, 1e-14);
+    /* tau huge: nothing is clipped and one step from v = 0 is the plain mean ((-2.5) / 4, 13 / 4) */
+    c.tau = 1e30, c.center = NULL;
+    CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, 4, 2, NULL));
+    CHECK(out[0] == -2.5 / 4 && out[1] == 13.0 / 4, "centered-clip, tau huge: (%.17g, %.17g)", out[0], out[1]);
+    /* through the pipeline: the second round starts from the first round's aggregate */
+    c.tau = 0.5, c.cc_iters = 1, c.center = NULL;
+    loom_pipeline_config pc;
+    loom_pipeline_defaults(&pc, 2);
+    pc.aggregator = &loom_agg_robust;
+    pc.aggregator_config = &c;
+    loom_pipeline *p = NULL;
+    CHECK_OK(loom_pipeline_create(&p, &pc));
+    float x[2] = {0, 0};
+    double a1[2], a2[2];
+    CHECK_OK(loom_robust_aggregate(&c, a1, u, NULL, 4, 2, NULL));
+    loom_robust_config c2 = c;
+    c2.center = a1;
+    CHECK_OK(loom_robust_aggregate(&c2, a2, u, NULL, 4, 2, NULL));
+    for (int round = 0; round < 2 && p; round++) {
+        CHECK_OK(loom_pipeline_begin_round(p, round));
+        for (int i = 0; i < 4; i++) CHECK_OK(loom_pipeline_add(p, u[i], 2, 1, NULL, NULL, NULL));
+        CHECK_OK(loom_pipeline_end_round(p, x));
+    }
+    /* fedavg: x = a1 + a2 */
+    CHECK(fabs(x[0] - (a1[0] + a2[0])) <= 1e-6 && fabs(x[1] - (a1[1] + a2[1])) <= 1e-6,
+          "two rounds: (%g, %g), want (%g, %g)", x[0], x[1], a1[0] + a2[0], a1[1] + a2[1]);
+    loom_pipeline_free(p);
+    c.tau = 0;
+    expect_refusal(&c, 3, "centered-clip: tau must be finite and > 0 (got 0)");
+    c.tau = 1, c.cc_iters = 0;
+    expect_refusal(&c, 3, "centered-clip: iters must be >= 1 (got 0)");
+}
+
+/* ---- FLTrust ---- */
+
+static void test_fltrust(void) {
+    /* g0 = (3, 4), ||g0|| = 5. u1 = (1, 0): cos 0.6, rescaled (5, 0); u2 = (0, 2): cos 0.8, rescaled
+     * (0, 5); u3 = (-6, -8) = -2 g0: cos -1, trust 0. Aggregate (0.6 (5,0) + 0.8 (0,5)) / 1.4 =
+     * (3, 4) / 1.4 = (15/7, 20/7). */
+    const float g0[2] = {3, 4}, r[3][2] = {{1, 0}, {0, 2}, {-6, -8}};
+    const float *u[3] = {r[0], r[1], r[2]};
+    double out[2];
+    loom_robust_config c = cfg(LOOM_ROBUST_FLTRUST, 0, 0, 0, 1);
+    c.server_update = g0;
+    CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, 3, 2, NULL));
+    CHECK_NEAR(out[0], 15.0 / 7, 1e-14);
+    CHECK_NEAR(out[1], 20.0 / 7, 1e-14);
+    /* only the opposite update: trust 0 for all, the zero update */
+    CHECK_OK(loom_robust_aggregate(&c, out, u + 2, NULL, 1, 2, NULL));
+    CHECK(out[0] == 0 && out[1] == 0, "fltrust, all opposite: (%g, %g)", out[0], out[1]);
+    /* one update (0, 0.1) rescaled to ||g0|| = 5: (0, 5) whatever its length */
+    const float tiny[2] = {0, 0.1f};
+    const float *ut[1] = {tiny};
+    CHECK_OK(loom_robust_aggregate(&c, out, ut, NULL, 1, 2, NULL));
+    CHECK(out[0] == 0 && fabs(out[1] - 5) <= 1e-12, "fltrust rescaling: (%g, %g)", out[0], out[1]);
+    c.server_update = NULL;
+    expect_refusal(&c, 3, "fltrust: the server update is missing");
+    /* through the pipeline: it wants a reference, fails without one, takes one each round */
+    loom_pipeline_config pc;
+    loom_pipeline_defaults(&pc, 2);
+    pc.aggregator = &loom_agg_robust;
+    pc.aggregator_config = &c;
+    loom_pipeline *p = NULL;
+    CHECK_OK(loom_pipeline_create(&p, &pc));
+    if (!p) return;
+    CHECK(loom_pipeline_wants_reference(p) == 1, "fltrust wants a reference");
+    float x[2] = {0, 0};
+    CHECK_OK(loom_pipeline_begin_round(p, 0));
+    for (int i = 0; i < 3; i++) CHECK_OK(loom_pipeline_add(p, u[i], 2, 1, NULL, NULL, NULL));
+    int rc = loom_pipeline_end_round(p, x);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "fltrust: the server update is missing"), "no reference: %d %s",
+          rc, loom_errmsg());
+    CHECK_OK(loom_pipeline_begin_round(p, 1));
+    CHECK_OK(loom_pipeline_set_reference(p, g0, 2));
+    for (int i = 0; i < 3; i++) CHECK_OK(loom_pipeline_add(p, u[i], 2, 1, NULL, NULL, NULL));
+    CHECK_OK(loom_pipeline_end_round(p, x));
+    CHECK(fabsf(x[0] - 15.0f / 7) <= 1e-6f && fabsf(x[1] - 20.0f / 7) <= 1e-6f, "fltrust round: (%g, %g)", x[0], x[1]);
+    /* the reference does not carry over into the next round */
+    CHECK_OK(loom_pipeline_begin_round(p, 2));
+    for (int i = 0; i < 3; i++) CHECK_OK(loom_pipeline_add(p, u[i], 2, 1, NULL, NULL, NULL));
+    rc = loom_pipeline_end_round(p, x);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "server update is missing"), "stale reference: %d %s", rc,
+          loom_errmsg());
+    loom_pipeline_free(p);
+    /* another rule neither wants nor takes one */
+    loom_robust_config m = cfg(LOOM_ROBUST_MEDIAN, 0, 0, 0, 1);
+    pc.aggregator_config = &m;
+    CHECK_OK(loom_pipeline_create(&p, &pc));
+    if (!p) return;
+    CHECK(loom_pipeline_wants_reference(p) == 0, "median wants no reference");
+    CHECK_OK(loom_pipeline_begin_round(p, 0));
+    rc = loom_pipeline_set_reference(p, g0, 2);
+    CHECK(rc == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "median takes no reference update"), "median ref: %d %s", rc,
+          loom_errmsg());
+    loom_pipeline_abort_round(p);
+    loom_pipeline_free(p);
+}
+
 /* ---- Krum and Multi-Krum ---- */
 
 static void test_krum(void) {
@@ -200,9 +441,18 @@ static void test_sign_flip(void) {
     u[2] = u[N - 1], u[N - 1] = t;
     const loom_robust_config rules[] = {cfg(LOOM_ROBUST_MEDIAN, 0, 0, 0, 1), cfg(LOOM_ROBUST_TRIMMED_MEAN, 0, 0, 0.2, 1),
                                         cfg(LOOM_ROBUST_KRUM, F, 0, 0, 1), cfg(LOOM_ROBUST_MULTI_KRUM, F, 0, 0, 1),
-                                        cfg(LOOM_ROBUST_GEOMEDIAN, 0, 0, 0, 1)};
+                                        cfg(LOOM_ROBUST_GEOMEDIAN, 0, 0, 0, 1), cfg(LOOM_ROBUST_BULYAN, F, 0, 0, 1),
+                                        cfg(LOOM_ROBUST_CENTERED_CLIP, 0, 0, 0, 1), cfg(LOOM_ROBUST_FLTRUST, 0, 0, 0, 1)};
+    /* centered clipping from 0 with tau = 10, 30 steps: it walks to the honest cluster (norm ~45 away,
+     * 0.6 tau a step), where the attackers' clipped pull leaves it about tau f / (n - f) = 2.5 off in
+     * norm, RMS 2.5 / sqrt(2000) = 0.06. FLTrust with the honest mean as the server's update gives the
+     * attackers (cosine -1) no trust. */
+    float *g0 = malloc(D * sizeof *g0);
+    for (size_t j = 0; j < D; j++) g0[j] = (float)hm[j];
     for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
-        CHECK_OK(loom_robust_aggregate(&rules[r], out, u, NULL, N, D, NULL));
+        loom_robust_config c = rules[r];
+        c.tau = 10, c.cc_iters = 30, c.server_update = g0;
+        CHECK_OK(loom_robust_aggregate(&c, out, u, NULL, N, D, NULL));
         double e = 0;
         for (size_t j = 0; j < D; j++) e += (out[j] - hm[j]) * (out[j] - hm[j]);
         e = sqrt(e / D);
@@ -217,7 +467,7 @@ static void test_sign_flip(void) {
     }
     e = sqrt(e / D);
     CHECK(e > 2.0, "plain mean moved only %g", e);
-    free(buf), free(hm), free(out);
+    free(buf), free(hm), free(out), free(g0);
 }
 
 /* ---- refusals ---- */
@@ -244,9 +494,18 @@ static void test_refusals(void) {
     expect_refusal(&c, 8, "beta must be in [0, 0.5)");
     c = cfg(LOOM_ROBUST_NORM_BOUND, 0, 0, 0, 0);
     expect_refusal(&c, 3, "bound must be finite and > 0");
+    c = cfg(LOOM_ROBUST_BULYAN, 1, 0, 0, 1); /* 4 * 1 + 3 = 7 > 6 */
+    expect_refusal(&c, 6, "bulyan needs n >= 4f + 3 updates: f = 1 needs at least 7, got n = 6");
+    c.f = -2;
+    expect_refusal(&c, 8, "bulyan: f must be >= 0 (got -2)");
     loom_robust_rule r;
     CHECK(loom_robust_rule_parse("bogus", &r) == LOOM_EINVAL && strstr(loom_errmsg(), "bogus"), "%s", loom_errmsg());
     CHECK(loom_robust_rule_parse("multi-krum", &r) == LOOM_OK && r == LOOM_ROBUST_MULTI_KRUM, "parse multi-krum");
+    const char *names[] = {"median", "trimmed-mean", "krum", "multi-krum", "bulyan", "norm-bound", "geomedian",
+                           "centered-clip", "fltrust"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        CHECK(loom_robust_rule_parse(names[i], &r) == LOOM_OK && strcmp(loom_robust_rule_name(r), names[i]) == 0,
+              "rule %s", names[i]);
     /* the pipeline refuses a robust rule with scaffold's control variates, and a bad configuration */
     loom_pipeline_config pc;
     loom_pipeline_defaults(&pc, 4);
@@ -266,6 +525,12 @@ static void test_refusals(void) {
 
 /* ---- order independence, through the pipeline ---- */
 
+static loom_robust_config cc_cfg(void) {
+    loom_robust_config c = cfg(LOOM_ROBUST_CENTERED_CLIP, 0, 0, 0, 1);
+    c.tau = 0.5, c.cc_iters = 3;
+    return c;
+}
+
 static void round_in_order(const loom_robust_config *c, const float *const *u, const double *w, const int *ord,
                            size_t n, size_t d, float *x) {
     loom_pipeline_config pc;
@@ -277,6 +542,7 @@ static void round_in_order(const loom_robust_config *c, const float *const *u, c
     if (!p) return;
     memset(x, 0, d * sizeof *x);
     CHECK_OK(loom_pipeline_begin_round(p, 0));
+    if (c->server_update) CHECK_OK(loom_pipeline_set_reference(p, c->server_update, d));
     for (size_t i = 0; i < n; i++) CHECK_OK(loom_pipeline_add(p, u[ord[i]], d, w[ord[i]], NULL, NULL, NULL));
     CHECK_OK(loom_pipeline_end_round(p, x));
     loom_pipeline_free(p);
@@ -300,12 +566,15 @@ static void test_order(void) {
               mix[N] = {4, 1, 8, 0, 5, 3, 7, 2, 6};
     const loom_robust_config rules[] = {cfg(LOOM_ROBUST_MEDIAN, 0, 0, 0, 1), cfg(LOOM_ROBUST_TRIMMED_MEAN, 0, 0, 0.2, 1),
                                         cfg(LOOM_ROBUST_KRUM, 3, 0, 0, 1), cfg(LOOM_ROBUST_MULTI_KRUM, 2, 4, 0, 1),
-                                        cfg(LOOM_ROBUST_NORM_BOUND, 0, 0, 0, 1e5), cfg(LOOM_ROBUST_GEOMEDIAN, 0, 0, 0, 1)};
+                                        cfg(LOOM_ROBUST_NORM_BOUND, 0, 0, 0, 1e5), cfg(LOOM_ROBUST_GEOMEDIAN, 0, 0, 0, 1),
+                                        cfg(LOOM_ROBUST_BULYAN, 1, 0, 0, 1), cc_cfg(), cfg(LOOM_ROBUST_FLTRUST, 0, 0, 0, 1)};
     float x0[D], x1[D], x2[D];
     for (size_t r = 0; r < sizeof rules / sizeof rules[0]; r++) {
-        round_in_order(&rules[r], u, w, fwd, N, D, x0);
-        round_in_order(&rules[r], u, w, rev, N, D, x1);
-        round_in_order(&rules[r], u, w, mix, N, D, x2);
+        loom_robust_config rc = rules[r];
+        if (rc.rule == LOOM_ROBUST_FLTRUST) rc.server_update = buf[2];
+        round_in_order(&rc, u, w, fwd, N, D, x0);
+        round_in_order(&rc, u, w, rev, N, D, x1);
+        round_in_order(&rc, u, w, mix, N, D, x2);
         CHECK(memcmp(x0, x1, sizeof x0) == 0 && memcmp(x0, x2, sizeof x0) == 0, "%s depends on the order of adds",
               loom_robust_rule_name(rules[r].rule));
         /* the double aggregate itself (the float global above hides the last bits) */
@@ -315,7 +584,7 @@ static void test_order(void) {
             const float *up[N];
             double wp[N];
             for (int i = 0; i < N; i++) up[i] = u[ords[k][i]], wp[i] = w[ords[k][i]];
-            CHECK_OK(loom_robust_aggregate(&rules[r], out[k], up, wp, N, D, NULL));
+            CHECK_OK(loom_robust_aggregate(&rc, out[k], up, wp, N, D, NULL));
         }
         CHECK(memcmp(out[0], out[1], sizeof out[0]) == 0 && memcmp(out[0], out[2], sizeof out[0]) == 0,
               "%s: the aggregate depends on the order of the updates", loom_robust_rule_name(rules[r].rule));
@@ -407,13 +676,50 @@ static void test_cli(void) {
     CHECK(rc != 0 && strstr(err, "--weights has more values"), "weights: %d %s", rc, err);
     rc = run_cli(dir, "--rule bulyan2 --out x.safetensors u0.safetensors", err, sizeof err);
     CHECK(rc != 0 && strstr(err, "unknown robust aggregator 'bulyan2'"), "rule: %d %s", rc, err);
+    /* bulyan on 4 files with f = 1 needs 4 * 1 + 3 = 7; fltrust without the server's update */
+    rc = run_cli(dir, "--rule bulyan --f 1 --out x.safetensors u0.safetensors u1.safetensors u2.safetensors "
+                 "u0.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "bulyan needs n >= 4f + 3 updates: f = 1 needs at least 7, got n = 4"), "bulyan: %d %s",
+          rc, err);
+    rc = run_cli(dir, "--rule fltrust --out x.safetensors u0.safetensors u1.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "--rule fltrust needs --server-update FILE: the server update") &&
+              strstr(err, "is missing"), "fltrust: %d %s", rc, err);
+    rc = run_cli(dir, "--rule centered-clip --tau 0 --out x.safetensors u0.safetensors", err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "centered-clip: tau must be finite and > 0 (got 0)"), "tau: %d %s", rc, err);
+    /* fltrust with the server update u0 and the updates u0 and -u0 (in a short file: refused first) */
+    rc = run_cli(dir, "--rule fltrust --server-update short.safetensors --out x.safetensors u0.safetensors", err,
+                 sizeof err);
+    CHECK(rc != 0 && strstr(err, "short.safetensors: tensor 'b' has another shape"), "short server update: %d %s", rc,
+          err);
+    float neg[7];
+    for (int i = 0; i < 7; i++) neg[i] = -2 * v[0][i];
+    snprintf(path, sizeof path, "%s/neg.safetensors", dir);
+    write_update(path, neg, 0);
+    /* u0 has trust 1 and keeps its norm, -2 u0 trust 0: the aggregate is u0 */
+    rc = run_cli(dir, "--rule fltrust --server-update u0.safetensors --out t.safetensors neg.safetensors u0.safetensors",
+                 err, sizeof err);
+    CHECK(rc == 0, "fltrust: %d %s", rc, err);
+    snprintf(path, sizeof path, "%s/t.safetensors", dir);
+    if (rc == 0 && loom_st_open(&f, path) == LOOM_OK) {
+        float got[7] = {0};
+        loom_st_to_f32(loom_st_find(f, "a"), got, 4);
+        loom_st_to_f32(loom_st_find(f, "b"), got + 4, 3);
+        double e = 0;
+        for (int i = 0; i < 7; i++) e = fmax(e, fabs(got[i] - v[0][i]));
+        CHECK(e <= 1e-5, "fltrust aggregate off u0 by %g", e);
+        loom_st_close(f);
+    }
     test_rmtree(dir);
 }
 
 int main(void) {
     test_coordinatewise_exact();
     test_coordinatewise_reference();
+    test_network();
     test_krum();
+    test_bulyan();
+    test_centered_clip();
+    test_fltrust();
     test_norm_bound();
     test_geomedian();
     test_sign_flip();

@@ -12,9 +12,10 @@
  *              bound of DP-FedAvg; 0 = off). After clipping every value must lie within
  *              +-LOOM_FX_MAX_ABS, else the update is refused ("value out of fixed-point range").
  *   aggregate  an aggregator (loom_aggregator_ops). The default is the streaming, order-independent
- *              fixed-point weighted mean below. Buffered aggregators (Krum, coordinate-wise median,
- *              trimmed mean) plug in here with kind LOOM_AGG_BUFFERED: they keep the round's updates
- *              (O(n dim) memory) and pick or combine them in finish(); nothing else changes.
+ *              fixed-point weighted mean below. Buffered aggregators (the robust rules below: Krum,
+ *              Bulyan, coordinate-wise median, FLTrust, ...) plug in here with kind LOOM_AGG_BUFFERED:
+ *              they keep the round's updates (O(n dim) memory) and pick or combine them in finish();
+ *              nothing else changes.
  *   noise      a hook on the round's mean before the optimizer sees it (loom_noise_fn; NULL = identity).
  *              Central DP-FedAvg (the round engine's loom_engine_config.dp, include/loom/dp.h) installs
  *              one: Gaussian noise of scale sigma * clip_norm on the sum, divided by the clients sampled
@@ -243,26 +244,55 @@ int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint6
  * pipeline's weights w_n). Each keeps the round's updates (O(n dim) memory) and combines them in
  * finish(). Before combining, the held updates are sorted by a key of their content (a 64-bit hash
  * of the bytes, then the weight, then the bytes), so the result does not depend on the order of add().
+ * f is the number of Byzantine updates a rule is configured to tolerate.
  *
  *   median        coordinate-wise median (unweighted; an even n takes the mean of the two middle
- *                 values). Selection per coordinate, parallel over coordinates. Assumes n >= 1.
+ *                 values). Parallel over coordinates: for n <= 256 a sorting network (Batcher's odd-even
+ *                 merge sort of the next power of two, the comparators within n, pruned to the ranks
+ *                 needed) run over 32 coordinates at once, else selection; both exact. Assumes n >= 1.
  *   trimmed-mean  per coordinate, drop the k = floor(beta n) smallest and k largest values and average
- *                 the rest (unweighted). Assumes 0 <= beta < 0.5 and 2k < n.
+ *                 the rest (unweighted; the kept values summed in double in ascending order, so the
+ *                 result equals that of a full sort). Assumes 0 <= beta < 0.5 and 2k < n.
  *   krum          the update with the smallest score, score_i = the sum of the n - f - 2 smallest
  *                 squared distances ||u_i - u_j||^2, j != i (Blanchard et al. 2017). Pairwise distances
- *                 from one Gram matrix G = U U^T (BLAS dsyrk over column blocks of the n x dim update
- *                 matrix, in double): ||a - b||^2 = G_aa + G_bb - 2 G_ab. Assumes n >= 2f + 3.
+ *                 from one Gram matrix G = U U^T of the n x dim update matrix (a blocked product in
+ *                 double: 4 x 4 tiles over fixed column stripes, each sum in a fixed order):
+ *                 ||a - b||^2 = max(0, G_aa + G_bb - 2 G_ab). Assumes n >= 2f + 3.
  *   multi-krum    the weighted mean of the m updates with the smallest Krum scores (m = 0: n - f).
  *                 Assumes n >= 2f + 3 and 1 <= m <= n - f.
+ *   bulyan        (El Mhamdi et al. 2018) theta = n - 2f updates chosen by repeated Krum: from the
+ *                 remaining set R (all n at first) take the update with the smallest score over R (the
+ *                 sum of its |R| - f - 2 smallest squared distances to the others in R, no term when
+ *                 that count is <= 0; distances from the one Gram matrix), remove it from R, repeat.
+ *                 Then per coordinate, of the theta chosen values sorted, the beta = theta - 2f values
+ *                 closest to their median (odd theta: the middle value; even theta: the mean of the two
+ *                 middle values, in double) are averaged (unweighted, summed in ascending order). The
+ *                 beta values are taken one by one outward from the middle, the closer of the next value
+ *                 below and the next above each time (distances in double); at equal distance the one
+ *                 below is taken. Assumes n >= 4f + 3 (so beta >= 3).
  *   norm-bound    the weighted mean of the updates, each scaled to L2 norm at most `bound`
  *                 (Sun et al. 2019). Assumes bound > 0.
  *   geomedian     the weighted geometric median argmin_z sum_i w_i ||z - u_i|| by smoothed Weiszfeld
  *                 iterations (RFA, Pillutla et al. 2022): z <- sum_i b_i u_i / sum_i b_i with
  *                 b_i = w_i / max(nu, ||z - u_i||), from the weighted mean, at most `iters` steps, until
  *                 the objective improves by less than 1e-10 of itself. Assumes iters >= 1, nu > 0.
- * Score ties (Krum) are broken by the sorted order, so the choice is deterministic. A configuration
- * that breaks its assumption is refused with LOOM_EINVAL naming the parameter (at create for the
- * parameters alone, at finish when n is known). Control variates (scaffold) are not supported. */
+ *   centered-clip (Karimireddy, He and Jaggi 2021) cc_iters times
+ *                     v <- v + (1/n) sum_i (u_i - v) min(1, tau / ||u_i - v||)
+ *                 (unweighted; a term with u_i = v is zero), from v = `center` (loom_robust_aggregate;
+ *                 NULL = the zero vector). The pipeline's plug starts each round from the previous
+ *                 round's aggregate (the zero vector in its first round) and keeps it itself: it is not
+ *                 part of any checkpoint, so a resumed run restarts it from zero. Assumes tau > 0 and
+ *                 cc_iters >= 1.
+ *   fltrust       (Cao et al. 2021) with the server's reference update g0 (its own update on its root
+ *                 data): trust TS_i = max(0, cos(u_i, g0)) (0 when u_i = 0), each u_i rescaled to
+ *                 ||g0||, aggregate = sum_i TS_i (||g0|| / ||u_i||) u_i / sum_i TS_i (unweighted). All
+ *                 TS_i zero, or g0 = 0: the zero update. g0 is `server_update` (loom_robust_aggregate) or
+ *                 the round's reference update (loom_pipeline_set_reference); without one the round
+ *                 fails at finish with LOOM_EINVAL ("fltrust: the server update is missing ...").
+ * Score ties (Krum, Bulyan) are broken by the sorted order, so the choice is deterministic. A
+ * configuration that breaks its assumption is refused with LOOM_EINVAL naming the parameter (at create
+ * for the parameters alone, at finish when n is known). Control variates (scaffold) are not supported.
+ * Results do not depend on the number of threads (every double sum has a fixed order). */
 
 typedef enum {
     LOOM_ROBUST_MEDIAN = 0,
@@ -271,35 +301,45 @@ typedef enum {
     LOOM_ROBUST_MULTI_KRUM,
     LOOM_ROBUST_NORM_BOUND,
     LOOM_ROBUST_GEOMEDIAN,
+    LOOM_ROBUST_BULYAN,
+    LOOM_ROBUST_CENTERED_CLIP,
+    LOOM_ROBUST_FLTRUST,
 } loom_robust_rule;
 
 typedef struct {
     loom_robust_rule rule;
-    int f;        /* krum, multi-krum: Byzantine updates tolerated (>= 0) */
+    int f;        /* krum, multi-krum, bulyan: Byzantine updates tolerated (>= 0) */
     int m;        /* multi-krum: updates averaged (0 = n - f) */
     double beta;  /* trimmed-mean: fraction cut from each end, in [0, 0.5) */
     double bound; /* norm-bound: L2 norm bound (> 0) */
     int iters;    /* geomedian: most Weiszfeld steps (>= 1) */
     double nu;    /* geomedian: smoothing, the smallest distance used (> 0) */
+    double tau;   /* centered-clip: clipping radius (> 0, finite) */
+    int cc_iters; /* centered-clip: clipping steps (>= 1) */
+    const double *center;       /* centered-clip, loom_robust_aggregate only: start v (dim; NULL = 0) */
+    const float *server_update; /* fltrust, loom_robust_aggregate only: g0 (dim, finite; NULL = missing) */
 } loom_robust_config;
 
-/* Defaults for `rule`: f = 0, m = 0, beta = 0.1, bound = 1, iters = 100, nu = 1e-6. */
+/* Defaults for `rule`: f = 0, m = 0, beta = 0.1, bound = 1, iters = 100, nu = 1e-6, tau = 1,
+ * cc_iters = 1, center = NULL, server_update = NULL. */
 void loom_robust_defaults(loom_robust_config *c, loom_robust_rule rule);
-/* "median", "trimmed-mean", "krum", "multi-krum", "norm-bound", "geomedian" -> rule; anything else
- * LOOM_EINVAL. */
+/* "median", "trimmed-mean", "krum", "multi-krum", "bulyan", "norm-bound", "geomedian",
+ * "centered-clip", "fltrust" -> rule; anything else LOOM_EINVAL. */
 int loom_robust_rule_parse(const char *name, loom_robust_rule *rule);
 const char *loom_robust_rule_name(loom_robust_rule rule);
 /* The rule's assumption for n updates (n = 0: the parameters alone). LOOM_OK or LOOM_EINVAL naming
- * the broken parameter (f, m, beta, bound, iters, nu) and its value. */
+ * the broken parameter (f, m, beta, bound, iters, nu, tau) and its value. */
 int loom_robust_check(const loom_robust_config *c, size_t n);
 
 /* The pipeline's plug: aggregator = &loom_agg_robust, aggregator_config = a loom_robust_config (copied
- * at create; NULL = median). */
+ * at create; NULL = median; its center and server_update pointers are not used: see centered-clip and
+ * fltrust above). It takes a reference update (loom_pipeline_set_reference) for fltrust only, and
+ * wants one (loom_pipeline_wants_reference) for fltrust. */
 extern const loom_aggregator_ops loom_agg_robust;
 
 /* One rule on n updates in memory (updates[i]: dim floats, finite; weights NULL = all 1, else whole
  * numbers >= 1): out (dim doubles) = the aggregate. selected (n ints, may be NULL) = 1 for the updates
- * Krum/Multi-Krum chose, else 0 (all 1 for the other rules), in the order given. */
+ * Krum/Multi-Krum/Bulyan chose, else 0 (all 1 for the other rules), in the order given. */
 int loom_robust_aggregate(const loom_robust_config *c, double *out, const float *const *updates,
                           const double *weights, size_t n, size_t dim, int *selected);
 

@@ -17,6 +17,13 @@
  *     loom_strategy_step(s, global, mean, NULL, n_updates);   // usually called by loom_pipeline_end_round
  *     loom_strategy_free(s);
  *
+ * Memory of the aggregation rules (all plug into the pipeline's aggregate stage, include/loom/pipeline.h,
+ * as a loom_aggregator_ops): the default fixed-point weighted mean streams in O(dim) memory whatever
+ * the number of updates (LOOM_AGG_STREAMING: each update is folded in and forgotten), and so does
+ * everything the strategies below do after it (O(dim) state). Every robust rule (median, trimmed-mean,
+ * krum, multi-krum, bulyan, norm-bound, geomedian, centered-clip, fltrust: loom_agg_robust) buffers the
+ * round's updates, O(n dim) (LOOM_AGG_BUFFERED), because it compares or sorts them all at once.
+ *
  * Reproducibility: every element is computed independently in double and rounded once, so the result
  * is bitwise reproducible whatever the number of threads the element loops use. Calls on one strategy
  * object must not overlap (the object is not locked); large vectors are processed with OpenMP.

@@ -1,7 +1,7 @@
 /* loom aggregate: one aggregation rule applied offline to update files, through the same update
  * pipeline (validate, aggregate) a server runs. Each file holds one client's update as safetensors
- * tensors (float dtypes); every file must have the first file's tensor names and shapes. The result
- * is written as F32 tensors with the same names and shapes. */
+ * tensors (float dtypes); every file must have the first file's tensor names and shapes, and so must
+ * fltrust's --server-update. The result is written as F32 tensors with the same names and shapes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,26 +81,47 @@ static int read_update(const loom_st_file *ref, const loom_st_file *f, const cha
 }
 
 int cmd_aggregate(int argc, char **argv) {
-    const char *rule = NULL, *weights = NULL, *out = NULL;
-    int f = 0, m = 0;
-    float beta = 0.1f, bound = 1.0f;
+    const char *rule = NULL, *weights = NULL, *out = NULL, *server = NULL;
+    int f = 0, m = 0, iters = 0;
+    float beta = 0.1f, bound = 1.0f, tau = 1.0f;
     cli_opt opts[] = {
-        {"rule", OPT_STR, &rule, "fedavg (the exact weighted mean), median, trimmed-mean, krum, multi-krum, norm-bound or geomedian", 0, 0},
-        {"f", OPT_INT, &f, "krum, multi-krum: Byzantine updates tolerated (needs n >= 2f + 3 files)", 0, 1000000},
+        {"rule", OPT_STR, &rule, "the aggregation rule (see the list above)", 0, 0},
+        {"f", OPT_INT, &f, "krum, multi-krum, bulyan: Byzantine updates tolerated", 0, 1000000},
         {"m", OPT_INT, &m, "multi-krum: updates averaged (0 = n - f)", 0, 1000000},
         {"beta", OPT_FLOAT, &beta, "trimmed-mean: fraction cut from each end, in [0, 0.5)", 0, 0.5},
         {"bound", OPT_FLOAT, &bound, "norm-bound: each update is scaled to at most this L2 norm", 0, 1e30},
+        {"tau", OPT_FLOAT, &tau, "centered-clip: clipping radius (> 0)", 0, 1e30},
+        {"iters", OPT_INT, &iters, "centered-clip: clipping steps (default 1); geomedian: most Weiszfeld steps "
+                                   "(default 100); 0 = the rule's default", 0, 1000000},
+        {"server-update", OPT_STR, &server, "fltrust: the server's reference update (safetensors, the updates' "
+                                            "tensor names and shapes)", 0, 0},
         {"weights", OPT_STR, &weights, "w1,w2,...: one whole-number weight per file (default all 1)", 0, 0},
         {"out", OPT_STR, &out, "output safetensors file", 0, 0},
     };
     const char **pos = calloc(AGG_MAX_FILES, sizeof *pos);
     if (!pos) return cli_fail("out of memory");
     int npos = 0;
-    int pr = cli_parse(argc, argv, "loom aggregate --rule RULE [--f N] [--m M] [--beta X] [--bound B] [--weights w1,...] --out OUT.safetensors U1.safetensors U2.safetensors ...",
+    int pr = cli_parse(argc, argv,
+                       "loom aggregate --rule RULE [--f N] [--m M] [--beta X] [--bound B] [--tau T] [--iters K] "
+                       "[--server-update FILE] [--weights w1,...] --out OUT.safetensors U1.safetensors U2.safetensors ...",
                        "Applies one aggregation rule to client updates stored as safetensors files (the same tensor\n"
                        "names and shapes in each) and writes the aggregate with those names and shapes (F32): the\n"
                        "code a server runs on a round, for auditing a round offline. Updates with NaN or Inf values\n"
-                       "are refused.",
+                       "are refused. n is the number of update files; each rule refuses n and parameters that break\n"
+                       "its assumption. Rules:\n"
+                       "  fedavg         the exact weighted mean (n >= 1)\n"
+                       "  median         coordinate-wise median (n >= 1)\n"
+                       "  trimmed-mean   cut floor(beta n) from each end per coordinate (0 <= beta < 0.5, 2 floor(beta n) < n)\n"
+                       "  krum           the update closest to its n - f - 2 neighbours (n >= 2f + 3)\n"
+                       "  multi-krum     mean of the m best Krum scores (n >= 2f + 3, 1 <= m <= n - f)\n"
+                       "  bulyan         repeated Krum picks n - 2f, then per coordinate the mean of the n - 4f\n"
+                       "                 values closest to their median (n >= 4f + 3)\n"
+                       "  norm-bound     mean of the updates scaled to L2 norm <= bound (bound > 0)\n"
+                       "  geomedian      geometric median, smoothed Weiszfeld (iters >= 1)\n"
+                       "  centered-clip  iters steps v += mean((u_i - v) min(1, tau / |u_i - v|)) from v = 0 (tau > 0)\n"
+                       "  fltrust        trust max(0, cos(u_i, g0)) with the server update g0, updates rescaled to |g0|\n"
+                       "                 (needs --server-update)\n"
+                       "Weights count for fedavg, multi-krum, norm-bound and geomedian; the other rules are unweighted.",
                        opts, (int)(sizeof opts / sizeof opts[0]), pos, &npos, AGG_MAX_FILES);
     int rc = 2;
     loom_st_file *ref = NULL, *cur = NULL;
@@ -125,11 +146,22 @@ int cmd_aggregate(int argc, char **argv) {
             goto done;
         }
         loom_robust_defaults(&rc_cfg, r);
-        rc_cfg.f = f, rc_cfg.m = m, rc_cfg.beta = beta, rc_cfg.bound = bound;
+        rc_cfg.f = f, rc_cfg.m = m, rc_cfg.beta = beta, rc_cfg.bound = bound, rc_cfg.tau = tau;
+        if (iters > 0) rc_cfg.iters = iters, rc_cfg.cc_iters = iters;
         if (loom_robust_check(&rc_cfg, (size_t)npos) != LOOM_OK) {
             fprintf(stderr, "loom aggregate: %s\n", loom_errmsg());
             goto done;
         }
+    }
+    int want_ref = robust && rc_cfg.rule == LOOM_ROBUST_FLTRUST;
+    if (want_ref && !server) {
+        fprintf(stderr, "loom aggregate: --rule fltrust needs --server-update FILE: the server update (its own update "
+                        "on its root data, with the updates' tensor names and shapes) is missing\n");
+        goto done;
+    }
+    if (!want_ref && server) {
+        fprintf(stderr, "loom aggregate: --server-update is only used by --rule fltrust (got --rule %s)\n", rule);
+        goto done;
     }
     w = malloc((size_t)npos * sizeof *w);
     if (!w) {
@@ -167,6 +199,19 @@ int cmd_aggregate(int argc, char **argv) {
         goto done;
     }
     rc = 1;
+    if (want_ref) {
+        if (loom_st_open(&cur, server) != LOOM_OK) {
+            fprintf(stderr, "loom aggregate: --server-update %s: %s\n", server, loom_errmsg());
+            goto done;
+        }
+        if (read_update(ref, cur, server, u, dim) != 0) goto done;
+        if (loom_pipeline_set_reference(p, u, dim) != LOOM_OK) {
+            fprintf(stderr, "loom aggregate: --server-update %s refused: %s\n", server, loom_errmsg());
+            goto done;
+        }
+        loom_st_close(cur);
+        cur = NULL;
+    }
     for (int i = 0; i < npos; i++) {
         const loom_st_file *src = ref;
         if (i > 0) {
