@@ -136,6 +136,46 @@ static void test_dolly(void) {
     loom_dataset_free(ds);
 }
 
+/* A truncated classification row keeps room for the longest verbalizer whatever the label: "Label:"
+ * ends at the same row position for a short and a long label, so the position cannot give the label
+ * away (the scorer cuts its candidates with the same loom_dataset_row_cut). */
+static void test_label_position(void) {
+    const char *jsonl = "{\"text\": \"xxxxxxxxxxxxxxxx\", \"label\": 1}\n"
+                        "{\"text\": \"yyyyyyyyyyyyyyyy\", \"label\": 2}\n";
+    loom_dataset_opts o;
+    loom_dataset_opts_init(&o);
+    o.labels = "a,bbbb"; /* verbalizers " a" (2 bytes) and " bbbb" (5) */
+    loom_dataset *ds = load_buf(jsonl, LOOM_FMT_JSONL_CLS, &o);
+    if (!ds) return;
+    const size_t T = 16, vmax = 5;
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = 1, bo.T = T, bo.pack = LOOM_PACK_OFF, bo.shuffle = 0;
+    loom_batcher *b = NULL;
+    CHECK_OK(loom_batcher_create(&b, ds, NULL, 0, &bo));
+    for (uint64_t step = 0; b && step < 2; step++) {
+        int32_t tk[16], tg[16];
+        size_t rows = 0;
+        CHECK_OK(loom_batcher_fill(b, step, tk, tg, &rows));
+        const loom_example *e = &ds->ex[step];
+        /* T + 1 tokens from the cut on: the prompt's last token (':') at row index T - vmax */
+        CHECK(e->n > T + 1 && tk[T - vmax] == ':' && tk[T - vmax - 1] == 'l', "example %d: ':' at %zu (%c%c)",
+              (int)step, T - vmax, (char)tk[T - vmax - 1], (char)tk[T - vmax]);
+        CHECK(tg[T - vmax] == ' ' && tg[T - vmax + 1] == (step == 0 ? 'a' : 'b'), "example %d: verbalizer targets",
+              (int)step);
+        size_t cut = loom_dataset_row_cut(ds, e->prompt_len, e->n, T);
+        CHECK(cut == e->prompt_len + vmax - (T + 1), "example %d: cut %zu", (int)step, cut);
+        /* the candidates of the other label are cut alike: the prompt ends at the same place */
+        CHECK(loom_dataset_row_cut(ds, e->prompt_len, e->prompt_len + ds->verb_len[1 - step], T) == cut,
+              "example %d: candidate cut", (int)step);
+    }
+    loom_batcher_free(b);
+    /* a row with room to spare is not cut; a language-modelling example (no prompt) never at the front */
+    CHECK(loom_dataset_row_cut(ds, 10, 12, T) == 0, "short row cut");
+    CHECK(loom_dataset_row_cut(ds, 0, 100, T) == 0, "no prompt, no cut");
+    loom_dataset_free(ds);
+}
+
 static void test_classification(void) {
     const char *jsonl = "{\"text\": \"good\", \"label\": 10}\n"
                         "{\"text\": \"bad\", \"label\": \"2\"}\n"
@@ -626,6 +666,7 @@ int main(void) {
     test_alpaca();
     test_dolly();
     test_classification();
+    test_label_position();
     test_malformed_jsonl();
     test_csv();
     test_text_and_batches();

@@ -164,6 +164,14 @@ void loom_dataset_free(loom_dataset *ds);
 
 /* Classification scoring input: writes prompt tokens of example i followed by the verbalizer of
  * label k into out (cap entries); *n = length, *prompt_len = where the verbalizer starts. */
+/* How many leading tokens an unpacked row of T+1 tokens drops from an example of n tokens whose first
+ * prompt_len are its prompt: 0 when it fits; else prompt tokens from the front, as many as needed but
+ * never the last one, so that the response or label stays in the row (a longer response is cut at its
+ * end). For classification data the room kept after the prompt is that of the longest verbalizer,
+ * whatever the example's label: the prompt ends at the same row position for every label, so that
+ * the position does not give the label away (training and the scorer's candidates cut alike).
+ * Language-modelling examples (prompt_len 0) are not cut at the front. */
+size_t loom_dataset_row_cut(const loom_dataset *ds, size_t prompt_len, size_t n, size_t T);
 int loom_dataset_candidate(const loom_dataset *ds, size_t i, size_t k, int32_t *out, size_t cap, size_t *n,
                            size_t *prompt_len);
 

@@ -164,20 +164,29 @@ static void fill_window(const loom_batcher *b, size_t w, int32_t *tok, int32_t *
     }
 }
 
-/* Where an unpacked example's row starts. An example of more than T+1 tokens with a prompt
- * (instruction, classification) loses prompt tokens from the front, as many as needed but never the
- * last one, so the response or label stays in the row (and a longer response is cut at its end);
- * the classification scorer keeps the end of its candidates the same way. Language-modelling
- * examples are cut at the end. */
-static size_t row_start(const loom_example *ex, size_t T) {
-    if (ex->n <= T + 1 || ex->prompt_len < 2) return 0;
-    return LOOM_MIN((size_t)ex->n - (T + 1), (size_t)ex->prompt_len - 1);
+/* Where an unpacked example's row starts (see loom_dataset_row_cut in include/loom/dataset.h). */
+static size_t row_start(const loom_dataset *ds, const loom_example *ex, size_t T) {
+    return loom_dataset_row_cut(ds, ex->prompt_len, ex->n, T);
+}
+
+size_t loom_dataset_row_cut(const loom_dataset *ds, size_t prompt_len, size_t n, size_t T) {
+    if (prompt_len < 2) return 0;
+    size_t end = n; /* the row must hold the prompt's last tokens and what follows them */
+    if (ds->kind == LOOM_DS_CLASSIFY) {
+        /* room for the longest verbalizer whatever the label: the prompt then ends at the same place for
+         * every label, and where it ends says nothing about the label */
+        size_t vmax = 0;
+        for (size_t k = 0; k < ds->n_labels; k++) vmax = LOOM_MAX(vmax, ds->verb_len[k]);
+        end = prompt_len + vmax;
+    }
+    if (end <= T + 1) return 0;
+    return LOOM_MIN(end - (T + 1), prompt_len - 1);
 }
 
 /* Fills one row (T) from example k: T+1 tokens from row_start on, padded. */
 static void fill_example(const loom_batcher *b, size_t k, int32_t *tok, int32_t *tgt) {
     const loom_example *ex = &b->ds->ex[b->idx[k]];
-    size_t T = b->T, c = row_start(ex, T), n = ex->n - c;
+    size_t T = b->T, c = row_start(b->ds, ex, T), n = ex->n - c;
     const int32_t *ids = ex->ids + c;
     const uint8_t *mask = ex->mask + c;
     for (size_t t = 0; t < T; t++) {
@@ -194,7 +203,7 @@ static size_t count_untargeted(const loom_batcher *b) {
     if (!b->pack) {
         for (size_t i = 0; i < b->n_idx; i++) {
             const loom_example *ex = &ds->ex[b->idx[i]];
-            size_t c = row_start(ex, T), end = LOOM_MIN((size_t)ex->n, c + T + 1), t = c + 1;
+            size_t c = row_start(b->ds, ex, T), end = LOOM_MIN((size_t)ex->n, c + T + 1), t = c + 1;
             while (t < end && !ex->mask[t]) t++;
             none += t >= end;
         }

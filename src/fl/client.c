@@ -277,11 +277,11 @@ int loom_client_evaluate_cls(loom_trainer *tr, float *vec, size_t dim, const flo
             int32_t *row = tok + rows * T, *trow = tgt + rows * T;
             for (size_t t = 0; t < T; t++) row[t] = pad, trow[t] = -1;
             if ((rc = loom_dataset_candidate(ds, idx[e], k, cand, CAND_CAP, &len, &plen)) != LOOM_OK) break;
-            if (len > T + 1) { /* keep the end: the verbalizer and as much of the prompt as fits */
-                size_t cut = len - (T + 1);
-                memmove(cand, cand + cut, (T + 1) * sizeof *cand);
-                len = T + 1;
-                plen = plen > cut + 1 ? plen - cut : 1;
+            size_t cut = loom_dataset_row_cut(ds, plen, len, T); /* as the training rows are cut */
+            if (cut > 0) {
+                memmove(cand, cand + cut, (len - cut) * sizeof *cand);
+                len -= cut;
+                plen -= cut;
             }
             for (size_t t = 0; t + 1 < len && t < T; t++) {
                 row[t] = cand[t];
