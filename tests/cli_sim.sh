@@ -146,6 +146,19 @@ refuse "backdoor flag without a backdoor" 12 '--backdoor-frac needs --attack bac
     --attackers 2 --backdoor-frac 0.2
 refuse "embedding poisoning of a LoRA set" 12 'use full fine-tuning' 'freeze the embedding' -- "$LOOM" sim --model tiny \
     --rounds 1 --sample-len 0 --attack embedding --attackers 2 --peft lora
+# FLTrust: the server trains on its root examples each round and trusts updates by their cosine with
+# its own; when every client flips its update's sign, no update is trusted and the model stays put
+ft="--rounds 1 --sample 4 --local-steps 1 --batch 2 --seq 32 --eval-every 0 --eval-clients 1 --sample-len 0 --checkpoint-every 0"
+"$LOOM" sim $ft --aggregator fltrust --root-examples 20 --attack signflip --attackers 88 --out "$tmp/ft0" > /dev/null 2>&1
+"$LOOM" sim $ft --aggregator fltrust --root-examples 20 --out "$tmp/ft1" > /dev/null 2>&1
+"$LOOM" sim $ft --lr 0 --out "$tmp/ftl0" > /dev/null 2>&1
+check "fltrust: all updates flipped -> none trusted (== an lr 0 round)" test -s "$tmp/ft0/global.safetensors" -a "$(st_data "$tmp/ft0/global.safetensors")" = "$(st_data "$tmp/ftl0/global.safetensors")"
+check "fltrust: honest clients move the model" test -s "$tmp/ft1/global.safetensors" -a "$(st_data "$tmp/ft1/global.safetensors")" != "$(st_data "$tmp/ftl0/global.safetensors")"
+refuse "fltrust with --clients-dir" 12 'fltrust' 'clients-dir' -- "$LOOM" sim --clients-dir "$tmp/cd" --aggregator fltrust
+refuse "fltrust: more root examples than data" 12 '--root-examples' -- "$LOOM" sim $ft --aggregator fltrust --root-examples 999999
+refuse "bulyan with too few clients a round" 12 'bulyan' '4f \+ 3' '--sample' -- "$LOOM" sim $ft --aggregator bulyan --agg-f 2
+printf '{"model": "tiny", "rounds": 1, "aggregator": "fltrust"}' > "$tmp/ft.json"
+refuse "fltrust on loom server" 12 'fltrust' 'loom sim' -- "$LOOM" server --config "$tmp/ft.json" --state "$tmp/ftstate"
 check "sim --help" "$LOOM" sim --help > /dev/null
 echo "$pass passed, $fail failed"
 test $fail -eq 0

@@ -223,6 +223,13 @@ typedef struct {
     const loom_aggregator_ops *aggregator; /* the pipeline's aggregator (NULL = the fixed-point mean;
                                      * &loom_agg_robust with a loom_robust_config in aggregator_config) */
     const void *aggregator_config;
+    /* The server's root data, for an aggregator that takes a reference update (FLTrust): examples
+     * root_idx[0..n_root) of ds. Each round the server trains on them from the round's global model as a
+     * client would (the same fit config without local DP, its own step counter, data seed
+     * hash2(seed, LOOM_STREAM_ROOT)) and hands the update to the aggregator (loom_engine_set_reference).
+     * loom_sim_root_examples draws them. Synchronous rounds only. */
+    const uint32_t *root_idx;
+    size_t n_root;
     const loom_client_algo *algo;   /* the clients' algorithm (NULL = loom_client_local_sgd) */
     loom_codec_opts compress;       /* update compression (codec F32 = off, the default): each client
                                      * compresses with error feedback (loom_client_compress, its residual
@@ -282,6 +289,10 @@ int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n);
  * must be below rounds (a run that would do nothing is refused). LOOM_OK or LOOM_EINVAL naming
  * --out, --resume or --rounds. */
 int loom_sim_check_out(const char *out_dir, int resume, int rounds);
+/* The server's n root examples (FLTrust): drawn without replacement by the seed (one shuffle of the
+ * stream (seed, LOOM_STREAM_ROOT)) from the clients' training examples of part (each example once),
+ * sorted; *out is malloc'd (the caller frees). n larger than the training examples: LOOM_EINVAL. */
+int loom_sim_root_examples(const loom_partition *part, uint64_t seed, size_t n, uint32_t **out);
 /* Simulated duration of client `client`'s round of local_steps steps. */
 double loom_sim_client_seconds(const loom_sim_config *c, int client);
 

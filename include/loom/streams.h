@@ -42,6 +42,8 @@
 #define LOOM_STREAM_EVAL UINT64_C(0x6576616c)        /* "eval": the evaluated subset of clients */
 #define LOOM_STREAM_CLIENT_SPEED UINT64_C(0x74696d65) /* "time": client c's simulated speed, hash2(id, c) */
 #define LOOM_STREAM_ASYNC_NEXT UINT64_C(0x6173796e)  /* "asyn": async sim, the client started when one finishes */
+#define LOOM_STREAM_ROOT UINT64_C(0x726f6f74)        /* "root": the sim server's root examples (FLTrust), one
+                                                      * shuffle; hash2(seed, id) is the server's data seed */
 
 /* ---- command line (cli/) ---- */
 #define LOOM_STREAM_GENERATE UINT64_C(0x67656e)      /* "gen": token sampling in generation */

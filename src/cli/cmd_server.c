@@ -154,6 +154,9 @@ int cmd_server(int argc, char **argv) {
     loom_sim_defaults(&sc);
     loom_train_config tc;
     if (cli_run_federation(&r, "server", (size_t)1 << 30, &sc, &tc) != 0) goto done;
+    if (sc.aggregator == &loom_agg_robust && r.robust_cfg.rule == LOOM_ROBUST_FLTRUST)
+        BAD("--aggregator fltrust needs the server's own update on root data each round, which loom server does not "
+            "train: use it in loom sim, or offline with loom aggregate --rule fltrust --server-update FILE");
     if (sc.dp.mode == LOOM_DP_SGD && r.dp_min_examples <= 0)
         BAD("--dp sgd needs --dp-min-examples N on a server: the fewest training examples of any client (the "
             "accounting's sampling rate is --batch / N; the clients' data is theirs)");

@@ -117,6 +117,7 @@ int cmd_sim(int argc, char **argv) {
     char **files = NULL;
     size_t nfiles = 0;
     loom_partition *part = NULL;
+    uint32_t *root = NULL; /* fltrust: the server's root examples */
     loom_fault *faults = NULL;
     float *global = NULL;
     loom_tset *set = NULL;
@@ -207,6 +208,7 @@ int cmd_sim(int argc, char **argv) {
         if (dopt.format < 0) goto done;
         dopt.text_col = r.text_col;
         dopt.label_col = r.label_col;
+        dopt.labels = r.labels;
         dopt.key_col = r.key;
         if (loom_dataset_load(&ds, r.data, &dopt, tok) != LOOM_OK) {
             cli_fail("--data");
@@ -257,6 +259,16 @@ int cmd_sim(int argc, char **argv) {
     sc.ds = ds;
     sc.client_ds = (const loom_dataset *const *)cds;
     sc.part = part;
+    if (sc.aggregator == &loom_agg_robust && r.robust_cfg.rule == LOOM_ROBUST_FLTRUST) {
+        /* the server's root data: examples of ds drawn by the seed */
+        if (cds) BAD("--aggregator fltrust draws the server's root examples from --data; it does not work with --clients-dir");
+        if (loom_sim_root_examples(part, (uint64_t)seed, (size_t)r.root_examples, &root) != LOOM_OK) {
+            cli_fail("--root-examples");
+            goto done;
+        }
+        sc.root_idx = root;
+        sc.n_root = (size_t)r.root_examples;
+    }
     sc.step_seconds = r.step_seconds;
     sc.time_spread = r.time_spread;
     sc.faults = faults;
@@ -281,6 +293,8 @@ int cmd_sim(int argc, char **argv) {
     if (r.resume && !out) BAD("--resume needs --out (the run directory holding checkpoint.safetensors)");
     global = loom_alloc(sc.dim * sizeof(float));
     int per_round = sc.sample ? sc.sample : sc.sample_frac > 0 ? (int)ceil(sc.sample_frac * part->n_clients) : (int)part->n_clients;
+    if (sc.aggregator == &loom_agg_robust && loom_robust_check(&r.robust_cfg, (size_t)per_round) != LOOM_OK)
+        BAD("--aggregator %s with %d clients a round (--sample): %s", r.aggregator, per_round, loom_errmsg());
     size_t total_ex = 0;
     for (size_t i = 0; i < part->n_clients; i++) total_ex += part->clients[i].n_train;
     char what[128];
@@ -290,7 +304,8 @@ int cmd_sim(int argc, char **argv) {
     else
         snprintf(what, sizeof what, "%s of %zu parameters", created ? "training from scratch" : "full fine-tuning",
                  loom_model_n_params(m));
-    fprintf(stderr, "loom sim: %s, %s model (%s), %zu clients (%zu training examples), %d per round\n", strategy,
+    fprintf(stderr, "loom sim: %s%s%s, %s model (%s), %zu clients (%zu training examples), %d per round\n", strategy,
+            sc.aggregator ? " over the aggregator " : "", sc.aggregator ? r.aggregator : "",
             loom_model_config(m)->arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", what, part->n_clients, total_ex, per_round);
     fprintf(stderr, "  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld\n",
             rounds, local_steps, B, T, optname, lr, workers, client_threads, seed);
@@ -386,6 +401,7 @@ int cmd_sim(int argc, char **argv) {
     rc = 0;
 done:
     loom_sim_paillier_clear(&r.paillier_cfg);
+    free(root);
     free(ppl0);
     free(ppl1);
     free(ppl_tok);

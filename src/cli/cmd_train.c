@@ -259,7 +259,7 @@ static FILE *metrics_open(const char *dir, long resume_step) {
 
 int cmd_train(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL, *out = NULL, *optname = "adamw", *sample_prompt = "";
-    const char *format = NULL, *text_col = NULL, *label_col = NULL;
+    const char *format = NULL, *text_col = NULL, *label_col = NULL, *labels = NULL;
     int B = 8, T = 128, threads = 0, log_every = 10, eval_every = 100, sample_len = 200;
     cli_peft_opts po;
     cli_peft_init(&po);
@@ -275,6 +275,7 @@ int cmd_train(int argc, char **argv) {
         {"format", OPT_STR, &format, "dataset format: " CLI_FORMATS " (default: plain text windows)", 0, 0},
         {"text-col", OPT_STR, &text_col, "text column (name, or 1-based number; 2,3 joins several) or JSON field", 0, 0},
         {"label-col", OPT_STR, &label_col, "label column or JSON field (classification)", 0, 0},
+        {"labels", OPT_STR, &labels, "label names, the verbalizers trained: \"neg,pos\" names the sorted label values, \"1=World,2=Sports\" each value", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level for 259-token models)", 0, 0},
         CLI_PEFT_METHOD_OPTS(po),
         CLI_PEFT_LOAD_OPTS(po),
@@ -450,6 +451,7 @@ int cmd_train(int argc, char **argv) {
         if (dopt.format < 0) goto done;
         dopt.text_col = text_col;
         dopt.label_col = label_col;
+        dopt.labels = labels;
         if (loom_dataset_load(&td.ds, data, &dopt, tok) != LOOM_OK) {
             cli_fail("--data");
             goto done;

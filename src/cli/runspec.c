@@ -52,6 +52,7 @@ void cli_run_init(cli_run *r) {
     r->sample_len = 200;
     r->progress_every = 5;
     r->attack = "none";
+    r->root_examples = 100;
     r->attack_scale = NAN; /* the attack's default */
     r->backdoor_frac = NAN;
     r->backdoor_target = -1;
@@ -74,6 +75,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"format", OPT_STR, &r->format, "data format: " CLI_FORMATS, 0, 0},
         {"text-col", OPT_STR, &r->text_col, "text column/field", 0, 0},
         {"label-col", OPT_STR, &r->label_col, "label column/field", 0, 0},
+        {"labels", OPT_STR, &r->labels, "label names, the verbalizers trained and scored: \"neg,pos\" names the sorted label values, \"1=World,2=Sports\" each value", 0, 0},
         {"key", OPT_STR, &r->key, "key column/field for natural splits", 0, 0},
         {"partition", OPT_STR, &r->partition, "iid, dirichlet, natural or quantity (not for shakespeare)", 0, 0},
         {"clients", OPT_INT, &r->clients, "number of clients (iid, dirichlet, quantity)", 1, 10000000},
@@ -103,10 +105,13 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"max-update-norm", OPT_FLOAT, &r->max_norm, "reject updates with a larger L2 norm (0 = no bound)", 0, 1e30},
         {"update-clip", OPT_FLOAT, &r->update_clip, "server scales each update down to this L2 norm before aggregating (0 = off)", 0, 1048576},
         /* robust aggregation (fl/agg_robust.c): the rule replaces the weighted mean; the strategy applies to its result */
-        {"aggregator", OPT_STR, &r->aggregator, "mean (the exact weighted mean, default), median, trimmed-mean, krum, multi-krum, norm-bound or geomedian", 0, 0},
-        {"agg-f", OPT_INT, &r->agg_f, "krum, multi-krum: Byzantine updates tolerated f (needs n >= 2f + 3 updates a round)", 0, 1000000},
+        {"aggregator", OPT_STR, &r->aggregator, "mean (the exact weighted mean, default), median, trimmed-mean, krum, multi-krum, bulyan, geomedian, centered-clip, norm-bound or fltrust (see loom aggregate --help for each rule's assumption)", 0, 0},
+        {"agg-f", OPT_INT, &r->agg_f, "krum, multi-krum, bulyan: Byzantine updates tolerated f (krum needs n >= 2f + 3 updates a round, bulyan n >= 4f + 3)", 0, 1000000},
         {"agg-m", OPT_INT, &r->agg_m, "multi-krum: updates averaged (0 = n - f)", 0, 1000000},
         {"agg-beta", OPT_FLOAT, &r->agg_beta, "trimmed-mean: fraction cut from each end, in [0, 0.5) (default 0.1)", 0, 0.5},
+        {"agg-tau", OPT_FLOAT, &r->agg_tau, "centered-clip: clipping radius tau around the previous round's aggregate (default 1)", 0, 1e30},
+        {"agg-iters", OPT_INT, &r->agg_iters, "centered-clip: clipping steps per round (default 1)", 0, 1000000},
+        {"root-examples", OPT_INT, &r->root_examples, "fltrust (sim): the server's root examples, drawn by the seed from the clients' training data; each round the server trains on them like a client and trusts the updates by their cosine with its own (default 100)", 1, 1000000},
         {"agg-bound", OPT_FLOAT, &r->agg_bound, "norm-bound: each update is scaled to at most this L2 norm (default 1)", 0, 1e30},
         {"deadline", OPT_FLOAT, &r->deadline, "seconds a round waits for updates (sim: on the virtual clock); later updates are refused as late (0 = none)", 0, 1e12},
         {"compress", OPT_STR, &r->compress, "update compression with error feedback: none, fp16, int8[:CHUNK] (per-chunk scales) or topk[:FRAC] (largest values)", 0, 0},
@@ -467,8 +472,10 @@ static int robust_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
     c->m = r->agg_m;
     if (r->agg_beta != 0) c->beta = r->agg_beta;
     if (r->agg_bound != 0) c->bound = r->agg_bound;
+    if (r->agg_tau != 0) c->tau = r->agg_tau;
+    if (r->agg_iters != 0) c->cc_iters = r->agg_iters;
     if (loom_robust_check(c, 0) != LOOM_OK) {
-        fprintf(stderr, "loom %s: --aggregator %s: %s (--agg-f, --agg-m, --agg-beta, --agg-bound)\n", cmd,
+        fprintf(stderr, "loom %s: --aggregator %s: %s (--agg-f, --agg-m, --agg-beta, --agg-bound, --agg-tau, --agg-iters)\n", cmd,
                 r->aggregator, loom_errmsg());
         return -1;
     }
@@ -568,6 +575,7 @@ int cli_client_data(const cli_run *r, const char *path, const loom_tokenizer *to
     if (dopt.format < 0) return loom_error(LOOM_EINVAL, "unknown --format '%s' (%s)", r->format, CLI_FORMATS);
     dopt.text_col = r->text_col;
     dopt.label_col = r->label_col;
+    dopt.labels = r->labels;
     dopt.key_col = r->key;
     int rc = loom_dataset_load(ds, path, &dopt, tok);
     if (rc != LOOM_OK) return rc;

@@ -17,7 +17,7 @@ typedef struct {
     const char *model, *tokenizer;
     cli_peft_opts peft;
     /* data (the simulator's; a networked client has its own --data) */
-    const char *data, *format, *text_col, *label_col, *key, *partition, *clients_dir;
+    const char *data, *format, *text_col, *label_col, *labels, *key, *partition, *clients_dir;
     int clients, min_examples, min_lines;
     float alpha, test_frac;
     /* federation */
@@ -27,8 +27,8 @@ typedef struct {
     long max_staleness;
     /* robust aggregation (--aggregator; include/loom/pipeline.h): the rule's settings live here */
     const char *aggregator;
-    int agg_f, agg_m;
-    float agg_beta, agg_bound;
+    int agg_f, agg_m, agg_iters, root_examples;
+    float agg_beta, agg_bound, agg_tau;
     loom_robust_config robust_cfg;
     /* differential privacy (include/loom/dp.h): numbers as text, parsed in double precision */
     const char *dp, *dp_clip, *dp_noise, *dp_delta, *dp_adaptive, *dp_clip_lr, *dp_clip_noise, *dp_epsilon;

@@ -600,6 +600,79 @@ static int load_checkpoint(sim_run *r, int *next_round) {
     return rc;
 }
 
+/* ------------------------------------------------------------------ the server's root data (FLTrust) */
+
+static int u32_cmp(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int loom_sim_root_examples(const loom_partition *part, uint64_t seed, size_t n, uint32_t **out) {
+    *out = NULL;
+    size_t total = 0;
+    for (size_t i = 0; i < part->n_clients; i++) total += part->clients[i].n_train;
+    if (n == 0 || n > total)
+        return loom_error(LOOM_EINVAL, "--root-examples %zu must be in [1, %zu] (the clients' training examples)", n,
+                          total);
+    uint32_t *all = malloc(total * sizeof *all);
+    if (!all) return loom_error(LOOM_ENOMEM, "out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < part->n_clients; i++)
+        for (size_t j = 0; j < part->clients[i].n_train; j++) all[k++] = part->clients[i].train[j];
+    qsort(all, total, sizeof *all, u32_cmp); /* the draw does not depend on how the clients list them */
+    loom_rng r;
+    loom_rng_init(&r, seed, LOOM_STREAM_ROOT);
+    for (size_t i = 0; i < n; i++) { /* the first n places of a Fisher-Yates shuffle */
+        size_t j = i + (size_t)loom_rng_below(&r, (uint32_t)(total - i));
+        uint32_t t = all[i];
+        all[i] = all[j];
+        all[j] = t;
+    }
+    qsort(all, n, sizeof *all, u32_cmp);
+    *out = all;
+    return LOOM_OK;
+}
+
+/* The server's update of this round on its root data (see loom_sim_config.root_idx), into the
+ * aggregator. Runs on the driver's thread with worker 0's trainer, before the round's fit phase. */
+static int server_reference(sim_run *r, loom_client_state *st) {
+    const loom_sim_config *c = r->c;
+    worker_slot *ws = &r->slots[0];
+    int rc;
+    if (!ws->tr) {
+        if ((rc = c->make_worker(c->worker_ud, &ws->tr, &ws->vec)) != LOOM_OK) {
+            ws->tr = NULL, ws->vec = NULL;
+            return rc;
+        }
+        ws->update = loom_alloc(r->dim * sizeof(float));
+        ws->dc = c->fit.scaffold ? loom_alloc(r->dim * sizeof(float)) : NULL;
+        if (!ws->update || (c->fit.scaffold && !ws->dc)) return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    loom_task task;
+    loom_engine_task(r->eng, &task);
+    /* the server trains every round: its step counter is a function of the round (a resumed run is the
+     * same run) */
+    st->steps = (uint64_t)(task.round - 1) * (uint64_t)c->fit.local_steps;
+    loom_fit_config fc = c->fit;
+    fc.dp_clip = 0; /* the server's own data: no local DP */
+    fc.dp_noise = 0;
+    loom_fit_output out;
+    memset(&out, 0, sizeof out);
+    out.update = ws->update;
+    out.control_delta = ws->dc;
+    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
+    loom_client_data d = {c->ds, c->root_idx, c->n_root, NULL, 0, c->B, c->T, loom_hash2(c->seed, LOOM_STREAM_ROOT)};
+    loom_codec_opts none;
+    memset(&none, 0, sizeof none);
+    none.codec = LOOM_CODEC_F32;
+    int threads = omp_get_max_threads(); /* the same thread count as a client's computation */
+    omp_set_num_threads(c->client_threads > 0 ? c->client_threads : 1);
+    rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &fc, &none, st, &out);
+    omp_set_num_threads(threads);
+    if (rc != LOOM_OK) return loom_error_context(rc, "round %d: the server's update on its root data", task.round);
+    return loom_engine_set_reference(r->eng, task.round, ws->update, r->dim);
+}
+
 /* ------------------------------------------------------------------ metrics */
 
 /* The metrics sink of the simulator: metrics.jsonl rows, in the format the plots and tests read. */
@@ -695,6 +768,8 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     r.slots = calloc((size_t)c->workers, sizeof *r.slots);
     FILE *mf = NULL;
     jsonl_sink js = {NULL, c, NULL};
+    loom_client_state root_state; /* the server's own client state on its root data (FLTrust) */
+    loom_client_state_init(&root_state);
     if (!n_test || !r.states || !r.slots) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
@@ -736,6 +811,21 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     if (c->secure.sum && (rc = secure_start(&r)) != LOOM_OK) goto done;
     if ((rc = lm_attack_create(&r.attack, c, N)) != LOOM_OK) goto done;
     js.attack = r.attack;
+    int want_ref = loom_engine_wants_reference(r.eng);
+    if (want_ref && (c->mode != LOOM_ENGINE_SYNC || !c->ds || !c->root_idx || c->n_root == 0)) {
+        rc = loom_error(LOOM_EINVAL, c->mode != LOOM_ENGINE_SYNC
+                                         ? "the aggregator needs the server's update each round: synchronous rounds only"
+                                         : "the aggregator needs the server's update on root data: no root examples "
+                                           "given (--root-examples)");
+        goto done;
+    }
+    for (size_t i = 0; want_ref && i < c->n_root; i++)
+        if (c->root_idx[i] >= c->ds->n) {
+            rc = loom_error(LOOM_EINVAL, "root example %u is not in the dataset (%zu examples)", c->root_idx[i],
+                            c->ds->n);
+            goto done;
+        }
+
     int start = 0;
     if (c->out_dir) {
         if (mkdir(c->out_dir, 0755) != 0 && errno != EEXIST) {
@@ -771,6 +861,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         r.t_open = vclock;
         r.round = round + 1;
         if ((rc = lm_attack_open(r.attack, r.round, list, n)) != LOOM_OK) goto done;
+        if (want_ref && (rc = server_reference(&r, &root_state)) != LOOM_OK) goto done;
         if ((rc = run_phase(&r, 0, list, n)) != LOOM_OK) goto done;
         if ((rc = lm_attack_finish(r.attack, r.eng, r.secure)) != LOOM_OK) goto done;
         if (r.secure && (rc = lm_secure_finish(r.secure, r.eng, r.round)) != LOOM_OK) goto done;
@@ -797,6 +888,7 @@ done:
     else memcpy(global, c->init, c->dim * sizeof(float));
     if (mf) fclose(mf);
     for (int i = 0; r.states && i < N; i++) loom_client_state_clear(&r.states[i]);
+    loom_client_state_clear(&root_state);
     free(r.states);
     free(n_test);
     for (int i = 0; r.slots && i < c->workers; i++) {
