@@ -95,6 +95,9 @@ float loom_rng_normal_at(uint64_t seed, uint64_t stream, uint64_t i);
  * on the number of threads. */
 void loom_rng_normal_fill(uint64_t seed, uint64_t stream, uint64_t first, size_t n, float *out);
 void loom_rng_shuffle_u32(loom_rng *r, uint32_t *a, size_t n);
+/* The first k places of a Fisher-Yates shuffle of a[0..n) (k <= n): a[0..k) becomes a uniform draw of
+ * k of the n values without replacement, in draw order (for i < k: swap a[i], a[i + below(n - i)]). */
+void loom_rng_draw_u32(loom_rng *r, uint32_t *a, size_t n, size_t k);
 
 /* SHA-256 (FIPS 180-4), for content hashes on the wire (global model, base model, updates) and
  * token hashes. Streaming: init, update any number of times, final. */

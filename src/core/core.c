@@ -274,6 +274,15 @@ void loom_rng_shuffle_u32(loom_rng *r, uint32_t *a, size_t n) {
     }
 }
 
+void loom_rng_draw_u32(loom_rng *r, uint32_t *a, size_t n, size_t k) {
+    for (size_t i = 0; i < k && i < n; i++) {
+        size_t j = i + loom_rng_below(r, (uint32_t)(n - i));
+        uint32_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
 double loom_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

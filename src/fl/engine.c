@@ -75,26 +75,21 @@ int loom_engine_sample(int N, int sample, double sample_frac, uint64_t seed, int
     int m = sample > 0 ? sample : sample_frac > 0 ? (int)ceil(sample_frac * N) : N;
     if (m > N) return loom_error(LOOM_EINVAL, "--sample %d is more than the %d clients", m, N);
     if (m < 1) m = 1;
-    int *all = malloc((size_t)N * sizeof *all);
+    uint32_t *all = malloc((size_t)N * sizeof *all);
     if (!all) return loom_error(LOOM_ENOMEM, "out of memory");
-    for (int i = 0; i < N; i++) all[i] = i;
+    for (int i = 0; i < N; i++) all[i] = (uint32_t)i;
     if (m < N) {
         loom_rng r;
         loom_rng_init(&r, seed, loom_hash2(LOOM_STREAM_SAMPLE, (uint64_t)round));
-        for (int i = 0; i < m; i++) { /* partial Fisher-Yates */
-            int j = i + (int)loom_rng_below(&r, (uint32_t)(N - i));
-            int t = all[i];
-            all[i] = all[j];
-            all[j] = t;
-        }
+        loom_rng_draw_u32(&r, all, (size_t)N, (size_t)m);
         for (int i = 1; i < m; i++) /* ascending: the order of the rows */
             for (int k = i; k > 0 && all[k - 1] > all[k]; k--) {
-                int t = all[k];
+                uint32_t t = all[k];
                 all[k] = all[k - 1];
                 all[k - 1] = t;
             }
     }
-    memcpy(clients, all, (size_t)m * sizeof *clients);
+    for (int i = 0; i < m; i++) clients[i] = (int)all[i];
     *n = m;
     free(all);
     return LOOM_OK;

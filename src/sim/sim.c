@@ -622,12 +622,7 @@ int loom_sim_root_examples(const loom_partition *part, uint64_t seed, size_t n, 
     qsort(all, total, sizeof *all, u32_cmp); /* the draw does not depend on how the clients list them */
     loom_rng r;
     loom_rng_init(&r, seed, LOOM_STREAM_ROOT);
-    for (size_t i = 0; i < n; i++) { /* the first n places of a Fisher-Yates shuffle */
-        size_t j = i + (size_t)loom_rng_below(&r, (uint32_t)(total - i));
-        uint32_t t = all[i];
-        all[i] = all[j];
-        all[j] = t;
-    }
+    loom_rng_draw_u32(&r, all, total, n);
     qsort(all, n, sizeof *all, u32_cmp);
     *out = all;
     return LOOM_OK;

@@ -29,19 +29,14 @@ const char *loom_sim_attack_name(int kind) {
 int loom_sim_attackers(uint64_t seed, int n_clients, int count, unsigned char *is_attacker) {
     if (n_clients < 0 || count < 0 || count > n_clients)
         return loom_error(LOOM_EINVAL, "--attackers %d must be in [0, %d] (the clients)", count, n_clients);
-    int *perm = malloc((size_t)(n_clients > 0 ? n_clients : 1) * sizeof *perm);
+    uint32_t *perm = malloc((size_t)(n_clients > 0 ? n_clients : 1) * sizeof *perm);
     if (!perm) return loom_error(LOOM_ENOMEM, "out of memory");
-    for (int i = 0; i < n_clients; i++) perm[i] = i;
+    for (int i = 0; i < n_clients; i++) perm[i] = (uint32_t)i;
     loom_rng r;
     loom_rng_init(&r, seed, LOOM_STREAM_ATTACKERS);
     memset(is_attacker, 0, (size_t)n_clients);
-    for (int i = 0; i < count; i++) { /* the first `count` places of a Fisher-Yates shuffle */
-        int j = i + (int)loom_rng_below(&r, (uint32_t)(n_clients - i));
-        int t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-        is_attacker[perm[i]] = 1;
-    }
+    loom_rng_draw_u32(&r, perm, (size_t)n_clients, (size_t)count);
+    for (int i = 0; i < count; i++) is_attacker[perm[i]] = 1;
     free(perm);
     return LOOM_OK;
 }
@@ -336,13 +331,8 @@ int lm_backdoor_pick(uint64_t seed, int client, size_t n, double frac, unsigned 
     for (size_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
     loom_rng r;
     loom_rng_init(&r, seed, loom_hash2(LOOM_STREAM_BACKDOOR, (uint64_t)client));
-    for (size_t i = 0; i < k; i++) { /* the first k places of a Fisher-Yates shuffle */
-        size_t j = i + loom_rng_below(&r, (uint32_t)(n - i));
-        uint32_t x = perm[i];
-        perm[i] = perm[j];
-        perm[j] = x;
-        pick[perm[i]] = 1;
-    }
+    loom_rng_draw_u32(&r, perm, n, k);
+    for (size_t i = 0; i < k; i++) pick[perm[i]] = 1;
     free(perm);
     return LOOM_OK;
 }
