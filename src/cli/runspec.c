@@ -53,6 +53,10 @@ void cli_run_init(cli_run *r) {
     r->progress_every = 5;
     r->attack = "none";
     r->root_examples = 100;
+    r->agg_beta = 0.1f; /* the robust rules' defaults (loom_robust_defaults) */
+    r->agg_bound = 1;
+    r->agg_tau = 1;
+    r->agg_iters = 1;
     r->attack_scale = NAN; /* the attack's default */
     r->backdoor_frac = NAN;
     r->backdoor_target = -1;
@@ -108,11 +112,11 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"aggregator", OPT_STR, &r->aggregator, "mean (the exact weighted mean, default), median, trimmed-mean, krum, multi-krum, bulyan, geomedian, centered-clip, norm-bound or fltrust (see loom aggregate --help for each rule's assumption)", 0, 0},
         {"agg-f", OPT_INT, &r->agg_f, "krum, multi-krum, bulyan: Byzantine updates tolerated f (krum needs n >= 2f + 3 updates a round, bulyan n >= 4f + 3)", 0, 1000000},
         {"agg-m", OPT_INT, &r->agg_m, "multi-krum: updates averaged (0 = n - f)", 0, 1000000},
-        {"agg-beta", OPT_FLOAT, &r->agg_beta, "trimmed-mean: fraction cut from each end, in [0, 0.5) (default 0.1)", 0, 0.5},
-        {"agg-tau", OPT_FLOAT, &r->agg_tau, "centered-clip: clipping radius tau around the previous round's aggregate (default 1)", 0, 1e30},
-        {"agg-iters", OPT_INT, &r->agg_iters, "centered-clip: clipping steps per round (default 1)", 0, 1000000},
-        {"root-examples", OPT_INT, &r->root_examples, "fltrust (sim): the server's root examples, drawn by the seed from the clients' training data; each round the server trains on them like a client and trusts the updates by their cosine with its own (default 100)", 1, 1000000},
-        {"agg-bound", OPT_FLOAT, &r->agg_bound, "norm-bound: each update is scaled to at most this L2 norm (default 1)", 0, 1e30},
+        {"agg-beta", OPT_FLOAT, &r->agg_beta, "trimmed-mean: fraction cut from each end, in [0, 0.5)", 0, 0.5},
+        {"agg-tau", OPT_FLOAT, &r->agg_tau, "centered-clip: clipping radius tau (> 0) around the previous round's aggregate", 0, 1e30},
+        {"agg-iters", OPT_INT, &r->agg_iters, "centered-clip: clipping steps per round", 1, 1000000},
+        {"root-examples", OPT_INT, &r->root_examples, "fltrust (sim): the server's root examples, drawn by the seed from the clients' training data; each round the server trains on them like a client and trusts the updates by their cosine with its own", 1, 1000000},
+        {"agg-bound", OPT_FLOAT, &r->agg_bound, "norm-bound: each update is scaled to at most this L2 norm (> 0)", 0, 1e30},
         {"deadline", OPT_FLOAT, &r->deadline, "seconds a round waits for updates (sim: on the virtual clock); later updates are refused as late (0 = none)", 0, 1e12},
         {"compress", OPT_STR, &r->compress, "update compression with error feedback: none, fp16, int8[:CHUNK] (per-chunk scales) or topk[:FRAC] (largest values)", 0, 0},
         {"mode", OPT_STR, &r->mode, "sync (rounds), fedasync (each update mixed in on arrival) or fedbuff (the server steps every --buffer arrivals); in the async modes --rounds counts global versions", 0, 0},
@@ -470,10 +474,10 @@ static int robust_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
     loom_robust_defaults(c, rule);
     c->f = r->agg_f;
     c->m = r->agg_m;
-    if (r->agg_beta != 0) c->beta = r->agg_beta;
-    if (r->agg_bound != 0) c->bound = r->agg_bound;
-    if (r->agg_tau != 0) c->tau = r->agg_tau;
-    if (r->agg_iters != 0) c->cc_iters = r->agg_iters;
+    c->beta = r->agg_beta;
+    c->bound = r->agg_bound;
+    c->tau = r->agg_tau;
+    c->cc_iters = r->agg_iters;
     if (loom_robust_check(c, 0) != LOOM_OK) {
         fprintf(stderr, "loom %s: --aggregator %s: %s (--agg-f, --agg-m, --agg-beta, --agg-bound, --agg-tau, --agg-iters)\n", cmd,
                 r->aggregator, loom_errmsg());
