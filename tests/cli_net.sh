@@ -103,6 +103,20 @@ check "no training text in any request body" bash -c "! grep -qF -- '$secret' '$
 check "no training text in the server's state" bash -c "! grep -rqF -- '$secret' '$S'"
 check "update files private" bash -c "test -z \"\$(find '$S/updates' -type f ! -perm 600)\""
 
+# ---- FLTrust: the server trains on its own root data each round; a networked run == loom sim, bit for bit
+ft=(--aggregator fltrust --root-data "$tmp/cd/alice.txt" --root-examples 40)
+"$LOOM" sim --config "$tmp/run.json" --clients-dir "$tmp/cd" "${ft[@]}" --out "$tmp/ftref" > /dev/null 2>&1
+check "fltrust simulation with --root-data" test -s "$tmp/ftref/global.safetensors"
+check "fltrust differs from fedavg" test "$(st_data "$tmp/ftref/global.safetensors")" != "$(st_data "$tmp/ref/global.safetensors")"
+S="$tmp/sft"
+register "$S"
+start_server "$S" "${ft[@]}"
+start_clients "$S"
+wait_all 300
+check "networked fltrust run completes" test $? -eq 0
+check "networked fltrust == loom sim --clients-dir --root-data, bit for bit" test -s "$S/global.safetensors" -a "$(st_data "$S/global.safetensors")" = "$(st_data "$tmp/ftref/global.safetensors")"
+refuse "fltrust server without root data" 12 'fltrust' '--root-data' -- "$LOOM" server --state "$tmp/sft2" --config "$tmp/run.json" --aggregator fltrust
+
 # ---- kill -9 of the server at several points; the same command continues; the result is unchanged
 S="$tmp/s2"
 register "$S"

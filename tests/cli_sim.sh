@@ -157,8 +157,7 @@ check "fltrust: honest clients move the model" test -s "$tmp/ft1/global.safetens
 refuse "fltrust with --clients-dir" 12 'fltrust' 'clients-dir' -- "$LOOM" sim --clients-dir "$tmp/cd" --aggregator fltrust
 refuse "fltrust: more root examples than data" 12 '--root-examples' -- "$LOOM" sim $ft --aggregator fltrust --root-examples 999999
 refuse "bulyan with too few clients a round" 12 'bulyan' '4f \+ 3' '--sample' -- "$LOOM" sim $ft --aggregator bulyan --agg-f 2
-printf '{"model": "tiny", "rounds": 1, "aggregator": "fltrust"}' > "$tmp/ft.json"
-refuse "fltrust on loom server" 12 'fltrust' 'loom sim' -- "$LOOM" server --config "$tmp/ft.json" --state "$tmp/ftstate"
+refuse "root data without fltrust" 12 '--root-data' 'fltrust' -- "$LOOM" sim $ft --root-data "$tmp/cd/bob.txt"
 check "sim --help" "$LOOM" sim --help > /dev/null
 echo "$pass passed, $fail failed"
 test $fail -eq 0

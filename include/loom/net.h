@@ -84,6 +84,12 @@ typedef struct {
     double secagg_fit_timeout_s; /* phase 0 (the clients' download and training, then their keys)
                                     closes this long after the round opened (default 600) */
     double secagg_phase_timeout_s; /* phases 1, 2, 3 close this long after they opened (default 60) */
+    /* The server's own update of a round, for an aggregator that takes one (FLTrust,
+     * loom_engine_wants_reference): called on the driver's thread right after each synchronous round
+     * opens, with the round's global vector (dim floats); writes ref (dim floats). NULL with such an
+     * aggregator: the run is refused at start. */
+    int (*reference)(void *ud, int round, const float *global, float *ref, size_t dim);
+    void *reference_ud;
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;

@@ -230,6 +230,7 @@ typedef struct {
      * loom_sim_root_examples draws them. Synchronous rounds only. */
     const uint32_t *root_idx;
     size_t n_root;
+    const loom_dataset *root_ds;    /* the dataset root_idx refers to (NULL: ds) */
     const loom_client_algo *algo;   /* the clients' algorithm (NULL = loom_client_local_sgd) */
     loom_codec_opts compress;       /* update compression (codec F32 = off, the default): each client
                                      * compresses with error feedback (loom_client_compress, its residual

@@ -12,7 +12,9 @@
 #include "cli/runspec.h"
 #include "loom/core.h"
 #include "loom/net.h"
+#include "loom/fl.h"
 #include "loom/peft.h"
+#include "loom/streams.h"
 
 static volatile int stop_flag;
 static void on_signal(int sig) {
@@ -79,6 +81,58 @@ static void server_secagg(const cli_run *r, double fit_timeout, double phase_tim
                         "themselves (ignored)\n", g->drop);
 }
 
+/* FLTrust's server update: the server trains on its root examples (--root-data) each round from the
+ * round's global vector as a client would (the run's local steps, optimizer and batch; no local DP),
+ * with the data seed hash2(seed, LOOM_STREAM_ROOT) and the step counter (round - 1) x local steps, as
+ * in loom sim. */
+typedef struct {
+    cli_trainer_ud fu;
+    loom_trainer *tr;
+    float *vec;
+    loom_tokenizer *tok;
+    loom_dataset *ds;
+    loom_client cl;   /* the root data's examples (after the run's --test-frac split) */
+    uint32_t *idx;    /* the root examples drawn from them */
+    size_t n;
+    loom_fit_config fit;
+    int B, T;
+    uint64_t seed;
+} server_root;
+
+static int root_reference(void *ud, int round, const float *global, float *ref, size_t dim) {
+    server_root *sr = ud;
+    loom_client_ctx ctx = {sr->tr, sr->vec, dim};
+    loom_client_data d = {sr->ds, sr->idx, sr->n, NULL, 0, sr->B, sr->T, loom_hash2(sr->seed, LOOM_STREAM_ROOT)};
+    loom_client_state st;
+    loom_client_state_init(&st);
+    st.steps = (uint64_t)(round - 1) * (uint64_t)sr->fit.local_steps;
+    loom_codec_opts none;
+    memset(&none, 0, sizeof none);
+    none.codec = LOOM_CODEC_F32;
+    loom_fit_output out;
+    memset(&out, 0, sizeof out);
+    out.update = ref;
+    int rc = loom_client_run_fit(&loom_client_local_sgd, &ctx, &d, round, global, NULL, &sr->fit, &none, &st, &out);
+    loom_client_state_clear(&st);
+    return rc;
+}
+
+/* Loads --root-data (cli_root_data, as loom sim does) and the server's trainer. */
+static int root_setup(server_root *sr, const cli_run *r, const char *path, const loom_model *m, int created) {
+    int rc = cli_tokenizer(&sr->tok, r->tokenizer, created ? NULL : r->model, m);
+    if (rc == LOOM_OK) rc = cli_root_data(r, path, sr->tok, &sr->ds, &sr->cl, &sr->idx, &sr->n);
+    if (rc == LOOM_OK) rc = cli_trainer_make(&sr->fu, &sr->tr, &sr->vec);
+    return rc;
+}
+
+static void root_clear(server_root *sr) {
+    if (sr->tr || sr->vec) cli_trainer_free(&sr->fu, sr->tr, sr->vec);
+    free(sr->idx);
+    cli_client_data_free(&sr->cl);
+    loom_dataset_free(sr->ds);
+    loom_tokenizer_free(sr->tok);
+}
+
 static void server_listening(void *ud, int port) {
     (void)ud;
     fprintf(stderr, "loom server: listening on port %d\n", port);
@@ -90,6 +144,8 @@ int cmd_server(int argc, char **argv) {
     cli_run r;
     cli_run_init(&r);
     const char *config = NULL, *state = NULL, *listen = "127.0.0.1:8443", *cert = NULL, *key = NULL;
+    server_root root;
+    memset(&root, 0, sizeof root);
     int min_clients = 0, poll_ms = 500, eval_timeout = 60, threads = 16;
     float max_upload_mb = 0, secagg_fit_timeout = 600, secagg_timeout = 60, done_grace = 10;
     cli_opt opts[CLI_RUN_MAX_OPTS + 15];
@@ -154,9 +210,11 @@ int cmd_server(int argc, char **argv) {
     loom_sim_defaults(&sc);
     loom_train_config tc;
     if (cli_run_federation(&r, "server", (size_t)1 << 30, &sc, &tc) != 0) goto done;
-    if (sc.aggregator == &loom_agg_robust && r.robust_cfg.rule == LOOM_ROBUST_FLTRUST)
-        BAD("--aggregator fltrust needs the server's own update on root data each round, which loom server does not "
-            "train: use it in loom sim, or offline with loom aggregate --rule fltrust --server-update FILE");
+    int fltrust = sc.aggregator == &loom_agg_robust && r.robust_cfg.rule == LOOM_ROBUST_FLTRUST;
+    const char *root_data = r.root_data;
+    if (fltrust && !root_data)
+        BAD("--aggregator fltrust needs --root-data FILE: the server's own examples, which it trains on each round");
+    if (!fltrust && root_data) BAD("--root-data is for --aggregator fltrust");
     if (sc.dp.mode == LOOM_DP_SGD && r.dp_min_examples <= 0)
         BAD("--dp sgd needs --dp-min-examples N on a server: the fewest training examples of any client (the "
             "accounting's sampling rate is --batch / N; the clients' data is theirs)");
@@ -192,6 +250,19 @@ int cmd_server(int argc, char **argv) {
     c.threads = threads;
     c.done_grace_s = done_grace;
     server_secagg(&r, secagg_fit_timeout, secagg_timeout, &c);
+    if (fltrust) {
+        root.fu = (cli_trainer_ud){m, set, tc};
+        root.fit = sc.fit;
+        root.fit.dp_clip = root.fit.dp_noise = 0; /* the server's own data: no local DP */
+        root.B = r.B, root.T = r.T, root.seed = (uint64_t)r.seed;
+        if (root_setup(&root, &r, root_data, m, created) != LOOM_OK) {
+            cli_fail("--root-data");
+            goto done;
+        }
+        c.reference = root_reference;
+        c.reference_ud = &root;
+        fprintf(stderr, "loom server: fltrust: %zu root examples of %s\n", root.n, root_data);
+    }
     c.on_listen = server_listening;
     c.stop = &stop_flag;
     cli_event_log("server");
@@ -216,6 +287,7 @@ int cmd_server(int argc, char **argv) {
     printf("%-28s %s/global.safetensors, %s/metrics.jsonl\n", "written", state, state);
     rc = 0;
 done:
+    root_clear(&root);
     free(run_json);
     free(model_json);
     loom_free(global);

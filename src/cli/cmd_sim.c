@@ -117,7 +117,10 @@ int cmd_sim(int argc, char **argv) {
     char **files = NULL;
     size_t nfiles = 0;
     loom_partition *part = NULL;
-    uint32_t *root = NULL; /* fltrust: the server's root examples */
+    uint32_t *root = NULL; /* fltrust: the server's root examples (of root_ds with --root-data, else of ds) */
+    loom_dataset *root_ds = NULL;
+    loom_client root_cl;
+    memset(&root_cl, 0, sizeof root_cl);
     loom_fault *faults = NULL;
     float *global = NULL;
     loom_tset *set = NULL;
@@ -260,15 +263,24 @@ int cmd_sim(int argc, char **argv) {
     sc.client_ds = (const loom_dataset *const *)cds;
     sc.part = part;
     if (sc.aggregator == &loom_agg_robust && r.robust_cfg.rule == LOOM_ROBUST_FLTRUST) {
-        /* the server's root data: examples of ds drawn by the seed */
-        if (cds) BAD("--aggregator fltrust draws the server's root examples from --data; it does not work with --clients-dir");
-        if (loom_sim_root_examples(part, (uint64_t)seed, (size_t)r.root_examples, &root) != LOOM_OK) {
-            cli_fail("--root-examples");
-            goto done;
+        /* the server's root data: --root-data (as loom server reads it), else examples of ds drawn by the seed */
+        size_t nroot = (size_t)r.root_examples;
+        if (r.root_data) {
+            if (cli_root_data(&r, r.root_data, tok, &root_ds, &root_cl, &root, &nroot) != LOOM_OK) {
+                cli_fail("--root-data");
+                goto done;
+            }
+            sc.root_ds = root_ds;
+        } else {
+            if (cds) BAD("--aggregator fltrust with --clients-dir needs --root-data FILE (the server's own examples)");
+            if (loom_sim_root_examples(part, (uint64_t)seed, nroot, &root) != LOOM_OK) {
+                cli_fail("--root-examples");
+                goto done;
+            }
         }
         sc.root_idx = root;
-        sc.n_root = (size_t)r.root_examples;
-    }
+        sc.n_root = nroot;
+    } else if (r.root_data) BAD("--root-data is for --aggregator fltrust");
     sc.step_seconds = r.step_seconds;
     sc.time_spread = r.time_spread;
     sc.faults = faults;
@@ -402,6 +414,8 @@ int cmd_sim(int argc, char **argv) {
 done:
     loom_sim_paillier_clear(&r.paillier_cfg);
     free(root);
+    cli_client_data_free(&root_cl);
+    loom_dataset_free(root_ds);
     free(ppl0);
     free(ppl1);
     free(ppl_tok);

@@ -1,6 +1,7 @@
 /* A federated run's configuration (see runspec.h). */
 #include "cli/runspec.h"
 #include "loom/secagg.h"
+#include "loom/streams.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -115,6 +116,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"agg-beta", OPT_FLOAT, &r->agg_beta, "trimmed-mean: fraction cut from each end, in [0, 0.5)", 0, 0.5},
         {"agg-tau", OPT_FLOAT, &r->agg_tau, "centered-clip: clipping radius tau (> 0) around the previous round's aggregate", 0, 1e30},
         {"agg-iters", OPT_INT, &r->agg_iters, "centered-clip: clipping steps per round", 1, 1000000},
+        {"root-data", OPT_STR, &r->root_data, "fltrust: the server's own data file (the run's --format and columns); loom server needs it, loom sim draws from the clients' data without it", 0, 0},
         {"root-examples", OPT_INT, &r->root_examples, "fltrust (sim): the server's root examples, drawn by the seed from the clients' training data; each round the server trains on them like a client and trusts the updates by their cosine with its own", 1, 1000000},
         {"agg-bound", OPT_FLOAT, &r->agg_bound, "norm-bound: each update is scaled to at most this L2 norm (> 0)", 0, 1e30},
         {"deadline", OPT_FLOAT, &r->deadline, "seconds a round waits for updates (sim: on the virtual clock); later updates are refused as late (0 = none)", 0, 1e12},
@@ -670,6 +672,24 @@ int cli_list_dir(const char *dir, char ***paths, size_t *n) {
     qsort(v, cnt, sizeof *v, cmp_str);
     *paths = v;
     *n = cnt;
+    return LOOM_OK;
+}
+
+int cli_root_data(const cli_run *r, const char *path, const loom_tokenizer *tok, loom_dataset **ds, loom_client *cl,
+                  uint32_t **idx, size_t *n) {
+    *idx = NULL;
+    *n = 0;
+    int rc = cli_client_data(r, path, tok, 0, ds, cl);
+    if (rc != LOOM_OK) return loom_error_context(rc, "--root-data %s", path);
+    size_t k = LOOM_MIN((size_t)r->root_examples, cl->n_train);
+    uint32_t *a = malloc((cl->n_train ? cl->n_train : 1) * sizeof *a);
+    if (!a) return loom_error(LOOM_ENOMEM, "out of memory");
+    memcpy(a, cl->train, cl->n_train * sizeof *a);
+    loom_rng g;
+    loom_rng_init(&g, (uint64_t)r->seed, LOOM_STREAM_ROOT);
+    loom_rng_draw_u32(&g, a, cl->n_train, k);
+    *idx = a;
+    *n = k;
     return LOOM_OK;
 }
 

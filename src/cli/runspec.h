@@ -28,6 +28,7 @@ typedef struct {
     /* robust aggregation (--aggregator; include/loom/pipeline.h): the rule's settings live here */
     const char *aggregator;
     int agg_f, agg_m, agg_iters, root_examples;
+    const char *root_data; /* fltrust: the server's own data file (NULL in loom sim: from the clients') */
     float agg_beta, agg_bound, agg_tau;
     loom_robust_config robust_cfg;
     /* differential privacy (include/loom/dp.h): numbers as text, parsed in double precision */
@@ -84,6 +85,11 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
 int cli_client_data(const cli_run *r, const char *path, const loom_tokenizer *tok, size_t index, loom_dataset **ds,
                     loom_client *cl);
 void cli_client_data_free(loom_client *cl);
+/* FLTrust's root data: path loaded as a client's file (the run's data options and --test-frac split),
+ * then min(--root-examples, its training examples) of them drawn by the seed (stream LOOM_STREAM_ROOT)
+ * into *idx (malloc'd, *n of them). loom sim and loom server draw alike, so their runs agree. */
+int cli_root_data(const cli_run *r, const char *path, const loom_tokenizer *tok, loom_dataset **ds, loom_client *cl,
+                  uint32_t **idx, size_t *n);
 /* The files of a clients directory (regular files not starting with '.'), in byte order of their
  * names: *paths (n strings, release with cli_free_list). An empty or unreadable directory fails. */
 int cli_list_dir(const char *dir, char ***paths, size_t *n);

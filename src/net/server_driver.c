@@ -258,6 +258,13 @@ int net_server_create(net_server **out, const loom_server_config *c) {
     s->ec.sink = loom_metrics_jsonl_sink(&s->js);
     if ((rc = loom_engine_create(&s->eng, &s->ec)) != LOOM_OK) goto fail;
     s->uses_control = loom_strategy_uses_control(loom_engine_strategy(s->eng));
+    if (loom_engine_wants_reference(s->eng) && (!c->reference || c->mode != LOOM_NET_SYNC)) {
+        rc = loom_error(LOOM_EINVAL, !c->reference ? "the aggregator needs the server's own update each round, and "
+                                                     "the server has no root data to train on"
+                                                   : "the aggregator needs the server's own update each round: "
+                                                     "synchronous rounds only");
+        goto fail;
+    }
     if ((rc = net_sa_init(s)) != LOOM_OK) goto fail;
     if (c->max_upload) s->max_upload = c->max_upload;
     else {
@@ -304,6 +311,19 @@ void net_wait_for(net_server *s, double dt) {
     ts.tv_sec += ns / 1000000000L;
     ts.tv_nsec = ns % 1000000000L;
     pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+}
+
+/* The server's own update of round R (FLTrust) into the open round. Deterministic, so a restarted
+ * server hands the aggregator the same reference. */
+static int server_reference(net_server *s, int R) {
+    float *ref = loom_alloc(s->dim * sizeof *ref);
+    if (!ref) return loom_error(LOOM_ENOMEM, "out of memory");
+    int rc = s->c.reference(s->c.reference_ud, R, loom_engine_global(s->eng), ref, s->dim);
+    if (rc == LOOM_OK) rc = loom_engine_set_reference(s->eng, R, ref, s->dim);
+    else rc = loom_error_context(rc, "round %d: the server's own update", R);
+    loom_free(ref);
+    if (rc == LOOM_OK) net_store_event(s->store, R, "reference", "the server's own update on its root data is in");
+    return rc;
 }
 
 /* Submits the round's stored answers to the engine in the sampled order, each read back from its file. */
@@ -371,6 +391,7 @@ int net_server_drive(net_server *s, float *global) {
         free(sampled);
         const int *list;
         if (rc == LOOM_OK) rc = loom_engine_open_round(s->eng, opened_at, &list, &n);
+        if (rc == LOOM_OK && loom_engine_wants_reference(s->eng)) rc = server_reference(s, R);
         net_answer *a = NULL;
         int na = 0;
         if (rc == LOOM_OK) rc = net_store_answers(s->store, R, &a, &na);

@@ -656,7 +656,8 @@ static int server_reference(sim_run *r, loom_client_state *st) {
     out.update = ws->update;
     out.control_delta = ws->dc;
     loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
-    loom_client_data d = {c->ds, c->root_idx, c->n_root, NULL, 0, c->B, c->T, loom_hash2(c->seed, LOOM_STREAM_ROOT)};
+    const loom_dataset *rds = c->root_ds ? c->root_ds : c->ds;
+    loom_client_data d = {rds, c->root_idx, c->n_root, NULL, 0, c->B, c->T, loom_hash2(c->seed, LOOM_STREAM_ROOT)};
     loom_codec_opts none;
     memset(&none, 0, sizeof none);
     none.codec = LOOM_CODEC_F32;
@@ -807,7 +808,8 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     if ((rc = lm_attack_create(&r.attack, c, N)) != LOOM_OK) goto done;
     js.attack = r.attack;
     int want_ref = loom_engine_wants_reference(r.eng);
-    if (want_ref && (c->mode != LOOM_ENGINE_SYNC || !c->ds || !c->root_idx || c->n_root == 0)) {
+    const loom_dataset *root_ds = c->root_ds ? c->root_ds : c->ds;
+    if (want_ref && (c->mode != LOOM_ENGINE_SYNC || !root_ds || !c->root_idx || c->n_root == 0)) {
         rc = loom_error(LOOM_EINVAL, c->mode != LOOM_ENGINE_SYNC
                                          ? "the aggregator needs the server's update each round: synchronous rounds only"
                                          : "the aggregator needs the server's update on root data: no root examples "
@@ -815,9 +817,9 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         goto done;
     }
     for (size_t i = 0; want_ref && i < c->n_root; i++)
-        if (c->root_idx[i] >= c->ds->n) {
+        if (c->root_idx[i] >= root_ds->n) {
             rc = loom_error(LOOM_EINVAL, "root example %u is not in the dataset (%zu examples)", c->root_idx[i],
-                            c->ds->n);
+                            root_ds->n);
             goto done;
         }
 
