@@ -55,6 +55,39 @@ static void same_bits(const char *what, const float *a, const float *b, size_t n
     CHECK(memcmp(a, b, n * sizeof *a) == 0, "%s: %d threads give other bits than 1 thread", what, t);
 }
 
+/* ---------------------------------------------------------------- gemv (decoding) */
+
+/* loom_gemv and loom_gemv_t against a double-precision sum, with the error bound of a float sum of C
+ * products: each output within C * 2^-24 * sum_c |w x| (+ tiny), and the same bits on 1, 2, 3 threads. */
+static void test_gemv(int OC, int C, int transposed) {
+    float *W = fvec((size_t)OC * C, 100 + (uint64_t)OC, 1.0f, 0.0f), *x = fvec((size_t)C, 200 + (uint64_t)C, 1.0f, 0.5f);
+    float *y = malloc((size_t)OC * sizeof *y), *y1 = malloc((size_t)OC * sizeof *y1);
+    double *ref = dvec((size_t)OC), *bound = dvec((size_t)OC);
+    for (int o = 0; o < OC; o++) {
+        double s = 0, a = 0;
+        for (int c = 0; c < C; c++) {
+            double w = transposed ? W[(size_t)c * OC + o] : W[(size_t)o * C + c];
+            s += w * x[c];
+            a += fabs(w * x[c]);
+        }
+        ref[o] = s;
+        bound[o] = (double)C * U * a + 1e-30;
+    }
+    char what[96];
+    for (int t = 0; t < NTHREADS; t++) {
+        loom_set_threads(threads[t]);
+        if (transposed) loom_gemv_t(y, W, x, C, OC);
+        else loom_gemv(y, W, x, OC, C);
+        if (t == 0) {
+            snprintf(what, sizeof what, "gemv%s %d x %d", transposed ? "_t" : "", OC, C);
+            close_to(what, y, ref, bound, 0, (size_t)OC);
+            memcpy(y1, y, (size_t)OC * sizeof *y);
+        } else same_bits(what, y, y1, (size_t)OC, threads[t]);
+    }
+    loom_set_threads(1);
+    free(W), free(x), free(y), free(y1), free(ref), free(bound);
+}
+
 /* ---------------------------------------------------------------- matmul */
 
 static double wat(const float *w, int layout, int C, int OC, int o, int c) {
@@ -698,6 +731,12 @@ int main(void) {
         test_matmul(33, 7, 33, layout, 1);
     }
     test_matmul(2, 3, 16411, LOOM_W_LINEAR, 1); /* a vocabulary-sized head: dW in row blocks */
+    /* gemv: sizes around the 16 lanes and the 256-output blocks, and one above the threading threshold */
+    int gv[][2] = {{1, 1}, {7, 15}, {33, 16}, {17, 257}, {257, 33}, {300, 1000}};
+    for (int k = 0; k < 6; k++) {
+        test_gemv(gv[k][0], gv[k][1], 0);
+        test_gemv(gv[k][0], gv[k][1], 1);
+    }
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) {
             if (i == j || (i + j) % 2) continue;

@@ -19,6 +19,15 @@ extern "C" {
 enum { LOOM_W_LINEAR = 0, LOOM_W_CONV1D = 1 };
 
 /* out[N, OC] (row stride ldo) = inp[N, C] (row stride ldi) @ W (+ bias[OC]) */
+/* Matrix-vector products for decoding (one token), loom's own rather than BLAS sgemv: each output is a
+ * sum in a fixed order (16 interleaved partial sums over the inputs, then added pairwise in a fixed
+ * order; no fast-math), so y is the same bits for any thread count; parallel over outputs with
+ * OpenMP. The plain loops vectorise with whatever the build targets.
+ *   loom_gemv       y[o] = sum_c W[o][c] x[c]   (W row-major OC x C: the Linear layout)
+ *   loom_gemv_t     y[o] = sum_c x[c] W[c][o]   (W row-major C x OC: GPT-2's Conv1D layout), the sum
+ *                   over c in order */
+void loom_gemv(float *y, const float *W, const float *x, int OC, int C);
+void loom_gemv_t(float *y, const float *W, const float *x, int C, int OC);
 void loom_matmul_forward(float *out, int ldo, const float *inp, int ldi, const float *w, int layout,
                          const float *bias, int N, int C, int OC);
 /* dinp[N, C] = dout @ W^T (beta 0: overwrite; 1: accumulate), dw += , dbias += ; any output may be NULL. */

@@ -67,7 +67,7 @@ void loom_kv_free(loom_kv *kv) {
 }
 
 /* y[OC] = W x[C] (+ b), W = tensor idx (with its fused neighbours when OC covers them): float weights
- * through sgemv, a low-precision base block by block without expanding it whole. */
+ * through loom_gemv, a low-precision base block by block without expanding it whole. */
 static void matvec(const loom_model *m, const float *params, loom_kv *kv, float *y, const float *x, int idx,
                    const float *b, int C, int OC) {
     lm_wref w = lm_weight_ref(m, params, idx);
@@ -76,10 +76,8 @@ static void matvec(const loom_model *m, const float *params, loom_kv *kv, float 
         loom_qmatmul_forward(y, OC, x, C, &w.q, b, 1, C, OC, kv->qscratch);
         return;
     }
-    if (layout == LOOM_W_LINEAR)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, w.f, C, x, 1, 0.0f, y, 1);
-    else
-        cblas_sgemv(CblasRowMajor, CblasTrans, C, OC, 1.0f, w.f, OC, x, 1, 0.0f, y, 1);
+    if (layout == LOOM_W_LINEAR) loom_gemv(y, w.f, x, OC, C);
+    else loom_gemv_t(y, w.f, x, C, OC);
     if (b)
         for (int i = 0; i < OC; i++) y[i] += b[i];
 }
