@@ -56,7 +56,12 @@ wait_all() { # waits for the server and the clients (at most $1 seconds)
     kill -0 $spid 2> /dev/null && { kill -9 $spid; return 1; }
     wait $spid
     local st=$?
-    for p in $cpids; do wait $p || st=1; done
+    for p in $cpids; do # a client still polling 30 s after the server ended is a failure, not a hang
+        t=0
+        while kill -0 $p 2> /dev/null && [ $t -lt 300 ]; do sleep 0.1; t=$((t + 1)); done
+        kill -0 $p 2> /dev/null && { kill -9 $p; st=1; }
+        wait $p || st=1
+    done
     return $st
 }
 

@@ -511,6 +511,9 @@ finish:
         if (s->n_seen_done >= s->n || stopped(s) || net_wall() >= t + s->c.done_grace_s) break;
         net_wait_for(s, t + s->c.done_grace_s - net_wall());
     }
+    /* a "done" is counted when it is answered, and sent after: let the answers in flight go out (at most
+     * 2 s) before the daemon stops, or a client would wait for a server that is gone */
+    for (int i = 0; i < 200 && __atomic_load_n(&s->in_flight, __ATOMIC_SEQ_CST) > 0; i++) net_wait_for(s, 0.01);
     pthread_mutex_unlock(&s->mu);
     net_store_event(s->store, 0, "finished", "the run's %d rounds are done; %s/global.safetensors written", s->ec.rounds,
                     s->c.state_dir);

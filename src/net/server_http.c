@@ -227,6 +227,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         cx = calloc(1, sizeof *cx);
         if (!cx) return MHD_NO;
         *con_cls = cx;
+        __atomic_add_fetch(&s->in_flight, 1, __ATOMIC_SEQ_CST);
         cx->limit = url && !strcmp(url, "/v1/update") ? s->max_upload
                     : url && !strcmp(url, "/v1/secagg") ? net_sa_body_limit(s)
                                                         : NET_MAX_JSON;
@@ -294,12 +295,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
 }
 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls, (void)con, (void)toe;
+    (void)con, (void)toe;
+    net_server *s = cls;
     conn_ctx *cx = *con_cls;
     if (!cx) return;
     free(cx->body);
     free(cx);
     *con_cls = NULL;
+    __atomic_sub_fetch(&s->in_flight, 1, __ATOMIC_SEQ_CST); /* the response is out */
 }
 
 /* "HOST:PORT" ("[V6]:PORT" for IPv6) into a socket address. */

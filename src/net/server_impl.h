@@ -42,6 +42,8 @@ struct net_server {
     int *hello, n_hello;       /* (n) */
     double *last_seen;         /* (n) wall seconds */
     int *seen_done, n_seen_done;
+    int in_flight;               /* HTTP requests begun and not yet completed (atomic): the server
+                                    stops only once the last client's "done" has been sent */
     int *spos;                 /* (n) client -> position in the sampled list, -1 */
     int *ans;                  /* (n) 0 nothing, 1 pending (being stored), 2 answered (stored) */
     int pending, n_sampled, n_answered, n_updates;
