@@ -76,9 +76,9 @@ fi
 # every libFuzzer harness for a bounded time (FUZZ_SECONDS each; LOOM_TEST_FUZZ=0 skips the stage)
 if [ "${LOOM_TEST_FUZZ:-1}" != 0 ]; then
     t=$(date +%s)
-    echo "== fuzzing, ${FUZZ_SECONDS:-2} s per harness"
+    echo "== fuzzing, ${FUZZ_SECONDS:-1} s per harness"
     flog=$(mktemp "${TMPDIR:-/tmp}/loom_fuzz_XXXXXX")
-    if FUZZ_SECONDS=${FUZZ_SECONDS:-2} bash scripts/fuzz.sh 2>&1 | tee "$flog"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+    if FUZZ_SECONDS=${FUZZ_SECONDS:-1} bash scripts/fuzz.sh 2>&1 | tee "$flog"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
         summary+=("$(printf '%-22s %d harnesses, no crash [%s]' "fuzz:" "$(grep -c ' ok, ' "$flog")" "$(stage_time "$t")")")
     else
         summary+=("$(printf '%-22s FAILED (inputs in build-fuzz/crashes/) [%s]' "fuzz:" "$(stage_time "$t")")")
