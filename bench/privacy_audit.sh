@@ -48,13 +48,7 @@ nclients=4
 for tool in python3 awk; do
   command -v "$tool" > /dev/null || { echo "privacy_audit: needs $tool" >&2; exit 1; }
 done
-export LOOM_SHARED=${LOOM_SHARED:-$(cd ../shared && pwd)}
-if [ -n "${LOOM_BIN:-}" ]; then
-  L=$LOOM_BIN
-else
-  bash scripts/build.sh loom > /dev/null
-  L=./build/loom
-fi
+. bench/lib.sh
 M="$LOOM_SHARED/data/stories260K/stories260K.bin"
 K="$LOOM_SHARED/data/stories260K/tok512.bin"
 TXT="$LOOM_SHARED/data/tinyshakespeare/input.txt"

@@ -41,13 +41,7 @@ seed=${SEED:-1}
 rules=${RULES:-"fedavg krum multi-krum bulyan median trimmed-mean geomedian centered-clip norm-bound fltrust"}
 attacks=${ATTACKS:-"none gaussian signflip scale alie ipm labelflip backdoor embedding"}
 command -v python3 > /dev/null || { echo "robustness: needs python3" >&2; exit 1; }
-export LOOM_SHARED=${LOOM_SHARED:-$(cd ../shared && pwd)}
-if [ -n "${LOOM_BIN:-}" ]; then
-  L=$LOOM_BIN
-else
-  bash scripts/build.sh loom > /dev/null
-  L=./build/loom
-fi
+. bench/lib.sh
 S="$LOOM_SHARED/data/stories260K"
 out=runs/bench-robustness
 mkdir -p "$out"
