@@ -35,7 +35,8 @@ void loom_sbgemm(int ta, int tb, int M, int N, int K, float alpha, const uint16_
 /* Primitives held by the cache, and a way to drop those not in use (tests, long-lived servers). */
 int loom_gemm_cache_size(void);
 void loom_gemm_cache_clear(void);
-/* 1 if this CPU has AVX-512 BF16 (checked at run time): the bf16 matmuls then run natively. */
+/* 1 if this CPU has AVX-512 BF16 (checked at run time): the bf16 matmuls then run natively. The
+ * environment variable LOOM_CPU_NO_BF16=1 makes it answer 0 (to run and test the f32 fallback). */
 int loom_cpu_has_bf16(void);
 
 /* Weight layouts: LINEAR = [OC, C] (torch nn.Linear, Llama), CONV1D = [C, OC] (GPT-2 Conv1D). */

@@ -400,6 +400,8 @@ void loom_sbgemm(int ta, int tb, int M, int N, int K, float alpha, const uint16_
 /* ---------------------------------------------------------------- CPU features */
 
 int loom_cpu_has_bf16(void) {
+    const char *off = getenv("LOOM_CPU_NO_BF16"); /* a CPU without it, for tests and comparisons */
+    if (off && *off && strcmp(off, "0")) return 0;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
