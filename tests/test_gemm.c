@@ -109,8 +109,8 @@ static int run_case(const gcase *g) {
 
 int main(void) {
     /* every transpose, beta 0 and 1, dense and padded leading dimensions, float and bf16, tiny to
-     * several chunks (M > 128), odd M, N, K */
-    const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 19}, {129, 47, 65}, {260, 61, 97}};
+     * several row chunks (M > 128) or column blocks (few rows, N >= 512), odd M, N, K */
+    const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 33, 19}, {129, 47, 65}, {260, 61, 97}, {5, 700, 33}, {1, 530, 20}};
     const int types[][2] = {{LOOM_GEMM_F32, LOOM_GEMM_F32}, {LOOM_GEMM_BF16, LOOM_GEMM_BF16}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int t = 0; t < 4; t++)

@@ -3,7 +3,8 @@
  * C[M, N] = alpha * op(A)[M, K] op(B)[K, N] + beta * C, row-major, f32 output and accumulation, each
  * operand f32 or bf16. The rows of C are cut into chunks of a fixed size (chunk_rows: a function of
  * the shape only, never of the thread count); each chunk is one single-threaded oneDNN matmul, and the
- * chunks run in an OpenMP loop. A primitive is created with OpenMP's thread limit set to 1, so oneDNN
+ * chunks run in an OpenMP loop (a product of few rows is also cut into column blocks of a fixed width).
+ * A primitive is created with OpenMP's thread limit set to 1, so oneDNN
  * never splits a chunk's K sum between threads; every element of C is therefore one fixed computation
  * whichever thread runs its chunk, and C is the same bits for any thread count.
  *
@@ -209,6 +210,8 @@ int loom_gemm_cache_size(void) {
  * 1024 (two threads stay balanced) while each chunk is large enough that oneDNN's own packing of B
  * stays a small share of its work; taller products take 256. When C must be staged (ldc != N) the
  * chunk is capped at 2^20 floats of C. */
+#define COL_BLOCK 256
+
 static int chunk_rows(int M, int N, int c_staged) {
     int tm = M >= 4096 ? 256 : 128;
     if (c_staged) {
@@ -297,38 +300,46 @@ int loom_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, i
     ta = ta != 0;
     tb = tb != 0;
     const size_t ae = esize(atype), be = esize(btype);
-    const int c_staged = ldc != N;
-    const int tm = chunk_rows(M, N, c_staged), nchunks = (M + tm - 1) / tm, last = M - (nchunks - 1) * tm;
-    /* A chunk is dense as it lies when its rows are rows of A with lda = K, or it is all of A^T */
-    const int a_staged = ta ? !(nchunks == 1 && lda == M) : lda != K;
-    const int b_staged = tb ? ldb != K : ldb != N;
-    gemm_entry *ent[2] = {NULL, NULL};
+    /* rows in chunks; a short product (fewer than 4 row chunks) of a wide C also in column blocks of
+     * COL_BLOCK, so that it still spreads over the threads */
+    const int split_n = (M + 127) / 128 < 4 && N >= 2 * COL_BLOCK;
+    const int tn = split_n ? COL_BLOCK : N, nn = (N + tn - 1) / tn, lastn = N - (nn - 1) * tn;
+    const int c_staged = split_n || ldc != N;
+    const int tm = chunk_rows(M, tn, c_staged), nm = (M + tm - 1) / tm, last = M - (nm - 1) * tm;
+    /* an A chunk is dense as it lies when its rows are rows of A with lda = K, or it is all of A^T */
+    const int a_staged = ta ? !(nm == 1 && lda == M) : lda != K;
+    /* B whole (no column blocks) is copied dense once; a column block of a stored [N, K] B is dense as
+     * it lies when ldb = K, of a stored [K, N] B never */
+    const int b_staged_all = !split_n && (tb ? ldb != K : ldb != N);
+    const int b_staged_blk = split_n && (tb ? ldb != K : 1);
+    gemm_entry *ent[2][2] = {{NULL, NULL}, {NULL, NULL}};
     int ok = 1;
     size_t scratch = 0;
-    for (int i = 0; i < 2 && ok; i++) {
-        int rows = i ? last : tm;
-        if (i && (nchunks == 1 || last == tm)) continue;
-        gemm_key k;
-        memset(&k, 0, sizeof k);
-        k.ta = ta;
-        k.tb = tb;
-        k.at = atype;
-        k.bt = btype;
-        k.M = rows;
-        k.N = N;
-        k.K = K;
-        k.lda = ta ? rows : K;
-        k.ldb = tb ? K : N;
-        k.ldc = N;
-        k.alpha = alpha;
-        k.beta = beta;
-        ent[i] = acquire(&k);
-        ok = ent[i] != NULL;
-        if (ok && ent[i]->scratch > scratch) scratch = ent[i]->scratch;
-    }
+    for (int i = 0; i < 2 && ok; i++)
+        for (int j = 0; j < 2 && ok; j++) {
+            if ((i && (nm == 1 || last == tm)) || (j && (nn == 1 || lastn == tn))) continue;
+            int rows = i ? last : tm, cols = j ? lastn : tn;
+            gemm_key k;
+            memset(&k, 0, sizeof k);
+            k.ta = ta;
+            k.tb = tb;
+            k.at = atype;
+            k.bt = btype;
+            k.M = rows;
+            k.N = cols;
+            k.K = K;
+            k.lda = ta ? rows : K;
+            k.ldb = tb ? K : cols;
+            k.ldc = cols;
+            k.alpha = alpha;
+            k.beta = beta;
+            ent[i][j] = acquire(&k);
+            ok = ent[i][j] != NULL;
+            if (ok && ent[i][j]->scratch > scratch) scratch = ent[i][j]->scratch;
+        }
     const void *Bd = B;
     void *bbuf = NULL;
-    if (ok && b_staged) {
+    if (ok && b_staged_all) {
         size_t br = tb ? N : K, bc = tb ? K : N;
         bbuf = loom_alloc(br * bc * be + 1);
         if (bbuf) {
@@ -338,52 +349,64 @@ int loom_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, i
         Bd = bbuf;
         ok = bbuf != NULL;
     }
-    const size_t abytes = a_staged ? (size_t)tm * K * ae : 0, cbytes = c_staged ? (size_t)tm * N * sizeof(float) : 0;
-    const int par = nchunks > 1;
+    const size_t abytes = a_staged ? (size_t)tm * K * ae : 0, cbytes = c_staged ? (size_t)tm * tn * sizeof(float) : 0;
+    const size_t bbytes = b_staged_blk ? (size_t)tn * K * be : 0;
+    const long ntiles = (long)nm * nn;
+    const int par = ntiles > 1;
     int saved = omp_get_max_threads();
-    if (!par) omp_set_num_threads(1); /* the lone chunk runs on this thread, oneDNN alone inside it */
+    if (!par) omp_set_num_threads(1); /* the lone tile runs on this thread, oneDNN alone inside it */
 #pragma omp parallel if (par)
     {
         dnnl_stream_t st = NULL;
         void *sp = ok && scratch ? loom_alloc(scratch) : NULL;
         void *abuf = ok && abytes ? loom_alloc(abytes) : NULL;
+        void *bblk = ok && bbytes ? loom_alloc(bbytes) : NULL;
         float *cbuf = ok && cbytes ? loom_alloc(cbytes) : NULL;
-        int ready = ok && (!scratch || sp) && (!abytes || abuf) && (!cbytes || cbuf) &&
+        int ready = ok && (!scratch || sp) && (!abytes || abuf) && (!bbytes || bblk) && (!cbytes || cbuf) &&
                     dnnl_stream_create(&st, g_cache.engine, dnnl_stream_default_flags) == dnnl_success;
 #pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < nchunks; i++) {
-            size_t m0 = (size_t)i * tm;
-            int rows = i == nchunks - 1 ? last : tm;
+        for (long t = 0; t < ntiles; t++) {
+            int bi = (int)(t / nn), bj = (int)(t % nn);
+            size_t m0 = (size_t)bi * tm, n0 = (size_t)bj * tn;
+            int rows = bi == nm - 1 ? last : tm, cols = bj == nn - 1 ? lastn : tn;
             const char *a = (const char *)A + (ta ? m0 : m0 * (size_t)lda) * ae;
-            float *c = C + m0 * (size_t)ldc;
+            const char *b = (const char *)B + (tb ? n0 * (size_t)ldb : n0) * be;
+            float *c = C + m0 * (size_t)ldc + n0;
             int done = 0;
             if (ready) {
-                const void *ad = a;
+                const void *ad = a, *bd = split_n ? (const void *)b : Bd;
                 if (a_staged) {
                     if (ta) copy_rows(abuf, (size_t)rows, a, (size_t)lda, (size_t)K, (size_t)rows, ae); /* [K, rows] */
                     else copy_rows(abuf, (size_t)K, a, (size_t)lda, (size_t)rows, (size_t)K, ae);       /* [rows, K] */
                     ad = abuf;
                 }
+                if (b_staged_blk) {
+                    if (tb) copy_rows(bblk, (size_t)K, b, (size_t)ldb, (size_t)cols, (size_t)K, be);    /* [cols, K] */
+                    else copy_rows(bblk, (size_t)cols, b, (size_t)ldb, (size_t)K, (size_t)cols, be);    /* [K, cols] */
+                    bd = bblk;
+                }
                 float *cd = c;
                 if (c_staged) {
-                    if (beta != 0.0f) copy_rows(cbuf, (size_t)N, c, (size_t)ldc, (size_t)rows, (size_t)N, sizeof(float));
+                    if (beta != 0.0f) copy_rows(cbuf, (size_t)cols, c, (size_t)ldc, (size_t)rows, (size_t)cols, sizeof(float));
                     cd = cbuf;
                 }
-                /* the chunk's memory objects are made before it runs: it runs whole or not at all, so
+                /* the tile's memory objects are made before it runs: it runs whole or not at all, so
                  * the fallback never adds a product twice */
-                done = exec_chunk(ent[i == nchunks - 1 && last != tm], st, sp, ad, Bd, cd);
-                if (done && c_staged) copy_rows(c, (size_t)ldc, cbuf, (size_t)N, (size_t)rows, (size_t)N, sizeof(float));
+                done = exec_chunk(ent[bi == nm - 1 && last != tm][bj == nn - 1 && lastn != tn], st, sp, ad, bd, cd);
+                if (done && c_staged) copy_rows(c, (size_t)ldc, cbuf, (size_t)cols, (size_t)rows, (size_t)cols, sizeof(float));
             }
-            if (!done) fallback(ta, tb, rows, N, K, alpha, a, atype, lda, B, btype, ldb, beta, c, ldc);
+            if (!done) fallback(ta, tb, rows, cols, K, alpha, a, atype, lda, b, btype, ldb, beta, c, ldc);
         }
         if (st) dnnl_stream_destroy(st);
         loom_free(sp);
         loom_free(abuf);
+        loom_free(bblk);
         loom_free(cbuf);
     }
     if (!par) omp_set_num_threads(saved);
     loom_free(bbuf);
-    for (int i = 0; i < 2; i++) release(ent[i]);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) release(ent[i][j]);
     return LOOM_OK;
 }
 
