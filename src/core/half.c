@@ -159,8 +159,8 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) static void f32_to_bf16_d
 }
 #endif
 
-static int bf16_native(void) {
 #ifdef LOOM_HAVE_BF16_DISPATCH
+static int bf16_native(void) {
     static int cached = -1;
     int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (c < 0) {
@@ -169,10 +169,8 @@ static int bf16_native(void) {
         __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
     }
     return c;
-#else
-    return 0;
-#endif
 }
+#endif
 
 static void f32_to_bf16_daz_block(uint16_t *dst, const float *src, size_t n) {
 #ifdef LOOM_HAVE_BF16_DISPATCH
