@@ -145,6 +145,10 @@ int main(void) {
     CHECK(cz[0] == 0 && cz[5] == 0, "K = 0, beta 0: %g %g", cz[0], cz[5]);
     int rc = loom_gemm(0, 0, 2, 3, -1, 1.0f, &dummy, LOOM_GEMM_F32, 1, &dummy, LOOM_GEMM_F32, 3, 0.0f, cz, 3);
     CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "out of range"), "K = -1: %d %s", rc, loom_errmsg());
+    rc = loom_gemm(0, 0, 2, 3, 4, 1.0f, cz, LOOM_GEMM_F32, 3, cz, LOOM_GEMM_F32, 3, 0.0f, cz, 3);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "lda 3"), "lda < K: %d %s", rc, loom_errmsg());
+    rc = loom_gemm(0, 1, 2, 3, 1, 1.0f, cz, LOOM_GEMM_F32, 1, cz, LOOM_GEMM_F32, 1, 0.0f, cz, 2);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "ldc 2"), "ldc < N: %d %s", rc, loom_errmsg());
 
     /* the cache holds each chunk shape once: repeating a product adds nothing */
     int n0 = loom_gemm_cache_size();

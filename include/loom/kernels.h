@@ -24,7 +24,8 @@ extern "C" {
  * single-threaded oneDNN call, the tiles spread over OpenMP threads, so C is the same bits for any
  * thread count. Primitives are made once per tile shape and kept in a bounded, thread-safe cache.
  * Where oneDNN has no kernel (or runs out of memory) a tile goes through BLAS sgemm instead.
- * loom_gemm returns LOOM_OK, or LOOM_EINVAL for a dimension outside [0, 2^30]. */
+ * loom_gemm returns LOOM_OK, or LOOM_EINVAL (nothing written) for a dimension outside [0, 2^30] or a
+ * leading dimension shorter than its rows (lda < K, or < M with ta; ldb < N, or < K with tb; ldc < N). */
 enum { LOOM_GEMM_F32 = 0, LOOM_GEMM_BF16 = 1 };
 int loom_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, int atype, int lda, const void *B,
               int btype, int ldb, float beta, float *C, int ldc);

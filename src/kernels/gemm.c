@@ -292,6 +292,9 @@ int loom_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, i
     if (M <= 0 || N <= 0) return LOOM_OK;
     if (M > (1 << 30) || N > (1 << 30) || K < 0 || K > (1 << 30))
         return loom_error(LOOM_EINVAL, "gemm of %d x %d x %d is out of range", M, N, K);
+    if (ldc < N || (K && (lda < (ta ? M : K) || ldb < (tb ? K : N))))
+        return loom_error(LOOM_EINVAL, "gemm leading dimensions lda %d, ldb %d, ldc %d are too short for %d x %d x %d", lda,
+                          ldb, ldc, M, N, K);
     if (K == 0) { /* C = beta C (BLAS semantics: beta 0 overwrites) */
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
