@@ -109,6 +109,8 @@ static int bench_train(int argc, char **argv) {
                        "tensor by tensor so its float copy is never resident whole.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    int prec_want;
+    if (cli_precision(precision, "bench train", &prec_want) != 0) return 2;
     if (threads > 0) loom_set_threads(threads);
     loom_model *m;
     int created;
@@ -136,7 +138,7 @@ static int bench_train(int argc, char **argv) {
     tc.clip = 0; /* the baseline does not clip */
     tc.B = B;
     tc.T = T;
-    if (cli_precision(precision, "bench train", &tc.precision) != 0) return 2;
+    tc.precision = prec_want;
     loom_trainer *tr;
     if (set) {
         tc.opt.weight_decay = 0.0f; /* the baseline's LoRA mode */
