@@ -5,7 +5,7 @@
 # network tests use to speak to a running server).
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev
-      libmicrohttpd-dev libgnutls28-dev libcurl4-gnutls-dev libsqlite3-dev libsodium-dev libgmp-dev)
+      libmicrohttpd-dev libgnutls28-dev libcurl4-gnutls-dev libsqlite3-dev libsodium-dev libgmp-dev libdnnl-dev)
 if [ "${1:-}" = "--test" ]; then PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev curl); fi
 missing=()
 for p in "${PKGS[@]}"; do

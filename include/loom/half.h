@@ -31,6 +31,15 @@ void loom_f32_to_f16_n(uint16_t *dst, const float *src, size_t n);
 void loom_bf16_to_f32_n(float *dst, const uint16_t *src, size_t n);
 void loom_f32_to_bf16_n(uint16_t *dst, const float *src, size_t n);
 
+/* Matmul operands (bf16 mixed precision): float -> bf16 rounding to nearest even like
+ * loom_f32_to_bf16, except that float denormals (|x| < 2^-126) become zero of the same sign, which is
+ * what AVX-512 BF16's vcvtne2ps2bf16 does. That instruction is used where the CPU has it (checked at
+ * run time); elsewhere a scalar loop gives the same bits, so a result never depends on the CPU.
+ * A denormal operand contributes below 2^-126 |b| to a product: far under bf16's own rounding.
+ * The 2d form converts rows x cols with row strides ldd (dst) and lds (src). */
+void loom_f32_to_bf16_daz_n(uint16_t *dst, const float *src, size_t n);
+void loom_f32_to_bf16_daz_2d(uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols);
+
 #ifdef __cplusplus
 }
 #endif

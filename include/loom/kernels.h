@@ -15,6 +15,31 @@
 extern "C" {
 #endif
 
+/* ---- GEMM (src/kernels/gemm.c): loom's own entry point over oneDNN's matmul primitive.
+ * C[M, N] (row stride ldc) = alpha * op(A) op(B) + beta * C, all row-major: op(A) is A[M, K] (lda)
+ * or, with ta, A^T for A stored [K, M] (lda); op(B) is B[K, N] (ldb) or, with tb, B^T for B stored
+ * [N, K]. beta = 0 overwrites C (whatever it held, as BLAS does); K = 0 gives beta * C.
+ * Accumulation and C are float; each operand is float or bf16 (LOOM_GEMM_BF16: uint16_t bf16 bits).
+ * Deterministic: the product is cut into tiles of a size set by M, N, K alone, each tile one
+ * single-threaded oneDNN call, the tiles spread over OpenMP threads, so C is the same bits for any
+ * thread count. Primitives are made once per tile shape and kept in a bounded, thread-safe cache.
+ * Where oneDNN has no kernel (or runs out of memory) a tile goes through BLAS sgemm instead.
+ * loom_gemm returns LOOM_OK, or LOOM_EINVAL (nothing written) for a dimension outside [0, 2^30] or a
+ * leading dimension shorter than its rows (lda < K, or < M with ta; ldb < N, or < K with tb; ldc < N). */
+enum { LOOM_GEMM_F32 = 0, LOOM_GEMM_BF16 = 1 };
+int loom_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, int atype, int lda, const void *B,
+              int btype, int ldb, float beta, float *C, int ldc);
+void loom_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                float beta, float *C, int ldc);
+void loom_sbgemm(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, const uint16_t *B, int ldb,
+                 float beta, float *C, int ldc);
+/* Primitives held by the cache, and a way to drop those not in use (tests, long-lived servers). */
+int loom_gemm_cache_size(void);
+void loom_gemm_cache_clear(void);
+/* 1 if this CPU has AVX-512 BF16 (checked at run time): the bf16 matmuls then run natively. The
+ * environment variable LOOM_CPU_NO_BF16=1 makes it answer 0 (to run and test the f32 fallback). */
+int loom_cpu_has_bf16(void);
+
 /* Weight layouts: LINEAR = [OC, C] (torch nn.Linear, Llama), CONV1D = [C, OC] (GPT-2 Conv1D). */
 enum { LOOM_W_LINEAR = 0, LOOM_W_CONV1D = 1 };
 

@@ -175,6 +175,25 @@ int loom_ws_set_row_weights(loom_ws *ws, const float *w, int B);
 /* LoRA dropout for the following forward/backward pairs: on in training, off (default) in evaluation;
  * the mask is a function of (seed, module, element), so give each step its own seed. */
 void loom_ws_set_dropout(loom_ws *ws, int on, uint64_t seed);
+/* Matmul precision of the following forwards and backwards (f32 is the default and the reference).
+ * LOOM_PREC_BF16 is mixed precision: every matmul of the model (QKV, O, UP/gate, DOWN, the LM head;
+ * forward, input and weight gradients) multiplies bf16 copies of its operands with float accumulation
+ * and a float result; norms, attention, activations, softmax, loss and gradients stay float, and the
+ * weights themselves (the master copy the optimizer updates) stay float. bf16 copies of the weights
+ * live in the workspace: trained weights are converted once per forward (its backward reuses them), a
+ * frozen float base once and then kept while the base pointer stays the same (a frozen base must not
+ * change under a workspace: set the precision again to drop the copies), a base held in bf16
+ * (loom_model_quantize) is used as it is; an int8 base keeps its float path. Activations are converted
+ * as they enter a matmul (loom_f32_to_bf16_daz_n). LoRA's A/B products and adapters stay float.
+ * bf16 needs AVX-512 BF16 (checked at run time): without it the workspace stays f32 and the call returns
+ * LOOM_EUNSUPPORTED with a message saying so (the workspace remains usable). LOOM_EINVAL for an
+ * unknown precision, LOOM_ENOMEM if the bf16 buffers cannot be had (the workspace stays f32). */
+enum { LOOM_PREC_F32 = 0, LOOM_PREC_BF16 = 1 };
+int loom_ws_set_precision(loom_ws *ws, int precision);
+int loom_ws_precision(const loom_ws *ws);
+/* "f32" / "bf16" <-> LOOM_PREC_*; loom_precision_parse returns -1 for anything else. */
+const char *loom_precision_name(int precision);
+int loom_precision_parse(const char *s);
 /* Soft-prompt positions at the start of each row of the last forward: logits and losses are then
  * [B, prompt_len + T] rows, the real tokens at rows b*(prompt_len+T) + prompt_len + t. */
 int loom_ws_prompt_len(const loom_ws *ws);

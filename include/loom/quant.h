@@ -2,7 +2,7 @@
  * (per-output-channel absmax). Prefix attention has its own header (loom/prefix_attn.h).
  *
  * Low-precision weights are never expanded whole: each matmul dequantizes a block of rows into a
- * caller-provided float scratch buffer and multiplies it with BLAS, so the resident weight memory stays
+ * caller-provided float scratch buffer and multiplies it with loom_sgemm, so the resident weight memory stays
  * 2 bytes (BF16) or 1 byte + a scale per output channel (int8) per element.
  *
  * Dimension letters as in kernels.h: N rows, C input channels, OC output channels. */

@@ -37,6 +37,10 @@ typedef struct {
      * set's weight gradients split per row (loom_backward_ex_rows; B x dim floats) when that buffer
      * fits in LOOM_DP_ROWS_MAX_BYTES, else one forward/backward per row; 1 always the row loop. */
     int dp_row_loop;
+    /* Matmul precision (LOOM_PREC_F32, the default, or LOOM_PREC_BF16: see loom_ws_set_precision).
+     * On a CPU without AVX-512 BF16 the trainer runs f32: loom_ws_precision(loom_trainer_ws(t)) says
+     * which one runs. Master weights, gradients and optimizer state are float either way. */
+    int precision;
 } loom_train_config;
 
 #define LOOM_DP_ROWS_MAX_BYTES ((size_t)512 << 20)

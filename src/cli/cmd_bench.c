@@ -1,6 +1,5 @@
-/* loom bench: training and generation throughput, measured against this machine's sgemm at the
+/* loom bench: training and generation throughput, measured against this machine's loom_gemm at the
  * model's own matmul shapes. */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +8,8 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/runspec.h"
+#include "loom/half.h"
 #include "loom/core.h"
 #include "loom/kernels.h"
 #include "loom/peft.h"
@@ -24,24 +25,30 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* GFLOP/s of cblas_sgemm for C[M,N] = A[M,K] B[K,N] with the given transposes (median of reps). */
-static double sgemm_rate(int M, int N, int K, int ta, int tb, int reps) {
-    float *a = loom_alloc((size_t)M * K * 4), *b = loom_alloc((size_t)K * N * 4), *c = loom_alloc((size_t)M * N * 4);
-    if (!a || !b || !c) {
-        loom_free(a); loom_free(b); loom_free(c);
+/* GFLOP/s of loom_gemm (the matmuls training runs) for C[M,N] = A[M,K] B[K,N] with the given transposes,
+ * both operands of type `type` (LOOM_GEMM_F32 or LOOM_GEMM_BF16), median of reps. */
+static double gemm_rate(int M, int N, int K, int ta, int tb, int reps, int type) {
+    size_t es = type == LOOM_GEMM_BF16 ? 2 : 4;
+    void *a = loom_alloc((size_t)M * K * es), *b = loom_alloc((size_t)K * N * es);
+    float *c = loom_alloc((size_t)M * N * 4), *f = loom_alloc((size_t)LOOM_MAX((size_t)M * K, (size_t)K * N) * 4);
+    if (!a || !b || !c || !f) {
+        loom_free(a); loom_free(b); loom_free(c); loom_free(f);
         return 0;
     }
-    for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)((i * 7) % 13) * 0.01f;
-    for (size_t i = 0; i < (size_t)K * N; i++) b[i] = (float)((i * 5) % 11) * 0.01f;
+    for (size_t i = 0; i < (size_t)M * K; i++) f[i] = (float)((i * 7) % 13) * 0.01f;
+    if (type == LOOM_GEMM_BF16) loom_f32_to_bf16_n(a, f, (size_t)M * K);
+    else memcpy(a, f, (size_t)M * K * 4);
+    for (size_t i = 0; i < (size_t)K * N; i++) f[i] = (float)((i * 5) % 11) * 0.01f;
+    if (type == LOOM_GEMM_BF16) loom_f32_to_bf16_n(b, f, (size_t)K * N);
+    else memcpy(b, f, (size_t)K * N * 4);
     double t[16];
     if (reps > 16) reps = 16;
     for (int r = 0; r <= reps; r++) {
         double t0 = loom_now();
-        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, a,
-                    ta ? M : K, b, tb ? K : N, 0.0f, c, N);
-        if (r > 0) t[r - 1] = loom_now() - t0; /* first call warms up */
+        loom_gemm(ta, tb, M, N, K, 1.0f, a, type, ta ? M : K, b, type, tb ? K : N, 0.0f, c, N);
+        if (r > 0) t[r - 1] = loom_now() - t0; /* the first call makes the primitives */
     }
-    loom_free(a); loom_free(b); loom_free(c);
+    loom_free(a); loom_free(b); loom_free(c); loom_free(f);
     return 2.0 * M * N * K / median(t, reps) / 1e9;
 }
 
@@ -72,7 +79,7 @@ static int step_shapes(const loom_model *m, int B, int T, mm_shape *s) {
 }
 
 static int bench_train(int argc, char **argv) {
-    const char *config = "gpt2-124m", *optname = "adamw";
+    const char *config = "gpt2-124m", *optname = "adamw", *precision = "f32";
     int B = 4, T = 256, steps = 5, warm = 2, threads = 2, peak_reps = 5;
     long seed = 1;
     cli_peft_opts po;
@@ -87,20 +94,23 @@ static int bench_train(int argc, char **argv) {
         {"warmup", OPT_INT, &warm, "untimed steps first", 0, 1000000},
         {"threads", OPT_INT, &threads, "threads for loom and BLAS", 1, cli_max_threads()},
         {"optimizer", OPT_STR, &optname, "adamw or sgd", 0, 0},
-        {"peak-reps", OPT_INT, &peak_reps, "repetitions per sgemm shape when measuring the peak", 1, 1000},
+        {"precision", OPT_STR, &precision, "matmul precision: f32 (default) or bf16 (mixed precision)", 0, 0},
+        {"peak-reps", OPT_INT, &peak_reps, "repetitions per matmul shape when measuring the peak", 1, 1000},
         {"seed", OPT_LONG, &seed, "seed", 0, 9e18},
     };
     int pr = cli_parse(argc, argv, "loom bench train [--model gpt2-124m] [--batch 4] [--seq 256] [options]",
                        "Times full training steps (forward with full logits, mean cross-entropy, backward, AdamW\n"
                        "lr 6e-4 betas 0.9/0.95 weight decay 0.1 on matrices, as ../shared/bench/torch_baseline.py)\n"
                        "and reports tokens/s, achieved GFLOP/s (6 x matmul parameters x tokens + attention), the\n"
-                       "sgemm rate this machine reaches at the step's own matmul shapes, the step's share of it,\n"
-                       "and peak RSS. With --peft (e.g. --peft lora --lora-r 8 --target-modules c_attn, the baseline's\n"
+                       "rate loom_gemm reaches on this machine at the step's own matmul shapes in f32 and in bf16,\n"
+                       "the step's share of each, and peak RSS. --precision bf16 trains in mixed precision. With --peft (e.g. --peft lora --lora-r 8 --target-modules c_attn, the baseline's\n"
                        "LoRA mode: AdamW lr 6e-4 betas 0.9/0.95, no weight decay, over the LoRA vector only) the base\n"
                        "is frozen, optionally held in bf16/int8 (--base-dtype), and a created model is quantized\n"
                        "tensor by tensor so its float copy is never resident whole.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    int prec_want;
+    if (cli_precision(precision, "bench train", &prec_want) != 0) return 2;
     if (threads > 0) loom_set_threads(threads);
     loom_model *m;
     int created;
@@ -128,6 +138,7 @@ static int bench_train(int argc, char **argv) {
     tc.clip = 0; /* the baseline does not clip */
     tc.B = B;
     tc.T = T;
+    tc.precision = prec_want;
     loom_trainer *tr;
     if (set) {
         tc.opt.weight_decay = 0.0f; /* the baseline's LoRA mode */
@@ -143,8 +154,9 @@ static int bench_train(int argc, char **argv) {
         tok[i] = (int32_t)loom_rng_below(&r, (uint32_t)loom_model_config(m)->vocab);
         tgt[i] = (int32_t)loom_rng_below(&r, (uint32_t)loom_model_config(m)->vocab);
     }
-    printf("loom bench train: %s, %zu parameters, B=%d T=%d, %d threads, %s\n", config, loom_model_n_params(m), B, T, loom_threads(),
-           optname);
+    int prec = loom_ws_precision(loom_trainer_ws(tr));
+    printf("loom bench train: %s, %zu parameters, B=%d T=%d, %d threads, %s, %s matmuls\n", config, loom_model_n_params(m), B,
+           T, loom_threads(), optname, loom_precision_name(prec));
     if (set)
         printf("  %s: %zu trainable parameters (%.1f KiB), frozen base %s: %.1f MiB\n",
                loom_peft_method_name(loom_tset_config(set)->method), loom_tset_dim(set), loom_tset_bytes(set) / 1024.0,
@@ -167,8 +179,9 @@ static int bench_train(int argc, char **argv) {
                mx * 1e3, N / med, first, last);
         printf("  peak RSS %.0f MiB (base %.0f MiB, activations %.0f MiB)\n", loom_peak_rss() / 1048576.0,
                loom_model_base_bytes(m) / 1048576.0, loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
-        printf("RESULT tokens_per_s=%.2f step_ms=%.2f peak_rss_mib=%.0f trainable=%zu base_mib=%.1f\n", N / med, med * 1e3,
-               loom_peak_rss() / 1048576.0, loom_tset_dim(set), loom_model_base_bytes(m) / 1048576.0);
+        printf("RESULT tokens_per_s=%.2f step_ms=%.2f peak_rss_mib=%.0f trainable=%zu base_mib=%.1f precision=%s\n", N / med,
+               med * 1e3, loom_peak_rss() / 1048576.0, loom_tset_dim(set), loom_model_base_bytes(m) / 1048576.0,
+               loom_precision_name(prec));
         free(times);
         free(tok);
         free(tgt);
@@ -179,30 +192,42 @@ static int bench_train(int argc, char **argv) {
     }
     double flops_tok = 6.0 * loom_model_flops_per_token(m, T, 0) + 12.0 * loom_model_config(m)->n_layer * (double)T * loom_model_config(m)->dim;
     double achieved = flops_tok * N / med / 1e9;
-    /* sgemm at the step's shapes */
+    /* peak RSS of the step itself, before the peak measurement allocates its own operands */
+    double rss = loom_peak_rss() / 1048576.0;
+    /* loom_gemm at the step's shapes, f32 and bf16 */
     mm_shape sh[16];
     int ns = step_shapes(m, B, T, sh);
-    double best = 0, fl_total = 0, t_total = 0;
-    printf("  sgemm at this step's shapes (%d threads):\n", loom_threads());
+    int has16 = loom_cpu_has_bf16();
+    double best[2] = {0, 0}, fl_total = 0, t_total[2] = {0, 0};
+    printf("  loom_gemm at this step's shapes (%d threads), GFLOP/s f32%s:\n", loom_threads(), has16 ? " / bf16" : "");
     for (int i = 0; i < ns; i++) {
-        double g = sgemm_rate(sh[i].M, sh[i].N, sh[i].K, sh[i].ta, sh[i].tb, peak_reps);
+        double g[2] = {gemm_rate(sh[i].M, sh[i].N, sh[i].K, sh[i].ta, sh[i].tb, peak_reps, LOOM_GEMM_F32), 0};
+        if (has16) g[1] = gemm_rate(sh[i].M, sh[i].N, sh[i].K, sh[i].ta, sh[i].tb, peak_reps, LOOM_GEMM_BF16);
         double fl = 2.0 * sh[i].M * sh[i].N * sh[i].K * sh[i].count;
         fl_total += fl;
-        t_total += fl / (g * 1e9);
-        if (g > best) best = g;
-        printf("    %-9s %-6s M=%-6d N=%-6d K=%-6d %7.1f GFLOP/s\n", sh[i].what, i % 3 == 0 ? "fwd" : i % 3 == 1 ? "dinp" : "dw",
-               sh[i].M, sh[i].N, sh[i].K, g);
+        for (int p = 0; p < 1 + has16; p++) {
+            t_total[p] += fl / (g[p] * 1e9);
+            if (g[p] > best[p]) best[p] = g[p];
+        }
+        printf("    %-9s %-6s M=%-6d N=%-6d K=%-6d %7.1f", sh[i].what, i % 3 == 0 ? "fwd" : i % 3 == 1 ? "dinp" : "dw",
+               sh[i].M, sh[i].N, sh[i].K, g[0]);
+        if (has16) printf(" / %7.1f", g[1]);
+        printf("\n");
     }
-    double weighted = fl_total / t_total / 1e9;
+    double weighted[2] = {fl_total / t_total[0] / 1e9, has16 ? fl_total / t_total[1] / 1e9 : 0};
     printf("  step: median %.1f ms (min %.1f, max %.1f), %.1f tokens/s, loss %.3f -> %.3f\n", med * 1e3, mn * 1e3,
            mx * 1e3, N / med, first, last);
-    printf("  achieved %.1f GFLOP/s (%.3g GFLOP per step); sgemm peak at these shapes %.1f GFLOP/s "
-           "(FLOP-weighted mean %.1f)\n", achieved, flops_tok * N / 1e9, best, weighted);
-    printf("  share of peak: %.1f%% (of the weighted mean: %.1f%%)\n", 100 * achieved / best, 100 * achieved / weighted);
-    printf("  peak RSS %.0f MiB (parameters %.0f MiB, activations %.0f MiB)\n", loom_peak_rss() / 1048576.0,
-           loom_model_n_params(m) * 4.0 / 1048576.0, loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
-    printf("RESULT tokens_per_s=%.2f step_ms=%.2f gflops=%.2f peak_gflops=%.2f share=%.3f peak_rss_mib=%.0f\n", N / med,
-           med * 1e3, achieved, best, achieved / best, loom_peak_rss() / 1048576.0);
+    printf("  achieved %.1f GFLOP/s (%.3g GFLOP per step) in %s\n", achieved, flops_tok * N / 1e9, loom_precision_name(prec));
+    for (int p = 0; p < 1 + has16; p++)
+        printf("  %-4s matmul peak at these shapes %.1f GFLOP/s (FLOP-weighted mean %.1f): the step reaches %.1f%% of it "
+               "(%.1f%% of the weighted mean)\n", p ? "bf16" : "f32", best[p], weighted[p], 100 * achieved / best[p],
+               100 * achieved / weighted[p]);
+    printf("  peak RSS %.0f MiB (parameters %.0f MiB, activations %.0f MiB)\n", rss, loom_model_n_params(m) * 4.0 / 1048576.0,
+           loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
+    printf("RESULT tokens_per_s=%.2f step_ms=%.2f gflops=%.2f peak_gflops=%.2f share=%.3f precision=%s "
+           "peak_gflops_f32=%.2f share_f32=%.3f peak_gflops_bf16=%.2f share_bf16=%.3f peak_rss_mib=%.0f\n", N / med,
+           med * 1e3, achieved, best[prec], achieved / best[prec], loom_precision_name(prec), best[0], achieved / best[0],
+           best[1], best[1] > 0 ? achieved / best[1] : 0.0, rss);
     free(times);
     free(tok);
     free(tgt);

@@ -7,6 +7,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/runspec.h"
 #include "cli/textdata.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
@@ -259,6 +260,7 @@ static FILE *metrics_open(const char *dir, long resume_step) {
 
 int cmd_train(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL, *out = NULL, *optname = "adamw", *sample_prompt = "";
+    const char *precision = "f32";
     const char *format = NULL, *text_col = NULL, *label_col = NULL, *labels = NULL;
     int B = 8, T = 128, threads = 0, log_every = 10, eval_every = 100, sample_len = 200;
     cli_peft_opts po;
@@ -286,6 +288,7 @@ int cmd_train(int argc, char **argv) {
         {"min-lr", OPT_FLOAT, &min_lr, "cosine floor (default lr/10)", 0, 1000},
         {"warmup", OPT_LONG, &warmup, "linear warm-up steps (default steps/20)", 0, 1e9},
         {"optimizer", OPT_STR, &optname, "adamw or sgd", 0, 0},
+        {"precision", OPT_STR, &precision, "matmul precision: f32 (default) or bf16 (mixed precision: bf16 operands, float accumulation, float weights and optimizer; f32 on a CPU without AVX-512 BF16)", 0, 0},
         {"momentum", OPT_FLOAT, &momentum, "SGD momentum", 0, 1},
         {"weight-decay", OPT_FLOAT, &wd, "decoupled weight decay on matrices", 0, 10},
         {"clip", OPT_FLOAT, &clip, "global gradient-norm clip (0 = off; default 1, or 0 with --dp sgd)", 0, 1e9},
@@ -407,6 +410,7 @@ int cmd_train(int argc, char **argv) {
     tc.dp_noise = dp.on ? dp_noise : 0.0f;
     tc.dp_row_loop = dp_row_loop;
     tc.seed = (uint64_t)seed; /* LoRA dropout masks and DP-SGD's noise */
+    if (cli_precision(precision, "train", &tc.precision) != 0) return 1;
 
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
@@ -510,8 +514,9 @@ int cmd_train(int argc, char **argv) {
                 loom_peft_method_name(loom_tset_config(set)->method), loom_tset_dim(set),
                 100.0 * (double)loom_tset_dim(set) / (double)loom_model_n_params(m), loom_tset_bytes(set) / 1024.0,
                 loom_base_dtype_name(loom_model_base_type(m)), loom_model_base_bytes(m) / 1048576.0);
-    fprintf(stderr, "  %ld steps of %d x %d tokens, %s lr %g (warm-up %ld, cosine to %g), clip %g, %d threads\n", steps, B,
-            T, optname, lr, tc.warmup, tc.min_lr, clip, loom_threads());
+    fprintf(stderr, "  %ld steps of %d x %d tokens, %s lr %g (warm-up %ld, cosine to %g), clip %g, %d threads, %s matmuls\n",
+            steps, B, T, optname, lr, tc.warmup, tc.min_lr, clip, loom_threads(),
+            loom_precision_name(loom_ws_precision(loom_trainer_ws(tr))));
     if (dp.on) {
         int loop = 0;
         loom_trainer_dp_norms(tr, &loop);

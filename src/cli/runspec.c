@@ -16,6 +16,7 @@
 #include "cli/cli.h"
 #include "loom/core.h"
 #include "loom/dp.h"
+#include "loom/kernels.h"
 #include "loom/strategy.h"
 
 void cli_run_init(cli_run *r) {
@@ -42,6 +43,7 @@ void cli_run_init(cli_run *r) {
     /* NAN = not given: the strategy's default applies */
     r->server_lr = r->server_momentum = r->beta1 = r->beta2 = r->tau = r->mu = NAN;
     r->optimizer = "sgd";
+    r->precision = "f32";
     r->B = 8;
     r->T = 64;
     r->lr = -1.0f; /* the optimizer's default */
@@ -68,7 +70,7 @@ static const char *const client_keys[] = {
     "rounds", "local-steps", "batch", "seq", "lr", "optimizer", "momentum", "weight-decay", "clip", "strategy",
     "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
     "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress",
-    "dp", "dp-clip", "dp-noise", NULL};
+    "dp", "dp-clip", "dp-noise", "precision", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -94,6 +96,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"seq", OPT_INT, &r->T, "tokens per sequence", 2, 1048576},
         {"lr", OPT_FLOAT, &r->lr, "client learning rate (default 0.1 for sgd, 0.001 for adamw)", 0, 1000},
         {"optimizer", OPT_STR, &r->optimizer, "client optimizer: sgd or adamw (reset every round)", 0, 0},
+        {"precision", OPT_STR, &r->precision, "client matmul precision: f32 (default) or bf16 (mixed precision: bf16 operands, float accumulation, float weights and optimizer; f32 on a CPU without AVX-512 BF16)", 0, 0},
         {"momentum", OPT_FLOAT, &r->momentum, "client SGD momentum", 0, 1},
         {"weight-decay", OPT_FLOAT, &r->wd, "client weight decay", 0, 10},
         {"clip", OPT_FLOAT, &r->clip, "client gradient-norm clip (0 = off)", 0, 1e9},
@@ -567,6 +570,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     tc->total_steps = 0;
     tc->B = r->B;
     tc->T = r->T;
+    if (cli_precision(r->precision, cmd, &tc->precision) != 0) return -1;
     if (attack_settings(r, cmd, n_clients, sc) != 0) return -1;
     return dp_settings(r, cmd, sc, tc);
 }
@@ -711,6 +715,20 @@ void cli_trainer_free(void *ud, loom_trainer *tr, float *vec) {
     (void)ud;
     loom_trainer_free(tr);
     loom_free(vec);
+}
+
+int cli_precision(const char *value, const char *cmd, int *prec) {
+    int p = loom_precision_parse(value);
+    if (p < 0) {
+        fprintf(stderr, "loom %s: --precision %s: expected f32 or bf16\n", cmd, value ? value : "(none)");
+        return -1;
+    }
+    if (p == LOOM_PREC_BF16 && !loom_cpu_has_bf16()) {
+        fprintf(stderr, "loom %s: --precision bf16: this CPU has no AVX-512 BF16, training runs in f32\n", cmd);
+        p = LOOM_PREC_F32;
+    }
+    *prec = p;
+    return 0;
 }
 
 /* The SHA-256 of a model's f32 parameters (the frozen base of a PEFT run). */

@@ -36,6 +36,7 @@ typedef struct {
     long dp_min_examples;
     /* client training */
     const char *optimizer;
+    const char *precision; /* f32 | bf16: the clients' matmul precision */
     int B, T;
     float lr, momentum, wd, clip;
     long seed;
@@ -104,6 +105,11 @@ typedef struct {
 } cli_trainer_ud;
 int cli_trainer_make(void *ud, loom_trainer **tr, float **vec);
 void cli_trainer_free(void *ud, loom_trainer *tr, float *vec);
+
+/* --precision VALUE of command cmd ("loom CMD") as LOOM_PREC_* in *prec; an unknown value is printed
+ * naming the flag (returns -1). bf16 on a CPU without AVX-512 BF16 prints one note that the run stays
+ * in f32 (the trainers fall back by themselves) and sets *prec to LOOM_PREC_F32. */
+int cli_precision(const char *value, const char *cmd, int *prec);
 
 /* The SHA-256 of a model's f32 parameters, little-endian in tensor order: a PEFT run's frozen base,
  * which a networked client must hold identically (docs/protocol.md, hello). */

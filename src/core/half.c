@@ -2,6 +2,10 @@
 
 #include <string.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #if defined(__F16C__) && defined(__AVX__)
 #include <immintrin.h>
 #define LOOM_HAVE_F16C 1
@@ -122,3 +126,69 @@ LOOM_BULK(loom_f16_to_f32_n, f16_to_f32_block, float, uint16_t)
 LOOM_BULK(loom_f32_to_f16_n, f32_to_f16_block, uint16_t, float)
 LOOM_BULK(loom_bf16_to_f32_n, bf16_to_f32_block, float, uint16_t)
 LOOM_BULK(loom_f32_to_bf16_n, f32_to_bf16_block, uint16_t, float)
+
+/* ---- matmul operands: round to nearest even, float denormals to signed zero (see half.h) */
+
+static inline uint16_t bf16_daz(uint32_t x) {
+    if ((x & 0x7F800000u) == 0) return (uint16_t)((x >> 16) & 0x8000u);              /* zero, denormal */
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((x >> 16) | 0x0040u);      /* quiet NaN */
+    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
+static void f32_to_bf16_daz_scalar(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t x;
+        memcpy(&x, src + i, 4);
+        dst[i] = bf16_daz(x);
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
+#define LOOM_HAVE_BF16_DISPATCH 1
+/* vcvtne2ps2bf16: 32 floats a time, rounding to nearest even, denormal inputs as zero, NaN quiet:
+ * the same bits as bf16_daz (tests/test_half.c compares them) */
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) static void f32_to_bf16_daz_avx512(uint16_t *dst,
+                                                                                          const float *src, size_t n) {
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 lo = _mm512_loadu_ps(src + i), hi = _mm512_loadu_ps(src + i + 16);
+        __m512bh r = _mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_storeu_si512((void *)(dst + i), (__m512i)r);
+    }
+    f32_to_bf16_daz_scalar(dst + i, src + i, n - i);
+}
+#endif
+
+#ifdef LOOM_HAVE_BF16_DISPATCH
+static int bf16_native(void) {
+    static int cached = -1;
+    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (c < 0) {
+        __builtin_cpu_init();
+        c = __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
+        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
+    }
+    return c;
+}
+#endif
+
+static void f32_to_bf16_daz_block(uint16_t *dst, const float *src, size_t n) {
+#ifdef LOOM_HAVE_BF16_DISPATCH
+    if (bf16_native()) {
+        f32_to_bf16_daz_avx512(dst, src, n);
+        return;
+    }
+#endif
+    f32_to_bf16_daz_scalar(dst, src, n);
+}
+
+LOOM_BULK(loom_f32_to_bf16_daz_n, f32_to_bf16_daz_block, uint16_t, float)
+
+void loom_f32_to_bf16_daz_2d(uint16_t *dst, size_t ldd, const float *src, size_t lds, size_t rows, size_t cols) {
+    if (ldd == cols && lds == cols) {
+        loom_f32_to_bf16_daz_n(dst, src, rows * cols);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (rows * cols >= PAR_MIN / 4)
+    for (size_t r = 0; r < rows; r++) f32_to_bf16_daz_block(dst + r * ldd, src + r * lds, cols);
+}

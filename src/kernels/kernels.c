@@ -46,9 +46,9 @@ void loom_matmul_forward(float *out, int ldo, const float *inp, int ldi, const f
                          const float *bias, int N, int C, int OC) {
     if (N <= 0 || OC <= 0) return;
     if (layout == LOOM_W_LINEAR)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, 1.0f, inp, ldi, w, C, 0.0f, out, ldo);
+        loom_sgemm(0, 1, N, OC, C, 1.0f, inp, ldi, w, C, 0.0f, out, ldo);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, ldi, w, OC, 0.0f, out, ldo);
+        loom_sgemm(0, 0, N, OC, C, 1.0f, inp, ldi, w, OC, 0.0f, out, ldo);
     if (bias) {
 #pragma omp parallel for schedule(static) if (PAR((size_t)N * OC))
         for (int n = 0; n < N; n++) {
@@ -76,23 +76,11 @@ void loom_matmul_backward(float *dinp, int ldi, float beta, float *dw, float *db
                           const float *inp, const float *w, int layout, int N, int C, int OC) {
     if (N <= 0) return;
     if (layout == LOOM_W_LINEAR) {
-        if (dinp)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, 1.0f, dout, ldo, w, C, beta, dinp, ldi);
-        if (dw) {
-            /* A very tall dW (the vocabulary head: OC = V) runs faster in row blocks: OpenBLAS packs the
-             * transposed operand better at this size. Each element's sum over N is unchanged. */
-            const int blk = OC > 16384 ? 4096 : OC;
-            for (int o = 0; o < OC; o += blk) {
-                int m = OC - o < blk ? OC - o : blk;
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, C, N, 1.0f, dout + o, ldo, inp, ldi, 1.0f,
-                            dw + (size_t)o * C, C);
-            }
-        }
+        if (dinp) loom_sgemm(0, 0, N, C, OC, 1.0f, dout, ldo, w, C, beta, dinp, ldi);
+        if (dw) loom_sgemm(1, 0, OC, C, N, 1.0f, dout, ldo, inp, ldi, 1.0f, dw, C);
     } else {
-        if (dinp)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, ldo, w, OC, beta, dinp, ldi);
-        if (dw)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, ldi, dout, ldo, 1.0f, dw, OC);
+        if (dinp) loom_sgemm(0, 1, N, C, OC, 1.0f, dout, ldo, w, OC, beta, dinp, ldi);
+        if (dw) loom_sgemm(1, 0, C, OC, N, 1.0f, inp, ldi, dout, ldo, 1.0f, dw, OC);
     }
     if (dbias) loom_colsum_acc(dbias, dout, ldo, N, OC);
 }

@@ -1,7 +1,6 @@
-/* Low-precision frozen-weight matmuls: dequantize a block, then sgemm. */
+/* Low-precision frozen-weight matmuls: dequantize a block, then loom_sgemm. */
 #include "loom/quant.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,11 +95,9 @@ void loom_qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const 
         int r1 = r0 + br < R ? r0 + br : R, nr = r1 - r0;
         loom_dequantize_rows(scratch, w, C, OC, r0, r1);
         if (w->layout == LOOM_W_LINEAR) /* out[:, r0:r1] = inp @ Wblk^T, Wblk [nr, C] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, C, 1.0f, inp, ldi, scratch, C, 0.0f, out + r0,
-                        ldo);
+            loom_sgemm(0, 1, N, nr, C, 1.0f, inp, ldi, scratch, C, 0.0f, out + r0, ldo);
         else /* out += inp[:, r0:r1] @ Wblk, Wblk [nr, OC] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, nr, 1.0f, inp + r0, ldi, scratch, OC,
-                        r0 ? 1.0f : 0.0f, out, ldo);
+            loom_sgemm(0, 0, N, OC, nr, 1.0f, inp + r0, ldi, scratch, OC, r0 ? 1.0f : 0.0f, out, ldo);
     }
     if (bias) {
 #pragma omp parallel for schedule(static)
@@ -116,10 +113,8 @@ void loom_qmatmul_backward(float *dinp, int ldi, float beta, const float *dout, 
         int r1 = r0 + br < R ? r0 + br : R, nr = r1 - r0;
         loom_dequantize_rows(scratch, w, C, OC, r0, r1);
         if (w->layout == LOOM_W_LINEAR) /* dinp (+)= dout[:, r0:r1] @ Wblk, Wblk [nr, C] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, nr, 1.0f, dout + r0, ldo, scratch, C,
-                        r0 ? 1.0f : beta, dinp, ldi);
+            loom_sgemm(0, 0, N, C, nr, 1.0f, dout + r0, ldo, scratch, C, r0 ? 1.0f : beta, dinp, ldi);
         else /* dinp[:, r0:r1] = beta * dinp + dout @ Wblk^T, Wblk [nr, OC] */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, OC, 1.0f, dout, ldo, scratch, OC, beta,
-                        dinp + r0, ldi);
+            loom_sgemm(0, 1, N, nr, OC, 1.0f, dout, ldo, scratch, OC, beta, dinp + r0, ldi);
     }
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "loom/core.h"
+#include "loom/half.h"
 #include "loom/kernels.h"
 #include "loom/quant.h"
 #include "model/model_impl.h"
@@ -404,7 +405,21 @@ struct loom_ws {
     int train;           /* sized for backward (else forward only) */
     float *row_w;        /* [B] loss weight per batch row (loom_ws_set_row_weights) */
     int use_row_w, n_row_w;
+    /* matmul precision (loom_ws_set_precision) and the bf16 buffers of mixed precision */
+    const loom_model *m;
+    int prec;
+    uint16_t *a16, *g16;          /* a matmul's input [N, max(C, H)] and output gradient [N, G16_COLS] */
+    size_t g16_cols;
+    uint16_t *w16_base, *w16_vec; /* bf16 mirrors of the base parameters and of the trainable vector */
+    uint64_t *st_base, *st_vec;   /* [n_tensors] forward id of each tensor's conversion (0: none) */
+    const float *w16_base_src;    /* the base the permanent conversions came from */
+    uint64_t fwd_id;
 };
+
+/* Columns of the LM head's gradient converted to bf16 at a time (bf16 backward). */
+#define HEAD_VB 4096
+/* A permanent conversion (a frozen base): valid while the base pointer stays the same. */
+#define W16_KEEP UINT64_MAX
 
 /* train: sized for backward (every layer's activations kept, gradient scratch); else forward only
  * (one layer's activations, reused layer after layer, and no gradient scratch). */
@@ -427,6 +442,7 @@ static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loo
     ws->QKV = C + 2 * KV;
     ws->mlp_in = c->arch == LOOM_ARCH_LLAMA ? 2 * H : H;
     ws->pf = pf;
+    ws->m = m;
     ws->train = train;
     ws->row_w = malloc((size_t)B * sizeof *ws->row_w);
     size_t att = (size_t)B * c->n_head * T * T;
@@ -544,7 +560,67 @@ void loom_ws_free(loom_ws *ws) {
     free(ws->tok_copy);
     free(ws->tgt_copy);
     free(ws->row_w);
+    loom_free(ws->a16);
+    loom_free(ws->g16);
+    loom_free(ws->w16_base);
+    loom_free(ws->w16_vec);
+    free(ws->st_base);
+    free(ws->st_vec);
     free(ws);
+}
+
+static void ws_drop_bf16(loom_ws *ws) {
+    loom_free(ws->a16);
+    loom_free(ws->g16);
+    loom_free(ws->w16_base);
+    loom_free(ws->w16_vec);
+    free(ws->st_base);
+    free(ws->st_vec);
+    ws->a16 = ws->g16 = ws->w16_base = ws->w16_vec = NULL;
+    ws->st_base = ws->st_vec = NULL;
+    ws->w16_base_src = NULL;
+    ws->prec = LOOM_PREC_F32;
+}
+
+int loom_ws_set_precision(loom_ws *ws, int precision) {
+    if (precision != LOOM_PREC_F32 && precision != LOOM_PREC_BF16)
+        return loom_error(LOOM_EINVAL, "unknown matmul precision %d", precision);
+    ws_drop_bf16(ws);
+    if (precision == LOOM_PREC_F32) return LOOM_OK;
+    if (!loom_cpu_has_bf16())
+        return loom_error(LOOM_EUNSUPPORTED, "this CPU has no AVX-512 BF16: matmuls stay in f32");
+    const loom_model *m = ws->m;
+    size_t N = (size_t)ws->B * ws->T;
+    size_t acols = (size_t)LOOM_MAX(ws->C, ws->H);
+    size_t gcols = (size_t)LOOM_MAX(LOOM_MAX(ws->QKV, ws->mlp_in), LOOM_MAX(ws->C, LOOM_MIN(ws->V, HEAD_VB)));
+    size_t nt = (size_t)m->n_tensors;
+    /* the mirrors are as long as their sources but only the matmul weights are ever written, so only
+     * those pages become resident */
+    ws->a16 = loom_alloc(N * acols * 2);
+    ws->g16 = loom_alloc(N * gcols * 2);
+    ws->g16_cols = gcols;
+    ws->w16_base = loom_alloc(m->n_params * 2);
+    ws->w16_vec = ws->pf && ws->pf->dim ? loom_alloc(ws->pf->dim * 2) : NULL;
+    ws->st_base = calloc(nt, sizeof *ws->st_base);
+    ws->st_vec = calloc(nt, sizeof *ws->st_vec);
+    if (!ws->a16 || !ws->g16 || !ws->w16_base || (ws->pf && ws->pf->dim && !ws->w16_vec) || !ws->st_base ||
+        !ws->st_vec) {
+        ws_drop_bf16(ws);
+        return loom_error(LOOM_ENOMEM, "out of memory for the bf16 copies of a %zu-parameter model", m->n_params);
+    }
+    ws->prec = LOOM_PREC_BF16;
+    return LOOM_OK;
+}
+
+int loom_ws_precision(const loom_ws *ws) { return ws->prec; }
+
+const char *loom_precision_name(int precision) { return precision == LOOM_PREC_BF16 ? "bf16" : "f32"; }
+
+int loom_precision_parse(const char *s) {
+    if (!s) return -1;
+    if (!strcmp(s, "f32")) return LOOM_PREC_F32;
+    if (!strcmp(s, "bf16")) return LOOM_PREC_BF16;
+    return -1;
 }
 
 size_t loom_ws_bytes(const loom_ws *ws) { return ws->bytes; }
@@ -596,9 +672,69 @@ static float *tg(const run_ctx *r, int idx) {
 
 static loom_qmat qmat_of(const run_ctx *r, int idx) { return lm_weight_ref(r->m, r->base, idx).q; }
 
+/* ---- bf16 mixed precision (loom_ws_set_precision) */
+
+static int use_bf16(const run_ctx *r) { return r->ws->prec == LOOM_PREC_BF16; }
+
+/* The bf16 copy of the n values a matmul reads from tensor idx onwards (n may run into the tensors
+ * that follow it: Llama's adjacent q|k|v and gate|up), converted here if this forward has not yet:
+ * a trained copy once per forward (backward reuses the forward's), a frozen base once for good (while
+ * the base pointer stays), a base held in bf16 as it is. */
+static const uint16_t *w16_of(const run_ctx *r, int idx, size_t n) {
+    loom_ws *ws = r->ws;
+    const loom_model *m = r->m;
+    if (tq(r, idx)) return lm_weight_ref(m, r->base, idx).q.data; /* only asked for a bf16 base */
+    const float *src = tp(r, idx);
+    if (trained_copy(r, idx)) {
+        size_t off = (size_t)r->pf->tmap[idx];
+        if (ws->st_vec[idx] != ws->fwd_id) {
+            loom_f32_to_bf16_daz_n(ws->w16_vec + off, src, n);
+            ws->st_vec[idx] = ws->fwd_id;
+        }
+        return ws->w16_vec + off;
+    }
+    size_t off = m->tensors[idx].offset;
+    /* without a plan the caller may be training the base itself (loom_backward): once per forward */
+    uint64_t want = r->pf ? W16_KEEP : ws->fwd_id;
+    if (r->pf && ws->w16_base_src != r->base) { /* a new base: forget the old one's copies */
+        memset(ws->st_base, 0, (size_t)m->n_tensors * sizeof *ws->st_base);
+        ws->w16_base_src = r->base;
+    }
+    if (ws->st_base[idx] != want) {
+        loom_f32_to_bf16_daz_n(ws->w16_base + off, src, n);
+        ws->st_base[idx] = want;
+    }
+    return ws->w16_base + off;
+}
+
+/* bf16 applies to tensor widx: a float weight, or a base held in bf16 (an int8 base keeps its path) */
+static int bf16_for(const run_ctx *r, int widx) {
+    return use_bf16(r) && (!tq(r, widx) || r->m->tensors[widx].dtype == LOOM_Q_BF16);
+}
+
+static void add_bias(float *out, int ldo, const float *bias, int N, int OC) {
+#pragma omp parallel for schedule(static) if ((size_t)N * OC >= 8192)
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * ldo;
+        for (int j = 0; j < OC; j++) o[j] += bias[j];
+    }
+}
+
+/* out[N, OC] = bf16(inp) @ bf16(W) (+ bias), float accumulation */
+static void mm_fwd16(const run_ctx *r, int widx, int layout, float *out, int ldo, const float *inp, int ldi,
+                     const float *bias, int N, int C, int OC) {
+    const uint16_t *w = w16_of(r, widx, (size_t)C * OC);
+    loom_f32_to_bf16_daz_2d(r->ws->a16, (size_t)C, inp, (size_t)ldi, (size_t)N, (size_t)C);
+    if (layout == LOOM_W_LINEAR) loom_sbgemm(0, 1, N, OC, C, 1.0f, r->ws->a16, C, w, C, 0.0f, out, ldo);
+    else loom_sbgemm(0, 0, N, OC, C, 1.0f, r->ws->a16, C, w, OC, 0.0f, out, ldo);
+    if (bias) add_bias(out, ldo, bias, N, OC);
+}
+
 static void mm_fwd(const run_ctx *r, int widx, float *out, int ldo, const float *inp, int ldi, const float *bias, int N,
                    int C, int OC) {
-    if (tq(r, widx)) {
+    if (bf16_for(r, widx)) {
+        mm_fwd16(r, widx, r->lay, out, ldo, inp, ldi, bias, N, C, OC);
+    } else if (tq(r, widx)) {
         loom_qmat w = qmat_of(r, widx);
         loom_qmatmul_forward(out, ldo, inp, ldi, &w, bias, N, C, OC, r->ws->qscratch);
     } else {
@@ -659,14 +795,74 @@ static void rms_bwd(const run_ctx *r, float *dinp, float *dw, const float *dout,
     }
 }
 
+/* The bf16 backward of out = inp @ W: dinp = beta dinp + bf16(dout) @ bf16(W)^T, dW += bf16(inp)^T
+ * bf16(dout) (per batch row with gstride), db += colsum(dout) in float. */
+static void mm_bwd16(const run_ctx *r, int widx, int layout, float *dinp, int ldi, float beta, float *dw, float *db,
+                     const float *dout, int ldo, const float *inp, int N, int C, int OC) {
+    loom_ws *ws = r->ws;
+    uint16_t *g = ws->g16, *a = ws->a16;
+    loom_f32_to_bf16_daz_2d(g, (size_t)OC, dout, (size_t)ldo, (size_t)N, (size_t)OC);
+    if (dinp) {
+        const uint16_t *w = w16_of(r, widx, (size_t)C * OC);
+        if (layout == LOOM_W_LINEAR) loom_sbgemm(0, 0, N, C, OC, 1.0f, g, OC, w, C, beta, dinp, ldi);
+        else loom_sbgemm(0, 1, N, C, OC, 1.0f, g, OC, w, OC, beta, dinp, ldi);
+    }
+    if (dw) {
+        loom_f32_to_bf16_daz_2d(a, (size_t)C, inp, (size_t)ldi, (size_t)N, (size_t)C);
+        const int rows = r->gstride ? ws->curB : 1, T = r->gstride ? ws->curT : N;
+        for (int b = 0; b < rows; b++) {
+            size_t p = (size_t)b * T;
+            float *d = dw + (size_t)b * r->gstride;
+            if (layout == LOOM_W_LINEAR) loom_sbgemm(1, 0, OC, C, T, 1.0f, g + p * OC, OC, a + p * C, C, 1.0f, d, C);
+            else loom_sbgemm(1, 0, C, OC, T, 1.0f, a + p * C, C, g + p * OC, OC, 1.0f, d, OC);
+        }
+    }
+    if (db) colsum_rows(r, db, dout, ldo, N, OC);
+}
+
 static void mm_bwd(const run_ctx *r, int widx, float *dinp, int ldi, float beta, float *dw, float *db, const float *dout,
                    int ldo, const float *inp, int N, int C, int OC) {
-    if (tq(r, widx)) {
+    if (bf16_for(r, widx) && (dinp || dw)) {
+        mm_bwd16(r, widx, r->lay, dinp, ldi, beta, dw, db, dout, ldo, inp, N, C, OC);
+    } else if (tq(r, widx)) {
         loom_qmat w = qmat_of(r, widx);
         if (dinp) loom_qmatmul_backward(dinp, ldi, beta, dout, ldo, &w, N, C, OC, r->ws->qscratch);
         if (db) colsum_rows(r, db, dout, ldo, N, OC);
     } else {
         mm_bwd_f(r, tp(r, widx), r->lay, dinp, ldi, beta, dw, db, dout, ldo, inp, N, C, OC);
+    }
+}
+
+/* The LM head: logits[N, V] = nf[N, C] @ W^T, W the [V, C] head (or tied embedding). */
+static void head_fwd(const run_ctx *r, float *logits, const float *nf, int N, int C, int V) {
+    int h = r->m->t_head;
+    if (use_bf16(r)) mm_fwd16(r, h, LOOM_W_LINEAR, logits, V, nf, C, NULL, N, C, V);
+    else loom_matmul_forward(logits, V, nf, C, tp(r, h), LOOM_W_LINEAR, NULL, N, C, V);
+}
+
+/* dn[N, C] = dlogits @ W, dW += dlogits^T nf. In bf16 the [N, V] gradient is converted HEAD_VB columns
+ * at a time (a bf16 copy of all of it would be as large as the activations): dn sums the column blocks
+ * in order, each dW row block is one product. */
+static void head_bwd(const run_ctx *r, float *dn, float *dw, const float *dlogits, const float *nf, int N, int C, int V) {
+    int h = r->m->t_head;
+    if (!use_bf16(r)) {
+        mm_bwd_f(r, tp(r, h), LOOM_W_LINEAR, dn, C, 0.0f, dw, NULL, dlogits, V, nf, N, C, V);
+        return;
+    }
+    loom_ws *ws = r->ws;
+    const uint16_t *w = w16_of(r, h, (size_t)V * C);
+    uint16_t *g = ws->g16, *a = ws->a16;
+    if (dw) loom_f32_to_bf16_daz_2d(a, (size_t)C, nf, (size_t)C, (size_t)N, (size_t)C);
+    const int rows = r->gstride ? ws->curB : 1, T = r->gstride ? ws->curT : N;
+    for (int v0 = 0; v0 < V; v0 += HEAD_VB) {
+        int vb = LOOM_MIN(HEAD_VB, V - v0);
+        loom_f32_to_bf16_daz_2d(g, (size_t)vb, dlogits + v0, (size_t)V, (size_t)N, (size_t)vb);
+        if (dn) loom_sbgemm(0, 0, N, C, vb, 1.0f, g, vb, w + (size_t)v0 * C, C, v0 ? 1.0f : 0.0f, dn, C);
+        for (int b = 0; dw && b < rows; b++) {
+            size_t p = (size_t)b * T;
+            loom_sbgemm(1, 0, vb, C, T, 1.0f, g + p * vb, vb, a + p * C, C, 1.0f, dw + (size_t)b * r->gstride + (size_t)v0 * C,
+                        C);
+        }
     }
 }
 
@@ -710,6 +906,7 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
         }
     ws->curB = B;
     ws->curT = T;
+    ws->fwd_id++;
     ws->prompt_len = P;
     ws->last_pf = pf;
     ws->last_vec = r.vec;
@@ -777,7 +974,7 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
                                c->norm_eps);
     else
         loom_rmsnorm_forward(ws->nf, ws->rstdf, xl, tp(&r, m->t_normf_w), N, C, c->norm_eps);
-    loom_matmul_forward(ws->logits, V, ws->nf, C, tp(&r, m->t_head), LOOM_W_LINEAR, NULL, N, C, V);
+    head_fwd(&r, ws->logits, ws->nf, N, C, V);
 
     ws->have_forward = 1;
     if (targets) {
@@ -900,7 +1097,7 @@ static int backward_impl(const run_ctx *rc) {
 
     /* loss -> logits (in place) -> final norm */
     loom_crossentropy_backward_w(ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N, V, ws->n_valid, 1.0f);
-    mm_bwd_f(&r, tp(&r, m->t_head), LOOM_W_LINEAR, ws->dn, C, 0.0f, G(m->t_head), NULL, ws->logits, V, ws->nf, N, C, V);
+    head_bwd(&r, ws->dn, G(m->t_head), ws->logits, ws->nf, N, C, V);
     float *xl = ws->res[c->n_layer];
     if (!NEED(c->n_layer, 0)) { /* only the final norm / head train: no gradient flows into the layers */
         if (gpt2)

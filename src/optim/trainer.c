@@ -80,6 +80,10 @@ static int trainer_init(loom_trainer *t) {
         free(e);
     }
     if (rc == LOOM_OK) rc = loom_ws_create_ex(&t->ws, t->m, c->B, c->T, loom_tset_plan(ts));
+    if (rc == LOOM_OK && c->precision != LOOM_PREC_F32) {
+        rc = loom_ws_set_precision(t->ws, c->precision);
+        if (rc == LOOM_EUNSUPPORTED) rc = LOOM_OK; /* no bf16 on this CPU: the workspace runs f32 */
+    }
     if (rc == LOOM_OK && c->dp_sgd) {
         size_t B = (size_t)c->B, d = t->dim ? t->dim : 1;
         t->dp_buf = loom_alloc(d * sizeof(float));
