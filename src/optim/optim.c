@@ -90,9 +90,16 @@ float *loom_optimizer_state(loom_optimizer *o, int which, size_t *n) {
 }
 
 void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) {
+    loom_optimizer_step_ex(o, p, (float *)g, 1.0f, lr, 0);
+}
+
+void loom_optimizer_step_ex(loom_optimizer *o, float *p, float *g, float gscale, float lr, int zero_grad) {
     const loom_opt_config *c = &o->cfg;
     const size_t n = o->n;
     const uint8_t *dm = o->decay;
+    /* Each element reads g[i] * gscale, rounded once: the value loom_clip_grad_norm would have stored
+     * in the buffer, so the fused step has the same bits as scaling first; g * 1.0f is g exactly. */
+    const float gs = gscale;
     o->t++;
     if (c->kind == LOOM_OPT_ADAMW) {
         /* torch.optim.AdamW (single-tensor path), same operation order */
@@ -101,13 +108,27 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
         const double bc1 = 1.0 - pow((double)b1, (double)o->t), bc2 = 1.0 - pow((double)b2, (double)o->t);
         const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
         float *m = o->m, *v = o->v;
+        if (zero_grad) {
 #pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            p[i] *= dm && !dm[i] ? 1.0f : decay;
-            m[i] += (g[i] - m[i]) * (1.0f - b1);
-            v[i] = v[i] * b2 + (1.0f - b2) * g[i] * g[i];
-            float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-            p[i] += -step_size * (m[i] / denom);
+            for (size_t i = 0; i < n; i++) {
+                float gi = g[i] * gs;
+                g[i] = 0.0f;
+                p[i] *= dm && !dm[i] ? 1.0f : decay;
+                m[i] += (gi - m[i]) * (1.0f - b1);
+                v[i] = v[i] * b2 + (1.0f - b2) * gi * gi;
+                float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+                p[i] += -step_size * (m[i] / denom);
+            }
+        } else {
+#pragma omp parallel for simd schedule(static)
+            for (size_t i = 0; i < n; i++) {
+                float gi = g[i] * gs;
+                p[i] *= dm && !dm[i] ? 1.0f : decay;
+                m[i] += (gi - m[i]) * (1.0f - b1);
+                v[i] = v[i] * b2 + (1.0f - b2) * gi * gi;
+                float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+                p[i] += -step_size * (m[i] / denom);
+            }
         }
     } else {
         /* torch.optim.SGD: d = g + wd*p; buf = mu*buf + d (buf = d at the first step); p -= lr*d' */
@@ -116,7 +137,8 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
         const int first = o->t == 1;
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) {
-            float d = g[i];
+            float d = g[i] * gs;
+            if (zero_grad) g[i] = 0.0f;
             if (wd != 0.0f && (!dm || dm[i])) d += wd * p[i];
             if (buf) {
                 buf[i] = first ? d : mu * buf[i] + d;
@@ -127,7 +149,7 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
     }
 }
 
-double loom_clip_grad_norm(float *g, size_t n, double max_norm) {
+double loom_grad_norm(const float *g, size_t n) {
     /* fixed blocks summed in order: the norm does not depend on the thread count */
     enum { BLK = 1 << 16 };
     size_t nb = (n + BLK - 1) / BLK;
@@ -146,9 +168,17 @@ double loom_clip_grad_norm(float *g, size_t n, double max_norm) {
         for (size_t b = 0; b < nb; b++) s += part[b];
         free(part);
     }
-    double norm = sqrt(s);
+    return sqrt(s);
+}
+
+float loom_clip_scale(double norm, double max_norm) {
+    return max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+double loom_clip_grad_norm(float *g, size_t n, double max_norm) {
+    double norm = loom_grad_norm(g, n);
     if (max_norm > 0 && norm > max_norm) {
-        float k = (float)(max_norm / (norm + 1e-6));
+        float k = loom_clip_scale(norm, max_norm);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) g[i] *= k;
     }
