@@ -77,6 +77,13 @@ float loom_crossentropy_forward_w(float *losses, const float *logits, const int3
                                   int N, int V, int *n_valid);
 void loom_crossentropy_backward_w(float *logits, const int32_t *targets, const float *row_w, int T, int N, int V,
                                   int n_valid, float dloss);
+/* Forward and backward in one pass (the training step's classifier, as llm.c fuses it): per row the
+ * maximum and the sum of exponentials once, the loss into losses[n], and logits[N,V] overwritten in
+ * place by d(dloss * mean loss)/d logits. Returns the mean loss; the same bits as
+ * loom_crossentropy_forward_w followed by loom_crossentropy_backward_w on a copy (losses, mean, n_valid
+ * and gradient), with e^x evaluated once per logit instead of twice. */
+float loom_crossentropy_fused_w(float *losses, float *logits, const int32_t *targets, const float *row_w, int T, int N,
+                                int V, int *n_valid, float dloss);
 
 /* Row-sum of a [N, C] matrix into out[C] (+=), fixed chunking (thread-count independent). */
 void loom_colsum_acc(float *out, const float *x, int ld, int N, int C);

@@ -356,33 +356,94 @@ void loom_attention_backward(float *dqkv, float *scratch, const float *dout, con
         }
 }
 
+/* Cross-entropy rows. Every path (loss only, gradient only, both fused) takes a row's maximum and its sum
+ * of e^(x - max) from the same two helpers, so the loss and the gradient have the same bits whichever
+ * path computed them. The sum runs in 16 interleaved float lanes (lane l takes j = l, l + 16, ...; the
+ * tail lands in the lanes in order), then the lanes are added pairwise in a fixed order: the result
+ * depends only on V, not on the vector width the compiler picked or on the thread count. */
+#define CE_LANES 16
+
+static inline float ce_row_max(const float *row, int V) {
+    float mx = row[0];
+#pragma omp simd reduction(max : mx)
+    for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    return mx;
+}
+
+static inline float ce_lanes_sum(float *acc) {
+    for (int w = CE_LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+/* sum_j e^(row[j] - mx) */
+static inline float ce_row_sumexp(const float *row, int V, float mx) {
+    float acc[CE_LANES] = {0};
+    int j = 0;
+    for (; j + CE_LANES <= V; j += CE_LANES)
+        for (int l = 0; l < CE_LANES; l++) acc[l] += fast_expf(row[j + l] - mx);
+    for (int l = 0; j + l < V; l++) acc[l] += fast_expf(row[j + l] - mx);
+    return ce_lanes_sum(acc);
+}
+
+/* the same sum, leaving e^(row[j] - mx) in row[j] */
+static inline float ce_row_exp_sum(float *row, int V, float mx) {
+    float acc[CE_LANES] = {0};
+    int j = 0;
+    for (; j + CE_LANES <= V; j += CE_LANES)
+        for (int l = 0; l < CE_LANES; l++) {
+            float e = fast_expf(row[j + l] - mx);
+            row[j + l] = e;
+            acc[l] += e;
+        }
+    for (int l = 0; j + l < V; l++) {
+        float e = fast_expf(row[j + l] - mx);
+        row[j + l] = e;
+        acc[l] += e;
+    }
+    return ce_lanes_sum(acc);
+}
+
+static inline int ce_valid(int32_t tg, int V) { return tg >= 0 && tg < V; }
+
+static int ce_count(const int32_t *targets, int N, int V) {
+    int cnt = 0;
+    for (int n = 0; n < N; n++) cnt += ce_valid(targets[n], V);
+    return cnt;
+}
+
+/* the mean over counted rows of row_w[n / T] * losses[n], summed in row order */
+static float ce_mean(const float *losses, const int32_t *targets, const float *row_w, int T, int N, int V, int cnt) {
+    double total = 0;
+    for (int n = 0; n < N; n++)
+        if (ce_valid(targets[n], V)) total += row_w ? (double)row_w[n / T] * losses[n] : (double)losses[n];
+    return cnt ? (float)(total / cnt) : 0.0f;
+}
+
+/* softmax - one-hot, times k, in place on a row that holds e^(x - max) summing to s */
+static inline void ce_row_grad(float *row, int V, int tg, float s, float k) {
+    float scale = k / s;
+    for (int j = 0; j < V; j++) row[j] *= scale;
+    row[tg] -= k;
+}
+
 float loom_crossentropy_forward_w(float *losses, const float *logits, const int32_t *targets, const float *row_w, int T,
                                   int N, int V, int *n_valid) {
 #pragma omp parallel for schedule(static) if (PAR((size_t)N * V))
     for (int n = 0; n < N; n++) {
         int tg = targets[n];
-        if (tg < 0 || tg >= V) {
+        if (!ce_valid(tg, V)) {
             losses[n] = 0.0f;
             continue;
         }
         const float *row = logits + (size_t)n * V;
-        float mx = row[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        float s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int j = 0; j < V; j++) s += fast_expf(row[j] - mx);
+        float mx = ce_row_max(row, V);
+        float s = ce_row_sumexp(row, V, mx);
         losses[n] = (float)(log((double)s) + mx - row[tg]);
     }
-    double total = 0;
-    int cnt = 0;
-    for (int n = 0; n < N; n++)
-        if (targets[n] >= 0 && targets[n] < V) {
-            total += row_w ? (double)row_w[n / T] * losses[n] : (double)losses[n];
-            cnt++;
-        }
+    int cnt = ce_count(targets, N, V);
     *n_valid = cnt;
-    return cnt ? (float)(total / cnt) : 0.0f;
+    return ce_mean(losses, targets, row_w, T, N, V, cnt);
 }
 
 float loom_crossentropy_forward(float *losses, const float *logits, const int32_t *targets, int N, int V,
@@ -398,26 +459,41 @@ void loom_crossentropy_backward_w(float *logits, const int32_t *targets, const f
         float *row = logits + (size_t)n * V;
         int tg = targets[n];
         float k = row_w ? k0 * row_w[n / T] : k0;
-        if (tg < 0 || tg >= V || k == 0.0f) {
+        if (!ce_valid(tg, V) || k == 0.0f) {
             memset(row, 0, (size_t)V * sizeof *row);
             continue;
         }
-        float mx = row[0];
-#pragma omp simd reduction(max : mx)
-        for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-        float s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int j = 0; j < V; j++) {
-            row[j] = fast_expf(row[j] - mx);
-            s += row[j];
-        }
-        float scale = k / s;
-#pragma omp simd
-        for (int j = 0; j < V; j++) row[j] *= scale;
-        row[tg] -= k;
+        float mx = ce_row_max(row, V);
+        float s = ce_row_exp_sum(row, V, mx);
+        ce_row_grad(row, V, tg, s, k);
     }
 }
 
 void loom_crossentropy_backward(float *logits, const int32_t *targets, int N, int V, int n_valid, float dloss) {
     loom_crossentropy_backward_w(logits, targets, NULL, 1, N, V, n_valid, dloss);
+}
+
+float loom_crossentropy_fused_w(float *losses, float *logits, const int32_t *targets, const float *row_w, int T, int N,
+                                int V, int *n_valid, float dloss) {
+    /* the count first: every row's gradient is scaled by 1/n_valid */
+    const int cnt = ce_count(targets, N, V);
+    const float k0 = cnt ? dloss / (float)cnt : 0.0f;
+#pragma omp parallel for schedule(static) if (PAR((size_t)N * V))
+    for (int n = 0; n < N; n++) {
+        float *row = logits + (size_t)n * V;
+        int tg = targets[n];
+        if (!ce_valid(tg, V)) {
+            losses[n] = 0.0f;
+            memset(row, 0, (size_t)V * sizeof *row);
+            continue;
+        }
+        float k = row_w ? k0 * row_w[n / T] : k0;
+        float mx = ce_row_max(row, V), xt = row[tg];
+        float s = ce_row_exp_sum(row, V, mx);
+        losses[n] = (float)(log((double)s) + mx - xt);
+        if (k == 0.0f) memset(row, 0, (size_t)V * sizeof *row);
+        else ce_row_grad(row, V, tg, s, k);
+    }
+    *n_valid = cnt;
+    return ce_mean(losses, targets, row_w, T, N, V, cnt);
 }
