@@ -241,6 +241,128 @@ static void model_fused_equals_unfused(const loom_model *m, const char *what) {
     loom_free(g2);
 }
 
+
+/* ---------------------------------------------------------------- blocked causal attention */
+
+static float *rvec(size_t n, uint64_t seed) {
+    float *a = malloc((n ? n : 1) * sizeof *a);
+    loom_rng r;
+    loom_rng_init(&r, seed, 2);
+    for (size_t i = 0; i < n; i++) a[i] = (float)(2.0 * loom_rng_uniform(&r) - 1.0);
+    return a;
+}
+
+/* worst |got - ref| / (1 + max |ref|) over n values */
+static double rel_err(const float *got, const double *ref, size_t n) {
+    double mx = 0, e = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) e = fmax(e, fabs((double)got[i] - ref[i]));
+    return e / (1.0 + mx);
+}
+
+/* Naive causal attention in double, straight from the formulas: S = Q K^T / sqrt(HS) over j <= t,
+ * P = softmax(S), Y = P V; dP = dY V^T, dS = P (dP - rowsum(P dP)) / sqrt(HS), dQ = dS K, dK = dS^T Q,
+ * dV = P^T dY (summed over the query heads sharing a key/value head). */
+static void attention_blocked(int Bn, int Tn, int NH, int NKV, int HS) {
+    const int C = NH * HS, QKV = C + 2 * NKV * HS, ld = QKV + 3, group = NH / NKV;
+    const size_t N = (size_t)Bn * Tn, natt = (size_t)Bn * NH * Tn * Tn;
+    float *qkv = rvec(N * ld, 5), *dout = rvec(N * C, 6);
+    float *out = malloc(N * C * sizeof *out), *att = malloc(natt * sizeof *att), *scr = malloc(natt * sizeof *scr);
+    float *dqkv = malloc(N * ld * sizeof *dqkv), *out1 = malloc(N * C * sizeof *out1), *dq1 = malloc(N * ld * sizeof *dq1);
+    double *ro = calloc(N * C, sizeof *ro), *rd = calloc(N * ld, sizeof *rd), *ra = calloc(natt, sizeof *ra);
+    double *p = calloc((size_t)Tn * Tn, sizeof *p), *ds = calloc((size_t)Tn * Tn, sizeof *ds);
+    const double sc = 1.0 / sqrt((double)HS);
+    for (int b = 0; b < Bn; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *bs = qkv + (size_t)b * Tn * ld;
+            const int kh = h / group;
+#define Q(t, d) (double)bs[(size_t)(t) * ld + h * HS + (d)]
+#define K(t, d) (double)bs[(size_t)(t) * ld + C + kh * HS + (d)]
+#define VV(t, d) (double)bs[(size_t)(t) * ld + C + NKV * HS + kh * HS + (d)]
+#define DY(t, d) (double)dout[((size_t)b * Tn + (t)) * C + h * HS + (d)]
+            for (int t = 0; t < Tn; t++) {
+                double mx = -INFINITY, s = 0;
+                for (int j = 0; j <= t; j++) {
+                    double z = 0;
+                    for (int d = 0; d < HS; d++) z += Q(t, d) * K(j, d);
+                    p[(size_t)t * Tn + j] = z * sc;
+                    mx = fmax(mx, z * sc);
+                }
+                for (int j = 0; j <= t; j++) s += p[(size_t)t * Tn + j] = exp(p[(size_t)t * Tn + j] - mx);
+                for (int j = 0; j <= t; j++) {
+                    p[(size_t)t * Tn + j] /= s;
+                    ra[(((size_t)b * NH + h) * Tn + t) * Tn + j] = p[(size_t)t * Tn + j];
+                }
+                for (int d = 0; d < HS; d++) {
+                    double y = 0;
+                    for (int j = 0; j <= t; j++) y += p[(size_t)t * Tn + j] * VV(j, d);
+                    ro[((size_t)b * Tn + t) * C + h * HS + d] = y;
+                }
+                double rs = 0;
+                for (int j = 0; j <= t; j++) {
+                    double z = 0;
+                    for (int d = 0; d < HS; d++) z += DY(t, d) * VV(j, d);
+                    ds[(size_t)t * Tn + j] = z;
+                    rs += p[(size_t)t * Tn + j] * z;
+                }
+                for (int j = 0; j <= t; j++) ds[(size_t)t * Tn + j] = p[(size_t)t * Tn + j] * (ds[(size_t)t * Tn + j] - rs) * sc;
+            }
+            double *dbs = rd + (size_t)b * Tn * ld;
+            for (int t = 0; t < Tn; t++)
+                for (int d = 0; d < HS; d++) {
+                    double q = 0, k = 0, v = 0;
+                    for (int j = 0; j <= t; j++) q += ds[(size_t)t * Tn + j] * K(j, d);
+                    for (int i = t; i < Tn; i++) {
+                        k += ds[(size_t)i * Tn + t] * Q(i, d);
+                        v += p[(size_t)i * Tn + t] * DY(i, d);
+                    }
+                    dbs[(size_t)t * ld + h * HS + d] = q;
+                    dbs[(size_t)t * ld + C + kh * HS + d] += k;
+                    dbs[(size_t)t * ld + C + NKV * HS + kh * HS + d] += v;
+                }
+#undef Q
+#undef K
+#undef VV
+#undef DY
+        }
+    const int thr[2] = {1, 3};
+    char what[96];
+    snprintf(what, sizeof what, "blocked attention B=%d T=%d NH=%d NKV=%d HS=%d", Bn, Tn, NH, NKV, HS);
+    for (int ti = 0; ti < 2; ti++) {
+        loom_set_threads(thr[ti]);
+        for (size_t i = 0; i < N * ld; i++) dqkv[i] = 555.0f;
+        loom_attention_forward(out, att, qkv, ld, Bn, Tn, NH, NKV, HS);
+        loom_attention_backward(dqkv, scr, dout, qkv, att, ld, Bn, Tn, NH, NKV, HS);
+        /* float sums of at most T or HS terms of size <= 1: a relative 1e-5 of the scale is ample */
+        double eo = rel_err(out, ro, N * C), ed = 0, ea = 0;
+        int untouched = 1;
+        for (size_t n = 0; n < N; n++) {
+            double mx = 0;
+            for (int c = 0; c < QKV; c++) mx = fmax(mx, fabs(rd[n * ld + c]));
+            for (int c = 0; c < QKV; c++) ed = fmax(ed, fabs((double)dqkv[n * ld + c] - rd[n * ld + c]) / (1.0 + mx));
+            for (int c = QKV; c < ld; c++) untouched &= dqkv[n * ld + c] == 555.0f;
+        }
+        CHECK(untouched, "%s: the columns past QKV are not written", what);
+        for (int bh = 0; bh < Bn * NH; bh++)
+            for (int t = 0; t < Tn; t++)
+                for (int j = 0; j <= t; j++) {
+                    size_t i = ((size_t)bh * Tn + t) * Tn + j;
+                    ea = fmax(ea, fabs((double)att[i] - ra[i]));
+                }
+        CHECK(eo < 1e-5 && ed < 1e-5 && ea < 1e-6, "%s, %d threads: output %.3g, d qkv %.3g, probabilities %.3g from double",
+              what, thr[ti], eo, ed, ea);
+        if (ti == 0) {
+            memcpy(out1, out, N * C * sizeof *out);
+            memcpy(dq1, dqkv, N * ld * sizeof *dqkv);
+        } else {
+            CHECK(!memcmp(out1, out, N * C * sizeof *out) && !memcmp(dq1, dqkv, N * ld * sizeof *dqkv),
+                  "%s: 1 and %d threads give the same bits", what, thr[ti]);
+        }
+    }
+    free(qkv), free(dout), free(out), free(att), free(scr), free(dqkv), free(out1), free(dq1);
+    free(ro), free(rd), free(ra), free(p), free(ds);
+}
+
 int main(void) {
     loom_model *g = tiny("gpt2-tiny"), *l = tiny("llama-tiny");
     CHECK(g && l, "tiny models: %s", loom_errmsg());
@@ -264,6 +386,9 @@ int main(void) {
     fused_crossentropy(9, 16, 3, 1);
     model_fused_equals_unfused(g, "gpt2-tiny");
     model_fused_equals_unfused(l, "llama-tiny");
+    attention_blocked(2, 100, 4, 2, 8);  /* two blocks, the second partial; grouped keys */
+    attention_blocked(1, 130, 2, 2, 16); /* three blocks */
+    attention_blocked(1, 64, 3, 1, 4);   /* exactly one block */
     loom_model_free(g);
     loom_model_free(l);
     return test_summary();

@@ -58,7 +58,9 @@ void loom_swiglu_backward(float *dgu, const float *dout, const float *gu, int N,
 void loom_rope(float *x, int ld, int B, int T, int nheads, int HS, float theta, int pos0, int inverse);
 
 /* Causal self-attention on qkv[N, ldqkv]: q heads at column 0, k at qcols = NH*HS, v at qcols + NKV*HS.
- * att[B, NH, T, T] saves the probabilities (zeros above the diagonal); out[N, NH*HS]. */
+ * att[B, NH, T, T] saves the probabilities; out[N, NH*HS]. Computed in blocks of 64 query rows against
+ * the key prefix each block sees, so only the causal part is touched: att[t][j] holds the probability
+ * for j <= t and 0 for t < j < the end of t's 64-row block; entries right of that are not written. */
 void loom_attention_forward(float *out, float *att, const float *qkv, int ldqkv, int B, int T, int NH, int NKV,
                             int HS);
 /* dqkv[N, ldqkv] is overwritten; dout[N, NH*HS]; scratch needs B*NH*T*T floats. */

@@ -287,6 +287,26 @@ void loom_rope(float *x, int ld, int B, int T, int nheads, int HS, float theta, 
     }
 }
 
+/* Causal attention in blocks of ATT_BLK query rows: the block starting at t0 sees keys 0 .. t1-1
+ * (t1 = t0 + its rows), so each block's scores, probabilities and gradients are one product of its rows
+ * against that key prefix, and nothing right of the block's own diagonal square is read or written
+ * (about half the T x T work at long T). Within the square, entries above the diagonal are zeros. */
+#define ATT_BLK 64
+
+/* softmax of row[0..t] in place; row[t+1 .. end) zeroed (the rest of the block's square) */
+static void att_softmax_row(float *row, int t, int end) {
+    float mx = row[0];
+    for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+    float s = 0;
+    for (int j = 0; j <= t; j++) {
+        row[j] = expf(row[j] - mx);
+        s += row[j];
+    }
+    float inv = 1.0f / s;
+    for (int j = 0; j <= t; j++) row[j] *= inv;
+    for (int j = t + 1; j < end; j++) row[j] = 0.0f;
+}
+
 void loom_attention_forward(float *out, float *att, const float *qkv, int ldqkv, int B, int T, int NH, int NKV,
                             int HS) {
     const int C = NH * HS, group = NH / NKV;
@@ -298,22 +318,17 @@ void loom_attention_forward(float *out, float *att, const float *qkv, int ldqkv,
             const float *k = qkv + (size_t)b * T * ldqkv + C + (h / group) * HS;
             const float *v = qkv + (size_t)b * T * ldqkv + C + NKV * HS + (h / group) * HS;
             float *p = att + ((size_t)b * NH + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q, ldqkv, k, ldqkv, 0.0f, p, T);
-            for (int t = 0; t < T; t++) {
-                float *row = p + (size_t)t * T;
-                float mx = row[0];
-                for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
-                float s = 0;
-                for (int j = 0; j <= t; j++) {
-                    row[j] = expf(row[j] - mx);
-                    s += row[j];
-                }
-                float inv = 1.0f / s;
-                for (int j = 0; j <= t; j++) row[j] *= inv;
-                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            for (int t0 = 0; t0 < T; t0 += ATT_BLK) {
+                const int bt = LOOM_KMIN(ATT_BLK, T - t0), t1 = t0 + bt;
+                float *pb = p + (size_t)t0 * T;
+                /* S[t0..t1, 0..t1] = scale * Q_blk K_prefix^T */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bt, t1, HS, scale, q + (size_t)t0 * ldqkv, ldqkv, k,
+                            ldqkv, 0.0f, pb, T);
+                for (int t = t0; t < t1; t++) att_softmax_row(p + (size_t)t * T, t, t1);
+                /* Y_blk = P_blk V_prefix */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bt, HS, t1, 1.0f, pb, T, v, ldqkv, 0.0f,
+                            out + ((size_t)b * T + t0) * C + h * HS, C);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, p, T, v, ldqkv, 0.0f,
-                        out + (size_t)b * T * C + h * HS, C);
         }
 }
 
@@ -321,6 +336,7 @@ void loom_attention_backward(float *dqkv, float *scratch, const float *dout, con
                              int ldqkv, int B, int T, int NH, int NKV, int HS) {
     const int C = NH * HS, group = NH / NKV;
     const float scale = 1.0f / sqrtf((float)HS);
+    const int last = (T - 1) / ATT_BLK * ATT_BLK; /* the start of the last block, which sees every key */
     /* Parallel over (b, kv head): the query heads of one group accumulate into the same dK/dV. */
 #pragma omp parallel for schedule(dynamic, 1) collapse(2) if (PAR((size_t)B * NH * T * T))
     for (int b = 0; b < B; b++)
@@ -336,22 +352,31 @@ void loom_attention_backward(float *dqkv, float *scratch, const float *dout, con
                 const float *p = att + ((size_t)b * NH + h) * T * T;
                 const float *dy = dout + (size_t)b * T * C + h * HS;
                 float *dp = scratch + ((size_t)b * NH + h) * T * T;
-                float beta = g == 0 ? 0.0f : 1.0f;
-                /* dP = dY V^T ; dV (+)= P^T dY */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, 1.0f, dy, C, v, ldqkv, 0.0f, dp, T);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, p, T, dy, C, beta, dv, ldqkv);
-                /* softmax backward: dS = P * (dP - rowsum(P*dP)), scaled */
-                for (int t = 0; t < T; t++) {
-                    const float *pr = p + (size_t)t * T;
-                    float *dr = dp + (size_t)t * T;
-                    float s = 0;
-                    for (int j = 0; j <= t; j++) s += pr[j] * dr[j];
-                    for (int j = 0; j <= t; j++) dr[j] = pr[j] * (dr[j] - s) * scale;
-                    for (int j = t + 1; j < T; j++) dr[j] = 0.0f;
+                /* blocks from the last (which covers every key row, so the group's first head overwrites dK/dV
+                 * there) to the first, each adding its rows' share to the key prefix it saw */
+                for (int t0 = last; t0 >= 0; t0 -= ATT_BLK) {
+                    const int bt = LOOM_KMIN(ATT_BLK, T - t0), t1 = t0 + bt;
+                    const float beta = g == 0 && t0 == last ? 0.0f : 1.0f;
+                    const float *pb = p + (size_t)t0 * T, *dyb = dy + (size_t)t0 * C;
+                    float *db = dp + (size_t)t0 * T;
+                    /* dP_blk = dY_blk V_prefix^T ; dV_prefix (+)= P_blk^T dY_blk */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bt, t1, HS, 1.0f, dyb, C, v, ldqkv, 0.0f, db, T);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, HS, bt, 1.0f, pb, T, dyb, C, beta, dv, ldqkv);
+                    /* softmax backward: dS = P * (dP - rowsum(P*dP)), scaled */
+                    for (int t = t0; t < t1; t++) {
+                        const float *pr = p + (size_t)t * T;
+                        float *dr = dp + (size_t)t * T;
+                        float s = 0;
+                        for (int j = 0; j <= t; j++) s += pr[j] * dr[j];
+                        for (int j = 0; j <= t; j++) dr[j] = pr[j] * (dr[j] - s) * scale;
+                        for (int j = t + 1; j < t1; j++) dr[j] = 0.0f;
+                    }
+                    /* dQ_blk = dS_blk K_prefix ; dK_prefix (+)= dS_blk^T Q_blk */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bt, HS, t1, 1.0f, db, T, k, ldqkv, 0.0f,
+                                dq + (size_t)t0 * ldqkv, ldqkv);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, HS, bt, 1.0f, db, T, q + (size_t)t0 * ldqkv,
+                                ldqkv, beta, dk, ldqkv);
                 }
-                /* dQ = dS K ; dK (+)= dS^T Q */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, dp, T, k, ldqkv, 0.0f, dq, ldqkv);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HS, T, 1.0f, dp, T, q, ldqkv, beta, dk, ldqkv);
             }
         }
 }
