@@ -83,7 +83,9 @@ void loom_swiglu_backward(float *dgu, const float *dout, const float *gu, int N,
 void loom_rope(float *x, int ld, int B, int T, int nheads, int HS, float theta, int pos0, int inverse);
 
 /* Causal self-attention on qkv[N, ldqkv]: q heads at column 0, k at qcols = NH*HS, v at qcols + NKV*HS.
- * att[B, NH, T, T] saves the probabilities (zeros above the diagonal); out[N, NH*HS]. */
+ * att[B, NH, T, T] saves the probabilities; out[N, NH*HS]. Computed in blocks of 64 query rows against
+ * the key prefix each block sees, so only the causal part is touched: att[t][j] holds the probability
+ * for j <= t and 0 for t < j < the end of t's 64-row block; entries right of that are not written. */
 void loom_attention_forward(float *out, float *att, const float *qkv, int ldqkv, int B, int T, int NH, int NKV,
                             int HS);
 /* dqkv[N, ldqkv] is overwritten; dout[N, NH*HS]; scratch needs B*NH*T*T floats. */
@@ -102,6 +104,13 @@ float loom_crossentropy_forward_w(float *losses, const float *logits, const int3
                                   int N, int V, int *n_valid);
 void loom_crossentropy_backward_w(float *logits, const int32_t *targets, const float *row_w, int T, int N, int V,
                                   int n_valid, float dloss);
+/* Forward and backward in one pass (the training step's classifier, as llm.c fuses it): per row the
+ * maximum and the sum of exponentials once, the loss into losses[n], and logits[N,V] overwritten in
+ * place by d(dloss * mean loss)/d logits. Returns the mean loss; the same bits as
+ * loom_crossentropy_forward_w followed by loom_crossentropy_backward_w on a copy (losses, mean, n_valid
+ * and gradient), with e^x evaluated once per logit instead of twice. */
+float loom_crossentropy_fused_w(float *losses, float *logits, const int32_t *targets, const float *row_w, int T, int N,
+                                int V, int *n_valid, float dloss);
 
 /* Row-sum of a [N, C] matrix into out[C] (+=), fixed chunking (thread-count independent). */
 void loom_colsum_acc(float *out, const float *x, int ld, int N, int C);

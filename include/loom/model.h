@@ -143,7 +143,8 @@ typedef struct loom_ws loom_ws;
 int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T);
 void loom_ws_free(loom_ws *ws);
 size_t loom_ws_bytes(const loom_ws *ws);
-/* Logits [B*T, V] of the last forward (valid until backward, which overwrites them). */
+/* Logits [B*T, V] of the last forward (valid until backward, which overwrites them; after a forward
+ * with loom_ws_set_fused_loss on, d loss / d logits instead). */
 float *loom_ws_logits(loom_ws *ws);
 /* Per-position losses [B*T] of the last forward (0 where the target is ignored). */
 const float *loom_ws_losses(const loom_ws *ws);
@@ -194,6 +195,13 @@ int loom_ws_precision(const loom_ws *ws);
 /* "f32" / "bf16" <-> LOOM_PREC_*; loom_precision_parse returns -1 for anything else. */
 const char *loom_precision_name(int precision);
 int loom_precision_parse(const char *s);
+/* Fused loss for the following forwards (off by default; the trainer turns it on around its
+ * compute-gradient): a forward with targets on a training workspace computes the loss and its gradient
+ * with respect to the logits in one pass (loom_crossentropy_fused_w: e^x once per logit), so
+ * loom_ws_logits() then holds d loss / d logits instead of the logits, and the following backward starts
+ * from it. Losses and gradients have the same bits as with it off. Leave it off wherever the logits are
+ * read after a forward (evaluation, scoring, generation). */
+void loom_ws_set_fused_loss(loom_ws *ws, int on);
 /* Soft-prompt positions at the start of each row of the last forward: logits and losses are then
  * [B, prompt_len + T] rows, the real tokens at rows b*(prompt_len+T) + prompt_len + t. */
 int loom_ws_prompt_len(const loom_ws *ws);

@@ -73,7 +73,13 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
                                   long *n_targets);
 /* Apply-gradient: the gradient hook (if set), global-norm clipping (cfg.clip), one optimizer step at the
  * schedule's learning rate, on whatever loom_trainer_grads() holds. *grad_norm (may be NULL): the norm
- * after the hook and before clipping. A non-finite norm is LOOM_ERANGE and the vector is left unchanged. */
+ * after the hook and before clipping. A non-finite norm is LOOM_ERANGE and the vector is left unchanged.
+ * Two passes over the gradient: its norm, then the optimizer, which multiplies each element by the clip
+ * scale as it reads it (the same bits as clipping the buffer first) and writes 0 behind it, so the
+ * gradient buffer reads all zeros after a successful apply-gradient and the next compute-gradient
+ * accumulates into it without clearing it first. A caller that writes into the buffer must do so through
+ * a pointer obtained from loom_trainer_grads() after the last apply-gradient (that call marks the buffer
+ * as no longer known to be zero). */
 int loom_trainer_apply_gradient(loom_trainer *t, double *grad_norm);
 /* One step on a batch: compute-gradient then apply-gradient. loss and grad_norm may be NULL. */
 int loom_trainer_step(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss, double *grad_norm);
@@ -97,7 +103,8 @@ int loom_trainer_vocab(const loom_trainer *t);
 long loom_trainer_steps(const loom_trainer *t);
 loom_optimizer *loom_trainer_optimizer(loom_trainer *t);
 loom_ws *loom_trainer_ws(loom_trainer *t);
-float *loom_trainer_grads(loom_trainer *t);        /* [loom_trainer_dim] gradient of the last step */
+/* [loom_trainer_dim] the gradient of the last compute-gradient (zeros once apply-gradient consumed it) */
+float *loom_trainer_grads(loom_trainer *t);
 /* The trained flat vector and its length: the set's vector, or for loom_trainer_create the params. */
 size_t loom_trainer_dim(const loom_trainer *t);
 float *loom_trainer_vector(loom_trainer *t);

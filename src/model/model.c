@@ -390,6 +390,8 @@ struct loom_ws {
     float *dres, *dn, *dqkv, *datty, *dfch, *dfca, *datt, *tmp;
     int n_valid;
     int have_forward;
+    int fuse_loss;       /* loom_ws_set_fused_loss: a training forward with targets leaves dloss/dlogits */
+    int logits_grad;     /* logits holds d loss / d logits (a fused forward), not the logits */
     const int32_t *tokens, *targets;
     int curB, curT;      /* batch of the last forward, as run (curT includes soft-prompt positions) */
     int32_t *tok_copy, *tgt_copy; /* tok_copy < 0: a soft-prompt position */
@@ -627,6 +629,7 @@ size_t loom_ws_bytes(const loom_ws *ws) { return ws->bytes; }
 float *loom_ws_logits(loom_ws *ws) { return ws->logits; }
 const float *loom_ws_losses(const loom_ws *ws) { return ws->losses; }
 int loom_ws_prompt_len(const loom_ws *ws) { return ws->prompt_len; }
+void loom_ws_set_fused_loss(loom_ws *ws, int on) { ws->fuse_loss = on != 0; }
 void loom_ws_set_dropout(loom_ws *ws, int on, uint64_t seed) {
     ws->dropout_on = on;
     ws->dropout_seed = seed;
@@ -977,11 +980,19 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     head_fwd(&r, ws->logits, ws->nf, N, C, V);
 
     ws->have_forward = 1;
+    ws->logits_grad = 0;
     if (targets) {
         if (ws->use_row_w && ws->n_row_w != B)
             return loom_error(LOOM_EINVAL, "%d row weights set for a batch of %d rows", ws->n_row_w, B);
-        float l = loom_crossentropy_forward_w(ws->losses, ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N,
-                                              V, &ws->n_valid);
+        const float *rw = ws->use_row_w ? ws->row_w : NULL;
+        float l;
+        if (ws->fuse_loss && ws->train) {
+            /* training: the loss and its gradient in one pass (e^x once per logit); backward starts there */
+            l = loom_crossentropy_fused_w(ws->losses, ws->logits, ws->tgt_copy, rw, T, N, V, &ws->n_valid, 1.0f);
+            ws->logits_grad = 1;
+        } else {
+            l = loom_crossentropy_forward_w(ws->losses, ws->logits, ws->tgt_copy, rw, T, N, V, &ws->n_valid);
+        }
         if (loss) *loss = l;
     } else {
         ws->n_valid = -1;
@@ -1095,8 +1106,11 @@ static int backward_impl(const run_ctx *rc) {
 #define NEED(l, s) ((l) * LOOM_STAGES + (s) > lowest)
     ws->have_forward = 0; /* logits are about to be overwritten */
 
-    /* loss -> logits (in place) -> final norm */
-    loom_crossentropy_backward_w(ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N, V, ws->n_valid, 1.0f);
+    /* loss -> logits (in place; a fused forward already left the gradient there) -> final norm */
+    if (!ws->logits_grad)
+        loom_crossentropy_backward_w(ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N, V, ws->n_valid,
+                                     1.0f);
+    ws->logits_grad = 0;
     head_bwd(&r, ws->dn, G(m->t_head), ws->logits, ws->nf, N, C, V);
     float *xl = ws->res[c->n_layer];
     if (!NEED(c->n_layer, 0)) { /* only the final norm / head train: no gradient flows into the layers */

@@ -90,24 +90,75 @@ float *loom_optimizer_state(loom_optimizer *o, int which, size_t *n) {
 }
 
 void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) {
+    loom_optimizer_step_ex(o, p, (float *)g, 1.0f, lr, 0);
+}
+
+/* Run-time CPU dispatch (see src/kernels/kernels.c): the optimizer's loops are compiled for AVX-512,
+ * AVX2 and baseline x86-64 and the loader picks one; element-wise arithmetic without contraction gives
+ * the same bits in each. OpenMP runs outside the cloned chunk kernels. */
+/* Only for a portable build: one that already targets AVX2 or more (-march=native) is tuned for its
+ * machine, and cloning there would keep the inline helpers, built for the wider native ISA, out of the
+ * clones. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define LOOM_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef LOOM_DISPATCH
+#define LOOM_DISPATCH
+#endif
+#define CHUNK 8192
+
+typedef struct {
+    float b1, b2, eps, decay, step_size, bc2_sqrt, gs;
+} adamw_k;
+
+/* AdamW on n elements: torch.optim.AdamW's single-tensor path, same operation order. Each element reads
+ * g[i] * gs, rounded once: the value loom_clip_grad_norm would have stored in the buffer, so the fused
+ * step has the same bits as scaling first (g * 1.0f is g exactly); zero_grad writes 0 behind it. */
+LOOM_DISPATCH static void adamw_chunk(float *p, float *g, float *m, float *v, const uint8_t *dm, size_t n,
+                                      const adamw_k *k, int zero_grad) {
+    const float b1 = k->b1, b2 = k->b2, eps = k->eps, decay = k->decay, step_size = k->step_size;
+    const float bc2_sqrt = k->bc2_sqrt, gs = k->gs;
+    if (zero_grad) {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            float gi = g[i] * gs;
+            g[i] = 0.0f;
+            p[i] *= dm && !dm[i] ? 1.0f : decay;
+            m[i] += (gi - m[i]) * (1.0f - b1);
+            v[i] = v[i] * b2 + (1.0f - b2) * gi * gi;
+            float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+            p[i] += -step_size * (m[i] / denom);
+        }
+    } else {
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            float gi = g[i] * gs;
+            p[i] *= dm && !dm[i] ? 1.0f : decay;
+            m[i] += (gi - m[i]) * (1.0f - b1);
+            v[i] = v[i] * b2 + (1.0f - b2) * gi * gi;
+            float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+            p[i] += -step_size * (m[i] / denom);
+        }
+    }
+}
+
+void loom_optimizer_step_ex(loom_optimizer *o, float *p, float *g, float gscale, float lr, int zero_grad) {
     const loom_opt_config *c = &o->cfg;
     const size_t n = o->n;
     const uint8_t *dm = o->decay;
+    const float gs = gscale;
     o->t++;
     if (c->kind == LOOM_OPT_ADAMW) {
-        /* torch.optim.AdamW (single-tensor path), same operation order */
-        const float b1 = c->beta1, b2 = c->beta2, eps = c->eps;
-        const float decay = 1.0f - lr * c->weight_decay;
-        const double bc1 = 1.0 - pow((double)b1, (double)o->t), bc2 = 1.0 - pow((double)b2, (double)o->t);
-        const float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+        const double bc1 = 1.0 - pow((double)c->beta1, (double)o->t), bc2 = 1.0 - pow((double)c->beta2, (double)o->t);
+        const adamw_k k = {c->beta1, c->beta2, c->eps, 1.0f - lr * c->weight_decay, (float)(lr / bc1), (float)sqrt(bc2), gs};
         float *m = o->m, *v = o->v;
-#pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < n; i++) {
-            p[i] *= dm && !dm[i] ? 1.0f : decay;
-            m[i] += (g[i] - m[i]) * (1.0f - b1);
-            v[i] = v[i] * b2 + (1.0f - b2) * g[i] * g[i];
-            float denom = sqrtf(v[i]) / bc2_sqrt + eps;
-            p[i] += -step_size * (m[i] / denom);
+        const size_t nc = (n + CHUNK - 1) / CHUNK;
+#pragma omp parallel for schedule(static)
+        for (size_t j = 0; j < nc; j++) {
+            size_t i = j * CHUNK, e = n - i < CHUNK ? n - i : CHUNK;
+            adamw_chunk(p + i, g + i, m + i, v + i, dm ? dm + i : NULL, e, &k, zero_grad);
         }
     } else {
         /* torch.optim.SGD: d = g + wd*p; buf = mu*buf + d (buf = d at the first step); p -= lr*d' */
@@ -116,7 +167,8 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
         const int first = o->t == 1;
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) {
-            float d = g[i];
+            float d = g[i] * gs;
+            if (zero_grad) g[i] = 0.0f;
             if (wd != 0.0f && (!dm || dm[i])) d += wd * p[i];
             if (buf) {
                 buf[i] = first ? d : mu * buf[i] + d;
@@ -127,7 +179,21 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
     }
 }
 
-double loom_clip_grad_norm(float *g, size_t n, double max_norm) {
+/* sum of g[i]^2 in double over 16 interleaved lanes (the tail in order), the lanes added pairwise: a
+ * fixed order for any vector width, and no chain of dependent additions */
+LOOM_DISPATCH static double sq_block(const float *g, size_t n) {
+    enum { L = 16 };
+    double acc[L] = {0};
+    size_t i = 0;
+    for (; i + L <= n; i += L)
+        for (int l = 0; l < L; l++) acc[l] += (double)g[i + l] * g[i + l];
+    for (int l = 0; i + l < n; l++) acc[l] += (double)g[i + l] * g[i + l];
+    for (int w = L / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+double loom_grad_norm(const float *g, size_t n) {
     /* fixed blocks summed in order: the norm does not depend on the thread count */
     enum { BLK = 1 << 16 };
     size_t nb = (n + BLK - 1) / BLK;
@@ -138,17 +204,23 @@ double loom_clip_grad_norm(float *g, size_t n, double max_norm) {
     } else {
 #pragma omp parallel for schedule(static)
         for (size_t b = 0; b < nb; b++) {
-            double a = 0;
             size_t e = (b + 1) * BLK < n ? (b + 1) * BLK : n;
-            for (size_t i = b * BLK; i < e; i++) a += (double)g[i] * g[i];
-            part[b] = a;
+            part[b] = sq_block(g + b * BLK, e - b * BLK);
         }
         for (size_t b = 0; b < nb; b++) s += part[b];
         free(part);
     }
-    double norm = sqrt(s);
+    return sqrt(s);
+}
+
+float loom_clip_scale(double norm, double max_norm) {
+    return max_norm > 0 && norm > max_norm ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+double loom_clip_grad_norm(float *g, size_t n, double max_norm) {
+    double norm = loom_grad_norm(g, n);
     if (max_norm > 0 && norm > max_norm) {
-        float k = (float)(max_norm / (norm + 1e-6));
+        float k = loom_clip_scale(norm, max_norm);
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < n; i++) g[i] *= k;
     }

@@ -12,6 +12,7 @@
 struct loom_trainer {
     const loom_model *m;
     float *params, *grads;      /* the trained vector and its gradient ([dim]) */
+    int grads_zero;             /* grads holds zeros (apply-gradient cleared it while reading it) */
     size_t dim;
     const float *base;          /* the frozen base (for the FULL set: params itself) */
     const loom_tset *ts;        /* the set trained */
@@ -62,6 +63,7 @@ static int trainer_init(loom_trainer *t) {
     const loom_tset *ts = t->ts;
     int rc = LOOM_OK, n = loom_tset_count(ts);
     t->grads = loom_calloc(t->dim ? t->dim : 1, sizeof(float));
+    t->grads_zero = 1;
     if (!t->grads) rc = LOOM_ENOMEM;
     if (rc == LOOM_OK) rc = loom_optimizer_create(&t->opt, &c->opt, t->dim);
     if (rc == LOOM_OK && c->decay_2d_only && c->opt.weight_decay > 0) {
@@ -209,7 +211,6 @@ static int dp_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *ta
         t->dp_nv[b] = c;
         nv += c;
     }
-    memset(t->grads, 0, dim * sizeof(float));
     double lsum = 0;
     int rc = LOOM_OK;
     if (t->dp_rows) {
@@ -234,8 +235,9 @@ static int dp_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *ta
             t->dp_norms[b] = (float)nrm;
             f[b] = (float)(nrm > C ? C / nrm : 1.0);
         }
-        float *g = t->grads;
+        float *g = t->grads; /* overwritten */
         const float *rows = t->dp_rows;
+        t->grads_zero = 0;
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < dim; i++) {
             double v = 0;
@@ -244,6 +246,8 @@ static int dp_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *ta
         }
     } else {
         /* the row loop: each row alone at batch 1, where the batch mean is the row's own mean */
+        if (!t->grads_zero) memset(t->grads, 0, dim * sizeof(float));
+        t->grads_zero = 0;
         for (int b = 0; b < B && rc == LOOM_OK; b++) {
             t->dp_norms[b] = 0.0f;
             if (!t->dp_nv[b]) continue;
@@ -289,16 +293,20 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
     float l = 0;
     int rc;
     loom_ws_set_dropout(t->ws, 1, loom_hash2(t->cfg.seed, (uint64_t)step));
+    loom_ws_set_fused_loss(t->ws, 1); /* every forward here is followed by its backward */
     if (t->cfg.dp_sgd) {
         rc = dp_gradient(t, tokens, targets, step, &l);
     } else {
         rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, &l);
         if (rc == LOOM_OK) {
-            memset(t->grads, 0, t->dim * sizeof(float));
+            /* the last apply-gradient left zeros behind it: the backward accumulates into them */
+            if (!t->grads_zero) memset(t->grads, 0, t->dim * sizeof(float));
+            t->grads_zero = 0;
             rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->grads);
         }
     }
     loom_ws_set_dropout(t->ws, 0, 0);
+    loom_ws_set_fused_loss(t->ws, 0);
     if (rc != LOOM_OK) return rc;
     if (loss) *loss = l;
     if (n_targets) *n_targets = targets ? count_targets(targets, loom_trainer_batch_tokens(t)) : 0;
@@ -311,13 +319,17 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
 int loom_trainer_apply_gradient(loom_trainer *t, double *grad_norm) {
     long step = loom_optimizer_steps(t->opt);
     if (t->hook) t->hook(t->grads, t->params, t->dim, t->hook_ud);
-    double gn = loom_clip_grad_norm(t->grads, t->dim, t->cfg.clip);
+    t->grads_zero = 0;
+    /* two passes over the gradient: its norm, then the optimizer, which applies the clip scale as it
+     * reads each element (the same bits as clipping the buffer first) and leaves zeros behind */
+    double gn = loom_grad_norm(t->grads, t->dim);
     if (grad_norm) *grad_norm = gn;
     float lr = loom_trainer_lr(t);
     if (!isfinite(gn))
         return loom_error(LOOM_ERANGE, "gradient norm became non-finite (%s) at step %ld: lower --lr (now %g)",
                           nonfinite_name(gn), step + 1, (double)lr);
-    loom_optimizer_step(t->opt, t->params, t->grads, lr);
+    loom_optimizer_step_ex(t->opt, t->params, t->grads, loom_clip_scale(gn, t->cfg.clip), lr, 1);
+    t->grads_zero = 1;
     return LOOM_OK;
 }
 
@@ -342,7 +354,10 @@ int loom_trainer_eval(loom_trainer *t, const int32_t *tokens, const int32_t *tar
 long loom_trainer_steps(const loom_trainer *t) { return loom_optimizer_steps(t->opt); }
 loom_optimizer *loom_trainer_optimizer(loom_trainer *t) { return t->opt; }
 loom_ws *loom_trainer_ws(loom_trainer *t) { return t->ws; }
-float *loom_trainer_grads(loom_trainer *t) { return t->grads; }
+float *loom_trainer_grads(loom_trainer *t) {
+    t->grads_zero = 0; /* the caller may write into it */
+    return t->grads;
+}
 
 void loom_trainer_set_grad_hook(loom_trainer *t, loom_grad_hook fn, void *ud) {
     t->hook = fn;
