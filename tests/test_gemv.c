@@ -10,6 +10,7 @@
 #include "loom/core.h"
 #include "loom/gemv.h"
 #include "loom/kernels.h"
+#include "loom/model.h"
 #include "loom/quant.h"
 #include "test.h"
 
@@ -121,6 +122,101 @@ static void check_order(void) {
     CHECK_OK(loom_gemv_set_isa(best));
 }
 
+/* ---------------------------------------------------------------- decoding from a low-precision model */
+
+#define NDEC 20
+
+static double held_bytes_expected(const loom_model *m, loom_qtype qt) {
+    const loom_config *c = loom_model_config(m);
+    double es = qt == LOOM_Q_BF16 ? 2 : 1, b = 0;
+    for (int i = 0; i < loom_model_n_tensors(m); i++) {
+        const loom_tensor *t = loom_model_tensor(m, i);
+        int lin = t->kind == LOOM_T_LINEAR_W, low = lin || t->kind == LOOM_T_EMBED || t->kind == LOOM_T_HEAD;
+        /* int8 scales: one per output channel, a Conv1D's columns, else rows (the embedding's tokens) */
+        int64_t outs = c->arch == LOOM_ARCH_GPT2 && lin ? t->shape[1] : t->shape[0];
+        b += low ? (double)t->numel * es + (qt == LOOM_Q_INT8 ? 4.0 * (double)outs : 0) : 4.0 * (double)t->numel;
+    }
+    return b;
+}
+
+/* A model held whole in bf16/int8 (loom_model_quantize_ex with the embedding and head) decodes
+ * greedily to the logits of its dequantized float copy: bf16 to the same bits (the same values and the
+ * same order of sums), int8 within rounding (s * sum q x against sum (q s) x); it holds the bytes of
+ * its precision; the forward pass refuses it with a message. */
+static void check_decode(const char *shape, loom_qtype qt) {
+    loom_config cfg;
+    CHECK_OK(loom_config_named(&cfg, shape));
+    cfg.vocab = 509; /* odd sizes: tails in the head, the MLP and the embedding rows */
+    cfg.hidden = 200;
+    loom_model *mq = NULL, *mf = NULL, *m2 = NULL;
+    CHECK_OK(loom_model_create_quantized_ex(&mq, &cfg, 7, qt, LOOM_QUANT_EMBED_HEAD));
+    CHECK_OK(loom_model_create(&m2, &cfg, 7));
+    if (!mq || !m2) return;
+    CHECK_OK(loom_model_quantize_ex(m2, qt, LOOM_QUANT_EMBED_HEAD));
+    CHECK_OK(loom_model_to_float(&mf, mq, loom_model_params(mq)));
+    if (!mf) return;
+    const char *qn = tname(qt);
+    int V = cfg.vocab, nt = loom_model_n_tensors(mq);
+    for (int i = 0; i < nt; i++) {
+        const loom_tensor *t = loom_model_tensor(mq, i);
+        int low = t->kind == LOOM_T_LINEAR_W || t->kind == LOOM_T_EMBED || t->kind == LOOM_T_HEAD;
+        CHECK(t->dtype == (low ? qt : LOOM_Q_F32), "%s %s: %s held as %d", shape, qn, t->name, (int)t->dtype);
+        /* created straight into the precision = created in float, then quantized */
+        float *a = malloc(t->numel * sizeof *a), *b = malloc(t->numel * sizeof *b);
+        CHECK_OK(loom_model_weight(mq, loom_model_params(mq), i, a));
+        CHECK_OK(loom_model_weight(m2, loom_model_params(m2), i, b));
+        CHECK(!memcmp(a, b, t->numel * sizeof *a), "%s %s: %s differs between the two ways of quantizing", shape, qn, t->name);
+        free(a), free(b);
+    }
+    double want = held_bytes_expected(mq, qt);
+    CHECK((double)loom_model_base_bytes(mq) == want, "%s %s: holds %zu bytes, want %.0f", shape, qn,
+          loom_model_base_bytes(mq), want);
+    CHECK(loom_model_base_bytes(mq) * (qt == LOOM_Q_BF16 ? 1.9 : 3.0) < loom_model_base_bytes(mf),
+          "%s %s: %zu bytes against %zu in float", shape, qn, loom_model_base_bytes(mq), loom_model_base_bytes(mf));
+
+    loom_kv *kq = NULL, *kf = NULL;
+    CHECK_OK(loom_kv_create(&kq, mq, NDEC));
+    CHECK_OK(loom_kv_create(&kf, mf, NDEC));
+    float *lq = malloc((size_t)V * sizeof *lq), *lf = malloc((size_t)V * sizeof *lf);
+    int32_t tok = 1;
+    double worst = 0, top = 0;
+    int same_bits = 1, same_tok = 1;
+    for (int p = 0; kq && kf && p < NDEC; p++) {
+        CHECK_OK(loom_decode_step(mq, loom_model_params(mq), kq, tok, p, lq));
+        CHECK_OK(loom_decode_step(mf, loom_model_params(mf), kf, tok, p, lf));
+        int bq = 0, bf = 0;
+        for (int i = 0; i < V; i++) {
+            worst = fmax(worst, fabs((double)lq[i] - lf[i]));
+            top = fmax(top, fabs((double)lf[i]));
+            if (lq[i] > lq[bq]) bq = i;
+            if (lf[i] > lf[bf]) bf = i;
+        }
+        same_bits &= !memcmp(lq, lf, (size_t)V * sizeof *lq);
+        same_tok &= bq == bf;
+        tok = bq;
+    }
+    if (getenv("TEST_VERBOSE")) fprintf(stderr, "%s %s: decode max diff %.3g, max logit %.3g\n", shape, qn, worst, top);
+    if (qt == LOOM_Q_BF16) CHECK(same_bits, "%s bf16: logits differ from the dequantized model's by %.3g", shape, worst);
+    /* int8: each product rounds once more or less per output (the scale outside the sum); 1e-5 of the
+     * largest logit is ~100 float roundings, far below what quantizing costs (~1e-2) */
+    CHECK(worst <= 1e-5 * fmax(1.0, top), "%s %s: logits differ from the dequantized model's by %.3g (max |logit| %.3g)",
+          shape, qn, worst, top);
+    CHECK(same_tok, "%s %s: greedy tokens differ from the dequantized model's", shape, qn);
+
+    loom_ws *ws = NULL;
+    CHECK_OK(loom_ws_create(&ws, mq, 1, 4));
+    int32_t toks[4] = {1, 2, 3, 4};
+    if (ws) {
+        int rc = loom_forward(mq, loom_model_params(mq), ws, toks, NULL, 1, 4, NULL);
+        CHECK(rc == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "for generation only"), "%s %s: forward gives %d: %s", shape,
+              qn, rc, loom_errmsg());
+    }
+    loom_ws_free(ws);
+    free(lq), free(lf);
+    loom_kv_free(kq), loom_kv_free(kf);
+    loom_model_free(mq), loom_model_free(mf), loom_model_free(m2);
+}
+
 static void check_names(void) {
     loom_isa isa;
     CHECK_OK(loom_isa_parse("avx2", &isa));
@@ -144,6 +240,11 @@ int main(void) {
             for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) check_case(types[t], layout, sizes[k][0], sizes[k][1]);
     check_order();
     check_names();
+    const char *shapes[2] = {"llama-tiny", "gpt2-tiny"};
+    for (int k = 0; k < 2; k++) {
+        check_decode(shapes[k], LOOM_Q_BF16);
+        check_decode(shapes[k], LOOM_Q_INT8);
+    }
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
 }
