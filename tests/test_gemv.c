@@ -36,6 +36,30 @@ static double stored(const loom_qmat *w, size_t i, int o) {
     return (double)((const int8_t *)w->data)[i] * w->scale[o];
 }
 
+/* The order gemv.h documents, written out here: Linear, 16 fma chains (lane j over c = j, j + 16, ...,
+ * the last block zero-padded), then lanes added j + 8, + 4, + 2, + 1; Conv1D, one fma chain over c.
+ * int8 times its scale after the sum. */
+static float documented(const loom_qmat *w, const float *x, int C, int OC, int o) {
+    float sum;
+    if (w->layout == LOOM_W_LINEAR) {
+        float lane[16] = {0};
+        for (int c0 = 0; c0 < C; c0 += 16)
+            for (int j = 0; j < 16; j++) {
+                int c = c0 + j;
+                float wv = c < C ? (float)(stored(w, (size_t)o * C + c, o) / (w->scale ? w->scale[o] : 1.0)) : 0.0f;
+                lane[j] = fmaf(wv, c < C ? x[c] : 0.0f, lane[j]);
+            }
+        for (int h = 8; h >= 1; h /= 2)
+            for (int j = 0; j < h; j++) lane[j] = lane[j] + lane[j + h];
+        sum = lane[0];
+    } else {
+        sum = 0;
+        for (int c = 0; c < C; c++)
+            sum = fmaf(x[c], (float)(stored(w, (size_t)c * OC + o, o) / (w->scale ? w->scale[o] : 1.0)), sum);
+    }
+    return w->scale ? sum * w->scale[o] : sum;
+}
+
 static const char *tname(loom_qtype t) { return t == LOOM_Q_BF16 ? "bf16" : t == LOOM_Q_INT8 ? "int8" : "f32"; }
 
 static void check_case(loom_qtype type, int layout, int OC, int C) {
@@ -78,6 +102,13 @@ static void check_case(loom_qtype type, int layout, int OC, int C) {
                 CHECK(bad < 0, "%s: y[%d] = %.9g, reference %.9g, bound %.3g", what, bad, bad >= 0 ? y[bad] : 0.0,
                       bad >= 0 ? ref[bad] : 0.0, bad >= 0 ? bound[bad] : 0.0);
                 memcpy(y0, y, (size_t)OC * sizeof *y);
+                int off = -1;
+                for (int o = 0; o < OC && off < 0; o++) {
+                    float d = documented(&w, x, C, OC, o);
+                    if (memcmp(&d, &y[o], sizeof d)) off = o;
+                }
+                CHECK(off < 0, "%s: y[%d] = %.9g is not the documented order's %.9g", what, off, off >= 0 ? y[off] : 0.0,
+                      off >= 0 ? documented(&w, x, C, OC, off) : 0.0);
             } else {
                 CHECK(memcmp(y, y0, (size_t)OC * sizeof *y) == 0, "%s: %s on %d threads gives other bits than portable on 1",
                       what, loom_isa_name((loom_isa)isa), threads[t]);
