@@ -60,6 +60,37 @@ static float documented(const loom_qmat *w, const float *x, int C, int OC, int o
     return w->scale ? sum * w->scale[o] : sum;
 }
 
+/* LOOM_I8_DOT as gemv.h documents it: x quantized per block of 32, exact int32 lanes of 4 products,
+ * fma into lane (b % 2) * 8 + j, the pairwise sum, times the scale; *err gets the bound on its
+ * distance from the exact product that rounding x allows, scale * sum_b dx[b] / 2 * sum |q|. */
+static float documented_dot(const loom_qmat *w, const float *x, int C, int o, double *err) {
+    const int8_t *q = (const int8_t *)w->data + (size_t)o * C;
+    float lane[16] = {0};
+    double e = 0;
+    for (int b = 0; b * 32 < C; b++) {
+        float mx = 0;
+        for (int c = b * 32; c < C && c < b * 32 + 32; c++) mx = fmaxf(mx, fabsf(x[c]));
+        float d = mx / 127.0f;
+        double qa = 0;
+        for (int j = 0; j < 8; j++) {
+            int32_t s = 0;
+            for (int k = 0; k < 4; k++) {
+                int c = b * 32 + 4 * j + k;
+                if (c >= C) continue;
+                long xq = d > 0 ? lrintf(x[c] / d) : 0;
+                s += (int32_t)q[c] * (int32_t)xq;
+                qa += abs(q[c]);
+            }
+            lane[(b % 2) * 8 + j] = fmaf((float)s, d, lane[(b % 2) * 8 + j]);
+        }
+        e += d / 2.0 * qa;
+    }
+    for (int h = 8; h >= 1; h /= 2)
+        for (int j = 0; j < h; j++) lane[j] = lane[j] + lane[j + h];
+    *err = w->scale[o] * e;
+    return lane[0] * w->scale[o];
+}
+
 static const char *tname(loom_qtype t) { return t == LOOM_Q_BF16 ? "bf16" : t == LOOM_Q_INT8 ? "int8" : "f32"; }
 
 static void check_case(loom_qtype type, int layout, int OC, int C) {
@@ -123,6 +154,33 @@ static void check_case(loom_qtype type, int layout, int OC, int C) {
         }
     }
     CHECK_OK(loom_gemv_set_isa(best));
+
+    /* int8 Linear with x quantized (LOOM_I8_DOT): the documented bits on every path and thread count,
+     * and within the bound that rounding x allows (plus the float sum's) of the exact product */
+    if (type == LOOM_Q_INT8 && !conv) {
+        CHECK_OK(loom_gemv_set_i8_scheme(LOOM_I8_DOT));
+        int off = -1, far = -1;
+        for (int o = 0; o < OC; o++) {
+            double e;
+            y0[o] = documented_dot(&w, x, C, o, &e);
+            if (far < 0 && !(fabs(y0[o] - ref[o]) <= e + bound[o])) far = o;
+        }
+        CHECK(far < 0, "%s dot: y[%d] = %.9g, reference %.9g", what, far, far >= 0 ? y0[far] : 0.0, far >= 0 ? ref[far] : 0.0);
+        for (int isa = LOOM_ISA_PORTABLE; isa <= (int)best; isa++) {
+            CHECK_OK(loom_gemv_set_isa((loom_isa)isa));
+            for (int t = 0; t < 3; t++) {
+                loom_set_threads(threads[t]);
+                for (int o = 0; o < OC; o++) y[o] = NAN;
+                loom_qgemv(y, &w, x, C, OC);
+                for (int o = 0; o < OC && off < 0; o++)
+                    if (memcmp(&y[o], &y0[o], sizeof *y)) off = o;
+                CHECK(off < 0, "%s dot, %s on %d threads: y[%d] = %.9g, documented %.9g", what, loom_isa_name((loom_isa)isa),
+                      threads[t], off, off >= 0 ? y[off] : 0.0, off >= 0 ? y0[off] : 0.0);
+            }
+        }
+        CHECK_OK(loom_gemv_set_i8_scheme(LOOM_I8_WIDEN));
+        CHECK_OK(loom_gemv_set_isa(best));
+    }
     loom_set_threads(1);
     free(wf), free(x), free(q), free(scale), free(ref), free(bound), free(y), free(y0);
 }
@@ -264,7 +322,8 @@ static void check_names(void) {
 int main(void) {
     /* sizes around the 16 lanes, the 4-row groups and the 32-blocks; the last two above the threading
      * threshold, so that 2 and 3 threads split them (unevenly) */
-    const int sizes[][2] = {{1, 1}, {3, 15}, {5, 16}, {7, 17}, {17, 33}, {33, 100}, {203, 517}, {258, 300}};
+    const int sizes[][2] = {{1, 1},   {3, 15},   {5, 16},    {7, 17},    {17, 33}, {33, 100},
+                            {9, 64},  {6, 96},   {203, 517}, {258, 300}, {130, 768}};
     const loom_qtype types[3] = {LOOM_Q_F32, LOOM_Q_BF16, LOOM_Q_INT8};
     for (int t = 0; t < 3; t++)
         for (int layout = 0; layout < 2; layout++)

@@ -35,6 +35,22 @@ int loom_gemv_set_isa(loom_isa isa);
 const char *loom_isa_name(loom_isa isa);
 int loom_isa_parse(const char *name, loom_isa *isa);
 
+/* How int8 LINEAR weights are multiplied (CONV1D ones always widen):
+ *   LOOM_I8_WIDEN  each weight widened to float, fma with x (as above): the float model's result up to
+ *                  the rounding of a float sum;
+ *   LOOM_I8_DOT    llama.cpp's scheme: x quantized per block of 32 inputs (the last zero-padded) to
+ *                  xq = round(x / dx) in [-127, 127], dx = max|x| / 127 over the block; each block's
+ *                  products summed exactly in int32 as 8 lanes (lane j: inputs 4j .. 4j + 3, the
+ *                  grouping of AVX-512 VNNI vpdpbusd and of AVX2 maddubs + madd), then
+ *                  acc[(b % 2) * 8 + j] = fma(lane j, dx[b], acc[...]) in block order, the 16 partial
+ *                  sums added as above, times the row's scale. Its error beyond a float sum is that of
+ *                  rounding x: |y - W x| <= scale * sum_b (dx[b] / 2) sum_{c in b} |q[c]| (+ rounding).
+ * The same bits on every path and thread count either way, for int8 weights in [-127, 127] (what
+ * loom_quantize writes). Default: LOOM_I8_WIDEN. */
+typedef enum { LOOM_I8_WIDEN = 0, LOOM_I8_DOT = 1 } loom_i8_scheme;
+loom_i8_scheme loom_gemv_i8_scheme(void);
+int loom_gemv_set_i8_scheme(loom_i8_scheme scheme); /* LOOM_EINVAL for another value */
+
 /* y[OC] = W x[C] for W of any loom_qtype (LOOM_Q_F32: data is float) in either layout. */
 void loom_qgemv(float *y, const loom_qmat *w, const float *x, int C, int OC);
 

@@ -252,7 +252,7 @@ static void reset_peak_rss(void) {
 }
 
 static int bench_generate(int argc, char **argv) {
-    const char *model = "llama-110m", *weights = "f32", *isa_name = NULL;
+    const char *model = "llama-110m", *weights = "f32", *isa_name = NULL, *i8 = "dot";
     int steps = 128, threads = 1, reps = 3;
     long seed = 1;
     cli_opt opts[] = {
@@ -262,6 +262,7 @@ static int bench_generate(int argc, char **argv) {
         {"reps", OPT_INT, &reps, "runs (median reported)", 1, 1000},
         {"threads", OPT_INT, &threads, "threads", 1, cli_max_threads()},
         {"isa", OPT_STR, &isa_name, "matrix-vector path: portable, avx2 or avx512 (default: the best this CPU has)", 0, 0},
+        {"int8", OPT_STR, &i8, "int8 products: dot (x quantized per block of 32, integer dot products, as llama.cpp) or widen (weights to float)", 0, 0},
         {"seed", OPT_LONG, &seed, "seed for a random model", 0, 9e18},
     };
     int pr = cli_parse(argc, argv, "loom bench generate [--model llama-110m] [--weights f32] [--steps 128]",
@@ -277,6 +278,11 @@ static int bench_generate(int argc, char **argv) {
         loom_isa isa;
         if (loom_isa_parse(isa_name, &isa) != LOOM_OK || loom_gemv_set_isa(isa) != LOOM_OK) return cli_fail("--isa");
     }
+    if (strcmp(i8, "widen") && strcmp(i8, "dot")) {
+        fprintf(stderr, "loom bench generate: --int8 '%s': dot or widen\n", i8);
+        return 2;
+    }
+    loom_gemv_set_i8_scheme(strcmp(i8, "dot") ? LOOM_I8_WIDEN : LOOM_I8_DOT);
     if (threads > 0) loom_set_threads(threads);
     loom_model *m;
     int created;
@@ -317,9 +323,10 @@ static int bench_generate(int argc, char **argv) {
     }
     double med = median(t, reps), tps = steps / med, wb = decode_weight_bytes(m);
     size_t gen_peak = proc_status_kib("VmHWM:"), peak = loom_peak_rss();
-    printf("loom bench generate: %s (%zu parameters, weights %s, %.1f MiB held), %d tokens, %d threads, %s path\n",
+    printf("loom bench generate: %s (%zu parameters, weights %s, %.1f MiB held), %d tokens, %d threads, %s path%s\n",
            model, loom_model_n_params(m), weights, loom_model_base_bytes(m) / 1048576.0, steps, loom_threads(),
-           loom_isa_name(loom_gemv_isa()));
+           loom_isa_name(loom_gemv_isa()),
+           wq == LOOM_Q_INT8 ? (loom_gemv_i8_scheme() == LOOM_I8_DOT ? ", int8 dot" : ", int8 widen") : "");
     printf("  %.1f tokens/s (median of %d), %.1f MiB of weights a token: %.1f GB/s\n", tps, reps, wb / 1048576.0,
            wb * tps / 1e9);
     printf("  peak RSS %.0f MiB (while generating %.0f MiB, at load %.0f MiB)\n", peak / 1048576.0,
