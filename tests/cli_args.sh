@@ -76,6 +76,8 @@ fails "generate base-dtype advice" "add --adapter DIR" $LOOM generate --model "$
 fails "generate --weights unknown" "unknown base type 'int4' (f32, bf16, int8)" $LOOM generate --model tiny --weights int4
 fails "generate --weights with an adapter" "with --adapter, hold the base's linear weights with --base-dtype int8" $LOOM generate --model tiny --weights int8 --adapter "$tmp/none"
 fails "bench generate --isa unknown" "unknown instruction set 'sse'" $LOOM bench generate --model tiny --isa sse
+fails "generate --int8 unknown" "--int8 'q4': dot or widen" $LOOM generate --model tiny --int8 q4
+fails "bench generate --int8 unknown" "--int8 'q4': dot or widen" $LOOM bench generate --model tiny --int8 q4
 
 # help texts: each lists the command's own flags
 $LOOM data shakespeare --help > "$tmp/h1"

@@ -292,12 +292,14 @@ typedef void (*dot_fn)(float *y, const int8_t *W, const float *scale, const qx_t
 static void *quantize_x(qx_t *q, const float *x, int C) {
     int nb = (C + QB - 1) / QB;
     size_t n = (size_t)nb * QB;
-    char *mem = loom_alloc(2 * n + (size_t)(nb + nb * 8 + 8) * sizeof(float) + (size_t)(nb / 2 + 1) * 8 + 64);
+    /* xq, xa | dx, dxe | xneg, each part 64-byte aligned */
+    size_t off_dx = (2 * n + 63) & ~(size_t)63, off_neg = (off_dx + (size_t)(9 * nb + 8) * sizeof(float) + 63) & ~(size_t)63;
+    char *mem = loom_alloc(off_neg + (size_t)(nb / 2 + 1) * sizeof(uint64_t));
     if (!mem) return NULL;
     int8_t *xq = (int8_t *)mem;
     uint8_t *xa = (uint8_t *)mem + n;
-    float *dx = (float *)(mem + ((2 * n + 63) & ~(size_t)63)), *dxe = dx + nb;
-    uint64_t *xneg = (uint64_t *)(dxe + nb * 8 + 8);
+    float *dx = (float *)(mem + off_dx), *dxe = dx + nb;
+    uint64_t *xneg = (uint64_t *)(mem + off_neg);
     memset(xneg, 0, (size_t)(nb / 2 + 1) * 8);
     for (int b = 0; b < nb; b++) {
         int c0 = b * QB, c1 = c0 + QB < C ? c0 + QB : C;
