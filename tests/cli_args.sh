@@ -73,6 +73,11 @@ check "train and sim help list the same formats" test "$($LOOM train --help | gr
 fails "eval base-dtype advice" "add --adapter DIR" $LOOM eval --model "$LOOM_SHARED/data/stories260K/stories260K.bin" --data x --base-dtype bf16
 check "eval advice does not name --peft" bash -c "! grep -q -- '--peft' '$tmp/err'"
 fails "generate base-dtype advice" "add --adapter DIR" $LOOM generate --model "$LOOM_SHARED/data/stories260K/stories260K.bin" --base-dtype int8
+fails "generate --weights unknown" "unknown base type 'int4' (f32, bf16, int8)" $LOOM generate --model tiny --weights int4
+fails "generate --weights with an adapter" "with --adapter, hold the base's linear weights with --base-dtype int8" $LOOM generate --model tiny --weights int8 --adapter "$tmp/none"
+fails "bench generate --isa unknown" "unknown instruction set 'sse'" $LOOM bench generate --model tiny --isa sse
+fails "generate --int8 unknown" "--int8 'q4': dot or widen" $LOOM generate --model tiny --int8 q4
+fails "bench generate --int8 unknown" "--int8 'q4': dot or widen" $LOOM bench generate --model tiny --int8 q4
 
 # help texts: each lists the command's own flags
 $LOOM data shakespeare --help > "$tmp/h1"

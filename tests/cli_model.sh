@@ -21,6 +21,20 @@ check "other seed, other sample" test "$a" != "$c"
 # prompt continuation
 p=$("$LOOM" generate --model "$SHARED/data/stories260K/stories260K.bin" --tokenizer "$SHARED/data/stories260K/tok512.bin" --temperature 0 --prompt "Once upon a time, there was a little boy" --steps 40 2>/dev/null)
 check "prompt is continued" test "${p#Once upon a time, there was a little boy}" != "$p"
+# generating from the model held in bf16 / int8 (--weights): a story of the same length class, and the
+# bench reports speed, bandwidth and memory; int8 holds about a quarter of f32's bytes
+for w in bf16 int8; do
+    "$LOOM" generate --model "$SHARED/data/stories260K/stories260K.bin" --tokenizer "$SHARED/data/stories260K/tok512.bin" \
+        --temperature 0 --weights $w > "$tmp/story_$w.txt" 2> "$tmp/gen_$w.err"
+    check "generate --weights $w" test -s "$tmp/story_$w.txt" -a "$(wc -c < "$tmp/story_$w.txt")" -gt 100
+done
+check "bf16 story starts as the f32 one" cmp -s <(head -c 40 "$tmp/story.txt") <(head -c 40 "$tmp/story_bf16.txt")
+"$LOOM" bench generate --model "$SHARED/data/stories260K/stories260K.bin" --weights f32 --steps 16 --reps 1 > "$tmp/bg_f32.out"
+"$LOOM" bench generate --model "$SHARED/data/stories260K/stories260K.bin" --weights int8 --steps 16 --reps 1 > "$tmp/bg_int8.out"
+check "bench generate RESULT fields" grep -Eq '^RESULT gen_tokens_per_s=[0-9.]+ gb_per_s=[0-9.]+ peak_rss_mib=[0-9]+' "$tmp/bg_int8.out"
+wf=$(sed -n 's/^RESULT.* weight_mib=\([0-9.]*\).*/\1/p' "$tmp/bg_f32.out")
+wi=$(sed -n 's/^RESULT.* weight_mib=\([0-9.]*\).*/\1/p' "$tmp/bg_int8.out")
+check "int8 streams about a quarter of f32's weight bytes ($wi vs $wf MiB)" awk -v a="$wi" -v b="$wf" 'BEGIN { exit !(a > 0 && a < 0.3 * b) }'
 
 # 2. training from scratch on Tiny Shakespeare: the validation loss falls
 "$LOOM" train --model tiny --data "$SHARED/data/tinyshakespeare/input.txt" --steps 60 --batch 8 --seq 64 \

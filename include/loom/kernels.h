@@ -44,11 +44,11 @@ int loom_cpu_has_bf16(void);
 enum { LOOM_W_LINEAR = 0, LOOM_W_CONV1D = 1 };
 
 /* out[N, OC] (row stride ldo) = inp[N, C] (row stride ldi) @ W (+ bias[OC]) */
-/* Matrix-vector products for decoding (one token), loom's own rather than BLAS sgemv: each output is a
- * sum in a fixed order (16 interleaved partial sums over the inputs, then added pairwise in a fixed
- * order; no fast-math), so y is the same bits for any thread count; parallel over outputs with
- * OpenMP. The plain loops vectorise with whatever the build targets.
- *   loom_gemv       y[o] = sum_c W[o][c] x[c]   (W row-major OC x C: the Linear layout)
+/* Matrix-vector products for decoding (one token), loom's own rather than BLAS sgemv, on float
+ * weights; loom/gemv.h has the same over bf16 and int8 weights, the run-time choice of AVX-512, AVX2
+ * or portable code, and the fixed order of every sum (all paths and thread counts give the same bits).
+ *   loom_gemv       y[o] = sum_c W[o][c] x[c]   (W row-major OC x C: the Linear layout), 16 interleaved
+ *                   partial sums added pairwise
  *   loom_gemv_t     y[o] = sum_c x[c] W[c][o]   (W row-major C x OC: GPT-2's Conv1D layout), the sum
  *                   over c in order */
 void loom_gemv(float *y, const float *W, const float *x, int OC, int C);

@@ -129,6 +129,16 @@ int loom_model_quantize(loom_model *m, loom_qtype type);
 /* loom_model_create followed by loom_model_quantize, one tensor at a time, so the float copy of the
  * linear weights is never resident as a whole (peak memory ~ the low-precision model). */
 int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type);
+/* What else loom_model_quantize_ex holds in low precision (flags). */
+enum { LOOM_QUANT_EMBED_HEAD = 1 };
+/* loom_model_quantize (what = 0); with LOOM_QUANT_EMBED_HEAD also the token embedding and the lm head
+ * (one tensor when tied; Linear layout [V, C], an int8 scale per token row), so that all the weight
+ * memory is at the precision, as llama.cpp's Q8_0 holds its output matrix. Such a model is for
+ * generation: loom_decode_step reads its embedding row by row and its head with loom_qgemv, while the
+ * forward pass (and so training) refuses it, and a prompt-tuning set cannot take its initial rows
+ * from the embedding. loom_model_create_quantized_ex is the one-tensor-at-a-time creation of it. */
+int loom_model_quantize_ex(loom_model *m, loom_qtype type, int what);
+int loom_model_create_quantized_ex(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type, int what);
 loom_qtype loom_model_base_type(const loom_model *m);
 /* Bytes the base weights occupy (float tensors + low-precision linear weights with their scales). */
 size_t loom_model_base_bytes(const loom_model *m);

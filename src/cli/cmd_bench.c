@@ -11,6 +11,7 @@
 #include "cli/runspec.h"
 #include "loom/half.h"
 #include "loom/core.h"
+#include "loom/gemv.h"
 #include "loom/kernels.h"
 #include "loom/peft.h"
 #include "loom/train.h"
@@ -236,47 +237,127 @@ static int bench_train(int argc, char **argv) {
     return 0;
 }
 
+/* Bytes of weights one decode step reads: every matrix whole (as held: 4, 2 or 1 bytes an element,
+ * plus int8's scales), but one row of the token and position embeddings (unless the embedding is also
+ * the head). */
+static double decode_weight_bytes(const loom_model *m) {
+    const loom_config *c = loom_model_config(m);
+    double b = 0;
+    for (int i = 0; i < loom_model_n_tensors(m); i++) {
+        const loom_tensor *t = loom_model_tensor(m, i);
+        double es = t->dtype == LOOM_Q_BF16 ? 2 : t->dtype == LOOM_Q_INT8 ? 1 : 4;
+        int conv = c->arch == LOOM_ARCH_GPT2 && t->kind == LOOM_T_LINEAR_W;
+        double full = (double)t->numel * es + (t->dtype == LOOM_Q_INT8 ? 4.0 * (double)t->shape[conv ? 1 : 0] : 0);
+        if ((t->kind == LOOM_T_EMBED && !c->tied) || t->kind == LOOM_T_POS) full /= (double)t->shape[0];
+        b += full;
+    }
+    return b;
+}
+
+/* Resident memory now and its peak since the last reset_peak_rss (Linux: VmRSS / VmHWM), in bytes. */
+static size_t proc_status_kib(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t v = 0, n = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, n)) {
+            v = (size_t)strtoull(line + n, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v * 1024;
+}
+
+static void reset_peak_rss(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return;
+    fputs("5", f);
+    fclose(f);
+}
+
 static int bench_generate(int argc, char **argv) {
-    const char *model = "llama-110m";
+    const char *model = "llama-110m", *weights = "f32", *isa_name = NULL, *i8 = "dot";
     int steps = 128, threads = 1, reps = 3;
     long seed = 1;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model path or shape (llama-110m, gpt2-124m, ...)", 0, 0},
+        {"model", OPT_STR, &model, "model path or shape (llama-110m, gpt2-124m, ...; a llama2.c .bin)", 0, 0},
+        {"weights", OPT_STR, &weights, "hold the whole model as f32, bf16 or int8 (linear weights, embedding and head)", 0, 0},
         {"steps", OPT_INT, &steps, "tokens generated per run", 1, 1000000},
         {"reps", OPT_INT, &reps, "runs (median reported)", 1, 1000},
         {"threads", OPT_INT, &threads, "threads", 1, cli_max_threads()},
+        {"isa", OPT_STR, &isa_name, "matrix-vector path: portable, avx2 or avx512 (default: the best this CPU has)", 0, 0},
+        {"int8", OPT_STR, &i8, "int8 products: dot (x quantized per block of 32, integer dot products, as llama.cpp) or widen (weights to float)", 0, 0},
         {"seed", OPT_LONG, &seed, "seed for a random model", 0, 9e18},
     };
-    int pr = cli_parse(argc, argv, "loom bench generate [--model llama-110m] [--steps 128]",
-                       "Greedy KV-cached generation speed in tokens/s (median over --reps runs).", opts,
-                       (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    int pr = cli_parse(argc, argv, "loom bench generate [--model llama-110m] [--weights f32] [--steps 128]",
+                       "Greedy KV-cached generation from BOS: tokens/s (median over --reps runs), the GB/s of\n"
+                       "weights streamed (bytes of weights one step reads x tokens/s) and peak RSS. --weights\n"
+                       "bf16|int8 quantizes the model at load (a built-in shape is created straight into that\n"
+                       "precision, one tensor at a time).",
+                       opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    loom_qtype wq;
+    if (loom_base_dtype_parse(weights, &wq) != LOOM_OK) return cli_fail("--weights");
+    if (isa_name) {
+        loom_isa isa;
+        if (loom_isa_parse(isa_name, &isa) != LOOM_OK || loom_gemv_set_isa(isa) != LOOM_OK) return cli_fail("--isa");
+    }
+    if (strcmp(i8, "widen") && strcmp(i8, "dot")) {
+        fprintf(stderr, "loom bench generate: --int8 '%s': dot or widen\n", i8);
+        return 2;
+    }
+    loom_gemv_set_i8_scheme(strcmp(i8, "dot") ? LOOM_I8_WIDEN : LOOM_I8_DOT);
     if (threads > 0) loom_set_threads(threads);
     loom_model *m;
     int created;
-    if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
-    if (steps > loom_model_config(m)->max_seq) steps = loom_model_config(m)->max_seq;
+    loom_config bc;
+    if (wq != LOOM_Q_F32 && loom_config_named(&bc, model) == LOOM_OK) {
+        if (loom_model_create_quantized_ex(&m, &bc, (unsigned long long)seed, wq, LOOM_QUANT_EMBED_HEAD) != LOOM_OK)
+            return cli_fail("--model");
+    } else {
+        if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("--model");
+        if (wq != LOOM_Q_F32 && loom_model_quantize_ex(m, wq, LOOM_QUANT_EMBED_HEAD) != LOOM_OK) {
+            loom_model_free(m);
+            return cli_fail("--weights");
+        }
+    }
+    const loom_config *c = loom_model_config(m);
+    if (steps > c->max_seq) steps = c->max_seq;
     loom_kv *kv;
-    if (loom_kv_create(&kv, m, steps) != LOOM_OK) return cli_fail("kv cache");
-    float *logits = malloc((size_t)loom_model_config(m)->vocab * 4);
+    if (loom_kv_create(&kv, m, steps) != LOOM_OK) {
+        loom_model_free(m);
+        return cli_fail("kv cache");
+    }
+    float *logits = malloc((size_t)c->vocab * 4);
+    size_t load_peak = loom_peak_rss();
+    reset_peak_rss(); /* from here the peak is that of generating */
     double t[16];
     if (reps > 16) reps = 16;
     for (int r = 0; r < reps; r++) {
-        int32_t tok = loom_model_config(m)->bos_id >= 0 ? loom_model_config(m)->bos_id : 0;
+        int32_t tok = c->bos_id >= 0 ? c->bos_id : 0;
         double t0 = loom_now();
         for (int p = 0; p < steps; p++) {
-            loom_decode_step(m, loom_model_params(m), kv, tok, p, logits);
+            if (loom_decode_step(m, loom_model_params(m), kv, tok, p, logits) != LOOM_OK) return cli_fail("decoding");
             int best = 0;
-            for (int i = 1; i < loom_model_config(m)->vocab; i++)
+            for (int i = 1; i < c->vocab; i++)
                 if (logits[i] > logits[best]) best = i;
             tok = best;
         }
         t[r] = loom_now() - t0;
     }
-    double med = median(t, reps);
-    printf("loom bench generate: %s (%zu parameters), %d tokens, %d threads: %.1f tokens/s (median of %d)\n", model,
-           loom_model_n_params(m), steps, loom_threads(), steps / med, reps);
-    printf("RESULT gen_tokens_per_s=%.2f\n", steps / med);
+    double med = median(t, reps), tps = steps / med, wb = decode_weight_bytes(m);
+    size_t gen_peak = proc_status_kib("VmHWM:"), peak = loom_peak_rss();
+    printf("loom bench generate: %s (%zu parameters, weights %s, %.1f MiB held), %d tokens, %d threads, %s path%s\n",
+           model, loom_model_n_params(m), weights, loom_model_base_bytes(m) / 1048576.0, steps, loom_threads(),
+           loom_isa_name(loom_gemv_isa()),
+           wq == LOOM_Q_INT8 ? (loom_gemv_i8_scheme() == LOOM_I8_DOT ? ", int8 dot" : ", int8 widen") : "");
+    printf("  %.1f tokens/s (median of %d), %.1f MiB of weights a token: %.1f GB/s\n", tps, reps, wb / 1048576.0,
+           wb * tps / 1e9);
+    printf("  peak RSS %.0f MiB (while generating %.0f MiB, at load %.0f MiB)\n", peak / 1048576.0,
+           gen_peak / 1048576.0, load_peak / 1048576.0);
+    printf("RESULT gen_tokens_per_s=%.2f gb_per_s=%.3f peak_rss_mib=%.0f gen_rss_mib=%.0f weight_mib=%.3f\n", tps,
+           wb * tps / 1e9, peak / 1048576.0, gen_peak / 1048576.0, wb / 1048576.0);
     free(logits);
     loom_kv_free(kv);
     loom_model_free(m);

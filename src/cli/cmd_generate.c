@@ -1,13 +1,17 @@
 /* loom generate: KV-cached sampling from a model. */
 #include <stdio.h>
+#include <string.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "loom/core.h"
+#include "loom/gemv.h"
+#include "loom/model.h"
+#include "loom/peft.h"
 
 int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *tokp = NULL, *prompt = "";
+    const char *model = NULL, *tokp = NULL, *prompt = "", *weights = "f32", *i8 = "dot";
     int steps = 256, top_k = 0, threads = 0;
     float temperature = 1.0f, top_p = 1.0f;
     long seed = 42;
@@ -17,6 +21,8 @@ int cmd_generate(int argc, char **argv) {
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model directory, llama2.c .bin, or a shape for a random model", 0, 0},
         CLI_PEFT_LOAD_OPTS(po),
+        {"weights", OPT_STR, &weights, "hold the whole model as f32, bf16 or int8 (linear weights, embedding and head; int8: a scale per output row or column)", 0, 0},
+        {"int8", OPT_STR, &i8, "int8 products: dot (x quantized per block of 32, integer dot products, as llama.cpp) or widen (weights to float)", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (tokenizer.json, model dir, encoder.json, llama2.c tokenizer.bin)", 0, 0},
         {"prompt", OPT_STR, &prompt, "text to continue (BOS is prepended)", 0, 0},
         {"steps", OPT_INT, &steps, "total positions, prompt included (as llama2.c's -n)", 1, 10000000},
@@ -35,10 +41,29 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "loom generate: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --steps >= 1\n");
         return 2;
     }
+    loom_qtype wq;
+    if (loom_base_dtype_parse(weights, &wq) != LOOM_OK) {
+        fprintf(stderr, "loom generate: --weights: %s\n", loom_errmsg());
+        return 2;
+    }
+    if (strcmp(i8, "dot") && strcmp(i8, "widen")) {
+        fprintf(stderr, "loom generate: --int8 '%s': dot or widen\n", i8);
+        return 2;
+    }
+    loom_gemv_set_i8_scheme(strcmp(i8, "dot") ? LOOM_I8_WIDEN : LOOM_I8_DOT);
+    if (wq != LOOM_Q_F32 && po.adapter) {
+        fprintf(stderr, "loom generate: --weights %s holds the whole model for generation without an adapter; "
+                        "with --adapter, hold the base's linear weights with --base-dtype %s\n", weights, weights);
+        return 2;
+    }
     if (threads > 0) loom_set_threads(threads);
     loom_model *m;
     int created;
     if (cli_load_or_create(&m, model, (unsigned long long)seed, &created) != LOOM_OK) return cli_fail("loading the model");
+    if (wq != LOOM_Q_F32 && loom_model_quantize_ex(m, wq, LOOM_QUANT_EMBED_HEAD) != LOOM_OK) {
+        loom_model_free(m);
+        return cli_fail("--weights");
+    }
     /* one token at a time, a small model is faster on one thread than paying for thread wake-ups */
     if (threads <= 0 && loom_model_n_params(m) < 20000000) loom_set_threads(1);
     loom_tset *set = NULL;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "loom/core.h"
+#include "loom/gemv.h"
 #include "loom/kernels.h"
 #include "loom/model.h"
 #include "loom/quant.h"
@@ -66,23 +67,22 @@ void loom_kv_free(loom_kv *kv) {
     free(kv);
 }
 
-/* y[OC] = W x[C] (+ b), W = tensor idx (with its fused neighbours when OC covers them): float weights
- * through loom_gemv, a low-precision base block by block without expanding it whole. */
+/* y[OC] = W x[C] (+ b), W = tensor idx (with its fused neighbours when OC covers them), read as it is
+ * held: float, or a low-precision base's bf16/int8 straight from its bits (loom_qgemv, no float copy). */
 static void matvec(const loom_model *m, const float *params, loom_kv *kv, float *y, const float *x, int idx,
                    const float *b, int C, int OC) {
+    (void)kv;
     lm_wref w = lm_weight_ref(m, params, idx);
-    int layout = m->cfg.arch == LOOM_ARCH_GPT2 && m->tensors[idx].kind == LOOM_T_LINEAR_W ? LOOM_W_CONV1D : LOOM_W_LINEAR;
-    if (w.type != LOOM_Q_F32) {
-        loom_qmatmul_forward(y, OC, x, C, &w.q, b, 1, C, OC, kv->qscratch);
-        return;
+    if (w.type == LOOM_Q_F32) {
+        int conv = m->cfg.arch == LOOM_ARCH_GPT2 && m->tensors[idx].kind == LOOM_T_LINEAR_W;
+        w.q = (loom_qmat){LOOM_Q_F32, conv ? LOOM_W_CONV1D : LOOM_W_LINEAR, w.f, NULL};
     }
-    if (layout == LOOM_W_LINEAR) loom_gemv(y, w.f, x, OC, C);
-    else loom_gemv_t(y, w.f, x, C, OC);
+    loom_qgemv(y, &w.q, x, C, OC);
     if (b)
         for (int i = 0; i < OC; i++) y[i] += b[i];
 }
 
-/* Float values of tensor idx (embeddings, norms, biases, head: never held in low precision). */
+/* Float values of tensor idx (norms, biases, positions: never held in low precision). */
 static const float *fval(const loom_model *m, const float *params, int idx) {
     return idx >= 0 ? lm_weight_ref(m, params, idx).f : NULL;
 }
@@ -98,7 +98,9 @@ int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int3
     if (token < 0 || token >= V) return loom_error(LOOM_ERANGE, "token %d outside the vocabulary (%d)", token, V);
     if (pos < 0 || pos >= kv->max_len) return loom_error(LOOM_ERANGE, "position %d outside the KV cache (%d)", pos, kv->max_len);
     float *x = kv->x;
-    memcpy(x, P(m->t_embed) + (size_t)token * C, (size_t)C * sizeof *x);
+    lm_wref we = lm_weight_ref(m, params, m->t_embed);
+    if (we.type == LOOM_Q_F32) memcpy(x, we.f + (size_t)token * C, (size_t)C * sizeof *x);
+    else loom_dequantize_rows(x, &we.q, C, V, token, token + 1); /* held for generation (see model.h) */
     if (gpt2)
         for (int i = 0; i < C; i++) x[i] += P(m->t_pos)[(size_t)pos * C + i];
     const float scale = 1.0f / sqrtf((float)HS);

@@ -203,6 +203,12 @@ int loom_model_create(loom_model **out, const loom_config *cfg, uint64_t seed) {
 
 static int is_base_linear(const loom_model *m, int i) { return m->tensors[i].kind == LOOM_T_LINEAR_W; }
 
+/* Held in low precision by loom_model_quantize_ex(..., what): the linear weights, and with
+ * LOOM_QUANT_EMBED_HEAD the token embedding and the head (one tensor when tied). */
+static int is_held_low(const loom_model *m, int i, int what) {
+    return is_base_linear(m, i) || ((what & LOOM_QUANT_EMBED_HEAD) && (i == m->t_embed || i == m->t_head));
+}
+
 /* Returns the pages wholly inside params[off, off+n) to the system: the values there are no longer
  * read (the quantized copy is), so the float copy should not stay resident. */
 static void release_range(float *params, size_t off, size_t n) {
@@ -213,7 +219,7 @@ static void release_range(float *params, size_t off, size_t n) {
     if (e1 > a1) madvise((void *)a1, e1 - a1, MADV_DONTNEED);
 }
 
-static int qbase_alloc(loom_model *m, loom_qtype type) {
+static int qbase_alloc(loom_model *m, loom_qtype type, int what) {
     struct loom_qbase *q = calloc(1, sizeof *q);
     if (!q) return loom_error(LOOM_ENOMEM, "out of memory");
     q->type = type;
@@ -222,12 +228,14 @@ static int qbase_alloc(loom_model *m, loom_qtype type) {
     size_t ne = 0, ns = 0;
     for (int i = 0; q->qoff && q->soff && i < m->n_tensors; i++) {
         q->qoff[i] = q->soff[i] = (size_t)-1;
-        if (!is_base_linear(m, i)) continue;
+        if (!is_held_low(m, i, what)) continue;
         q->qoff[i] = ne;
         q->soff[i] = ns;
         ne += m->tensors[i].numel;
-        /* output channels: rows of a Linear [out, in], columns of a Conv1D [in, out] */
-        ns += (size_t)(m->cfg.arch == LOOM_ARCH_GPT2 ? m->tensors[i].shape[1] : m->tensors[i].shape[0]);
+        /* output channels: rows of a Linear [out, in] (and of the embedding and head [V, C]), columns
+         * of a Conv1D [in, out] */
+        ns += (size_t)(m->cfg.arch == LOOM_ARCH_GPT2 && is_base_linear(m, i) ? m->tensors[i].shape[1]
+                                                                              : m->tensors[i].shape[0]);
     }
     size_t es = type == LOOM_Q_BF16 ? 2 : type == LOOM_Q_INT8 ? 1 : 4;
     q->data = q->qoff ? loom_alloc(ne * es) : NULL;
@@ -251,9 +259,9 @@ static void qbase_free(struct loom_qbase *q) {
 static void quantize_tensor(loom_model *m, int i) {
     struct loom_qbase *q = m->qbase;
     const loom_tensor *t = &m->tensors[i];
-    int gpt2 = m->cfg.arch == LOOM_ARCH_GPT2;
-    int layout = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
-    int C = (int)(gpt2 ? t->shape[0] : t->shape[1]), OC = (int)(gpt2 ? t->shape[1] : t->shape[0]);
+    int conv = m->cfg.arch == LOOM_ARCH_GPT2 && is_base_linear(m, i);
+    int layout = conv ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    int C = (int)(conv ? t->shape[0] : t->shape[1]), OC = (int)(conv ? t->shape[1] : t->shape[0]);
     size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
     loom_quantize((char *)q->data + q->qoff[i] * es, q->scale ? q->scale + q->soff[i] : NULL, m->params + t->offset,
                   q->type, layout, C, OC);
@@ -261,27 +269,33 @@ static void quantize_tensor(loom_model *m, int i) {
     release_range(m->params, t->offset, t->numel);
 }
 
-int loom_model_quantize(loom_model *m, loom_qtype type) {
+int loom_model_quantize(loom_model *m, loom_qtype type) { return loom_model_quantize_ex(m, type, 0); }
+
+int loom_model_quantize_ex(loom_model *m, loom_qtype type, int what) {
     if (m->qbase) return loom_error(LOOM_ESTATE, "the model's base is already held in low precision");
     if (type == LOOM_Q_F32) return LOOM_OK;
     if (type != LOOM_Q_BF16 && type != LOOM_Q_INT8) return loom_error(LOOM_EINVAL, "unknown base type %d", (int)type);
-    int rc = qbase_alloc(m, type);
+    int rc = qbase_alloc(m, type, what);
     if (rc != LOOM_OK) {
         qbase_free(m->qbase);
         m->qbase = NULL;
         return rc;
     }
     for (int i = 0; i < m->n_tensors; i++)
-        if (is_base_linear(m, i)) quantize_tensor(m, i);
+        if (is_held_low(m, i, what)) quantize_tensor(m, i);
     return LOOM_OK;
 }
 
 int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type) {
+    return loom_model_create_quantized_ex(out, cfg, seed, type, 0);
+}
+
+int loom_model_create_quantized_ex(loom_model **out, const loom_config *cfg, uint64_t seed, loom_qtype type, int what) {
     if (type == LOOM_Q_F32) return loom_model_create(out, cfg, seed);
     int rc = lm_model_alloc(out, cfg);
     if (rc != LOOM_OK) return rc;
     loom_model *m = *out;
-    if ((rc = qbase_alloc(m, type)) != LOOM_OK) {
+    if ((rc = qbase_alloc(m, type, what)) != LOOM_OK) {
         loom_model_free(m);
         *out = NULL;
         return rc;
@@ -289,7 +303,7 @@ int loom_model_create_quantized(loom_model **out, const loom_config *cfg, uint64
     /* one tensor at a time, so the float copy of the linear weights is never resident all at once */
     for (int i = 0; i < m->n_tensors; i++) {
         init_tensor(m, i, seed);
-        if (is_base_linear(m, i)) quantize_tensor(m, i);
+        if (is_held_low(m, i, what)) quantize_tensor(m, i);
     }
     return LOOM_OK;
 }
@@ -321,7 +335,7 @@ lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx) {
     const struct loom_qbase *q = m->qbase;
     size_t es = q->type == LOOM_Q_BF16 ? 2 : 1;
     w.q.type = q->type;
-    w.q.layout = gpt2 ? LOOM_W_CONV1D : LOOM_W_LINEAR;
+    w.q.layout = gpt2 && t->kind == LOOM_T_LINEAR_W ? LOOM_W_CONV1D : LOOM_W_LINEAR;
     w.q.data = (const char *)q->data + q->qoff[idx] * es;
     w.q.scale = q->scale ? q->scale + q->soff[idx] : NULL;
     return w;
@@ -894,6 +908,9 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     const int P = pf ? pf->prompt_len : 0, T = Tu + P;
     if (pf && ws->pf != pf)
         return loom_error(LOOM_EINVAL, "the workspace was not created for this trainable set (loom_ws_create_ex)");
+    if (!tp(&r, m->t_embed) || !tp(&r, m->t_head))
+        return loom_error(LOOM_EUNSUPPORTED, "the token embedding and head are held in low precision for generation "
+                                             "only (loom_model_quantize_ex): the forward pass needs them in float");
     if (B > ws->B || T > ws->T || B < 1 || Tu < 1)
         return loom_error(LOOM_EINVAL, "batch %d x %d does not fit the workspace (%d x %d)", B, Tu, ws->B, ws->T - P);
     const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
