@@ -293,10 +293,10 @@ static void refusals(void) {
 }
 
 /* The cached logits are the same bits on 1 and 2 threads (a prefill, then steps, with adapters: the
- * matrix products, the attention's per-(row, head) sums and a method's hooks) on the "tiny" shape. */
+ * matrix products, the attention's per-(row, head) sums and a method's hooks). */
 static void thread_independence(void) {
     enum { NT = 48, NQ = 40 }; /* long enough for the attention to run in parallel */
-    loom_model *m = make("tiny", LOOM_Q_F32);
+    loom_model *m = make("gpt2-tiny", LOOM_Q_F32);
     CHECK(m != NULL, "model");
     if (!m) return;
     const int V = loom_model_config(m)->vocab;
