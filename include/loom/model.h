@@ -246,13 +246,46 @@ int loom_per_example_grads(const loom_model *m, const float *base, loom_ws *ws, 
 int loom_backward_ex_rows(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                           float *grows);
 
-/* KV-cached inference for generation, one sequence. */
+/* KV-cached inference for generation, one sequence: the prompt in batched passes (matrix products over
+ * its rows), then one token at a time (matrix-vector products). Positions are token positions,
+ * 0-based; a call at position pos needs positions 0 .. pos - 1 in the cache already, and a call at 0
+ * starts a new sequence.
+ *
+ *     loom_kv *kv;  loom_kv_create_ex(&kv, m, loom_tset_plan(ts), 256, 0);
+ *     loom_prefill_ex(m, loom_model_params(m), kv, plan, vec, prompt, n, 0, logits);  // positions 0..n-1
+ *     for (int pos = n; pos < 256; pos++) {
+ *         int32_t next = loom_sample(logits, V, &s, &rng);
+ *         loom_decode_step_ex(m, loom_model_params(m), kv, plan, vec, next, pos, logits);
+ *     }
+ *
+ * Any trainable set decodes on the fly from the frozen base as it is held (a bf16/int8 base is never
+ * expanded): trained copies (FULL, BitFit) from the vector, LoRA added after each base product, adapters
+ * after attention and the MLP, prefix tuning's virtual tokens as the first prefix_len rows of every
+ * layer's key/value cache (no position applied, as the training forward attends them), prompt tuning's
+ * soft rows run as the first prompt_len model positions when a sequence starts (token t then sits at
+ * model position prompt_len + t, as in loom_forward_ex). The logits equal loom_forward_ex's at the same
+ * positions up to the order of sums. The vector must stay the same through a sequence. */
 typedef struct loom_kv loom_kv;
 int loom_kv_create(loom_kv **out, const loom_model *m, int max_len);
+/* A cache for max_len token positions (1 .. the model's positions less a soft prompt) decoded with plan
+ * pf (NULL: the model alone; the cache then serves only that plan). max_batch: rows per batched pass
+ * (0: min(512, the positions)); a longer prompt runs in passes of that many rows. */
+int loom_kv_create_ex(loom_kv **out, const loom_model *m, const loom_peft *pf, int max_len, int max_batch);
 void loom_kv_free(loom_kv *kv);
+/* Bytes the cache holds (keys, values and its scratch). */
+size_t loom_kv_bytes(const loom_kv *kv);
 /* Runs token at position pos (0-based; earlier positions must already be in the cache) and writes
  * logits[V]. */
 int loom_decode_step(const loom_model *m, const float *params, loom_kv *kv, int32_t token, int pos, float *logits);
+/* Runs tokens[n] at positions pos .. pos + n - 1 in batched passes, writes their keys and values into the
+ * cache and the last position's logits[V] (logits may be NULL); decoding continues at pos + n. */
+int loom_prefill(const loom_model *m, const float *params, loom_kv *kv, const int32_t *tokens, int n, int pos,
+                 float *logits);
+/* The same with the trainable set pf (the kv's plan) and its vector vec over the frozen base. */
+int loom_prefill_ex(const loom_model *m, const float *base, loom_kv *kv, const loom_peft *pf, const float *vec,
+                    const int32_t *tokens, int n, int pos, float *logits);
+int loom_decode_step_ex(const loom_model *m, const float *base, loom_kv *kv, const loom_peft *pf, const float *vec,
+                        int32_t token, int pos, float *logits);
 
 #ifdef __cplusplus
 }

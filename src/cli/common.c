@@ -58,8 +58,14 @@ int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path
     return LOOM_OK;
 }
 
-int cli_generate(const loom_model *m, const float *params, const loom_tokenizer *tok, const char *prompt, int steps,
-                 float temperature, int top_k, float top_p, unsigned long long seed, double *seconds) {
+/* Streams a continuation of prompt: the prompt's tokens in one batched pass (loom_prefill_ex), then
+ * one token at a time from the KV cache, the set pf (NULL: none) applied on the fly over the base as it
+ * is held. cap: the token positions the model has (fewer with a soft prompt). Positions 0 .. steps - 1
+ * are run, so steps - n + 1 tokens are sampled for a prompt of n tokens (stopping early at BOS/EOS). */
+static int generate_kv(const loom_model *m, const float *base, const loom_peft *pf, const float *vec,
+                       const loom_tokenizer *tok, const char *prompt, int steps, int cap, float temperature, int top_k,
+                       float top_p, unsigned long long seed, double *seconds) {
+    const int V = loom_model_config(m)->vocab;
     int32_t *ids = NULL;
     size_t n = 0;
     int rc = loom_tokenizer_encode(tok, prompt, strlen(prompt), LOOM_TOK_BOS, &ids, &n);
@@ -67,14 +73,20 @@ int cli_generate(const loom_model *m, const float *params, const loom_tokenizer 
     if (n == 0) { /* no BOS in this tokenizer and an empty prompt: start from token 0 */
         free(ids);
         ids = calloc(1, sizeof *ids);
+        if (!ids) return loom_error(LOOM_ENOMEM, "out of memory");
         n = 1;
     }
-    if (steps > loom_model_config(m)->max_seq) steps = loom_model_config(m)->max_seq;
-    if ((int)n >= steps) steps = (int)n + 1 <= loom_model_config(m)->max_seq ? (int)n + 1 : loom_model_config(m)->max_seq;
+    if (n > (size_t)cap) {
+        free(ids);
+        return loom_error(LOOM_ERANGE, "the prompt's %zu tokens do not fit the model's %d positions", n, cap);
+    }
+    if (steps > cap) steps = cap;
+    if ((int)n >= steps) steps = (int)n + 1 <= cap ? (int)n + 1 : cap;
     loom_kv *kv = NULL;
     loom_detok *dt = NULL;
-    float *logits = malloc((size_t)loom_model_config(m)->vocab * sizeof *logits);
-    if (!logits || (rc = loom_kv_create(&kv, m, steps)) != LOOM_OK || (rc = loom_detok_create(&dt, tok)) != LOOM_OK) {
+    float *logits = malloc((size_t)V * sizeof *logits);
+    if (!logits || (rc = loom_kv_create_ex(&kv, m, pf, steps, 0)) != LOOM_OK ||
+        (rc = loom_detok_create(&dt, tok)) != LOOM_OK) {
         free(ids);
         free(logits);
         loom_kv_free(kv);
@@ -86,25 +98,23 @@ int cli_generate(const loom_model *m, const float *params, const loom_tokenizer 
     int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok);
     char buf[512];
     size_t w;
-    int32_t token = ids[0];
+    for (size_t i = 1; i < n; i++) /* the prompt as given (BOS is not printed) */
+        if (loom_detok_push(dt, ids[i], buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
+    fflush(stdout);
     int generated = 0;
     double t0 = 0;
-    for (int pos = 0; pos < steps; pos++) {
-        if ((rc = loom_decode_step(m, params, kv, token, pos, logits)) != LOOM_OK) break;
-        int32_t next;
-        if (pos + 1 < (int)n) {
-            next = ids[pos + 1];
-        } else {
-            if (generated == 0) t0 = loom_now();
-            next = loom_sample(logits, loom_model_config(m)->vocab, &s, &rng);
-            generated++;
-            if (next == bos || next == eos) break;
-        }
+    rc = loom_prefill_ex(m, base, kv, pf, vec, ids, (int)n, 0, logits);
+    for (int pos = (int)n; rc == LOOM_OK; pos++) {
+        if (generated == 0) t0 = loom_now();
+        int32_t next = loom_sample(logits, V, &s, &rng);
+        generated++;
+        if (next == bos || next == eos) break;
         if (loom_detok_push(dt, next, buf, sizeof buf, &w) == LOOM_OK && w) {
             fwrite(buf, 1, w, stdout);
             fflush(stdout);
         }
-        token = next;
+        if (pos >= steps) break;
+        rc = loom_decode_step_ex(m, base, kv, pf, vec, next, pos, logits);
     }
     if (loom_detok_flush(dt, buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
     printf("\n");
@@ -114,6 +124,12 @@ int cli_generate(const loom_model *m, const float *params, const loom_tokenizer 
     loom_kv_free(kv);
     loom_detok_free(dt);
     return rc != LOOM_OK ? rc : generated;
+}
+
+int cli_generate(const loom_model *m, const float *params, const loom_tokenizer *tok, const char *prompt, int steps,
+                 float temperature, int top_k, float top_p, unsigned long long seed, double *seconds) {
+    return generate_kv(m, params, NULL, NULL, tok, prompt, steps, loom_model_config(m)->max_seq, temperature, top_k,
+                       top_p, seed, seconds);
 }
 
 /* ---------------------------------------------------------------- fine-tuning options */
@@ -167,74 +183,15 @@ int cli_peft_setup(const cli_peft_opts *o, loom_model *m, unsigned long long see
     return loom_tset_create(ts, m, &pc, seed);
 }
 
-/* Generation by full forward passes over the growing sequence (sets that add computation). */
-static int generate_forward(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
-                            const char *prompt, int steps, float temperature, int top_k, float top_p,
-                            unsigned long long seed, double *seconds) {
-    const loom_peft *pf = loom_tset_plan(ts);
-    int P = loom_tset_config(ts)->method == LOOM_PEFT_PROMPT ? loom_tset_config(ts)->prompt_len : 0;
-    int cap = loom_model_config(m)->max_seq - P;
-    int32_t *ids = NULL;
-    size_t n = 0;
-    int rc = loom_tokenizer_encode(tok, prompt, strlen(prompt), LOOM_TOK_BOS, &ids, &n);
-    if (rc != LOOM_OK) return rc;
-    if (steps > cap) steps = cap;
-    int32_t *seq = calloc((size_t)cap + 1, sizeof *seq);
-    float *logits = malloc((size_t)loom_model_config(m)->vocab * sizeof *logits);
-    loom_ws *ws = NULL;
-    loom_detok *dt = NULL;
-    if (!seq || !logits || (rc = loom_ws_create_infer(&ws, m, 1, cap, pf)) != LOOM_OK ||
-        (rc = loom_detok_create(&dt, tok)) != LOOM_OK) {
-        free(ids); free(seq); free(logits); loom_ws_free(ws);
-        return rc ? rc : loom_error(LOOM_ENOMEM, "out of memory");
-    }
-    int len = 0;
-    for (size_t i = 0; i < n && len < cap; i++) seq[len++] = ids[i];
-    if (len == 0) seq[len++] = 0;
-    char buf[512];
-    size_t w;
-    for (int i = 1; i < len; i++)
-        if (loom_detok_push(dt, seq[i], buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
-    loom_sampler s = {temperature, top_k, top_p};
-    loom_rng rng;
-    loom_rng_init(&rng, seed, LOOM_STREAM_GENERATE);
-    int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok), generated = 0;
-    double t0 = loom_now();
-    while (len < steps) {
-        if ((rc = loom_forward_ex(m, loom_model_params_const(m), ws, pf, vec, seq, NULL, 1, len, NULL)) != LOOM_OK) break;
-        memcpy(logits, loom_ws_logits(ws) + (size_t)(P + len - 1) * loom_model_config(m)->vocab, (size_t)loom_model_config(m)->vocab * sizeof *logits);
-        int32_t next = loom_sample(logits, loom_model_config(m)->vocab, &s, &rng);
-        generated++;
-        if (next == bos || next == eos) break;
-        seq[len++] = next;
-        if (loom_detok_push(dt, next, buf, sizeof buf, &w) == LOOM_OK && w) {
-            fwrite(buf, 1, w, stdout);
-            fflush(stdout);
-        }
-    }
-    if (loom_detok_flush(dt, buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
-    printf("\n");
-    if (seconds) *seconds = loom_now() - t0;
-    free(ids); free(seq); free(logits);
-    loom_ws_free(ws);
-    loom_detok_free(dt);
-    return rc != LOOM_OK ? rc : generated;
-}
-
 int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
                     const char *prompt, int steps, float temperature, int top_k, float top_p, unsigned long long seed,
                     double *seconds) {
-    /* decoding reads a low-precision base as it is held */
+    /* every set decodes with the KV cache, applied on the fly over the base as it is held */
     if (!ts) return cli_generate(m, loom_model_params_const(m), tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
-    if (!loom_tset_mergeable(ts))
-        return generate_forward(m, ts, vec, tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
-    /* a float copy of the weights (dequantized where the base is low precision) with the set merged in */
-    loom_model *f = NULL;
-    int rc = loom_model_to_float(&f, m, loom_model_params_const(m));
-    if (rc == LOOM_OK) rc = loom_tset_merge(ts, vec, loom_model_params(f));
-    if (rc == LOOM_OK) rc = cli_generate(f, loom_model_params(f), tok, prompt, steps, temperature, top_k, top_p, seed, seconds);
-    loom_model_free(f);
-    return rc;
+    const loom_peft_config *pc = loom_tset_config(ts);
+    int cap = loom_model_config(m)->max_seq - (pc->method == LOOM_PEFT_PROMPT ? pc->prompt_len : 0);
+    return generate_kv(m, loom_model_params_const(m), loom_tset_plan(ts), vec, tok, prompt, steps, cap, temperature,
+                       top_k, top_p, seed, seconds);
 }
 
 /* ---------------------------------------------------------------- data */

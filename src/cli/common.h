@@ -12,7 +12,9 @@ int cli_load_or_create(loom_model **m, const char *spec, unsigned long long seed
 /* The tokenizer for a model: `path` when given; else tokenizer files in the model's directory; else the
  * byte-level tokenizer when the vocabulary fits it. */
 int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path, const loom_model *m);
-/* Streams a generated continuation of `prompt` to stdout; returns tokens generated (negative on error). */
+/* Streams a generated continuation of `prompt` to stdout: the prompt in one batched pass, then one token
+ * at a time from the KV cache; returns tokens generated (negative on error). *seconds: the sampling
+ * time from the first generated token on. */
 int cli_generate(const loom_model *m, const float *params, const loom_tokenizer *tok, const char *prompt, int steps,
                  float temperature, int top_k, float top_p, unsigned long long seed, double *seconds);
 
@@ -44,8 +46,8 @@ void cli_peft_init(cli_peft_opts *o);
 /* Applies --base-dtype to m, then builds the trainable set: from --adapter (PEFT layout) or --peft.
  * *ts = NULL when neither is given or --peft full (the model's own parameters train). */
 int cli_peft_setup(const cli_peft_opts *o, loom_model *m, unsigned long long seed, loom_tset **ts);
-/* cli_generate with a trainable set (ts may be NULL): sets that merge are merged into a float copy of
- * the weights and use the KV cache; the others run a full forward pass per token. */
+/* cli_generate with a trainable set (ts may be NULL): every set decodes with the KV cache, applied on the
+ * fly over the base as it is held (a bf16/int8 base is never expanded; nothing is merged). */
 int cli_generate_ex(const loom_model *m, const loom_tset *ts, const float *vec, const loom_tokenizer *tok,
                     const char *prompt, int steps, float temperature, int top_k, float top_p, unsigned long long seed,
                     double *seconds);

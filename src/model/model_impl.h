@@ -72,7 +72,15 @@ typedef struct {
  *                       place on y[N, C]; backward returns the input gradient (NULL if need_input is 0).
  *   attn_fwd/attn_bwd   replace the attention of layer l (return 1) or leave it to the model (0).
  *   prompt              soft-token rows [prompt_len, C] at the start of every sequence (and their
- *                       gradient rows through *grad, NULL in a forward-only pass). */
+ *                       gradient rows through *grad, NULL in a forward-only pass).
+ * KV-cached decoding (model/decode.c) runs the forward hooks on N rows of one sequence (B = 1, T = N the
+ * cache's rows per pass, no gradient, no dropout) and adds:
+ *   dec_floats          hook memory for N rows while decoding (NULL: ws_floats(m, pf, 1, N))
+ *   point_dec           the adapter points while decoding (NULL: point_fwd)
+ *   kv_prefix           rows the method puts before the sequence in every layer's key/value cache, attended
+ *                       like cached positions (prefix tuning's virtual tokens): returns their number and,
+ *                       when k and v are not NULL, writes layer l's key and value rows (row stride ld). A
+ *                       method whose attn_fwd has no kv_prefix cannot be decoded with a cache. */
 typedef struct lm_peft_ops {
     size_t (*ws_floats)(const loom_model *m, const loom_peft *pf, int B, int T);
     void (*site_fwd)(const lm_hook_ctx *h, int l, int site, const float *x, int ldx, float *out, int ldo, int N);
@@ -84,6 +92,9 @@ typedef struct lm_peft_ops {
     int (*attn_bwd)(const lm_hook_ctx *h, int l, float *dqkv, const float *dout, const float *qkv, int ldqkv, int B,
                     int T);
     const float *(*prompt)(const lm_hook_ctx *h, float **grad);
+    size_t (*dec_floats)(const loom_model *m, const loom_peft *pf, int N);
+    void (*point_dec)(const lm_hook_ctx *h, int l, int a, float *y, int N);
+    int (*kv_prefix)(const lm_hook_ctx *h, int l, float *k, float *v, int ld);
 } lm_peft_ops;
 
 /* What a trainable set changes in the model's computation. The trainable vector `vec` holds every

@@ -50,6 +50,19 @@ static void lora_dropout(const lm_hook_ctx *h, int k, float *dst, const float *x
 
 static int dropout_active(const lm_hook_ctx *h) { return h->pf->lora_dropout > 0 && h->dropout_on; }
 
+/* sum_i a[i] b[i] in a fixed order (16 interleaved partial sums, then pairwise): vectorises without
+ * fast-math. */
+static float dot16(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * b[i];
+    for (int w = 8; w > 0; w /= 2)
+        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
+}
+
 /* out[:, col0:col0+out] += scale * (x A^T) B^T for each LoRA module at (layer, site). */
 static void lora_site_fwd(const lm_hook_ctx *h, int l, int site, const float *x, int ldx, float *out, int ldo, int N) {
     const loom_peft *pf = h->pf;
@@ -66,6 +79,17 @@ static void lora_site_fwd(const lm_hook_ctx *h, int l, int site, const float *x,
             ldin = md->in;
         }
         float *u = lora_u(h, k);
+        if (N == 1) { /* one row (decoding a token): plain products, without a BLAS call's overhead */
+            for (int r = 0; r < R; r++) u[r] = dot16(A + (size_t)r * md->in, xin, md->in);
+            float *o = out + md->col0;
+            for (int j = 0; j < md->out; j++) {
+                const float *b = Bm + (size_t)j * R;
+                float s = 0;
+                for (int r = 0; r < R; r++) s += b[r] * u[r];
+                o[j] += pf->lora_scale * s;
+            }
+            continue;
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, R, md->in, 1.0f, xin, ldin, A, md->in, 0.0f, u, R);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, md->out, R, pf->lora_scale, u, R, Bm, R, 1.0f,
                     out + md->col0, ldo);
@@ -116,7 +140,14 @@ static void lora_site_bwd(const lm_hook_ctx *h, int l, int site, const float *x,
     }
 }
 
-const lm_peft_ops lm_lora_ops = {.ws_floats = lora_ws, .site_fwd = lora_site_fwd, .site_bwd = lora_site_bwd};
+/* Decoding keeps only u and du (no dropout): the same places as lora_ws's first blocks. */
+static size_t lora_dec_floats(const loom_model *m, const loom_peft *pf, int N) {
+    (void)m;
+    return ((size_t)pf->n_lora + 1) * (size_t)N * pf->lora_r;
+}
+
+const lm_peft_ops lm_lora_ops = {.ws_floats = lora_ws, .site_fwd = lora_site_fwd, .site_bwd = lora_site_bwd,
+                                 .dec_floats = lora_dec_floats};
 
 /* ---------------------------------------------------------------- bottleneck adapters
  * mem: per adapter k = 2l + a: input a [N*C], pre-activation z [N*m], hidden h [N*m]; then dh, dz
@@ -141,18 +172,33 @@ static adapter_mem adapter_at(const lm_hook_ctx *h, int k) {
 }
 
 /* Houlsby adapter a (0: after attention, 1: after the MLP) of layer l, in place on y[N, C]:
- * y = y + up(gelu(down(y))). */
-static void adapter_fwd(const lm_hook_ctx *h, int l, int a, float *y, int N) {
+ * y = y + up(gelu(down(y))), keeping its input and activations in am. */
+static void adapter_apply(const lm_hook_ctx *h, int l, int a, float *y, int N, adapter_mem am) {
     const loom_peft *pf = h->pf;
     int C = h->m->cfg.dim, M = pf->adapter_dim;
     const float *wd = h->vec + pf->adapter_off[l][a], *bd = wd + (size_t)M * C, *wu = bd + M, *bu = wu + (size_t)C * M;
-    adapter_mem am = adapter_at(h, 2 * l + a);
     memcpy(am.a, y, (size_t)N * C * sizeof(float));
     loom_matmul_forward(am.z, M, y, C, wd, LOOM_W_LINEAR, bd, N, C, M);
     loom_gelu_forward(am.h, am.z, (size_t)N * M, 0);
     loom_matmul_forward(y, C, am.h, M, wu, LOOM_W_LINEAR, bu, N, M, C);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < (size_t)N * C; i++) y[i] += am.a[i];
+}
+
+static void adapter_fwd(const lm_hook_ctx *h, int l, int a, float *y, int N) {
+    adapter_apply(h, l, a, y, N, adapter_at(h, 2 * l + a));
+}
+
+/* Decoding keeps nothing for a backward: every adapter works in one block of input a [N*C], z and h
+ * [N*m] (the dz, dh, da fields are not used). */
+static size_t adapter_dec_floats(const loom_model *m, const loom_peft *pf, int N) {
+    return (size_t)N * ((size_t)m->cfg.dim + 2 * (size_t)pf->adapter_dim);
+}
+
+static void adapter_dec(const lm_hook_ctx *h, int l, int a, float *y, int N) {
+    size_t C = (size_t)h->m->cfg.dim, M = (size_t)h->pf->adapter_dim;
+    adapter_mem am = {h->mem, h->mem + h->N * C, h->mem + h->N * (C + M), NULL, NULL, NULL};
+    adapter_apply(h, l, a, y, N, am);
 }
 
 /* Backward of adapter (l, a) from dy (gradient of its output); returns the gradient of its input (dy +
@@ -172,7 +218,8 @@ static const float *adapter_bwd(const lm_hook_ctx *h, int l, int a, const float 
     return am.da;
 }
 
-const lm_peft_ops lm_adapter_ops = {.ws_floats = adapter_ws, .point_fwd = adapter_fwd, .point_bwd = adapter_bwd};
+const lm_peft_ops lm_adapter_ops = {.ws_floats = adapter_ws, .point_fwd = adapter_fwd, .point_bwd = adapter_bwd,
+                                    .dec_floats = adapter_dec_floats, .point_dec = adapter_dec};
 
 /* ---------------------------------------------------------------- prefix tuning
  * mem: attention probabilities per layer [B*NH*T*(P+T)]. */
@@ -208,8 +255,28 @@ static int prefix_attn_bwd(const lm_hook_ctx *h, int l, float *dqkv, const float
     return 1;
 }
 
+/* Decoding: the P virtual tokens are the first P positions of every layer's key/value cache, used as
+ * given (no position embedding or RoPE), exactly the rows prefix attention puts before the sequence. */
+static int prefix_kv(const lm_hook_ctx *h, int l, float *k, float *v, int ld) {
+    const loom_config *c = &h->m->cfg;
+    int P = h->pf->prefix_len, KV = c->n_kv_head * (c->dim / c->n_head);
+    if (!k || !v) return P;
+    const float *pk = h->vec + h->pf->prefix_off + (size_t)2 * l * KV;
+    size_t ldp = (size_t)2 * c->n_layer * KV;
+    for (int p = 0; p < P; p++) {
+        memcpy(k + (size_t)p * ld, pk + p * ldp, (size_t)KV * sizeof(float));
+        memcpy(v + (size_t)p * ld, pk + KV + p * ldp, (size_t)KV * sizeof(float));
+    }
+    return P;
+}
+
+static size_t no_floats(const loom_model *m, const loom_peft *pf, int N) {
+    (void)m, (void)pf, (void)N;
+    return 0;
+}
+
 const lm_peft_ops lm_prefix_ops = {.ws_floats = prefix_ws, .attn_fwd = prefix_attn_fwd,
-                                   .attn_bwd = prefix_attn_bwd};
+                                   .attn_bwd = prefix_attn_bwd, .dec_floats = no_floats, .kv_prefix = prefix_kv};
 
 /* ---------------------------------------------------------------- prompt tuning
  * P soft-token rows [P, C] at the start of every sequence: the model embeds them at the prompt point. */
