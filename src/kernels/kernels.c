@@ -12,7 +12,6 @@
  * kernel. */
 #include "loom/kernels.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -404,11 +403,11 @@ void loom_attention_forward(float *out, float *att, const float *qkv, int ldqkv,
                 const int bt = LOOM_KMIN(ATT_BLK, T - t0), t1 = t0 + bt;
                 float *pb = p + (size_t)t0 * T;
                 /* S[t0..t1, 0..t1] = scale * Q_blk K_prefix^T */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bt, t1, HS, scale, q + (size_t)t0 * ldqkv, ldqkv, k,
+                loom_sgemm(0, 1, bt, t1, HS, scale, q + (size_t)t0 * ldqkv, ldqkv, k,
                             ldqkv, 0.0f, pb, T);
                 for (int t = t0; t < t1; t++) att_softmax_row(p + (size_t)t * T, t, t1);
                 /* Y_blk = P_blk V_prefix */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bt, HS, t1, 1.0f, pb, T, v, ldqkv, 0.0f,
+                loom_sgemm(0, 0, bt, HS, t1, 1.0f, pb, T, v, ldqkv, 0.0f,
                             out + ((size_t)b * T + t0) * C + h * HS, C);
             }
         }
@@ -450,13 +449,13 @@ void loom_attention_backward(float *dqkv, float *scratch, const float *dout, con
                     const float *pb = p + (size_t)t0 * T, *dyb = dy + (size_t)t0 * C;
                     float *db = dp + (size_t)t0 * T;
                     /* dP_blk = dY_blk V_prefix^T ; dV_prefix (+)= P_blk^T dY_blk */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bt, t1, HS, 1.0f, dyb, C, v, ldqkv, 0.0f, db, T);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, HS, bt, 1.0f, pb, T, dyb, C, beta, dv, ldqkv);
+                    loom_sgemm(0, 1, bt, t1, HS, 1.0f, dyb, C, v, ldqkv, 0.0f, db, T);
+                    loom_sgemm(1, 0, t1, HS, bt, 1.0f, pb, T, dyb, C, beta, dv, ldqkv);
                     for (int t = t0; t < t1; t++) att_softmax_bwd_row(dp + (size_t)t * T, p + (size_t)t * T, t, t1, scale);
                     /* dQ_blk = dS_blk K_prefix ; dK_prefix (+)= dS_blk^T Q_blk */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bt, HS, t1, 1.0f, db, T, k, ldqkv, 0.0f,
+                    loom_sgemm(0, 0, bt, HS, t1, 1.0f, db, T, k, ldqkv, 0.0f,
                                 dq + (size_t)t0 * ldqkv, ldqkv);
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t1, HS, bt, 1.0f, db, T, q + (size_t)t0 * ldqkv,
+                    loom_sgemm(1, 0, t1, HS, bt, 1.0f, db, T, q + (size_t)t0 * ldqkv,
                                 ldqkv, beta, dk, ldqkv);
                 }
             }

@@ -1,13 +1,13 @@
 /* Trainable sets: building the manifest and plan for each method, initialisation, merge/unmerge. */
 #include "loom/peft.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "loom/core.h"
+#include "loom/kernels.h"
 #include "model/model_impl.h"
 #include "peft/peft_impl.h"
 
@@ -417,10 +417,10 @@ static int lora_merge(const loom_tset *ts, const float *vec, float *params, floa
         float *w = params + m->tensors[md->tensor].offset;
         const float *A = vec + md->a_off, *Bm = vec + md->b_off;
         if (gpt2) /* Conv1D W [in, out] += s (B A)^T = s A^T B^T */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, md->in, md->out, R, sign * pf->lora_scale, A, md->in, Bm,
+            loom_sgemm(1, 1, md->in, md->out, R, sign * pf->lora_scale, A, md->in, Bm,
                         R, 1.0f, w, md->out);
         else /* Linear W [out, in] += s B A */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, md->out, md->in, R, sign * pf->lora_scale, Bm, R, A,
+            loom_sgemm(0, 0, md->out, md->in, R, sign * pf->lora_scale, Bm, R, A,
                         md->in, 1.0f, w, md->in);
     }
     return LOOM_OK;

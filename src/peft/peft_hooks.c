@@ -4,7 +4,6 @@
  *
  * Each method's activations live in the plan's workspace block (lm_hook_ctx.mem, ws_floats floats),
  * laid out from the workspace's capacity N = B * T so forward and backward find the same places. */
-#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -90,8 +89,8 @@ static void lora_site_fwd(const lm_hook_ctx *h, int l, int site, const float *x,
             }
             continue;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, R, md->in, 1.0f, xin, ldin, A, md->in, 0.0f, u, R);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, md->out, R, pf->lora_scale, u, R, Bm, R, 1.0f,
+        loom_sgemm(0, 1, N, R, md->in, 1.0f, xin, ldin, A, md->in, 0.0f, u, R);
+        loom_sgemm(0, 1, N, md->out, R, pf->lora_scale, u, R, Bm, R, 1.0f,
                     out + md->col0, ldo);
     }
 }
@@ -118,15 +117,15 @@ static void lora_site_bwd(const lm_hook_ctx *h, int l, int site, const float *x,
             ldin = md->in;
         }
         /* dB[out, r] += s dy^T u ; du[N, r] = s dy B ; dA[r, in] += du^T x ; dx[N, in] += du A */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, md->out, R, N, s, dy, ldo, u, R, 1.0f, dB, R);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, R, md->out, s, dy, ldo, Bm, R, 0.0f, du, R);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, R, md->in, N, 1.0f, du, R, xin, ldin, 1.0f, dA, md->in);
+        loom_sgemm(1, 0, md->out, R, N, s, dy, ldo, u, R, 1.0f, dB, R);
+        loom_sgemm(0, 0, N, R, md->out, s, dy, ldo, Bm, R, 0.0f, du, R);
+        loom_sgemm(1, 0, R, md->in, N, 1.0f, du, R, xin, ldin, 1.0f, dA, md->in);
         if (!dinp) continue;
         if (!drop) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, md->in, R, 1.0f, du, R, A, md->in, 1.0f, dinp, ldi);
+            loom_sgemm(0, 0, N, md->in, R, 1.0f, du, R, A, md->in, 1.0f, dinp, ldi);
         } else {
             float *dx = lora_dx(h);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, md->in, R, 1.0f, du, R, A, md->in, 0.0f, dx, md->in);
+            loom_sgemm(0, 0, N, md->in, R, 1.0f, du, R, A, md->in, 0.0f, dx, md->in);
             /* the same mask, applied to ones: keep/(1-p) or 0 */
             float *ones = lora_x(h); /* x was consumed above */
             for (int n = 0; n < N; n++) /* ones as a [N, in] view with row stride in */
