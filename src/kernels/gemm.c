@@ -40,6 +40,7 @@ typedef struct {
     dnnl_primitive_t prim;
     size_t scratch;        /* bytes of user scratchpad */
     int refs;
+    int owned; /* not in the cache: the caller destroys it (set once, before it is shared with no one) */
     uint64_t used;         /* last use (a counter), for eviction */
     int failed;            /* oneDNN refused this shape: use the fallback */
 } gemm_entry;
@@ -163,6 +164,7 @@ static gemm_entry *acquire(const gemm_key *k) {
             r->prim = prim;
             r->scratch = scratch;
             r->refs = -1; /* owned by the caller */
+            r->owned = 1;
         } else {
             dnnl_primitive_destroy(prim);
         }
@@ -173,7 +175,7 @@ static gemm_entry *acquire(const gemm_key *k) {
 
 static void release(gemm_entry *e) {
     if (!e) return;
-    if (e->refs < 0) {
+    if (e->owned) {
         dnnl_primitive_destroy(e->prim);
         free(e);
         return;

@@ -100,7 +100,7 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
  * machine, and cloning there would keep the inline helpers, built for the wider native ISA, out of the
  * clones. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
+#if __has_attribute(target_clones) && !defined(__SANITIZE_THREAD__) /* a ThreadSanitizer build cannot run the loader-time resolvers */
 #define LOOM_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 #endif
