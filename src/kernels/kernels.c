@@ -17,17 +17,7 @@
 #include <string.h>
 
 #define COLBLOCK 64
-/* Only for a portable build: one that already targets AVX2 or more (-march=native) is tuned for its
- * machine, and cloning there would keep the inline helpers, built for the wider native ISA, out of the
- * clones. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && !defined(__SANITIZE_THREAD__) /* a ThreadSanitizer build cannot run the loader-time resolvers */
-#define LOOM_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef LOOM_DISPATCH
-#define LOOM_DISPATCH
-#endif
+#include "core/dispatch.h"
 /* element-wise loops run in chunks of this many elements, one cloned call each */
 #define CHUNK 4096
 /* lanes of the fixed-order double sums in the norms */

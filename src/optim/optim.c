@@ -96,17 +96,7 @@ void loom_optimizer_step(loom_optimizer *o, float *p, const float *g, float lr) 
 /* Run-time CPU dispatch (see src/kernels/kernels.c): the optimizer's loops are compiled for AVX-512,
  * AVX2 and baseline x86-64 and the loader picks one; element-wise arithmetic without contraction gives
  * the same bits in each. OpenMP runs outside the cloned chunk kernels. */
-/* Only for a portable build: one that already targets AVX2 or more (-march=native) is tuned for its
- * machine, and cloning there would keep the inline helpers, built for the wider native ISA, out of the
- * clones. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__AVX2__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && !defined(__SANITIZE_THREAD__) /* a ThreadSanitizer build cannot run the loader-time resolvers */
-#define LOOM_DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef LOOM_DISPATCH
-#define LOOM_DISPATCH
-#endif
+#include "core/dispatch.h"
 #define CHUNK 8192
 
 typedef struct {
