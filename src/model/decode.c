@@ -173,19 +173,6 @@ static void linear(const pass *p, float *y, const float *x, int n, int idx, cons
     else loom_matmul_forward(y, OC, x, C, w.f, layout_of(m, idx), b, n, C, OC);
 }
 
-/* sum_i a[i] b[i] in a fixed order (16 interleaved partial sums, then pairwise), so it vectorises
- * without fast-math and gives the same bits on any thread. */
-static float dot16(const float *a, const float *b, int n) {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * b[i];
-    for (int h = 8; h > 0; h /= 2)
-        for (int j = 0; j < h; j++) acc[j] += acc[j + h];
-    return acc[0];
-}
-
 /* Causal attention of the pass's n rows (row i at cache slot s0 + i sees slots 0 .. s0 + i) over layer
  * l's cache: y[n, C]. Each (row, head) is one worker's whole computation, so the bits do not depend on
  * the thread count. */
@@ -202,7 +189,7 @@ static void attend(loom_kv *kv, const loom_config *c, int l, int n, int s0) {
         float *a = kv->att + (size_t)omp_get_thread_num() * S;
         float mx = -INFINITY;
         for (int t = 0; t < len; t++) {
-            a[t] = scale * dot16(q, kc + (size_t)t * KV + kh * HS, HS);
+            a[t] = scale * lm_dot16(q, kc + (size_t)t * KV + kh * HS, HS);
             mx = a[t] > mx ? a[t] : mx;
         }
         float sum = 0;

@@ -147,4 +147,17 @@ lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx);
 /* Forward position of a model tensor (see LOOM_ST_*). */
 int lm_tensor_stage(const loom_model *m, int idx);
 
+/* sum_i a[i] b[i] in a fixed order (16 interleaved partial sums, then pairwise), so it vectorises
+ * without fast-math and gives the same bits on any thread (decoding's attention and one-row LoRA). */
+static inline float lm_dot16(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * b[i];
+    for (int h = 8; h > 0; h /= 2)
+        for (int j = 0; j < h; j++) acc[j] += acc[j + h];
+    return acc[0];
+}
+
 #endif

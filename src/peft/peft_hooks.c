@@ -49,19 +49,6 @@ static void lora_dropout(const lm_hook_ctx *h, int k, float *dst, const float *x
 
 static int dropout_active(const lm_hook_ctx *h) { return h->pf->lora_dropout > 0 && h->dropout_on; }
 
-/* sum_i a[i] b[i] in a fixed order (16 interleaved partial sums, then pairwise): vectorises without
- * fast-math. */
-static float dot16(const float *a, const float *b, int n) {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    for (int j = 0; i < n; i++, j++) acc[j] += a[i] * b[i];
-    for (int w = 8; w > 0; w /= 2)
-        for (int j = 0; j < w; j++) acc[j] += acc[j + w];
-    return acc[0];
-}
-
 /* out[:, col0:col0+out] += scale * (x A^T) B^T for each LoRA module at (layer, site). */
 static void lora_site_fwd(const lm_hook_ctx *h, int l, int site, const float *x, int ldx, float *out, int ldo, int N) {
     const loom_peft *pf = h->pf;
@@ -79,7 +66,7 @@ static void lora_site_fwd(const lm_hook_ctx *h, int l, int site, const float *x,
         }
         float *u = lora_u(h, k);
         if (N == 1) { /* one row (decoding a token): plain products, without a BLAS call's overhead */
-            for (int r = 0; r < R; r++) u[r] = dot16(A + (size_t)r * md->in, xin, md->in);
+            for (int r = 0; r < R; r++) u[r] = lm_dot16(A + (size_t)r * md->in, xin, md->in);
             float *o = out + md->col0;
             for (int j = 0; j < md->out; j++) {
                 const float *b = Bm + (size_t)j * R;
