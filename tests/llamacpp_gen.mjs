@@ -1,18 +1,23 @@
 // Greedy generation in llama.cpp (through node-llama-cpp) from BOS, printing token ids.
 //
-//   node llamacpp_gen.mjs MODEL.gguf [N] [--lora ADAPTER.gguf SCALE]...
+//   node llamacpp_gen.mjs MODEL.gguf [N] [--lora ADAPTER.gguf SCALE]... [--tokenize TEXT]
 //
 // Prints the ids of up to N (default 64) tokens generated greedily after BOS, space-separated on one
 // line, stopping early at EOS or BOS (which are not printed). Each --lora applies a LoRA adapter GGUF
-// with that scale when the context is created. Run it from a folder holding node-llama-cpp (copy it
-// there): node resolves the import next to the script.
+// with that scale when the context is created. With --tokenize, prints instead the ids llama.cpp's
+// tokenizer gives TEXT (no BOS). Run it from a folder holding node-llama-cpp (copy it there): node
+// resolves the import next to the script.
 import {getLlama} from "node-llama-cpp";
 
 const args = process.argv.slice(2);
 const adapters = [];
 const pos = [];
+let text = null;
 for (let i = 0; i < args.length; i++) {
-  if (args[i] === "--lora") {
+  if (args[i] === "--tokenize") {
+    if (i + 1 >= args.length) throw new Error("--tokenize needs a text");
+    text = args[++i];
+  } else if (args[i] === "--lora") {
     if (i + 2 >= args.length) throw new Error("--lora needs a file and a scale");
     const scale = Number(args[i + 2]);
     if (!Number.isFinite(scale)) throw new Error(`--lora ${args[i + 1]}: scale '${args[i + 2]}' is not a number`);
@@ -29,6 +34,11 @@ if (!(n > 0)) throw new Error(`N '${pos[1]}' must be a positive integer`);
 
 const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
 const model = await llama.loadModel({modelPath});
+if (text !== null) {
+  console.log(Array.from(model.tokenize(text)).join(" "));
+  await model.dispose();
+  process.exit(0);
+}
 const options = {contextSize: Math.min(1024, n + 8), threads: 1, batchSize: 512};
 if (adapters.length) options.lora = {adapters};
 const context = await model.createContext(options);

@@ -3,6 +3,8 @@
  * of malformed file refused with a message. */
 #include "loom/core.h"
 #include "loom/gguf.h"
+#include "loom/half.h"
+#include "loom/model.h"
 #include "test.h"
 
 /* ---- a byte builder independent of the library's writer ---- */
@@ -422,11 +424,159 @@ static void test_malformed(void) {
     open_bytes(&y, "appears twice");
 }
 
+/* ---- models ---- */
+
+/* Q8_0 of n values at stride st, dequantized in place: the reference rule written out again here
+ * (d = max|x| / 127 rounded to fp16, q = round(x / d) with the unrounded d). */
+static void q8_ref(float *x, size_t n, size_t st) {
+    for (size_t b = 0; b < n; b += 32) {
+        float amax = 0;
+        for (size_t j = b; j < b + 32; j++) amax = fmaxf(amax, fabsf(x[j * st]));
+        float d = amax / 127, id = d ? 1 / d : 0, dh = loom_f16_to_f32(loom_f32_to_f16(d));
+        for (size_t j = b; j < b + 32; j++) x[j * st] = (float)(int)roundf(x[j * st] * id) * dh; /* an int8: no -0 */
+    }
+}
+
+/* What a tensor reads back as after a GGUF of `type`: matrices rounded (Q8_0 in blocks along the GGUF
+ * rows, which are the HF columns of a transposed GPT-2 Conv1D weight), vectors exact. */
+static void expect_tensor(const loom_tensor *t, int gpt2, loom_ggml_type type, float *x) {
+    if (t->ndim != 2 || type == LOOM_GGML_F32) return;
+    size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1];
+    if (type == LOOM_GGML_F16 || type == LOOM_GGML_BF16) {
+        for (size_t i = 0; i < t->numel; i++)
+            x[i] = type == LOOM_GGML_F16 ? loom_f16_to_f32(loom_f32_to_f16(x[i])) : loom_bf16_to_f32(loom_f32_to_bf16(x[i]));
+        return;
+    }
+    int transposed = gpt2 && t->kind == LOOM_T_LINEAR_W;
+    if (transposed) {
+        if (R % 32 == 0)
+            for (size_t c = 0; c < C; c++) q8_ref(x + c, R, C);
+    } else if (C % 32 == 0) {
+        for (size_t r = 0; r < R; r++) q8_ref(x + r * C, C, 1);
+    }
+}
+
+static void test_model_roundtrip(void) {
+    char dir[] = "/tmp/loom_gguf_XXXXXX", path[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    loom_config cfg[2];
+    CHECK_OK(loom_config_named(&cfg[0], "llama-tiny"));
+    cfg[0].qkv_bias = 1; /* q/k biases are permuted too */
+    cfg[0].tied = 0;
+    cfg[0].hidden = 80; /* ffn_down rows of 80 cannot be Q8_0 blocks: they stay F32 */
+    cfg[0].rope_theta = 50000.0f;
+    cfg[0].norm_eps = 1e-6f;
+    CHECK_OK(loom_config_named(&cfg[1], "gpt2-tiny"));
+    cfg[1].tied = 0;
+    const loom_ggml_type types[4] = {LOOM_GGML_F32, LOOM_GGML_F16, LOOM_GGML_BF16, LOOM_GGML_Q8_0};
+    for (int a = 0; a < 2; a++)
+        for (int k = 0; k < 4; k++) {
+            loom_model *m = NULL, *back = NULL;
+            if (a == 1) cfg[a].tied = k % 2; /* GPT-2 with a tied head for F16 and Q8_0: no output.weight */
+            CHECK_OK(loom_model_create(&m, &cfg[a], 7));
+            if (!m) continue;
+            float *p = loom_model_params(m);
+            uint64_t seed = 99;
+            for (size_t i = 0; i < loom_model_n_params(m); i++) p[i] = (float)(0.2 * test_normal(&seed));
+            loom_gguf_writer *w;
+            CHECK_OK(loom_gguf_writer_create(&w));
+            CHECK_OK(loom_model_save_gguf(m, p, types[k], w, path));
+            loom_gguf_writer_free(w);
+            CHECK_OK(loom_model_load(&back, path)); /* through the loader's GGUF hook */
+            if (back) {
+                const loom_config *b = loom_model_config(back), *c = &cfg[a];
+                CHECK(b->arch == c->arch && b->n_layer == c->n_layer && b->dim == c->dim && b->hidden == c->hidden &&
+                          b->n_head == c->n_head && b->n_kv_head == c->n_kv_head && b->vocab == c->vocab && b->max_seq == c->max_seq &&
+                          b->tied == c->tied && b->qkv_bias == c->qkv_bias && b->norm_eps == c->norm_eps &&
+                          (a == 1 || b->rope_theta == c->rope_theta) && b->act == c->act,
+                      "config back (%s, %s)", a ? "gpt2" : "llama", loom_ggml_type_name(types[k]));
+                CHECK(loom_model_n_params(back) == loom_model_n_params(m), "same size");
+                if (types[k] == LOOM_GGML_F32) {
+                    CHECK(!memcmp(loom_model_params(back), p, loom_model_n_params(m) * sizeof(float)),
+                          "F32 round trip bit-identical (%s)", a ? "gpt2" : "llama");
+                } else {
+                    int bad = -1;
+                    for (int i = 0; i < loom_model_n_tensors(m) && bad < 0; i++) {
+                        const loom_tensor *t = loom_model_tensor(m, i);
+                        float *x = malloc(t->numel * sizeof *x);
+                        memcpy(x, p + t->offset, t->numel * sizeof *x);
+                        expect_tensor(t, a == 1, types[k], x);
+                        if (memcmp(x, loom_model_params(back) + t->offset, t->numel * sizeof *x)) bad = i;
+                        free(x);
+                    }
+                    CHECK(bad < 0, "%s %s import equals the rounded export; first difference in %s", a ? "gpt2" : "llama",
+                          loom_ggml_type_name(types[k]), bad >= 0 ? loom_model_tensor(m, bad)->name : "");
+                }
+            }
+            loom_model_free(back);
+            loom_model_free(m);
+        }
+    unlink(path);
+
+    /* stories260K from its llama2.c file, which holds Meta's layout: the GGUF's attn_q / attn_k are
+     * those bytes exactly (loom holds the HF layout in between) */
+    char bin[512];
+    test_path(bin, sizeof bin, "data/stories260K/stories260K.bin");
+    loom_model *m = NULL;
+    CHECK_OK(loom_model_load(&m, bin));
+    char *raw = NULL;
+    size_t rlen = 0;
+    CHECK_OK(loom_read_file(bin, &raw, &rlen));
+    if (m && raw) {
+        loom_gguf_writer *w;
+        CHECK_OK(loom_gguf_writer_create(&w));
+        CHECK_OK(loom_model_save_gguf(m, loom_model_params(m), LOOM_GGML_F32, w, path));
+        loom_gguf_writer_free(w);
+        int32_t h[7];
+        memcpy(h, raw, sizeof h);
+        size_t dim = (size_t)h[0], L = (size_t)h[2], kv = (size_t)h[4] * (dim / (size_t)h[3]), V = (size_t)(h[5] < 0 ? -h[5] : h[5]);
+        const char *wq = raw + 28 + 4 * (V * dim + L * dim), *wk = wq + 4 * L * dim * dim;
+        loom_gguf *g;
+        CHECK_OK(loom_gguf_open(&g, path));
+        if (g) {
+            int same = 1;
+            for (size_t l = 0; l < L; l++) {
+                char nq[64], nk[64];
+                snprintf(nq, sizeof nq, "blk.%zu.attn_q.weight", l);
+                snprintf(nk, sizeof nk, "blk.%zu.attn_k.weight", l);
+                const loom_gguf_tensor *q = loom_gguf_find_tensor(g, nq), *k = loom_gguf_find_tensor(g, nk);
+                same &= q && k && q->nbytes == 4 * dim * dim && k->nbytes == 4 * kv * dim &&
+                        !memcmp(q->data, wq + 4 * l * dim * dim, q->nbytes) && !memcmp(k->data, wk + 4 * l * kv * dim, k->nbytes);
+            }
+            CHECK(same, "attn_q/attn_k hold llama2.c's (Meta's) rows");
+            uint32_t rd = 0;
+            CHECK(loom_gguf_get_u32(g, "llama.rope.dimension_count", &rd) == LOOM_OK && rd == dim / (size_t)h[3], "rope dims %u", rd);
+        }
+        loom_gguf_close(g);
+    }
+    free(raw);
+    loom_model_free(m);
+
+    /* refusals name the file and what is unsupported */
+    loom_gguf_writer *w;
+    CHECK_OK(loom_gguf_writer_create(&w));
+    loom_gguf_set_str(w, "general.architecture", "mamba");
+    CHECK_OK(loom_gguf_writer_write(w, path));
+    loom_gguf_writer_free(w);
+    CHECK(loom_model_load(&m, path) == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), path) && strstr(loom_errmsg(), "'mamba'"), "%s",
+          loom_errmsg());
+    CHECK_OK(loom_gguf_writer_create(&w));
+    loom_gguf_set_str(w, "general.architecture", "llama");
+    loom_gguf_set_u32(w, "llama.block_count", 2);
+    CHECK_OK(loom_gguf_writer_write(w, path));
+    loom_gguf_writer_free(w);
+    CHECK(loom_model_load(&m, path) == LOOM_ENOTFOUND && strstr(loom_errmsg(), "llama.embedding_length"), "%s", loom_errmsg());
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void) {
     test_read_reference();
     test_writer_bytes();
     test_types();
     test_malformed();
+    test_model_roundtrip();
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
 }
