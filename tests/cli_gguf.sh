@@ -33,7 +33,7 @@ check "q8_0 is smaller than f16, f16 than f32" test "$(stat -c %s "$tmp/s_q8_0.g
 # GGUF to GGUF: the F32 tensors' bytes are unchanged (the data section is the file's tail)
 $LOOM export --model "$tmp/s.gguf" --gguf "$tmp/s2.gguf" > /dev/null 2>&1
 check "GGUF re-exported: same tensor bytes" cmp -s <(tail -c 1040000 "$tmp/s.gguf") <(tail -c 1040000 "$tmp/s2.gguf")
-T='Once upon a time, Lily saw a big dog. "Hello!" she said. 123 ünï 日本'
+T="Once upon a time, Lily saw a big dog. \"Hello!\" she said. 123 ünï 日本 $(head -c 1200 "$TXT")"
 T2=$'Once upon a time, Lily saw a big dog. "Hello!" she said. 123 \u00fcn\u00ef \u65e5\u672c  spaces   and\ttabs\nend'
 check "GGUF tokenizer encodes as tokenizer.bin" test "$(printf '%s' "$T" | $LOOM tokenize --tokenizer "$tmp/s.gguf")" = \
     "$(printf '%s' "$T" | $LOOM tokenize --tokenizer "$K")"
@@ -103,7 +103,7 @@ if [ -z "$NL" ] || [ ! -d "$NL/node_modules/node-llama-cpp" ]; then
     NL="$tmp/llamacpp"
     mkdir -p "$NL"
     printf '{"name": "loom-gguf-test", "private": true, "type": "module"}\n' > "$NL/package.json"
-    if ! command -v npm > /dev/null || ! (cd "$NL" && npm i -E --omit=optional --no-audit --no-fund node-llama-cpp@3.21.1 \
+    if ! command -v npm > /dev/null || ! (cd "$NL" && npm i -E --omit=optional --no-audit --no-fund --fetch-retries 1 node-llama-cpp@3.21.1 \
         @node-llama-cpp/linux-x64@3.21.1 > "$tmp/npm.log" 2>&1); then
         echo "FAIL: npm could not install node-llama-cpp 3.21.1 (is the npm registry reachable?); llama.cpp checks not run:" >&2
         tail -5 "$tmp/npm.log" 2> /dev/null | sed 's/^/    /' >&2
