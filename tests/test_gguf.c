@@ -567,6 +567,22 @@ static void test_model_roundtrip(void) {
     CHECK_OK(loom_gguf_writer_write(w, path));
     loom_gguf_writer_free(w);
     CHECK(loom_model_load(&m, path) == LOOM_ENOTFOUND && strstr(loom_errmsg(), "llama.embedding_length"), "%s", loom_errmsg());
+    /* keys describing a huge model over a tiny tensor: refused before any allocation */
+    CHECK_OK(loom_gguf_writer_create(&w));
+    loom_gguf_set_str(w, "general.architecture", "llama");
+    loom_gguf_set_u32(w, "llama.block_count", 1024);
+    loom_gguf_set_u32(w, "llama.embedding_length", 65536);
+    loom_gguf_set_u32(w, "llama.feed_forward_length", 1 << 20);
+    loom_gguf_set_u32(w, "llama.attention.head_count", 256);
+    loom_gguf_set_u32(w, "llama.context_length", 4096);
+    {
+        static const float one[64];
+        int64_t ne[2] = {64, 1}; /* one row of 64: the size check comes before the shape check */
+        loom_gguf_writer_add_f32(w, "token_embd.weight", LOOM_GGML_F32, 2, ne, one);
+    }
+    CHECK_OK(loom_gguf_writer_write(w, path));
+    loom_gguf_writer_free(w);
+    CHECK(loom_model_load(&m, path) == LOOM_EFORMAT && strstr(loom_errmsg(), "tensors hold 64"), "%s", loom_errmsg());
     unlink(path);
     rmdir(dir);
 }
