@@ -5,6 +5,7 @@
 #include "loom/gguf.h"
 #include "loom/half.h"
 #include "loom/model.h"
+#include "loom/tokenizer.h"
 #include "test.h"
 
 /* ---- a byte builder independent of the library's writer ---- */
@@ -587,12 +588,78 @@ static void test_model_roundtrip(void) {
     rmdir(dir);
 }
 
+/* Tokenizers read from GGUF files: a small llama vocabulary encodes by its scores, and malformed ones
+ * are refused naming the file and the key. */
+static void test_tokenizer(void) {
+    char dir[] = "/tmp/loom_gguf_XXXXXX", path[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/t.gguf", dir);
+    /* <unk> <s> </s>, 256 bytes, then a b ab ▁ab ▁ c bc: "ab abc" is ▁ab ▁ab c (ab scores above bc; the other order gives ▁ab ▁a bc) */
+    enum { NV = 3 + 256 + 7 };
+    const char *tok[NV];
+    char bytes[256][8];
+    float score[NV];
+    int32_t type[NV];
+    tok[0] = "<unk>", tok[1] = "<s>", tok[2] = "</s>";
+    type[0] = 2, type[1] = type[2] = 3;
+    for (int b = 0; b < 256; b++) {
+        snprintf(bytes[b], sizeof bytes[b], "<0x%02X>", b);
+        tok[3 + b] = bytes[b];
+        type[3 + b] = 6;
+    }
+    const char *pieces[7] = {"a", "b", "ab", "\xe2\x96\x81" "ab", "\xe2\x96\x81", "c", "bc"};
+    const float ps[7] = {-10, -11, -1, -2, -12, -13, -3};
+    for (int i = 0; i < 7; i++) tok[259 + i] = pieces[i], type[259 + i] = 1, score[259 + i] = ps[i];
+    for (int i = 0; i < 259; i++) score[i] = 0;
+    for (int bad = 0; bad < 4; bad++) {
+        loom_gguf_writer *w;
+        CHECK_OK(loom_gguf_writer_create(&w));
+        loom_gguf_set_str(w, "tokenizer.ggml.model", bad == 1 ? "bert" : "llama");
+        loom_gguf_set_arr_str(w, "tokenizer.ggml.tokens", tok, NULL, NV);
+        loom_gguf_set_arr(w, "tokenizer.ggml.scores", LOOM_GGUF_FLOAT32, score, NV);
+        loom_gguf_set_arr(w, "tokenizer.ggml.token_type", LOOM_GGUF_INT32, type, bad == 2 ? NV - 1 : NV);
+        if (bad == 3) loom_gguf_set_arr(w, "tokenizer.ggml.scores", LOOM_GGUF_INT32, type, NV);
+        loom_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
+        loom_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", 2);
+        CHECK_OK(loom_gguf_writer_write(w, path));
+        loom_gguf_writer_free(w);
+        loom_tokenizer *t = NULL;
+        int rc = loom_tokenizer_load(&t, path);
+        if (bad == 0) {
+            CHECK(rc == LOOM_OK, "%s", loom_errmsg());
+            if (t) {
+                int32_t *ids;
+                size_t n;
+                CHECK_OK(loom_tokenizer_encode(t, "ab abc\xc3\xa9", 8, LOOM_TOK_BOS, &ids, &n));
+                /* BOS, ▁ab, ▁ab, c, then é as its two byte tokens 0xC3 0xA9 */
+                static const int32_t want[6] = {1, 262, 262, 264, 3 + 0xC3, 3 + 0xA9};
+                CHECK(n == 6 && !memcmp(ids, want, sizeof want), "encoded %zu ids: %d %d %d %d %d", n, n > 1 ? ids[1] : -1,
+                      n > 2 ? ids[2] : -1, n > 3 ? ids[3] : -1, n > 4 ? ids[4] : -1, n > 5 ? ids[5] : -1);
+                char *text;
+                size_t len;
+                CHECK_OK(loom_tokenizer_decode(t, ids, n, &text, &len));
+                CHECK(len == 8 && !memcmp(text, "ab abc\xc3\xa9", 8), "decoded '%s'", text);
+                free(text);
+                free(ids);
+                CHECK(!strcmp(loom_tokenizer_kind(t), "gguf-llama") && loom_tokenizer_bos(t) == 1 && loom_tokenizer_eos(t) == 2, "kind");
+            }
+        } else {
+            const char *want = bad == 1 ? "'bert' is not supported" : bad == 2 ? "token_type has 265 entries" : "scores is not an array of floats";
+            CHECK(rc != LOOM_OK && strstr(loom_errmsg(), path) && strstr(loom_errmsg(), want), "case %d: %s", bad, loom_errmsg());
+        }
+        loom_tokenizer_free(t);
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void) {
     test_read_reference();
     test_writer_bytes();
     test_types();
     test_malformed();
     test_model_roundtrip();
+    test_tokenizer();
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
 }
