@@ -2,7 +2,8 @@
 # GGUF out and in: loom export --gguf and --model FILE.gguf, checked by loom itself and by llama.cpp.
 # llama.cpp comes from npm (node-llama-cpp 3.21.1, its CPU build only), installed into this test's
 # fresh directory; when npm cannot install it the test says so and fails. LOOM_LLAMACPP_DIR may name
-# a folder where it is installed already (as ../shared/bench/llamacpp/README.md shows).
+# a folder where it is installed already (as ../shared/bench/llamacpp/README.md shows). In the
+# sanitizer build (LOOM_SANITIZED=1, set by CMake) only loom's side runs.
 #
 # llama.cpp must generate, greedily from BOS, the token ids loom generates: N=48 tokens for stories260K
 # (F32, and Q8_0, which llama.cpp multiplies with its own int8 dot products while loom dequantizes),
@@ -38,7 +39,7 @@ T2=$'Once upon a time, Lily saw a big dog. "Hello!" she said. 123 \u00fcn\u00ef 
 check "GGUF tokenizer encodes as tokenizer.bin" test "$(printf '%s' "$T" | $LOOM tokenize --tokenizer "$tmp/s.gguf")" = \
     "$(printf '%s' "$T" | $LOOM tokenize --tokenizer "$K")"
 # a GGUF model fine-tunes (LoRA on it, its tokenizer from the file)
-$LOOM train --model "$tmp/s_q8_0.gguf" --peft lora --lora-r 2 --data "$TXT" --batch 2 --seq 32 --steps 2 --eval-every 0 \
+$LOOM train --model "$tmp/s_q8_0.gguf" --peft lora --lora-r 2 --data "$tmp/fox.txt" --batch 2 --seq 32 --steps 2 --eval-every 0 \
     --eval-windows 2 --sample-len 0 --threads 1 --out "$tmp/ft" > /dev/null 2> "$tmp/ft.err"
 check "train on a GGUF model" test -s "$tmp/ft/adapter_model.safetensors"
 check "its tokenizer came from the file" grep -q "gguf-llama tokenizer" "$tmp/ft.err"
@@ -80,7 +81,7 @@ for v in "g50 $G" "l32 $MT"; do
 done
 
 # stories260K with a LoRA adapter merged in
-$LOOM train --model "$M" --tokenizer "$K" --peft lora --lora-r 4 --lr 5e-3 --data "$TXT" --batch 2 --seq 32 --steps 6 --eval-every 0 \
+$LOOM train --model "$M" --tokenizer "$K" --peft lora --lora-r 4 --lr 5e-3 --data "$tmp/fox.txt" --batch 2 --seq 32 --steps 6 --eval-every 0 \
     --eval-windows 2 --sample-len 0 --threads 1 --out "$tmp/la" > /dev/null 2>&1
 $LOOM export --model "$M" --tokenizer "$K" --adapter "$tmp/la" --merge --gguf "$tmp/merged.gguf" > "$tmp/out" 2>&1
 check "export with a merged adapter" grep -q "with the merged lora" "$tmp/out"
@@ -98,12 +99,18 @@ head -c 5000 "$tmp/s.gguf" > "$tmp/cut.gguf"
 refuse "truncated GGUF" 1 "cut.gguf" "outside the data section|file ends" -- $LOOM generate --model "$tmp/cut.gguf" --steps 4
 
 # ---- llama.cpp ----
+# The sanitizer build runs loom's side above; what llama.cpp reads does not depend on it, so the npm
+# install (the longest part of this test) and llama.cpp run in the release build.
+if [ "${LOOM_SANITIZED:-0}" = 1 ]; then
+    echo "cli_gguf: sanitizer build: the llama.cpp checks run in the release build's cli_gguf" >&2
+    finish
+fi
 NL=${LOOM_LLAMACPP_DIR:-}
 if [ -z "$NL" ] || [ ! -d "$NL/node_modules/node-llama-cpp" ]; then
     NL="$tmp/llamacpp"
     mkdir -p "$NL"
     printf '{"name": "loom-gguf-test", "private": true, "type": "module"}\n' > "$NL/package.json"
-    if ! command -v npm > /dev/null || ! (cd "$NL" && npm i -E --omit=optional --no-audit --no-fund --fetch-retries 1 node-llama-cpp@3.21.1 \
+    if ! command -v npm > /dev/null || ! (cd "$NL" && npm i -E --omit=optional --no-audit --no-fund --fetch-retries 1 --prefer-offline node-llama-cpp@3.21.1 \
         @node-llama-cpp/linux-x64@3.21.1 > "$tmp/npm.log" 2>&1); then
         echo "FAIL: npm could not install node-llama-cpp 3.21.1 (is the npm registry reachable?); llama.cpp checks not run:" >&2
         tail -5 "$tmp/npm.log" 2> /dev/null | sed 's/^/    /' >&2
