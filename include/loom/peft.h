@@ -39,6 +39,11 @@
  * vector under the names above) and adapter_config.json. LoRA, prefix and prompt tuning use PEFT's own
  * peft_type (LORA, PREFIX_TUNING, PROMPT_TUNING) and fields; adapters and BitFit, which PEFT lacks, use
  * peft_type "LOOM_ADAPTER" (adapter_dim) and "LOOM_BITFIT" (bitfit_norms) in the same spirit.
+ * Prefix and prompt tuning write PromptLearningConfig's fields with the values PEFT derives from the base:
+ * prefix token_dim = kv heads x head size, num_attention_heads = kv heads, encoder_hidden_size =
+ * token_dim; prompt token_dim = C, num_attention_heads = heads; num_layers; num_transformer_submodules 1.
+ * Reading checks them against the model (naming the field), and accepts prefix_projection true: PEFT
+ * saves the projection's output, the same [P, L*2*KV] table.
  *
  * Worked example: LoRA r=8 on GPT-2's c_attn, one training step, saved in PEFT layout.
  *
