@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "loom/core.h"
+#include "loom/gguf.h"
 #include "loom/model.h"
 #include "loom/peft.h"
 #include "peft/peft_impl.h"
@@ -295,9 +296,93 @@ static void load_peft_files(void) {
     loom_model_free(g);
 }
 
+/* llama.cpp's converter permutes q and k rows per head: reshape(heads, 2, hs / 2, cols) then
+ * swapaxes(1, 2), so input row h*hs + j*(hs/2) + i lands at output row h*hs + 2i + j. */
+static int meta_row(int row) {
+    int h = row / HS, r = row % HS, j = r / (HS / 2), i = r % (HS / 2);
+    return h * HS + 2 * i + j;
+}
+
+/* The LoRA-adapter GGUF as llama.cpp's loader reads it (src/llama-adapter.cpp): keys, names, ne, data. */
+static void gguf_lora(void) {
+    char dir[256], path[512];
+    test_tmpdir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/a.gguf", dir);
+    for (int llama = 0; llama < 2; llama++)
+        for (int rs = 0; rs < 2; rs++) {
+            loom_model *m = micro(llama);
+            if (!m) continue;
+            loom_peft_config pc;
+            loom_peft_defaults(&pc, LOOM_PEFT_LORA);
+            pc.lora_r = 2, pc.lora_alpha = 6, pc.rslora = rs;
+            snprintf(pc.target_modules, sizeof pc.target_modules, "%s", llama ? "q_proj,k_proj,v_proj,down_proj" : "c_attn,attn.c_proj");
+            loom_tset *ts = NULL;
+            CHECK_OK(loom_tset_create(&ts, m, &pc, 3));
+            if (!ts) continue;
+            float *vec = loom_tset_data(ts);
+            for (size_t i = 0; i < loom_tset_dim(ts); i++) vec[i] = (float)i;
+            CHECK_OK(loom_tset_save_gguf_lora(ts, vec, path));
+            loom_gguf *g = NULL;
+            CHECK_OK(loom_gguf_open(&g, path));
+            if (!g) continue;
+            const char *s;
+            float alpha;
+            CHECK(loom_gguf_get_str(g, "general.type", &s, NULL) == LOOM_OK && !strcmp(s, "adapter"), "general.type");
+            CHECK(loom_gguf_get_str(g, "adapter.type", &s, NULL) == LOOM_OK && !strcmp(s, "lora"), "adapter.type");
+            CHECK(loom_gguf_get_str(g, "general.architecture", &s, NULL) == LOOM_OK && !strcmp(s, llama ? "llama" : "gpt2"),
+                  "architecture");
+            /* llama.cpp's scale is alpha / r: rsLoRA's 6 / sqrt(2) needs alpha 6 sqrt(2) */
+            CHECK(loom_gguf_get_f32(g, "adapter.lora.alpha", &alpha) == LOOM_OK &&
+                      fabsf(alpha / 2 - (rs ? 6 / sqrtf(2) : 3.0f)) < 1e-6f, "alpha %g (rslora %d)", alpha, rs);
+            /* modules in the set's order: name, in, out, rows permuted */
+            struct { const char *name; int in, out, perm; } gl[] = {
+                {"attn_q", C, C, 1}, {"attn_k", C, KVW, 1}, {"attn_v", C, KVW, 0}, {"ffn_down", 24, C, 0}};
+            struct { const char *name; int in, out, perm; } gg[] = {{"attn_qkv", C, 3 * C, 0}, {"attn_output", C, C, 0}};
+            int nmod = llama ? 4 : 2;
+            CHECK(loom_gguf_tensor_count(g) == (size_t)(2 * nmod * L), "%zu tensors", loom_gguf_tensor_count(g));
+            size_t off = 0;
+            int bad = 0;
+            for (int l = 0; l < L; l++)
+                for (int k = 0; k < nmod; k++) {
+                    const char *nm = llama ? gl[k].name : gg[k].name;
+                    int in = llama ? gl[k].in : gg[k].in, out = llama ? gl[k].out : gg[k].out, perm = llama && gl[k].perm;
+                    char an[64], bn[64];
+                    snprintf(an, sizeof an, "blk.%d.%s.weight.lora_a", l, nm);
+                    snprintf(bn, sizeof bn, "blk.%d.%s.weight.lora_b", l, nm);
+                    const loom_gguf_tensor *a = loom_gguf_find_tensor(g, an), *b = loom_gguf_find_tensor(g, bn);
+                    CHECK(a && b, "%s and %s present", an, bn);
+                    if (!a || !b) continue;
+                    CHECK(a->type == LOOM_GGML_F32 && a->ndim == 2 && a->ne[0] == in && a->ne[1] == 2, "%s ne {%d, r}", an, in);
+                    CHECK(b->type == LOOM_GGML_F32 && b->ndim == 2 && b->ne[0] == 2 && b->ne[1] == out, "%s ne {r, %d}", bn, out);
+                    const float *ad = a->data, *bd = b->data;
+                    for (int i = 0; i < 2 * in; i++) bad += ad[i] != vec[off + i]; /* A [r, in] as it is */
+                    off += (size_t)2 * in;
+                    for (int row = 0; row < out; row++) /* B [out, r]: row -> meta_row(row) for q and k */
+                        for (int j = 0; j < 2; j++) bad += bd[(perm ? meta_row(row) : row) * 2 + j] != vec[off + row * 2 + j];
+                    off += (size_t)2 * out;
+                }
+            CHECK(bad == 0 && off == loom_tset_dim(ts), "llama %d: %d values misplaced", llama, bad);
+            loom_gguf_close(g);
+            loom_tset_free(ts);
+            loom_model_free(m);
+        }
+    /* only LoRA sets */
+    loom_model *m = micro(0);
+    loom_peft_config pc;
+    loom_peft_defaults(&pc, LOOM_PEFT_PREFIX);
+    loom_tset *ts = NULL;
+    CHECK_OK(loom_tset_create(&ts, m, &pc, 1));
+    CHECK(ts && loom_tset_save_gguf_lora(ts, loom_tset_data(ts), path) == LOOM_EINVAL && strstr(loom_errmsg(), "LoRA sets only"),
+          "prefix set refused: %s", loom_errmsg());
+    loom_tset_free(ts);
+    loom_model_free(m);
+    CHECK(test_rmtree(dir) == 0, "scratch directory %s removed", dir);
+}
+
 int main(void) {
     save_layout();
     load_peft_files();
+    gguf_lora();
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
 }
