@@ -25,13 +25,14 @@ static int copy_file(const char *from, const char *to) {
 }
 
 int cmd_export(int argc, char **argv) {
-    const char *model = NULL, *adapter = NULL, *out = NULL;
+    const char *model = NULL, *adapter = NULL, *out = NULL, *gguf_lora = NULL;
     int merge = 0;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "base model directory the adapter was trained on", 0, 0},
         {"adapter", OPT_STR, &adapter, "PEFT-layout adapter directory", 0, 0},
         {"out", OPT_STR, &out, "output directory", 0, 0},
         {"merge", OPT_FLAG, &merge, "merge the adapter into the weights: write a full model directory", 0, 0},
+        {"gguf-lora", OPT_STR, &gguf_lora, "write the LoRA adapter as llama.cpp's LoRA-adapter GGUF file", 0, 0},
     };
     int pr = cli_parse(argc, argv, "loom export --model BASE --adapter DIR --out OUT [--merge]",
                        "Without --merge, re-exports the adapter in the PEFT layout (adapter_config.json +\n"
@@ -41,6 +42,7 @@ int cmd_export(int argc, char **argv) {
                        "sets add computation and cannot be merged.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (gguf_lora) return cli_export_gguf_lora(model, adapter, gguf_lora);
     if (!model || !adapter || !out) {
         fprintf(stderr, "loom export: --model, --adapter and --out are required (see --help)\n");
         return 2;
