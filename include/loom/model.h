@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom/gguf.h"
 #include "loom/quant.h"
 #include "loom/tvec.h"
 
@@ -92,13 +93,26 @@ typedef struct loom_model loom_model;
 /* Allocates a model with this config, weights initialised from `seed` (GPT-2: N(0, 0.02), residual
  * projections scaled by 1/sqrt(2L); norms 1, biases 0). */
 int loom_model_create(loom_model **out, const loom_config *cfg, uint64_t seed);
-/* Loads a Hugging Face directory (config.json + model.safetensors or shards), or a llama2.c .bin. */
+/* Loads a Hugging Face directory (config.json + model.safetensors or shards), a llama2.c .bin, or a
+ * GGUF file (loom_model_load_gguf). */
 int loom_model_load(loom_model **out, const char *path);
 /* Writes dir/config.json and dir/model.safetensors (atomically); creates dir if needed. Float tensors
  * come from params; tensors of a low-precision base are written as they are held (BF16 natively,
  * int8 dequantized to F32), so the file loads back as the values the model computes with. */
 int loom_model_save(const loom_model *m, const float *params, const char *dir);
 void loom_model_free(loom_model *m);
+/* GGUF, the format of llama.cpp (architectures "llama" and "gpt2", its key and tensor names; Llama q/k
+ * rows in Meta's interleaved RoPE order, GPT-2 Conv1D weights transposed, as llama.cpp's converter
+ * writes them). Save adds the model's keys and tensors to w, which may already hold other keys (the
+ * tokenizer's: loom_tokenizer_gguf_add), and writes path atomically; matrices are stored as type
+ * (F32, F16, BF16 or Q8_0; a row length Q8_0 cannot block stays F32), vectors as F32. The tensors
+ * added reference buffers released on return: w may only be freed afterwards. */
+int loom_model_save_gguf(const loom_model *m, const float *params, loom_ggml_type type, loom_gguf_writer *w, const char *path);
+/* Loads a llama or gpt2 GGUF model (F32/F16/BF16/Q8_0 tensors, dequantized to float). Unsupported
+ * architectures, tensor types, RoPE variants and tensors are refused with a message naming the file
+ * and what is unsupported. loom_model_load calls it for a path ending in .gguf or a file starting with
+ * the GGUF magic. */
+int loom_model_load_gguf(loom_model **out, const char *path);
 int loom_model_find(const loom_model *m, const char *name); /* tensor index or -1 */
 /* The whole parameter vector as a trainable-vector manifest (loom/tvec.h): every tensor under its
  * name at its offset, F32, role SHARED. This is the FULL set's manifest, what sim and the trainer use

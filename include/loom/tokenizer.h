@@ -8,6 +8,9 @@
  *                       normalizers, <0xNN> byte fallback: Llama 2, TinyLlama, Mistral)
  *   "llama2c"           llama2.c tokenizer.bin (reproduces SentencePiece's ids)
  *   "tiktoken"          a tiktoken ranks file such as Llama 3's original tokenizer.model
+ *   "gguf-llama"        a GGUF file's SentencePiece-style vocabulary (tokenizer.ggml.model "llama":
+ *                       pieces, scores and token types; encoded as "llama2c" is). A GGUF "gpt2"
+ *                       vocabulary (tokens and merges) loads as "bpe-bytelevel".
  * loom_tokenizer_load picks the kind from the path and the file's content.
  *
  * Added/special tokens: a tokenizer.json's added_tokens that appear in the text are matched whole
@@ -40,9 +43,18 @@ enum { LOOM_TOK_BOS = 1, LOOM_TOK_EOS = 2 };
 int loom_tokenizer_byte(loom_tokenizer **out);
 /* path: a tokenizer.json (tokenizer_config.json beside it, when present, names bos/eos/pad), a model
  * directory (the first of tokenizer.json, tokenizer.bin, encoder.json, a tiktoken tokenizer.model),
- * an encoder.json (vocab.bpe or merges.txt beside it), a llama2.c tokenizer.bin, or a tiktoken file. */
+ * an encoder.json (vocab.bpe or merges.txt beside it), a llama2.c tokenizer.bin, a tiktoken file, or
+ * a GGUF file (its tokenizer.ggml.* keys). */
 int loom_tokenizer_load(loom_tokenizer **out, const char *path);
 void loom_tokenizer_free(loom_tokenizer *t);
+/* Adds the tokenizer to a GGUF writer as llama.cpp reads it (tokenizer.ggml.*): the SentencePiece-style
+ * kinds ("llama2c", "bpe-sentencepiece", "gguf-llama") as model "llama" with pieces (U+2581 for a
+ * space), scores (-rank of the merge that makes a piece, so the merge order is kept) and token types;
+ * the byte-level kinds ("bpe-bytelevel", "byte") as model "gpt2" (pre-tokenizer "gpt-2") with tokens
+ * and merges. n_vocab is the model's vocabulary: ids past the tokenizer's are written as unused tokens
+ * "[PAD<id>]". "tiktoken" is refused (LOOM_EUNSUPPORTED). */
+struct loom_gguf_writer;
+int loom_tokenizer_gguf_add(const loom_tokenizer *t, int n_vocab, struct loom_gguf_writer *w);
 
 int loom_tokenizer_vocab_size(const loom_tokenizer *t);
 int loom_tokenizer_bos(const loom_tokenizer *t); /* -1 when the tokenizer has none */

@@ -12,7 +12,7 @@
 
 int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *tokp = NULL, *prompt = "", *weights = "f32", *i8 = "dot";
-    int steps = 256, top_k = 0, threads = 0;
+    int steps = 256, top_k = 0, threads = 0, ids = 0;
     float temperature = 1.0f, top_p = 1.0f;
     long seed = 42;
     cli_peft_opts po;
@@ -31,6 +31,7 @@ int cmd_generate(int argc, char **argv) {
         {"top-p", OPT_FLOAT, &top_p, "nucleus sampling mass (1 = off)", 0, 1},
         {"seed", OPT_LONG, &seed, "random seed", 0, 9e18},
         {"threads", OPT_INT, &threads, "threads (0 = all cores)", 0, cli_max_threads()},
+        {"ids", OPT_FLAG, &ids, "print the generated token ids instead of text", 0, 0},
     };
     int pr = cli_parse(argc, argv, "loom generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]",
                        "Generates text with a KV cache, one token at a time, starting from BOS and the prompt,\n"
@@ -56,6 +57,7 @@ int cmd_generate(int argc, char **argv) {
                         "with --adapter, hold the base's linear weights with --base-dtype %s\n", weights, weights);
         return 2;
     }
+    cli_generate_print_ids(ids);
     if (threads > 0) loom_set_threads(threads);
     loom_model *m;
     int created;

@@ -36,13 +36,22 @@ int cli_load_or_create(loom_model **m, const char *spec, unsigned long long seed
     return loom_model_create(m, &cfg, seed);
 }
 
+int cli_is_gguf(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char m[4] = {0};
+    size_t n = fread(m, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(m, "GGUF", 4);
+}
+
 int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path, const loom_model *m) {
     int rc;
     if (path) {
         rc = loom_tokenizer_load(tok, path);
-    } else if (model_path && is_dir(model_path) &&
+    } else if (model_path && (is_dir(model_path) || cli_is_gguf(model_path)) &&
                (rc = loom_tokenizer_load(tok, model_path)) == LOOM_OK) {
-        /* tokenizer files beside the model */
+        /* tokenizer files beside the model, or inside its GGUF file */
     } else if (loom_model_config(m)->vocab == 259) {
         rc = loom_tokenizer_byte(tok);
     } else {
@@ -62,6 +71,9 @@ int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path
  * one token at a time from the KV cache, the set pf (NULL: none) applied on the fly over the base as it
  * is held. cap: the token positions the model has (fewer with a soft prompt). Positions 0 .. steps - 1
  * are run, so steps - n + 1 tokens are sampled for a prompt of n tokens (stopping early at BOS/EOS). */
+static int print_ids; /* loom generate --ids */
+void cli_generate_print_ids(int on) { print_ids = on; }
+
 static int generate_kv(const loom_model *m, const float *base, const loom_peft *pf, const float *vec,
                        const loom_tokenizer *tok, const char *prompt, int steps, int cap, float temperature, int top_k,
                        float top_p, unsigned long long seed, double *seconds) {
@@ -98,7 +110,7 @@ static int generate_kv(const loom_model *m, const float *base, const loom_peft *
     int bos = loom_tokenizer_bos(tok), eos = loom_tokenizer_eos(tok);
     char buf[512];
     size_t w;
-    for (size_t i = 1; i < n; i++) /* the prompt as given (BOS is not printed) */
+    for (size_t i = 1; i < n && !print_ids; i++) /* the prompt as given (BOS is not printed) */
         if (loom_detok_push(dt, ids[i], buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
     fflush(stdout);
     int generated = 0;
@@ -109,14 +121,16 @@ static int generate_kv(const loom_model *m, const float *base, const loom_peft *
         int32_t next = loom_sample(logits, V, &s, &rng);
         generated++;
         if (next == bos || next == eos) break;
-        if (loom_detok_push(dt, next, buf, sizeof buf, &w) == LOOM_OK && w) {
+        if (print_ids) {
+            printf("%s%d", generated > 1 ? " " : "", next);
+        } else if (loom_detok_push(dt, next, buf, sizeof buf, &w) == LOOM_OK && w) {
             fwrite(buf, 1, w, stdout);
             fflush(stdout);
         }
         if (pos >= steps) break;
         rc = loom_decode_step_ex(m, base, kv, pf, vec, next, pos, logits);
     }
-    if (loom_detok_flush(dt, buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
+    if (!print_ids && loom_detok_flush(dt, buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
     printf("\n");
     if (seconds) *seconds = generated ? loom_now() - t0 : 0;
     free(ids);

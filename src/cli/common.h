@@ -9,9 +9,13 @@
 /* Loads a model from a path, or creates one from a built-in shape / config.json with `seed` when the
  * path is not an existing model. *created = 1 in the second case. */
 int cli_load_or_create(loom_model **m, const char *spec, unsigned long long seed, int *created);
+/* 1 if path is a file starting with the GGUF magic. */
+int cli_is_gguf(const char *path);
 /* The tokenizer for a model: `path` when given; else tokenizer files in the model's directory; else the
  * byte-level tokenizer when the vocabulary fits it. */
 int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path, const loom_model *m);
+/* With on, the generate functions print the generated token ids (space-separated) instead of text. */
+void cli_generate_print_ids(int on);
 /* Streams a generated continuation of `prompt` to stdout: the prompt in one batched pass, then one token
  * at a time from the KV cache; returns tokens generated (negative on error). *seconds: the sampling
  * time from the first generated token on. */

@@ -315,7 +315,19 @@ static int looks_tiktoken(const char *path) {
     return i > j && i < n && (buf[i] == '\n' || buf[i] == '\r');
 }
 
+static int is_gguf(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char m[4] = {0};
+    size_t n = fread(m, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(m, "GGUF", 4);
+}
+
+const tok_bpe *tok_bpe_of(const loom_tokenizer *t) { return t->ops == &byte_ops ? NULL : (const tok_bpe *)t->impl; }
+
 static int load_file(loom_tokenizer **out, const char *path) {
+    if (ends_with(path, ".gguf") || is_gguf(path)) return tok_load_gguf(out, path);
     if (ends_with(path, "encoder.json") || ends_with(path, "/vocab.json") || !strcmp(path, "vocab.json"))
         return load_gpt2_pair(out, path);
     if (ends_with(path, ".json")) return tok_load_hf_json(out, path);

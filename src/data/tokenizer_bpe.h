@@ -105,5 +105,14 @@ int tok_load_hf_json(loom_tokenizer **out, const char *path);
 int tok_load_gpt2_files(loom_tokenizer **out, const char *encoder_json, const char *vocab_bpe);
 int tok_load_llama2c(loom_tokenizer **out, const char *path);
 int tok_load_tiktoken(loom_tokenizer **out, const char *path);
+/* A byte-level BPE (GPT-2's pre-tokenizer pattern, or Llama 3's when llama3_pattern) from n_vocab
+ * tokens in bytes_to_unicode spelling and merges "left right" in priority order (tokenizer_hf.c). */
+int tok_load_bytelevel(loom_tokenizer **out, int32_t n_vocab, const char *const *tok, const size_t *tok_len, size_t n_merges,
+                       const char *const *merge, const size_t *merge_len, int llama3_pattern, const char *where);
+/* A GGUF file's tokenizer (tokenizer_gguf.c). */
+int tok_load_gguf(loom_tokenizer **out, const char *path);
+/* The BPE model of a tokenizer of a BPE kind: each such kind's impl begins with its tok_bpe. NULL for
+ * the byte-level tokenizer (tokenizer.c). */
+const tok_bpe *tok_bpe_of(const loom_tokenizer *t);
 
 #endif

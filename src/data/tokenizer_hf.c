@@ -1206,3 +1206,50 @@ fail:
     loom_tokenizer_free(t);
     return rc;
 }
+
+/* ---- byte-level BPE from tables in memory (a GGUF file's gpt2 vocabulary) ---- */
+
+int tok_load_bytelevel(loom_tokenizer **out, int32_t n_vocab, const char *const *tok, const size_t *tok_len, size_t n_merges,
+                       const char *const *merge, const size_t *merge_len, int llama3_pattern, const char *where) {
+    *out = NULL;
+    loom_tokenizer *t = NULL;
+    hf_impl *h = NULL;
+    int rc = new_tokenizer(&t, &h);
+    if (rc != LOOM_OK) return rc;
+    t->ops = &bytelevel_ops;
+    t->vocab_size = n_vocab;
+    if ((rc = tok_bpe_init(&h->bpe, n_vocab)) != LOOM_OK) goto fail;
+    for (int32_t i = 0; i < n_vocab; i++)
+        if ((rc = tok_bpe_set_token(&h->bpe, i, tok[i], tok_len[i])) != LOOM_OK) {
+            loom_error_context(rc, "%s: token %d", where, i);
+            goto fail;
+        }
+    for (size_t i = 0; i < n_merges; i++) {
+        const char *sp = memchr(merge[i], ' ', merge_len[i]);
+        if (!sp || sp == merge[i] || sp + 1 == merge[i] + merge_len[i]) {
+            rc = loom_error(LOOM_EFORMAT, "%s: merge %zu (\"%.*s\") is not \"left right\"", where, i, (int)LOOM_MIN(merge_len[i], 60), merge[i]);
+            goto fail;
+        }
+        size_t a = (size_t)(sp - merge[i]);
+        if ((rc = add_merge(&h->bpe, (int32_t)i, merge[i], a, sp + 1, merge_len[i] - a - 1, "merge")) != LOOM_OK) {
+            loom_error_context(rc, "%s", where);
+            goto fail;
+        }
+    }
+    tok_bpe_set_byte_level(&h->bpe);
+    for (int b = 0; b < 256; b++)
+        if (h->bpe.byte_id[b] < 0) {
+            rc = loom_error(LOOM_EFORMAT, "%s: byte 0x%02X has no token", where, b);
+            goto fail;
+        }
+    pre_step *p = &h->pre[h->n_pre++];
+    const char *pat = llama3_pattern ? tiktoken_pattern : gpt2_pattern;
+    p->type = PRE_BYTELEVEL;
+    if ((rc = regex_compile(&p->re, pat, strlen(pat), 0, "pre-tokenizer pattern")) != LOOM_OK) goto fail;
+    if ((rc = build_decoder(t, h, "")) != LOOM_OK) goto fail;
+    *out = t;
+    return LOOM_OK;
+fail:
+    loom_tokenizer_free(t);
+    return rc;
+}

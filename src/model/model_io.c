@@ -217,8 +217,11 @@ int loom_model_load(loom_model **out, const char *path) {
     } else {
         FILE *f = fopen(path, "rb");
         if (!f) return loom_error(errno == ENOENT ? LOOM_ENOTFOUND : LOOM_EIO, "cannot open model %s: %s", path, strerror(errno));
+        char magic[4] = {0};
+        size_t got = fread(magic, 1, 4, f);
         fclose(f);
-        rc = load_llama2c(out, path);
+        if (ends_with(path, ".gguf") || (got == 4 && !memcmp(magic, "GGUF", 4))) rc = loom_model_load_gguf(out, path);
+        else rc = load_llama2c(out, path);
     }
     return rc;
 }
