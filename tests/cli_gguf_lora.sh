@@ -53,9 +53,9 @@ loom_ids() { "$LOOM" generate "$@" --temperature 0 --steps $N --ids --threads 1 
 
 # ---- GPT-2: a tiny byte-level GPT-2 trained by loom, and a LoRA on c_attn, c_proj, c_fc trained on it
 for i in $(seq 1 100); do echo "The quick brown fox jumps over the lazy dog. A stitch in time saves nine."; done > "$tmp/fox.txt"
-common="--data $tmp/fox.txt --batch 4 --seq 64 --eval-every 0 --sample-len 0 --threads 1"
-"$LOOM" train --model tiny $common --steps 20 --lr 3e-3 --out "$tmp/gbase" > /dev/null 2>&1
-"$LOOM" train --model "$tmp/gbase" $common --steps 30 --peft lora --lora-r 4 --target-modules c_attn,c_proj,c_fc --lr 1e-2 \
+common="--data $tmp/fox.txt --batch 2 --seq 32 --eval-every 0 --sample-len 0 --threads 1"
+"$LOOM" train --model tiny $common --steps 10 --lr 3e-3 --out "$tmp/gbase" > /dev/null 2>&1
+"$LOOM" train --model "$tmp/gbase" $common --steps 12 --peft lora --lora-r 4 --target-modules c_attn,c_proj,c_fc --lr 2e-2 \
     --out "$tmp/glora" > /dev/null 2>&1
 check "gpt2: base and LoRA trained" test -s "$tmp/gbase/model.safetensors" -a -s "$tmp/glora/adapter_model.safetensors"
 "$LOOM" export --model "$tmp/gbase" --gguf "$tmp/gbase.gguf" > /dev/null 2>&1
@@ -68,7 +68,7 @@ check "gpt2: --gguf-lora exits 0 ($(cat "$tmp/out"))" test $? -eq 0 -a -s "$tmp/
 tok="$S/tok512.bin"
 for i in $(seq 1 40); do echo "The big dog ran to the park. The dog saw a bird and barked at it. The bird flew away."; done > "$tmp/dog.txt"
 "$LOOM" train --model "$S/stories260K.bin" --tokenizer "$tok" --data "$tmp/dog.txt" --peft lora --target-modules q_proj,k_proj \
-    --lora-r 4 --steps 30 --lr 3e-2 --batch 4 --seq 64 --eval-every 0 --sample-len 0 --threads 1 --out "$tmp/llora" > /dev/null 2>&1
+    --lora-r 4 --steps 12 --lr 5e-2 --batch 2 --seq 32 --eval-every 0 --sample-len 0 --threads 1 --out "$tmp/llora" > /dev/null 2>&1
 check "llama: LoRA trained" test -s "$tmp/llora/adapter_model.safetensors"
 "$LOOM" export --adapter "$tmp/llora" --gguf-lora "$tmp/llora.gguf" --model "$S/stories260K.bin" > "$tmp/out" 2>&1
 check "llama: --gguf-lora exits 0" test $? -eq 0
@@ -99,5 +99,6 @@ check "llama: the adapter changes the continuation" test "${want[2]}" != "${want
 refuse "prefix adapter refused" 1 "--gguf-lora" "LoRA adapters only" -- "$LOOM" export --adapter "$tmp/pre" --gguf-lora "$tmp/x.gguf" --model "$S/stories260K.bin"
 refuse "--gguf-lora without --adapter" 2 "--gguf-lora" "--adapter" -- "$LOOM" export --gguf-lora "$tmp/x.gguf" --model "$S/stories260K.bin"
 refuse "adapter of another model" 1 "--adapter" "does not fit" -- "$LOOM" export --adapter "$tmp/llora" --gguf-lora "$tmp/x.gguf" --model "$SHARED/reference/gpt2-tiny"
+refuse "--gguf-lora with --merge" 2 "--gguf-lora" "--merge" -- "$LOOM" export --adapter "$tmp/llora" --gguf-lora "$tmp/x.gguf" --merge --model "$S/stories260K.bin"
 check "nothing written when refused" test ! -e "$tmp/x.gguf"
 finish

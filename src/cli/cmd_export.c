@@ -102,6 +102,10 @@ int cmd_export(int argc, char **argv) {
                        "the weights as --gguf-type (vectors stay f32) and the tokenizer inside.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (gguf_lora && (out || gguf || merge)) {
+        fprintf(stderr, "loom export: --gguf-lora writes the adapter alone: give it without --out, --gguf or --merge\n");
+        return 2;
+    }
     if (gguf_lora) return cli_export_gguf_lora(model, adapter, gguf_lora);
     if (gguf) {
         if (!model) {
