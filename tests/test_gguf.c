@@ -3,6 +3,9 @@
  * of malformed file refused with a message. */
 #include "loom/core.h"
 #include "loom/gguf.h"
+#include "loom/half.h"
+#include "loom/model.h"
+#include "loom/tokenizer.h"
 #include "test.h"
 
 /* ---- a byte builder independent of the library's writer ---- */
@@ -422,11 +425,241 @@ static void test_malformed(void) {
     open_bytes(&y, "appears twice");
 }
 
+/* ---- models ---- */
+
+/* Q8_0 of n values at stride st, dequantized in place: the reference rule written out again here
+ * (d = max|x| / 127 rounded to fp16, q = round(x / d) with the unrounded d). */
+static void q8_ref(float *x, size_t n, size_t st) {
+    for (size_t b = 0; b < n; b += 32) {
+        float amax = 0;
+        for (size_t j = b; j < b + 32; j++) amax = fmaxf(amax, fabsf(x[j * st]));
+        float d = amax / 127, id = d ? 1 / d : 0, dh = loom_f16_to_f32(loom_f32_to_f16(d));
+        for (size_t j = b; j < b + 32; j++) x[j * st] = (float)(int)roundf(x[j * st] * id) * dh; /* an int8: no -0 */
+    }
+}
+
+/* What a tensor reads back as after a GGUF of `type`: matrices rounded (Q8_0 in blocks along the GGUF
+ * rows, which are the HF columns of a transposed GPT-2 Conv1D weight), vectors exact. */
+static void expect_tensor(const loom_tensor *t, int gpt2, loom_ggml_type type, float *x) {
+    if (t->ndim != 2 || type == LOOM_GGML_F32) return;
+    size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1];
+    if (type == LOOM_GGML_F16 || type == LOOM_GGML_BF16) {
+        for (size_t i = 0; i < t->numel; i++)
+            x[i] = type == LOOM_GGML_F16 ? loom_f16_to_f32(loom_f32_to_f16(x[i])) : loom_bf16_to_f32(loom_f32_to_bf16(x[i]));
+        return;
+    }
+    int transposed = gpt2 && t->kind == LOOM_T_LINEAR_W;
+    if (transposed) {
+        if (R % 32 == 0)
+            for (size_t c = 0; c < C; c++) q8_ref(x + c, R, C);
+    } else if (C % 32 == 0) {
+        for (size_t r = 0; r < R; r++) q8_ref(x + r * C, C, 1);
+    }
+}
+
+static void test_model_roundtrip(void) {
+    char dir[] = "/tmp/loom_gguf_XXXXXX", path[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    loom_config cfg[2];
+    CHECK_OK(loom_config_named(&cfg[0], "llama-tiny"));
+    cfg[0].qkv_bias = 1; /* q/k biases are permuted too */
+    cfg[0].tied = 0;
+    cfg[0].hidden = 80; /* ffn_down rows of 80 cannot be Q8_0 blocks: they stay F32 */
+    cfg[0].rope_theta = 50000.0f;
+    cfg[0].norm_eps = 1e-6f;
+    CHECK_OK(loom_config_named(&cfg[1], "gpt2-tiny"));
+    cfg[1].tied = 0;
+    const loom_ggml_type types[4] = {LOOM_GGML_F32, LOOM_GGML_F16, LOOM_GGML_BF16, LOOM_GGML_Q8_0};
+    for (int a = 0; a < 2; a++)
+        for (int k = 0; k < 4; k++) {
+            loom_model *m = NULL, *back = NULL;
+            if (a == 1) cfg[a].tied = k % 2; /* GPT-2 with a tied head for F16 and Q8_0: no output.weight */
+            CHECK_OK(loom_model_create(&m, &cfg[a], 7));
+            if (!m) continue;
+            float *p = loom_model_params(m);
+            uint64_t seed = 99;
+            for (size_t i = 0; i < loom_model_n_params(m); i++) p[i] = (float)(0.2 * test_normal(&seed));
+            loom_gguf_writer *w;
+            CHECK_OK(loom_gguf_writer_create(&w));
+            CHECK_OK(loom_model_save_gguf(m, p, types[k], w, path));
+            loom_gguf_writer_free(w);
+            CHECK_OK(loom_model_load(&back, path)); /* through the loader's GGUF hook */
+            if (back) {
+                const loom_config *b = loom_model_config(back), *c = &cfg[a];
+                CHECK(b->arch == c->arch && b->n_layer == c->n_layer && b->dim == c->dim && b->hidden == c->hidden &&
+                          b->n_head == c->n_head && b->n_kv_head == c->n_kv_head && b->vocab == c->vocab && b->max_seq == c->max_seq &&
+                          b->tied == c->tied && b->qkv_bias == c->qkv_bias && b->norm_eps == c->norm_eps &&
+                          (a == 1 || b->rope_theta == c->rope_theta) && b->act == c->act,
+                      "config back (%s, %s)", a ? "gpt2" : "llama", loom_ggml_type_name(types[k]));
+                CHECK(loom_model_n_params(back) == loom_model_n_params(m), "same size");
+                if (types[k] == LOOM_GGML_F32) {
+                    CHECK(!memcmp(loom_model_params(back), p, loom_model_n_params(m) * sizeof(float)),
+                          "F32 round trip bit-identical (%s)", a ? "gpt2" : "llama");
+                } else {
+                    int bad = -1;
+                    for (int i = 0; i < loom_model_n_tensors(m) && bad < 0; i++) {
+                        const loom_tensor *t = loom_model_tensor(m, i);
+                        float *x = malloc(t->numel * sizeof *x);
+                        memcpy(x, p + t->offset, t->numel * sizeof *x);
+                        expect_tensor(t, a == 1, types[k], x);
+                        if (memcmp(x, loom_model_params(back) + t->offset, t->numel * sizeof *x)) bad = i;
+                        free(x);
+                    }
+                    CHECK(bad < 0, "%s %s import equals the rounded export; first difference in %s", a ? "gpt2" : "llama",
+                          loom_ggml_type_name(types[k]), bad >= 0 ? loom_model_tensor(m, bad)->name : "");
+                }
+            }
+            loom_model_free(back);
+            loom_model_free(m);
+        }
+    unlink(path);
+
+    /* stories260K from its llama2.c file, which holds Meta's layout: the GGUF's attn_q / attn_k are
+     * those bytes exactly (loom holds the HF layout in between) */
+    char bin[512];
+    test_path(bin, sizeof bin, "data/stories260K/stories260K.bin");
+    loom_model *m = NULL;
+    CHECK_OK(loom_model_load(&m, bin));
+    char *raw = NULL;
+    size_t rlen = 0;
+    CHECK_OK(loom_read_file(bin, &raw, &rlen));
+    if (m && raw) {
+        loom_gguf_writer *w;
+        CHECK_OK(loom_gguf_writer_create(&w));
+        CHECK_OK(loom_model_save_gguf(m, loom_model_params(m), LOOM_GGML_F32, w, path));
+        loom_gguf_writer_free(w);
+        int32_t h[7];
+        memcpy(h, raw, sizeof h);
+        size_t dim = (size_t)h[0], L = (size_t)h[2], kv = (size_t)h[4] * (dim / (size_t)h[3]), V = (size_t)(h[5] < 0 ? -h[5] : h[5]);
+        const char *wq = raw + 28 + 4 * (V * dim + L * dim), *wk = wq + 4 * L * dim * dim;
+        loom_gguf *g;
+        CHECK_OK(loom_gguf_open(&g, path));
+        if (g) {
+            int same = 1;
+            for (size_t l = 0; l < L; l++) {
+                char nq[64], nk[64];
+                snprintf(nq, sizeof nq, "blk.%zu.attn_q.weight", l);
+                snprintf(nk, sizeof nk, "blk.%zu.attn_k.weight", l);
+                const loom_gguf_tensor *q = loom_gguf_find_tensor(g, nq), *k = loom_gguf_find_tensor(g, nk);
+                same &= q && k && q->nbytes == 4 * dim * dim && k->nbytes == 4 * kv * dim &&
+                        !memcmp(q->data, wq + 4 * l * dim * dim, q->nbytes) && !memcmp(k->data, wk + 4 * l * kv * dim, k->nbytes);
+            }
+            CHECK(same, "attn_q/attn_k hold llama2.c's (Meta's) rows");
+            uint32_t rd = 0;
+            CHECK(loom_gguf_get_u32(g, "llama.rope.dimension_count", &rd) == LOOM_OK && rd == dim / (size_t)h[3], "rope dims %u", rd);
+        }
+        loom_gguf_close(g);
+    }
+    free(raw);
+    loom_model_free(m);
+
+    /* refusals name the file and what is unsupported */
+    loom_gguf_writer *w;
+    CHECK_OK(loom_gguf_writer_create(&w));
+    loom_gguf_set_str(w, "general.architecture", "mamba");
+    CHECK_OK(loom_gguf_writer_write(w, path));
+    loom_gguf_writer_free(w);
+    CHECK(loom_model_load(&m, path) == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), path) && strstr(loom_errmsg(), "'mamba'"), "%s",
+          loom_errmsg());
+    CHECK_OK(loom_gguf_writer_create(&w));
+    loom_gguf_set_str(w, "general.architecture", "llama");
+    loom_gguf_set_u32(w, "llama.block_count", 2);
+    CHECK_OK(loom_gguf_writer_write(w, path));
+    loom_gguf_writer_free(w);
+    CHECK(loom_model_load(&m, path) == LOOM_ENOTFOUND && strstr(loom_errmsg(), "llama.embedding_length"), "%s", loom_errmsg());
+    /* keys describing a huge model over a tiny tensor: refused before any allocation */
+    CHECK_OK(loom_gguf_writer_create(&w));
+    loom_gguf_set_str(w, "general.architecture", "llama");
+    loom_gguf_set_u32(w, "llama.block_count", 1024);
+    loom_gguf_set_u32(w, "llama.embedding_length", 65536);
+    loom_gguf_set_u32(w, "llama.feed_forward_length", 1 << 20);
+    loom_gguf_set_u32(w, "llama.attention.head_count", 256);
+    loom_gguf_set_u32(w, "llama.context_length", 4096);
+    {
+        static const float one[64];
+        int64_t ne[2] = {64, 1}; /* one row of 64: the size check comes before the shape check */
+        loom_gguf_writer_add_f32(w, "token_embd.weight", LOOM_GGML_F32, 2, ne, one);
+    }
+    CHECK_OK(loom_gguf_writer_write(w, path));
+    loom_gguf_writer_free(w);
+    CHECK(loom_model_load(&m, path) == LOOM_EFORMAT && strstr(loom_errmsg(), "tensors hold 64"), "%s", loom_errmsg());
+    unlink(path);
+    rmdir(dir);
+}
+
+/* Tokenizers read from GGUF files: a small llama vocabulary encodes by its scores, and malformed ones
+ * are refused naming the file and the key. */
+static void test_tokenizer(void) {
+    char dir[] = "/tmp/loom_gguf_XXXXXX", path[256];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/t.gguf", dir);
+    /* <unk> <s> </s>, 256 bytes, then a b ab ▁ab ▁ c bc: "ab abc" is ▁ab ▁ab c (ab scores above bc; the other order gives ▁ab ▁a bc) */
+    enum { NV = 3 + 256 + 7 };
+    const char *tok[NV];
+    char bytes[256][8];
+    float score[NV];
+    int32_t type[NV];
+    tok[0] = "<unk>", tok[1] = "<s>", tok[2] = "</s>";
+    type[0] = 2, type[1] = type[2] = 3;
+    for (int b = 0; b < 256; b++) {
+        snprintf(bytes[b], sizeof bytes[b], "<0x%02X>", b);
+        tok[3 + b] = bytes[b];
+        type[3 + b] = 6;
+    }
+    const char *pieces[7] = {"a", "b", "ab", "\xe2\x96\x81" "ab", "\xe2\x96\x81", "c", "bc"};
+    const float ps[7] = {-10, -11, -1, -2, -12, -13, -3};
+    for (int i = 0; i < 7; i++) tok[259 + i] = pieces[i], type[259 + i] = 1, score[259 + i] = ps[i];
+    for (int i = 0; i < 259; i++) score[i] = 0;
+    for (int bad = 0; bad < 4; bad++) {
+        loom_gguf_writer *w;
+        CHECK_OK(loom_gguf_writer_create(&w));
+        loom_gguf_set_str(w, "tokenizer.ggml.model", bad == 1 ? "bert" : "llama");
+        loom_gguf_set_arr_str(w, "tokenizer.ggml.tokens", tok, NULL, NV);
+        loom_gguf_set_arr(w, "tokenizer.ggml.scores", LOOM_GGUF_FLOAT32, score, NV);
+        loom_gguf_set_arr(w, "tokenizer.ggml.token_type", LOOM_GGUF_INT32, type, bad == 2 ? NV - 1 : NV);
+        if (bad == 3) loom_gguf_set_arr(w, "tokenizer.ggml.scores", LOOM_GGUF_INT32, type, NV);
+        loom_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
+        loom_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", 2);
+        CHECK_OK(loom_gguf_writer_write(w, path));
+        loom_gguf_writer_free(w);
+        loom_tokenizer *t = NULL;
+        int rc = loom_tokenizer_load(&t, path);
+        if (bad == 0) {
+            CHECK(rc == LOOM_OK, "%s", loom_errmsg());
+            if (t) {
+                int32_t *ids;
+                size_t n;
+                CHECK_OK(loom_tokenizer_encode(t, "ab abc\xc3\xa9", 8, LOOM_TOK_BOS, &ids, &n));
+                /* BOS, ▁ab, ▁ab, c, then é as its two byte tokens 0xC3 0xA9 */
+                static const int32_t want[6] = {1, 262, 262, 264, 3 + 0xC3, 3 + 0xA9};
+                CHECK(n == 6 && !memcmp(ids, want, sizeof want), "encoded %zu ids: %d %d %d %d %d", n, n > 1 ? ids[1] : -1,
+                      n > 2 ? ids[2] : -1, n > 3 ? ids[3] : -1, n > 4 ? ids[4] : -1, n > 5 ? ids[5] : -1);
+                char *text;
+                size_t len;
+                CHECK_OK(loom_tokenizer_decode(t, ids, n, &text, &len));
+                CHECK(len == 8 && !memcmp(text, "ab abc\xc3\xa9", 8), "decoded '%s'", text);
+                free(text);
+                free(ids);
+                CHECK(!strcmp(loom_tokenizer_kind(t), "gguf-llama") && loom_tokenizer_bos(t) == 1 && loom_tokenizer_eos(t) == 2, "kind");
+            }
+        } else {
+            const char *want = bad == 1 ? "'bert' is not supported" : bad == 2 ? "token_type has 265 entries" : "scores is not an array of floats";
+            CHECK(rc != LOOM_OK && strstr(loom_errmsg(), path) && strstr(loom_errmsg(), want), "case %d: %s", bad, loom_errmsg());
+        }
+        loom_tokenizer_free(t);
+    }
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void) {
     test_read_reference();
     test_writer_bytes();
     test_types();
     test_malformed();
+    test_model_roundtrip();
+    test_tokenizer();
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
 }

@@ -18,6 +18,7 @@
 #include "loom/core.h"
 #include "loom/gguf.h"
 
+enum { GGUF_MAX_PIECE = 1 << 16 }; /* bytes of one token read from a file */
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 #define SPACE_MARK "\xE2\x96\x81" /* U+2581, SentencePiece's space */
 
@@ -264,7 +265,7 @@ static void spm_destroy(loom_tokenizer *t) {
 static int32_t spm_token_id(const loom_tokenizer *t, const char *token) {
     const spm_impl *p = t->impl;
     size_t n;
-    char *sp = NULL, *u = NULL;
+    char *sp = NULL;
     /* pieces are held with spaces: turn U+2581 into spaces */
     size_t tl = strlen(token);
     if (!(sp = malloc(tl + 1))) return -1;
@@ -277,7 +278,6 @@ static int32_t spm_token_id(const loom_tokenizer *t, const char *token) {
     for (int32_t i = 0; id < 0 && i < t->vocab_size; i++)
         if (p->bpe.str[i] && p->bpe.str_len[i] == tl && !memcmp(p->bpe.str[i], token, tl)) id = i;
     free(sp);
-    free(u);
     return id;
 }
 
@@ -449,6 +449,16 @@ int tok_load_gguf(loom_tokenizer **out, const char *path) {
         rc = loom_error(LOOM_EFORMAT, "%s: %zu tokens (1 to %u)", path, n, 1u << 24);
         goto done;
     }
+    /* every piece is split at each byte when merges are derived: bound their length */
+    for (size_t i = 0; i < n; i++) {
+        const char *s;
+        size_t len;
+        if ((rc = loom_gguf_arr_str(g, kv_tok, i, &s, &len)) != LOOM_OK) goto done;
+        if (len > GGUF_MAX_PIECE) {
+            rc = loom_error(LOOM_EFORMAT, "%s: token %zu is %zu bytes long (limit %d)", path, i, len, GGUF_MAX_PIECE);
+            goto done;
+        }
+    }
     int kv_type = array_kv(g, "tokenizer.ggml.token_type", LOOM_GGUF_INT32, 0, n, &rc);
     if (rc != LOOM_OK) goto done;
     if (!(t = calloc(1, sizeof *t))) {
@@ -481,6 +491,8 @@ int tok_load_gguf(loom_tokenizer **out, const char *path) {
     }
     for (size_t i = 0; i < n && rc == LOOM_OK; i++) rc = loom_gguf_arr_str(g, kv_tok, i, &tok[i], &tlen[i]);
     for (size_t i = 0; i < nm && rc == LOOM_OK; i++) rc = loom_gguf_arr_str(g, kv_mer, i, &mer[i], &mlen[i]);
+    for (size_t i = 0; i < nm && rc == LOOM_OK; i++)
+        if (mlen[i] > 2 * GGUF_MAX_PIECE + 1) rc = loom_error(LOOM_EFORMAT, "%s: merge %zu is %zu bytes long (limit %d)", path, i, mlen[i], 2 * GGUF_MAX_PIECE + 1);
     if (rc != LOOM_OK) goto done;
     loom_tokenizer *bl;
     if ((rc = tok_load_bytelevel(&bl, (int32_t)n, tok, tlen, nm, mer, mlen, !strcmp(pre, "llama-bpe"), path)) != LOOM_OK) goto done;

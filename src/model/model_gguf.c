@@ -294,6 +294,14 @@ int loom_model_load_gguf(loom_model **out, const char *path) {
         loom_error_context(rc, "%s", path);
         goto done;
     }
+    /* the keys come from outside: before allocating for them, the file's tensors must hold at least
+     * the embedding and every layer's attention and MLP matrices they describe */
+    double have = 0, least = (double)cfg.vocab * cfg.dim + (double)cfg.n_layer * (2.0 * cfg.dim * cfg.dim + 2.0 * cfg.hidden * cfg.dim);
+    for (size_t k = 0; k < loom_gguf_tensor_count(g); k++) have += (double)loom_gguf_tensor_at(g, k)->numel;
+    if (have < least) {
+        rc = loom_error(LOOM_EFORMAT, "%s: the keys describe a model of at least %.0f weights but the file's tensors hold %.0f", path, least, have);
+        goto done;
+    }
     if ((rc = lm_model_alloc(&m, &cfg)) != LOOM_OK) goto done;
     size_t n_used = 0;
     for (int i = 0; i < m->n_tensors && rc == LOOM_OK; i++) {
@@ -339,7 +347,7 @@ int loom_model_load_gguf(loom_model **out, const char *path) {
                 int xform;
                 known = map_name(m, &m->tensors[i], name, sizeof name, &xform) == LOOM_OK && !strcmp(name, nm);
             }
-            if (!known && strcmp(nm, "rope_freqs.weight")) {
+            if (!known) {
                 rc = loom_error(LOOM_EUNSUPPORTED, "%s: tensor %s is not part of a %s model as loom runs it", path, nm, arch);
                 break;
             }
