@@ -14,9 +14,14 @@
  * indices of the view written out), never from loom's writer; the safetensors file is parsed here with
  * jansson and plain byte reads, not with loom's reader; and "PEFT's files" are assembled byte by byte.
  *
+ * The LoRA-adapter GGUF (loom_tset_save_gguf_lora) is read back with loom's GGUF reader and checked
+ * against llama.cpp's rules (src/llama-adapter.cpp: lora_a ne = {in, r}, lora_b ne = {r, out}, scale
+ * alpha / r) and the q/k row order of llama.cpp's converter, written out by hand.
+ *
  * Mutations seen to fail this test: writing token_dim as the model width for prefix tuning; the value
  * slice read at 2l + 2 instead of 2l + 1 (peft_hooks.c prefix_kv); keys and values swapped; the
- * num_attention_heads check dropped. */
+ * num_attention_heads check dropped; in the GGUF writer, q/k rows left in Hugging Face's order, k
+ * permuted with the query head count, rsLoRA's alpha not rescaled, A's and B's ne swapped. */
 #include <jansson.h>
 #include <sys/stat.h>
 
