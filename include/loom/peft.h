@@ -39,6 +39,11 @@
  * vector under the names above) and adapter_config.json. LoRA, prefix and prompt tuning use PEFT's own
  * peft_type (LORA, PREFIX_TUNING, PROMPT_TUNING) and fields; adapters and BitFit, which PEFT lacks, use
  * peft_type "LOOM_ADAPTER" (adapter_dim) and "LOOM_BITFIT" (bitfit_norms) in the same spirit.
+ * Prefix and prompt tuning write PromptLearningConfig's fields with the values PEFT derives from the base:
+ * prefix token_dim = kv heads x head size, num_attention_heads = kv heads, encoder_hidden_size =
+ * token_dim; prompt token_dim = C, num_attention_heads = heads; num_layers; num_transformer_submodules 1.
+ * Reading checks them against the model (naming the field), and accepts prefix_projection true: PEFT
+ * saves the projection's output, the same [P, L*2*KV] table.
  *
  * Worked example: LoRA r=8 on GPT-2's c_attn, one training step, saved in PEFT layout.
  *
@@ -149,6 +154,15 @@ int loom_tset_save_peft(const loom_tset *ts, const float *vec, const char *dir, 
 int loom_tset_load_peft(loom_tset **out, const loom_model *m, const char *dir);
 /* Reads only adapter_config.json into *cfg (and the base model name into base, cap bytes, if given). */
 int loom_peft_config_load(loom_peft_config *cfg, const char *dir, char *base, size_t cap);
+
+/* A LoRA set as llama.cpp's LoRA-adapter GGUF at path (F32): general.architecture (gpt2, llama),
+ * general.type "adapter", adapter.type "lora", adapter.lora.alpha, and per adapted weight
+ * "blk.<l>.<tensor>.weight.lora_a" (A, ne = {in, r}) and ".lora_b" (B, ne = {r, out}) under llama.cpp's
+ * tensor names (GPT-2 attn_qkv attn_output ffn_up ffn_down; Llama attn_q attn_k attn_v attn_output
+ * ffn_gate ffn_up ffn_down). For Llama the rows of q's and k's B are put in Meta's interleaved rotary
+ * order, as the GGUF model exporter does to the base weights (B's rows are the weight's rows, so the
+ * product B A permutes with them). llama.cpp scales by alpha / r; rsLoRA is written as alpha * sqrt(r). */
+int loom_tset_save_gguf_lora(const loom_tset *ts, const float *vec, const char *path);
 
 /* Folds the set into a float parameter vector params[n_params] of the model (a copy of the base):
  * LoRA W += scale * (B A) in the weight's own layout; FULL and BITFIT copy their tensors in. Prefix,

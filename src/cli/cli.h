@@ -16,6 +16,9 @@ int cmd_server(int argc, char **argv);
 int cmd_client(int argc, char **argv);
 int cmd_dp(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+/* loom export --gguf-lora: the LoRA adapter in adapter (PEFT layout) as llama.cpp's LoRA GGUF at out;
+ * model is the base (NULL: the adapter's base_model_name_or_path). Returns the exit code. */
+int cli_export_gguf_lora(const char *model, const char *adapter, const char *out);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 /* Benchmarks, reached through `loom bench <name>` (argv[0] is the benchmark name). */

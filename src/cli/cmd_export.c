@@ -80,12 +80,14 @@ done:
 
 int cmd_export(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *out = NULL, *gguf = NULL, *gguf_type = "f32", *tokp = NULL;
+    const char *gguf_lora = NULL;
     int merge = 0;
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model: the base the adapter was trained on (a directory, llama2.c .bin or .gguf)", 0, 0},
         {"adapter", OPT_STR, &adapter, "PEFT-layout adapter directory", 0, 0},
         {"out", OPT_STR, &out, "output directory", 0, 0},
         {"merge", OPT_FLAG, &merge, "merge the adapter into the weights: write a full model directory", 0, 0},
+        {"gguf-lora", OPT_STR, &gguf_lora, "write the LoRA adapter as llama.cpp's LoRA-adapter GGUF file", 0, 0},
         {"gguf", OPT_STR, &gguf, "write the model (with the merged adapter) and its tokenizer as this GGUF file", 0, 0},
         {"gguf-type", OPT_STR, &gguf_type, "GGUF matrix type: f32 (default), f16, bf16 or q8_0", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer written into the GGUF file (default: the model's)", 0, 0},
@@ -100,6 +102,11 @@ int cmd_export(int argc, char **argv) {
                        "the weights as --gguf-type (vectors stay f32) and the tokenizer inside.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (gguf_lora && (out || gguf || merge)) {
+        fprintf(stderr, "loom export: --gguf-lora writes the adapter alone: give it without --out, --gguf or --merge\n");
+        return 2;
+    }
+    if (gguf_lora) return cli_export_gguf_lora(model, adapter, gguf_lora);
     if (gguf) {
         if (!model) {
             fprintf(stderr, "loom export: --gguf needs --model (see --help)\n");

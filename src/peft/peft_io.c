@@ -89,21 +89,31 @@ int loom_tset_save_peft(const loom_tset *ts, const float *vec, const char *dir, 
         break;
     }
     case LOOM_PEFT_PREFIX:
-        json_object_set_new(j, "num_virtual_tokens", json_integer(ts->cfg.prefix_len));
+    case LOOM_PEFT_PROMPT: {
+        /* PromptLearningConfig's fields with the values PEFT's _prepare_prompt_learning_config derives
+         * from the base model's config: prefix tuning stores keys and values of the kv heads (token_dim =
+         * kv heads x head size, num_attention_heads = kv heads, encoder_hidden_size = token_dim when
+         * unset); prompt tuning's rows are input embeddings (token_dim = the model width). */
+        int prefix = ts->cfg.method == LOOM_PEFT_PREFIX;
+        json_object_set_new(j, "auto_mapping", json_null());
+        json_object_set_new(j, "num_virtual_tokens", json_integer(prefix ? ts->cfg.prefix_len : ts->cfg.prompt_len));
+        json_object_set_new(j, "token_dim", json_integer(prefix ? KV : c->dim));
+        json_object_set_new(j, "num_attention_heads", json_integer(prefix ? c->n_kv_head : c->n_head));
         json_object_set_new(j, "num_layers", json_integer(c->n_layer));
-        json_object_set_new(j, "token_dim", json_integer(KV));
-        json_object_set_new(j, "num_attention_heads", json_integer(c->n_kv_head));
         json_object_set_new(j, "num_transformer_submodules", json_integer(1));
-        json_object_set_new(j, "encoder_hidden_size", json_integer(c->dim));
-        json_object_set_new(j, "prefix_projection", json_false());
+        json_object_set_new(j, "modules_to_save", json_null());
+        if (prefix) {
+            json_object_set_new(j, "encoder_hidden_size", json_integer(KV));
+            json_object_set_new(j, "prefix_projection", json_false());
+            json_object_set_new(j, "init_weights", json_null());
+        } else {
+            json_object_set_new(j, "prompt_tuning_init", json_string("SAMPLE_VOCAB"));
+            json_object_set_new(j, "prompt_tuning_init_text", json_null());
+            json_object_set_new(j, "tokenizer_name_or_path", json_null());
+            json_object_set_new(j, "tokenizer_kwargs", json_null());
+        }
         break;
-    case LOOM_PEFT_PROMPT:
-        json_object_set_new(j, "num_virtual_tokens", json_integer(ts->cfg.prompt_len));
-        json_object_set_new(j, "token_dim", json_integer(c->dim));
-        json_object_set_new(j, "num_transformer_submodules", json_integer(1));
-        json_object_set_new(j, "num_layers", json_integer(c->n_layer));
-        json_object_set_new(j, "prompt_tuning_init", json_string("SAMPLE_VOCAB"));
-        break;
+    }
     case LOOM_PEFT_ADAPTER:
         json_object_set_new(j, "adapter_dim", json_integer(ts->cfg.adapter_dim));
         json_object_set_new(j, "adapter_sites", json_string("attn,mlp"));
@@ -197,8 +207,40 @@ int loom_peft_config_load(loom_peft_config *cfg, const char *dir, char *base, si
     case LOOM_PEFT_BITFIT: cfg->bitfit_norms = json_is_true(json_object_get(j, "bitfit_norms")); break;
     default: break;
     }
-    if (rc == LOOM_OK && mth == LOOM_PEFT_PREFIX && json_is_true(json_object_get(j, "prefix_projection")))
-        rc = loom_error(LOOM_EUNSUPPORTED, "%s: prefix tuning with a projection is not supported", path);
+    json_decref(j);
+    return rc;
+}
+
+/* The shape fields of PEFT's PromptLearningConfig must describe this model: PEFT reshapes prefix
+ * tuning's [P, num_layers * 2 * token_dim] table by them (view [P, 2 num_layers, heads, token_dim /
+ * heads], key of layer l = slice 2l, value = 2l + 1), so a table of the right total width with another
+ * head split or layer count would be read differently. An absent or null field is derived from the base
+ * by PEFT and by loom alike; files of earlier loom versions (encoder_hidden_size = the model width,
+ * prompt tuning without num_attention_heads) pass. prefix_projection true is accepted: PEFT saves the
+ * projection's output, the same [P, num_layers * 2 * token_dim] table, and runs it as given when loaded
+ * for inference. */
+static int check_prompt_learning(const loom_model *m, loom_peft_method mth, const char *dir) {
+    const loom_config *c = &m->cfg;
+    int prefix = mth == LOOM_PEFT_PREFIX, KV = c->n_kv_head * (c->dim / c->n_head);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    json_t *j = json_load_file(path, 0, NULL);
+    if (!j) return loom_error(LOOM_EFORMAT, "%s: cannot read", path);
+    struct { const char *key; int want; const char *what; } f[] = {
+        {"token_dim", prefix ? KV : c->dim, prefix ? "kv heads x head size" : "the model width"},
+        {"num_layers", c->n_layer, "layers"},
+        {"num_attention_heads", c->n_kv_head, "kv heads"},
+        {"num_transformer_submodules", 1, "a decoder-only model"},
+    };
+    int rc = LOOM_OK;
+    for (int i = 0; rc == LOOM_OK && i < 4; i++) {
+        if (!prefix && i == 2) continue; /* prompt tuning never splits its rows into heads */
+        int v;
+        if ((rc = loom_json_int32(j, f[i].key, 1, 1 << 24, f[i].want, &v, path)) != LOOM_OK) break;
+        if (v != f[i].want)
+            rc = loom_error(LOOM_EINVAL, "%s: %s is %d; this model's %s tuning needs %d (%s)", path, f[i].key, v,
+                            prefix ? "prefix" : "prompt", f[i].want, f[i].what);
+    }
     json_decref(j);
     return rc;
 }
@@ -208,6 +250,9 @@ int loom_tset_load_peft(loom_tset **out, const loom_model *m, const char *dir) {
     loom_peft_config cfg;
     int rc = loom_peft_config_load(&cfg, dir, NULL, 0);
     if (rc != LOOM_OK) return rc;
+    if ((cfg.method == LOOM_PEFT_PREFIX || cfg.method == LOOM_PEFT_PROMPT) &&
+        (rc = check_prompt_learning(m, cfg.method, dir)) != LOOM_OK)
+        return loom_error_context(rc, "adapter %s does not fit this model", dir);
     loom_tset *ts;
     if ((rc = loom_tset_create(&ts, m, &cfg, 0)) != LOOM_OK)
         return loom_error_context(rc, "adapter %s does not fit this model", dir);
