@@ -105,22 +105,16 @@ if [ "${LOOM_SANITIZED:-0}" = 1 ]; then
     echo "cli_gguf: sanitizer build: the llama.cpp checks run in the release build's cli_gguf" >&2
     finish
 fi
-NL=${LOOM_LLAMACPP_DIR:-}
-if [ -z "$NL" ] || [ ! -d "$NL/node_modules/node-llama-cpp" ]; then
-    NL="$tmp/llamacpp"
-    mkdir -p "$NL"
-    printf '{"name": "loom-gguf-test", "private": true, "type": "module"}\n' > "$NL/package.json"
-    if ! command -v npm > /dev/null || ! (cd "$NL" && npm i -E --omit=optional --no-audit --no-fund --fetch-retries 1 --prefer-offline node-llama-cpp@3.21.1 \
-        @node-llama-cpp/linux-x64@3.21.1 > "$tmp/npm.log" 2>&1); then
-        echo "FAIL: npm could not install node-llama-cpp 3.21.1 (is the npm registry reachable?); llama.cpp checks not run:" >&2
-        tail -5 "$tmp/npm.log" 2> /dev/null | sed 's/^/    /' >&2
-        fail=$((fail + 1))
-        finish
-    fi
+NL=${LOOM_LLAMACPP_DIR:-$tmp/llamacpp} # ctest's fixture installs it once (tests/llamacpp_install.sh)
+if ! bash "$SRC/tests/llamacpp_install.sh" "$NL" > /dev/null; then
+    echo "FAIL: llama.cpp is not installed in $NL; llama.cpp checks not run" >&2
+    fail=$((fail + 1))
+    finish
 fi
-cp "$SRC/tests/llamacpp_gen.mjs" "$NL/llamacpp_gen.mjs"
+# the script runs from $tmp, importing the shared install through a link (another test may use it at once)
+mkdir -p "$tmp/lc" && ln -s "$NL/node_modules" "$tmp/lc/node_modules" && cp "$SRC/tests/llamacpp_gen.mjs" "$tmp/lc/"
 # every job in one process (starting llama.cpp costs seconds): one output line per job
-(cd "$NL" && node llamacpp_gen.mjs "$tmp/s.gguf" 48 :: "$tmp/s_q8_0.gguf" 48 :: "$tmp/s_f16.gguf" 48 :: "$tmp/g.gguf" 64 :: \
+(cd "$tmp/lc" && node llamacpp_gen.mjs "$tmp/s.gguf" 48 :: "$tmp/s_q8_0.gguf" 48 :: "$tmp/s_f16.gguf" 48 :: "$tmp/g.gguf" 64 :: \
     "$tmp/merged.gguf" 48 :: "$tmp/s.gguf" --tokenize "$T" :: "$tmp/g.gguf" --tokenize "$T" :: "$tmp/g50.gguf" --tokenize "$T2" :: \
     "$tmp/l32.gguf" --tokenize "$T2") > "$tmp/lc.out" 2> "$tmp/lc.err"
 check "llama.cpp ran every job" test "$(wc -l < "$tmp/lc.out")" -eq 9

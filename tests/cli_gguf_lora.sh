@@ -12,42 +12,6 @@ set -u
 N=40 # tokens compared after BOS
 S="$SHARED/data/stories260K"
 
-npm_dir="$tmp/npm"
-mkdir -p "$npm_dir"
-cp "$SHARED/bench/llamacpp/package.json" "$npm_dir/"
-if ! (cd "$npm_dir" && npm i -E --omit=optional --no-audit --no-fund --prefer-offline \
-        node-llama-cpp@3.21.1 @node-llama-cpp/linux-x64@3.21.1 > "$tmp/npm.log" 2>&1); then
-    echo "FAIL: npm could not install node-llama-cpp 3.21.1 (registry unreachable?); llama.cpp checks not run:" >&2
-    tail -5 "$tmp/npm.log" >&2
-    fail=$((fail + 1))
-    finish
-fi
-# greedy ids from BOS for each pair MODEL.gguf LORA.gguf|-, one line each: node gen.mjs N MODEL LORA ...
-# (one process for all: node-llama-cpp's start-up is most of a run's time)
-cat > "$npm_dir/gen.mjs" << 'JS'
-import {getLlama} from "node-llama-cpp";
-const [nStr, ...pairs] = process.argv.slice(2);
-const n = parseInt(nStr);
-const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
-for (let i = 0; i + 1 < pairs.length; i += 2) {
-  const model = await llama.loadModel({modelPath: pairs[i]});
-  // F32 keys and values and no flash attention: llama.cpp's defaults (an F16 cache) move logits by
-  // ~1e-3, enough to flip a near tie that loom's float cache decides the other way
-  const opts = {contextSize: 256, threads: 1, batchSize: 256, flashAttention: false,
-                experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32"};
-  if (pairs[i + 1] !== "-") opts.lora = {adapters: [{filePath: pairs[i + 1], scale: 1}]};
-  const context = await model.createContext(opts);
-  const out = [];
-  for await (const tok of context.getSequence().evaluate([model.tokens.bos], {temperature: 0})) {
-    if (tok === model.tokens.eos || tok === model.tokens.bos) break;
-    out.push(tok);
-    if (out.length >= n) break;
-  }
-  console.log(out.join(" "));
-  await context.dispose();
-  await model.dispose();
-}
-JS
 # loom's greedy continuation from BOS: N token ids
 loom_ids() { "$LOOM" generate "$@" --temperature 0 --steps $N --ids --threads 1 2>/dev/null; }
 
@@ -76,19 +40,13 @@ check "llama: export names the file" grep -q "llora.gguf" "$tmp/out"
 "$LOOM" export --model "$S/stories260K.bin" --tokenizer "$tok" --gguf "$tmp/lbase.gguf" > /dev/null 2>&1
 check "llama: base exported as GGUF" test -s "$tmp/lbase.gguf"
 
-# ---- llama.cpp against loom
-mapfile -t got < <(cd "$npm_dir" && node gen.mjs $N "$tmp/gbase.gguf" "$tmp/glora.gguf" "$tmp/gbase.gguf" - \
-                                        "$tmp/lbase.gguf" "$tmp/llora.gguf" "$tmp/lbase.gguf" - 2> "$tmp/node.err")
-check "llama.cpp ran the four cases ($(tail -3 "$tmp/node.err"))" test ${#got[@]} -eq 4
+# ---- loom's greedy ids, with and without the adapters
 want=("$(loom_ids --model "$tmp/gbase" --adapter "$tmp/glora")" "$(loom_ids --model "$tmp/gbase")"
       "$(loom_ids --model "$S/stories260K.bin" --tokenizer "$tok" --adapter "$tmp/llora")"
       "$(loom_ids --model "$S/stories260K.bin" --tokenizer "$tok")")
 what=("gpt2 with the adapter" "gpt2 base" "llama with the adapter" "llama base")
 for i in 0 1 2 3; do
     check "${what[$i]}: loom gives $N ids" test "$(echo ${want[$i]} | wc -w)" -eq $N
-    check "${what[$i]}: llama.cpp = loom
-  llama.cpp: ${got[$i]:-}
-  loom:      ${want[$i]}" test -n "${got[$i]:-}" -a "${got[$i]:-}" = "${want[$i]}"
 done
 check "gpt2: the adapter changes the continuation" test "${want[0]}" != "${want[1]}"
 check "llama: the adapter changes the continuation" test "${want[2]}" != "${want[3]}"
@@ -101,4 +59,25 @@ refuse "--gguf-lora without --adapter" 2 "--gguf-lora" "--adapter" -- "$LOOM" ex
 refuse "adapter of another model" 1 "--adapter" "does not fit" -- "$LOOM" export --adapter "$tmp/llora" --gguf-lora "$tmp/x.gguf" --model "$SHARED/reference/gpt2-tiny"
 refuse "--gguf-lora with --merge" 2 "--gguf-lora" "--merge" -- "$LOOM" export --adapter "$tmp/llora" --gguf-lora "$tmp/x.gguf" --merge --model "$S/stories260K.bin"
 check "nothing written when refused" test ! -e "$tmp/x.gguf"
+
+# ---- llama.cpp against loom (the sanitizer build checks loom's side above; llama.cpp runs in the release build)
+if [ "${LOOM_SANITIZED:-0}" = 1 ]; then
+    echo "cli_gguf_lora: sanitizer build: the llama.cpp checks run in the release build's cli_gguf_lora" >&2
+    finish
+fi
+NL=${LOOM_LLAMACPP_DIR:-$tmp/llamacpp} # ctest's fixture installs it once (tests/llamacpp_install.sh)
+if ! bash "$SRC/tests/llamacpp_install.sh" "$NL" > /dev/null; then
+    echo "FAIL: llama.cpp is not installed in $NL; llama.cpp checks not run" >&2
+    fail=$((fail + 1))
+    finish
+fi
+mkdir -p "$tmp/lc" && ln -s "$NL/node_modules" "$tmp/lc/node_modules" && cp "$SRC/tests/llamacpp_gen.mjs" "$tmp/lc/"
+mapfile -t got < <(cd "$tmp/lc" && node llamacpp_gen.mjs "$tmp/gbase.gguf" $N --lora "$tmp/glora.gguf" 1 :: "$tmp/gbase.gguf" $N :: \
+                       "$tmp/lbase.gguf" $N --lora "$tmp/llora.gguf" 1 :: "$tmp/lbase.gguf" $N 2> "$tmp/node.err")
+check "llama.cpp ran the four cases ($(tail -3 "$tmp/node.err"))" test ${#got[@]} -eq 4
+for i in 0 1 2 3; do
+    check "${what[$i]}: llama.cpp = loom
+  llama.cpp: ${got[$i]:-}
+  loom:      ${want[$i]}" test -n "${got[$i]:-}" -a "${got[$i]:-}" = "${want[$i]}"
+done
 finish

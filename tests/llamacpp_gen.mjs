@@ -54,7 +54,10 @@ for (const job of jobs) {
     await model.dispose();
     continue;
   }
-  const options = {contextSize: Math.min(1024, job.n + 8), threads: 1, batchSize: 512};
+  // F32 keys and values and no flash attention: llama.cpp's defaults (flash attention, an F16 cache) move
+  // logits by ~1e-3, enough to flip a near tie that loom's float cache decides the other way
+  const options = {contextSize: Math.min(1024, job.n + 8), threads: 1, batchSize: 512, flashAttention: false,
+                   experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32"};
   if (job.adapters.length) options.lora = {adapters: job.adapters};
   const context = await model.createContext(options);
   const seq = context.getSequence();
