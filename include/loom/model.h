@@ -275,7 +275,8 @@ int loom_backward_ex_rows(const loom_model *m, const float *base, loom_ws *ws, c
  * Any trainable set decodes on the fly from the frozen base as it is held (a bf16/int8 base is never
  * expanded): trained copies (FULL, BitFit) from the vector, LoRA added after each base product, adapters
  * after attention and the MLP, prefix tuning's virtual tokens as the first prefix_len rows of every
- * layer's key/value cache (no position applied, as the training forward attends them), prompt tuning's
+ * layer's key/value cache (no position applied, as the training forward attends them; they hold positions
+ * 0 .. prefix_len - 1, so token t sits at position prefix_len + t, as in PEFT), prompt tuning's
  * soft rows run as the first prompt_len model positions when a sequence starts (token t then sits at
  * model position prompt_len + t, as in loom_forward_ex). The logits equal loom_forward_ex's at the same
  * positions up to the order of sums. The vector must stay the same through a sequence. */

@@ -24,7 +24,8 @@
  *            projection): layer l's key prefix is columns [2l*KV, (2l+1)*KV), its value prefix the next
  *            KV columns (KV = kv heads * head size, heads contiguous). Every query attends to the P
  *            prefix positions and causally to its sequence; prefix keys are used as given (no position
- *            embedding or RoPE: they play the part of a KV cache). Init N(0, 0.02^2).
+ *            embedding or RoPE: they play the part of a KV cache, at positions 0 .. P - 1, and the
+ *            sequence's token t sits at position P + t, as in PEFT). Init N(0, 0.02^2).
  *   PROMPT   prompt tuning: "prompt_embeddings" [P, C], P soft tokens prepended to every sequence; they
  *            take positions 0..P-1 (GPT-2 adds wpe rows to them) and carry no loss. Init: rows of the
  *            token embedding drawn at random from the vocabulary (PEFT's SAMPLE_VOCAB).

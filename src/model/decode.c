@@ -43,7 +43,10 @@ int loom_kv_create_ex(loom_kv **out, const loom_model *m, const loom_peft *pf, i
     if (soft && !ops->prompt) return loom_error(LOOM_EINVAL, "a soft prompt of %d positions without its rows", soft);
     lm_hook_ctx h0 = {m, pf, NULL, NULL, NULL, 1, 1, 1, 0, 0, 0};
     int pre = ops && ops->kv_prefix ? ops->kv_prefix(&h0, 0, NULL, NULL, 0) : 0;
-    if (max_len < 1 || max_len > c->max_seq - soft) {
+    if (max_len < 1 || max_len > c->max_seq - soft - pre) {
+        if (pre)
+            return loom_error(LOOM_EINVAL, "generation length %d outside 1..%d (the model's %d positions less %d prefix positions)",
+                              max_len, c->max_seq - pre, c->max_seq, pre);
         if (soft)
             return loom_error(LOOM_EINVAL, "generation length %d outside 1..%d (the model's %d positions less a soft prompt of %d)",
                               max_len, c->max_seq - soft, c->max_seq, soft);
@@ -107,6 +110,13 @@ int loom_kv_create_ex(loom_kv **out, const loom_model *m, const loom_peft *pf, i
 int loom_kv_create(loom_kv **out, const loom_model *m, int max_len) { return loom_kv_create_ex(out, m, NULL, max_len, 0); }
 
 size_t loom_kv_bytes(const loom_kv *kv) { return kv->bytes; }
+
+int lm_kv_layer(const loom_kv *kv, int l, const float **k, const float **v) {
+    size_t o = (size_t)l * kv->slots * kv->KV;
+    *k = kv->k + o;
+    *v = kv->v + o;
+    return kv->KV;
+}
 
 void loom_kv_free(loom_kv *kv) {
     if (!kv) return;
@@ -242,8 +252,8 @@ static void run_rows(const pass *p, int n, int p0, float *logits) {
             lm_wref we = lm_weight_ref(m, p->base, m->t_embed);
             loom_dequantize_rows(o, &we.q, C, c->vocab, kv->tok[i], kv->tok[i] + 1);
         }
-        if (wpe) {
-            const float *pp = wpe + (size_t)(p0 + i) * C;
+        if (wpe) { /* a prefix set's rows hold positions 0 .. pre - 1 (as in loom_forward_ex) */
+            const float *pp = wpe + (size_t)(kv->pre + p0 + i) * C;
             for (int j = 0; j < C; j++) o[j] = e[j] + pp[j];
         } else {
             if (e != o) memcpy(o, e, (size_t)C * sizeof *o);
@@ -258,8 +268,8 @@ static void run_rows(const pass *p, int n, int p0, float *logits) {
         linear(p, kv->qkv, kv->xb, n, SLOT(l, LOOM_L_QKV_W), PW(l, LOOM_L_QKV_B), C, QKV);
         if (HOOK(site_fwd)) ops->site_fwd(&hk, l, LOOM_SITE_QKV, kv->xb, C, kv->qkv, QKV, n);
         if (!gpt2) {
-            loom_rope(kv->qkv, QKV, 1, n, NH, HS, c->rope_theta, p0, 0);
-            loom_rope(kv->qkv + C, QKV, 1, n, NKV, HS, c->rope_theta, p0, 0);
+            loom_rope(kv->qkv, QKV, 1, n, NH, HS, c->rope_theta, kv->pre + p0, 0);
+            loom_rope(kv->qkv + C, QKV, 1, n, NKV, HS, c->rope_theta, kv->pre + p0, 0);
         }
         size_t s0 = (size_t)kv->pre + p0;
         float *kc = kv->k + ((size_t)l * kv->slots + s0) * KV, *vc = kv->v + ((size_t)l * kv->slots + s0) * KV;

@@ -442,10 +442,11 @@ struct loom_ws {
 static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int train) {
     *out = NULL;
     const loom_config *c = &m->cfg;
-    int P = pf ? pf->prompt_len : 0;
+    int P = pf ? pf->prompt_len : 0, PO = pf ? pf->prefix_len : 0;
     if (B < 1 || T < 1) return loom_error(LOOM_EINVAL, "batch %d x %d is empty", B, T);
-    if (T + P > c->max_seq) {
+    if (T + P + PO > c->max_seq) {
         if (P) return loom_error(LOOM_EINVAL, "sequence length %d plus a soft prompt of %d exceeds the model's %d positions", T, P, c->max_seq);
+        if (PO) return loom_error(LOOM_EINVAL, "sequence length %d plus %d prefix positions exceeds the model's %d positions", T, PO, c->max_seq);
         return loom_error(LOOM_EINVAL, "sequence length %d exceeds the model's %d positions", T, c->max_seq);
     }
     T += P;
@@ -938,12 +939,15 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     if (P && !prompt) return loom_error(LOOM_EINVAL, "a soft prompt of %d positions without its rows", P);
     const int32_t *tk = ws->tok_copy;
     float *x0 = ws->res[0];
+    /* prefix tuning's rows sit at positions 0 .. prefix_len - 1 before the sequence (as in PEFT, where they are
+     * the cache of a past): the sequence's row t is at position prefix_len + t */
+    const int PO = pf ? pf->prefix_len : 0;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *e = tk[n] >= 0 ? wte + (size_t)tk[n] * C : prompt + (size_t)(n % T) * C;
         float *o = x0 + (size_t)n * C;
         if (wpe) {
-            const float *pp = wpe + (size_t)(n % T) * C;
+            const float *pp = wpe + (size_t)(PO + n % T) * C;
             for (int i = 0; i < C; i++) o[i] = e[i] + pp[i];
         } else {
             memcpy(o, e, (size_t)C * sizeof *o);
@@ -960,8 +964,8 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
         mm_fwd(&r, SLOT(l, LOOM_L_QKV_W), ws->qkv[l], QKV, ws->n1[l], C, PW(l, LOOM_L_QKV_B), N, C, QKV);
         if (HOOK(site_fwd)) ops->site_fwd(&hk, l, LOOM_SITE_QKV, ws->n1[l], C, ws->qkv[l], QKV, N);
         if (!gpt2) {
-            loom_rope(ws->qkv[l], QKV, B, T, NH, HS, c->rope_theta, 0, 0);
-            loom_rope(ws->qkv[l] + C, QKV, B, T, NKV, HS, c->rope_theta, 0, 0);
+            loom_rope(ws->qkv[l], QKV, B, T, NH, HS, c->rope_theta, PO, 0);
+            loom_rope(ws->qkv[l] + C, QKV, B, T, NKV, HS, c->rope_theta, PO, 0);
         }
         if (!(HOOK(attn_fwd) && ops->attn_fwd(&hk, l, ws->atty[l], ws->qkv[l], QKV, B, T)))
             loom_attention_forward(ws->atty[l], ws->att[l], ws->qkv[l], QKV, B, T, NH, NKV, HS);
@@ -1201,8 +1205,8 @@ static int backward_impl(const run_ctx *rc) {
             loom_attention_backward(ws->dqkv, ws->datt, ws->datty, ws->qkv[l], ws->att[l], QKV, B, T, NH, NKV, HS);
         if (!NEED(l, LOOM_ST_ATTN)) return LOOM_OK;
         if (!gpt2) {
-            loom_rope(ws->dqkv, QKV, B, T, NH, HS, c->rope_theta, 0, 1);
-            loom_rope(ws->dqkv + C, QKV, B, T, NKV, HS, c->rope_theta, 0, 1);
+            loom_rope(ws->dqkv, QKV, B, T, NH, HS, c->rope_theta, pf ? pf->prefix_len : 0, 1);
+            loom_rope(ws->dqkv + C, QKV, B, T, NKV, HS, c->rope_theta, pf ? pf->prefix_len : 0, 1);
         }
         need = NEED(l, LOOM_ST_QKV);
         float *dn = need ? ws->dn : NULL;
@@ -1253,7 +1257,7 @@ static int backward_impl(const run_ctx *rc) {
                 if (g)
                     for (int i = c0; i < c1; i++) g[i] += d[i];
                 if (dwpe) {
-                    float *gp = dwpe + ro + (size_t)(n % T) * C;
+                    float *gp = dwpe + ro + (size_t)((pf ? pf->prefix_len : 0) + n % T) * C;
                     for (int i = c0; i < c1; i++) gp[i] += d[i];
                 }
             }

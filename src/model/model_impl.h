@@ -143,6 +143,9 @@ typedef struct {
     int C, OC;
 } lm_wref;
 lm_wref lm_weight_ref(const loom_model *m, const float *params, int idx);
+/* Layer l of a KV cache (tests): *k, *v = its [slots, KV] keys and values (after RoPE), model position p at
+ * slot prefix rows + p; returns KV. */
+int lm_kv_layer(const loom_kv *kv, int l, const float **k, const float **v);
 
 /* Forward position of a model tensor (see LOOM_ST_*). */
 int lm_tensor_stage(const loom_model *m, int idx);
