@@ -92,14 +92,18 @@ int cmd_export(int argc, char **argv) {
         {"gguf-type", OPT_STR, &gguf_type, "GGUF matrix type: f32 (default), f16, bf16 or q8_0", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer written into the GGUF file (default: the model's)", 0, 0},
     };
-    int pr = cli_parse(argc, argv, "loom export --model BASE --adapter DIR --out OUT [--merge] | --model M [--adapter DIR --merge] --gguf OUT.gguf",
+    int pr = cli_parse(argc, argv, "loom export --model BASE --adapter DIR --out OUT [--merge] | --model M [--adapter DIR --merge] --gguf OUT.gguf\n"
+                       "       | --adapter DIR [--model BASE] --gguf-lora OUT.gguf",
                        "Without --merge, re-exports the adapter in the PEFT layout (adapter_config.json +\n"
                        "adapter_model.safetensors), checked against the base. With --merge, folds it into the base\n"
                        "weights (LoRA: W + scale * B A; BitFit: the trained biases) and writes OUT/config.json,\n"
                        "OUT/model.safetensors and the base directory's tokenizer files. Prefix, prompt and adapter\n"
                        "sets add computation and cannot be merged.\n"
                        "With --gguf, writes one GGUF file that llama.cpp runs: general.architecture llama or gpt2,\n"
-                       "the weights as --gguf-type (vectors stay f32) and the tokenizer inside.",
+                       "the weights as --gguf-type (vectors stay f32) and the tokenizer inside.\n"
+                       "With --gguf-lora, writes a LoRA adapter as llama.cpp's LoRA-adapter GGUF (general.type adapter),\n"
+                       "which llama.cpp applies to the base's GGUF at load time (--lora); the base defaults to the\n"
+                       "adapter's base_model_name_or_path.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
     if (gguf_lora && (out || gguf || merge)) {
