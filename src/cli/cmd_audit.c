@@ -274,7 +274,7 @@ static int cmd_mia(int argc, char **argv) {
     long max_examples = 100000;
     float alpha = 0.01f;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "the audited model: a model directory or llama2.c .bin", 0, 0},
+        {"model", OPT_STR, &model, "the audited model: a model directory, llama2.c .bin or .gguf", 0, 0},
         {"adapter", OPT_STR, &adapter, "its PEFT-layout adapter directory (the trained set)", 0, 0},
         {"base-dtype", OPT_STR, &base_dtype, "hold the frozen base's linear weights as f32, bf16 or int8 (with --adapter)", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level for 259-token models)", 0, 0},
@@ -748,7 +748,7 @@ static int cmd_exposure(int argc, char **argv) {
     long K = 1000, seed = 1;
     int T = 0, B = 64, threads = 0, json = 0;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "the audited model: a model directory or llama2.c .bin", 0, 0},
+        {"model", OPT_STR, &model, "the audited model: a model directory, llama2.c .bin or .gguf", 0, 0},
         {"adapter", OPT_STR, &adapter, "its PEFT-layout adapter directory", 0, 0},
         {"base-dtype", OPT_STR, &base_dtype, "hold the frozen base's linear weights as f32, bf16 or int8 (with --adapter)", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's, or byte-level for 259-token models)", 0, 0},

@@ -19,7 +19,7 @@ int cmd_generate(int argc, char **argv) {
     cli_peft_init(&po);
     po.load_only = 1;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model directory, llama2.c .bin, or a shape for a random model", 0, 0},
+        {"model", OPT_STR, &model, "model directory, llama2.c .bin, .gguf, or a shape for a random model", 0, 0},
         CLI_PEFT_LOAD_OPTS(po),
         {"weights", OPT_STR, &weights, "hold the whole model as f32, bf16 or int8 (linear weights, embedding and head; int8: a scale per output row or column)", 0, 0},
         {"int8", OPT_STR, &i8, "int8 products: dot (x quantized per block of 32, integer dot products, as llama.cpp) or widen (weights to float)", 0, 0},

@@ -272,7 +272,7 @@ int cmd_train(int argc, char **argv) {
     float dp_clip = NAN, dp_noise = NAN, dp_delta = 1e-5f, dp_budget = NAN, dp_adaptive = NAN;
     int dp_row_loop = 0;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model dir / llama2.c .bin to fine-tune, or a shape/config.json to train from scratch", 0, 0},
+        {"model", OPT_STR, &model, "model dir / llama2.c .bin / .gguf to fine-tune, or a shape/config.json to train from scratch", 0, 0},
         {"data", OPT_STR, &data, "UTF-8 text file, or a dataset in --format", 0, 0},
         {"format", OPT_STR, &format, "dataset format: " CLI_FORMATS " (default: plain text windows)", 0, 0},
         {"text-col", OPT_STR, &text_col, "text column (name, or 1-based number; 2,3 joins several) or JSON field", 0, 0},
@@ -660,7 +660,7 @@ int cmd_eval(int argc, char **argv) {
     cli_peft_init(&po);
     po.load_only = 1;
     cli_opt opts[] = {
-        {"model", OPT_STR, &model, "model directory or llama2.c .bin", 0, 0},
+        {"model", OPT_STR, &model, "model directory, llama2.c .bin or .gguf", 0, 0},
         CLI_PEFT_LOAD_OPTS(po),
         {"data", OPT_STR, &data, "UTF-8 text file", 0, 0},
         {"tokenizer", OPT_STR, &tokp, "tokenizer (default: the model's)", 0, 0},

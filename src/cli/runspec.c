@@ -75,7 +75,7 @@ static const char *const client_keys[] = {
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
     cli_opt t[] = {
-        {"model", OPT_STR, &r->model, "model dir / .bin, or a shape / config.json to train from scratch", 0, 0},
+        {"model", OPT_STR, &r->model, "model dir / .bin / .gguf, or a shape / config.json to train from scratch", 0, 0},
         {"tokenizer", OPT_STR, &r->tokenizer, "tokenizer (default: the model's, or byte-level)", 0, 0},
         {"data", OPT_STR, &r->data, "'shakespeare' (federated Shakespeare, one client per role, from $LOOM_SHARED/data/tinyshakespeare) or a data file", 0, 0},
         {"clients-dir", OPT_STR, &r->clients_dir, "one data file per client (the client's name is the file's stem; clients in name order), instead of --data and --partition", 0, 0},
