@@ -51,6 +51,9 @@
 
 /* ---- reserved for the coming client algorithms and privacy (ids chosen, not yet drawn) ---- */
 #define LOOM_STREAM_ZO_PERTURB UINT64_C(0x7a6f70)    /* "zop": zeroth-order perturbation z, hash2(id, step) */
+#define LOOM_STREAM_KSEED_POOL UINT64_C(0x6b7370)   /* "ksp": FedKSeed's pool, seed k = hash2(hash2(seed, id), k) */
+#define LOOM_STREAM_KSEED_PICK UINT64_C(0x6b736b)   /* "ksk": FedKSeed, a client's seed choices in a round, under
+                                                      * its round seed (hash2(client seed, round)) */
 #define LOOM_STREAM_DP_NOISE UINT64_C(0x64706e)      /* "dpn": DP-SGD / server noise, hash2(id, step or round) */
 
 #endif

@@ -199,7 +199,7 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     memset(&out, 0, sizeof out);
     out.update = c->update;
     out.control_delta = c->dc;
-    loom_client_ctx ctx = {c->tr, c->vec, c->dim};
+    loom_client_ctx ctx = {c->tr, c->vec, c->dim, NULL};
     loom_client_data d = client_data(c);
     int rc = state_for_round(c, t->round);
     if (rc != LOOM_OK) return rc;
@@ -221,7 +221,7 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
 static int evaluate(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *res) {
     client_run *c = ud;
     (void)t;
-    loom_client_ctx ctx = {c->tr, c->vec, c->dim};
+    loom_client_ctx ctx = {c->tr, c->vec, c->dim, NULL};
     loom_client_data d = client_data(c);
     return loom_client_run_eval(&loom_client_local_sgd, &ctx, &d, global, res);
 }

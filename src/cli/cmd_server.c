@@ -101,7 +101,7 @@ typedef struct {
 
 static int root_reference(void *ud, int round, const float *global, float *ref, size_t dim) {
     server_root *sr = ud;
-    loom_client_ctx ctx = {sr->tr, sr->vec, dim};
+    loom_client_ctx ctx = {sr->tr, sr->vec, dim, NULL};
     loom_client_data d = {sr->ds, sr->idx, sr->n, NULL, 0, sr->B, sr->T, loom_hash2(sr->seed, LOOM_STREAM_ROOT)};
     loom_client_state st;
     loom_client_state_init(&st);
