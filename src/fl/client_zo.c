@@ -10,7 +10,8 @@
 #include "loom/strategy.h"
 #include "loom/streams.h"
 
-#define ZCHUNK 4096 /* perturbation values regenerated at a time */
+#define ZCHUNK 4096    /* perturbation values regenerated at a time, on the stack */
+#define ZCHUNK_BIG 262144 /* a larger chunk on the heap for long vectors (fewer parallel regions) */
 
 int loom_zo_restore_parse(const char *s, int *mode) {
     if (s && !strcmp(s, "copy")) *mode = LOOM_ZO_RESTORE_COPY;
@@ -27,13 +28,15 @@ int loom_kseed_probs_parse(const char *s, int *probs) {
 }
 
 void loom_zo_axpy(float *v, size_t n, uint64_t seed, float a) {
-    float z[ZCHUNK];
-    for (size_t off = 0; off < n; off += ZCHUNK) {
-        size_t len = n - off < ZCHUNK ? n - off : ZCHUNK;
+    float small[ZCHUNK], *big = n > 4 * ZCHUNK ? malloc(ZCHUNK_BIG * sizeof(float)) : NULL, *z = big ? big : small;
+    size_t chunk = big ? ZCHUNK_BIG : ZCHUNK;
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t len = n - off < chunk ? n - off : chunk;
         loom_rng_normal_fill(seed, LOOM_STREAM_ZO_PERTURB, off, len, z);
         float *p = v + off;
         for (size_t i = 0; i < len; i++) p[i] = p[i] + a * z[i];
     }
+    free(big);
 }
 
 uint64_t loom_zo_step_seed(uint64_t round_seed, uint64_t step) {
