@@ -41,6 +41,51 @@ check "fedkseed + central DP reports epsilon" grep -q '"epsilon":[0-9]' "$tmp/dp
 "$LOOM" sim "${A[@]}" "${K[@]}" --aggregator median --out "$tmp/md" > /dev/null 2> "$tmp/md.err"
 check "fedkseed + median runs" test $? -eq 0
 
+# over the network: loom server + two loom client processes equal loom sim --clients-dir bit for bit
+mkdir -p "$tmp/cd"
+head -c 9000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/alice.txt"
+tail -c 9000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/bob.txt"
+cat > "$tmp/run.json" << EOF
+{"model": "$tmp/config.json", "rounds": 2, "local-steps": 3, "batch": 2, "seq": 16, "seed": 5, "eval-every": 1,
+ "sample-len": 0, "client-algo": "fedkseed", "seed-pool": 256, "zo-lr": 0.01}
+EOF
+"$LOOM" sim --config "$tmp/run.json" --clients-dir "$tmp/cd" --out "$tmp/ref" > /dev/null 2> "$tmp/ref.err"
+check "fedkseed reference simulation" test -s "$tmp/ref/global.safetensors"
+S="$tmp/s1"
+for n in alice bob; do "$LOOM" server add-client --state "$S" $n > "$S.$n" 2> /dev/null; done
+for _ in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 30000))
+    "$LOOM" server --state "$S" --config "$tmp/run.json" --listen "127.0.0.1:$port" >> "$S.log" 2>&1 &
+    spid=$!
+    up=0
+    for _ in $(seq 100); do
+        if grep -q "listening on port" "$S.log" 2> /dev/null; then up=1; break; fi
+        kill -0 $spid 2> /dev/null || break
+        sleep 0.1
+    done
+    [ $up = 1 ] && break
+done
+cpids=""
+for n in alice bob; do
+    "$LOOM" client --server "https://127.0.0.1:$port" --name $n --token-file "$S.$n" --ca-cert "$S/tls/cert.pem" \
+        --model "$tmp/config.json" --data "$tmp/cd/$n.txt" --work-dir "$S.w$n" --threads 1 > /dev/null 2>> "$S.$n.log" &
+    cpids="$cpids $!"
+done
+t=0
+while kill -0 $spid 2> /dev/null && [ $t -lt 600 ]; do sleep 0.1; t=$((t + 1)); done
+kill -0 $spid 2> /dev/null && kill -9 $spid
+wait $spid
+check "fedkseed server finishes" test $? -eq 0
+for p in $cpids; do
+    t=0
+    while kill -0 $p 2> /dev/null && [ $t -lt 300 ]; do sleep 0.1; t=$((t + 1)); done
+    kill -0 $p 2> /dev/null && kill -9 $p
+    wait $p
+done
+check "networked fedkseed == loom sim --clients-dir" test "$(st_data "$S/global.safetensors")" = "$(st_data "$tmp/ref/global.safetensors")"
+up=$(grep '"type":"client"' "$S/metrics.jsonl" | head -1 | sed 's/.*"bytes_up":\([0-9]*\).*/\1/')
+check "networked fedkseed uploads ($up bytes) are pairs" num_lt "$up" 600
+
 # refusals name their flag
 refuse "seed pool without fedkseed" 1 '--seed-pool' 'fedkseed' -- "$LOOM" sim "${A[@]}" --seed-pool 16
 refuse "zo-lr without a zeroth-order client" 1 '--zo-lr' 'mezo or fedkseed' -- "$LOOM" sim "${A[@]}" --zo-lr 0.1
