@@ -492,7 +492,10 @@ static void kseed_compositions(void) {
         mag = fmax(mag, fabs(m));
     }
     CHECK(worst <= 1e-12 && mag > 0, "the global K-vector is the weighted mean of the clients' (excess %g, max %g)", worst, mag);
-    /* the model the workers trained from next is the expansion of the global K-vector */
+    c.mode = LOOM_ENGINE_FEDASYNC; /* FedKSeed's replay needs one version at a time */
+    int rcode = loom_sim_run(&c, g);
+    CHECK(rcode == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "FedKSeed needs synchronous"), "async FedKSeed refused: %s",
+          loom_errmsg());
     loom_kseed_free(ks);
 
     /* secure aggregation: the masked fixed-point sums equal the plain fixed-point sums */

@@ -1,6 +1,7 @@
 /* In-process federated simulation: a driver of the round engine with worker threads, an in-process
  * wire and a virtual clock (see include/loom/sim.h). */
 #include "loom/sim.h"
+#include "loom/zo.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -749,6 +750,10 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         return loom_error(LOOM_EINVAL, "--compress: codec %d (chunk %d, top-k share %g) is not one of none, fp16, "
                           "int8[:CHUNK], topk[:FRAC in (0, 1]] or seed-scalar", (int)c->compress.codec, c->compress.chunk,
                           c->compress.topk_frac);
+    if (c->kseed && (c->mode != LOOM_ENGINE_SYNC || c->resume || c->dim != (size_t)loom_kseed_k(c->kseed)))
+        return loom_error(LOOM_EUNSUPPORTED, "FedKSeed needs synchronous rounds from the start (no --resume, no --mode "
+                          "%s) over its K = %d scalars (the vector has %zu)", loom_engine_mode_name(c->mode),
+                          loom_kseed_k(c->kseed), c->dim);
     int rc = loom_sim_check_out(c->out_dir, c->resume, c->rounds);
     if (rc != LOOM_OK) return rc;
 
