@@ -27,7 +27,8 @@
  *
  * FedKSeed (Qin et al., ICML 2024; loom_client_fedkseed): the server owns a pool of K seeds,
  * seed_k = hash2(hash2(run seed, LOOM_STREAM_KSEED_POOL), k). Each step a client picks an index k
- * (uniform, or by the importance probabilities below; stream (round seed, LOOM_STREAM_KSEED_PICK)),
+ * (uniform, or by the importance probabilities below; step s draws from the stream
+ * (hash2(round seed, s), LOOM_STREAM_KSEED_PICK)),
  * computes the scalar c_j = -lr g_j of z(seed_k) and steps. Its round update is
  * sum_j c_j z(seed_{k_j}) = sum_k s_k z(seed_k), s_k = the summed scalars of the steps that drew k,
  * so the K-vector s (float sums in step order) describes it exactly. That K-vector is the update the
