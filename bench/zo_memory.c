@@ -86,8 +86,8 @@ int main(int argc, char **argv) {
         if (zo) {
             double g;
             uint64_t seed = loom_zo_step_seed(1, (uint64_t)s);
-            rc = loom_zo_estimate(tr, v, tok, tgt, seed, 1e-3f, inplace ? LOOM_ZO_RESTORE_INPLACE : LOOM_ZO_RESTORE_COPY,
-                                  scratch, &g, &loss);
+            int restore = inplace ? LOOM_ZO_RESTORE_INPLACE : LOOM_ZO_RESTORE_COPY;
+            rc = loom_zo_estimate(tr, v, tok, tgt, seed, 1e-3f, restore, scratch, &g, &loss);
             if (rc == LOOM_OK) loom_zo_axpy(v, dim, seed, (float)(-1e-6 * g));
         } else {
             rc = loom_trainer_step(tr, tok, tgt, &loss, NULL);

@@ -212,8 +212,8 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     int rc = state_for_round(c, t->round);
     if (rc != LOOM_OK) return rc;
     /* with compression the update becomes exactly what the server will decode (error feedback) */
-    rc = loom_client_run_fit(c->sc.algo ? c->sc.algo : &loom_client_local_sgd, &ctx, &d, t->round, global, control, &c->sc.fit,
-                                 &c->sc.compress, &c->st, &out);
+    const loom_client_algo *algo = c->sc.algo ? c->sc.algo : &loom_client_local_sgd; /* --client-algo */
+    rc = loom_client_run_fit(algo, &ctx, &d, t->round, global, control, &c->sc.fit, &c->sc.compress, &c->st, &out);
     if (rc != LOOM_OK) return rc;
     if ((rc = save_state(c, c->state_path, t->round)) != LOOM_OK) return rc;
     /* fault injection for the tests: die between training and the upload, as a power cut would */

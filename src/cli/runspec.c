@@ -518,7 +518,8 @@ static int zo_settings(cli_run *r, const char *cmd, int lr_given, loom_sim_confi
         return -1;
     }
     if (!kseed && (r->seed_pool != 4096 || strcmp(r->seed_probs, "uniform"))) {
-        fprintf(stderr, "loom %s: %s needs --client-algo fedkseed\n", cmd, r->seed_pool != 4096 ? "--seed-pool" : "--seed-probs");
+        fprintf(stderr, "loom %s: %s needs --client-algo fedkseed\n", cmd,
+                r->seed_pool != 4096 ? "--seed-pool" : "--seed-probs");
         return -1;
     }
     if (!mezo && !kseed) {
