@@ -32,6 +32,14 @@ check "fedkseed: workers 1 == workers 2" cmp -s "$tmp/k1/global.safetensors" "$t
 "$LOOM" sim "${A[@]}" "${K[@]}" --seed-probs importance > /dev/null 2> "$tmp/imp.err"
 check "fedkseed with importance probabilities runs" test $? -eq 0
 
+# any trainable set: LoRA
+"$LOOM" sim "${A[@]}" --client-algo mezo --zo-lr 0.01 --peft lora --lora-r 2 > /dev/null 2> "$tmp/ml.err"
+check "mezo over a LoRA set runs" test $? -eq 0
+"$LOOM" sim "${A[@]}" "${K[@]}" --peft lora --lora-r 2 --out "$tmp/kl" > /dev/null 2> "$tmp/kl.err"
+check "fedkseed over a LoRA set runs" test $? -eq 0
+check "fedkseed over a LoRA set writes the adapter" test -s "$tmp/kl/adapter/adapter_model.safetensors"
+check "the run names its zeroth-order settings" grep -q 'zeroth-order clients (fedkseed): eps 0.001, step size 0.01' "$tmp/kl.err"
+
 # compositions
 "$LOOM" sim "${A[@]}" "${K[@]}" --secagg --out "$tmp/sa" > /dev/null 2> "$tmp/sa.err"
 check "fedkseed + secure aggregation runs" test $? -eq 0

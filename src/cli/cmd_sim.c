@@ -345,6 +345,10 @@ int cmd_sim(int argc, char **argv) {
             loom_model_config(m)->arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", what, part->n_clients, total_ex, per_round);
     fprintf(stderr, "  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld\n",
             rounds, local_steps, B, T, optname, lr, workers, client_threads, seed);
+    if (sc.algo) /* zeroth-order clients: their own step size, not the optimizer's */
+        fprintf(stderr, "  zeroth-order clients (%s): eps %g, step size %g, restore by %s%s\n", sc.algo->name,
+                (double)sc.fit.zo_eps, (double)sc.fit.zo_lr, r.zo_restore, kseed ? ", seed pool of " : "");
+    if (kseed) fprintf(stderr, "  %d seeds (%s)\n", r.seed_pool, r.seed_probs);
     if (compare > 0) {
         ppl0 = calloc(part->n_clients, sizeof *ppl0);
         ppl1 = calloc(part->n_clients, sizeof *ppl1);
