@@ -532,7 +532,6 @@ static void kseed_compositions(void) {
     c.dp.mode = LOOM_DP_CENTRAL;
     c.dp.clip = S;
     c.dp.noise = 0;
-    c.clip_norm = S;
     CHECK_OK(loom_sim_run(&c, g));
     worst = 0;
     for (int k = 0; k < KS; k++) {
@@ -552,7 +551,6 @@ static void kseed_compositions(void) {
     c.dp.mode = LOOM_DP_CENTRAL;
     c.dp.clip = S;
     c.dp.noise = 1.0;
-    c.clip_norm = S;
     round_seen seen = {0, 0};
     c.on_round = on_round_cb;
     c.cb_ud = &seen;
