@@ -63,7 +63,8 @@ S="$tmp/s1"
 for n in alice bob; do "$LOOM" server add-client --state "$S" $n > "$S.$n" 2> /dev/null; done
 for _ in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 30000))
-    "$LOOM" server --state "$S" --config "$tmp/run.json" --listen "127.0.0.1:$port" >> "$S.log" 2>&1 &
+    "$LOOM" server --state "$S" --config "$tmp/run.json" --listen "127.0.0.1:$port" --poll-ms 50 --done-grace 1 \
+        >> "$S.log" 2>&1 &
     spid=$!
     up=0
     for _ in $(seq 100); do
