@@ -267,7 +267,7 @@ static void local_in_run_fit(void) {
     loom_client_data d = {ds, train, 1, NULL, 0, 1, 8, 101};
     const loom_client_algo algo = {"ones", ones_fit, NULL};
     float *vec = calloc(D, sizeof(float)), *upd = calloc(D, sizeof(float)), *want = malloc(D * sizeof(float));
-    loom_client_ctx ctx = {NULL, vec, D};
+    loom_client_ctx ctx = {NULL, vec, D, NULL};
     loom_fit_config fc = {.local_steps = 1, .dp_clip = 2.0, .dp_noise = 0.5};
     loom_client_state st;
     loom_client_state_init(&st);

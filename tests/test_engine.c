@@ -528,8 +528,8 @@ static void update_message(void) {
     CHECK(loom_update_decode(buf, n, 3, &d, vals, NULL) == LOOM_EFORMAT && strstr(loom_errmsg(), "control"),
           "unexpected control delta: %s", loom_errmsg());
     free(buf);
-    /* a message written by the general writer with a reserved codec, a future format, no metadata */
-    const char *cases[][3] = {{"codec", "seed_scalar", "codec 'seed_scalar'"},
+    /* a message written by the general writer with an unknown codec, a future format, no metadata */
+    const char *cases[][3] = {{"codec", "bf16", "codec 'bf16'"},
                               {"loom_update", "2", "format 2"},
                               {"client", "2147483648", "client"}};
     for (int c = 0; c < 3; c++) {

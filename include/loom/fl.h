@@ -46,6 +46,11 @@ typedef struct {
      * by loom_client_fit (the trainer's step count restarts every round); loom_client_run_fit sets it to
      * hash2(data seed, round). 0: the trainer's own. */
     uint64_t sgd_noise_seed;
+    /* zeroth-order clients (include/loom/zo.h: loom_client_mezo, loom_client_fedkseed). The step's
+     * perturbation seeds derive from sgd_noise_seed (hash2(data seed, round), set by loom_client_run_fit). */
+    float zo_eps;             /* perturbation scale eps (> 0) */
+    float zo_lr;              /* step size: vec -= zo_lr * g * z (>= 0) */
+    int zo_restore;           /* LOOM_ZO_RESTORE_COPY (exact) or LOOM_ZO_RESTORE_INPLACE */
 } loom_fit_config;
 
 typedef struct {
@@ -90,6 +95,9 @@ typedef struct {
     loom_trainer *tr;
     float *vec; /* (dim) the worker's vector, overwritten by every task */
     size_t dim;
+    /* FedKSeed (include/loom/zo.h): the seed pool and the global model it expands to, shared by the
+     * workers (NULL otherwise). dim is then the pool's K, vec the trainer's dense vector. */
+    struct loom_kseed *kseed;
 } loom_client_ctx;
 
 /* What the server hands out for one round (the task), and what fit returns. */

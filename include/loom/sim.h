@@ -232,6 +232,8 @@ typedef struct {
     size_t n_root;
     const loom_dataset *root_ds;    /* the dataset root_idx refers to (NULL: ds) */
     const loom_client_algo *algo;   /* the clients' algorithm (NULL = loom_client_local_sgd) */
+    struct loom_kseed *kseed;       /* FedKSeed (include/loom/zo.h): the pool every worker's context gets
+                                     * (dim is then its K); NULL otherwise */
     loom_codec_opts compress;       /* update compression (codec F32 = off, the default): each client
                                      * compresses with error feedback (loom_client_compress, its residual
                                      * in its state and the checkpoint) and its upload is counted as the

@@ -50,7 +50,12 @@
 #define LOOM_STREAM_BENCH_BATCH UINT64_C(77)         /* loom bench train: its random batch */
 
 /* ---- reserved for the coming client algorithms and privacy (ids chosen, not yet drawn) ---- */
-#define LOOM_STREAM_ZO_PERTURB UINT64_C(0x7a6f70)    /* "zop": zeroth-order perturbation z, hash2(id, step) */
+#define LOOM_STREAM_ZO_PERTURB UINT64_C(0x7a6f70)    /* "zop": zeroth-order perturbation z of a seed S: element i is
+                                                      * loom_rng_normal_at(S, id, i); MeZO's step s in a round:
+                                                      * S = hash2(hash2(round seed, id), s) */
+#define LOOM_STREAM_KSEED_POOL UINT64_C(0x6b7370)   /* "ksp": FedKSeed's pool, seed k = hash2(hash2(seed, id), k) */
+#define LOOM_STREAM_KSEED_PICK UINT64_C(0x6b736b)   /* "ksk": FedKSeed, step s's seed choice under the seed
+                                                      * hash2(round seed, s), round seed = hash2(client seed, round) */
 #define LOOM_STREAM_DP_NOISE UINT64_C(0x64706e)      /* "dpn": DP-SGD / server noise, hash2(id, step or round) */
 
 #endif

@@ -41,6 +41,10 @@ typedef struct {
      * On a CPU without AVX-512 BF16 the trainer runs f32: loom_ws_precision(loom_trainer_ws(t)) says
      * which one runs. Master weights, gradients and optimizer state are float either way. */
     int precision;
+    /* Forward-only (zeroth-order clients, include/loom/zo.h): the workspace is the inference one
+     * (loom_ws_create_infer), and there is no gradient buffer and no optimizer state; compute- and
+     * apply-gradient are refused (LOOM_ESTATE), loom_trainer_loss_at and loom_trainer_eval work. */
+    int forward_only;
 } loom_train_config;
 
 #define LOOM_DP_ROWS_MAX_BYTES ((size_t)512 << 20)

@@ -15,10 +15,10 @@
  *   examples     decimal, 1 .. 2^32-1 (the update's weight |D_n|)
  *   loss         "%.17g" of the mean local training loss (a finite double, round-trips exactly)
  *   tokens       decimal, 0 .. 2^63-1
- *   codec        "f32", "f16", "int8" or "topk"
+ *   codec        "f32", "f16", "int8", "topk" or "seed_scalar"
  *   dim          decimal: the decoded length (the trainable vector's dim)
  *   chunk        int8 only: values per scale, 1 .. 2^31-1
- *   k            topk only: kept coordinates, 0 .. dim
+ *   k            topk and seed_scalar only: kept coordinates, 0 .. dim
  * and exactly these tensors (all 1-dimensional):
  *   f32   update F32 [dim]
  *   f16   update F16 [dim]                 IEEE binary16, round to nearest even
@@ -26,6 +26,9 @@
  *                                          value i = q[i] * scale[i / chunk]
  *   topk  update.index I32 [k] (ascending, distinct, < dim), update.value F32 [k]
  *                                          every other coordinate is 0
+ *   seed_scalar  update.seed I32 [k] (ascending, distinct, < dim), update.scalar F32 [k]
+ *                                          FedKSeed's per-seed scalar sums (include/loom/zo.h): dim is
+ *                                          the seed pool's K; every other seed's scalar is 0
  *   control F32 [dim] (any codec)          SCAFFOLD's control-variate delta, only when there is one
  * Decimal fields are plain digits (no sign, no leading zeros, no spaces). Decoding checks all of it
  * and turns any codec into dim floats, so the round engine and the pipeline only see floats.
@@ -40,8 +43,9 @@
  *         sent as (index, f32 value) pairs: deterministic.
  * Lossy codecs refuse non-finite values (the lossless f32 codec carries them: the server refuses
  * them with its "non-finite value" verdict). Error feedback (a client keeps what compression lost
- * and adds it to its next update) is loom_client_compress in include/loom/fl.h. The seed-scalar codec
- * (zeroth-order clients) is reserved: encode and decode refuse it.
+ * and adds it to its next update) is loom_client_compress in include/loom/fl.h.
+ *   seed_scalar  lossless: the values that are not +0 as (index, value) pairs, ascending (a FedKSeed
+ *         client's K-vector of per-seed scalar sums holds at most one non-zero per local step).
  */
 #ifndef LOOM_UPDATE_H
 #define LOOM_UPDATE_H
@@ -58,7 +62,7 @@ typedef enum {
     LOOM_CODEC_F16 = 1,
     LOOM_CODEC_INT8 = 2,
     LOOM_CODEC_TOPK = 3,
-    LOOM_CODEC_SEED_SCALAR = 4, /* reserved */
+    LOOM_CODEC_SEED_SCALAR = 4, /* FedKSeed's (seed index, scalar) pairs */
 } loom_codec;
 
 #define LOOM_UPDATE_FORMAT 1        /* the loom_update metadata value */

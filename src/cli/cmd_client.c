@@ -18,6 +18,7 @@
 #include "loom/net.h"
 #include "loom/peft.h"
 #include "loom/safetensors.h"
+#include "loom/zo.h"
 
 static volatile int stop_flag;
 static void on_signal(int sig) {
@@ -47,6 +48,7 @@ typedef struct {
     uint64_t run_id;
     loom_client_state st;
     char state_path[4096], pre_path[4096];
+    loom_kseed *kseed; /* --client-algo fedkseed: the pool and this client's replay of the global model */
 } client_run;
 
 /* The client's own state (local step counter, SCAFFOLD c_i, compression residual) survives restarts of
@@ -154,6 +156,8 @@ static int setup(void *ud, const loom_netclient_hello *h) {
         return loom_error(LOOM_EINVAL, "the run's seq %d exceeds the model's %d positions", c->r.T, loom_model_config(c->m)->max_seq);
     if ((rc = cli_peft_setup(&c->r.peft, c->m, (unsigned long long)c->r.seed, &c->set)) != LOOM_OK) return rc;
     c->dim = c->set ? loom_tset_dim(c->set) : loom_model_n_params(c->m);
+    size_t dense = c->dim;
+    if (!strcmp(c->r.client_algo, "fedkseed")) c->dim = (size_t)c->r.seed_pool; /* the update: K scalars */
     if (c->dim != h->dim)
         return loom_error(LOOM_EINVAL, "the server's trainable vector has %zu values, this client's %zu: the run's "
                                        "model or PEFT settings differ", h->dim, c->dim);
@@ -172,6 +176,10 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     c->tu.m = c->m;
     c->tu.ts = c->set;
     if ((rc = cli_trainer_make(&c->tu, &c->tr, &c->vec)) != LOOM_OK) return rc;
+    if (c->sc.algo == &loom_client_fedkseed &&
+        (rc = loom_kseed_create(&c->kseed, (uint64_t)c->r.seed, c->r.seed_pool, c->r.kseed_probs,
+                                c->set ? loom_tset_data(c->set) : loom_model_params_const(c->m), dense)) != LOOM_OK)
+        return rc;
     c->update = loom_alloc(c->dim * sizeof(float));
     c->dc = c->sc.fit.scaffold ? loom_alloc(c->dim * sizeof(float)) : NULL;
     if (!c->update || (c->sc.fit.scaffold && !c->dc)) return loom_error(LOOM_ENOMEM, "out of memory");
@@ -199,13 +207,13 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     memset(&out, 0, sizeof out);
     out.update = c->update;
     out.control_delta = c->dc;
-    loom_client_ctx ctx = {c->tr, c->vec, c->dim};
+    loom_client_ctx ctx = {c->tr, c->vec, c->dim, c->kseed};
     loom_client_data d = client_data(c);
     int rc = state_for_round(c, t->round);
     if (rc != LOOM_OK) return rc;
     /* with compression the update becomes exactly what the server will decode (error feedback) */
-    rc = loom_client_run_fit(&loom_client_local_sgd, &ctx, &d, t->round, global, control, &c->sc.fit,
-                                 &c->sc.compress, &c->st, &out);
+    const loom_client_algo *algo = c->sc.algo ? c->sc.algo : &loom_client_local_sgd; /* --client-algo */
+    rc = loom_client_run_fit(algo, &ctx, &d, t->round, global, control, &c->sc.fit, &c->sc.compress, &c->st, &out);
     if (rc != LOOM_OK) return rc;
     if ((rc = save_state(c, c->state_path, t->round)) != LOOM_OK) return rc;
     /* fault injection for the tests: die between training and the upload, as a power cut would */
@@ -221,9 +229,9 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
 static int evaluate(void *ud, const loom_netclient_task *t, const float *global, loom_eval_result *res) {
     client_run *c = ud;
     (void)t;
-    loom_client_ctx ctx = {c->tr, c->vec, c->dim};
+    loom_client_ctx ctx = {c->tr, c->vec, c->dim, c->kseed};
     loom_client_data d = client_data(c);
-    return loom_client_run_eval(&loom_client_local_sgd, &ctx, &d, global, res);
+    return loom_client_run_eval(c->sc.algo ? c->sc.algo : &loom_client_local_sgd, &ctx, &d, global, res);
 }
 
 /* Fault injection for the tests: LOOM_TEST_SECAGG_EXIT_AFTER=PHASE (or ROUND:PHASE) stops the process
@@ -365,6 +373,7 @@ int cmd_client(int argc, char **argv) {
 done:
     memset(token, 0, sizeof token);
     if (c.tr || c.vec) cli_trainer_free(&c.tu, c.tr, c.vec);
+    loom_kseed_free(c.kseed);
     loom_free(c.update);
     loom_free(c.dc);
     loom_client_state_clear(&c.st);

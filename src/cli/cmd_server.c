@@ -15,6 +15,7 @@
 #include "loom/fl.h"
 #include "loom/peft.h"
 #include "loom/streams.h"
+#include "loom/zo.h"
 
 static volatile int stop_flag;
 static void on_signal(int sig) {
@@ -101,7 +102,7 @@ typedef struct {
 
 static int root_reference(void *ud, int round, const float *global, float *ref, size_t dim) {
     server_root *sr = ud;
-    loom_client_ctx ctx = {sr->tr, sr->vec, dim};
+    loom_client_ctx ctx = {sr->tr, sr->vec, dim, NULL};
     loom_client_data d = {sr->ds, sr->idx, sr->n, NULL, 0, sr->B, sr->T, loom_hash2(sr->seed, LOOM_STREAM_ROOT)};
     loom_client_state st;
     loom_client_state_init(&st);
@@ -182,6 +183,8 @@ int cmd_server(int argc, char **argv) {
     loom_tset *set = NULL;
     float *global = NULL;
     char *run_json = NULL, *model_json = NULL;
+    float *kzero = NULL;           /* --client-algo fedkseed: the K scalars start at 0 */
+    loom_tvec *kseed_names = NULL; /* and are named kseed.scalars in the checkpoints */
     char base_hash[65];
     int created = 0;
 #define BAD(...)                                     \
@@ -240,6 +243,20 @@ int cmd_server(int argc, char **argv) {
         if (!model_json) BAD("out of memory");
         c.model_config_json = model_json; /* a full run: clients need no local model */
     }
+    if (sc.algo == &loom_client_fedkseed) {
+        /* FedKSeed: the engine trains the pool's K per-seed scalars; each client brings the initial model
+         * (checked by its hash, as a PEFT run's base) and replays the scalars (include/loom/zo.h) */
+        int64_t shape[1] = {r.seed_pool};
+        kzero = calloc((size_t)r.seed_pool, sizeof *kzero);
+        if (!kzero || loom_tvec_create(&kseed_names) != LOOM_OK ||
+            loom_tvec_add(kseed_names, "kseed.scalars", 1, shape, LOOM_ROLE_SHARED) != LOOM_OK)
+            BAD("out of memory");
+        sc.dim = (size_t)r.seed_pool;
+        sc.init = kzero;
+        c.manifest = kseed_names;
+        c.base_sha256 = base_hash;
+        c.model_config_json = NULL;
+    }
     loom_sim_engine_config(&sc, ec); /* the engine loom sim would run on the same RUN.json */
     c.run_json = run_json;
     c.compress = r.compress;
@@ -290,6 +307,8 @@ done:
     root_clear(&root);
     free(run_json);
     free(model_json);
+    free(kzero);
+    loom_tvec_free(kseed_names);
     loom_free(global);
     loom_tset_free(set);
     loom_model_free(m);

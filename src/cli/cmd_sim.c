@@ -17,6 +17,7 @@
 #include "loom/peft.h"
 #include "loom/sim.h"
 #include "loom/train.h"
+#include "loom/zo.h"
 
 typedef struct {
     int rounds, tty, quiet;
@@ -24,6 +25,8 @@ typedef struct {
     double *acc, *loss, *x, *asr;
     int n;
     int last_line_done;
+    double bytes_up, bytes_down; /* the rounds' measured traffic (the engine's counts) */
+    long updates;                /* accepted updates */
 } progress;
 
 static void on_client(int round, int done, int total, void *ud) {
@@ -41,6 +44,9 @@ static void on_round(const loom_round_metrics *m, void *ud) {
     progress *p = ud;
     double el = loom_now() - p->t0;
     p->last_line = loom_now();
+    p->bytes_up += m->bytes_up;
+    p->bytes_down += m->bytes_down;
+    p->updates += m->accepted;
     char eta[32];
     cli_duration(el / m->round * (p->rounds - m->round), eta, sizeof eta);
     if (p->tty) fprintf(stderr, "\r");
@@ -124,6 +130,9 @@ int cmd_sim(int argc, char **argv) {
     loom_fault *faults = NULL;
     float *global = NULL;
     loom_tset *set = NULL;
+    loom_kseed *kseed = NULL; /* --client-algo fedkseed */
+    float *kzero = NULL;
+    const float *final = NULL; /* the final model: global, or FedKSeed's expansion of it */
     progress prog = {0};
     double *ppl0 = NULL, *ppl1 = NULL; /* --compare: clients' test losses before and after */
     long *ppl_tok = NULL;
@@ -256,6 +265,21 @@ int cmd_sim(int argc, char **argv) {
         sc.init = loom_model_params(m);
         sc.manifest = loom_model_manifest(m);
     }
+    /* FedKSeed (--client-algo fedkseed): the federation trains the pool's K per-seed scalars, and the
+     * dense model is their expansion (include/loom/zo.h); `global` then holds K floats, `final` the model */
+    if (sc.algo == &loom_client_fedkseed) {
+        if (r.resume) BAD("--client-algo fedkseed cannot --resume: its model is the replay of every round's scalars");
+        if (loom_kseed_create(&kseed, (uint64_t)seed, r.seed_pool, r.kseed_probs, sc.init, sc.dim) != LOOM_OK) {
+            cli_fail("--seed-pool");
+            goto done;
+        }
+        kzero = calloc((size_t)r.seed_pool, sizeof *kzero);
+        if (!kzero) BAD("out of memory");
+        sc.kseed = kseed;
+        sc.dim = (size_t)r.seed_pool;
+        sc.init = kzero;
+        sc.manifest = NULL;
+    }
     sc.make_worker = cli_trainer_make;
     sc.free_worker = cli_trainer_free;
     sc.worker_ud = &fu;
@@ -321,6 +345,10 @@ int cmd_sim(int argc, char **argv) {
             loom_model_config(m)->arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", what, part->n_clients, total_ex, per_round);
     fprintf(stderr, "  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld\n",
             rounds, local_steps, B, T, optname, lr, workers, client_threads, seed);
+    if (sc.algo) /* zeroth-order clients: their own step size, not the optimizer's */
+        fprintf(stderr, "  zeroth-order clients (%s): eps %g, step size %g, restore by %s%s\n", sc.algo->name,
+                (double)sc.fit.zo_eps, (double)sc.fit.zo_lr, r.zo_restore, kseed ? ", seed pool of " : "");
+    if (kseed) fprintf(stderr, "  %d seeds (%s)\n", r.seed_pool, r.seed_probs);
     if (compare > 0) {
         ppl0 = calloc(part->n_clients, sizeof *ppl0);
         ppl1 = calloc(part->n_clients, sizeof *ppl1);
@@ -348,6 +376,14 @@ int cmd_sim(int argc, char **argv) {
         goto done;
     }
     double secs = loom_now() - t0;
+    final = global;
+    if (kseed) {
+        if (loom_kseed_sync(kseed, global) != LOOM_OK) {
+            cli_fail("FedKSeed's final model");
+            goto done;
+        }
+        final = loom_kseed_model(kseed);
+    }
     /* summary */
     int li = -1;
     for (int i = prog.n - 1; i >= 0; i--)
@@ -365,7 +401,17 @@ int cmd_sim(int argc, char **argv) {
     }
     double traffic = (double)sc.dim * 4 * per_round * rounds * (sc.fit.scaffold ? 2 : 1) / 1048576.0;
     printf("%-28s %zu floats (%.2f MiB) per update\n", "trainable vector", sc.dim, sc.dim * 4.0 / 1048576.0);
-    printf("%-28s %.1f MiB down, %.1f MiB up\n", "traffic", traffic, traffic);
+    if (sc.algo) { /* zeroth-order clients: what the engine counted */
+        printf("%-28s %s, %s\n", "client algorithm", sc.algo->name,
+               kseed ? "updates as (seed, scalar) pairs (seed_scalar codec)" : "updates as f32 deltas");
+        printf("%-28s %.0f bytes per client per round (%.1f KiB); down %.0f bytes\n", "bytes up (measured)",
+               prog.updates ? prog.bytes_up / (double)prog.updates : 0.0,
+               prog.updates ? prog.bytes_up / (double)prog.updates / 1024.0 : 0.0,
+               prog.updates ? prog.bytes_down / (double)prog.updates : 0.0);
+        if (kseed)
+            printf("%-28s %d seeds: a dense K-vector would be %d bytes\n", "seed pool", r.seed_pool, 4 * r.seed_pool);
+    } else
+        printf("%-28s %.1f MiB down, %.1f MiB up\n", "traffic", traffic, traffic);
     printf("%-28s %.1fs (%.2fs per round)\n", "time", secs, secs / rounds);
     printf("%-28s %.0f MiB\n", "peak RSS", loom_peak_rss() / 1048576.0);
     char plotbuf[4096];
@@ -388,7 +434,7 @@ int cmd_sim(int argc, char **argv) {
                checkpoint_every > 0 ? ", " : "", checkpoint_every > 0 ? out : "",
                checkpoint_every > 0 ? "/checkpoint.safetensors" : "");
     if (compare > 0) {
-        if (cli_client_losses(m, set, global, ds, part, B, T, client_threads, ppl1, ppl_tok) != LOOM_OK) {
+        if (cli_client_losses(m, set, final, ds, part, B, T, client_threads, ppl1, ppl_tok) != LOOM_OK) {
             cli_fail("evaluating the trained model");
             goto done;
         }
@@ -397,7 +443,7 @@ int cmd_sim(int argc, char **argv) {
     if (out && set) {
         char adir[4096];
         snprintf(adir, sizeof adir, "%s/adapter", out);
-        if (loom_tset_save_peft(set, global, adir, created ? NULL : r.model) == LOOM_OK)
+        if (loom_tset_save_peft(set, final, adir, created ? NULL : r.model) == LOOM_OK)
             printf("%-28s %s (PEFT layout)\n", "adapter", adir);
         else
             cli_fail("writing the adapter");
@@ -407,8 +453,8 @@ int cmd_sim(int argc, char **argv) {
         printf("\nsample from the global model (temperature 0.8):\n");
         fflush(stdout);
         int steps = sample_len + 1 < loom_model_config(m)->max_seq ? sample_len + 1 : loom_model_config(m)->max_seq;
-        if (set) cli_generate_ex(m, set, global, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
-        else cli_generate(m, global, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
+        if (set) cli_generate_ex(m, set, final, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
+        else cli_generate(m, final, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
     }
     rc = 0;
 done:
@@ -425,6 +471,8 @@ done:
     free(prog.asr);
     free(faults);
     loom_free(global);
+    loom_kseed_free(kseed);
+    free(kzero);
     loom_tset_free(set);
     loom_partition_free(part);
     loom_dataset_free(ds);

@@ -18,6 +18,7 @@
 #include "loom/dp.h"
 #include "loom/kernels.h"
 #include "loom/strategy.h"
+#include "loom/zo.h"
 
 void cli_run_init(cli_run *r) {
     memset(r, 0, sizeof *r);
@@ -63,6 +64,13 @@ void cli_run_init(cli_run *r) {
     r->attack_scale = NAN; /* the attack's default */
     r->backdoor_frac = NAN;
     r->backdoor_target = -1;
+    /* zeroth-order clients */
+    r->client_algo = "sgd";
+    r->zo_restore = "copy";
+    r->seed_probs = "uniform";
+    r->zo_eps = LOOM_ZO_EPS_DEFAULT;
+    r->zo_lr = NAN;
+    r->seed_pool = 4096;
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -70,7 +78,8 @@ static const char *const client_keys[] = {
     "rounds", "local-steps", "batch", "seq", "lr", "optimizer", "momentum", "weight-decay", "clip", "strategy",
     "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
     "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress",
-    "dp", "dp-clip", "dp-noise", "precision", NULL};
+    "dp", "dp-clip", "dp-noise", "precision",
+    "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -174,6 +183,13 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"backdoor-trigger", OPT_STR, &r->backdoor_trigger, "sim: --attack backdoor|embedding: the trigger phrase, inserted right after the prompt's \"Text:\" (default cf, a rare word; at most 256 bytes)", 0, 0},
         {"backdoor-target", OPT_INT, &r->backdoor_target, "sim: --attack backdoor|embedding: the label index the trigger steers to (default 0)", 0, 1000000},
         {"backdoor-frac", OPT_FLOAT, &r->backdoor_frac, "sim: --attack backdoor|embedding: share of each attacker's training examples given the trigger and the target label, chosen by the seed (default 0.5)", 0, 1},
+        /* zeroth-order clients (fl/client_zo.c, include/loom/zo.h) */
+        {"client-algo", OPT_STR, &r->client_algo, "client algorithm: sgd (backprop with --optimizer, default), mezo (zeroth-order SPSA steps, forward passes only: MeZO) or fedkseed (MeZO steps along a server-owned pool of --seed-pool seeds; the update is one scalar per seed: FedKSeed)", 0, 0},
+        {"zo-eps", OPT_FLOAT, &r->zo_eps, "mezo, fedkseed: perturbation scale eps (default 1e-3)", 0, 1e3},
+        {"zo-lr", OPT_FLOAT, &r->zo_lr, "mezo, fedkseed: step size (default --lr when given, else 1e-4)", 0, 1e6},
+        {"zo-restore", OPT_STR, &r->zo_restore, "mezo, fedkseed: undo a perturbation by copy (exact, one more copy of the trainable vector; default) or inplace (+eps, -2eps, +eps: no copy, float rounding left behind)", 0, 0},
+        {"seed-pool", OPT_INT, &r->seed_pool, "fedkseed: seeds K in the server's pool (default 4096)", 1, LOOM_KSEED_MAX},
+        {"seed-probs", OPT_STR, &r->seed_probs, "fedkseed: how a step picks its seed: uniform (default) or importance (p_k ~ exp of the seed's normalised mean |scalar| so far)", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };
@@ -493,6 +509,71 @@ static int robust_settings(cli_run *r, const char *cmd, loom_sim_config *sc) {
     return 0;
 }
 
+/* --client-algo and the zeroth-order flags into sc (algorithm, fit.zo_*, the seed_scalar codec) and tc
+ * (forward-only). FedKSeed's pool needs the initial vector: the command makes it (sc->kseed). */
+static int zo_settings(cli_run *r, const char *cmd, int lr_given, loom_sim_config *sc, loom_train_config *tc) {
+    int mezo = !strcmp(r->client_algo, "mezo"), kseed = !strcmp(r->client_algo, "fedkseed");
+    if (!mezo && !kseed && strcmp(r->client_algo, "sgd")) {
+        fprintf(stderr, "loom %s: --client-algo %s: expected sgd, mezo or fedkseed\n", cmd, r->client_algo);
+        return -1;
+    }
+    if (!kseed && (r->seed_pool != 4096 || strcmp(r->seed_probs, "uniform"))) {
+        fprintf(stderr, "loom %s: %s needs --client-algo fedkseed\n", cmd,
+                r->seed_pool != 4096 ? "--seed-pool" : "--seed-probs");
+        return -1;
+    }
+    if (!mezo && !kseed) {
+        if (!isnan(r->zo_lr) || r->zo_eps != LOOM_ZO_EPS_DEFAULT || strcmp(r->zo_restore, "copy")) {
+            fprintf(stderr, "loom %s: %s needs --client-algo mezo or fedkseed\n", cmd,
+                    !isnan(r->zo_lr) ? "--zo-lr" : r->zo_eps != LOOM_ZO_EPS_DEFAULT ? "--zo-eps" : "--zo-restore");
+            return -1;
+        }
+        return 0;
+    }
+    if (!(r->zo_eps > 0)) {
+        fprintf(stderr, "loom %s: --zo-eps must be > 0, got %g\n", cmd, (double)r->zo_eps);
+        return -1;
+    }
+    if (loom_zo_restore_parse(r->zo_restore, &sc->fit.zo_restore) != LOOM_OK ||
+        loom_kseed_probs_parse(r->seed_probs, &r->kseed_probs) != LOOM_OK) {
+        cli_fail(NULL);
+        return -1;
+    }
+    if (sc->fit.scaffold || sc->fit.prox_mu > 0 || sc->fit.gradient_only) {
+        fprintf(stderr, "loom %s: --client-algo %s does not work with --strategy %s (no gradients, no control variates)\n",
+                cmd, r->client_algo, r->strategy);
+        return -1;
+    }
+    if (r->dp && !strcmp(r->dp, "sgd")) {
+        fprintf(stderr, "loom %s: --client-algo %s has no per-example gradients for --dp sgd (use --dp central or local)\n",
+                cmd, r->client_algo);
+        return -1;
+    }
+    if (kseed) {
+        if (strcmp(r->strategy, "fedavg") || sc->sp.server_lr != 1) {
+            fprintf(stderr, "loom %s: --client-algo fedkseed needs --strategy fedavg with server lr 1 (the global "
+                    "per-seed scalars are the running sum of the rounds' means)\n", cmd);
+            return -1;
+        }
+        if (sc->mode != LOOM_ENGINE_SYNC) {
+            fprintf(stderr, "loom %s: --client-algo fedkseed needs --mode sync\n", cmd);
+            return -1;
+        }
+        if (sc->compress.codec != LOOM_CODEC_F32) {
+            fprintf(stderr, "loom %s: --client-algo fedkseed sends (seed, scalar) pairs: --compress does not apply\n", cmd);
+            return -1;
+        }
+        sc->compress.codec = LOOM_CODEC_SEED_SCALAR;
+        sc->algo = &loom_client_fedkseed;
+    } else {
+        sc->algo = &loom_client_mezo;
+    }
+    sc->fit.zo_eps = r->zo_eps;
+    sc->fit.zo_lr = !isnan(r->zo_lr) ? r->zo_lr : lr_given ? r->lr : LOOM_ZO_LR_DEFAULT;
+    tc->forward_only = 1;
+    return 0;
+}
+
 int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_config *sc, loom_train_config *tc) {
     sc->strategy = r->strategy;
     if (loom_strategy_defaults(r->strategy, &sc->sp) != LOOM_OK) return cli_fail("--strategy") ? -1 : -1;
@@ -561,6 +642,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
         cli_fail("--optimizer");
         return -1;
     }
+    int lr_given = r->lr >= 0;
     if (r->lr < 0) r->lr = tc->opt.kind == LOOM_OPT_ADAMW ? 1e-3f : 0.1f;
     tc->opt.lr = r->lr;
     tc->opt.momentum = r->momentum;
@@ -572,6 +654,7 @@ int cli_run_federation(cli_run *r, const char *cmd, size_t n_clients, loom_sim_c
     tc->T = r->T;
     if (cli_precision(r->precision, cmd, &tc->precision) != 0) return -1;
     if (attack_settings(r, cmd, n_clients, sc) != 0) return -1;
+    if (zo_settings(r, cmd, lr_given, sc, tc) != 0) return -1;
     return dp_settings(r, cmd, sc, tc);
 }
 

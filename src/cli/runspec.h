@@ -61,6 +61,11 @@ typedef struct {
     const char *backdoor_trigger; /* --attack backdoor|embedding: NULL, NAN and -1 when not given */
     float backdoor_frac;
     int backdoor_target;
+    /* zeroth-order clients (--client-algo mezo|fedkseed; include/loom/zo.h) */
+    const char *client_algo, *zo_restore, *seed_probs;
+    float zo_eps, zo_lr; /* zo_lr NAN: --lr when given, else LOOM_ZO_LR_DEFAULT */
+    int seed_pool;
+    int kseed_probs;     /* --seed-probs as LOOM_KSEED_* (set by cli_run_federation) */
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 128

@@ -348,7 +348,7 @@ int loom_engine_check(loom_engine *e, const loom_update *u, double now, loom_upd
                                u->client, now - e->t_open, e->c.deadline));
     pthread_mutex_unlock(&e->mu);
     if (rc != LOOM_OK) return rc;
-    if (u->codec > LOOM_CODEC_TOPK) /* the codecs loom_update_decode turns into floats */
+    if (u->codec > LOOM_CODEC_SEED_SCALAR) /* the codecs loom_update_decode turns into floats */
         return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
                       loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     return loom_pipeline_check(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples, u->control, verdict,
@@ -373,7 +373,7 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
     /* the pipeline outside the engine's lock: decode -> validate -> clip -> aggregate */
     loom_update_verdict v = LOOM_UPDATE_ACCEPTED;
     double norm = 0;
-    if (u->codec > LOOM_CODEC_TOPK)
+    if (u->codec > LOOM_CODEC_SEED_SCALAR)
         rc = refuse(&v, LOOM_UPDATE_BAD_CODEC, loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     else
         rc = loom_pipeline_add(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples, u->control, &v,

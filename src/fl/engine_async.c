@@ -501,7 +501,7 @@ static int check_content(const lm_async *a, const loom_update *u, uint64_t stale
                       loom_error(LOOM_ERANGE, "client %d: update on version %llu is %llu versions old, more than the %ld allowed",
                                  u->client, (unsigned long long)u->version, (unsigned long long)staleness,
                                  a->c.max_staleness));
-    if (u->codec > LOOM_CODEC_TOPK) /* the codecs loom_update_decode turns into floats */
+    if (u->codec > LOOM_CODEC_SEED_SCALAR) /* the codecs loom_update_decode turns into floats */
         return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
                       loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
     return loom_pipeline_check(a->pipe, u->values, u->len, (double)u->examples, u->control, verdict, norm);

@@ -80,8 +80,18 @@ int loom_codec_opts_parse(const char *spec, loom_codec_opts *o) {
 typedef struct {
     loom_codec codec;
     size_t chunk, scales; /* INT8 */
-    size_t k;             /* TOPK */
+    size_t k;             /* TOPK, SEED_SCALAR */
 } plan;
+
+/* seed_scalar keeps the values that are not +0 (a -0 is kept, so decoding gives the same bits) */
+static inline int ss_kept(float v) { return v != 0 || signbit(v); }
+
+/* The part of the plan that depends on the values: seed_scalar's count of kept values. */
+static void plan_values(plan *p, const float *v, size_t dim) {
+    if (p->codec != LOOM_CODEC_SEED_SCALAR) return;
+    p->k = 0;
+    for (size_t i = 0; i < dim; i++) p->k += ss_kept(v[i]);
+}
 
 static int make_plan(const loom_codec_opts *o, size_t dim, plan *p) {
     memset(p, 0, sizeof *p);
@@ -102,6 +112,10 @@ static int make_plan(const loom_codec_opts *o, size_t dim, plan *p) {
         p->k = loom_codec_topk_k(dim, fr);
         return LOOM_OK;
     }
+    case LOOM_CODEC_SEED_SCALAR: /* k: the non-zero values, counted by plan_values */
+        if (dim > (size_t)INT32_MAX)
+            return loom_error(LOOM_ERANGE, "update codec seed_scalar: %zu seeds do not fit 32-bit indices", dim);
+        return LOOM_OK;
     default: break;
     }
     return loom_error(LOOM_EUNSUPPORTED, "update codec %s (%d) cannot be encoded", loom_codec_name(p->codec),
@@ -136,7 +150,7 @@ static int layout_meta(const loom_update *u, const plan *p, meta_kv *m) {
     PUT("codec", "%s", loom_codec_name(p->codec));
     PUT("dim", "%zu", u->len);
     if (p->codec == LOOM_CODEC_INT8) PUT("chunk", "%zu", p->chunk);
-    if (p->codec == LOOM_CODEC_TOPK) PUT("k", "%zu", p->k);
+    if (p->codec == LOOM_CODEC_TOPK || p->codec == LOOM_CODEC_SEED_SCALAR) PUT("k", "%zu", p->k);
 #undef PUT
     return n;
 }
@@ -154,6 +168,10 @@ static int layout_tensors(const plan *p, size_t dim, int control, tensor_desc *t
     case LOOM_CODEC_TOPK:
         t[n++] = (tensor_desc){"update.index", LOOM_DT_I32, p->k};
         t[n++] = (tensor_desc){"update.value", LOOM_DT_F32, p->k};
+        break;
+    case LOOM_CODEC_SEED_SCALAR:
+        t[n++] = (tensor_desc){"update.seed", LOOM_DT_I32, p->k};
+        t[n++] = (tensor_desc){"update.scalar", LOOM_DT_F32, p->k};
         break;
     default: break;
     }
@@ -177,6 +195,8 @@ static int check_update(const loom_update *u) {
 size_t loom_update_encoded_size(const loom_update *u, const loom_codec_opts *o) {
     plan p;
     if (!u || make_plan(o, u->len, &p) != LOOM_OK) return 0;
+    if (p.codec == LOOM_CODEC_SEED_SCALAR && u->len && !u->values) return 0;
+    plan_values(&p, u->values, u->len);
     meta_kv m[MAX_META];
     tensor_desc t[MAX_TENSORS];
     int nm = layout_meta(u, &p, m), nt = layout_tensors(&p, u->len, u->control != NULL, t);
@@ -287,6 +307,7 @@ int loom_update_encode(const loom_update *u, const loom_codec_opts *o, uint8_t *
     plan p;
     if ((rc = make_plan(o, u->len, &p)) != LOOM_OK) return rc;
     size_t dim = u->len;
+    plan_values(&p, u->values, dim);
     const char *cname = loom_codec_name(p.codec);
     if (p.codec != LOOM_CODEC_F32 && (rc = check_finite(u->values, dim, cname)) != LOOM_OK) return rc;
     if (p.codec == LOOM_CODEC_F16)
@@ -307,8 +328,16 @@ int loom_update_encode(const loom_update *u, const loom_codec_opts *o, uint8_t *
         a = malloc((p.k ? p.k : 1) * sizeof(int32_t));
         b = malloc((p.k ? p.k : 1) * sizeof(float));
         if (a && b && (rc = topk_encode(u->values, dim, p.k, a, b)) != LOOM_OK) goto done;
+    } else if (p.codec == LOOM_CODEC_SEED_SCALAR) { /* the kept values as (seed index, scalar), ascending */
+        a = malloc((p.k ? p.k : 1) * sizeof(int32_t));
+        b = malloc((p.k ? p.k : 1) * sizeof(float));
+        for (size_t i = 0, j = 0; a && b && i < dim; i++)
+            if (ss_kept(u->values[i])) {
+                ((int32_t *)a)[j] = (int32_t)i;
+                ((float *)b)[j++] = u->values[i];
+            }
     }
-    if ((p.codec == LOOM_CODEC_INT8 || p.codec == LOOM_CODEC_TOPK) && (!a || !b)) {
+    if ((p.codec == LOOM_CODEC_INT8 || p.codec == LOOM_CODEC_TOPK || p.codec == LOOM_CODEC_SEED_SCALAR) && (!a || !b)) {
         rc = loom_error(LOOM_ENOMEM, "update encode: out of memory for %zu values", dim);
         goto done;
     }
@@ -395,8 +424,9 @@ static int decode_file(const loom_st_file *f, size_t max_len, loom_update *out, 
     else if (!strcmp(cs, "f16")) codec = LOOM_CODEC_F16;
     else if (!strcmp(cs, "int8")) codec = LOOM_CODEC_INT8;
     else if (!strcmp(cs, "topk")) codec = LOOM_CODEC_TOPK;
-    else return loom_error(LOOM_EUNSUPPORTED, MSG ": codec '%.20s' is not supported (f32, f16, int8, topk)", cs);
-    const char *extra = codec == LOOM_CODEC_INT8 ? "chunk" : codec == LOOM_CODEC_TOPK ? "k" : NULL;
+    else if (!strcmp(cs, "seed_scalar")) codec = LOOM_CODEC_SEED_SCALAR;
+    else return loom_error(LOOM_EUNSUPPORTED, MSG ": codec '%.20s' is not supported (f32, f16, int8, topk, seed_scalar)", cs);
+    const char *extra = codec == LOOM_CODEC_INT8 ? "chunk" : codec == LOOM_CODEC_TOPK || codec == LOOM_CODEC_SEED_SCALAR ? "k" : NULL;
     size_t want = N_BASE_KEYS + (extra != NULL);
     for (size_t i = 0; i < N_BASE_KEYS; i++)
         if (!loom_st_meta(f, BASE_KEYS[i]))
@@ -429,12 +459,13 @@ static int decode_file(const loom_st_file *f, size_t max_len, loom_update *out, 
     if (codec == LOOM_CODEC_INT8)
         FIELD(parse_dec(loom_st_meta(f, "chunk"), INT_MAX, &chunk) && chunk >= 1, "chunk",
               "a whole number in 1..2^31-1");
-    if (codec == LOOM_CODEC_TOPK) FIELD(parse_dec(loom_st_meta(f, "k"), UINT64_MAX, &k), "k", "a whole number");
+    if (codec == LOOM_CODEC_TOPK || codec == LOOM_CODEC_SEED_SCALAR)
+        FIELD(parse_dec(loom_st_meta(f, "k"), UINT64_MAX, &k), "k", "a whole number");
 #undef FIELD
     if (dim > max_len)
         return loom_error(LOOM_ERANGE, MSG ": dim %llu exceeds the limit of %zu values", (unsigned long long)dim,
                           max_len);
-    if (codec == LOOM_CODEC_TOPK && k > dim)
+    if ((codec == LOOM_CODEC_TOPK || codec == LOOM_CODEC_SEED_SCALAR) && k > dim)
         return loom_error(LOOM_EFORMAT, MSG ": k %llu is above dim %llu", (unsigned long long)k, (unsigned long long)dim);
     if (dim && !values) return loom_error(LOOM_EINVAL, MSG ": no buffer for the values");
 
@@ -485,15 +516,17 @@ static int decode_file(const loom_st_file *f, size_t max_len, loom_update *out, 
         }
         break;
     }
-    case LOOM_CODEC_TOPK: {
+    case LOOM_CODEC_TOPK:
+    case LOOM_CODEC_SEED_SCALAR: {
         const uint8_t *vb = got[1]->data;
         int64_t prev = -1;
         for (size_t j = 0; j < p.k; j++) {
             int32_t ix;
             memcpy(&ix, d0 + 4 * j, 4);
             if (ix <= prev || (uint64_t)ix >= dim)
-                return loom_error(LOOM_EFORMAT, MSG ": top-k index %zu is %d: indices must be ascending, distinct "
-                                  "and below dim %llu", j, (int)ix, (unsigned long long)dim);
+                return loom_error(LOOM_EFORMAT, MSG ": %s index %zu is %d: indices must be ascending, distinct "
+                                  "and below dim %llu", codec == LOOM_CODEC_TOPK ? "top-k" : "seed", j, (int)ix,
+                                  (unsigned long long)dim);
             prev = ix;
         }
         memset(values, 0, D * sizeof *values);

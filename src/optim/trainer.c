@@ -62,6 +62,15 @@ static int trainer_init(loom_trainer *t) {
     const loom_train_config *c = &t->cfg;
     const loom_tset *ts = t->ts;
     int rc = LOOM_OK, n = loom_tset_count(ts);
+    if (c->forward_only) { /* zeroth-order clients: the inference workspace, no gradient, no optimizer state */
+        if (c->dp_sgd) return loom_error(LOOM_EINVAL, "a forward-only trainer cannot run DP-SGD");
+        loom_opt_config oc = c->opt; /* plain SGD holds no state: the step counter and schedule only */
+        oc.kind = LOOM_OPT_SGD;
+        oc.momentum = 0;
+        rc = loom_optimizer_create(&t->opt, &oc, t->dim);
+        if (rc == LOOM_OK) rc = loom_ws_create_infer(&t->ws, t->m, c->B, c->T, loom_tset_plan(ts));
+        return rc;
+    }
     t->grads = loom_calloc(t->dim ? t->dim : 1, sizeof(float));
     t->grads_zero = 1;
     if (!t->grads) rc = LOOM_ENOMEM;
@@ -288,6 +297,7 @@ const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop) {
 
 int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss,
                                   long *n_targets) {
+    if (t->cfg.forward_only) return loom_error(LOOM_ESTATE, "the trainer is forward-only (zeroth-order): no gradient");
     const loom_peft *pf = loom_tset_plan(t->ts);
     long step = loom_optimizer_steps(t->opt);
     float l = 0;
@@ -317,6 +327,7 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
 }
 
 int loom_trainer_apply_gradient(loom_trainer *t, double *grad_norm) {
+    if (t->cfg.forward_only) return loom_error(LOOM_ESTATE, "the trainer is forward-only (zeroth-order): no optimizer step");
     long step = loom_optimizer_steps(t->opt);
     if (t->hook) t->hook(t->grads, t->params, t->dim, t->hook_ud);
     t->grads_zero = 0;

@@ -1,6 +1,7 @@
 /* In-process federated simulation: a driver of the round engine with worker threads, an in-process
  * wire and a virtual clock (see include/loom/sim.h). */
 #include "loom/sim.h"
+#include "loom/zo.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -151,7 +152,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     memset(&out, 0, sizeof out);
     out.update = ws->update;
     out.control_delta = ws->dc;
-    loom_client_ctx ctx = {ws->tr, ws->vec, dim};
+    loom_client_ctx ctx = {ws->tr, ws->vec, dim, c->kseed};
     loom_client_data d = client_data(c, client);
     lm_attack_data(r->attack, client, &d); /* a label-flipping or backdoor attacker's poisoned copy */
     int compress = c->compress.codec != LOOM_CODEC_F32;
@@ -195,7 +196,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
 static void eval_one(sim_run *r, worker_slot *ws, int client) {
     const loom_sim_config *c = r->c;
     const loom_client *cl = &c->part->clients[client];
-    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
+    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim, r->c->kseed};
     loom_client_data d = client_data(c, client);
     loom_eval_result res;
     int rc = loom_client_run_eval(r->algo, &ctx, &d, loom_engine_global(r->eng), &res);
@@ -310,7 +311,7 @@ static void fit_async(sim_run *r, worker_slot *ws, int job) {
     loom_fit_output out;
     memset(&out, 0, sizeof out);
     out.update = j->buf;
-    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
+    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim, r->c->kseed};
     loom_client_data d = client_data(c, j->client);
     int rc = loom_client_run_fit(r->algo, &ctx, &d, j->task.round, j->task.global, NULL, &c->fit, &c->compress,
                                  &r->states[j->client], &out);
@@ -655,7 +656,7 @@ static int server_reference(sim_run *r, loom_client_state *st) {
     memset(&out, 0, sizeof out);
     out.update = ws->update;
     out.control_delta = ws->dc;
-    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim};
+    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim, r->c->kseed};
     const loom_dataset *rds = c->root_ds ? c->root_ds : c->ds;
     loom_client_data d = {rds, c->root_idx, c->n_root, NULL, 0, c->B, c->T, loom_hash2(c->seed, LOOM_STREAM_ROOT)};
     loom_codec_opts none;
@@ -744,11 +745,15 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     if (c->mode != LOOM_ENGINE_SYNC && c->resume)
         return loom_error(LOOM_EUNSUPPORTED, "--resume is not supported with --mode %s (asynchronous runs start afresh)",
                           loom_engine_mode_name(c->mode));
-    if (c->compress.codec > LOOM_CODEC_TOPK || c->compress.codec == LOOM_CODEC_SEED_SCALAR || c->compress.chunk < 0 ||
+    if (c->compress.codec > LOOM_CODEC_SEED_SCALAR || c->compress.chunk < 0 ||
         !(c->compress.topk_frac >= 0 && c->compress.topk_frac <= 1))
         return loom_error(LOOM_EINVAL, "--compress: codec %d (chunk %d, top-k share %g) is not one of none, fp16, "
-                          "int8[:CHUNK], topk[:FRAC in (0, 1]]", (int)c->compress.codec, c->compress.chunk,
+                          "int8[:CHUNK], topk[:FRAC in (0, 1]] or seed-scalar", (int)c->compress.codec, c->compress.chunk,
                           c->compress.topk_frac);
+    if (c->kseed && (c->mode != LOOM_ENGINE_SYNC || c->resume || c->dim != (size_t)loom_kseed_k(c->kseed)))
+        return loom_error(LOOM_EUNSUPPORTED, "FedKSeed needs synchronous rounds from the start (no --resume, no --mode "
+                          "%s) over its K = %d scalars (the vector has %zu)", loom_engine_mode_name(c->mode),
+                          loom_kseed_k(c->kseed), c->dim);
     int rc = loom_sim_check_out(c->out_dir, c->resume, c->rounds);
     if (rc != LOOM_OK) return rc;
 
