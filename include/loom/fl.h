@@ -46,6 +46,13 @@ typedef struct {
      * by loom_client_fit (the trainer's step count restarts every round); loom_client_run_fit sets it to
      * hash2(data seed, round). 0: the trainer's own. */
     uint64_t sgd_noise_seed;
+    /* Heterogeneous clients (include/loom/hetero.h): which values this client holds and trains, dim
+     * bytes of LOOM_MASK_* (include/loom/pipeline.h); NULL = all. The client starts from the global
+     * vector with its ABSENT values set to 0 (a truncated LoRA: rank r_i of r_max), trains only the
+     * TRAIN values (the gradient of the others is zeroed before clipping, and after every optimizer
+     * step FROZEN values are put back to the global ones and ABSENT values to 0, so weight decay moves
+     * nothing it should not), and reports 0 for every value it did not train. */
+    const uint8_t *mask;
 } loom_fit_config;
 
 typedef struct {

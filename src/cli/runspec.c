@@ -63,6 +63,7 @@ void cli_run_init(cli_run *r) {
     r->attack_scale = NAN; /* the attack's default */
     r->backdoor_frac = NAN;
     r->backdoor_target = -1;
+    r->hetlora_agg = "pad";
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -174,6 +175,12 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"backdoor-trigger", OPT_STR, &r->backdoor_trigger, "sim: --attack backdoor|embedding: the trigger phrase, inserted right after the prompt's \"Text:\" (default cf, a rare word; at most 256 bytes)", 0, 0},
         {"backdoor-target", OPT_INT, &r->backdoor_target, "sim: --attack backdoor|embedding: the label index the trigger steers to (default 0)", 0, 1000000},
         {"backdoor-frac", OPT_FLOAT, &r->backdoor_frac, "sim: --attack backdoor|embedding: share of each attacker's training examples given the trigger and the target label, chosen by the seed (default 0.5)", 0, 1},
+        /* ---- heterogeneous clients (include/loom/hetero.h, src/fl/hetlora.c, src/sim/profile.c) ---- */
+        {"client-ranks", OPT_STR, &r->client_ranks, "sim: HetLoRA rank budgets, the global LoRA keeping --lora-r: R1,R2,... (client k gets entry k mod count), draw:R1,R2,... (each client's drawn by the seed) or profile (from --profile's memory)", 0, 0},
+        {"hetlora-agg", OPT_STR, &r->hetlora_agg, "sim: how HetLoRA averages rank slots: pad (the clients' zero-padded matrices, the paper's) or rankwise (each slot over the clients holding it)", 0, 0},
+        {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "sim: FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
+        {"fedra-layers", OPT_STR, &r->fedra_layers, "sim: FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
+        {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };

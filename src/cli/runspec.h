@@ -61,9 +61,12 @@ typedef struct {
     const char *backdoor_trigger; /* --attack backdoor|embedding: NULL, NAN and -1 when not given */
     float backdoor_frac;
     int backdoor_target;
+    /* ---- heterogeneous clients (loom sim; include/loom/hetero.h) ---- */
+    const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
+    int lora_freeze_a;
 } cli_run;
 
-#define CLI_RUN_MAX_OPTS 128
+#define CLI_RUN_MAX_OPTS 160
 void cli_run_init(cli_run *r);
 /* Writes the run's option entries into opts (room for CLI_RUN_MAX_OPTS) and returns their number. */
 int cli_run_opts(cli_run *r, cli_opt *opts);

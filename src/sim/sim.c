@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "loom/core.h"
+#include "loom/hetero.h"
 #include "loom/safetensors.h"
 #include "sim/sim_attack.h"
 #include "sim/sim_secure.h"
@@ -48,6 +49,12 @@ double loom_sim_client_seconds(const loom_sim_config *c, int client) {
         loom_rng_init(&r, c->seed, loom_hash2(LOOM_STREAM_CLIENT_SPEED, (uint64_t)client));
         speed = exp(c->time_spread * loom_rng_normal(&r));
     }
+    /* ---- device profiles (hetero.h): the client's own speed and link ---- */
+    if (c->profiles) {
+        const loom_device_profile *p = &c->profiles[client];
+        double transfer = p->bandwidth > 0 ? 2.0 * (double)c->dim * sizeof(float) / (p->bandwidth * 1e6) : 0.0;
+        return c->fit.local_steps * c->step_seconds * speed / p->speed + transfer;
+    }
     return c->fit.local_steps * c->step_seconds * speed;
 }
 
@@ -76,6 +83,11 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
     ec->concurrency = c->concurrency;
     ec->max_staleness = c->max_staleness;
     ec->dp = c->dp;
+    if (c->hetero) { /* heterogeneous clients: the engine recomputes each client's mask */
+        ec->mask = loom_hetero_mask_cb;
+        ec->mask_ud = (void *)c->hetero;
+        ec->pipe.mask_pad = loom_hetero_pad(c->hetero);
+    }
 }
 
 /* ------------------------------------------------------------------ shared run state */
@@ -83,6 +95,7 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
 typedef struct {
     loom_trainer *tr;
     float *vec, *update, *dc;
+    uint8_t *mask; /* (dim) heterogeneous clients: the client's mask this round */
 } worker_slot;
 
 typedef struct sim_run {
@@ -155,8 +168,15 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     loom_client_data d = client_data(c, client);
     lm_attack_data(r->attack, client, &d); /* a label-flipping or backdoor attacker's poisoned copy */
     int compress = c->compress.codec != LOOM_CODEC_F32;
-    int rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &c->fit,
-                                 &c->compress, &r->states[client], &out);
+    loom_fit_config fc = c->fit;
+    int rc = LOOM_OK;
+    if (c->hetero) { /* the client's truncation (ranks), frozen part (A, layers) this round */
+        rc = loom_hetero_mask(c->hetero, client, task.round, ws->mask);
+        fc.mask = ws->mask;
+    }
+    if (rc == LOOM_OK)
+        rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &fc, &c->compress,
+                                 &r->states[client], &out);
     double now = r->t_open + loom_sim_client_seconds(c, client);
     int fault = fault_of(c, client);
     if (rc != LOOM_OK || fault == LOOM_FAULT_FAIL) {
@@ -230,7 +250,8 @@ static void *worker_main(void *p) {
         }
         ws->update = loom_alloc(dim * sizeof(float));
         ws->dc = c->fit.scaffold ? loom_alloc(dim * sizeof(float)) : NULL;
-        if (!ws->update || (c->fit.scaffold && !ws->dc)) {
+        ws->mask = c->hetero ? malloc(dim) : NULL;
+        if (!ws->update || (c->fit.scaffold && !ws->dc) || (c->hetero && !ws->mask)) {
             fail(r, LOOM_ENOMEM);
             return NULL;
         }
@@ -804,6 +825,15 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         rc = loom_error(LOOM_EINVAL, "SCAFFOLD control variates must be used with the scaffold strategy, and only with it");
         goto done;
     }
+    if (c->hetero && (c->secure.sum || c->mode != LOOM_ENGINE_SYNC)) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients need synchronous rounds without a secure sum");
+        goto done;
+    }
+    if (c->hetero && loom_hetero_dim(c->hetero) != c->dim) {
+        rc = loom_error(LOOM_EINVAL, "heterogeneous clients: masks of %zu values for a vector of %zu",
+                        loom_hetero_dim(c->hetero), c->dim);
+        goto done;
+    }
     if (c->secure.sum && (rc = secure_start(&r)) != LOOM_OK) goto done;
     if ((rc = lm_attack_create(&r.attack, c, N)) != LOOM_OK) goto done;
     js.attack = r.attack;
@@ -892,6 +922,7 @@ done:
         if (r.slots[i].tr || r.slots[i].vec) c->free_worker(c->worker_ud, r.slots[i].tr, r.slots[i].vec);
         loom_free(r.slots[i].update);
         loom_free(r.slots[i].dc);
+        free(r.slots[i].mask);
     }
     free(r.slots);
     loom_engine_free(r.eng);
