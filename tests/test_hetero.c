@@ -3,7 +3,8 @@
  *    the rank-wise mean, FedRA's per-layer mean, a value nobody trained
  *  - masks against an independent rule (rank slots of A rows and B columns, FedRA's layer budget)
  *  - a client's rank-r truncation trains exactly like a rank-r LoRA of its own
- *  - FLoRA stacking: the stacked product equals the weighted mean of the products
+ *  - FLoRA stacking: the stacked product equals the weighted mean of the products, in the library and
+ *    in loom_sim_run against the clients trained again one by one
  *  - loom_sim_run: every client at r_max equals plain LoRA FedAvg bit for bit; FFA-LoRA leaves every A
  *    unchanged bit for bit (with weight decay); lr 0 leaves the model (rank-wise, FedRA, FFA) and with
  *    zero-padding shrinks each slot by the share of weight that holds it
@@ -611,6 +612,111 @@ static void sim_identities(void) {
     loom_tset_free(u.ts);
 }
 
+/* FLoRA in loom_sim_run: one round of two clients with ranks 1 and R; the stacked product merged into
+ * a copy of the base must equal scale * sum_k p_k B_k[:, :r_k] A_k[:r_k, :] of the clients' own models,
+ * each trained here again on its own by loom_client_run_fit; the global adapter restarts from init. */
+typedef struct {
+    loom_tset *ts;
+    const loom_hetero *h;
+    float *params;
+    int calls;
+} stack_ud;
+
+static int stack_cb(void *ud, int round, const float *const *models, const int *clients, const double *w, size_t n) {
+    stack_ud *s = ud;
+    int ranks[8];
+    for (size_t i = 0; i < n; i++) ranks[i] = loom_hetero_rank(s->h, clients[i]);
+    s->calls++;
+    (void)round;
+    return loom_lora_stack_merge(s->ts, models, ranks, w, n, s->params);
+}
+
+static void sim_flora(void) {
+    enum { N = 2 };
+    const int R = 4;
+    wud u;
+    u.ts = lora_set(R, 8);
+    size_t dim = loom_tset_dim(u.ts), np = loom_model_n_params(model);
+    loom_partition *p;
+    CHECK_OK(loom_partition_iid(&p, ds->n, N, 0, 2));
+    p->clients[1].n_train /= 3; /* unequal weights */
+    loom_sim_config c;
+    sim_base(&c, &u, p, 0.01f, 0);
+    c.rounds = 1;
+    int ranks[N] = {1, R};
+    loom_hetero_config hc;
+    loom_hetero_defaults(&hc);
+    hc.n_clients = N;
+    hc.ranks = ranks;
+    hc.seed = c.seed;
+    loom_hetero *h;
+    CHECK_OK(loom_hetero_create(&h, u.ts, &hc));
+    c.hetero = h;
+    stack_ud su = {u.ts, h, loom_alloc(np * 4), 0};
+    memcpy(su.params, loom_model_params(model), np * 4);
+    c.stack = stack_cb;
+    c.stack_ud = &su;
+    float *g = loom_alloc(dim * 4);
+    CHECK_OK(loom_sim_run(&c, g));
+    CHECK(su.calls == 1, "stack called %d times", su.calls);
+    CHECK(memcmp(g, loom_tset_data(u.ts), dim * 4) == 0, "the adapter restarts from its initial value");
+    /* the clients again, one by one */
+    float *y[N], *vec = loom_alloc(dim * 4);
+    uint8_t *m = malloc(dim);
+    double wt = 0, wk[N];
+    loom_trainer *tr;
+    CHECK_OK(loom_trainer_create_peft(&tr, model, loom_model_params(model), u.ts, vec, &u.tc));
+    for (int k = 0; k < N; k++) {
+        y[k] = loom_alloc(dim * 4);
+        CHECK_OK(loom_hetero_mask(h, k, 1, m));
+        loom_fit_config fc = c.fit;
+        fc.mask = m;
+        const loom_client *cl = &p->clients[k];
+        loom_client_data d = {ds, cl->train, cl->n_train, cl->test, cl->n_test, 2, 16, loom_sim_client_seed(c.seed, k)};
+        loom_client_ctx ctx = {tr, vec, dim};
+        loom_client_state st;
+        loom_client_state_init(&st);
+        loom_fit_output out;
+        memset(&out, 0, sizeof out);
+        out.update = y[k];
+        CHECK_OK(loom_client_run_fit(&loom_client_local_sgd, &ctx, &d, 1, loom_tset_data(u.ts), NULL, &fc, NULL, &st, &out));
+        for (size_t i = 0; i < dim; i++) y[k][i] += loom_tset_data(u.ts)[i];
+        loom_client_state_clear(&st);
+        wk[k] = (double)cl->n_train;
+        wt += wk[k];
+    }
+    const loom_tset_entry *A = loom_tset_entry_at(u.ts, 0), *B = loom_tset_entry_at(u.ts, 1);
+    const loom_tvec_entry *we = loom_tvec_at(loom_model_manifest(model), A->tensor);
+    size_t in = (size_t)A->shape[1], out = (size_t)B->shape[0];
+    double sc = loom_tset_lora_scale(u.ts), worst = 0, big = 0;
+    const float *base = loom_model_params(model);
+    for (size_t i = 0; i < in; i++)
+        for (size_t o = 0; o < out; o++) {
+            double ref = 0;
+            for (int k = 0; k < N; k++)
+                for (int j = 0; j < ranks[k]; j++)
+                    ref += wk[k] / wt * y[k][B->offset + o * R + j] * y[k][A->offset + (size_t)j * in + i];
+            size_t q = we->offset + i * out + o;
+            worst = fmax(worst, fabs(((double)su.params[q] - base[q]) - sc * ref));
+            big = fmax(big, fabs(sc * ref));
+        }
+    CHECK(big > 1e-6, "the clients' products are not zero (%g)", big);
+    CHECK(worst <= 1e-6, "FLoRA in loom sim: merged base vs the clients' mean product: max |d| = %g (of %g)", worst, big);
+    /* refusals */
+    c.checkpoint_every = 1;
+    CHECK(loom_sim_run(&c, g) == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "FLoRA stacking needs"),
+          "stacking with checkpoints: %s", loom_errmsg());
+    loom_trainer_free(tr);
+    for (int k = 0; k < N; k++) loom_free(y[k]);
+    loom_free(vec);
+    free(m);
+    loom_free(g);
+    loom_free(su.params);
+    loom_hetero_free(h);
+    loom_partition_free(p);
+    loom_tset_free(u.ts);
+}
+
 /* ------------------------------------------------------------------ device profiles */
 
 static void write_text(const char *path, const char *text) {
@@ -703,6 +809,7 @@ int main(void) {
     truncation_is_a_rank_r_set();
     flora_stacking();
     sim_identities();
+    sim_flora();
     profiles();
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);

@@ -285,6 +285,15 @@ typedef struct {
      * duration becomes local_steps * step_seconds / speed_k (times exp(time_spread z_k) as above)
      * plus the transfer of the global vector down and its update up at bandwidth_k. */
     const struct loom_device_profile *profiles;
+    /* FLoRA stacking (include/loom/hetero.h; NULL = off): after each aggregated round the accepted
+     * clients' models (the round's global vector + each update, in client order, with their weights
+     * = examples) go to stack(), which merges their stacked product into the driver's base
+     * (loom_lora_stack_merge); then the global vector restarts from init (B = 0: the merged base alone),
+     * and the evaluation sees that. The engine's own mean is discarded. Synchronous rounds only;
+     * not with a secure sum, attackers, checkpoints or resume (the merged base is the driver's). */
+    int (*stack)(void *ud, int round, const float *const *models, const int *clients, const double *weights,
+                 size_t n);
+    void *stack_ud;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);

@@ -25,7 +25,22 @@ typedef struct {
     loom_hetero *h;
     loom_device_profile *prof;
     int *ranks, *layers;
+    const loom_tset *set; /* --hetlora-agg stack: the set and the model whose base takes the merges */
+    loom_model *m;
 } het_setup;
+
+/* FLoRA: the round's stacked product into the model's own (float) base; the simulator then restarts
+ * the adapter. The clients' rank budgets bound what each contributes. */
+static int het_stack(void *ud, int round, const float *const *models, const int *clients, const double *w, size_t n) {
+    het_setup *hs = ud;
+    (void)round;
+    int *ranks = NULL;
+    if (hs->h && !(ranks = malloc(n * sizeof *ranks))) return loom_error(LOOM_ENOMEM, "out of memory");
+    for (size_t i = 0; ranks && i < n; i++) ranks[i] = loom_hetero_rank(hs->h, clients[i]);
+    int rc = loom_lora_stack_merge(hs->set, models, ranks, w, n, loom_model_params(hs->m));
+    free(ranks);
+    return rc;
+}
 
 static void het_free(het_setup *hs) {
     loom_hetero_free(hs->h);
@@ -38,9 +53,26 @@ static void het_free(het_setup *hs) {
 static int het_configure(const cli_run *r, const loom_tset *set, const loom_model *m, int n, uint64_t seed,
                          loom_sim_config *sc, het_setup *hs) {
     int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a;
-    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise")) {
-        fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad or rankwise\n", r->hetlora_agg);
+    int stack = !strcmp(r->hetlora_agg, "stack");
+    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && !stack) {
+        fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad, rankwise or stack\n", r->hetlora_agg);
         return -1;
+    }
+    if (stack) { /* FLoRA: merges into the model's float base each round */
+        if (!set || loom_tset_config(set)->method != LOOM_PEFT_LORA) {
+            fprintf(stderr, "loom sim: --hetlora-agg stack needs --peft lora\n");
+            return -1;
+        }
+        if (loom_model_base_type(m) != LOOM_Q_F32 || strcmp(r->precision, "f32")) {
+            fprintf(stderr, "loom sim: --hetlora-agg stack merges into the base each round: it needs a float base "
+                    "(--base-dtype f32) and --precision f32\n");
+            return -1;
+        }
+        hs->set = set;
+        hs->m = (loom_model *)m;
+        sc->stack = het_stack;
+        sc->stack_ud = hs;
+        fprintf(stderr, "  FLoRA stacking: each round's stacked product is merged into the base, the adapter restarts\n");
     }
     if (!any && !r->profile) return 0;
     if (any && !set) {
@@ -474,6 +506,12 @@ int cmd_sim(int argc, char **argv) {
             goto done;
         }
         cli_print_ppl_table(part, ppl0, ppl1, ppl_tok, compare);
+    }
+    if (out && het.m) { /* FLoRA: the federated result is the merged base */
+        char mdir[4096];
+        snprintf(mdir, sizeof mdir, "%s/merged", out);
+        if (loom_model_save(m, loom_model_params(m), mdir) == LOOM_OK) printf("%-28s %s (FLoRA's merged model)\n", "model", mdir);
+        else cli_fail("writing the merged model");
     }
     if (out && set) {
         char adir[4096];
