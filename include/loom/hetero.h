@@ -84,6 +84,7 @@ void loom_hetero_defaults(loom_hetero_config *c);
 int loom_hetero_create(loom_hetero **out, const loom_tset *ts, const loom_hetero_config *c);
 void loom_hetero_free(loom_hetero *h);
 size_t loom_hetero_dim(const loom_hetero *h);
+int loom_hetero_clients(const loom_hetero *h); /* n_clients */
 int loom_hetero_r_max(const loom_hetero *h);   /* the set's LoRA rank (0 when not LoRA) */
 int loom_hetero_rank(const loom_hetero *h, int client);     /* client's rank budget */
 /* 1 when every client's mask is all TRAIN (nothing heterogeneous configured). */

@@ -159,6 +159,9 @@ static int check_config(const loom_engine_config *c) {
                               "aggregator %s", c->pipe.aggregator->name);
         if (c->pipe.strategy && !strcmp(c->pipe.strategy, "scaffold"))
             return loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients do not work with --strategy scaffold");
+        if (c->dp.mode == LOOM_DP_CENTRAL)
+            return loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients do not work with --dp central (its noise and "
+                              "fixed denominator assume every client holds every value)");
     }
     return lm_async_check(c);
 }

@@ -115,6 +115,7 @@ int loom_hetero_create(loom_hetero **out, const loom_tset *ts, const loom_hetero
 }
 
 size_t loom_hetero_dim(const loom_hetero *h) { return h->dim; }
+int loom_hetero_clients(const loom_hetero *h) { return h->c.n_clients; }
 int loom_hetero_r_max(const loom_hetero *h) { return h->r_max; }
 int loom_hetero_pad(const loom_hetero *h) { return !h->c.rankwise; }
 int loom_lora_modules(const loom_tset *ts) {

@@ -887,9 +887,9 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         rc = loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients need synchronous rounds without a secure sum");
         goto done;
     }
-    if (c->hetero && loom_hetero_dim(c->hetero) != c->dim) {
-        rc = loom_error(LOOM_EINVAL, "heterogeneous clients: masks of %zu values for a vector of %zu",
-                        loom_hetero_dim(c->hetero), c->dim);
+    if (c->hetero && (loom_hetero_dim(c->hetero) != c->dim || loom_hetero_clients(c->hetero) != N)) {
+        rc = loom_error(LOOM_EINVAL, "heterogeneous clients: masks of %zu values for %d clients, the run has %zu "
+                        "values and %d clients", loom_hetero_dim(c->hetero), loom_hetero_clients(c->hetero), c->dim, N);
         goto done;
     }
     if (c->stack && (c->secure.sum || c->mode != LOOM_ENGINE_SYNC || c->attack.kind != LOOM_ATTACK_NONE ||
