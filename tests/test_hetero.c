@@ -197,6 +197,15 @@ static void masks_follow_the_rule(void) {
     }
     CHECK(frozen == nA && train == dim - nA, "FFA-LoRA at r_max: %zu of %zu A values frozen, %zu B values trained",
           frozen, nA, train);
+    /* FFA-LoRA at rank 1: still every A frozen (none absent, so zero-padding cannot shrink one), B by rank */
+    CHECK_OK(loom_hetero_mask(h, 0, 1, m));
+    size_t bad = 0;
+    for (int e = 0; e < loom_tset_count(ts); e++) {
+        const loom_tset_entry *t = loom_tset_entry_at(ts, e);
+        for (size_t i = 0; i < t->numel; i++)
+            bad += m[t->offset + i] != (strstr(t->name, "lora_A") ? F_ : i % (size_t)R < 1 ? T_ : A_);
+    }
+    CHECK(bad == 0, "FFA-LoRA at rank 1: %zu mask values differ from the rule", bad);
     loom_hetero_free(h);
     /* refusals name the flag */
     int bad_r[5] = {1, 2, 5, 1, 1};
@@ -542,7 +551,7 @@ static void sim_identities(void) {
     sim_base(&c, &u, p, 0.01f, 0.5f);
     c.init = init;
     hc.ranks = mixed;
-    hc.rankwise = 1;
+    hc.rankwise = 0; /* zero-padding: still no A may shrink */
     hc.freeze_a = 1;
     CHECK_OK(loom_hetero_create(&h, u.ts, &hc));
     c.hetero = h;

@@ -21,7 +21,9 @@
  *                        this round stay as they are)
  *   FFA-LoRA (Sun et al. 2024, "Improving LoRA in privacy-preserving federated learning"): freeze_a:
  *            every A is FROZEN at its seeded initial value, only the B's train and are averaged, so
- *            the mean of the clients' B A is (mean B) A exactly.
+ *            the mean of the clients' B A is (mean B) A exactly. With rank budgets the A rows past a
+ *            client's rank are FROZEN too (not ABSENT): they meet its zero B columns, so it still
+ *            computes a rank-r_k product, and zero-padding never shrinks an A.
  *   FedRA    (Su et al. 2023, "FedRA: a random allocation strategy for federated tuning"): each round
  *            a random allocation matrix M (clients x layers) from (seed, round) decides which layers
  *            a resource-limited client adapts: client k with a budget of n_k < L layers trains n_k

@@ -175,10 +175,12 @@ int loom_hetero_mask(const loom_hetero *h, int client, int round, uint8_t *mask)
         const loom_tset_entry *e = loom_tset_entry_at(h->ts, p->e);
         uint8_t base = p->layer < 0 || held[p->layer] ? LOOM_MASK_TRAIN : LOOM_MASK_FROZEN;
         uint8_t *m = mask + e->offset;
-        if (p->kind == 1) { /* A [r_max, in]: rows are rank slots */
+        if (p->kind == 1) { /* A [r_max, in]: rows are rank slots. A frozen A is the seeded init the client
+                               * can hold whole: its rows past the rank meet zero B columns (the same rank-r_k
+                               * product), and they stay out of the zero-padding, so no A ever changes */
             size_t in = (size_t)e->shape[1];
             for (int j = 0; j < (int)e->shape[0]; j++)
-                memset(m + (size_t)j * in, j >= rk ? LOOM_MASK_ABSENT : h->c.freeze_a ? LOOM_MASK_FROZEN : base, in);
+                memset(m + (size_t)j * in, h->c.freeze_a ? LOOM_MASK_FROZEN : j >= rk ? LOOM_MASK_ABSENT : base, in);
         } else if (p->kind == 2) { /* B [out, r_max]: columns are rank slots */
             size_t R = (size_t)e->shape[1];
             for (size_t o = 0; o < (size_t)e->shape[0]; o++)
