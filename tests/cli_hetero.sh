@@ -44,6 +44,7 @@ check "FLoRA writes the merged model" test -s "$tmp/g/merged/model.safetensors"
 refuse "FLoRA with bf16" 12 'stack' 'precision f32' -- "$LOOM" sim $run --hetlora-agg stack --precision bf16
 refuse "FLoRA with checkpoints" 12 'FLoRA stacking needs' 'checkpoints' -- "$LOOM" sim $run --hetlora-agg stack --checkpoint-every 1 --out "$tmp/h"
 
+refuse "pruning with stacking" 12 '--hetlora-prune' 'stack' -- "$LOOM" sim $run --hetlora-prune 0.1 --hetlora-agg stack
 refuse "rank above --lora-r" 12 '--client-ranks' 'outside 1\.\.4' -- "$LOOM" sim $run --client-ranks 2,9
 refuse "ranks without lora" 12 '--client-ranks' 'lora' -- "$LOOM" sim $run --peft bitfit --client-ranks 2
 refuse "unknown aggregation" 12 '--hetlora-agg' 'rankwise' -- "$LOOM" sim $run --client-ranks 2 --hetlora-agg mean

@@ -8,6 +8,7 @@
  *  - loom_sim_run: every client at r_max equals plain LoRA FedAvg bit for bit; FFA-LoRA leaves every A
  *    unchanged bit for bit (with weight decay); lr 0 leaves the model (rank-wise, FedRA, FFA) and with
  *    zero-padding shrinks each slot by the share of weight that holds it
+ *  - HetLoRA rank self-pruning at its threshold, by hand and in a run
  *  - device profiles and the list flags: values read, errors naming the file and line or the flag */
 #include <math.h>
 #include <stdint.h>
@@ -726,6 +727,82 @@ static void sim_flora(void) {
     loom_tset_free(u.ts);
 }
 
+/* HetLoRA self-pruning: the last slot's share of sum_j |B_j| |A_j| against gamma, by hand and in a run */
+static void rank_pruning(void) {
+    const int R = 4;
+    loom_tset *ts = lora_set(R, 8);
+    size_t dim = loom_tset_dim(ts);
+    float *g = loom_alloc(dim * 4), *u = loom_alloc(dim * 4);
+    memset(g, 0, dim * 4);
+    memset(u, 0, dim * 4);
+    /* slot 0: A = B = 1, slot 1: A = B = 0.1 (split between global and update), slots 2, 3 large but
+     * beyond the rank: the share of slot 1 is 0.01 / 1.01 = 0.0099 in every module */
+    for (int e = 0; e < loom_tset_count(ts); e++) {
+        const loom_tset_entry *t = loom_tset_entry_at(ts, e);
+        int isA = e % 2 == 0;
+        for (size_t i = 0; i < t->numel; i++) {
+            size_t j = isA ? i / (size_t)t->shape[1] : i % (size_t)R;
+            float v = j == 0 ? 1.0f : j == 1 ? 0.1f : 50.0f;
+            g[t->offset + i] = v / 2;
+            u[t->offset + i] = v / 2;
+        }
+    }
+    int ranks[2] = {2, 1};
+    for (int t = 0; t < 2; t++) {
+        loom_hetero_config hc;
+        loom_hetero_defaults(&hc);
+        hc.n_clients = 2;
+        hc.ranks = ranks;
+        hc.prune_gamma = t == 0 ? 0.0105 : 0.0095; /* just above and just below 0.0099 */
+        loom_hetero *h;
+        CHECK_OK(loom_hetero_create(&h, ts, &hc));
+        int pr = -1;
+        CHECK_OK(loom_hetero_prune(h, 0, g, u, &pr));
+        CHECK(pr == (t == 0) && loom_hetero_rank(h, 0) == (t == 0 ? 1 : 2),
+              "gamma %g: pruned %d, rank %d (share 0.0099)", hc.prune_gamma, pr, loom_hetero_rank(h, 0));
+        CHECK_OK(loom_hetero_prune(h, 1, g, u, &pr));
+        CHECK(pr == 0 && loom_hetero_rank(h, 1) == 1, "rank 1 is never pruned");
+        loom_hetero_free(h);
+    }
+    loom_hetero_config hc;
+    loom_hetero_defaults(&hc);
+    hc.n_clients = 2;
+    hc.prune_gamma = 2;
+    loom_hetero *h;
+    CHECK(loom_hetero_create(&h, ts, &hc) == LOOM_ERANGE && strstr(loom_errmsg(), "--hetlora-prune"),
+          "gamma 2 refused: %s", loom_errmsg());
+    loom_free(g);
+    loom_free(u);
+    loom_tset_free(ts);
+    /* in loom_sim_run with gamma 1 every participation with rank >= 2 drops one slot */
+    enum { N = 4 };
+    wud w;
+    w.ts = lora_set(R, 8);
+    loom_partition *p;
+    CHECK_OK(loom_partition_iid(&p, ds->n, N, 0, 2));
+    loom_sim_config c;
+    sim_base(&c, &w, p, 0.01f, 0);
+    int mixed[N] = {1, 2, 4, 3};
+    loom_hetero_defaults(&hc);
+    hc.n_clients = N;
+    hc.ranks = mixed;
+    hc.prune_gamma = 1;
+    hc.seed = c.seed;
+    CHECK_OK(loom_hetero_create(&h, w.ts, &hc));
+    c.hetero = h;
+    float *out = loom_alloc(loom_tset_dim(w.ts) * 4);
+    CHECK_OK(loom_sim_run(&c, out));
+    for (int k = 0; k < N; k++) {
+        int want = mixed[k] - c.rounds < 1 ? 1 : mixed[k] - c.rounds;
+        CHECK(loom_hetero_rank(h, k) == want, "client %d: rank %d after %d rounds from %d (want %d)", k,
+              loom_hetero_rank(h, k), c.rounds, mixed[k], want);
+    }
+    loom_free(out);
+    loom_hetero_free(h);
+    loom_partition_free(p);
+    loom_tset_free(w.ts);
+}
+
 /* ------------------------------------------------------------------ device profiles */
 
 static void write_text(const char *path, const char *text) {
@@ -819,6 +896,7 @@ int main(void) {
     flora_stacking();
     sim_identities();
     sim_flora();
+    rank_pruning();
     profiles();
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);

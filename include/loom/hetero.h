@@ -73,6 +73,7 @@ typedef struct {
     int freeze_a;         /* FFA-LoRA: A frozen, only B trains */
     const int *layers;    /* (n_clients) FedRA layer budgets (0 or >= L: every layer); NULL = no FedRA */
     uint64_t seed;        /* the run's seed (FedRA's allocation) */
+    double prune_gamma;   /* HetLoRA rank self-pruning threshold in [0, 1] (0 = off): loom_hetero_prune */
 } loom_hetero_config;
 
 typedef struct loom_hetero loom_hetero;
@@ -97,6 +98,15 @@ int loom_hetero_pad(const loom_hetero *h);
 int loom_hetero_layers(const loom_hetero *h, int client, int round, uint8_t *layers);
 /* Client's mask in round (dim bytes, LOOM_MASK_*). A client outside 0..n_clients-1: LOOM_EINVAL. */
 int loom_hetero_mask(const loom_hetero *h, int client, int round, uint8_t *mask);
+/* HetLoRA rank self-pruning, after a client's accepted round: with its model y = global + update (dim
+ * floats each), the share of its last rank slot r - 1 in the sum over slots j < r and over every module
+ * of |B[:, j]| |A[j, :]| (each term the Frobenius norm of slot j's rank-one product) is compared with
+ * prune_gamma; below it, the client's rank becomes r - 1 (never below 1) from the next round on. Both
+ * sides can compute it (the server holds the global vector and the update), so nothing extra travels.
+ * *pruned (may be NULL) = 1 when the rank fell. Not thread-safe for one client; distinct clients may run
+ * at once. Off (prune_gamma 0) or not LoRA: nothing happens. */
+int loom_hetero_prune(loom_hetero *h, int client, const float *global, const float *update, int *pruned);
+int loom_hetero_pruning(const loom_hetero *h); /* 1 when prune_gamma > 0 */
 /* loom_hetero_mask as the round engine's callback (ud = the loom_hetero). */
 int loom_hetero_mask_cb(void *ud, int client, int round, uint8_t *mask);
 

@@ -279,8 +279,10 @@ typedef struct {
     /* heterogeneous clients (include/loom/hetero.h): each client trains the part of the vector its
      * mask names (HetLoRA ranks, FFA-LoRA, FedRA layers) and the engine averages each value over the
      * clients that trained it. NULL: every client holds the whole vector. Synchronous rounds only; not
-     * with a secure sum, a robust aggregator or scaffold. */
-    const struct loom_hetero *hetero;
+     * with a secure sum, a robust aggregator or scaffold. With rank self-pruning (prune_gamma) each
+     * accepted client's rank is updated in it after its submission (loom_hetero_prune); such a run
+     * cannot resume (the ranks are not in the checkpoint). */
+    struct loom_hetero *hetero;
     /* device profiles (include/loom/hetero.h; n_clients of them, NULL = none): client k's simulated
      * duration becomes local_steps * step_seconds / speed_k (times exp(time_spread z_k) as above)
      * plus the transfer of the global vector down and its update up at bandwidth_k. */

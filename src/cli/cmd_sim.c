@@ -52,10 +52,14 @@ static void het_free(het_setup *hs) {
 /* Builds sc->hetero and sc->profiles from the flags; 0, or -1 after printing the error. */
 static int het_configure(const cli_run *r, const loom_tset *set, const loom_model *m, int n, uint64_t seed,
                          loom_sim_config *sc, het_setup *hs) {
-    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a;
+    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a || r->hetlora_prune > 0;
     int stack = !strcmp(r->hetlora_agg, "stack");
     if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && !stack) {
         fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad, rankwise or stack\n", r->hetlora_agg);
+        return -1;
+    }
+    if (stack && r->hetlora_prune > 0) {
+        fprintf(stderr, "loom sim: --hetlora-prune does not combine with --hetlora-agg stack\n");
         return -1;
     }
     if (stack) { /* FLoRA: merges into the model's float base each round */
@@ -93,8 +97,9 @@ static int het_configure(const cli_run *r, const loom_tset *set, const loom_mode
         return -1;
     }
     int is_lora = loom_tset_config(set)->method == LOOM_PEFT_LORA, r_max = loom_tset_config(set)->lora_r;
-    if ((r->client_ranks || r->lora_freeze_a) && !is_lora) {
-        fprintf(stderr, "loom sim: %s needs --peft lora\n", r->client_ranks ? "--client-ranks" : "--lora-freeze-a");
+    if ((r->client_ranks || r->lora_freeze_a || r->hetlora_prune > 0) && !is_lora) {
+        fprintf(stderr, "loom sim: %s needs --peft lora\n", r->client_ranks ? "--client-ranks"
+                        : r->lora_freeze_a ? "--lora-freeze-a" : "--hetlora-prune");
         return -1;
     }
     int L = loom_model_config(m)->n_layer;
@@ -115,6 +120,7 @@ static int het_configure(const cli_run *r, const loom_tset *set, const loom_mode
     hc.layers = hs->layers;
     hc.rankwise = !strcmp(r->hetlora_agg, "rankwise");
     hc.freeze_a = r->lora_freeze_a;
+    hc.prune_gamma = r->hetlora_prune;
     hc.seed = seed;
     if (rc == LOOM_OK) rc = loom_hetero_create(&hs->h, set, &hc);
     if (rc != LOOM_OK) return cli_fail(NULL), -1;

@@ -64,6 +64,7 @@ typedef struct {
     /* ---- heterogeneous clients (loom sim; include/loom/hetero.h) ---- */
     const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
     int lora_freeze_a;
+    float hetlora_prune;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160

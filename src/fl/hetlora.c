@@ -2,6 +2,7 @@
  * (include/loom/hetero.h). */
 #include "loom/hetero.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,12 +89,20 @@ int loom_hetero_create(loom_hetero **out, const loom_tset *ts, const loom_hetero
     }
     if (loom_tset_model(ts)) h->n_layers = LOOM_MAX(h->n_layers, loom_model_config(loom_tset_model(ts))->n_layer);
     int rc = LOOM_OK;
-    if (c->ranks) {
+    if (!(c->prune_gamma >= 0 && c->prune_gamma <= 1))
+        rc = loom_error(LOOM_ERANGE, "--hetlora-prune %g must be in [0, 1]", c->prune_gamma);
+    else if (c->prune_gamma > 0 && !lora)
+        rc = loom_error(LOOM_EINVAL, "--hetlora-prune needs --peft lora");
+    if (rc == LOOM_OK && c->ranks) {
         for (int k = 0; k < c->n_clients && rc == LOOM_OK; k++)
             if (c->ranks[k] < 1 || c->ranks[k] > h->r_max)
                 rc = loom_error(LOOM_ERANGE, "--client-ranks: client %d has rank %d, outside 1..%d (the global "
                                 "LoRA rank, --lora-r)", k, c->ranks[k], h->r_max);
         if (rc == LOOM_OK && !(h->ranks = copy_ints(c->ranks, c->n_clients))) rc = LOOM_ENOMEM;
+    }
+    if (rc == LOOM_OK && !c->ranks && c->prune_gamma > 0) { /* pruning needs ranks of its own */
+        if (!(h->ranks = malloc((size_t)c->n_clients * sizeof *h->ranks))) rc = LOOM_ENOMEM;
+        for (int k = 0; h->ranks && k < c->n_clients; k++) h->ranks[k] = h->r_max;
     }
     if (rc == LOOM_OK && c->layers) {
         if (h->n_layers < 1) rc = loom_error(LOOM_EINVAL, "--fedra-layers: the trainable set has no layers");
@@ -192,6 +201,44 @@ int loom_hetero_mask(const loom_hetero *h, int client, int round, uint8_t *mask)
     if (held != lay) free(held);
     return rc;
 }
+
+int loom_hetero_prune(loom_hetero *h, int client, const float *global, const float *update, int *pruned) {
+    if (pruned) *pruned = 0;
+    if (client < 0 || client >= h->c.n_clients)
+        return loom_error(LOOM_EINVAL, "heterogeneous clients: no client %d (of %d)", client, h->c.n_clients);
+    if (!(h->c.prune_gamma > 0) || !h->ranks) return LOOM_OK;
+    const int r = h->ranks[client];
+    if (r <= 1) return LOOM_OK;
+    double last = 0, all = 0;
+    for (int i = 0; i + 1 < h->n_parts; i++) {
+        if (h->parts[i].kind != 1 || h->parts[i + 1].kind != 2) continue;
+        const loom_tset_entry *A = loom_tset_entry_at(h->ts, h->parts[i].e), *B = loom_tset_entry_at(h->ts, h->parts[i + 1].e);
+        const size_t in = (size_t)A->shape[1], out = (size_t)B->shape[0], R = (size_t)B->shape[1];
+        for (int j = 0; j < r; j++) {
+            double na = 0, nb = 0;
+            for (size_t c = 0; c < in; c++) {
+                size_t k = A->offset + (size_t)j * in + c;
+                double v = (double)global[k] + update[k];
+                na += v * v;
+            }
+            for (size_t o = 0; o < out; o++) {
+                size_t k = B->offset + o * R + (size_t)j;
+                double v = (double)global[k] + update[k];
+                nb += v * v;
+            }
+            double t = sqrt(na) * sqrt(nb);
+            all += t;
+            if (j == r - 1) last += t;
+        }
+    }
+    if (all > 0 && last < h->c.prune_gamma * all) {
+        h->ranks[client] = r - 1;
+        if (pruned) *pruned = 1;
+    }
+    return LOOM_OK;
+}
+
+int loom_hetero_pruning(const loom_hetero *h) { return h->c.prune_gamma > 0 && h->ranks; }
 
 int loom_hetero_mask_cb(void *ud, int client, int round, uint8_t *mask) {
     return loom_hetero_mask(ud, client, round, mask);

@@ -214,6 +214,8 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
         return;
     }
     int sub = loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
+    if (sub == LOOM_OK && c->hetero) /* HetLoRA self-pruning: the rank of its next rounds, as the server sees it */
+        loom_hetero_prune(c->hetero, client, task.global, update, NULL);
     if (sub == LOOM_OK && r->stack_u) { /* FLoRA: keep the accepted update at the client's list position */
         int pos = 0;
         while (pos < r->count && r->list[pos] != client) pos++;
@@ -885,6 +887,10 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     }
     if (c->hetero && (c->secure.sum || c->mode != LOOM_ENGINE_SYNC)) {
         rc = loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients need synchronous rounds without a secure sum");
+        goto done;
+    }
+    if (c->hetero && loom_hetero_pruning(c->hetero) && c->resume) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "--resume with --hetlora-prune: the pruned ranks are not in the checkpoint");
         goto done;
     }
     if (c->hetero && (loom_hetero_dim(c->hetero) != c->dim || loom_hetero_clients(c->hetero) != N)) {
