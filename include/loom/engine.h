@@ -266,6 +266,13 @@ typedef struct {
      * clients m; adaptive clipping moves C after each aggregated round (its value is in the
      * checkpoint: metadata dp_clip). local and sgd: the clients privatize; the engine accounts. */
     loom_dp_config dp;
+    /* heterogeneous clients (include/loom/hetero.h): client k's coordinate mask in round r (1-based),
+     * dim bytes of LOOM_MASK_* that the engine recomputes for every update it submits (nothing extra
+     * travels), which then enters the pipeline masked (loom_pipeline_add_masked; pipe.mask_pad says
+     * how absent values count). NULL: every client holds the whole vector. Synchronous rounds, the
+     * fixed-point mean and strategies without control variates only. */
+    int (*mask)(void *ud, int client, int round, uint8_t *mask);
+    void *mask_ud;
 } loom_engine_config;
 
 typedef struct loom_engine loom_engine;

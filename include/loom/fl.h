@@ -51,6 +51,13 @@ typedef struct {
     float zo_eps;             /* perturbation scale eps (> 0) */
     float zo_lr;              /* step size: vec -= zo_lr * g * z (>= 0) */
     int zo_restore;           /* LOOM_ZO_RESTORE_COPY (exact) or LOOM_ZO_RESTORE_INPLACE */
+    /* Heterogeneous clients (include/loom/hetero.h): which values this client holds and trains, dim
+     * bytes of LOOM_MASK_* (include/loom/pipeline.h); NULL = all. The client starts from the global
+     * vector with its ABSENT values set to 0 (a truncated LoRA: rank r_i of r_max), trains only the
+     * TRAIN values (the gradient of the others is zeroed before clipping, and after every optimizer
+     * step FROZEN values are put back to the global ones and ABSENT values to 0, so weight decay moves
+     * nothing it should not), and reports 0 for every value it did not train. */
+    const uint8_t *mask;
 } loom_fit_config;
 
 typedef struct {

@@ -150,6 +150,25 @@ typedef struct {
 /* The exact fixed-point weighted mean described above (streaming). */
 extern const loom_aggregator_ops loom_agg_fixed_mean;
 
+/* ---- heterogeneous clients: masked updates (include/loom/hetero.h) ----
+ * A client that holds only part of the vector (a LoRA of lower rank, some layers, B without A) sends
+ * its update with a per-coordinate mask the server recomputes itself (nothing extra travels):
+ *   LOOM_MASK_TRAIN   the client trained this value: its update enters the sum with its weight
+ *   LOOM_MASK_FROZEN  the client held the value fixed (FFA-LoRA's A, FedRA's other layers): left out
+ *   LOOM_MASK_ABSENT  the client does not hold the value at all (HetLoRA's truncated rank slots): left
+ *                     out, or with mask_pad its zero-padded model (value 0) enters the mean
+ * loom_pipeline_add_masked folds only the TRAIN values (the same 128-bit integers, exact for any order)
+ * and counts per coordinate the weight W_c of the clients that trained it and A_c of those that lack
+ * it; an unmasked update counts in every coordinate. The round's mean is then, per coordinate,
+ *     mask_pad = 0:  Delta_c = S_c / W_c                         (0 where W_c = 0: the value stays)
+ *     mask_pad = 1:  Delta_c = (S_c - A_c x_c) / (W_c + A_c)     (x the global vector)
+ * With strategy fedavg (server_lr 1) mask_pad gives x_c + Delta_c = (sum_i w_i y_ic + sum_absent 0) /
+ * (W_c + A_c): the weighted mean of the clients' zero-padded models, HetLoRA's aggregation. Without
+ * ABSENT values (or without padding) a coordinate every client trained is bit-identical to the plain
+ * mean's ((double)S / (double)W) 2^-48. Masked updates need the fixed-point mean (LOOM_EUNSUPPORTED
+ * with another aggregator) and are not combined with a secure sum. */
+enum { LOOM_MASK_ABSENT = 0, LOOM_MASK_FROZEN = 1, LOOM_MASK_TRAIN = 2 };
+
 /* ---- the pipeline ---- */
 
 /* Noise stage: called once per round on the weighted mean (dim doubles) before the optimizer, with the
@@ -167,6 +186,7 @@ typedef struct {
     void *noise_ud;
     const loom_aggregator_ops *aggregator; /* NULL = loom_agg_fixed_mean */
     const void *aggregator_config;         /* given to aggregator->create_with (NULL = its defaults) */
+    int mask_pad;                  /* masked updates: ABSENT values count as zero-padded models (above) */
 } loom_pipeline_config;
 
 typedef struct loom_pipeline loom_pipeline;
@@ -191,6 +211,12 @@ int loom_pipeline_begin_round(loom_pipeline *p, int round);
  * end_round. verdict and norm (the norm before clipping) may be NULL. */
 int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
                       loom_update_verdict *verdict, double *norm);
+/* loom_pipeline_add with the client's coordinate mask (dim bytes of LOOM_MASK_*; NULL = plain add).
+ * Only the TRAIN values enter the sum (see "masked updates" above); validation and clipping are those
+ * of loom_pipeline_add over the whole update. Another aggregator than the fixed-point mean:
+ * LOOM_EUNSUPPORTED (verdict "unsupported codec"). */
+int loom_pipeline_add_masked(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                             const uint8_t *mask, loom_update_verdict *verdict, double *norm);
 /* The validate and clip stages of loom_pipeline_add without adding (any time, any thread): LOOM_OK
  * when loom_pipeline_add would accept the update in an open round with room. A network server checks an
  * upload with it before storing it, and adds the stored updates when the round closes. */

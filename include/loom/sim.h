@@ -192,6 +192,9 @@ int loom_sim_alie_z(int n, int f, double *z);
 int loom_sim_attack_craft(const loom_sim_attack *a, uint64_t seed, int round, int client, size_t dim,
                           const float *const *honest, size_t n_honest, int n, int f, float *update);
 
+struct loom_hetero;
+struct loom_device_profile;
+
 typedef void (*loom_round_cb)(const loom_round_metrics *m, void *ud);
 typedef void (*loom_client_cb)(int round, int done, int total, void *ud);
 
@@ -275,6 +278,26 @@ typedef struct {
     loom_secure_sum secure;
     /* simulated Byzantine attackers (src/sim/sim_attack.c); kind LOOM_ATTACK_NONE = none */
     loom_sim_attack attack;
+    /* heterogeneous clients (include/loom/hetero.h): each client trains the part of the vector its
+     * mask names (HetLoRA ranks, FFA-LoRA, FedRA layers) and the engine averages each value over the
+     * clients that trained it. NULL: every client holds the whole vector. Synchronous rounds only; not
+     * with a secure sum, a robust aggregator or scaffold. With rank self-pruning (prune_gamma) each
+     * accepted client's rank is updated in it after its submission (loom_hetero_prune); such a run
+     * cannot resume (the ranks are not in the checkpoint). */
+    struct loom_hetero *hetero;
+    /* device profiles (include/loom/hetero.h; n_clients of them, NULL = none): client k's simulated
+     * duration becomes local_steps * step_seconds / speed_k (times exp(time_spread z_k) as above)
+     * plus the transfer of the global vector down and its update up at bandwidth_k. */
+    const struct loom_device_profile *profiles;
+    /* FLoRA stacking (include/loom/hetero.h; NULL = off): after each aggregated round the accepted
+     * clients' models (the round's global vector + each update, in client order, with their weights
+     * = examples) go to stack(), which merges their stacked product into the driver's base
+     * (loom_lora_stack_merge); then the global vector restarts from init (B = 0: the merged base alone),
+     * and the evaluation sees that. The engine's own mean is discarded. Synchronous rounds only;
+     * not with a secure sum, attackers, checkpoints or resume (the merged base is the driver's). */
+    int (*stack)(void *ud, int round, const float *const *models, const int *clients, const double *weights,
+                 size_t n);
+    void *stack_ud;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);
@@ -296,7 +319,8 @@ int loom_sim_check_out(const char *out_dir, int resume, int rounds);
  * stream (seed, LOOM_STREAM_ROOT)) from the clients' training examples of part (each example once),
  * sorted; *out is malloc'd (the caller frees). n larger than the training examples: LOOM_EINVAL. */
 int loom_sim_root_examples(const loom_partition *part, uint64_t seed, size_t n, uint32_t **out);
-/* Simulated duration of client `client`'s round of local_steps steps. */
+/* Simulated duration of client `client`'s round of local_steps steps (with profiles: its speed and
+ * the transfer of 2 * dim * 4 bytes at its bandwidth). */
 double loom_sim_client_seconds(const loom_sim_config *c, int client);
 
 #ifdef __cplusplus

@@ -44,6 +44,10 @@
 #define LOOM_STREAM_ASYNC_NEXT UINT64_C(0x6173796e)  /* "asyn": async sim, the client started when one finishes */
 #define LOOM_STREAM_ROOT UINT64_C(0x726f6f74)        /* "root": the sim server's root examples (FLTrust), one
                                                       * shuffle; hash2(seed, id) is the server's data seed */
+/* heterogeneous clients (fl/hetlora.c, sim/profile.c) */
+#define LOOM_STREAM_FEDRA UINT64_C(0x6665647261)     /* "fedra": client c's layers in round r, hash2(hash2(id, r), c) */
+#define LOOM_STREAM_RANK_DRAW UINT64_C(0x72616e6b)   /* "rank": client c's drawn rank budget, hash2(id, c) */
+#define LOOM_STREAM_PROFILE UINT64_C(0x70726f66)     /* "prof": client c's drawn device profile, hash2(id, c) */
 
 /* ---- command line (cli/) ---- */
 #define LOOM_STREAM_GENERATE UINT64_C(0x67656e)      /* "gen": token sampling in generation */

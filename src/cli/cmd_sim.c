@@ -13,11 +13,128 @@
 #include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
+#include "loom/hetero.h"
 #include "loom/partition.h"
 #include "loom/peft.h"
 #include "loom/sim.h"
 #include "loom/train.h"
 #include "loom/zo.h"
+
+/* ---- heterogeneous clients (--client-ranks, --hetlora-agg, --lora-freeze-a, --fedra-layers, --profile) ---- */
+
+typedef struct {
+    loom_hetero *h;
+    loom_device_profile *prof;
+    int *ranks, *layers;
+    const loom_tset *set; /* --hetlora-agg stack: the set and the model whose base takes the merges */
+    loom_model *m;
+} het_setup;
+
+/* FLoRA: the round's stacked product into the model's own (float) base; the simulator then restarts
+ * the adapter. The clients' rank budgets bound what each contributes. */
+static int het_stack(void *ud, int round, const float *const *models, const int *clients, const double *w, size_t n) {
+    het_setup *hs = ud;
+    (void)round;
+    int *ranks = NULL;
+    if (hs->h && !(ranks = malloc(n * sizeof *ranks))) return loom_error(LOOM_ENOMEM, "out of memory");
+    for (size_t i = 0; ranks && i < n; i++) ranks[i] = loom_hetero_rank(hs->h, clients[i]);
+    int rc = loom_lora_stack_merge(hs->set, models, ranks, w, n, loom_model_params(hs->m));
+    free(ranks);
+    return rc;
+}
+
+static void het_free(het_setup *hs) {
+    loom_hetero_free(hs->h);
+    free(hs->prof);
+    free(hs->ranks);
+    free(hs->layers);
+}
+
+/* Builds sc->hetero and sc->profiles from the flags; 0, or -1 after printing the error. */
+static int het_configure(const cli_run *r, const loom_tset *set, const loom_model *m, int n, uint64_t seed,
+                         loom_sim_config *sc, het_setup *hs) {
+    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a || r->hetlora_prune > 0;
+    int stack = !strcmp(r->hetlora_agg, "stack");
+    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && !stack) {
+        fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad, rankwise or stack\n", r->hetlora_agg);
+        return -1;
+    }
+    if (stack && r->hetlora_prune > 0) {
+        fprintf(stderr, "loom sim: --hetlora-prune does not combine with --hetlora-agg stack\n");
+        return -1;
+    }
+    if (stack) { /* FLoRA: merges into the model's float base each round */
+        if (!set || loom_tset_config(set)->method != LOOM_PEFT_LORA) {
+            fprintf(stderr, "loom sim: --hetlora-agg stack needs --peft lora\n");
+            return -1;
+        }
+        if (loom_model_base_type(m) != LOOM_Q_F32 || strcmp(r->precision, "f32")) {
+            fprintf(stderr, "loom sim: --hetlora-agg stack merges into the base each round: it needs a float base "
+                    "(--base-dtype f32) and --precision f32\n");
+            return -1;
+        }
+        hs->set = set;
+        hs->m = (loom_model *)m;
+        sc->stack = het_stack;
+        sc->stack_ud = hs;
+        fprintf(stderr, "  FLoRA stacking: each round's stacked product is merged into the base, the adapter restarts\n");
+    }
+    if (!any && !r->profile) return 0;
+    if (any && !set) {
+        fprintf(stderr, "loom sim: --client-ranks, --fedra-layers and --lora-freeze-a need a trainable set (--peft)\n");
+        return -1;
+    }
+    if (r->profile) {
+        hs->prof = calloc((size_t)n, sizeof *hs->prof);
+        if (!hs->prof) return fprintf(stderr, "loom sim: out of memory\n"), -1;
+        if (loom_profile_load(r->profile, n, seed, hs->prof) != LOOM_OK) return cli_fail(NULL), -1;
+        sc->profiles = hs->prof;
+    }
+    if (!any) return 0;
+    int profile_ranks = r->client_ranks && !strcmp(r->client_ranks, "profile");
+    int profile_layers = r->fedra_layers && !strcmp(r->fedra_layers, "profile");
+    if ((profile_ranks || profile_layers) && !r->profile) {
+        fprintf(stderr, "loom sim: --%s profile needs --profile FILE|tiers\n", profile_ranks ? "client-ranks" : "fedra-layers");
+        return -1;
+    }
+    int is_lora = loom_tset_config(set)->method == LOOM_PEFT_LORA, r_max = loom_tset_config(set)->lora_r;
+    if ((r->client_ranks || r->lora_freeze_a || r->hetlora_prune > 0) && !is_lora) {
+        fprintf(stderr, "loom sim: %s needs --peft lora\n", r->client_ranks ? "--client-ranks"
+                        : r->lora_freeze_a ? "--lora-freeze-a" : "--hetlora-prune");
+        return -1;
+    }
+    int L = loom_model_config(m)->n_layer;
+    hs->ranks = r->client_ranks ? malloc((size_t)n * sizeof *hs->ranks) : NULL;
+    hs->layers = r->fedra_layers ? malloc((size_t)n * sizeof *hs->layers) : NULL;
+    if ((r->client_ranks && !hs->ranks) || (r->fedra_layers && !hs->layers))
+        return fprintf(stderr, "loom sim: out of memory\n"), -1;
+    int rc = LOOM_OK;
+    if (profile_ranks) rc = loom_profile_ranks(hs->prof, n, r_max, hs->ranks);
+    else if (r->client_ranks) rc = loom_hetero_parse_list(r->client_ranks, "--client-ranks", 1, r_max, seed, n, hs->ranks);
+    if (rc == LOOM_OK && profile_layers) rc = loom_profile_layers(hs->prof, n, L, hs->layers);
+    else if (rc == LOOM_OK && r->fedra_layers)
+        rc = loom_hetero_parse_list(r->fedra_layers, "--fedra-layers", 0, L, seed, n, hs->layers);
+    loom_hetero_config hc;
+    loom_hetero_defaults(&hc);
+    hc.n_clients = n;
+    hc.ranks = hs->ranks;
+    hc.layers = hs->layers;
+    hc.rankwise = !strcmp(r->hetlora_agg, "rankwise");
+    hc.freeze_a = r->lora_freeze_a;
+    hc.prune_gamma = r->hetlora_prune;
+    hc.seed = seed;
+    if (rc == LOOM_OK) rc = loom_hetero_create(&hs->h, set, &hc);
+    if (rc != LOOM_OK) return cli_fail(NULL), -1;
+    sc->hetero = hs->h;
+    if (hs->ranks) {
+        int lo = r_max, hi = 1;
+        for (int k = 0; k < n; k++) lo = hs->ranks[k] < lo ? hs->ranks[k] : lo, hi = hs->ranks[k] > hi ? hs->ranks[k] : hi;
+        fprintf(stderr, "  HetLoRA: client ranks %d..%d of %d (%s aggregation)\n", lo, hi, r_max, r->hetlora_agg);
+    }
+    if (r->lora_freeze_a) fprintf(stderr, "  FFA-LoRA: A frozen, B trained\n");
+    if (hs->layers) fprintf(stderr, "  FedRA: layer budgets from %s, of %d layers\n", r->fedra_layers, L);
+    return 0;
+}
 
 typedef struct {
     int rounds, tty, quiet;
@@ -139,6 +256,7 @@ int cmd_sim(int argc, char **argv) {
     int nfaults = 0, created;
     loom_sim_config sc;
     loom_sim_defaults(&sc);
+    het_setup het = {0};
     const char *out = r.out, *plot = r.plot;
     int rounds = r.rounds, workers = r.workers, client_threads = r.client_threads;
     long seed = r.seed;
@@ -305,6 +423,7 @@ int cmd_sim(int argc, char **argv) {
         sc.root_idx = root;
         sc.n_root = nroot;
     } else if (r.root_data) BAD("--root-data is for --aggregator fltrust");
+    if (het_configure(&r, set, m, (int)part->n_clients, (uint64_t)seed, &sc, &het) != 0) goto done;
     sc.step_seconds = r.step_seconds;
     sc.time_spread = r.time_spread;
     sc.faults = faults;
@@ -440,6 +559,12 @@ int cmd_sim(int argc, char **argv) {
         }
         cli_print_ppl_table(part, ppl0, ppl1, ppl_tok, compare);
     }
+    if (out && het.m) { /* FLoRA: the federated result is the merged base */
+        char mdir[4096];
+        snprintf(mdir, sizeof mdir, "%s/merged", out);
+        if (loom_model_save(m, loom_model_params(m), mdir) == LOOM_OK) printf("%-28s %s (FLoRA's merged model)\n", "model", mdir);
+        else cli_fail("writing the merged model");
+    }
     if (out && set) {
         char adir[4096];
         snprintf(adir, sizeof adir, "%s/adapter", out);
@@ -458,6 +583,7 @@ int cmd_sim(int argc, char **argv) {
     }
     rc = 0;
 done:
+    het_free(&het);
     loom_sim_paillier_clear(&r.paillier_cfg);
     free(root);
     cli_client_data_free(&root_cl);

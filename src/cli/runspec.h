@@ -66,9 +66,13 @@ typedef struct {
     float zo_eps, zo_lr; /* zo_lr NAN: --lr when given, else LOOM_ZO_LR_DEFAULT */
     int seed_pool;
     int kseed_probs;     /* --seed-probs as LOOM_KSEED_* (set by cli_run_federation) */
+    /* ---- heterogeneous clients (loom sim; include/loom/hetero.h) ---- */
+    const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
+    int lora_freeze_a;
+    float hetlora_prune;
 } cli_run;
 
-#define CLI_RUN_MAX_OPTS 128
+#define CLI_RUN_MAX_OPTS 160
 void cli_run_init(cli_run *r);
 /* Writes the run's option entries into opts (room for CLI_RUN_MAX_OPTS) and returns their number. */
 int cli_run_opts(cli_run *r, cli_opt *opts);

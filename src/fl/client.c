@@ -7,6 +7,7 @@
 #include "loom/dp.h"
 #include "loom/fl.h"
 #include "loom/model.h"
+#include "loom/pipeline.h"
 #include "loom/strategy.h"
 
 typedef struct {
@@ -15,7 +16,19 @@ typedef struct {
     const float *c_global, *c_local; /* SCAFFOLD correction c - c_i */
     float *capture;                  /* option I: the first gradient (at the global model), uncorrected */
     int captured;
+    const uint8_t *mask;             /* heterogeneous client: only TRAIN values get a gradient */
 } hook_ctx;
+
+/* A heterogeneous client's vector: ABSENT values 0, FROZEN values the global ones (fl.h). */
+static void mask_restore(float *vec, const float *global, const uint8_t *mask, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (mask[i] != LOOM_MASK_TRAIN) vec[i] = mask[i] == LOOM_MASK_FROZEN ? global[i] : 0.0f;
+}
+
+static void mask_zero(float *x, const uint8_t *mask, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (mask[i] != LOOM_MASK_TRAIN) x[i] = 0.0f;
+}
 
 static void fit_hook(float *grad, const float *vec, size_t n, void *ud) {
     hook_ctx *h = ud;
@@ -25,6 +38,7 @@ static void fit_hook(float *grad, const float *vec, size_t n, void *ud) {
     }
     if (h->mu > 0) loom_fedprox_grad(grad, vec, h->global, h->mu, n);
     if (h->c_global && h->c_local) loom_scaffold_correct(grad, h->c_local, h->c_global, n);
+    if (h->mask) mask_zero(grad, h->mask, n);
 }
 
 /* tokens and targets of one batch (BT each) */
@@ -115,6 +129,7 @@ int loom_client_fit(const loom_client_ctx *ctx, const loom_fit_task *task, loom_
     int32_t *tok, *tgt;
     if (alloc_batch(BT, &tok, &tgt) != LOOM_OK) return LOOM_ENOMEM;
     memcpy(vec, global, dim * sizeof(float));
+    if (fc->mask) mask_restore(vec, global, fc->mask, dim); /* the client's truncation of the global vector */
     loom_optimizer_reset(loom_trainer_optimizer(tr));
     int rc = LOOM_OK;
     double loss_sum = 0;
@@ -127,13 +142,14 @@ int loom_client_fit(const loom_client_ctx *ctx, const loom_fit_task *task, loom_
             float l;
             if ((rc = loom_trainer_gradient(tr, tok, tgt, &l)) != LOOM_OK) break;
             long n = count_targets(tgt, BT);
+            if (n > 0 && fc->mask) mask_zero(loom_trainer_grads(tr), fc->mask, dim);
             if (n > 0) rc = loom_update_mean_push(update, &wsum, loom_trainer_grads(tr), (double)n, dim);
             loss_sum += (double)l * n;
             res->tokens += n;
             res->steps++;
         }
     } else {
-        hook_ctx h = {global, fc->prox_mu, NULL, NULL, NULL, 0};
+        hook_ctx h = {global, fc->prox_mu, NULL, NULL, NULL, 0, fc->mask};
         float *cnew = NULL;
         if (fc->scaffold) {
             if (!c_global || !c_local || !dc) {
@@ -148,12 +164,13 @@ int loom_client_fit(const loom_client_ctx *ctx, const loom_fit_task *task, loom_
                 }
             }
         }
-        if (h.mu > 0 || h.c_global) loom_trainer_set_grad_hook(tr, fit_hook, &h);
+        if (h.mu > 0 || h.c_global || h.mask) loom_trainer_set_grad_hook(tr, fit_hook, &h);
         float lr0 = loom_trainer_lr(tr);
         for (int s = 0; s < fc->local_steps && rc == LOOM_OK; s++) {
             if ((rc = loom_batcher_fill(data, step0 + (uint64_t)s, tok, tgt, NULL)) != LOOM_OK) break;
             float l;
             if ((rc = loom_trainer_step(tr, tok, tgt, &l, NULL)) != LOOM_OK) break;
+            if (fc->mask) mask_restore(vec, global, fc->mask, dim);
             long n = count_targets(tgt, BT);
             loss_sum += (double)l * n;
             res->tokens += n;
@@ -178,6 +195,7 @@ int loom_client_fit(const loom_client_ctx *ctx, const loom_fit_task *task, loom_
         }
         loom_free(cnew);
     }
+    if (rc == LOOM_OK && fc->mask) mask_zero(update, fc->mask, dim); /* only what the client trained */
     res->loss = res->tokens ? loss_sum / (double)res->tokens : 0.0;
     free(tok);
     free(tgt);

@@ -151,6 +151,18 @@ static int check_config(const loom_engine_config *c) {
         int rc = loom_dp_run_budget(&c->dp, c->n_clients, per_round(c), c->rounds);
         if (rc != LOOM_OK) return rc;
     }
+    if (c->mask) {
+        if (c->mode != LOOM_ENGINE_SYNC)
+            return loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients (masked updates) need --mode sync");
+        if (c->pipe.aggregator && c->pipe.aggregator != &loom_agg_fixed_mean)
+            return loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients (masked updates) need the plain mean, not "
+                              "aggregator %s", c->pipe.aggregator->name);
+        if (c->pipe.strategy && !strcmp(c->pipe.strategy, "scaffold"))
+            return loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients do not work with --strategy scaffold");
+        if (c->dp.mode == LOOM_DP_CENTRAL)
+            return loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients do not work with --dp central (its noise and "
+                              "fixed denominator assume every client holds every value)");
+    }
     return lm_async_check(c);
 }
 
@@ -375,7 +387,15 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
     double norm = 0;
     if (u->codec > LOOM_CODEC_SEED_SCALAR)
         rc = refuse(&v, LOOM_UPDATE_BAD_CODEC, loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
-    else
+    else if (e->c.mask) { /* a heterogeneous client: the server recomputes what it holds */
+        uint8_t *mask = malloc(e->dim);
+        if (!mask) rc = refuse(&v, LOOM_UPDATE_CLIENT_FAILED, loom_error(LOOM_ENOMEM, "out of memory for a mask"));
+        else if ((rc = e->c.mask(e->c.mask_ud, u->client, u->round, mask)) != LOOM_OK) v = LOOM_UPDATE_CLIENT_FAILED;
+        else
+            rc = loom_pipeline_add_masked(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples,
+                                          u->control, mask, &v, &norm);
+        free(mask);
+    } else
         rc = loom_pipeline_add(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples, u->control, &v,
                                &norm); /* DP: every client weighs 1 */
     if (rc != LOOM_OK && v == LOOM_UPDATE_ACCEPTED) v = LOOM_UPDATE_LATE; /* the pipeline's round was closed */

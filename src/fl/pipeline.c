@@ -104,8 +104,59 @@ const loom_aggregator_ops loom_agg_fixed_mean = {"fixed-mean", LOOM_AGG_STREAMIN
 
 /* ------------------------------------------------------------------ the pipeline */
 
+/* ------------------------------------------------------------------ masked updates (heterogeneous clients) */
+
+/* Per-coordinate weights of a round with masked updates (allocated at the first one). */
+typedef struct {
+    uint64_t *held;   /* (dim) weight of the masked updates that trained the coordinate */
+    uint64_t *absent; /* (dim) weight of the masked updates that lack it */
+    int used;         /* a masked update arrived this round */
+} mask_acc;
+
+static int mask_fold(loom_aggregator *a, mask_acc *m, const float *u, double scale, uint64_t w,
+                     const uint8_t *mask) {
+    const size_t dim = a->dim;
+    if (!m->held) {
+        m->held = loom_calloc(dim, sizeof *m->held);
+        m->absent = loom_calloc(dim, sizeof *m->absent);
+        if (!m->held || !m->absent) {
+            loom_free(m->held);
+            loom_free(m->absent);
+            m->held = m->absent = NULL;
+            return loom_error(LOOM_ENOMEM, "out of memory for the masked weights of %zu values", dim);
+        }
+    }
+    fx_acc *acc = a->acc;
+    const int64_t wi = (int64_t)w;
+#pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
+    for (size_t i = 0; i < dim; i++) {
+        if (mask[i] == LOOM_MASK_TRAIN) {
+            fx_fold(&acc[i], scale == 1.0 ? (double)u[i] : (double)u[i] * scale, wi);
+            m->held[i] += w;
+        } else if (mask[i] == LOOM_MASK_ABSENT) {
+            m->absent[i] += w;
+        }
+    }
+    m->used = 1;
+    return LOOM_OK;
+}
+
+/* The masked round's mean (pipeline.h): unmasked updates' weight a->wsum counts everywhere. */
+static void mask_finish(const loom_aggregator *a, const mask_acc *m, int pad, const float *x, double *mean) {
+    const size_t dim = a->dim;
+    const fx_acc *acc = a->acc;
+#pragma omp parallel for schedule(static) if (dim >= PAR_MIN)
+    for (size_t i = 0; i < dim; i++) {
+        uint64_t A = pad ? m->absent[i] : 0, W = a->wsum + m->held[i];
+        if (W + A == 0) mean[i] = 0.0;
+        else if (A == 0) mean[i] = ((double)acc[i] / (double)W) * FX_INV;
+        else mean[i] = ((double)acc[i] * FX_INV - (double)A * (double)x[i]) / (double)(W + A);
+    }
+}
+
 struct loom_pipeline {
     loom_pipeline_config c;
+    mask_acc mask;
     loom_strategy *strat;
     const loom_aggregator_ops *ops;
     loom_aggregator *agg;
@@ -159,6 +210,8 @@ int loom_pipeline_create(loom_pipeline **out, const loom_pipeline_config *c) {
 void loom_pipeline_free(loom_pipeline *p) {
     if (!p) return;
     if (p->agg) p->ops->free(p->agg);
+    loom_free(p->mask.held);
+    loom_free(p->mask.absent);
     loom_strategy_free(p->strat);
     loom_free(p->mean);
     loom_free(p->csum);
@@ -174,6 +227,11 @@ int loom_pipeline_begin_round(loom_pipeline *p, int round) {
     int open = p->in_round;
     if (!open) {
         p->ops->begin(p->agg);
+        if (p->mask.used) {
+            memset(p->mask.held, 0, p->c.dim * sizeof *p->mask.held);
+            memset(p->mask.absent, 0, p->c.dim * sizeof *p->mask.absent);
+            p->mask.used = 0;
+        }
         p->in_round = 1;
         p->round = round;
         p->n_added = 0;
@@ -249,6 +307,18 @@ int loom_pipeline_check(const loom_pipeline *p, const float *u, size_t len, doub
 
 int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
                       loom_update_verdict *verdict, double *norm) {
+    return loom_pipeline_add_masked(p, u, len, w, dc, NULL, verdict, norm);
+}
+
+int loom_pipeline_add_masked(loom_pipeline *p, const float *u, size_t len, double w, const float *dc,
+                             const uint8_t *mask, loom_update_verdict *verdict, double *norm) {
+    if (mask && p->ops != &loom_agg_fixed_mean)
+        return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
+                      loom_error(LOOM_EUNSUPPORTED, "aggregator %s cannot take masked (heterogeneous) updates",
+                                 p->ops->name));
+    if (mask && p->uses_control)
+        return refuse(verdict, LOOM_UPDATE_BAD_CONTROL,
+                      loom_error(LOOM_EUNSUPPORTED, "strategy %s: control variates cannot be masked", p->c.strategy));
     double scale = 1.0;
     int rc = check(p, u, len, w, dc, verdict, norm, &scale);
     if (rc != LOOM_OK) return rc;
@@ -258,7 +328,8 @@ int loom_pipeline_add(loom_pipeline *p, const float *u, size_t len, double w, co
     else if (p->n_added >= LOOM_FX_MAX_UPDATES) {
         rc = refuse(verdict, LOOM_UPDATE_ROUND_FULL,
                     loom_error(LOOM_ERANGE, "round %d is full (%zu updates)", p->round, p->n_added));
-    } else if ((rc = p->ops->add(p->agg, u, scale, (uint64_t)w, dc)) == LOOM_OK) {
+    } else if ((rc = mask ? mask_fold(p->agg, &p->mask, u, scale, (uint64_t)w, mask)
+                          : p->ops->add(p->agg, u, scale, (uint64_t)w, dc)) == LOOM_OK) {
         p->n_added++;
         p->wsum += (uint64_t)w;
     }
@@ -306,6 +377,7 @@ int loom_pipeline_end_round(loom_pipeline *p, float *global) {
     else if (n == 0)
         rc = loom_error(LOOM_ESTATE, "strategy %s: round closed with no accepted update; global model unchanged",
                         p->c.strategy);
+    else if (p->mask.used) mask_finish(p->agg, &p->mask, p->c.mask_pad, global, p->mean);
     else rc = p->ops->finish(p->agg, p->mean, p->csum);
     pthread_mutex_unlock(&p->mu);
     if (rc != LOOM_OK) return rc;

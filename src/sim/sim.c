@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "loom/core.h"
+#include "loom/hetero.h"
 #include "loom/safetensors.h"
 #include "sim/sim_attack.h"
 #include "sim/sim_secure.h"
@@ -49,6 +50,12 @@ double loom_sim_client_seconds(const loom_sim_config *c, int client) {
         loom_rng_init(&r, c->seed, loom_hash2(LOOM_STREAM_CLIENT_SPEED, (uint64_t)client));
         speed = exp(c->time_spread * loom_rng_normal(&r));
     }
+    /* ---- device profiles (hetero.h): the client's own speed and link ---- */
+    if (c->profiles) {
+        const loom_device_profile *p = &c->profiles[client];
+        double transfer = p->bandwidth > 0 ? 2.0 * (double)c->dim * sizeof(float) / (p->bandwidth * 1e6) : 0.0;
+        return c->fit.local_steps * c->step_seconds * speed / p->speed + transfer;
+    }
     return c->fit.local_steps * c->step_seconds * speed;
 }
 
@@ -77,6 +84,11 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
     ec->concurrency = c->concurrency;
     ec->max_staleness = c->max_staleness;
     ec->dp = c->dp;
+    if (c->hetero) { /* heterogeneous clients: the engine recomputes each client's mask */
+        ec->mask = loom_hetero_mask_cb;
+        ec->mask_ud = (void *)c->hetero;
+        ec->pipe.mask_pad = loom_hetero_pad(c->hetero);
+    }
 }
 
 /* ------------------------------------------------------------------ shared run state */
@@ -84,6 +96,7 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
 typedef struct {
     loom_trainer *tr;
     float *vec, *update, *dc;
+    uint8_t *mask; /* (dim) heterogeneous clients: the client's mask this round */
 } worker_slot;
 
 typedef struct sim_run {
@@ -109,6 +122,10 @@ typedef struct sim_run {
     struct async_job *jobs;    /* asynchronous modes: the places of the clients in training */
     lm_secure_round *secure;   /* a secure-sum backend's holding area (sim_secure.c), NULL: plain */
     lm_attack *attack;         /* the simulated attackers (sim_attack.c), NULL: none */
+    /* FLoRA stacking (c->stack): the round's global vector and the accepted updates by list position */
+    float *stack_x, *stack_u;
+    uint8_t *stack_held;
+    int stack_cap;
     pthread_mutex_t mu;
 } sim_run;
 
@@ -156,8 +173,15 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     loom_client_data d = client_data(c, client);
     lm_attack_data(r->attack, client, &d); /* a label-flipping or backdoor attacker's poisoned copy */
     int compress = c->compress.codec != LOOM_CODEC_F32;
-    int rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &c->fit,
-                                 &c->compress, &r->states[client], &out);
+    loom_fit_config fc = c->fit;
+    int rc = LOOM_OK;
+    if (c->hetero) { /* the client's truncation (ranks), frozen part (A, layers) this round */
+        rc = loom_hetero_mask(c->hetero, client, task.round, ws->mask);
+        fc.mask = ws->mask;
+    }
+    if (rc == LOOM_OK)
+        rc = loom_client_run_fit(r->algo, &ctx, &d, task.round, task.global, task.server_control, &fc, &c->compress,
+                                 &r->states[client], &out);
     double now = r->t_open + loom_sim_client_seconds(c, client);
     int fault = fault_of(c, client);
     if (rc != LOOM_OK || fault == LOOM_FAULT_FAIL) {
@@ -190,7 +214,63 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
         lm_secure_hold(r->secure, r->eng, &u, now);
         return;
     }
-    loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
+    int sub = loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
+    if (sub == LOOM_OK && c->hetero) /* HetLoRA self-pruning: the rank of its next rounds, as the server sees it */
+        loom_hetero_prune(c->hetero, client, task.global, update, NULL);
+    if (sub == LOOM_OK && r->stack_u) { /* FLoRA: keep the accepted update at the client's list position */
+        int pos = 0;
+        while (pos < r->count && r->list[pos] != client) pos++;
+        if (pos < r->count) {
+            memcpy(r->stack_u + (size_t)pos * dim, update, dim * sizeof(float));
+            r->stack_held[pos] = 1;
+        }
+    }
+}
+
+/* ---- FLoRA stacking: merge the round's client models into the driver's base, restart the adapter ---- */
+
+static int stack_open(sim_run *r, int n) {
+    if (n > r->stack_cap) {
+        loom_free(r->stack_u);
+        free(r->stack_held);
+        r->stack_u = loom_alloc((size_t)n * r->dim * sizeof(float));
+        r->stack_held = malloc((size_t)n);
+        r->stack_cap = n;
+        if (!r->stack_u || !r->stack_held) {
+            r->stack_cap = 0;
+            return loom_error(LOOM_ENOMEM, "out of memory for %d client updates of %zu values", n, r->dim);
+        }
+    }
+    memset(r->stack_held, 0, (size_t)n);
+    memcpy(r->stack_x, loom_engine_global(r->eng), r->dim * sizeof(float));
+    return LOOM_OK;
+}
+
+static int stack_close(sim_run *r, const int *list, int n) {
+    const loom_sim_config *c = r->c;
+    const float **models = malloc((size_t)(n ? n : 1) * sizeof *models);
+    int *clients = malloc((size_t)(n ? n : 1) * sizeof *clients);
+    double *w = malloc((size_t)(n ? n : 1) * sizeof *w);
+    int rc = models && clients && w ? LOOM_OK : loom_error(LOOM_ENOMEM, "out of memory");
+    size_t k = 0;
+    for (int pos = 0; pos < n && rc == LOOM_OK; pos++) {
+        if (!r->stack_held[pos]) continue;
+        float *y = r->stack_u + (size_t)pos * r->dim;
+        for (size_t i = 0; i < r->dim; i++) y[i] += r->stack_x[i]; /* the client's model */
+        models[k] = y;
+        clients[k] = list[pos];
+        w[k++] = (double)c->part->clients[list[pos]].n_train;
+    }
+    size_t need = c->min_updates > 0 ? (size_t)c->min_updates : 1;
+    if (rc == LOOM_OK && k >= need) {
+        rc = c->stack(c->stack_ud, r->round, models, clients, w, k);
+        if (rc == LOOM_OK) memcpy(loom_engine_global(r->eng), c->init, r->dim * sizeof(float));
+        else rc = loom_error_context(rc, "FLoRA stacking of round %d", r->round);
+    }
+    free(models);
+    free(clients);
+    free(w);
+    return rc;
 }
 
 static void eval_one(sim_run *r, worker_slot *ws, int client) {
@@ -231,7 +311,8 @@ static void *worker_main(void *p) {
         }
         ws->update = loom_alloc(dim * sizeof(float));
         ws->dc = c->fit.scaffold ? loom_alloc(dim * sizeof(float)) : NULL;
-        if (!ws->update || (c->fit.scaffold && !ws->dc)) {
+        ws->mask = c->hetero ? malloc(dim) : NULL;
+        if (!ws->update || (c->fit.scaffold && !ws->dc) || (c->hetero && !ws->mask)) {
             fail(r, LOOM_ENOMEM);
             return NULL;
         }
@@ -809,6 +890,29 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         rc = loom_error(LOOM_EINVAL, "SCAFFOLD control variates must be used with the scaffold strategy, and only with it");
         goto done;
     }
+    if (c->hetero && (c->secure.sum || c->mode != LOOM_ENGINE_SYNC)) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients need synchronous rounds without a secure sum");
+        goto done;
+    }
+    if (c->hetero && loom_hetero_pruning(c->hetero) && c->resume) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "--resume with --hetlora-prune: the pruned ranks are not in the checkpoint");
+        goto done;
+    }
+    if (c->hetero && (loom_hetero_dim(c->hetero) != c->dim || loom_hetero_clients(c->hetero) != N)) {
+        rc = loom_error(LOOM_EINVAL, "heterogeneous clients: masks of %zu values for %d clients, the run has %zu "
+                        "values and %d clients", loom_hetero_dim(c->hetero), loom_hetero_clients(c->hetero), c->dim, N);
+        goto done;
+    }
+    if (c->stack && (c->secure.sum || c->mode != LOOM_ENGINE_SYNC || c->attack.kind != LOOM_ATTACK_NONE ||
+                     c->checkpoint_every > 0 || c->resume)) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "FLoRA stacking needs synchronous rounds without a secure sum, attackers, "
+                        "checkpoints or --resume (the merged base is not in a checkpoint)");
+        goto done;
+    }
+    if (c->stack && !(r.stack_x = loom_alloc(c->dim * sizeof(float)))) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory");
+        goto done;
+    }
     if (c->secure.sum && (rc = secure_start(&r)) != LOOM_OK) goto done;
     if ((rc = lm_attack_create(&r.attack, c, N)) != LOOM_OK) goto done;
     js.attack = r.attack;
@@ -860,6 +964,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         const int *list;
         int n;
         if ((rc = loom_engine_open_round(r.eng, vclock, &list, &n)) != LOOM_OK) goto done;
+        if (c->stack && (rc = stack_open(&r, n)) != LOOM_OK) goto done;
         r.t_open = vclock;
         r.round = round + 1;
         if ((rc = lm_attack_open(r.attack, r.round, list, n)) != LOOM_OK) goto done;
@@ -871,6 +976,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         for (int i = 0; i < n; i++) last_arrival = fmax(last_arrival, loom_sim_client_seconds(c, list[i]));
         double close = vclock + (c->deadline > 0 ? fmin(c->deadline, last_arrival) : last_arrival);
         if ((rc = loom_engine_close_round(r.eng, close)) != LOOM_OK) goto done;
+        if (c->stack && (rc = stack_close(&r, list, n)) != LOOM_OK) goto done;
         vclock = close;
         const int *elist;
         int ne;
@@ -897,8 +1003,12 @@ done:
         if (r.slots[i].tr || r.slots[i].vec) c->free_worker(c->worker_ud, r.slots[i].tr, r.slots[i].vec);
         loom_free(r.slots[i].update);
         loom_free(r.slots[i].dc);
+        free(r.slots[i].mask);
     }
     free(r.slots);
+    loom_free(r.stack_x);
+    loom_free(r.stack_u);
+    free(r.stack_held);
     loom_engine_free(r.eng);
     lm_secure_free(r.secure);
     lm_attack_free(r.attack);
