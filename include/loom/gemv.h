@@ -50,6 +50,12 @@ int loom_isa_parse(const char *name, loom_isa *isa);
 typedef enum { LOOM_I8_WIDEN = 0, LOOM_I8_DOT = 1 } loom_i8_scheme;
 loom_i8_scheme loom_gemv_i8_scheme(void);
 int loom_gemv_set_i8_scheme(loom_i8_scheme scheme); /* LOOM_EINVAL for another value */
+/* Whether LOOM_I8_DOT's integer sums use VNNI's vpdpbusd (AVX-512 VNNI on the avx512 path, AVX-VNNI on
+ * avx2) rather than maddubs + madd: 1 where the CPU has it on the current path, unless turned off (tests
+ * check both kernels on a CPU with VNNI). The same bits either way. Not to be changed while another
+ * thread runs a product. */
+int loom_gemv_vnni(void);
+void loom_gemv_set_vnni(int on);
 
 /* y[OC] = W x[C] for W of any loom_qtype (LOOM_Q_F32: data is float) in either layout. */
 void loom_qgemv(float *y, const loom_qmat *w, const float *x, int C, int OC);
