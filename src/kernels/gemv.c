@@ -606,36 +606,46 @@ int loom_gemv_set_i8_scheme(loom_i8_scheme scheme) {
     return LOOM_OK;
 }
 
-/* Splits the outputs into one contiguous range per thread (LINEAR: whole groups of ROWS; CONV1D: whole
- * 16-output vectors, and pieces of at most CONV_BLOCK). Each output is computed whole by one thread,
- * so the split does not change any bits. */
-static void run(gemv_fn f, float *y, const void *W, const float *scale, const float *x, int C, int OC, int conv) {
-    const int unit = conv ? LANES : ROWS, nu = (OC + unit - 1) / unit;
+/* LINEAR outputs go out in chunks of whole groups of ROWS, about CHUNK_BYTES of weights each, to whichever
+ * thread asks next (a dynamic schedule): on a busy machine a thread that starts late or is preempted leaves
+ * the chunks it has not taken to the others instead of holding up the product. CONV1D outputs are split
+ * into one contiguous range per thread (whole 16-output vectors, in pieces of at most CONV_BLOCK). Each
+ * output is computed whole by one thread in a fixed order, so neither split changes any bits. */
+#define CHUNK_BYTES 65536
+
+static int chunk_rows(int C, int es) {
+    long r = CHUNK_BYTES / ((long)C * es);
+    return r < ROWS ? ROWS : (int)(r - r % ROWS);
+}
+
+static void run(gemv_fn f, float *y, const void *W, const float *scale, const float *x, int C, int OC, int conv,
+                int es) {
+    if (!conv) {
+        const int ch = chunk_rows(C, es), n = (OC + ch - 1) / ch;
+#pragma omp parallel for schedule(dynamic, 1) if ((long)OC * C >= GEMV_PAR)
+        for (int k = 0; k < n; k++) f(y, W, scale, x, k * ch, k * ch + ch < OC ? k * ch + ch : OC, C, OC);
+        return;
+    }
+    const int nu = (OC + LANES - 1) / LANES;
 #pragma omp parallel if ((long)OC * C >= GEMV_PAR)
     {
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        int o0 = (int)((long)nu * t / nt) * unit, o1 = (int)((long)nu * (t + 1) / nt) * unit;
+        int o0 = (int)((long)nu * t / nt) * LANES, o1 = (int)((long)nu * (t + 1) / nt) * LANES;
         if (o1 > OC) o1 = OC;
-        int step = conv ? CONV_BLOCK : o1 - o0;
-        for (int o = o0; o < o1; o += step) f(y, W, scale, x, o, o + step < o1 ? o + step : o1, C, OC);
+        for (int o = o0; o < o1; o += CONV_BLOCK) f(y, W, scale, x, o, o + CONV_BLOCK < o1 ? o + CONV_BLOCK : o1, C, OC);
     }
 }
 
-/* The int8 x int8 products: x quantized once, then rows split as in run. */
+/* The int8 x int8 products: x quantized once, then rows in chunks as in run. */
 static int run_dot(float *y, const int8_t *W, const float *scale, const float *x, int C, int OC) {
     qx_t q;
     const loom_isa isa = loom_gemv_isa();
     void *mem = quantize_x(&q, x, C, qx_kernels[isa]);
     if (!mem) return 0;
     dot_fn f = dot_kernels[isa][__atomic_load_n(&vnni_on, __ATOMIC_ACQUIRE)];
-    const int nu = (OC + ROWS - 1) / ROWS;
-#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
-    {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        int o0 = (int)((long)nu * t / nt) * ROWS, o1 = (int)((long)nu * (t + 1) / nt) * ROWS;
-        if (o1 > OC) o1 = OC;
-        if (o0 < o1) f(y, W, scale, &q, o0, o1, C);
-    }
+    const int ch = chunk_rows(C, 1), n = (OC + ch - 1) / ch;
+#pragma omp parallel for schedule(dynamic, 1) if ((long)OC * C >= GEMV_PAR)
+    for (int k = 0; k < n; k++) f(y, W, scale, &q, k * ch, k * ch + ch < OC ? k * ch + ch : OC, C);
     loom_free(mem);
     return 1;
 }
@@ -645,13 +655,13 @@ void loom_qgemv(float *y, const loom_qmat *w, const float *x, int C, int OC) {
     int conv = w->layout == LOOM_W_CONV1D, type = w->type == LOOM_Q_BF16 ? 1 : w->type == LOOM_Q_INT8 ? 2 : 0;
     /* (out of memory for the quantized x: the widening products, which need none) */
     if (type == 2 && !conv && loom_gemv_i8_scheme() == LOOM_I8_DOT && run_dot(y, w->data, w->scale, x, C, OC)) return;
-    run(kernels[loom_gemv_isa()][conv][type], y, w->data, type == 2 ? w->scale : NULL, x, C, OC, conv);
+    run(kernels[loom_gemv_isa()][conv][type], y, w->data, type == 2 ? w->scale : NULL, x, C, OC, conv, 4 >> type);
 }
 
 void loom_gemv(float *y, const float *W, const float *x, int OC, int C) {
-    if (OC > 0) run(kernels[loom_gemv_isa()][0][0], y, W, NULL, x, C, OC, 0);
+    if (OC > 0) run(kernels[loom_gemv_isa()][0][0], y, W, NULL, x, C, OC, 0, 4);
 }
 
 void loom_gemv_t(float *y, const float *W, const float *x, int C, int OC) {
-    if (OC > 0) run(kernels[loom_gemv_isa()][1][0], y, W, NULL, x, C, OC, 1);
+    if (OC > 0) run(kernels[loom_gemv_isa()][1][0], y, W, NULL, x, C, OC, 1, 4);
 }
