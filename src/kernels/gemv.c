@@ -607,21 +607,22 @@ int loom_gemv_set_i8_scheme(loom_i8_scheme scheme) {
 }
 
 /* LINEAR outputs go out in chunks of whole groups of ROWS, about CHUNK_BYTES of weights each, to whichever
- * thread asks next (a dynamic schedule): on a busy machine a thread that starts late or is preempted leaves
+ * thread asks next (a dynamic schedule; at least 4 chunks a thread): on a busy machine a thread that starts late or is preempted leaves
  * the chunks it has not taken to the others instead of holding up the product. CONV1D outputs are split
  * into one contiguous range per thread (whole 16-output vectors, in pieces of at most CONV_BLOCK). Each
  * output is computed whole by one thread in a fixed order, so neither split changes any bits. */
 #define CHUNK_BYTES 65536
 
-static int chunk_rows(int C, int es) {
-    long r = CHUNK_BYTES / ((long)C * es);
+static int chunk_rows(int C, int OC, int es) {
+    long r = CHUNK_BYTES / ((long)C * es), even = (long)OC / (4L * omp_get_max_threads()); /* >= 4 chunks a thread */
+    r = r < even ? r : even;
     return r < ROWS ? ROWS : (int)(r - r % ROWS);
 }
 
 static void run(gemv_fn f, float *y, const void *W, const float *scale, const float *x, int C, int OC, int conv,
                 int es) {
     if (!conv) {
-        const int ch = chunk_rows(C, es), n = (OC + ch - 1) / ch;
+        const int ch = chunk_rows(C, OC, es), n = (OC + ch - 1) / ch;
 #pragma omp parallel for schedule(dynamic, 1) if ((long)OC * C >= GEMV_PAR)
         for (int k = 0; k < n; k++) f(y, W, scale, x, k * ch, k * ch + ch < OC ? k * ch + ch : OC, C, OC);
         return;
@@ -643,7 +644,7 @@ static int run_dot(float *y, const int8_t *W, const float *scale, const float *x
     void *mem = quantize_x(&q, x, C, qx_kernels[isa]);
     if (!mem) return 0;
     dot_fn f = dot_kernels[isa][__atomic_load_n(&vnni_on, __ATOMIC_ACQUIRE)];
-    const int ch = chunk_rows(C, 1), n = (OC + ch - 1) / ch;
+    const int ch = chunk_rows(C, OC, 1), n = (OC + ch - 1) / ch;
 #pragma omp parallel for schedule(dynamic, 1) if ((long)OC * C >= GEMV_PAR)
     for (int k = 0; k < n; k++) f(y, W, scale, &q, k * ch, k * ch + ch < OC ? k * ch + ch : OC, C);
     loom_free(mem);
