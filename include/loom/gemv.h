@@ -5,9 +5,10 @@
  * Each product has an AVX-512, an AVX2 (+FMA) and a portable path; the best one the CPU has is chosen
  * at run time, once (the build needs no -m flags). All paths compute every output in the same order,
  * with fused multiply-adds (one rounding each, fmaf in the portable path) and no fast-math, so they
- * give the same bits, and so does any thread count: the outputs are cut into chunks (LINEAR: whole
- * groups of 4 rows, about 64 KiB of weights and at least 4 chunks a thread, handed to whichever thread
- * is free; CONV1D: one range a thread) and each output is computed whole by one thread. The SIMD paths
+ * give the same bits, and so does any thread count: the outputs are cut into ranges (LINEAR: whole
+ * groups of 4 rows, handed to whichever thread asks next, half of what is left shared among the threads
+ * down to 8 KiB of weights; CONV1D: one range a thread) and each output is computed whole by one
+ * thread. The SIMD paths
  * multiply 4 rows a pass (sharing the loads of x) and prefetch the next 4 rows, which is what lets one
  * core stream int8 and bf16 weights as fast as float ones:
  *   LINEAR [OC, C]:  16 partial sums, lane j the fma chain over c = j, j + 16, ... (the last block of

@@ -606,25 +606,47 @@ int loom_gemv_set_i8_scheme(loom_i8_scheme scheme) {
     return LOOM_OK;
 }
 
-/* LINEAR outputs go out in chunks of whole groups of ROWS, about CHUNK_BYTES of weights each, to whichever
- * thread asks next (a dynamic schedule; at least 4 chunks a thread): on a busy machine a thread that starts late or is preempted leaves
- * the chunks it has not taken to the others instead of holding up the product. CONV1D outputs are split
- * into one contiguous range per thread (whole 16-output vectors, in pieces of at most CONV_BLOCK). Each
- * output is computed whole by one thread in a fixed order, so neither split changes any bits. */
-#define CHUNK_BYTES 65536
+/* LINEAR outputs go out in ranges of whole groups of ROWS to whichever thread asks next, large ranges
+ * first (half of what is left, shared among the threads), then smaller ones down to CHUNK_MIN bytes of
+ * weights: few claims, threads that finish close together, and on a busy machine a thread that starts
+ * late simply claims less instead of holding up the product. CONV1D outputs are split into one
+ * contiguous range per thread (whole 16-output vectors, in pieces of at most CONV_BLOCK). Each output is
+ * computed whole by one thread in a fixed order, so neither split changes any bits. */
+#define CHUNK_MIN 8192
 
-static int chunk_rows(int C, int OC, int es) {
-    long r = CHUNK_BYTES / ((long)C * es), even = (long)OC / (4L * omp_get_max_threads()); /* >= 4 chunks a thread */
-    r = r < even ? r : even;
-    return r < ROWS ? ROWS : (int)(r - r % ROWS);
+/* Claims the next range [*g0, *g1) of n units (at least min units, but no more than are left) for one of
+ * nt threads; 0 when none is left. */
+static int claim(int *next, int n, int min, int nt, int *g0, int *g1) {
+    int cur = __atomic_load_n(next, __ATOMIC_RELAXED);
+    for (;;) {
+        if (cur >= n) return 0;
+        int take = (n - cur) / (2 * nt);
+        take = take < min ? min : take;
+        take = take > n - cur ? n - cur : take;
+        if (__atomic_compare_exchange_n(next, &cur, cur + take, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            *g0 = cur;
+            *g1 = cur + take;
+            return 1;
+        }
+    }
+}
+
+/* Groups of ROWS rows of C elements of es bytes in CHUNK_MIN bytes (at least 1). */
+static int min_groups(int C, int es) {
+    long g = CHUNK_MIN / ((long)ROWS * C * es);
+    return g < 1 ? 1 : (int)g;
 }
 
 static void run(gemv_fn f, float *y, const void *W, const float *scale, const float *x, int C, int OC, int conv,
                 int es) {
     if (!conv) {
-        const int ch = chunk_rows(C, OC, es), n = (OC + ch - 1) / ch;
-#pragma omp parallel for schedule(dynamic, 1) if ((long)OC * C >= GEMV_PAR)
-        for (int k = 0; k < n; k++) f(y, W, scale, x, k * ch, k * ch + ch < OC ? k * ch + ch : OC, C, OC);
+        const int ng = (OC + ROWS - 1) / ROWS, mg = min_groups(C, es);
+        int next = 0;
+#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
+        {
+            int nt = omp_get_num_threads(), g0, g1;
+            while (claim(&next, ng, mg, nt, &g0, &g1)) f(y, W, scale, x, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C, OC);
+        }
         return;
     }
     const int nu = (OC + LANES - 1) / LANES;
@@ -637,16 +659,20 @@ static void run(gemv_fn f, float *y, const void *W, const float *scale, const fl
     }
 }
 
-/* The int8 x int8 products: x quantized once, then rows in chunks as in run. */
+/* The int8 x int8 products: x quantized once, then rows in ranges as in run. */
 static int run_dot(float *y, const int8_t *W, const float *scale, const float *x, int C, int OC) {
     qx_t q;
     const loom_isa isa = loom_gemv_isa();
     void *mem = quantize_x(&q, x, C, qx_kernels[isa]);
     if (!mem) return 0;
     dot_fn f = dot_kernels[isa][__atomic_load_n(&vnni_on, __ATOMIC_ACQUIRE)];
-    const int ch = chunk_rows(C, OC, 1), n = (OC + ch - 1) / ch;
-#pragma omp parallel for schedule(dynamic, 1) if ((long)OC * C >= GEMV_PAR)
-    for (int k = 0; k < n; k++) f(y, W, scale, &q, k * ch, k * ch + ch < OC ? k * ch + ch : OC, C);
+    const int ng = (OC + ROWS - 1) / ROWS, mg = min_groups(C, 1);
+    int next = 0;
+#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
+    {
+        int nt = omp_get_num_threads(), g0, g1;
+        while (claim(&next, ng, mg, nt, &g0, &g1)) f(y, W, scale, &q, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C);
+    }
     loom_free(mem);
     return 1;
 }
