@@ -332,10 +332,10 @@ static void thread_independence(void) {
  * Odd sizes (160 inputs: a half pair of blocks; 416 hidden: 13 blocks), grouped-query attention, and
  * products above the threading threshold (the head, the MLP). */
 static void int8_paths_agree(void) {
-    enum { NP = 3, NS = 12 };
+    enum { NP = 3, NS = 8 };
     loom_config cfg;
     CHECK_OK(loom_config_named(&cfg, "llama-tiny"));
-    cfg.dim = 160, cfg.n_head = 5, cfg.n_kv_head = 1, cfg.hidden = 416, cfg.vocab = 700;
+    cfg.dim = 160, cfg.n_head = 5, cfg.n_kv_head = 1, cfg.hidden = 416, cfg.vocab = 500;
     loom_model *m = NULL;
     CHECK_OK(loom_model_create_quantized_ex(&m, &cfg, 13, LOOM_Q_INT8, LOOM_QUANT_EMBED_HEAD));
     if (!m) return;
