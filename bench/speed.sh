@@ -6,7 +6,7 @@
 # in PyTorch (../shared/bench/torch_baseline.py, f32 and --amp: bf16 autocast), tokens/s and peak RSS.
 # Generation: greedy decoding of 256 tokens from BOS with a random Llama of llama2.c's 110M shape (dim 768,
 # hidden 2048, 12 layers, 12 heads, vocabulary 32000, tied embedding, seed 1), the same weights in every engine:
-# loom (`loom bench generate`, --weights f32 and int8), llama2.c's run.c (built here in a temporary folder with
+# loom (`loom bench generate`, --weights f32, bf16 and int8), llama2.c's run.c (built here in a temporary folder with
 # its README's flags) and llama.cpp (node-llama-cpp 3.21.1 from npm, installed in a temporary folder, reading
 # the checkpoint converted to GGUF by ../shared/bench/llamacpp/llama2c_to_gguf.py: F32 and Q8_0), on 1 and 2
 # threads: tokens/s, GB/s of weights streamed (the weight bytes one token reads, times tokens/s) and peak RSS.
@@ -127,14 +127,16 @@ PY
   nmat=$((32000 * 768 + 12 * (4 * 768 * 768 + 3 * 768 * 2048)))
   f32_bytes=$((4 * nmat))
   q8_bytes=$((nmat + nmat / 16))
+  bf16_bytes=$((2 * nmat))
   for rep in $(seq "$reps"); do
     for t in $threads_list; do
-      for wt in f32 int8; do
+      for wt in f32 bf16 int8; do
         log="$out/gen.loom.$wt.t$t.$rep.log"
         rss=$(timed "$log" "$L" bench generate --model "$model" --steps "$gen_steps" --reps 1 --threads "$t" --weights "$wt")
         tps=$(sed -n 's/^RESULT .*gen_tokens_per_s=\([0-9.]*\).*/\1/p' "$log")
         bytes=$f32_bytes
         [ "$wt" = int8 ] && bytes=$q8_bytes
+        [ "$wt" = bf16 ] && bytes=$bf16_bytes
         echo "generate loom $wt t$t rep $rep: $tps tokens/s, $rss MiB"
         row generate loom "$wt" "$t" "$rep" "$tps" "$rss" "$bytes"
       done
@@ -191,14 +193,15 @@ if any(k[0] == "generate" for k in runs):
     out.append("| --- | --- | --- | --- | --- | --- | --- |")
     thrs = sorted({k[3] for k in runs if k[0] == "generate"}, key=int)
     for t in thrs:
-        for lw, cw in (("f32", "f32"), ("int8", "q8_0")):
-            lo, lc = med(("generate", "loom", lw, t)), med(("generate", "llama.cpp", cw, t))
-            rc = med(("generate", "run.c", "f32", t)) if lw == "f32" else None
+        for lw, cw in (("f32", "f32"), ("bf16", None), ("int8", "q8_0")):
+            lo, lc = med(("generate", "loom", lw, t)), med(("generate", "llama.cpp", cw, t)) if cw else None
+            if not lo: continue
+            rc = med(("generate", "run.c", "f32", t))
             cell = lambda x: "%.1f tok/s, %.1f GB/s, %.0f MiB" % (x[0], x[0] * x[2] / 1e9, x[1]) if x else "-"
             r1 = "%.2fx" % (lo[0] / lc[0]) if lo and lc else "-"
             r2 = "%.2fx" % (lo[0] / rc[0]) if lo and rc else "-"
-            label = "f32 (F32)" if lw == "f32" else "int8 (Q8_0)"
-            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (t, label, cell(lo), cell(lc), cell(rc) if lw == "f32" else "-", r1, r2))
+            label = {"f32": "f32 (F32)", "bf16": "bf16", "int8": "int8 (Q8_0)"}[lw]
+            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (t, label, cell(lo), cell(lc), cell(rc), r1, r2))
     out.append("")
 out.append("CPU: %s. Written by `bash bench/speed.sh`." % cpu)
 table = "\n".join(out)

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "loom/core.h"
+#include "loom/gemv.h"
 #include "loom/model.h"
 #include "loom/peft.h"
 #include "test.h"
@@ -326,11 +327,66 @@ static void thread_independence(void) {
     loom_model_free(m);
 }
 
+/* A Llama held whole in int8 and decoded with x quantized (LOOM_I8_DOT, what `loom generate` runs): the
+ * same bits on every instruction-set path (VNNI's kernels and maddubs + madd) and on 1 and 2 threads.
+ * Odd sizes (160 inputs: a half pair of blocks; 416 hidden: 13 blocks), grouped-query attention, and
+ * products above the threading threshold (the head, the MLP). */
+static void int8_paths_agree(void) {
+    enum { NP = 3, NS = 8 };
+    loom_config cfg;
+    CHECK_OK(loom_config_named(&cfg, "llama-tiny"));
+    cfg.dim = 160, cfg.n_head = 5, cfg.n_kv_head = 1, cfg.hidden = 416, cfg.vocab = 500;
+    loom_model *m = NULL;
+    CHECK_OK(loom_model_create_quantized_ex(&m, &cfg, 13, LOOM_Q_INT8, LOOM_QUANT_EMBED_HEAD));
+    if (!m) return;
+    const int V = cfg.vocab;
+    int32_t tok[NP + NS];
+    tokens(tok, NP + NS, V, 31);
+    float *ref = malloc((size_t)(NS + 1) * V * sizeof(float)), *lg = malloc((size_t)(NS + 1) * V * sizeof(float));
+    CHECK_OK(loom_gemv_set_i8_scheme(LOOM_I8_DOT));
+    const loom_isa best = loom_isa_best();
+    int runs = 0;
+    for (int isa = (int)best; isa >= (int)LOOM_ISA_PORTABLE; isa--)
+        for (int vnni = 1; vnni >= 0; vnni--)
+            for (int t = 1; t <= 2; t++) {
+                CHECK_OK(loom_gemv_set_isa((loom_isa)isa));
+                loom_gemv_set_vnni(vnni);
+                if (vnni && !loom_gemv_vnni()) continue;
+                omp_set_num_threads(t);
+                loom_kv *kv = NULL;
+                CHECK_OK(loom_kv_create(&kv, m, NP + NS));
+                if (!kv) continue;
+                float *out = runs ? lg : ref;
+                CHECK_OK(loom_prefill(m, loom_model_params(m), kv, tok, NP, 0, out));
+                for (int s = 0; s < NS; s++)
+                    CHECK_OK(loom_decode_step(m, loom_model_params(m), kv, tok[NP + s], NP + s, out + (size_t)(s + 1) * V));
+                loom_kv_free(kv);
+                if (runs++) {
+                    size_t off = 0;
+                    while (off < (size_t)(NS + 1) * V && !memcmp(&lg[off], &ref[off], sizeof *lg)) off++;
+                    CHECK(off == (size_t)(NS + 1) * V, "int8 dot decoding, %s%s on %d threads: step %zu logit %zu is %.9g, not %.9g",
+                          loom_isa_name((loom_isa)isa), vnni ? " vnni" : "", t, off / V, off % V,
+                          off < (size_t)(NS + 1) * V ? lg[off] : 0.0, off < (size_t)(NS + 1) * V ? ref[off] : 0.0);
+                }
+            }
+    CHECK(runs >= 3, "int8 dot decoding ran %d configurations", runs);
+    double mx = 0;
+    for (size_t i = 0; i < (size_t)(NS + 1) * V; i++) mx = fmax(mx, fabs(ref[i]));
+    CHECK(mx > 1e-3 && isfinite(mx), "int8 dot decoding: logits up to %.3g", mx); /* not a zero model */
+    loom_gemv_set_vnni(1);
+    CHECK_OK(loom_gemv_set_isa(best));
+    CHECK_OK(loom_gemv_set_i8_scheme(LOOM_I8_WIDEN));
+    omp_set_num_threads(1);
+    free(ref), free(lg);
+    loom_model_free(m);
+}
+
 int main(void) {
     double t0 = loom_now();
     /* tiny models: one thread (many small products; the suite runs tests side by side) */
     omp_set_num_threads(1);
     thread_independence();
+    int8_paths_agree();
     prefill_matches("gpt2-tiny");
     prefill_matches("llama-tiny");
     const loom_peft_method meths[] = {LOOM_PEFT_LORA, LOOM_PEFT_PREFIX, LOOM_PEFT_PROMPT, LOOM_PEFT_ADAPTER,

@@ -166,23 +166,77 @@ static void check_case(loom_qtype type, int layout, int OC, int C) {
             if (far < 0 && !(fabs(y0[o] - ref[o]) <= e + bound[o])) far = o;
         }
         CHECK(far < 0, "%s dot: y[%d] = %.9g, reference %.9g", what, far, far >= 0 ? y0[far] : 0.0, far >= 0 ? ref[far] : 0.0);
-        for (int isa = LOOM_ISA_PORTABLE; isa <= (int)best; isa++) {
-            CHECK_OK(loom_gemv_set_isa((loom_isa)isa));
-            for (int t = 0; t < 3; t++) {
-                loom_set_threads(threads[t]);
-                for (int o = 0; o < OC; o++) y[o] = NAN;
-                loom_qgemv(y, &w, x, C, OC);
-                for (int o = 0; o < OC && off < 0; o++)
-                    if (memcmp(&y[o], &y0[o], sizeof *y)) off = o;
-                CHECK(off < 0, "%s dot, %s on %d threads: y[%d] = %.9g, documented %.9g", what, loom_isa_name((loom_isa)isa),
-                      threads[t], off, off >= 0 ? y[off] : 0.0, off >= 0 ? y0[off] : 0.0);
+        for (int isa = LOOM_ISA_PORTABLE; isa <= (int)best; isa++)
+            for (int vnni = 1; vnni >= 0; vnni--) { /* VNNI's kernel where the CPU has one, then maddubs + madd */
+                CHECK_OK(loom_gemv_set_isa((loom_isa)isa));
+                loom_gemv_set_vnni(vnni);
+                if (vnni && !loom_gemv_vnni()) continue; /* (the same kernel as with vnni off) */
+                for (int t = 0; t < 3; t++) {
+                    loom_set_threads(threads[t]);
+                    for (int o = 0; o < OC; o++) y[o] = NAN;
+                    loom_qgemv(y, &w, x, C, OC);
+                    for (int o = 0; o < OC && off < 0; o++)
+                        if (memcmp(&y[o], &y0[o], sizeof *y)) off = o;
+                    CHECK(off < 0, "%s dot, %s%s on %d threads: y[%d] = %.9g, documented %.9g", what,
+                          loom_isa_name((loom_isa)isa), vnni ? " vnni" : "", threads[t], off, off >= 0 ? y[off] : 0.0,
+                          off >= 0 ? y0[off] : 0.0);
+                }
             }
-        }
+        loom_gemv_set_vnni(1);
         CHECK_OK(loom_gemv_set_i8_scheme(LOOM_I8_WIDEN));
         CHECK_OK(loom_gemv_set_isa(best));
     }
     loom_set_threads(1);
     free(wf), free(x), free(q), free(scale), free(ref), free(bound), free(y), free(y0);
+}
+
+/* LOOM_I8_DOT on inputs that catch a wrong quantizer: a block of zeros (scale 0), exact ties x / dx = k + 1/2
+ * (round to nearest even: 0.5 -> 0, 1.5 -> 2, -2.5 -> -2), one nonzero input, subnormal inputs (no flush to
+ * zero), large ones, weights at -127 and 127, a last block of 8 and a last group of one row, split over 1,
+ * 2 and 3 threads: every path gives the documented bits. */
+static void check_dot_edges(void) {
+    const int OC = 333, C = 200; /* blocks 0-5 full, block 6 of 8 inputs; 83 groups of 4 rows and one row */
+    float *x = randv((size_t)C, 77, 1.0), *scale = malloc(OC * sizeof *scale), *y = malloc(OC * sizeof *y);
+    float *y0 = malloc(OC * sizeof *y0);
+    int8_t *q = malloc((size_t)OC * C);
+    for (int c = 0; c < 32; c++) x[c] = 0.0f;                                   /* block 0: dx = 0 */
+    for (int c = 32; c < 64; c++) x[c] = (float)((c - 48) % 11) + (c % 2 ? 0.5f : 0.0f); /* block 1 */
+    x[40] = 127.0f;                                                             /* dx = 1: x / dx = x */
+    x[41] = -2.5f, x[42] = 1.5f, x[43] = 0.5f, x[44] = -0.5f, x[45] = -0.0f;
+    for (int c = 64; c < 96; c++) x[c] = 0.0f;                                  /* block 2: one input */
+    x[77] = -3.0f;
+    for (int c = 96; c < 128; c++) x[c] = (float)(c - 110) * 1e-40f;            /* block 3: subnormal */
+    for (int c = 128; c < 160; c++) x[c] = (c % 3 ? 1e4f : -7e3f) * (float)(c % 5); /* block 4: large (not so large
+                                                                                     that it hides the others) */
+    uint64_t st = 99;
+    for (size_t i = 0; i < (size_t)OC * C; i++) q[i] = (int8_t)(i % 7 == 0 ? (i % 2 ? 127 : -127) : (int)(test_normal(&st) * 40) % 128);
+    for (int o = 0; o < OC; o++) scale[o] = 1e-3f * (float)(o % 13 + 1);
+    loom_qmat w = {LOOM_Q_INT8, LOOM_W_LINEAR, q, scale};
+    double e;
+    for (int o = 0; o < OC; o++) y0[o] = documented_dot(&w, x, C, o, &e);
+    CHECK_OK(loom_gemv_set_i8_scheme(LOOM_I8_DOT));
+    loom_isa best = loom_isa_best();
+    for (int isa = LOOM_ISA_PORTABLE; isa <= (int)best; isa++)
+        for (int vnni = 1; vnni >= 0; vnni--) {
+            CHECK_OK(loom_gemv_set_isa((loom_isa)isa));
+            loom_gemv_set_vnni(vnni);
+            if (vnni && !loom_gemv_vnni()) continue;
+            for (int t = 1; t <= 3; t++) {
+                loom_set_threads(t);
+                for (int o = 0; o < OC; o++) y[o] = NAN;
+                loom_qgemv(y, &w, x, C, OC);
+                int off = -1;
+                for (int o = 0; o < OC && off < 0; o++)
+                    if (memcmp(&y[o], &y0[o], sizeof *y)) off = o;
+                CHECK(off < 0, "dot edges, %s%s on %d threads: y[%d] = %.9g, documented %.9g", loom_isa_name((loom_isa)isa),
+                      vnni ? " vnni" : "", t, off, off >= 0 ? y[off] : 0.0, off >= 0 ? y0[off] : 0.0);
+            }
+        }
+    loom_gemv_set_vnni(1);
+    loom_set_threads(1);
+    CHECK_OK(loom_gemv_set_isa(best));
+    CHECK_OK(loom_gemv_set_i8_scheme(LOOM_I8_WIDEN));
+    free(x), free(scale), free(y), free(y0), free(q);
 }
 
 /* Cancellation and signed zeros: the order of the sums decides the bits, so any path that adds in
@@ -352,6 +406,7 @@ int main(void) {
         for (int layout = 0; layout < 2; layout++)
             for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) check_case(types[t], layout, sizes[k][0], sizes[k][1]);
     check_order();
+    check_dot_edges();
     check_names();
     const char *shapes[2] = {"llama-tiny", "gpt2-tiny"};
     for (int k = 0; k < 2; k++) {

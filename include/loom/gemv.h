@@ -5,7 +5,12 @@
  * Each product has an AVX-512, an AVX2 (+FMA) and a portable path; the best one the CPU has is chosen
  * at run time, once (the build needs no -m flags). All paths compute every output in the same order,
  * with fused multiply-adds (one rounding each, fmaf in the portable path) and no fast-math, so they
- * give the same bits, and so does any thread count (OpenMP over outputs, each output on one thread):
+ * give the same bits, and so does any thread count: the outputs are cut into ranges (LINEAR: whole
+ * groups of 4 rows, handed to whichever thread asks next, half of what is left shared among the threads
+ * down to 8 KiB of weights; CONV1D: one range a thread) and each output is computed whole by one
+ * thread. The SIMD paths
+ * multiply 4 rows a pass (sharing the loads of x) and prefetch the next 4 rows, which is what lets one
+ * core stream int8 and bf16 weights as fast as float ones:
  *   LINEAR [OC, C]:  16 partial sums, lane j the fma chain over c = j, j + 16, ... (the last block of
  *                    16 zero-padded), the lanes then added pairwise (j + 8, then + 4, + 2, + 1);
  *   CONV1D [C, OC]:  one fma chain per output over c = 0, 1, ..., C - 1.
@@ -44,12 +49,22 @@ int loom_isa_parse(const char *name, loom_isa *isa);
  *                  grouping of AVX-512 VNNI vpdpbusd and of AVX2 maddubs + madd), then
  *                  acc[(b % 2) * 8 + j] = fma(lane j, dx[b], acc[...]) in block order, the 16 partial
  *                  sums added as above, times the row's scale. Its error beyond a float sum is that of
- *                  rounding x: |y - W x| <= scale * sum_b (dx[b] / 2) sum_{c in b} |q[c]| (+ rounding).
+ *                  rounding x: |y - W x| <= scale * sum_b (dx[b] / 2) sum_{c in b} |q[c]| (+ rounding),
+ *                  i.e. at most half a step of x's 8-bit grid per weight, relative error ~1/254 of each
+ *                  block's largest |x| (tests/test_gemv.c checks it against a double sum).
+ *                  xq = round(x / dx): one IEEE division, rounded to nearest even (every path).
  * The same bits on every path and thread count either way, for int8 weights in [-127, 127] (what
- * loom_quantize writes). Default: LOOM_I8_WIDEN. */
+ * loom_quantize writes). Default: LOOM_I8_WIDEN (the library's; `loom generate` and `loom bench generate`
+ * choose LOOM_I8_DOT unless --int8 widen). */
 typedef enum { LOOM_I8_WIDEN = 0, LOOM_I8_DOT = 1 } loom_i8_scheme;
 loom_i8_scheme loom_gemv_i8_scheme(void);
 int loom_gemv_set_i8_scheme(loom_i8_scheme scheme); /* LOOM_EINVAL for another value */
+/* Whether LOOM_I8_DOT's integer sums use VNNI's vpdpbusd (AVX-512 VNNI on the avx512 path, AVX-VNNI on
+ * avx2) rather than maddubs + madd: 1 where the CPU has it on the current path, unless turned off (tests
+ * check both kernels on a CPU with VNNI). The same bits either way. Not to be changed while another
+ * thread runs a product. */
+int loom_gemv_vnni(void);
+void loom_gemv_set_vnni(int on);
 
 /* y[OC] = W x[C] for W of any loom_qtype (LOOM_Q_F32: data is float) in either layout. */
 void loom_qgemv(float *y, const loom_qmat *w, const float *x, int C, int OC);

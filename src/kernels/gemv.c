@@ -99,7 +99,15 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
         for (int j_ = 0; j_ < LANES; j_++) (buf)[j_] = j_ < (n) ? LD(W, (i) + j_) : 0.0f; \
     } while (0)
 
-#define AVX512_LINEAR(NAME, W16, LD)                                                                       \
+/* Software prefetch of the group of rows after this one, at the column being read (ES bytes an element):
+ * the ROWS rows of a group lie in one span that the loop walks at ROWS addresses at once, which the
+ * hardware's stream prefetchers follow poorly once rows are short (an int8 row of 768 weights is 12
+ * lines); one group ahead is one group's time ahead, more than a load from memory takes. Past the last
+ * row it touches the next tensor (a prefetch never faults). */
+#define PF_NEXT(W, ES, r, c, C) _mm_prefetch((const char *)(W) + ((r) + (size_t)ROWS * (C) + (size_t)(c)) * (ES), _MM_HINT_T0)
+#define PF_LINE(ES, c) ((((size_t)(c) * (ES)) & 63) == 0) /* column c starts a 64-byte line of the row */
+
+#define AVX512_LINEAR(NAME, W16, LD, ES)                                                                   \
     T512 static void NAME(float *y, const void *W, const float *scale, const float *x, int o0, int o1,    \
                           int C, int OC) {                                                                 \
         (void)OC;                                                                                          \
@@ -112,6 +120,12 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
             size_t r0 = (size_t)o * C, r1 = r0 + C, r2 = r1 + C, r3 = r2 + C;                              \
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                    \
             for (int c = 0; c < CB; c += LANES) {                                                          \
+                if (PF_LINE(ES, c)) {                                                                      \
+                    PF_NEXT(W, ES, r0, c, C);                                                              \
+                    PF_NEXT(W, ES, r1, c, C);                                                              \
+                    PF_NEXT(W, ES, r2, c, C);                                                              \
+                    PF_NEXT(W, ES, r3, c, C);                                                              \
+                }                                                                                          \
                 __m512 xv = _mm512_loadu_ps(x + c);                                                        \
                 a0 = _mm512_fmadd_ps(W16(W, r0 + c), xv, a0);                                              \
                 a1 = _mm512_fmadd_ps(W16(W, r1 + c), xv, a1);                                              \
@@ -166,9 +180,9 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
         for (int j = 0; j < n; j++) y[o0 + j] = scale ? acc[j] * scale[o0 + j] : acc[j];                   \
     }
 
-AVX512_LINEAR(lin_f32_avx512, w16_f32, ld_f32)
-AVX512_LINEAR(lin_bf16_avx512, w16_bf16, ld_bf16)
-AVX512_LINEAR(lin_i8_avx512, w16_i8, ld_i8)
+AVX512_LINEAR(lin_f32_avx512, w16_f32, ld_f32, 4)
+AVX512_LINEAR(lin_bf16_avx512, w16_bf16, ld_bf16, 2)
+AVX512_LINEAR(lin_i8_avx512, w16_i8, ld_i8, 1)
 AVX512_CONV(conv_f32_avx512, w16_f32, ld_f32)
 AVX512_CONV(conv_bf16_avx512, w16_bf16, ld_bf16)
 AVX512_CONV(conv_i8_avx512, w16_i8, ld_i8)
@@ -188,7 +202,7 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
 }
 
 /* The 16 partial sums as two registers: lanes 0-7 (lo) and 8-15 (hi). */
-#define AVX2_LINEAR(NAME, W8, LD)                                                                          \
+#define AVX2_LINEAR(NAME, W8, LD, ES)                                                                      \
     T256 static void NAME(float *y, const void *W, const float *scale, const float *x, int o0, int o1,    \
                           int C, int OC) {                                                                 \
         (void)OC;                                                                                          \
@@ -201,6 +215,8 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
             size_t r[ROWS] = {(size_t)o * C, (size_t)(o + 1) * C, (size_t)(o + 2) * C, (size_t)(o + 3) * C}; \
             __m256 l0 = _mm256_setzero_ps(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0; \
             for (int c = 0; c < CB; c += LANES) {                                                          \
+                if (PF_LINE(ES, c))                                                                        \
+                    for (int k_ = 0; k_ < ROWS; k_++) PF_NEXT(W, ES, r[k_], c, C);                         \
                 __m256 xl = _mm256_loadu_ps(x + c), xh = _mm256_loadu_ps(x + c + 8);                       \
                 l0 = _mm256_fmadd_ps(W8(W, r[0] + c), xl, l0);                                             \
                 h0 = _mm256_fmadd_ps(W8(W, r[0] + c + 8), xh, h0);                                         \
@@ -260,9 +276,9 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
         for (int j = 0; j < n; j++) y[o0 + j] = scale ? acc[j] * scale[o0 + j] : acc[j];                   \
     }
 
-AVX2_LINEAR(lin_f32_avx2, w8_f32, ld_f32)
-AVX2_LINEAR(lin_bf16_avx2, w8_bf16, ld_bf16)
-AVX2_LINEAR(lin_i8_avx2, w8_i8, ld_i8)
+AVX2_LINEAR(lin_f32_avx2, w8_f32, ld_f32, 4)
+AVX2_LINEAR(lin_bf16_avx2, w8_bf16, ld_bf16, 2)
+AVX2_LINEAR(lin_i8_avx2, w8_i8, ld_i8, 1)
 AVX2_CONV(conv_f32_avx2, w8_f32, ld_f32)
 AVX2_CONV(conv_bf16_avx2, w8_bf16, ld_bf16)
 AVX2_CONV(conv_i8_avx2, w8_i8, ld_i8)
@@ -270,55 +286,122 @@ AVX2_CONV(conv_i8_avx2, w8_i8, ld_i8)
 /* ---------------------------------------------------------------- int8 x int8 (LINEAR only)
  *
  * x quantized per block of 32 inputs (the last zero-padded): dx[b] = max|x| / 127 over the block,
- * xq = round(x / dx) in [-127, 127]. Block b's products of one row are summed exactly in int32 as 8
- * lanes (lane j: inputs 4j .. 4j + 3 of the block, the grouping of vpdpbusd and of maddubs + madd);
- * then acc[(b % 2) * 8 + j] = fma(lane j, dx[b], acc[...]) in block order, the 16 partial sums added
- * as in reduce16, times the row's scale. */
+ * xq = round(x / dx) in [-127, 127] (one IEEE division, rounded to nearest even). Block b's products of
+ * one row are summed exactly in int32 as 8 lanes (lane j: inputs 4j .. 4j + 3 of the block, the
+ * grouping of vpdpbusd and of maddubs + madd); then acc[(b % 2) * 8 + j] = fma(lane j, dx[b], acc[...])
+ * in block order, the 16 partial sums added as in reduce16, times the row's scale. Every path
+ * quantizes x to the same bytes (a maximum is exact in any order) and sums in that order. */
 
 #define QB 32 /* inputs per block of x */
 
 typedef struct {
-    int nb;            /* blocks of 32 */
-    const int8_t *xq;  /* [nb * 32] */
-    const uint8_t *xa; /* |xq| (|x| times w with x's sign) */
-    const uint64_t *xneg; /* [nb / 2 + 1]: bit k of word p set where xq[64p + k] < 0 (AVX-512) */
-    const float *dx;   /* [nb] */
-    const float *dxe;  /* [nb * 8 + 8]: dx[b] repeated 8 times (then zeros) */
+    int nb;               /* blocks of 32 */
+    int8_t *xq;           /* [nb * 32] */
+    uint8_t *xa;          /* |xq| (|x| times w with x's sign) */
+    uint64_t *xneg;       /* [nb / 2 + 1]: bit k of word p set where xq[64p + k] < 0 (AVX-512) */
+    float *dx;            /* [nb] */
+    float *dxe;           /* [nb * 8 + 8]: dx[b] repeated 8 times (then zeros) */
 } qx_t;
 
 typedef void (*dot_fn)(float *y, const int8_t *W, const float *scale, const qx_t *q, int o0, int o1, int C);
+typedef void (*qx_fn)(qx_t *q, const float *x, int C);
 
-/* The buffers of qx_t in one allocation: NULL if out of memory. */
-static void *quantize_x(qx_t *q, const float *x, int C) {
+/* Stores block b's quantized values v[32] (zero past C) and its scale d. */
+static void qx_store(qx_t *q, int b, const int32_t *v, float d) {
+    for (int k = 0; k < QB; k++) {
+        int c = b * QB + k;
+        q->xq[c] = (int8_t)v[k];
+        q->xa[c] = (uint8_t)(v[k] < 0 ? -v[k] : v[k]);
+        if (v[k] < 0) q->xneg[c / 64] |= 1ull << (c % 64);
+    }
+    q->dx[b] = d;
+    for (int j = 0; j < 8; j++) q->dxe[b * 8 + j] = d;
+}
+
+static inline int32_t q127(float v) {
+    long r = lrintf(v);
+    return (int32_t)(r > 127 ? 127 : r < -127 ? -127 : r);
+}
+
+static void qx_portable(qx_t *q, const float *x, int C) {
+    for (int b = 0; b < q->nb; b++) {
+        int c0 = b * QB, n = C - c0 < QB ? C - c0 : QB;
+        float mx = 0;
+        for (int k = 0; k < n; k++) {
+            float a = fabsf(x[c0 + k]);
+            mx = a > mx ? a : mx;
+        }
+        float d = mx / 127.0f;
+        int32_t v[QB] = {0};
+        if (d > 0)
+            for (int k = 0; k < n; k++) v[k] = q127(x[c0 + k] / d);
+        qx_store(q, b, v, d);
+    }
+}
+
+T256 static void qx_avx2(qx_t *q, const float *x, int C) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+    for (int b = 0; b < q->nb; b++) {
+        int c0 = b * QB, n = C - c0 < QB ? C - c0 : QB;
+        float t[QB] __attribute__((aligned(32))) = {0};
+        memcpy(t, x + c0, (size_t)n * sizeof *t);
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) m = _mm256_max_ps(m, _mm256_and_ps(v[i] = _mm256_load_ps(t + 8 * i), absm));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float d = _mm_cvtss_f32(h) / 127.0f;
+        int32_t r[QB] __attribute__((aligned(32))) = {0};
+        if (d > 0) {
+            const __m256 dv = _mm256_set1_ps(d);
+            for (int i = 0; i < 4; i++) {
+                __m256i qi = _mm256_cvtps_epi32(_mm256_div_ps(v[i], dv));
+                _mm256_store_si256((__m256i *)(r + 8 * i), _mm256_min_epi32(_mm256_max_epi32(qi, lo), hi));
+            }
+        }
+        qx_store(q, b, r, d);
+    }
+}
+
+T512 static void qx_avx512(qx_t *q, const float *x, int C) {
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), zero = _mm512_setzero_si512();
+    for (int b = 0; b < q->nb; b++) {
+        int c0 = b * QB, n = C - c0 < QB ? C - c0 : QB;
+        __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+        __mmask16 m1 = n >= 32 ? 0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, x + c0), v1 = _mm512_maskz_loadu_ps(m1, x + c0 + 16);
+        float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1))) / 127.0f;
+        __m512i q0 = zero, q1 = zero;
+        if (d > 0) {
+            const __m512 dv = _mm512_set1_ps(d);
+            q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v0, dv)), lo), hi);
+            q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_div_ps(v1, dv)), lo), hi);
+        }
+        _mm_storeu_si128((__m128i *)(q->xq + c0), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q->xq + c0 + 16), _mm512_cvtepi32_epi8(q1));
+        _mm_storeu_si128((__m128i *)(q->xa + c0), _mm512_cvtepi32_epi8(_mm512_abs_epi32(q0)));
+        _mm_storeu_si128((__m128i *)(q->xa + c0 + 16), _mm512_cvtepi32_epi8(_mm512_abs_epi32(q1)));
+        uint64_t neg = (uint64_t)_mm512_cmplt_epi32_mask(q0, zero) | (uint64_t)_mm512_cmplt_epi32_mask(q1, zero) << 16;
+        q->xneg[c0 / 64] |= neg << (c0 % 64);
+        q->dx[b] = d;
+        _mm256_storeu_ps(q->dxe + b * 8, _mm512_castps512_ps256(_mm512_set1_ps(d)));
+    }
+}
+
+/* The buffers of qx_t in one allocation, filled by the path's quantizer: NULL if out of memory. */
+static void *quantize_x(qx_t *q, const float *x, int C, qx_fn fill) {
     int nb = (C + QB - 1) / QB;
     size_t n = (size_t)nb * QB;
     /* xq, xa | dx, dxe | xneg, each part 64-byte aligned */
     size_t off_dx = (2 * n + 63) & ~(size_t)63, off_neg = (off_dx + (size_t)(9 * nb + 8) * sizeof(float) + 63) & ~(size_t)63;
     char *mem = loom_alloc(off_neg + (size_t)(nb / 2 + 1) * sizeof(uint64_t));
     if (!mem) return NULL;
-    int8_t *xq = (int8_t *)mem;
-    uint8_t *xa = (uint8_t *)mem + n;
-    float *dx = (float *)(mem + off_dx), *dxe = dx + nb;
-    uint64_t *xneg = (uint64_t *)(mem + off_neg);
-    memset(xneg, 0, (size_t)(nb / 2 + 1) * 8);
-    for (int b = 0; b < nb; b++) {
-        int c0 = b * QB, c1 = c0 + QB < C ? c0 + QB : C;
-        float mx = 0;
-        for (int c = c0; c < c1; c++) mx = fmaxf(mx, fabsf(x[c]));
-        float d = mx / 127.0f;
-        for (int k = 0; k < QB; k++) {
-            int c = c0 + k;
-            long v = c < c1 && d > 0 ? lrintf(x[c] / d) : 0;
-            v = v > 127 ? 127 : v < -127 ? -127 : v;
-            xq[c] = (int8_t)v;
-            xa[c] = (uint8_t)(v < 0 ? -v : v);
-            if (v < 0) xneg[c / 64] |= 1ull << (c % 64);
-        }
-        dx[b] = d;
-        for (int j = 0; j < 8; j++) dxe[b * 8 + j] = d;
-    }
-    for (int j = 0; j < 8; j++) dxe[nb * 8 + j] = 0;
-    *q = (qx_t){nb, xq, xa, xneg, dx, dxe};
+    *q = (qx_t){nb, (int8_t *)mem, (uint8_t *)mem + n, (uint64_t *)(mem + off_neg), (float *)(mem + off_dx),
+                (float *)(mem + off_dx) + nb};
+    memset(q->xneg, 0, (size_t)(nb / 2 + 1) * sizeof(uint64_t));
+    memset(q->dxe + (size_t)nb * 8, 0, 8 * sizeof(float));
+    fill(q, x, C);
     return mem;
 }
 
@@ -340,35 +423,57 @@ static void dot_portable(float *y, const int8_t *W, const float *scale, const qx
 }
 
 /* AVX2: one block per step, |x| (unsigned) times w carrying x's sign: maddubs pairs stay within int16
- * (2 * 127 * 127), madd with ones gives the 8 int32 lanes. */
-T256 static inline __m256 dot32_avx2(const int8_t *w, const qx_t *q, int b) {
-    __m256i wv = _mm256_loadu_si256((const __m256i *)w);
-    __m256i xs = _mm256_loadu_si256((const __m256i *)(q->xq + b * QB));
-    __m256i xa = _mm256_loadu_si256((const __m256i *)(q->xa + b * QB));
-    __m256i p16 = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wv, xs));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+ * (2 * 127 * 127), madd with ones gives the 8 int32 lanes; AVX-VNNI's vpdpbusd gives them in one
+ * instruction. Four rows share the loads of x. */
+T256 static inline __m256i dot32_avx2(__m256i w, __m256i xs, __m256i xa) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xs)), _mm256_set1_epi16(1));
 }
 
-T256 static void dot_avx2(float *y, const int8_t *W, const float *scale, const qx_t *q, int o0, int o1, int C) {
-    const int nbf = C / QB; /* full blocks; the rest from a zero-padded copy */
-    int8_t tail[QB] __attribute__((aligned(32)));
-    float a[LANES];
-    for (int o = o0; o < o1; o++) {
-        const int8_t *w = W + (size_t)o * C;
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-        int b = 0;
-        for (; b < nbf; b++)
-            acc[b & 1] = _mm256_fmadd_ps(dot32_avx2(w + b * QB, q, b), _mm256_set1_ps(q->dx[b]), acc[b & 1]);
-        if (b < q->nb) {
-            memset(tail, 0, sizeof tail);
-            memcpy(tail, w + b * QB, (size_t)(C - b * QB));
-            acc[b & 1] = _mm256_fmadd_ps(dot32_avx2(tail, q, b), _mm256_set1_ps(q->dx[b]), acc[b & 1]);
-        }
-        _mm256_storeu_ps(a, acc[0]);
-        _mm256_storeu_ps(a + 8, acc[1]);
-        y[o] = reduce16(a) * scale[o];
-    }
+#define TAVXVNNI __attribute__((target("avx2,fma,avxvnni")))
+
+TAVXVNNI static inline __m256i dot32_avxvnni(__m256i w, __m256i xs, __m256i xa) {
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), xa, _mm256_sign_epi8(w, xs));
 }
+
+#define DOT_AVX2(NAME, TGT, DOT32)                                                                         \
+    TGT static void NAME(float *y, const int8_t *W, const float *scale, const qx_t *q, int o0, int o1, int C) { \
+        const int nbf = C / QB; /* full blocks; the last partial one from zero-padded copies */            \
+        int8_t tail[ROWS][QB] __attribute__((aligned(32)));                                               \
+        float a[LANES];                                                                                    \
+        memset(tail, 0, sizeof tail);                                                                      \
+        for (int o = o0; o < o1; o += ROWS) {                                                              \
+            const int nr = o1 - o < ROWS ? o1 - o : ROWS;                                                  \
+            const int8_t *w[ROWS];                                                                         \
+            for (int k = 0; k < ROWS; k++) w[k] = W + (size_t)(o + (k < nr ? k : 0)) * C;                  \
+            __m256 acc[ROWS][2];                                                                           \
+            for (int k = 0; k < ROWS; k++) acc[k][0] = acc[k][1] = _mm256_setzero_ps();                    \
+            for (int b = 0; b < q->nb; b++) {                                                              \
+                const int full = b < nbf;                                                                  \
+                __m256i xs = _mm256_loadu_si256((const __m256i *)(q->xq + b * QB));                        \
+                __m256i xa = _mm256_loadu_si256((const __m256i *)(q->xa + b * QB));                        \
+                __m256 dv = _mm256_set1_ps(q->dx[b]);                                                      \
+                for (int k = 0; k < ROWS; k++) {                                                           \
+                    const int8_t *wb = w[k] + b * QB;                                                      \
+                    if (full) {                                                                            \
+                        PF_NEXT(w[k], 1, 0, b * QB, C);                                                    \
+                    } else {                                                                               \
+                        memcpy(tail[k], wb, (size_t)(C - b * QB));                                         \
+                        wb = tail[k];                                                                      \
+                    }                                                                                      \
+                    __m256i p = DOT32(_mm256_loadu_si256((const __m256i *)wb), xs, xa);                    \
+                    acc[k][b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dv, acc[k][b & 1]);            \
+                }                                                                                          \
+            }                                                                                              \
+            for (int k = 0; k < nr; k++) {                                                                 \
+                _mm256_storeu_ps(a, acc[k][0]);                                                            \
+                _mm256_storeu_ps(a + 8, acc[k][1]);                                                        \
+                y[o + k] = reduce16(a) * scale[o + k];                                                     \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+DOT_AVX2(dot_avx2, T256, dot32_avx2)
+DOT_AVX2(dot_avxvnni, TAVXVNNI, dot32_avxvnni)
 
 /* AVX-512 VNNI: two blocks per step (lanes 0-7 block b, 8-15 block b + 1), |x| (unsigned) times w
  * negated where x is negative (one masked subtract: AVX-512 has no vpsignb); four rows share the loads
@@ -385,20 +490,27 @@ TVNNI static void dot_vnni(float *y, const int8_t *W, const float *scale, const 
     const int rest = C - np * 2 * QB;
     /* the last step covers blocks 2np and 2np + 1 where they exist: lanes 8-15 only if block 2np + 1 does */
     const __mmask16 last = 2 * np + 1 < q->nb ? 0xFFFF : 0x00FF;
-    int8_t tail[4][2 * QB] __attribute__((aligned(64)));
+    int8_t tail[ROWS][2 * QB] __attribute__((aligned(64)));
     float a[LANES];
-    int o = o0;
-    for (; o + ROWS <= o1; o += ROWS) {
-        const int8_t *w0 = W + (size_t)o * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
+    memset(tail, 0, sizeof tail);
+    for (int o = o0; o < o1; o += ROWS) {
+        const int nr = o1 - o < ROWS ? o1 - o : ROWS; /* a short last group repeats its first row */
+        const int8_t *w0 = W + (size_t)o * C, *w1 = nr > 1 ? w0 + C : w0, *w2 = nr > 2 ? w0 + 2 * (size_t)C : w0,
+                     *w3 = nr > 3 ? w0 + 3 * (size_t)C : w0;
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (int p = 0; p < np; p++) {
-            __m512i xa = _mm512_loadu_si512(q->xa + p * 2 * QB);
+            const size_t c = (size_t)p * 2 * QB;
+            PF_NEXT(w0, 1, 0, c, C);
+            PF_NEXT(w1, 1, 0, c, C);
+            PF_NEXT(w2, 1, 0, c, C);
+            PF_NEXT(w3, 1, 0, c, C);
+            __m512i xa = _mm512_loadu_si512(q->xa + c);
             __mmask64 ng = q->xneg[p];
             __m512 dv = _mm512_loadu_ps(q->dxe + p * 16);
-            a0 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w0 + p * 2 * QB), xa, ng), dv, a0);
-            a1 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w1 + p * 2 * QB), xa, ng), dv, a1);
-            a2 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w2 + p * 2 * QB), xa, ng), dv, a2);
-            a3 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w3 + p * 2 * QB), xa, ng), dv, a3);
+            a0 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w0 + c), xa, ng), dv, a0);
+            a1 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w1 + c), xa, ng), dv, a1);
+            a2 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w2 + c), xa, ng), dv, a2);
+            a3 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w3 + c), xa, ng), dv, a3);
         }
         __m512 av[ROWS] = {a0, a1, a2, a3};
         if (rest) {
@@ -407,32 +519,14 @@ TVNNI static void dot_vnni(float *y, const int8_t *W, const float *scale, const 
             __mmask64 ng = q->xneg[np];
             __m512 dv = _mm512_loadu_ps(q->dxe + np * 16);
             for (int k = 0; k < ROWS; k++) {
-                memset(tail[k], 0, sizeof tail[k]);
                 memcpy(tail[k], wr[k] + np * 2 * QB, (size_t)rest);
                 av[k] = _mm512_mask3_fmadd_ps(dot64_vnni(_mm512_load_si512(tail[k]), xa, ng), dv, av[k], last);
             }
         }
-        for (int k = 0; k < ROWS; k++) {
+        for (int k = 0; k < nr; k++) {
             _mm512_storeu_ps(a, av[k]);
             y[o + k] = reduce16(a) * scale[o + k];
         }
-    }
-    for (; o < o1; o++) {
-        const int8_t *w = W + (size_t)o * C;
-        __m512 acc = _mm512_setzero_ps();
-        for (int p = 0; p < np; p++)
-            acc = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w + p * 2 * QB), _mm512_loadu_si512(q->xa + p * 2 * QB),
-                                             q->xneg[p]),
-                                  _mm512_loadu_ps(q->dxe + p * 16), acc);
-        if (rest) {
-            memset(tail[0], 0, sizeof tail[0]);
-            memcpy(tail[0], w + np * 2 * QB, (size_t)rest);
-            acc = _mm512_mask3_fmadd_ps(dot64_vnni(_mm512_load_si512(tail[0]), _mm512_loadu_si512(q->xa + np * 2 * QB),
-                                                   q->xneg[np]),
-                                        _mm512_loadu_ps(q->dxe + np * 16), acc, last);
-        }
-        _mm512_storeu_ps(a, acc);
-        y[o] = reduce16(a) * scale[o];
     }
 }
 
@@ -446,16 +540,21 @@ static const gemv_fn kernels[3][2][3] = {
 };
 
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
-static int isa_best_v, isa_cur, i8_scheme = LOOM_I8_WIDEN;
-static dot_fn dot_kernels[3] = {dot_portable, dot_avx2, dot_avx2}; /* [path]; AVX-512 with VNNI: dot_vnni */
+static int isa_best_v, isa_cur, i8_scheme = LOOM_I8_WIDEN, vnni_on = 1;
+/* the int8 x int8 kernels [path][VNNI off / on]: VNNI where the CPU has it (AVX-512 VNNI with AVX-512BW on
+ * the avx512 path, AVX-VNNI on avx2), else maddubs + madd; and x's quantizers [path] */
+static dot_fn dot_kernels[3][2] = {{dot_portable, dot_portable}, {dot_avx2, dot_avx2}, {dot_avx2, dot_avx2}};
+static const qx_fn qx_kernels[3] = {qx_portable, qx_avx2, qx_avx512};
 
 static void isa_detect(void) {
     __builtin_cpu_init();
     int best = LOOM_ISA_PORTABLE;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = LOOM_ISA_AVX2;
     if (__builtin_cpu_supports("avx512f")) best = LOOM_ISA_AVX512;
+    if (best >= LOOM_ISA_AVX2 && __builtin_cpu_supports("avxvnni"))
+        dot_kernels[LOOM_ISA_AVX2][1] = dot_kernels[LOOM_ISA_AVX512][1] = dot_avxvnni;
     if (best == LOOM_ISA_AVX512 && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni"))
-        dot_kernels[LOOM_ISA_AVX512] = dot_vnni;
+        dot_kernels[LOOM_ISA_AVX512][1] = dot_vnni;
     isa_best_v = best;
     __atomic_store_n(&isa_cur, best, __ATOMIC_RELEASE);
 }
@@ -493,40 +592,86 @@ int loom_gemv_set_isa(loom_isa isa) {
 
 loom_i8_scheme loom_gemv_i8_scheme(void) { return (loom_i8_scheme)__atomic_load_n(&i8_scheme, __ATOMIC_ACQUIRE); }
 
+int loom_gemv_vnni(void) {
+    pthread_once(&isa_once, isa_detect);
+    loom_isa isa = loom_gemv_isa();
+    return __atomic_load_n(&vnni_on, __ATOMIC_ACQUIRE) && dot_kernels[isa][1] != dot_kernels[isa][0];
+}
+
+void loom_gemv_set_vnni(int on) { __atomic_store_n(&vnni_on, on != 0, __ATOMIC_RELEASE); }
+
 int loom_gemv_set_i8_scheme(loom_i8_scheme scheme) {
     if (scheme != LOOM_I8_WIDEN && scheme != LOOM_I8_DOT) return loom_error(LOOM_EINVAL, "unknown int8 scheme %d", (int)scheme);
     __atomic_store_n(&i8_scheme, (int)scheme, __ATOMIC_RELEASE);
     return LOOM_OK;
 }
 
-/* Splits the outputs into one contiguous range per thread (LINEAR: whole groups of ROWS; CONV1D: whole
- * 16-output vectors, and pieces of at most CONV_BLOCK). Each output is computed whole by one thread,
- * so the split does not change any bits. */
-static void run(gemv_fn f, float *y, const void *W, const float *scale, const float *x, int C, int OC, int conv) {
-    const int unit = conv ? LANES : ROWS, nu = (OC + unit - 1) / unit;
-#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
-    {
-        int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        int o0 = (int)((long)nu * t / nt) * unit, o1 = (int)((long)nu * (t + 1) / nt) * unit;
-        if (o1 > OC) o1 = OC;
-        int step = conv ? CONV_BLOCK : o1 - o0;
-        for (int o = o0; o < o1; o += step) f(y, W, scale, x, o, o + step < o1 ? o + step : o1, C, OC);
+/* LINEAR outputs go out in ranges of whole groups of ROWS to whichever thread asks next, large ranges
+ * first (half of what is left, shared among the threads), then smaller ones down to CHUNK_MIN bytes of
+ * weights: few claims, threads that finish close together, and on a busy machine a thread that starts
+ * late simply claims less instead of holding up the product. CONV1D outputs are split into one
+ * contiguous range per thread (whole 16-output vectors, in pieces of at most CONV_BLOCK). Each output is
+ * computed whole by one thread in a fixed order, so neither split changes any bits. */
+#define CHUNK_MIN 8192
+
+/* Claims the next range [*g0, *g1) of n units (at least min units, but no more than are left) for one of
+ * nt threads; 0 when none is left. */
+static int claim(int *next, int n, int min, int nt, int *g0, int *g1) {
+    int cur = __atomic_load_n(next, __ATOMIC_RELAXED);
+    for (;;) {
+        if (cur >= n) return 0;
+        int take = (n - cur) / (2 * nt);
+        take = take < min ? min : take;
+        take = take > n - cur ? n - cur : take;
+        if (__atomic_compare_exchange_n(next, &cur, cur + take, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            *g0 = cur;
+            *g1 = cur + take;
+            return 1;
+        }
     }
 }
 
-/* The int8 x int8 products: x quantized once, then rows split as in run. */
-static int run_dot(float *y, const int8_t *W, const float *scale, const float *x, int C, int OC) {
-    qx_t q;
-    void *mem = quantize_x(&q, x, C);
-    if (!mem) return 0;
-    dot_fn f = dot_kernels[loom_gemv_isa()];
-    const int nu = (OC + ROWS - 1) / ROWS;
+/* Groups of ROWS rows of C elements of es bytes in CHUNK_MIN bytes (at least 1). */
+static int min_groups(int C, int es) {
+    long g = CHUNK_MIN / ((long)ROWS * C * es);
+    return g < 1 ? 1 : (int)g;
+}
+
+static void run(gemv_fn f, float *y, const void *W, const float *scale, const float *x, int C, int OC, int conv,
+                int es) {
+    if (!conv) {
+        const int ng = (OC + ROWS - 1) / ROWS, mg = min_groups(C, es);
+        int next = 0;
+#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
+        {
+            int nt = omp_get_num_threads(), g0, g1;
+            while (claim(&next, ng, mg, nt, &g0, &g1)) f(y, W, scale, x, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C, OC);
+        }
+        return;
+    }
+    const int nu = (OC + LANES - 1) / LANES;
 #pragma omp parallel if ((long)OC * C >= GEMV_PAR)
     {
         int nt = omp_get_num_threads(), t = omp_get_thread_num();
-        int o0 = (int)((long)nu * t / nt) * ROWS, o1 = (int)((long)nu * (t + 1) / nt) * ROWS;
+        int o0 = (int)((long)nu * t / nt) * LANES, o1 = (int)((long)nu * (t + 1) / nt) * LANES;
         if (o1 > OC) o1 = OC;
-        if (o0 < o1) f(y, W, scale, &q, o0, o1, C);
+        for (int o = o0; o < o1; o += CONV_BLOCK) f(y, W, scale, x, o, o + CONV_BLOCK < o1 ? o + CONV_BLOCK : o1, C, OC);
+    }
+}
+
+/* The int8 x int8 products: x quantized once, then rows in ranges as in run. */
+static int run_dot(float *y, const int8_t *W, const float *scale, const float *x, int C, int OC) {
+    qx_t q;
+    const loom_isa isa = loom_gemv_isa();
+    void *mem = quantize_x(&q, x, C, qx_kernels[isa]);
+    if (!mem) return 0;
+    dot_fn f = dot_kernels[isa][__atomic_load_n(&vnni_on, __ATOMIC_ACQUIRE)];
+    const int ng = (OC + ROWS - 1) / ROWS, mg = min_groups(C, 1);
+    int next = 0;
+#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
+    {
+        int nt = omp_get_num_threads(), g0, g1;
+        while (claim(&next, ng, mg, nt, &g0, &g1)) f(y, W, scale, &q, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C);
     }
     loom_free(mem);
     return 1;
@@ -537,13 +682,13 @@ void loom_qgemv(float *y, const loom_qmat *w, const float *x, int C, int OC) {
     int conv = w->layout == LOOM_W_CONV1D, type = w->type == LOOM_Q_BF16 ? 1 : w->type == LOOM_Q_INT8 ? 2 : 0;
     /* (out of memory for the quantized x: the widening products, which need none) */
     if (type == 2 && !conv && loom_gemv_i8_scheme() == LOOM_I8_DOT && run_dot(y, w->data, w->scale, x, C, OC)) return;
-    run(kernels[loom_gemv_isa()][conv][type], y, w->data, type == 2 ? w->scale : NULL, x, C, OC, conv);
+    run(kernels[loom_gemv_isa()][conv][type], y, w->data, type == 2 ? w->scale : NULL, x, C, OC, conv, 4 >> type);
 }
 
 void loom_gemv(float *y, const float *W, const float *x, int OC, int C) {
-    if (OC > 0) run(kernels[loom_gemv_isa()][0][0], y, W, NULL, x, C, OC, 0);
+    if (OC > 0) run(kernels[loom_gemv_isa()][0][0], y, W, NULL, x, C, OC, 0, 4);
 }
 
 void loom_gemv_t(float *y, const float *W, const float *x, int C, int OC) {
-    if (OC > 0) run(kernels[loom_gemv_isa()][1][0], y, W, NULL, x, C, OC, 1);
+    if (OC > 0) run(kernels[loom_gemv_isa()][1][0], y, W, NULL, x, C, OC, 1, 4);
 }

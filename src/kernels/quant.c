@@ -32,7 +32,10 @@ void loom_quantize(void *q, float *scale, const float *w, loom_qtype type, int l
         for (int r = 0; r < R; r++) {
             const float *x = w + (size_t)r * K;
             float mx = 0;
-            for (int k = 0; k < K; k++) mx = fmaxf(mx, fabsf(x[k]));
+            for (int k = 0; k < K; k++) { /* (no fmaxf: a library call where the compiler cannot inline it) */
+                float a = fabsf(x[k]);
+                mx = a > mx ? a : mx;
+            }
             float s = mx > 0 ? mx / 127.0f : 1.0f;
             scale[r] = s;
             for (int k = 0; k < K; k++) o[(size_t)r * K + k] = (int8_t)lrintf(x[k] / s);
@@ -40,7 +43,10 @@ void loom_quantize(void *q, float *scale, const float *w, loom_qtype type, int l
     } else { /* output channel = column */
         for (int k = 0; k < K; k++) scale[k] = 0;
         for (int r = 0; r < R; r++)
-            for (int k = 0; k < K; k++) scale[k] = fmaxf(scale[k], fabsf(w[(size_t)r * K + k]));
+            for (int k = 0; k < K; k++) {
+                float a = fabsf(w[(size_t)r * K + k]);
+                scale[k] = a > scale[k] ? a : scale[k];
+            }
         for (int k = 0; k < K; k++) scale[k] = scale[k] > 0 ? scale[k] / 127.0f : 1.0f;
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < R; r++)

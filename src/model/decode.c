@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/dispatch.h"
 #include "loom/core.h"
 #include "loom/gemv.h"
 #include "loom/kernels.h"
@@ -183,6 +184,41 @@ static void linear(const pass *p, float *y, const float *x, int n, int idx, cons
     else loom_matmul_forward(y, OC, x, C, w.f, layout_of(m, idx), b, n, C, OC);
 }
 
+/* A head's keys (or values) of consecutive slots lie a cache row (KV floats, 3 KiB in the 110M shape) apart:
+ * a stride the hardware prefetchers do not follow, so each slot's row is asked for ATT_AHEAD slots early. */
+#define ATT_AHEAD 16
+
+static inline void prefetch_row(const float *p, int n) {
+    for (int j = 0; j < n; j += 16) __builtin_prefetch(p + j);
+}
+
+/* One (row, head) of attention over len cache slots (keys and values a row of stride floats apart):
+ * scores a[len], their softmax, y[HS] the weighted values. Built for each instruction set (loom's
+ * dispatch): the dot products keep lm_dot16's lanes and the weighted sum adds over t in order, so every
+ * version gives the same bits. */
+LOOM_DISPATCH static void attend_row(float *y, float *a, const float *q, const float *kc, const float *vc, int len,
+                                     int stride, int HS, float scale) {
+    float mx = -INFINITY;
+    for (int t = 0; t < len; t++) {
+        if (t + ATT_AHEAD < len) prefetch_row(kc + (size_t)(t + ATT_AHEAD) * stride, HS);
+        a[t] = scale * lm_dot16(q, kc + (size_t)t * stride, HS);
+        mx = a[t] > mx ? a[t] : mx;
+    }
+    float sum = 0;
+    for (int t = 0; t < len; t++) {
+        a[t] = expf(a[t] - mx);
+        sum += a[t];
+    }
+    memset(y, 0, (size_t)HS * sizeof *y);
+    for (int t = 0; t < len; t++) {
+        if (t + ATT_AHEAD < len) prefetch_row(vc + (size_t)(t + ATT_AHEAD) * stride, HS);
+        const float *v = vc + (size_t)t * stride, at = a[t];
+        for (int j = 0; j < HS; j++) y[j] += at * v[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < HS; j++) y[j] *= inv;
+}
+
 /* Causal attention of the pass's n rows (row i at cache slot s0 + i sees slots 0 .. s0 + i) over layer
  * l's cache: y[n, C]. Each (row, head) is one worker's whole computation, so the bits do not depend on
  * the thread count. */
@@ -194,27 +230,9 @@ static void attend(loom_kv *kv, const loom_config *c, int l, int n, int s0) {
     long work = (long)n * NH * (s0 + n) * HS;
 #pragma omp parallel for schedule(static) num_threads(kv->nthr) if (work >= 32768)
     for (int r = 0; r < n * NH; r++) {
-        int i = r / NH, h = r % NH, len = s0 + i + 1, kh = h / group;
-        const float *q = kv->qkv + (size_t)i * QKV + h * HS;
-        float *a = kv->att + (size_t)omp_get_thread_num() * S;
-        float mx = -INFINITY;
-        for (int t = 0; t < len; t++) {
-            a[t] = scale * lm_dot16(q, kc + (size_t)t * KV + kh * HS, HS);
-            mx = a[t] > mx ? a[t] : mx;
-        }
-        float sum = 0;
-        for (int t = 0; t < len; t++) {
-            a[t] = expf(a[t] - mx);
-            sum += a[t];
-        }
-        float *y = kv->y + (size_t)i * c->dim + h * HS;
-        memset(y, 0, (size_t)HS * sizeof *y);
-        for (int t = 0; t < len; t++) {
-            const float *v = vc + (size_t)t * KV + kh * HS;
-            for (int j = 0; j < HS; j++) y[j] += a[t] * v[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < HS; j++) y[j] *= inv;
+        int i = r / NH, h = r % NH, kh = h / group;
+        attend_row(kv->y + (size_t)i * c->dim + h * HS, kv->att + (size_t)omp_get_thread_num() * S,
+                   kv->qkv + (size_t)i * QKV + h * HS, kc + kh * HS, vc + kh * HS, s0 + i + 1, KV, HS, scale);
     }
 }
 
