@@ -99,6 +99,7 @@ check "networked fedkseed uploads ($up bytes) are pairs" num_lt "$up" 600
 refuse "seed pool without fedkseed" 1 '--seed-pool' 'fedkseed' -- "$LOOM" sim "${A[@]}" --seed-pool 16
 refuse "zo-lr without a zeroth-order client" 1 '--zo-lr' 'mezo or fedkseed' -- "$LOOM" sim "${A[@]}" --zo-lr 0.1
 refuse "unknown client algorithm" 1 '--client-algo' 'sgd, mezo or fedkseed' -- "$LOOM" sim "${A[@]}" --client-algo spsa
+refuse "mezo with heterogeneous masks" 1 '--lora-freeze-a' '--client-algo sgd' -- "$LOOM" sim "${A[@]}" --client-algo mezo --peft lora --lora-freeze-a
 refuse "zo-eps 0" 1 '--zo-eps' '> 0' -- "$LOOM" sim "${A[@]}" --client-algo mezo --zo-eps 0
 refuse "bad zo-restore" 1 '--zo-restore' 'copy or inplace' -- "$LOOM" sim "${A[@]}" --client-algo mezo --zo-restore undo
 refuse "bad seed-probs" 1 '--seed-probs' 'uniform or importance' -- "$LOOM" sim "${A[@]}" "${K[@]}" --seed-probs often

@@ -423,6 +423,9 @@ int cmd_sim(int argc, char **argv) {
         sc.root_idx = root;
         sc.n_root = nroot;
     } else if (r.root_data) BAD("--root-data is for --aggregator fltrust");
+    if (sc.algo && (r.client_ranks || r.fedra_layers || r.lora_freeze_a || r.hetlora_prune > 0 || strcmp(r.hetlora_agg, "pad")))
+        BAD("--client-ranks, --fedra-layers, --lora-freeze-a, --hetlora-prune and --hetlora-agg need --client-algo sgd: "
+            "a %s client perturbs and steps its whole vector", sc.algo->name);
     if (het_configure(&r, set, m, (int)part->n_clients, (uint64_t)seed, &sc, &het) != 0) goto done;
     sc.step_seconds = r.step_seconds;
     sc.time_spread = r.time_spread;
