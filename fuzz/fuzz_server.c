@@ -45,7 +45,7 @@ static void setup(void) {
     srv->opened_at = net_wall();
     srv->phase = NET_PH_FIT;
     float u[FDIM] = {0.1f, -0.2f, 0.3f, 0, 0, 0, 0, 1};
-    loom_update up = {srv->run_id, 1, 0, 0, 5, 1.0, 10, LOOM_CODEC_F32, FDIM, u, NULL};
+    loom_update up = {srv->run_id, 1, 0, 0, 5, 1.0, 10, LOOM_CODEC_F32, FDIM, u, NULL, 0};
     if (loom_update_encode(&up, NULL, &valid, &valid_n) != LOOM_OK) abort();
 }
 

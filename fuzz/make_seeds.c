@@ -9,6 +9,8 @@
 #include <sys/stat.h>
 
 #include "loom/core.h"
+#include "loom/gguf.h"
+#include "loom/model.h"
 #include "loom/safetensors.h"
 #include "loom/update.h"
 
@@ -64,6 +66,33 @@ static void copy_head(const char *target, const char *name, const char *rel, siz
 }
 
 /* Small tensors of a reference model, rewritten in the given dtype. */
+/* A GGUF model small enough to mutate: a llama-tiny or gpt2-tiny shape cut down to one layer of width
+ * 32 and 64 tokens, written by loom's exporter with matrices as type. */
+static void gguf_seed(const char *shape, const char *name, loom_ggml_type type) {
+    loom_config c;
+    if (loom_config_named(&c, shape) != LOOM_OK) return;
+    c.n_layer = 1;
+    c.dim = 32;
+    c.n_head = 2;
+    c.n_kv_head = c.n_kv_head < c.n_head ? 1 : 2;
+    c.hidden = 64;
+    c.vocab = 64;
+    c.max_seq = 16;
+    if (c.bos_id >= c.vocab) c.bos_id = -1;
+    if (c.eos_id >= c.vocab) c.eos_id = -1;
+    loom_model *m = NULL;
+    loom_gguf_writer *w = NULL;
+    char p[1024];
+    snprintf(p, sizeof p, "%s/fuzz_gguf", out);
+    mkdir(p, 0755);
+    snprintf(p, sizeof p, "%s/fuzz_gguf/%s", out, name);
+    if (loom_model_create(&m, &c, 1) == LOOM_OK && loom_gguf_writer_create(&w) == LOOM_OK &&
+        loom_model_save_gguf(m, loom_model_params_const(m), type, w, p) == LOOM_OK)
+        written++;
+    loom_gguf_writer_free(w);
+    loom_model_free(m);
+}
+
 static void safetensors_seed(const char *rel, const char *name, loom_dtype dt) {
     char p[1024];
     snprintf(p, sizeof p, "%s/%s", shared, rel);
@@ -226,6 +255,9 @@ int main(int argc, char **argv) {
     mkdir(out, 0755);
     loom_set_log(NULL, NULL, LOOM_ERROR + 1);
 
+    gguf_seed("llama-tiny", "llama-f16", LOOM_GGML_F16);
+    gguf_seed("llama-tiny", "llama-q8_0", LOOM_GGML_Q8_0);
+    gguf_seed("gpt2-tiny", "gpt2-f32", LOOM_GGML_F32);
     safetensors_seed("reference/gpt2-tiny/model.safetensors", "gpt2-f32", LOOM_DT_F32);
     safetensors_seed("reference/llama-tiny/model.safetensors", "llama-bf16", LOOM_DT_BF16);
     safetensors_seed("reference/gpt2-tiny-lora/adapter_model.safetensors", "lora-f16", LOOM_DT_F16);

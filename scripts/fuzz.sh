@@ -25,7 +25,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(fuzz_safetensors fuzz_st_index fuzz_tokenizer_json fuzz_gpt2_bpe fuzz_tokenizer_bin fuzz_llama2c
            fuzz_adapter_config fuzz_config fuzz_dataset fuzz_sim_config fuzz_update fuzz_server
-           fuzz_secagg)
+           fuzz_secagg fuzz_gguf)
 fi
 if [ $# -eq 0 ]; then targets+=(fuzz_paillier); fi
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

@@ -105,14 +105,7 @@ if [ "${LOOM_SANITIZED:-0}" = 1 ]; then
     echo "cli_gguf: sanitizer build: the llama.cpp checks run in the release build's cli_gguf" >&2
     finish
 fi
-NL=${LOOM_LLAMACPP_DIR:-$tmp/llamacpp} # ctest's fixture installs it once (tests/llamacpp_install.sh)
-if ! bash "$SRC/tests/llamacpp_install.sh" "$NL" > /dev/null; then
-    echo "FAIL: llama.cpp is not installed in $NL; llama.cpp checks not run" >&2
-    fail=$((fail + 1))
-    finish
-fi
-# the script runs from $tmp, importing the shared install through a link (another test may use it at once)
-mkdir -p "$tmp/lc" && ln -s "$NL/node_modules" "$tmp/lc/node_modules" && cp "$SRC/tests/llamacpp_gen.mjs" "$tmp/lc/"
+llamacpp_setup || finish
 # every job in one process (starting llama.cpp costs seconds): one output line per job
 (cd "$tmp/lc" && node llamacpp_gen.mjs "$tmp/s.gguf" 48 :: "$tmp/s_q8_0.gguf" 48 :: "$tmp/s_f16.gguf" 48 :: "$tmp/g.gguf" 64 :: \
     "$tmp/merged.gguf" 48 :: "$tmp/s.gguf" --tokenize "$T" :: "$tmp/g.gguf" --tokenize "$T" :: "$tmp/g50.gguf" --tokenize "$T2" :: \

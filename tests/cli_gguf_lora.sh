@@ -65,13 +65,7 @@ if [ "${LOOM_SANITIZED:-0}" = 1 ]; then
     echo "cli_gguf_lora: sanitizer build: the llama.cpp checks run in the release build's cli_gguf_lora" >&2
     finish
 fi
-NL=${LOOM_LLAMACPP_DIR:-$tmp/llamacpp} # ctest's fixture installs it once (tests/llamacpp_install.sh)
-if ! bash "$SRC/tests/llamacpp_install.sh" "$NL" > /dev/null; then
-    echo "FAIL: llama.cpp is not installed in $NL; llama.cpp checks not run" >&2
-    fail=$((fail + 1))
-    finish
-fi
-mkdir -p "$tmp/lc" && ln -s "$NL/node_modules" "$tmp/lc/node_modules" && cp "$SRC/tests/llamacpp_gen.mjs" "$tmp/lc/"
+llamacpp_setup || finish
 mapfile -t got < <(cd "$tmp/lc" && node llamacpp_gen.mjs "$tmp/gbase.gguf" $N --lora "$tmp/glora.gguf" 1 :: "$tmp/gbase.gguf" $N :: \
                        "$tmp/lbase.gguf" $N --lora "$tmp/llora.gguf" 1 :: "$tmp/lbase.gguf" $N 2> "$tmp/node.err")
 check "llama.cpp ran the four cases ($(tail -3 "$tmp/node.err"))" test ${#got[@]} -eq 4

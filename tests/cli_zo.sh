@@ -53,45 +53,52 @@ check "fedkseed + median runs" test $? -eq 0
 mkdir -p "$tmp/cd"
 head -c 9000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/alice.txt"
 tail -c 9000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/cd/bob.txt"
-cat > "$tmp/run.json" << EOF
+# net ALGO EXTRA_JSON: a networked run of ALGO against loom sim --clients-dir on the same files
+net() {
+    local algo=$1 R="$tmp/ref_$1" S="$tmp/s_$1"
+    cat > "$tmp/run_$algo.json" << EOF
 {"model": "$tmp/config.json", "rounds": 2, "local-steps": 3, "batch": 2, "seq": 16, "seed": 5, "eval-every": 1,
- "sample-len": 0, "client-algo": "fedkseed", "seed-pool": 256, "zo-lr": 0.01}
+ "sample-len": 0, "client-algo": "$algo", "zo-lr": 0.01$2}
 EOF
-"$LOOM" sim --config "$tmp/run.json" --clients-dir "$tmp/cd" --out "$tmp/ref" > /dev/null 2> "$tmp/ref.err"
-check "fedkseed reference simulation" test -s "$tmp/ref/global.safetensors"
-S="$tmp/s1"
-for n in alice bob; do "$LOOM" server add-client --state "$S" $n > "$S.$n" 2> /dev/null; done
-for _ in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 30000))
-    "$LOOM" server --state "$S" --config "$tmp/run.json" --listen "127.0.0.1:$port" --poll-ms 50 --done-grace 1 \
-        >> "$S.log" 2>&1 &
-    spid=$!
-    up=0
-    for _ in $(seq 100); do
-        if grep -q "listening on port" "$S.log" 2> /dev/null; then up=1; break; fi
-        kill -0 $spid 2> /dev/null || break
-        sleep 0.1
+    "$LOOM" sim --config "$tmp/run_$algo.json" --clients-dir "$tmp/cd" --out "$R" > /dev/null 2> "$R.err"
+    check "$algo reference simulation" test -s "$R/global.safetensors"
+    for n in alice bob; do "$LOOM" server add-client --state "$S" $n > "$S.$n" 2> /dev/null; done
+    local port spid up cpids t p
+    for _ in 1 2 3 4 5; do
+        port=$((20000 + RANDOM % 30000))
+        "$LOOM" server --state "$S" --config "$tmp/run_$algo.json" --listen "127.0.0.1:$port" --poll-ms 50 --done-grace 1 \
+            >> "$S.log" 2>&1 &
+        spid=$!
+        up=0
+        for _ in $(seq 100); do
+            if grep -q "listening on port" "$S.log" 2> /dev/null; then up=1; break; fi
+            kill -0 $spid 2> /dev/null || break
+            sleep 0.1
+        done
+        [ $up = 1 ] && break
     done
-    [ $up = 1 ] && break
-done
-cpids=""
-for n in alice bob; do
-    "$LOOM" client --server "https://127.0.0.1:$port" --name $n --token-file "$S.$n" --ca-cert "$S/tls/cert.pem" \
-        --model "$tmp/config.json" --data "$tmp/cd/$n.txt" --work-dir "$S.w$n" --threads 1 > /dev/null 2>> "$S.$n.log" &
-    cpids="$cpids $!"
-done
-t=0
-while kill -0 $spid 2> /dev/null && [ $t -lt 600 ]; do sleep 0.1; t=$((t + 1)); done
-kill -0 $spid 2> /dev/null && kill -9 $spid
-wait $spid
-check "fedkseed server finishes" test $? -eq 0
-for p in $cpids; do
+    cpids=""
+    for n in alice bob; do
+        "$LOOM" client --server "https://127.0.0.1:$port" --name $n --token-file "$S.$n" --ca-cert "$S/tls/cert.pem" \
+            --model "$tmp/config.json" --data "$tmp/cd/$n.txt" --work-dir "$S.w$n" --threads 1 > /dev/null 2>> "$S.$n.log" &
+        cpids="$cpids $!"
+    done
     t=0
-    while kill -0 $p 2> /dev/null && [ $t -lt 300 ]; do sleep 0.1; t=$((t + 1)); done
-    kill -0 $p 2> /dev/null && kill -9 $p
-    wait $p
-done
-check "networked fedkseed == loom sim --clients-dir" test "$(st_data "$S/global.safetensors")" = "$(st_data "$tmp/ref/global.safetensors")"
+    while kill -0 $spid 2> /dev/null && [ $t -lt 600 ]; do sleep 0.1; t=$((t + 1)); done
+    kill -0 $spid 2> /dev/null && kill -9 $spid
+    wait $spid
+    check "$algo server finishes" test $? -eq 0
+    for p in $cpids; do
+        t=0
+        while kill -0 $p 2> /dev/null && [ $t -lt 300 ]; do sleep 0.1; t=$((t + 1)); done
+        kill -0 $p 2> /dev/null && kill -9 $p
+        wait $p
+    done
+    check "networked $algo == loom sim --clients-dir" test "$(st_data "$S/global.safetensors")" = "$(st_data "$R/global.safetensors")"
+}
+net fedkseed ', "seed-pool": 256'
+net mezo ''
+S="$tmp/s_fedkseed"
 up=$(grep '"type":"client"' "$S/metrics.jsonl" | head -1 | sed 's/.*"bytes_up":\([0-9]*\).*/\1/')
 check "networked fedkseed uploads ($up bytes) are pairs" num_lt "$up" 600
 

@@ -14,6 +14,9 @@
 #                             $tmp/out and $tmp/err for further checks.
 #   num_lt A B                A < B as numbers (both must be numbers).
 #   st_data FILE              SHA-256 of a safetensors file's tensor bytes, whatever its metadata says.
+#   llamacpp_setup            makes $tmp/lc a folder to run tests/llamacpp_gen.mjs in with llama.cpp
+#                             (node-llama-cpp; ctest's fixture installs it once into $LOOM_LLAMACPP_DIR,
+#                             else it is installed into $tmp); fails, counted and said, when it cannot be.
 #   finish                    prints "N passed, M failed" and exits 1 on any failure.
 #
 # $tmp is a fresh directory under /tmp, removed on exit; tests write nowhere else.
@@ -75,6 +78,17 @@ fails() {
 }
 
 num_lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ && b ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ && a + 0 < b + 0) }'; }
+
+llamacpp_setup() {
+    local nl=${LOOM_LLAMACPP_DIR:-$tmp/llamacpp}
+    if ! bash "$SRC/tests/llamacpp_install.sh" "$nl" > /dev/null; then
+        echo "FAIL: llama.cpp is not installed in $nl; llama.cpp checks not run" >&2
+        fail=$((fail + 1))
+        return 1
+    fi
+    # the script runs from $tmp/lc, importing the install through a link (another test may use it at once)
+    mkdir -p "$tmp/lc" && ln -sfn "$nl/node_modules" "$tmp/lc/node_modules" && cp "$SRC/tests/llamacpp_gen.mjs" "$tmp/lc/"
+}
 
 finish() {
     echo "$pass passed, $fail failed"

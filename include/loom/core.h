@@ -66,6 +66,10 @@ int loom_strbuf_add(loom_strbuf *b, const char *data, size_t n);
 
 /* Whole-file read (adds a NUL after the data, not counted in *len). */
 int loom_read_file(const char *path, char **data, size_t *len);
+/* Read-only map of a whole regular file: *base = its bytes (a non-NULL empty string for an empty file),
+ * *size = its length. LOOM_ENOTFOUND / LOOM_EIO with a message naming path. loom_unmap_file undoes it. */
+int loom_map_file(const char *path, const uint8_t **base, size_t *size);
+void loom_unmap_file(const uint8_t *base, size_t size);
 /* Atomic write: writes path.tmp.<pid> then renames over path. */
 int loom_write_file_atomic(const char *path, const void *data, size_t len);
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -128,6 +129,37 @@ int loom_strbuf_add(loom_strbuf *b, const char *data, size_t n) {
     b->n += n;
     b->s[b->n] = 0;
     return LOOM_OK;
+}
+
+int loom_map_file(const char *path, const uint8_t **base, size_t *size) {
+    *base = NULL;
+    *size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return loom_error(errno == ENOENT ? LOOM_ENOTFOUND : LOOM_EIO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return loom_error(LOOM_EIO, "%s is not a regular file", path);
+    }
+    size_t n = (size_t)st.st_size;
+    const uint8_t *b = (const uint8_t *)"";
+    if (n) {
+        void *m = mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            return loom_error(LOOM_EIO, "cannot map %s: %s", path, strerror(e));
+        }
+        b = m;
+    }
+    close(fd);
+    *base = b;
+    *size = n;
+    return LOOM_OK;
+}
+
+void loom_unmap_file(const uint8_t *base, size_t size) {
+    if (base && size) munmap((void *)base, size);
 }
 
 int loom_read_file(const char *path, char **data, size_t *len) {

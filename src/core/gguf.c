@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -564,7 +563,7 @@ static loom_gguf *gguf_new(const char *name) {
 
 void loom_gguf_close(loom_gguf *g) {
     if (!g) return;
-    if (g->mapped && g->size) munmap((void *)g->base, g->size);
+    if (g->mapped) loom_unmap_file(g->base, g->size);
     loom_free(g->kv);
     loom_free(g->val);
     loom_free(g->t);
@@ -595,33 +594,19 @@ int loom_gguf_open_memory(loom_gguf **out, const void *data, size_t len, const c
 
 int loom_gguf_open(loom_gguf **out, const char *path) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return loom_error(errno == ENOENT ? LOOM_ENOTFOUND : LOOM_EIO, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return loom_error(LOOM_EIO, "%s is not a regular file", path);
-    }
+    const uint8_t *base;
+    size_t size;
+    int rc = loom_map_file(path, &base, &size);
+    if (rc != LOOM_OK) return rc;
     loom_gguf *g = gguf_new(path);
     if (!g) {
-        close(fd);
+        loom_unmap_file(base, size);
         return loom_error(LOOM_ENOMEM, "out of memory opening %s", path);
     }
-    g->size = (size_t)st.st_size;
+    g->base = base;
+    g->size = size;
     g->mapped = 1;
-    if (g->size) {
-        void *m = mmap(NULL, g->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            g->size = 0;
-            loom_gguf_close(g);
-            return loom_error(LOOM_EIO, "cannot map %s: %s", path, strerror(e));
-        }
-        g->base = m;
-    }
-    close(fd);
-    int rc = parse(g);
+    rc = parse(g);
     if (rc != LOOM_OK) {
         loom_gguf_close(g);
         return rc;

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -284,7 +283,7 @@ static loom_st_file *file_new(const char *name) {
 
 void loom_st_close(loom_st_file *f) {
     if (!f) return;
-    if (f->mapped && f->size) munmap((void *)f->base, f->size);
+    if (f->mapped) loom_unmap_file(f->base, f->size);
     json_decref(f->root);
     loom_free(f->tensors);
     loom_free(f->meta_kv);
@@ -312,36 +311,19 @@ int loom_st_open_memory(loom_st_file **out, const void *data, size_t len, const 
 
 int loom_st_open(loom_st_file **out, const char *path) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return loom_error(errno == ENOENT ? LOOM_ENOTFOUND : LOOM_EIO, "cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return loom_error(LOOM_EIO, "%s is not a regular file", path);
-    }
+    const uint8_t *base;
+    size_t size;
+    int rc = loom_map_file(path, &base, &size);
+    if (rc != LOOM_OK) return rc;
     loom_st_file *f = file_new(path);
     if (!f) {
-        close(fd);
+        loom_unmap_file(base, size);
         return loom_error(LOOM_ENOMEM, "out of memory opening %s", path);
     }
-    f->size = (size_t)st.st_size;
+    f->base = base;
+    f->size = size;
     f->mapped = 1;
-    if (f->size) {
-        void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            int e = errno;
-            close(fd);
-            f->size = 0;
-            loom_st_close(f);
-            return loom_error(LOOM_EIO, "cannot map %s: %s", path, strerror(e));
-        }
-        f->base = m;
-    } else {
-        f->base = (const uint8_t *)"";
-    }
-    close(fd);
-    int rc = parse_file(f);
+    rc = parse_file(f);
     if (rc != LOOM_OK) {
         if (rc == LOOM_ENOMEM) loom_error(rc, "%s: out of memory reading the header", path);
         loom_st_close(f);

@@ -89,6 +89,10 @@ void tok_bpe_set_byte_level(tok_bpe *m);
 void tok_bpe_find_barriers(tok_bpe *m);
 /* Encodes one pre-tokenized word, appending its ids to out. */
 int tok_bpe_word(tok_bpe *m, const char *w, size_t len, tok_ids *out);
+/* SentencePiece-style encoding over m (llama2.c and GGUF "llama" vocabularies): the dummy prefix " " before
+ * non-empty text, U+2581 read as a space, then tok_bpe_word over the whole. *ids is malloc'ed (never NULL
+ * on LOOM_OK). */
+int tok_spm_encode(tok_bpe *m, const char *text, size_t len, int32_t **ids, size_t *n);
 
 /* UTF-8 helpers. tok_utf8_valid returns the offset of the first invalid byte or len when valid. */
 size_t tok_utf8_valid(const char *s, size_t len);

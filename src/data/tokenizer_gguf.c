@@ -205,33 +205,7 @@ typedef struct {
 
 static int spm_encode(const loom_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n) {
     spm_impl *p = t->impl;
-    tok_ids out = {0};
-    int rc = LOOM_OK;
-    if (len > 0) {
-        /* " " + text, U+2581 written as the space it stands for in the pieces held */
-        char *s = malloc(len + 1);
-        if (!s) return loom_error(LOOM_ENOMEM, "out of memory encoding %zu bytes", len);
-        size_t k = 0;
-        s[k++] = ' ';
-        for (size_t i = 0; i < len; i++) {
-            if (i + 3 <= len && !memcmp(text + i, SPACE_MARK, 3)) {
-                s[k++] = ' ';
-                i += 2;
-            } else {
-                s[k++] = text[i];
-            }
-        }
-        rc = tok_bpe_word(&p->bpe, s, k, &out);
-        free(s);
-    }
-    if (rc != LOOM_OK) {
-        free(out.v);
-        return rc;
-    }
-    *ids = out.v ? out.v : malloc(sizeof(int32_t));
-    *n = out.n;
-    if (!*ids) return loom_error(LOOM_ENOMEM, "out of memory");
-    return LOOM_OK;
+    return tok_spm_encode(&p->bpe, text, len, ids, n);
 }
 
 static int spm_piece(const loom_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap) {

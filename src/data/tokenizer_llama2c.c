@@ -24,8 +24,7 @@ typedef struct {
     tok_bpe bpe;
 } l2c_impl;
 
-static int l2c_encode(const loom_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n) {
-    l2c_impl *p = t->impl;
+int tok_spm_encode(tok_bpe *bpe, const char *text, size_t len, int32_t **ids, size_t *n) {
     tok_ids out = {0};
     int rc = LOOM_OK;
     if (len > 0) {
@@ -41,7 +40,7 @@ static int l2c_encode(const loom_tokenizer *t, const char *text, size_t len, int
             } else
                 s[k++] = text[i];
         }
-        rc = tok_bpe_word(&p->bpe, s, k, &out);
+        rc = tok_bpe_word(bpe, s, k, &out);
         free(s);
     }
     if (rc != LOOM_OK) {
@@ -52,6 +51,11 @@ static int l2c_encode(const loom_tokenizer *t, const char *text, size_t len, int
     *n = out.n;
     if (!*ids) return loom_error(LOOM_ENOMEM, "out of memory");
     return LOOM_OK;
+}
+
+static int l2c_encode(const loom_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n) {
+    l2c_impl *p = t->impl;
+    return tok_spm_encode(&p->bpe, text, len, ids, n);
 }
 
 static int l2c_piece(const loom_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap) {
