@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages loom needs to build and run (when run as root), or prints the
 # exact apt-get line and fails. Called by scripts/run.sh, and with --test by scripts/test.sh (which also
-# needs clang 14 with its libFuzzer and OpenMP runtimes for the fuzzing stage, and curl, which the
-# network tests use to speak to a running server).
+# needs clang 14 with its libFuzzer and OpenMP runtimes for the fuzzing stage, curl, which the
+# network tests use to speak to a running server, and node with npm for the GGUF tests).
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev
       libmicrohttpd-dev libgnutls28-dev libcurl4-gnutls-dev libsqlite3-dev libsodium-dev libgmp-dev libdnnl-dev)
-if [ "${1:-}" = "--test" ]; then PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev curl); fi
+if [ "${1:-}" = "--test" ]; then
+  PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev curl)
+  # node and npm for the GGUF tests' llama.cpp (node-llama-cpp from npm); Debian's when none is installed
+  # (tests/llamacpp_install.sh adds a Node 20 from npm when the node found is older)
+  command -v npm > /dev/null || PKGS+=(nodejs npm)
+fi
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

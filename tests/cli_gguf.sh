@@ -107,7 +107,7 @@ if [ "${LOOM_SANITIZED:-0}" = 1 ]; then
 fi
 llamacpp_setup || finish
 # every job in one process (starting llama.cpp costs seconds): one output line per job
-(cd "$tmp/lc" && node llamacpp_gen.mjs "$tmp/s.gguf" 48 :: "$tmp/s_q8_0.gguf" 48 :: "$tmp/s_f16.gguf" 48 :: "$tmp/g.gguf" 64 :: \
+(cd "$tmp/lc" && "$LC_NODE" llamacpp_gen.mjs "$tmp/s.gguf" 48 :: "$tmp/s_q8_0.gguf" 48 :: "$tmp/s_f16.gguf" 48 :: "$tmp/g.gguf" 64 :: \
     "$tmp/merged.gguf" 48 :: "$tmp/s.gguf" --tokenize "$T" :: "$tmp/g.gguf" --tokenize "$T" :: "$tmp/g50.gguf" --tokenize "$T2" :: \
     "$tmp/l32.gguf" --tokenize "$T2") > "$tmp/lc.out" 2> "$tmp/lc.err"
 check "llama.cpp ran every job" test "$(wc -l < "$tmp/lc.out")" -eq 9

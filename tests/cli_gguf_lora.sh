@@ -66,7 +66,7 @@ if [ "${LOOM_SANITIZED:-0}" = 1 ]; then
     finish
 fi
 llamacpp_setup || finish
-mapfile -t got < <(cd "$tmp/lc" && node llamacpp_gen.mjs "$tmp/gbase.gguf" $N --lora "$tmp/glora.gguf" 1 :: "$tmp/gbase.gguf" $N :: \
+mapfile -t got < <(cd "$tmp/lc" && "$LC_NODE" llamacpp_gen.mjs "$tmp/gbase.gguf" $N --lora "$tmp/glora.gguf" 1 :: "$tmp/gbase.gguf" $N :: \
                        "$tmp/lbase.gguf" $N --lora "$tmp/llora.gguf" 1 :: "$tmp/lbase.gguf" $N 2> "$tmp/node.err")
 check "llama.cpp ran the four cases ($(tail -3 "$tmp/node.err"))" test ${#got[@]} -eq 4
 for i in 0 1 2 3; do

@@ -16,7 +16,8 @@
 #   st_data FILE              SHA-256 of a safetensors file's tensor bytes, whatever its metadata says.
 #   llamacpp_setup            makes $tmp/lc a folder to run tests/llamacpp_gen.mjs in with llama.cpp
 #                             (node-llama-cpp; ctest's fixture installs it once into $LOOM_LLAMACPP_DIR,
-#                             else it is installed into $tmp); fails, counted and said, when it cannot be.
+#                             else it is installed into $tmp), $LC_NODE the node to run it with; fails,
+#                             counted and said, when it cannot be.
 #   finish                    prints "N passed, M failed" and exits 1 on any failure.
 #
 # $tmp is a fresh directory under /tmp, removed on exit; tests write nowhere else.
@@ -88,6 +89,7 @@ llamacpp_setup() {
     fi
     # the script runs from $tmp/lc, importing the install through a link (another test may use it at once)
     mkdir -p "$tmp/lc" && ln -sfn "$nl/node_modules" "$tmp/lc/node_modules" && cp "$SRC/tests/llamacpp_gen.mjs" "$tmp/lc/"
+    LC_NODE="$nl/node" # the node the install chose (>= 20)
 }
 
 finish() {
