@@ -23,6 +23,7 @@
 #include "loom/tokenizer.h"
 #include "loom/train.h"
 #include "model/model_impl.h"
+#include "fl_fixture.h"
 #include "test.h"
 
 static loom_model *model;
@@ -470,23 +471,7 @@ static void scaffold_resume(void) {
 }
 
 int main(void) {
-    loom_config cfg;
-    loom_config_named(&cfg, "gpt2-tiny");
-    cfg.vocab = 259;
-    cfg.n_layer = 1;
-    cfg.dim = 32;
-    cfg.hidden = 64;
-    cfg.n_head = cfg.n_kv_head = 2;
-    cfg.max_seq = 32;
-    CHECK_OK(loom_model_create(&model, &cfg, 7));
-    CHECK_OK(loom_tokenizer_byte(&tok));
-    char path[1024];
-    loom_dataset_opts o;
-    loom_dataset_opts_init(&o);
-    o.format = loom_dataset_format("text");
-    o.max_examples = 240;
-    CHECK_OK(loom_dataset_load(&ds, test_path(path, sizeof path, "data/tinyshakespeare/input.txt"), &o, tok));
-    if (!model || !ds) return test_summary();
+    if (fl_fixture(1, 32, 32, 240, &model, &tok, &ds) != LOOM_OK) return test_summary();
     one_client_equals_centralized();
     fedsgd_equals_large_batch();
     zero_lr_and_determinism_and_resume();

@@ -28,6 +28,7 @@
 #include "loom/sim.h"
 #include "loom/tokenizer.h"
 #include "loom/train.h"
+#include "fl_fixture.h"
 #include "test.h"
 
 static loom_model *model;
@@ -873,23 +874,7 @@ static void profiles(void) {
 }
 
 int main(void) {
-    loom_config cfg;
-    loom_config_named(&cfg, "gpt2-tiny");
-    cfg.vocab = 259;
-    cfg.n_layer = 2;
-    cfg.dim = 16;
-    cfg.hidden = 32;
-    cfg.n_head = cfg.n_kv_head = 2;
-    cfg.max_seq = 16;
-    CHECK_OK(loom_model_create(&model, &cfg, 7));
-    CHECK_OK(loom_tokenizer_byte(&tok));
-    char path[1024];
-    loom_dataset_opts o;
-    loom_dataset_opts_init(&o);
-    o.format = loom_dataset_format("text");
-    o.max_examples = 160;
-    CHECK_OK(loom_dataset_load(&ds, test_path(path, sizeof path, "data/tinyshakespeare/input.txt"), &o, tok));
-    if (!model || !ds) return test_summary();
+    if (fl_fixture(2, 16, 16, 160, &model, &tok, &ds) != LOOM_OK) return test_summary();
     masked_mean_by_hand();
     masks_follow_the_rule();
     truncation_is_a_rank_r_set();

@@ -27,6 +27,7 @@
 #include "loom/train.h"
 #include "loom/update.h"
 #include "loom/zo.h"
+#include "fl_fixture.h"
 #include "test.h"
 
 static loom_model *model;
@@ -582,23 +583,7 @@ static void kseed_compositions(void) {
 }
 
 int main(void) {
-    loom_config cfg;
-    loom_config_named(&cfg, "gpt2-tiny");
-    cfg.vocab = 259;
-    cfg.n_layer = 1;
-    cfg.dim = 32;
-    cfg.hidden = 64;
-    cfg.n_head = cfg.n_kv_head = 2;
-    cfg.max_seq = 32;
-    CHECK_OK(loom_model_create(&model, &cfg, 7));
-    CHECK_OK(loom_tokenizer_byte(&tok));
-    char path[1024];
-    loom_dataset_opts o;
-    loom_dataset_opts_init(&o);
-    o.format = loom_dataset_format("text");
-    o.max_examples = 120;
-    CHECK_OK(loom_dataset_load(&ds, test_path(path, sizeof path, "data/tinyshakespeare/input.txt"), &o, tok));
-    if (!model || !ds) return test_summary();
+    if (fl_fixture(1, 32, 32, 120, &model, &tok, &ds) != LOOM_OK) return test_summary();
     NP = loom_model_n_params(model);
     loom_partition *p1 = NULL;
     CHECK_OK(loom_partition_iid(&p1, ds->n, 1, 0, 1));
