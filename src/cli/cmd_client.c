@@ -53,9 +53,10 @@ typedef struct {
 
 /* The client's own state (local step counter, SCAFFOLD c_i, compression residual) survives restarts of
  * the process, and a round is trained from the same state however often it is trained: before a fit
- * of round R the state is kept as "pre" (tagged R); a fit of R that finds a pre tagged R (the process
- * stopped after training, before its upload was safely pending) starts from it again, so the update
- * it sends is the one it would have sent. After the fit the state is saved as the current one. */
+ * of round R the state is kept as "pre" of R (client-state-pre-R.safetensors, tagged R); a fit of R that
+ * finds it (the process stopped after training, before its upload was safely pending; or the server's
+ * run was restarted at an earlier round by loom unlearn --state) starts from it again, so the update it
+ * sends is the one it would have sent. After the fit the state is saved as the current one. */
 static int save_state(client_run *c, const char *path, int round) {
     loom_st_writer *w;
     int rc = loom_st_writer_create(&w);
@@ -113,6 +114,7 @@ static int state_for_round(client_run *c, int round) {
     loom_client_state keep = c->st;
     loom_client_state_init(&c->st);
     int tag = -1;
+    snprintf(c->pre_path, sizeof c->pre_path, "%s/client-state-pre-%d.safetensors", c->work_dir, round);
     int rc = load_state(c, c->pre_path, &tag);
     if (rc == LOOM_OK && tag == round) { /* this round was trained before: start from the same state */
         loom_client_state_clear(&keep);
@@ -186,7 +188,6 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     c->client = h->client;
     c->run_id = h->run_id;
     snprintf(c->state_path, sizeof c->state_path, "%s/client-state.safetensors", c->work_dir);
-    snprintf(c->pre_path, sizeof c->pre_path, "%s/client-state-pre.safetensors", c->work_dir);
     int tag;
     if ((rc = load_state(c, c->state_path, &tag)) != LOOM_OK) return rc;
     loom_log(LOOM_INFO, "client %d of %d: %zu training and %zu test examples, %zu trainable values", h->client,

@@ -14,6 +14,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "loom/core.h"
+#include "loom/net.h"
 #include "loom/unlearn.h"
 
 #define RUN_JSON_MAX (16L << 20) /* OUT/unlearn/run.json larger than this is refused */
@@ -80,14 +81,29 @@ static int dropped(const char *arg, int *takes_value) {
     return 0;
 }
 
-/* loom server state directories (--state): the server keeps the round membership; a retrain needs the
- * clients back, which a server run does (see cli_unlearn_state's message). */
-static int cli_unlearn_state(const char *state, const char *client, int approx, const char *out) {
-    (void)client;
-    (void)approx;
-    (void)out;
-    fprintf(stderr, "loom unlearn: --state %s: unlearning a server's state is not supported yet\n", state);
-    return 1;
+/* --state: a server's run. The retrain needs the remaining clients' training, so the result is a new
+ * state directory that loom server continues (include/loom/net.h, loom_server_unlearn). */
+static int unlearn_state(const char *state, const char *client, int approx, const char *out) {
+    if (approx) {
+        fprintf(stderr, "loom unlearn: --state: only --mode exact is offered for a server's run (FedEraser's "
+                "calibration needs the clients' training, as the exact retrain does)\n");
+        return 1;
+    }
+    loom_server_unlearn_info info;
+    if (loom_server_unlearn(state, client, out, &info) != LOOM_OK) return cli_fail("--state");
+    if (!info.first_round) {
+        printf("client %s contributed to no round of %s: the model is unchanged (nothing written)\n", client, state);
+        return 0;
+    }
+    printf("%-34s %s (index %d)\n", "unlearned client", client, info.client);
+    printf("%-34s %d\n", "first contributed in round", info.first_round);
+    printf("%-34s %d (%d of %d rounds to retrain, %s)\n", "restart at round", info.restart_round,
+           info.rounds - info.restart_round + 1, info.rounds,
+           info.restart_round > 1 ? "from its kept checkpoint" : "from the initial model");
+    printf("%-34s %s: the client is removed from the population and its token revoked\n", "new server state", out);
+    printf("retrain with the run's configuration and the remaining clients:\n  loom server --state %s --config "
+           "RUN.json [the same flags]\n", out);
+    return 0;
 }
 
 int cmd_unlearn(int argc, char **argv) {
@@ -121,7 +137,7 @@ int cmd_unlearn(int argc, char **argv) {
     int approx = !strcmp(mode, "approx");
     if (!approx && strcmp(mode, "exact")) return fail("--mode '%s' is not exact or approx%s", mode, "");
     if (!approx && (cali || no_rescale)) return fail("--calibration-steps and --no-rescale are for --mode approx%s%s", "", "");
-    if (state) return cli_unlearn_state(state, client, approx, out);
+    if (state) return unlearn_state(state, client, approx, out);
 
     char run_abs[PATH_MAX], out_abs[PATH_MAX + 64], path[PATH_MAX + 128], ref_abs[PATH_MAX + 64];
     if (!realpath(run, run_abs)) return fail("--run %s: %s", run, strerror(errno));
