@@ -38,6 +38,12 @@ check "report: restart at round 1" grep -q '"restart_round": 1' ex/unlearn.json
 check "report: distance to the reference 0" grep -Eq 'distance to the reference +0$' ex.out
 check "the original run is untouched" test "$(ls orig/unlearn/updates | wc -l)" -eq 9 -a ! -e orig/unlearn.json
 
+# a resumed run (2 rounds, then resumed to 3) unlearns over all of its rounds
+"$LOOM" sim --config run.json --clients-dir cd --out rs --rounds 2 --checkpoint-every 1 --keep-checkpoints 1 > /dev/null 2>&1
+"$LOOM" sim --config run.json --clients-dir cd --out rs --checkpoint-every 1 --keep-checkpoints 1 --resume > /dev/null 2>&1
+"$LOOM" unlearn --client c --run rs --mode exact --out rsu > /dev/null 2>&1
+check "a resumed run: exact == the run without the client" test "$(st_data rsu/global.safetensors)" = "$(st_data fresh/global.safetensors)"
+
 # exact from a kept checkpoint: with 3 of 88 clients a round, AUTOLYCUS first joins in round 4; with
 # checkpoints every 2 rounds the retrain restarts at round 3 and equals a run that removed it from round 1
 cat > s.json <<'JSON'

@@ -58,7 +58,7 @@ int main(void) {
     /* a client id beyond the population, rows out of order, unequal arrays: refused naming the line */
     CHECK(loom_membership_load(&m, path, 4) == LOOM_EFORMAT && strstr(loom_errmsg(), "membership.jsonl:1"),
           "client 4 of 4: %s", loom_errmsg());
-    const char *bad[] = {"{\"round\":2,\"clients\":[],\"weights\":[]}\n{\"round\":2,\"clients\":[],\"weights\":[]}\n",
+    const char *bad[] = {"{\"round\":2,\"clients\":[],\"weights\":[]}\n{\"round\":1,\"clients\":[],\"weights\":[]}\n",
                          "{\"round\":1,\"clients\":[1],\"weights\":[]}\n", "{\"round\":1,\"clients\":[1],\"weights\":[-3]}\n",
                          "not json\n"};
     const char *where[] = {":2:", ":1:", ":1:", ":1:"};
@@ -69,6 +69,15 @@ int main(void) {
         CHECK(loom_membership_load(&m, path, 0) == LOOM_EFORMAT && strstr(loom_errmsg(), where[i]), "bad %d: %s", i,
               loom_errmsg());
     }
+    /* a round redone after a restart: the later row counts */
+    f = fopen(path, "w");
+    fputs("{\"round\":1,\"clients\":[3],\"weights\":[5]}\n{\"round\":2,\"clients\":[1],\"weights\":[6]}\n"
+          "{\"round\":2,\"clients\":[1],\"weights\":[7]}\n", f);
+    fclose(f);
+    CHECK_OK(loom_membership_load(&m, path, 0));
+    CHECK(m.n_rounds == 2 && loom_membership_weight(&m, 2, 1) == 7, "%d rounds, weight %llu", m.n_rounds,
+          (unsigned long long)loom_membership_weight(&m, 2, 1));
+    loom_membership_free(&m);
     snprintf(path, sizeof path, "%s/none.jsonl", dir);
     CHECK(loom_membership_load(&m, path, 0) == LOOM_ENOTFOUND, "a missing file");
 

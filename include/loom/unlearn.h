@@ -59,8 +59,9 @@ typedef struct {
 
 /* Appends one round's row to f (an open file; the caller flushes): LOOM_OK or LOOM_EIO. */
 int loom_membership_write_row(void *file, int round, const int *clients, const uint64_t *weights, int n);
-/* Reads membership.jsonl: each row must be an object with an integer round (increasing, >= 1) and two
- * arrays of the same length; an error names the file and the line. n_clients > 0: client ids must be
+/* Reads membership.jsonl: each row must be an object with an integer round (increasing, >= 1; a round
+ * repeated by the next row, redone after a restart, keeps the later row) and two arrays of the same
+ * length; an error names the file and the line. n_clients > 0: client ids must be
  * below it. */
 int loom_membership_load(loom_membership *m, const char *path, int n_clients);
 void loom_membership_free(loom_membership *m);

@@ -461,7 +461,7 @@ int cmd_sim(int argc, char **argv) {
         }
         sc.excluded = excluded;
     }
-    if (out && !r.resume) { /* OUT/unlearn/run.json: how loom unlearn reruns this run */
+    if (out) { /* OUT/unlearn/run.json: how loom unlearn reruns this run (a resumed run: its last flags) */
         json_t *j = json_object(), *a = json_array(), *names = json_array();
         char cwd[4096], path[4200];
         for (int i = 1; j && a && i < argc; i++) json_array_append_new(a, json_string(argv[i]));

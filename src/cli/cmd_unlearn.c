@@ -158,7 +158,6 @@ int cmd_unlearn(int argc, char **argv) {
     }
     int rounds = (int)json_integer_value(json_object_get(j, "rounds"));
     int local_steps = (int)json_integer_value(json_object_get(j, "local_steps"));
-    int keep_ck = (int)json_integer_value(json_object_get(j, "keep_checkpoints"));
     int keep_up = (int)json_integer_value(json_object_get(j, "keep_updates"));
     int n_clients = (int)json_array_size(jnames), target = -1;
     for (int i = 0; i < n_clients; i++) {
@@ -193,7 +192,15 @@ int cmd_unlearn(int argc, char **argv) {
         fprintf(stderr, "loom unlearn: --out must differ from --run (the original run is only read)\n");
         goto done;
     }
-    int restart = first ? loom_unlearn_restart(first, keep_ck) : rounds + 1;
+    /* the last start kept at or before the first round (a resumed run may have kept them differently) */
+    int restart = first ? 1 : rounds + 1;
+    for (int r = first; r >= 2; r--) {
+        char sp[PATH_MAX + 96];
+        if (loom_unlearn_start_path(sp, sizeof sp, run_abs, r) == LOOM_OK && stat(sp, &st) == 0) {
+            restart = r;
+            break;
+        }
+    }
     if (approx && first && keep_up <= 0) {
         fprintf(stderr, "loom unlearn: --mode approx replays kept client updates, and %s kept none: run loom sim with "
                 "--keep-updates K (or use --mode exact)\n", run);

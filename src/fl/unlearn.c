@@ -48,7 +48,7 @@ static int parse_row(loom_membership_round *r, const char *line, const char *pat
         goto out;
     }
     json_int_t round = json_integer_value(jr);
-    if (round <= prev || round > 1000000000) {
+    if (round < prev || round < 1 || round > 1000000000) {
         rc = loom_error(LOOM_EFORMAT, "%s:%ld: round %lld does not follow round %d", path, lineno, (long long)round,
                         prev);
         goto out;
@@ -111,6 +111,13 @@ int loom_membership_load(loom_membership *m, const char *path, int n_clients) {
         memset(r, 0, sizeof *r);
         rc = parse_row(r, line, path, lineno, m->n_rounds ? m->rounds[m->n_rounds - 1].round : 0, n_clients);
         m->n_rounds++; /* freed with the others, also when the row failed */
+        if (rc == LOOM_OK && m->n_rounds > 1 && m->rounds[m->n_rounds - 2].round == r->round) {
+            loom_membership_round *old = &m->rounds[m->n_rounds - 2]; /* a round redone after a restart */
+            free(old->clients);
+            free(old->weights);
+            *old = *r;
+            m->n_rounds--;
+        }
     }
     free(line);
     fclose(f);
