@@ -167,7 +167,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"compare", OPT_INT, &r->compare, "sim: before training, measure the initial model on every client's held-out text and sample from it; at the end, print perplexity before/after for the N clients with the most test text (0 = off)", 0, 1000000},
         {"progress-every", OPT_FLOAT, &r->progress_every, "sim: seconds between per-client progress lines when stderr is not a terminal", 0, 3600},
         /* unlearning (include/loom/unlearn.h, loom unlearn) */
-        {"keep-checkpoints", OPT_INT, &r->keep_checkpoints, "sim: keep OUT/unlearn/start_R.safetensors, the start of rounds 1+K, 1+2K, ... (0 = none: loom unlearn then retrains from round 1)", 0, 1e9},
+        {"keep-checkpoints", OPT_INT, &r->keep_checkpoints, "sim and server: keep unlearn/start_R.safetensors (under --out or --state), the start of rounds 1+K, 1+2K, ... (0 = none: loom unlearn then retrains from round 1)", 0, 1e9},
         {"keep-updates", OPT_INT, &r->keep_updates, "sim: keep every accepted client update of rounds 1, 1+K, ... in OUT/unlearn/updates (clients x dim x 4 bytes a kept round; loom unlearn --mode approx replays them; 0 = none)", 0, 1e9},
         {"exclude-client", OPT_STR, &r->exclude_client, "sim: NAME[,NAME...] removed from the population: sampling unchanged, rounds that sample it run without it, never evaluated", 0, 0},
         {"start-from", OPT_STR, &r->start_from, "sim: begin at a kept OUT/unlearn/start_R.safetensors of another run (into a fresh --out)", 0, 0},
