@@ -782,9 +782,9 @@ typedef struct {
     FILE *f;
     const loom_sim_config *c;
     const lm_attack *attack;
-    int *mem_clients;    /* the round's accepted clients and their weights (unlearning's membership) */
-    uint64_t *mem_w;
-    int mem_n;
+    int *mem_clients;    /* the round's accepted clients and their weights (unlearning's membership; */
+    uint64_t *mem_w;     /* synchronous rounds only), room for mem_cap */
+    int mem_n, mem_cap;
 } jsonl_sink;
 
 static void sink_round(void *ud, const loom_round_metrics *m, const int *list, int n) {
@@ -794,7 +794,7 @@ static void sink_round(void *ud, const loom_round_metrics *m, const int *list, i
 
 static void sink_client(void *ud, const loom_client_row *r) {
     jsonl_sink *s = ud;
-    if (s->mem_clients && r->verdict == LOOM_UPDATE_ACCEPTED) {
+    if (s->mem_clients && r->verdict == LOOM_UPDATE_ACCEPTED && s->mem_n < s->mem_cap) {
         s->mem_clients[s->mem_n] = r->client;
         s->mem_w[s->mem_n++] = r->examples;
     }
@@ -891,7 +891,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     r.states = calloc((size_t)N, sizeof *r.states);
     r.slots = calloc((size_t)c->workers, sizeof *r.slots);
     FILE *mf = NULL, *memf = NULL; /* metrics.jsonl, unlearn/membership.jsonl */
-    jsonl_sink js = {NULL, c, NULL, NULL, NULL, 0};
+    jsonl_sink js = {NULL, c, NULL, NULL, NULL, 0, 0};
     loom_client_state root_state; /* the server's own client state on its root data (FLTrust) */
     loom_client_state_init(&root_state);
     if (!n_test || !r.states || !r.slots) {
@@ -995,15 +995,18 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         }
         if ((rc = loom_unlearn_mkdirs(c->out_dir, c->keep_updates > 0)) != LOOM_OK) goto done;
         snprintf(path, sizeof path, "%s/unlearn/membership.jsonl", c->out_dir);
-        if (!(memf = fopen(path, c->resume ? "a" : "w"))) {
+        if (c->mode == LOOM_ENGINE_SYNC && !(memf = fopen(path, c->resume ? "a" : "w"))) { /* rounds' members */
             rc = loom_error(LOOM_EIO, "cannot write %s: %s", path, strerror(errno));
             goto done;
         }
-        js.mem_clients = malloc((size_t)N * sizeof *js.mem_clients);
-        js.mem_w = malloc((size_t)N * sizeof *js.mem_w);
-        if (!js.mem_clients || !js.mem_w) {
-            rc = loom_error(LOOM_ENOMEM, "out of memory");
-            goto done;
+        if (memf) {
+            js.mem_clients = malloc((size_t)N * sizeof *js.mem_clients);
+            js.mem_w = malloc((size_t)N * sizeof *js.mem_w);
+            js.mem_cap = N;
+            if (!js.mem_clients || !js.mem_w) {
+                rc = loom_error(LOOM_ENOMEM, "out of memory");
+                goto done;
+            }
         }
         snprintf(path, sizeof path, "%s/metrics.jsonl", c->out_dir);
         mf = fopen(path, c->resume ? "a" : "w");
