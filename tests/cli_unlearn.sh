@@ -16,6 +16,9 @@ cat > "$tmp/run.json" <<'JSON'
 {"model": "tiny", "rounds": 3, "local-steps": 2, "batch": 2, "seq": 32, "seed": 5, "eval-every": 3,
  "sample-len": 0, "quiet-clients": true}
 JSON
+LOOM=$(realpath "$LOOM")
+SHARED=$(realpath "$SHARED")
+export LOOM_SHARED=$SHARED
 cd "$tmp" || exit 1 # the runs use relative paths, as a user would; loom unlearn finds them again
 
 "$LOOM" sim --config run.json --clients-dir cd --out orig --keep-checkpoints 1 --keep-updates 1 > /dev/null 2> orig.err
