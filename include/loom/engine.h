@@ -273,6 +273,11 @@ typedef struct {
      * fixed-point mean and strategies without control variates only. */
     int (*mask)(void *ud, int client, int round, uint8_t *mask);
     void *mask_ud;
+    /* Clients removed from the population (unlearning, include/loom/unlearn.h): (n_clients) bytes, 1 =
+     * removed, NULL = none. Sampling is unchanged ((seed, round) over all n_clients, so every other
+     * client is sampled in the same rounds); a removed client is then dropped from its rounds' lists, and
+     * the round runs with the others only. Synchronous rounds only. */
+    const unsigned char *excluded;
 } loom_engine_config;
 
 typedef struct loom_engine loom_engine;

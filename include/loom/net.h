@@ -67,6 +67,9 @@ typedef struct {
     int eval_timeout_s;          /* seconds to wait for evaluation reports (default 60) */
     int threads;                 /* HTTP worker threads (default 4) */
     int checkpoint_every;        /* rounds between checkpoints (default 1: every round) */
+    int keep_checkpoints;        /* unlearning (include/loom/unlearn.h): keep state_dir/unlearn/start_R.safetensors,
+                                    the start of rounds 1 + K, 1 + 2K, ... (0: none); the round membership
+                                    is always kept (state.db, table members) and the updates are */
     loom_net_mode mode;          /* synchronous rounds, or asynchronous (FedAsync, FedBuff) */
     int no_eval;                 /* 1: no evaluation phase (else every client evaluates on the engine's
                                     eval_every rounds and the last one; a client without test data
@@ -106,6 +109,23 @@ void loom_server_defaults(loom_server_config *c);
  * events go to loom_log(LOOM_INFO), one line each. Stopped through c->stop: LOOM_ESTATE. Only
  * LOOM_NET_SYNC is served (the others: LOOM_EUNSUPPORTED). */
 int loom_server_run(const loom_server_config *c, float *global);
+
+/* Unlearning a server's run (include/loom/unlearn.h): prepares out_dir (new, or empty) as the state of
+ * the same run restarted without client `name`. Its first contributed round f comes from the membership
+ * (table members); the restart round s is the last start kept at or before f (keep_checkpoints), else 1.
+ * out_dir gets a copy of the database with the rounds from s on forgotten, the client removed from the
+ * population (sampling unchanged, rounds that sample it run with the others only, never asked to
+ * evaluate) and its token revoked; the kept start of round s as its checkpoint.safetensors, the kept starts
+ * before it, metrics.jsonl and tls/. loom server --state out_dir with the run's configuration then
+ * retrains rounds s.. with the remaining clients, which connect as before. A client that contributed
+ * nothing: *info says so (first_round 0) and nothing is written. Unknown name: LOOM_ENOTFOUND. */
+typedef struct {
+    int client;         /* the client's index */
+    int first_round;    /* 0: it contributed to no round */
+    int restart_round;  /* s */
+    int rounds;         /* the run's rounds */
+} loom_server_unlearn_info;
+int loom_server_unlearn(const char *state_dir, const char *name, const char *out_dir, loom_server_unlearn_info *info);
 
 /* ------------------------------------------------------------------ client */
 

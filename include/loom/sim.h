@@ -298,6 +298,22 @@ typedef struct {
     int (*stack)(void *ud, int round, const float *const *models, const int *clients, const double *weights,
                  size_t n);
     void *stack_ud;
+    /* ---- unlearning (include/loom/unlearn.h): what the run keeps, and how an unlearning run differs ----
+     * With out_dir, out_dir/unlearn/membership.jsonl (the accepted clients of every round and their
+     * weights) is always written; start checkpoints every keep_checkpoints rounds and the accepted
+     * updates of every keep_updates-th round (0: none) are kept there too (synchronous rounds, not with a
+     * secure sum, whose updates the server never sees). excluded (n_clients bytes, NULL: none) removes
+     * clients from the population (loom_engine_config.excluded; they are not evaluated either).
+     * start_from: a kept start checkpoint to begin at (its next round; like resume, into a fresh
+     * out_dir). replay_dir (FedEraser): each sampled client whose update of the round is kept under
+     * replay_dir/unlearn/updates trains fit.local_steps (the calibration steps) from the current model,
+     * its update is rescaled to the stored one's norm (unless replay_no_rescale) and submitted; a client
+     * without a stored update of the round is refused ("client failure: no stored update") untrained. */
+    int keep_checkpoints, keep_updates;
+    const unsigned char *excluded;
+    const char *start_from;
+    const char *replay_dir;
+    int replay_no_rescale;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);

@@ -48,14 +48,17 @@ typedef struct {
     uint64_t run_id;
     loom_client_state st;
     char state_path[4096], pre_path[4096];
+    int state_round; /* the round of the current state (-1: none) */
     loom_kseed *kseed; /* --client-algo fedkseed: the pool and this client's replay of the global model */
 } client_run;
 
 /* The client's own state (local step counter, SCAFFOLD c_i, compression residual) survives restarts of
  * the process, and a round is trained from the same state however often it is trained: before a fit
- * of round R the state is kept as "pre" (tagged R); a fit of R that finds a pre tagged R (the process
- * stopped after training, before its upload was safely pending) starts from it again, so the update
- * it sends is the one it would have sent. After the fit the state is saved as the current one. */
+ * of round R the state is kept as "pre" of R (client-state-pre-R.safetensors, tagged R). A fit of R when
+ * the current state is already of round R or later starts from that pre again: the process stopped
+ * after training, before its upload was safely pending, or the server's run was restarted at an earlier
+ * round (loom unlearn --state), whose later rounds then go on from the state trained again. After the
+ * fit the state is saved as the current one, of round R. */
 static int save_state(client_run *c, const char *path, int round) {
     loom_st_writer *w;
     int rc = loom_st_writer_create(&w);
@@ -112,8 +115,9 @@ static int load_state(client_run *c, const char *path, int *round) {
 static int state_for_round(client_run *c, int round) {
     loom_client_state keep = c->st;
     loom_client_state_init(&c->st);
-    int tag = -1;
-    int rc = load_state(c, c->pre_path, &tag);
+    int tag = -1, rc = LOOM_OK;
+    snprintf(c->pre_path, sizeof c->pre_path, "%s/client-state-pre-%d.safetensors", c->work_dir, round);
+    if (c->state_round >= round) rc = load_state(c, c->pre_path, &tag); /* trained before: its pre */
     if (rc == LOOM_OK && tag == round) { /* this round was trained before: start from the same state */
         loom_client_state_clear(&keep);
         loom_log(LOOM_INFO, "round %d: training again from the state it was first trained from", round);
@@ -186,9 +190,9 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     c->client = h->client;
     c->run_id = h->run_id;
     snprintf(c->state_path, sizeof c->state_path, "%s/client-state.safetensors", c->work_dir);
-    snprintf(c->pre_path, sizeof c->pre_path, "%s/client-state-pre.safetensors", c->work_dir);
     int tag;
     if ((rc = load_state(c, c->state_path, &tag)) != LOOM_OK) return rc;
+    c->state_round = tag; /* the round the current state was trained in (-1: none) */
     loom_log(LOOM_INFO, "client %d of %d: %zu training and %zu test examples, %zu trainable values", h->client,
              h->n_clients, c->cl.n_train, c->cl.n_test, c->dim);
     return LOOM_OK;
@@ -216,6 +220,7 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     rc = loom_client_run_fit(algo, &ctx, &d, t->round, global, control, &c->sc.fit, &c->sc.compress, &c->st, &out);
     if (rc != LOOM_OK) return rc;
     if ((rc = save_state(c, c->state_path, t->round)) != LOOM_OK) return rc;
+    c->state_round = t->round;
     /* fault injection for the tests: die between training and the upload, as a power cut would */
     const char *crash = getenv("LOOM_TEST_CRASH_AFTER_FIT");
     if (crash && atoi(crash) == t->round) _exit(9);

@@ -265,6 +265,7 @@ int cmd_server(int argc, char **argv) {
     c.poll_ms = poll_ms;
     c.eval_timeout_s = eval_timeout;
     c.threads = threads;
+    c.keep_checkpoints = r.keep_checkpoints; /* for loom unlearn --state (include/loom/unlearn.h) */
     c.done_grace_s = done_grace;
     server_secagg(&r, secagg_fit_timeout, secagg_timeout, &c);
     if (fltrust) {

@@ -19,6 +19,10 @@
 #include "loom/sim.h"
 #include "loom/train.h"
 #include "loom/zo.h"
+#include "loom/unlearn.h"
+
+#include <jansson.h>
+#include <unistd.h>
 
 /* ---- heterogeneous clients (--client-ranks, --hetlora-agg, --lora-freeze-a, --fedra-layers, --profile) ---- */
 
@@ -254,6 +258,7 @@ int cmd_sim(int argc, char **argv) {
     double *ppl0 = NULL, *ppl1 = NULL; /* --compare: clients' test losses before and after */
     long *ppl_tok = NULL;
     int nfaults = 0, created;
+    unsigned char *excluded = NULL; /* --exclude-client */
     loom_sim_config sc;
     loom_sim_defaults(&sc);
     het_setup het = {0};
@@ -436,6 +441,54 @@ int cmd_sim(int argc, char **argv) {
     sc.out_dir = out;
     sc.checkpoint_every = checkpoint_every;
     sc.resume = r.resume;
+    /* ---- unlearning (include/loom/unlearn.h): records kept for loom unlearn, and its runs ---- */
+    sc.keep_checkpoints = r.keep_checkpoints;
+    sc.keep_updates = r.keep_updates;
+    sc.start_from = r.start_from;
+    sc.replay_dir = r.replay_updates;
+    sc.replay_no_rescale = r.replay_no_rescale;
+    if (r.replay_no_rescale && !r.replay_updates) BAD("--replay-no-rescale needs --replay-updates RUN_DIR");
+    if (r.exclude_client) {
+        if (!(excluded = calloc(part->n_clients, 1))) BAD("out of memory");
+        for (const char *p = r.exclude_client; *p;) {
+            size_t len = strcspn(p, ",");
+            size_t k = 0;
+            while (k < part->n_clients && (strlen(part->clients[k].name) != len || strncmp(part->clients[k].name, p, len)))
+                k++;
+            if (k == part->n_clients) BAD("--exclude-client: no client is named '%.*s'", (int)len, p);
+            excluded[k] = 1;
+            p += len + (p[len] == ',');
+        }
+        sc.excluded = excluded;
+    }
+    if (out) { /* OUT/unlearn/run.json: how loom unlearn reruns this run (a resumed run: its last flags) */
+        json_t *j = json_object(), *a = json_array(), *names = json_array();
+        char cwd[4096], path[4200];
+        for (int i = 1; j && a && i < argc; i++) json_array_append_new(a, json_string(argv[i]));
+        for (size_t i = 0; names && i < part->n_clients; i++) json_array_append_new(names, json_string(part->clients[i].name));
+        if (!j || !a || !names || !getcwd(cwd, sizeof cwd) || loom_unlearn_mkdirs(out, 0) != LOOM_OK) {
+            json_decref(j);
+            json_decref(a);
+            json_decref(names);
+            BAD("cannot prepare %s/unlearn", out);
+        }
+        json_object_set_new(j, "argv", a);
+        json_object_set_new(j, "cwd", json_string(cwd));
+        json_object_set_new(j, "clients", names);
+        json_object_set_new(j, "rounds", json_integer(rounds));
+        json_object_set_new(j, "local_steps", json_integer(local_steps));
+        json_object_set_new(j, "keep_checkpoints", json_integer(r.keep_checkpoints));
+        json_object_set_new(j, "keep_updates", json_integer(r.keep_updates));
+        char *text = json_dumps(j, JSON_INDENT(1));
+        json_decref(j);
+        snprintf(path, sizeof path, "%s/unlearn/run.json", out);
+        int wrc = text ? loom_write_file_atomic(path, text, strlen(text)) : loom_error(LOOM_ENOMEM, "out of memory");
+        free(text);
+        if (wrc != LOOM_OK) {
+            cli_fail(path);
+            goto done;
+        }
+    }
     prog.rounds = rounds;
     prog.tty = cli_tty() && !r.quiet_clients;
     prog.quiet = r.quiet_clients;
@@ -587,6 +640,7 @@ int cmd_sim(int argc, char **argv) {
     rc = 0;
 done:
     het_free(&het);
+    free(excluded);
     loom_sim_paillier_clear(&r.paillier_cfg);
     free(root);
     cli_client_data_free(&root_cl);

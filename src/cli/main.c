@@ -7,6 +7,7 @@
 
 int cmd_audit(int argc, char **argv); /* cmd_audit.c */
 int cmd_aggregate(int argc, char **argv); /* cmd_aggregate.c */
+int cmd_unlearn(int argc, char **argv); /* cmd_unlearn.c */
 
 static const struct {
     const char *name;
@@ -21,6 +22,7 @@ static const struct {
     {"client", cmd_client, "take part in a federation run by loom server (only the update leaves this machine)"},
     {"dp", cmd_dp, "differential privacy accounting: epsilon of a DP-SGD / DP-FedAvg schedule, or the noise for a budget"},
     {"aggregate", cmd_aggregate, "apply one aggregation rule (fedavg, median, trimmed-mean, krum, ...) to update files offline"},
+    {"unlearn", cmd_unlearn, "remove one client's contribution from a run: exact retraining or FedEraser's calibrated replay"},
     {"audit", cmd_audit, "privacy audits: membership inference (AUC, TPR at 1% FPR) and canary exposure"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},

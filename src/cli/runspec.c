@@ -166,6 +166,13 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"quiet-clients", OPT_FLAG, &r->quiet_clients, "sim: no per-client progress lines", 0, 0},
         {"compare", OPT_INT, &r->compare, "sim: before training, measure the initial model on every client's held-out text and sample from it; at the end, print perplexity before/after for the N clients with the most test text (0 = off)", 0, 1000000},
         {"progress-every", OPT_FLOAT, &r->progress_every, "sim: seconds between per-client progress lines when stderr is not a terminal", 0, 3600},
+        /* unlearning (include/loom/unlearn.h, loom unlearn) */
+        {"keep-checkpoints", OPT_INT, &r->keep_checkpoints, "sim and server: keep unlearn/start_R.safetensors (under --out or --state), the start of rounds 1+K, 1+2K, ... (0 = none: loom unlearn then retrains from round 1)", 0, 1e9},
+        {"keep-updates", OPT_INT, &r->keep_updates, "sim: keep every accepted client update of rounds 1, 1+K, ... in OUT/unlearn/updates (clients x dim x 4 bytes a kept round; loom unlearn --mode approx replays them; 0 = none)", 0, 1e9},
+        {"exclude-client", OPT_STR, &r->exclude_client, "sim: NAME[,NAME...] removed from the population: sampling unchanged, rounds that sample it run without it, never evaluated", 0, 0},
+        {"start-from", OPT_STR, &r->start_from, "sim: begin at a kept OUT/unlearn/start_R.safetensors of another run (into a fresh --out)", 0, 0},
+        {"replay-updates", OPT_STR, &r->replay_updates, "sim: FedEraser replay of RUN_DIR's kept updates: each client trains --local-steps calibration steps, rescaled to its stored update's norm", 0, 0},
+        {"replay-no-rescale", OPT_FLAG, &r->replay_no_rescale, "sim: with --replay-updates, submit the calibration updates as trained (no rescaling)", 0, 0},
         /* secure aggregation (sim_secure.c, docs/privacy-secagg.md) */
         {"secagg", OPT_FLAG, &r->secagg, "sim: secure aggregation (Bonawitz et al. 2017): the server only learns the round's sum", 0, 0},
         {"secagg-threshold", OPT_INT, &r->secagg_threshold, "sim: secure aggregation's threshold t: shares that rebuild a secret (0 = 2/3 of the holders + 1)", 0, LOOM_SECAGG_MAX_CLIENTS},

@@ -70,6 +70,9 @@ typedef struct {
     const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
     int lora_freeze_a;
     float hetlora_prune;
+    /* ---- unlearning (loom sim; include/loom/unlearn.h) ---- */
+    int keep_checkpoints, keep_updates, replay_no_rescale;
+    const char *exclude_client, *start_from, *replay_updates;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160

@@ -151,6 +151,8 @@ static int check_config(const loom_engine_config *c) {
         int rc = loom_dp_run_budget(&c->dp, c->n_clients, per_round(c), c->rounds);
         if (rc != LOOM_OK) return rc;
     }
+    if (c->excluded && c->mode != LOOM_ENGINE_SYNC)
+        return loom_error(LOOM_EUNSUPPORTED, "removing clients from the population (--exclude-client) needs --mode sync");
     if (c->mask) {
         if (c->mode != LOOM_ENGINE_SYNC)
             return loom_error(LOOM_EUNSUPPORTED, "heterogeneous clients (masked updates) need --mode sync");
@@ -274,6 +276,12 @@ int loom_engine_open_round(loom_engine *e, double now, const int **clients, int 
     if (rc != LOOM_OK) {
         e->n = 0;
         return rc;
+    }
+    if (e->c.excluded) { /* removed clients (unlearning): the round runs with the others */
+        int k = 0;
+        for (int i = 0; i < e->n; i++)
+            if (!e->c.excluded[e->list[i]]) e->list[k++] = e->list[i];
+        e->n = k;
     }
     for (int i = 0; i < e->n; i++) e->pos[e->list[i]] = i;
     memset(e->rows, 0, (size_t)e->n * sizeof *e->rows);

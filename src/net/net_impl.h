@@ -76,6 +76,15 @@ int net_store_evals(net_store *s, int round, int **clients, loom_eval_result **r
 void net_store_event(net_store *s, int round, const char *kind, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 int net_store_count_updates(net_store *s, int *n);
+/* Unlearning (include/loom/unlearn.h): the accepted clients of a round and their weights (a redone
+ * round replaces its rows); the first round client contributed to (0: none); the removed clients
+ * (removed: n bytes, 1 = removed). restart_without copies the database to copy_to (a new file) and, in
+ * the copy, forgets the rounds from from_round on, removes client (named name) from the population
+ * and revokes its token. */
+int net_store_put_members(net_store *s, int round, const int *clients, const uint64_t *weights, int n);
+int net_store_first_member(net_store *s, int client, int *round);
+int net_store_removed(net_store *s, unsigned char *removed, int n);
+int net_store_restart_without(net_store *s, int from_round, int client, const char *name, const char *copy_to);
 
 /* ------------------------------------------------------------------ request handling */
 

@@ -13,6 +13,7 @@
 
 #include "loom/core.h"
 #include "loom/safetensors.h"
+#include "loom/unlearn.h"
 #include "net/server_impl.h"
 
 int net_stopped(const net_server *s) { return s->c.stop && __atomic_load_n(s->c.stop, __ATOMIC_RELAXED); }
@@ -63,6 +64,25 @@ static int load_checkpoint(net_server *s, const char *path) {
     return rc;
 }
 
+/* ------------------------------------------------------------------ the metrics sink */
+
+/* The metrics rows (loom_metrics_jsonl_sink), and each accepted client with its weight for the round's
+ * membership (net_store_put_members after the round ends). */
+static void member_round(void *ud, const loom_round_metrics *m, const int *clients, int n) {
+    net_server *s = ud;
+    s->mem_n = 0;
+    if (s->js_sink.round) s->js_sink.round(s->js_sink.ud, m, clients, n);
+}
+
+static void member_client(void *ud, const loom_client_row *r) {
+    net_server *s = ud;
+    if (r->verdict == LOOM_UPDATE_ACCEPTED && s->mem_n < s->n) {
+        s->mem_c[s->mem_n] = r->client;
+        s->mem_w[s->mem_n++] = r->examples;
+    }
+    if (s->js_sink.client) s->js_sink.client(s->js_sink.ud, r);
+}
+
 /* ------------------------------------------------------------------ create / free */
 
 void net_server_free(net_server *s) {
@@ -80,6 +100,9 @@ void net_server_free(net_server *s) {
     free(s->ans);
     free(s->epos);
     free(s->ereported);
+    free(s->mem_c);
+    free(s->mem_w);
+    free(s->removed);
     net_async_free(s);
     net_sa_free(s);
     free(s->ids);
@@ -255,7 +278,25 @@ int net_server_create(net_server **out, const loom_server_config *c) {
     s->ec.run_id = s->run_id;
     s->ec.n_test = c->no_eval ? NULL : s->n_test;
     s->js = (loom_metrics_jsonl){NULL, (const char *const *)s->names, 1};
-    s->ec.sink = loom_metrics_jsonl_sink(&s->js);
+    /* unlearning: the metrics rows, and the accepted clients of each round (table members); clients
+     * removed by loom unlearn leave the population (sampling unchanged, never asked to evaluate) */
+    s->js_sink = loom_metrics_jsonl_sink(&s->js);
+    s->ec.sink = (loom_metrics_sink){member_round, member_client, s};
+    s->mem_c = malloc(N * sizeof *s->mem_c);
+    s->mem_w = malloc(N * sizeof *s->mem_w);
+    s->removed = calloc(N, 1);
+    if (!s->mem_c || !s->mem_w || !s->removed) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory for %zu clients", N);
+        goto fail;
+    }
+    if ((rc = net_store_removed(s->store, s->removed, s->n)) != LOOM_OK) goto fail;
+    for (int i = 0; i < s->n; i++)
+        if (s->removed[i]) {
+            s->n_removed++;
+            s->n_test[i] = 0;
+        }
+    if (s->n_removed) s->ec.excluded = s->removed;
+    if (c->keep_checkpoints > 0 && (rc = loom_unlearn_mkdirs(c->state_dir, 0)) != LOOM_OK) goto fail;
     if ((rc = loom_engine_create(&s->eng, &s->ec)) != LOOM_OK) goto fail;
     s->uses_control = loom_strategy_uses_control(loom_engine_strategy(s->eng));
     if (loom_engine_wants_reference(s->eng) && (!c->reference || c->mode != LOOM_NET_SYNC)) {
@@ -373,7 +414,7 @@ int net_server_drive(net_server *s, float *global) {
     }
     int started = 0;
     net_store_started(s->store, &started);
-    int need = s->c.min_clients > 0 ? LOOM_MIN(s->c.min_clients, s->n) : s->n;
+    int need = s->c.min_clients > 0 ? LOOM_MIN(s->c.min_clients, s->n - s->n_removed) : s->n - s->n_removed;
     if (!started && s->next_round < s->ec.rounds) {
         net_store_event(s->store, 0, "waiting", "waiting for %d of %d clients to say hello", need, s->n);
         pthread_mutex_lock(&s->mu);
@@ -384,6 +425,11 @@ int net_server_drive(net_server *s, float *global) {
         if (stopped(s)) return loom_error(LOOM_ESTATE, "the server was stopped before the run ended");
         int R = r0 + 1;
         double t0 = net_wall(), opened_at;
+        if (loom_unlearn_keeps_start(R, s->c.keep_checkpoints)) { /* kept for loom unlearn */
+            char file[64];
+            snprintf(file, sizeof file, "unlearn/start_%06d.safetensors", R);
+            if ((rc = save_checkpoint(s, r0, file, 0)) != LOOM_OK) return rc;
+        }
         int *sampled = malloc((size_t)s->n * sizeof *sampled), n = 0;
         if (!sampled) return loom_error(LOOM_ENOMEM, "out of memory");
         rc = loom_engine_sample(s->n, s->ec.sample, s->ec.sample_frac, s->ec.seed, r0, sampled, &n);
@@ -487,6 +533,7 @@ int net_server_drive(net_server *s, float *global) {
         }
         loom_round_metrics m;
         if ((rc = loom_engine_end_round(s->eng, net_wall() - t0, &m)) != LOOM_OK) return rc;
+        if ((rc = net_store_put_members(s->store, R, s->mem_c, s->mem_w, s->mem_n)) != LOOM_OK) return rc;
         if (fflush(s->metrics) != 0 || fsync(fileno(s->metrics)) != 0)
             return loom_error(LOOM_EIO, "cannot write %s/metrics.jsonl: %s", s->c.state_dir, strerror(errno));
         long pos = ftell(s->metrics);
@@ -508,7 +555,7 @@ finish:
     pthread_cond_broadcast(&s->cv);
     double t = net_wall();
     for (;;) {
-        if (s->n_seen_done >= s->n || stopped(s) || net_wall() >= t + s->c.done_grace_s) break;
+        if (s->n_seen_done >= s->n - s->n_removed || stopped(s) || net_wall() >= t + s->c.done_grace_s) break;
         net_wait_for(s, t + s->c.done_grace_s - net_wall());
     }
     /* a "done" is counted when it is answered, and sent after: let the answers in flight go out (at most

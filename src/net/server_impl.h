@@ -30,6 +30,12 @@ struct net_server {
     size_t metrics_bytes;      /* metrics.jsonl's length at the checkpoint */
     FILE *metrics;
     loom_metrics_jsonl js;
+    /* unlearning: the round's accepted clients and weights (table members); the removed clients */
+    loom_metrics_sink js_sink;
+    int *mem_c, mem_n;
+    uint64_t *mem_w;
+    unsigned char *removed;
+    int n_removed;
     /* identities cache (refreshed every second: revocations of a running server) */
     net_identity *ids;
     int nids;

@@ -37,7 +37,12 @@ static const char *SCHEMA =
     "CREATE TABLE IF NOT EXISTS evals(round INTEGER NOT NULL, client INTEGER NOT NULL, loss_sum REAL,"
     " tokens INTEGER, correct INTEGER, count INTEGER, PRIMARY KEY (round, client));"
     "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
-    " round INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);";
+    " round INTEGER, kind TEXT NOT NULL, text TEXT NOT NULL);"
+    /* unlearning (include/loom/unlearn.h): who contributed to which round with which weight, and the
+     * clients removed from the population of a run restarted by loom unlearn */
+    "CREATE TABLE IF NOT EXISTS members(round INTEGER NOT NULL, client INTEGER NOT NULL, weight INTEGER NOT NULL,"
+    " PRIMARY KEY (round, client));"
+    "CREATE TABLE IF NOT EXISTS removed(client INTEGER PRIMARY KEY, name TEXT NOT NULL, at REAL);";
 
 static double wall(void) {
     struct timespec ts;
@@ -526,4 +531,104 @@ void net_store_event(net_store *s, int round, const char *kind, const char *fmt,
     }
     sqlite3_finalize(st);
     pthread_mutex_unlock(&s->mu);
+}
+
+/* ------------------------------------------------------------------ unlearning */
+
+int net_store_put_members(net_store *s, int round, const int *clients, const uint64_t *weights, int n) {
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st = NULL;
+    int rc = exec(s, "BEGIN IMMEDIATE");
+    int began = rc == LOOM_OK;
+    if (rc == LOOM_OK) rc = prepare(s, "DELETE FROM members WHERE round = ?", &st); /* a redone round */
+    if (rc == LOOM_OK) {
+        sqlite3_bind_int(st, 1, round);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "storing the round's members");
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc == LOOM_OK) rc = prepare(s, "INSERT INTO members(round, client, weight) VALUES (?, ?, ?)", &st);
+    for (int i = 0; rc == LOOM_OK && i < n; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_int(st, 1, round);
+        sqlite3_bind_int(st, 2, clients[i]);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)weights[i]);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "storing the round's members");
+    }
+    sqlite3_finalize(st);
+    if (began) {
+        if (rc == LOOM_OK) rc = exec(s, "COMMIT");
+        else exec(s, "ROLLBACK");
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int net_store_first_member(net_store *s, int client, int *round) {
+    *round = 0;
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st = NULL;
+    int rc = prepare(s, "SELECT MIN(round) FROM members WHERE client = ?", &st);
+    if (rc == LOOM_OK) {
+        sqlite3_bind_int(st, 1, client);
+        if (sqlite3_step(st) == SQLITE_ROW) *round = sqlite3_column_int(st, 0); /* NULL reads as 0: never */
+        else rc = db_error(s, "reading members");
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int net_store_removed(net_store *s, unsigned char *removed, int n) {
+    memset(removed, 0, (size_t)n);
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st = NULL;
+    int rc = prepare(s, "SELECT client FROM removed", &st), step;
+    while (rc == LOOM_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
+        int k = sqlite3_column_int(st, 0);
+        if (k >= 0 && k < n) removed[k] = 1;
+    }
+    if (rc == LOOM_OK && step != SQLITE_DONE) rc = db_error(s, "reading removed clients");
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int net_store_restart_without(net_store *s, int from_round, int client, const char *name, const char *copy_to) {
+    pthread_mutex_lock(&s->mu);
+    sqlite3_stmt *st = NULL;
+    int rc = prepare(s, "VACUUM INTO ?", &st); /* a consistent copy of the whole database */
+    if (rc == LOOM_OK) {
+        sqlite3_bind_text(st, 1, copy_to, -1, SQLITE_TRANSIENT);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "copying the database");
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->mu);
+    if (rc != LOOM_OK) return rc;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(copy_to, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+        rc = loom_error(LOOM_EIO, "cannot open %s: %s", copy_to, db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return rc;
+    }
+    /* the rounds from from_round on are redone; the client is removed and its token refused */
+    char *sql = sqlite3_mprintf("BEGIN IMMEDIATE;"
+                                "DELETE FROM rounds WHERE round >= %d; DELETE FROM sampled WHERE round >= %d;"
+                                "DELETE FROM updates WHERE round >= %d; DELETE FROM evals WHERE round >= %d;"
+                                "DELETE FROM members WHERE round >= %d;"
+                                "INSERT OR REPLACE INTO removed(client, name, at) VALUES (%d, %Q, %f);"
+                                "UPDATE clients SET revoked = 1 WHERE name = %Q;"
+                                "INSERT INTO events(at, round, kind, text) VALUES (%f, 0, 'unlearn', "
+                                "'client ' || %Q || ' removed: the run restarts at round %d');"
+                                "COMMIT;",
+                                from_round, from_round, from_round, from_round, from_round, client, name, wall(), name,
+                                wall(), name, from_round);
+    char *err = NULL;
+    if (!sql) rc = loom_error(LOOM_ENOMEM, "out of memory");
+    else if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK)
+        rc = loom_error(LOOM_EIO, "%s: %s", copy_to, err ? err : "error");
+    sqlite3_free(err);
+    sqlite3_free(sql);
+    sqlite3_close(db);
+    return rc;
 }

@@ -16,6 +16,7 @@
 #include "loom/core.h"
 #include "loom/hetero.h"
 #include "loom/safetensors.h"
+#include "loom/unlearn.h"
 #include "sim/sim_attack.h"
 #include "sim/sim_secure.h"
 
@@ -89,6 +90,7 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
         ec->mask_ud = (void *)c->hetero;
         ec->pipe.mask_pad = loom_hetero_pad(c->hetero);
     }
+    ec->excluded = c->excluded; /* unlearning: clients removed from the population */
 }
 
 /* ------------------------------------------------------------------ shared run state */
@@ -97,6 +99,7 @@ typedef struct {
     loom_trainer *tr;
     float *vec, *update, *dc;
     uint8_t *mask; /* (dim) heterogeneous clients: the client's mask this round */
+    float *stored; /* (dim) FedEraser replay: the client's stored update of the round */
 } worker_slot;
 
 typedef struct sim_run {
@@ -175,6 +178,18 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     int compress = c->compress.codec != LOOM_CODEC_F32;
     loom_fit_config fc = c->fit;
     int rc = LOOM_OK;
+    if (c->replay_dir) { /* FedEraser: only clients whose update of this round was kept take part */
+        char path[4096];
+        rc = loom_unlearn_update_path(path, sizeof path, c->replay_dir, task.round, client);
+        if (rc == LOOM_OK) rc = loom_unlearn_update_read(path, task.round, client, ws->stored, dim);
+        if (rc != LOOM_OK) {
+            char why[600];
+            snprintf(why, sizeof why, "%s (%s)", rc == LOOM_ENOTFOUND ? "no stored update of this round" : loom_errmsg(),
+                     cl->name);
+            loom_engine_fail(r->eng, task.round, client, why, r->t_open, NULL);
+            return;
+        }
+    }
     if (c->hetero) { /* the client's truncation (ranks), frozen part (A, layers) this round */
         rc = loom_hetero_mask(c->hetero, client, task.round, ws->mask);
         fc.mask = ws->mask;
@@ -192,6 +207,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     }
     float *update = ws->update;
     size_t len = dim;
+    if (c->replay_dir && !c->replay_no_rescale) loom_unlearn_calibrate(update, ws->stored, dim); /* FedEraser */
     switch (fault) {
     case LOOM_FAULT_NAN: update[dim / 2] = NAN; break;
     case LOOM_FAULT_INF: update[0] = INFINITY; break;
@@ -215,6 +231,12 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
         return;
     }
     int sub = loom_engine_submit(r->eng, &u, now, NULL); /* a refusal is recorded in the client's row */
+    if (sub == LOOM_OK && c->out_dir && loom_unlearn_keeps_updates(task.round, c->keep_updates)) {
+        char path[4096]; /* kept for approximate unlearning (include/loom/unlearn.h) */
+        int wrc = loom_unlearn_update_path(path, sizeof path, c->out_dir, task.round, client);
+        if (wrc == LOOM_OK) wrc = loom_unlearn_update_write(path, task.round, client, update, dim);
+        if (wrc != LOOM_OK) fail(r, wrc);
+    }
     if (sub == LOOM_OK && c->hetero) /* HetLoRA self-pruning: the rank of its next rounds, as the server sees it */
         loom_hetero_prune(c->hetero, client, task.global, update, NULL);
     if (sub == LOOM_OK && r->stack_u) { /* FLoRA: keep the accepted update at the client's list position */
@@ -312,7 +334,8 @@ static void *worker_main(void *p) {
         ws->update = loom_alloc(dim * sizeof(float));
         ws->dc = c->fit.scaffold ? loom_alloc(dim * sizeof(float)) : NULL;
         ws->mask = c->hetero ? malloc(dim) : NULL;
-        if (!ws->update || (c->fit.scaffold && !ws->dc) || (c->hetero && !ws->mask)) {
+        ws->stored = c->replay_dir ? loom_alloc(dim * sizeof(float)) : NULL;
+        if (!ws->update || (c->fit.scaffold && !ws->dc) || (c->hetero && !ws->mask) || (c->replay_dir && !ws->stored)) {
             fail(r, LOOM_ENOMEM);
             return NULL;
         }
@@ -643,10 +666,11 @@ int loom_sim_check_out(const char *out_dir, int resume, int rounds) {
     return LOOM_OK;
 }
 
-static int load_checkpoint(sim_run *r, int *next_round) {
+static int load_checkpoint(sim_run *r, const char *from, int *next_round) {
     const loom_sim_config *c = r->c;
     char path[4096];
-    snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
+    if (from) snprintf(path, sizeof path, "%s", from);
+    else snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
     loom_st_file *f;
     int rc = loom_st_open(&f, path);
     if (rc != LOOM_OK) return rc;
@@ -758,6 +782,9 @@ typedef struct {
     FILE *f;
     const loom_sim_config *c;
     const lm_attack *attack;
+    int *mem_clients;    /* the round's accepted clients and their weights (unlearning's membership; */
+    uint64_t *mem_w;     /* synchronous rounds only), room for mem_cap */
+    int mem_n, mem_cap;
 } jsonl_sink;
 
 static void sink_round(void *ud, const loom_round_metrics *m, const int *list, int n) {
@@ -767,6 +794,10 @@ static void sink_round(void *ud, const loom_round_metrics *m, const int *list, i
 
 static void sink_client(void *ud, const loom_client_row *r) {
     jsonl_sink *s = ud;
+    if (s->mem_clients && r->verdict == LOOM_UPDATE_ACCEPTED && s->mem_n < s->mem_cap) {
+        s->mem_clients[s->mem_n] = r->client;
+        s->mem_w[s->mem_n++] = r->examples;
+    }
     if (!s->f || !s->c->per_client_rows) return;
     const loom_client *cl = &s->c->part->clients[r->client];
     if (!lm_attack_is(s->attack, r->client)) {
@@ -835,6 +866,17 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         return loom_error(LOOM_EUNSUPPORTED, "FedKSeed needs synchronous rounds from the start (no --resume, no --mode "
                           "%s) over its K = %d scalars (the vector has %zu)", loom_engine_mode_name(c->mode),
                           loom_kseed_k(c->kseed), c->dim);
+    if (c->keep_checkpoints < 0 || c->keep_updates < 0)
+        return loom_error(LOOM_EINVAL, "--keep-checkpoints %d and --keep-updates %d must be >= 0", c->keep_checkpoints,
+                          c->keep_updates);
+    if ((c->keep_checkpoints || c->keep_updates || c->excluded || c->start_from || c->replay_dir) &&
+        (c->mode != LOOM_ENGINE_SYNC || c->secure.sum || c->stack || c->kseed))
+        return loom_error(LOOM_EUNSUPPORTED, "unlearning's records (--keep-checkpoints, --keep-updates) and runs "
+                          "(--exclude-client, --start-from, --replay-updates) need synchronous rounds without a secure "
+                          "sum, FLoRA stacking or FedKSeed");
+    if (c->start_from && c->resume) return loom_error(LOOM_EINVAL, "--start-from and --resume exclude each other");
+    if ((c->start_from || c->keep_checkpoints || c->keep_updates) && !c->out_dir)
+        return loom_error(LOOM_EINVAL, "--keep-checkpoints, --keep-updates and --start-from need --out");
     int rc = loom_sim_check_out(c->out_dir, c->resume, c->rounds);
     if (rc != LOOM_OK) return rc;
 
@@ -848,8 +890,8 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     size_t *n_test = malloc((size_t)N * sizeof *n_test);
     r.states = calloc((size_t)N, sizeof *r.states);
     r.slots = calloc((size_t)c->workers, sizeof *r.slots);
-    FILE *mf = NULL;
-    jsonl_sink js = {NULL, c, NULL};
+    FILE *mf = NULL, *memf = NULL; /* metrics.jsonl, unlearn/membership.jsonl */
+    jsonl_sink js = {NULL, c, NULL, NULL, NULL, 0, 0};
     loom_client_state root_state; /* the server's own client state on its root data (FLTrust) */
     loom_client_state_init(&root_state);
     if (!n_test || !r.states || !r.slots) {
@@ -870,7 +912,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         goto done;
     }
     for (int i = 0; i < N; i++) {
-        n_test[i] = c->part->clients[i].n_test;
+        n_test[i] = c->excluded && c->excluded[i] ? 0 : c->part->clients[i].n_test; /* a removed client: no evaluation */
         loom_client_state_init(&r.states[i]);
     }
     loom_engine_config ec;
@@ -933,16 +975,39 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         }
 
     int start = 0;
+    char path[4096];
     if (c->out_dir) {
         if (mkdir(c->out_dir, 0755) != 0 && errno != EEXIST) {
             rc = loom_error(LOOM_EIO, "cannot create %s: %s", c->out_dir, strerror(errno));
             goto done;
         }
         if (c->resume) {
-            if ((rc = load_checkpoint(&r, &start)) != LOOM_OK) goto done;
+            if ((rc = load_checkpoint(&r, NULL, &start)) != LOOM_OK) goto done;
             loom_log(LOOM_INFO, "resuming at round %d", start + 1);
         }
-        char path[4096];
+        if (c->start_from) { /* unlearning: a kept start checkpoint of another run */
+            if ((rc = load_checkpoint(&r, c->start_from, &start)) != LOOM_OK) goto done;
+            if (start >= c->rounds) {
+                rc = loom_error(LOOM_EINVAL, "--start-from %s starts round %d, after the last of --rounds %d",
+                                c->start_from, start + 1, c->rounds);
+                goto done;
+            }
+        }
+        if ((rc = loom_unlearn_mkdirs(c->out_dir, c->keep_updates > 0)) != LOOM_OK) goto done;
+        snprintf(path, sizeof path, "%s/unlearn/membership.jsonl", c->out_dir);
+        if (c->mode == LOOM_ENGINE_SYNC && !(memf = fopen(path, c->resume ? "a" : "w"))) { /* rounds' members */
+            rc = loom_error(LOOM_EIO, "cannot write %s: %s", path, strerror(errno));
+            goto done;
+        }
+        if (memf) {
+            js.mem_clients = malloc((size_t)N * sizeof *js.mem_clients);
+            js.mem_w = malloc((size_t)N * sizeof *js.mem_w);
+            js.mem_cap = N;
+            if (!js.mem_clients || !js.mem_w) {
+                rc = loom_error(LOOM_ENOMEM, "out of memory");
+                goto done;
+            }
+        }
         snprintf(path, sizeof path, "%s/metrics.jsonl", c->out_dir);
         mf = fopen(path, c->resume ? "a" : "w");
         if (!mf) {
@@ -963,6 +1028,12 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         double t0 = loom_now();
         const int *list;
         int n;
+        if (c->out_dir && loom_unlearn_keeps_start(round + 1, c->keep_checkpoints)) { /* kept for unlearning */
+            char file[64];
+            snprintf(file, sizeof file, "unlearn/start_%06d.safetensors", round + 1);
+            if ((rc = save_checkpoint(&r, round, file)) != LOOM_OK) goto done;
+        }
+        js.mem_n = 0;
         if ((rc = loom_engine_open_round(r.eng, vclock, &list, &n)) != LOOM_OK) goto done;
         if (c->stack && (rc = stack_open(&r, n)) != LOOM_OK) goto done;
         r.t_open = vclock;
@@ -985,6 +1056,11 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         loom_round_metrics m;
         if ((rc = loom_engine_end_round(r.eng, loom_now() - t0, &m)) != LOOM_OK) goto done;
         if (mf) fflush(mf);
+        if (memf && ((rc = loom_membership_write_row(memf, r.round, js.mem_clients, js.mem_w, js.mem_n)) != LOOM_OK ||
+                     fflush(memf) != 0)) {
+            if (rc == LOOM_OK) rc = loom_error(LOOM_EIO, "cannot write %s/unlearn/membership.jsonl", c->out_dir);
+            goto done;
+        }
         if (c->on_round) c->on_round(&m, c->cb_ud);
         int last = round + 1 == c->rounds;
         if (c->out_dir && c->checkpoint_every > 0 && ((round + 1) % c->checkpoint_every == 0 || last))
@@ -995,6 +1071,9 @@ done:
     if (r.eng) memcpy(global, loom_engine_global(r.eng), c->dim * sizeof(float));
     else memcpy(global, c->init, c->dim * sizeof(float));
     if (mf) fclose(mf);
+    if (memf) fclose(memf);
+    free(js.mem_clients);
+    free(js.mem_w);
     for (int i = 0; r.states && i < N; i++) loom_client_state_clear(&r.states[i]);
     loom_client_state_clear(&root_state);
     free(r.states);
@@ -1004,6 +1083,7 @@ done:
         loom_free(r.slots[i].update);
         loom_free(r.slots[i].dc);
         free(r.slots[i].mask);
+        loom_free(r.slots[i].stored);
     }
     free(r.slots);
     loom_free(r.stack_x);
