@@ -45,6 +45,12 @@ typedef struct {
      * (loom_ws_create_infer), and there is no gradient buffer and no optimizer state; compute- and
      * apply-gradient are refused (LOOM_ESTATE), loom_trainer_loss_at and loom_trainer_eval work. */
     int forward_only;
+    /* Split learning (include/loom/split.h): with split = 1, compute-gradient runs the model as two parts
+     * cut after layer split_layer (0..L): the client part (embeddings, layers 0 .. split_layer - 1) and
+     * the server part (the other layers, the final norm, the head and the loss), which exchange the
+     * activations at the cut and their gradient (loom_forward_part / loom_backward_part). The gradient
+     * has the same bits as the whole model's. Not with DP-SGD or forward_only. */
+    int split, split_layer;
 } loom_train_config;
 
 #define LOOM_DP_ROWS_MAX_BYTES ((size_t)512 << 20)

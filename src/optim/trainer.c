@@ -28,6 +28,9 @@ struct loom_trainer {
     float *dp_norms, *dp_w;     /* [B] per-example norms, row weights */
     long *dp_nv;                /* [B] valid targets per row */
     uint64_t dp_seed;           /* the noise stream's seed (cfg.seed unless set) */
+    /* split learning (cfg.split): the server part's workspace and the two messages of a step */
+    loom_ws *ws_srv;
+    float *wire;                /* [2][B * T' * C] the cut's activations, then their gradient */
 };
 
 void loom_train_defaults(loom_train_config *c) {
@@ -48,6 +51,9 @@ void loom_train_defaults(loom_train_config *c) {
 static int check_config(const loom_train_config *c) {
     if (!(c->clip >= 0)) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
     if (c->warmup < 0 || c->total_steps < 0) return loom_error(LOOM_EINVAL, "warm-up and step counts must be >= 0");
+    if (c->split && (c->dp_sgd || c->forward_only))
+        return loom_error(LOOM_EINVAL, "split learning computes whole-batch gradients: it does not combine with %s",
+                          c->dp_sgd ? "DP-SGD" : "a forward-only trainer");
     if (c->dp_sgd) {
         if (!(c->dp_clip > 0) || !isfinite(c->dp_clip))
             return loom_error(LOOM_EINVAL, "DP-SGD clip norm %g must be finite and > 0", (double)c->dp_clip);
@@ -91,8 +97,15 @@ static int trainer_init(loom_trainer *t) {
         free(e);
     }
     if (rc == LOOM_OK) rc = loom_ws_create_ex(&t->ws, t->m, c->B, c->T, loom_tset_plan(ts));
+    if (rc == LOOM_OK && c->split) { /* the server part: layers split_layer .. L - 1, the head and the loss */
+        int L = loom_model_config(t->m)->n_layer;
+        if (c->split_layer < 0 || c->split_layer > L)
+            rc = loom_error(LOOM_EINVAL, "split layer %d is outside 0..%d (the model's layers)", c->split_layer, L);
+        if (rc == LOOM_OK) rc = loom_ws_create_part(&t->ws_srv, t->m, c->B, c->T, loom_tset_plan(ts), c->split_layer, L);
+    }
     if (rc == LOOM_OK && c->precision != LOOM_PREC_F32) {
         rc = loom_ws_set_precision(t->ws, c->precision);
+        if (rc == LOOM_OK && t->ws_srv) rc = loom_ws_set_precision(t->ws_srv, c->precision);
         if (rc == LOOM_EUNSUPPORTED) rc = LOOM_OK; /* no bf16 on this CPU: the workspace runs f32 */
     }
     if (rc == LOOM_OK && c->dp_sgd) {
@@ -175,6 +188,8 @@ void loom_trainer_free(loom_trainer *t) {
     loom_free(t->grads);
     loom_optimizer_free(t->opt);
     loom_ws_free(t->ws);
+    loom_ws_free(t->ws_srv);
+    loom_free(t->wire);
     loom_tset_free(t->own_ts);
     loom_free(t->dp_rows);
     loom_free(t->dp_buf);
@@ -295,6 +310,30 @@ const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop) {
     return t->cfg.dp_sgd ? t->dp_norms : NULL;
 }
 
+/* Split learning: the client part (embeddings, layers 0 .. k - 1) on t->ws, its activations through the
+ * wire to the server part (layers k .. L - 1, the head, the loss) on t->ws_srv, whose backward sends the
+ * activations' gradient back through the wire for the client part's backward. The same operations in the
+ * same order as the whole model's forward and backward. */
+static int split_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *l) {
+    const loom_peft *pf = loom_tset_plan(t->ts);
+    const int k = t->cfg.split_layer, L = loom_model_config(t->m)->n_layer;
+    int rc = loom_forward_part(t->m, t->base, t->ws, pf, t->params, 0, k, tokens, NULL, NULL, t->cfg.B, t->cfg.T, NULL);
+    if (rc != LOOM_OK) return rc;
+    size_t n;
+    const float *act = loom_ws_activation(t->ws, &n);
+    if (!t->wire && !(t->wire = loom_alloc(2 * loom_ws_activation_cap(t->ws) * sizeof(float))))
+        return loom_error(LOOM_ENOMEM, "out of memory for the split layer's activations");
+    memcpy(t->wire, act, n * sizeof(float));
+    rc = loom_forward_part(t->m, t->base, t->ws_srv, pf, t->params, k, L, NULL, t->wire, targets, t->cfg.B, t->cfg.T, l);
+    if (rc != LOOM_OK) return rc;
+    if (!t->grads_zero) memset(t->grads, 0, t->dim * sizeof(float));
+    t->grads_zero = 0;
+    float *dact = t->wire + loom_ws_activation_cap(t->ws);
+    rc = loom_backward_part(t->m, t->base, t->ws_srv, pf, t->params, t->grads, NULL, dact);
+    if (rc == LOOM_OK) rc = loom_backward_part(t->m, t->base, t->ws, pf, t->params, t->grads, dact, NULL);
+    return rc;
+}
+
 int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss,
                                   long *n_targets) {
     if (t->cfg.forward_only) return loom_error(LOOM_ESTATE, "the trainer is forward-only (zeroth-order): no gradient");
@@ -304,8 +343,16 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
     int rc;
     loom_ws_set_dropout(t->ws, 1, loom_hash2(t->cfg.seed, (uint64_t)step));
     loom_ws_set_fused_loss(t->ws, 1); /* every forward here is followed by its backward */
+    if (t->ws_srv) {
+        loom_ws_set_dropout(t->ws_srv, 1, loom_hash2(t->cfg.seed, (uint64_t)step));
+        loom_ws_set_fused_loss(t->ws_srv, 1);
+    }
     if (t->cfg.dp_sgd) {
         rc = dp_gradient(t, tokens, targets, step, &l);
+    } else if (t->cfg.split) {
+        rc = split_gradient(t, tokens, targets, &l);
+        loom_ws_set_dropout(t->ws_srv, 0, 0);
+        loom_ws_set_fused_loss(t->ws_srv, 0);
     } else {
         rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, &l);
         if (rc == LOOM_OK) {
