@@ -1,15 +1,23 @@
-/* Split learning at the model level: the model cut after layer k into a client part (embeddings, layers
- * 0 .. k - 1) and a server part (layers k .. L - 1, final norm, head, loss) that exchange the cut's
- * activations and their gradient computes the whole model's loss and gradients, for GPT-2 and Llama
- * shapes, every k from 0 to L, LoRA (with dropout) and full fine-tuning; the split trainer steps like the
- * whole one; bad cuts are refused with a message. The expected values come from the whole model's own
- * forward and backward (loom_forward_ex / loom_backward_ex). */
+/* Split learning (SplitLoRA).
+ * Model level: the model cut after layer k into a client part (embeddings, layers 0 .. k - 1) and a server
+ * part (layers k .. L - 1, final norm, head, loss) that exchange the cut's activations and their gradient
+ * computes the whole model's loss and gradients, for GPT-2 and Llama shapes, every k from 0 to L, LoRA (with
+ * dropout) and full fine-tuning; the split trainer steps like the whole one; bad cuts are refused with a
+ * message. The expected values come from the whole model's own forward and backward (loom_forward_ex /
+ * loom_backward_ex).
+ * Federation: one split client over R rounds equals R*E centralized steps of the unsplit model; lr 0 leaves
+ * the global vector bit for bit; several split clients give the unsplit FedAvg run's bits; which values
+ * each side holds and the bytes a step moves against hand counts. */
 #include <string.h>
 
 #include "loom/core.h"
 #include "loom/model.h"
+#include "loom/partition.h"
 #include "loom/peft.h"
+#include "loom/sim.h"
+#include "loom/split.h"
 #include "loom/train.h"
+#include "fl_fixture.h"
 #include "test.h"
 
 enum { B = 2, T = 8, NL = 3 };
@@ -192,6 +200,164 @@ static void check_refusals(loom_model *m) {
     loom_tset_free(ts);
 }
 
+/* ---- the federation ---- */
+
+typedef struct {
+    const loom_model *m;
+    const loom_tset *ts;
+    loom_train_config tc;
+} wud;
+
+static int mk(void *ud, loom_trainer **tr, float **vec) {
+    wud *u = ud;
+    size_t dim = loom_tset_dim(u->ts);
+    *vec = loom_alloc(dim * sizeof(float));
+    return loom_trainer_create_peft(tr, u->m, loom_model_params_const(u->m), u->ts, *vec, &u->tc);
+}
+static void fr(void *ud, loom_trainer *tr, float *vec) {
+    (void)ud;
+    loom_trainer_free(tr);
+    loom_free(vec);
+}
+
+static double maxdiff(const float *a, const float *b, size_t n) {
+    double d = 0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i]));
+    return d;
+}
+
+/* SGD (a client's optimizer restarts every round: SGD without momentum keeps no state across steps, so
+ * that one client's rounds can equal centralized steps) with clipping */
+static void sgd_config(loom_train_config *tc, float lr) {
+    loom_train_defaults(tc);
+    tc->opt.kind = LOOM_OPT_SGD;
+    tc->opt.lr = lr;
+    tc->opt.weight_decay = 0;
+    tc->clip = 1.0f;
+    tc->B = 2, tc->T = 16;
+}
+
+/* R rounds of the simulator over the clients of p, split after layer k (k < 0: not split), into g. */
+static int sim(loom_model *m, loom_tset *ts, loom_dataset *ds, loom_partition *p, int k, float lr, int rounds, float *g) {
+    wud u;
+    u.m = m, u.ts = ts;
+    sgd_config(&u.tc, lr);
+    u.tc.split = k >= 0, u.tc.split_layer = k;
+    loom_sim_config c;
+    loom_sim_defaults(&c);
+    c.dim = loom_tset_dim(ts);
+    c.init = loom_tset_data(ts);
+    c.make_worker = mk;
+    c.free_worker = fr;
+    c.worker_ud = &u;
+    c.ds = ds;
+    c.part = p;
+    c.B = 2, c.T = 16;
+    c.eval_every = 0;
+    c.seed = 5;
+    c.rounds = rounds;
+    c.fit.local_steps = 4;
+    c.workers = 2;
+    return loom_sim_run(&c, g);
+}
+
+static void federation(void) {
+    loom_model *m = NULL;
+    loom_tokenizer *tok = NULL;
+    loom_dataset *ds = NULL;
+    if (fl_fixture(2, 32, 32, 200, &m, &tok, &ds) != LOOM_OK) return;
+    loom_peft_config pc;
+    loom_peft_defaults(&pc, LOOM_PEFT_LORA);
+    pc.lora_r = 4;
+    loom_tset *ts = NULL;
+    CHECK_OK(loom_tset_create(&ts, m, &pc, 3));
+    size_t dim = loom_tset_dim(ts);
+    float *g = loom_alloc(dim * 4), *w = loom_alloc(dim * 4), *h = loom_alloc(dim * 4);
+
+    /* one split client, 3 rounds x 4 steps == 12 centralized steps of the whole model */
+    loom_partition *p1 = NULL;
+    CHECK_OK(loom_partition_iid(&p1, ds->n, 1, 0, 1));
+    CHECK_OK(sim(m, ts, ds, p1, 1, 0.1f, 3, g));
+    loom_train_config tc;
+    sgd_config(&tc, 0.1f);
+    memcpy(w, loom_tset_data(ts), dim * 4);
+    loom_trainer *tr = NULL;
+    CHECK_OK(loom_trainer_create_peft(&tr, m, loom_model_params(m), ts, w, &tc));
+    loom_batcher_opts bo;
+    loom_batcher_opts_init(&bo);
+    bo.B = 2, bo.T = 16;
+    bo.seed = loom_sim_client_seed(5, 0);
+    loom_batcher *b = NULL;
+    CHECK_OK(loom_batcher_create(&b, ds, p1->clients[0].train, p1->clients[0].n_train, &bo));
+    int32_t tk[32], tg[32];
+    for (int s = 0; tr && b && s < 12; s++) {
+        loom_batcher_fill(b, (uint64_t)s, tk, tg, NULL);
+        CHECK_OK(loom_trainer_step(tr, tk, tg, NULL, NULL));
+    }
+    double d = maxdiff(g, w, dim), moved = maxdiff(w, loom_tset_data(ts), dim);
+    CHECK(d <= 1e-6, "1 split client x 3 rounds x 4 steps vs 12 centralized steps: max |d| = %g", d);
+    CHECK(moved > 1e-3, "training moved the adapter (%g)", moved);
+    loom_batcher_free(b);
+    loom_trainer_free(tr);
+
+    /* lr 0 leaves the global vector, bit for bit (B starts at 0, A at its seeded values) */
+    CHECK_OK(sim(m, ts, ds, p1, 1, 0.0f, 2, g));
+    CHECK(memcmp(g, loom_tset_data(ts), dim * 4) == 0, "lr 0 moved the split run's global vector");
+
+    /* four clients: split after layer 0, 1 or 2 gives the unsplit FedAvg run's bits */
+    loom_partition *p4 = NULL;
+    CHECK_OK(loom_partition_iid(&p4, ds->n, 4, 0, 9));
+    CHECK_OK(sim(m, ts, ds, p4, -1, 0.1f, 2, h));
+    for (int k = 0; k <= 2; k++) {
+        CHECK_OK(sim(m, ts, ds, p4, k, 0.1f, 2, g));
+        CHECK(memcmp(g, h, dim * 4) == 0, "4 clients split after layer %d: max |d| = %g from the unsplit run", k,
+              maxdiff(g, h, dim));
+    }
+
+    /* sides and bytes, counted by hand: GPT-2 LoRA on c_attn (the default) is A [r, C] and B [3C, r] per
+     * layer, 4 r C values; C = 32, r = 4, 2 layers */
+    uint8_t *side = malloc(dim);
+    CHECK_OK(loom_split_sides(ts, 1, side));
+    size_t nc = 0;
+    for (size_t i = 0; i < dim; i++) nc += side[i] == LOOM_SPLIT_CLIENT;
+    CHECK(dim == 2 * 4 * 4 * 32 && nc == 4 * 4 * 32, "dim %zu, client side %zu (expected 1024 and 512)", dim, nc);
+    CHECK(side[0] == LOOM_SPLIT_CLIENT && side[dim - 1] == LOOM_SPLIT_SERVER, "layer 0 first, layer 1 last");
+    loom_split_cost sc;
+    CHECK_OK(loom_split_cost_of(ts, 1, 2, 16, &sc));
+    CHECK(sc.act_floats == 2 * 16 * 32 && sc.up_step == 2 * 16 * 32 * 4 + 2 * 16 * 4 && sc.down_step == 2 * 16 * 32 * 4,
+          "activations %zu floats, %zu bytes up, %zu down", sc.act_floats, sc.up_step, sc.down_step);
+    CHECK(sc.client_dim == 512 && sc.server_dim == 512, "client %zu, server %zu", sc.client_dim, sc.server_dim);
+    /* client weights: wte [259, 32], wpe [32, 32], and layer 0 (2 norms of 2 x 32, c_attn 32 x 96 + 96,
+     * c_proj 32 x 32 + 32, c_fc 32 x 64 + 64, mlp c_proj 64 x 32 + 32) */
+    size_t layer = 4 * 32 + 32 * 96 + 96 + 32 * 32 + 32 + 32 * 64 + 64 + 64 * 32 + 32;
+    CHECK(sc.client_weights == 4 * (259 * 32 + 32 * 32 + layer), "client weights %zu bytes, expected %zu",
+          sc.client_weights, 4 * (259 * 32 + 32 * 32 + layer));
+    CHECK(sc.client_ws < sc.model_ws && sc.client_weights < sc.model_weights, "the client part is smaller");
+    int rc = loom_split_sides(ts, 3, NULL);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "split layer 3 is outside 0..2"), "rc %d: %s", rc, loom_errmsg());
+    loom_tset *full = NULL, *prefix = NULL;
+    loom_peft_defaults(&pc, LOOM_PEFT_FULL);
+    CHECK_OK(loom_tset_create(&full, m, &pc, 3));
+    rc = loom_split_sides(full, 1, NULL);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "transformer.wte.weight is the tied embedding"), "rc %d: %s", rc,
+          loom_errmsg());
+    loom_peft_defaults(&pc, LOOM_PEFT_PREFIX);
+    pc.prefix_len = 4;
+    CHECK_OK(loom_tset_create(&prefix, m, &pc, 3));
+    rc = loom_split_sides(prefix, 1, NULL);
+    CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "a prefix set cannot be split"), "rc %d: %s", rc, loom_errmsg());
+    loom_tset_free(full);
+    loom_tset_free(prefix);
+    free(side);
+    loom_partition_free(p1);
+    loom_partition_free(p4);
+    loom_free(g), loom_free(w), loom_free(h);
+    loom_tset_free(ts);
+    loom_dataset_free(ds);
+    loom_tokenizer_free(tok);
+    loom_model_free(m);
+}
+
 int main(void) {
     for (int llama = 0; llama <= 1; llama++) {
         loom_model *m = tiny(llama, 42 + (uint64_t)llama);
@@ -213,6 +379,7 @@ int main(void) {
         }
         loom_model_free(m);
     }
+    federation();
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
 }

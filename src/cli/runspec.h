@@ -70,6 +70,8 @@ typedef struct {
     const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
     int lora_freeze_a;
     float hetlora_prune;
+    /* ---- split learning (--split-layer; include/loom/split.h): -1 = off ---- */
+    int split_layer;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160
