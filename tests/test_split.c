@@ -85,8 +85,8 @@ static void check_set(loom_model *m, const loom_peft_config *pc, const char *wha
     CHECK_OK(loom_backward_ex(m, base, ws, pf, vec, gref));
     for (int k = 0; k <= L; k++) {
         loom_ws *wc = NULL, *wsv = NULL;
-        CHECK_OK(loom_ws_create_part(&wc, m, B, T, pf, 0, k));
-        CHECK_OK(loom_ws_create_part(&wsv, m, B, T, pf, k, L));
+        CHECK_OK(loom_ws_create_part(&wc, m, B, T, pf, 0, k, 0));
+        CHECK_OK(loom_ws_create_part(&wsv, m, B, T, pf, k, L, 1));
         if (!wc || !wsv) break;
         loom_ws_set_dropout(wc, 1, 1234);
         loom_ws_set_dropout(wsv, 1, 1234);
@@ -181,9 +181,9 @@ static void check_refusals(loom_model *m) {
     int32_t tok[B * T], tgt[B * T];
     batch(1, loom_model_config(m)->vocab, tok, tgt);
     loom_ws *wc = NULL;
-    int rc = loom_ws_create_part(&wc, m, B, T, pf, 2, 1);
+    int rc = loom_ws_create_part(&wc, m, B, T, pf, 2, 1, 0);
     CHECK(rc == LOOM_EINVAL && strstr(loom_errmsg(), "layers 2 .. 0 are not a part"), "rc %d: %s", rc, loom_errmsg());
-    CHECK_OK(loom_ws_create_part(&wc, m, B, T, pf, 0, 1));
+    CHECK_OK(loom_ws_create_part(&wc, m, B, T, pf, 0, 1, 0));
     if (!wc) return;
     const float *base = loom_model_params(m), *vec = loom_tset_data(ts);
     rc = loom_forward_ex(m, base, wc, pf, vec, tok, tgt, B, T, NULL);

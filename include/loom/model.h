@@ -250,9 +250,11 @@ int loom_forward_part(const loom_model *m, const float *base, loom_ws *ws, const
                       float *loss);
 int loom_backward_part(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                        float *gvec, const float *dx_out, float *dx_in);
-/* A training workspace for the part l0 .. l1 - 1 only (0 <= l0 <= l1 <= L): its layers' activations and, with
- * l1 < L, no logits; a whole forward or a part outside l0 .. l1 is refused on it. */
-int loom_ws_create_part(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int l0, int l1);
+/* A training workspace for the part l0 .. l1 - 1 only (0 <= l0 <= l1 <= L): its layers' activations, and the
+ * final norm's and the logits' when head is set and l1 = L; a forward outside l0 .. l1, or through a head
+ * it has no room for, is refused on it. */
+int loom_ws_create_part(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int l0, int l1,
+                        int head);
 /* The output activations of the last forward part (the residual stream after its last layer; after a whole
  * forward, the stream entering the final norm), *n (may be NULL) = their count; NULL before a forward and
  * after a backward. */

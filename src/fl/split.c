@@ -71,7 +71,7 @@ int loom_split_cost_of(const loom_tset *ts, int k, int B, int T, loom_split_cost
     c->client_state = 16 * c->client_dim;
     c->model_state = 16 * dim;
     loom_ws *ws = NULL;
-    if ((rc = loom_ws_create_part(&ws, m, B, T, loom_tset_plan(ts), 0, k)) != LOOM_OK) return rc;
+    if ((rc = loom_ws_create_part(&ws, m, B, T, loom_tset_plan(ts), 0, k, 0)) != LOOM_OK) return rc;
     c->client_ws = loom_ws_bytes(ws);
     loom_ws_free(ws);
     if ((rc = loom_ws_create_ex(&ws, m, B, T, loom_tset_plan(ts))) != LOOM_OK) return rc;

@@ -444,7 +444,7 @@ struct loom_ws {
 /* train: sized for backward (every layer's activations kept, gradient scratch); else forward only
  * (one layer's activations, reused layer after layer, and no gradient scratch). */
 static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int train, int l0,
-                     int l1) {
+                     int l1, int head) {
     *out = NULL;
     const loom_config *c = &m->cfg;
     if (l0 < 0 || l1 > c->n_layer || l0 > l1)
@@ -470,8 +470,9 @@ static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loo
     ws->train = train;
     ws->ws_l0 = l0;
     ws->ws_l1 = l1;
-    const int part = l0 > 0 || l1 < L; /* a part's workspace: its layers only, logits only with the head */
-    const size_t NV = l1 == L ? N * V : 0;
+    head = head && l1 == L;
+    const int part = l0 > 0 || l1 < L || !head; /* a part's workspace: its layers only, logits only with the head */
+    const size_t NV = head ? N * V : 0;
     ws->row_w = malloc((size_t)B * sizeof *ws->row_w);
     size_t att = (size_t)B * c->n_head * T * T;
     size_t per_layer = N * C * 4 + N * 4 + N * ws->QKV + att + N * ws->mlp_in + N * H;
@@ -557,19 +558,20 @@ static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loo
 }
 
 int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
-    return ws_create(out, m, B, T, pf, 1, 0, m->cfg.n_layer);
+    return ws_create(out, m, B, T, pf, 1, 0, m->cfg.n_layer, 1);
 }
 
-int loom_ws_create_part(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int l0, int l1) {
-    return ws_create(out, m, B, T, pf, 1, l0, l1);
+int loom_ws_create_part(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int l0, int l1,
+                        int head) {
+    return ws_create(out, m, B, T, pf, 1, l0, l1, head);
 }
 
 int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) {
-    return ws_create(out, m, B, T, NULL, 1, 0, m->cfg.n_layer);
+    return ws_create(out, m, B, T, NULL, 1, 0, m->cfg.n_layer, 1);
 }
 
 int loom_ws_create_infer(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
-    return ws_create(out, m, B, T, pf, 0, 0, m->cfg.n_layer);
+    return ws_create(out, m, B, T, pf, 0, 0, m->cfg.n_layer, 1);
 }
 
 int loom_ws_set_row_weights(loom_ws *ws, const float *w, int B) {
@@ -940,6 +942,8 @@ static int forward_impl(const run_ctx *rc, int l0, int l1, int head, const int32
         return loom_error(LOOM_EINVAL, "layers %d .. %d are outside the workspace's part (layers %d .. %d)", l0, l1 - 1,
                           ws->ws_l0, ws->ws_l1 - 1);
     if (l1 < L) head = 0;
+    if (head && !ws->logits)
+        return loom_error(LOOM_EINVAL, "the workspace was made for a part without the head (loom_ws_create_part)");
     if (!head) targets = NULL; /* no loss in a part that ends before the head */
     if ((!x_in && !tp(&r, m->t_embed)) || (head && !tp(&r, m->t_head)))
         return loom_error(LOOM_EUNSUPPORTED, "the token embedding and head are held in low precision for generation "

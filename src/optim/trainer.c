@@ -101,7 +101,7 @@ static int trainer_init(loom_trainer *t) {
         int L = loom_model_config(t->m)->n_layer;
         if (c->split_layer < 0 || c->split_layer > L)
             rc = loom_error(LOOM_EINVAL, "split layer %d is outside 0..%d (the model's layers)", c->split_layer, L);
-        if (rc == LOOM_OK) rc = loom_ws_create_part(&t->ws_srv, t->m, c->B, c->T, loom_tset_plan(ts), c->split_layer, L);
+        if (rc == LOOM_OK) rc = loom_ws_create_part(&t->ws_srv, t->m, c->B, c->T, loom_tset_plan(ts), c->split_layer, L, 1);
     }
     if (rc == LOOM_OK && c->precision != LOOM_PREC_F32) {
         rc = loom_ws_set_precision(t->ws, c->precision);
