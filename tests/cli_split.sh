@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # loom sim --split-layer (split learning, SplitLoRA): a split run gives the unsplit run's global adapter
-# (the split step computes the whole model's gradient; both sides are averaged FedAvg-style), it reports
+# (the split step computes the whole model's gradient; both sides are averaged FedAvg-style; --clip 0, as
+# a split step clips each side by its own norm), it reports
 # the bytes a step moves and the client's memory, and impossible cuts are refused naming the flag.
 set -u
 . "$(dirname "$0")/testlib.sh"
 export LOOM_SHARED=$SHARED
 run="--model tiny --rounds 2 --sample 3 --local-steps 2 --batch 2 --seq 32 --eval-every 2 --eval-clients 3
-     --sample-len 0 --seed 3 --peft lora --lora-r 4"
+     --sample-len 0 --seed 3 --peft lora --lora-r 4 --clip 0"
 # shellcheck disable=SC2086
 "$LOOM" sim $run --workers 2 --out "$tmp/whole" > "$tmp/whole.out" 2>&1
 check "unsplit run" test -s "$tmp/whole/global.safetensors"
@@ -34,7 +35,7 @@ cat > "$tmp/llama.json" <<'JSON'
  "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 259,
  "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "tie_word_embeddings": false}
 JSON
-lrun="--model $tmp/llama.json --rounds 1 --sample 2 --local-steps 2 --batch 2 --seq 32 --eval-every 0 --sample-len 0 --seed 4"
+lrun="--model $tmp/llama.json --rounds 1 --sample 2 --local-steps 2 --batch 2 --seq 32 --eval-every 0 --sample-len 0 --seed 4 --clip 0"
 # shellcheck disable=SC2086
 "$LOOM" sim $lrun --out "$tmp/lw" > /dev/null 2>&1
 # shellcheck disable=SC2086

@@ -130,7 +130,16 @@ static void check_set(loom_model *m, const loom_peft_config *pc, const char *wha
     loom_tset_free(ts);
 }
 
-/* The split trainer (loom_train_config.split) takes the same steps as the whole one: the same bits. */
+/* A remote server part for a client trainer: the server trainer's own step (what the network carries). */
+static int remote_step(void *ud, long step, const float *act, size_t n, const int32_t *targets, size_t nt, float *dact,
+                       float *loss) {
+    (void)step;
+    return loom_trainer_split_server_step(ud, act, n, targets, nt, dact, loss);
+}
+
+/* The split trainer (loom_train_config.split) takes the same steps as the whole one without clipping (the
+ * same bits); with clipping, a client trainer whose server part is another trainer (as across processes)
+ * takes the same steps as the split trainer holding both parts. */
 static void check_trainer(loom_model *m) {
     loom_peft_config pc;
     loom_peft_defaults(&pc, LOOM_PEFT_LORA);
@@ -144,7 +153,7 @@ static void check_trainer(loom_model *m) {
     memcpy(v2, v1, dim * sizeof(float));
     loom_train_config tc;
     loom_train_defaults(&tc);
-    tc.B = B, tc.T = T, tc.opt.lr = 1e-2f, tc.clip = 0.5f;
+    tc.B = B, tc.T = T, tc.opt.lr = 1e-2f, tc.clip = 0;
     loom_trainer *t1 = NULL, *t2 = NULL;
     CHECK_OK(loom_trainer_create_peft(&t1, m, loom_model_params(m), ts, v1, &tc));
     tc.split = 1, tc.split_layer = 1;
@@ -163,7 +172,41 @@ static void check_trainer(loom_model *m) {
     CHECK(moved > 0, "the steps moved nothing (the comparison would be empty)");
     loom_trainer_free(t1);
     loom_trainer_free(t2);
+    /* clipped by each side's own norm: one trainer with both parts == a client trainer and a server trainer */
+    float *v3 = malloc(dim * sizeof(float)), *v4 = malloc(dim * sizeof(float));
+    memcpy(v2, loom_tset_data(ts), dim * sizeof(float));
+    memcpy(v3, v2, dim * sizeof(float));
+    memcpy(v4, v2, dim * sizeof(float));
+    tc.clip = 0.05f, tc.opt.weight_decay = 0; /* a client trainer's server values would decay, unused */
+    loom_trainer *tc2 = NULL, *tcl = NULL, *tsv = NULL;
+    CHECK_OK(loom_trainer_create_peft(&tc2, m, loom_model_params(m), ts, v2, &tc));
+    CHECK_OK(loom_trainer_create_peft(&tcl, m, loom_model_params(m), ts, v3, &tc));
+    CHECK_OK(loom_trainer_create_peft(&tsv, m, loom_model_params(m), ts, v4, &tc));
+    if (tcl) loom_trainer_set_split_remote(tcl, remote_step, tsv);
+    double gn = 0;
+    for (int s = 0; tc2 && tcl && tsv && s < 3; s++) {
+        batch(200 + (uint64_t)s, loom_model_config(m)->vocab, tok, tgt);
+        float l2 = 0, l3 = 1;
+        CHECK_OK(loom_trainer_step(tc2, tok, tgt, &l2, &gn));
+        CHECK_OK(loom_trainer_step(tcl, tok, tgt, &l3, NULL));
+        CHECK(l2 == l3, "step %d: remote loss %.9g, local %.9g", s, (double)l3, (double)l2);
+    }
+    CHECK(gn > 2 * 0.05, "the clip was active (norm %g)", gn);
+    /* the client's values from the client trainer, the server's from the server trainer (layer 1 and up) */
+    const loom_tset_entry *first = loom_tset_entry_at(ts, 0);
+    size_t cut = 0;
+    for (int e = 0; e < loom_tset_count(ts); e++)
+        if (loom_tset_entry_at(ts, e)->layer < 1) cut = loom_tset_entry_at(ts, e)->offset + loom_tset_entry_at(ts, e)->numel;
+    CHECK(first->layer == 0 && cut > 0 && cut < dim, "layer 0 comes first (cut at %zu of %zu)", cut, dim);
+    CHECK(memcmp(v2, v3, cut * sizeof(float)) == 0, "client part: the remote run differs from the local one");
+    CHECK(memcmp(v2 + cut, v4 + cut, (dim - cut) * sizeof(float)) == 0, "server part: the remote run differs");
+    CHECK(memcmp(v2, loom_tset_data(ts), dim * sizeof(float)) != 0, "the steps moved nothing");
+    loom_trainer_free(tc2);
+    loom_trainer_free(tcl);
+    loom_trainer_free(tsv);
+    free(v3), free(v4);
     /* a cut beyond the model is refused, naming the range */
+    tc.clip = 0;
     tc.split_layer = NL + 1;
     int rc = loom_trainer_create_peft(&t2, m, loom_model_params(m), ts, v2, &tc);
     CHECK(rc != LOOM_OK && strstr(loom_errmsg(), "split layer 4 is outside 0..3"), "rc %d: %s", rc, loom_errmsg());
@@ -227,13 +270,14 @@ static double maxdiff(const float *a, const float *b, size_t n) {
 }
 
 /* SGD (a client's optimizer restarts every round: SGD without momentum keeps no state across steps, so
- * that one client's rounds can equal centralized steps) with clipping */
+ * that one client's rounds can equal centralized steps); no clipping (a split step clips each side by its
+ * own norm, the whole model's step by the joint one) */
 static void sgd_config(loom_train_config *tc, float lr) {
     loom_train_defaults(tc);
     tc->opt.kind = LOOM_OPT_SGD;
     tc->opt.lr = lr;
     tc->opt.weight_decay = 0;
-    tc->clip = 1.0f;
+    tc->clip = 0;
     tc->B = 2, tc->T = 16;
 }
 
