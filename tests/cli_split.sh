@@ -29,6 +29,8 @@ refuse "prefix tuning spans the cut" 12 "--split-layer" "prefix set cannot be sp
     "$LOOM" sim --model tiny --rounds 1 --peft prefix --split-layer 1
 refuse "tied embedding trained on both sides" 12 "--split-layer" "tied embedding" -- \
     "$LOOM" sim --model tiny --rounds 1 --split-layer 1
+# shellcheck disable=SC2086
+refuse "SCAFFOLD needs both sides in one place" 12 "--split-layer" "SCAFFOLD" -- "$LOOM" sim $run --strategy scaffold --split-layer 1
 # full fine-tuning of an untied Llama splits: the same weights as unsplit
 cat > "$tmp/llama.json" <<'JSON'
 {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,

@@ -28,6 +28,7 @@
 
 #include "loom/model.h"
 #include "loom/peft.h"
+#include "loom/train.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,6 +57,47 @@ typedef struct {
 /* Fills c for set ts on its model cut after layer k (creates and frees the two workspaces to measure them).
  * Base weights count 4 bytes a value in float, 2 in bf16, 1 in int8 (its per-channel scales left out). */
 int loom_split_cost_of(const loom_tset *ts, int k, int B, int T, loom_split_cost *c);
+
+/* ---- across processes (loom server / loom client; docs/protocol.md, "Split learning") ----
+ * A step's request, client to server (POST /v1/split), little-endian: a 32-byte header "LMSP", version 1,
+ * round, step (0-based within the round), B, T, T' (T plus soft-prompt positions), C (int32 each), then
+ * the activations f32 [B x T' x C] and the targets int32 [B x T]. The answer: a 16-byte header "LMSG",
+ * round, step (int32), loss (f32), then the activations' gradient f32 [B x T' x C]. At the end of its
+ * local steps the client asks for the server part of its update (GET /v1/split?round=R): a 16-byte
+ * header "LMSU", round, steps, dim (int32), then f32 [dim], the server-side values' change over the round
+ * (0 at the client's values); the client puts it into its update before uploading it, so the upload is
+ * the whole set's update as in loom sim. */
+#define LOOM_SPLIT_HDR 32
+#define LOOM_SPLIT_REPLY_HDR 16
+/* Bytes of a step's request for batches of B x T x C with P soft-prompt positions. */
+size_t loom_split_request_bytes(int B, int T, int P, int C);
+/* Encodes a request (malloc'd into *out, *len). */
+int loom_split_encode_request(int round, long step, int B, int T, int Tp, int C, const float *act,
+                              const int32_t *targets, uint8_t **out, size_t *len);
+
+/* The server side: one trainer per client (the run's training configuration tc, split set), holding that
+ * client's copy of the set for the round: step 0 of a round starts it from the round's global vector with
+ * fresh optimizer state, and each step must follow the last (a repeat of the last step is answered again
+ * without training: a retried request). Safe across threads for different clients; n_clients is a hint
+ * (sessions are made as clients first ask). */
+typedef struct loom_split_server loom_split_server;
+int loom_split_server_create(loom_split_server **out, const loom_model *m, const loom_tset *ts,
+                             const loom_train_config *tc, int n_clients);
+void loom_split_server_free(loom_split_server *s);
+/* Largest request body it takes. */
+size_t loom_split_server_max_request(const loom_split_server *s);
+/* One step's request of client k in round (global: the round's global vector, read at step 0): the answer
+ * in *reply (malloc'd, *rlen bytes). Errors: LOOM_EINVAL / LOOM_EFORMAT (a malformed request; *status 400),
+ * LOOM_ESTATE (a step out of order; 409), or the training's (500). */
+int loom_split_server_step(loom_split_server *s, int k, int round, const float *global, const void *body, size_t len,
+                           void **reply, size_t *rlen, int *status);
+/* Client k's server-side update of round (the answer of GET /v1/split). LOOM_ESTATE (409) when client k has
+ * no steps in that round. */
+int loom_split_server_update(loom_split_server *s, int k, int round, void **reply, size_t *rlen, int *status);
+/* The client's side of the answers: a step's (the gradient into dact[n], *loss) and the update's (dim
+ * floats into upd at the server's values; the client's values are left). LOOM_EFORMAT naming what is wrong. */
+int loom_split_decode_reply(const void *body, size_t len, int round, long step, float *dact, size_t n, float *loss);
+int loom_split_decode_update(const void *body, size_t len, int round, const uint8_t *side, float *upd, size_t dim);
 
 #ifdef __cplusplus
 }

@@ -433,6 +433,9 @@ int cmd_sim(int argc, char **argv) {
     if (r.split_layer >= 0) {
         if (sc.algo) BAD("--split-layer trains by gradients: it needs --client-algo sgd, not %s", sc.algo->name);
         if (sc.dp.mode == LOOM_DP_SGD) BAD("--split-layer does not combine with --dp sgd (per-example gradients)");
+        if (sc.fit.scaffold || sc.fit.prox_mu > 0)
+            BAD("--split-layer does not combine with %s: the correction would need both sides' values in one place",
+                sc.fit.scaffold ? "SCAFFOLD" : "FedProx's --mu");
         if (r.split_layer > loom_model_config(m)->n_layer)
             BAD("--split-layer %d is outside 0..%d (the model's layers)", r.split_layer, loom_model_config(m)->n_layer);
         loom_tset *whole = NULL; /* full fine-tuning: the FULL set's layout says which side holds each weight */
