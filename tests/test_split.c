@@ -214,6 +214,90 @@ static void check_trainer(loom_model *m) {
     loom_tset_free(ts);
 }
 
+/* The server side of the protocol: a step's request and answer, a retry, steps out of order, malformed
+ * requests, and the server-side update against a server trainer stepped directly. */
+static void check_server(loom_model *m) {
+    loom_peft_config pc;
+    loom_peft_defaults(&pc, LOOM_PEFT_LORA);
+    pc.lora_r = 4;
+    loom_tset *ts = NULL;
+    CHECK_OK(loom_tset_create(&ts, m, &pc, 3));
+    if (!ts) return;
+    loom_train_config tc;
+    loom_train_defaults(&tc);
+    tc.B = B, tc.T = T, tc.opt.lr = 1e-2f, tc.split = 1, tc.split_layer = 2;
+    loom_split_server *sv = NULL;
+    CHECK_OK(loom_split_server_create(&sv, m, ts, &tc, 2));
+    size_t dim = loom_tset_dim(ts), na = (size_t)B * T * loom_model_config(m)->dim;
+    const float *global = loom_tset_data(ts);
+    CHECK(loom_split_server_max_request(sv) == 32 + 4 * na + 4 * (size_t)B * T, "request limit %zu",
+          loom_split_server_max_request(sv));
+    float *act = malloc(na * 4), *d1 = malloc(na * 4), *d2 = malloc(na * 4), *vec = malloc(dim * 4);
+    loom_rng r;
+    loom_rng_init(&r, 8, 8);
+    for (size_t i = 0; i < na; i++) act[i] = (float)loom_rng_normal(&r);
+    int32_t tok[B * T], tgt[B * T];
+    batch(4, loom_model_config(m)->vocab, tok, tgt);
+    uint8_t *req = NULL;
+    size_t len = 0;
+    CHECK_OK(loom_split_encode_request(1, 0, B, T, T, loom_model_config(m)->dim, act, tgt, &req, &len));
+    void *ans = NULL, *again = NULL;
+    size_t alen = 0, glen = 0;
+    int st = 0;
+    CHECK_OK(loom_split_server_step(sv, 1, 1, global, req, len, &ans, &alen, &st));
+    CHECK(st == 200 && alen == 16 + 4 * na, "status %d, %zu bytes", st, alen);
+    float l1 = 0, l2 = 1;
+    if (ans) CHECK_OK(loom_split_decode_reply(ans, alen, 1, 0, d1, na, &l1));
+    /* the same step again (a retried request) gets the same answer without training again */
+    CHECK_OK(loom_split_server_step(sv, 1, 1, global, req, len, &again, &glen, &st));
+    CHECK(glen == alen && ans && again && memcmp(ans, again, alen) == 0, "a retry got another answer");
+    free(again);
+    /* against a server trainer stepped directly on the same activations */
+    memcpy(vec, global, dim * 4);
+    loom_trainer *t = NULL;
+    CHECK_OK(loom_trainer_create_peft(&t, m, loom_model_params(m), ts, vec, &tc));
+    if (t) CHECK_OK(loom_trainer_split_server_step(t, act, na, tgt, (size_t)B * T, d2, &l2));
+    CHECK(l1 == l2 && memcmp(d1, d2, na * 4) == 0, "the served step differs from the trainer's (loss %g, %g)", (double)l1,
+          (double)l2);
+    void *upd = NULL;
+    size_t ulen = 0;
+    CHECK_OK(loom_split_server_update(sv, 1, 1, &upd, &ulen, &st));
+    float *u = calloc(dim, sizeof(float));
+    uint8_t *side = malloc(dim);
+    CHECK_OK(loom_split_sides(ts, 2, side));
+    if (upd) CHECK_OK(loom_split_decode_update(upd, ulen, 1, side, u, dim));
+    int same = 1, moved = 0;
+    for (size_t i = 0; i < dim; i++) {
+        float want = side[i] == LOOM_SPLIT_SERVER ? vec[i] - global[i] : 0.0f;
+        same &= u[i] == want;
+        moved |= want != 0;
+    }
+    CHECK(same && moved, "the server-side update is not the trainer's change of the server's values");
+    /* refusals, with their status and a message */
+    free(ans);
+    ans = NULL;
+    int rc = loom_split_server_step(sv, 1, 1, global, req, len - 4, &ans, &alen, &st);
+    CHECK(rc != LOOM_OK && st == 400 && strstr(loom_errmsg(), "a split request of"), "rc %d %d: %s", rc, st, loom_errmsg());
+    free(req);
+    CHECK_OK(loom_split_encode_request(1, 5, B, T, T, loom_model_config(m)->dim, act, tgt, &req, &len));
+    rc = loom_split_server_step(sv, 1, 1, global, req, len, &ans, &alen, &st);
+    CHECK(rc == LOOM_ESTATE && st == 409 && strstr(loom_errmsg(), "split step 5 of round 1 out of order: the next is step 1"),
+          "rc %d %d: %s", rc, st, loom_errmsg());
+    rc = loom_split_server_step(sv, 1, 2, global, req, len, &ans, &alen, &st);
+    CHECK(rc == LOOM_ESTATE && st == 410 && strstr(loom_errmsg(), "the open round is 2"), "rc %d %d: %s", rc, st,
+          loom_errmsg());
+    rc = loom_split_server_step(sv, 0, 1, global, "LMSQxxxx", 8, &ans, &alen, &st);
+    CHECK(rc != LOOM_OK && st == 400 && strstr(loom_errmsg(), "not a split request"), "rc %d %d: %s", rc, st, loom_errmsg());
+    free(upd);
+    rc = loom_split_server_update(sv, 0, 1, &upd, &ulen, &st);
+    CHECK(rc == LOOM_ESTATE && st == 409 && strstr(loom_errmsg(), "client 0 has taken no split steps in round 1"),
+          "rc %d %d: %s", rc, st, loom_errmsg());
+    free(req), free(act), free(d1), free(d2), free(vec), free(u), free(side), free(upd);
+    loom_trainer_free(t);
+    loom_split_server_free(sv);
+    loom_tset_free(ts);
+}
+
 static void check_refusals(loom_model *m) {
     loom_peft_config pc;
     loom_peft_defaults(&pc, LOOM_PEFT_LORA);
@@ -419,6 +503,7 @@ int main(void) {
         check_set(m, &pc, what);
         if (!llama) {
             check_trainer(m);
+            check_server(m);
             check_refusals(m);
         }
         loom_model_free(m);
