@@ -286,6 +286,19 @@ static void check_server(loom_model *m) {
     rc = loom_split_server_step(sv, 1, 2, global, req, len, &ans, &alen, &st);
     CHECK(rc == LOOM_ESTATE && st == 410 && strstr(loom_errmsg(), "the open round is 2"), "rc %d %d: %s", rc, st,
           loom_errmsg());
+    free(req);
+    tgt[3] = 9999;
+    CHECK_OK(loom_split_encode_request(1, 1, B, T, T, loom_model_config(m)->dim, act, tgt, &req, &len));
+    rc = loom_split_server_step(sv, 1, 1, global, req, len, &ans, &alen, &st);
+    CHECK(rc == LOOM_EINVAL && st == 400 && strstr(loom_errmsg(), "target 9999 at 3 is outside the vocabulary"),
+          "rc %d %d: %s", rc, st, loom_errmsg());
+    act[5] = NAN;
+    free(req);
+    tgt[3] = 1;
+    CHECK_OK(loom_split_encode_request(1, 1, B, T, T, loom_model_config(m)->dim, act, tgt, &req, &len));
+    rc = loom_split_server_step(sv, 1, 1, global, req, len, &ans, &alen, &st);
+    CHECK(rc == LOOM_ERANGE && st == 422 && strstr(loom_errmsg(), "activation 5 is not finite"), "rc %d %d: %s", rc, st,
+          loom_errmsg());
     rc = loom_split_server_step(sv, 0, 1, global, "LMSQxxxx", 8, &ans, &alen, &st);
     CHECK(rc != LOOM_OK && st == 400 && strstr(loom_errmsg(), "not a split request"), "rc %d %d: %s", rc, st, loom_errmsg());
     free(upd);

@@ -304,8 +304,14 @@ int loom_split_server_step(loom_split_server *s, int k, int round, const float *
     if (rc == LOOM_OK) {
         memcpy(q->act, b + LOOM_SPLIT_HDR, 4 * na);
         memcpy(q->tgt, b + LOOM_SPLIT_HDR + 4 * na, 4 * nt);
-        rc = loom_trainer_split_server_step(q->tr, q->act, na, q->tgt, nt, q->dact, &loss);
-        *status = rc == LOOM_ERANGE ? 422 : 500;
+        const int V = loom_model_config(s->m)->vocab;
+        for (size_t i = 0; rc == LOOM_OK && i < nt; i++)
+            if (q->tgt[i] >= V) rc = loom_error(LOOM_EINVAL, "target %d at %zu is outside the vocabulary (%d)", q->tgt[i], i, V);
+        *status = 400;
+        if (rc == LOOM_OK) {
+            rc = loom_trainer_split_server_step(q->tr, q->act, na, q->tgt, nt, q->dact, &loss);
+            *status = rc == LOOM_ERANGE ? 422 : 500;
+        }
     }
     uint8_t *a = rc == LOOM_OK ? malloc(LOOM_SPLIT_REPLY_HDR + 4 * na) : NULL;
     if (rc == LOOM_OK && !a) rc = loom_error(LOOM_ENOMEM, "out of memory");
