@@ -11,7 +11,7 @@ run="--model tiny --rounds 2 --sample 3 --local-steps 2 --batch 2 --seq 32 --eva
 # shellcheck disable=SC2086
 "$LOOM" sim $run --workers 2 --out "$tmp/whole" > "$tmp/whole.out" 2>&1
 check "unsplit run" test -s "$tmp/whole/global.safetensors"
-for k in 0 2 4; do
+for k in 2; do # every cut is checked in tests/test_split.c
     # shellcheck disable=SC2086
     "$LOOM" sim $run --workers 1 --split-layer $k --out "$tmp/s$k" > "$tmp/s$k.out" 2> "$tmp/s$k.err"
     check "split after layer $k: same global adapter as unsplit" cmp -s "$tmp/whole/global.safetensors" "$tmp/s$k/global.safetensors"
