@@ -79,7 +79,7 @@ int loom_split_encode_request(int round, long step, int B, int T, int Tp, int C,
  * client's copy of the set for the round: step 0 of a round starts it from the round's global vector with
  * fresh optimizer state, and each step must follow the last (a repeat of the last step is answered again
  * without training: a retried request). Safe across threads for different clients; n_clients is a hint
- * (sessions are made as clients first ask). */
+ * (a client's copy is made when it first asks). */
 typedef struct loom_split_server loom_split_server;
 int loom_split_server_create(loom_split_server **out, const loom_model *m, const loom_tset *ts,
                              const loom_train_config *tc, int n_clients);

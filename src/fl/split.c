@@ -162,7 +162,7 @@ typedef struct {
     size_t last_len;
     float *act, *dact;
     int32_t *tgt;
-} split_session;
+} split_copy;
 
 struct loom_split_server {
     const loom_model *m;
@@ -172,20 +172,20 @@ struct loom_split_server {
     size_t dim;
     uint8_t *side;
     pthread_mutex_t mu; /* guards ss, grown as clients first ask */
-    split_session **ss;
+    split_copy **ss;
 };
 
 #define SPLIT_MAX_CLIENTS (1 << 24)
 
-/* Client k's session (allocated on its first request), or NULL. */
-static split_session *session_of(loom_split_server *s, int k) {
+/* Client k's copy (allocated on its first request), or NULL. */
+static split_copy *copy_of(loom_split_server *s, int k) {
     if (k < 0 || k >= SPLIT_MAX_CLIENTS) return NULL;
     pthread_mutex_lock(&s->mu);
-    split_session *q = NULL;
+    split_copy *q = NULL;
     if (k >= s->n) {
         int n = s->n ? s->n : 16;
         while (n <= k) n *= 2;
-        split_session **ss = realloc(s->ss, (size_t)n * sizeof *ss);
+        split_copy **ss = realloc(s->ss, (size_t)n * sizeof *ss);
         if (ss) {
             memset(ss + s->n, 0, (size_t)(n - s->n) * sizeof *ss);
             s->ss = ss;
@@ -225,7 +225,7 @@ int loom_split_server_create(loom_split_server **out, const loom_model *m, const
 void loom_split_server_free(loom_split_server *s) {
     if (!s) return;
     for (int k = 0; k < s->n; k++) {
-        split_session *q = s->ss[k];
+        split_copy *q = s->ss[k];
         if (!q) continue;
         loom_trainer_free(q->tr);
         loom_free(q->vec), loom_free(q->start), loom_free(q->act), loom_free(q->dact);
@@ -243,7 +243,7 @@ size_t loom_split_server_max_request(const loom_split_server *s) {
     return loom_split_request_bytes(s->B, s->T, s->Tp - s->T, s->C);
 }
 
-static int session_init(loom_split_server *s, split_session *q) {
+static int copy_init(loom_split_server *s, split_copy *q) {
     if (q->tr) return LOOM_OK;
     size_t na = (size_t)s->B * s->Tp * s->C;
     q->vec = loom_alloc(s->dim * sizeof(float));
@@ -277,10 +277,10 @@ int loom_split_server_step(loom_split_server *s, int k, int round, const float *
         *status = 410;
         return loom_error(LOOM_ESTATE, "the split request is for round %d; the open round is %d", r, round);
     }
-    split_session *q = session_of(s, k);
-    if (!q) return *status = 500, loom_error(LOOM_ENOMEM, "out of memory for client %d's split session", k);
+    split_copy *q = copy_of(s, k);
+    if (!q) return *status = 500, loom_error(LOOM_ENOMEM, "out of memory for client %d's split state", k);
     pthread_mutex_lock(&q->mu);
-    int rc = session_init(s, q);
+    int rc = copy_init(s, q);
     if (rc == LOOM_OK && q->last && q->round == round && step + 1 == q->next) { /* a retry: the same answer */
         *reply = malloc(q->last_len);
         if (*reply) memcpy(*reply, q->last, q->last_len), *rlen = q->last_len, *status = 200;
@@ -338,8 +338,8 @@ int loom_split_server_update(loom_split_server *s, int k, int round, void **repl
     *reply = NULL;
     *rlen = 0;
     *status = 400;
-    split_session *q = session_of(s, k);
-    if (!q) return *status = 500, loom_error(LOOM_ENOMEM, "out of memory for client %d's split session", k);
+    split_copy *q = copy_of(s, k);
+    if (!q) return *status = 500, loom_error(LOOM_ENOMEM, "out of memory for client %d's split state", k);
     pthread_mutex_lock(&q->mu);
     int rc = LOOM_OK;
     if (!q->tr || q->round != round || q->next == 0) {
