@@ -235,6 +235,33 @@ int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const l
 int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                      float *gvec);
 
+/* ---- a part of the model: layers l0 .. l1 - 1 (split learning, loom/split.h) ----
+ * 0 <= l0 <= l1 <= L. A part given x_in [B * T', C] starts from it, the residual stream entering layer l0
+ * (T' = T plus the plan's soft-prompt positions; tokens may then be NULL); without x_in, l0 must be 0 and
+ * the part starts from the tokens' embeddings. A part with l1 = L given targets ends with the final norm, the head
+ * and the loss, as loom_forward_ex; any other part ends with the residual stream leaving layer l1 - 1
+ * (loom_ws_activation) and ignores targets. Parts 0..k and k..L run one after the other compute what
+ * loom_forward_ex computes, in the same order (the same bits). The backward of the last forward part:
+ * gvec += d loss / d vec for the values the part's layers read, starting from dx_out [B * T', C] (the
+ * gradient of the output activations; NULL only after the head), and dx_in [B * T', C] (may be NULL; unused
+ * for a part that started from the embeddings) receives the gradient of the input activations x_in. */
+int loom_forward_part(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                      int l0, int l1, const int32_t *tokens, const float *x_in, const int32_t *targets, int B, int T,
+                      float *loss);
+int loom_backward_part(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                       float *gvec, const float *dx_out, float *dx_in);
+/* A training workspace for the part l0 .. l1 - 1 only (0 <= l0 <= l1 <= L): its layers' activations, and the
+ * final norm's and the logits' when head is set and l1 = L; a forward outside l0 .. l1, or through a head
+ * it has no room for, is refused on it. */
+int loom_ws_create_part(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int l0, int l1,
+                        int head);
+/* The output activations of the last forward part (the residual stream after its last layer; after a whole
+ * forward, the stream entering the final norm), *n (may be NULL) = their count; NULL before a forward and
+ * after a backward. */
+const float *loom_ws_activation(const loom_ws *ws, size_t *n);
+/* The most activation floats a forward part on ws can have (its B x T' x C). */
+size_t loom_ws_activation_cap(const loom_ws *ws);
+
 /* Per-example gradients of the trainable vector (any set: LoRA, FULL, ...), one batch row at a time
  * (B forwards and backwards of batch 1; loom_backward_ex_rows below gets them from one batched pass):
  * g_b = d(row b's share of the batch loss)/d vec, where the batch loss is the mean over all B rows'

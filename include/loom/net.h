@@ -93,6 +93,16 @@ typedef struct {
      * aggregator: the run is refused at start. */
     int (*reference)(void *ud, int round, const float *global, float *ref, size_t dim);
     void *reference_ud;
+    /* Split learning (docs/protocol.md, "Split learning"; include/loom/split.h): POST /v1/split (a step's
+     * activations, up to split_max_body bytes) and GET /v1/split?round=R (the server side of the client's
+     * update), answered by these on the HTTP threads for a client sampled in the open synchronous round
+     * that has not answered yet; step gets the round's global vector (dim floats). They return a LOOM_E*
+     * code, the answer's body (malloc'd) and its HTTP status. NULL: the endpoints answer 404. */
+    int (*split_step)(void *ud, int client, int round, const float *global, const void *body, size_t len, void **reply,
+                      size_t *rlen, int *status);
+    int (*split_update)(void *ud, int client, int round, void **reply, size_t *rlen, int *status);
+    void *split_ud;
+    size_t split_max_body;
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;
@@ -147,6 +157,7 @@ typedef struct {
     uint64_t version;
     double deadline_s;           /* seconds left (0: none) */
     int secagg;                  /* 1: the round uses secure aggregation (the update is masked, never sent) */
+    void *conn;                  /* the connection, for calls made during fit (loom_netclient_split_*) */
 } loom_netclient_task;
 
 typedef struct {
@@ -196,6 +207,15 @@ typedef struct {
  * sends it again under the same idempotency key instead of training again): keep it across restarts
  * of the same client, and give every client its own. */
 int loom_netclient_run(const loom_netclient_config *c);
+
+/* Split learning, the client's side (net/split_client.c; include/loom/split.h has the bodies): during fit,
+ * over the task's connection. A step: POST /v1/split with the cut's activations act[n] and targets[nt];
+ * the server's gradient into dact[n] and *loss. The update: GET /v1/split?round=R, the server-side values
+ * (side[i] == LOOM_SPLIT_SERVER) of upd[dim]. Transient failures are retried as any request; a refusal is
+ * LOOM_EINVAL with the server's message. */
+int loom_netclient_split_step(void *conn, int round, long step, int B, int T, int Tp, int C, const float *act,
+                              size_t n, const int32_t *targets, float *dact, float *loss);
+int loom_netclient_split_update(void *conn, int round, const uint8_t *side, float *upd, size_t dim);
 
 #ifdef __cplusplus
 }

@@ -45,6 +45,14 @@ typedef struct {
      * (loom_ws_create_infer), and there is no gradient buffer and no optimizer state; compute- and
      * apply-gradient are refused (LOOM_ESTATE), loom_trainer_loss_at and loom_trainer_eval work. */
     int forward_only;
+    /* Split learning (include/loom/split.h): with split = 1, compute-gradient runs the model as two parts
+     * cut after layer split_layer (0..L): the client part (embeddings, layers 0 .. split_layer - 1) and
+     * the server part (the other layers, the final norm, the head and the loss), which exchange the
+     * activations at the cut and their gradient (loom_forward_part / loom_backward_part). The gradient
+     * has the same bits as the whole model's; apply-gradient clips the client part's gradient and the
+     * server part's each by its own norm (neither side sees the other's), so with clip the step equals
+     * the whole model's only while both norms stay below it. Not with DP-SGD or forward_only. */
+    int split, split_layer;
 } loom_train_config;
 
 #define LOOM_DP_ROWS_MAX_BYTES ((size_t)512 << 20)
@@ -123,6 +131,20 @@ const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop);
  * it sets a seed of its own per round (loom_client_run_fit: hash2(client seed, round)); otherwise every
  * client would draw the same noise in every round. */
 void loom_trainer_set_dp_seed(loom_trainer *t, uint64_t seed);
+/* Split learning (cfg.split) across processes. On the client: fn replaces the server part of every
+ * compute-gradient: it gets the step number, the cut's activations act[n] and the batch's targets[nt],
+ * and must write their gradient into dact[n] and the batch loss into *loss (a networked client sends
+ * them to the server: include/loom/split.h); the trainer's gradient then holds the client part's only.
+ * NULL: the server part runs in the trainer. */
+typedef int (*loom_split_remote)(void *ud, long step, const float *act, size_t n, const int32_t *targets, size_t nt,
+                                 float *dact, float *loss);
+void loom_trainer_set_split_remote(loom_trainer *t, loom_split_remote fn, void *ud);
+/* On the server: one step of the server part from the cut's activations act[n] (B x T' x C) and targets[nt]
+ * (B x T): forward, loss (*loss), backward (dact[n] receives the activations' gradient) and the
+ * optimizer step on the server part's values, clipped by their own norm. Non-finite activations are
+ * refused (LOOM_ERANGE). */
+int loom_trainer_split_server_step(loom_trainer *t, const float *act, size_t n, const int32_t *targets, size_t nt,
+                                   float *dact, float *loss);
 /* The trainable set given to loom_trainer_create_peft (NULL for loom_trainer_create). */
 const struct loom_tset *loom_trainer_tset(const loom_trainer *t);
 

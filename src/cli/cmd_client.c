@@ -18,6 +18,7 @@
 #include "loom/net.h"
 #include "loom/peft.h"
 #include "loom/safetensors.h"
+#include "loom/split.h"
 #include "loom/zo.h"
 
 static volatile int stop_flag;
@@ -50,7 +51,22 @@ typedef struct {
     char state_path[4096], pre_path[4096];
     int state_round; /* the round of the current state (-1: none) */
     loom_kseed *kseed; /* --client-algo fedkseed: the pool and this client's replay of the global model */
+    /* split learning (the run's split-layer): which side holds each value, and the open round's connection */
+    uint8_t *split_side;
+    void *split_conn;
+    int split_round;
 } client_run;
+
+/* Split learning: the server part of a step, over the connection (include/loom/split.h). */
+static int split_remote(void *ud, long step, const float *act, size_t n, const int32_t *targets, size_t nt,
+                        float *dact, float *loss) {
+    client_run *c = ud;
+    (void)nt;
+    int C = loom_model_config(c->m)->dim;
+    int Tp = (int)(n / ((size_t)c->sc.B * (size_t)C));
+    return loom_netclient_split_step(c->split_conn, c->split_round, step, c->sc.B, c->sc.T, Tp, C, act, n, targets,
+                                     dact, loss);
+}
 
 /* The client's own state (local step counter, SCAFFOLD c_i, compression residual) survives restarts of
  * the process, and a round is trained from the same state however often it is trained: before a fit
@@ -179,7 +195,22 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     }
     c->tu.m = c->m;
     c->tu.ts = c->set;
+    if (c->r.split_layer >= 0) { /* split learning: this client runs the embeddings and layers 0..K-1 */
+        if (c->sc.compress.codec != LOOM_CODEC_F32 || c->sc.fit.dp_clip > 0 || c->sc.fit.scaffold || c->sc.algo)
+            return loom_error(LOOM_EINVAL, "split learning needs plain f32 updates of gradient steps");
+        loom_tset *whole = NULL;
+        loom_peft_config fpc;
+        loom_peft_defaults(&fpc, LOOM_PEFT_FULL);
+        if (!c->set && (rc = loom_tset_create_layout(&whole, c->m, &fpc)) != LOOM_OK) return rc;
+        if (!(c->split_side = loom_alloc(c->dim))) rc = loom_error(LOOM_ENOMEM, "out of memory");
+        if (rc == LOOM_OK) rc = loom_split_sides(c->set ? c->set : whole, c->r.split_layer, c->split_side);
+        loom_tset_free(whole);
+        if (rc != LOOM_OK) return rc;
+        c->tu.tc.split = 1;
+        c->tu.tc.split_layer = c->r.split_layer;
+    }
     if ((rc = cli_trainer_make(&c->tu, &c->tr, &c->vec)) != LOOM_OK) return rc;
+    if (c->split_side) loom_trainer_set_split_remote(c->tr, split_remote, c);
     if (c->sc.algo == &loom_client_fedkseed &&
         (rc = loom_kseed_create(&c->kseed, (uint64_t)c->r.seed, c->r.seed_pool, c->r.kseed_probs,
                                 c->set ? loom_tset_data(c->set) : loom_model_params_const(c->m), dense)) != LOOM_OK)
@@ -217,7 +248,11 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     if (rc != LOOM_OK) return rc;
     /* with compression the update becomes exactly what the server will decode (error feedback) */
     const loom_client_algo *algo = c->sc.algo ? c->sc.algo : &loom_client_local_sgd; /* --client-algo */
+    c->split_conn = t->conn;
+    c->split_round = t->round;
     rc = loom_client_run_fit(algo, &ctx, &d, t->round, global, control, &c->sc.fit, &c->sc.compress, &c->st, &out);
+    /* split learning: the server trained the server side of this round's update; it completes the upload */
+    if (rc == LOOM_OK && c->split_side) rc = loom_netclient_split_update(t->conn, t->round, c->split_side, c->update, c->dim);
     if (rc != LOOM_OK) return rc;
     if ((rc = save_state(c, c->state_path, t->round)) != LOOM_OK) return rc;
     c->state_round = t->round;
@@ -381,6 +416,7 @@ done:
     loom_kseed_free(c.kseed);
     loom_free(c.update);
     loom_free(c.dc);
+    loom_free(c.split_side);
     loom_client_state_clear(&c.st);
     cli_client_data_free(&c.cl);
     loom_dataset_free(c.ds);

@@ -12,6 +12,7 @@
 #include "cli/runspec.h"
 #include "loom/core.h"
 #include "loom/net.h"
+#include "loom/split.h"
 #include "loom/fl.h"
 #include "loom/peft.h"
 #include "loom/streams.h"
@@ -134,6 +135,15 @@ static void root_clear(server_root *sr) {
     loom_tokenizer_free(sr->tok);
 }
 
+/* Split learning: the server part of the clients' steps (include/loom/split.h). */
+static int split_step_cb(void *ud, int client, int round, const float *global, const void *body, size_t len,
+                         void **reply, size_t *rlen, int *status) {
+    return loom_split_server_step(ud, client, round, global, body, len, reply, rlen, status);
+}
+static int split_update_cb(void *ud, int client, int round, void **reply, size_t *rlen, int *status) {
+    return loom_split_server_update(ud, client, round, reply, rlen, status);
+}
+
 static void server_listening(void *ud, int port) {
     (void)ud;
     fprintf(stderr, "loom server: listening on port %d\n", port);
@@ -180,7 +190,8 @@ int cmd_server(int argc, char **argv) {
     if (pr) return pr > 0 ? 0 : 2;
     int rc = 1;
     loom_model *m = NULL;
-    loom_tset *set = NULL;
+    loom_tset *set = NULL, *split_whole = NULL; /* split learning over a full fine-tuning run: the FULL layout */
+    loom_split_server *split = NULL;
     float *global = NULL;
     char *run_json = NULL, *model_json = NULL;
     float *kzero = NULL;           /* --client-algo fedkseed: the K scalars start at 0 */
@@ -281,6 +292,30 @@ int cmd_server(int argc, char **argv) {
         c.reference_ud = &root;
         fprintf(stderr, "loom server: fltrust: %zu root examples of %s\n", root.n, root_data);
     }
+    /* ---- split learning (--split-layer K): the server runs layers K.. of every client's steps ---- */
+    if (r.split_layer >= 0) {
+        if (r.split_layer > loom_model_config(m)->n_layer)
+            BAD("--split-layer %d is outside 0..%d (the model's layers)", r.split_layer, loom_model_config(m)->n_layer);
+        if (strcmp(r.mode, "sync") || c.secagg || strcmp(r.compress, "none") || sc.fit.scaffold || sc.fit.prox_mu > 0 ||
+            sc.algo || sc.dp.mode == LOOM_DP_SGD || sc.fit.dp_clip > 0)
+            BAD("--split-layer runs synchronous FedAvg-style rounds of gradient steps: not with --mode %s, --secagg, "
+                "--compress, SCAFFOLD, FedProx's --mu, --client-algo or --dp", r.mode);
+        loom_peft_config fpc;
+        loom_peft_defaults(&fpc, LOOM_PEFT_FULL);
+        if (!set && loom_tset_create_layout(&split_whole, m, &fpc) != LOOM_OK) BAD("out of memory");
+        tc.split = 1;
+        tc.split_layer = r.split_layer;
+        if (loom_split_server_create(&split, m, set ? set : split_whole, &tc, 0) != LOOM_OK) {
+            cli_fail("--split-layer");
+            goto done;
+        }
+        c.split_step = split_step_cb;
+        c.split_update = split_update_cb;
+        c.split_ud = split;
+        c.split_max_body = loom_split_server_max_request(split);
+        fprintf(stderr, "loom server: split learning after layer %d: the server runs layers %d..%d of each client's steps\n",
+                r.split_layer, r.split_layer, loom_model_config(m)->n_layer - 1);
+    }
     c.on_listen = server_listening;
     c.stop = &stop_flag;
     cli_event_log("server");
@@ -306,6 +341,8 @@ int cmd_server(int argc, char **argv) {
     rc = 0;
 done:
     root_clear(&root);
+    loom_split_server_free(split);
+    loom_tset_free(split_whole);
     free(run_json);
     free(model_json);
     free(kzero);

@@ -17,6 +17,7 @@
 #include "loom/partition.h"
 #include "loom/peft.h"
 #include "loom/sim.h"
+#include "loom/split.h"
 #include "loom/train.h"
 #include "loom/zo.h"
 #include "loom/unlearn.h"
@@ -432,6 +433,32 @@ int cmd_sim(int argc, char **argv) {
         BAD("--client-ranks, --fedra-layers, --lora-freeze-a, --hetlora-prune and --hetlora-agg need --client-algo sgd: "
             "a %s client perturbs and steps its whole vector", sc.algo->name);
     if (het_configure(&r, set, m, (int)part->n_clients, (uint64_t)seed, &sc, &het) != 0) goto done;
+    /* ---- split learning (--split-layer K; include/loom/split.h): the clients run layers 0..K-1 ---- */
+    loom_split_cost split_cost = {0};
+    if (r.split_layer >= 0) {
+        if (sc.algo) BAD("--split-layer trains by gradients: it needs --client-algo sgd, not %s", sc.algo->name);
+        if (sc.dp.mode == LOOM_DP_SGD) BAD("--split-layer does not combine with --dp sgd (per-example gradients)");
+        if (sc.fit.scaffold || sc.fit.prox_mu > 0)
+            BAD("--split-layer does not combine with %s: the correction would need both sides' values in one place",
+                sc.fit.scaffold ? "SCAFFOLD" : "FedProx's --mu");
+        if (r.split_layer > loom_model_config(m)->n_layer)
+            BAD("--split-layer %d is outside 0..%d (the model's layers)", r.split_layer, loom_model_config(m)->n_layer);
+        loom_tset *whole = NULL; /* full fine-tuning: the FULL set's layout says which side holds each weight */
+        loom_peft_config fpc;
+        loom_peft_defaults(&fpc, LOOM_PEFT_FULL);
+        int src = set ? LOOM_OK : loom_tset_create_layout(&whole, m, &fpc);
+        if (src == LOOM_OK) src = loom_split_cost_of(set ? set : whole, r.split_layer, r.B, r.T, &split_cost);
+        loom_tset_free(whole);
+        if (src != LOOM_OK) {
+            cli_fail("--split-layer");
+            goto done;
+        }
+        fu.tc.split = 1;
+        fu.tc.split_layer = r.split_layer;
+        fprintf(stderr, "  split learning after layer %d: %zu trainable values on each client, %zu on the "
+                "server (a copy per client, averaged each round); %zu activation floats each way per step\n",
+                r.split_layer, split_cost.client_dim, split_cost.server_dim, split_cost.act_floats);
+    }
     sc.step_seconds = r.step_seconds;
     sc.time_spread = r.time_spread;
     sc.faults = faults;
@@ -585,6 +612,19 @@ int cmd_sim(int argc, char **argv) {
                prog.updates ? prog.bytes_down / (double)prog.updates : 0.0);
         if (kseed)
             printf("%-28s %d seeds: a dense K-vector would be %d bytes\n", "seed pool", r.seed_pool, 4 * r.seed_pool);
+    } else if (split_cost.act_floats) { /* split learning: activations and their gradients every step */
+        const loom_split_cost *q = &split_cost;
+        double per = (double)per_round * rounds, steps = per * local_steps;
+        printf("%-28s %zu bytes up (activations + targets), %zu down (their gradient)\n", "split bytes per step",
+               q->up_step, q->down_step);
+        printf("%-28s %.1f MiB down, %.1f MiB up (client part %zu floats each way per round; sending the whole "
+               "set's update would move %.1f MiB each way)\n", "traffic",
+               (steps * q->down_step + per * q->client_dim * 4.0) / 1048576.0,
+               (steps * q->up_step + per * q->client_dim * 4.0) / 1048576.0, q->client_dim, traffic);
+        printf("%-28s %.2f MiB (weights %.2f, activations %.2f, trained state %.2f); running the whole model: "
+               "%.2f MiB\n", "client memory", (q->client_weights + q->client_ws + q->client_state) / 1048576.0,
+               q->client_weights / 1048576.0, q->client_ws / 1048576.0, q->client_state / 1048576.0,
+               (q->model_weights + q->model_ws + q->model_state) / 1048576.0);
     } else
         printf("%-28s %.1f MiB down, %.1f MiB up\n", "traffic", traffic, traffic);
     printf("%-28s %.1fs (%.2fs per round)\n", "time", secs, secs / rounds);

@@ -72,6 +72,7 @@ void cli_run_init(cli_run *r) {
     r->zo_lr = NAN;
     r->seed_pool = 4096;
     r->hetlora_agg = "pad";
+    r->split_layer = -1;
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -80,7 +81,7 @@ static const char *const client_keys[] = {
     "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
     "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress",
     "dp", "dp-clip", "dp-noise", "precision",
-    "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs", NULL};
+    "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs", "split-layer", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -205,6 +206,8 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "sim: FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
         {"fedra-layers", OPT_STR, &r->fedra_layers, "sim: FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
         {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
+        /* ---- split learning (include/loom/split.h, src/fl/split.c) ---- */
+        {"split-layer", OPT_INT, &r->split_layer, "sim: split learning (SplitLoRA): clients run the embeddings and layers 0..K-1 and send the activations, the server the other layers and the loss, sending back their gradient; client-side values averaged over the clients each round, the server's per-client copies too (default -1: off; 0..the model's layers). With --clip, each side clips its own gradient", -1, 1 << 20},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };

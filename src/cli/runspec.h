@@ -73,9 +73,11 @@ typedef struct {
     /* ---- unlearning (loom sim; include/loom/unlearn.h) ---- */
     int keep_checkpoints, keep_updates, replay_no_rescale;
     const char *exclude_client, *start_from, *replay_updates;
+    /* ---- split learning (--split-layer; include/loom/split.h): -1 = off ---- */
+    int split_layer;
 } cli_run;
 
-#define CLI_RUN_MAX_OPTS 160
+#define CLI_RUN_MAX_OPTS 224
 void cli_run_init(cli_run *r);
 /* Writes the run's option entries into opts (room for CLI_RUN_MAX_OPTS) and returns their number. */
 int cli_run_opts(cli_run *r, cli_opt *opts);

@@ -404,6 +404,10 @@ struct loom_ws {
     float *dres, *dn, *dqkv, *datty, *dfch, *dfca, *datt, *tmp;
     int n_valid;
     int have_forward;
+    int part_l0, part_l1; /* layers the last forward ran (loom_forward_part; 0 and L for a whole pass) */
+    int part_in;          /* the last forward started from given activations, not the embeddings */
+    int part_head;        /* the last forward ran the final norm and the head */
+    int ws_l0, ws_l1;     /* layers the workspace holds (loom_ws_create_part; 0 and L otherwise) */
     int fuse_loss;       /* loom_ws_set_fused_loss: a training forward with targets leaves dloss/dlogits */
     int logits_grad;     /* logits holds d loss / d logits (a fused forward), not the logits */
     const int32_t *tokens, *targets;
@@ -439,9 +443,12 @@ struct loom_ws {
 
 /* train: sized for backward (every layer's activations kept, gradient scratch); else forward only
  * (one layer's activations, reused layer after layer, and no gradient scratch). */
-static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int train) {
+static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int train, int l0,
+                     int l1, int head) {
     *out = NULL;
     const loom_config *c = &m->cfg;
+    if (l0 < 0 || l1 > c->n_layer || l0 > l1)
+        return loom_error(LOOM_EINVAL, "layers %d .. %d are not a part of a model of %d layers", l0, l1 - 1, c->n_layer);
     int P = pf ? pf->prompt_len : 0, PO = pf ? pf->prefix_len : 0;
     if (B < 1 || T < 1) return loom_error(LOOM_EINVAL, "batch %d x %d is empty", B, T);
     if (T + P + PO > c->max_seq) {
@@ -461,11 +468,16 @@ static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loo
     ws->pf = pf;
     ws->m = m;
     ws->train = train;
+    ws->ws_l0 = l0;
+    ws->ws_l1 = l1;
+    head = head && l1 == L;
+    const int part = l0 > 0 || l1 < L || !head; /* a part's workspace: its layers only, logits only with the head */
+    const size_t NV = head ? N * V : 0;
     ws->row_w = malloc((size_t)B * sizeof *ws->row_w);
     size_t att = (size_t)B * c->n_head * T * T;
     size_t per_layer = N * C * 4 + N * 4 + N * ws->QKV + att + N * ws->mlp_in + N * H;
-    int nl = train ? L : 1, nres = train ? L + 1 : 2; /* layers whose activations are stored */
-    size_t total = (size_t)nres * N * C + (size_t)nl * per_layer + N * C + 2 * N + N * V + N + /* tmp */ N * C +
+    int nl = train ? l1 - l0 : 1, nres = train ? l1 - l0 + 1 : 2; /* layers whose activations are stored */
+    size_t total = (size_t)nres * N * C + (size_t)nl * per_layer + N * C + 2 * N + NV + N + /* tmp */ N * C +
                    (train ? /* backward scratch */ N * C * 3 + N * ws->QKV + N * ws->mlp_in + N * H + att + 2 * N : 0);
     ws->mem = loom_alloc(total * sizeof(float));
     float ***lists[] = {&ws->res, &ws->n1, &ws->mean1, &ws->rstd1, &ws->qkv, &ws->att, &ws->atty, &ws->res2,
@@ -499,9 +511,11 @@ static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loo
     ws->bytes = (total + extra) * sizeof(float);
     float *p = ws->mem;
 #define TAKE(n) (p += (n), p - (n))
-    for (int l = 0; l <= L; l++) ws->res[l] = l < nres ? TAKE(N * C) : ws->res[l % 2];
+    for (int l = 0; l <= L; l++)
+        ws->res[l] = part ? (l >= l0 && l <= l1 ? TAKE(N * C) : NULL) : l < nres ? TAKE(N * C) : ws->res[l % 2];
     for (int l = 0; l < L; l++) {
-        if (l >= nl) { /* forward only: every layer works in layer 0's buffers */
+        if (part && (l < l0 || l >= l1)) continue; /* outside the part: nothing kept */
+        if (!train && l >= 1) { /* forward only: every layer works in layer 0's buffers */
             float ***ls[] = {&ws->n1, &ws->mean1, &ws->rstd1, &ws->qkv, &ws->att, &ws->atty, &ws->res2,
                              &ws->n2, &ws->mean2, &ws->rstd2, &ws->fch, &ws->fca};
             for (size_t i = 0; i < sizeof ls / sizeof ls[0]; i++) (*ls[i])[l] = (*ls[i])[0];
@@ -523,7 +537,7 @@ static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loo
     ws->nf = TAKE(N * C);
     ws->meanf = TAKE(N);
     ws->rstdf = TAKE(N);
-    ws->logits = TAKE(N * V);
+    ws->logits = NV ? TAKE(NV) : NULL;
     ws->losses = TAKE(N);
     ws->tmp = TAKE(N * C);
     if (train) {
@@ -544,13 +558,20 @@ static int ws_create(loom_ws **out, const loom_model *m, int B, int T, const loo
 }
 
 int loom_ws_create_ex(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
-    return ws_create(out, m, B, T, pf, 1);
+    return ws_create(out, m, B, T, pf, 1, 0, m->cfg.n_layer, 1);
 }
 
-int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) { return ws_create(out, m, B, T, NULL, 1); }
+int loom_ws_create_part(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf, int l0, int l1,
+                        int head) {
+    return ws_create(out, m, B, T, pf, 1, l0, l1, head);
+}
+
+int loom_ws_create(loom_ws **out, const loom_model *m, int B, int T) {
+    return ws_create(out, m, B, T, NULL, 1, 0, m->cfg.n_layer, 1);
+}
 
 int loom_ws_create_infer(loom_ws **out, const loom_model *m, int B, int T, const loom_peft *pf) {
-    return ws_create(out, m, B, T, pf, 0);
+    return ws_create(out, m, B, T, pf, 0, 0, m->cfg.n_layer, 1);
 }
 
 int loom_ws_set_row_weights(loom_ws *ws, const float *w, int B) {
@@ -898,7 +919,10 @@ static lm_hook_ctx hook_ctx(const run_ctx *r) {
 /* A method's hook, if the plan has one (see lm_peft_ops). */
 #define HOOK(fn) (ops && ops->fn)
 
-static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t *targets, int B, int Tu, float *loss) {
+/* Layers l0 .. l1 - 1 (0 and L for a whole pass): from x_in when given (else from the embeddings, l0 = 0);
+ * l1 < L stops before the final norm. */
+static int forward_impl(const run_ctx *rc, int l0, int l1, int head, const int32_t *tokens, const float *x_in,
+                        const int32_t *targets, int B, int Tu, float *loss) {
     const run_ctx r = *rc;
     const lm_hook_ctx hk = hook_ctx(&r);
     const lm_peft_ops *ops = r.pf ? r.pf->ops : NULL;
@@ -909,7 +933,19 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     const int P = pf ? pf->prompt_len : 0, T = Tu + P;
     if (pf && ws->pf != pf)
         return loom_error(LOOM_EINVAL, "the workspace was not created for this trainable set (loom_ws_create_ex)");
-    if (!tp(&r, m->t_embed) || !tp(&r, m->t_head))
+    const int L = c->n_layer;
+    if (l0 < 0 || l1 > L || l0 > l1)
+        return loom_error(LOOM_EINVAL, "layers %d .. %d are not a part of a model of %d layers", l0, l1 - 1, L);
+    if (!x_in && !tokens) return loom_error(LOOM_EINVAL, "a forward pass from the embeddings needs tokens");
+    if (l0 > 0 && !x_in) return loom_error(LOOM_EINVAL, "a forward pass from layer %d needs its input activations", l0);
+    if (l0 < ws->ws_l0 || l1 > ws->ws_l1)
+        return loom_error(LOOM_EINVAL, "layers %d .. %d are outside the workspace's part (layers %d .. %d)", l0, l1 - 1,
+                          ws->ws_l0, ws->ws_l1 - 1);
+    if (l1 < L) head = 0;
+    if (head && !ws->logits)
+        return loom_error(LOOM_EINVAL, "the workspace was made for a part without the head (loom_ws_create_part)");
+    if (!head) targets = NULL; /* no loss in a part that ends before the head */
+    if ((!x_in && !tp(&r, m->t_embed)) || (head && !tp(&r, m->t_head)))
         return loom_error(LOOM_EUNSUPPORTED, "the token embedding and head are held in low precision for generation "
                                              "only (loom_model_quantize_ex): the forward pass needs them in float");
     if (B > ws->B || T > ws->T || B < 1 || Tu < 1)
@@ -917,12 +953,13 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
     const int QKV = ws->QKV, N = B * T;
     const int gpt2 = c->arch == LOOM_ARCH_GPT2;
-    for (int n = 0; n < B * Tu; n++)
-        if (tokens[n] < 0 || tokens[n] >= V)
-            return loom_error(LOOM_ERANGE, "token %d at position %d is outside the vocabulary (%d)", tokens[n], n, V);
+    if (tokens)
+        for (int n = 0; n < B * Tu; n++)
+            if (tokens[n] < 0 || tokens[n] >= V)
+                return loom_error(LOOM_ERANGE, "token %d at position %d is outside the vocabulary (%d)", tokens[n], n, V);
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            ws->tok_copy[b * T + t] = t < P ? -1 : tokens[b * Tu + t - P];
+            ws->tok_copy[b * T + t] = t < P ? -1 : tokens ? tokens[b * Tu + t - P] : 0;
             ws->tgt_copy[b * T + t] = t < P || !targets ? -1 : targets[b * Tu + t - P];
         }
     ws->curB = B;
@@ -932,6 +969,11 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     ws->last_pf = pf;
     ws->last_vec = r.vec;
     ws->last_base = r.base;
+    ws->part_l0 = l0;
+    ws->part_l1 = l1;
+    ws->part_in = x_in != NULL;
+    ws->part_head = head;
+    ws->have_forward = 0;
 
     /* embeddings (soft-prompt rows come from the trainable vector) */
     const float *wte = tp(&r, m->t_embed), *wpe = gpt2 ? tp(&r, m->t_pos) : NULL;
@@ -942,8 +984,9 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
     /* prefix tuning's rows sit at positions 0 .. prefix_len - 1 before the sequence (as in PEFT, where they are
      * the cache of a past): the sequence's row t is at position prefix_len + t */
     const int PO = pf ? pf->prefix_len : 0;
+    if (x_in) memcpy(ws->res[l0], x_in, (size_t)N * C * sizeof(float));
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
+    for (int n = 0; n < (x_in ? 0 : N); n++) {
         const float *e = tk[n] >= 0 ? wte + (size_t)tk[n] * C : prompt + (size_t)(n % T) * C;
         float *o = x0 + (size_t)n * C;
         if (wpe) {
@@ -954,7 +997,7 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
         }
     }
 
-    for (int l = 0; l < c->n_layer; l++) {
+    for (int l = l0; l < l1; l++) {
         float *x = ws->res[l], *x2 = ws->res2[l], *x3 = ws->res[l + 1];
         if (gpt2)
             loom_layernorm_forward(ws->n1[l], ws->mean1[l], ws->rstd1[l], x, PW(l, LOOM_L_NORM1_W), PW(l, LOOM_L_NORM1_B),
@@ -992,6 +1035,13 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
 #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)N * C; i++) x3[i] = x2[i] + ws->tmp[i];
     }
+    if (!head) { /* a part that ends before the head: its output is the residual stream res[l1] */
+        ws->have_forward = 1;
+        ws->logits_grad = 0;
+        ws->n_valid = 0;
+        if (loss) *loss = 0.0f;
+        return LOOM_OK;
+    }
     float *xl = ws->res[c->n_layer];
     if (gpt2)
         loom_layernorm_forward(ws->nf, ws->meanf, ws->rstdf, xl, tp(&r, m->t_normf_w), tp(&r, m->t_normf_b), N, C,
@@ -1025,14 +1075,14 @@ static int forward_impl(const run_ctx *rc, const int32_t *tokens, const int32_t 
 int loom_forward(const loom_model *m, const float *params, loom_ws *ws, const int32_t *tokens,
                  const int32_t *targets, int B, int T, float *loss) {
     run_ctx r = {m, params, NULL, NULL, NULL, NULL, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
-    return forward_impl(&r, tokens, targets, B, T, loss);
+    return forward_impl(&r, 0, m->cfg.n_layer, 1, tokens, NULL, targets, B, T, loss);
 }
 
 int loom_forward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                     const int32_t *tokens, const int32_t *targets, int B, int T, float *loss) {
     if (!pf || !vec) return loom_error(LOOM_EINVAL, "loom_forward_ex needs a plan and its vector");
     run_ctx r = {m, base, vec, NULL, NULL, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
-    return forward_impl(&r, tokens, targets, B, T, loss);
+    return forward_impl(&r, 0, m->cfg.n_layer, 1, tokens, NULL, targets, B, T, loss);
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -1103,7 +1153,9 @@ static int attn_bwd_rows(const run_ctx *r, const lm_hook_ctx *hk, int l, float *
     return 1;
 }
 
-static int backward_impl(const run_ctx *rc) {
+/* dx_out: the gradient of a part's output activations (a part that ends before the head); dx_in (may be
+ * NULL): receives the gradient of its input activations (a part that starts after the embeddings). */
+static int backward_impl(const run_ctx *rc, const float *dx_out, float *dx_in) {
     const run_ctx r = *rc;
     const lm_hook_ctx hk = hook_ctx(&r);
     const lm_peft_ops *ops = r.pf ? r.pf->ops : NULL;
@@ -1121,12 +1173,29 @@ static int backward_impl(const run_ctx *rc) {
     const int C = c->dim, H = c->hidden, V = c->vocab, NH = c->n_head, NKV = c->n_kv_head, HS = C / NH;
     const int QKV = ws->QKV, KV = NKV * HS;
     const int gpt2 = c->arch == LOOM_ARCH_GPT2;
-    const int lowest = lowest_trainable(&r);
+    const int l0 = ws->part_l0, l1 = ws->part_l1;
+    const int head = ws->part_head;
+    if (!head && !dx_out)
+        return loom_error(LOOM_EINVAL, "the backward of a part ending at layer %d needs the gradient of its output", l1);
+    const int from_x = ws->part_in;
+    if (!from_x) dx_in = NULL;
+    /* the input gradient of a part is wanted whatever trains inside it */
+    const int lowest = dx_in ? LOOM_MIN(lowest_trainable(&r), l0 * LOOM_STAGES - 1) : lowest_trainable(&r);
+    if (from_x && dx_in && l0 == l1 && !head) { /* an empty part: the gradient passes through */
+        memcpy(dx_in, dx_out, (size_t)N * C * sizeof(float));
+        return LOOM_OK;
+    }
     /* NEED(l, s): the input gradient of stage s of layer l is needed (something below it trains);
      * below the lowest trainable point nothing is differentiated */
 #define NEED(l, s) ((l) * LOOM_STAGES + (s) > lowest)
     ws->have_forward = 0; /* logits are about to be overwritten */
 
+    if (!head) { /* a part ending before the head: start from the gradient of its output */
+        ws->logits_grad = 0;
+        if (!NEED(l1, 0)) return LOOM_OK;
+        memcpy(ws->dres, dx_out, (size_t)N * C * sizeof(float));
+        goto layers;
+    }
     /* loss -> logits (in place; a fused forward already left the gradient there) -> final norm */
     if (!ws->logits_grad)
         loom_crossentropy_backward_w(ws->logits, ws->tgt_copy, ws->use_row_w ? ws->row_w : NULL, T, N, V, ws->n_valid,
@@ -1149,7 +1218,8 @@ static int backward_impl(const run_ctx *rc) {
     else
         rms_bwd(&r, ws->dres, G(m->t_normf_w), ws->dn, xl, tp(&r, m->t_normf_w), ws->rstdf, N, C);
 
-    for (int l = c->n_layer - 1; l >= 0; l--) {
+layers:
+    for (int l = l1 - 1; l >= l0; l--) {
         float *x = ws->res[l], *x2 = ws->res2[l];
         /* MLP: x3 = x2 + adapter(down(act(up(norm2(x2))))) ; dres holds d x3 */
         const float *dy = ws->dres;
@@ -1238,6 +1308,10 @@ static int backward_impl(const run_ctx *rc) {
         if (!need) return LOOM_OK;
     }
 #undef NEED
+    if (from_x) { /* a part starting from given activations: dres is the gradient of its input */
+        if (dx_in) memcpy(dx_in, ws->dres, (size_t)N * C * sizeof(float));
+        return LOOM_OK;
+    }
     /* embeddings (and soft-prompt rows): parallel over channel blocks so repeated tokens never race */
     float *dwte = G(m->t_embed), *dwpe = gpt2 ? G(m->t_pos) : NULL;
     float *dprompt = NULL;
@@ -1268,14 +1342,38 @@ static int backward_impl(const run_ctx *rc) {
 
 int loom_backward(const loom_model *m, const float *params, loom_ws *ws, float *grads, const uint8_t *trainable) {
     run_ctx r = {m, params, NULL, grads, NULL, trainable, NULL, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
-    return backward_impl(&r);
+    return backward_impl(&r, NULL, NULL);
 }
 
 int loom_backward_ex(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
                      float *gvec) {
     if (!pf || !vec || !gvec) return loom_error(LOOM_EINVAL, "loom_backward_ex needs a plan, its vector and a gradient vector");
     run_ctx r = {m, base, vec, NULL, gvec, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
-    return backward_impl(&r);
+    return backward_impl(&r, NULL, NULL);
+}
+
+/* ---------------------------------------------------------------- parts (split learning) */
+
+int loom_forward_part(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                      int l0, int l1, const int32_t *tokens, const float *x_in, const int32_t *targets, int B, int T,
+                      float *loss) {
+    if (!pf || !vec) return loom_error(LOOM_EINVAL, "loom_forward_part needs a plan and its vector");
+    run_ctx r = {m, base, vec, NULL, NULL, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
+    return forward_impl(&r, l0, l1, l1 == m->cfg.n_layer && targets, tokens, x_in, targets, B, T, loss);
+}
+
+int loom_backward_part(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,
+                       float *gvec, const float *dx_out, float *dx_in) {
+    if (!pf || !vec || !gvec) return loom_error(LOOM_EINVAL, "loom_backward_part needs a plan, its vector and a gradient vector");
+    run_ctx r = {m, base, vec, NULL, gvec, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR, 0};
+    return backward_impl(&r, dx_out, dx_in);
+}
+
+size_t loom_ws_activation_cap(const loom_ws *ws) { return (size_t)ws->B * ws->T * ws->C; }
+
+const float *loom_ws_activation(const loom_ws *ws, size_t *n) {
+    if (n) *n = ws->have_forward ? (size_t)ws->curB * ws->curT * ws->C : 0;
+    return ws->have_forward ? ws->res[ws->part_l1] : NULL;
 }
 
 /* ---------------------------------------------------------------- per-example gradients */
@@ -1287,7 +1385,7 @@ int loom_backward_ex_rows(const loom_model *m, const float *base, loom_ws *ws, c
     if (!pf->dim) return loom_error(LOOM_EINVAL, "per-row gradients of an empty trainable set");
     run_ctx r = {m, base, vec, NULL, grows, NULL, pf, ws, m->cfg.arch == LOOM_ARCH_GPT2 ? LOOM_W_CONV1D : LOOM_W_LINEAR,
                  pf->dim};
-    return backward_impl(&r);
+    return backward_impl(&r, NULL, NULL);
 }
 
 int loom_per_example_grads(const loom_model *m, const float *base, loom_ws *ws, const loom_peft *pf, const float *vec,

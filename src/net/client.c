@@ -42,6 +42,7 @@
 #include "loom/core.h"
 #include "loom/safetensors.h"
 #include "loom/secagg.h"
+#include "net/net_impl.h"
 
 #define NC_JSON_MAX ((size_t)1 << 20)          /* largest JSON answer read */
 #define NC_GLOBAL_MARGIN ((size_t)16 << 20)    /* header room above 8 bytes a float (values + control) */
@@ -1189,7 +1190,7 @@ static int nc_fit(nc *n, const nc_task *t) {
         loom_update u = {.run_id = n->hello.run_id, .round = t->round, .version = t->version,
                          .client = n->hello.client, .codec = LOOM_CODEC_F32, .len = n->hello.dim};
         loom_codec_opts co = {.codec = LOOM_CODEC_F32};
-        loom_netclient_task nt = {t->round, t->version, t->deadline_s, t->sa};
+        loom_netclient_task nt = {t->round, t->version, t->deadline_s, t->sa, n};
         loom_clear_error();
         double t0 = loom_now();
         rc = c->fit(c->ud, &nt, n->global, n->has_control ? n->control : NULL, &u, &co);
@@ -1240,7 +1241,7 @@ static int nc_eval(nc *n, const nc_task *t) {
     if (rc != LOOM_OK || outcome == NC_AGAIN) return rc;
     if (nc_stopped(n)) return nc_stop_error();
     loom_eval_result e = {0};
-    loom_netclient_task nt = {t->round, t->version, 0, 0};
+    loom_netclient_task nt = {t->round, t->version, 0, 0, n};
     loom_clear_error();
     rc = c->evaluate(c->ud, &nt, n->global, &e);
     if (rc != LOOM_OK || !isfinite(e.loss_sum) || e.tokens < 0 || e.correct < 0 || e.count < 0) {
@@ -1291,6 +1292,56 @@ static int nc_check_config(const loom_netclient_config *c) {
         return loom_error(LOOM_EINVAL, "net client: base_sha256 must be 64 lowercase hex digits");
     if (!c->fit || !c->evaluate) return loom_error(LOOM_EINVAL, "net client: the fit and evaluate callbacks are required");
     if (c->give_up_s < 0 || !isfinite(c->give_up_s)) return loom_error(LOOM_EINVAL, "net client: give_up_s must be >= 0");
+    return LOOM_OK;
+}
+
+/* A binary request made during fit (split learning, net/split_client.c): its answer's body (200, at most
+ * max_reply bytes) into *reply (malloc'd). A refusal (4xx) is LOOM_EINVAL with the server's words. */
+int net_client_binary(void *conn, const char *method, const char *path, const void *body, size_t len,
+                      size_t max_reply, void **reply, size_t *rlen) {
+    nc *n = conn;
+    *reply = NULL;
+    *rlen = 0;
+    char *mem = NULL;
+    size_t mlen = 0;
+    nc_req q = {.method = method, .path = path, .body = body, .len = len,
+                .content_type = body ? "application/octet-stream" : NULL, .total = max_reply};
+    nc_resp r;
+    memset(&r, 0, sizeof r);
+    double delay = NC_BACKOFF_FIRST;
+    int rc = LOOM_OK;
+    for (;;) { /* nc_call's loop, each attempt into a fresh buffer */
+        if (nc_stopped(n)) return nc_stop_error();
+        FILE *sink = open_memstream(&mem, &mlen);
+        if (!sink) return loom_error(LOOM_ENOMEM, "net client: out of memory for an answer");
+        q.sink = sink;
+        int k = nc_perform(n, &q, &r);
+        fclose(sink);
+        if (k == NC_ANSWER) break;
+        free(mem);
+        mem = NULL;
+        if (k == NC_FATAL) rc = LOOM_EIO;
+        else if (k == NC_STOP) rc = nc_stop_error();
+        else {
+            char why[CURL_ERROR_SIZE];
+            snprintf(why, sizeof why, "%s", r.curl_err);
+            rc = nc_backoff(n, &delay, &q, why);
+        }
+        if (rc != LOOM_OK) {
+            nc_resp_reset(&r);
+            return rc;
+        }
+    }
+    if (r.status != 200)
+        rc = loom_error(LOOM_EINVAL, "net client: %s %s refused by the server (%ld %s): %s", method, path, r.status,
+                        r.code[0] ? r.code : "no code", r.message[0] ? r.message : "no message");
+    nc_resp_reset(&r);
+    if (rc != LOOM_OK) {
+        free(mem);
+        return rc;
+    }
+    *reply = mem;
+    *rlen = mlen;
     return LOOM_OK;
 }
 

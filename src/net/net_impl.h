@@ -135,6 +135,10 @@ void net_response_clear(net_server *s, net_response *r);
  * the HTTP daemon). */
 int net_server_drive(net_server *s, float *global);
 
+/* A binary request made during a client's fit (net/client.c; used by net/split_client.c). */
+int net_client_binary(void *conn, const char *method, const char *path, const void *body, size_t len,
+                      size_t max_reply, void **reply, size_t *rlen);
+
 /* The largest JSON request body. */
 #define NET_MAX_JSON (64 * 1024)
 

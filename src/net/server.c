@@ -879,6 +879,18 @@ static void handle_secagg(net_server *s, const net_request *q, const net_identit
     net_sa_handle(s, q, k, who->name, r);
 }
 
+static void handle_split(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
+    int k = who->admin ? -1 : client_index(s, who->name);
+    if (k < 0) {
+        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->last_seen[k] = net_wall();
+    pthread_mutex_unlock(&s->mu);
+    net_split_handle(s, q, k, r);
+}
+
 static const char *phase_name(int p) {
     switch (p) {
     case NET_PH_WAIT: return "waiting";
@@ -934,7 +946,7 @@ void net_handle(net_server *s, const net_request *q, net_response *r) {
         const char *path, *method;
     } routes[] = {{"/v1/hello", "POST"}, {"/v1/task", "GET"},  {"/v1/global", "GET"},   {"/v1/update", "POST"},
                   {"/v1/eval", "POST"},  {"/v1/fail", "POST"}, {"/v1/status", "GET"},   {"/v1/secagg", "POST"},
-                  {"/v1/secagg", "GET"}};
+                  {"/v1/secagg", "GET"},  {"/v1/split", "POST"}, {"/v1/split", "GET"}};
     int route = -1, first = -1;
     for (int i = 0; i < (int)(sizeof routes / sizeof routes[0]); i++) {
         if (!q->path || strcmp(q->path, routes[i].path)) continue;
@@ -948,7 +960,8 @@ void net_handle(net_server *s, const net_request *q, net_response *r) {
     }
     if (route < 0) {
         net_reply_err(r, 405, "method_not_allowed", "%s takes %s", routes[first].path,
-                      !strcmp(routes[first].path, "/v1/secagg") ? "POST or GET" : routes[first].method);
+                      !strcmp(routes[first].path, "/v1/secagg") || !strcmp(routes[first].path, "/v1/split")
+                          ? "POST or GET" : routes[first].method);
         return;
     }
     net_identity who;
@@ -961,6 +974,7 @@ void net_handle(net_server *s, const net_request *q, net_response *r) {
     case 4: handle_eval(s, q, &who, r); break;
     case 5: handle_fail(s, q, &who, r); break;
     case 6: handle_status(s, &who, r); break;
+    case 9: case 10: handle_split(s, q, &who, r); break;
     default: handle_secagg(s, q, &who, r); break;
     }
 }

@@ -236,6 +236,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         __atomic_add_fetch(&s->in_flight, 1, __ATOMIC_SEQ_CST);
         cx->limit = url && !strcmp(url, "/v1/update") ? s->max_upload
                     : url && !strcmp(url, "/v1/secagg") ? net_sa_body_limit(s)
+                    : url && !strcmp(url, "/v1/split") && s->c.split_max_body ? s->c.split_max_body
                                                         : NET_MAX_JSON;
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {

@@ -106,5 +106,7 @@ void net_sa_task(net_server *s, int k, json_t *o); /* under mu: the fit task's "
 json_t *net_sa_hello(const net_server *s);        /* hello's "secagg" (null without) */
 void net_sa_handle(net_server *s, const net_request *q, int k, const char *name, net_response *r);
 size_t net_sa_body_limit(const net_server *s);    /* the largest /v1/secagg body (phase 2) */
+/* Split learning (split_server.c): POST and GET /v1/split of client k. */
+void net_split_handle(net_server *s, const net_request *q, int k, net_response *r);
 
 #endif

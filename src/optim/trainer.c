@@ -28,6 +28,13 @@ struct loom_trainer {
     float *dp_norms, *dp_w;     /* [B] per-example norms, row weights */
     long *dp_nv;                /* [B] valid targets per row */
     uint64_t dp_seed;           /* the noise stream's seed (cfg.seed unless set) */
+    /* split learning (cfg.split): the server part's workspace, the two messages of a step, the server
+     * part's gradient (kept apart for its own clipping), or the remote server part */
+    loom_ws *ws_srv;
+    float *wire;                /* [2][B * T' * C] the cut's activations, then their gradient */
+    float *grads_srv;           /* [dim] */
+    loom_split_remote remote;
+    void *remote_ud;
 };
 
 void loom_train_defaults(loom_train_config *c) {
@@ -48,6 +55,9 @@ void loom_train_defaults(loom_train_config *c) {
 static int check_config(const loom_train_config *c) {
     if (!(c->clip >= 0)) return loom_error(LOOM_EINVAL, "gradient clip %g must be >= 0", c->clip);
     if (c->warmup < 0 || c->total_steps < 0) return loom_error(LOOM_EINVAL, "warm-up and step counts must be >= 0");
+    if (c->split && (c->dp_sgd || c->forward_only))
+        return loom_error(LOOM_EINVAL, "split learning computes whole-batch gradients: it does not combine with %s",
+                          c->dp_sgd ? "DP-SGD" : "a forward-only trainer");
     if (c->dp_sgd) {
         if (!(c->dp_clip > 0) || !isfinite(c->dp_clip))
             return loom_error(LOOM_EINVAL, "DP-SGD clip norm %g must be finite and > 0", (double)c->dp_clip);
@@ -91,6 +101,13 @@ static int trainer_init(loom_trainer *t) {
         free(e);
     }
     if (rc == LOOM_OK) rc = loom_ws_create_ex(&t->ws, t->m, c->B, c->T, loom_tset_plan(ts));
+    if (rc == LOOM_OK && c->split) { /* the server part's workspace is made when first needed */
+        int L = loom_model_config(t->m)->n_layer;
+        if (c->split_layer < 0 || c->split_layer > L)
+            rc = loom_error(LOOM_EINVAL, "split layer %d is outside 0..%d (the model's layers)", c->split_layer, L);
+        if (rc == LOOM_OK && !(t->wire = loom_alloc(2 * loom_ws_activation_cap(t->ws) * sizeof(float))))
+            rc = loom_error(LOOM_ENOMEM, "out of memory for the split layer's activations");
+    }
     if (rc == LOOM_OK && c->precision != LOOM_PREC_F32) {
         rc = loom_ws_set_precision(t->ws, c->precision);
         if (rc == LOOM_EUNSUPPORTED) rc = LOOM_OK; /* no bf16 on this CPU: the workspace runs f32 */
@@ -175,6 +192,9 @@ void loom_trainer_free(loom_trainer *t) {
     loom_free(t->grads);
     loom_optimizer_free(t->opt);
     loom_ws_free(t->ws);
+    loom_ws_free(t->ws_srv);
+    loom_free(t->wire);
+    loom_free(t->grads_srv);
     loom_tset_free(t->own_ts);
     loom_free(t->dp_rows);
     loom_free(t->dp_buf);
@@ -295,6 +315,95 @@ const float *loom_trainer_dp_norms(const loom_trainer *t, int *row_loop) {
     return t->cfg.dp_sgd ? t->dp_norms : NULL;
 }
 
+/* The server part's workspace and gradient (split learning), made on first use. */
+static int split_server_init(loom_trainer *t) {
+    if (t->ws_srv) return LOOM_OK;
+    const int L = loom_model_config(t->m)->n_layer;
+    int rc = loom_ws_create_part(&t->ws_srv, t->m, t->cfg.B, t->cfg.T, loom_tset_plan(t->ts), t->cfg.split_layer, L, 1);
+    if (rc == LOOM_OK && t->cfg.precision != LOOM_PREC_F32) {
+        rc = loom_ws_set_precision(t->ws_srv, t->cfg.precision);
+        if (rc == LOOM_EUNSUPPORTED) rc = LOOM_OK;
+    }
+    if (rc == LOOM_OK && !(t->grads_srv = loom_calloc(t->dim ? t->dim : 1, sizeof(float))))
+        rc = loom_error(LOOM_ENOMEM, "out of memory for the server part's gradient");
+    if (rc != LOOM_OK) {
+        loom_ws_free(t->ws_srv);
+        t->ws_srv = NULL;
+    }
+    return rc;
+}
+
+/* The server part of a step from the cut's activations act: forward, loss, backward into gs, and the
+ * activations' gradient into dact. */
+static int split_server_part(loom_trainer *t, const float *act, const int32_t *targets, float *gs, float *dact,
+                             float *l) {
+    const loom_peft *pf = loom_tset_plan(t->ts);
+    const int k = t->cfg.split_layer, L = loom_model_config(t->m)->n_layer;
+    long step = loom_optimizer_steps(t->opt);
+    loom_ws_set_dropout(t->ws_srv, 1, loom_hash2(t->cfg.seed, (uint64_t)step));
+    loom_ws_set_fused_loss(t->ws_srv, 1);
+    int rc = loom_forward_part(t->m, t->base, t->ws_srv, pf, t->params, k, L, NULL, act, targets, t->cfg.B, t->cfg.T, l);
+    if (rc == LOOM_OK) rc = loom_backward_part(t->m, t->base, t->ws_srv, pf, t->params, gs, NULL, dact);
+    loom_ws_set_dropout(t->ws_srv, 0, 0);
+    loom_ws_set_fused_loss(t->ws_srv, 0);
+    return rc;
+}
+
+/* Split learning: the client part (embeddings, layers 0 .. k - 1) on t->ws, its activations through the
+ * wire to the server part (layers k .. L - 1, the head, the loss: on t->ws_srv, or remote), whose backward
+ * sends the activations' gradient back through the wire for the client part's backward. The same
+ * operations in the same order as the whole model's forward and backward; the server part's gradient
+ * lands in grads_srv (apply-gradient clips each part by its own norm). */
+static int split_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *l) {
+    const loom_peft *pf = loom_tset_plan(t->ts);
+    const int k = t->cfg.split_layer;
+    int rc = loom_forward_part(t->m, t->base, t->ws, pf, t->params, 0, k, tokens, NULL, NULL, t->cfg.B, t->cfg.T, NULL);
+    if (rc != LOOM_OK) return rc;
+    size_t n;
+    const float *act = loom_ws_activation(t->ws, &n);
+    float *up = t->wire, *dact = t->wire + loom_ws_activation_cap(t->ws);
+    memcpy(up, act, n * sizeof(float));
+    size_t nt = (size_t)t->cfg.B * t->cfg.T;
+    if (t->remote) {
+        rc = t->remote(t->remote_ud, loom_optimizer_steps(t->opt), up, n, targets, nt, dact, l);
+    } else {
+        if ((rc = split_server_init(t)) != LOOM_OK) return rc;
+        memset(t->grads_srv, 0, t->dim * sizeof(float));
+        rc = split_server_part(t, up, targets, t->grads_srv, dact, l);
+    }
+    if (rc != LOOM_OK) return rc;
+    if (!t->grads_zero) memset(t->grads, 0, t->dim * sizeof(float));
+    t->grads_zero = 0;
+    return loom_backward_part(t->m, t->base, t->ws, pf, t->params, t->grads, dact, NULL);
+}
+
+void loom_trainer_set_split_remote(loom_trainer *t, loom_split_remote fn, void *ud) {
+    t->remote = fn;
+    t->remote_ud = ud;
+}
+
+int loom_trainer_split_server_step(loom_trainer *t, const float *act, size_t n, const int32_t *targets, size_t nt,
+                                   float *dact, float *loss) {
+    if (!t->cfg.split) return loom_error(LOOM_ESTATE, "the trainer is not a split learning trainer");
+    if (n != loom_ws_activation_cap(t->ws) || nt != (size_t)t->cfg.B * t->cfg.T)
+        return loom_error(LOOM_EINVAL, "%zu activations and %zu targets for batches of %d x %d (expected %zu and %zu)", n,
+                          nt, t->cfg.B, t->cfg.T, loom_ws_activation_cap(t->ws), (size_t)t->cfg.B * t->cfg.T);
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(act[i])) return loom_error(LOOM_ERANGE, "activation %zu is not finite", i);
+    int rc = split_server_init(t);
+    if (rc != LOOM_OK) return rc;
+    float l = 0;
+    if (!t->grads_zero) memset(t->grads, 0, t->dim * sizeof(float));
+    t->grads_zero = 0;
+    long step = loom_optimizer_steps(t->opt);
+    if ((rc = split_server_part(t, act, targets, t->grads, dact, &l)) != LOOM_OK) return rc;
+    if (loss) *loss = l;
+    if (!isfinite(l))
+        return loom_error(LOOM_ERANGE, "loss became non-finite (%s) at step %ld: lower --lr (now %g) or check the data",
+                          nonfinite_name(l), step + 1, (double)loom_trainer_lr(t));
+    return loom_trainer_apply_gradient(t, NULL);
+}
+
 int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss,
                                   long *n_targets) {
     if (t->cfg.forward_only) return loom_error(LOOM_ESTATE, "the trainer is forward-only (zeroth-order): no gradient");
@@ -306,6 +415,8 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
     loom_ws_set_fused_loss(t->ws, 1); /* every forward here is followed by its backward */
     if (t->cfg.dp_sgd) {
         rc = dp_gradient(t, tokens, targets, step, &l);
+    } else if (t->cfg.split) {
+        rc = split_gradient(t, tokens, targets, &l);
     } else {
         rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, &l);
         if (rc == LOOM_OK) {
@@ -334,12 +445,24 @@ int loom_trainer_apply_gradient(loom_trainer *t, double *grad_norm) {
     /* two passes over the gradient: its norm, then the optimizer, which applies the clip scale as it
      * reads each element (the same bits as clipping the buffer first) and leaves zeros behind */
     double gn = loom_grad_norm(t->grads, t->dim);
+    float scale = loom_clip_scale(gn, t->cfg.clip);
+    if (t->cfg.split && t->ws_srv && !t->remote && t->grads_srv && t->grads != t->grads_srv) {
+        /* both parts here: each is clipped by its own norm, as the client and the server do apart */
+        double gs = loom_grad_norm(t->grads_srv, t->dim);
+        float ss = loom_clip_scale(gs, t->cfg.clip);
+        for (size_t i = 0; i < t->dim; i++) {
+            t->grads[i] = t->grads[i] * scale + t->grads_srv[i] * ss;
+            t->grads_srv[i] = 0;
+        }
+        gn = sqrt(gn * gn + gs * gs);
+        scale = 1.0f;
+    }
     if (grad_norm) *grad_norm = gn;
     float lr = loom_trainer_lr(t);
     if (!isfinite(gn))
         return loom_error(LOOM_ERANGE, "gradient norm became non-finite (%s) at step %ld: lower --lr (now %g)",
                           nonfinite_name(gn), step + 1, (double)lr);
-    loom_optimizer_step_ex(t->opt, t->params, t->grads, loom_clip_scale(gn, t->cfg.clip), lr, 1);
+    loom_optimizer_step_ex(t->opt, t->params, t->grads, scale, lr, 1);
     t->grads_zero = 1;
     return LOOM_OK;
 }
