@@ -133,6 +133,23 @@ static void test_rows_and_table(const char *dir) {
     CHECK(ival(json_object_get(sj, "latest"), "round") == 2 && dval(json_object_get(sj, "latest"), "epsilon") == 0.75,
           "latest row: %s", st);
     CHECK(json_is_null(json_object_get(sj, "sample")), "no sample yet: %s", st);
+    /* the file loaded into a fresh board (loom report --serve) gives the same table and rows */
+    loom_dash *e;
+    CHECK_OK(loom_dash_create(&e));
+    CHECK_OK(loom_dash_load_jsonl(e, path, 0));
+    char *st2 = loom_dash_status_json(e, 100.0), *mt2 = loom_dash_metrics_json(e, 0);
+    json_t *sj2 = parse(st2), *mj2 = parse(mt2);
+    const char *keys[] = {"name", "rounds_contributed", "bytes_up", "bytes_down", "stragglers", "dropouts"};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 6; i++)
+            CHECK(json_equal(json_object_get(client_of(sj, k), keys[i]), json_object_get(client_of(sj2, k), keys[i])),
+                  "client %d's %s differs once loaded: %s", k, keys[i], st2);
+    CHECK(json_equal(json_object_get(mj2, "rows"), file_rows), "loaded rows: %.300s", mt2);
+    json_decref(sj2);
+    json_decref(mj2);
+    free(st2);
+    free(mt2);
+    loom_dash_free(e);
     json_decref(sj);
     free(st);
 

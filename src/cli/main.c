@@ -23,6 +23,7 @@ static const struct {
     {"aggregate", cmd_aggregate, "apply one aggregation rule (fedavg, median, trimmed-mean, krum, ...) to update files offline"},
     {"audit", cmd_audit, "privacy audits: membership inference (AUC, TPR at 1% FPR) and canary exposure"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
+    {"report", cmd_report_main, "a finished run's report; --serve RUN_DIR: its dashboard in the browser"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
     {"export", cmd_export, "write an adapter merged into its base model, or re-export it in the PEFT layout"},

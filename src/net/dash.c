@@ -16,6 +16,7 @@ typedef struct {
     char name[65];
     char state[24];
     int registered, active;
+    int named;                 /* the name came from the driver or a row (not "client-K") */
     double last_seen;
     long contributed, stragglers, dropouts;
     double bytes_up, bytes_down;
@@ -177,7 +178,10 @@ int loom_dash_set_clients(loom_dash *d, int n, const char *const *names) {
     if (rc == LOOM_OK) {
         d->ncl = n;
         for (int i = 0; names && i < n; i++)
-            if (names[i]) snprintf(d->cl[i].name, sizeof d->cl[i].name, "%.*s", (int)utf8_cut(names[i], 64), names[i]);
+            if (names[i]) {
+                snprintf(d->cl[i].name, sizeof d->cl[i].name, "%.*s", (int)utf8_cut(names[i], 64), names[i]);
+                d->cl[i].named = 1;
+            }
     }
     d->updated_at = wall();
     pthread_mutex_unlock(&d->mu);
@@ -275,12 +279,14 @@ static int put_client(loom_dash *d, json_t *j, int round, double now_seen) {
     long long k;
     if (!json_whole(json_object_get(j, "client"), 0, LOOM_DASH_MAX_CLIENTS - 1, &k))
         return loom_error(LOOM_EFORMAT, "a client row without a whole \"client\" in [0, %d)", LOOM_DASH_MAX_CLIENTS);
-    int grew = (int)k >= d->ncl;
     int rc = grow_clients(d, (int)k + 1);
     if (rc != LOOM_OK) return rc;
     dclient *c = &d->cl[k];
     const char *name = json_string_value(json_object_get(j, "name"));
-    if (grew && name && *name) snprintf(c->name, sizeof c->name, "%.*s", (int)utf8_cut(name, 64), name);
+    if (!c->named && name && *name) {
+        snprintf(c->name, sizeof c->name, "%.*s", (int)utf8_cut(name, 64), name);
+        c->named = 1;
+    }
     const char *st = json_string_value(json_object_get(j, "status"));
     st = st ? st : "";
     json_t *bu = json_object_get(j, "bytes_up");
