@@ -290,6 +290,15 @@ int cmd_sim(int argc, char **argv) {
     }
     if (out && cli_out_dir("--out", out) != 0) goto done;
     if (plot && cli_out_file("--plot", plot) != 0) goto done;
+    if ((serve_token_file || serve_wait) && !serve) {
+        rc = 2;
+        BAD("--serve-token-file and --serve-wait go with --serve [HOST:]PORT");
+    }
+    if (serve) { /* --serve: the dashboard is up from here on (the board fills once the run starts) */
+        if ((rc = cli_dash_serve_start(&dash, "sim", serve, serve_token_file)) != 0) goto done;
+        rc = 1;
+        loom_dash_progress(dash.board, 0, rounds, "loading");
+    }
     if (parse_faults(r.faults, &faults, &nfaults) != LOOM_OK) {
         cli_fail(NULL);
         goto done;
@@ -458,10 +467,7 @@ int cmd_sim(int argc, char **argv) {
     sc.on_round = on_round;
     sc.on_client = on_client;
     sc.cb_ud = &prog;
-    if ((serve_token_file || serve_wait) && !serve) BAD("--serve-token-file and --serve-wait go with --serve [HOST:]PORT");
     if (serve) { /* the dashboard gets every metrics row, the run's options and the clients' names */
-        if ((rc = cli_dash_serve_start(&dash, "sim", serve, serve_token_file)) != 0) goto done;
-        rc = 1;
         dash_names = calloc(part->n_clients, sizeof *dash_names);
         if (!dash_names) BAD("out of memory");
         for (size_t i = 0; i < part->n_clients; i++) dash_names[i] = part->clients[i].name;
