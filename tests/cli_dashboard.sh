@@ -74,15 +74,13 @@ if [ -z "${LOOM_SANITIZED:-}" ]; then
     elif [ ! -x "${LOOM_CHROMIUM:-/usr/bin/chromium}" ]; then
         check "chromium is installed (scripts/deps.sh --test)" false
     else
-        browser login "$U/" > "$tmp/login.out" 2>&1
-        check "browser without a token: login prompt, API 401, wrong token refused" grep -q "^ok " "$tmp/login.out"
-        grep "FAIL" "$tmp/login.out" >&2
         mkdir -p "$shot_dir"
         rm -f "$shot_dir/dashboard.png"
-        browser live "$U/" "$(cat "$S.watch")" "$shot_dir/dashboard.png" > "$tmp/live.out" 2>&1 &
+        browser "$U/" "$(cat "$S.watch")" "$shot_dir/dashboard.png" > "$tmp/browser.out" 2>&1 &
         bpid=$!
-        for _ in $(seq 300); do grep -q "logged in at round\|FAIL" "$tmp/live.out" && break; sleep 0.1; done
-        check "the browser logged in with the viewer token" grep -q "logged in at round 0" "$tmp/live.out"
+        for _ in $(seq 600); do grep -q "logged in at round\|FAIL" "$tmp/browser.out" && break; sleep 0.1; done
+        check "browser without a token: login prompt, API 401, wrong token refused" grep -q "^ok login" "$tmp/browser.out"
+        check "the browser logged in with the viewer token" grep -q "logged in at round 0" "$tmp/browser.out"
     fi
 fi
 
@@ -111,8 +109,8 @@ poll_rows &
 ppid_rows=$!
 if [ -n "${bpid:-}" ]; then
     wait $bpid
-    check "browser: the round counter advances and the loss chart has points" grep -q "^ok round" "$tmp/live.out"
-    grep "FAIL" "$tmp/live.out" >&2
+    check "browser: the round counter advances and the loss chart has points" grep -q "^ok round" "$tmp/browser.out"
+    grep "FAIL" "$tmp/browser.out" >&2
     check "the screenshot is in the build folder" test -s "$shot_dir/dashboard.png"
 fi
 for _ in $(seq 300); do kill -0 $spid 2> /dev/null || break; sleep 0.1; done
