@@ -299,7 +299,8 @@ int net_server_create(net_server **out, const loom_server_config *c) {
         goto fail;
     }
     s->js.f = s->metrics;
-    if (s->metrics_bytes > 0 && (rc = loom_dash_load_jsonl(s->dash, path, 0)) != LOOM_OK) goto fail;
+    if (s->metrics_bytes > 0 && loom_dash_load_jsonl(s->dash, path, 0) != LOOM_OK) /* the dashboard only */
+        loom_log(LOOM_WARN, "the dashboard shows no earlier rounds: %s", loom_errmsg());
     s->round = s->next_round;
     if ((rc = net_publish(s, (uint64_t)s->next_round)) != LOOM_OK) goto fail;
     *out = s;
