@@ -145,10 +145,12 @@ typedef struct {
     int last_line_done;
     double bytes_up, bytes_down; /* the rounds' measured traffic (the engine's counts) */
     long updates;                /* accepted updates */
+    loom_dash *dash;             /* --serve: the round in progress goes to the dashboard */
 } progress;
 
 static void on_client(int round, int done, int total, void *ud) {
     progress *p = ud;
+    if (p->dash) loom_dash_progress(p->dash, round, p->rounds, "fit");
     double now = loom_now(), el = now - p->t0;
     if (p->tty) {
         fprintf(stderr, "\r  round %d/%d  clients %d/%d  elapsed %.0fs   ", round, p->rounds, done, total, el);
@@ -476,6 +478,7 @@ int cmd_sim(int argc, char **argv) {
         for (size_t i = 0; i < part->n_clients; i++) loom_dash_client_seen(dash.board, (int)i, 1, 0, 0, "idle");
         loom_dash_progress(dash.board, 0, rounds, "running");
         sc.also = loom_dash_sink(&dash_tee, dash.board, (loom_metrics_sink){0}, dash_names);
+        prog.dash = dash.board;
     }
     if (r.resume && !out) BAD("--resume needs --out (the run directory holding checkpoint.safetensors)");
     global = loom_alloc(sc.dim * sizeof(float));

@@ -274,29 +274,24 @@ static int put_round(loom_dash *d, json_t *j, const char *text, size_t len, int 
     return LOOM_OK;
 }
 
-/* A client row into the table (the caller holds mu). */
-static int put_client(loom_dash *d, json_t *j, int round, double now_seen) {
-    long long k;
-    if (!json_whole(json_object_get(j, "client"), 0, LOOM_DASH_MAX_CLIENTS - 1, &k))
-        return loom_error(LOOM_EFORMAT, "a client row without a whole \"client\" in [0, %d)", LOOM_DASH_MAX_CLIENTS);
+/* A client row's fields into the table (the caller holds mu): name (NULL: keep), status, loss and
+ * bytes_up (NAN: none). */
+static int put_client_fields(loom_dash *d, int round, long long k, const char *name, const char *st, double loss,
+                             double bytes_up, double now_seen) {
     int rc = grow_clients(d, (int)k + 1);
     if (rc != LOOM_OK) return rc;
     dclient *c = &d->cl[k];
-    const char *name = json_string_value(json_object_get(j, "name"));
     if (!c->named && name && *name) {
         snprintf(c->name, sizeof c->name, "%.*s", (int)utf8_cut(name, 64), name);
         c->named = 1;
     }
-    const char *st = json_string_value(json_object_get(j, "status"));
     st = st ? st : "";
-    json_t *bu = json_object_get(j, "bytes_up");
-    if (json_is_number(bu) && isfinite(json_number_value(bu))) c->bytes_up += json_number_value(bu);
+    if (isfinite(bytes_up)) c->bytes_up += bytes_up;
     if (!strcmp(st, "accepted")) {
         c->contributed++;
-        json_t *l = json_object_get(j, "loss");
         drow *r = find_row(d, round);
-        if (r && json_is_number(l) && isfinite(json_number_value(l))) {
-            double x = json_number_value(l);
+        if (r && isfinite(loss)) {
+            double x = loss;
             if (r->n == 0 || x < r->lmin) r->lmin = x;
             if (r->n == 0 || x > r->lmax) r->lmax = x;
             r->lsum += x;
@@ -308,6 +303,18 @@ static int put_client(loom_dash *d, json_t *j, int round, double now_seen) {
     c->registered = 1;
     if (now_seen > 0 && strcmp(st, "no update")) c->last_seen = now_seen;
     return LOOM_OK;
+}
+
+static double jnumber(json_t *v) { return json_is_number(v) ? json_number_value(v) : NAN; }
+
+/* A client row (parsed) into the table (the caller holds mu). */
+static int put_client(loom_dash *d, json_t *j, int round, double now_seen) {
+    long long k;
+    if (!json_whole(json_object_get(j, "client"), 0, LOOM_DASH_MAX_CLIENTS - 1, &k))
+        return loom_error(LOOM_EFORMAT, "a client row without a whole \"client\" in [0, %d)", LOOM_DASH_MAX_CLIENTS);
+    return put_client_fields(d, round, k, json_string_value(json_object_get(j, "name")),
+                             json_string_value(json_object_get(j, "status")), jnumber(json_object_get(j, "loss")),
+                             jnumber(json_object_get(j, "bytes_up")), now_seen);
 }
 
 static int add_line(loom_dash *d, const char *line, size_t len, double now_seen) {
@@ -357,16 +364,16 @@ void loom_dash_round(loom_dash *d, const loom_round_metrics *m, const int *clien
     WITH_ROW(loom_metrics_jsonl_round(mem_, m, clients, n));
 }
 
+/* A client row goes straight into the table (only round rows are kept as text): the fields that
+ * loom_metrics_jsonl_client writes and put_client reads, without the text in between. */
 void loom_dash_client(loom_dash *d, const loom_client_row *r, const char *name, uint64_t examples) {
-    if (!name) {
-        pthread_mutex_lock(&d->mu);
-        char nm[65] = "";
-        if (r->client >= 0 && r->client < d->ncl) memcpy(nm, d->cl[r->client].name, sizeof nm);
-        pthread_mutex_unlock(&d->mu);
-        WITH_ROW(loom_metrics_jsonl_client(mem_, r, nm, examples));
-        return;
-    }
-    WITH_ROW(loom_metrics_jsonl_client(mem_, r, name, examples));
+    (void)examples;
+    if (r->round < 1 || r->client < 0 || r->client >= LOOM_DASH_MAX_CLIENTS) return;
+    double now = wall();
+    pthread_mutex_lock(&d->mu);
+    put_client_fields(d, r->round, r->client, name, r->status, r->loss, r->bytes_up, now);
+    d->updated_at = now;
+    pthread_mutex_unlock(&d->mu);
 }
 
 int loom_dash_load_jsonl(loom_dash *d, const char *path, size_t max_bytes) {
