@@ -79,7 +79,7 @@
   function chart(id, series, opts) {
     opts = opts || {};
     const box = $(id);
-    const W = 420, H = 220, L = 52, R = 12, T = 10, B = 42;
+    const W = 420, H = 230, L = 52, R = 12, T = 26, B = 42; // the legend sits above T
     const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img' });
     let xs = [], ys = [];
     for (const s of series) {
@@ -129,7 +129,7 @@
           const tt = el('title', {}, d);
           tt.textContent = `${s.name}, round ${p[0]}: ${opts.bytes ? fmtBytes(p[1]) : fmtNum(p[1])}`;
         }
-      const lx = L + 8 + i * 120, ly = T + 10;
+      const lx = L + 8 + i * 130, ly = 14;
       el('rect', { x: lx, y: ly - 7, width: 10, height: 3, fill: c }, svg);
       const t = el('text', { x: lx + 14, y: ly - 2 }, svg);
       t.textContent = s.name;
