@@ -11,6 +11,7 @@ if [ "${1:-}" = "--test" ]; then
   # node and npm for the GGUF tests' llama.cpp (node-llama-cpp from npm); Debian's when none is installed
   # (tests/llamacpp_install.sh adds a Node 20 from npm when the node found is older)
   command -v npm > /dev/null || PKGS+=(nodejs npm)
+  PKGS+=(chromium) # the dashboard's browser tests (tests/cli_dashboard.sh: playwright-core from npm drives it)
 fi
 missing=()
 for p in "${PKGS[@]}"; do

@@ -36,10 +36,13 @@ extern "C" {
 
 /* 1..64 chars of [A-Za-z0-9._-], not starting with '.' or '-'. LOOM_OK or LOOM_EINVAL with a message. */
 int loom_net_check_name(const char *name);
-/* Registers NAME (creating state_dir and its database when new) and writes its fresh token (64 hex
- * digits) to token[65]; only the token's SHA-256 is stored. admin = 1: an administrator identity. A
- * name already registered (and not revoked): LOOM_EINVAL. */
-int loom_server_add_client(const char *state_dir, const char *name, int admin, char token[65]);
+/* The roles of an identity: a client of the run (trains), an administrator (reads /v1/status and the
+ * dashboard, never trains), a viewer (reads the dashboard's page and API only: GET /v1/dash/status and /v1/dash/metrics). */
+enum { LOOM_NET_ROLE_CLIENT = 0, LOOM_NET_ROLE_ADMIN = 1, LOOM_NET_ROLE_VIEWER = 2 };
+/* Registers NAME (creating state_dir and its database when new) with role (LOOM_NET_ROLE_*; 1 keeps
+ * meaning an administrator) and writes its fresh token (64 hex digits) to token[65]; only the token's
+ * SHA-256 is stored. A name already registered (and not revoked): LOOM_EINVAL. */
+int loom_server_add_client(const char *state_dir, const char *name, int role, char token[65]);
 /* Revokes NAME: its token is refused from then on. Unknown name: LOOM_ENOTFOUND. */
 int loom_server_revoke_client(const char *state_dir, const char *name);
 

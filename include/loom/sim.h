@@ -270,6 +270,8 @@ typedef struct {
     loom_round_cb on_round;
     loom_client_cb on_client;
     void *cb_ud;
+    loom_metrics_sink also;         /* also given every metrics row that metrics.jsonl gets (loom sim
+                                       --serve's dashboard board, include/loom/dash.h); zero: none */
     /* differential privacy (include/loom/dp.h): handed to the engine (loom_engine_config.dp); local DP
      * and DP-SGD are the clients' (fit.dp_clip / fit.dp_noise, the trainer's dp_sgd) */
     loom_dp_config dp;

@@ -24,5 +24,10 @@ int cmd_detokenize(int argc, char **argv);
 /* Benchmarks, reached through `loom bench <name>` (argv[0] is the benchmark name). */
 int bench_tokenize(int argc, char **argv);
 int cmd_data(int argc, char **argv);
+/* loom report: cmd_report_main (cmd_report_serve.c) runs cmd_report_serve for --serve RUN_DIR (the
+ * dashboard of a finished run) and cmd_report (the static report) for everything else. */
+int cmd_report_main(int argc, char **argv);
+int cmd_report_serve(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 #endif

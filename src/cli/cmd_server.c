@@ -24,24 +24,25 @@ static void on_signal(int sig) {
     stop_flag = 1;
 }
 
-/* add-client / revoke-client: loom server add-client --state DIR [--admin] NAME */
+/* add-client / revoke-client: loom server add-client --state DIR [--admin | --role ROLE] NAME */
 static int registry(int argc, char **argv, int add) {
-    const char *state = NULL;
+    const char *state = NULL, *role_name = NULL;
     int admin = 0;
     cli_opt opts[] = {
         {"state", OPT_STR, &state, "the server's state directory (created with its database when new)", 0, 0},
-        {"admin", OPT_FLAG, &admin, "an administrator identity (may read /v1/status, may not train)", 0, 0},
+        {"admin", OPT_FLAG, &admin, "an administrator identity (may read /v1/status and the dashboard, may not train); the same as --role admin", 0, 0},
+        {"role", OPT_STR, &role_name, "client (default: a client of the run), admin, or viewer (reads the dashboard only: GET /, /v1/dash/*)", 0, 0},
     };
     const char *pos[1];
     int npos = 0;
     int pr = cli_parse(argc, argv,
-                       add ? "loom server add-client --state DIR [--admin] NAME"
+                       add ? "loom server add-client --state DIR [--admin | --role client|admin|viewer] NAME"
                            : "loom server revoke-client --state DIR NAME",
                        add ? "Registers a client and prints its fresh token alone on stdout, once (only its hash is\n"
                              "kept). Give the token to the client's operator; loom client reads it with --token-file.\n"
                              "The run's clients are the identities registered before the server first starts."
                            : "Revokes a client: its token is refused (401) from now on.",
-                       opts, add ? 2 : 1, pos, &npos, 1);
+                       opts, add ? 3 : 1, pos, &npos, 1);
     if (pr) return pr > 0 ? 0 : 2;
     if (!state) {
         fprintf(stderr, "loom server: --state DIR is required\n");
@@ -52,13 +53,25 @@ static int registry(int argc, char **argv, int add) {
         return 2;
     }
     if (loom_net_check_name(pos[0]) != LOOM_OK) return cli_fail("client name");
+    int role = admin ? LOOM_NET_ROLE_ADMIN : LOOM_NET_ROLE_CLIENT;
+    if (role_name) {
+        int named = !strcmp(role_name, "client") ? LOOM_NET_ROLE_CLIENT : !strcmp(role_name, "admin") ? LOOM_NET_ROLE_ADMIN
+                    : !strcmp(role_name, "viewer") ? LOOM_NET_ROLE_VIEWER : -1;
+        if (named < 0 || (admin && named != LOOM_NET_ROLE_ADMIN)) {
+            fprintf(stderr, "loom server: --role %s: %s\n", role_name,
+                    named < 0 ? "give client, admin or viewer" : "--admin already says admin");
+            return 2;
+        }
+        role = named;
+    }
     if (add) {
         char token[65];
-        if (loom_server_add_client(state, pos[0], admin, token) != LOOM_OK) return cli_fail("add-client");
+        if (loom_server_add_client(state, pos[0], role, token) != LOOM_OK) return cli_fail("add-client");
         printf("%s\n", token);
         fflush(stdout);
         memset(token, 0, sizeof token);
-        fprintf(stderr, "loom server: registered %s%s in %s\n", pos[0], admin ? " (administrator)" : "", state);
+        fprintf(stderr, "loom server: registered %s%s in %s\n", pos[0],
+                role == LOOM_NET_ROLE_ADMIN ? " (administrator)" : role == LOOM_NET_ROLE_VIEWER ? " (viewer)" : "", state);
         return 0;
     }
     if (loom_server_revoke_client(state, pos[0]) != LOOM_OK) return cli_fail("revoke-client");
@@ -176,7 +189,7 @@ int cmd_server(int argc, char **argv) {
     opts[nopts++] = (cli_opt){"secagg-phase-timeout", OPT_FLOAT, &secagg_timeout, "with --secagg: seconds each later phase of secure aggregation (shares, masked inputs, unmasking) waits for the clients", 0.1, 86400};
     nopts += cli_run_opts(&r, opts + nopts);
     const char *usage = "loom server --state DIR --config RUN.json [--listen HOST:PORT] [--tls-cert F --tls-key F]\n"
-                        "       loom server add-client --state DIR [--admin] NAME\n"
+                        "       loom server add-client --state DIR [--role client|admin|viewer] NAME\n"
                         "       loom server revoke-client --state DIR NAME";
     const char *desc =
         "Coordinates a federated run across machines over HTTPS (docs/protocol.md). Clients (loom client)\n"
@@ -184,7 +197,8 @@ int cmd_server(int argc, char **argv) {
         "data and upload an update; the server runs the same round engine as loom sim (sampling,\n"
         "validation, aggregation, strategy), keeps its state in STATE (SQLite), acknowledges an update only\n"
         "once it is on disk, and resumes where it stopped when started again with the same command.\n"
-        "Writes STATE/global.safetensors and STATE/metrics.jsonl and exits 0 after the last round.";
+        "Writes STATE/global.safetensors and STATE/metrics.jsonl and exits 0 after the last round.\n"
+        "The dashboard is at https://HOST:PORT/ (an administrator's or viewer's token: add-client --role viewer).";
     cli_config *cfg = NULL;
     int pr = cli_parse_config(argc, argv, usage, desc, opts, nopts, &cfg);
     if (pr) return pr > 0 ? 0 : 2;

@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/dash_serve.h"
 #include "cli/runspec.h"
 #include "cli/sim_report.h"
 #include "loom/plot.h"
@@ -149,10 +150,12 @@ typedef struct {
     int last_line_done;
     double bytes_up, bytes_down; /* the rounds' measured traffic (the engine's counts) */
     long updates;                /* accepted updates */
+    loom_dash *dash;             /* --serve: the round in progress goes to the dashboard */
 } progress;
 
 static void on_client(int round, int done, int total, void *ud) {
     progress *p = ud;
+    if (p->dash) loom_dash_progress(p->dash, round, p->rounds, "fit");
     double now = loom_now(), el = now - p->t0;
     if (p->tty) {
         fprintf(stderr, "\r  round %d/%d  clients %d/%d  elapsed %.0fs   ", round, p->rounds, done, total, el);
@@ -223,9 +226,18 @@ int cmd_sim(int argc, char **argv) {
     cli_run r;
     cli_run_init(&r);
     const char *config = NULL;
-    cli_opt opts[CLI_RUN_MAX_OPTS + 1];
+    cli_opt opts[CLI_RUN_MAX_OPTS + 4];
     opts[0] = (cli_opt){"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)", 0, 0};
     int nopts = 1 + cli_run_opts(&r, opts + 1);
+    /* --serve: the run's dashboard (src/cli/dash_serve.c) */
+    const char *serve = NULL, *serve_token_file = NULL;
+    int serve_wait = 0;
+    cli_dash_serve dash = {0};
+    loom_dash_tee dash_tee;
+    const char **dash_names = NULL;
+    opts[nopts++] = (cli_opt){"serve", OPT_STR, &serve, "serve the run's dashboard over plain HTTP at [HOST:]PORT (host default 127.0.0.1; port 0: any free port); prints the URL and a fresh token (default: off)", 0, 0};
+    opts[nopts++] = (cli_opt){"serve-token-file", OPT_STR, &serve_token_file, "with --serve: the dashboard's token, the first line of FILE (16 to 255 characters; default: a fresh one, printed)", 0, 0};
+    opts[nopts++] = (cli_opt){"serve-wait", OPT_FLAG, &serve_wait, "with --serve: keep serving after the last round until Ctrl-C (default: stop at the end)", 0, 0};
     const char *usage = "loom sim [--config FILE] [--model SHAPE|DIR] [--data shakespeare|FILE | --clients-dir DIR] [options]";
     const char *desc =
         "Simulates federated training in one process (survey section II.A): each round the server samples\n"
@@ -286,6 +298,15 @@ int cmd_sim(int argc, char **argv) {
     }
     if (out && cli_out_dir("--out", out) != 0) goto done;
     if (plot && cli_out_file("--plot", plot) != 0) goto done;
+    if ((serve_token_file || serve_wait) && !serve) {
+        rc = 2;
+        BAD("--serve-token-file and --serve-wait go with --serve [HOST:]PORT");
+    }
+    if (serve) { /* --serve: the dashboard is up from here on (the board fills once the run starts) */
+        if ((rc = cli_dash_serve_start(&dash, "sim", serve, serve_token_file)) != 0) goto done;
+        rc = 1;
+        loom_dash_progress(dash.board, 0, rounds, "loading");
+    }
     if (parse_faults(r.faults, &faults, &nfaults) != LOOM_OK) {
         cli_fail(NULL);
         goto done;
@@ -528,6 +549,17 @@ int cmd_sim(int argc, char **argv) {
     sc.on_round = on_round;
     sc.on_client = on_client;
     sc.cb_ud = &prog;
+    if (serve) { /* the dashboard gets every metrics row, the run's options and the clients' names */
+        dash_names = calloc(part->n_clients, sizeof *dash_names);
+        if (!dash_names) BAD("out of memory");
+        for (size_t i = 0; i < part->n_clients; i++) dash_names[i] = part->clients[i].name;
+        cli_dash_config_run(dash.board, &r);
+        if (loom_dash_set_clients(dash.board, (int)part->n_clients, dash_names) != LOOM_OK) BAD("--serve: %s", loom_errmsg());
+        for (size_t i = 0; i < part->n_clients; i++) loom_dash_client_seen(dash.board, (int)i, 1, 0, 0, "idle");
+        loom_dash_progress(dash.board, 0, rounds, "running");
+        sc.also = loom_dash_sink(&dash_tee, dash.board, (loom_metrics_sink){0}, dash_names);
+        prog.dash = dash.board;
+    }
     if (r.resume && !out) BAD("--resume needs --out (the run directory holding checkpoint.safetensors)");
     global = loom_alloc(sc.dim * sizeof(float));
     int per_round = sc.sample ? sc.sample : sc.sample_frac > 0 ? (int)ceil(sc.sample_frac * part->n_clients) : (int)part->n_clients;
@@ -578,6 +610,7 @@ int cmd_sim(int argc, char **argv) {
         goto done;
     }
     double secs = loom_now() - t0;
+    if (dash.board) loom_dash_progress(dash.board, rounds, rounds, "done");
     final = global;
     if (kseed) {
         if (loom_kseed_sync(kseed, global) != LOOM_OK) {
@@ -674,11 +707,30 @@ int cmd_sim(int argc, char **argv) {
         printf("\nsample from the global model (temperature 0.8):\n");
         fflush(stdout);
         int steps = sample_len + 1 < loom_model_config(m)->max_seq ? sample_len + 1 : loom_model_config(m)->max_seq;
+        /* --serve: the sample is also the dashboard's (written to memory, then to stdout) */
+        char *sample_text = NULL;
+        size_t sample_n = 0;
+        FILE *real_stdout = stdout, *mem = dash.board ? open_memstream(&sample_text, &sample_n) : NULL;
+        if (mem) stdout = mem;
         if (set) cli_generate_ex(m, set, final, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
         else cli_generate(m, final, tok, prompt, steps, 0.8f, 0, 1.0f, (unsigned long long)seed, NULL);
+        if (mem) {
+            stdout = real_stdout;
+            fclose(mem);
+            if (sample_text) {
+                fputs(sample_text, stdout);
+                loom_dash_sample(dash.board, rounds, sample_text);
+            }
+            free(sample_text);
+        }
     }
     rc = 0;
 done:
+    if (dash.board) {
+        fflush(stdout);
+        cli_dash_serve_end(&dash, "sim", serve_wait && rc == 0);
+    }
+    free(dash_names);
     het_free(&het);
     free(excluded);
     loom_sim_paillier_clear(&r.paillier_cfg);

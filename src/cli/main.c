@@ -25,6 +25,7 @@ static const struct {
     {"unlearn", cmd_unlearn, "remove one client's contribution from a run: exact retraining or FedEraser's calibrated replay"},
     {"audit", cmd_audit, "privacy audits: membership inference (AUC, TPR at 1% FPR) and canary exposure"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
+    {"report", cmd_report_main, "a finished run's report; --serve RUN_DIR: its dashboard in the browser"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
     {"export", cmd_export, "write an adapter merged into its base model, or re-export it in the PEFT layout"},

@@ -21,9 +21,11 @@ typedef struct {
     char name[65];
     uint8_t token_sha[32];
     int admin, revoked;
+    int viewer;      /* reads the dashboard only (role "viewer") */
 } net_identity;
 
-int net_store_add_client(net_store *s, const char *name, const uint8_t token_sha[32], int admin);
+/* role: LOOM_NET_ROLE_CLIENT, _ADMIN or _VIEWER (include/loom/net.h) */
+int net_store_add_client(net_store *s, const char *name, const uint8_t token_sha[32], int role);
 int net_store_revoke_client(net_store *s, const char *name);
 /* Every identity in byte order of the names (*out: malloc'd, n entries). */
 int net_store_identities(net_store *s, net_identity **out, int *n);
@@ -100,6 +102,7 @@ typedef struct {
     const char *version;       /* the ?version= argument */
     /* /v1/secagg's arguments: ?round=R&phase=K&epoch=E (and &examples=N&loss=X&tokens=N with phase 2) */
     const char *arg_round, *arg_phase, *arg_epoch, *arg_examples, *arg_loss, *arg_tokens;
+    const char *arg_since;     /* /v1/dash/metrics?since=N */
     const uint8_t *body;
     size_t len;
 } net_request;

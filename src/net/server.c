@@ -66,10 +66,11 @@ static void token_hash(const char *token, size_t n, uint8_t out[32]) {
     loom_sha256_final(&h, out);
 }
 
-int loom_server_add_client(const char *state_dir, const char *name, int admin, char token[65]) {
+int loom_server_add_client(const char *state_dir, const char *name, int role, char token[65]) {
     token[0] = 0;
     int rc = loom_net_check_name(name);
     if (rc != LOOM_OK) return rc;
+    if (role < LOOM_NET_ROLE_CLIENT || role > LOOM_NET_ROLE_VIEWER) return loom_error(LOOM_EINVAL, "unknown role %d", role);
     uint8_t raw[32], sha[32];
     if ((rc = net_random(raw, sizeof raw)) != LOOM_OK) return rc;
     char hex[65];
@@ -77,9 +78,10 @@ int loom_server_add_client(const char *state_dir, const char *name, int admin, c
     token_hash(hex, 64, sha);
     net_store *s;
     if ((rc = net_store_open(&s, state_dir)) != LOOM_OK) return rc;
-    rc = net_store_add_client(s, name, sha, admin);
+    rc = net_store_add_client(s, name, sha, role);
     if (rc == LOOM_OK) {
-        net_store_event(s, 0, "add-client", "%s registered%s", name, admin ? " as an administrator" : "");
+        net_store_event(s, 0, "add-client", "%s registered%s", name,
+                        role == LOOM_NET_ROLE_ADMIN ? " as an administrator" : role == LOOM_NET_ROLE_VIEWER ? " as a viewer" : "");
         memcpy(token, hex, 65);
     }
     net_store_close(s);
@@ -902,6 +904,18 @@ static const char *phase_name(int p) {
     }
 }
 
+/* Client k's state word for the status and the dashboard (the caller holds mu). */
+static const char *client_state(const net_server *s, int k) {
+    const char *st = "idle";
+    if (s->phase == NET_PH_FIT || s->phase == NET_PH_CLOSING) {
+        if (s->spos[k] >= 0) st = s->ans[k] == 2 ? "answered" : s->ans[k] == 1 ? "uploading" : "training";
+    } else if (s->phase == NET_PH_EVAL && s->epos[k] >= 0) st = s->ereported[k] ? "evaluated" : "evaluating";
+    else if (s->phase == NET_PH_DONE) st = s->seen_done[k] ? "done" : "finishing";
+    if (s->async && s->atask && s->atask[k]) st = "training";
+    if (!s->hello[k] && s->last_seen[k] == 0) st = "absent";
+    return st;
+}
+
 static void handle_status(net_server *s, const net_identity *who, net_response *r) {
     if (!who->admin) {
         net_reply_err(r, 403, "forbidden", "the status needs an administrator token");
@@ -926,13 +940,7 @@ static void handle_status(net_server *s, const net_identity *who, net_response *
         json_object_set_new(c, "name", json_string(s->names[k]));
         json_object_set_new(c, "client", json_integer(k));
         json_object_set_new(c, "last_seen", s->last_seen[k] > 0 ? json_real(s->last_seen[k]) : json_null());
-        const char *st = "idle";
-        if (s->phase == NET_PH_FIT || s->phase == NET_PH_CLOSING) {
-            if (s->spos[k] >= 0) st = s->ans[k] == 2 ? "answered" : s->ans[k] == 1 ? "uploading" : "training";
-        } else if (s->phase == NET_PH_EVAL && s->epos[k] >= 0) st = s->ereported[k] ? "evaluated" : "evaluating";
-        else if (s->phase == NET_PH_DONE) st = s->seen_done[k] ? "done" : "finishing";
-        if (!s->hello[k] && s->last_seen[k] == 0) st = "absent";
-        json_object_set_new(c, "state", json_string(st));
+        json_object_set_new(c, "state", json_string(client_state(s, k)));
         json_array_append_new(cl, c);
     }
     pthread_mutex_unlock(&s->mu);
@@ -940,8 +948,50 @@ static void handle_status(net_server *s, const net_identity *who, net_response *
     reply_json(r, 200, o);
 }
 
+/* The dashboard (include/loom/dash.h): its page and script without a token (they hold no data), its
+ * API (GET /v1/dash/status, /v1/dash/metrics) with an administrator's or a viewer's token. The board
+ * gets the round, the phase and each client's live state first. Metrics only: no client data. */
+static void handle_dash(net_server *s, const net_request *q, net_response *r) {
+    if (loom_dash_is_api(q->path)) {
+        net_identity who;
+        if (authenticate(s, q, r, &who) < 0) return;
+        if (!who.admin && !who.viewer) {
+            net_reply_err(r, 403, "forbidden", "the dashboard needs an administrator or viewer token");
+            return;
+        }
+        pthread_mutex_lock(&s->mu);
+        loom_dash_progress(s->dash, s->round, s->ec.rounds, phase_name(s->phase));
+        for (int k = 0; k < s->n; k++) {
+            const char *st = client_state(s, k);
+            int active = !strcmp(st, "training") || !strcmp(st, "uploading") || !strcmp(st, "evaluating");
+            loom_dash_client_seen(s->dash, k, s->hello[k] || s->last_seen[k] > 0, active, s->last_seen[k], st);
+        }
+        pthread_mutex_unlock(&s->mu);
+    }
+    int status = 500;
+    const char *ctype = "application/json";
+    char *body = NULL;
+    size_t len = 0;
+    loom_dash_route(s->dash, q->method, q->path, q->arg_since, net_wall(), &status, &ctype, &body, &len);
+    if (!body) {
+        net_reply_err(r, 503, "busy", "out of memory");
+        return;
+    }
+    r->status = status;
+    r->ctype = ctype;
+    r->body = body;
+    r->len = len;
+    add_header(r, "Cache-Control", "no-store");
+    add_header(r, "Content-Security-Policy", "default-src 'self'; img-src 'self' data:");
+    add_header(r, "X-Content-Type-Options", "nosniff");
+}
+
 void net_handle(net_server *s, const net_request *q, net_response *r) {
     memset(r, 0, sizeof r[0]);
+    if (q->path && (loom_dash_find_asset(q->path) || loom_dash_is_api(q->path))) {
+        handle_dash(s, q, r);
+        return;
+    }
     static const struct {
         const char *path, *method;
     } routes[] = {{"/v1/hello", "POST"}, {"/v1/task", "GET"},  {"/v1/global", "GET"},   {"/v1/update", "POST"},
@@ -966,6 +1016,10 @@ void net_handle(net_server *s, const net_request *q, net_response *r) {
     }
     net_identity who;
     if (authenticate(s, q, r, &who) < 0) return;
+    if (who.viewer) {
+        net_reply_err(r, 403, "forbidden", "a viewer token reads the dashboard only (GET /v1/dash/status, /v1/dash/metrics)");
+        return;
+    }
     switch (route) {
     case 0: handle_hello(s, q, &who, r); break;
     case 1: handle_task(s, &who, r); break;

@@ -89,6 +89,7 @@ void net_server_free(net_server *s) {
     if (!s) return;
     if (s->metrics) fclose(s->metrics);
     loom_engine_free(s->eng);
+    loom_dash_free(s->dash);
     net_store_close(s->store);
     for (int i = 0; s->names && i < s->n; i++) free(s->names[i]);
     free(s->names);
@@ -171,7 +172,7 @@ static int resolve_run(net_server *s) {
         loom_strbuf b = {0};
         int cnt = 0;
         for (int i = 0; i < nids && rc == LOOM_OK; i++) {
-            if (ids[i].admin || ids[i].revoked) continue;
+            if (ids[i].admin || ids[i].viewer || ids[i].revoked) continue;
             if (cnt++) rc = loom_strbuf_add(&b, "\n", 1);
             if (rc == LOOM_OK) rc = loom_strbuf_add(&b, ids[i].name, strlen(ids[i].name));
         }
@@ -297,6 +298,14 @@ int net_server_create(net_server **out, const loom_server_config *c) {
         }
     if (s->n_removed) s->ec.excluded = s->removed;
     if (c->keep_checkpoints > 0 && (rc = loom_unlearn_mkdirs(c->state_dir, 0)) != LOOM_OK) goto fail;
+    /* the dashboard's board gets the same rows (include/loom/dash.h) */
+    if ((rc = loom_dash_create(&s->dash)) != LOOM_OK ||
+        (rc = loom_dash_set_clients(s->dash, s->n, (const char *const *)s->names)) != LOOM_OK ||
+        (rc = loom_dash_config_json(s->dash, s->run_text)) != LOOM_OK)
+        goto fail;
+    loom_dash_config(s->dash, "mode", loom_engine_mode_name(s->ec.mode));
+    loom_dash_progress(s->dash, 0, s->ec.rounds, "waiting");
+    s->ec.sink = loom_dash_sink(&s->dash_tee, s->dash, s->ec.sink, (const char *const *)s->names);
     if ((rc = loom_engine_create(&s->eng, &s->ec)) != LOOM_OK) goto fail;
     s->uses_control = loom_strategy_uses_control(loom_engine_strategy(s->eng));
     if (loom_engine_wants_reference(s->eng) && (!c->reference || c->mode != LOOM_NET_SYNC)) {
@@ -331,6 +340,8 @@ int net_server_create(net_server **out, const loom_server_config *c) {
         goto fail;
     }
     s->js.f = s->metrics;
+    if (s->metrics_bytes > 0 && loom_dash_load_jsonl(s->dash, path, 0) != LOOM_OK) /* the dashboard only */
+        loom_log(LOOM_WARN, "the dashboard shows no earlier rounds: %s", loom_errmsg());
     s->round = s->next_round;
     if ((rc = net_publish(s, (uint64_t)s->next_round)) != LOOM_OK) goto fail;
     *out = s;

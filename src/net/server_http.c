@@ -307,6 +307,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         .arg_examples = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "examples"),
         .arg_loss = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "loss"),
         .arg_tokens = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "tokens"),
+        .arg_since = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "since"),
         .body = cx->body ? cx->body : (const uint8_t *)"",
         .len = cx->len,
     };

@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stdio.h>
 
+#include "loom/dash.h"
 #include "net/net_impl.h"
 
 enum { NET_PH_WAIT = 0, NET_PH_FIT, NET_PH_CLOSING, NET_PH_EVAL, NET_PH_DONE };
@@ -36,6 +37,8 @@ struct net_server {
     uint64_t *mem_w;
     unsigned char *removed;
     int n_removed;
+    loom_dash *dash;           /* the dashboard's board (GET /, /v1/dash/status, /v1/dash/metrics): fed by the metrics rows */
+    loom_dash_tee dash_tee;
     /* identities cache (refreshed every second: revocations of a running server) */
     net_identity *ids;
     int nids;

@@ -114,7 +114,7 @@ void net_store_close(net_store *s) {
 
 /* ------------------------------------------------------------------ identities */
 
-int net_store_add_client(net_store *s, const char *name, const uint8_t token_sha[32], int admin) {
+int net_store_add_client(net_store *s, const char *name, const uint8_t token_sha[32], int role) {
     pthread_mutex_lock(&s->mu);
     sqlite3_stmt *st = NULL;
     int rc = prepare(s, "SELECT revoked FROM clients WHERE name = ?", &st);
@@ -135,7 +135,8 @@ int net_store_add_client(net_store *s, const char *name, const uint8_t token_sha
     if (rc == LOOM_OK) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
         sqlite3_bind_blob(st, 2, token_sha, 32, SQLITE_TRANSIENT);
-        sqlite3_bind_text(st, 3, admin ? "admin" : "client", -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, role == LOOM_NET_ROLE_ADMIN ? "admin" : role == LOOM_NET_ROLE_VIEWER ? "viewer" : "client", -1,
+                          SQLITE_STATIC);
         sqlite3_bind_double(st, 4, wall());
         if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "registering a client");
     }
@@ -183,6 +184,7 @@ int net_store_identities(net_store *s, net_identity **out, int *n) {
         if (sqlite3_column_bytes(st, 1) == 32) memcpy(id->token_sha, sqlite3_column_blob(st, 1), 32);
         const char *role = (const char *)sqlite3_column_text(st, 2);
         id->admin = role && !strcmp(role, "admin");
+        id->viewer = role && !strcmp(role, "viewer");
         id->revoked = sqlite3_column_int(st, 3) != 0;
         cnt++;
     }

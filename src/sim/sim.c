@@ -790,6 +790,7 @@ typedef struct {
 static void sink_round(void *ud, const loom_round_metrics *m, const int *list, int n) {
     jsonl_sink *s = ud;
     loom_metrics_jsonl_round(s->f, m, list, n); /* no run directory: f is NULL */
+    if (s->c->also.round) s->c->also.round(s->c->also.ud, m, list, n);
 }
 
 static void sink_client(void *ud, const loom_client_row *r) {
@@ -798,6 +799,7 @@ static void sink_client(void *ud, const loom_client_row *r) {
         s->mem_clients[s->mem_n] = r->client;
         s->mem_w[s->mem_n++] = r->examples;
     }
+    if (s->c->also.client) s->c->also.client(s->c->also.ud, r);
     if (!s->f || !s->c->per_client_rows) return;
     const loom_client *cl = &s->c->part->clients[r->client];
     if (!lm_attack_is(s->attack, r->client)) {
