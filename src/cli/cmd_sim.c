@@ -14,6 +14,7 @@
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/hetero.h"
+#include "loom/personal.h"
 #include "loom/partition.h"
 #include "loom/peft.h"
 #include "loom/sim.h"
@@ -257,6 +258,9 @@ int cmd_sim(int argc, char **argv) {
     loom_sim_config sc;
     loom_sim_defaults(&sc);
     het_setup het = {0};
+    loom_tvec *pers_man = NULL;
+    loom_personal *pers = NULL;
+    loom_personal_eval *pevals = NULL;
     const char *out = r.out, *plot = r.plot;
     int rounds = r.rounds, workers = r.workers, client_threads = r.client_threads;
     long seed = r.seed;
@@ -427,6 +431,27 @@ int cmd_sim(int argc, char **argv) {
         BAD("--client-ranks, --fedra-layers, --lora-freeze-a, --hetlora-prune and --hetlora-agg need --client-algo sgd: "
             "a %s client perturbs and steps its whole vector", sc.algo->name);
     if (het_configure(&r, set, m, (int)part->n_clients, (uint64_t)seed, &sc, &het) != 0) goto done;
+    /* ---- personalization (--private, --finetune-steps, --client-eval; include/loom/personal.h) ---- */
+    if (r.private_spec) {
+        int marked = 0;
+        if (sc.algo || kseed) BAD("--private needs --client-algo sgd (a %s client steps its whole vector)", r.client_algo);
+        if (sc.stack) BAD("--private does not combine with --hetlora-agg stack (the stacked product merges every tensor)");
+        if (loom_personal_manifest(&pers_man, sc.manifest, r.private_spec, &marked) != LOOM_OK ||
+            loom_personal_create(&pers, pers_man, sc.hetero) != LOOM_OK) {
+            cli_fail("--private");
+            goto done;
+        }
+        sc.manifest = pers_man;
+        sc.personal = pers;
+        sc.fit.personal = pers;
+        fprintf(stderr, "  personalization: %d tensors (%zu values) private, %zu values shared\n", marked,
+                loom_personal_n_private(pers), loom_personal_n_shared(pers));
+    }
+    sc.finetune_steps = r.finetune_steps;
+    sc.client_eval = r.client_eval || r.private_spec || r.finetune_steps > 0;
+    if (sc.client_eval && sc.mode != LOOM_ENGINE_SYNC) BAD("--private, --finetune-steps and --client-eval need --mode sync");
+    if (sc.client_eval && !(pevals = calloc(part->n_clients, sizeof *pevals))) BAD("out of memory");
+    sc.client_evals = pevals;
     sc.step_seconds = r.step_seconds;
     sc.time_spread = r.time_spread;
     sc.faults = faults;
@@ -532,8 +557,21 @@ int cmd_sim(int argc, char **argv) {
                prog.updates ? prog.bytes_down / (double)prog.updates : 0.0);
         if (kseed)
             printf("%-28s %d seeds: a dense K-vector would be %d bytes\n", "seed pool", r.seed_pool, 4 * r.seed_pool);
-    } else
+    } else if (pers) /* only the shared values travel up */
+        printf("%-28s %.1f MiB down, %.1f MiB up (measured; %zu of %zu values private)\n", "traffic", traffic,
+               prog.bytes_up / 1048576.0, loom_personal_n_private(pers), sc.dim);
+    else
         printf("%-28s %.1f MiB down, %.1f MiB up\n", "traffic", traffic, traffic);
+    if (pevals) { /* the per-client evaluation after the last round */
+        loom_personal_summary ps;
+        loom_personal_summarize(pevals, (int)part->n_clients, &ps);
+        printf("%-28s %d clients: global model acc mean %.4f, worst %.4f, loss %.4f\n", "per-client evaluation",
+               ps.clients, ps.global_acc_mean, ps.global_acc_min, ps.global_loss_mean);
+        if (isfinite(ps.personal_acc_mean))
+            printf("%-28s acc mean %.4f, worst %.4f, loss %.4f (%s%d fine-tuning steps)\n", "personalized model",
+                   ps.personal_acc_mean, ps.personal_acc_min, ps.personal_loss_mean, pers ? "own private part, " : "",
+                   r.finetune_steps);
+    }
     printf("%-28s %.1fs (%.2fs per round)\n", "time", secs, secs / rounds);
     printf("%-28s %.0f MiB\n", "peak RSS", loom_peak_rss() / 1048576.0);
     char plotbuf[4096];
@@ -586,6 +624,9 @@ int cmd_sim(int argc, char **argv) {
     }
     rc = 0;
 done:
+    free(pevals);
+    loom_personal_free(pers);
+    loom_tvec_free(pers_man);
     het_free(&het);
     loom_sim_paillier_clear(&r.paillier_cfg);
     free(root);

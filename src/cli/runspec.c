@@ -80,7 +80,8 @@ static const char *const client_keys[] = {
     "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
     "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress",
     "dp", "dp-clip", "dp-noise", "precision",
-    "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs", NULL};
+    "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs",
+    "private", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -198,6 +199,10 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "sim: FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
         {"fedra-layers", OPT_STR, &r->fedra_layers, "sim: FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
         {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
+        /* ---- personalization (include/loom/personal.h, src/fl/personal.c) ---- */
+        {"private", OPT_STR, &r->private_spec, "trainable tensors that stay on each client (FedPer / a local adapter): PATTERN[,PATTERN], a substring of the tensor names or a glob with * (e.g. h.3. or mlp.c_fc); they are trained locally, never sent nor averaged (default: none)", 0, 0},
+        {"finetune-steps", OPT_INT, &r->finetune_steps, "sim: local fine-tuning steps of each client after the last round, before its personalized evaluation (default 0)", 0, 1000000},
+        {"client-eval", OPT_FLAG, &r->client_eval, "sim: after the last round, evaluate every client with test data (global and personalized model; client_eval rows in metrics.jsonl); on with --private or --finetune-steps", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };

@@ -70,6 +70,9 @@ typedef struct {
     const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
     int lora_freeze_a;
     float hetlora_prune;
+    /* ---- personalization (include/loom/personal.h) ---- */
+    const char *private_spec;
+    int finetune_steps, client_eval;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160
