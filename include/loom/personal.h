@@ -86,6 +86,20 @@ int loom_personal_mask_cb(void *ud, int client, int round, uint8_t *mask);
  * n_shared (o NULL: F32). */
 size_t loom_personal_wire_bytes(const loom_personal *p, const loom_update *u, const loom_codec_opts *o);
 
+/* ---- masked updates on the wire (heterogeneous and personalized clients) ----
+ * A client sends only the values its server-side mask marks TRAIN: its TRAIN values (include/loom/
+ * hetero.h: a HetLoRA rank-r_k truncation sends r_k of r_max rank slots, FedRA only its layers, FFA-LoRA
+ * only the B's) less its private ones. The upload is an ordinary update message whose dim is that count
+ * (docs/protocol.md); the round engine recomputes the client's mask from (client, round), checks that
+ * the count matches and scatters the values back (0 elsewhere), so nothing extra travels. The client
+ * compresses those values only (top-k keeps a share of what it sends). */
+size_t loom_mask_sent(const uint8_t *mask, size_t dim); /* values marked LOOM_MASK_TRAIN */
+void loom_mask_pack(const uint8_t *mask, size_t dim, const float *full, float *packed);
+void loom_mask_unpack(const uint8_t *mask, size_t dim, const float *packed, float *full); /* 0 elsewhere */
+/* The server's mask as the client computes it: client_mask (NULL: all TRAIN) with the private values of
+ * p (NULL: none) FROZEN, into out (dim bytes; may be client_mask itself). */
+void loom_personal_send_mask(const loom_personal *p, const uint8_t *client_mask, size_t dim, uint8_t *out);
+
 /* The per-client evaluation after the last round (see above): one per client. */
 typedef struct loom_personal_eval_s {
     int evaluated;            /* 0: the client has no test data */

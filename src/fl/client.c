@@ -403,13 +403,33 @@ int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx
         if (pp) loom_personal_zero(pp, out->update); /* noise only on what is sent */
     }
     if (rc == LOOM_OK && co && co->codec != LOOM_CODEC_F32) { /* error feedback: the client keeps what is not sent */
-        if (pp) { /* over the shared values, as they travel */
-            size_t ns = loom_personal_n_shared(pp);
-            float *sh = loom_alloc((ns ? ns : 1) * sizeof(float));
-            if (!sh) return loom_error(LOOM_ENOMEM, "out of memory");
-            loom_personal_pack(pp, out->update, sh);
-            rc = loom_client_compress(st, sh, ns, co);
-            if (rc == LOOM_OK) loom_personal_unpack(pp, sh, out->update);
+        if (pp || fc->mask) { /* over the values that travel (include/loom/personal.h, masked updates) */
+            const size_t dim = ctx->dim;
+            uint8_t *send = malloc(dim ? dim : 1);
+            float *sh = loom_alloc((dim ? dim : 1) * sizeof(float));
+            if (!send || !sh) rc = loom_error(LOOM_ENOMEM, "out of memory");
+            size_t ns = 0;
+            /* the residual stays dim long (the sent set may change every round: FedRA): what a round does
+             * not send waits in it */
+            float *pre = rc == LOOM_OK ? loom_alloc((dim ? dim : 1) * sizeof(float)) : NULL;
+            if (rc == LOOM_OK && !pre) rc = loom_error(LOOM_ENOMEM, "out of memory");
+            if (rc == LOOM_OK) rc = loom_client_state_residual(st, dim);
+            if (rc == LOOM_OK) {
+                loom_personal_send_mask(pp, fc->mask, dim, send);
+                ns = loom_mask_sent(send, dim);
+                for (size_t i = 0; i < dim; i++) pre[i] = out->update[i] + st->residual[i];
+                loom_mask_pack(send, dim, pre, sh);
+                loom_client_state none; /* the packed values' lossy round trip, without a residual of its own */
+                loom_client_state_init(&none);
+                rc = loom_client_compress(&none, sh, ns, co);
+                loom_client_state_clear(&none);
+            }
+            if (rc == LOOM_OK) {
+                loom_mask_unpack(send, dim, sh, out->update);
+                for (size_t i = 0; i < dim; i++) st->residual[i] = pre[i] - out->update[i];
+            }
+            loom_free(pre);
+            free(send);
             loom_free(sh);
         } else {
             rc = loom_client_compress(st, out->update, ctx->dim, co);

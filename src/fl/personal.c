@@ -234,3 +234,28 @@ void loom_personal_summarize(const loom_personal_eval *ev, int n, loom_personal_
         s->personal_acc_mean = s->personal_loss_mean = s->personal_acc_min = NAN;
     }
 }
+
+/* ------------------------------------------------------------------ masked updates on the wire */
+
+size_t loom_mask_sent(const uint8_t *mask, size_t dim) {
+    size_t n = 0;
+    for (size_t i = 0; i < dim; i++) n += mask[i] == LOOM_MASK_TRAIN;
+    return n;
+}
+
+void loom_mask_pack(const uint8_t *mask, size_t dim, const float *full, float *packed) {
+    size_t k = 0;
+    for (size_t i = 0; i < dim; i++)
+        if (mask[i] == LOOM_MASK_TRAIN) packed[k++] = full[i];
+}
+
+void loom_mask_unpack(const uint8_t *mask, size_t dim, const float *packed, float *full) {
+    size_t k = 0;
+    for (size_t i = 0; i < dim; i++) full[i] = mask[i] == LOOM_MASK_TRAIN ? packed[k++] : 0.0f;
+}
+
+void loom_personal_send_mask(const loom_personal *p, const uint8_t *client_mask, size_t dim, uint8_t *out) {
+    if (!client_mask) memset(out, LOOM_MASK_TRAIN, dim);
+    else if (out != client_mask) memcpy(out, client_mask, dim);
+    for (int i = 0; p && i < p->n_priv; i++) memset(out + p->priv[i].offset, LOOM_MASK_FROZEN, p->priv[i].numel);
+}

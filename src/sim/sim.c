@@ -215,8 +215,24 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
         u.codec = c->compress.codec;
         u.wire_bytes = loom_update_encoded_size(&u, &c->compress);
     }
-    if (!loom_personal_trivial(c->personal) && len == dim) /* only the shared values travel */
-        u.wire_bytes = loom_personal_wire_bytes(c->personal, &u, compress ? &c->compress : NULL);
+    if ((c->hetero || !loom_personal_trivial(c->personal)) && len == dim && fault != LOOM_FAULT_NAN &&
+        fault != LOOM_FAULT_INF) { /* a masked update travels as its TRAIN values (include/loom/personal.h) */
+        uint8_t *send = malloc(dim);
+        float *packed = loom_alloc(dim * sizeof(float));
+        if (send && packed) {
+            loom_personal_send_mask(loom_personal_trivial(c->personal) ? NULL : c->personal, c->hetero ? ws->mask : NULL,
+                                    dim, send);
+            loom_update pu = u;
+            pu.len = loom_mask_sent(send, dim);
+            loom_mask_pack(send, dim, update, packed);
+            pu.values = packed;
+            if (u.control) pu.control = packed; /* a control delta of the same length (its values do not count) */
+            loom_codec_opts f32 = {LOOM_CODEC_F32, 0, 0};
+            u.wire_bytes = loom_update_encoded_size(&pu, compress ? &c->compress : &f32);
+        }
+        free(send);
+        loom_free(packed);
+    }
     if (r->attack && !lm_attack_update(r->attack, &u, update, now, fault != 0))
         return; /* an omniscient attacker: held until the honest updates are in (sim_attack.c) */
     if (r->secure) { /* secure sum: held until the round's sum (sim_secure.c) */
