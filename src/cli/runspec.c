@@ -81,7 +81,7 @@ static const char *const client_keys[] = {
     "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress",
     "dp", "dp-clip", "dp-noise", "precision",
     "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs",
-    "private", NULL};
+    "client-ranks", "hetlora-agg", "lora-freeze-a", "fedra-layers", "private", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -193,11 +193,11 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"seed-pool", OPT_INT, &r->seed_pool, "fedkseed: seeds K in the server's pool (default 4096)", 1, LOOM_KSEED_MAX},
         {"seed-probs", OPT_STR, &r->seed_probs, "fedkseed: how a step picks its seed: uniform (default) or importance (p_k ~ exp of the seed's normalised mean |scalar| so far)", 0, 0},
         /* ---- heterogeneous clients (include/loom/hetero.h, src/fl/hetlora.c, src/sim/profile.c) ---- */
-        {"client-ranks", OPT_STR, &r->client_ranks, "sim: HetLoRA rank budgets, the global LoRA keeping --lora-r: R1,R2,... (client k gets entry k mod count), draw:R1,R2,... (each client's drawn by the seed) or profile (from --profile's memory)", 0, 0},
-        {"hetlora-agg", OPT_STR, &r->hetlora_agg, "sim: how HetLoRA averages rank slots: pad (the clients' zero-padded matrices, the paper's), rankwise (each slot over the clients holding it) or stack (FLoRA: the stacked product of the clients' modules is merged into the base each round and the adapter restarts; OUT/merged holds the result)", 0, 0},
+        {"client-ranks", OPT_STR, &r->client_ranks, "HetLoRA rank budgets, the global LoRA keeping --lora-r: R1,R2,... (client k gets entry k mod count), draw:R1,R2,... (each client's drawn by the seed) or profile (from --profile's memory)", 0, 0},
+        {"hetlora-agg", OPT_STR, &r->hetlora_agg, "how HetLoRA averages rank slots: pad (the clients' zero-padded matrices, the paper's), rankwise (each slot over the clients holding it) or stack (FLoRA: the stacked product of the clients' modules is merged into the base each round and the adapter restarts; OUT/merged holds the result)", 0, 0},
         {"hetlora-prune", OPT_FLOAT, &r->hetlora_prune, "sim: HetLoRA rank self-pruning: a client whose last rank slot carries less than this share of its |B_j| |A_j| sum drops that slot for its next rounds (0 = off)", 0, 1},
-        {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "sim: FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
-        {"fedra-layers", OPT_STR, &r->fedra_layers, "sim: FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
+        {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
+        {"fedra-layers", OPT_STR, &r->fedra_layers, "FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
         {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
         /* ---- personalization (include/loom/personal.h, src/fl/personal.c) ---- */
         {"private", OPT_STR, &r->private_spec, "trainable tensors that stay on each client (FedPer / a local adapter): PATTERN[,PATTERN], a substring of the tensor names or a glob with * (e.g. h.3. or mlp.c_fc); they are trained locally, never sent nor averaged (default: none)", 0, 0},
