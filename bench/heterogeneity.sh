@@ -16,6 +16,7 @@
 #   lora              plain LoRA FedAvg, every client at rank 8
 #   hetlora-pad       --client-ranks 2,4,8 (in turn): HetLoRA, zero-padded aggregation
 #   hetlora-rankwise  --client-ranks 2,4,8 --hetlora-agg rankwise
+#   hetlora-sparsity  --client-ranks 2,4,8 --hetlora-agg sparsity (zero-padding weighted by ||B_k A_k||_F)
 #   flora             --client-ranks 2,4,8 --hetlora-agg stack (the stacked product merged each round)
 #   ffa-lora          --lora-freeze-a (A frozen at its seeded value, B trained and averaged)
 #   fedra             --fedra-layers 2 (each client adapts 2 of the 5 layers per round, drawn by the seed)
@@ -40,7 +41,7 @@ ft=${FT:-10}
 alpha=${ALPHA:-0.3}
 workers=${WORKERS:-2}
 seed=${SEED:-1}
-methods=${METHODS:-"lora hetlora-pad hetlora-rankwise flora ffa-lora fedra lora+finetune fedper"}
+methods=${METHODS:-"lora hetlora-pad hetlora-rankwise hetlora-sparsity flora ffa-lora fedra lora+finetune fedper"}
 . bench/lib.sh
 if [ -n "${REPORT_BIN:-}" ]; then
   R=$REPORT_BIN
@@ -71,6 +72,7 @@ flags_of() {
   lora) ;;
   hetlora-pad) echo "--client-ranks 2,4,8" ;;
   hetlora-rankwise) echo "--client-ranks 2,4,8 --hetlora-agg rankwise" ;;
+  hetlora-sparsity) echo "--client-ranks 2,4,8 --hetlora-agg sparsity" ;;
   flora) echo "--client-ranks 2,4,8 --hetlora-agg stack" ;;
   ffa-lora) echo "--lora-freeze-a" ;;
   fedra) echo "--fedra-layers 2" ;;

@@ -54,10 +54,10 @@ static void het_free(het_setup *hs) {
 /* Builds sc->hetero and sc->profiles from the flags; 0, or -1 after printing the error. */
 static int het_configure(const cli_run *r, const loom_tset *set, const loom_model *m, int n, uint64_t seed,
                          loom_sim_config *sc, het_setup *hs) {
-    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a || r->hetlora_prune > 0;
+    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a || r->hetlora_prune > 0 || !strcmp(r->hetlora_agg, "sparsity");
     int stack = !strcmp(r->hetlora_agg, "stack");
-    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && !stack) {
-        fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad, rankwise or stack\n", r->hetlora_agg);
+    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && strcmp(r->hetlora_agg, "sparsity") && !stack) {
+        fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad, rankwise, sparsity or stack\n", r->hetlora_agg);
         return -1;
     }
     if (stack && r->hetlora_prune > 0) {
@@ -123,6 +123,7 @@ static int het_configure(const cli_run *r, const loom_tset *set, const loom_mode
     hc.rankwise = !strcmp(r->hetlora_agg, "rankwise");
     hc.freeze_a = r->lora_freeze_a;
     hc.prune_gamma = r->hetlora_prune;
+    hc.sparsity = !strcmp(r->hetlora_agg, "sparsity");
     hc.seed = seed;
     if (rc == LOOM_OK) rc = loom_hetero_create(&hs->h, set, &hc);
     if (rc != LOOM_OK) return cli_fail(NULL), -1;

@@ -12,13 +12,13 @@ int cli_hetero_net_setup(const cli_run *r, const loom_tset *set, const loom_tvec
     if (r->profile) return loom_error(LOOM_EUNSUPPORTED, "--profile is for loom sim (simulated devices)");
     if (r->hetlora_prune > 0)
         return loom_error(LOOM_EUNSUPPORTED, "--hetlora-prune is for loom sim (the pruned ranks would have to travel)");
-    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise"))
-        return loom_error(LOOM_EUNSUPPORTED, "--hetlora-agg %s: a networked run aggregates by pad or rankwise "
+    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && strcmp(r->hetlora_agg, "sparsity"))
+        return loom_error(LOOM_EUNSUPPORTED, "--hetlora-agg %s: a networked run aggregates by pad, rankwise or sparsity "
                           "(stack is for loom sim)", r->hetlora_agg);
     if ((r->client_ranks && !strcmp(r->client_ranks, "profile")) || (r->fedra_layers && !strcmp(r->fedra_layers, "profile")))
         return loom_error(LOOM_EUNSUPPORTED, "--%s profile is for loom sim (give a list)",
                           r->client_ranks && !strcmp(r->client_ranks, "profile") ? "client-ranks" : "fedra-layers");
-    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a;
+    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a || !strcmp(r->hetlora_agg, "sparsity");
     if ((any || r->private_spec) && strcmp(r->client_algo, "sgd"))
         return loom_error(LOOM_EUNSUPPORTED, "--client-ranks, --fedra-layers, --lora-freeze-a and --private need "
                           "--client-algo sgd");
@@ -43,6 +43,7 @@ int cli_hetero_net_setup(const cli_run *r, const loom_tset *set, const loom_tvec
         hc.layers = hn->layers;
         hc.rankwise = !strcmp(r->hetlora_agg, "rankwise");
         hc.freeze_a = r->lora_freeze_a;
+        hc.sparsity = !strcmp(r->hetlora_agg, "sparsity");
         hc.seed = seed;
         if (rc == LOOM_OK) rc = loom_hetero_create(&hn->h, set, &hc);
     }

@@ -428,9 +428,13 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
         else {
             loom_update full;
             float *held = NULL;
+            uint64_t w = u->examples;
             if ((rc = masked_full(e, u, mask, &full, &held)) != LOOM_OK) v = LOOM_UPDATE_CLIENT_FAILED;
-            else
-                rc = loom_pipeline_add_masked(e->pipe, full.values, full.len, e->c.dp.mode ? 1.0 : (double)u->examples,
+            else if (e->c.weight && !e->c.dp.mode && full.len == e->dim && /* HetLoRA's sparsity weights */
+                     (rc = e->c.weight(e->c.weight_ud, u->client, u->round, e->global, full.values, &w)) != LOOM_OK)
+                v = LOOM_UPDATE_CLIENT_FAILED;
+            if (rc == LOOM_OK)
+                rc = loom_pipeline_add_masked(e->pipe, full.values, full.len, e->c.dp.mode ? 1.0 : (double)w,
                                               full.control, mask, &v, &norm);
             loom_free(held);
         }

@@ -89,6 +89,10 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
         ec->mask = loom_hetero_mask_cb;
         ec->mask_ud = (void *)c->hetero;
         ec->pipe.mask_pad = loom_hetero_pad(c->hetero);
+        if (loom_hetero_sparsity(c->hetero)) { /* HetLoRA's sparsity-weighted aggregation */
+            ec->weight = loom_hetero_weight_cb;
+            ec->weight_ud = (void *)c->hetero;
+        }
     }
     if (!loom_personal_trivial(c->personal)) { /* personalization: the private values stay out of the mean */
         ec->mask = loom_personal_mask_cb;
