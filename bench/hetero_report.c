@@ -135,7 +135,7 @@ int main(int argc, char **argv) {
                 ys[i][k] = r->personal ? r->pacc[k] : r->gacc[k];
             }
             qsort(ys[i], r->n, sizeof(double), cmp_double);
-            snprintf(names[i], sizeof names[i], "%s%s", r->label, r->personal ? " (personalized)" : "");
+            snprintf(names[i], sizeof names[i], "%s%s", r->label, r->personal ? " (pers.)" : "");
             s[i] = (loom_plot_series){names[i], xs[i], ys[i], r->n};
         }
         char *svg;
