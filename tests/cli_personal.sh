@@ -26,6 +26,13 @@ check "bytes up: the 8192 shared values ($up_p)" test $((up_p - 32768)) -ge 0 -a
 check "--client-eval alone: global rows only" test "$(grep -c '"type":"client_eval"' "$tmp/ce/metrics.jsonl")" -eq 4
 check "--client-eval alone: no personal fields" bash -c "! grep -q '\"personal_acc\":[0-9]' '$tmp/ce/metrics.jsonl'"
 
+# resume: the clients' private values are in the checkpoint, so 1 round + --resume to 2 == 2 rounds
+"$LOOM" sim $run --private mlp.c_fc --finetune-steps 2 --checkpoint-every 1 --out "$tmp/r2" > /dev/null 2>&1
+"$LOOM" sim $run --rounds 1 --private mlp.c_fc --finetune-steps 2 --checkpoint-every 1 --out "$tmp/r1" > /dev/null 2>&1
+"$LOOM" sim $run --private mlp.c_fc --finetune-steps 2 --checkpoint-every 1 --out "$tmp/r1" --resume > /dev/null 2>&1
+check "resume: same global" test "$(st_data "$tmp/r1/global.safetensors")" = "$(st_data "$tmp/r2/global.safetensors")"
+check "resume: the same personalized evaluation" test "$(grep '"type":"personal"' "$tmp/r1/metrics.jsonl" | tail -1)" = "$(grep '"type":"personal"' "$tmp/r2/metrics.jsonl")"
+
 refuse "pattern matching nothing" 12 '--private' "'lm_head' matches no tensor" -- "$LOOM" sim $run --private lm_head
 refuse "empty pattern" 12 '--private' 'empty pattern' -- "$LOOM" sim $run --private 'c_fc,'
 refuse "finetune out of range" 2 '--finetune-steps' -- "$LOOM" sim $run --finetune-steps -1
