@@ -201,7 +201,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
         /* ---- personalization (include/loom/personal.h, src/fl/personal.c) ---- */
         {"private", OPT_STR, &r->private_spec, "trainable tensors that stay on each client (FedPer / a local adapter): PATTERN[,PATTERN], a substring of the tensor names or a glob with * (e.g. h.3. or mlp.c_fc); they are trained locally, never sent nor averaged (default: none)", 0, 0},
-        {"finetune-steps", OPT_INT, &r->finetune_steps, "sim: local fine-tuning steps of each client after the last round, before its personalized evaluation (default 0)", 0, 1000000},
+        {"finetune-steps", OPT_INT, &r->finetune_steps, "sim: local fine-tuning steps of each client after the last round, before its personalized evaluation", 0, 1000000},
         {"client-eval", OPT_FLAG, &r->client_eval, "sim: after the last round, evaluate every client with test data (global and personalized model; client_eval rows in metrics.jsonl); on with --private or --finetune-steps", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),

@@ -1076,6 +1076,10 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         rc = loom_error(LOOM_ERANGE, "--finetune-steps %d must be in 0..%d", c->finetune_steps, LOOM_FINETUNE_MAX);
         goto done;
     }
+    if (c->finetune_steps > 0 && (c->kseed || (c->algo && c->algo != &loom_client_local_sgd))) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "--finetune-steps needs --client-algo sgd");
+        goto done;
+    }
     int want_evals = c->client_eval || c->finetune_steps > 0 || !loom_personal_trivial(c->personal);
     if (want_evals && c->mode != LOOM_ENGINE_SYNC) {
         rc = loom_error(LOOM_EUNSUPPORTED, "the per-client evaluation (--client-eval, --finetune-steps) needs --mode sync");
