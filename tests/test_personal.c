@@ -562,6 +562,63 @@ static void masked_updates_on_the_wire(void) {
     loom_tset_free(ts);
 }
 
+/* A client's private part starts from the run's initial values (loom_personal_set_init), not from a
+ * global vector whose private values moved (central DP's noise): the same training either way. */
+static void private_start_from_init(void) {
+    loom_tset *ts = lora_set();
+    size_t dim = loom_tset_dim(ts);
+    loom_tvec *pm;
+    CHECK_OK(loom_personal_manifest(&pm, loom_tset_manifest(ts), "mlp.c_fc", NULL));
+    loom_personal *pp;
+    CHECK_OK(loom_personal_create(&pp, pm, NULL));
+    loom_train_config tc;
+    loom_train_defaults(&tc);
+    tc.opt.lr = 0.01f;
+    tc.warmup = 0;
+    tc.total_steps = 0;
+    tc.B = 2;
+    tc.T = 16;
+    float *vec = loom_alloc(dim * 4), *init = loom_tset_data(ts), *moved = loom_alloc(dim * 4);
+    float *upd[2] = {loom_alloc(dim * 4), loom_alloc(dim * 4)}, *priv[2] = {NULL, NULL};
+    memcpy(moved, init, dim * 4);
+    size_t np = loom_personal_n_private(pp);
+    float *noise = malloc(np * 4);
+    for (size_t i = 0; i < np; i++) noise[i] = 0.25f;
+    loom_personal_put(pp, noise, moved);
+    loom_trainer *tr;
+    CHECK_OK(loom_trainer_create_peft(&tr, model, loom_model_params(model), ts, vec, &tc));
+    loom_partition *p;
+    CHECK_OK(loom_partition_iid(&p, ds->n, 1, 0, 1));
+    loom_client_data d = {ds, p->clients[0].train, p->clients[0].n_train, NULL, 0, 2, 16, 77};
+    for (int pass = 0; pass < 2; pass++) {
+        loom_fit_config fc = {0};
+        fc.local_steps = 2;
+        fc.personal = pp;
+        if (pass) CHECK_OK(loom_personal_set_init(pp, init));
+        loom_client_ctx ctx = {tr, vec, dim, NULL};
+        loom_client_state st;
+        loom_client_state_init(&st);
+        loom_fit_output out;
+        memset(&out, 0, sizeof out);
+        out.update = upd[pass];
+        CHECK_OK(loom_client_run_fit(&loom_client_local_sgd, &ctx, &d, 1, pass ? moved : init, NULL, &fc, NULL, &st, &out));
+        priv[pass] = st.priv;
+        st.priv = NULL;
+        loom_client_state_clear(&st);
+    }
+    CHECK(memcmp(priv[0], priv[1], np * 4) == 0, "private part from the initial values, not the moved global");
+    CHECK(memcmp(upd[0], upd[1], dim * 4) == 0, "the same update");
+    for (int k = 0; k < 2; k++) loom_free(priv[k]), loom_free(upd[k]);
+    free(noise);
+    loom_free(moved);
+    loom_free(vec);
+    loom_partition_free(p);
+    loom_trainer_free(tr);
+    loom_personal_free(pp);
+    loom_tvec_free(pm);
+    loom_tset_free(ts);
+}
+
 int main(void) {
     if (fl_fixture(2, 16, 16, 160, &model, &tok, &ds) != LOOM_OK) return test_summary();
     manifest_and_layout();
@@ -570,6 +627,7 @@ int main(void) {
     private_values_never_sent();
     global_and_lr0();
     masked_updates_on_the_wire();
+    private_start_from_init();
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     loom_model_free(model);

@@ -10,15 +10,16 @@
  *
  * What each side does (the same code in loom sim and loom client: loom_client_run_fit):
  *   client  holds its private values in its state (loom_client_state.priv, n_private floats in manifest
- *           offset order), initialised from the first global vector it receives (the seeded initial
- *           values, which the server never changes). Each round it trains from the global shared values
- *           and its own private ones, keeps the trained private values, and its update carries 0 there;
- *           on the wire it sends only the shared values (loom_personal_pack: n_shared floats, so
- *           bytes up shrink by 4 n_private), and compression runs over those n_shared values.
+ *           offset order), initialised from the run's initial vector (loom_personal_set_init; without
+ *           one, from the first global vector it receives). Each round it trains from the global shared
+ *           values and its own private ones, keeps the trained private values, and its update carries 0
+ *           there; on the wire it sends only the values its server-side mask marks TRAIN (below: the
+ *           shared ones, n_shared floats without other masks, so bytes up shrink by 4 n_private), and
+ *           compression runs over those.
  *   server  recomputes each client's mask with the private values FROZEN (loom_personal_mask): the
  *           pipeline leaves them out of the mean (include/loom/pipeline.h, masked updates), so the
- *           global vector's private values stay at their initial values and the strategy moves only the
- *           shared part. A packed upload is scattered back to dim floats (loom_personal_unpack).
+ *           global vector's private values stay at their initial values (central DP's noise aside:
+ *           it is added to every value of the mean) and the strategy moves only the shared part.
  * With no private entry, no mask is installed and a run is plain FedAvg bit for bit. Combined with
  * heterogeneous clients (include/loom/hetero.h) the client's own mask applies to both parts and the
  * server's mask is the client's with the private values FROZEN.
@@ -65,6 +66,11 @@ int loom_personal_manifest(loom_tvec **out, const loom_tvec *src, const char *pa
  * the heterogeneous clients' masks the server's mask starts from; it must outlive p. */
 int loom_personal_create(loom_personal **out, const loom_tvec *manifest, const struct loom_hetero *h);
 void loom_personal_free(loom_personal *p); /* accepts NULL */
+/* The run's initial vector (dim floats; copied): a client's private values start from its private
+ * values instead of the first global vector it receives (which central DP's noise may have moved). */
+int loom_personal_set_init(loom_personal *p, const float *init);
+/* Initial private values (n_private floats) into priv: those of set_init, else global's. */
+void loom_personal_init_priv(const loom_personal *p, const float *global, float *priv);
 size_t loom_personal_dim(const loom_personal *p);       /* the whole vector */
 size_t loom_personal_n_private(const loom_personal *p); /* values that stay on the client */
 size_t loom_personal_n_shared(const loom_personal *p);  /* values that travel */

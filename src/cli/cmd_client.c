@@ -212,6 +212,7 @@ static int setup(void *ud, const loom_netclient_hello *h) {
         c->packed_dc = c->sc.fit.scaffold ? loom_alloc(c->dim * sizeof(float)) : NULL;
         if (!c->mask || !c->packed || (c->sc.fit.scaffold && !c->packed_dc)) return loom_error(LOOM_ENOMEM, "out of memory");
         c->sc.fit.personal = c->hn.p;
+        if (c->hn.p && c->set && (rc = loom_personal_set_init(c->hn.p, loom_tset_data(c->set))) != LOOM_OK) return rc;
         loom_log(LOOM_INFO, "heterogeneous client: %s%s", c->hn.h ? "masked training" : "",
                  c->hn.p ? (c->hn.h ? ", private part kept here" : "private part kept here") : "");
     }

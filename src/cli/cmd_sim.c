@@ -438,7 +438,7 @@ int cmd_sim(int argc, char **argv) {
         if (sc.algo || kseed) BAD("--private needs --client-algo sgd (a %s client steps its whole vector)", r.client_algo);
         if (sc.stack) BAD("--private does not combine with --hetlora-agg stack (the stacked product merges every tensor)");
         if (loom_personal_manifest(&pers_man, sc.manifest, r.private_spec, &marked) != LOOM_OK ||
-            loom_personal_create(&pers, pers_man, sc.hetero) != LOOM_OK) {
+            loom_personal_create(&pers, pers_man, sc.hetero) != LOOM_OK || loom_personal_set_init(pers, sc.init) != LOOM_OK) {
             cli_fail("--private");
             goto done;
         }

@@ -375,7 +375,7 @@ int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx
             if (!(st->priv = loom_alloc((np ? np : 1) * sizeof(float))))
                 return loom_error(LOOM_ENOMEM, "out of memory for %zu private values", np);
             st->priv_dim = np;
-            loom_personal_get(pp, global, st->priv);
+            loom_personal_init_priv(pp, global, st->priv);
         }
         if (!(start = loom_alloc(ctx->dim * sizeof(float)))) return loom_error(LOOM_ENOMEM, "out of memory");
         memcpy(start, global, ctx->dim * sizeof(float));

@@ -16,6 +16,7 @@ typedef struct {
 
 struct loom_personal {
     size_t dim, n_private;
+    float *init_priv; /* (n_private) the run's initial private values, NULL: from the global vector */
     span *priv; /* private entries, ascending offsets */
     int n_priv;
     const loom_hetero *h;
@@ -115,8 +116,22 @@ int loom_personal_create(loom_personal **out, const loom_tvec *manifest, const l
 
 void loom_personal_free(loom_personal *p) {
     if (!p) return;
+    loom_free(p->init_priv);
     free(p->priv);
     free(p);
+}
+
+int loom_personal_set_init(loom_personal *p, const float *init) {
+    if (!init) return loom_error(LOOM_EINVAL, "personalization: no initial vector");
+    if (!p->init_priv && !(p->init_priv = loom_alloc((p->n_private ? p->n_private : 1) * sizeof(float))))
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    loom_personal_get(p, init, p->init_priv);
+    return LOOM_OK;
+}
+
+void loom_personal_init_priv(const loom_personal *p, const float *global, float *priv) {
+    if (p->init_priv) memcpy(priv, p->init_priv, p->n_private * sizeof(float));
+    else loom_personal_get(p, global, priv);
 }
 
 size_t loom_personal_dim(const loom_personal *p) { return p->dim; }
