@@ -59,4 +59,6 @@ echo '{"model": "tiny", "rounds": 1, "peft": "lora", "lora-r": 4, "client-ranks"
 refuse "profile ranks on a server" 12 '--client-ranks profile' 'loom sim' -- "$LOOM" server --state "$tmp/s2" --config "$tmp/bad.json" --listen 127.0.0.1:1
 echo '{"model": "tiny", "rounds": 1, "peft": "lora", "lora-r": 4, "client-ranks": "2", "hetlora-agg": "stack"}' > "$tmp/bad2.json"
 refuse "stacking on a server" 12 '--hetlora-agg stack' -- "$LOOM" server --state "$tmp/s3" --config "$tmp/bad2.json" --listen 127.0.0.1:1
+echo '{"model": "tiny", "rounds": 1, "peft": "lora", "lora-r": 4, "private": "c_attn", "secagg": true}' > "$tmp/bad3.json"
+refuse "private with secure aggregation on a server" 12 '--private' 'secagg' -- "$LOOM" server --state "$tmp/s4" --config "$tmp/bad3.json" --listen 127.0.0.1:1
 finish

@@ -265,6 +265,9 @@ int cmd_server(int argc, char **argv) {
         cli_fail(NULL);
         goto done;
     }
+    if ((hn.h || hn.p) && (r.secagg || sc.mode != LOOM_ENGINE_SYNC))
+        BAD("--client-ranks, --fedra-layers, --lora-freeze-a, --hetlora-agg sparsity and --private need synchronous "
+            "rounds without --secagg (masked updates are not whole vectors)");
     sc.hetero = hn.h;
     sc.personal = hn.p;
     if (hn.man) c.manifest = hn.man;
