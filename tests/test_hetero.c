@@ -873,6 +873,108 @@ static void profiles(void) {
     test_rmtree(dir);
 }
 
+
+/* ------------------------------------------------------------------ HetLoRA's sparsity weights */
+
+/* S_k = ||B_k A_k||_F over every module from the explicit products, and the engine's zero-padded mean
+ * with those weights against the same mean computed here. */
+static void sparsity_weights(void) {
+    enum { N = 2 };
+    const int R = 4;
+    loom_tset *ts = lora_set(R, 8);
+    size_t dim = loom_tset_dim(ts);
+    int ranks[N] = {2, 4};
+    loom_hetero_config hc;
+    loom_hetero_defaults(&hc);
+    hc.n_clients = N;
+    hc.ranks = ranks;
+    hc.sparsity = 1;
+    loom_hetero *h;
+    CHECK_OK(loom_hetero_create(&h, ts, &hc));
+    CHECK(loom_hetero_sparsity(h) && loom_hetero_pad(h), "sparsity weights with zero-padding");
+    float *x = loom_alloc(dim * 4), *u[N];
+    memcpy(x, loom_tset_data(ts), dim * 4);
+    for (int e = 1; e < loom_tset_count(ts); e += 2) { /* B nonzero */
+        const loom_tset_entry *t = loom_tset_entry_at(ts, e);
+        for (size_t i = 0; i < t->numel; i++) x[t->offset + i] = 0.02f * (float)((i % 5) + 1) - 0.05f;
+    }
+    uint8_t *m = malloc(dim);
+    uint64_t w[N];
+    for (int k = 0; k < N; k++) {
+        u[k] = loom_alloc(dim * 4);
+        CHECK_OK(loom_hetero_mask(h, k, 1, m));
+        for (size_t i = 0; i < dim; i++) u[k][i] = m[i] == LOOM_MASK_TRAIN ? 1e-2f * ((float)((i + 3 * (size_t)k) % 11) - 5.0f) : 0;
+        double want = 0;
+        for (int e = 0; e + 1 < loom_tset_count(ts); e += 2) {
+            const loom_tset_entry *A = loom_tset_entry_at(ts, e), *B = loom_tset_entry_at(ts, e + 1);
+            size_t in = (size_t)A->shape[1], out = (size_t)B->shape[0];
+            for (size_t o = 0; o < out; o++)
+                for (size_t c = 0; c < in; c++) {
+                    double p = 0;
+                    for (int j = 0; j < ranks[k]; j++) {
+                        size_t kb = B->offset + o * (size_t)R + (size_t)j, ka = A->offset + (size_t)j * in + c;
+                        p += ((double)x[kb] + u[k][kb]) * ((double)x[ka] + u[k][ka]);
+                    }
+                    want += p * p;
+                }
+        }
+        want = sqrt(want);
+        double S;
+        CHECK_OK(loom_hetero_weight(h, k, x, u[k], &S, &w[k]));
+        CHECK(fabs(S - want) <= 1e-9 * want && w[k] == (uint64_t)rint(want * 16777216.0),
+              "client %d (rank %d): S = %.12g, by the product %.12g, weight %llu", k, ranks[k], S, want,
+              (unsigned long long)w[k]);
+    }
+    CHECK(w[0] != w[1], "the two clients weigh differently");
+    loom_engine_config c;
+    loom_engine_defaults(&c);
+    c.dim = dim;
+    c.init = x;
+    c.n_clients = N;
+    c.rounds = 1;
+    c.mask = loom_hetero_mask_cb;
+    c.mask_ud = h;
+    c.pipe.mask_pad = 1;
+    c.weight = loom_hetero_weight_cb;
+    c.weight_ud = h;
+    loom_engine *eng;
+    CHECK_OK(loom_engine_create(&eng, &c));
+    const int *cl;
+    int n;
+    CHECK_OK(loom_engine_open_round(eng, 0, &cl, &n));
+    for (int k = 0; k < N; k++) {
+        loom_update up = {0, 1, 0, k, 100, 1.0, 1, LOOM_CODEC_F32, dim, u[k], NULL, 0}; /* examples ignored */
+        CHECK_OK(loom_engine_submit(eng, &up, 0, NULL));
+    }
+    CHECK_OK(loom_engine_close_round(eng, 1));
+    const float *g = loom_engine_global(eng);
+    double worst = 0;
+    for (size_t i = 0; i < dim; i++) {
+        double num = 0, den = 0;
+        for (int k = 0; k < N; k++) {
+            CHECK_OK(loom_hetero_mask(h, k, 1, m));
+            den += (double)w[k];
+            if (m[i] != LOOM_MASK_ABSENT) num += (double)w[k] * ((double)x[i] + u[k][i]); /* absent: padded 0 */
+        }
+        worst = fmax(worst, fabs(g[i] - num / den));
+    }
+    CHECK(worst <= 1e-6, "sparsity-weighted zero-padded mean: max |d| = %g", worst);
+    loom_engine_free(eng);
+    for (int k = 0; k < N; k++) loom_free(u[k]);
+    loom_free(x);
+    free(m);
+    loom_hetero_free(h);
+    hc.ranks = NULL;
+    loom_peft_config pc;
+    loom_peft_defaults(&pc, LOOM_PEFT_BITFIT);
+    loom_tset *bf;
+    CHECK_OK(loom_tset_create(&bf, model, &pc, 1));
+    CHECK(loom_hetero_create(&h, bf, &hc) == LOOM_EINVAL && strstr(loom_errmsg(), "--hetlora-agg sparsity"),
+          "sparsity without LoRA: %s", loom_errmsg());
+    loom_tset_free(bf);
+    loom_tset_free(ts);
+}
+
 int main(void) {
     if (fl_fixture(2, 16, 16, 160, &model, &tok, &ds) != LOOM_OK) return test_summary();
     masked_mean_by_hand();
@@ -883,6 +985,7 @@ int main(void) {
     sim_flora();
     rank_pruning();
     profiles();
+    sparsity_weights();
     loom_dataset_free(ds);
     loom_tokenizer_free(tok);
     loom_model_free(model);

@@ -278,6 +278,13 @@ typedef struct {
      * client is sampled in the same rounds); a removed client is then dropped from its rounds' lists, and
      * the round runs with the others only. Synchronous rounds only. */
     const unsigned char *excluded;
+    /* Masked updates may travel as their TRAIN values only (include/loom/personal.h): an update of
+     * that length is scattered back to dim values by the client's mask before the pipeline.
+     * weight (NULL: the update's examples): the weight of client's update in its round from the
+     * round's global vector and the update (dim floats each), a whole number in 1..LOOM_FX_MAX_WEIGHT
+     * (HetLoRA's sparsity weights: loom_hetero_weight_cb). Not with central DP (uniform weights). */
+    int (*weight)(void *ud, int client, int round, const float *global, const float *update, uint64_t *w);
+    void *weight_ud;
 } loom_engine_config;
 
 typedef struct loom_engine loom_engine;

@@ -58,6 +58,11 @@ typedef struct {
      * step FROZEN values are put back to the global ones and ABSENT values to 0, so weight decay moves
      * nothing it should not), and reports 0 for every value it did not train. */
     const uint8_t *mask;
+    /* Personalization (include/loom/personal.h; NULL or nothing private = off): loom_client_run_fit
+     * trains from the global shared values and the client's own private ones (st->priv), keeps the
+     * trained private values in st->priv and reports 0 for them; compression runs over the shared
+     * values only. Needs loom_client_local_sgd with local steps (not gradient_only). */
+    const struct loom_personal *personal;
 } loom_fit_config;
 
 typedef struct {
@@ -76,6 +81,9 @@ typedef struct {
     float *residual;     /* error feedback: what compression has not sent yet (residual_dim floats),
                             NULL until the client's first compressed round */
     size_t residual_dim; /* length of residual (0 while it is NULL) */
+    float *priv;         /* personalization: the client's private values (priv_dim floats, manifest order
+                            of include/loom/personal.h), NULL until its first personalized round */
+    size_t priv_dim;
 } loom_client_state;
 
 void loom_client_state_init(loom_client_state *s);

@@ -19,6 +19,8 @@
  *                        paper (with fedavg, server_lr 1: x_c <- sum_k w_k pad(y_k)_c / sum_k w_k)
  *              rankwise  each slot averaged over the clients that hold it only (slots nobody holds
  *                        this round stay as they are)
+ *              sparsity  zero-padding with the paper's sparsity weights S_k / sum S_j in place of the
+ *                        examples (S_k = ||B_k A_k||_F of the client's model: loom_hetero_weight)
  *   FFA-LoRA (Sun et al. 2024, "Improving LoRA in privacy-preserving federated learning"): freeze_a:
  *            every A is FROZEN at its seeded initial value, only the B's train and are averaged, so
  *            the mean of the clients' B A is (mean B) A exactly. With rank budgets the A rows past a
@@ -74,6 +76,7 @@ typedef struct {
     const int *layers;    /* (n_clients) FedRA layer budgets (0 or >= L: every layer); NULL = no FedRA */
     uint64_t seed;        /* the run's seed (FedRA's allocation) */
     double prune_gamma;   /* HetLoRA rank self-pruning threshold in [0, 1] (0 = off): loom_hetero_prune */
+    int sparsity;         /* HetLoRA sparsity-weighted aggregation (zero-padding with loom_hetero_weight) */
 } loom_hetero_config;
 
 typedef struct loom_hetero loom_hetero;
@@ -107,6 +110,17 @@ int loom_hetero_mask(const loom_hetero *h, int client, int round, uint8_t *mask)
  * at once. Off (prune_gamma 0) or not LoRA: nothing happens. */
 int loom_hetero_prune(loom_hetero *h, int client, const float *global, const float *update, int *pruned);
 int loom_hetero_pruning(const loom_hetero *h); /* 1 when prune_gamma > 0 */
+/* HetLoRA's sparsity-weighted aggregation (the paper's server rule, --hetlora-agg sparsity): client k's
+ * zero-padded model y = global + update weighs S_k / sum_j S_j with S_k = ||Delta W_k||_F, the Frobenius
+ * norm of its reconstructed update over every module, sqrt(sum_m ||B_m[:, :r_k] A_m[:r_k, :]||_F^2)
+ * (computed from the r_k x r_k Gram matrices of A's rows and B's columns), in place of its examples.
+ * The pipeline takes whole weights, so *w = rint(S_k 2^24) clamped to 1..2^32 - 1 (relative rounding
+ * below 2^-24 S_k for S_k >= 1, e.g. 6e-5 at S_k = 1e-3). Not LoRA: LOOM_EINVAL. */
+int loom_hetero_weight(const loom_hetero *h, int client, const float *global, const float *update, double *s,
+                       uint64_t *w);
+int loom_hetero_sparsity(const loom_hetero *h); /* 1 when sparsity weights are on */
+/* loom_hetero_weight as the round engine's weight callback (ud = the loom_hetero). */
+int loom_hetero_weight_cb(void *ud, int client, int round, const float *global, const float *update, uint64_t *w);
 /* loom_hetero_mask as the round engine's callback (ud = the loom_hetero). */
 int loom_hetero_mask_cb(void *ud, int client, int round, uint8_t *mask);
 

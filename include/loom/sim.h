@@ -316,6 +316,20 @@ typedef struct {
     const char *start_from;
     const char *replay_dir;
     int replay_no_rescale;
+    /* personalization (include/loom/personal.h; NULL = off): the private values stay on the clients
+     * (fit.personal must be the same plan), the engine leaves them out of the mean and bytes_up counts
+     * the shared values only. Synchronous rounds only; not with a secure sum or FLoRA stacking. */
+    struct loom_personal *personal;
+    /* After the last round, every client with test data scores the global model and (with a private
+     * part or finetune_steps > 0) its personalized model after finetune_steps local steps; rows
+     * "client_eval" and "personal" in metrics.jsonl, and client_evals (n_clients, caller's, may be
+     * NULL) receives them. on_personal (may be NULL) sees each client's personalized vector (dim
+     * floats, valid during the call; called from the workers, one client at a time per worker). */
+    int client_eval;
+    int finetune_steps;
+    struct loom_personal_eval_s *client_evals;
+    void (*on_personal)(void *ud, int client, const float *model);
+    void *personal_ud;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli/args.h"
+#include "cli/hetero_net.h"
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "cli/runspec.h"
@@ -55,6 +56,11 @@ typedef struct {
     uint8_t *split_side;
     void *split_conn;
     int split_round;
+    /* heterogeneous and personalized clients (src/cli/hetero_net.h): this client's mask each round, and
+     * the upload of only the values it sends */
+    cli_hetero_net hn;
+    uint8_t *mask;
+    float *packed, *packed_dc;
 } client_run;
 
 /* Split learning: the server part of a step, over the connection (include/loom/split.h). */
@@ -83,6 +89,8 @@ static int save_state(client_run *c, const char *path, int round) {
     rc = loom_st_writer_add(w, "steps", LOOM_DT_I64, 1, one, &steps);
     if (rc == LOOM_OK && c->st.control) rc = loom_st_writer_add(w, "control", LOOM_DT_F32, 1, dim, c->st.control);
     if (rc == LOOM_OK && c->st.residual) rc = loom_st_writer_add(w, "residual", LOOM_DT_F32, 1, dim, c->st.residual);
+    int64_t pdim[1] = {(int64_t)c->st.priv_dim};
+    if (rc == LOOM_OK && c->st.priv) rc = loom_st_writer_add(w, "private", LOOM_DT_F32, 1, pdim, c->st.priv);
     char buf[32];
     snprintf(buf, sizeof buf, "%016llx", (unsigned long long)c->run_id);
     if (rc == LOOM_OK) rc = loom_st_writer_meta(w, "run_id", buf);
@@ -122,6 +130,16 @@ static int load_state(client_run *c, const char *path, int *round) {
     const loom_st_tensor *rt = loom_st_find(f, "residual");
     if (rc == LOOM_OK && rt && (rc = loom_client_state_residual(&c->st, c->dim)) == LOOM_OK)
         rc = loom_st_to_f32(rt, c->st.residual, c->dim);
+    const loom_st_tensor *pt = loom_st_find(f, "private"); /* --private: this client's own values */
+    if (rc == LOOM_OK && pt && c->hn.p) {
+        size_t np = loom_personal_n_private(c->hn.p);
+        if (pt->numel != np) rc = loom_error(LOOM_EFORMAT, "%s: %zu private values, the run has %zu", path, pt->numel, np);
+        else if (!(c->st.priv = loom_alloc((np ? np : 1) * sizeof(float)))) rc = loom_error(LOOM_ENOMEM, "out of memory");
+        else {
+            c->st.priv_dim = np;
+            rc = loom_st_to_f32(pt, c->st.priv, np);
+        }
+    }
     if (rc == LOOM_OK) *round = atoi(rd); /* rd lives in f */
     loom_st_close(f);
     return rc;
@@ -220,6 +238,19 @@ static int setup(void *ud, const loom_netclient_hello *h) {
     if (!c->update || (c->sc.fit.scaffold && !c->dc)) return loom_error(LOOM_ENOMEM, "out of memory");
     c->client = h->client;
     c->run_id = h->run_id;
+    const loom_tvec *man = c->set ? loom_tset_manifest(c->set) : loom_model_manifest(c->m);
+    if ((rc = cli_hetero_net_setup(&c->r, c->set, man, (int)h->n_clients, (uint64_t)c->r.seed, &c->hn)) != LOOM_OK)
+        return rc;
+    if (c->hn.h || c->hn.p) {
+        c->mask = malloc(c->dim);
+        c->packed = loom_alloc(c->dim * sizeof(float));
+        c->packed_dc = c->sc.fit.scaffold ? loom_alloc(c->dim * sizeof(float)) : NULL;
+        if (!c->mask || !c->packed || (c->sc.fit.scaffold && !c->packed_dc)) return loom_error(LOOM_ENOMEM, "out of memory");
+        c->sc.fit.personal = c->hn.p;
+        if (c->hn.p && c->set && (rc = loom_personal_set_init(c->hn.p, loom_tset_data(c->set))) != LOOM_OK) return rc;
+        loom_log(LOOM_INFO, "heterogeneous client: %s%s", c->hn.h ? "masked training" : "",
+                 c->hn.p ? (c->hn.h ? ", private part kept here" : "private part kept here") : "");
+    }
     snprintf(c->state_path, sizeof c->state_path, "%s/client-state.safetensors", c->work_dir);
     int tag;
     if ((rc = load_state(c, c->state_path, &tag)) != LOOM_OK) return rc;
@@ -250,7 +281,12 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     const loom_client_algo *algo = c->sc.algo ? c->sc.algo : &loom_client_local_sgd; /* --client-algo */
     c->split_conn = t->conn;
     c->split_round = t->round;
-    rc = loom_client_run_fit(algo, &ctx, &d, t->round, global, control, &c->sc.fit, &c->sc.compress, &c->st, &out);
+    loom_fit_config fc = c->sc.fit;
+    if (c->hn.h) { /* this round's truncation, frozen part and layers: the server computes the same */
+        if ((rc = loom_hetero_mask(c->hn.h, c->client, t->round, c->mask)) != LOOM_OK) return rc;
+        fc.mask = c->mask;
+    }
+    rc = loom_client_run_fit(algo, &ctx, &d, t->round, global, control, &fc, &c->sc.compress, &c->st, &out);
     /* split learning: the server trained the server side of this round's update; it completes the upload */
     if (rc == LOOM_OK && c->split_side) rc = loom_netclient_split_update(t->conn, t->round, c->split_side, c->update, c->dim);
     if (rc != LOOM_OK) return rc;
@@ -262,6 +298,16 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
     *u = (loom_update){c->run_id, t->round, t->version, c->client, (uint64_t)c->cl.n_train, out.res.loss,
                        out.res.tokens, LOOM_CODEC_F32, c->dim, c->update, c->sc.fit.scaffold ? c->dc : NULL, 0};
     *co = c->sc.compress;
+    if (c->hn.h || c->hn.p) { /* only the values the server's mask expects travel (docs/protocol.md) */
+        loom_personal_send_mask(c->hn.p, c->hn.h ? c->mask : NULL, c->dim, c->mask);
+        u->len = loom_mask_sent(c->mask, c->dim);
+        loom_mask_pack(c->mask, c->dim, c->update, c->packed);
+        u->values = c->packed;
+        if (u->control) {
+            loom_mask_pack(c->mask, c->dim, c->dc, c->packed_dc);
+            u->control = c->packed_dc;
+        }
+    }
     loom_log(LOOM_INFO, "round %d: trained %d steps, loss %.4f", t->round, out.res.steps, out.res.loss);
     return LOOM_OK;
 }
@@ -414,6 +460,10 @@ done:
     memset(token, 0, sizeof token);
     if (c.tr || c.vec) cli_trainer_free(&c.tu, c.tr, c.vec);
     loom_kseed_free(c.kseed);
+    cli_hetero_net_free(&c.hn);
+    free(c.mask);
+    loom_free(c.packed);
+    loom_free(c.packed_dc);
     loom_free(c.update);
     loom_free(c.dc);
     loom_free(c.split_side);

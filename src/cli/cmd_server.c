@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/hetero_net.h"
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
@@ -212,6 +213,8 @@ int cmd_server(int argc, char **argv) {
     loom_tvec *kseed_names = NULL; /* and are named kseed.scalars in the checkpoints */
     char base_hash[65];
     int created = 0;
+    cli_hetero_net hn;
+    memset(&hn, 0, sizeof hn);
 #define BAD(...)                                     \
     do {                                             \
         fprintf(stderr, "loom server: " __VA_ARGS__); \
@@ -282,6 +285,17 @@ int cmd_server(int argc, char **argv) {
         c.base_sha256 = base_hash;
         c.model_config_json = NULL;
     }
+    /* heterogeneous and personalized clients: masks the clients recompute, uploads of their TRAIN values */
+    if (cli_hetero_net_setup(&r, set, c.manifest, LOOM_HETERO_MAX_CLIENTS, (uint64_t)r.seed, &hn) != LOOM_OK) {
+        cli_fail(NULL);
+        goto done;
+    }
+    if ((hn.h || hn.p) && (r.secagg || sc.mode != LOOM_ENGINE_SYNC))
+        BAD("--client-ranks, --fedra-layers, --lora-freeze-a, --hetlora-agg sparsity and --private need synchronous "
+            "rounds without --secagg (masked updates are not whole vectors)");
+    sc.hetero = hn.h;
+    sc.personal = hn.p;
+    if (hn.man) c.manifest = hn.man;
     loom_sim_engine_config(&sc, ec); /* the engine loom sim would run on the same RUN.json */
     c.run_json = run_json;
     c.compress = r.compress;
@@ -354,6 +368,7 @@ int cmd_server(int argc, char **argv) {
     printf("%-28s %s/global.safetensors, %s/metrics.jsonl\n", "written", state, state);
     rc = 0;
 done:
+    cli_hetero_net_free(&hn);
     root_clear(&root);
     loom_split_server_free(split);
     loom_tset_free(split_whole);

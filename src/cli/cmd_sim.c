@@ -15,6 +15,7 @@
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/hetero.h"
+#include "loom/personal.h"
 #include "loom/partition.h"
 #include "loom/peft.h"
 #include "loom/sim.h"
@@ -59,10 +60,10 @@ static void het_free(het_setup *hs) {
 /* Builds sc->hetero and sc->profiles from the flags; 0, or -1 after printing the error. */
 static int het_configure(const cli_run *r, const loom_tset *set, const loom_model *m, int n, uint64_t seed,
                          loom_sim_config *sc, het_setup *hs) {
-    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a || r->hetlora_prune > 0;
+    int any = r->client_ranks || r->fedra_layers || r->lora_freeze_a || r->hetlora_prune > 0 || !strcmp(r->hetlora_agg, "sparsity");
     int stack = !strcmp(r->hetlora_agg, "stack");
-    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && !stack) {
-        fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad, rankwise or stack\n", r->hetlora_agg);
+    if (strcmp(r->hetlora_agg, "pad") && strcmp(r->hetlora_agg, "rankwise") && strcmp(r->hetlora_agg, "sparsity") && !stack) {
+        fprintf(stderr, "loom sim: --hetlora-agg '%s' is not pad, rankwise, sparsity or stack\n", r->hetlora_agg);
         return -1;
     }
     if (stack && r->hetlora_prune > 0) {
@@ -128,6 +129,7 @@ static int het_configure(const cli_run *r, const loom_tset *set, const loom_mode
     hc.rankwise = !strcmp(r->hetlora_agg, "rankwise");
     hc.freeze_a = r->lora_freeze_a;
     hc.prune_gamma = r->hetlora_prune;
+    hc.sparsity = !strcmp(r->hetlora_agg, "sparsity");
     hc.seed = seed;
     if (rc == LOOM_OK) rc = loom_hetero_create(&hs->h, set, &hc);
     if (rc != LOOM_OK) return cli_fail(NULL), -1;
@@ -275,6 +277,9 @@ int cmd_sim(int argc, char **argv) {
     loom_sim_config sc;
     loom_sim_defaults(&sc);
     het_setup het = {0};
+    loom_tvec *pers_man = NULL;
+    loom_personal *pers = NULL;
+    loom_personal_eval *pevals = NULL;
     const char *out = r.out, *plot = r.plot;
     int rounds = r.rounds, workers = r.workers, client_threads = r.client_threads;
     long seed = r.seed;
@@ -459,6 +464,9 @@ int cmd_sim(int argc, char **argv) {
     if (r.split_layer >= 0) {
         if (sc.algo) BAD("--split-layer trains by gradients: it needs --client-algo sgd, not %s", sc.algo->name);
         if (sc.dp.mode == LOOM_DP_SGD) BAD("--split-layer does not combine with --dp sgd (per-example gradients)");
+        if (sc.hetero || r.private_spec)
+            BAD("--split-layer does not combine with %s: each side trains the whole of its part",
+                r.private_spec ? "--private" : "heterogeneous clients (--client-ranks, --fedra-layers, --lora-freeze-a, --profile)");
         if (sc.fit.scaffold || sc.fit.prox_mu > 0)
             BAD("--split-layer does not combine with %s: the correction would need both sides' values in one place",
                 sc.fit.scaffold ? "SCAFFOLD" : "FedProx's --mu");
@@ -480,6 +488,27 @@ int cmd_sim(int argc, char **argv) {
                 "server (a copy per client, averaged each round); %zu activation floats each way per step\n",
                 r.split_layer, split_cost.client_dim, split_cost.server_dim, split_cost.act_floats);
     }
+    /* ---- personalization (--private, --finetune-steps, --client-eval; include/loom/personal.h) ---- */
+    if (r.private_spec) {
+        int marked = 0;
+        if (sc.algo || kseed) BAD("--private needs --client-algo sgd (a %s client steps its whole vector)", r.client_algo);
+        if (sc.stack) BAD("--private does not combine with --hetlora-agg stack (the stacked product merges every tensor)");
+        if (loom_personal_manifest(&pers_man, sc.manifest, r.private_spec, &marked) != LOOM_OK ||
+            loom_personal_create(&pers, pers_man, sc.hetero) != LOOM_OK || loom_personal_set_init(pers, sc.init) != LOOM_OK) {
+            cli_fail("--private");
+            goto done;
+        }
+        sc.manifest = pers_man;
+        sc.personal = pers;
+        sc.fit.personal = pers;
+        fprintf(stderr, "  personalization: %d tensors (%zu values) private, %zu values shared\n", marked,
+                loom_personal_n_private(pers), loom_personal_n_shared(pers));
+    }
+    sc.finetune_steps = r.finetune_steps;
+    sc.client_eval = r.client_eval || r.private_spec || r.finetune_steps > 0;
+    if (sc.client_eval && sc.mode != LOOM_ENGINE_SYNC) BAD("--private, --finetune-steps and --client-eval need --mode sync");
+    if (sc.client_eval && !(pevals = calloc(part->n_clients, sizeof *pevals))) BAD("out of memory");
+    sc.client_evals = pevals;
     sc.step_seconds = r.step_seconds;
     sc.time_spread = r.time_spread;
     sc.faults = faults;
@@ -658,8 +687,21 @@ int cmd_sim(int argc, char **argv) {
                "%.2f MiB\n", "client memory", (q->client_weights + q->client_ws + q->client_state) / 1048576.0,
                q->client_weights / 1048576.0, q->client_ws / 1048576.0, q->client_state / 1048576.0,
                (q->model_weights + q->model_ws + q->model_state) / 1048576.0);
-    } else
+    } else if (pers) /* only the shared values travel up */
+        printf("%-28s %.1f MiB down, %.1f MiB up (measured; %zu of %zu values private)\n", "traffic", traffic,
+               prog.bytes_up / 1048576.0, loom_personal_n_private(pers), sc.dim);
+    else
         printf("%-28s %.1f MiB down, %.1f MiB up\n", "traffic", traffic, traffic);
+    if (pevals) { /* the per-client evaluation after the last round */
+        loom_personal_summary ps;
+        loom_personal_summarize(pevals, (int)part->n_clients, &ps);
+        printf("%-28s %d clients: global model acc mean %.4f, worst %.4f, loss %.4f\n", "per-client evaluation",
+               ps.clients, ps.global_acc_mean, ps.global_acc_min, ps.global_loss_mean);
+        if (isfinite(ps.personal_acc_mean))
+            printf("%-28s acc mean %.4f, worst %.4f, loss %.4f (%s%d fine-tuning steps)\n", "personalized model",
+                   ps.personal_acc_mean, ps.personal_acc_min, ps.personal_loss_mean, pers ? "own private part, " : "",
+                   r.finetune_steps);
+    }
     printf("%-28s %.1fs (%.2fs per round)\n", "time", secs, secs / rounds);
     printf("%-28s %.0f MiB\n", "peak RSS", loom_peak_rss() / 1048576.0);
     char plotbuf[4096];
@@ -731,6 +773,9 @@ done:
         cli_dash_serve_end(&dash, "sim", serve_wait && rc == 0);
     }
     free(dash_names);
+    free(pevals);
+    loom_personal_free(pers);
+    loom_tvec_free(pers_man);
     het_free(&het);
     free(excluded);
     loom_sim_paillier_clear(&r.paillier_cfg);

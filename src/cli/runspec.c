@@ -81,7 +81,8 @@ static const char *const client_keys[] = {
     "mu", "scaffold-option", "seed", "test-frac", "peft", "lora-r", "lora-alpha", "lora-dropout", "target-modules",
     "rslora", "prefix-len", "prompt-len", "adapter-dim", "bitfit-norms", "base-dtype", "compress",
     "dp", "dp-clip", "dp-noise", "precision",
-    "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs", "split-layer", NULL};
+    "client-algo", "zo-eps", "zo-lr", "zo-restore", "seed-pool", "seed-probs", "split-layer",
+    "client-ranks", "hetlora-agg", "lora-freeze-a", "fedra-layers", "private", NULL};
 
 int cli_run_opts(cli_run *r, cli_opt *o) {
     cli_peft_opts *po = &r->peft;
@@ -200,14 +201,18 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"seed-pool", OPT_INT, &r->seed_pool, "fedkseed: seeds K in the server's pool (default 4096)", 1, LOOM_KSEED_MAX},
         {"seed-probs", OPT_STR, &r->seed_probs, "fedkseed: how a step picks its seed: uniform (default) or importance (p_k ~ exp of the seed's normalised mean |scalar| so far)", 0, 0},
         /* ---- heterogeneous clients (include/loom/hetero.h, src/fl/hetlora.c, src/sim/profile.c) ---- */
-        {"client-ranks", OPT_STR, &r->client_ranks, "sim: HetLoRA rank budgets, the global LoRA keeping --lora-r: R1,R2,... (client k gets entry k mod count), draw:R1,R2,... (each client's drawn by the seed) or profile (from --profile's memory)", 0, 0},
-        {"hetlora-agg", OPT_STR, &r->hetlora_agg, "sim: how HetLoRA averages rank slots: pad (the clients' zero-padded matrices, the paper's), rankwise (each slot over the clients holding it) or stack (FLoRA: the stacked product of the clients' modules is merged into the base each round and the adapter restarts; OUT/merged holds the result)", 0, 0},
+        {"client-ranks", OPT_STR, &r->client_ranks, "HetLoRA rank budgets, the global LoRA keeping --lora-r: R1,R2,... (client k gets entry k mod count), draw:R1,R2,... (each client's drawn by the seed) or profile (from --profile's memory)", 0, 0},
+        {"hetlora-agg", OPT_STR, &r->hetlora_agg, "how HetLoRA averages rank slots: pad (the clients' zero-padded matrices, weighted by examples), sparsity (zero-padded, weighted by each client's ||B A||_F: the paper's), rankwise (each slot over the clients holding it) or stack (FLoRA: the stacked product of the clients' modules is merged into the base each round and the adapter restarts; OUT/merged holds the result)", 0, 0},
         {"hetlora-prune", OPT_FLOAT, &r->hetlora_prune, "sim: HetLoRA rank self-pruning: a client whose last rank slot carries less than this share of its |B_j| |A_j| sum drops that slot for its next rounds (0 = off)", 0, 1},
-        {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "sim: FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
-        {"fedra-layers", OPT_STR, &r->fedra_layers, "sim: FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
+        {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
+        {"fedra-layers", OPT_STR, &r->fedra_layers, "FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
         {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
         /* ---- split learning (include/loom/split.h, src/fl/split.c) ---- */
         {"split-layer", OPT_INT, &r->split_layer, "sim: split learning (SplitLoRA): clients run the embeddings and layers 0..K-1 and send the activations, the server the other layers and the loss, sending back their gradient; client-side values averaged over the clients each round, the server's per-client copies too (default -1: off; 0..the model's layers). With --clip, each side clips its own gradient", -1, 1 << 20},
+        /* ---- personalization (include/loom/personal.h, src/fl/personal.c) ---- */
+        {"private", OPT_STR, &r->private_spec, "trainable tensors that stay on each client (FedPer / a local adapter): PATTERN[,PATTERN], a substring of the tensor names or a glob with * (e.g. h.3. or mlp.c_fc); they are trained locally, never sent nor averaged (default: none)", 0, 0},
+        {"finetune-steps", OPT_INT, &r->finetune_steps, "sim: local fine-tuning steps of each client after the last round, before its personalized evaluation", 0, 1000000},
+        {"client-eval", OPT_FLAG, &r->client_eval, "sim: after the last round, evaluate every client with test data (global and personalized model; client_eval rows in metrics.jsonl); on with --private or --finetune-steps", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };

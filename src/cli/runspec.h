@@ -75,6 +75,9 @@ typedef struct {
     const char *exclude_client, *start_from, *replay_updates;
     /* ---- split learning (--split-layer; include/loom/split.h): -1 = off ---- */
     int split_layer;
+    /* ---- personalization (include/loom/personal.h) ---- */
+    const char *private_spec;
+    int finetune_steps, client_eval;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 224

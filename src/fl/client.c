@@ -7,6 +7,7 @@
 #include "loom/dp.h"
 #include "loom/fl.h"
 #include "loom/model.h"
+#include "loom/personal.h"
 #include "loom/pipeline.h"
 #include "loom/strategy.h"
 
@@ -62,6 +63,7 @@ void loom_client_state_init(loom_client_state *s) { memset(s, 0, sizeof *s); }
 void loom_client_state_clear(loom_client_state *s) {
     loom_free(s->control);
     loom_free(s->residual);
+    loom_free(s->priv);
     memset(s, 0, sizeof *s);
 }
 
@@ -360,6 +362,26 @@ static int client_batcher(const loom_client_data *d, const uint32_t *idx, size_t
 int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx, const loom_client_data *d, int round,
                         const float *global, const float *control, const loom_fit_config *fc, const loom_codec_opts *co,
                         loom_client_state *st, loom_fit_output *out) {
+    const loom_personal *pp = loom_personal_trivial(fc->personal) ? NULL : fc->personal;
+    float *start = NULL; /* personalization: the global shared values with the client's private ones */
+    if (pp) {
+        size_t np = loom_personal_n_private(pp);
+        if (algo != &loom_client_local_sgd || fc->gradient_only || ctx->kseed || loom_personal_dim(pp) != ctx->dim)
+            return loom_error(LOOM_EUNSUPPORTED, "--private needs --client-algo sgd with local steps (not fedsgd) over "
+                              "the whole trainable vector");
+        if (st->priv && st->priv_dim != np)
+            return loom_error(LOOM_EINVAL, "client private part has %zu values, expected %zu", st->priv_dim, np);
+        if (!st->priv) { /* first round: the initial values the global vector still holds */
+            if (!(st->priv = loom_alloc((np ? np : 1) * sizeof(float))))
+                return loom_error(LOOM_ENOMEM, "out of memory for %zu private values", np);
+            st->priv_dim = np;
+            loom_personal_init_priv(pp, global, st->priv);
+        }
+        if (!(start = loom_alloc(ctx->dim * sizeof(float)))) return loom_error(LOOM_ENOMEM, "out of memory");
+        memcpy(start, global, ctx->dim * sizeof(float));
+        loom_personal_put(pp, st->priv, start);
+        global = start;
+    }
     loom_batcher *b = NULL;
     int rc = client_batcher(d, d->train, d->n_train, 0, &b);
     if (rc == LOOM_OK) {
@@ -369,11 +391,50 @@ int loom_client_run_fit(const loom_client_algo *algo, const loom_client_ctx *ctx
         rc = algo->fit(ctx, &ft, st, out);
     }
     loom_batcher_free(b);
-    if (rc == LOOM_OK && fc->dp_clip > 0) /* local DP: clip and noise before anything leaves the client */
+    loom_free(start);
+    if (rc == LOOM_OK && pp) { /* the trained private values stay here; the update carries 0 for them */
+        loom_personal_get(pp, ctx->vec, st->priv);
+        loom_personal_zero(pp, out->update);
+        if (out->control_delta) loom_personal_zero(pp, out->control_delta);
+    }
+    if (rc == LOOM_OK && fc->dp_clip > 0) { /* local DP: clip and noise before anything leaves the client */
         rc = loom_dp_local_privatize(out->update, ctx->dim, fc->dp_clip, fc->dp_noise,
                                      fc->dp_seed ? fc->dp_seed : d->data_seed, round, NULL);
-    if (rc == LOOM_OK && co && co->codec != LOOM_CODEC_F32) /* error feedback: the client keeps what is not sent */
-        rc = loom_client_compress(st, out->update, ctx->dim, co);
+        if (pp) loom_personal_zero(pp, out->update); /* noise only on what is sent */
+    }
+    if (rc == LOOM_OK && co && co->codec != LOOM_CODEC_F32) { /* error feedback: the client keeps what is not sent */
+        if (pp || fc->mask) { /* over the values that travel (include/loom/personal.h, masked updates) */
+            const size_t dim = ctx->dim;
+            uint8_t *send = malloc(dim ? dim : 1);
+            float *sh = loom_alloc((dim ? dim : 1) * sizeof(float));
+            if (!send || !sh) rc = loom_error(LOOM_ENOMEM, "out of memory");
+            size_t ns = 0;
+            /* the residual stays dim long (the sent set may change every round: FedRA): what a round does
+             * not send waits in it */
+            float *pre = rc == LOOM_OK ? loom_alloc((dim ? dim : 1) * sizeof(float)) : NULL;
+            if (rc == LOOM_OK && !pre) rc = loom_error(LOOM_ENOMEM, "out of memory");
+            if (rc == LOOM_OK) rc = loom_client_state_residual(st, dim);
+            if (rc == LOOM_OK) {
+                loom_personal_send_mask(pp, fc->mask, dim, send);
+                ns = loom_mask_sent(send, dim);
+                for (size_t i = 0; i < dim; i++) pre[i] = out->update[i] + st->residual[i];
+                loom_mask_pack(send, dim, pre, sh);
+                loom_client_state none; /* the packed values' lossy round trip, without a residual of its own */
+                loom_client_state_init(&none);
+                rc = loom_client_compress(&none, sh, ns, co);
+                loom_client_state_clear(&none);
+            }
+            if (rc == LOOM_OK) {
+                loom_mask_unpack(send, dim, sh, out->update);
+                for (size_t i = 0; i < dim; i++) st->residual[i] = pre[i] - out->update[i];
+            }
+            loom_free(pre);
+            free(send);
+            loom_free(sh);
+        } else {
+            rc = loom_client_compress(st, out->update, ctx->dim, co);
+        }
+    }
     return rc;
 }
 

@@ -1,6 +1,7 @@
 /* The round engine: sampling, task hand-out, admission of updates, closing, aggregation through the
  * pipeline, evaluation hand-out and metrics (see include/loom/engine.h). */
 #include "loom/engine.h"
+#include "loom/personal.h"
 
 #include "loom/safetensors.h"
 
@@ -343,6 +344,27 @@ static int admit(loom_engine *e, int round, int client, double now, loom_update_
     return LOOM_OK;
 }
 
+/* A masked update that carries only its TRAIN values (include/loom/personal.h, masked updates on the
+ * wire): with the client's mask, *full is a copy of u scattered back to dim values (0 elsewhere) and
+ * *held its buffers (release with loom_free). u is left as it is when it is dim long, when its length
+ * is not its mask's count (the pipeline refuses the length), or without a mask. */
+static int masked_full(loom_engine *e, const loom_update *u, const uint8_t *mask, loom_update *full, float **held) {
+    *full = *u;
+    *held = NULL;
+    if (!mask || u->len == e->dim || u->len != loom_mask_sent(mask, e->dim)) return LOOM_OK;
+    float *buf = loom_alloc(2 * (e->dim ? e->dim : 1) * sizeof(float));
+    if (!buf) return loom_error(LOOM_ENOMEM, "out of memory for a masked update");
+    loom_mask_unpack(mask, e->dim, u->values, buf);
+    full->values = buf;
+    full->len = e->dim;
+    if (u->control) {
+        loom_mask_unpack(mask, e->dim, u->control, buf + e->dim);
+        full->control = buf + e->dim;
+    }
+    *held = buf;
+    return LOOM_OK;
+}
+
 int loom_engine_check(loom_engine *e, const loom_update *u, double now, loom_update_verdict *verdict) {
     if (!u) return loom_error(LOOM_EINVAL, "round engine: NULL update");
     pthread_mutex_lock(&e->mu);
@@ -371,8 +393,20 @@ int loom_engine_check(loom_engine *e, const loom_update *u, double now, loom_upd
     if (u->codec > LOOM_CODEC_SEED_SCALAR) /* the codecs loom_update_decode turns into floats */
         return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
                       loom_error(LOOM_EUNSUPPORTED, "update codec %u is not supported", u->codec));
-    return loom_pipeline_check(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples, u->control, verdict,
-                               NULL);
+    loom_update full = *u;
+    float *held = NULL;
+    if (e->c.mask && u->len != e->dim) { /* a masked update carrying its TRAIN values only */
+        uint8_t *mask = malloc(e->dim ? e->dim : 1);
+        if (!mask) return refuse(verdict, LOOM_UPDATE_CLIENT_FAILED, loom_error(LOOM_ENOMEM, "out of memory for a mask"));
+        rc = e->c.mask(e->c.mask_ud, u->client, u->round, mask);
+        if (rc == LOOM_OK) rc = masked_full(e, u, mask, &full, &held);
+        free(mask);
+        if (rc != LOOM_OK) return refuse(verdict, LOOM_UPDATE_CLIENT_FAILED, rc);
+    }
+    rc = loom_pipeline_check(e->pipe, full.values, full.len, e->c.dp.mode ? 1.0 : (double)u->examples, full.control,
+                             verdict, NULL);
+    loom_free(held);
+    return rc;
 }
 
 double loom_engine_opened_at(const loom_engine *e) { return e->t_open; }
@@ -399,9 +433,19 @@ int loom_engine_submit(loom_engine *e, const loom_update *u, double now, loom_up
         uint8_t *mask = malloc(e->dim);
         if (!mask) rc = refuse(&v, LOOM_UPDATE_CLIENT_FAILED, loom_error(LOOM_ENOMEM, "out of memory for a mask"));
         else if ((rc = e->c.mask(e->c.mask_ud, u->client, u->round, mask)) != LOOM_OK) v = LOOM_UPDATE_CLIENT_FAILED;
-        else
-            rc = loom_pipeline_add_masked(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples,
-                                          u->control, mask, &v, &norm);
+        else {
+            loom_update full;
+            float *held = NULL;
+            uint64_t w = u->examples;
+            if ((rc = masked_full(e, u, mask, &full, &held)) != LOOM_OK) v = LOOM_UPDATE_CLIENT_FAILED;
+            else if (e->c.weight && !e->c.dp.mode && full.len == e->dim && /* HetLoRA's sparsity weights */
+                     (rc = e->c.weight(e->c.weight_ud, u->client, u->round, e->global, full.values, &w)) != LOOM_OK)
+                v = LOOM_UPDATE_CLIENT_FAILED;
+            if (rc == LOOM_OK)
+                rc = loom_pipeline_add_masked(e->pipe, full.values, full.len, e->c.dp.mode ? 1.0 : (double)w,
+                                              full.control, mask, &v, &norm);
+            loom_free(held);
+        }
         free(mask);
     } else
         rc = loom_pipeline_add(e->pipe, u->values, u->len, e->c.dp.mode ? 1.0 : (double)u->examples, u->control, &v,

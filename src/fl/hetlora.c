@@ -62,6 +62,9 @@ int loom_hetero_create(loom_hetero **out, const loom_tset *ts, const loom_hetero
     if (c->freeze_a && !lora)
         return loom_error(LOOM_EINVAL, "--lora-freeze-a needs --peft lora (the set is %s)",
                           loom_peft_method_name(loom_tset_config(ts)->method));
+    if (c->sparsity && !lora)
+        return loom_error(LOOM_EINVAL, "--hetlora-agg sparsity needs --peft lora (the set is %s)",
+                          loom_peft_method_name(loom_tset_config(ts)->method));
     loom_hetero *h = calloc(1, sizeof *h);
     if (!h) return loom_error(LOOM_ENOMEM, "out of memory");
     h->ts = ts;
@@ -239,6 +242,55 @@ int loom_hetero_prune(loom_hetero *h, int client, const float *global, const flo
 }
 
 int loom_hetero_pruning(const loom_hetero *h) { return h->c.prune_gamma > 0 && h->ranks; }
+
+int loom_hetero_sparsity(const loom_hetero *h) { return h->c.sparsity != 0; }
+
+int loom_hetero_weight(const loom_hetero *h, int client, const float *global, const float *update, double *s,
+                       uint64_t *w) {
+    if (client < 0 || client >= h->c.n_clients)
+        return loom_error(LOOM_EINVAL, "heterogeneous clients: no client %d (of %d)", client, h->c.n_clients);
+    if (h->r_max < 1) return loom_error(LOOM_EINVAL, "--hetlora-agg sparsity needs --peft lora");
+    const int r = loom_hetero_rank(h, client);
+    double *ga = malloc((size_t)r * (size_t)r * sizeof *ga), *gb = malloc((size_t)r * (size_t)r * sizeof *gb);
+    if (!ga || !gb) {
+        free(ga);
+        free(gb);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    double total = 0;
+    for (int i = 0; i + 1 < h->n_parts; i++) {
+        if (h->parts[i].kind != 1 || h->parts[i + 1].kind != 2) continue;
+        const loom_tset_entry *A = loom_tset_entry_at(h->ts, h->parts[i].e), *B = loom_tset_entry_at(h->ts, h->parts[i + 1].e);
+        const size_t in = (size_t)A->shape[1], out = (size_t)B->shape[0], R = (size_t)B->shape[1];
+        /* ||B A||_F^2 = sum_{j,l} (A A^T)_{jl} (B^T B)_{jl} over the slots j, l < r */
+        for (int j = 0; j < r; j++)
+            for (int l = 0; l <= j; l++) {
+                double sa = 0, sb = 0;
+                for (size_t c = 0; c < in; c++) {
+                    size_t kj = A->offset + (size_t)j * in + c, kl = A->offset + (size_t)l * in + c;
+                    sa += ((double)global[kj] + update[kj]) * ((double)global[kl] + update[kl]);
+                }
+                for (size_t o = 0; o < out; o++) {
+                    size_t kj = B->offset + o * R + (size_t)j, kl = B->offset + o * R + (size_t)l;
+                    sb += ((double)global[kj] + update[kj]) * ((double)global[kl] + update[kl]);
+                }
+                ga[j * r + l] = ga[l * r + j] = sa;
+                gb[j * r + l] = gb[l * r + j] = sb;
+            }
+        for (int q = 0; q < r * r; q++) total += ga[q] * gb[q];
+    }
+    free(ga);
+    free(gb);
+    double S = sqrt(total > 0 ? total : 0), q = rint(S * 16777216.0);
+    if (s) *s = S;
+    *w = q < 1 ? 1 : q > LOOM_FX_MAX_WEIGHT ? (uint64_t)LOOM_FX_MAX_WEIGHT : (uint64_t)q;
+    return LOOM_OK;
+}
+
+int loom_hetero_weight_cb(void *ud, int client, int round, const float *global, const float *update, uint64_t *w) {
+    (void)round;
+    return loom_hetero_weight(ud, client, global, update, NULL, w);
+}
 
 int loom_hetero_mask_cb(void *ud, int client, int round, uint8_t *mask) {
     return loom_hetero_mask(ud, client, round, mask);

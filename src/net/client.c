@@ -1201,7 +1201,7 @@ static int nc_fit(nc *n, const nc_task *t) {
             return nc_post_fail(n, t, why);
         }
         if (u.run_id != n->hello.run_id || u.round != t->round || u.version != t->version ||
-            u.client != n->hello.client || u.len != n->hello.dim || !u.values) {
+            u.client != n->hello.client || u.len > n->hello.dim || !u.values) { /* a masked update: fewer */
             char why[256];
             snprintf(why, sizeof why, "the trained update does not match its task (round %d version %" PRIu64
                      " client %d len %zu, expected round %d version %" PRIu64 " client %d len %zu)",

@@ -15,6 +15,7 @@
 
 #include "loom/core.h"
 #include "loom/hetero.h"
+#include "loom/personal.h"
 #include "loom/safetensors.h"
 #include "loom/unlearn.h"
 #include "sim/sim_attack.h"
@@ -89,6 +90,14 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
         ec->mask = loom_hetero_mask_cb;
         ec->mask_ud = (void *)c->hetero;
         ec->pipe.mask_pad = loom_hetero_pad(c->hetero);
+        if (loom_hetero_sparsity(c->hetero)) { /* HetLoRA's sparsity-weighted aggregation */
+            ec->weight = loom_hetero_weight_cb;
+            ec->weight_ud = (void *)c->hetero;
+        }
+    }
+    if (!loom_personal_trivial(c->personal)) { /* personalization: the private values stay out of the mean */
+        ec->mask = loom_personal_mask_cb;
+        ec->mask_ud = (void *)c->personal;
     }
     ec->excluded = c->excluded; /* unlearning: clients removed from the population */
 }
@@ -100,6 +109,7 @@ typedef struct {
     float *vec, *update, *dc;
     uint8_t *mask; /* (dim) heterogeneous clients: the client's mask this round */
     float *stored; /* (dim) FedEraser replay: the client's stored update of the round */
+    float *pers;   /* (dim) the per-client evaluation: the personalized vector */
 } worker_slot;
 
 typedef struct sim_run {
@@ -129,6 +139,7 @@ typedef struct sim_run {
     float *stack_x, *stack_u;
     uint8_t *stack_held;
     int stack_cap;
+    loom_personal_eval *evals;   /* (n_clients) the per-client evaluation after the last round */
     pthread_mutex_t mu;
 } sim_run;
 
@@ -224,6 +235,24 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
         u.codec = c->compress.codec;
         u.wire_bytes = loom_update_encoded_size(&u, &c->compress);
     }
+    if ((c->hetero || !loom_personal_trivial(c->personal)) && len == dim && fault != LOOM_FAULT_NAN &&
+        fault != LOOM_FAULT_INF) { /* a masked update travels as its TRAIN values (include/loom/personal.h) */
+        uint8_t *send = malloc(dim);
+        float *packed = loom_alloc(dim * sizeof(float));
+        if (send && packed) {
+            loom_personal_send_mask(loom_personal_trivial(c->personal) ? NULL : c->personal, c->hetero ? ws->mask : NULL,
+                                    dim, send);
+            loom_update pu = u;
+            pu.len = loom_mask_sent(send, dim);
+            loom_mask_pack(send, dim, update, packed);
+            pu.values = packed;
+            if (u.control) pu.control = packed; /* a control delta of the same length (its values do not count) */
+            loom_codec_opts f32 = {LOOM_CODEC_F32, 0, 0};
+            u.wire_bytes = loom_update_encoded_size(&pu, compress ? &c->compress : &f32);
+        }
+        free(send);
+        loom_free(packed);
+    }
     if (r->attack && !lm_attack_update(r->attack, &u, update, now, fault != 0))
         return; /* an omniscient attacker: held until the honest updates are in (sim_attack.c) */
     if (r->secure) { /* secure sum: held until the round's sum (sim_secure.c) */
@@ -313,6 +342,55 @@ static void eval_one(sim_run *r, worker_slot *ws, int client) {
     loom_engine_eval_submit(r->eng, client, &res);
 }
 
+/* The per-client evaluation after the last round (include/loom/personal.h): the global model, then the
+ * global shared values with the client's own private ones, fine-tuned locally. */
+static void client_eval_one(sim_run *r, worker_slot *ws, int client) {
+    const loom_sim_config *c = r->c;
+    const loom_client *cl = &c->part->clients[client];
+    loom_client_ctx ctx = {ws->tr, ws->vec, r->dim, c->kseed};
+    loom_client_data d = client_data(c, client);
+    loom_personal_eval *ev = &r->evals[client];
+    const float *global = loom_engine_global(r->eng);
+    if (!ws->pers && !(ws->pers = loom_alloc(r->dim * sizeof(float)))) {
+        loom_log(LOOM_WARN, "evaluating client %d (%s): out of memory", client, cl->name);
+        return;
+    }
+    int rc = loom_client_run_eval(r->algo, &ctx, &d, global, &ev->global);
+    const loom_personal *pp = loom_personal_trivial(c->personal) ? NULL : c->personal;
+    loom_client_state *st = &r->states[client];
+    if (rc == LOOM_OK && (pp || c->finetune_steps > 0)) {
+        memcpy(ws->pers, global, r->dim * sizeof(float));
+        if (pp && st->priv) loom_personal_put(pp, st->priv, ws->pers);
+        if (c->finetune_steps > 0) { /* plain local training: nothing leaves the client */
+            loom_fit_config fc = c->fit;
+            fc.local_steps = c->finetune_steps;
+            fc.personal = NULL;
+            fc.prox_mu = 0;
+            fc.scaffold = 0;
+            fc.gradient_only = 0;
+            fc.dp_clip = 0;
+            fc.mask = NULL;
+            if (c->hetero && (rc = loom_hetero_mask(c->hetero, client, c->rounds > 0 ? c->rounds : 1, ws->mask)) == LOOM_OK)
+                fc.mask = ws->mask; /* the client's own truncation and layers */
+            loom_fit_output out;
+            memset(&out, 0, sizeof out);
+            out.update = ws->update;
+            if (rc == LOOM_OK)
+                rc = loom_client_run_fit(r->algo, &ctx, &d, c->rounds + 1, ws->pers, NULL, &fc, NULL, st, &out);
+            if (rc == LOOM_OK) memcpy(ws->pers, ws->vec, r->dim * sizeof(float));
+        }
+        if (rc == LOOM_OK) rc = loom_client_run_eval(r->algo, &ctx, &d, ws->pers, &ev->personal);
+        if (rc == LOOM_OK) ev->personalized = 1;
+        if (rc == LOOM_OK && c->on_personal) c->on_personal(c->personal_ud, client, ws->pers);
+    }
+    if (rc != LOOM_OK) {
+        loom_log(LOOM_WARN, "evaluating client %d (%s) after the last round failed: %s", client, cl->name, loom_errmsg());
+        memset(ev, 0, sizeof *ev);
+        return;
+    }
+    ev->evaluated = 1;
+}
+
 static void fit_async(sim_run *r, worker_slot *ws, int job);
 
 static void *worker_main(void *p) {
@@ -335,7 +413,8 @@ static void *worker_main(void *p) {
         ws->dc = c->fit.scaffold ? loom_alloc(dim * sizeof(float)) : NULL;
         ws->mask = c->hetero ? malloc(dim) : NULL;
         ws->stored = c->replay_dir ? loom_alloc(dim * sizeof(float)) : NULL;
-        if (!ws->update || (c->fit.scaffold && !ws->dc) || (c->hetero && !ws->mask) || (c->replay_dir && !ws->stored)) {
+        ws->pers = r->evals ? loom_alloc(dim * sizeof(float)) : NULL;
+        if (!ws->update || (c->fit.scaffold && !ws->dc) || (c->hetero && !ws->mask) || (c->replay_dir && !ws->stored) || (r->evals && !ws->pers)) {
             fail(r, LOOM_ENOMEM);
             return NULL;
         }
@@ -351,6 +430,7 @@ static void *worker_main(void *p) {
         int client = r->list[pos];
         if (a->phase == 0) fit_one(r, ws, client);
         else if (a->phase == 1) eval_one(r, ws, client);
+        else if (a->phase == 3) client_eval_one(r, ws, client);
         else fit_async(r, ws, client); /* phase 2: `client` is a place in r->jobs */
         pthread_mutex_lock(&r->mu);
         int done = ++r->done;
@@ -617,6 +697,11 @@ static int save_checkpoint(sim_run *r, int next_round, const char *file) {
                 sh[0] = (int64_t)r->states[i].residual_dim;
                 rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].residual);
             }
+            if (rc == LOOM_OK && r->states[i].priv) { /* personalization: the client's private values */
+                snprintf(nm, sizeof nm, "client_private.%d", i);
+                sh[0] = (int64_t)r->states[i].priv_dim;
+                rc = loom_st_writer_add(w, nm, LOOM_DT_F32, 1, sh, r->states[i].priv);
+            }
         }
     }
     if (rc == LOOM_OK) rc = loom_st_writer_write(w, path);
@@ -701,6 +786,19 @@ static int load_checkpoint(sim_run *r, const char *from, int *next_round) {
         if ((rc = loom_client_state_residual(&r->states[i], r->dim)) == LOOM_OK)
             rc = loom_st_to_f32(rt, r->states[i].residual, r->dim);
         if (rc != LOOM_OK) rc = loom_error_context(rc, "%s: %s", path, nm);
+    }
+    for (int i = 0; i < r->n_clients && rc == LOOM_OK && !loom_personal_trivial(c->personal); i++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "client_private.%d", i);
+        const loom_st_tensor *pt = loom_st_find(f, nm);
+        if (!pt) continue;
+        size_t np = loom_personal_n_private(c->personal);
+        if (!(r->states[i].priv = loom_alloc((np ? np : 1) * sizeof(float)))) {
+            rc = loom_error(LOOM_ENOMEM, "out of memory");
+            break;
+        }
+        r->states[i].priv_dim = np;
+        if ((rc = loom_st_to_f32(pt, r->states[i].priv, np)) != LOOM_OK) rc = loom_error_context(rc, "%s: %s", path, nm);
     }
     loom_st_close(f);
     return rc;
@@ -836,6 +934,64 @@ static int secure_start(sim_run *r) {
     return rc;
 }
 
+/* The per-client evaluation after the last round: every client with test data, rows in client order. */
+static void eval_fields(FILE *f, const char *pre, const loom_eval_result *e) {
+    double loss = e->tokens ? e->loss_sum / (double)e->tokens : NAN, acc = e->count ? (double)e->correct / (double)e->count : NAN;
+    if (isfinite(loss)) fprintf(f, ",\"%s_loss\":%.9g", pre, loss);
+    else fprintf(f, ",\"%s_loss\":null", pre);
+    if (isfinite(acc)) fprintf(f, ",\"%s_acc\":%.9g", pre, acc);
+    else fprintf(f, ",\"%s_acc\":null", pre);
+}
+
+static void num_field(FILE *f, const char *key, double v) {
+    if (isfinite(v)) fprintf(f, ",\"%s\":%.9g", key, v);
+    else fprintf(f, ",\"%s\":null", key);
+}
+
+static int client_evals(sim_run *r, FILE *mf) {
+    const loom_sim_config *c = r->c;
+    int N = r->n_clients, n = 0;
+    int *list = malloc((size_t)N * sizeof *list);
+    if (!list) return loom_error(LOOM_ENOMEM, "out of memory");
+    for (int i = 0; i < N; i++)
+        if (c->part->clients[i].n_test > 0) list[n++] = i;
+    r->round = c->rounds + 1;
+    int rc = n > 0 ? run_phase(r, 3, list, n) : LOOM_OK;
+    free(list);
+    if (rc != LOOM_OK) return rc;
+    if (c->client_evals) memcpy(c->client_evals, r->evals, (size_t)N * sizeof *r->evals);
+    if (!mf) return LOOM_OK;
+    for (int i = 0; i < N; i++) {
+        const loom_personal_eval *e = &r->evals[i];
+        if (!e->evaluated) continue;
+        const loom_client *cl = &c->part->clients[i];
+        fprintf(mf, "{\"type\":\"client_eval\",\"client\":%d,\"name\":", i);
+        json_t *js = json_string(cl->name ? cl->name : "");
+        char *enc = js ? json_dumps(js, JSON_ENCODE_ANY) : NULL;
+        fputs(enc ? enc : "\"?\"", mf);
+        free(enc);
+        json_decref(js);
+        fprintf(mf, ",\"examples\":%zu", cl->n_test);
+        eval_fields(mf, "global", &e->global);
+        if (e->personalized) eval_fields(mf, "personal", &e->personal);
+        fprintf(mf, "}\n");
+    }
+    loom_personal_summary s;
+    loom_personal_summarize(r->evals, N, &s);
+    size_t np = loom_personal_trivial(c->personal) ? 0 : loom_personal_n_private(c->personal);
+    fprintf(mf, "{\"type\":\"personal\",\"clients\":%d,\"finetune_steps\":%d,\"private_values\":%zu,\"shared_values\":%zu",
+            s.clients, c->finetune_steps, np, r->dim - np);
+    num_field(mf, "global_acc_mean", s.global_acc_mean);
+    num_field(mf, "global_acc_min", s.global_acc_min);
+    num_field(mf, "global_loss_mean", s.global_loss_mean);
+    num_field(mf, "personal_acc_mean", s.personal_acc_mean);
+    num_field(mf, "personal_acc_min", s.personal_acc_min);
+    num_field(mf, "personal_loss_mean", s.personal_loss_mean);
+    fprintf(mf, "}\n");
+    fflush(mf);
+    return LOOM_OK;
+}
+
 int loom_sim_run(const loom_sim_config *c, float *global) {
     if ((!c->ds && !c->client_ds) || !c->part || !c->make_worker || !c->free_worker || !c->init || c->dim == 0)
         return loom_error(LOOM_EINVAL, "simulation needs a dataset, a partition, a worker factory and an initial vector");
@@ -953,6 +1109,30 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
                         "checkpoints or --resume (the merged base is not in a checkpoint)");
         goto done;
     }
+    if (!loom_personal_trivial(c->personal) &&
+        (c->secure.sum || c->mode != LOOM_ENGINE_SYNC || c->stack || loom_personal_dim(c->personal) != c->dim ||
+         c->fit.personal != c->personal)) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "--private needs synchronous rounds (--mode sync) without a secure sum or "
+                        "FLoRA stacking, over the run's vector");
+        goto done;
+    }
+    if (c->finetune_steps < 0 || c->finetune_steps > LOOM_FINETUNE_MAX) {
+        rc = loom_error(LOOM_ERANGE, "--finetune-steps %d must be in 0..%d", c->finetune_steps, LOOM_FINETUNE_MAX);
+        goto done;
+    }
+    if (c->finetune_steps > 0 && (c->kseed || (c->algo && c->algo != &loom_client_local_sgd))) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "--finetune-steps needs --client-algo sgd");
+        goto done;
+    }
+    int want_evals = c->client_eval || c->finetune_steps > 0 || !loom_personal_trivial(c->personal);
+    if (want_evals && c->mode != LOOM_ENGINE_SYNC) {
+        rc = loom_error(LOOM_EUNSUPPORTED, "the per-client evaluation (--client-eval, --finetune-steps) needs --mode sync");
+        goto done;
+    }
+    if (want_evals && !(r.evals = calloc((size_t)N, sizeof *r.evals))) {
+        rc = loom_error(LOOM_ENOMEM, "out of memory");
+        goto done;
+    }
     if (c->stack && !(r.stack_x = loom_alloc(c->dim * sizeof(float)))) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
@@ -1068,6 +1248,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         if (c->out_dir && c->checkpoint_every > 0 && ((round + 1) % c->checkpoint_every == 0 || last))
             if ((rc = save_checkpoint(&r, round + 1, "checkpoint.safetensors")) != LOOM_OK) goto done;
     }
+    if (r.evals && (rc = client_evals(&r, mf)) != LOOM_OK) goto done;
     if (c->out_dir) rc = save_checkpoint(&r, c->rounds, "global.safetensors");
 done:
     if (r.eng) memcpy(global, loom_engine_global(r.eng), c->dim * sizeof(float));
@@ -1086,8 +1267,10 @@ done:
         loom_free(r.slots[i].dc);
         free(r.slots[i].mask);
         loom_free(r.slots[i].stored);
+        loom_free(r.slots[i].pers);
     }
     free(r.slots);
+    free(r.evals);
     loom_free(r.stack_x);
     loom_free(r.stack_u);
     free(r.stack_held);
