@@ -7,6 +7,7 @@
 
 int cmd_audit(int argc, char **argv); /* cmd_audit.c */
 int cmd_aggregate(int argc, char **argv); /* cmd_aggregate.c */
+int cmd_report(int argc, char **argv); /* cmd_report.c */
 
 static const struct {
     const char *name;
@@ -22,6 +23,7 @@ static const struct {
     {"dp", cmd_dp, "differential privacy accounting: epsilon of a DP-SGD / DP-FedAvg schedule, or the noise for a budget"},
     {"aggregate", cmd_aggregate, "apply one aggregation rule (fedavg, median, trimmed-mean, krum, ...) to update files offline"},
     {"audit", cmd_audit, "privacy audits: membership inference (AUC, TPR at 1% FPR) and canary exposure"},
+    {"report", cmd_report, "a finished run's report: HTML page, SVG plots and a markdown summary of its metrics"},
     {"data", cmd_data, "split data sets among federated clients; federated Shakespeare"},
     {"tokenize", cmd_tokenize, "encode text on stdin to token ids"},
     {"detokenize", cmd_detokenize, "decode token ids on stdin to text"},
