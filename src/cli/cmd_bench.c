@@ -375,6 +375,6 @@ int cmd_bench(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "generate")) return bench_generate(argc - 1, argv + 1);
     if (!strcmp(argv[1], "tokenize")) return bench_tokenize(argc - 1, argv + 1);
-    fprintf(stderr, "loom bench: unknown benchmark '%s' (train, generate, tokenize)\n", argv[1]);
+    fprintf(stderr, "loom bench: unknown benchmark '%s' (train, generate, tokenize; see loom bench --help)\n", argv[1]);
     return 2;
 }
