@@ -45,13 +45,14 @@ check "quiet: stderr empty" test ! -s "$tmp/q.err"
 refuse "quiet keeps errors" 12 '--seq 4096' 'positions' -- "$LOOM" sim --model tiny --seq 4096 --quiet
 refuse "--quiet with --json" 2 '--quiet and --json' -- "$LOOM" sim --quiet --json
 
-# train: --json steps and evaluations; piped lines every --log-every steps
-"$LOOM" train --model tiny --data "$TXT" --steps 4 --batch 1 --seq 16 --eval-every 2 --eval-windows 4 --log-every 2 --sample-len 0 \
+# train: --json steps and evaluations; piped lines every --log-every steps (on 20 kB of text)
+head -c 20000 "$TXT" > "$tmp/small.txt"
+"$LOOM" train --model tiny --data "$tmp/small.txt" --steps 4 --batch 1 --seq 16 --eval-every 2 --eval-windows 4 --log-every 2 --sample-len 0 \
     --threads 1 --json > "$tmp/t.out" 2> /dev/null
 check "train --json: progress at steps 1, 2, 4" test "$(grep '"type":"progress"' "$tmp/t.out" | grep -o '"step":[0-9]*' | tr '\n' ' ')" = '"step":1 "step":2 "step":4 '
 check "train --json: evaluations at 0, 2, 4" test "$(grep -c '"type":"eval"' "$tmp/t.out")" -eq 3
 check "train --json: a result" grep -q '^{"type":"result","cmd":"train","steps":4,' "$tmp/t.out"
-"$LOOM" train --model tiny --data "$TXT" --steps 4 --batch 1 --seq 16 --log-every 2 --sample-len 0 --threads 1 \
+"$LOOM" train --model tiny --data "$tmp/small.txt" --steps 4 --batch 1 --seq 16 --log-every 2 --sample-len 0 --threads 1 \
     > /dev/null 2> "$tmp/t.err"
 check "train piped: steps 1, 2, 4" test "$(grep -o '^  step *[0-9]*/4' "$tmp/t.err" | tr -s ' ' | tr '\n' ';')" = ' step 1/4; step 2/4; step 4/4;'
 
@@ -64,4 +65,51 @@ if script -qec true /dev/null > /dev/null 2>&1; then
     check "tty: the last round shown" grep -q 'round    3/3' "$tmp/tty.log"
     check "tty: the per-round lines do not scroll" test "$(grep -c '^  round    [12]/3' "$tmp/tty.log")" -eq 0
 fi
+# loom server and loom client on loopback: the server's --json (its port, a progress object per round
+# with the metrics row's train loss, its log as event objects, the result), a --quiet client, and
+# loom report on the server's state directory
+mkdir -p "$tmp/cd"
+head -c 6000 "$TXT" > "$tmp/cd/alice.txt"
+tail -c 6000 "$TXT" > "$tmp/cd/bob.txt"
+cat > "$tmp/run.json" << 'EOF2'
+{"model": "tiny", "rounds": 2, "local-steps": 1, "batch": 2, "seq": 16, "seed": 5, "eval-every": 1, "sample-len": 0}
+EOF2
+S="$tmp/state"
+for n in alice bob; do "$LOOM" server add-client --state "$S" $n > "$S.$n" 2> /dev/null; done
+"$LOOM" server --state "$S" --config "$tmp/run.json" --listen 127.0.0.1:0 --poll-ms 20 --json > "$S.json" 2> "$S.log" &
+spid=$!
+port=
+for _ in $(seq 100); do
+    port=$(sed -n 's/^{"type":"listening","cmd":"server","port":\([0-9]*\)}$/\1/p' "$S.json" 2> /dev/null)
+    [ -n "$port" ] && break
+    kill -0 $spid 2> /dev/null || break
+    sleep 0.1
+done
+check "server --json: its port as a JSON line" test -n "$port"
+cpids=
+for n in alice bob; do
+    q=; [ $n = alice ] && q=--quiet
+    "$LOOM" client --server "https://127.0.0.1:${port:-1}" --name $n --token-file "$S.$n" --ca-cert "$S/tls/cert.pem" \
+        --data "$tmp/cd/$n.txt" --work-dir "$tmp/w$n" --threads 1 --give-up 20 $q > "$tmp/$n.out" 2> "$tmp/$n.err" &
+    cpids="$cpids $!"
+done
+t=0
+while kill -0 $spid 2> /dev/null && [ $t -lt 600 ]; do sleep 0.1; t=$((t + 1)); done
+kill -0 $spid 2> /dev/null && kill -9 $spid
+wait $spid
+check "server exits 0" test $? -eq 0
+for p in $cpids; do wait $p; done
+check "server --json: every stdout line is a JSON object" awk '!/^\{"type":"(listening|progress|event|result)","cmd":"server",.*\}$/ { bad = 1 } END { exit bad || NR == 0 }' "$S.json"
+check "server --json: a progress object per round" test "$(grep -o '^{"type":"progress","cmd":"server","round":[0-9]*' "$S.json" | tr '\n' ' ')" = '{"type":"progress","cmd":"server","round":1 {"type":"progress","cmd":"server","round":2 '
+want=$(grep '"type":"round","round":2,' "$S/metrics.jsonl" | sed 's/.*"train_loss":\([-0-9.e]*\).*/\1/')
+got=$(grep '"type":"progress","cmd":"server","round":2,' "$S.json" | sed 's/.*"train_loss":\([-0-9.e]*\).*/\1/')
+check "server --json: round 2's train loss is the metrics row's ($want, $got)" test "$(printf '%.6f' "$want")" = "$(printf '%.6f' "${got:-0}")"
+check "server --json: its log as events" grep -q '^{"type":"event","cmd":"server","level":"info"' "$S.json"
+check "server --json: a result" grep -q '^{"type":"result","cmd":"server","strategy":"fedavg"' "$S.json"
+check "server --json: its warnings also on stderr, nothing else" bash -c "grep -q ' server warning:' '$S.log' && ! grep -v -e ' server warning:' -e ' server error:' '$S.log' | grep -q ."
+check "quiet client: nothing on stdout or stderr" test ! -s "$tmp/alice.out" -a ! -s "$tmp/alice.err"
+check "the other client logs its rounds" grep -q 'round 2: trained' "$tmp/bob.err"
+"$LOOM" report "$S" --format md > /dev/null 2> "$tmp/srep.err"
+check "report on a server's state directory" grep -qxF '| rounds | 2 (last round 2) |' "$S/report/summary.md"
+check "report: the server's settings" grep -qxF '| strategy | fedavg |' "$S/report/summary.md"
 finish

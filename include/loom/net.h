@@ -90,6 +90,9 @@ typedef struct {
      * aggregator: the run is refused at start. */
     int (*reference)(void *ud, int round, const float *global, float *ref, size_t dim);
     void *reference_ud;
+    /* progress: called on the round thread once a round's (an asynchronous version's) metrics row is
+     * written, with its summary (ud below); NULL: none */
+    void (*on_round)(void *ud, const loom_round_metrics *m);
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,7 +14,10 @@
 
 int cli_quiet_flag, cli_json_flag;
 static cli_out_mode mode = CLI_OUT_TEXT;
-static FILE *json_out; /* the real stdout in JSON mode */
+static FILE *json_out;       /* the real stdout in JSON mode */
+static cli_progress *active; /* the progress line drawn in place, if any */
+/* progress and event lines may come from several threads (the server's handlers and round thread) */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 
 int cli_output_begin(const char *cmd) {
     if (cli_quiet_flag && cli_json_flag) {
@@ -104,6 +108,8 @@ void cli_progress_start(cli_progress *p, const char *cmd, const char *unit, cons
 static void draw(cli_progress *p, const char *line) {
     fprintf(stderr, "\r%s\033[K", line);
     fflush(stderr);
+    if (line != p->shown) snprintf(p->shown, sizeof p->shown, "%s", line);
+    active = p;
     p->open = 1;
     p->last_draw = loom_now();
 }
@@ -126,7 +132,7 @@ static void format(const cli_progress *p, char *buf, size_t n, long done, long s
     else snprintf(buf + at, n - at, "  elapsed %s", cli_duration(el, els, sizeof els));
 }
 
-void cli_progress_step(cli_progress *p, long done, long sub_done, long sub_total, const cli_kv *kv, int nkv) {
+static void locked_progress_step(cli_progress *p, long done, long sub_done, long sub_total, const cli_kv *kv, int nkv) {
     if (mode != CLI_OUT_TEXT) return;
     double now = loom_now();
     double frac = (double)(done - 1) + (sub_total > 0 ? (double)sub_done / (double)sub_total : 0);
@@ -142,7 +148,13 @@ void cli_progress_step(cli_progress *p, long done, long sub_done, long sub_total
     }
 }
 
-void cli_progress_done(cli_progress *p, long done, const cli_kv *kv, int nkv) {
+void cli_progress_step(cli_progress *p, long done, long sub_done, long sub_total, const cli_kv *kv, int nkv) {
+    pthread_mutex_lock(&mu);
+    locked_progress_step(p, done, sub_done, sub_total, kv, nkv);
+    pthread_mutex_unlock(&mu);
+}
+
+static void locked_progress_done(cli_progress *p, long done, const cli_kv *kv, int nkv) {
     double now = loom_now();
     if (mode == CLI_OUT_QUIET) return;
     int last = done >= p->total;
@@ -166,9 +178,46 @@ void cli_progress_done(cli_progress *p, long done, const cli_kv *kv, int nkv) {
     else fprintf(stderr, "%s\n", line);
 }
 
-void cli_progress_end(cli_progress *p) {
+void cli_progress_done(cli_progress *p, long done, const cli_kv *kv, int nkv) {
+    pthread_mutex_lock(&mu);
+    locked_progress_done(p, done, kv, nkv);
+    pthread_mutex_unlock(&mu);
+}
+
+static void locked_progress_end(cli_progress *p) {
     if (p->open && mode == CLI_OUT_TEXT) fprintf(stderr, "\n");
     p->open = 0;
+    if (active == p) active = NULL;
+}
+
+void cli_progress_end(cli_progress *p) {
+    pthread_mutex_lock(&mu);
+    locked_progress_end(p);
+    pthread_mutex_unlock(&mu);
+}
+
+static void locked_progress_note(const char *cmd, int warn, const char *level, const char *text) {
+    if (mode == CLI_OUT_JSON) {
+        fprintf(json_out, "{\"type\":\"event\",\"cmd\":");
+        json_string(json_out, cmd);
+        fprintf(json_out, ",\"level\":");
+        json_string(json_out, level);
+        fprintf(json_out, ",\"message\":");
+        json_string(json_out, text);
+        fprintf(json_out, "}\n");
+    }
+    if (mode != CLI_OUT_TEXT && !warn) return;
+    cli_progress *p = active && active->open && mode == CLI_OUT_TEXT ? active : NULL;
+    if (p) fprintf(stderr, "\r\033[K");
+    fprintf(stderr, "%s\n", text);
+    if (p) draw(p, p->shown);
+    else fflush(stderr);
+}
+
+void cli_progress_note(const char *cmd, int warn, const char *level, const char *text) {
+    pthread_mutex_lock(&mu);
+    locked_progress_note(cmd, warn, level, text);
+    pthread_mutex_unlock(&mu);
 }
 
 void cli_result(const char *cmd, const cli_kv *kv, int nkv, const char *const *strs, int nstr) {
@@ -177,6 +226,7 @@ void cli_result(const char *cmd, const cli_kv *kv, int nkv, const char *const *s
 
 void cli_json_line(const char *type, const char *cmd, const cli_kv *kv, int nkv, const char *const *strs, int nstr) {
     if (mode != CLI_OUT_JSON) return;
+    pthread_mutex_lock(&mu);
     fprintf(json_out, "{\"type\":");
     json_string(json_out, type);
     fprintf(json_out, ",\"cmd\":");
@@ -189,4 +239,5 @@ void cli_json_line(const char *type, const char *cmd, const cli_kv *kv, int nkv,
     }
     json_kv(json_out, kv, nkv);
     fprintf(json_out, "}\n");
+    pthread_mutex_unlock(&mu);
 }

@@ -45,6 +45,7 @@ typedef struct {
     double t0, last_draw, last_line, every;
     int tty, open;                /* a line drawn in place and not yet ended */
     int width;                    /* the unit counter's width in finished units' lines ("round    3/30": 4) */
+    char shown[512];              /* the line drawn in place (redrawn under a note) */
     long plain_every;             /* finished units: a plain (and JSON) line for every this many (1; the
                                      first and the last always) */
 } cli_progress;
@@ -61,6 +62,12 @@ void cli_progress_step(cli_progress *p, long done, long sub_done, long sub_total
 void cli_progress_done(cli_progress *p, long done, const cli_kv *kv, int nkv);
 /* Ends the line drawn in place (call before printing anything else on stderr, and at the end). */
 void cli_progress_end(cli_progress *p);
+
+/* An event line of a long command (the server's and client's log): text mode prints it on stderr,
+ * above the progress line when one is drawn in place (which is then drawn again); quiet mode drops it
+ * unless warn; JSON mode writes {"type":"event","cmd":...,"level":...,"message":...} on stdout (and a
+ * warning or error also as text on stderr). */
+void cli_progress_note(const char *cmd, int warn, const char *level, const char *text);
 
 /* {"type":TYPE,"cmd":...,key: value...} on stdout in JSON mode; nothing otherwise. strs: extra string
  * fields as key, value pairs (nstr pairs). cli_result is the type "result" (a command's outcome). */

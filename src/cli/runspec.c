@@ -1,5 +1,6 @@
 /* A federated run's configuration (see runspec.h). */
 #include "cli/runspec.h"
+#include "cli/progress.h"
 #include "loom/secagg.h"
 #include "loom/streams.h"
 
@@ -838,8 +839,12 @@ static void event_log(int level, const char *msg, void *ud) {
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    fprintf(stderr, "%s %s%s %s\n", ts, (const char *)ud,
-            level >= LOOM_ERROR ? " error:" : level >= LOOM_WARN ? " warning:" : "", msg);
+    char line[2048];
+    snprintf(line, sizeof line, "%s %s%s %s", ts, (const char *)ud,
+             level >= LOOM_ERROR ? " error:" : level >= LOOM_WARN ? " warning:" : "", msg);
+    /* through the progress display: above its line, dropped by --quiet, JSON with --json */
+    cli_progress_note((const char *)ud, level >= LOOM_WARN, level >= LOOM_ERROR ? "error" : level >= LOOM_WARN ? "warning" : "info",
+                      line);
 }
 
 void cli_event_log(const char *who) { loom_set_log(event_log, (void *)who, LOOM_INFO); }
