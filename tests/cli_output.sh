@@ -65,6 +65,23 @@ if script -qec true /dev/null > /dev/null 2>&1; then
     check "tty: the last round shown" grep -q 'round    3/3' "$tmp/tty.log"
     check "tty: the per-round lines do not scroll" test "$(grep -c '^  round    [12]/3' "$tmp/tty.log")" -eq 0
 fi
+# generate --json: one result whose text is what a plain run prints (after the prompt); bench --json
+ST="$SHARED/data/stories260K"
+G=(generate --model "$ST/stories260K.bin" --tokenizer "$ST/tok512.bin" --temperature 0 --steps 40 --threads 1)
+"$LOOM" "${G[@]}" > "$tmp/g.txt" 2> /dev/null
+"$LOOM" "${G[@]}" --json > "$tmp/g.json" 2> "$tmp/g.err"
+check "generate --json: one line" test "$(wc -l < "$tmp/g.json")" -eq 1
+if command -v python3 > /dev/null; then
+    check "generate --json: the text of a plain run" python3 -c '
+import json, sys
+r = json.loads(open(sys.argv[1]).read())
+plain = open(sys.argv[2]).read().rstrip("\n")
+sys.exit(not (r["type"] == "result" and r["tokens"] == 40 and r["text"] and plain.endswith(r["text"])))' "$tmp/g.json" "$tmp/g.txt"
+fi
+check "generate --json: no speed line on stderr" test ! -s "$tmp/g.err"
+"$LOOM" bench generate --model tiny --steps 16 --reps 2 --json > "$tmp/bg.json" 2> /dev/null
+check "bench generate --json: two runs and a result" test "$(grep -c '"type":"progress","cmd":"bench generate"' "$tmp/bg.json")" -eq 2 -a "$(grep -c '"gen_tokens_per_s"' "$tmp/bg.json")" -eq 1
+
 # loom server and loom client on loopback: the server's --json (its port, a progress object per round
 # with the metrics row's train loss, its log as event objects, the result), a --quiet client, and
 # loom report on the server's state directory
