@@ -106,6 +106,9 @@ typedef struct {
     int (*split_update)(void *ud, int client, int round, void **reply, size_t *rlen, int *status);
     void *split_ud;
     size_t split_max_body;
+    /* progress: called on the round thread once a round's (an asynchronous version's) metrics row is
+     * written, with its summary (ud below); NULL: none */
+    void (*on_round)(void *ud, const loom_round_metrics *m);
     /* test hooks */
     void (*on_listen)(void *ud, int port); /* called once the socket listens (tests use port 0) */
     void *ud;

@@ -13,34 +13,57 @@
 
 #include "loom/core.h"
 
-static int is_numeric(opt_type t) { return t == OPT_INT || t == OPT_LONG || t == OPT_FLOAT; }
+static int is_numeric(opt_type t) { return t == OPT_INT || t == OPT_LONG || t == OPT_FLOAT || t == OPT_DOUBLE; }
+
+/* The shown default of an option ("" when none), as print_help shows it. */
+static void default_text(const cli_opt *o, char *buf, size_t n) {
+    buf[0] = 0;
+    double d = o->type == OPT_INT ? *(int *)o->dst : o->type == OPT_LONG ? (double)*(long *)o->dst
+               : o->type == OPT_FLOAT ? *(float *)o->dst : o->type == OPT_DOUBLE ? *(double *)o->dst : 0;
+    if (is_numeric(o->type) && !(d >= o->min && d <= o->max)) return;
+    switch (o->type) {
+    case OPT_STR:
+        if (*(const char **)o->dst) snprintf(buf, n, "%s", *(const char **)o->dst);
+        break;
+    case OPT_INT: snprintf(buf, n, "%d", *(int *)o->dst); break;
+    case OPT_LONG: snprintf(buf, n, "%ld", *(long *)o->dst); break;
+    case OPT_FLOAT:
+        if (*(float *)o->dst == *(float *)o->dst) snprintf(buf, n, "%g", *(float *)o->dst);
+        break;
+    case OPT_DOUBLE:
+        if (*(double *)o->dst == *(double *)o->dst) snprintf(buf, n, "%g", *(double *)o->dst);
+        break;
+    case OPT_FLAG: snprintf(buf, n, "off"); break;
+    }
+}
 
 static void print_help(const char *usage, const char *desc, cli_opt *opts, int n) {
     printf("usage: %s\n\n%s\n\noptions:\n", usage, desc);
     for (int i = 0; i < n; i++) {
-        char left[64];
-        const char *arg = opts[i].type == OPT_FLAG ? "" : opts[i].type == OPT_STR ? " S" : opts[i].type == OPT_FLOAT ? " X" : " N";
+        char left[64], d[256];
+        const char *arg = opts[i].type == OPT_FLAG ? "" : opts[i].type == OPT_STR ? " S"
+                          : opts[i].type == OPT_FLOAT || opts[i].type == OPT_DOUBLE ? " X" : " N";
         snprintf(left, sizeof left, "--%s%s", opts[i].name, arg);
         printf("  %-22s %s", left, opts[i].help);
-        double d = opts[i].type == OPT_INT ? *(int *)opts[i].dst : opts[i].type == OPT_LONG ? (double)*(long *)opts[i].dst
-                   : opts[i].type == OPT_FLOAT ? *(float *)opts[i].dst : 0;
-        int shown = !is_numeric(opts[i].type) || (d >= opts[i].min && d <= opts[i].max); /* a "not given" marker is not shown */
-        switch (shown ? opts[i].type : OPT_FLAG) {
-        case OPT_STR:
-            if (*(const char **)opts[i].dst) printf(" (default %s)", *(const char **)opts[i].dst);
-            break;
-        case OPT_INT: printf(" (default %d)", *(int *)opts[i].dst); break;
-        case OPT_LONG: printf(" (default %ld)", *(long *)opts[i].dst); break;
-        case OPT_FLOAT:
-            if (*(float *)opts[i].dst == *(float *)opts[i].dst) printf(" (default %g)", *(float *)opts[i].dst); /* NAN: no default shown */
-            break;
-        case OPT_FLAG: break;
-        }
-        if (opts[i].type == OPT_FLOAT) printf(" [%g, %g]", opts[i].min, opts[i].max);
+        default_text(&opts[i], d, sizeof d); /* a "not given" marker outside the range is not shown */
+        if (*d && opts[i].type != OPT_FLAG) printf(" (default %s)", d);
+        if (opts[i].type == OPT_FLOAT || opts[i].type == OPT_DOUBLE) printf(" [%g, %g]", opts[i].min, opts[i].max);
         else if (is_numeric(opts[i].type)) printf(" [%.0f, %.0f]", opts[i].min, opts[i].max);
         printf("\n");
     }
     printf("  %-22s %s\n", "--help", "show this help");
+}
+
+/* --list-flags (not in the help: for tests and completion scripts): one line per option of the
+ * table, "--name<TAB>type<TAB>default" (type str, int, long, float or flag; default "-" when none). */
+static void list_flags(const cli_opt *opts, int n) {
+    static const char *const type[] = {"str", "int", "float", "flag", "long", "double"};
+    for (int i = 0; i < n; i++) {
+        char d[256];
+        default_text(&opts[i], d, sizeof d);
+        printf("--%s\t%s\t%s\n", opts[i].name, type[opts[i].type], *d ? d : "-");
+    }
+    printf("--help\tflag\toff\n");
 }
 
 int cli_parse_int(const char *flag, const char *s, long long min, long long max, long long *out) {
@@ -80,6 +103,7 @@ int cli_max_threads(void) {
 
 /* Stores a checked number into the option's destination. */
 static int set_number(cli_opt *o, const char *flag, const char *val) {
+    if (o->type == OPT_DOUBLE) return cli_parse_real(flag, val, o->min, o->max, (double *)o->dst);
     if (o->type == OPT_FLOAT) {
         double v;
         if (cli_parse_real(flag, val, o->min, o->max, &v)) return -1;
@@ -107,6 +131,10 @@ int cli_parse(int argc, char **argv, const char *usage, const char *desc, cli_op
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             print_help(usage, desc, opts, nopts);
+            return 1;
+        }
+        if (!strcmp(a, "--list-flags")) {
+            list_flags(opts, nopts);
             return 1;
         }
         if (strncmp(a, "--", 2) != 0) {
@@ -280,15 +308,16 @@ static int config_apply(json_t *root, const char *path, cli_opt *opts, int nopts
             break;
         case OPT_INT:
         case OPT_LONG:
+        case OPT_DOUBLE:
         case OPT_FLOAT: {
             char buf[64];
             if (json_is_integer(val)) {
                 snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(val));
-            } else if (json_is_real(val) && o->type == OPT_FLOAT) {
+            } else if (json_is_real(val) && (o->type == OPT_FLOAT || o->type == OPT_DOUBLE)) {
                 snprintf(buf, sizeof buf, "%.17g", json_real_value(val));
             } else {
                 const char *what = json_is_string(val) ? "a string" : json_is_real(val) ? "a fraction" : "not a number";
-                if (o->type == OPT_FLOAT)
+                if (o->type == OPT_FLOAT || o->type == OPT_DOUBLE)
                     fprintf(stderr, "loom: %s must be a number in [%g, %g], got %s\n", flag, o->min, o->max, what);
                 else
                     fprintf(stderr, "loom: %s must be an integer in [%.0f, %.0f], got %s\n", flag, o->min, o->max, what);

@@ -4,14 +4,14 @@
 #ifndef LOOM_CLI_ARGS_H
 #define LOOM_CLI_ARGS_H
 
-typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_FLAG, OPT_LONG } opt_type;
+typedef enum { OPT_STR, OPT_INT, OPT_FLOAT, OPT_FLAG, OPT_LONG, OPT_DOUBLE } opt_type;
 
 typedef struct {
     const char *name; /* without the dashes */
     opt_type type;
-    void *dst;        /* const char **, int *, float *, int * (flag), long * */
+    void *dst;        /* const char **, int *, float *, int * (flag), long *, double * */
     const char *help; /* "(default ...)" is added from the current value */
-    double min, max;  /* OPT_INT, OPT_LONG, OPT_FLOAT: accepted range, inclusive (help shows it) */
+    double min, max;  /* OPT_INT, OPT_LONG, OPT_FLOAT, OPT_DOUBLE: accepted range, inclusive (help shows it) */
 } cli_opt;
 
 /* Parses argv[1..]; returns 0, 1 when --help was printed (caller exits 0), or -1 on error (printed).
@@ -19,6 +19,9 @@ typedef struct {
  * numbers and reals finite numbers, both within [min, max]; an error names the flag and the range. */
 int cli_parse(int argc, char **argv, const char *usage, const char *description, cli_opt *opts, int nopts,
               const char **pos, int *npos, int maxpos);
+/* Every parse also answers --list-flags (not shown in the help; for tests and completion): one line per
+ * option, "--name<TAB>type<TAB>default" (type str, int, long, float, double or flag; "-" when the help
+ * shows no default), and returns 1 as for --help. */
 
 /* The same checks for one value outside an option table. flag names it in the printed error (e.g.
  * "--reps"); returns 0, or -1 after printing "loom: FLAG expects ...". */

@@ -149,7 +149,7 @@ int cmd_aggregate(int argc, char **argv) {
         rc_cfg.f = f, rc_cfg.m = m, rc_cfg.beta = beta, rc_cfg.bound = bound, rc_cfg.tau = tau;
         if (iters > 0) rc_cfg.iters = iters, rc_cfg.cc_iters = iters;
         if (loom_robust_check(&rc_cfg, (size_t)npos) != LOOM_OK) {
-            fprintf(stderr, "loom aggregate: %s\n", loom_errmsg());
+            fprintf(stderr, "loom aggregate: --rule with %d update files: %s\n", npos, loom_errmsg());
             goto done;
         }
     }

@@ -866,7 +866,7 @@ int cmd_audit(int argc, char **argv) {
     if (!strcmp(what, "canaries")) return cmd_canaries(argc - 1, argv + 1);
     if (!strcmp(what, "exposure")) return cmd_exposure(argc - 1, argv + 1);
     int help = !strcmp(what, "--help") || !strcmp(what, "-h");
-    if (!help && *what) fprintf(stderr, "loom audit: unknown audit '%s'\n\n", what);
+    if (!help && *what) fprintf(stderr, "loom audit: unknown audit '%s' (mia, canaries or exposure; see loom audit --help)\n\n", what);
     fprintf(help ? stdout : stderr,
             "usage: loom audit mia --model M [--adapter A] --members FILE --nonmembers FILE [--reference M2] [--json]\n"
             "       loom audit canaries --out DIR [--n N] [--seed S] [--format F] [--insert FILE --repeat R]\n"

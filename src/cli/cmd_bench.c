@@ -8,6 +8,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/progress.h"
 #include "cli/runspec.h"
 #include "loom/half.h"
 #include "loom/core.h"
@@ -98,6 +99,7 @@ static int bench_train(int argc, char **argv) {
         {"precision", OPT_STR, &precision, "matmul precision: f32 (default) or bf16 (mixed precision)", 0, 0},
         {"peak-reps", OPT_INT, &peak_reps, "repetitions per matmul shape when measuring the peak", 1, 1000},
         {"seed", OPT_LONG, &seed, "seed", 0, 9e18},
+        CLI_OUTPUT_OPTS,
     };
     int pr = cli_parse(argc, argv, "loom bench train [--model gpt2-124m] [--batch 4] [--seq 256] [options]",
                        "Times full training steps (forward with full logits, mean cross-entropy, backward, AdamW\n"
@@ -110,6 +112,7 @@ static int bench_train(int argc, char **argv) {
                        "tensor by tensor so its float copy is never resident whole.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("bench train") != 0) return 2;
     int prec_want;
     if (cli_precision(precision, "bench train", &prec_want) != 0) return 2;
     if (threads > 0) loom_set_threads(threads);
@@ -164,6 +167,8 @@ static int bench_train(int argc, char **argv) {
                loom_base_dtype_name(loom_model_base_type(m)), loom_model_base_bytes(m) / 1048576.0);
     double *times = malloc((size_t)(steps > 0 ? steps : 1) * sizeof *times);
     float first = 0, last = 0;
+    cli_progress bar;
+    cli_progress_start(&bar, "bench train", "step", NULL, warm + steps, -1);
     for (int s = 0; s < warm + steps; s++) {
         double t0 = loom_now();
         float loss;
@@ -172,14 +177,21 @@ static int bench_train(int argc, char **argv) {
         if (s == 0) first = loss;
         last = loss;
         if (s >= warm) times[s - warm] = dt;
-        fprintf(stderr, "  step %d: %.1f ms, loss %.4f%s\n", s + 1, dt * 1e3, loss, s < warm ? " (warm-up)" : "");
+        cli_kv kv[] = {{"ms", dt * 1e3, "%.1f"}, {"loss", loss, "%.4f"}, {"warm_up", s < warm ? 1 : NAN, "%.0f"}};
+        cli_progress_done(&bar, s + 1, kv, 3);
     }
+    cli_progress_end(&bar);
     double med = median(times, steps), mn = times[0], mx = times[steps - 1];
     if (set) {
         printf("  step: median %.1f ms (min %.1f, max %.1f), %.1f tokens/s, loss %.3f -> %.3f\n", med * 1e3, mn * 1e3,
                mx * 1e3, N / med, first, last);
         printf("  peak RSS %.0f MiB (base %.0f MiB, activations %.0f MiB)\n", loom_peak_rss() / 1048576.0,
                loom_model_base_bytes(m) / 1048576.0, loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
+        {
+            cli_kv res[] = {{"tokens_per_s", N / med, NULL}, {"step_ms", med * 1e3, NULL}, {"peak_rss_mib", loom_peak_rss() / 1048576.0, NULL},
+                            {"trainable", (double)loom_tset_dim(set), NULL}};
+            cli_result("bench train", res, 4, NULL, 0);
+        }
         printf("RESULT tokens_per_s=%.2f step_ms=%.2f peak_rss_mib=%.0f trainable=%zu base_mib=%.1f precision=%s\n", N / med,
                med * 1e3, loom_peak_rss() / 1048576.0, loom_tset_dim(set), loom_model_base_bytes(m) / 1048576.0,
                loom_precision_name(prec));
@@ -225,6 +237,11 @@ static int bench_train(int argc, char **argv) {
                100 * achieved / weighted[p]);
     printf("  peak RSS %.0f MiB (parameters %.0f MiB, activations %.0f MiB)\n", rss, loom_model_n_params(m) * 4.0 / 1048576.0,
            loom_ws_bytes(loom_trainer_ws(tr)) / 1048576.0);
+    {
+        cli_kv res[] = {{"tokens_per_s", N / med, NULL}, {"step_ms", med * 1e3, NULL}, {"gflops", achieved, NULL},
+                        {"peak_rss_mib", rss, NULL}};
+        cli_result("bench train", res, 4, NULL, 0);
+    }
     printf("RESULT tokens_per_s=%.2f step_ms=%.2f gflops=%.2f peak_gflops=%.2f share=%.3f precision=%s "
            "peak_gflops_f32=%.2f share_f32=%.3f peak_gflops_bf16=%.2f share_bf16=%.3f peak_rss_mib=%.0f\n", N / med,
            med * 1e3, achieved, best[prec], achieved / best[prec], loom_precision_name(prec), best[0], achieved / best[0],
@@ -289,6 +306,7 @@ static int bench_generate(int argc, char **argv) {
         {"isa", OPT_STR, &isa_name, "matrix-vector path: portable, avx2 or avx512 (default: the best this CPU has)", 0, 0},
         {"int8", OPT_STR, &i8, "int8 products: dot (x quantized per block of 32, integer dot products, as llama.cpp) or widen (weights to float)", 0, 0},
         {"seed", OPT_LONG, &seed, "seed for a random model", 0, 9e18},
+        CLI_OUTPUT_OPTS,
     };
     int pr = cli_parse(argc, argv, "loom bench generate [--model llama-110m] [--weights f32] [--steps 128]",
                        "Greedy KV-cached generation from BOS: tokens/s (median over --reps runs), the GB/s of\n"
@@ -297,6 +315,7 @@ static int bench_generate(int argc, char **argv) {
                        "precision, one tensor at a time).",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("bench generate") != 0) return 2;
     loom_qtype wq;
     if (loom_base_dtype_parse(weights, &wq) != LOOM_OK) return cli_fail("--weights");
     if (isa_name) {
@@ -334,6 +353,8 @@ static int bench_generate(int argc, char **argv) {
     reset_peak_rss(); /* from here the peak is that of generating */
     double t[16];
     if (reps > 16) reps = 16;
+    cli_progress bar;
+    cli_progress_start(&bar, "bench generate", "run", "token", reps, 0.5);
     for (int r = 0; r < reps; r++) {
         int32_t tok = c->bos_id >= 0 ? c->bos_id : 0;
         double t0 = loom_now();
@@ -343,9 +364,13 @@ static int bench_generate(int argc, char **argv) {
             for (int i = 1; i < c->vocab; i++)
                 if (logits[i] > logits[best]) best = i;
             tok = best;
+            if ((p & 15) == 15) cli_progress_step(&bar, r + 1, p + 1, steps, NULL, 0);
         }
         t[r] = loom_now() - t0;
+        cli_kv kv[] = {{"tokens_per_s", steps / t[r], "%.1f"}};
+        cli_progress_done(&bar, r + 1, kv, 1);
     }
+    cli_progress_end(&bar);
     double med = median(t, reps), tps = steps / med, wb = decode_weight_bytes(m);
     size_t gen_peak = proc_status_kib("VmHWM:"), peak = loom_peak_rss();
     printf("loom bench generate: %s (%zu parameters, weights %s, %.1f MiB held), %d tokens, %d threads, %s path%s\n",
@@ -356,6 +381,10 @@ static int bench_generate(int argc, char **argv) {
            wb * tps / 1e9);
     printf("  peak RSS %.0f MiB (while generating %.0f MiB, at load %.0f MiB)\n", peak / 1048576.0,
            gen_peak / 1048576.0, load_peak / 1048576.0);
+    {
+        cli_kv res[] = {{"gen_tokens_per_s", tps, NULL}, {"gb_per_s", wb * tps / 1e9, NULL}, {"peak_rss_mib", peak / 1048576.0, NULL}};
+        cli_result("bench generate", res, 3, NULL, 0);
+    }
     printf("RESULT gen_tokens_per_s=%.2f gb_per_s=%.3f peak_rss_mib=%.0f gen_rss_mib=%.0f weight_mib=%.3f\n", tps,
            wb * tps / 1e9, peak / 1048576.0, gen_peak / 1048576.0, wb / 1048576.0);
     free(logits);
@@ -375,6 +404,6 @@ int cmd_bench(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return bench_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "generate")) return bench_generate(argc - 1, argv + 1);
     if (!strcmp(argv[1], "tokenize")) return bench_tokenize(argc - 1, argv + 1);
-    fprintf(stderr, "loom bench: unknown benchmark '%s' (train, generate, tokenize)\n", argv[1]);
+    fprintf(stderr, "loom bench: unknown benchmark '%s' (train, generate, tokenize; see loom bench --help)\n", argv[1]);
     return 2;
 }

@@ -13,6 +13,7 @@
 #include "cli/hetero_net.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/progress.h"
 #include "cli/runspec.h"
 #include "loom/core.h"
 #include "loom/fl.h"
@@ -61,6 +62,7 @@ typedef struct {
     cli_hetero_net hn;
     uint8_t *mask;
     float *packed, *packed_dc;
+    cli_progress bar;  /* rounds trained (progress.h): drawn on a terminal and in --json; the log has the rest */
 } client_run;
 
 /* Split learning: the server part of a step, over the connection (include/loom/split.h). */
@@ -165,6 +167,7 @@ static int state_for_round(client_run *c, int round) {
 
 static int setup(void *ud, const loom_netclient_hello *h) {
     client_run *c = ud;
+    cli_progress_start(&c->bar, "client", "round", NULL, h->rounds, -1);
     cli_run_init(&c->r);
     if (cli_run_apply_json(&c->r, h->run_json, "the server's run configuration", &c->run_cfg) != 0)
         return loom_error(LOOM_EFORMAT, "the server sent a run configuration this client cannot use");
@@ -309,6 +312,10 @@ static int fit(void *ud, const loom_netclient_task *t, const float *global, cons
         }
     }
     loom_log(LOOM_INFO, "round %d: trained %d steps, loss %.4f", t->round, out.res.steps, out.res.loss);
+    if (c->bar.tty || cli_output_mode() == CLI_OUT_JSON) {
+        cli_kv kv[] = {{"loss", out.res.loss, "%.4f"}, {"steps", out.res.steps, "%.0f"}};
+        cli_progress_done(&c->bar, t->round, kv, 2);
+    }
     return LOOM_OK;
 }
 
@@ -379,6 +386,7 @@ int cmd_client(int argc, char **argv) {
         {"threads", OPT_INT, &c.threads, "threads for training (0 = the machine's)", 0, cli_max_threads()},
         {"dp-seed", OPT_LONG, &c.dp_seed, "--dp local runs: a secret seed of this client's noise (keep it, and give the same after a restart; default: from the run's seed, which the server knows)", 0, 9e18},
         {"give-up", OPT_FLOAT, &give_up, "seconds without reaching the server before giving up", 1, 1e9},
+        CLI_OUTPUT_OPTS,
     };
     int pr = cli_parse(argc, argv,
                        "loom client --server https://HOST:PORT --name NAME --token-file F --data FILE [--ca-cert F] "
@@ -388,6 +396,7 @@ int cmd_client(int argc, char **argv) {
                        "and uploads only the update, retrying transient failures. Exits 0 when the run ends.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("client") != 0) return 2;
     int rc = 1;
     char token[512], wd[4096];
 #define BAD(...)                                     \
@@ -451,10 +460,16 @@ int cmd_client(int argc, char **argv) {
     nc.stop = &stop_flag;
     nc.on_secagg_sent = secagg_sent;
     if (loom_netclient_run(&nc) != LOOM_OK) {
+        cli_progress_end(&c.bar);
         cli_fail("client");
         goto done;
     }
-    fprintf(stderr, "loom client: %s\n", stop_flag ? "stopped" : "the run is over");
+    cli_progress_end(&c.bar);
+    cli_info("loom client: %s", stop_flag ? "stopped" : "the run is over");
+    {
+        const char *strs[] = {"status", stop_flag ? "stopped" : "done"};
+        cli_result("client", NULL, 0, strs, 1);
+    }
     rc = 0;
 done:
     memset(token, 0, sizeof token);

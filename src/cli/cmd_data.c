@@ -37,44 +37,9 @@ static void data_usage(FILE *f) {
             "                       --clients N --out DIR [options]\n"
             "       loom data shakespeare [--data input.txt] [--min-lines N] [--test-frac F] [--out DIR]\n"
             "\n"
-            "Splits a data set among federated clients and writes one file per client and a manifest\n"
-            "(loom sim --data DIR/manifest.json trains on it). loom data shakespeare --help for the other.\n"
-            "\n"
-            "split options:\n"
-            "  --data FILE         the data set (brown: the corpus directory)\n"
-            "  --partition P       iid, dirichlet, natural (one client per label/key value) or quantity\n"
-            "  --clients N         number of clients (not for natural)\n"
-            "  --out DIR           output directory: DIR/client_NNNN.<ext>, .test.<ext>, manifest.json\n"
-            "  --format FMT        text|jsonl|jsonl-cls|alpaca|dolly|self-instruct|csv|tsv|brown (brown: --data is\n"
-            "                      the corpus directory)\n"
-            "  --text-col C        column name, 1-based number, or list \"2,3\" (JSONL: field; default text)\n"
-            "  --label-col C       label column/field (classification)\n"
-            "  --key F             key column/field (category, genre...; dolly: category by default)\n"
-            "  --labels SPEC       label names: \"neg,pos\" (for the sorted values) or \"1=World,2=Sports\"\n"
-            "  --header, --no-header   CSV/TSV: the first row is (not) a header (default: iff a column is named)\n"
-            "  --text-split MODE   text format: paragraph (default), line, file\n"
-            "  --tokenizer PATH    count tokens with this tokenizer (default: byte-level)\n"
-            "  --alpha A           Dirichlet concentration (default 0.5)\n"
-            "  --sigma S           quantity skew: log-normal sigma of client sizes (default 1)\n"
-            "  --by label|key      what dirichlet/natural group by (default: the --key field if given, else the\n"
-            "                      label if the data has labels, else the format's default key)\n"
-            "  --min-examples K    minimum examples a client (dirichlet: resample; natural: merge)\n"
-            "  --test-frac F       per-client test fraction (default 0)\n"
-            "  --seed S            (default 0)\n"
-            "  --plot FILE.svg     stacked bar chart of the clients' label counts\n"
-            "  --max-examples N    read only the first N records\n");
-}
-
-/* Strict numbers (cli/args.c): the error names the flag and the range. */
-static int parse_size(const char *flag, const char *s, long long max, size_t *out) {
-    long long v;
-    if (cli_parse_int(flag, s, 0, max, &v)) return -1;
-    *out = (size_t)v;
-    return 0;
-}
-
-static int parse_double(const char *flag, const char *s, double lo, double hi, double *out) {
-    return cli_parse_real(flag, s, lo, hi, out);
+            "split: splits a data set among federated clients and writes one file per client and a manifest\n"
+            "(loom sim --data DIR/manifest.json trains on it). shakespeare: federated Shakespeare, one client\n"
+            "per speaking role. loom data split --help and loom data shakespeare --help list their options.\n");
 }
 
 static int ensure_dir(const char *dir) {
@@ -156,95 +121,83 @@ static int cmd_split(int argc, char **argv) {
     loom_partition_opts_init(&popt);
     popt.n_clients = 0;
     double test_frac = 0;
-    int format_set = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int used = 1;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            data_usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--header")) {
-            dopt.header = 1;
-            used = 0;
-        } else if (!strcmp(a, "--no-header")) {
-            dopt.header = 0;
-            used = 0;
-        } else if (!v) {
-            fprintf(stderr, "loom data split: %s needs a value (or is unknown)\n", a);
-            return 2;
-        } else if (!strcmp(a, "--data")) {
-            data = v;
-        } else if (!strcmp(a, "--format")) {
-            dopt.format = loom_dataset_format(v);
-            format_set = 1;
-            if (dopt.format < 0) {
-                fprintf(stderr, "loom data split: unknown format '%s'\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--text-col")) {
-            dopt.text_col = v;
-        } else if (!strcmp(a, "--label-col")) {
-            dopt.label_col = v;
-        } else if (!strcmp(a, "--key")) {
-            dopt.key_col = v;
-        } else if (!strcmp(a, "--labels")) {
-            dopt.labels = v;
-        } else if (!strcmp(a, "--text-split")) {
-            dopt.text_split = !strcmp(v, "paragraph") ? LOOM_SPLIT_PARAGRAPH
-                              : !strcmp(v, "line")    ? LOOM_SPLIT_LINE
-                              : !strcmp(v, "file")    ? LOOM_SPLIT_FILE
-                                                      : -1;
-            if (dopt.text_split < 0) {
-                fprintf(stderr, "loom data split: --text-split is paragraph, line or file\n");
-                return 2;
-            }
-        } else if (!strcmp(a, "--tokenizer")) {
-            tok_path = v;
-        } else if (!strcmp(a, "--partition")) {
-            method_s = v;
-            popt.method = loom_partition_method(v);
-            if (popt.method < 0) {
-                fprintf(stderr, "loom data split: unknown partition '%s' (iid, dirichlet, natural, quantity)\n", v);
-                return 2;
-            }
-        } else if (!strcmp(a, "--clients")) {
-            if (parse_size(a, v, 10000000, &popt.n_clients)) return 2;
-        } else if (!strcmp(a, "--alpha")) {
-            if (parse_double(a, v, 1e-6, 1e6, &popt.alpha)) return 2;
-        } else if (!strcmp(a, "--sigma")) {
-            if (parse_double(a, v, 0, 100, &popt.sigma)) return 2;
-        } else if (!strcmp(a, "--min-examples")) {
-            if (parse_size(a, v, 1000000000, &popt.min_examples)) return 2;
-        } else if (!strcmp(a, "--max-examples")) {
-            if (parse_size(a, v, 1000000000000LL, &dopt.max_examples)) return 2;
-        } else if (!strcmp(a, "--test-frac")) {
-            if (parse_double(a, v, 0, 1, &test_frac)) return 2;
-        } else if (!strcmp(a, "--seed")) {
-            size_t s;
-            if (parse_size(a, v, 9000000000000000000LL, &s)) return 2;
-            popt.seed = s;
-        } else if (!strcmp(a, "--by")) {
-            popt.by = !strcmp(v, "label") ? LOOM_BY_LABEL : !strcmp(v, "key") ? LOOM_BY_KEY : -1;
-            if (popt.by < 0) goto bad_value;
-        } else if (!strcmp(a, "--out")) {
-            out = v;
-        } else if (!strcmp(a, "--plot")) {
-            plot = v;
-        } else {
-            fprintf(stderr, "loom data split: unknown option %s\n", a);
-            data_usage(stderr);
-            return 2;
-        }
-        i += used;
-        continue;
-    bad_value:
-        fprintf(stderr, "loom data split: bad value '%s' for %s\n", v, a);
+    const char *format = NULL, *text_split = NULL, *by = NULL;
+    int header = 0, no_header = 0;
+    long n_clients = 0, min_examples = (long)popt.min_examples, max_examples = (long)dopt.max_examples,
+         seed = (long)popt.seed;
+    cli_opt opts[] = {
+        {"data", OPT_STR, &data, "the data set (brown: the corpus directory)", 0, 0},
+        {"partition", OPT_STR, &method_s, "iid, dirichlet, natural (one client per label/key value) or quantity", 0, 0},
+        {"clients", OPT_LONG, &n_clients, "number of clients (not for natural; 0: none given)", 0, 10000000},
+        {"out", OPT_STR, &out, "output directory: DIR/client_NNNN.<ext>, .test.<ext>, manifest.json", 0, 0},
+        {"format", OPT_STR, &format, "text|jsonl|jsonl-cls|alpaca|dolly|self-instruct|csv|tsv|brown (brown: --data is the corpus directory)", 0, 0},
+        {"text-col", OPT_STR, &dopt.text_col, "column name, 1-based number, or list \"2,3\" (JSONL: field; default text)", 0, 0},
+        {"label-col", OPT_STR, &dopt.label_col, "label column/field (classification)", 0, 0},
+        {"key", OPT_STR, &dopt.key_col, "key column/field (category, genre...; dolly: category by default)", 0, 0},
+        {"labels", OPT_STR, &dopt.labels, "label names: \"neg,pos\" (for the sorted values) or \"1=World,2=Sports\"", 0, 0},
+        {"header", OPT_FLAG, &header, "CSV/TSV: the first row is a header (default: iff a column is named)", 0, 0},
+        {"no-header", OPT_FLAG, &no_header, "CSV/TSV: the first row is data", 0, 0},
+        {"text-split", OPT_STR, &text_split, "text format: paragraph (default), line, file", 0, 0},
+        {"tokenizer", OPT_STR, &tok_path, "count tokens with this tokenizer (default: byte-level)", 0, 0},
+        {"alpha", OPT_DOUBLE, &popt.alpha, "Dirichlet concentration", 1e-6, 1e6},
+        {"sigma", OPT_DOUBLE, &popt.sigma, "quantity skew: log-normal sigma of client sizes", 0, 100},
+        {"by", OPT_STR, &by, "label|key: what dirichlet/natural group by (default: the --key field if given, else the label if the data has labels, else the format's default key)", 0, 0},
+        {"min-examples", OPT_LONG, &min_examples, "minimum examples a client (dirichlet: resample; natural: merge)", 0, 1000000000},
+        {"test-frac", OPT_DOUBLE, &test_frac, "per-client test fraction", 0, 1},
+        {"seed", OPT_LONG, &seed, "seed of the split", 0, 9e18},
+        {"plot", OPT_STR, &plot, "FILE.svg: stacked bar chart of the clients' label counts", 0, 0},
+        {"max-examples", OPT_LONG, &max_examples, "read only the first N records (0: all)", 0, 1e12},
+    };
+    int pr = cli_parse(argc, argv,
+                       "loom data split --data FILE --format FMT --partition iid|dirichlet|natural|quantity --clients N --out DIR [options]",
+                       "Splits a data set among federated clients and writes one file per client and a manifest\n"
+                       "(loom sim --data DIR/manifest.json trains on it).",
+                       opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
+    if (header && no_header) {
+        fprintf(stderr, "loom data split: --header and --no-header exclude each other\n");
         return 2;
     }
+    if (header) dopt.header = 1;
+    if (no_header) dopt.header = 0;
+    popt.n_clients = (size_t)n_clients;
+    popt.min_examples = (size_t)min_examples;
+    dopt.max_examples = (size_t)max_examples;
+    popt.seed = (uint64_t)seed;
+    int format_set = format != NULL;
+    if (format) {
+        dopt.format = loom_dataset_format(format);
+        if (dopt.format < 0) {
+            fprintf(stderr, "loom data split: unknown format '%s' (--format: %s)\n", format, CLI_FORMATS);
+            return 2;
+        }
+    }
+    if (text_split) {
+        dopt.text_split = !strcmp(text_split, "paragraph") ? LOOM_SPLIT_PARAGRAPH
+                          : !strcmp(text_split, "line")    ? LOOM_SPLIT_LINE
+                          : !strcmp(text_split, "file")    ? LOOM_SPLIT_FILE
+                                                           : -1;
+        if (dopt.text_split < 0) {
+            fprintf(stderr, "loom data split: --text-split is paragraph, line or file\n");
+            return 2;
+        }
+    }
+    if (method_s) {
+        popt.method = loom_partition_method(method_s);
+        if (popt.method < 0) {
+            fprintf(stderr, "loom data split: unknown partition '%s' (iid, dirichlet, natural, quantity)\n", method_s);
+            return 2;
+        }
+    }
+    if (by) {
+        popt.by = !strcmp(by, "label") ? LOOM_BY_LABEL : !strcmp(by, "key") ? LOOM_BY_KEY : -1;
+        if (popt.by < 0) {
+            fprintf(stderr, "loom data split: bad value '%s' for --by (label or key)\n", by);
+            return 2;
+        }
+    }
     if (!data || !out || !method_s || !format_set) {
-        fprintf(stderr, "loom data split: --data, --format, --partition and --out are required\n");
-        data_usage(stderr);
+        fprintf(stderr, "loom data split: --data, --format, --partition and --out are required (see --help)\n");
         return 2;
     }
     if (popt.method != LOOM_PART_NATURAL && popt.n_clients == 0) {
@@ -258,7 +211,7 @@ static int cmd_split(int argc, char **argv) {
     loom_tokenizer *tok = NULL;
     int rc = tok_path ? loom_tokenizer_load(&tok, tok_path) : loom_tokenizer_byte(&tok);
     if (rc) {
-        fprintf(stderr, "loom data split: %s\n", loom_errmsg());
+        fprintf(stderr, "loom data split: --tokenizer %s: %s\n", tok_path ? tok_path : "(byte-level)", loom_errmsg());
         return 1;
     }
     loom_dataset *ds = NULL;
@@ -406,24 +359,6 @@ done:
     return status;
 }
 
-static void shakespeare_usage(FILE *f) {
-    fprintf(f,
-            "usage: loom data shakespeare [--data input.txt] [--min-lines N] [--test-frac F] [--out DIR]\n"
-            "\n"
-            "Federated Shakespeare (as LEAF): one client per speaking role of Tiny Shakespeare with at least\n"
-            "--min-lines lines; each client's first (1 - test-frac) lines train, the rest are its test data.\n"
-            "Prints the clients and a histogram of lines per client.\n"
-            "\n"
-            "options:\n"
-            "  --data FILE         Tiny Shakespeare's input.txt (default $LOOM_DATA/tinyshakespeare/input.txt,\n"
-            "                      else $LOOM_SHARED/data/tinyshakespeare/input.txt, else the shared directory\n"
-            "                      beside the repository the program was built in)\n"
-            "  --min-lines N       lines a role needs to be a client (default 64)\n"
-            "  --test-frac F       share of each client's lines held out, in [0, 0.99] (default 0.2)\n"
-            "  --out DIR           write DIR/client_NNNN.txt, client_NNNN.test.txt and manifest.json\n"
-            "  --help              show this help\n");
-}
-
 static int cmp_size(const void *a, const void *b) {
     size_t x = *(const size_t *)a, y = *(const size_t *)b;
     return x < y ? -1 : x > y;
@@ -434,30 +369,20 @@ static int cmd_shakespeare(int argc, char **argv) {
     loom_shakespeare_opts_init(&o);
     const char *in = NULL, *out = NULL;
     char default_path[4096];
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            shakespeare_usage(stdout);
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, "loom data shakespeare: %s needs a value (or is unknown)\n", a);
-            return 2;
-        }
-        if (!strcmp(a, "--data")) {
-            in = v;
-        } else if (!strcmp(a, "--out")) {
-            out = v;
-        } else if (!strcmp(a, "--min-lines")) {
-            if (parse_size(a, v, 1000000000, &o.min_lines)) return 2;
-        } else if (!strcmp(a, "--test-frac")) {
-            if (parse_double(a, v, 0, 0.99, &o.test_frac)) return 2;
-        } else {
-            fprintf(stderr, "loom data shakespeare: unknown option %s\n", a);
-            return 2;
-        }
-        i++;
-    }
+    long min_lines = (long)o.min_lines;
+    cli_opt opts[] = {
+        {"data", OPT_STR, &in, "Tiny Shakespeare's input.txt (default $LOOM_DATA/tinyshakespeare/input.txt, else $LOOM_SHARED/data/tinyshakespeare/input.txt, else the shared directory beside the repository the program was built in)", 0, 0},
+        {"min-lines", OPT_LONG, &min_lines, "lines a role needs to be a client", 0, 1000000000},
+        {"test-frac", OPT_DOUBLE, &o.test_frac, "share of each client's lines held out", 0, 0.99},
+        {"out", OPT_STR, &out, "write DIR/client_NNNN.txt, client_NNNN.test.txt and manifest.json", 0, 0},
+    };
+    int pr = cli_parse(argc, argv, "loom data shakespeare [--data input.txt] [--min-lines N] [--test-frac F] [--out DIR]",
+                       "Federated Shakespeare (as LEAF): one client per speaking role of Tiny Shakespeare with at least\n"
+                       "--min-lines lines; each client's first (1 - test-frac) lines train, the rest are its test data.\n"
+                       "Prints the clients and a histogram of lines per client.",
+                       opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
+    o.min_lines = (size_t)min_lines;
     if (!in) {
         /* The data directory: $LOOM_DATA, else the shared directory's data/ (cli_shared_dir). */
         const char *d = getenv("LOOM_DATA");
@@ -468,7 +393,7 @@ static int cmd_shakespeare(int argc, char **argv) {
     loom_dataset *ds;
     loom_partition *p;
     if (loom_shakespeare_load(&ds, &p, in, &o, NULL)) {
-        fprintf(stderr, "loom data shakespeare: %s\n", loom_errmsg());
+        fprintf(stderr, "loom data shakespeare: --data %s: %s\n", in, loom_errmsg());
         return 1;
     }
     size_t nc = p->n_clients, n_train = 0, n_test = 0;
@@ -565,7 +490,7 @@ int cmd_data(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "split")) return cmd_split(argc - 1, argv + 1);
     if (!strcmp(argv[1], "shakespeare")) return cmd_shakespeare(argc - 1, argv + 1);
-    fprintf(stderr, "loom data: unknown subcommand '%s'\n", argv[1]);
+    fprintf(stderr, "loom data: unknown subcommand '%s' (split or shakespeare; see loom data --help)\n", argv[1]);
     data_usage(stderr);
     return 2;
 }

@@ -12,6 +12,7 @@ int cmd_dp(int argc, char **argv) {
     int eps_mode = !strcmp(what, "epsilon"), sigma_mode = !strcmp(what, "sigma");
     if (!eps_mode && !sigma_mode) {
         int help = argc >= 2 && (!strcmp(what, "--help") || !strcmp(what, "-h"));
+        if (!help && *what) fprintf(stderr, "loom dp: unknown subcommand '%s' (epsilon or sigma; see loom dp --help)\n\n", what);
         fprintf(help ? stdout : stderr,
                 "usage: loom dp epsilon --q Q --sigma S --steps N --delta D [--json]\n"
                 "       loom dp sigma --q Q --steps N --delta D --epsilon E [--json]\n\n"
@@ -29,7 +30,7 @@ int cmd_dp(int argc, char **argv) {
     cli_opt opts[] = {
         {"q", OPT_STR, &q_s, "sampling rate per step in [0, 1] (batch / data set size, or clients sampled / clients)", 0, 0},
         {"sigma", OPT_STR, &sigma_s, "noise multiplier (noise std / clipping norm), >= 0", 0, 0},
-        {"steps", OPT_LONG, &steps_l, "steps (or rounds) composed", 0, 1e15},
+        {"steps", OPT_LONG, &steps_l, "steps (or rounds) composed (required)", 0, 1e15},
         {"delta", OPT_STR, &delta_s, "delta of the (epsilon, delta) guarantee, in (0, 1)", 0, 0},
         {"epsilon", OPT_STR, &target_s, "sigma: the target epsilon", 0, 0},
         {"json", OPT_FLAG, &json, "print one JSON object", 0, 0},

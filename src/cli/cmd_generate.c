@@ -1,10 +1,13 @@
 /* loom generate: KV-cached sampling from a model. */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/progress.h"
 #include "loom/core.h"
 #include "loom/gemv.h"
 #include "loom/model.h"
@@ -32,12 +35,16 @@ int cmd_generate(int argc, char **argv) {
         {"seed", OPT_LONG, &seed, "random seed", 0, 9e18},
         {"threads", OPT_INT, &threads, "threads (0 = all cores)", 0, cli_max_threads()},
         {"ids", OPT_FLAG, &ids, "print the generated token ids instead of text", 0, 0},
+        CLI_OUTPUT_OPTS,
     };
     int pr = cli_parse(argc, argv, "loom generate --model PATH [--tokenizer PATH] [--prompt TEXT] [options]",
                        "Generates text with a KV cache, one token at a time, starting from BOS and the prompt,\n"
                        "stopping at BOS/EOS or after --steps positions. Text goes to stdout, speed to stderr.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("generate") != 0) return 2;
+    loom_strbuf text = {0};
+    cli_generate_progress(1, cli_output_mode() == CLI_OUT_JSON ? &text : NULL);
     if (temperature < 0 || top_p <= 0 || top_p > 1 || top_k < 0 || steps < 1) {
         fprintf(stderr, "loom generate: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --steps >= 1\n");
         return 2;
@@ -82,7 +89,13 @@ int cmd_generate(int argc, char **argv) {
     double secs;
     int n = cli_generate_ex(m, set, set ? loom_tset_data(set) : NULL, tok, prompt, steps, temperature, top_k, top_p,
                             (unsigned long long)seed, &secs);
-    if (n >= 0) fprintf(stderr, "generated %d tokens, %.1f tokens/s\n", n, secs > 0 ? n / secs : 0.0);
+    if (n >= 0) cli_info("generated %d tokens, %.1f tokens/s", n, secs > 0 ? n / secs : 0.0);
+    if (n >= 0) {
+        cli_kv res[] = {{"tokens", n, NULL}, {"tokens_per_s", secs > 0 ? n / secs : NAN, NULL}};
+        const char *strs[] = {ids ? "ids" : "text", text.s ? text.s : ""};
+        cli_result("generate", res, 2, strs, 1);
+    }
+    free(text.s);
     loom_tokenizer_free(tok);
     loom_tset_free(set);
     loom_model_free(m);

@@ -87,16 +87,8 @@ int cmd_report_serve(int argc, char **argv) {
     return rc;
 }
 
-/* cmd_report (the static report: HTML, plots, summary) lives in its own file; a build without it
- * serves the dashboard only. */
-#pragma weak cmd_report
-
 int cmd_report_main(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--serve") || !strcmp(argv[i], "--serve=true")) return cmd_report_serve(argc, argv);
-    if (!cmd_report) {
-        fprintf(stderr, "loom report: this build has only loom report --serve RUN_DIR\n");
-        return 2;
-    }
     return cmd_report(argc, argv);
 }

@@ -10,6 +10,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/progress.h"
 #include "cli/runspec.h"
 #include "loom/core.h"
 #include "loom/net.h"
@@ -160,7 +161,20 @@ static int split_update_cb(void *ud, int client, int round, void **reply, size_t
 
 static void server_listening(void *ud, int port) {
     (void)ud;
-    fprintf(stderr, "loom server: listening on port %d\n", port);
+    cli_info("loom server: listening on port %d", port);
+    cli_kv kv[] = {{"port", port, NULL}};
+    cli_json_line("listening", "server", kv, 1, NULL, 0);
+}
+
+/* The round progress line (progress.h): a round's summary as it is written to metrics.jsonl. */
+static void server_round(void *ud, const loom_round_metrics *m) {
+    cli_progress *bar = ud;
+    double ev = m->evaluated ? 1 : NAN;
+    cli_kv kv[] = {{"train_loss", m->train_loss, "%.4f"},  {"accepted", m->accepted, "%.0f"},
+                   {"rejected", m->rejected ? m->rejected : NAN, "%.0f"}, {"eval_loss", ev * m->eval_loss, "%.4f"},
+                   {"eval_acc", ev * m->eval_acc, "%.3f"},  {"epsilon", m->dp ? m->epsilon : NAN, "%.3g"},
+                   {"seconds", m->seconds, "%.1f"}};
+    cli_progress_done(bar, m->version > 0 ? (long)m->version : m->round, kv, (int)(sizeof kv / sizeof kv[0]));
 }
 
 int cmd_server(int argc, char **argv) {
@@ -173,7 +187,7 @@ int cmd_server(int argc, char **argv) {
     memset(&root, 0, sizeof root);
     int min_clients = 0, poll_ms = 500, eval_timeout = 60, threads = 16;
     float max_upload_mb = 0, secagg_fit_timeout = 600, secagg_timeout = 60, done_grace = 10;
-    cli_opt opts[CLI_RUN_MAX_OPTS + 15];
+    cli_opt opts[CLI_RUN_MAX_OPTS + 17];
     int nopts = 0;
     opts[nopts++] = (cli_opt){"config", OPT_STR, &config, "RUN.json: the run, with the keys of loom sim --config", 0, 0};
     opts[nopts++] = (cli_opt){"state", OPT_STR, &state, "state directory: state.db, updates, checkpoints, global.safetensors, metrics.jsonl, tls/", 0, 0};
@@ -189,6 +203,9 @@ int cmd_server(int argc, char **argv) {
     opts[nopts++] = (cli_opt){"secagg-fit-timeout", OPT_FLOAT, &secagg_fit_timeout, "with --secagg: seconds after a round opens that its phase 0 (the clients' download and training, then their keys) waits for them", 0.1, 864000};
     opts[nopts++] = (cli_opt){"secagg-phase-timeout", OPT_FLOAT, &secagg_timeout, "with --secagg: seconds each later phase of secure aggregation (shares, masked inputs, unmasking) waits for the clients", 0.1, 86400};
     nopts += cli_run_opts(&r, opts + nopts);
+    cli_opt out_opts[] = {CLI_OUTPUT_OPTS};
+    opts[nopts++] = out_opts[0];
+    opts[nopts++] = out_opts[1];
     const char *usage = "loom server --state DIR --config RUN.json [--listen HOST:PORT] [--tls-cert F --tls-key F]\n"
                         "       loom server add-client --state DIR [--role client|admin|viewer] NAME\n"
                         "       loom server revoke-client --state DIR NAME";
@@ -203,7 +220,10 @@ int cmd_server(int argc, char **argv) {
     cli_config *cfg = NULL;
     int pr = cli_parse_config(argc, argv, usage, desc, opts, nopts, &cfg);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("server") != 0) return 2;
     int rc = 1;
+    cli_progress bar;
+    memset(&bar, 0, sizeof bar);
     loom_model *m = NULL;
     loom_tset *set = NULL, *split_whole = NULL; /* split learning over a full fine-tuning run: the FULL layout */
     loom_split_server *split = NULL;
@@ -353,9 +373,12 @@ int cmd_server(int argc, char **argv) {
     loom_set_threads(1);
     global = loom_alloc(ec->dim * sizeof(float));
     if (!global) BAD("out of memory");
-    fprintf(stderr, "loom server: %s, %zu trainable values, %d rounds, state in %s\n", sc.strategy, ec->dim, sc.rounds,
-            state);
+    cli_info("loom server: %s, %zu trainable values, %d rounds, state in %s", sc.strategy, ec->dim, sc.rounds, state);
+    cli_progress_start(&bar, "server", "round", NULL, sc.rounds, -1);
+    c.on_round = server_round;
+    c.ud = &bar;
     int src = loom_server_run(&c, global);
+    cli_progress_end(&bar);
     if (src != LOOM_OK && !(stop_flag && src == LOOM_ESTATE)) {
         cli_fail("server");
         goto done;
@@ -366,6 +389,11 @@ int cmd_server(int argc, char **argv) {
         goto done;
     }
     printf("%-28s %s/global.safetensors, %s/metrics.jsonl\n", "written", state, state);
+    {
+        cli_kv res[] = {{"rounds", sc.rounds, NULL}, {"seconds", loom_now() - bar.t0, NULL}};
+        const char *strs[] = {"strategy", sc.strategy, "state", state};
+        cli_result("server", res, 2, strs, 2);
+    }
     rc = 0;
 done:
     cli_hetero_net_free(&hn);

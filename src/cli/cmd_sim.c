@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "cli/dash_serve.h"
+#include "cli/progress.h"
 #include "cli/runspec.h"
 #include "cli/sim_report.h"
 #include "loom/plot.h"
@@ -153,38 +154,31 @@ typedef struct {
     double bytes_up, bytes_down; /* the rounds' measured traffic (the engine's counts) */
     long updates;                /* accepted updates */
     loom_dash *dash;             /* --serve: the round in progress goes to the dashboard */
+    cli_progress bar;            /* the progress line (progress.h) */
 } progress;
 
 static void on_client(int round, int done, int total, void *ud) {
     progress *p = ud;
     if (p->dash) loom_dash_progress(p->dash, round, p->rounds, "fit");
-    double now = loom_now(), el = now - p->t0;
-    if (p->tty) {
-        fprintf(stderr, "\r  round %d/%d  clients %d/%d  elapsed %.0fs   ", round, p->rounds, done, total, el);
-    } else if (!p->quiet && done < total && now - p->last_line >= p->every) {
-        fprintf(stderr, "  round %d/%d  client %d/%d done  elapsed %.0fs\n", round, p->rounds, done, total, el);
-        p->last_line = now;
-    }
+    if (!p->quiet) cli_progress_step(&p->bar, round, done, total, NULL, 0);
 }
 
 static void on_round(const loom_round_metrics *m, void *ud) {
     progress *p = ud;
-    double el = loom_now() - p->t0;
-    p->last_line = loom_now();
     p->bytes_up += m->bytes_up;
     p->bytes_down += m->bytes_down;
     p->updates += m->accepted;
-    char eta[32];
-    cli_duration(el / m->round * (p->rounds - m->round), eta, sizeof eta);
-    if (p->tty) fprintf(stderr, "\r");
-    fprintf(stderr, "  round %4d/%d  train loss %.4f", m->round, p->rounds, m->train_loss);
-    if (m->evaluated)
-        fprintf(stderr, "  eval loss %.4f acc %.3f (clients %.3f +- %.3f)", m->eval_loss, m->eval_acc, m->eval_acc_mean,
-                m->eval_acc_std);
-    if (m->evaluated && !isnan(m->attack_success)) fprintf(stderr, "  attack success %.3f", m->attack_success);
-    if (m->rejected) fprintf(stderr, "  rejected %d", m->rejected);
-    if (m->dp) fprintf(stderr, "  epsilon %.3g", m->epsilon);
-    fprintf(stderr, "  %.1fs  ETA %s%s\n", m->seconds, eta, p->tty ? "      " : "");
+    double ev = m->evaluated ? 1 : NAN;
+    cli_kv kv[] = {{"train_loss", m->train_loss, "%.4f"},
+                   {"eval_loss", ev * m->eval_loss, "%.4f"},
+                   {"eval_acc", ev * m->eval_acc, "%.3f"},
+                   {"clients_acc", ev * m->eval_acc_mean, "%.3f"},
+                   {"clients_acc_std", ev * m->eval_acc_std, "%.3f"},
+                   {"attack_success", ev * m->attack_success, "%.3f"},
+                   {"rejected", m->rejected ? m->rejected : NAN, "%.0f"},
+                   {"epsilon", m->dp ? m->epsilon : NAN, "%.3g"},
+                   {"seconds", m->seconds, "%.1f"}};
+    cli_progress_done(&p->bar, m->round, kv, (int)(sizeof kv / sizeof kv[0]));
     if (p->n < p->rounds) {
         p->x[p->n] = m->round;
         p->acc[p->n] = m->evaluated ? m->eval_acc : NAN;
@@ -228,7 +222,7 @@ int cmd_sim(int argc, char **argv) {
     cli_run r;
     cli_run_init(&r);
     const char *config = NULL;
-    cli_opt opts[CLI_RUN_MAX_OPTS + 4];
+    cli_opt opts[CLI_RUN_MAX_OPTS + 6];
     opts[0] = (cli_opt){"config", OPT_STR, &config, "JSON file of flag values (command-line flags override it)", 0, 0};
     int nopts = 1 + cli_run_opts(&r, opts + 1);
     /* --serve: the run's dashboard (src/cli/dash_serve.c) */
@@ -240,6 +234,9 @@ int cmd_sim(int argc, char **argv) {
     opts[nopts++] = (cli_opt){"serve", OPT_STR, &serve, "serve the run's dashboard over plain HTTP at [HOST:]PORT (host default 127.0.0.1; port 0: any free port); prints the URL and a fresh token (default: off)", 0, 0};
     opts[nopts++] = (cli_opt){"serve-token-file", OPT_STR, &serve_token_file, "with --serve: the dashboard's token, the first line of FILE (16 to 255 characters; default: a fresh one, printed)", 0, 0};
     opts[nopts++] = (cli_opt){"serve-wait", OPT_FLAG, &serve_wait, "with --serve: keep serving after the last round until Ctrl-C (default: stop at the end)", 0, 0};
+    cli_opt out_opts[] = {CLI_OUTPUT_OPTS};
+    opts[nopts++] = out_opts[0];
+    opts[nopts++] = out_opts[1];
     const char *usage = "loom sim [--config FILE] [--model SHAPE|DIR] [--data shakespeare|FILE | --clients-dir DIR] [options]";
     const char *desc =
         "Simulates federated training in one process (survey section II.A): each round the server samples\n"
@@ -251,6 +248,7 @@ int cmd_sim(int argc, char **argv) {
     cli_config *cfg = NULL;
     int pr = cli_parse_config(argc, argv, usage, desc, opts, nopts, &cfg);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("sim") != 0) return 2;
     int rc = 1;
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
@@ -571,6 +569,7 @@ int cmd_sim(int argc, char **argv) {
     prog.quiet = r.quiet_clients;
     prog.every = r.progress_every;
     prog.t0 = prog.last_line = loom_now();
+    cli_progress_start(&prog.bar, "sim", "round", r.quiet_clients ? NULL : "client", rounds, r.progress_every);
     prog.x = calloc((size_t)rounds, sizeof(double));
     prog.acc = calloc((size_t)rounds, sizeof(double));
     prog.loss = calloc((size_t)rounds, sizeof(double));
@@ -603,15 +602,15 @@ int cmd_sim(int argc, char **argv) {
     else
         snprintf(what, sizeof what, "%s of %zu parameters", created ? "training from scratch" : "full fine-tuning",
                  loom_model_n_params(m));
-    fprintf(stderr, "loom sim: %s%s%s, %s model (%s), %zu clients (%zu training examples), %d per round\n", strategy,
+    cli_info("loom sim: %s%s%s, %s model (%s), %zu clients (%zu training examples), %d per round", strategy,
             sc.aggregator ? " over the aggregator " : "", sc.aggregator ? r.aggregator : "",
             loom_model_config(m)->arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", what, part->n_clients, total_ex, per_round);
-    fprintf(stderr, "  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld\n",
+    cli_info("  %d rounds x %d local steps of %d x %d tokens, client %s lr %g, %d workers x %d threads, seed %ld",
             rounds, local_steps, B, T, optname, lr, workers, client_threads, seed);
     if (sc.algo) /* zeroth-order clients: their own step size, not the optimizer's */
-        fprintf(stderr, "  zeroth-order clients (%s): eps %g, step size %g, restore by %s%s\n", sc.algo->name,
+        cli_info("  zeroth-order clients (%s): eps %g, step size %g, restore by %s%s", sc.algo->name,
                 (double)sc.fit.zo_eps, (double)sc.fit.zo_lr, r.zo_restore, kseed ? ", seed pool of " : "");
-    if (kseed) fprintf(stderr, "  %d seeds (%s)\n", r.seed_pool, r.seed_probs);
+    if (kseed) cli_info("  %d seeds (%s)", r.seed_pool, r.seed_probs);
     if (compare > 0) {
         ppl0 = calloc(part->n_clients, sizeof *ppl0);
         ppl1 = calloc(part->n_clients, sizeof *ppl1);
@@ -634,12 +633,13 @@ int cmd_sim(int argc, char **argv) {
     }
     double t0 = loom_now();
     if (loom_sim_run(&sc, global) != LOOM_OK) {
-        if (prog.tty) fprintf(stderr, "\n");
+        cli_progress_end(&prog.bar);
         cli_fail("simulation");
         goto done;
     }
     double secs = loom_now() - t0;
     if (dash.board) loom_dash_progress(dash.board, rounds, rounds, "done");
+    cli_progress_end(&prog.bar);
     final = global;
     if (kseed) {
         if (loom_kseed_sync(kseed, global) != LOOM_OK) {
@@ -655,6 +655,15 @@ int cmd_sim(int argc, char **argv) {
             li = i;
             break;
         }
+    {
+        cli_kv res[] = {{"rounds", rounds, NULL}, {"clients", (double)part->n_clients, NULL},
+                        {"eval_loss", li >= 0 ? prog.loss[li] : NAN, NULL}, {"eval_acc", li >= 0 ? prog.acc[li] : NAN, NULL},
+                        {"perplexity", li >= 0 ? exp(prog.loss[li]) : NAN, NULL},
+                        {"attack_success", li >= 0 ? prog.asr[li] : NAN, NULL}, {"bytes_up", prog.bytes_up, NULL},
+                        {"bytes_down", prog.bytes_down, NULL}, {"seconds", secs, NULL}};
+        const char *strs[] = {"strategy", strategy, "out", out ? out : ""};
+        cli_result("sim", res, (int)(sizeof res / sizeof res[0]), strs, out ? 2 : 1);
+    }
     printf("\n%-28s %s\n", "strategy", strategy);
     printf("%-28s %d (%d local steps each)\n", "rounds", rounds, local_steps);
     printf("%-28s %zu (%d per round)\n", "clients", part->n_clients, per_round);

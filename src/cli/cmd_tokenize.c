@@ -57,26 +57,17 @@ static int load(loom_tokenizer **t, const char *path, const char *cmd) {
 
 int cmd_tokenize(int argc, char **argv) {
     const char *path = NULL;
-    int flags = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: loom tokenize --tokenizer PATH [--bos] [--eos] < text\n\n"
-                   "Reads UTF-8 text on stdin and prints its token ids on one line, space-separated.\n"
-                   "  --tokenizer PATH  tokenizer.json, a model directory, GPT-2 encoder.json (vocab.bpe beside it)\n"
-                   "                    or a llama2.c tokenizer.bin\n"
-                   "  --bos, --eos      add the beginning/end-of-sequence token (none by default)\n");
-            return 0;
-        } else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
-            path = argv[++i];
-        } else if (!strcmp(argv[i], "--bos")) {
-            flags |= LOOM_TOK_BOS;
-        } else if (!strcmp(argv[i], "--eos")) {
-            flags |= LOOM_TOK_EOS;
-        } else {
-            fprintf(stderr, "loom tokenize: unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-    }
+    int bos = 0, eos = 0;
+    cli_opt opts[] = {
+        {"tokenizer", OPT_STR, &path, "tokenizer.json, a model directory, GPT-2 encoder.json (vocab.bpe beside it) or a llama2.c tokenizer.bin", 0, 0},
+        {"bos", OPT_FLAG, &bos, "add the beginning-of-sequence token (default off)", 0, 0},
+        {"eos", OPT_FLAG, &eos, "add the end-of-sequence token (default off)", 0, 0},
+    };
+    int pr = cli_parse(argc, argv, "loom tokenize --tokenizer PATH [--bos] [--eos] < text",
+                       "Reads UTF-8 text on stdin and prints its token ids on one line, space-separated.", opts,
+                       (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
+    int flags = (bos ? LOOM_TOK_BOS : 0) | (eos ? LOOM_TOK_EOS : 0);
     loom_tokenizer *t;
     int rc = load(&t, path, "tokenize");
     if (rc) return rc;
@@ -104,20 +95,14 @@ int cmd_tokenize(int argc, char **argv) {
 
 int cmd_detokenize(int argc, char **argv) {
     const char *path = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: loom detokenize --tokenizer PATH < ids\n\n"
-                   "Reads token ids (whitespace-separated) on stdin and prints the text they decode to.\n"
-                   "Special tokens (bos/eos/pad) produce no text.\n"
-                   "  --tokenizer PATH  as for loom tokenize\n");
-            return 0;
-        } else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
-            path = argv[++i];
-        } else {
-            fprintf(stderr, "loom detokenize: unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-    }
+    cli_opt opts[] = {
+        {"tokenizer", OPT_STR, &path, "as for loom tokenize", 0, 0},
+    };
+    int pr = cli_parse(argc, argv, "loom detokenize --tokenizer PATH < ids",
+                       "Reads token ids (whitespace-separated) on stdin and prints the text they decode to.\n"
+                       "Special tokens (bos/eos/pad) produce no text.", opts, (int)(sizeof opts / sizeof opts[0]),
+                       NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
     loom_tokenizer *t;
     int rc = load(&t, path, "detokenize");
     if (rc) return rc;
@@ -180,35 +165,20 @@ int bench_tokenize(int argc, char **argv) {
     snprintf(file_default, sizeof file_default, "%s/data/tinyshakespeare/input.txt", cli_shared_dir());
     const char *path = tok_default, *file = file_default;
     int reps = 5;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: loom bench tokenize [--tokenizer PATH] [--file PATH] [--reps N]\n\n"
-                   "Encodes a text file on one thread N times and prints the throughput in MB/s: the first\n"
-                   "(cold) repetition and the median of all.\n\n"
-                   "options:\n"
-                   "  --tokenizer PATH   tokenizer.json, encoder.json, tokenizer.bin or a model directory\n"
-                   "                     (default $LOOM_SHARED/data/gpt2-tokenizer/encoder.json, or ../shared/...)\n"
-                   "  --file PATH        text to encode (default $LOOM_SHARED/data/tinyshakespeare/input.txt)\n"
-                   "  --reps N           repetitions, 1..1000 (default 5)\n"
-                   "  --help             show this help\n");
-            return 0;
-        } else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) {
-            path = argv[++i];
-        } else if (!strcmp(argv[i], "--file") && i + 1 < argc) {
-            file = argv[++i];
-        } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
-            long long v;
-            if (cli_parse_int("--reps", argv[++i], 1, 1000, &v)) return 2;
-            reps = (int)v;
-        } else {
-            fprintf(stderr, "loom bench tokenize: unknown or incomplete option '%s' (see --help)\n", argv[i]);
-            return 2;
-        }
-    }
+    cli_opt opts[] = {
+        {"tokenizer", OPT_STR, &path, "tokenizer.json, encoder.json, tokenizer.bin or a model directory", 0, 0},
+        {"file", OPT_STR, &file, "text to encode", 0, 0},
+        {"reps", OPT_INT, &reps, "repetitions", 1, 1000},
+    };
+    int pr = cli_parse(argc, argv, "loom bench tokenize [--tokenizer PATH] [--file PATH] [--reps N]",
+                       "Encodes a text file on one thread N times and prints the throughput in MB/s: the first\n"
+                       "(cold) repetition and the median of all.", opts, (int)(sizeof opts / sizeof opts[0]), NULL,
+                       NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
     char *text;
     size_t len;
     if (loom_read_file(file, &text, &len) != LOOM_OK) {
-        fprintf(stderr, "loom bench tokenize: %s\n", loom_errmsg());
+        fprintf(stderr, "loom bench tokenize: --file: %s\n", loom_errmsg());
         return 1;
     }
     loom_tokenizer *t;

@@ -7,6 +7,7 @@
 #include "cli/args.h"
 #include "cli/cli.h"
 #include "cli/common.h"
+#include "cli/progress.h"
 #include "cli/runspec.h"
 #include "cli/textdata.h"
 #include "loom/core.h"
@@ -293,11 +294,11 @@ int cmd_train(int argc, char **argv) {
         {"weight-decay", OPT_FLOAT, &wd, "decoupled weight decay on matrices", 0, 10},
         {"clip", OPT_FLOAT, &clip, "global gradient-norm clip (0 = off; default 1, or 0 with --dp sgd)", 0, 1e9},
         {"dp", OPT_STR, &dp_mode, "differential privacy: sgd (DP-SGD: each example's gradient clipped to --dp-clip, Gaussian noise on the sum; central and local are federated: loom sim / loom server)", 0, 0},
-        {"dp-clip", OPT_FLOAT, &dp_clip, "--dp sgd: L2 norm C each example's gradient is clipped to", 0, 1e9},
-        {"dp-noise", OPT_FLOAT, &dp_noise, "--dp sgd: noise multiplier sigma (noise std sigma x C on the clipped sum; loom dp sigma finds one for a budget)", 0, 1e6},
+        {"dp-clip", OPT_FLOAT, &dp_clip, "--dp sgd: L2 norm C each example's gradient is clipped to (no default: required)", 0, 1e9},
+        {"dp-noise", OPT_FLOAT, &dp_noise, "--dp sgd: noise multiplier sigma (noise std sigma x C on the clipped sum; loom dp sigma finds one for a budget; no default: required)", 0, 1e6},
         {"dp-delta", OPT_FLOAT, &dp_delta, "--dp sgd: delta of the reported epsilon", 0, 1},
-        {"dp-epsilon", OPT_FLOAT, &dp_budget, "--dp sgd: budget: a run whose epsilon would exceed it before its last step is refused", 0, 1e9},
-        {"dp-adaptive-clip", OPT_FLOAT, &dp_adaptive, "client-level DP only (loom sim / loom server --dp central)", 0, 1},
+        {"dp-epsilon", OPT_FLOAT, &dp_budget, "--dp sgd: budget: a run whose epsilon would exceed it before its last step is refused (default none)", 0, 1e9},
+        {"dp-adaptive-clip", OPT_FLOAT, &dp_adaptive, "client-level DP only (loom sim / loom server --dp central); no default here", 0, 1},
         {"dp-row-loop", OPT_FLAG, &dp_row_loop, "--dp sgd: per-example gradients one example at a time (B passes) instead of one batched backward", 0, 0},
         {"val-frac", OPT_FLOAT, &val_frac, "share of the text (its end) held out for validation", 0, 0.99},
         {"eval-every", OPT_INT, &eval_every, "validation loss every N steps (0 = only at the end)", 0, 1e9},
@@ -311,6 +312,7 @@ int cmd_train(int argc, char **argv) {
         {"checkpoint-every", OPT_LONG, &checkpoint_every, "with --out: write OUT/checkpoint.safetensors every N steps and at the end (0 = never)", 0, 1e9},
         {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors (same --steps, --batch, --seq, --seed, --optimizer)", 0, 0},
         {"stop-at", OPT_LONG, &stop_at, "stop after step N with a checkpoint, to be continued with --resume (0 = run all --steps)", 0, 1e9},
+        CLI_OUTPUT_OPTS,
     };
     int pr = cli_parse(argc, argv, "loom train --model PATH|SHAPE --data FILE [options]",
                        "Trains one model on a text file: pre-training from scratch (--model gpt2-tiny, tiny,\n"
@@ -325,6 +327,7 @@ int cmd_train(int argc, char **argv) {
                        "state, step) that --resume continues bit for bit.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("train") != 0) return 2;
     if (!data) {
         fprintf(stderr, "loom train: --data is required (see --help)\n");
         return 2;
@@ -506,15 +509,15 @@ int cmd_train(int argc, char **argv) {
         cli_fail("trainer");
         goto done;
     }
-    fprintf(stderr, "loom train: %s model, %zu parameters (%s), %zu %s (%zu %s held out, %s tokenizer)\n",
+    cli_info("loom train: %s model, %zu parameters (%s), %zu %s (%zu %s held out, %s tokenizer)",
             loom_model_config(m)->arch == LOOM_ARCH_GPT2 ? "GPT-2" : "Llama", loom_model_n_params(m), created ? "new" : "loaded", ntok,
             td.ds ? "tokens in examples" : "tokens", nval, td.ds ? "examples" : "tokens", loom_tokenizer_kind(tok));
     if (set)
-        fprintf(stderr, "  %s: %zu trainable parameters (%.2f%% of the model, %.1f KiB), base %s (%.1f MiB)\n",
+        cli_info("  %s: %zu trainable parameters (%.2f%% of the model, %.1f KiB), base %s (%.1f MiB)",
                 loom_peft_method_name(loom_tset_config(set)->method), loom_tset_dim(set),
                 100.0 * (double)loom_tset_dim(set) / (double)loom_model_n_params(m), loom_tset_bytes(set) / 1024.0,
                 loom_base_dtype_name(loom_model_base_type(m)), loom_model_base_bytes(m) / 1048576.0);
-    fprintf(stderr, "  %ld steps of %d x %d tokens, %s lr %g (warm-up %ld, cosine to %g), clip %g, %d threads, %s matmuls\n",
+    cli_info("  %ld steps of %d x %d tokens, %s lr %g (warm-up %ld, cosine to %g), clip %g, %d threads, %s matmuls",
             steps, B, T, optname, lr, tc.warmup, tc.min_lr, clip, loom_threads(),
             loom_precision_name(loom_ws_precision(loom_trainer_ws(tr))));
     if (dp.on) {
@@ -542,7 +545,7 @@ int cmd_train(int argc, char **argv) {
                     out, start, steps, stop_at ? " --stop-at" : "");
             goto done;
         }
-        fprintf(stderr, "  resuming at step %ld from %s/checkpoint.safetensors\n", start, out);
+        cli_info("  resuming at step %ld from %s/checkpoint.safetensors", start, out);
     }
     if (out && !(metrics = metrics_open(out, resume ? start : -1))) {
         fprintf(stderr, "loom train: cannot write %s/metrics.jsonl\n", out);
@@ -551,11 +554,15 @@ int cmd_train(int argc, char **argv) {
     long vcount;
     if (val_frac > 0 && !resume) {
         double v0 = eval_data(tr, &td, B, T, eval_windows_max, &vcount);
-        fprintf(stderr, "  step %6d  val loss %.4f  (ppl %.2f, %ld tokens)\n", 0, v0, exp(v0), vcount);
+        cli_info("  step %6d  val loss %.4f  (ppl %.2f, %ld tokens)", 0, v0, exp(v0), vcount);
+        cli_kv vk[] = {{"step", 0, NULL}, {"val_loss", v0, NULL}, {"val_ppl", exp(v0), NULL}};
+        cli_json_line("eval", "train", vk, 3, NULL, 0);
         if (metrics) fprintf(metrics, "{\"step\":0,\"val_loss\":%.6f,\"val_ppl\":%.4f}\n", v0, exp(v0));
     }
-    double t0 = loom_now(), tlast = t0, ema = -1;
-    int tty = cli_tty();
+    double t0 = loom_now(), ema = -1, last_loss = NAN;
+    cli_progress bar;
+    cli_progress_start(&bar, "train", "step", NULL, steps, -1);
+    bar.plain_every = log_every > 0 ? log_every : 1;
     for (long s = start; s < end; s++) {
         if (td.ds) loom_batcher_fill(td.train, (uint64_t)s, tokens, targets, NULL);
         else text_batch(&td.ts, 0, td.ntrain, B, T, (uint64_t)seed, s, tokens, targets);
@@ -571,10 +578,9 @@ int cmd_train(int argc, char **argv) {
             goto done;
         }
         ema = ema < 0 ? loss : 0.9 * ema + 0.1 * loss;
+        last_loss = loss;
         double now = loom_now(), el = now - t0;
         double tps = (double)(s + 1 - start) * B * T / el;
-        char eta[32];
-        cli_duration(el / (double)(s + 1 - start) * (double)(end - s - 1), eta, sizeof eta);
         if (metrics && dp.on)
             fprintf(metrics,
                     "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"epsilon\":%.6g,\"tokens_per_s\":%.1f}\n",
@@ -582,19 +588,18 @@ int cmd_train(int argc, char **argv) {
         else if (metrics)
             fprintf(metrics, "{\"step\":%ld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_s\":%.1f}\n", s + 1,
                     loss, lr_now, gn, tps);
-        if (tty) {
-            if (now - tlast > 0.2 || s + 1 == steps) {
-                fprintf(stderr, "\r  step %6ld/%ld  loss %.4f  lr %.2e  |g| %.2f  %.0f tok/s  ETA %s   ", s + 1, steps,
-                        ema, lr_now, gn, tps, eta);
-                tlast = now;
-            }
-        } else if ((s + 1) % (log_every > 0 ? log_every : 1) == 0 || s + 1 == steps || s == 0) {
-            fprintf(stderr, "  step %6ld/%ld  loss %.4f  lr %.2e  |g| %.2f  %.0f tok/s  ETA %s\n", s + 1, steps, loss,
-                    lr_now, gn, tps, eta);
+        {
+            /* on a terminal the smoothed loss, in plain lines and JSON the step's own */
+            cli_kv kv[] = {{"loss", bar.tty && cli_output_mode() == CLI_OUT_TEXT ? ema : loss, "%.4f"}, {"lr", lr_now, "%.2e"},
+                           {"grad_norm", gn, "%.2f"}, {"tokens_per_s", tps, "%.0f"}};
+            cli_progress_done(&bar, s + 1, kv, 4);
         }
         if (val_frac > 0 && ((eval_every > 0 && (s + 1) % eval_every == 0) || s + 1 == steps)) {
             double v = eval_data(tr, &td, B, T, eval_windows_max, &vcount);
-            fprintf(stderr, "%s  step %6ld  val loss %.4f  (ppl %.2f)\n", tty ? "\n" : "", s + 1, v, exp(v));
+            cli_progress_end(&bar);
+            cli_info("  step %6ld  val loss %.4f  (ppl %.2f)", s + 1, v, exp(v));
+            cli_kv vk[] = {{"step", (double)(s + 1), NULL}, {"val_loss", v, NULL}, {"val_ppl", exp(v), NULL}};
+            cli_json_line("eval", "train", vk, 3, NULL, 0);
             if (metrics) fprintf(metrics, "{\"step\":%ld,\"val_loss\":%.6f,\"val_ppl\":%.4f}\n", s + 1, v, exp(v));
         }
         st.step = s + 1;
@@ -605,32 +610,35 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (metrics) fflush(metrics);
+    cli_progress_end(&bar);
     if (stop_at > 0) {
-        if (tty) fprintf(stderr, "\n");
-        fprintf(stderr, "loom train: stopped after step %ld; %s/checkpoint.safetensors continues with --resume\n", end, out);
+        cli_info("loom train: stopped after step %ld; %s/checkpoint.safetensors continues with --resume", end, out);
         rc = 0;
         goto done;
     }
-    if (tty) fprintf(stderr, "\n");
-    fprintf(stderr, "loom train: %ld steps in %.1fs, peak RSS %.0f MiB\n", end - start, loom_now() - t0,
-            loom_peak_rss() / 1048576.0);
+    cli_info("loom train: %ld steps in %.1fs, peak RSS %.0f MiB", end - start, loom_now() - t0,
+             loom_peak_rss() / 1048576.0);
+    {
+        cli_kv res[] = {{"steps", (double)(end - start), NULL}, {"loss", last_loss, NULL}, {"seconds", loom_now() - t0, NULL}};
+        cli_result("train", res, 3, NULL, 0);
+    }
     if (dp.on) {
         double order = 0, e = dp_eps_at(&dp, end, &order);
-        fprintf(stderr, "loom train: DP-SGD spent epsilon %.4f at delta %g (RDP order %g) over %ld steps of q = %.6g, "
-                        "noise %g, clip %g\n", e, dp.delta, order, end, dp.q, dp.sigma, dp_clip);
+        cli_info("loom train: DP-SGD spent epsilon %.4f at delta %g (RDP order %g) over %ld steps of q = %.6g, "
+                        "noise %g, clip %g", e, dp.delta, order, end, dp.q, dp.sigma, dp_clip);
     }
     if (out && set) {
         if (loom_tset_save_peft(set, vec, out, created ? NULL : model) != LOOM_OK) {
             cli_fail("saving");
             goto done;
         }
-        fprintf(stderr, "loom train: wrote %s/adapter_model.safetensors and %s/adapter_config.json\n", out, out);
+        cli_info("loom train: wrote %s/adapter_model.safetensors and %s/adapter_config.json", out, out);
     } else if (out) {
         if (loom_model_save(m, loom_model_params(m), out) != LOOM_OK) {
             cli_fail("saving");
             goto done;
         }
-        fprintf(stderr, "loom train: wrote %s/model.safetensors and %s/config.json\n", out, out);
+        cli_info("loom train: wrote %s/model.safetensors and %s/config.json", out, out);
     }
     if (sample_len > 0) {
         fprintf(stderr, "sample (temperature 0.8):\n");
@@ -668,11 +676,13 @@ int cmd_eval(int argc, char **argv) {
         {"seq", OPT_INT, &T, "tokens per window", 2, 1048576},
         {"max-windows", OPT_LONG, &max_windows, "stop after N windows (0 = the whole file)", 0, 1e12},
         {"threads", OPT_INT, &threads, "threads (0 = all cores)", 0, cli_max_threads()},
+        CLI_OUTPUT_OPTS,
     };
     int pr = cli_parse(argc, argv, "loom eval --model PATH --data FILE [options]",
                        "Mean next-token loss and perplexity over the file, in non-overlapping windows of --seq.",
                        opts, (int)(sizeof opts / sizeof opts[0]), NULL, NULL, 0);
     if (pr) return pr > 0 ? 0 : 2;
+    if (cli_output_begin("eval") != 0) return 2;
     if (!model || !data) {
         fprintf(stderr, "loom eval: --model and --data are required\n");
         return 2;
@@ -711,7 +721,10 @@ int cmd_eval(int argc, char **argv) {
     long cnt;
     double t0 = loom_now();
     double l = eval_windows(tr, &ts, 0, ts.n, B, T, max_windows > 0 ? max_windows : 1L << 40, &cnt);
-    printf("loss %.4f  perplexity %.3f  (%ld tokens, %.0f tokens/s)\n", l, exp(l), cnt, cnt / (loom_now() - t0));
+    double secs = loom_now() - t0;
+    printf("loss %.4f  perplexity %.3f  (%ld tokens, %.0f tokens/s)\n", l, exp(l), cnt, cnt / secs);
+    cli_kv res[] = {{"loss", l, NULL}, {"perplexity", exp(l), NULL}, {"tokens", (double)cnt, NULL}, {"seconds", secs, NULL}};
+    cli_result("eval", res, 4, NULL, 0);
     rc = 0;
 done:
     text_free(&ts);

@@ -1,6 +1,9 @@
 #define _DEFAULT_SOURCE /* readlink, realpath */
 #include "cli/common.h"
+#include "cli/args.h"
+#include "cli/progress.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +76,12 @@ int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path
  * are run, so steps - n + 1 tokens are sampled for a prompt of n tokens (stopping early at BOS/EOS). */
 static int print_ids; /* loom generate --ids */
 void cli_generate_print_ids(int on) { print_ids = on; }
+static int gen_progress;
+static loom_strbuf *gen_capture;
+void cli_generate_progress(int on, void *capture) {
+    gen_progress = on;
+    gen_capture = capture;
+}
 
 static int generate_kv(const loom_model *m, const float *base, const loom_peft *pf, const float *vec,
                        const loom_tokenizer *tok, const char *prompt, int steps, int cap, float temperature, int top_k,
@@ -115,6 +124,10 @@ static int generate_kv(const loom_model *m, const float *base, const loom_peft *
     fflush(stdout);
     int generated = 0;
     double t0 = 0;
+    /* progress on a terminal stderr while the text goes to a file or pipe */
+    cli_progress bar;
+    int show = gen_progress && cli_tty() && !isatty(1) && cli_output_mode() == CLI_OUT_TEXT;
+    if (show) cli_progress_start(&bar, "generate", "token", NULL, steps - (int)n + 1, -1);
     rc = loom_prefill_ex(m, base, kv, pf, vec, ids, (int)n, 0, logits);
     for (int pos = (int)n; rc == LOOM_OK; pos++) {
         if (generated == 0) t0 = loom_now();
@@ -123,14 +136,29 @@ static int generate_kv(const loom_model *m, const float *base, const loom_peft *
         if (next == bos || next == eos) break;
         if (print_ids) {
             printf("%s%d", generated > 1 ? " " : "", next);
+            if (gen_capture) {
+                char idb[24];
+                int k = snprintf(idb, sizeof idb, "%s%d", generated > 1 ? " " : "", next);
+                loom_strbuf_add(gen_capture, idb, (size_t)k);
+            }
         } else if (loom_detok_push(dt, next, buf, sizeof buf, &w) == LOOM_OK && w) {
             fwrite(buf, 1, w, stdout);
             fflush(stdout);
+            if (gen_capture) loom_strbuf_add(gen_capture, buf, w);
+        }
+        if (show) {
+            double el = loom_now() - t0;
+            cli_kv kv[] = {{"tokens_per_s", el > 0 ? generated / el : NAN, "%.1f"}};
+            cli_progress_done(&bar, generated, kv, 1);
         }
         if (pos >= steps) break;
         rc = loom_decode_step_ex(m, base, kv, pf, vec, next, pos, logits);
     }
-    if (!print_ids && loom_detok_flush(dt, buf, sizeof buf, &w) == LOOM_OK && w) fwrite(buf, 1, w, stdout);
+    if (show) cli_progress_end(&bar);
+    if (!print_ids && loom_detok_flush(dt, buf, sizeof buf, &w) == LOOM_OK && w) {
+        fwrite(buf, 1, w, stdout);
+        if (gen_capture) loom_strbuf_add(gen_capture, buf, w);
+    }
     printf("\n");
     if (seconds) *seconds = generated ? loom_now() - t0 : 0;
     free(ids);

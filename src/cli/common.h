@@ -16,6 +16,10 @@ int cli_is_gguf(const char *path);
 int cli_tokenizer(loom_tokenizer **tok, const char *path, const char *model_path, const loom_model *m);
 /* With on, the generate functions print the generated token ids (space-separated) instead of text. */
 void cli_generate_print_ids(int on);
+/* loom generate's progress and --json: with progress on, a line "token x/N" is shown on a terminal
+ * stderr while the text goes elsewhere (stdout not a terminal); with capture non-NULL, the generated
+ * text (or ids) is also appended to *capture (a loom_strbuf). */
+void cli_generate_progress(int on, void *capture);
 /* Streams a generated continuation of `prompt` to stdout: the prompt in one batched pass, then one token
  * at a time from the KV cache; returns tokens generated (negative on error). *seconds: the sampling
  * time from the first generated token on. */

@@ -2,12 +2,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "loom/core.h"
 
 int cmd_audit(int argc, char **argv); /* cmd_audit.c */
 int cmd_aggregate(int argc, char **argv); /* cmd_aggregate.c */
 int cmd_unlearn(int argc, char **argv); /* cmd_unlearn.c */
+int cmd_report(int argc, char **argv); /* cmd_report.c */
 
 static const struct {
     const char *name;
@@ -49,14 +51,14 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "loom: unknown command '%s'\n\n", argv[1]);
+    fprintf(stderr, "loom: unknown command '%s' (see loom --help)\n\n", argv[1]);
     usage(stderr);
     return 2;
 }
 
 int cmd_version(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
+    int pr = cli_parse(argc, argv, "loom version", "Prints the version.", NULL, 0, NULL, NULL, 0);
+    if (pr) return pr > 0 ? 0 : 2;
     printf("loom %s\n", LOOM_VERSION);
     return 0;
 }

@@ -1,5 +1,6 @@
 /* A federated run's configuration (see runspec.h). */
 #include "cli/runspec.h"
+#include "cli/progress.h"
 #include "loom/secagg.h"
 #include "loom/streams.h"
 
@@ -114,11 +115,11 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"clip", OPT_FLOAT, &r->clip, "client gradient-norm clip (0 = off)", 0, 1e9},
         {"strategy", OPT_STR, &r->strategy, "fedavg, fedsgd, fedprox, fedavgm, fedadagrad, fedadam, fedyogi, scaffold", 0, 0},
         {"server-lr", OPT_FLOAT, &r->server_lr, "server learning rate (strategy default when unset)", 0, 10000},
-        {"server-momentum", OPT_FLOAT, &r->server_momentum, "fedavgm momentum", 0, 1},
-        {"beta1", OPT_FLOAT, &r->beta1, "fedadam/fedyogi/fedadagrad beta1", 0, 1},
-        {"beta2", OPT_FLOAT, &r->beta2, "fedadam/fedyogi beta2", 0, 1},
-        {"tau", OPT_FLOAT, &r->tau, "adaptive strategies' tau", 0, 1e6},
-        {"mu", OPT_FLOAT, &r->mu, "fedprox proximal weight", 0, 1e6},
+        {"server-momentum", OPT_FLOAT, &r->server_momentum, "fedavgm momentum (default 0.9)", 0, 1},
+        {"beta1", OPT_FLOAT, &r->beta1, "fedadam/fedyogi/fedadagrad beta1 (default 0.9)", 0, 1},
+        {"beta2", OPT_FLOAT, &r->beta2, "fedadam/fedyogi beta2 (default 0.99)", 0, 1},
+        {"tau", OPT_FLOAT, &r->tau, "adaptive strategies' tau (default 1e-3)", 0, 1e6},
+        {"mu", OPT_FLOAT, &r->mu, "fedprox proximal weight (default 0.01 for fedprox, else 0)", 0, 1e6},
         {"scaffold-option", OPT_INT, &r->scaffold_option, "SCAFFOLD client control update: 1 or 2", 1, 2},
         {"sample", OPT_STR, &r->sample, "clients per round: a count (e.g. 10) or a fraction (e.g. 0.1); default all", 0, 0},
         {"min-updates", OPT_INT, &r->min_updates, "accepted updates needed to aggregate a round", 1, 10000000},
@@ -244,6 +245,7 @@ char *cli_run_client_json(cli_run *r) {
         case OPT_INT: v = json_integer(*(int *)o[i].dst); break;
         case OPT_LONG: v = json_integer(*(long *)o[i].dst); break;
         case OPT_FLAG: v = json_boolean(*(int *)o[i].dst); break;
+        case OPT_DOUBLE: v = isnan(*(double *)o[i].dst) ? json_null() : json_real(*(double *)o[i].dst); break;
         case OPT_FLOAT: {
             float f = *(float *)o[i].dst;
             /* unset (NAN) and "the optimizer's default" (-1) travel as null and keep the client's default */
@@ -852,8 +854,12 @@ static void event_log(int level, const char *msg, void *ud) {
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    fprintf(stderr, "%s %s%s %s\n", ts, (const char *)ud,
-            level >= LOOM_ERROR ? " error:" : level >= LOOM_WARN ? " warning:" : "", msg);
+    char line[2048];
+    snprintf(line, sizeof line, "%s %s%s %s", ts, (const char *)ud,
+             level >= LOOM_ERROR ? " error:" : level >= LOOM_WARN ? " warning:" : "", msg);
+    /* through the progress display: above its line, dropped by --quiet, JSON with --json */
+    cli_progress_note((const char *)ud, level >= LOOM_WARN, level >= LOOM_ERROR ? "error" : level >= LOOM_WARN ? "warning" : "info",
+                      line);
 }
 
 void cli_event_log(const char *who) { loom_set_log(event_log, (void *)who, LOOM_INFO); }

@@ -223,9 +223,11 @@ static void end_versions(net_server *s, double *t0) {
         s->aended++;
         loom_round_metrics m;
         double now = net_wall();
-        if (loom_engine_async_end_version(s->eng, now - *t0, &m) == LOOM_OK)
+        if (loom_engine_async_end_version(s->eng, now - *t0, &m) == LOOM_OK) {
             net_store_event(s->store, (int)m.version, "version", "version %llu: %d accepted, staleness mean %.2f max %.0f",
                             (unsigned long long)m.version, m.accepted, m.staleness_mean, m.staleness_max);
+            if (s->c.on_round) s->c.on_round(s->c.ud, &m);
+        }
         *t0 = now;
     }
     fflush(s->metrics);

@@ -553,6 +553,7 @@ int net_server_drive(net_server *s, float *global) {
         if (R % s->c.checkpoint_every == 0 || last)
             if ((rc = save_checkpoint(s, R, "checkpoint.safetensors", 0)) != LOOM_OK) return rc;
         net_store_round_done(s->store, R);
+        if (s->c.on_round) s->c.on_round(s->c.ud, &m);
         net_store_event(s->store, R, "done", "%d accepted, train loss %.6g%s", m.accepted, m.train_loss,
                         m.aggregated ? "" : ", global model unchanged");
     }
