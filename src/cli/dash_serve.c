@@ -124,6 +124,11 @@ void cli_dash_config_run(loom_dash *d, cli_run *r) {
             if (!isnan(f)) snprintf(v, sizeof v, "%.7g", (double)f), s = v;
             break;
         }
+        case OPT_DOUBLE: {
+            double f = *(double *)o[i].dst;
+            if (!isnan(f)) snprintf(v, sizeof v, "%.17g", f), s = v;
+            break;
+        }
         }
         if (s) loom_dash_config(d, o[i].name, s);
     }
