@@ -25,7 +25,7 @@ refuse "an unknown role" 2 "--role" "client, admin or viewer" -- "$LOOM" server 
 port=""
 for _ in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 30000))
-    "$LOOM" server --state "$S" --config "$tmp/run.json" --listen "127.0.0.1:$port" --poll-ms 100 >> "$S.log" 2>&1 &
+    "$LOOM" server --state "$S" --config "$tmp/run.json" --listen "127.0.0.1:$port" --poll-ms 100 --serve-wait >> "$S.log" 2>&1 &
     spid=$!
     for _ in $(seq 100); do
         grep -q "listening on port" "$S.log" 2> /dev/null && break 2
@@ -113,15 +113,21 @@ if [ -n "${bpid:-}" ]; then
     grep "FAIL" "$tmp/browser.out" >&2
     check "the screenshot is in the build folder" test -s "$shot_dir/dashboard.png"
 fi
-for _ in $(seq 300); do kill -0 $spid 2> /dev/null || break; sleep 0.1; done
-kill -0 $spid 2> /dev/null && kill -9 $spid
-wait $spid
-check "server finishes" test $? -eq 0
-for p in $cpids; do # a client still polling 30 s after the server ended is a failure, not a hang
-    for _ in $(seq 300); do kill -0 $p 2> /dev/null || break; sleep 0.1; done
+for p in $cpids; do # a client still polling 60 s after the run ended is a failure, not a hang
+    for _ in $(seq 600); do kill -0 $p 2> /dev/null || break; sleep 0.1; done
     kill -0 $p 2> /dev/null && kill -9 $p
     wait $p
 done
+# --serve-wait: the finished run's dashboard stays up until SIGTERM
+for _ in $(seq 600); do grep -q '"type":"round","round":3,' "$S/metrics.jsonl" 2> /dev/null && break; sleep 0.1; done
+check "after the last round the server still serves the dashboard" test "$(code -H "$(bearer watch)" "$U/v1/dash/status")" = 200
+check "its status says the run is done" grep -q '"round":3,"rounds":3' "$tmp/body"
+kill -TERM $spid
+for _ in $(seq 300); do kill -0 $spid 2> /dev/null || break; sleep 0.1; done
+kill -0 $spid 2> /dev/null && kill -9 $spid
+wait $spid
+check "server finishes on SIGTERM, exit 0" test $? -eq 0
+check "the finished run is reported written, not stopped" grep -q "global.safetensors" "$S.log"
 check "metrics.jsonl has 3 round rows" test "$(grep -c '"type":"round"' "$S/metrics.jsonl")" = 3
 # each row the API served is metrics.jsonl's row, byte for byte
 wait $ppid_rows

@@ -79,6 +79,8 @@ typedef struct {
                                     reports tokens 0 and is left out) */
     double done_grace_s;         /* after the last round, tasks answer "done" until every client has
                                     seen it or this many seconds passed (default 10) */
+    int serve_wait;              /* 1: after the last round (and the grace), keep serving the dashboard and
+                                    "done" until *stop is set (a finished run stays visible) */
     /* secure aggregation (docs/protocol.md, "Secure aggregation"): every synchronous round runs the
      * four phases of /v1/secagg and the server only learns the round's sum */
     int secagg;                  /* 1: on (synchronous mode, no compression, no SCAFFOLD) */

@@ -187,6 +187,7 @@ int cmd_server(int argc, char **argv) {
     memset(&root, 0, sizeof root);
     int min_clients = 0, poll_ms = 500, eval_timeout = 60, threads = 16;
     float max_upload_mb = 0, secagg_fit_timeout = 600, secagg_timeout = 60, done_grace = 10;
+    int serve_wait = 0;
     cli_opt opts[CLI_RUN_MAX_OPTS + 17];
     int nopts = 0;
     opts[nopts++] = (cli_opt){"config", OPT_STR, &config, "RUN.json: the run, with the keys of loom sim --config", 0, 0};
@@ -200,6 +201,7 @@ int cmd_server(int argc, char **argv) {
     opts[nopts++] = (cli_opt){"eval-timeout", OPT_INT, &eval_timeout, "seconds to wait for evaluation reports after a round", 1, 86400};
     opts[nopts++] = (cli_opt){"threads", OPT_INT, &threads, "HTTP worker threads", 1, 1024};
     opts[nopts++] = (cli_opt){"done-grace", OPT_FLOAT, &done_grace, "seconds the server keeps answering \"done\" after the last round for clients that have not seen it", 0, 86400};
+    opts[nopts++] = (cli_opt){"serve-wait", OPT_FLAG, &serve_wait, "after the last round, keep serving the dashboard (and \"done\" to late clients) until Ctrl-C or SIGTERM (default: exit when the run is over)", 0, 0};
     opts[nopts++] = (cli_opt){"secagg-fit-timeout", OPT_FLOAT, &secagg_fit_timeout, "with --secagg: seconds after a round opens that its phase 0 (the clients' download and training, then their keys) waits for them", 0.1, 864000};
     opts[nopts++] = (cli_opt){"secagg-phase-timeout", OPT_FLOAT, &secagg_timeout, "with --secagg: seconds each later phase of secure aggregation (shares, masked inputs, unmasking) waits for the clients", 0.1, 86400};
     nopts += cli_run_opts(&r, opts + nopts);
@@ -326,6 +328,7 @@ int cmd_server(int argc, char **argv) {
     c.threads = threads;
     c.keep_checkpoints = r.keep_checkpoints; /* for loom unlearn --state (include/loom/unlearn.h) */
     c.done_grace_s = done_grace;
+    c.serve_wait = serve_wait;
     server_secagg(&r, secagg_fit_timeout, secagg_timeout, &c);
     if (fltrust) {
         root.fu = (cli_trainer_ud){m, set, tc};
@@ -383,7 +386,7 @@ int cmd_server(int argc, char **argv) {
         cli_fail("server");
         goto done;
     }
-    if (stop_flag) {
+    if (stop_flag && !(serve_wait && src == LOOM_OK)) {
         fprintf(stderr, "loom server: stopped; start it again with the same command to continue\n");
         rc = 0;
         goto done;

@@ -570,6 +570,7 @@ finish:
         if (s->n_seen_done >= s->n - s->n_removed || stopped(s) || net_wall() >= t + s->c.done_grace_s) break;
         net_wait_for(s, t + s->c.done_grace_s - net_wall());
     }
+    while (s->c.serve_wait && !stopped(s)) net_wait_for(s, 0.25); /* until Ctrl-C / SIGTERM */
     /* a "done" is counted when it is answered, and sent after: let the answers in flight go out (at most
      * 2 s) before the daemon stops, or a client would wait for a server that is gone */
     for (int i = 0; i < 200 && __atomic_load_n(&s->in_flight, __ATOMIC_SEQ_CST) > 0; i++) net_wait_for(s, 0.01);
