@@ -72,6 +72,7 @@ void cli_run_init(cli_run *r) {
     r->zo_lr = NAN;
     r->seed_pool = 4096;
     r->hetlora_agg = "pad";
+    r->gossip_steps = 1; /* decentralized federation */
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -198,6 +199,11 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"lora-freeze-a", OPT_FLAG, &r->lora_freeze_a, "sim: FFA-LoRA: every A stays at its seeded initial value, only B trains and is averaged (exact: mean(B) A = mean(B A))", 0, 0},
         {"fedra-layers", OPT_STR, &r->fedra_layers, "sim: FedRA: layers each client adapts per round, drawn by the seed: N, N1,N2,... per client, draw:N1,N2,..., or profile (from --profile's memory); 0 = every layer", 0, 0},
         {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
+        /* ---- decentralized federation ---- */
+        {"decentralized", OPT_FLAG, &r->decentralized, "sim: no server: every client is a peer that trains locally, then averages with its --topology neighbours by gossip (docs in README, Decentralized federation)", 0, 0},
+        {"topology", OPT_STR, &r->topology, "sim --decentralized: ring (default), kregular:K (random K-regular graph drawn by the seed), full, or an edge-list FILE (lines 'A B', peer ids from 0; a first line 'directed' makes edges one-way)", 0, 0},
+        {"gossip-steps", OPT_INT, &r->gossip_steps, "sim --decentralized: gossip steps after each round's local training (0 = local training only)", 0, 1000000},
+        {"push-sum", OPT_FLAG, &r->push_sum, "sim --decentralized: push-sum gossip (needed on a directed topology) instead of Metropolis-Hastings weights", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };

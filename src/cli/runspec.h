@@ -70,6 +70,9 @@ typedef struct {
     const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
     int lora_freeze_a;
     float hetlora_prune;
+    /* ---- decentralized federation (loom sim --decentralized; include/loom/decentral.h) ---- */
+    int decentralized, gossip_steps, push_sum;
+    const char *topology; /* NULL: ring */
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160
