@@ -115,6 +115,7 @@ typedef struct {
     size_t off;
     char hdr[4][2][96];        /* extra headers: name, value */
     int nhdr;
+    uint64_t tag;              /* the handler's own mark, handed to net_http_service.end (0: none) */
 } net_response;
 
 /* A server without sockets or a driver thread: state_dir, the run's engine configuration. */
@@ -137,14 +138,14 @@ int net_sha256_hex(const void *data, size_t len, char out[65]);
 
 /* What the daemon (server_http.c) serves: the body limit of a URL, the handler, the release of an
  * answer (its body, or its blob: release_blob may be NULL when handle never sets one), and the optional
- * begin / end of each request. */
+ * begin / end of each request (end gets the answer's tag and whether it was sent completely). */
 typedef struct {
     size_t (*limit)(void *ud, const char *url);
     void (*handle)(void *ud, const net_request *q, net_response *r);
     void (*clear)(void *ud, net_response *r);
     void (*release_blob)(void *ud, net_blob *b);
     void (*begin)(void *ud);
-    void (*end)(void *ud);
+    void (*end)(void *ud, uint64_t tag, int completed);
     void *ud;
 } net_http_service;
 struct MHD_Daemon;

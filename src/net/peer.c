@@ -228,7 +228,7 @@ static void ps_handle(void *ud, const net_request *q, net_response *r) {
             snprintf(r->hdr[0][0], sizeof r->hdr[0][0], "X-Loom-SHA256");
             snprintf(r->hdr[0][1], sizeof r->hdr[0][1], "%s", p->sha);
             r->nhdr = 1;
-            if (round == s->last_round && step == s->last_step) s->fetched_last[j] = 1;
+            if (round == s->last_round && step == s->last_step) r->tag = (uint64_t)j + 1; /* marked once sent */
         }
         pthread_mutex_unlock(&s->mu);
         if (!r->body) answer_json(r, 503, "busy", "out of memory", 0);
@@ -241,6 +241,15 @@ static void ps_handle(void *ud, const net_request *q, net_response *r) {
         return;
     }
     answer_json(r, 410, "gone", "this peer is past that step", 0);
+}
+
+/* A neighbour has the last vector once its answer went out completely. */
+static void ps_end(void *ud, uint64_t tag, int completed) {
+    peer_srv *s = ud;
+    if (!tag || !completed) return;
+    pthread_mutex_lock(&s->mu);
+    s->fetched_last[tag - 1] = 1;
+    pthread_mutex_unlock(&s->mu);
 }
 
 static int publish(peer_srv *s, int round, int step, const float *x) {
@@ -353,7 +362,7 @@ int loom_peer_run(const loom_peer_config *c, float *final) {
         if (!(x[nb[k]] = loom_alloc(dim * sizeof(float)))) rc = loom_error(LOOM_ENOMEM, "out of memory for the neighbours' vectors");
     char *cert = NULL, *key = NULL;
     struct MHD_Daemon *d = NULL;
-    net_http_service svc = {ps_limit, ps_handle, ps_clear, NULL, NULL, NULL, &srv};
+    net_http_service svc = {ps_limit, ps_handle, ps_clear, NULL, NULL, ps_end, &srv};
     char listen[1100];
     if (c->listen) snprintf(listen, sizeof listen, "%s", c->listen);
     else host_port(c->peers[me].url, listen, sizeof listen);

@@ -137,6 +137,7 @@ typedef struct {
     uint8_t *body;
     size_t len, cap, limit;
     int too_large;
+    uint64_t tag; /* the answer's tag (net_response.tag) */
 } conn_ctx;
 
 typedef struct {
@@ -289,18 +290,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     trace_request(method, url, q.body, q.len);
     net_response r;
     s->handle(s->ud, &q, &r);
+    cx->tag = r.tag;
     return send_response(con, s, &r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)con, (void)toe;
+    (void)con;
     const net_http_service *s = cls;
     conn_ctx *cx = *con_cls;
     if (!cx) return;
+    uint64_t tag = cx->tag;
     free(cx->body);
     free(cx);
     *con_cls = NULL;
-    if (s->end) s->end(s->ud); /* the response is out */
+    if (s->end) s->end(s->ud, tag, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK); /* the response is out */
 }
 
 /* "HOST:PORT" ("[V6]:PORT" for IPv6) into a socket address. */
@@ -372,7 +375,10 @@ static void srv_handle(void *ud, const net_request *q, net_response *r) { net_ha
 static void srv_clear(void *ud, net_response *r) { net_response_clear(ud, r); }
 static void srv_release_blob(void *ud, net_blob *b) { net_blob_release(ud, b); }
 static void srv_begin(void *ud) { __atomic_add_fetch(&((net_server *)ud)->in_flight, 1, __ATOMIC_SEQ_CST); }
-static void srv_end(void *ud) { __atomic_sub_fetch(&((net_server *)ud)->in_flight, 1, __ATOMIC_SEQ_CST); }
+static void srv_end(void *ud, uint64_t tag, int completed) {
+    (void)tag, (void)completed;
+    __atomic_sub_fetch(&((net_server *)ud)->in_flight, 1, __ATOMIC_SEQ_CST);
+}
 
 int loom_server_run(const loom_server_config *c, float *global) {
     net_server *s = NULL;
