@@ -136,9 +136,15 @@ int net_tls_load(const char *state_dir, const char *cert_file, const char *key_f
 typedef struct {
     uint8_t *body;
     size_t len, cap, limit;
-    int too_large;
-    uint64_t tag; /* the answer's tag (net_response.tag) */
+    int too_large;   /* the body exceeds the limit: 1 draining it (413 sent after), 2 413 queued */
+    size_t drained;  /* bytes of an oversized body read and dropped */
+    uint64_t tag;    /* the answer's tag (net_response.tag) */
 } conn_ctx;
+
+/* An oversized body is read and dropped up to this many bytes before the 413 goes out, so that a client
+ * still sending (without Expect: 100-continue) reads the answer instead of a reset connection; a larger
+ * one, or one announced with Expect, gets the 413 at once and the connection closes. */
+#define NET_DRAIN_MAX ((size_t)8 << 20)
 
 typedef struct {
     const net_http_service *svc;
@@ -233,7 +239,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         if (cl) {
             unsigned long long v = strtoull(cl, NULL, 10);
             if (v > cx->limit) {
-                cx->too_large = 1;
+                const char *ex = MHD_lookup_connection_value(con, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+                if (v - cx->limit <= NET_DRAIN_MAX && !(ex && !strcasecmp(ex, "100-continue"))) {
+                    cx->too_large = 1; /* drained, answered when it has all arrived */
+                    return MHD_YES;
+                }
+                cx->too_large = 2;
                 return send_too_large(con, s, cx->limit); /* before the body is read */
             }
             if (v > 0) {
@@ -247,12 +258,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (cx->too_large) return MHD_YES;
-        if (n > cx->limit - cx->len) {
-            cx->too_large = 1;
-            free(cx->body);
-            cx->body = NULL;
-            cx->len = cx->cap = 0;
+        if (cx->too_large == 2) return MHD_YES;
+        if (cx->too_large || n > cx->limit - cx->len) {
+            if (!cx->too_large) {
+                cx->too_large = 1;
+                free(cx->body);
+                cx->body = NULL;
+                cx->drained = cx->len;
+                cx->len = cx->cap = 0;
+            }
+            cx->drained += n;
+            if (cx->drained <= cx->limit + NET_DRAIN_MAX) return MHD_YES;
+            cx->too_large = 2;
             return send_too_large(con, s, cx->limit) == MHD_YES ? MHD_YES : MHD_NO;
         }
         if (cx->len + n > cx->cap) {
@@ -268,7 +285,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         cx->len += n;
         return MHD_YES;
     }
-    if (cx->too_large) return MHD_YES; /* the 413 is queued */
+    if (cx->too_large == 2) return MHD_YES; /* the 413 is queued */
+    if (cx->too_large) {
+        cx->too_large = 2;
+        return send_too_large(con, s, cx->limit);
+    }
     net_request q = {
         .method = method,
         .path = url,
