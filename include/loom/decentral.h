@@ -18,7 +18,8 @@
  * Metrics per round: the consensus distance (1/n) sum_i ||x_i - xbar||^2 after local training and after
  * gossip, the peers' mean training loss, and, when the round evaluates (eval_every as in loom sim), the
  * average model xbar's loss and accuracy pooled over every peer's test data and each peer's own model on
- * its own test data (their mean, minimum and maximum accuracy). Outputs in out_dir: metrics.jsonl (one
+ * its own test data (their mean, minimum and maximum accuracy); every peer is evaluated (eval_clients is
+ * not used). Outputs in out_dir: metrics.jsonl (one
  * "round" row per round, then one "peer" row per peer), global.safetensors (the average model) and
  * peers/<i>.safetensors (each peer's final model).
  *
