@@ -17,27 +17,34 @@ JSON
 "$LOOM" sim --config "$tmp/run.json" --clients-dir "$tmp/cd" --decentralized --quiet-clients --out "$tmp/sim" \
     > /dev/null 2> "$tmp/sim.err"
 check "the decentralized simulation runs" test -s "$tmp/sim/peers/2.safetensors"
-base=$((20000 + RANDOM % 30000))
-: > "$tmp/peers.txt"
-for i in 0 1 2; do
-    od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$tmp/tok$i"
-    sha=$(tr -d '\n' < "$tmp/tok$i" | sha256sum | cut -d' ' -f1)
-    echo "p$i https://127.0.0.1:$((base + i)) $sha $tmp/w$i/tls/cert.pem" >> "$tmp/peers.txt"
-done
+for i in 0 1 2; do od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$tmp/tok$i"; done
+make_peers() { # three ports from a random base
+    base=$((20000 + RANDOM % 30000))
+    : > "$tmp/peers.txt"
+    for i in 0 1 2; do
+        sha=$(tr -d '\n' < "$tmp/tok$i" | sha256sum | cut -d' ' -f1)
+        echo "p$i https://127.0.0.1:$((base + i)) $sha $tmp/w$i/tls/cert.pem" >> "$tmp/peers.txt"
+    done
+}
 peer() { # INDEX [flags]
     local i=$1
     shift
     "$LOOM" client --peers "$tmp/peers.txt" --name "p$i" --token-file "$tmp/tok$i" --config "$tmp/run.json" \
         --data "$tmp/cd/p$i.txt" --work-dir "$tmp/w$i" --threads 1 --give-up 60 "$@"
 }
-pids=()
-for i in 0 1 2; do
-    peer $i > /dev/null 2> "$tmp/p$i.log" &
-    pids+=($!)
-done
-ok=0
-for i in 0 1 2; do
-    wait "${pids[$i]}" && ok=$((ok + 1))
+for attempt in 1 2 3; do # another base when a port is taken
+    make_peers
+    pids=()
+    for i in 0 1 2; do
+        peer $i --give-up 20 > /dev/null 2> "$tmp/p$i.log" &
+        pids+=($!)
+    done
+    ok=0
+    for i in 0 1 2; do
+        wait "${pids[$i]}" && ok=$((ok + 1))
+    done
+    [ $ok -eq 3 ] || ! grep -q "cannot listen" "$tmp"/p[012].log || continue
+    break
 done
 check "three peers finish" test $ok -eq 3
 for i in 0 1 2; do
