@@ -48,6 +48,8 @@
 #define LOOM_STREAM_FEDRA UINT64_C(0x6665647261)     /* "fedra": client c's layers in round r, hash2(hash2(id, r), c) */
 #define LOOM_STREAM_RANK_DRAW UINT64_C(0x72616e6b)   /* "rank": client c's drawn rank budget, hash2(id, c) */
 #define LOOM_STREAM_PROFILE UINT64_C(0x70726f66)     /* "prof": client c's drawn device profile, hash2(id, c) */
+/* decentralized federation (fl/gossip.c) */
+#define LOOM_STREAM_GOSSIP_GRAPH UINT64_C(0x676f7373)  /* "goss": kregular:K topology, hash2(id, attempt) */
 
 /* ---- command line (cli/) ---- */
 #define LOOM_STREAM_GENERATE UINT64_C(0x67656e)      /* "gen": token sampling in generation */

@@ -11,6 +11,7 @@
 
 #include "cli/args.h"
 #include "cli/hetero_net.h"
+#include "cli/client_peer.h"
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "cli/progress.h"
@@ -371,6 +372,7 @@ int cmd_client(int argc, char **argv) {
     c.format = "text";
     c.threads = 0;
     float give_up = 600;
+    const char *peers = NULL, *run_config = NULL, *listen = NULL, *tls_cert = NULL, *tls_key = NULL, *peer_out = NULL;
     cli_opt opts[] = {
         {"server", OPT_STR, &server, "the server's address, https://HOST:PORT", 0, 0},
         {"name", OPT_STR, &name, "this client's registered name", 0, 0},
@@ -387,6 +389,13 @@ int cmd_client(int argc, char **argv) {
         {"dp-seed", OPT_LONG, &c.dp_seed, "--dp local runs: a secret seed of this client's noise (keep it, and give the same after a restart; default: from the run's seed, which the server knows)", 0, 9e18},
         {"give-up", OPT_FLOAT, &give_up, "seconds without reaching the server before giving up", 1, 1e9},
         CLI_OUTPUT_OPTS,
+        /* ---- peer-to-peer decentralized federation (include/loom/peer.h) ---- */
+        {"peers", OPT_STR, &peers, "a decentralized run without a server: the peers file (lines NAME URL TOKEN_SHA256 [CA_FILE]); this peer gossips with its --topology neighbours over HTTPS", 0, 0},
+        {"config", OPT_STR, &run_config, "--peers: the run's RUN.json (the one loom sim --decentralized reads: model, topology, gossip-steps, rounds, training)", 0, 0},
+        {"listen", OPT_STR, &listen, "--peers: HOST:PORT to serve this peer's vector on (default: the host and port of its URL in the peers file)", 0, 0},
+        {"tls-cert", OPT_STR, &tls_cert, "--peers: PEM certificate of this peer (default: a self-signed development certificate in WORK/tls/, which the others name as its CA_FILE)", 0, 0},
+        {"tls-key", OPT_STR, &tls_key, "--peers: PEM private key of --tls-cert", 0, 0},
+        {"out", OPT_STR, &peer_out, "--peers: file for this peer's final model (default WORK/peer.safetensors)", 0, 0},
     };
     int pr = cli_parse(argc, argv,
                        "loom client --server https://HOST:PORT --name NAME --token-file F --data FILE [--ca-cert F] "
@@ -405,6 +414,31 @@ int cmd_client(int argc, char **argv) {
         fprintf(stderr, "\n");                       \
         goto done;                                   \
     } while (0)
+    if (peers) { /* ---- a peer of a decentralized federation (cli/client_peer.c) ---- */
+        if (server) BAD("--peers and --server exclude each other: a decentralized run has no server");
+        if (!name) BAD("--name is required (this peer's name in the peers file)");
+        if (!token_file) BAD("--token-file is required (this peer's token)");
+        if (!c.data) BAD("--data is required (this peer's training data)");
+        if (read_token(token_file, token, sizeof token) != LOOM_OK) {
+            cli_fail(NULL);
+            goto done;
+        }
+        if (!c.work_dir) {
+            snprintf(wd, sizeof wd, "loom-peer-%s", name);
+            c.work_dir = wd;
+        }
+        if (cli_out_dir("--work-dir", c.work_dir) != 0) goto done;
+        if (peer_out && cli_out_file("--out", peer_out) != 0) goto done;
+        cli_event_log("peer");
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+        signal(SIGPIPE, SIG_IGN);
+        cli_peer_args pa = {peers, name, token, run_config, c.data, c.model, c.work_dir, listen, tls_cert, tls_key,
+                            peer_out, c.threads, give_up, &stop_flag};
+        rc = cli_client_peer(&pa);
+        goto done;
+    }
+    if (run_config || listen || tls_cert || tls_key || peer_out) BAD("--config, --listen, --tls-cert, --tls-key and --out are for --peers");
     if (!server) BAD("--server https://HOST:PORT is required");
     if (strncmp(server, "https://", 8)) BAD("--server %s: the address must start with https://", server);
     if (!name) BAD("--name is required");

@@ -12,6 +12,7 @@
 #include "cli/progress.h"
 #include "cli/runspec.h"
 #include "cli/sim_report.h"
+#include "cli/sim_decentral.h"
 #include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
@@ -630,6 +631,19 @@ int cmd_sim(int argc, char **argv) {
             printf("\n");
             fflush(stdout);
         }
+    }
+    /* ---- decentralized federation (--decentralized; include/loom/decentral.h, cli/sim_decentral.c) ---- */
+    if (!r.decentralized && (r.topology || r.push_sum || r.gossip_steps != 1))
+        BAD("--topology, --gossip-steps and --push-sum need --decentralized");
+    if (r.decentralized) {
+        if (cli_sim_decentral(&r, &sc, global) != 0) goto done;
+        char adir[4096];
+        snprintf(adir, sizeof adir, "%s/adapter", out ? out : ".");
+        if (out && set && loom_tset_save_peft(set, global, adir, created ? NULL : r.model) == LOOM_OK)
+            printf("%-28s %s (PEFT layout, the average model)\n", "adapter", adir);
+        else if (out && set) cli_fail("writing the adapter");
+        rc = 0;
+        goto done;
     }
     double t0 = loom_now();
     if (loom_sim_run(&sc, global) != LOOM_OK) {

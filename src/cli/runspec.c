@@ -74,6 +74,7 @@ void cli_run_init(cli_run *r) {
     r->seed_pool = 4096;
     r->hetlora_agg = "pad";
     r->split_layer = -1;
+    r->gossip_steps = 1; /* decentralized federation */
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -214,6 +215,11 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"private", OPT_STR, &r->private_spec, "trainable tensors that stay on each client (FedPer / a local adapter): PATTERN[,PATTERN], a substring of the tensor names or a glob with * (e.g. h.3. or mlp.c_fc); they are trained locally, never sent nor averaged (default: none)", 0, 0},
         {"finetune-steps", OPT_INT, &r->finetune_steps, "sim: local fine-tuning steps of each client after the last round, before its personalized evaluation", 0, 1000000},
         {"client-eval", OPT_FLAG, &r->client_eval, "sim: after the last round, evaluate every client with test data (global and personalized model; client_eval rows in metrics.jsonl); on with --private or --finetune-steps", 0, 0},
+        /* ---- decentralized federation ---- */
+        {"decentralized", OPT_FLAG, &r->decentralized, "sim: no server: every client is a peer that trains locally, then averages with its --topology neighbours by gossip (docs in README, Decentralized federation)", 0, 0},
+        {"topology", OPT_STR, &r->topology, "sim --decentralized: ring (default), kregular:K (random K-regular graph drawn by the seed), full, or an edge-list FILE (lines 'A B', peer ids from 0; a first line 'directed' makes edges one-way)", 0, 0},
+        {"gossip-steps", OPT_INT, &r->gossip_steps, "sim --decentralized: gossip steps after each round's local training (0 = local training only)", 0, 1000000},
+        {"push-sum", OPT_FLAG, &r->push_sum, "sim --decentralized: push-sum gossip (needed on a directed topology) instead of Metropolis-Hastings weights", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
     };

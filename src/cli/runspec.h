@@ -78,6 +78,9 @@ typedef struct {
     /* ---- personalization (include/loom/personal.h) ---- */
     const char *private_spec;
     int finetune_steps, client_eval;
+    /* ---- decentralized federation (loom sim --decentralized; include/loom/decentral.h) ---- */
+    int decentralized, gossip_steps, push_sum;
+    const char *topology; /* NULL: ring */
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 224

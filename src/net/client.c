@@ -1416,3 +1416,78 @@ done:
     free(n);
     return rc;
 }
+
+/* ------------------------------------------------------------------ GETs for other net/ parts (peers) */
+
+struct net_getter {
+    loom_netclient_config cfg;
+    char ca[4096];
+    nc n;
+};
+
+int net_getter_create(net_getter **out, const char *base_url, const char *token, const char *ca_cert, double give_up_s,
+                      volatile int *stop) {
+    *out = NULL;
+    pthread_once(&nc_curl_once, nc_curl_init);
+    if (!nc_curl_ok) return loom_error(LOOM_EIO, "net client: libcurl could not be initialised");
+    net_getter *g = calloc(1, sizeof *g);
+    if (!g) return loom_error(LOOM_ENOMEM, "net client: out of memory");
+    if (ca_cert) {
+        snprintf(g->ca, sizeof g->ca, "%s", ca_cert);
+        g->cfg.ca_cert = g->ca;
+    }
+    g->cfg.stop = stop;
+    g->n.c = &g->cfg;
+    if (!(g->n.curl = curl_easy_init())) {
+        free(g);
+        return loom_error(LOOM_EIO, "net client: cannot create a libcurl handle");
+    }
+    snprintf(g->n.base_url, sizeof g->n.base_url, "%s", base_url);
+    for (size_t l = strlen(g->n.base_url); l && g->n.base_url[l - 1] == '/'; l--) g->n.base_url[l - 1] = 0;
+    snprintf(g->n.auth, sizeof g->n.auth, "Authorization: Bearer %s", token);
+    snprintf(g->n.agent, sizeof g->n.agent, "loom/peer");
+    loom_rng_init(&g->n.rng, nc_fnv(base_url), NC_STREAM_JITTER);
+    g->n.give_up_s = give_up_s > 0 ? give_up_s : 600;
+    g->n.last_contact = loom_now();
+    *out = g;
+    return LOOM_OK;
+}
+
+void net_getter_free(net_getter *g) {
+    if (!g) return;
+    curl_easy_cleanup(g->n.curl);
+    free(g);
+}
+
+int net_getter_get(net_getter *g, const char *path, size_t max, uint8_t **body, size_t *len, long *status,
+                   char code[48]) {
+    *body = NULL;
+    *len = 0;
+    *status = 0;
+    code[0] = 0;
+    char *buf = NULL;
+    size_t blen = 0;
+    FILE *sink = open_memstream(&buf, &blen);
+    if (!sink) return loom_error(LOOM_ENOMEM, "net client: out of memory");
+    nc_req q = {"GET", path, NULL, 0, NULL, NULL, sink, 0, max, 1};
+    nc_resp r;
+    memset(&r, 0, sizeof r);
+    int rc = nc_call(&g->n, &q, &r);
+    int ok = fclose(sink) == 0;
+    if (rc == LOOM_OK && !ok) rc = loom_error(LOOM_ENOMEM, "net client: out of memory for the answer");
+    if (rc == LOOM_OK) {
+        *status = r.status;
+        snprintf(code, 48, "%s", r.code);
+        if (r.status == 200) {
+            *body = (uint8_t *)buf;
+            *len = blen;
+            buf = NULL;
+        } else if (r.message[0])
+            loom_error(LOOM_EINVAL, "%s%s: %ld %s: %s", g->n.base_url, path, r.status, r.code, r.message);
+        else
+            loom_error(LOOM_EINVAL, "%s%s: %ld", g->n.base_url, path, r.status);
+    }
+    free(buf);
+    free(r.body.s);
+    return rc;
+}

@@ -103,6 +103,7 @@ typedef struct {
     /* /v1/secagg's arguments: ?round=R&phase=K&epoch=E (and &examples=N&loss=X&tokens=N with phase 2) */
     const char *arg_round, *arg_phase, *arg_epoch, *arg_examples, *arg_loss, *arg_tokens;
     const char *arg_since;     /* /v1/dash/metrics?since=N */
+    const char *arg_step;      /* /v1/peer/vector's ?step= (src/net/peer.c) */
     const uint8_t *body;
     size_t len;
 } net_request;
@@ -126,6 +127,7 @@ typedef struct {
     size_t off;
     char hdr[4][2][96];        /* extra headers: name, value */
     int nhdr;
+    uint64_t tag;              /* the handler's own mark, handed to net_http_service.end (0: none) */
 } net_response;
 
 /* A server without sockets or a driver thread: state_dir, the run's engine configuration. */
@@ -147,5 +149,41 @@ int net_client_binary(void *conn, const char *method, const char *path, const vo
 
 /* SHA-256 of a buffer as hex, through GnuTLS (several times faster than the portable loom_sha256). */
 int net_sha256_hex(const void *data, size_t len, char out[65]);
+
+/* ------------------------------------------------------------------ HTTPS machinery shared with peers */
+
+/* What the daemon (server_http.c) serves: the body limit of a URL, the handler, the release of an
+ * answer (its body, or its blob: release_blob may be NULL when handle never sets one), and the optional
+ * begin / end of each request (end gets the answer's tag and whether it was sent completely). */
+typedef struct {
+    size_t (*limit)(void *ud, const char *url);
+    void (*handle)(void *ud, const net_request *q, net_response *r);
+    void (*clear)(void *ud, net_response *r);
+    void (*release_blob)(void *ud, net_blob *b);
+    void (*begin)(void *ud);
+    void (*end)(void *ud, uint64_t tag, int completed);
+    void *ud;
+} net_http_service;
+struct MHD_Daemon;
+/* Listens on "HOST:PORT" with TLS (PEM texts) on `threads` threads, serving *svc (which must outlive the
+ * daemon); *port = the bound port. */
+int net_http_start(struct MHD_Daemon **d, const char *listen, const char *cert_pem, const char *key_pem, unsigned threads,
+                   const net_http_service *svc, int *port);
+void net_http_stop(struct MHD_Daemon *d); /* accepts NULL */
+/* The PEM texts of cert_file and key_file, or (both NULL) of state_dir/tls/{cert,key}.pem, a self-signed
+ * development certificate for localhost and 127.0.0.1 made there when absent. */
+int net_tls_load(const char *state_dir, const char *cert_file, const char *key_file, char **cert, char **key);
+
+/* GETs through the client's exchange machinery (client.c: bearer token, TLS verification against
+ * ca_cert or the system's CAs, retries of transient failures with back-off until give_up_s without an
+ * answer, stop). net_getter_get: LOOM_OK with *status the answer's status; a 200's body (at most max
+ * bytes, malloc'd) in *body, *len; for another status, *code the error code and loom_errmsg() the
+ * server's message. */
+typedef struct net_getter net_getter;
+int net_getter_create(net_getter **g, const char *base_url, const char *token, const char *ca_cert, double give_up_s,
+                      volatile int *stop);
+int net_getter_get(net_getter *g, const char *path, size_t max, uint8_t **body, size_t *len, long *status,
+                   char code[48]);
+void net_getter_free(net_getter *g);
 
 #endif

@@ -82,16 +82,15 @@ done:
     return rc;
 }
 
-/* The given PEM files, or state_dir/tls/{cert,key}.pem (made when absent, kept across restarts). */
-static int load_tls(const loom_server_config *c, char **cert, char **key) {
+int net_tls_load(const char *state_dir, const char *cert_file, const char *key_file, char **cert, char **key) {
     *cert = *key = NULL;
     size_t n;
     int rc;
-    if (c->tls_cert || c->tls_key) {
-        if (!c->tls_cert || !c->tls_key)
+    if (cert_file || key_file) {
+        if (!cert_file || !key_file)
             return loom_error(LOOM_EINVAL, "--tls-cert and --tls-key go together (one of them is missing)");
-        if ((rc = loom_read_file(c->tls_cert, cert, &n)) != LOOM_OK) return loom_error_context(rc, "--tls-cert");
-        if ((rc = loom_read_file(c->tls_key, key, &n)) != LOOM_OK) {
+        if ((rc = loom_read_file(cert_file, cert, &n)) != LOOM_OK) return loom_error_context(rc, "--tls-cert");
+        if ((rc = loom_read_file(key_file, key, &n)) != LOOM_OK) {
             free(*cert);
             *cert = NULL;
             return loom_error_context(rc, "--tls-key");
@@ -99,7 +98,7 @@ static int load_tls(const loom_server_config *c, char **cert, char **key) {
         return LOOM_OK;
     }
     char dir[4200], cp[4300], kp[4300];
-    snprintf(dir, sizeof dir, "%s/tls", c->state_dir);
+    snprintf(dir, sizeof dir, "%s/tls", state_dir);
     snprintf(cp, sizeof cp, "%s/cert.pem", dir);
     snprintf(kp, sizeof kp, "%s/key.pem", dir);
     struct stat st;
@@ -139,6 +138,7 @@ typedef struct {
     size_t len, cap, limit;
     int too_large;   /* the body exceeds the limit: 1 draining it (413 sent after), 2 413 queued */
     size_t drained;  /* bytes of an oversized body read and dropped */
+    uint64_t tag;    /* the answer's tag (net_response.tag) */
 } conn_ctx;
 
 /* An oversized body is read and dropped up to this many bytes before the 413 goes out, so that a client
@@ -147,7 +147,7 @@ typedef struct {
 #define NET_DRAIN_MAX ((size_t)8 << 20)
 
 typedef struct {
-    net_server *s;
+    const net_http_service *svc;
     net_blob *blob;
     size_t off;
 } blob_reader;
@@ -164,11 +164,11 @@ static ssize_t read_blob(void *cls, uint64_t pos, char *buf, size_t max) {
 
 static void free_blob_reader(void *cls) {
     blob_reader *br = cls;
-    net_blob_release(br->s, br->blob);
+    br->svc->release_blob(br->svc->ud, br->blob);
     free(br);
 }
 
-static enum MHD_Result send_response(struct MHD_Connection *con, net_server *s, net_response *r) {
+static enum MHD_Result send_response(struct MHD_Connection *con, const net_http_service *s, net_response *r) {
     struct MHD_Response *resp = NULL;
     if (r->blob) {
         blob_reader *br = malloc(sizeof *br);
@@ -183,18 +183,18 @@ static enum MHD_Result send_response(struct MHD_Connection *con, net_server *s, 
         if (resp) r->body = NULL;
     }
     if (!resp) {
-        net_response_clear(s, r);
+        s->clear(s->ud, r);
         return MHD_NO;
     }
     if (r->ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->ctype);
     for (int i = 0; i < r->nhdr; i++) MHD_add_response_header(resp, r->hdr[i][0], r->hdr[i][1]);
     enum MHD_Result ok = MHD_queue_response(con, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
-    net_response_clear(s, r);
+    s->clear(s->ud, r);
     return ok;
 }
 
-static enum MHD_Result send_too_large(struct MHD_Connection *con, net_server *s, size_t limit) {
+static enum MHD_Result send_too_large(struct MHD_Connection *con, const net_http_service *s, size_t limit) {
     net_response r;
     memset(&r, 0, sizeof r);
     r.status = 413;
@@ -227,17 +227,14 @@ static void trace_request(const char *method, const char *url, const uint8_t *bo
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     (void)version;
-    net_server *s = cls;
+    const net_http_service *s = cls;
     conn_ctx *cx = *con_cls;
     if (!cx) {
         cx = calloc(1, sizeof *cx);
         if (!cx) return MHD_NO;
         *con_cls = cx;
-        __atomic_add_fetch(&s->in_flight, 1, __ATOMIC_SEQ_CST);
-        cx->limit = url && !strcmp(url, "/v1/update") ? s->max_upload
-                    : url && !strcmp(url, "/v1/secagg") ? net_sa_body_limit(s)
-                    : url && !strcmp(url, "/v1/split") && s->c.split_max_body ? s->c.split_max_body
-                                                        : NET_MAX_JSON;
+        if (s->begin) s->begin(s->ud);
+        cx->limit = s->limit(s->ud, url);
         const char *cl = MHD_lookup_connection_value(con, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
             unsigned long long v = strtoull(cl, NULL, 10);
@@ -308,24 +305,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *con, const c
         .arg_loss = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "loss"),
         .arg_tokens = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "tokens"),
         .arg_since = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "since"),
+        .arg_step = MHD_lookup_connection_value(con, MHD_GET_ARGUMENT_KIND, "step"),
         .body = cx->body ? cx->body : (const uint8_t *)"",
         .len = cx->len,
     };
     trace_request(method, url, q.body, q.len);
     net_response r;
-    net_handle(s, &q, &r);
+    s->handle(s->ud, &q, &r);
+    cx->tag = r.tag;
     return send_response(con, s, &r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *con, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)con, (void)toe;
-    net_server *s = cls;
+    (void)con;
+    const net_http_service *s = cls;
     conn_ctx *cx = *con_cls;
     if (!cx) return;
+    uint64_t tag = cx->tag;
     free(cx->body);
     free(cx);
     *con_cls = NULL;
-    __atomic_sub_fetch(&s->in_flight, 1, __ATOMIC_SEQ_CST); /* the response is out */
+    if (s->end) s->end(s->ud, tag, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK); /* the response is out */
 }
 
 /* "HOST:PORT" ("[V6]:PORT" for IPv6) into a socket address. */
@@ -361,29 +361,61 @@ static int parse_listen(const char *listen, struct sockaddr_storage *sa, int *v6
     return LOOM_OK;
 }
 
+/* ---- the daemon over any service (the server's handlers, a peer's) ---- */
+
+int net_http_start(struct MHD_Daemon **out, const char *listen, const char *cert, const char *key, unsigned threads,
+                   const net_http_service *svc, int *port) {
+    *out = NULL;
+    struct sockaddr_storage sa;
+    int v6 = 0, rc;
+    if ((rc = parse_listen(listen, &sa, &v6)) != LOOM_OK) return rc;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TLS | (v6 ? MHD_USE_IPv6 : 0);
+    struct MHD_Daemon *d =
+        MHD_start_daemon(flags, 0, NULL, NULL, on_request, (void *)svc, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+                         MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_THREAD_POOL_SIZE,
+                         threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, (void *)svc,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+                         MHD_OPTION_END);
+    if (!d) return loom_error(LOOM_EIO, "cannot listen on %s (TLS with the given certificate): %s", listen, strerror(errno));
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    *port = info ? (int)info->port : 0;
+    *out = d;
+    return LOOM_OK;
+}
+
+void net_http_stop(struct MHD_Daemon *d) {
+    if (d) MHD_stop_daemon(d);
+}
+
+/* the server's service: its handlers, body limits and in-flight count */
+static size_t srv_limit(void *ud, const char *url) {
+    net_server *s = ud;
+    return url && !strcmp(url, "/v1/update")                          ? s->max_upload
+           : url && !strcmp(url, "/v1/secagg")                        ? net_sa_body_limit(s)
+           : url && !strcmp(url, "/v1/split") && s->c.split_max_body ? s->c.split_max_body
+                                                                      : NET_MAX_JSON;
+}
+static void srv_handle(void *ud, const net_request *q, net_response *r) { net_handle(ud, q, r); }
+static void srv_clear(void *ud, net_response *r) { net_response_clear(ud, r); }
+static void srv_release_blob(void *ud, net_blob *b) { net_blob_release(ud, b); }
+static void srv_begin(void *ud) { __atomic_add_fetch(&((net_server *)ud)->in_flight, 1, __ATOMIC_SEQ_CST); }
+static void srv_end(void *ud, uint64_t tag, int completed) {
+    (void)tag, (void)completed;
+    __atomic_sub_fetch(&((net_server *)ud)->in_flight, 1, __ATOMIC_SEQ_CST);
+}
+
 int loom_server_run(const loom_server_config *c, float *global) {
     net_server *s = NULL;
     int rc = net_server_create(&s, c);
     if (rc != LOOM_OK) return rc;
     char *cert = NULL, *key = NULL;
     struct MHD_Daemon *d = NULL;
-    struct sockaddr_storage sa;
-    int v6 = 0;
-    if ((rc = parse_listen(c->listen ? c->listen : "127.0.0.1:8443", &sa, &v6)) != LOOM_OK) goto done;
-    if ((rc = load_tls(c, &cert, &key)) != LOOM_OK) goto done;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TLS | (v6 ? MHD_USE_IPv6 : 0);
-    d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-                         MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_THREAD_POOL_SIZE,
-                         (unsigned)c->threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
-                         MHD_OPTION_END);
-    if (!d) {
-        rc = loom_error(LOOM_EIO, "cannot listen on %s (TLS with the given certificate): %s",
-                        c->listen ? c->listen : "127.0.0.1:8443", strerror(errno));
+    int port = 0;
+    net_http_service svc = {srv_limit, srv_handle, srv_clear, srv_release_blob, srv_begin, srv_end, s};
+    if ((rc = net_tls_load(c->state_dir, c->tls_cert, c->tls_key, &cert, &key)) != LOOM_OK) goto done;
+    if ((rc = net_http_start(&d, c->listen ? c->listen : "127.0.0.1:8443", cert, key, (unsigned)c->threads, &svc,
+                             &port)) != LOOM_OK)
         goto done;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    int port = info ? (int)info->port : 0;
     net_store_event(s->store, 0, "listen", "listening on %s (port %d), run %016llx", c->listen ? c->listen : "127.0.0.1:8443",
                     port, (unsigned long long)s->run_id);
     if (c->on_listen) c->on_listen(c->ud, port);
