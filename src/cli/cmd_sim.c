@@ -361,6 +361,10 @@ int cmd_sim(int argc, char **argv) {
     /* federation settings */
     cli_trainer_ud fu = {.m = m, .ts = set};
     if (cli_run_federation(&r, "sim", part->n_clients, &sc, &fu.tc) != 0) goto done;
+    /* ---- distillation: clients train against --teacher ---- */
+    if (r.kd.teacher && sc.algo) BAD("--teacher needs --client-algo sgd (a %s client has no gradient)", sc.algo->name);
+    if (r.kd.teacher && sc.dp.mode == LOOM_DP_SGD) BAD("--teacher does not combine with --dp sgd");
+    if (cli_kd_setup(&r.kd, "sim", m, r.model, r.T, &fu.tc) != 0) goto done;
     sc.attack.tok = tok; /* a backdoor's trigger is encoded with the data's tokenizer */
     if (sc.dp.mode == LOOM_DP_SGD) { /* the worst client's sampling rate: the fewest examples */
         size_t fewest = SIZE_MAX;
@@ -610,6 +614,7 @@ done:
     cli_free_list(files, nfiles);
     loom_tokenizer_free(tok);
     loom_model_free(m);
+    cli_kd_free(&r.kd);
     cli_config_free(cfg);
     return rc;
 }

@@ -72,6 +72,7 @@ void cli_run_init(cli_run *r) {
     r->zo_lr = NAN;
     r->seed_pool = 4096;
     r->hetlora_agg = "pad";
+    cli_kd_init(&r->kd);
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -200,6 +201,8 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"profile", OPT_STR, &r->profile, "sim: device profiles for the virtual clock and the budgets: a TSV file (client speed memory_mb bandwidth_mbps [rank] [layers]) or tiers (phone, laptop, server drawn by the seed)", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
+        /* ---- distillation (include/loom/distill.h): sim clients train against a teacher ---- */
+        CLI_KD_OPTS(r->kd),
     };
     _Static_assert(sizeof t / sizeof t[0] <= CLI_RUN_MAX_OPTS, "CLI_RUN_MAX_OPTS is smaller than the run's option table");
     int n = (int)(sizeof t / sizeof t[0]);

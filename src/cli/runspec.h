@@ -7,6 +7,7 @@
 
 #include "cli/args.h"
 #include "cli/common.h"
+#include "cli/kd_cli.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"
 #include "loom/sim.h"
@@ -70,6 +71,8 @@ typedef struct {
     const char *client_ranks, *hetlora_agg, *fedra_layers, *profile;
     int lora_freeze_a;
     float hetlora_prune;
+    /* ---- distillation (loom sim; include/loom/distill.h, cli/kd_cli.h) ---- */
+    cli_kd kd;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Distillation from the command line on micro models: loom train and loom sim with --teacher (alpha 0
+# equals no teacher bit for bit, alpha > 0 changes the result), and the refusals name the flags and files.
+set -u
+. "$(dirname "$0")/testlib.sh"
+export LOOM_SHARED=$SHARED
+cfg() { # n_embd layers vocab -> config.json on stdout
+    cat <<JSON
+{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_layer": $2, "n_head": 2, "n_embd": $1, "n_inner": $((2 * $1)),
+ "vocab_size": $3, "n_positions": 32, "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new",
+ "tie_word_embeddings": true}
+JSON
+}
+cfg 32 1 259 > "$tmp/student.json"
+cfg 48 2 259 > "$tmp/teacher.json"
+cfg 16 1 50257 > "$tmp/other.json"
+head -c 20000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/text.txt"
+TR=(--data "$tmp/text.txt" --batch 2 --seq 16 --sample-len 0 --eval-every 0 --val-frac 0.1 --seed 3)
+
+"$LOOM" train --model "$tmp/teacher.json" "${TR[@]}" --steps 20 --out "$tmp/teacher" > /dev/null 2> "$tmp/t.err"
+check "the teacher trains" test -s "$tmp/teacher/model.safetensors"
+"$LOOM" train --model "$tmp/other.json" "${TR[@]}" --steps 1 --out "$tmp/other" --tokenizer "$SHARED/data/gpt2-tokenizer" \
+    > /dev/null 2>&1
+check "a model with the GPT-2 vocabulary" test -s "$tmp/other/model.safetensors"
+"$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 4 --out "$tmp/plain" > /dev/null 2>&1
+"$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 4 --out "$tmp/a0" --teacher "$tmp/teacher" --kd-alpha 0 \
+    > /dev/null 2> "$tmp/a0.err"
+check "train: --kd-alpha 0 runs" test -s "$tmp/a0/model.safetensors"
+check "train: the teacher is named" grep -q "distillation from $tmp/teacher" "$tmp/a0.err"
+check "train: --kd-alpha 0 equals no teacher" test "$(st_data "$tmp/a0/model.safetensors")" = "$(st_data "$tmp/plain/model.safetensors")"
+"$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 4 --out "$tmp/a5" --teacher "$tmp/teacher" --kd-alpha 0.5 \
+    --kd-temp 2 > /dev/null 2>&1
+check "train: --kd-alpha 0.5 runs" test -s "$tmp/a5/model.safetensors"
+check "train: --kd-alpha 0.5 differs from no teacher" test "$(st_data "$tmp/a5/model.safetensors")" != "$(st_data "$tmp/plain/model.safetensors")"
+refuse "train: vocabulary mismatch" 1 "teacher $tmp/other" "model $tmp/student.json" "vocabulary" -- \
+    "$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 1 --teacher "$tmp/other"
+refuse "train: --kd-alpha out of range" 2 "kd-alpha" -- \
+    "$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 1 --teacher "$tmp/teacher" --kd-alpha 1.5
+refuse "train: a missing teacher" 1 "teacher $tmp/nothere" -- \
+    "$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 1 --teacher "$tmp/nothere"
+refuse "train: --teacher with --dp sgd" 1 "teacher" "dp sgd" -- \
+    "$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 1 --teacher "$tmp/teacher" --dp sgd --dp-clip 1 --dp-noise 1
+
+S=(--model "$tmp/student.json" --data "$tmp/text.txt" --clients 3 --rounds 2 --local-steps 2 --batch 2 --seq 16
+   --sample-len 0 --quiet-clients --eval-every 0 --test-frac 0.1 --seed 4)
+"$LOOM" sim "${S[@]}" --out "$tmp/s0" > /dev/null 2>&1
+"$LOOM" sim "${S[@]}" --out "$tmp/s1" --teacher "$tmp/teacher" --kd-alpha 0 > /dev/null 2> "$tmp/s1.err"
+check "sim: --teacher --kd-alpha 0 runs" test -s "$tmp/s1/global.safetensors"
+check "sim: --kd-alpha 0 equals no teacher" cmp -s "$tmp/s0/global.safetensors" "$tmp/s1/global.safetensors"
+"$LOOM" sim "${S[@]}" --out "$tmp/s2" --teacher "$tmp/teacher" --kd-alpha 0.8 --workers 1 > /dev/null 2>&1
+"$LOOM" sim "${S[@]}" --out "$tmp/s3" --teacher "$tmp/teacher" --kd-alpha 0.8 --workers 3 > /dev/null 2>&1
+check "sim: --kd-alpha 0.8 changes the model" test "$(st_data "$tmp/s2/global.safetensors")" != "$(st_data "$tmp/s0/global.safetensors")"
+check "sim: distillation is the same for any --workers" cmp -s "$tmp/s2/global.safetensors" "$tmp/s3/global.safetensors"
+refuse "sim: vocabulary mismatch" 1 "teacher $tmp/other" "vocabulary" -- "$LOOM" sim "${S[@]}" --teacher "$tmp/other"
+refuse "sim: --teacher with a zeroth-order client" 1 "teacher" "client-algo" -- \
+    "$LOOM" sim "${S[@]}" --teacher "$tmp/teacher" --client-algo mezo
+finish
