@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Distillation from the command line on micro models: loom train and loom sim with --teacher (alpha 0
-# equals no teacher bit for bit, alpha > 0 changes the result), and the refusals name the flags and files.
+# equals no teacher bit for bit, alpha > 0 changes the result), loom sim --server-distill (FedDF: 0 steps
+# equals plain FedAvg bit for bit, any --workers gives the same bits), and the refusals name the flags
+# and files.
 set -u
 . "$(dirname "$0")/testlib.sh"
 export LOOM_SHARED=$SHARED
@@ -54,4 +56,25 @@ check "sim: distillation is the same for any --workers" cmp -s "$tmp/s2/global.s
 refuse "sim: vocabulary mismatch" 1 "teacher $tmp/other" "vocabulary" -- "$LOOM" sim "${S[@]}" --teacher "$tmp/other"
 refuse "sim: --teacher with a zeroth-order client" 1 "teacher" "client-algo" -- \
     "$LOOM" sim "${S[@]}" --teacher "$tmp/teacher" --client-algo mezo
+# FedDF: the server distils the clients' ensemble on public text after each round
+tail -c 8000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/public.txt"
+"$LOOM" sim "${S[@]}" --out "$tmp/d0" --server-distill "$tmp/public.txt" --distill-steps 0 > /dev/null 2> "$tmp/d0.err"
+check "sim: --distill-steps 0 runs" test -s "$tmp/d0/global.safetensors"
+check "sim: --distill-steps 0 equals plain FedAvg" cmp -s "$tmp/s0/global.safetensors" "$tmp/d0/global.safetensors"
+"$LOOM" sim "${S[@]}" --out "$tmp/d1" --server-distill "$tmp/public.txt" --distill-steps 3 --workers 1 > /dev/null 2> "$tmp/d1.err"
+"$LOOM" sim "${S[@]}" --out "$tmp/d2" --server-distill "$tmp/public.txt" --distill-steps 3 --workers 3 > /dev/null 2>&1
+check "sim: FedDF is announced" grep -q "FedDF: 3 server distillation steps" "$tmp/d1.err"
+check "sim: --distill-steps 3 changes the model" test "$(st_data "$tmp/d1/global.safetensors")" != "$(st_data "$tmp/s0/global.safetensors")"
+check "sim: FedDF is the same for any --workers" cmp -s "$tmp/d1/global.safetensors" "$tmp/d2/global.safetensors"
+refuse "sim: a missing public text" 1 "server-distill $tmp/nothere" -- \
+    "$LOOM" sim "${S[@]}" --server-distill "$tmp/nothere"
+head -c 10 "$tmp/public.txt" > "$tmp/short.txt"
+refuse "sim: a public text shorter than a window" 1 "server-distill $tmp/short.txt" "fewer than one window" -- \
+    "$LOOM" sim "${S[@]}" --server-distill "$tmp/short.txt"
+refuse "sim: FedDF with secure aggregation" 1 "server-distill" "secagg" -- \
+    "$LOOM" sim "${S[@]}" --server-distill "$tmp/public.txt" --secagg
+refuse "sim: FedDF with asynchronous rounds" 1 "server-distill" "mode fedasync" -- \
+    "$LOOM" sim "${S[@]}" --server-distill "$tmp/public.txt" --mode fedasync
+refuse "sim: --distill-temp out of range" 2 "distill-temp" -- \
+    "$LOOM" sim "${S[@]}" --server-distill "$tmp/public.txt" --distill-temp 0
 finish

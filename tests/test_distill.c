@@ -7,7 +7,11 @@
  *    logits
  *  - alpha = 0 with a teacher trains bit for bit as without one
  *  - teacher = student at alpha = 1: the gradient vanishes
- *  - the same bits on 1 and 3 threads; a teacher with another vocabulary is refused, naming both sizes */
+ *  - the same bits on 1 and 3 threads; a teacher with another vocabulary is refused, naming both sizes
+ *  - FedDF: with all clients identical the ensemble's target is that one model's distribution (from its
+ *    logits, here in double); distill-steps 0 is plain FedAvg bit for bit through the pipeline; the
+ *    result does not depend on the order the updates arrive in; the distillation lowers the KL to the
+ *    ensemble; the post stage refuses masked updates and secure sums */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +20,7 @@
 #include "loom/distill.h"
 #include "loom/model.h"
 #include "loom/peft.h"
+#include "loom/pipeline.h"
 #include "loom/train.h"
 #include "test.h"
 
@@ -350,6 +355,136 @@ static void refusals(loom_model *m) {
     loom_model_free(t);
 }
 
+/* ---- FedDF ---- */
+
+enum { NPUB = 300, NCL = 3 };
+
+static void feddf_make(loom_feddf **f, loom_model *m, const int32_t *pub, int steps) {
+    loom_feddf_config c;
+    loom_feddf_defaults(&c);
+    c.m = m;
+    c.tokens = pub;
+    c.n_tokens = NPUB;
+    c.steps = steps;
+    c.temp = 1.5f;
+    c.lr = 3e-3f;
+    c.B = B;
+    c.T = T;
+    c.seed = 8;
+    CHECK_OK(loom_feddf_create(f, &c));
+}
+
+static void feddf_checks(loom_model *m) {
+    const int V = loom_model_config(m)->vocab;
+    const size_t dim = loom_model_n_params(m);
+    int32_t pub[NPUB];
+    uint64_t sd = 3;
+    for (int i = 0; i < NPUB; i++) pub[i] = (int32_t)((uint64_t)(test_normal(&sd) * 1e6) % (uint64_t)V + V) % V;
+    float *prev = loom_alloc(dim * sizeof(float)), *u[NCL];
+    memcpy(prev, loom_model_params(m), dim * sizeof(float));
+    loom_rng r;
+    loom_rng_init(&r, 77, 2);
+    for (int i = 0; i < NCL; i++) {
+        u[i] = loom_alloc(dim * sizeof(float));
+        for (size_t k = 0; k < dim; k++) u[i][k] = 0.05f * (float)loom_rng_normal(&r);
+    }
+    /* identical clients: the target is the one model's distribution */
+    loom_feddf *f = NULL;
+    feddf_make(&f, m, pub, 1);
+    if (!f) return;
+    int32_t tok[B * T], tgt[B * T];
+    loom_feddf_batch(f, 2, 0, tok, tgt);
+    int inside = 1;
+    for (int i = 0; i < B * T; i++) inside &= tok[i] >= 0 && tok[i] < V && tgt[i] >= 0 && tgt[i] < V;
+    CHECK(inside, "public windows hold the text's tokens");
+    const float *same[NCL] = {u[1], u[1], u[1]};
+    float *q = malloc((size_t)B * T * V * sizeof *q);
+    CHECK_OK(loom_feddf_targets(f, prev, same, NCL, tok, q));
+    float *x = loom_alloc(dim * sizeof(float));
+    for (size_t k = 0; k < dim; k++) x[k] = prev[k] + u[1][k];
+    loom_ws *ws = NULL;
+    CHECK_OK(loom_ws_create_infer(&ws, m, B, T, NULL));
+    CHECK_OK(loom_forward(m, x, ws, tok, NULL, B, T, NULL));
+    double err = 0, mix = 0;
+    for (int n = 0; n < B * T; n++) {
+        double lg[64], p[64];
+        for (int v = 0; v < V; v++) lg[v] = loom_ws_logits(ws)[(size_t)n * V + v];
+        softmax_d(lg, V, 1.5, p);
+        for (int v = 0; v < V; v++) err = fmax(err, fabs(q[(size_t)n * V + v] - p[v]));
+    }
+    CHECK(err < 1e-6, "identical clients: target off the model's distribution by %.3g", err);
+    /* distinct clients: the mean of their distributions */
+    const float *diff[NCL] = {u[0], u[1], u[2]};
+    CHECK_OK(loom_feddf_targets(f, prev, diff, NCL, tok, q));
+    double *want = calloc((size_t)B * T * V, sizeof *want);
+    for (int i = 0; i < NCL; i++) {
+        for (size_t k = 0; k < dim; k++) x[k] = prev[k] + u[i][k];
+        CHECK_OK(loom_forward(m, x, ws, tok, NULL, B, T, NULL));
+        for (int n = 0; n < B * T; n++) {
+            double lg[64], p[64];
+            for (int v = 0; v < V; v++) lg[v] = loom_ws_logits(ws)[(size_t)n * V + v];
+            softmax_d(lg, V, 1.5, p);
+            for (int v = 0; v < V; v++) want[(size_t)n * V + v] += p[v] / NCL;
+        }
+    }
+    for (size_t k = 0; k < (size_t)B * T * V; k++) mix = fmax(mix, fabs(q[k] - want[k]));
+    CHECK(mix < 1e-6, "three clients: target off the mean of their distributions by %.3g", mix);
+    free(want);
+    printf("FedDF: identical clients' target vs the model's softmax: %.2e; three clients' vs their mean: %.2e\n", err, mix);
+    loom_ws_free(ws);
+    loom_free(x);
+    free(q);
+    loom_feddf_free(f);
+
+    /* through the pipeline: steps 0 = plain FedAvg; order independence; the KL falls */
+    const double w[NCL] = {3, 5, 2};
+    float *g[4];
+    double kl0 = NAN, kl1 = NAN;
+    for (int run = 0; run < 4; run++) { /* 0 plain, 1 steps 0, 2 steps 6, 3 steps 6 reversed */
+        loom_pipeline_config pc;
+        loom_pipeline_defaults(&pc, dim);
+        pc.clip_norm = 2.0; /* the post stage sees the clipped updates */
+        loom_feddf *fd = NULL;
+        if (run) {
+            feddf_make(&fd, m, pub, run == 1 ? 0 : 6);
+            pc.post = loom_feddf_post;
+            pc.post_ud = fd;
+        }
+        loom_pipeline *p = NULL;
+        CHECK_OK(loom_pipeline_create(&p, &pc));
+        g[run] = loom_alloc(dim * sizeof(float));
+        memcpy(g[run], prev, dim * sizeof(float));
+        if (!p) continue;
+        CHECK_OK(loom_pipeline_begin_round(p, 4));
+        for (int i = 0; i < NCL; i++) {
+            int k = run == 3 ? NCL - 1 - i : i;
+            CHECK_OK(loom_pipeline_add(p, u[k], dim, w[k], NULL, NULL, NULL));
+        }
+        if (run == 1) {
+            uint8_t *mask = calloc(dim, 1);
+            int rc = loom_pipeline_add_masked(p, u[0], dim, 1, NULL, mask, NULL, NULL);
+            CHECK(rc == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "masked"), "masked update: %d %s", rc, loom_errmsg());
+            double *sum = calloc(dim, sizeof *sum);
+            rc = loom_pipeline_add_sum(p, sum, dim, 1, 1);
+            CHECK(rc == LOOM_EUNSUPPORTED && strstr(loom_errmsg(), "secure sum"), "secure sum: %d %s", rc, loom_errmsg());
+            free(sum);
+            free(mask);
+        }
+        CHECK_OK(loom_pipeline_end_round(p, g[run]));
+        if (run == 2) loom_feddf_last_kl(fd, &kl0, &kl1);
+        loom_pipeline_free(p);
+        loom_feddf_free(fd);
+    }
+    CHECK(memcmp(g[0], g[1], dim * sizeof(float)) == 0, "distill-steps 0 differs from plain FedAvg");
+    CHECK(memcmp(g[0], g[2], dim * sizeof(float)) != 0, "distillation changes the model");
+    CHECK(memcmp(g[2], g[3], dim * sizeof(float)) == 0, "the distilled model depends on the order of arrival");
+    CHECK(kl1 < 0.9 * kl0, "distillation lowers the KL to the ensemble: first step %.5f, last %.5f", kl0, kl1);
+    printf("FedDF: 6 server steps, KL to the ensemble %.5f -> %.5f\n", kl0, kl1);
+    for (int run = 0; run < 4; run++) loom_free(g[run]);
+    for (int i = 0; i < NCL; i++) loom_free(u[i]);
+    loom_free(prev);
+}
+
 int main(void) {
     kernel_closed_form();
     loom_model *m = micro(8, 1, 1), *teacher = micro(12, 2, 2);
@@ -361,6 +496,7 @@ int main(void) {
     alpha_zero_is_plain(m, teacher, LOOM_PEFT_PROMPT);
     self_teacher(m, teacher);
     refusals(m);
+    feddf_checks(m);
     loom_model_free(m);
     loom_model_free(teacher);
     printf("%d passed, %d failed\n", test_passed, test_failed);

@@ -45,6 +45,47 @@ float loom_kd_loss(double kl, float ce, float temp, float alpha);
  * LOOM_E* code. It is called from the thread of the trainer's step. */
 typedef int (*loom_soft_target_fn)(void *ud, const int32_t *tokens, int B, int T, float temp, float *q);
 
+/* ---- FedDF: the server's ensemble distillation (fl/feddf.c; Lin et al. 2020) ----
+ * After each round's aggregation the server fine-tunes the new global model on unlabeled public text
+ * to match the ensemble of the round's clients: client i's model is prev + u_i (the round's starting
+ * global plus its update, after clipping), and the target at each position is the plain average
+ *     q = (1/n) sum_i softmax(f(prev + u_i) / temp)
+ * in the pipeline's content order of the updates (so it does not depend on arrival order). The global
+ * model takes `steps` AdamW steps (learning rate lr, no weight decay, clip 1, optimizer state fresh each
+ * round) on the distillation loss temp^2 KL(q || softmax(f(global) / temp)) (alpha = 1), each step on B
+ * windows of T + 1 tokens of the public text drawn from (seed, LOOM_STREAM_DISTILL, round, step). It is
+ * the pipeline's post stage (loom_pipeline_config.post = loom_feddf_post, post_ud = the loom_feddf), so
+ * it runs wherever the pipeline runs and knows nothing of the transport. steps = 0 leaves the
+ * optimizer's result untouched (plain FedAvg bit for bit). Results do not depend on the thread count. */
+struct loom_model;
+struct loom_tset;
+typedef struct {
+    const struct loom_model *m;  /* the model of the federation (only read) */
+    const float *base;           /* its frozen base (a trainable set's), or NULL for the model's own buffer */
+    const struct loom_tset *ts;  /* the trainable set the federation trains; NULL: the whole model */
+    const int32_t *tokens;       /* the public text, tokenized (only read; must outlive the object) */
+    size_t n_tokens;             /* > T */
+    int steps;                   /* >= 0 */
+    float temp;                  /* > 0; default 1 */
+    float lr;                    /* >= 0; default 1e-3 */
+    int B, T;                    /* windows per step and their length */
+    uint64_t seed;
+} loom_feddf_config;
+void loom_feddf_defaults(loom_feddf_config *c);
+typedef struct loom_feddf loom_feddf;
+int loom_feddf_create(loom_feddf **out, const loom_feddf_config *c);
+void loom_feddf_free(loom_feddf *f);
+/* The loom_post_fn of include/loom/pipeline.h (ud = the loom_feddf). */
+int loom_feddf_post(void *ud, int round, float *global, const float *prev, const float *const *updates,
+                    const double *weights, size_t n);
+/* The ensemble's targets for one batch tokens[B * T] (the config's B and T): q[B * T * V] as above. */
+int loom_feddf_targets(loom_feddf *f, const float *prev, const float *const *updates, size_t n, const int32_t *tokens,
+                       float *q);
+/* The public-text window batch of (round, step): tokens[B * T] and targets[B * T] (the next tokens). */
+void loom_feddf_batch(const loom_feddf *f, int round, int step, int32_t *tokens, int32_t *targets);
+/* Distillation KL (nats, at temp) of the last round's first and last steps (NAN before any). */
+void loom_feddf_last_kl(const loom_feddf *f, double *first, double *last);
+
 #ifdef __cplusplus
 }
 #endif

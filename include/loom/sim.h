@@ -226,6 +226,10 @@ typedef struct {
     const loom_aggregator_ops *aggregator; /* the pipeline's aggregator (NULL = the fixed-point mean;
                                      * &loom_agg_robust with a loom_robust_config in aggregator_config) */
     const void *aggregator_config;
+    /* The pipeline's post stage (include/loom/pipeline.h; FedDF's server distillation: loom_feddf_post
+     * with a loom_feddf, include/loom/distill.h); NULL = none. */
+    loom_post_fn post;
+    void *post_ud;
     /* The server's root data, for an aggregator that takes a reference update (FLTrust): examples
      * root_idx[0..n_root) of ds. Each round the server trains on them from the round's global model as a
      * client would (the same fit config without local DP, its own step counter, data seed

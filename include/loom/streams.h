@@ -49,6 +49,10 @@
 #define LOOM_STREAM_RANK_DRAW UINT64_C(0x72616e6b)   /* "rank": client c's drawn rank budget, hash2(id, c) */
 #define LOOM_STREAM_PROFILE UINT64_C(0x70726f66)     /* "prof": client c's drawn device profile, hash2(id, c) */
 
+/* distillation (fl/feddf.c, fl/synthetic.c) */
+#define LOOM_STREAM_DISTILL UINT64_C(0x64697374)     /* "dist": FedDF's public-text windows, round r step s:
+                                                      * hash2(hash2(id, r), s) under the run's seed */
+
 /* ---- command line (cli/) ---- */
 #define LOOM_STREAM_GENERATE UINT64_C(0x67656e)      /* "gen": token sampling in generation */
 #define LOOM_STREAM_BENCH_BATCH UINT64_C(77)         /* loom bench train: its random batch */

@@ -2,9 +2,15 @@
 #include "cli/kd_cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include "cli/args.h"
+#include "cli/textdata.h"
 #include "loom/core.h"
+#include "loom/distill.h"
+#include "loom/pipeline.h"
 
 void cli_kd_init(cli_kd *k) {
     k->teacher = NULL;
@@ -42,4 +48,78 @@ int cli_kd_setup(cli_kd *k, const char *cmd, const loom_model *student, const ch
 void cli_kd_free(cli_kd *k) {
     loom_model_free(k->m);
     k->m = NULL;
+}
+
+/* ---- FedDF ---- */
+
+#define FEDDF_TEXT_MAX ((long long)1 << 30) /* bytes of public text */
+
+void cli_feddf_init(cli_feddf *d) {
+    memset(d, 0, sizeof *d);
+    d->steps = 50;
+    d->temp = 1.0f;
+    d->lr = 1e-3f;
+}
+
+int cli_feddf_setup(cli_feddf *d, const char *cmd, const loom_model *m, const struct loom_tset *ts,
+                    const struct loom_tokenizer *tok, int B, int T, uint64_t seed, loom_post_fn *post_fn, void **post_ud) {
+    if (!d->text) return 0;
+    struct stat st;
+    if (stat(d->text, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "loom %s: --server-distill %s: not a readable file\n", cmd, d->text);
+        return -1;
+    }
+    if ((long long)st.st_size > FEDDF_TEXT_MAX) {
+        fprintf(stderr, "loom %s: --server-distill %s: %lld bytes, more than the %lld accepted\n", cmd, d->text,
+                (long long)st.st_size, FEDDF_TEXT_MAX);
+        return -1;
+    }
+    token_stream s = {0};
+    if (text_load(&s, d->text, tok) != LOOM_OK) {
+        fprintf(stderr, "loom %s: --server-distill %s: %s\n", cmd, d->text, loom_errmsg());
+        return -1;
+    }
+    if (s.n < (size_t)T + 2) {
+        fprintf(stderr, "loom %s: --server-distill %s has %zu tokens, fewer than one window of --seq %d + 1\n", cmd,
+                d->text, s.n, T);
+        text_free(&s);
+        return -1;
+    }
+    d->tokens = malloc(s.n * sizeof *d->tokens);
+    if (!d->tokens) {
+        text_free(&s);
+        fprintf(stderr, "loom %s: out of memory for --server-distill %s\n", cmd, d->text);
+        return -1;
+    }
+    for (size_t i = 0; i < s.n; i++) d->tokens[i] = text_id(&s, i);
+    d->n_tokens = s.n;
+    text_free(&s);
+    loom_feddf_config c;
+    loom_feddf_defaults(&c);
+    c.m = m;
+    c.ts = ts;
+    c.tokens = d->tokens;
+    c.n_tokens = d->n_tokens;
+    c.steps = d->steps;
+    c.temp = d->temp;
+    c.lr = d->lr;
+    c.B = B;
+    c.T = T;
+    c.seed = seed;
+    if (loom_feddf_create(&d->f, &c) != LOOM_OK) {
+        fprintf(stderr, "loom %s: --server-distill: %s\n", cmd, loom_errmsg());
+        return -1;
+    }
+    *post_fn = loom_feddf_post;
+    *post_ud = d->f;
+    fprintf(stderr, "  FedDF: %d server distillation steps a round on %s (%zu tokens), T %g, lr %g\n", d->steps, d->text,
+            d->n_tokens, (double)d->temp, (double)d->lr);
+    return 0;
+}
+
+void cli_feddf_free(cli_feddf *d) {
+    loom_feddf_free(d->f);
+    free(d->tokens);
+    d->f = NULL;
+    d->tokens = NULL;
 }

@@ -2,7 +2,11 @@
 #ifndef LOOM_CLI_KD_CLI_H
 #define LOOM_CLI_KD_CLI_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "loom/model.h"
+#include "loom/pipeline.h"
 #include "loom/train.h"
 
 typedef struct {
@@ -23,5 +27,28 @@ void cli_kd_init(cli_kd *k);
 int cli_kd_setup(cli_kd *k, const char *cmd, const loom_model *student, const char *student_path, int T,
                  loom_train_config *tc);
 void cli_kd_free(cli_kd *k);
+
+/* FedDF's server distillation (--server-distill, --distill-steps, --distill-temp, --distill-lr). */
+struct loom_feddf;
+struct loom_tset;
+struct loom_tokenizer;
+typedef struct {
+    const char *text;
+    int steps;
+    float temp, lr;
+    int32_t *tokens;
+    size_t n_tokens;
+    struct loom_feddf *f;
+} cli_feddf;
+
+void cli_feddf_init(cli_feddf *d);
+#define CLI_FEDDF_OPTS(d)                                                                                                   {"server-distill", OPT_STR, &(d).text, "FedDF: after each round's aggregation the server distils the clients' ensemble (the average of their output distributions) into the global model on this unlabeled public text file", 0, 0},     {"distill-steps", OPT_INT, &(d).steps, "--server-distill: server AdamW steps per round (0 = plain aggregation)", 0, 1000000},     {"distill-temp", OPT_FLOAT, &(d).temp, "--server-distill: softmax temperature of the ensemble and the global model", 0.01, 100},     {"distill-lr", OPT_FLOAT, &(d).lr, "--server-distill: the server's AdamW learning rate", 0, 10}
+
+/* Loads d->text (if given) with tok and creates the distiller for model m and set ts (NULL: the whole
+ * model) with batches of B x T; *post and *post_ud are then the pipeline's post stage. Errors printed
+ * ("loom CMD: ..."); returns 0 or -1. */
+int cli_feddf_setup(cli_feddf *d, const char *cmd, const loom_model *m, const struct loom_tset *ts,
+                    const struct loom_tokenizer *tok, int B, int T, uint64_t seed, loom_post_fn *post_fn, void **post_ud);
+void cli_feddf_free(cli_feddf *d);
 
 #endif

@@ -73,6 +73,7 @@ void cli_run_init(cli_run *r) {
     r->seed_pool = 4096;
     r->hetlora_agg = "pad";
     cli_kd_init(&r->kd);
+    cli_feddf_init(&r->feddf);
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -203,6 +204,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         CLI_PEFT_LOAD_OPTS(*po),
         /* ---- distillation (include/loom/distill.h): sim clients train against a teacher ---- */
         CLI_KD_OPTS(r->kd),
+        CLI_FEDDF_OPTS(r->feddf),
     };
     _Static_assert(sizeof t / sizeof t[0] <= CLI_RUN_MAX_OPTS, "CLI_RUN_MAX_OPTS is smaller than the run's option table");
     int n = (int)(sizeof t / sizeof t[0]);

@@ -73,6 +73,7 @@ typedef struct {
     float hetlora_prune;
     /* ---- distillation (loom sim; include/loom/distill.h, cli/kd_cli.h) ---- */
     cli_kd kd;
+    cli_feddf feddf;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160

@@ -69,6 +69,8 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
     ec->pipe.clip_norm = c->clip_norm;
     ec->pipe.aggregator = c->aggregator;
     ec->pipe.aggregator_config = c->aggregator_config;
+    ec->pipe.post = c->post;
+    ec->pipe.post_ud = c->post_ud;
     ec->rounds = c->rounds;
     ec->sample = c->sample;
     ec->sample_frac = c->sample_frac;
