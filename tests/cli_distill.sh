@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Distillation from the command line on micro models: loom train and loom sim with --teacher (alpha 0
 # equals no teacher bit for bit, alpha > 0 changes the result), loom sim --server-distill (FedDF: 0 steps
-# equals plain FedAvg bit for bit, any --workers gives the same bits), and the refusals name the flags
-# and files.
+# equals plain FedAvg bit for bit, any --workers gives the same bits), loom sim --synthetic (0 samples
+# equals the plain run, the samples change the model the same way for any --workers), and the refusals
+# name the flags and files.
 set -u
 . "$(dirname "$0")/testlib.sh"
 export LOOM_SHARED=$SHARED
@@ -77,4 +78,21 @@ refuse "sim: FedDF with asynchronous rounds" 1 "server-distill" "mode fedasync" 
     "$LOOM" sim "${S[@]}" --server-distill "$tmp/public.txt" --mode fedasync
 refuse "sim: --distill-temp out of range" 2 "distill-temp" -- \
     "$LOOM" sim "${S[@]}" --server-distill "$tmp/public.txt" --distill-temp 0
+# synthetic data written by a model, mixed into the clients with little data
+"$LOOM" sim "${S[@]}" --out "$tmp/y0" --synthetic 0 > /dev/null 2>&1
+check "sim: --synthetic 0 equals the plain run" cmp -s "$tmp/s0/global.safetensors" "$tmp/y0/global.safetensors"
+"$LOOM" sim "${S[@]}" --out "$tmp/y1" --synthetic 4 --synthetic-below 100000 --synthetic-teacher "$tmp/teacher" \
+    --workers 1 > /dev/null 2> "$tmp/y1.err"
+"$LOOM" sim "${S[@]}" --out "$tmp/y2" --synthetic 4 --synthetic-below 100000 --synthetic-teacher "$tmp/teacher" \
+    --workers 3 > /dev/null 2>&1
+check "sim: --synthetic is announced" grep -q "synthetic data: 4 samples of 17 tokens from $tmp/teacher" "$tmp/y1.err"
+check "sim: --synthetic-below 100000 mixes into every client" grep -q "mixed into 3 clients" "$tmp/y1.err"
+check "sim: the samples change the model" test "$(st_data "$tmp/y1/global.safetensors")" != "$(st_data "$tmp/s0/global.safetensors")"
+check "sim: --synthetic is the same for any --workers" cmp -s "$tmp/y1/global.safetensors" "$tmp/y2/global.safetensors"
+"$LOOM" sim "${S[@]}" --synthetic 2 --synthetic-below 1 > /dev/null 2> "$tmp/y3.err"
+check "sim: --synthetic-below 1 mixes into no client" grep -q "mixed into 0 clients" "$tmp/y3.err"
+refuse "sim: --synthetic-teacher with another vocabulary" 1 "synthetic-teacher $tmp/other" "vocabulary" -- \
+    "$LOOM" sim "${S[@]}" --synthetic 2 --synthetic-teacher "$tmp/other"
+refuse "sim: --synthetic-len beyond the positions" 1 "synthetic" "positions" -- \
+    "$LOOM" sim "${S[@]}" --synthetic 2 --synthetic-len 40
 finish

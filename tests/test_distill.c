@@ -11,16 +11,24 @@
  *  - FedDF: with all clients identical the ensemble's target is that one model's distribution (from its
  *    logits, here in double); distill-steps 0 is plain FedAvg bit for bit through the pipeline; the
  *    result does not depend on the order the updates arrive in; the distillation lowers the KL to the
- *    ensemble; the post stage refuses masked updates and secure sums */
+ *    ensemble; the post stage refuses masked updates and secure sums
+ *  - synthetic data: the same samples for a seed on 1 and 3 threads, others for another seed; each
+ *    token is the sampler's draw (the sample's own stream) on the full forward's logits of its prefix; the appended examples hold
+ *    the samples with their prompt masked and leave the dataset's own unchanged; only the clients below
+ *    the threshold take them */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "loom/core.h"
 #include "loom/distill.h"
+#include "loom/dataset.h"
 #include "loom/model.h"
+#include "loom/partition.h"
 #include "loom/peft.h"
+#include "loom/tokenizer.h"
 #include "loom/pipeline.h"
+#include "loom/sample.h"
 #include "loom/train.h"
 #include "test.h"
 
@@ -485,6 +493,101 @@ static void feddf_checks(loom_model *m) {
     loom_free(prev);
 }
 
+/* ---- synthetic data ---- */
+
+static void synth_checks(loom_model *m) {
+    const int V = loom_model_config(m)->vocab, L = 12, N = 4;
+    const int32_t prompt[2] = {3, 7};
+    loom_synth_config c;
+    loom_synth_defaults(&c);
+    c.n = N;
+    c.len = L;
+    c.prompt = prompt;
+    c.prompt_len = 2;
+    c.temperature = 1.0f;
+    c.seed = 5;
+    int32_t a[N * L], b[N * L], d[N * L];
+    loom_set_threads(1);
+    CHECK_OK(loom_synth_generate(m, NULL, NULL, NULL, &c, a));
+    loom_set_threads(3);
+    CHECK_OK(loom_synth_generate(m, NULL, NULL, NULL, &c, b));
+    loom_set_threads(0);
+    CHECK(memcmp(a, b, sizeof a) == 0, "synthetic samples differ between 1 and 3 threads");
+    c.seed = 6;
+    CHECK_OK(loom_synth_generate(m, NULL, NULL, NULL, &c, d));
+    CHECK(memcmp(a, d, sizeof a) != 0, "another seed gives other samples");
+    int ok = 1, distinct = 0;
+    for (int k = 0; k < N; k++) {
+        ok &= a[k * L] == 3 && a[k * L + 1] == 7;
+        for (int j = 0; j < L; j++) ok &= a[k * L + j] >= 0 && a[k * L + j] < V;
+        distinct |= k > 0 && memcmp(a, a + k * L, L * sizeof *a) != 0;
+    }
+    CHECK(ok, "every sample starts with the prompt and stays in the vocabulary");
+    CHECK(distinct, "the samples differ from one another");
+    /* replayed: the sampler on the full forward's logits of each prefix, with the sample's stream */
+    loom_ws *ws = NULL;
+    CHECK_OK(loom_ws_create_infer(&ws, m, 1, L, NULL));
+    int replay = 1;
+    const loom_sampler smp = {1.0f, 0, 1.0f};
+    for (int k = 0; k < N; k++) {
+        loom_rng r;
+        loom_rng_init(&r, 5, loom_hash2(LOOM_STREAM_SYNTH, (uint64_t)k));
+        for (int pos = 2; pos < L; pos++) {
+            CHECK_OK(loom_forward(m, loom_model_params(m), ws, a + k * L, NULL, 1, pos, NULL));
+            float lg[64];
+            memcpy(lg, loom_ws_logits(ws) + (size_t)(pos - 1) * V, (size_t)V * sizeof *lg);
+            replay &= loom_sample(lg, V, &smp, &r) == a[k * L + pos];
+        }
+    }
+    CHECK(replay, "the samples are the sampler's draws on the model's next-token logits");
+    loom_ws_free(ws);
+    /* the appended examples and the mix */
+    loom_tokenizer *tok = NULL;
+    CHECK_OK(loom_tokenizer_byte(&tok));
+    const char *texts[3] = {"abcdef", "gh", "ijklmnopq"};
+    size_t lens[3] = {6, 2, 9};
+    loom_dataset *ds = NULL, *ds2 = NULL;
+    CHECK_OK(loom_dataset_from_texts(&ds, texts, lens, NULL, 3, NULL, tok));
+    if (!ds) return;
+    CHECK_OK(loom_dataset_append_ids(&ds2, ds, a, N, L, 2));
+    if (!ds2) return;
+    CHECK(ds2->n == 3 + (size_t)N && ds2->n_tokens == ds->n_tokens + (size_t)N * L, "appended: %zu examples, %zu tokens",
+          ds2->n, ds2->n_tokens);
+    int same = 1, mask = 1;
+    for (size_t i = 0; i < 3; i++)
+        same &= ds2->ex[i].n == ds->ex[i].n && !memcmp(ds2->ex[i].ids, ds->ex[i].ids, ds->ex[i].n * 4) &&
+                !memcmp(ds2->ex[i].mask, ds->ex[i].mask, ds->ex[i].n);
+    for (int k = 0; k < N; k++) {
+        const loom_example *e = &ds2->ex[3 + k];
+        same &= e->n == (uint32_t)L && !memcmp(e->ids, a + k * L, L * sizeof *a) && e->label == -1;
+        for (int j = 0; j < L; j++) mask &= e->mask[j] == (j >= 2);
+    }
+    CHECK(same, "the dataset's own examples are unchanged and the samples appended as generated");
+    CHECK(mask, "the prompt carries no loss, the generated tokens do");
+    loom_partition part = {0};
+    loom_client cl[2];
+    memset(cl, 0, sizeof cl);
+    cl[0].train = malloc(2 * sizeof(uint32_t));
+    cl[0].train[0] = 0, cl[0].train[1] = 2, cl[0].n_train = 2;
+    cl[1].train = malloc(sizeof(uint32_t));
+    cl[1].train[0] = 1, cl[1].n_train = 1;
+    part.n_clients = 2;
+    part.clients = cl;
+    part.n_examples = 3;
+    size_t mixed = 9;
+    CHECK_OK(loom_synth_mix(&part, 3, N, 2, &mixed));
+    CHECK(mixed == 1 && cl[0].n_train == 2 && cl[1].n_train == 1 + (size_t)N && cl[1].train[1] == 3 &&
+              cl[1].train[N] == 3 + (uint32_t)N - 1 && part.n_examples == 3 + (size_t)N,
+          "mix: %zu clients, sizes %zu %zu", mixed, cl[0].n_train, cl[1].n_train);
+    CHECK_OK(loom_partition_check(&part, ds2->n));
+    free(cl[0].train);
+    free(cl[1].train);
+    loom_dataset_free(ds2);
+    loom_dataset_free(ds);
+    loom_tokenizer_free(tok);
+    printf("synthetic: %d samples of %d tokens, the same on 1 and 3 threads, replayed from the forward pass\n", N, L);
+}
+
 int main(void) {
     kernel_closed_form();
     loom_model *m = micro(8, 1, 1), *teacher = micro(12, 2, 2);
@@ -497,6 +600,7 @@ int main(void) {
     self_teacher(m, teacher);
     refusals(m);
     feddf_checks(m);
+    synth_checks(m);
     loom_model_free(m);
     loom_model_free(teacher);
     printf("%d passed, %d failed\n", test_passed, test_failed);

@@ -86,6 +86,34 @@ void loom_feddf_batch(const loom_feddf *f, int round, int step, int32_t *tokens,
 /* Distillation KL (nats, at temp) of the last round's first and last steps (NAN before any). */
 void loom_feddf_last_kl(const loom_feddf *f, double *first, double *last);
 
+/* ---- synthetic data from a model (fl/synthetic.c) ----
+ * A model (the federation's global model, or a larger teacher) writes n samples of len tokens: each
+ * starts with the prompt's tokens and continues by sampling (include/loom/sample.h) from the model's
+ * KV-cached decoding, sample k drawing from the stream (seed, hash2(LOOM_STREAM_SYNTH, k)), so the
+ * samples depend only on the model, the settings and the seed, never on the thread count. Clients
+ * with little data mix them into their training (loom_synth_mix). */
+typedef struct {
+    int n;                 /* samples (>= 0) */
+    int len;               /* tokens per sample, prompt included: prompt_len < len <= the model's positions */
+    const int32_t *prompt; /* the first tokens of every sample (prompt_len >= 1) */
+    int prompt_len;
+    float temperature;     /* 0 = greedy; default 0.8 */
+    int top_k;             /* 0 = off */
+    float top_p;           /* 1 = off */
+    uint64_t seed;
+} loom_synth_config;
+void loom_synth_defaults(loom_synth_config *c);
+/* out[n * len]: the samples, one after another. ts NULL: the model's own weights (base, NULL for its
+ * buffer); else the set's vector vec over the frozen base. */
+int loom_synth_generate(const struct loom_model *m, const float *base, const struct loom_tset *ts, const float *vec,
+                        const loom_synth_config *c, int32_t *out);
+/* Appends examples first .. first + n - 1 (the synthetic ones, after the dataset's own) to the training
+ * list of every client with fewer than `below` training examples (below 0: every client) and sets
+ * part->n_examples to first + n. *mixed (may be NULL): the clients that took them. A client's weight is
+ * its training examples, so the synthetic ones count in it. */
+struct loom_partition;
+int loom_synth_mix(struct loom_partition *part, size_t first, size_t n, size_t below, size_t *mixed);
+
 #ifdef __cplusplus
 }
 #endif

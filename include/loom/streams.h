@@ -52,6 +52,7 @@
 /* distillation (fl/feddf.c, fl/synthetic.c) */
 #define LOOM_STREAM_DISTILL UINT64_C(0x64697374)     /* "dist": FedDF's public-text windows, round r step s:
                                                       * hash2(hash2(id, r), s) under the run's seed */
+#define LOOM_STREAM_SYNTH UINT64_C(0x73796e74)       /* "synt": synthetic sample k's token draws, hash2(id, k) */
 
 /* ---- command line (cli/) ---- */
 #define LOOM_STREAM_GENERATE UINT64_C(0x67656e)      /* "gen": token sampling in generation */

@@ -370,6 +370,9 @@ int cmd_sim(int argc, char **argv) {
         BAD("--server-distill needs every client's whole update in synchronous rounds: not with --client-algo fedkseed, "
             "--secagg, --he, --mode %s, or heterogeneous clients", r.mode);
     if (cli_feddf_setup(&r.feddf, "sim", m, set, tok, r.B, r.T, (uint64_t)seed, &sc.post, &sc.post_ud) != 0) goto done;
+    if (cli_synth_setup(&r.synth, "sim", m, set, set ? loom_tset_data(set) : loom_model_params(m), tok, r.T,
+                        (uint64_t)seed, cds ? NULL : &ds, part) != 0)
+        goto done;
     sc.attack.tok = tok; /* a backdoor's trigger is encoded with the data's tokenizer */
     if (sc.dp.mode == LOOM_DP_SGD) { /* the worst client's sampling rate: the fewest examples */
         size_t fewest = SIZE_MAX;

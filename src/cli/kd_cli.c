@@ -9,6 +9,9 @@
 #include "cli/args.h"
 #include "cli/textdata.h"
 #include "loom/core.h"
+#include "loom/dataset.h"
+#include "loom/partition.h"
+#include "loom/tokenizer.h"
 #include "loom/distill.h"
 #include "loom/pipeline.h"
 
@@ -122,4 +125,90 @@ void cli_feddf_free(cli_feddf *d) {
     free(d->tokens);
     d->f = NULL;
     d->tokens = NULL;
+}
+
+/* ---- synthetic data ---- */
+
+void cli_synth_init(cli_synth *s) {
+    memset(s, 0, sizeof *s);
+    s->temp = 0.8f;
+    s->prompt = "\n";
+}
+
+int cli_synth_setup(cli_synth *s, const char *cmd, const loom_model *m, const struct loom_tset *ts, const float *vec,
+                    const struct loom_tokenizer *tok, int T, uint64_t seed, struct loom_dataset **ds,
+                    struct loom_partition *part) {
+    if (s->n == 0) return 0;
+    if (!ds || !*ds || (*ds)->kind != LOOM_DS_LM) {
+        fprintf(stderr, "loom %s: --synthetic needs language-modelling data (text or shakespeare, not --clients-dir, "
+                        "classification or instruction formats)\n", cmd);
+        return -1;
+    }
+    loom_model *tm = NULL;
+    if (s->teacher) {
+        if (loom_model_load(&tm, s->teacher) != LOOM_OK) {
+            fprintf(stderr, "loom %s: --synthetic-teacher %s: %s\n", cmd, s->teacher, loom_errmsg());
+            return -1;
+        }
+        if (loom_model_config(tm)->vocab != loom_model_config(m)->vocab) {
+            fprintf(stderr, "loom %s: --synthetic-teacher %s has a vocabulary of %d tokens, the federation's model one "
+                            "of %d\n", cmd, s->teacher, loom_model_config(tm)->vocab, loom_model_config(m)->vocab);
+            loom_model_free(tm);
+            return -1;
+        }
+    }
+    const loom_model *g = tm ? tm : m;
+    int32_t *pids = NULL, *out = NULL;
+    size_t np = 0;
+    int bos = loom_model_config(g)->bos_id, rc = -1;
+    if (loom_tokenizer_encode(tok, s->prompt, strlen(s->prompt), 0, &pids, &np) != LOOM_OK) {
+        fprintf(stderr, "loom %s: --synthetic-prompt: %s\n", cmd, loom_errmsg());
+        goto done;
+    }
+    int32_t *prompt = malloc((np + 1) * sizeof *prompt);
+    size_t pl = 0;
+    if (!prompt) goto done;
+    if (bos >= 0) prompt[pl++] = bos;
+    for (size_t i = 0; i < np; i++) prompt[pl++] = pids[i];
+    if (pl == 0) {
+        fprintf(stderr, "loom %s: --synthetic-prompt is empty and the model has no BOS token to start from\n", cmd);
+        free(prompt);
+        goto done;
+    }
+    loom_synth_config c;
+    loom_synth_defaults(&c);
+    c.n = s->n;
+    c.len = s->len > 0 ? s->len : T + 1;
+    c.prompt = prompt;
+    c.prompt_len = (int)pl;
+    c.temperature = s->temp;
+    c.seed = seed;
+    out = malloc((size_t)c.n * (size_t)c.len * sizeof *out);
+    double t0 = loom_now();
+    int grc = out ? loom_synth_generate(g, NULL, tm ? NULL : ts, tm ? NULL : vec, &c, out)
+                  : loom_error(LOOM_ENOMEM, "out of memory for %d synthetic samples", c.n);
+    free(prompt);
+    if (grc != LOOM_OK) {
+        fprintf(stderr, "loom %s: --synthetic: %s\n", cmd, loom_errmsg());
+        goto done;
+    }
+    struct loom_dataset *nds = NULL;
+    size_t first = (*ds)->n;
+    if (loom_dataset_append_ids(&nds, *ds, out, (size_t)c.n, (size_t)c.len, pl) != LOOM_OK ||
+        loom_synth_mix(part, first, (size_t)c.n, (size_t)s->below, &s->mixed) != LOOM_OK) {
+        loom_dataset_free(nds);
+        fprintf(stderr, "loom %s: --synthetic: %s\n", cmd, loom_errmsg());
+        goto done;
+    }
+    loom_dataset_free(*ds);
+    *ds = nds;
+    fprintf(stderr, "  synthetic data: %d samples of %d tokens from %s (%.1fs), mixed into %zu clients%s\n", c.n, c.len,
+            tm ? s->teacher : "the initial global model", loom_now() - t0, s->mixed,
+            s->below > 0 ? " below the threshold" : "");
+    rc = 0;
+done:
+    free(pids);
+    free(out);
+    loom_model_free(tm);
+    return rc;
 }

@@ -51,4 +51,29 @@ int cli_feddf_setup(cli_feddf *d, const char *cmd, const loom_model *m, const st
                     const struct loom_tokenizer *tok, int B, int T, uint64_t seed, loom_post_fn *post_fn, void **post_ud);
 void cli_feddf_free(cli_feddf *d);
 
+/* Synthetic data (--synthetic, --synthetic-below, --synthetic-teacher, --synthetic-len,
+ * --synthetic-temp, --synthetic-prompt). */
+struct loom_dataset;
+struct loom_partition;
+typedef struct {
+    int n, below, len;
+    float temp;
+    const char *teacher, *prompt;
+    size_t mixed; /* clients that took the samples */
+} cli_synth;
+void cli_synth_init(cli_synth *s);
+#define CLI_SYNTH_OPTS(s)                                                                                               \
+    {"synthetic", OPT_INT, &(s).n, "synthetic data: samples the initial global model (or --synthetic-teacher) writes before the first round, mixed into the training of the clients with little data (0 = off)", 0, 1000000}, \
+    {"synthetic-below", OPT_INT, &(s).below, "--synthetic: clients with fewer training examples than this take the samples (0 = every client); the samples count in a client's weight", 0, 1e9}, \
+    {"synthetic-teacher", OPT_STR, &(s).teacher, "--synthetic: the model that writes the samples (the federation's vocabulary; default the initial global model)", 0, 0}, \
+    {"synthetic-len", OPT_INT, &(s).len, "--synthetic: tokens per sample, prompt included (0 = --seq + 1)", 0, 1048576}, \
+    {"synthetic-temp", OPT_FLOAT, &(s).temp, "--synthetic: sampling temperature (0 = greedy)", 0, 100}, \
+    {"synthetic-prompt", OPT_STR, &(s).prompt, "--synthetic: text every sample starts from (after BOS when the model has one)", 0, 0}
+
+/* With s->n > 0: generates the samples from the model (or s->teacher), replaces *ds by a copy with the
+ * samples appended (the old one is freed) and mixes them into part. Errors printed; 0 or -1. */
+int cli_synth_setup(cli_synth *s, const char *cmd, const loom_model *m, const struct loom_tset *ts, const float *vec,
+                    const struct loom_tokenizer *tok, int T, uint64_t seed, struct loom_dataset **ds,
+                    struct loom_partition *part);
+
 #endif

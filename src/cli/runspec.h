@@ -74,6 +74,7 @@ typedef struct {
     /* ---- distillation (loom sim; include/loom/distill.h, cli/kd_cli.h) ---- */
     cli_kd kd;
     cli_feddf feddf;
+    cli_synth synth;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160

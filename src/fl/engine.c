@@ -700,6 +700,7 @@ void lm_eval_pool_add(lm_eval_pool *p, const loom_eval_result *r) {
     p->s2 += l * l;
     p->a1 += a;
     p->a2 += a * a;
+    if (p->k == 0 || a < p->amin) p->amin = a;
     p->k++;
     if (r->attack_count > 0) { /* a backdoor run's triggered examples */
         p->atk_hits += r->attack_hits;
@@ -718,6 +719,7 @@ void lm_eval_pool_finish(const lm_eval_pool *p, loom_round_metrics *m) {
     m->eval_loss_std = sqrt(fmax(0, p->s2 / k - (p->s1 / k) * (p->s1 / k)));
     m->eval_acc_mean = p->a1 / k;
     m->eval_acc_std = sqrt(fmax(0, p->a2 / k - (p->a1 / k) * (p->a1 / k)));
+    m->eval_acc_min = p->amin;
 }
 
 /* ------------------------------------------------------------------ a secure sum (see engine.h) */
