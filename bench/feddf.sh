@@ -4,7 +4,7 @@
 # per round and E = 10 local SGD steps, with and without --server-distill on public text from another
 # source (the Brown corpus, unlabeled: the server never sees a client's data). Prints the evaluation
 # loss on the clients' held-out text after each round, for both runs, and the time per round.
-# Usage: bash bench/feddf.sh [ROUNDS] [DISTILL_STEPS] [BUILD_DIR]   (default 10 rounds, 20 steps, build)
+# Usage: [LR=0.5] bash bench/feddf.sh [ROUNDS] [DISTILL_STEPS] [BUILD_DIR]   (default 10 rounds, 20 steps, build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-10}
@@ -12,10 +12,10 @@ steps=${2:-20}
 build=${3:-build}
 export LOOM_SHARED=${LOOM_SHARED:-$(cd ../shared && pwd)}
 [ -x "$build/loom" ] || bash scripts/build.sh > /dev/null
-out=runs/bench-feddf
+out=runs/bench-feddf${OUT_TAG:-}
 mkdir -p "$out"
 cat "$LOOM_SHARED"/data/brown-corpus/c[a-c]?? > "$out/public.txt" # press, editorials, reviews
-common=(--model tiny --data shakespeare --sample 10 --batch 8 --seq 64 --local-steps 10 --optimizer sgd --lr 0.5
+common=(--model tiny --data shakespeare --sample 10 --batch 8 --seq 64 --local-steps 10 --optimizer sgd --lr "${LR:-0.5}"
         --clip 1 --rounds "$rounds" --eval-every 1 --eval-clients 30 --sample-len 0 --seed 1 --workers 2
         --quiet-clients)
 run() { # name, extra flags...

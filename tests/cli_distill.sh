@@ -2,8 +2,10 @@
 # Distillation from the command line on micro models: loom train and loom sim with --teacher (alpha 0
 # equals no teacher bit for bit, alpha > 0 changes the result), loom sim --server-distill (FedDF: 0 steps
 # equals plain FedAvg bit for bit, any --workers gives the same bits), loom sim --synthetic (0 samples
-# equals the plain run, the samples change the model the same way for any --workers), and the refusals
-# name the flags and files.
+# equals the plain run, the samples change the model the same way for any --workers), continual rounds
+# (a run resumed with --continual and nothing new equals the uninterrupted run, new clients join, the
+# retention row equals loom eval of the same model on that file), and the refusals name the flags and
+# files.
 set -u
 . "$(dirname "$0")/testlib.sh"
 export LOOM_SHARED=$SHARED
@@ -95,4 +97,26 @@ refuse "sim: --synthetic-teacher with another vocabulary" 1 "synthetic-teacher $
     "$LOOM" sim "${S[@]}" --synthetic 2 --synthetic-teacher "$tmp/other"
 refuse "sim: --synthetic-len beyond the positions" 1 "synthetic" "positions" -- \
     "$LOOM" sim "${S[@]}" --synthetic 2 --synthetic-len 40
+# continual rounds: extend a finished run, with new clients; the retention test on earlier data
+C=("${S[@]}" --checkpoint-every 1)
+"$LOOM" sim "${C[@]}" --rounds 3 --out "$tmp/u3" > /dev/null 2>&1
+"$LOOM" sim "${C[@]}" --rounds 2 --out "$tmp/c3" > /dev/null 2>&1
+"$LOOM" sim "${C[@]}" --rounds 3 --out "$tmp/c3" --resume --continual > /dev/null 2> "$tmp/c3.err"
+check "continual: extending with nothing new equals the uninterrupted run" cmp -s "$tmp/u3/global.safetensors" "$tmp/c3/global.safetensors"
+"$LOOM" sim "${C[@]}" --rounds 4 --out "$tmp/c3" --resume --continual --clients 4 > /dev/null 2> "$tmp/c4.err"
+check "continual: a run extended with a fourth client runs" test $? -eq 0
+check "continual: the new client trains in round 4" grep -q '"round":4,"client":3,.*"status":"accepted"' "$tmp/c3/metrics.jsonl"
+refuse "continual: new clients without --continual" 1 "clients is 4, this run has 5" -- \
+    "$LOOM" sim "${C[@]}" --rounds 5 --out "$tmp/c3" --resume --clients 5
+refuse "continual: --continual without --resume" 1 "continual" "resume" -- "$LOOM" sim "${S[@]}" --continual
+head -c 3000 "$SHARED/data/tinyshakespeare/input.txt" > "$tmp/earlier.txt"
+"$LOOM" train --model "$tmp/student.json" "${TR[@]}" --steps 1 --out "$tmp/base" > /dev/null 2>&1
+"$LOOM" sim "${S[@]}" --model "$tmp/base" --peft lora --lora-r 2 --out "$tmp/rt" --retention-test "$tmp/earlier.txt" \
+    > /dev/null 2> "$tmp/rt.err"
+check "retention: one row a round" test "$(grep -c '"type":"retention"' "$tmp/rt/metrics.jsonl")" -eq 2
+last=$(grep '"type":"retention"' "$tmp/rt/metrics.jsonl" | tail -n 1 | sed 's/.*"loss":\([-0-9.e+]*\).*/\1/')
+want=$("$LOOM" eval --model "$tmp/base" --adapter "$tmp/rt/adapter" --data "$tmp/earlier.txt" --batch 2 --seq 16 2> /dev/null |
+       sed 's/^loss \([0-9.]*\).*/\1/')
+check "retention: the last round's row ($last) equals loom eval ($want)" test "$(printf '%.4f' "$last")" = "$want"
+refuse "retention: a missing file" 1 "retention-test $tmp/nothere" -- "$LOOM" sim "${S[@]}" --retention-test "$tmp/nothere"
 finish

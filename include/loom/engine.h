@@ -237,6 +237,8 @@ typedef struct {
     int n_clients;              /* the population */
     const size_t *n_test;       /* (n_clients) test examples per client, NULL: no client evaluates */
     loom_pipeline_config pipe;  /* strategy, norm bound, clip, noise, aggregator (pipe.dim is set here) */
+    int continual;              /* checkpoint_load accepts a checkpoint of fewer clients (continual rounds:
+                                   clients joined since); otherwise the counts must match */
     int rounds;
     int sample;                 /* clients per round (0: sample_frac) */
     double sample_frac;         /* fraction of clients per round (0 and sample 0: all) */

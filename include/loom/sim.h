@@ -271,6 +271,16 @@ typedef struct {
     int resume;                     /* continue from out_dir/checkpoint.safetensors (required when one
                                        exists: a run never silently overwrites an earlier run's) */
     int per_client_rows;            /* write one metrics row per participating client (default 1) */
+    /* Continual rounds: with resume, the checkpoint may hold fewer clients than the run has (new
+     * clients joined, or a new partition): the checkpoint's clients keep their state by index, the
+     * others start fresh. Without continual the counts must match. */
+    int continual;
+    /* An extra evaluation after every round (synchronous rounds; continual rounds' retention test on
+     * held-out earlier data): round_eval gets the new global vector and returns a mean loss and the
+     * tokens it counted; the row {"type":"retention","round":R,"loss":L,"perplexity":P,"tokens":N}
+     * follows the round's rows in metrics.jsonl. An error stops the run. */
+    int (*round_eval)(void *ud, int round, const float *global, double *loss, long *tokens);
+    void *round_eval_ud;
     loom_round_cb on_round;
     loom_client_cb on_client;
     void *cb_ud;

@@ -373,6 +373,9 @@ int cmd_sim(int argc, char **argv) {
     if (cli_synth_setup(&r.synth, "sim", m, set, set ? loom_tset_data(set) : loom_model_params(m), tok, r.T,
                         (uint64_t)seed, cds ? NULL : &ds, part) != 0)
         goto done;
+    if (r.cont.continual && !r.resume) BAD("--continual extends a run: it needs --resume (and --out)");
+    if (r.cont.retention && strcmp(r.mode, "sync")) BAD("--retention-test needs synchronous rounds (--mode sync)");
+    if (cli_continual_setup(&r.cont, "sim", m, set, tok, r.B, r.T, &sc) != 0) goto done;
     sc.attack.tok = tok; /* a backdoor's trigger is encoded with the data's tokenizer */
     if (sc.dp.mode == LOOM_DP_SGD) { /* the worst client's sampling rate: the fewest examples */
         size_t fewest = SIZE_MAX;
@@ -624,6 +627,7 @@ done:
     loom_model_free(m);
     cli_kd_free(&r.kd);
     cli_feddf_free(&r.feddf);
+    cli_continual_free(&r.cont);
     cli_config_free(cfg);
     return rc;
 }

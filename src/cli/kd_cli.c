@@ -1,6 +1,7 @@
 /* --teacher, --kd-temp, --kd-alpha (see kd_cli.h). */
 #include "cli/kd_cli.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,8 @@
 #include "loom/core.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"
+#include "loom/peft.h"
+#include "loom/sim.h"
 #include "loom/tokenizer.h"
 #include "loom/distill.h"
 #include "loom/pipeline.h"
@@ -211,4 +214,112 @@ done:
     free(out);
     loom_model_free(tm);
     return rc;
+}
+
+/* ---- continual rounds ---- */
+
+void cli_continual_init(cli_continual *c) {
+    memset(c, 0, sizeof *c);
+    c->last = NAN;
+}
+
+/* The mean next-token loss over the file's non-overlapping windows of T + 1 tokens (stride T), B at a
+ * time, weighted by the positions counted: the route loom eval takes. */
+static int retention_eval(void *ud, int round, const float *global, double *loss, long *tokens) {
+    cli_continual *c = ud;
+    (void)round;
+    const token_stream *s = c->ts_data;
+    memcpy(c->vec, global, c->dim * sizeof(float));
+    const int B = c->B, T = c->T;
+    int32_t *tok = malloc((size_t)B * T * sizeof *tok), *tgt = malloc((size_t)B * T * sizeof *tgt);
+    if (!tok || !tgt) {
+        free(tok);
+        free(tgt);
+        return loom_error(LOOM_ENOMEM, "out of memory");
+    }
+    double total = 0;
+    long k = 0, count = 0;
+    int rc = LOOM_OK;
+    for (;;) {
+        int filled = 0;
+        for (int b = 0; b < B; b++) {
+            if (text_window(s, 0, s->n, T, k, tok + (size_t)b * T, tgt + (size_t)b * T)) {
+                k++;
+                filled++;
+            } else {
+                for (int t = 0; t < T; t++) tok[(size_t)b * T + t] = 0, tgt[(size_t)b * T + t] = -1;
+            }
+        }
+        if (!filled) break;
+        float l;
+        if ((rc = loom_trainer_eval(c->tr, tok, tgt, &l)) != LOOM_OK) break;
+        long cnt = 0;
+        for (int i = 0; i < B * T; i++) cnt += tgt[i] >= 0;
+        total += (double)l * cnt;
+        count += cnt;
+    }
+    free(tok);
+    free(tgt);
+    if (rc != LOOM_OK) return loom_error_context(rc, "--retention-test");
+    *loss = count ? total / (double)count : NAN;
+    *tokens = count;
+    c->last = *loss;
+    return LOOM_OK;
+}
+
+int cli_continual_setup(cli_continual *c, const char *cmd, const loom_model *m, const struct loom_tset *ts,
+                        const struct loom_tokenizer *tok, int B, int T, loom_sim_config *sc) {
+    sc->continual = c->continual;
+    if (!c->retention) return 0;
+    struct stat st;
+    if (stat(c->retention, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "loom %s: --retention-test %s: not a readable file\n", cmd, c->retention);
+        return -1;
+    }
+    if ((long long)st.st_size > FEDDF_TEXT_MAX) {
+        fprintf(stderr, "loom %s: --retention-test %s: %lld bytes, more than the %lld accepted\n", cmd, c->retention,
+                (long long)st.st_size, FEDDF_TEXT_MAX);
+        return -1;
+    }
+    token_stream *s = calloc(1, sizeof *s);
+    if (!s || text_load(s, c->retention, tok) != LOOM_OK) {
+        fprintf(stderr, "loom %s: --retention-test %s: %s\n", cmd, c->retention, s ? loom_errmsg() : "out of memory");
+        free(s);
+        return -1;
+    }
+    c->ts_data = s;
+    if (s->n < (size_t)T + 1) {
+        fprintf(stderr, "loom %s: --retention-test %s has %zu tokens, fewer than one window of --seq %d + 1\n", cmd,
+                c->retention, s->n, T);
+        return -1;
+    }
+    loom_train_config tc;
+    loom_train_defaults(&tc);
+    tc.B = B;
+    tc.T = T;
+    c->B = B;
+    c->T = T;
+    c->dim = ts ? loom_tset_dim(ts) : loom_model_n_params(m);
+    c->vec = loom_alloc(c->dim * sizeof(float));
+    int rc = !c->vec ? loom_error(LOOM_ENOMEM, "out of memory")
+             : ts    ? loom_trainer_create_peft(&c->tr, m, loom_model_params_const(m), ts, c->vec, &tc)
+                     : loom_trainer_create(&c->tr, m, c->vec, &tc);
+    if (rc != LOOM_OK) {
+        fprintf(stderr, "loom %s: --retention-test: %s\n", cmd, loom_errmsg());
+        return -1;
+    }
+    sc->round_eval = retention_eval;
+    sc->round_eval_ud = c;
+    fprintf(stderr, "  retention test: %s (%zu tokens) after every round\n", c->retention, s->n);
+    return 0;
+}
+
+void cli_continual_free(cli_continual *c) {
+    if (c->ts_data) text_free(c->ts_data);
+    free(c->ts_data);
+    loom_trainer_free(c->tr);
+    loom_free(c->vec);
+    c->ts_data = NULL;
+    c->tr = NULL;
+    c->vec = NULL;
 }

@@ -7,6 +7,7 @@
 
 #include "loom/model.h"
 #include "loom/pipeline.h"
+#include "loom/sim.h"
 #include "loom/train.h"
 
 typedef struct {
@@ -69,6 +70,29 @@ void cli_synth_init(cli_synth *s);
     {"synthetic-len", OPT_INT, &(s).len, "--synthetic: tokens per sample, prompt included (0 = --seq + 1)", 0, 1048576}, \
     {"synthetic-temp", OPT_FLOAT, &(s).temp, "--synthetic: sampling temperature (0 = greedy)", 0, 100}, \
     {"synthetic-prompt", OPT_STR, &(s).prompt, "--synthetic: text every sample starts from (after BOS when the model has one)", 0, 0}
+
+/* Continual rounds (--continual, --retention-test FILE). */
+struct loom_trainer;
+typedef struct {
+    int continual;
+    const char *retention;
+    int B, T;
+    void *ts_data;              /* the text's token stream (textdata.h) */
+    struct loom_trainer *tr;    /* the evaluator over its own vector */
+    float *vec;
+    size_t dim;
+    double last;                /* the last round's retention loss */
+} cli_continual;
+void cli_continual_init(cli_continual *c);
+#define CLI_CONTINUAL_OPTS(c)                                                                                           \
+    {"continual", OPT_FLAG, &(c).continual, "with --resume: the run continues with new data or new clients (a larger --clients or --clients-dir, another --data or --partition); the checkpoint's clients keep their state by index, new ones start fresh", 0, 0}, \
+    {"retention-test", OPT_STR, &(c).retention, "a held-out text file of earlier data: after every round the global model's loss on it (windows of --seq, as loom eval) goes to metrics.jsonl as a retention row, to show forgetting", 0, 0}
+
+/* Loads c->retention (if given) and sets sc's round evaluation over model m and set ts (NULL: the whole
+ * model) with batches of B x T; sets sc->continual. Errors printed; 0 or -1. */
+int cli_continual_setup(cli_continual *c, const char *cmd, const loom_model *m, const struct loom_tset *ts,
+                        const struct loom_tokenizer *tok, int B, int T, loom_sim_config *sc);
+void cli_continual_free(cli_continual *c);
 
 /* With s->n > 0: generates the samples from the model (or s->teacher), replaces *ds by a copy with the
  * samples appended (the old one is freed) and mixes them into part. Errors printed; 0 or -1. */

@@ -75,6 +75,7 @@ typedef struct {
     cli_kd kd;
     cli_feddf feddf;
     cli_synth synth;
+    cli_continual cont;
 } cli_run;
 
 #define CLI_RUN_MAX_OPTS 160

@@ -636,6 +636,7 @@ int loom_engine_checkpoint_load(loom_engine *e, const loom_st_file *f, const loo
     static const char *const keys[4] = {"dim", "clients", "seed", "strategy"};
     for (int i = 0; i < 4; i++) {
         const char *v = loom_st_meta(f, keys[i]);
+        if (i == 1 && e->c.continual && v && atol(v) >= 1 && atol(v) <= e->c.n_clients) continue; /* clients joined */
         if (!v || strcmp(v, want[i]))
             return loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: resuming needs the same configuration", path,
                               keys[i], v ? v : "missing", want[i]);
