@@ -135,7 +135,7 @@ void cli_feddf_free(cli_feddf *d) {
 void cli_synth_init(cli_synth *s) {
     memset(s, 0, sizeof *s);
     s->temp = 0.8f;
-    s->prompt = "\n";
+    s->prompt = NULL; /* a newline */
 }
 
 int cli_synth_setup(cli_synth *s, const char *cmd, const loom_model *m, const struct loom_tset *ts, const float *vec,
@@ -164,7 +164,8 @@ int cli_synth_setup(cli_synth *s, const char *cmd, const loom_model *m, const st
     int32_t *pids = NULL, *out = NULL;
     size_t np = 0;
     int bos = loom_model_config(g)->bos_id, rc = -1;
-    if (loom_tokenizer_encode(tok, s->prompt, strlen(s->prompt), 0, &pids, &np) != LOOM_OK) {
+    const char *ptext = s->prompt ? s->prompt : "\n";
+    if (loom_tokenizer_encode(tok, ptext, strlen(ptext), 0, &pids, &np) != LOOM_OK) {
         fprintf(stderr, "loom %s: --synthetic-prompt: %s\n", cmd, loom_errmsg());
         goto done;
     }

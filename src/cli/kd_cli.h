@@ -69,7 +69,7 @@ void cli_synth_init(cli_synth *s);
     {"synthetic-teacher", OPT_STR, &(s).teacher, "--synthetic: the model that writes the samples (the federation's vocabulary; default the initial global model)", 0, 0}, \
     {"synthetic-len", OPT_INT, &(s).len, "--synthetic: tokens per sample, prompt included (0 = --seq + 1)", 0, 1048576}, \
     {"synthetic-temp", OPT_FLOAT, &(s).temp, "--synthetic: sampling temperature (0 = greedy)", 0, 100}, \
-    {"synthetic-prompt", OPT_STR, &(s).prompt, "--synthetic: text every sample starts from (after BOS when the model has one)", 0, 0}
+    {"synthetic-prompt", OPT_STR, &(s).prompt, "--synthetic: text every sample starts from, after BOS when the model has one (default: a newline)", 0, 0}
 
 /* Continual rounds (--continual, --retention-test FILE). */
 struct loom_trainer;

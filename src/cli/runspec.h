@@ -78,7 +78,7 @@ typedef struct {
     cli_continual cont;
 } cli_run;
 
-#define CLI_RUN_MAX_OPTS 160
+#define CLI_RUN_MAX_OPTS 200
 void cli_run_init(cli_run *r);
 /* Writes the run's option entries into opts (room for CLI_RUN_MAX_OPTS) and returns their number. */
 int cli_run_opts(cli_run *r, cli_opt *opts);
