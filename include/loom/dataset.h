@@ -158,6 +158,12 @@ int loom_dataset_load_buffer(loom_dataset **out, const char *data, size_t len, c
 int loom_dataset_from_texts(loom_dataset **out, const char *const *texts, const size_t *lens,
                             const char *const *keys, size_t n, const loom_dataset_opts *o,
                             const loom_tokenizer *tok);
+/* A copy of the language-modelling dataset src followed by n new examples of len token ids each
+ * (ids[n * len], each in [0, vocab)); the first prompt_len ids of each carry no loss (mask 0), the rest
+ * do; the new examples have no label, no key, an empty raw text and line 0. Examples 0 .. src->n - 1
+ * are src's, unchanged. Another kind of dataset: LOOM_EINVAL. (Synthetic text, include/loom/distill.h.) */
+int loom_dataset_append_ids(loom_dataset **out, const loom_dataset *src, const int32_t *ids, size_t n, size_t len,
+                            size_t prompt_len);
 /* A new dataset holding copies of examples idx[0..n) (label and key tables are kept whole). */
 int loom_dataset_subset(loom_dataset **out, const loom_dataset *ds, const uint32_t *idx, size_t n);
 void loom_dataset_free(loom_dataset *ds);

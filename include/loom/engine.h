@@ -83,6 +83,7 @@ typedef struct {
     double train_loss;          /* example-weighted over accepted updates; NAN with none */
     double eval_loss, eval_acc; /* pooled over the evaluated clients' test tokens; NAN when not evaluated */
     double eval_loss_mean, eval_loss_std, eval_acc_mean, eval_acc_std; /* across clients */
+    double eval_acc_min;        /* the worst evaluated client's accuracy */
     int evaluated;              /* clients evaluated this round (0 = no evaluation) */
     double attack_success;      /* backdoor attack success rate: sum of the evaluated clients' attack_hits over
                                    the sum of their attack_count (loom_eval_result); NAN when no triggered
@@ -236,6 +237,8 @@ typedef struct {
     int n_clients;              /* the population */
     const size_t *n_test;       /* (n_clients) test examples per client, NULL: no client evaluates */
     loom_pipeline_config pipe;  /* strategy, norm bound, clip, noise, aggregator (pipe.dim is set here) */
+    int continual;              /* checkpoint_load accepts a checkpoint of fewer clients (continual rounds:
+                                   clients joined since); otherwise the counts must match */
     int rounds;
     int sample;                 /* clients per round (0: sample_frac) */
     double sample_frac;         /* fraction of clients per round (0 and sample 0: all) */

@@ -226,6 +226,10 @@ int loom_precision_parse(const char *s);
  * from it. Losses and gradients have the same bits as with it off. Leave it off wherever the logits are
  * read after a forward (evaluation, scoring, generation). */
 void loom_ws_set_fused_loss(loom_ws *ws, int on);
+/* After a forward with targets (fused loss off) the caller has overwritten loom_ws_logits() with its own
+ * d loss / d logits (a distillation loss: include/loom/distill.h): the following backward starts from it
+ * instead of the cross-entropy's gradient. LOOM_ESTATE without such a forward. */
+int loom_ws_set_logits_grad(loom_ws *ws);
 /* Soft-prompt positions at the start of each row of the last forward: logits and losses are then
  * [B, prompt_len + T] rows, the real tokens at rows b*(prompt_len+T) + prompt_len + t. */
 int loom_ws_prompt_len(const loom_ws *ws);

@@ -176,6 +176,18 @@ enum { LOOM_MASK_ABSENT = 0, LOOM_MASK_FROZEN = 1, LOOM_MASK_TRAIN = 2 };
 typedef int (*loom_noise_fn)(void *ud, double *mean, size_t dim, uint64_t total_weight, size_t n_updates,
                              int round);
 
+/* Post stage (optional, after the optimizer): a hook that sees the round's individual updates, for a
+ * server step that needs more than their mean (FedDF's ensemble distillation, include/loom/distill.h).
+ * With loom_pipeline_config.post set the pipeline keeps a float copy of every accepted update after
+ * clipping (O(n dim) memory, as a buffered aggregator) and its weight; end_round runs the aggregate,
+ * noise and optimizer stages as always, then post(ud, round, global, prev, updates, weights, n) with
+ * global the optimizer's result (read and written in place), prev the global vector the round started
+ * from, and the updates ordered by content (weight, then bytes), so that the result never depends on
+ * the order of arrival. Masked updates and secure sums are refused (LOOM_EUNSUPPORTED: the stage needs
+ * every client's own update). An error from post fails end_round (the optimizer's step is kept). */
+typedef int (*loom_post_fn)(void *ud, int round, float *global, const float *prev, const float *const *updates,
+                            const double *weights, size_t n);
+
 typedef struct {
     size_t dim;
     const char *strategy;          /* server optimizer name (default "fedavg") */
@@ -187,6 +199,8 @@ typedef struct {
     const loom_aggregator_ops *aggregator; /* NULL = loom_agg_fixed_mean */
     const void *aggregator_config;         /* given to aggregator->create_with (NULL = its defaults) */
     int mask_pad;                  /* masked updates: ABSENT values count as zero-padded models (above) */
+    loom_post_fn post;             /* post stage (above; NULL = none) */
+    void *post_ud;
 } loom_pipeline_config;
 
 typedef struct loom_pipeline loom_pipeline;

@@ -226,6 +226,10 @@ typedef struct {
     const loom_aggregator_ops *aggregator; /* the pipeline's aggregator (NULL = the fixed-point mean;
                                      * &loom_agg_robust with a loom_robust_config in aggregator_config) */
     const void *aggregator_config;
+    /* The pipeline's post stage (include/loom/pipeline.h; FedDF's server distillation: loom_feddf_post
+     * with a loom_feddf, include/loom/distill.h); NULL = none. */
+    loom_post_fn post;
+    void *post_ud;
     /* The server's root data, for an aggregator that takes a reference update (FLTrust): examples
      * root_idx[0..n_root) of ds. Each round the server trains on them from the round's global model as a
      * client would (the same fit config without local DP, its own step counter, data seed
@@ -267,6 +271,16 @@ typedef struct {
     int resume;                     /* continue from out_dir/checkpoint.safetensors (required when one
                                        exists: a run never silently overwrites an earlier run's) */
     int per_client_rows;            /* write one metrics row per participating client (default 1) */
+    /* Continual rounds: with resume, the checkpoint may hold fewer clients than the run has (new
+     * clients joined, or a new partition): the checkpoint's clients keep their state by index, the
+     * others start fresh. Without continual the counts must match. */
+    int continual;
+    /* An extra evaluation after every round (synchronous rounds; continual rounds' retention test on
+     * held-out earlier data): round_eval gets the new global vector and returns a mean loss and the
+     * tokens it counted; the row {"type":"retention","round":R,"loss":L,"perplexity":P,"tokens":N}
+     * follows the round's rows in metrics.jsonl. An error stops the run. */
+    int (*round_eval)(void *ud, int round, const float *global, double *loss, long *tokens);
+    void *round_eval_ud;
     loom_round_cb on_round;
     loom_client_cb on_client;
     void *cb_ud;

@@ -51,6 +51,11 @@
 /* decentralized federation (fl/gossip.c) */
 #define LOOM_STREAM_GOSSIP_GRAPH UINT64_C(0x676f7373)  /* "goss": kregular:K topology, hash2(id, attempt) */
 
+/* distillation (fl/feddf.c, fl/synthetic.c) */
+#define LOOM_STREAM_DISTILL UINT64_C(0x64697374)     /* "dist": FedDF's public-text windows, round r step s:
+                                                      * hash2(hash2(id, r), s) under the run's seed */
+#define LOOM_STREAM_SYNTH UINT64_C(0x73796e74)       /* "synt": synthetic sample k's token draws, hash2(id, k) */
+
 /* ---- command line (cli/) ---- */
 #define LOOM_STREAM_GENERATE UINT64_C(0x67656e)      /* "gen": token sampling in generation */
 #define LOOM_STREAM_BENCH_BATCH UINT64_C(77)         /* loom bench train: its random batch */

@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom/distill.h"
 #include "loom/model.h"
 #include "loom/optim.h"
 
@@ -53,6 +54,17 @@ typedef struct {
      * server part's each by its own norm (neither side sees the other's), so with clip the step equals
      * the whole model's only while both norms stay below it. Not with DP-SGD or forward_only. */
     int split, split_layer;
+    /* Knowledge distillation (include/loom/distill.h): with kd_teacher set, each step's loss is
+     * kd_alpha * kd_temp^2 * KL(softmax(teacher / kd_temp) || softmax(student / kd_temp))
+     * + (1 - kd_alpha) * cross-entropy, over the positions with targets. The teacher is a model with
+     * the student's vocabulary (any size, its own parameters kd_teacher_params, NULL for its own
+     * buffer), only read, so many trainers may share it; each trainer holds its own inference
+     * workspace for it (B x T) and a [B x T, V] buffer of target distributions. kd_alpha = 0 trains
+     * exactly as without a teacher (the same bits). Not with dp_sgd nor forward_only. */
+    const loom_model *kd_teacher;
+    const float *kd_teacher_params;
+    float kd_temp;         /* > 0; default 2 */
+    float kd_alpha;        /* [0, 1]; default 0.5 */
 } loom_train_config;
 
 #define LOOM_DP_ROWS_MAX_BYTES ((size_t)512 << 20)
@@ -145,6 +157,14 @@ void loom_trainer_set_split_remote(loom_trainer *t, loom_split_remote fn, void *
  * refused (LOOM_ERANGE). */
 int loom_trainer_split_server_step(loom_trainer *t, const float *act, size_t n, const int32_t *targets, size_t nt,
                                    float *dact, float *loss);
+/* Distillation against another source of target distributions (include/loom/distill.h: fn writes
+ * q[B * T * V] for a batch's tokens at temperature temp): the loss of the following compute-gradients
+ * is alpha * temp^2 * KL(q || softmax(student / temp)) + (1 - alpha) * cross-entropy. fn NULL returns
+ * to plain training (or to cfg.kd_teacher's). LOOM_EINVAL for temp <= 0 or alpha outside [0, 1], or
+ * with DP-SGD or a forward-only trainer; LOOM_ENOMEM for the [B*T, V] buffer. */
+int loom_trainer_set_soft_targets(loom_trainer *t, loom_soft_target_fn fn, void *ud, float temp, float alpha);
+/* The mean KL term (nats, at the temperature) of the last distillation step; 0 without distillation. */
+double loom_trainer_kd_kl(const loom_trainer *t);
 /* The trainable set given to loom_trainer_create_peft (NULL for loom_trainer_create). */
 const struct loom_tset *loom_trainer_tset(const loom_trainer *t);
 

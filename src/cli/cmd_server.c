@@ -246,6 +246,11 @@ int cmd_server(int argc, char **argv) {
     if (!state) BAD("--state DIR is required (the server's state directory)");
     if (!config) BAD("--config RUN.json is required (the run: model, strategy, rounds, ...; the keys of loom sim)");
     if ((cert != NULL) != (key != NULL)) BAD("--tls-cert and --tls-key go together");
+    if (r.synth.n > 0 || r.cont.retention || r.cont.continual)
+        BAD("--%s runs in loom sim, not across the network", r.synth.n > 0 ? "synthetic" : r.cont.retention ? "retention-test" : "continual");
+    if (r.kd.teacher || r.feddf.text)
+        BAD("--%s (distillation) runs in loom sim%s, not across the network", r.kd.teacher ? "teacher" : "server-distill",
+            r.kd.teacher ? " and loom train" : "");
     if (cli_load_or_create(&m, r.model, (unsigned long long)r.seed, &created) != LOOM_OK) {
         cli_fail("--model");
         goto done;

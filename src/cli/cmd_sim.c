@@ -392,6 +392,21 @@ int cmd_sim(int argc, char **argv) {
     /* federation settings */
     cli_trainer_ud fu = {.m = m, .ts = set};
     if (cli_run_federation(&r, "sim", part->n_clients, &sc, &fu.tc) != 0) goto done;
+    /* ---- distillation: clients train against --teacher ---- */
+    if (r.kd.teacher && sc.algo) BAD("--teacher needs --client-algo sgd (a %s client has no gradient)", sc.algo->name);
+    if (r.kd.teacher && sc.dp.mode == LOOM_DP_SGD) BAD("--teacher does not combine with --dp sgd");
+    if (cli_kd_setup(&r.kd, "sim", m, r.model, r.T, &fu.tc) != 0) goto done;
+    if (r.feddf.text && (sc.algo == &loom_client_fedkseed || r.secagg || r.he || strcmp(r.mode, "sync") ||
+                         r.client_ranks || r.fedra_layers || r.lora_freeze_a || strcmp(r.hetlora_agg, "pad")))
+        BAD("--server-distill needs every client's whole update in synchronous rounds: not with --client-algo fedkseed, "
+            "--secagg, --he, --mode %s, or heterogeneous clients", r.mode);
+    if (cli_feddf_setup(&r.feddf, "sim", m, set, tok, r.B, r.T, (uint64_t)seed, &sc.post, &sc.post_ud) != 0) goto done;
+    if (cli_synth_setup(&r.synth, "sim", m, set, set ? loom_tset_data(set) : loom_model_params(m), tok, r.T,
+                        (uint64_t)seed, cds ? NULL : &ds, part) != 0)
+        goto done;
+    if (r.cont.continual && !r.resume) BAD("--continual extends a run: it needs --resume (and --out)");
+    if (r.cont.retention && strcmp(r.mode, "sync")) BAD("--retention-test needs synchronous rounds (--mode sync)");
+    if (cli_continual_setup(&r.cont, "sim", m, set, tok, r.B, r.T, &sc) != 0) goto done;
     sc.attack.tok = tok; /* a backdoor's trigger is encoded with the data's tokenizer */
     if (sc.dp.mode == LOOM_DP_SGD) { /* the worst client's sampling rate: the fewest examples */
         size_t fewest = SIZE_MAX;
@@ -824,6 +839,9 @@ done:
     cli_free_list(files, nfiles);
     loom_tokenizer_free(tok);
     loom_model_free(m);
+    cli_kd_free(&r.kd);
+    cli_feddf_free(&r.feddf);
+    cli_continual_free(&r.cont);
     cli_config_free(cfg);
     return rc;
 }

@@ -8,6 +8,7 @@
 #include "cli/cli.h"
 #include "cli/common.h"
 #include "cli/progress.h"
+#include "cli/kd_cli.h"
 #include "cli/runspec.h"
 #include "cli/textdata.h"
 #include "loom/core.h"
@@ -272,6 +273,8 @@ int cmd_train(int argc, char **argv) {
     const char *dp_mode = NULL;
     float dp_clip = NAN, dp_noise = NAN, dp_delta = 1e-5f, dp_budget = NAN, dp_adaptive = NAN;
     int dp_row_loop = 0;
+    cli_kd kd;
+    cli_kd_init(&kd);
     cli_opt opts[] = {
         {"model", OPT_STR, &model, "model dir / llama2.c .bin / .gguf to fine-tune, or a shape/config.json to train from scratch", 0, 0},
         {"data", OPT_STR, &data, "UTF-8 text file, or a dataset in --format", 0, 0},
@@ -313,6 +316,7 @@ int cmd_train(int argc, char **argv) {
         {"resume", OPT_FLAG, &resume, "continue from OUT/checkpoint.safetensors (same --steps, --batch, --seq, --seed, --optimizer)", 0, 0},
         {"stop-at", OPT_LONG, &stop_at, "stop after step N with a checkpoint, to be continued with --resume (0 = run all --steps)", 0, 1e9},
         CLI_OUTPUT_OPTS,
+        CLI_KD_OPTS(kd),
     };
     int pr = cli_parse(argc, argv, "loom train --model PATH|SHAPE --data FILE [options]",
                        "Trains one model on a text file: pre-training from scratch (--model gpt2-tiny, tiny,\n"
@@ -434,6 +438,11 @@ int cmd_train(int argc, char **argv) {
         cli_fail(po.adapter ? "--adapter" : "--peft");
         goto done;
     }
+    if (kd.teacher && dp.on) {
+        fprintf(stderr, "loom train: --teacher does not combine with --dp sgd\n");
+        goto done;
+    }
+    if (cli_kd_setup(&kd, "train", m, model, T, &tc) != 0) goto done;
     if (cli_tokenizer(&tok, tokp, created ? NULL : model, m) != LOOM_OK) {
         cli_fail("tokenizer");
         goto done;
@@ -657,6 +666,7 @@ done:
     loom_tset_free(set);
     loom_tokenizer_free(tok);
     loom_model_free(m);
+    cli_kd_free(&kd);
     return rc;
 }
 

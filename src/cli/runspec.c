@@ -75,6 +75,10 @@ void cli_run_init(cli_run *r) {
     r->hetlora_agg = "pad";
     r->split_layer = -1;
     r->gossip_steps = 1; /* decentralized federation */
+    cli_kd_init(&r->kd);
+    cli_feddf_init(&r->feddf);
+    cli_synth_init(&r->synth);
+    cli_continual_init(&r->cont);
 }
 
 /* The keys a client trains with: sent by a server in hello (cli_run_client_json). */
@@ -222,6 +226,11 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"push-sum", OPT_FLAG, &r->push_sum, "sim --decentralized: push-sum gossip (needed on a directed topology) instead of Metropolis-Hastings weights", 0, 0},
         CLI_PEFT_METHOD_OPTS(*po),
         CLI_PEFT_LOAD_OPTS(*po),
+        /* ---- distillation (include/loom/distill.h): sim clients train against a teacher ---- */
+        CLI_KD_OPTS(r->kd),
+        CLI_FEDDF_OPTS(r->feddf),
+        CLI_SYNTH_OPTS(r->synth),
+        CLI_CONTINUAL_OPTS(r->cont),
     };
     _Static_assert(sizeof t / sizeof t[0] <= CLI_RUN_MAX_OPTS, "CLI_RUN_MAX_OPTS is smaller than the run's option table");
     int n = (int)(sizeof t / sizeof t[0]);

@@ -7,6 +7,7 @@
 
 #include "cli/args.h"
 #include "cli/common.h"
+#include "cli/kd_cli.h"
 #include "loom/dataset.h"
 #include "loom/partition.h"
 #include "loom/sim.h"
@@ -81,9 +82,14 @@ typedef struct {
     /* ---- decentralized federation (loom sim --decentralized; include/loom/decentral.h) ---- */
     int decentralized, gossip_steps, push_sum;
     const char *topology; /* NULL: ring */
+    /* ---- distillation (loom sim; include/loom/distill.h, cli/kd_cli.h) ---- */
+    cli_kd kd;
+    cli_feddf feddf;
+    cli_synth synth;
+    cli_continual cont;
 } cli_run;
 
-#define CLI_RUN_MAX_OPTS 224
+#define CLI_RUN_MAX_OPTS 240
 void cli_run_init(cli_run *r);
 /* Writes the run's option entries into opts (room for CLI_RUN_MAX_OPTS) and returns their number. */
 int cli_run_opts(cli_run *r, cli_opt *opts);

@@ -708,6 +708,61 @@ int loom_dataset_subset(loom_dataset **out, const loom_dataset *src, const uint3
     return LOOM_OK;
 }
 
+int loom_dataset_append_ids(loom_dataset **out, const loom_dataset *src, const int32_t *ids, size_t n, size_t len,
+                            size_t prompt_len) {
+    *out = NULL;
+    if (src->kind != LOOM_DS_LM)
+        return loom_error(LOOM_EINVAL, "token sequences can only be appended to a language-modelling dataset");
+    if (len == 0 || len > UINT32_MAX || prompt_len > len)
+        return loom_error(LOOM_EINVAL, "appended sequences of %zu tokens with %zu prompt tokens", len, prompt_len);
+    if (n > ((size_t)1 << 31) / len) return loom_error(LOOM_ERANGE, "%zu appended sequences of %zu tokens: too many", n, len);
+    for (size_t i = 0; i < n * len; i++)
+        if (ids[i] < 0 || (src->vocab_size > 0 && ids[i] >= src->vocab_size))
+            return loom_error(LOOM_ERANGE, "appended token %zu (%d) is outside the vocabulary", i, (int)ids[i]);
+    uint32_t *idx = malloc((src->n ? src->n : 1) * sizeof *idx);
+    if (!idx) return loom_error(LOOM_ENOMEM, "out of memory");
+    for (size_t i = 0; i < src->n; i++) idx[i] = (uint32_t)i;
+    loom_dataset *ds = NULL;
+    int rc = loom_dataset_subset(&ds, src, idx, src->n);
+    free(idx);
+    if (rc != LOOM_OK) return rc;
+    ds_storage *st = ds->priv;
+    const size_t old = ds->n_tokens, add = n * len, n0 = ds->n;
+    int32_t *ni = realloc(st->ids, (old + add + 1) * sizeof *ni);
+    if (ni) st->ids = ni;
+    uint8_t *nm = ni ? realloc(st->mask, old + add + 1) : NULL;
+    if (nm) st->mask = nm;
+    loom_example *ne = nm ? realloc(ds->ex, (n0 + n + 1) * sizeof *ne) : NULL;
+    if (ne) ds->ex = ne;
+    if (!ne) { /* the pools are whole; the examples are not looked at again */
+        loom_dataset_free(ds);
+        return loom_error(LOOM_ENOMEM, "out of memory for %zu appended sequences", n);
+    }
+    size_t t = 0;
+    for (size_t i = 0; i < n0; i++) { /* the copies were packed in order: re-point them into the new pools */
+        ds->ex[i].ids = st->ids + t;
+        ds->ex[i].mask = st->mask + t;
+        t += ds->ex[i].n;
+    }
+    for (size_t k = 0; k < n; k++) {
+        loom_example *e = &ds->ex[n0 + k];
+        memset(e, 0, sizeof *e);
+        e->ids = st->ids + old + k * len;
+        e->mask = st->mask + old + k * len;
+        memcpy(e->ids, ids + k * len, len * sizeof *e->ids);
+        memset(e->mask, 0, prompt_len);
+        memset(e->mask + prompt_len, 1, len - prompt_len);
+        e->n = (uint32_t)len;
+        e->label = -1;
+        e->key = -1;
+        e->raw = "";
+    }
+    ds->n = n0 + n;
+    ds->n_tokens = old + add;
+    *out = ds;
+    return LOOM_OK;
+}
+
 int loom_dataset_candidate(const loom_dataset *ds, size_t i, size_t k, int32_t *out, size_t cap, size_t *n,
                            size_t *prompt_len) {
     if (ds->kind != LOOM_DS_CLASSIFY) return loom_error(LOOM_ESTATE, "candidate: not a classification dataset");

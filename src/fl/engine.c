@@ -688,6 +688,7 @@ int loom_engine_checkpoint_load(loom_engine *e, const loom_st_file *f, const loo
     static const char *const keys[4] = {"dim", "clients", "seed", "strategy"};
     for (int i = 0; i < 4; i++) {
         const char *v = loom_st_meta(f, keys[i]);
+        if (i == 1 && e->c.continual && v && atol(v) >= 1 && atol(v) <= e->c.n_clients) continue; /* clients joined */
         if (!v || strcmp(v, want[i]))
             return loom_error(LOOM_EINVAL, "%s: %s is %s, this run has %s: resuming needs the same configuration", path,
                               keys[i], v ? v : "missing", want[i]);
@@ -752,6 +753,7 @@ void lm_eval_pool_add(lm_eval_pool *p, const loom_eval_result *r) {
     p->s2 += l * l;
     p->a1 += a;
     p->a2 += a * a;
+    if (p->k == 0 || a < p->amin) p->amin = a;
     p->k++;
     if (r->attack_count > 0) { /* a backdoor run's triggered examples */
         p->atk_hits += r->attack_hits;
@@ -770,6 +772,7 @@ void lm_eval_pool_finish(const lm_eval_pool *p, loom_round_metrics *m) {
     m->eval_loss_std = sqrt(fmax(0, p->s2 / k - (p->s1 / k) * (p->s1 / k)));
     m->eval_acc_mean = p->a1 / k;
     m->eval_acc_std = sqrt(fmax(0, p->a2 / k - (p->a1 / k) * (p->a1 / k)));
+    m->eval_acc_min = p->amin;
 }
 
 /* ------------------------------------------------------------------ a secure sum (see engine.h) */

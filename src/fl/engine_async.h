@@ -28,6 +28,7 @@ typedef struct {
     long corr, toks, count;
     int k;
     long atk_hits, atk_count; /* a backdoor run: triggered examples classified as the target, of all scored */
+    double amin;              /* the lowest client accuracy (valid when k > 0) */
 } lm_eval_pool;
 void lm_eval_pool_add(lm_eval_pool *p, const loom_eval_result *r);
 void lm_eval_pool_finish(const lm_eval_pool *p, loom_round_metrics *m);

@@ -33,6 +33,7 @@ void loom_metrics_jsonl_round(FILE *mf, const loom_round_metrics *m, const int *
         num(mf, "eval_loss_std", m->eval_loss_std);
         num(mf, "eval_acc_mean", m->eval_acc_mean);
         num(mf, "eval_acc_std", m->eval_acc_std);
+        num(mf, "eval_acc_min", m->eval_acc_min);
         fprintf(mf, ",\"evaluated_clients\":%d", m->evaluated);
         if (!isnan(m->attack_success)) num(mf, "attack_success", m->attack_success); /* a backdoor run */
     }

@@ -166,7 +166,64 @@ struct loom_pipeline {
     int in_round, round;
     size_t n_added;
     uint64_t wsum;
+    /* post stage: the round's accepted updates (after clipping) and their weights */
+    float **kept, *prev;
+    double *kept_w;
+    size_t n_kept, cap_kept;
 };
+
+static void kept_clear(loom_pipeline *p) {
+    for (size_t i = 0; i < p->n_kept; i++) loom_free(p->kept[i]);
+    p->n_kept = 0;
+}
+
+/* a copy of the clipped update u * scale, kept under the lock held by the caller */
+static int kept_push(loom_pipeline *p, float *copy, double w) {
+    if (p->n_kept == p->cap_kept) {
+        size_t cap = p->cap_kept ? 2 * p->cap_kept : 16;
+        float **k = realloc(p->kept, cap * sizeof *k);
+        if (k) p->kept = k;
+        double *kw = k ? realloc(p->kept_w, cap * sizeof *kw) : NULL;
+        if (kw) p->kept_w = kw;
+        if (!k || !kw) return loom_error(LOOM_ENOMEM, "out of memory for the round's updates");
+        p->cap_kept = cap;
+    }
+    p->kept[p->n_kept] = copy;
+    p->kept_w[p->n_kept] = w;
+    p->n_kept++;
+    return LOOM_OK;
+}
+
+typedef struct {
+    const float *u;
+    double w;
+    size_t dim;
+} kept_key;
+static int kept_cmp(const void *a, const void *b) {
+    const kept_key *x = a, *y = b;
+    if (x->w != y->w) return x->w < y->w ? -1 : 1;
+    return memcmp(x->u, y->u, x->dim * sizeof(float));
+}
+
+/* the post stage: updates in content order, then the hook */
+static int run_post(loom_pipeline *p, float *global) {
+    const size_t n = p->n_kept, dim = p->c.dim;
+    kept_key *k = malloc((n ? n : 1) * sizeof *k);
+    const float **u = malloc((n ? n : 1) * sizeof *u);
+    double *w = malloc((n ? n : 1) * sizeof *w);
+    int rc = LOOM_OK;
+    if (!k || !u || !w) rc = loom_error(LOOM_ENOMEM, "out of memory");
+    if (rc == LOOM_OK) {
+        for (size_t i = 0; i < n; i++) k[i] = (kept_key){p->kept[i], p->kept_w[i], dim};
+        qsort(k, n, sizeof *k, kept_cmp);
+        for (size_t i = 0; i < n; i++) u[i] = k[i].u, w[i] = k[i].w;
+        rc = p->c.post(p->c.post_ud, p->round, global, p->prev, u, w, n);
+    }
+    free(k);
+    free(u);
+    free(w);
+    return rc;
+}
 
 void loom_pipeline_defaults(loom_pipeline_config *c, size_t dim) {
     memset(c, 0, sizeof *c);
@@ -194,6 +251,8 @@ int loom_pipeline_create(loom_pipeline **out, const loom_pipeline_config *c) {
         rc = p->ops->create_with ? p->ops->create_with(&p->agg, c->dim, p->uses_control, c->aggregator_config)
                                  : p->ops->create(&p->agg, c->dim, p->uses_control);
     }
+    if (rc == LOOM_OK && c->post && !(p->prev = loom_alloc(c->dim * sizeof *p->prev)))
+        rc = loom_error(LOOM_ENOMEM, "out of memory");
     if (rc == LOOM_OK) {
         p->mean = loom_alloc(c->dim * sizeof *p->mean);
         if (p->uses_control) p->csum = loom_alloc(c->dim * sizeof *p->csum);
@@ -215,6 +274,10 @@ void loom_pipeline_free(loom_pipeline *p) {
     loom_strategy_free(p->strat);
     loom_free(p->mean);
     loom_free(p->csum);
+    kept_clear(p);
+    free(p->kept);
+    free(p->kept_w);
+    loom_free(p->prev);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
@@ -236,6 +299,7 @@ int loom_pipeline_begin_round(loom_pipeline *p, int round) {
         p->round = round;
         p->n_added = 0;
         p->wsum = 0;
+        kept_clear(p);
     }
     pthread_mutex_unlock(&p->mu);
     if (open) return loom_error(LOOM_ESTATE, "update pipeline: begin_round while round %d is open", p->round);
@@ -319,9 +383,20 @@ int loom_pipeline_add_masked(loom_pipeline *p, const float *u, size_t len, doubl
     if (mask && p->uses_control)
         return refuse(verdict, LOOM_UPDATE_BAD_CONTROL,
                       loom_error(LOOM_EUNSUPPORTED, "strategy %s: control variates cannot be masked", p->c.strategy));
+    if (mask && p->c.post)
+        return refuse(verdict, LOOM_UPDATE_BAD_CODEC,
+                      loom_error(LOOM_EUNSUPPORTED, "the post stage needs every client's whole update: masked updates are refused"));
     double scale = 1.0;
     int rc = check(p, u, len, w, dc, verdict, norm, &scale);
     if (rc != LOOM_OK) return rc;
+    float *copy = NULL;
+    if (p->c.post) { /* the post stage's copy, clipped as the aggregate sees it */
+        const size_t dim = p->c.dim;
+        if (!(copy = loom_alloc(dim * sizeof *copy))) return loom_error(LOOM_ENOMEM, "out of memory for an update's copy");
+        if (scale == 1.0) memcpy(copy, u, dim * sizeof *copy);
+        else
+            for (size_t i = 0; i < dim; i++) copy[i] = (float)((double)u[i] * scale);
+    }
     /* aggregate */
     pthread_mutex_lock(&p->mu);
     if (!p->in_round) rc = loom_error(LOOM_ESTATE, "update pipeline: update added outside a round");
@@ -332,8 +407,10 @@ int loom_pipeline_add_masked(loom_pipeline *p, const float *u, size_t len, doubl
                           : p->ops->add(p->agg, u, scale, (uint64_t)w, dc)) == LOOM_OK) {
         p->n_added++;
         p->wsum += (uint64_t)w;
+        if (copy && (rc = kept_push(p, copy, w)) == LOOM_OK) copy = NULL;
     }
     pthread_mutex_unlock(&p->mu);
+    loom_free(copy);
     if (rc == LOOM_OK && verdict) *verdict = LOOM_UPDATE_ACCEPTED;
     return rc;
 }
@@ -383,12 +460,20 @@ int loom_pipeline_end_round(loom_pipeline *p, float *global) {
     if (rc != LOOM_OK) return rc;
     if (p->c.noise && (rc = p->c.noise(p->c.noise_ud, p->mean, p->c.dim, W, n, p->round)) != LOOM_OK)
         return loom_error_context(rc, "noise stage of round %d", p->round);
-    return loom_strategy_step(p->strat, global, p->mean, p->uses_control ? p->csum : NULL, n);
+    if (p->c.post) memcpy(p->prev, global, p->c.dim * sizeof *global);
+    rc = loom_strategy_step(p->strat, global, p->mean, p->uses_control ? p->csum : NULL, n);
+    if (rc == LOOM_OK && p->c.post) {
+        rc = run_post(p, global);
+        if (rc != LOOM_OK) rc = loom_error_context(rc, "post stage of round %d", p->round);
+    }
+    kept_clear(p);
+    return rc;
 }
 
 void loom_pipeline_abort_round(loom_pipeline *p) {
     pthread_mutex_lock(&p->mu);
     p->in_round = 0;
+    kept_clear(p);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -460,6 +545,8 @@ int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint6
     if (p->uses_control)
         return loom_error(LOOM_EUNSUPPORTED, "strategy %s needs control deltas: it cannot take a secure sum",
                           p->c.strategy);
+    if (p->c.post)
+        return loom_error(LOOM_EUNSUPPORTED, "the post stage needs the individual updates: it cannot take a secure sum");
     if (n_updates < 1 || total_weight < n_updates || (double)total_weight > (double)n_updates * LOOM_FX_MAX_WEIGHT)
         return loom_error(LOOM_EINVAL, "update pipeline: secure sum of %zu updates with total weight %llu", n_updates,
                           (unsigned long long)total_weight);

@@ -666,6 +666,12 @@ float *loom_ws_logits(loom_ws *ws) { return ws->logits; }
 const float *loom_ws_losses(const loom_ws *ws) { return ws->losses; }
 int loom_ws_prompt_len(const loom_ws *ws) { return ws->prompt_len; }
 void loom_ws_set_fused_loss(loom_ws *ws, int on) { ws->fuse_loss = on != 0; }
+int loom_ws_set_logits_grad(loom_ws *ws) {
+    if (!ws->train || !ws->have_forward || ws->n_valid < 0)
+        return loom_error(LOOM_ESTATE, "the logits gradient needs a training forward with targets first");
+    ws->logits_grad = 1;
+    return LOOM_OK;
+}
 void loom_ws_set_dropout(loom_ws *ws, int on, uint64_t seed) {
     ws->dropout_on = on;
     ws->dropout_seed = seed;

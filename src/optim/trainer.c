@@ -35,6 +35,14 @@ struct loom_trainer {
     float *grads_srv;           /* [dim] */
     loom_split_remote remote;
     void *remote_ud;
+    /* distillation (cfg.kd_teacher or loom_trainer_set_soft_targets) */
+    loom_soft_target_fn kd_fn;
+    void *kd_ud;
+    float kd_temp, kd_alpha;
+    float *kd_q;                /* [B * (P + T) * V] target distributions, then the soft term's gradient */
+    int32_t *kd_tgt;            /* [B * (P + T)] targets of the logits' rows (-1 on soft-prompt rows) */
+    loom_ws *kd_ws;             /* the teacher's inference workspace */
+    double kd_kl;               /* the last step's mean KL */
 };
 
 void loom_train_defaults(loom_train_config *c) {
@@ -50,6 +58,8 @@ void loom_train_defaults(loom_train_config *c) {
     c->B = 4;
     c->T = 64;
     c->decay_2d_only = 1;
+    c->kd_temp = 2.0f;
+    c->kd_alpha = 0.5f;
 }
 
 static int check_config(const loom_train_config *c) {
@@ -64,6 +74,57 @@ static int check_config(const loom_train_config *c) {
         if (!(c->dp_noise >= 0) || !isfinite(c->dp_noise))
             return loom_error(LOOM_EINVAL, "DP-SGD noise multiplier %g must be finite and >= 0", (double)c->dp_noise);
     }
+    if (c->kd_teacher && c->split)
+        return loom_error(LOOM_EINVAL, "distillation needs the whole model's logits on one side: it does not combine with split learning");
+    if (c->kd_teacher) {
+        if (!(c->kd_temp > 0) || !isfinite(c->kd_temp))
+            return loom_error(LOOM_EINVAL, "distillation temperature %g must be finite and > 0", (double)c->kd_temp);
+        if (!(c->kd_alpha >= 0 && c->kd_alpha <= 1))
+            return loom_error(LOOM_EINVAL, "distillation weight alpha %g must be in [0, 1]", (double)c->kd_alpha);
+        if (c->dp_sgd || c->forward_only)
+            return loom_error(LOOM_EINVAL, "distillation does not combine with %s", c->dp_sgd ? "DP-SGD" : "a forward-only trainer");
+    }
+    return LOOM_OK;
+}
+
+/* The teacher of cfg.kd_teacher as a source of target distributions: its logits, softened. */
+static int teacher_targets(void *ud, const int32_t *tokens, int B, int T, float temp, float *q) {
+    loom_trainer *t = ud;
+    const loom_model *tm = t->cfg.kd_teacher;
+    const float *tp = t->cfg.kd_teacher_params ? t->cfg.kd_teacher_params : loom_model_params_const(tm);
+    int rc = loom_forward(tm, tp, t->kd_ws, tokens, NULL, B, T, NULL);
+    if (rc != LOOM_OK) return rc;
+    loom_kd_soften(q, loom_ws_logits(t->kd_ws), B * T, loom_model_config(tm)->vocab, temp);
+    return LOOM_OK;
+}
+
+static int kd_alloc(loom_trainer *t) {
+    if (t->kd_q) return LOOM_OK;
+    const loom_peft_config *pc = loom_tset_config(t->ts);
+    size_t P = pc->method == LOOM_PEFT_PROMPT ? (size_t)pc->prompt_len : 0, rows = (size_t)t->cfg.B * ((size_t)t->cfg.T + P);
+    size_t V = (size_t)loom_model_config(t->m)->vocab;
+    t->kd_q = loom_alloc(rows * V * sizeof(float));
+    t->kd_tgt = malloc(rows * sizeof(int32_t));
+    if (!t->kd_q || !t->kd_tgt)
+        return loom_error(LOOM_ENOMEM, "out of memory for distillation's target distributions (%zu x %zu floats)", rows, V);
+    return LOOM_OK;
+}
+
+static int kd_init(loom_trainer *t) {
+    const loom_train_config *c = &t->cfg;
+    const loom_config *sc = loom_model_config(t->m), *tc = loom_model_config(c->kd_teacher);
+    if (tc->vocab != sc->vocab)
+        return loom_error(LOOM_EINVAL, "the teacher's vocabulary has %d tokens, the student's %d: distillation needs the same vocabulary",
+                          tc->vocab, sc->vocab);
+    if (c->T > tc->max_seq)
+        return loom_error(LOOM_EINVAL, "the teacher has %d positions, fewer than the sequence length %d", tc->max_seq, c->T);
+    int rc = loom_ws_create_infer(&t->kd_ws, c->kd_teacher, c->B, c->T, NULL);
+    if (rc == LOOM_OK) rc = kd_alloc(t);
+    if (rc != LOOM_OK) return rc;
+    t->kd_fn = teacher_targets;
+    t->kd_ud = t;
+    t->kd_temp = c->kd_temp;
+    t->kd_alpha = c->kd_alpha;
     return LOOM_OK;
 }
 
@@ -124,6 +185,7 @@ static int trainer_init(loom_trainer *t) {
         if (!t->dp_buf || !t->dp_norms || !t->dp_w || !t->dp_nv || (batched && !t->dp_rows))
             rc = loom_error(LOOM_ENOMEM, "out of memory for DP-SGD's per-example gradients (%d x %zu floats)", c->B, d);
     }
+    if (rc == LOOM_OK && c->kd_teacher) rc = kd_init(t);
     return rc;
 }
 
@@ -201,6 +263,9 @@ void loom_trainer_free(loom_trainer *t) {
     free(t->dp_norms);
     free(t->dp_w);
     free(t->dp_nv);
+    loom_free(t->kd_q);
+    free(t->kd_tgt);
+    loom_ws_free(t->kd_ws);
     free(t);
 }
 
@@ -403,6 +468,63 @@ int loom_trainer_split_server_step(loom_trainer *t, const float *act, size_t n, 
                           nonfinite_name(l), step + 1, (double)loom_trainer_lr(t));
     return loom_trainer_apply_gradient(t, NULL);
 }
+/* A distillation step's gradient: the student's forward keeps its logits (fused loss off), the source
+ * gives the target distributions, loom_kd_grad turns the logits into the gradient of the mixed loss
+ * and the backward starts from there. The soft-prompt rows of prompt tuning carry no loss. */
+static int kd_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss) {
+    const loom_peft *pf = loom_tset_plan(t->ts);
+    const int B = t->cfg.B, T = t->cfg.T, V = loom_model_config(t->m)->vocab;
+    if (!targets) return loom_error(LOOM_EINVAL, "distillation needs targets");
+    loom_ws_set_fused_loss(t->ws, 0);
+    float ce = 0;
+    int rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, B, T, &ce);
+    if (rc != LOOM_OK) return rc;
+    const int P = loom_ws_prompt_len(t->ws), R = T + P;
+    const size_t rowf = (size_t)V;
+    if ((rc = t->kd_fn(t->kd_ud, tokens, B, T, t->kd_temp, t->kd_q)) != LOOM_OK) return rc;
+    for (int b = B - 1; P > 0 && b >= 0; b--) { /* spread each row's T positions behind its soft prompt */
+        memmove(t->kd_q + ((size_t)b * R + P) * rowf, t->kd_q + (size_t)b * T * rowf, (size_t)T * rowf * sizeof(float));
+        memset(t->kd_q + (size_t)b * R * rowf, 0, (size_t)P * rowf * sizeof(float));
+    }
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < R; j++) t->kd_tgt[(size_t)b * R + j] = j < P ? -1 : targets[(size_t)b * T + j - P];
+    double kl = 0;
+    rc = loom_kd_grad(loom_ws_logits(t->ws), t->kd_q, t->kd_tgt, B * R, V, t->kd_temp, t->kd_alpha, &kl);
+    if (rc == LOOM_OK) rc = loom_ws_set_logits_grad(t->ws);
+    if (rc != LOOM_OK) return rc;
+    t->kd_kl = kl;
+    if (!t->grads_zero) memset(t->grads, 0, t->dim * sizeof(float));
+    t->grads_zero = 0;
+    rc = loom_backward_ex(t->m, t->base, t->ws, pf, t->params, t->grads);
+    *loss = loom_kd_loss(kl, ce, t->kd_temp, t->kd_alpha);
+    return rc;
+}
+
+int loom_trainer_set_soft_targets(loom_trainer *t, loom_soft_target_fn fn, void *ud, float temp, float alpha) {
+    if (fn && t->cfg.split)
+        return loom_error(LOOM_EINVAL, "distillation needs the whole model's logits on one side: it does not combine with split learning");
+    if (!fn) {
+        t->kd_fn = t->cfg.kd_teacher ? teacher_targets : NULL;
+        t->kd_ud = t;
+        t->kd_temp = t->cfg.kd_temp;
+        t->kd_alpha = t->cfg.kd_alpha;
+        return LOOM_OK;
+    }
+    if (!(temp > 0) || !isfinite(temp))
+        return loom_error(LOOM_EINVAL, "distillation temperature %g must be finite and > 0", (double)temp);
+    if (!(alpha >= 0 && alpha <= 1)) return loom_error(LOOM_EINVAL, "distillation weight alpha %g must be in [0, 1]", (double)alpha);
+    if (t->cfg.dp_sgd || t->cfg.forward_only)
+        return loom_error(LOOM_EINVAL, "distillation does not combine with %s", t->cfg.dp_sgd ? "DP-SGD" : "a forward-only trainer");
+    int rc = kd_alloc(t);
+    if (rc != LOOM_OK) return rc;
+    t->kd_fn = fn;
+    t->kd_ud = ud;
+    t->kd_temp = temp;
+    t->kd_alpha = alpha;
+    return LOOM_OK;
+}
+
+double loom_trainer_kd_kl(const loom_trainer *t) { return t->kd_fn ? t->kd_kl : 0.0; }
 
 int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const int32_t *targets, float *loss,
                                   long *n_targets) {
@@ -417,6 +539,8 @@ int loom_trainer_compute_gradient(loom_trainer *t, const int32_t *tokens, const 
         rc = dp_gradient(t, tokens, targets, step, &l);
     } else if (t->cfg.split) {
         rc = split_gradient(t, tokens, targets, &l);
+    } else if (t->kd_fn) {
+        rc = kd_gradient(t, tokens, targets, &l);
     } else {
         rc = loom_forward_ex(t->m, t->base, t->ws, pf, t->params, tokens, targets, t->cfg.B, t->cfg.T, &l);
         if (rc == LOOM_OK) {

@@ -71,6 +71,9 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec) {
     ec->pipe.clip_norm = c->clip_norm;
     ec->pipe.aggregator = c->aggregator;
     ec->pipe.aggregator_config = c->aggregator_config;
+    ec->pipe.post = c->post;
+    ec->pipe.post_ud = c->post_ud;
+    ec->continual = c->continual;
     ec->rounds = c->rounds;
     ec->sample = c->sample;
     ec->sample_frac = c->sample_frac;
@@ -761,10 +764,14 @@ static int load_checkpoint(sim_run *r, const char *from, int *next_round) {
     if (rc != LOOM_OK) return rc;
     rc = loom_engine_checkpoint_load(r->eng, f, r->manifest, path, next_round);
     const loom_st_tensor *t = loom_st_find(f, "client_steps");
-    if (rc == LOOM_OK && (!t || t->numel != (size_t)r->n_clients || t->dtype != LOOM_DT_I64))
-        rc = loom_error(LOOM_EFORMAT, "%s: client_steps missing or of the wrong size", path);
+    /* continual rounds: the checkpoint's clients keep their state, clients that joined since start fresh */
+    const size_t held = t ? t->numel : 0;
+    if (rc == LOOM_OK && (!t || t->dtype != LOOM_DT_I64 ||
+                          (c->continual ? held > (size_t)r->n_clients : held != (size_t)r->n_clients)))
+        rc = loom_error(LOOM_EFORMAT, "%s: client_steps missing or of the wrong size (%zu clients in the checkpoint, %d "
+                        "in the run%s)", path, held, r->n_clients, c->continual ? "" : "; new clients need --continual");
     if (rc == LOOM_OK) {
-        for (int i = 0; i < r->n_clients; i++) {
+        for (int i = 0; i < (int)held; i++) {
             int64_t s;
             memcpy(&s, (const char *)t->data + (size_t)i * sizeof s, sizeof s);
             r->states[i].steps = (uint64_t)s;
@@ -1237,6 +1244,14 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         if (ne > 0 && (rc = run_phase(&r, 1, elist, ne)) != LOOM_OK) goto done;
         loom_round_metrics m;
         if ((rc = loom_engine_end_round(r.eng, loom_now() - t0, &m)) != LOOM_OK) goto done;
+        if (c->round_eval) { /* continual rounds: the retention test on earlier data */
+            double rl = NAN;
+            long rt = 0;
+            if ((rc = c->round_eval(c->round_eval_ud, r.round, loom_engine_global(r.eng), &rl, &rt)) != LOOM_OK) goto done;
+            if (mf)
+                fprintf(mf, "{\"type\":\"retention\",\"round\":%d,\"loss\":%.9g,\"perplexity\":%.9g,\"tokens\":%ld}\n",
+                        r.round, rl, exp(rl), rt);
+        }
         if (mf) fflush(mf);
         if (memf && ((rc = loom_membership_write_row(memf, r.round, js.mem_clients, js.mem_w, js.mem_n)) != LOOM_OK ||
                      fflush(memf) != 0)) {
