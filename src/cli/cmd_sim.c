@@ -1,9 +1,11 @@
 /* loom sim: federated training of many simulated clients in one process. */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -13,6 +15,7 @@
 #include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
+#include "loom/mpi.h"
 #include "loom/hetero.h"
 #include "loom/partition.h"
 #include "loom/peft.h"
@@ -233,6 +236,28 @@ int cmd_sim(int argc, char **argv) {
     int pr = cli_parse_config(argc, argv, usage, desc, opts, nopts, &cfg);
     if (pr) return pr > 0 ? 0 : 2;
     int rc = 1;
+    /* ---- --mpi: one run over the processes of mpirun (include/loom/mpi.h); ranks above 0 stay silent
+     * (their errors go to their own stderr) and write nothing ---- */
+    int mpi_rank = 0, mpi_size = 1, mpi_err = -1, mpi_phase = 0; /* 0 setup, 1 refused together, 2 running */
+    loom_mpi_stats ms0 = {0};
+    if (r.mpi) {
+        if (loom_mpi_init(&mpi_rank, &mpi_size) != LOOM_OK) {
+            cli_fail("--mpi");
+            cli_config_free(cfg);
+            return 1;
+        }
+        if (mpi_rank > 0) {
+            fflush(stdout);
+            fflush(stderr);
+            int nul = open("/dev/null", O_WRONLY);
+            mpi_err = dup(2);
+            if (nul >= 0) {
+                dup2(nul, 1);
+                dup2(nul, 2);
+                close(nul);
+            }
+        }
+    }
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
     loom_dataset *ds = NULL;
@@ -433,8 +458,14 @@ int cmd_sim(int argc, char **argv) {
     sc.n_faults = nfaults;
     sc.workers = workers;
     sc.client_threads = client_threads;
-    sc.out_dir = out;
+    sc.out_dir = mpi_rank == 0 ? out : NULL;
     sc.checkpoint_every = checkpoint_every;
+    if (r.mpi) {
+        sc.dist.ranks = mpi_size;
+        sc.dist.rank = mpi_rank;
+        sc.dist.sum = loom_mpi_sum;
+        fprintf(stderr, "  MPI: %d processes, client k on rank k mod %d\n", mpi_size, mpi_size);
+    }
     sc.resume = r.resume;
     prog.rounds = rounds;
     prog.tty = cli_tty() && !r.quiet_clients;
@@ -491,6 +522,16 @@ int cmd_sim(int argc, char **argv) {
             fflush(stdout);
         }
     }
+    if (r.mpi) { /* every process's set-up and checks, then one sum of the failures before any round */
+        int bad = loom_sim_dist_check(&sc) != LOOM_OK;
+        if (bad) cli_fail(NULL);
+        if (bad && mpi_err >= 0) dprintf(mpi_err, "loom sim: rank %d: %s\n", mpi_rank, loom_errmsg());
+        int64_t nbad = bad;
+        if (loom_mpi_sum(NULL, &nbad, 1) != LOOM_OK) BAD("--mpi: %s", loom_errmsg());
+        mpi_phase = nbad ? 1 : 2;
+        if (nbad) goto done;
+        loom_mpi_get_stats(&ms0);
+    }
     double t0 = loom_now();
     if (loom_sim_run(&sc, global) != LOOM_OK) {
         if (prog.tty) fprintf(stderr, "\n");
@@ -498,6 +539,10 @@ int cmd_sim(int argc, char **argv) {
         goto done;
     }
     double secs = loom_now() - t0;
+    if (mpi_rank > 0) { /* rank 0 reports and writes */
+        rc = 0;
+        goto done;
+    }
     final = global;
     if (kseed) {
         if (loom_kseed_sync(kseed, global) != LOOM_OK) {
@@ -535,6 +580,14 @@ int cmd_sim(int argc, char **argv) {
     } else
         printf("%-28s %.1f MiB down, %.1f MiB up\n", "traffic", traffic, traffic);
     printf("%-28s %.1fs (%.2fs per round)\n", "time", secs, secs / rounds);
+    if (r.mpi) {
+        loom_mpi_stats ms;
+        loom_mpi_get_stats(&ms);
+        ms.calls -= ms0.calls, ms.words -= ms0.words, ms.seconds -= ms0.seconds;
+        printf("%-28s %d processes, %llu sums of %.0f bytes per round (%.2f MiB), %.3fs in MPI_Allreduce\n", "MPI",
+               mpi_size, (unsigned long long)ms.calls, rounds > 0 ? 8.0 * (double)ms.words / rounds : 0.0,
+               rounds > 0 ? 8.0 * (double)ms.words / rounds / 1048576.0 : 0.0, ms.seconds);
+    }
     printf("%-28s %.0f MiB\n", "peak RSS", loom_peak_rss() / 1048576.0);
     char plotbuf[4096];
     if (!plot && out) {
@@ -611,5 +664,18 @@ done:
     loom_tokenizer_free(tok);
     loom_model_free(m);
     cli_config_free(cfg);
+    if (r.mpi) {
+        if (rc != 0 && mpi_phase == 0) { /* failed in the set-up: the others learn it from the sum of failures */
+            if (mpi_err >= 0) dprintf(mpi_err, "loom sim: rank %d: %s\n", mpi_rank, loom_errmsg());
+            int64_t nbad = 1;
+            loom_mpi_sum(NULL, &nbad, 1);
+        } else if (rc != 0 && mpi_phase == 2) { /* failed in a round: the others wait in a sum, end them all */
+            if (mpi_err >= 0) dprintf(mpi_err, "loom sim: rank %d failed: %s\n", mpi_rank, loom_errmsg());
+            fflush(stderr);
+            loom_mpi_abort(rc);
+        }
+        loom_mpi_finalize();
+    }
+    if (mpi_err >= 0) close(mpi_err);
     return rc;
 }
