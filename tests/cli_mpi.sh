@@ -31,7 +31,7 @@ for P in 1 2 4; do
     check "P=$P exits 0" test $? -eq 0
     same_run "fedavg P=$P" "$tmp/ref" "$tmp/p$P"
 done
-check "rank 0 reports the sums" grep -q '^MPI  *4 processes, 4 sums of' "$tmp/p4.out"
+check "rank 0 reports the sums" grep -Eq '^MPI +4 processes, [0-9]+ bytes reduced per round .* in 4 sums' "$tmp/p4.out"
 check "one set of output lines" test "$(grep -c 'round    2/2' "$tmp/p4.err")" -eq 1
 check "the rows name every sampled client" test "$(grep -c '"type":"client"' "$tmp/p4/metrics.jsonl")" -eq 14
 # 2. what crosses processes besides the sum: a NaN update and a failed client (their rows), int8

@@ -584,9 +584,9 @@ int cmd_sim(int argc, char **argv) {
         loom_mpi_stats ms;
         loom_mpi_get_stats(&ms);
         ms.calls -= ms0.calls, ms.words -= ms0.words, ms.seconds -= ms0.seconds;
-        printf("%-28s %d processes, %llu sums of %.0f bytes per round (%.2f MiB), %.3fs in MPI_Allreduce\n", "MPI",
-               mpi_size, (unsigned long long)ms.calls, rounds > 0 ? 8.0 * (double)ms.words / rounds : 0.0,
-               rounds > 0 ? 8.0 * (double)ms.words / rounds / 1048576.0 : 0.0, ms.seconds);
+        double per = rounds > 0 ? 8.0 * (double)ms.words / rounds : 0.0; /* each way, per process */
+        printf("%-28s %d processes, %.0f bytes reduced per round (%.2f MiB) in %llu sums, %.3fs in MPI_Allreduce\n",
+               "MPI", mpi_size, per, per / 1048576.0, (unsigned long long)ms.calls, ms.seconds);
     }
     printf("%-28s %.0f MiB\n", "peak RSS", loom_peak_rss() / 1048576.0);
     char plotbuf[4096];
