@@ -48,7 +48,7 @@
  * Where the coming features plug in:
  *   HTTPS server transport  a driver: decodes loom_update messages (loom_update_decode, size-limited)
  *                           and calls submit with the wall clock; deadlines and quorum are already here.
- *   MPI                     a driver on the root rank; ranks run clients and send encoded updates.
+ *   MPI (built)             every rank runs an engine and its own clients; the shares are summed (below).
  *   async rounds            FedAsync and FedBuff: the loom_engine_async_* calls below (mode field of
  *                           the config); the simulator drives them on its virtual clock.
  *   secure aggregation      clients send masked fixed-point vectors; the aggregate stage sums them in
