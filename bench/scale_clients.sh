@@ -8,7 +8,7 @@
 #                      c_i and a compression residual only when those are on) and its engine slots
 # So memory should not grow with the clients: the script measures the peak RSS of a 10,000-client
 # population against a 10-client one (the same round), and the round time as the clients per round
-# grow (10, 100, 1000; one local step of 1 x 16 tokens each, one evaluated client).
+# grow (10, 100, 1000; one local step of 1 x 16 tokens each; no evaluation: --test-frac 0).
 # Usage: bash bench/scale_clients.sh [PER_ROUND ...]   (default 10 100 1000; LOOM_BIN, WORKERS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ out=runs/bench-scale
 mkdir -p "$out"
 common=(--model gpt2-124m --tokenizer "$LOOM_SHARED/data/gpt2-tokenizer" --peft lora --lora-r 4
         --target-modules c_attn --data "$LOOM_SHARED/data/sst2/train.tsv" --format tsv --text-col sentence
-        --label-col label --partition iid --rounds 1 --local-steps 1 --batch 1 --seq 16 --eval-clients 1
+        --label-col label --partition iid --test-frac 0 --rounds 1 --local-steps 1 --batch 1 --seq 16
         --sample-len 0 --seed 1 --workers "$workers" --quiet-clients)
 run() { # name clients per_round
   local dir="$out/$1"
