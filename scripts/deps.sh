@@ -5,7 +5,8 @@
 # network tests use to speak to a running server, and node with npm for the GGUF tests).
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev libpcre2-dev libicu-dev
-      libmicrohttpd-dev libgnutls28-dev libcurl4-gnutls-dev libsqlite3-dev libsodium-dev libgmp-dev libdnnl-dev)
+      libmicrohttpd-dev libgnutls28-dev libcurl4-gnutls-dev libsqlite3-dev libsodium-dev libgmp-dev libdnnl-dev
+      libopenmpi-dev openmpi-bin)
 if [ "${1:-}" = "--test" ]; then
   PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev curl)
   # node and npm for the GGUF tests' llama.cpp (node-llama-cpp from npm); Debian's when none is installed

@@ -48,7 +48,7 @@
  * Where the coming features plug in:
  *   HTTPS server transport  a driver: decodes loom_update messages (loom_update_decode, size-limited)
  *                           and calls submit with the wall clock; deadlines and quorum are already here.
- *   MPI                     a driver on the root rank; ranks run clients and send encoded updates.
+ *   MPI (built)             every rank runs an engine and its own clients; the shares are summed (below).
  *   async rounds            FedAsync and FedBuff: the loom_engine_async_* calls below (mode field of
  *                           the config); the simulator drives them on its virtual clock.
  *   secure aggregation      clients send masked fixed-point vectors; the aggregate stage sums them in
@@ -412,6 +412,26 @@ int loom_engine_async_end_version(loom_engine *e, double seconds, loom_round_met
  * Accepted: every member's row is "accepted". Driver's thread (or any thread, like submit). */
 int loom_engine_submit_sum(loom_engine *e, int round, const double *sum, size_t len, uint64_t total_weight,
                            const loom_update *members, size_t n, double now);
+
+/* ---- a round shared by several processes (loom sim --mpi, include/loom/mpi.h) ----
+ * Every process runs an engine with the same configuration, so each opens the same rounds with the
+ * same sample; each submits (or fails) only its own clients. The driver then sums the processes'
+ * shares element-wise (MPI_SUM over int64: exact in any order) and imports the sum into every engine,
+ * which then holds what one engine that received every client would: the rows, the counts and the
+ * pipeline's fixed-point sum (loom_pipeline_share_export). Close and the strategy step then give the
+ * same global vector on every process, bit for bit. Words (loom_engine_share_len):
+ *   round open      8 per sampled client (answered, verdict, examples, tokens, and the bits of loss,
+ *                   norm and bytes; zeros for a client this process did not hear from), then the
+ *                   pipeline's share
+ *   round closed    7 per client to evaluate (done, the bits of loss_sum, tokens, correct, count,
+ *                   attack_hits, attack_count; zeros when evaluated elsewhere)
+ * A client reported by two processes, or a sum that is not made of such shares, is refused with
+ * LOOM_EINVAL/LOOM_ERANGE; no open or closed round, or a submission still in flight, LOOM_ESTATE.
+ * Synchronous rounds only (LOOM_EUNSUPPORTED otherwise; masks and buffered aggregators too, from the
+ * pipeline). Driver's thread. */
+size_t loom_engine_share_len(const loom_engine *e);
+int loom_engine_share_export(loom_engine *e, int64_t *words);
+int loom_engine_share_import(loom_engine *e, const int64_t *words);
 
 /* ---- a reference update (FLTrust's server update on its root data) ----
  * loom_engine_wants_reference: 1 when the pipeline's aggregator needs one each round; the driver then

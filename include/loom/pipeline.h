@@ -279,6 +279,24 @@ int loom_pipeline_state_load(loom_pipeline *p, const char *name, const float *da
  * Outside a round: LOOM_ESTATE. Thread-safe like loom_pipeline_add. */
 int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint64_t total_weight, size_t n_updates);
 
+/* ---- a round shared by several processes (loom sim --mpi, include/loom/mpi.h) ----
+ * Each process adds its own clients' updates to its own pipeline; the round's exact fixed-point sum is
+ * then the sum of theirs. loom_pipeline_share_export writes the open round's state as
+ * loom_pipeline_share_len(p) signed 64-bit integers:
+ *     [0] W (total weight)   [1] n (updates added)
+ *     [2 + 3i .. 4 + 3i]     S_i as three limbs l0 + l1 2^40 + l2 2^80 (l0, l1 in [0, 2^40), |l2| < 2^40)
+ *     then the same three limbs of the control sum per coordinate (strategies with control variates)
+ * Summing the words element-wise over P processes (MPI_SUM over int64, any order) sums W, n and each
+ * limb exactly as long as P < 2^23 (P 2^40 < 2^63), and l0 + l1 2^40 + l2 2^80 of the sums is the sum of
+ * the S_i: loom_pipeline_share_import replaces the open round's state by such a sum (the same words), so
+ * end_round then gives bit for bit what one pipeline holding every update would. The fixed-point mean
+ * only, without masked updates (else LOOM_EUNSUPPORTED); outside a round LOOM_ESTATE; an imported n
+ * above LOOM_FX_MAX_UPDATES or a W outside [n, n (2^32 - 1)] is refused with LOOM_ERANGE. Driver's
+ * thread, while no add runs. */
+size_t loom_pipeline_share_len(const loom_pipeline *p);
+int loom_pipeline_share_export(loom_pipeline *p, int64_t *words);
+int loom_pipeline_share_import(loom_pipeline *p, const int64_t *words);
+
 /* ---- robust aggregators (src/fl/agg_robust.c; LOOM_AGG_BUFFERED) ----
  * Byzantine-robust rules over the n updates of a round (u_1..u_n, dim floats each, after clipping; the
  * pipeline's weights w_n). Each keeps the round's updates (O(n dim) memory) and combines them in

@@ -344,6 +344,21 @@ typedef struct {
     struct loom_personal_eval_s *client_evals;
     void (*on_personal)(void *ud, int client, const float *model);
     void *personal_ud;
+    /* One run spread over several processes (loom sim --mpi; include/loom/mpi.h); ranks 0 = one
+     * process. Every process runs the same configuration and its own engine (the same samples from
+     * (seed, round)); client k is trained and evaluated by process k mod ranks, which keeps its state.
+     * After each fit phase and each evaluation the processes' engine shares (loom_engine_share_export)
+     * are summed element-wise by sum(), which must return on every process the sum over all of them
+     * (MPI_Allreduce with MPI_SUM over int64), and imported: every engine then aggregates the same
+     * exact sum and computes the same global vector, bit for bit the vector and metrics of the
+     * one-process run. Only process 0 should get out_dir and the callbacks. Refused (LOOM_EUNSUPPORTED,
+     * naming the option): asynchronous modes, a secure sum, robust aggregators, heterogeneous clients,
+     * FLoRA stacking, attackers, FedKSeed, checkpoints and resume (the clients' state is spread). */
+    struct {
+        int ranks, rank;
+        int (*sum)(void *ud, int64_t *words, size_t n);
+        void *ud;
+    } dist;
 } loom_sim_config;
 
 void loom_sim_defaults(loom_sim_config *c);
@@ -365,6 +380,10 @@ int loom_sim_check_out(const char *out_dir, int resume, int rounds);
  * stream (seed, LOOM_STREAM_ROOT)) from the clients' training examples of part (each example once),
  * sorted; *out is malloc'd (the caller frees). n larger than the training examples: LOOM_EINVAL. */
 int loom_sim_root_examples(const loom_partition *part, uint64_t seed, size_t n, uint32_t **out);
+/* The checks of a distributed run (loom_sim_config.dist) that loom_sim_run makes first: the options it
+ * cannot distribute (LOOM_EUNSUPPORTED naming the first), a bad rank or a missing sum (LOOM_EINVAL);
+ * LOOM_OK when c is not distributed. A driver calls it before any process waits in a sum. */
+int loom_sim_dist_check(const loom_sim_config *c);
 /* Simulated duration of client `client`'s round of local_steps steps (with profiles: its speed and
  * the transfer of 2 * dim * 4 bytes at its bandwidth). */
 double loom_sim_client_seconds(const loom_sim_config *c, int client);

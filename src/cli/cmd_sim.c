@@ -1,9 +1,11 @@
 /* loom sim: federated training of many simulated clients in one process. */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/args.h"
 #include "cli/cli.h"
@@ -16,6 +18,7 @@
 #include "loom/plot.h"
 #include "loom/core.h"
 #include "loom/dataset.h"
+#include "loom/mpi.h"
 #include "loom/hetero.h"
 #include "loom/personal.h"
 #include "loom/partition.h"
@@ -251,6 +254,28 @@ int cmd_sim(int argc, char **argv) {
     if (pr) return pr > 0 ? 0 : 2;
     if (cli_output_begin("sim") != 0) return 2;
     int rc = 1;
+    /* ---- --mpi: one run over the processes of mpirun (include/loom/mpi.h); ranks above 0 stay silent
+     * (their errors go to their own stderr) and write nothing ---- */
+    int mpi_rank = 0, mpi_size = 1, mpi_err = -1, mpi_phase = 0; /* 0 setup, 1 refused together, 2 running */
+    loom_mpi_stats ms0 = {0};
+    if (r.mpi) {
+        if (loom_mpi_init(&mpi_rank, &mpi_size) != LOOM_OK) {
+            cli_fail("--mpi");
+            cli_config_free(cfg);
+            return 1;
+        }
+        if (mpi_rank > 0) {
+            fflush(stdout);
+            fflush(stderr);
+            int nul = open("/dev/null", O_WRONLY);
+            mpi_err = dup(2);
+            if (nul >= 0) {
+                dup2(nul, 1);
+                dup2(nul, 2);
+                close(nul);
+            }
+        }
+    }
     loom_model *m = NULL;
     loom_tokenizer *tok = NULL;
     loom_dataset *ds = NULL;
@@ -529,8 +554,14 @@ int cmd_sim(int argc, char **argv) {
     sc.n_faults = nfaults;
     sc.workers = workers;
     sc.client_threads = client_threads;
-    sc.out_dir = out;
+    sc.out_dir = mpi_rank == 0 ? out : NULL;
     sc.checkpoint_every = checkpoint_every;
+    if (r.mpi) {
+        sc.dist.ranks = mpi_size;
+        sc.dist.rank = mpi_rank;
+        sc.dist.sum = loom_mpi_sum;
+        fprintf(stderr, "  MPI: %d processes, client k on rank k mod %d\n", mpi_size, mpi_size);
+    }
     sc.resume = r.resume;
     /* ---- unlearning (include/loom/unlearn.h): records kept for loom unlearn, and its runs ---- */
     sc.keep_checkpoints = r.keep_checkpoints;
@@ -647,10 +678,19 @@ int cmd_sim(int argc, char **argv) {
             fflush(stdout);
         }
     }
+    if (r.mpi && r.decentralized) BAD("--mpi does not combine with --decentralized (a run without a server has no sum to share)");
     /* ---- decentralized federation (--decentralized; include/loom/decentral.h, cli/sim_decentral.c) ---- */
     if (!r.decentralized && (r.topology || r.push_sum || r.gossip_steps != 1))
         BAD("--topology, --gossip-steps and --push-sum need --decentralized");
     if (r.decentralized) {
+        const char *why = r.split_layer >= 0                    ? "--split-layer (there is no server part)"
+                          : r.private_spec || r.finetune_steps || r.client_eval ? "--private, --finetune-steps and --client-eval"
+                          : r.feddf.text                        ? "--server-distill (there is no server)"
+                          : r.keep_checkpoints || r.keep_updates || r.exclude_client || r.start_from || r.replay_updates
+                              ? "--keep-checkpoints, --keep-updates and --exclude-client (unlearning keeps a server's rounds)"
+                          : serve ? "--serve (the dashboard shows a server's rounds)"
+                                  : NULL;
+        if (why) BAD("a decentralized run does not take %s", why);
         if (cli_sim_decentral(&r, &sc, global) != 0) goto done;
         char adir[4096];
         snprintf(adir, sizeof adir, "%s/adapter", out ? out : ".");
@@ -659,6 +699,16 @@ int cmd_sim(int argc, char **argv) {
         else if (out && set) cli_fail("writing the adapter");
         rc = 0;
         goto done;
+    }
+    if (r.mpi) { /* every process's set-up and checks, then one sum of the failures before any round */
+        int bad = loom_sim_dist_check(&sc) != LOOM_OK;
+        if (bad) cli_fail(NULL);
+        if (bad && mpi_err >= 0) dprintf(mpi_err, "loom sim: rank %d: %s\n", mpi_rank, loom_errmsg());
+        int64_t nbad = bad;
+        if (loom_mpi_sum(NULL, &nbad, 1) != LOOM_OK) BAD("--mpi: %s", loom_errmsg());
+        mpi_phase = nbad ? 1 : 2;
+        if (nbad) goto done;
+        loom_mpi_get_stats(&ms0);
     }
     double t0 = loom_now();
     if (loom_sim_run(&sc, global) != LOOM_OK) {
@@ -669,6 +719,10 @@ int cmd_sim(int argc, char **argv) {
     double secs = loom_now() - t0;
     if (dash.board) loom_dash_progress(dash.board, rounds, rounds, "done");
     cli_progress_end(&prog.bar);
+    if (mpi_rank > 0) { /* rank 0 reports and writes */
+        rc = 0;
+        goto done;
+    }
     final = global;
     if (kseed) {
         if (loom_kseed_sync(kseed, global) != LOOM_OK) {
@@ -741,6 +795,14 @@ int cmd_sim(int argc, char **argv) {
                    r.finetune_steps);
     }
     printf("%-28s %.1fs (%.2fs per round)\n", "time", secs, secs / rounds);
+    if (r.mpi) {
+        loom_mpi_stats ms;
+        loom_mpi_get_stats(&ms);
+        ms.calls -= ms0.calls, ms.words -= ms0.words, ms.seconds -= ms0.seconds;
+        double per = rounds > 0 ? 8.0 * (double)ms.words / rounds : 0.0; /* each way, per process */
+        printf("%-28s %d processes, %.0f bytes reduced per round (%.2f MiB) in %llu sums, %.3fs in MPI_Allreduce\n",
+               "MPI", mpi_size, per, per / 1048576.0, (unsigned long long)ms.calls, ms.seconds);
+    }
     printf("%-28s %.0f MiB\n", "peak RSS", loom_peak_rss() / 1048576.0);
     char plotbuf[4096];
     if (!plot && out) {
@@ -843,5 +905,18 @@ done:
     cli_feddf_free(&r.feddf);
     cli_continual_free(&r.cont);
     cli_config_free(cfg);
+    if (r.mpi) {
+        if (rc != 0 && mpi_phase == 0) { /* failed in the set-up: the others learn it from the sum of failures */
+            if (mpi_err >= 0) dprintf(mpi_err, "loom sim: rank %d: %s\n", mpi_rank, loom_errmsg());
+            int64_t nbad = 1;
+            loom_mpi_sum(NULL, &nbad, 1);
+        } else if (rc != 0 && mpi_phase == 2) { /* failed in a round: the others wait in a sum, end them all */
+            if (mpi_err >= 0) dprintf(mpi_err, "loom sim: rank %d failed: %s\n", mpi_rank, loom_errmsg());
+            fflush(stderr);
+            loom_mpi_abort(rc);
+        }
+        loom_mpi_finalize();
+    }
+    if (mpi_err >= 0) close(mpi_err);
     return rc;
 }

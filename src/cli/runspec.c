@@ -164,6 +164,7 @@ int cli_run_opts(cli_run *r, cli_opt *o) {
         {"step-seconds", OPT_FLOAT, &r->step_seconds, "sim: virtual clock: simulated seconds per local step (0 = every client instant)", 0, 1e9},
         {"time-spread", OPT_FLOAT, &r->time_spread, "sim: virtual clock: log-normal sigma of the clients' speeds (slow clients stay slow)", 0, 10},
         {"workers", OPT_INT, &r->workers, "sim: worker threads training clients in parallel", 1, cli_max_threads()},
+        {"mpi", OPT_FLAG, &r->mpi, "sim: spread the clients over the processes of mpirun -np P (the same result, bit for bit)", 0, 0},
         {"client-threads", OPT_INT, &r->client_threads, "threads inside one client's training (fixed: results do not depend on --workers)", 1, cli_max_threads()},
         {"out", OPT_STR, &r->out, "sim: run directory: metrics.jsonl, global.safetensors, checkpoint, plot", 0, 0},
         {"checkpoint-every", OPT_INT, &r->checkpoint_every, "sim: write OUT/checkpoint.safetensors every N rounds", 0, 1e9},

@@ -45,6 +45,7 @@ typedef struct {
     const char *faults, *out, *plot, *prompt;
     int workers, client_threads, checkpoint_every, resume, sample_len, quiet_clients, compare;
     float step_seconds, time_spread, progress_every;
+    int mpi; /* loom sim --mpi: one run over the processes of mpirun (include/loom/mpi.h) */
     /* secure aggregation (loom sim --secagg; sim_secure.c): the backend's settings live here, so they
      * outlive the run */
     int secagg, secagg_threshold, secagg_neighbours, secagg_drop;

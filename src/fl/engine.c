@@ -602,7 +602,15 @@ int loom_engine_end_round(loom_engine *e, double seconds, loom_round_metrics *ou
     m.sampled = e->n;
     m.accepted = e->accepted;
     m.rejected = e->n - e->accepted;
-    m.train_loss = e->weight > 0 ? e->loss_w / e->weight : NAN;
+    /* the example-weighted loss in the sampled order (not the order of arrival): the same for any
+     * number of workers or processes */
+    double loss_w = 0, weight = 0;
+    for (int i = 0; i < e->n; i++)
+        if (e->rows[i].answered && e->rows[i].verdict == LOOM_UPDATE_ACCEPTED) {
+            loss_w += e->rows[i].loss * (double)e->rows[i].examples;
+            weight += (double)e->rows[i].examples;
+        }
+    m.train_loss = weight > 0 ? loss_w / weight : NAN;
     m.eval_loss = m.eval_acc = m.attack_success = NAN;
     int need = e->c.min_updates > 0 ? e->c.min_updates : 1;
     m.aggregated = e->accepted >= need;
@@ -849,4 +857,139 @@ int loom_engine_set_reference(loom_engine *e, int round, const float *ref, size_
                                  : loom_pipeline_set_reference(e->pipe, ref, len);
     pthread_mutex_unlock(&e->mu);
     return rc;
+}
+
+/* ------------------------------------------------------------------ a round shared by processes (see engine.h) */
+
+enum { ROW_WORDS = 8, EVAL_WORDS = 7 };
+
+static int64_t dbits(double x) {
+    int64_t b;
+    memcpy(&b, &x, sizeof b);
+    return b;
+}
+
+static double bitsd(int64_t b) {
+    double x;
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+
+size_t loom_engine_share_len(const loom_engine *e) {
+    if (e->phase == PH_CLOSED) return (size_t)e->ne * EVAL_WORDS;
+    return (size_t)e->n * ROW_WORDS + loom_pipeline_share_len(e->pipe);
+}
+
+static int share_state(const loom_engine *e) {
+    if (e->as)
+        return loom_error(LOOM_EUNSUPPORTED, "round engine: mode %s cannot share its rounds between processes",
+                          loom_engine_mode_name(e->c.mode));
+    if (e->c.mask) return loom_error(LOOM_EUNSUPPORTED, "round engine: masked clients cannot share a round");
+    if (e->phase != PH_OPEN && e->phase != PH_CLOSED)
+        return loom_error(LOOM_ESTATE, "round engine: no open or closed round to share");
+    if (e->inflight > 0) return loom_error(LOOM_ESTATE, "round engine: a submission is still in flight");
+    return LOOM_OK;
+}
+
+int loom_engine_share_export(loom_engine *e, int64_t *words) {
+    pthread_mutex_lock(&e->mu);
+    int rc = share_state(e);
+    pthread_mutex_unlock(&e->mu);
+    if (rc != LOOM_OK) return rc;
+    if (e->phase == PH_CLOSED) {
+        for (int i = 0; i < e->ne; i++) {
+            int64_t *w = words + (size_t)i * EVAL_WORDS;
+            const eval_row *r = &e->erows[i];
+            memset(w, 0, EVAL_WORDS * sizeof *w);
+            if (!r->done) continue;
+            w[0] = 1;
+            w[1] = dbits(r->r.loss_sum);
+            w[2] = r->r.tokens;
+            w[3] = r->r.correct;
+            w[4] = r->r.count;
+            w[5] = r->r.attack_hits;
+            w[6] = r->r.attack_count;
+        }
+        return LOOM_OK;
+    }
+    for (int i = 0; i < e->n; i++) {
+        int64_t *w = words + (size_t)i * ROW_WORDS;
+        const row *r = &e->rows[i];
+        memset(w, 0, ROW_WORDS * sizeof *w);
+        if (!r->answered) continue;
+        w[0] = 1;
+        w[1] = (int64_t)r->verdict;
+        w[2] = (int64_t)r->examples;
+        w[3] = r->tokens;
+        w[4] = dbits(r->loss);
+        w[5] = dbits(r->norm);
+        w[6] = dbits(r->bytes);
+    }
+    return loom_pipeline_share_export(e->pipe, words + (size_t)e->n * ROW_WORDS);
+}
+
+int loom_engine_share_import(loom_engine *e, const int64_t *words) {
+    pthread_mutex_lock(&e->mu);
+    int rc = share_state(e);
+    pthread_mutex_unlock(&e->mu);
+    if (rc != LOOM_OK) return rc;
+    if (e->phase == PH_CLOSED) {
+        for (int i = 0; i < e->ne; i++) {
+            const int64_t *w = words + (size_t)i * EVAL_WORDS;
+            if (w[0] != 0 && w[0] != 1)
+                return loom_error(LOOM_EINVAL, "round %d: client %d was evaluated by %lld processes", e->round,
+                                  e->elist[i], (long long)w[0]);
+        }
+        for (int i = 0; i < e->ne; i++) {
+            const int64_t *w = words + (size_t)i * EVAL_WORDS;
+            eval_row *r = &e->erows[i];
+            memset(r, 0, sizeof *r);
+            if (!w[0]) continue;
+            r->done = 1;
+            r->r.loss_sum = bitsd(w[1]);
+            r->r.tokens = (long)w[2];
+            r->r.correct = (long)w[3];
+            r->r.count = (long)w[4];
+            r->r.attack_hits = (long)w[5];
+            r->r.attack_count = (long)w[6];
+        }
+        return LOOM_OK;
+    }
+    for (int i = 0; i < e->n; i++) {
+        const int64_t *w = words + (size_t)i * ROW_WORDS;
+        if (w[0] != 0 && w[0] != 1)
+            return loom_error(LOOM_EINVAL, "round %d: client %d answered on %lld processes", e->round, e->list[i],
+                              (long long)w[0]);
+        if (w[1] < 0 || w[1] > LOOM_UPDATE_STALE || w[2] < 0)
+            return loom_error(LOOM_ERANGE, "round %d: client %d: a shared row with verdict %lld, %lld examples",
+                              e->round, e->list[i], (long long)w[1], (long long)w[2]);
+    }
+    if ((rc = loom_pipeline_share_import(e->pipe, words + (size_t)e->n * ROW_WORDS)) != LOOM_OK)
+        return loom_error_context(rc, "round %d", e->round);
+    pthread_mutex_lock(&e->mu);
+    e->answered = e->accepted = e->dp_bits = 0;
+    e->loss_w = e->weight = e->bytes_up = 0;
+    for (int i = 0; i < e->n; i++) { /* the counts as loom_engine_submit keeps them, in the sampled order */
+        const int64_t *w = words + (size_t)i * ROW_WORDS;
+        row *r = &e->rows[i];
+        memset(r, 0, sizeof *r);
+        if (!w[0]) continue;
+        r->answered = 1;
+        r->verdict = (loom_update_verdict)w[1];
+        r->examples = (uint64_t)w[2];
+        r->tokens = (long)w[3];
+        r->loss = bitsd(w[4]);
+        r->norm = bitsd(w[5]);
+        r->bytes = bitsd(w[6]);
+        e->answered++;
+        e->bytes_up += r->bytes;
+        if (r->verdict == LOOM_UPDATE_ACCEPTED) {
+            e->accepted++;
+            e->dp_bits += r->norm <= e->dp_clip;
+            e->loss_w += r->loss * (double)r->examples;
+            e->weight += (double)r->examples;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return LOOM_OK;
 }

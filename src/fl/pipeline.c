@@ -571,3 +571,70 @@ int loom_pipeline_add_sum(loom_pipeline *p, const double *sum, size_t len, uint6
     pthread_mutex_unlock(&p->mu);
     return rc;
 }
+
+/* ------------------------------------------------------------------ a round shared by processes (see pipeline.h) */
+
+__extension__ typedef unsigned __int128 fx_uacc;
+
+size_t loom_pipeline_share_len(const loom_pipeline *p) { return 2 + 3 * p->c.dim * (p->uses_control ? 2 : 1); }
+
+static int share_usable(const loom_pipeline *p, const char *what) {
+    if (p->ops != &loom_agg_fixed_mean)
+        return loom_error(LOOM_EUNSUPPORTED, "aggregator %s keeps the updates: its round cannot be %s as a sum",
+                          p->ops->name, what);
+    if (p->mask.used)
+        return loom_error(LOOM_EUNSUPPORTED, "masked (heterogeneous) updates cannot be %s as a sum", what);
+    if (!p->in_round) return loom_error(LOOM_ESTATE, "update pipeline: no open round to be %s", what);
+    return LOOM_OK;
+}
+
+/* S = l0 + l1 2^40 + l2 2^80 with l0, l1 in [0, 2^40): l2 = (S - l0 - l1 2^40) / 2^80 exactly */
+static void limbs_of(fx_acc s, int64_t *l) {
+    const fx_acc one40 = (fx_acc)1 << 40;
+    fx_uacc u = (fx_uacc)s; /* two's complement: the low bits of s */
+    l[0] = (int64_t)(u & (((fx_uacc)1 << 40) - 1));
+    l[1] = (int64_t)((u >> 40) & (((fx_uacc)1 << 40) - 1));
+    l[2] = (int64_t)((s - (fx_acc)l[0] - (fx_acc)l[1] * one40) / (one40 * one40));
+}
+
+static fx_acc limbs_sum(const int64_t *l) {
+    const fx_acc one40 = (fx_acc)1 << 40;
+    return (fx_acc)l[0] + (fx_acc)l[1] * one40 + (fx_acc)l[2] * one40 * one40;
+}
+
+int loom_pipeline_share_export(loom_pipeline *p, int64_t *words) {
+    pthread_mutex_lock(&p->mu);
+    int rc = share_usable(p, "shared");
+    if (rc == LOOM_OK) {
+        const size_t dim = p->c.dim;
+        words[0] = (int64_t)p->wsum;
+        words[1] = (int64_t)p->n_added;
+        const fx_acc *acc = p->agg->acc;
+        for (size_t i = 0; i < dim; i++) limbs_of(acc[i], words + 2 + 3 * i);
+        if (p->uses_control)
+            for (size_t i = 0; i < dim; i++) limbs_of(p->agg->ctl[i], words + 2 + 3 * dim + 3 * i);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+int loom_pipeline_share_import(loom_pipeline *p, const int64_t *words) {
+    int64_t W = words[0], n = words[1];
+    if (n < 0 || (uint64_t)n > LOOM_FX_MAX_UPDATES || W < n || (double)W > (double)n * LOOM_FX_MAX_WEIGHT)
+        return loom_error(LOOM_ERANGE, "update pipeline: a shared round of %lld updates with total weight %lld",
+                          (long long)n, (long long)W);
+    pthread_mutex_lock(&p->mu);
+    int rc = share_usable(p, "imported");
+    if (rc == LOOM_OK) {
+        const size_t dim = p->c.dim;
+        fx_acc *acc = p->agg->acc;
+        for (size_t i = 0; i < dim; i++) acc[i] = limbs_sum(words + 2 + 3 * i);
+        if (p->uses_control)
+            for (size_t i = 0; i < dim; i++) p->agg->ctl[i] = limbs_sum(words + 2 + 3 * dim + 3 * i);
+        p->agg->wsum = (uint64_t)W;
+        p->wsum = (uint64_t)W;
+        p->n_added = (size_t)n;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}

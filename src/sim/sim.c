@@ -19,6 +19,7 @@
 #include "loom/safetensors.h"
 #include "loom/unlearn.h"
 #include "sim/sim_attack.h"
+#include "sim/sim_dist.h"
 #include "sim/sim_secure.h"
 
 void loom_sim_defaults(loom_sim_config *c) {
@@ -143,6 +144,7 @@ typedef struct sim_run {
     uint8_t *stack_held;
     int stack_cap;
     loom_personal_eval *evals;   /* (n_clients) the per-client evaluation after the last round */
+    int *mine;                 /* (n_clients) a distributed run: this process's clients of a phase */
     pthread_mutex_t mu;
 } sim_run;
 
@@ -471,6 +473,14 @@ static int run_phase(sim_run *r, int phase, const int *list, int count) {
     free(args);
     if (r->failed) return loom_error(r->failed_rc, "%s", r->failed_msg);
     return LOOM_OK;
+}
+
+/* A phase over this process's clients of list; in a distributed run then the sum of every process's
+ * share of the round (sim_dist.c). */
+static int run_mine(sim_run *r, int phase, const int *list, int count) {
+    if (!lm_dist_on(r->c)) return run_phase(r, phase, list, count);
+    int k = lm_dist_mine(r->c, list, count, r->mine), rc = k > 0 ? run_phase(r, phase, r->mine, k) : LOOM_OK;
+    return rc == LOOM_OK ? lm_dist_exchange(r->c, r->eng) : rc;
 }
 
 /* ------------------------------------------------------------------ asynchronous modes */
@@ -1043,6 +1053,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     if ((c->start_from || c->keep_checkpoints || c->keep_updates) && !c->out_dir)
         return loom_error(LOOM_EINVAL, "--keep-checkpoints, --keep-updates and --start-from need --out");
     int rc = loom_sim_check_out(c->out_dir, c->resume, c->rounds);
+    if (rc == LOOM_OK) rc = loom_sim_dist_check(c);
     if (rc != LOOM_OK) return rc;
 
     sim_run r;
@@ -1055,11 +1066,12 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
     size_t *n_test = malloc((size_t)N * sizeof *n_test);
     r.states = calloc((size_t)N, sizeof *r.states);
     r.slots = calloc((size_t)c->workers, sizeof *r.slots);
+    r.mine = lm_dist_on(c) ? malloc((size_t)N * sizeof *r.mine) : NULL;
     FILE *mf = NULL, *memf = NULL; /* metrics.jsonl, unlearn/membership.jsonl */
     jsonl_sink js = {NULL, c, NULL, NULL, NULL, 0, 0};
     loom_client_state root_state; /* the server's own client state on its root data (FLTrust) */
     loom_client_state_init(&root_state);
-    if (!n_test || !r.states || !r.slots) {
+    if (!n_test || !r.states || !r.slots || (lm_dist_on(c) && !r.mine)) {
         rc = loom_error(LOOM_ENOMEM, "out of memory");
         goto done;
     }
@@ -1229,7 +1241,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         r.round = round + 1;
         if ((rc = lm_attack_open(r.attack, r.round, list, n)) != LOOM_OK) goto done;
         if (want_ref && (rc = server_reference(&r, &root_state)) != LOOM_OK) goto done;
-        if ((rc = run_phase(&r, 0, list, n)) != LOOM_OK) goto done;
+        if ((rc = run_mine(&r, 0, list, n)) != LOOM_OK) goto done;
         if ((rc = lm_attack_finish(r.attack, r.eng, r.secure)) != LOOM_OK) goto done;
         if (r.secure && (rc = lm_secure_finish(r.secure, r.eng, r.round)) != LOOM_OK) goto done;
         double last_arrival = 0;
@@ -1241,7 +1253,7 @@ int loom_sim_run(const loom_sim_config *c, float *global) {
         const int *elist;
         int ne;
         loom_engine_eval_plan(r.eng, &elist, &ne);
-        if (ne > 0 && (rc = run_phase(&r, 1, elist, ne)) != LOOM_OK) goto done;
+        if (ne > 0 && (rc = run_mine(&r, 1, elist, ne)) != LOOM_OK) goto done;
         loom_round_metrics m;
         if ((rc = loom_engine_end_round(r.eng, loom_now() - t0, &m)) != LOOM_OK) goto done;
         if (c->round_eval) { /* continual rounds: the retention test on earlier data */
@@ -1286,6 +1298,7 @@ done:
     }
     free(r.slots);
     free(r.evals);
+    free(r.mine);
     loom_free(r.stack_x);
     loom_free(r.stack_u);
     free(r.stack_held);
