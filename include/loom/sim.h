@@ -369,6 +369,9 @@ void loom_sim_engine_config(const loom_sim_config *c, loom_engine_config *ec);
 int loom_sim_run(const loom_sim_config *c, float *global);
 /* The seed of client `client`'s data order (its batcher's seed): batches depend on (this, step). */
 uint64_t loom_sim_client_seed(uint64_t seed, int client);
+/* Client `client`'s data in a run described by c: its dataset, train and test examples, batch shape and
+ * data seed (loom_sim_client_seed); every driver (in-process, distributed, decentralized) uses it. */
+loom_client_data loom_sim_client_data(const loom_sim_config *c, int client);
 /* Clients sampled in a round: a sorted subset of [0, n_clients), from (seed, round). *n = count. */
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n);
 /* The run directory's checks, before any work: without resume, an out_dir holding a checkpoint is

@@ -45,13 +45,6 @@ typedef struct {
     int index;
 } warg;
 
-static loom_client_data peer_data(const loom_sim_config *c, int i) {
-    const loom_client *cl = &c->part->clients[i];
-    loom_client_data d = {c->client_ds ? c->client_ds[i] : c->ds, cl->train, cl->n_train, cl->test, cl->n_test,
-                          c->B, c->T, loom_sim_client_seed(c->seed, i)};
-    return d;
-}
-
 static void fail(drun *r, int rc) {
     pthread_mutex_lock(&r->mu);
     if (!r->failed) {
@@ -66,7 +59,7 @@ static void job(drun *r, slot *sl, int i) {
     const loom_sim_config *c = r->c;
     size_t dim = r->dim;
     loom_client_ctx ctx = {sl->tr, sl->vec, dim, NULL};
-    loom_client_data dd = peer_data(c, i);
+    loom_client_data dd = loom_sim_client_data(c, i);
     int rc = LOOM_OK;
     switch (r->phase) {
     case PH_FIT: {

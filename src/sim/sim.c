@@ -42,6 +42,13 @@ void loom_sim_defaults(loom_sim_config *c) {
 
 uint64_t loom_sim_client_seed(uint64_t seed, int client) { return loom_hash2(seed, LOOM_STREAM_CLIENT + (uint64_t)client); }
 
+loom_client_data loom_sim_client_data(const loom_sim_config *c, int client) {
+    const loom_client *cl = &c->part->clients[client];
+    loom_client_data d = {c->client_ds ? c->client_ds[client] : c->ds, cl->train, cl->n_train, cl->test, cl->n_test,
+                          c->B, c->T, loom_sim_client_seed(c->seed, client)};
+    return d;
+}
+
 int loom_sim_sample(const loom_sim_config *c, int round, int *clients, int *n) {
     return loom_engine_sample((int)c->part->n_clients, c->sample, c->sample_frac, c->seed, round, clients, n);
 }
@@ -171,12 +178,6 @@ static void fail(sim_run *r, int rc) {
     pthread_mutex_unlock(&r->mu);
 }
 
-static loom_client_data client_data(const loom_sim_config *c, int client) {
-    const loom_client *cl = &c->part->clients[client];
-    loom_client_data d = {c->client_ds ? c->client_ds[client] : c->ds, cl->train, cl->n_train, cl->test, cl->n_test,
-                          c->B, c->T, loom_sim_client_seed(c->seed, client)};
-    return d;
-}
 
 static void fit_one(sim_run *r, worker_slot *ws, int client) {
     const loom_sim_config *c = r->c;
@@ -189,7 +190,7 @@ static void fit_one(sim_run *r, worker_slot *ws, int client) {
     out.update = ws->update;
     out.control_delta = ws->dc;
     loom_client_ctx ctx = {ws->tr, ws->vec, dim, c->kseed};
-    loom_client_data d = client_data(c, client);
+    loom_client_data d = loom_sim_client_data(c, client);
     lm_attack_data(r->attack, client, &d); /* a label-flipping or backdoor attacker's poisoned copy */
     int compress = c->compress.codec != LOOM_CODEC_F32;
     loom_fit_config fc = c->fit;
@@ -333,7 +334,7 @@ static void eval_one(sim_run *r, worker_slot *ws, int client) {
     const loom_sim_config *c = r->c;
     const loom_client *cl = &c->part->clients[client];
     loom_client_ctx ctx = {ws->tr, ws->vec, r->dim, r->c->kseed};
-    loom_client_data d = client_data(c, client);
+    loom_client_data d = loom_sim_client_data(c, client);
     loom_eval_result res;
     int rc = loom_client_run_eval(r->algo, &ctx, &d, loom_engine_global(r->eng), &res);
     if (rc != LOOM_OK) {
@@ -353,7 +354,7 @@ static void client_eval_one(sim_run *r, worker_slot *ws, int client) {
     const loom_sim_config *c = r->c;
     const loom_client *cl = &c->part->clients[client];
     loom_client_ctx ctx = {ws->tr, ws->vec, r->dim, c->kseed};
-    loom_client_data d = client_data(c, client);
+    loom_client_data d = loom_sim_client_data(c, client);
     loom_personal_eval *ev = &r->evals[client];
     const float *global = loom_engine_global(r->eng);
     if (!ws->pers && !(ws->pers = loom_alloc(r->dim * sizeof(float)))) {
@@ -509,7 +510,7 @@ static void fit_async(sim_run *r, worker_slot *ws, int job) {
     memset(&out, 0, sizeof out);
     out.update = j->buf;
     loom_client_ctx ctx = {ws->tr, ws->vec, r->dim, r->c->kseed};
-    loom_client_data d = client_data(c, j->client);
+    loom_client_data d = loom_sim_client_data(c, j->client);
     int rc = loom_client_run_fit(r->algo, &ctx, &d, j->task.round, j->task.global, NULL, &c->fit, &c->compress,
                                  &r->states[j->client], &out);
     int fault = fault_of(c, j->client);
