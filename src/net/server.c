@@ -869,28 +869,27 @@ static void handle_eval(net_server *s, const net_request *q, const net_identity 
     }
 }
 
-static void handle_secagg(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
+/* The caller's client index, marked as seen now; -1 (403 answered) when it is not a client of the run. */
+static int client_seen(net_server *s, const net_identity *who, net_response *r) {
     int k = who->admin ? -1 : client_index(s, who->name);
     if (k < 0) {
         net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
-        return;
+        return -1;
     }
     pthread_mutex_lock(&s->mu);
     s->last_seen[k] = net_wall();
     pthread_mutex_unlock(&s->mu);
-    net_sa_handle(s, q, k, who->name, r);
+    return k;
+}
+
+static void handle_secagg(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
+    int k = client_seen(s, who, r);
+    if (k >= 0) net_sa_handle(s, q, k, who->name, r);
 }
 
 static void handle_split(net_server *s, const net_request *q, const net_identity *who, net_response *r) {
-    int k = who->admin ? -1 : client_index(s, who->name);
-    if (k < 0) {
-        net_reply_err(r, 403, "not_in_run", "%s is not a client of this run", who->name);
-        return;
-    }
-    pthread_mutex_lock(&s->mu);
-    s->last_seen[k] = net_wall();
-    pthread_mutex_unlock(&s->mu);
-    net_split_handle(s, q, k, r);
+    int k = client_seen(s, who, r);
+    if (k >= 0) net_split_handle(s, q, k, r);
 }
 
 static const char *phase_name(int p) {
