@@ -42,6 +42,10 @@ refuse "missing topology file" 1 "--topology" "nofile.txt" -- "$LOOM" "${run[@]}
 refuse "--topology needs --decentralized" 1 "--topology" "--decentralized" -- \
     "$LOOM" sim --model tiny --data "$tmp/small.txt" --clients 5 --rounds 1 --topology full
 refuse "--sample is refused" 1 "decentralized" "--sample" -- "$LOOM" "${run[@]}" --sample 2
+echo '{"model": "tiny", "rounds": 1, "decentralized": true, "topology": "ring"}' > "$tmp/srv.json"
+refuse "loom server refuses a decentralized RUN.json" 1 "--decentralized" "loom client --peers" -- \
+    timeout 20 "$LOOM" server --state "$tmp/srv" --config "$tmp/srv.json"
+refuse "a mixed run: --split-layer with --decentralized" 1 "decentralized" "--split-layer" -- "$LOOM" "${run[@]}" --peft lora --split-layer 1
 refuse "--strategy fedadam is refused" 1 "decentralized" "--strategy" -- "$LOOM" "${run[@]}" --strategy fedadam
 refuse "--gossip-steps out of range" 2 "--gossip-steps" -- "$LOOM" "${run[@]}" --gossip-steps -1
 finish

@@ -251,6 +251,12 @@ int cmd_server(int argc, char **argv) {
     if (r.kd.teacher || r.feddf.text)
         BAD("--%s (distillation) runs in loom sim%s, not across the network", r.kd.teacher ? "teacher" : "server-distill",
             r.kd.teacher ? " and loom train" : "");
+    if (r.decentralized || r.topology || r.push_sum || r.gossip_steps != 1)
+        BAD("--decentralized, --topology, --gossip-steps and --push-sum describe a run without a server: use loom sim "
+            "--decentralized, or loom client --peers on each machine");
+    if (r.mpi) BAD("--mpi is for loom sim under mpirun, not for a server");
+    if (r.finetune_steps || r.client_eval)
+        BAD("--%s runs in loom sim: over the network the clients evaluate the global model", r.finetune_steps ? "finetune-steps" : "client-eval");
     if (cli_load_or_create(&m, r.model, (unsigned long long)r.seed, &created) != LOOM_OK) {
         cli_fail("--model");
         goto done;
