@@ -9,6 +9,7 @@ PKGS=(build-essential cmake pkg-config libopenblas-openmp-dev libjansson-dev lib
       libopenmpi-dev openmpi-bin)
 if [ "${1:-}" = "--test" ]; then
   PKGS+=(clang-14 libclang-rt-14-dev libomp-14-dev curl)
+  PKGS+=(python3 libxml2-utils) # the tests' independent JSON and XML readers (cli_audit, cli_output, cli_report)
   # node and npm for the GGUF tests' llama.cpp (node-llama-cpp from npm); Debian's when none is installed
   # (tests/llamacpp_install.sh adds a Node 20 from npm when the node found is older)
   command -v npm > /dev/null || PKGS+=(nodejs npm)

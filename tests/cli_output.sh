@@ -26,9 +26,7 @@ check "every stdout line is a JSON object" awk '!/^\{"type":"(progress|result)",
 check "three progress objects" test "$(grep -c '"type":"progress"' "$tmp/j.out")" -eq 3
 check "one result" test "$(grep -c '"type":"result"' "$tmp/j.out")" -eq 1
 check "rounds numbered 1..3" test "$(grep -o '"round":[0-9]*' "$tmp/j.out" | tr '\n' ' ')" = '"round":1 "round":2 "round":3 '
-if command -v python3 > /dev/null; then
-    check "python's json reads every line" python3 -c 'import json, sys; [json.loads(l) for l in open(sys.argv[1])]' "$tmp/j.out"
-fi
+check "python's json reads every line" python3 -c 'import json, sys; [json.loads(l) for l in open(sys.argv[1])]' "$tmp/j.out"
 # the result's accuracy is the last round row's eval_acc (to the 6 digits both print)
 acc_m=$(grep '"type":"round","round":3,' "$tmp/j/metrics.jsonl" | sed 's/.*"eval_acc":\([-0-9.e]*\).*/\1/')
 acc_j=$(grep '"type":"result"' "$tmp/j.out" | sed 's/.*"eval_acc":\([-0-9.e]*\).*/\1/')
@@ -71,13 +69,11 @@ G=(generate --model "$ST/stories260K.bin" --tokenizer "$ST/tok512.bin" --tempera
 "$LOOM" "${G[@]}" > "$tmp/g.txt" 2> /dev/null
 "$LOOM" "${G[@]}" --json > "$tmp/g.json" 2> "$tmp/g.err"
 check "generate --json: one line" test "$(wc -l < "$tmp/g.json")" -eq 1
-if command -v python3 > /dev/null; then
-    check "generate --json: the text of a plain run" python3 -c '
+check "generate --json: the text of a plain run" python3 -c '
 import json, sys
 r = json.loads(open(sys.argv[1]).read())
 plain = open(sys.argv[2]).read().rstrip("\n")
 sys.exit(not (r["type"] == "result" and r["tokens"] == 40 and r["text"] and plain.endswith(r["text"])))' "$tmp/g.json" "$tmp/g.txt"
-fi
 check "generate --json: no speed line on stderr" test ! -s "$tmp/g.err"
 "$LOOM" bench generate --model tiny --steps 16 --reps 2 --json > "$tmp/bg.json" 2> /dev/null
 check "bench generate --json: two runs and a result" test "$(grep -c '"type":"progress","cmd":"bench generate"' "$tmp/bg.json")" -eq 2 -a "$(grep -c '"gen_tokens_per_s"' "$tmp/bg.json")" -eq 1
