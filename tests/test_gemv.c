@@ -36,20 +36,21 @@ static double stored(const loom_qmat *w, size_t i, int o) {
     return (double)((const int8_t *)w->data)[i] * w->scale[o];
 }
 
-/* The order gemv.h documents, written out here: Linear, 16 fma chains (lane j over c = j, j + 16, ...,
- * the last block zero-padded), then lanes added j + 8, + 4, + 2, + 1; Conv1D, one fma chain over c.
+/* The order gemv.h documents, written out here: Linear, 64 fma chains (lane j over c = j, j + 64, ...,
+ * the last block zero-padded), then lanes added j + 32, + 16, + 8, + 4, + 2, + 1; Conv1D, one fma chain
+ * over c.
  * int8 times its scale after the sum. */
 static float documented(const loom_qmat *w, const float *x, int C, int OC, int o) {
     float sum;
     if (w->layout == LOOM_W_LINEAR) {
-        float lane[16] = {0};
-        for (int c0 = 0; c0 < C; c0 += 16)
-            for (int j = 0; j < 16; j++) {
+        float lane[64] = {0};
+        for (int c0 = 0; c0 < C; c0 += 64)
+            for (int j = 0; j < 64; j++) {
                 int c = c0 + j;
                 float wv = c < C ? (float)(stored(w, (size_t)o * C + c, o) / (w->scale ? w->scale[o] : 1.0)) : 0.0f;
                 lane[j] = fmaf(wv, c < C ? x[c] : 0.0f, lane[j]);
             }
-        for (int h = 8; h >= 1; h /= 2)
+        for (int h = 32; h >= 1; h /= 2)
             for (int j = 0; j < h; j++) lane[j] = lane[j] + lane[j + h];
         sum = lane[0];
     } else {
@@ -242,12 +243,12 @@ static void check_dot_edges(void) {
 /* Cancellation and signed zeros: the order of the sums decides the bits, so any path that adds in
  * another order than the portable one shows up here even where the reference check cannot see it. */
 static void check_order(void) {
-    const int OC = 3, C = 40;
-    float W[3 * 40], x[40], y[3], y0[3];
+    const int OC = 3, C = 80;
+    float W[3 * 80], x[80], y[3], y0[3];
     for (int c = 0; c < C; c++) {
         x[c] = 1.0f;
         W[c] = c % 2 ? -1e8f : 1e8f;            /* row 0: +-1e8 alternating with 1 in lane 5 */
-        W[C + c] = c == 5 || c == 21 ? 1.0f : 0; /* row 1: two ones in one lane */
+        W[C + c] = c == 5 || c == 69 ? 1.0f : 0; /* row 1: two ones in one lane */
         W[2 * C + c] = -0.0f;                    /* row 2: -0 * 1 everywhere */
     }
     W[5] = 1.0f;
@@ -397,10 +398,11 @@ static void check_names(void) {
 }
 
 int main(void) {
-    /* sizes around the 16 lanes, the 4-row groups and the 32-blocks; the last two above the threading
+    /* sizes around the 16 lanes, the 64 partial sums, the 4-row groups and the 32-blocks; the last two above the threading
      * threshold, so that 2 and 3 threads split them (unevenly) */
     const int sizes[][2] = {{1, 1},   {3, 15},   {5, 16},    {7, 17},    {17, 33}, {33, 100},
-                            {9, 64},  {6, 96},   {203, 517}, {258, 300}, {130, 768}};
+                            {9, 64},  {6, 96},   {5, 63},    {4, 65},    {3, 127}, {2, 129},
+                            {203, 517}, {258, 300}, {130, 768}};
     const loom_qtype types[3] = {LOOM_Q_F32, LOOM_Q_BF16, LOOM_Q_INT8};
     for (int t = 0; t < 3; t++)
         for (int layout = 0; layout < 2; layout++)

@@ -8,11 +8,11 @@
  * give the same bits, and so does any thread count: the outputs are cut into ranges (LINEAR: whole
  * groups of 4 rows, handed to whichever thread asks next, half of what is left shared among the threads
  * down to 8 KiB of weights; CONV1D: one range a thread) and each output is computed whole by one
- * thread. The SIMD paths
- * multiply 4 rows a pass (sharing the loads of x) and prefetch the next 4 rows, which is what lets one
- * core stream int8 and bf16 weights as fast as float ones:
- *   LINEAR [OC, C]:  16 partial sums, lane j the fma chain over c = j, j + 16, ... (the last block of
- *                    16 zero-padded), the lanes then added pairwise (j + 8, then + 4, + 2, + 1);
+ * thread. The SIMD paths take one row at a time (a row is one sequential stream of memory, which the
+ * hardware prefetchers follow best) with several independent fma chains:
+ *   LINEAR [OC, C]:  64 partial sums, lane j the fma chain over c = j, j + 64, ... (the last block of
+ *                    64 zero-padded), the lanes then added pairwise (j + 32, then + 16, + 8, + 4, + 2,
+ *                    + 1);
  *   CONV1D [C, OC]:  one fma chain per output over c = 0, 1, ..., C - 1.
  * Weights are widened exactly to float before the fma: bf16 by a 16-bit shift, int8 by conversion;
  * an int8 output is then multiplied by its channel's scale (loom_qmat, quant.h).

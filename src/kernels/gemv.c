@@ -15,19 +15,21 @@
 #include "loom/gemv.h"
 #include "loom/kernels.h"
 
-#define LANES 16         /* partial sums per LINEAR output */
-#define ROWS 4           /* LINEAR outputs computed together (sharing the loads of x) */
+#define LANES 16         /* floats in one AVX-512 register */
+#define SUMS 64          /* partial sums per LINEAR output */
+#define ROWS 4           /* LINEAR outputs in one unit of the threads' claims */
 #define CONV_BLOCK 2048  /* CONV1D outputs whose sums one pass over the rows of W carries */
 #define GEMV_PAR 65536   /* multiply-adds below which a product stays on one thread */
 
 typedef void (*gemv_fn)(float *y, const void *W, const float *scale, const float *x, int o0, int o1, int C, int OC);
 
-/* The fixed pairwise order in which the 16 partial sums of a LINEAR output are added. */
-static float reduce16(float *a) {
-    for (int h = LANES / 2; h > 0; h /= 2)
+/* The fixed pairwise order in which the n (64 or 16) partial sums of an output are added. */
+static float reduce_n(float *a, int n) {
+    for (int h = n / 2; h > 0; h /= 2)
         for (int j = 0; j < h; j++) a[j] += a[j + h];
     return a[0];
 }
+static float reduce16(float *a) { return reduce_n(a, LANES); }
 
 /* Element i of a weight array, widened exactly to float. */
 static inline float ld_f32(const void *W, size_t i) { return ((const float *)W)[i]; }
@@ -47,14 +49,13 @@ static inline float ld_i8(const void *W, size_t i) { return (float)((const int8_
         (void)OC;                                                                                          \
         for (int o = o0; o < o1; o++) {                                                                    \
             size_t r = (size_t)o * C;                                                                      \
-            float acc[LANES] = {0};                                                                        \
-            int c = 0;                                                                                     \
-            for (; c + LANES <= C; c += LANES)                                                             \
-                for (int j = 0; j < LANES; j++) acc[j] = fmaf(LD(W, r + c + j), x[c + j], acc[j]);         \
-            if (c < C) /* the last block, zero-padded to 16 */                                             \
-                for (int j = 0; j < LANES; j++)                                                            \
-                    acc[j] = fmaf(c + j < C ? LD(W, r + c + j) : 0.0f, c + j < C ? x[c + j] : 0.0f, acc[j]); \
-            float s = reduce16(acc);                                                                       \
+            float acc[SUMS] = {0};                                                                         \
+            for (int c0 = 0; c0 < C; c0 += SUMS) /* the last block zero-padded to 64 */                    \
+                for (int j = 0; j < SUMS; j++) {                                                           \
+                    int c = c0 + j;                                                                        \
+                    acc[j] = fmaf(c < C ? LD(W, r + c) : 0.0f, c < C ? x[c] : 0.0f, acc[j]);               \
+                }                                                                                          \
+            float s = reduce_n(acc, SUMS);                                                                 \
             y[o] = scale ? s * scale[o] : s;                                                               \
         }                                                                                                  \
     }
@@ -94,71 +95,43 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
 
-/* The last n < 16 weights of a row from i, zero-padded to 16. */
-#define TAIL16(LD, W, i, n, buf)                                      \
-    do {                                                              \
-        for (int j_ = 0; j_ < LANES; j_++) (buf)[j_] = j_ < (n) ? LD(W, (i) + j_) : 0.0f; \
+/* The last n < 64 weights of a row from i, zero-padded to 64. */
+#define TAIL64(LD, W, i, n, buf)                                                                           \
+    do {                                                                                                   \
+        for (int j_ = 0; j_ < SUMS; j_++) (buf)[j_] = j_ < (n) ? LD(W, (i) + j_) : 0.0f;                   \
     } while (0)
 
-/* Software prefetch of the group of rows after this one, at the column being read (ES bytes an element):
- * the ROWS rows of a group lie in one span that the loop walks at ROWS addresses at once, which the
- * hardware's stream prefetchers follow poorly once rows are short (an int8 row of 768 weights is 12
- * lines); one group ahead is one group's time ahead, more than a load from memory takes. Past the last
- * row it touches the next tensor (a prefetch never faults). */
-#define PF_NEXT(W, ES, r, c, C) _mm_prefetch((const char *)(W) + ((r) + (size_t)ROWS * (C) + (size_t)(c)) * (ES), _MM_HINT_T0)
-#define PF_LINE(ES, c) ((((size_t)(c) * (ES)) & 63) == 0) /* column c starts a 64-byte line of the row */
-
-#define AVX512_LINEAR(NAME, W16, LD, ES)                                                                   \
+/* One row at a time, its 64 partial sums in four registers: a row is one sequential stream, which the
+ * hardware prefetchers follow at full speed, and four independent fma chains keep the widening of bf16
+ * and int8 off the critical path. The pairwise sum: register k + 2 onto k (lanes j + 32), then 1 onto 0
+ * (j + 16), then the 16 lanes of register 0. */
+#define AVX512_LINEAR(NAME, W16, LD)                                                                       \
     T512 static void NAME(float *y, const void *W, const float *scale, const float *x, int o0, int o1,    \
                           int C, int OC) {                                                                 \
         (void)OC;                                                                                          \
-        const int CB = C & ~(LANES - 1), rem = C - CB;                                                     \
-        float xt[LANES] = {0}, wt[LANES], a[LANES];                                                        \
+        const int CB = C & ~(SUMS - 1), rem = C - CB;                                                      \
+        float xt[SUMS] __attribute__((aligned(64))) = {0}, wt[SUMS] __attribute__((aligned(64)));          \
+        float a[LANES];                                                                                    \
         memcpy(xt, x + CB, (size_t)rem * sizeof *xt);                                                      \
-        const __m512 xtv = _mm512_loadu_ps(xt);                                                            \
-        int o = o0;                                                                                        \
-        for (; o + ROWS <= o1; o += ROWS) {                                                                \
-            size_t r0 = (size_t)o * C, r1 = r0 + C, r2 = r1 + C, r3 = r2 + C;                              \
+        for (int o = o0; o < o1; o++) {                                                                    \
+            const size_t r = (size_t)o * C;                                                                \
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                                    \
-            for (int c = 0; c < CB; c += LANES) {                                                          \
-                if (PF_LINE(ES, c)) {                                                                      \
-                    PF_NEXT(W, ES, r0, c, C);                                                              \
-                    PF_NEXT(W, ES, r1, c, C);                                                              \
-                    PF_NEXT(W, ES, r2, c, C);                                                              \
-                    PF_NEXT(W, ES, r3, c, C);                                                              \
-                }                                                                                          \
-                __m512 xv = _mm512_loadu_ps(x + c);                                                        \
-                a0 = _mm512_fmadd_ps(W16(W, r0 + c), xv, a0);                                              \
-                a1 = _mm512_fmadd_ps(W16(W, r1 + c), xv, a1);                                              \
-                a2 = _mm512_fmadd_ps(W16(W, r2 + c), xv, a2);                                              \
-                a3 = _mm512_fmadd_ps(W16(W, r3 + c), xv, a3);                                              \
+            for (int c = 0; c < CB; c += SUMS) {                                                           \
+                a0 = _mm512_fmadd_ps(W16(W, r + c), _mm512_loadu_ps(x + c), a0);                           \
+                a1 = _mm512_fmadd_ps(W16(W, r + c + 16), _mm512_loadu_ps(x + c + 16), a1);                 \
+                a2 = _mm512_fmadd_ps(W16(W, r + c + 32), _mm512_loadu_ps(x + c + 32), a2);                 \
+                a3 = _mm512_fmadd_ps(W16(W, r + c + 48), _mm512_loadu_ps(x + c + 48), a3);                 \
             }                                                                                              \
             if (rem) {                                                                                     \
-                TAIL16(LD, W, r0 + CB, rem, wt);                                                           \
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(wt), xtv, a0);                                        \
-                TAIL16(LD, W, r1 + CB, rem, wt);                                                           \
-                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(wt), xtv, a1);                                        \
-                TAIL16(LD, W, r2 + CB, rem, wt);                                                           \
-                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(wt), xtv, a2);                                        \
-                TAIL16(LD, W, r3 + CB, rem, wt);                                                           \
-                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(wt), xtv, a3);                                        \
+                TAIL64(LD, W, r + CB, rem, wt);                                                            \
+                a0 = _mm512_fmadd_ps(_mm512_load_ps(wt), _mm512_load_ps(xt), a0);                          \
+                a1 = _mm512_fmadd_ps(_mm512_load_ps(wt + 16), _mm512_load_ps(xt + 16), a1);                \
+                a2 = _mm512_fmadd_ps(_mm512_load_ps(wt + 32), _mm512_load_ps(xt + 32), a2);                \
+                a3 = _mm512_fmadd_ps(_mm512_load_ps(wt + 48), _mm512_load_ps(xt + 48), a3);                \
             }                                                                                              \
-            __m512 av[ROWS] = {a0, a1, a2, a3};                                                            \
-            for (int k = 0; k < ROWS; k++) {                                                               \
-                _mm512_storeu_ps(a, av[k]);                                                                \
-                float s = reduce16(a);                                                                     \
-                y[o + k] = scale ? s * scale[o + k] : s;                                                   \
-            }                                                                                              \
-        }                                                                                                  \
-        for (; o < o1; o++) {                                                                              \
-            size_t r = (size_t)o * C;                                                                      \
-            __m512 acc = _mm512_setzero_ps();                                                              \
-            for (int c = 0; c < CB; c += LANES) acc = _mm512_fmadd_ps(W16(W, r + c), _mm512_loadu_ps(x + c), acc); \
-            if (rem) {                                                                                     \
-                TAIL16(LD, W, r + CB, rem, wt);                                                            \
-                acc = _mm512_fmadd_ps(_mm512_loadu_ps(wt), xtv, acc);                                      \
-            }                                                                                              \
-            _mm512_storeu_ps(a, acc);                                                                      \
+            a0 = _mm512_add_ps(a0, a2);                                                                    \
+            a1 = _mm512_add_ps(a1, a3);                                                                    \
+            _mm512_storeu_ps(a, _mm512_add_ps(a0, a1));                                                    \
             float s = reduce16(a);                                                                         \
             y[o] = scale ? s * scale[o] : s;                                                               \
         }                                                                                                  \
@@ -181,9 +154,9 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
         for (int j = 0; j < n; j++) y[o0 + j] = scale ? acc[j] * scale[o0 + j] : acc[j];                   \
     }
 
-AVX512_LINEAR(lin_f32_avx512, w16_f32, ld_f32, 4)
-AVX512_LINEAR(lin_bf16_avx512, w16_bf16, ld_bf16, 2)
-AVX512_LINEAR(lin_i8_avx512, w16_i8, ld_i8, 1)
+AVX512_LINEAR(lin_f32_avx512, w16_f32, ld_f32)
+AVX512_LINEAR(lin_bf16_avx512, w16_bf16, ld_bf16)
+AVX512_LINEAR(lin_i8_avx512, w16_i8, ld_i8)
 AVX512_CONV(conv_f32_avx512, w16_f32, ld_f32)
 AVX512_CONV(conv_bf16_avx512, w16_bf16, ld_bf16)
 AVX512_CONV(conv_i8_avx512, w16_i8, ld_i8)
@@ -202,60 +175,32 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
 
-/* The 16 partial sums as two registers: lanes 0-7 (lo) and 8-15 (hi). */
-#define AVX2_LINEAR(NAME, W8, LD, ES)                                                                      \
+/* As on AVX-512, one row at a time: the 64 partial sums in eight registers (lanes 8k .. 8k + 7 in
+ * register k), added k + 4 onto k, k + 2 onto k, 1 onto 0, then the 8 lanes (+ 4, + 2, + 1). */
+#define AVX2_LINEAR(NAME, W8, LD)                                                                          \
     T256 static void NAME(float *y, const void *W, const float *scale, const float *x, int o0, int o1,    \
                           int C, int OC) {                                                                 \
         (void)OC;                                                                                          \
-        const int CB = C & ~(LANES - 1), rem = C - CB;                                                     \
-        float xt[LANES] = {0}, wt[LANES], a[LANES];                                                        \
+        const int CB = C & ~(SUMS - 1), rem = C - CB;                                                      \
+        float xt[SUMS] __attribute__((aligned(32))) = {0}, wt[SUMS] __attribute__((aligned(32)));          \
+        float a[8];                                                                                        \
         memcpy(xt, x + CB, (size_t)rem * sizeof *xt);                                                      \
-        const __m256 xtl = _mm256_loadu_ps(xt), xth = _mm256_loadu_ps(xt + 8);                             \
-        int o = o0;                                                                                        \
-        for (; o + ROWS <= o1; o += ROWS) {                                                                \
-            size_t r[ROWS] = {(size_t)o * C, (size_t)(o + 1) * C, (size_t)(o + 2) * C, (size_t)(o + 3) * C}; \
-            __m256 l0 = _mm256_setzero_ps(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0; \
-            for (int c = 0; c < CB; c += LANES) {                                                          \
-                if (PF_LINE(ES, c))                                                                        \
-                    for (int k_ = 0; k_ < ROWS; k_++) PF_NEXT(W, ES, r[k_], c, C);                         \
-                __m256 xl = _mm256_loadu_ps(x + c), xh = _mm256_loadu_ps(x + c + 8);                       \
-                l0 = _mm256_fmadd_ps(W8(W, r[0] + c), xl, l0);                                             \
-                h0 = _mm256_fmadd_ps(W8(W, r[0] + c + 8), xh, h0);                                         \
-                l1 = _mm256_fmadd_ps(W8(W, r[1] + c), xl, l1);                                             \
-                h1 = _mm256_fmadd_ps(W8(W, r[1] + c + 8), xh, h1);                                         \
-                l2 = _mm256_fmadd_ps(W8(W, r[2] + c), xl, l2);                                             \
-                h2 = _mm256_fmadd_ps(W8(W, r[2] + c + 8), xh, h2);                                         \
-                l3 = _mm256_fmadd_ps(W8(W, r[3] + c), xl, l3);                                             \
-                h3 = _mm256_fmadd_ps(W8(W, r[3] + c + 8), xh, h3);                                         \
-            }                                                                                              \
-            __m256 lv[ROWS] = {l0, l1, l2, l3}, hv[ROWS] = {h0, h1, h2, h3};                               \
-            for (int k = 0; k < ROWS; k++) {                                                               \
-                if (rem) {                                                                                 \
-                    TAIL16(LD, W, r[k] + CB, rem, wt);                                                     \
-                    lv[k] = _mm256_fmadd_ps(_mm256_loadu_ps(wt), xtl, lv[k]);                              \
-                    hv[k] = _mm256_fmadd_ps(_mm256_loadu_ps(wt + 8), xth, hv[k]);                          \
-                }                                                                                          \
-                _mm256_storeu_ps(a, lv[k]);                                                                \
-                _mm256_storeu_ps(a + 8, hv[k]);                                                            \
-                float s = reduce16(a);                                                                     \
-                y[o + k] = scale ? s * scale[o + k] : s;                                                   \
-            }                                                                                              \
-        }                                                                                                  \
-        for (; o < o1; o++) {                                                                              \
-            size_t r = (size_t)o * C;                                                                      \
-            __m256 lo = _mm256_setzero_ps(), hi = lo;                                                      \
-            for (int c = 0; c < CB; c += LANES) {                                                          \
-                lo = _mm256_fmadd_ps(W8(W, r + c), _mm256_loadu_ps(x + c), lo);                            \
-                hi = _mm256_fmadd_ps(W8(W, r + c + 8), _mm256_loadu_ps(x + c + 8), hi);                    \
-            }                                                                                              \
+        for (int o = o0; o < o1; o++) {                                                                    \
+            const size_t r = (size_t)o * C;                                                                \
+            __m256 v[8];                                                                                   \
+            for (int k = 0; k < 8; k++) v[k] = _mm256_setzero_ps();                                        \
+            for (int c = 0; c < CB; c += SUMS)                                                             \
+                for (int k = 0; k < 8; k++)                                                                \
+                    v[k] = _mm256_fmadd_ps(W8(W, r + c + 8 * k), _mm256_loadu_ps(x + c + 8 * k), v[k]);    \
             if (rem) {                                                                                     \
-                TAIL16(LD, W, r + CB, rem, wt);                                                            \
-                lo = _mm256_fmadd_ps(_mm256_loadu_ps(wt), xtl, lo);                                        \
-                hi = _mm256_fmadd_ps(_mm256_loadu_ps(wt + 8), xth, hi);                                    \
+                TAIL64(LD, W, r + CB, rem, wt);                                                            \
+                for (int k = 0; k < 8; k++)                                                                \
+                    v[k] = _mm256_fmadd_ps(_mm256_load_ps(wt + 8 * k), _mm256_load_ps(xt + 8 * k), v[k]);  \
             }                                                                                              \
-            _mm256_storeu_ps(a, lo);                                                                       \
-            _mm256_storeu_ps(a + 8, hi);                                                                   \
-            float s = reduce16(a);                                                                         \
+            for (int h = 4; h > 0; h /= 2)                                                                 \
+                for (int k = 0; k < h; k++) v[k] = _mm256_add_ps(v[k], v[k + h]);                          \
+            _mm256_storeu_ps(a, v[0]);                                                                     \
+            float s = reduce_n(a, 8);                                                                      \
             y[o] = scale ? s * scale[o] : s;                                                               \
         }                                                                                                  \
     }
@@ -277,9 +222,9 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
         for (int j = 0; j < n; j++) y[o0 + j] = scale ? acc[j] * scale[o0 + j] : acc[j];                   \
     }
 
-AVX2_LINEAR(lin_f32_avx2, w8_f32, ld_f32, 4)
-AVX2_LINEAR(lin_bf16_avx2, w8_bf16, ld_bf16, 2)
-AVX2_LINEAR(lin_i8_avx2, w8_i8, ld_i8, 1)
+AVX2_LINEAR(lin_f32_avx2, w8_f32, ld_f32)
+AVX2_LINEAR(lin_bf16_avx2, w8_bf16, ld_bf16)
+AVX2_LINEAR(lin_i8_avx2, w8_i8, ld_i8)
 AVX2_CONV(conv_f32_avx2, w8_f32, ld_f32)
 AVX2_CONV(conv_bf16_avx2, w8_bf16, ld_bf16)
 AVX2_CONV(conv_i8_avx2, w8_i8, ld_i8)
@@ -425,7 +370,7 @@ static void dot_portable(float *y, const int8_t *W, const float *scale, const qx
 
 /* AVX2: one block per step, |x| (unsigned) times w carrying x's sign: maddubs pairs stay within int16
  * (2 * 127 * 127), madd with ones gives the 8 int32 lanes; AVX-VNNI's vpdpbusd gives them in one
- * instruction. Four rows share the loads of x. */
+ * instruction. One row at a time, as in the widening products. */
 T256 static inline __m256i dot32_avx2(__m256i w, __m256i xs, __m256i xa) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xs)), _mm256_set1_epi16(1));
 }
@@ -438,38 +383,26 @@ TAVXVNNI static inline __m256i dot32_avxvnni(__m256i w, __m256i xs, __m256i xa) 
 
 #define DOT_AVX2(NAME, TGT, DOT32)                                                                         \
     TGT static void NAME(float *y, const int8_t *W, const float *scale, const qx_t *q, int o0, int o1, int C) { \
-        const int nbf = C / QB; /* full blocks; the last partial one from zero-padded copies */            \
-        int8_t tail[ROWS][QB] __attribute__((aligned(32)));                                               \
+        const int nbf = C / QB; /* full blocks; the last partial one from a zero-padded copy */            \
+        int8_t tail[QB] __attribute__((aligned(32))) = {0};                                                \
         float a[LANES];                                                                                    \
-        memset(tail, 0, sizeof tail);                                                                      \
-        for (int o = o0; o < o1; o += ROWS) {                                                              \
-            const int nr = o1 - o < ROWS ? o1 - o : ROWS;                                                  \
-            const int8_t *w[ROWS];                                                                         \
-            for (int k = 0; k < ROWS; k++) w[k] = W + (size_t)(o + (k < nr ? k : 0)) * C;                  \
-            __m256 acc[ROWS][2];                                                                           \
-            for (int k = 0; k < ROWS; k++) acc[k][0] = acc[k][1] = _mm256_setzero_ps();                    \
+        for (int o = o0; o < o1; o++) {                                                                    \
+            const int8_t *w = W + (size_t)o * C;                                                           \
+            __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                    \
             for (int b = 0; b < q->nb; b++) {                                                              \
-                const int full = b < nbf;                                                                  \
+                const int8_t *wb = w + b * QB;                                                             \
+                if (b >= nbf) {                                                                            \
+                    memcpy(tail, wb, (size_t)(C - b * QB));                                                \
+                    wb = tail;                                                                             \
+                }                                                                                          \
                 __m256i xs = _mm256_loadu_si256((const __m256i *)(q->xq + b * QB));                        \
                 __m256i xa = _mm256_loadu_si256((const __m256i *)(q->xa + b * QB));                        \
-                __m256 dv = _mm256_set1_ps(q->dx[b]);                                                      \
-                for (int k = 0; k < ROWS; k++) {                                                           \
-                    const int8_t *wb = w[k] + b * QB;                                                      \
-                    if (full) {                                                                            \
-                        PF_NEXT(w[k], 1, 0, b * QB, C);                                                    \
-                    } else {                                                                               \
-                        memcpy(tail[k], wb, (size_t)(C - b * QB));                                         \
-                        wb = tail[k];                                                                      \
-                    }                                                                                      \
-                    __m256i p = DOT32(_mm256_loadu_si256((const __m256i *)wb), xs, xa);                    \
-                    acc[k][b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), dv, acc[k][b & 1]);            \
-                }                                                                                          \
+                __m256i p = DOT32(_mm256_loadu_si256((const __m256i *)wb), xs, xa);                        \
+                acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(q->dx[b]), acc[b & 1]); \
             }                                                                                              \
-            for (int k = 0; k < nr; k++) {                                                                 \
-                _mm256_storeu_ps(a, acc[k][0]);                                                            \
-                _mm256_storeu_ps(a + 8, acc[k][1]);                                                        \
-                y[o + k] = reduce16(a) * scale[o + k];                                                     \
-            }                                                                                              \
+            _mm256_storeu_ps(a, acc[0]);                                                                   \
+            _mm256_storeu_ps(a + 8, acc[1]);                                                               \
+            y[o] = reduce16(a) * scale[o];                                                                 \
         }                                                                                                  \
     }
 
@@ -477,8 +410,7 @@ DOT_AVX2(dot_avx2, T256, dot32_avx2)
 DOT_AVX2(dot_avxvnni, TAVXVNNI, dot32_avxvnni)
 
 /* AVX-512 VNNI: two blocks per step (lanes 0-7 block b, 8-15 block b + 1), |x| (unsigned) times w
- * negated where x is negative (one masked subtract: AVX-512 has no vpsignb); four rows share the loads
- * of x. Like AVX2's vpsignb, the negation needs weights in [-127, 127] (loom_quantize's range). */
+ * negated where x is negative (one masked subtract: AVX-512 has no vpsignb); one row at a time. Like AVX2's vpsignb, the negation needs weights in [-127, 127] (loom_quantize's range). */
 #define TVNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
 TVNNI static inline __m512 dot64_vnni(__m512i wv, __m512i xa, __mmask64 neg) {
@@ -491,43 +423,23 @@ TVNNI static void dot_vnni(float *y, const int8_t *W, const float *scale, const 
     const int rest = C - np * 2 * QB;
     /* the last step covers blocks 2np and 2np + 1 where they exist: lanes 8-15 only if block 2np + 1 does */
     const __mmask16 last = 2 * np + 1 < q->nb ? 0xFFFF : 0x00FF;
-    int8_t tail[ROWS][2 * QB] __attribute__((aligned(64)));
+    int8_t tail[2 * QB] __attribute__((aligned(64))) = {0};
     float a[LANES];
-    memset(tail, 0, sizeof tail);
-    for (int o = o0; o < o1; o += ROWS) {
-        const int nr = o1 - o < ROWS ? o1 - o : ROWS; /* a short last group repeats its first row */
-        const int8_t *w0 = W + (size_t)o * C, *w1 = nr > 1 ? w0 + C : w0, *w2 = nr > 2 ? w0 + 2 * (size_t)C : w0,
-                     *w3 = nr > 3 ? w0 + 3 * (size_t)C : w0;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int o = o0; o < o1; o++) {
+        const int8_t *w = W + (size_t)o * C;
+        __m512 acc = _mm512_setzero_ps();
         for (int p = 0; p < np; p++) {
             const size_t c = (size_t)p * 2 * QB;
-            PF_NEXT(w0, 1, 0, c, C);
-            PF_NEXT(w1, 1, 0, c, C);
-            PF_NEXT(w2, 1, 0, c, C);
-            PF_NEXT(w3, 1, 0, c, C);
-            __m512i xa = _mm512_loadu_si512(q->xa + c);
-            __mmask64 ng = q->xneg[p];
-            __m512 dv = _mm512_loadu_ps(q->dxe + p * 16);
-            a0 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w0 + c), xa, ng), dv, a0);
-            a1 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w1 + c), xa, ng), dv, a1);
-            a2 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w2 + c), xa, ng), dv, a2);
-            a3 = _mm512_fmadd_ps(dot64_vnni(_mm512_loadu_si512(w3 + c), xa, ng), dv, a3);
+            __m512 d = dot64_vnni(_mm512_loadu_si512(w + c), _mm512_loadu_si512(q->xa + c), q->xneg[p]);
+            acc = _mm512_fmadd_ps(d, _mm512_loadu_ps(q->dxe + p * 16), acc);
         }
-        __m512 av[ROWS] = {a0, a1, a2, a3};
         if (rest) {
-            const int8_t *wr[ROWS] = {w0, w1, w2, w3};
-            __m512i xa = _mm512_loadu_si512(q->xa + np * 2 * QB);
-            __mmask64 ng = q->xneg[np];
-            __m512 dv = _mm512_loadu_ps(q->dxe + np * 16);
-            for (int k = 0; k < ROWS; k++) {
-                memcpy(tail[k], wr[k] + np * 2 * QB, (size_t)rest);
-                av[k] = _mm512_mask3_fmadd_ps(dot64_vnni(_mm512_load_si512(tail[k]), xa, ng), dv, av[k], last);
-            }
+            memcpy(tail, w + np * 2 * QB, (size_t)rest);
+            __m512 d = dot64_vnni(_mm512_load_si512(tail), _mm512_loadu_si512(q->xa + np * 2 * QB), q->xneg[np]);
+            acc = _mm512_mask3_fmadd_ps(d, _mm512_loadu_ps(q->dxe + np * 16), acc, last);
         }
-        for (int k = 0; k < nr; k++) {
-            _mm512_storeu_ps(a, av[k]);
-            y[o + k] = reduce16(a) * scale[o + k];
-        }
+        _mm512_storeu_ps(a, acc);
+        y[o] = reduce16(a) * scale[o];
     }
 }
 
