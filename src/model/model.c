@@ -430,10 +430,10 @@ struct loom_ws {
     int prec;
     uint16_t *a16, *g16;          /* a matmul's input [N, max(C, H)] and output gradient [N, G16_COLS] */
     size_t g16_cols;
-    uint16_t *w16_base, *w16_vec; /* bf16 mirrors of the base parameters and of the trainable vector */
-    uint64_t *st_base, *st_vec;   /* [n_tensors] forward id of each tensor's conversion (0: none) */
+    uint16_t *w16_base;           /* bf16 mirror of a frozen base (only its matmul weights are written) */
+    uint16_t *w16_tmp;            /* one matmul's bf16 weights, for weights that change (see w16_of) */
+    uint64_t *st_base;            /* [n_tensors] whether each base tensor's conversion is made */
     const float *w16_base_src;    /* the base the permanent conversions came from */
-    uint64_t fwd_id;
 };
 
 /* Columns of the LM head's gradient converted to bf16 at a time (bf16 backward). */
@@ -601,9 +601,8 @@ void loom_ws_free(loom_ws *ws) {
     loom_free(ws->a16);
     loom_free(ws->g16);
     loom_free(ws->w16_base);
-    loom_free(ws->w16_vec);
+    loom_free(ws->w16_tmp);
     free(ws->st_base);
-    free(ws->st_vec);
     free(ws);
 }
 
@@ -611,11 +610,10 @@ static void ws_drop_bf16(loom_ws *ws) {
     loom_free(ws->a16);
     loom_free(ws->g16);
     loom_free(ws->w16_base);
-    loom_free(ws->w16_vec);
+    loom_free(ws->w16_tmp);
     free(ws->st_base);
-    free(ws->st_vec);
-    ws->a16 = ws->g16 = ws->w16_base = ws->w16_vec = NULL;
-    ws->st_base = ws->st_vec = NULL;
+    ws->a16 = ws->g16 = ws->w16_base = ws->w16_tmp = NULL;
+    ws->st_base = NULL;
     ws->w16_base_src = NULL;
     ws->prec = LOOM_PREC_F32;
 }
@@ -632,17 +630,18 @@ int loom_ws_set_precision(loom_ws *ws, int precision) {
     size_t acols = (size_t)LOOM_MAX(ws->C, ws->H);
     size_t gcols = (size_t)LOOM_MAX(LOOM_MAX(ws->QKV, ws->mlp_in), LOOM_MAX(ws->C, LOOM_MIN(ws->V, HEAD_VB)));
     size_t nt = (size_t)m->n_tensors;
-    /* the mirrors are as long as their sources but only the matmul weights are ever written, so only
+    /* the largest single matmul's weights (fused neighbours included; the head in blocks of HEAD_VB rows) */
+    size_t tmp = (size_t)ws->C * LOOM_MAX(LOOM_MAX(ws->QKV, ws->mlp_in), LOOM_MAX(ws->C, LOOM_MIN(ws->V, HEAD_VB)));
+    tmp = LOOM_MAX(tmp, (size_t)ws->H * ws->C);
+    /* the mirror is as long as the base but only a frozen base's matmul weights are ever written, so only
      * those pages become resident */
     ws->a16 = loom_alloc(N * acols * 2);
     ws->g16 = loom_alloc(N * gcols * 2);
     ws->g16_cols = gcols;
     ws->w16_base = loom_alloc(m->n_params * 2);
-    ws->w16_vec = ws->pf && ws->pf->dim ? loom_alloc(ws->pf->dim * 2) : NULL;
+    ws->w16_tmp = loom_alloc(tmp * 2);
     ws->st_base = calloc(nt, sizeof *ws->st_base);
-    ws->st_vec = calloc(nt, sizeof *ws->st_vec);
-    if (!ws->a16 || !ws->g16 || !ws->w16_base || (ws->pf && ws->pf->dim && !ws->w16_vec) || !ws->st_base ||
-        !ws->st_vec) {
+    if (!ws->a16 || !ws->g16 || !ws->w16_base || !ws->w16_tmp || !ws->st_base) {
         ws_drop_bf16(ws);
         return loom_error(LOOM_ENOMEM, "out of memory for the bf16 copies of a %zu-parameter model", m->n_params);
     }
@@ -721,35 +720,31 @@ static loom_qmat qmat_of(const run_ctx *r, int idx) { return lm_weight_ref(r->m,
 
 static int use_bf16(const run_ctx *r) { return r->ws->prec == LOOM_PREC_BF16; }
 
-/* The bf16 copy of the n values a matmul reads from tensor idx onwards (n may run into the tensors
- * that follow it: Llama's adjacent q|k|v and gate|up), converted here if this forward has not yet:
- * a trained copy once per forward (backward reuses the forward's), a frozen base once for good (while
- * the base pointer stays), a base held in bf16 as it is. */
-static const uint16_t *w16_of(const run_ctx *r, int idx, size_t n) {
+/* bf16 values e0 .. e0 + n - 1 of those a matmul reads from tensor idx onwards (full of them in all: they
+ * may run into the tensors that follow it, Llama's adjacent q|k|v and gate|up). A frozen base (a plan's
+ * base) is converted once, all full values, into the mirror, and kept while the base pointer stays; a
+ * base held in bf16 is read as it is. Weights that change (a trained copy, or a base without a plan,
+ * which loom_backward may be training) are converted at each use into one matmul's scratch (valid until
+ * the next call): no bf16 copy of the whole model, at the cost of converting again in backward. */
+static const uint16_t *w16_of(const run_ctx *r, int idx, size_t full, size_t e0, size_t n) {
     loom_ws *ws = r->ws;
     const loom_model *m = r->m;
-    if (tq(r, idx)) return lm_weight_ref(m, r->base, idx).q.data; /* only asked for a bf16 base */
+    if (tq(r, idx)) return (const uint16_t *)lm_weight_ref(m, r->base, idx).q.data + e0; /* a bf16 base */
     const float *src = tp(r, idx);
-    if (trained_copy(r, idx)) {
-        size_t off = (size_t)r->pf->tmap[idx];
-        if (ws->st_vec[idx] != ws->fwd_id) {
-            loom_f32_to_bf16_daz_n(ws->w16_vec + off, src, n);
-            ws->st_vec[idx] = ws->fwd_id;
-        }
-        return ws->w16_vec + off;
+    if (trained_copy(r, idx) || !r->pf) {
+        loom_f32_to_bf16_daz_n(ws->w16_tmp, src + e0, n);
+        return ws->w16_tmp;
     }
     size_t off = m->tensors[idx].offset;
-    /* without a plan the caller may be training the base itself (loom_backward): once per forward */
-    uint64_t want = r->pf ? W16_KEEP : ws->fwd_id;
-    if (r->pf && ws->w16_base_src != r->base) { /* a new base: forget the old one's copies */
+    if (ws->w16_base_src != r->base) { /* a new base: forget the old one's copies */
         memset(ws->st_base, 0, (size_t)m->n_tensors * sizeof *ws->st_base);
         ws->w16_base_src = r->base;
     }
-    if (ws->st_base[idx] != want) {
-        loom_f32_to_bf16_daz_n(ws->w16_base + off, src, n);
-        ws->st_base[idx] = want;
+    if (ws->st_base[idx] != W16_KEEP) {
+        loom_f32_to_bf16_daz_n(ws->w16_base + off, src, full);
+        ws->st_base[idx] = W16_KEEP;
     }
-    return ws->w16_base + off;
+    return ws->w16_base + off + e0;
 }
 
 /* bf16 applies to tensor widx: a float weight, or a base held in bf16 (an int8 base keeps its path) */
@@ -768,7 +763,7 @@ static void add_bias(float *out, int ldo, const float *bias, int N, int OC) {
 /* out[N, OC] = bf16(inp) @ bf16(W) (+ bias), float accumulation */
 static void mm_fwd16(const run_ctx *r, int widx, int layout, float *out, int ldo, const float *inp, int ldi,
                      const float *bias, int N, int C, int OC) {
-    const uint16_t *w = w16_of(r, widx, (size_t)C * OC);
+    const uint16_t *w = w16_of(r, widx, (size_t)C * OC, 0, (size_t)C * OC);
     loom_f32_to_bf16_daz_2d(r->ws->a16, (size_t)C, inp, (size_t)ldi, (size_t)N, (size_t)C);
     if (layout == LOOM_W_LINEAR) loom_sbgemm(0, 1, N, OC, C, 1.0f, r->ws->a16, C, w, C, 0.0f, out, ldo);
     else loom_sbgemm(0, 0, N, OC, C, 1.0f, r->ws->a16, C, w, OC, 0.0f, out, ldo);
@@ -848,7 +843,7 @@ static void mm_bwd16(const run_ctx *r, int widx, int layout, float *dinp, int ld
     uint16_t *g = ws->g16, *a = ws->a16;
     loom_f32_to_bf16_daz_2d(g, (size_t)OC, dout, (size_t)ldo, (size_t)N, (size_t)OC);
     if (dinp) {
-        const uint16_t *w = w16_of(r, widx, (size_t)C * OC);
+        const uint16_t *w = w16_of(r, widx, (size_t)C * OC, 0, (size_t)C * OC);
         if (layout == LOOM_W_LINEAR) loom_sbgemm(0, 0, N, C, OC, 1.0f, g, OC, w, C, beta, dinp, ldi);
         else loom_sbgemm(0, 1, N, C, OC, 1.0f, g, OC, w, OC, beta, dinp, ldi);
     }
@@ -878,11 +873,20 @@ static void mm_bwd(const run_ctx *r, int widx, float *dinp, int ldi, float beta,
     }
 }
 
-/* The LM head: logits[N, V] = nf[N, C] @ W^T, W the [V, C] head (or tied embedding). */
+/* The LM head: logits[N, V] = nf[N, C] @ W^T, W the [V, C] head (or tied embedding); in bf16 HEAD_VB
+ * rows of W (columns of the logits) at a time. */
 static void head_fwd(const run_ctx *r, float *logits, const float *nf, int N, int C, int V) {
     int h = r->m->t_head;
-    if (use_bf16(r)) mm_fwd16(r, h, LOOM_W_LINEAR, logits, V, nf, C, NULL, N, C, V);
-    else loom_matmul_forward(logits, V, nf, C, tp(r, h), LOOM_W_LINEAR, NULL, N, C, V);
+    if (!use_bf16(r)) {
+        loom_matmul_forward(logits, V, nf, C, tp(r, h), LOOM_W_LINEAR, NULL, N, C, V);
+        return;
+    }
+    loom_f32_to_bf16_daz_2d(r->ws->a16, (size_t)C, nf, (size_t)C, (size_t)N, (size_t)C);
+    for (int v0 = 0; v0 < V; v0 += HEAD_VB) {
+        int vb = LOOM_MIN(HEAD_VB, V - v0);
+        const uint16_t *w = w16_of(r, h, (size_t)V * C, (size_t)v0 * C, (size_t)vb * C);
+        loom_sbgemm(0, 1, N, vb, C, 1.0f, r->ws->a16, C, w, C, 0.0f, logits + v0, V);
+    }
 }
 
 /* dn[N, C] = dlogits @ W, dW += dlogits^T nf. In bf16 the [N, V] gradient is converted HEAD_VB columns
@@ -895,14 +899,16 @@ static void head_bwd(const run_ctx *r, float *dn, float *dw, const float *dlogit
         return;
     }
     loom_ws *ws = r->ws;
-    const uint16_t *w = w16_of(r, h, (size_t)V * C);
     uint16_t *g = ws->g16, *a = ws->a16;
     if (dw) loom_f32_to_bf16_daz_2d(a, (size_t)C, nf, (size_t)C, (size_t)N, (size_t)C);
     const int rows = r->gstride ? ws->curB : 1, T = r->gstride ? ws->curT : N;
     for (int v0 = 0; v0 < V; v0 += HEAD_VB) {
         int vb = LOOM_MIN(HEAD_VB, V - v0);
         loom_f32_to_bf16_daz_2d(g, (size_t)vb, dlogits + v0, (size_t)V, (size_t)N, (size_t)vb);
-        if (dn) loom_sbgemm(0, 0, N, C, vb, 1.0f, g, vb, w + (size_t)v0 * C, C, v0 ? 1.0f : 0.0f, dn, C);
+        if (dn) {
+            const uint16_t *w = w16_of(r, h, (size_t)V * C, (size_t)v0 * C, (size_t)vb * C);
+            loom_sbgemm(0, 0, N, C, vb, 1.0f, g, vb, w, C, v0 ? 1.0f : 0.0f, dn, C);
+        }
         for (int b = 0; dw && b < rows; b++) {
             size_t p = (size_t)b * T;
             loom_sbgemm(1, 0, vb, C, T, 1.0f, g + p * vb, vb, a + p * C, C, 1.0f, dw + (size_t)b * r->gstride + (size_t)v0 * C,
@@ -970,7 +976,6 @@ static int forward_impl(const run_ctx *rc, int l0, int l1, int head, const int32
         }
     ws->curB = B;
     ws->curT = T;
-    ws->fwd_id++;
     ws->prompt_len = P;
     ws->last_pf = pf;
     ws->last_vec = r.vec;
