@@ -9,7 +9,9 @@
 # loom (`loom bench generate`, --weights f32, bf16 and int8), llama2.c's run.c (built here in a temporary folder with
 # its README's flags) and llama.cpp (node-llama-cpp 3.21.1 from npm, installed in a temporary folder, reading
 # the checkpoint converted to GGUF by ../shared/bench/llamacpp/llama2c_to_gguf.py: F32 and Q8_0), on 1 and 2
-# threads: tokens/s, GB/s of weights streamed (the weight bytes one token reads, times tokens/s) and peak RSS.
+# threads: tokens/s, GB/s of weights streamed (the weight bytes one token reads, times tokens/s) and peak RSS,
+# beside the memory read ceiling of the same round (bench/membw.c: a streaming read of 1 GiB on as many threads),
+# which bounds every engine's GB/s: decoding one token reads every weight once.
 #
 # Every configuration runs REPS times, the configurations interleaved (a round of all of them, then the next
 # round), and the table gives the median of the REPS figures; each figure is itself a median over steps
@@ -117,8 +119,9 @@ PY
   for q in f32 q8_0; do
     [ -s "$out/llama110m.$q.gguf" ] || $PY "$B/llamacpp/llama2c_to_gguf.py" "$model" "$tokbin" "$out/llama110m.$q.gguf" $q > /dev/null
   done
-  echo "speed: building llama2.c's run.c and installing node-llama-cpp in $tmp"
+  echo "speed: building llama2.c's run.c and bench/membw.c, installing node-llama-cpp in $tmp"
   cp "$B/llama2c/run.c" "$tmp/" && gcc -Ofast -fopenmp -march=native "$tmp/run.c" -lm -o "$tmp/run"
+  gcc -O3 -march=native -fopenmp bench/membw.c -o "$tmp/membw"
   cp "$B/llamacpp/package.json" "$B/llamacpp/generate.mjs" "$tmp/"
   (cd "$tmp" && npm i -E --omit=optional --no-audit --no-fund node-llama-cpp@3.21.1 @node-llama-cpp/linux-x64@3.21.1 > npm.log 2>&1) ||
     { echo "speed: npm could not install node-llama-cpp (see $tmp/npm.log)" >&2; cat "$tmp/npm.log" >&2; exit 1; }
@@ -140,6 +143,12 @@ PY
         echo "generate loom $wt t$t rep $rep: $tps tokens/s, $rss MiB"
         row generate loom "$wt" "$t" "$rep" "$tps" "$rss" "$bytes"
       done
+      # the memory read ceiling in the same round: a streaming read of 1 GiB on t threads (median of 5 passes)
+      log="$out/gen.membw.t$t.$rep.log"
+      OMP_NUM_THREADS=$t "$tmp/membw" 1024 5 > "$log" 2>&1 || { echo "speed: membw failed (see $log)" >&2; exit 1; }
+      gbps=$(sed -n 's/^RESULT .*gbps_median=\([0-9.]*\).*/\1/p' "$log")
+      echo "generate memory read ceiling t$t rep $rep: $gbps GB/s"
+      row generate membw read "$t" "$rep" "$gbps" 0 0
       log="$out/gen.runc.t$t.$rep.log"
       rss=$(OMP_NUM_THREADS=$t timed "$log" "$tmp/run" "$model" -z "$tokbin" -t 0 -n "$gen_steps")
       tps=$(sed -n 's/.*achieved tok\/s: \([0-9.]*\).*/\1/p' "$log")
@@ -159,9 +168,9 @@ PY
 fi
 
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-$PY - "$res" "$readme" "$cpu" "$reps" << 'PY'
+$PY - "$res" "$readme" "$cpu" "$reps" "$gen_steps" << 'PY'
 import statistics, sys, collections
-res, readme, cpu, reps = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4]
+res, readme, cpu, reps, gen_steps = sys.argv[1], sys.argv[2] == "1", sys.argv[3], sys.argv[4], sys.argv[5]
 runs = collections.defaultdict(list)
 for line in open(res):
     part, eng, cfg, thr, rep, tps, rss, nb = line.rstrip("\n").split("\t")
@@ -187,10 +196,10 @@ if any(k[0] == "train" for k in runs):
         out.append("| %s | %s | %s | %s | %s | %s | %s |" % (name, cell(c["lf"]), cell(c["lb"]), cell(c["tf"]), cell(c["tb"]), r1, r2))
     out.append("")
 if any(k[0] == "generate" for k in runs):
-    out.append("Generation, random Llama of llama2.c's 110M shape, greedy, 256 tokens: tokens/s, GB/s of weights streamed, peak RSS; median of %s runs." % reps)
+    out.append("Generation, random Llama of llama2.c's 110M shape, greedy, %s tokens: tokens/s, GB/s of weights streamed, peak RSS; median of %s runs." % (gen_steps, reps))
     out.append("")
-    out.append("| threads | weights | loom | llama.cpp | run.c | loom / llama.cpp | loom / run.c |")
-    out.append("| --- | --- | --- | --- | --- | --- | --- |")
+    out.append("| threads | weights | loom | llama.cpp | run.c | loom / llama.cpp | loom / run.c | memory read ceiling |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
     thrs = sorted({k[3] for k in runs if k[0] == "generate"}, key=int)
     for t in thrs:
         for lw, cw in (("f32", "f32"), ("bf16", None), ("int8", "q8_0")):
@@ -201,7 +210,9 @@ if any(k[0] == "generate" for k in runs):
             r1 = "%.2fx" % (lo[0] / lc[0]) if lo and lc else "-"
             r2 = "%.2fx" % (lo[0] / rc[0]) if lo and rc else "-"
             label = {"f32": "f32 (F32)", "bf16": "bf16", "int8": "int8 (Q8_0)"}[lw]
-            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (t, label, cell(lo), cell(lc), cell(rc), r1, r2))
+            bw = med(("generate", "membw", "read", t))
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (t, label, cell(lo), cell(lc), cell(rc), r1, r2,
+                                                               "%.1f GB/s" % bw[0] if bw else "-"))
     out.append("")
 out.append("CPU: %s. Written by `bash bench/speed.sh`." % cpu)
 table = "\n".join(out)

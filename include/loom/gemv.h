@@ -5,10 +5,10 @@
  * Each product has an AVX-512, an AVX2 (+FMA) and a portable path; the best one the CPU has is chosen
  * at run time, once (the build needs no -m flags). All paths compute every output in the same order,
  * with fused multiply-adds (one rounding each, fmaf in the portable path) and no fast-math, so they
- * give the same bits, and so does any thread count: the outputs are cut into ranges (LINEAR: whole
- * groups of 4 rows, handed to whichever thread asks next, half of what is left shared among the threads
- * down to 8 KiB of weights; CONV1D: one range a thread) and each output is computed whole by one
- * thread. The SIMD paths take one row at a time (a row is one sequential stream of memory, which the
+ * give the same bits, and so does any thread count: the outputs are cut into ranges (LINEAR: one
+ * contiguous share of whole groups of 4 rows a thread, taken from its front in pieces, and a thread done
+ * with its own takes pieces from the back of the others'; CONV1D: one range a thread) and each output is
+ * computed whole by one thread. The SIMD paths take one row at a time (a row is one sequential stream of memory, which the
  * hardware prefetchers follow best) with several independent fma chains:
  *   LINEAR [OC, C]:  64 partial sums, lane j the fma chain over c = j, j + 64, ... (the last block of
  *                    64 zero-padded), the lanes then added pairwise (j + 32, then + 16, + 8, + 4, + 2,

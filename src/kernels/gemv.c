@@ -17,7 +17,7 @@
 
 #define LANES 16         /* floats in one AVX-512 register */
 #define SUMS 64          /* partial sums per LINEAR output */
-#define ROWS 4           /* LINEAR outputs in one unit of the threads' claims */
+#define ROWS 4           /* LINEAR outputs in one unit of the threads' pieces */
 #define CONV_BLOCK 2048  /* CONV1D outputs whose sums one pass over the rows of W carries */
 #define GEMV_PAR 65536   /* multiply-adds below which a product stays on one thread */
 
@@ -527,30 +527,16 @@ int loom_gemv_set_i8_scheme(loom_i8_scheme scheme) {
     return LOOM_OK;
 }
 
-/* LINEAR outputs go out in ranges of whole groups of ROWS to whichever thread asks next, large ranges
- * first (half of what is left, shared among the threads), then smaller ones down to CHUNK_MIN bytes of
- * weights: few claims, threads that finish close together, and on a busy machine a thread that starts
- * late simply claims less instead of holding up the product. CONV1D outputs are split into one
- * contiguous range per thread (whole 16-output vectors, in pieces of at most CONV_BLOCK). Each output is
- * computed whole by one thread in a fixed order, so neither split changes any bits. */
+/* LINEAR outputs: each thread owns one contiguous range of whole groups of ROWS (its share), which it
+ * takes from the front in pieces (a quarter of what is left of it, at least CHUNK_MIN bytes of weights),
+ * so that each thread reads one sequential stream, as a static split does; a thread done with its own
+ * range then takes pieces from the back of the others' (half of what is left each time), so on a busy
+ * machine a thread that starts late or is held up does less instead of holding up the product. CONV1D
+ * outputs are split into one contiguous range per thread (whole 16-output vectors, in pieces of at most
+ * CONV_BLOCK). Each output is computed whole by one thread in a fixed order, so neither split changes
+ * any bits. */
 #define CHUNK_MIN 8192
-
-/* Claims the next range [*g0, *g1) of n units (at least min units, but no more than are left) for one of
- * nt threads; 0 when none is left. */
-static int claim(int *next, int n, int min, int nt, int *g0, int *g1) {
-    int cur = __atomic_load_n(next, __ATOMIC_RELAXED);
-    for (;;) {
-        if (cur >= n) return 0;
-        int take = (n - cur) / (2 * nt);
-        take = take < min ? min : take;
-        take = take > n - cur ? n - cur : take;
-        if (__atomic_compare_exchange_n(next, &cur, cur + take, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
-            *g0 = cur;
-            *g1 = cur + take;
-            return 1;
-        }
-    }
-}
+#define SPAN_MAX 64 /* threads a product uses at most */
 
 /* Groups of ROWS rows of C elements of es bytes in CHUNK_MIN bytes (at least 1). */
 static int min_groups(int C, int es) {
@@ -558,15 +544,60 @@ static int min_groups(int C, int es) {
     return g < 1 ? 1 : (int)g;
 }
 
+/* What is left of one thread's range of groups: front in the low 32 bits, back (exclusive) in the high
+ * ones, changed by compare-and-swap only; alone on its cache line. */
+typedef struct {
+    _Alignas(64) uint64_t fb;
+} span_t;
+
+static int span_threads(void) {
+    int n = omp_get_max_threads();
+    return n < SPAN_MAX ? n : SPAN_MAX;
+}
+
+/* Thread t of nt: its share of n groups. */
+static void span_init(span_t *sp, int t, int nt, int n) {
+    uint64_t f = (uint64_t)((long)n * t / nt), b = (uint64_t)((long)n * (t + 1) / nt);
+    __atomic_store_n(&sp[t].fb, b << 32 | f, __ATOMIC_RELAXED);
+}
+
+/* The next piece [*g0, *g1) for thread t, at least mg groups where that many are left: from the front of
+ * its own range, then (*v = 1 .. nt - 1: the thread t + *v) from the back of the others'; 0 when every
+ * range is empty. *v starts at 0. */
+static int span_next(span_t *sp, int t, int nt, int mg, int *v, int *g0, int *g1) {
+    for (; *v < nt; ++*v) {
+        span_t *s = &sp[(t + *v) % nt];
+        const int own = *v == 0;
+        uint64_t cur = __atomic_load_n(&s->fb, __ATOMIC_RELAXED);
+        for (;;) {
+            uint32_t f = (uint32_t)cur, b = (uint32_t)(cur >> 32);
+            if (f >= b) break;
+            uint32_t rem = b - f, k = rem / (own ? 4 : 2);
+            if (k < (uint32_t)mg) k = (uint32_t)mg;
+            if (k > rem) k = rem;
+            uint64_t nw = own ? (uint64_t)b << 32 | (f + k) : (uint64_t)(b - k) << 32 | f;
+            if (__atomic_compare_exchange_n(&s->fb, &cur, nw, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+                *g0 = (int)(own ? f : b - k);
+                *g1 = (int)(own ? f + k : b);
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
 static void run(gemv_fn f, float *y, const void *W, const float *scale, const float *x, int C, int OC, int conv,
                 int es) {
     if (!conv) {
         const int ng = (OC + ROWS - 1) / ROWS, mg = min_groups(C, es);
-        int next = 0;
-#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
+        span_t sp[SPAN_MAX];
+#pragma omp parallel if ((long)OC * C >= GEMV_PAR) num_threads(span_threads())
         {
             int nt = omp_get_num_threads(), g0, g1;
-            while (claim(&next, ng, mg, nt, &g0, &g1)) f(y, W, scale, x, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C, OC);
+            int t = omp_get_thread_num(), v = 0;
+            span_init(sp, t, nt, ng);
+#pragma omp barrier
+            while (span_next(sp, t, nt, mg, &v, &g0, &g1)) f(y, W, scale, x, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C, OC);
         }
         return;
     }
@@ -588,11 +619,13 @@ static int run_dot(float *y, const int8_t *W, const float *scale, const float *x
     if (!mem) return 0;
     dot_fn f = dot_kernels[isa][__atomic_load_n(&vnni_on, __ATOMIC_ACQUIRE)];
     const int ng = (OC + ROWS - 1) / ROWS, mg = min_groups(C, 1);
-    int next = 0;
-#pragma omp parallel if ((long)OC * C >= GEMV_PAR)
+    span_t sp[SPAN_MAX];
+#pragma omp parallel if ((long)OC * C >= GEMV_PAR) num_threads(span_threads())
     {
-        int nt = omp_get_num_threads(), g0, g1;
-        while (claim(&next, ng, mg, nt, &g0, &g1)) f(y, W, scale, &q, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C);
+        int nt = omp_get_num_threads(), t = omp_get_thread_num(), v = 0, g0, g1;
+        span_init(sp, t, nt, ng);
+#pragma omp barrier
+        while (span_next(sp, t, nt, mg, &v, &g0, &g1)) f(y, W, scale, &q, g0 * ROWS, g1 * ROWS < OC ? g1 * ROWS : OC, C);
     }
     loom_free(mem);
     return 1;
