@@ -95,6 +95,16 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
 }
 
+/* reduce16 of the 16 lanes of v, in registers: lanes j + 8 onto j, then + 4, + 2, + 1 (the same adds,
+ * so the same bits, without a trip through memory for every output). */
+T512 static inline float hsum16(__m512 v) {
+    __m256 lo = _mm512_castps512_ps256(v), hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    __m256 s8 = _mm256_add_ps(lo, hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
 /* The last n < 64 weights of a row from i, zero-padded to 64. */
 #define TAIL64(LD, W, i, n, buf)                                                                           \
     do {                                                                                                   \
@@ -111,7 +121,6 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
         (void)OC;                                                                                          \
         const int CB = C & ~(SUMS - 1), rem = C - CB;                                                      \
         float xt[SUMS] __attribute__((aligned(64))) = {0}, wt[SUMS] __attribute__((aligned(64)));          \
-        float a[LANES];                                                                                    \
         memcpy(xt, x + CB, (size_t)rem * sizeof *xt);                                                      \
         for (int o = o0; o < o1; o++) {                                                                    \
             const size_t r = (size_t)o * C;                                                                \
@@ -131,8 +140,7 @@ T512 static inline __m512 w16_i8(const void *W, size_t i) {
             }                                                                                              \
             a0 = _mm512_add_ps(a0, a2);                                                                    \
             a1 = _mm512_add_ps(a1, a3);                                                                    \
-            _mm512_storeu_ps(a, _mm512_add_ps(a0, a1));                                                    \
-            float s = reduce16(a);                                                                         \
+            float s = hsum16(_mm512_add_ps(a0, a1));                                                       \
             y[o] = scale ? s * scale[o] : s;                                                               \
         }                                                                                                  \
     }
@@ -175,6 +183,13 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
 
+/* The 8 lanes of v added + 4, + 2, + 1, in registers (as reduce_n(a, 8)). */
+T256 static inline float hsum8(__m256 v) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
 /* As on AVX-512, one row at a time: the 64 partial sums in eight registers (lanes 8k .. 8k + 7 in
  * register k), added k + 4 onto k, k + 2 onto k, 1 onto 0, then the 8 lanes (+ 4, + 2, + 1). */
 #define AVX2_LINEAR(NAME, W8, LD)                                                                          \
@@ -183,7 +198,6 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
         (void)OC;                                                                                          \
         const int CB = C & ~(SUMS - 1), rem = C - CB;                                                      \
         float xt[SUMS] __attribute__((aligned(32))) = {0}, wt[SUMS] __attribute__((aligned(32)));          \
-        float a[8];                                                                                        \
         memcpy(xt, x + CB, (size_t)rem * sizeof *xt);                                                      \
         for (int o = o0; o < o1; o++) {                                                                    \
             const size_t r = (size_t)o * C;                                                                \
@@ -199,8 +213,7 @@ T256 static inline __m256 w8_i8(const void *W, size_t i) {
             }                                                                                              \
             for (int h = 4; h > 0; h /= 2)                                                                 \
                 for (int k = 0; k < h; k++) v[k] = _mm256_add_ps(v[k], v[k + h]);                          \
-            _mm256_storeu_ps(a, v[0]);                                                                     \
-            float s = reduce_n(a, 8);                                                                      \
+            float s = hsum8(v[0]);                                                                         \
             y[o] = scale ? s * scale[o] : s;                                                               \
         }                                                                                                  \
     }
@@ -385,7 +398,6 @@ TAVXVNNI static inline __m256i dot32_avxvnni(__m256i w, __m256i xs, __m256i xa) 
     TGT static void NAME(float *y, const int8_t *W, const float *scale, const qx_t *q, int o0, int o1, int C) { \
         const int nbf = C / QB; /* full blocks; the last partial one from a zero-padded copy */            \
         int8_t tail[QB] __attribute__((aligned(32))) = {0};                                                \
-        float a[LANES];                                                                                    \
         for (int o = o0; o < o1; o++) {                                                                    \
             const int8_t *w = W + (size_t)o * C;                                                           \
             __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                                    \
@@ -400,9 +412,7 @@ TAVXVNNI static inline __m256i dot32_avxvnni(__m256i w, __m256i xs, __m256i xa) 
                 __m256i p = DOT32(_mm256_loadu_si256((const __m256i *)wb), xs, xa);                        \
                 acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(q->dx[b]), acc[b & 1]); \
             }                                                                                              \
-            _mm256_storeu_ps(a, acc[0]);                                                                   \
-            _mm256_storeu_ps(a + 8, acc[1]);                                                               \
-            y[o] = reduce16(a) * scale[o];                                                                 \
+            y[o] = hsum8(_mm256_add_ps(acc[0], acc[1])) * scale[o]; /* reduce16: lanes + 8, then hsum8 */  \
         }                                                                                                  \
     }
 
@@ -424,7 +434,6 @@ TVNNI static void dot_vnni(float *y, const int8_t *W, const float *scale, const 
     /* the last step covers blocks 2np and 2np + 1 where they exist: lanes 8-15 only if block 2np + 1 does */
     const __mmask16 last = 2 * np + 1 < q->nb ? 0xFFFF : 0x00FF;
     int8_t tail[2 * QB] __attribute__((aligned(64))) = {0};
-    float a[LANES];
     for (int o = o0; o < o1; o++) {
         const int8_t *w = W + (size_t)o * C;
         __m512 acc = _mm512_setzero_ps();
@@ -438,8 +447,7 @@ TVNNI static void dot_vnni(float *y, const int8_t *W, const float *scale, const 
             __m512 d = dot64_vnni(_mm512_load_si512(tail), _mm512_loadu_si512(q->xa + np * 2 * QB), q->xneg[np]);
             acc = _mm512_mask3_fmadd_ps(d, _mm512_loadu_ps(q->dxe + np * 16), acc, last);
         }
-        _mm512_storeu_ps(a, acc);
-        y[o] = reduce16(a) * scale[o];
+        y[o] = hsum16(acc) * scale[o];
     }
 }
 
