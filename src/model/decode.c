@@ -22,7 +22,8 @@
 struct loom_kv {
     int max_len, L, KV;
     float *k, *v;           /* [L, slots, KV] */
-    float *x, *xb, *qkv, *att, *y, *h, *mean, *rstd; /* scratch: [rows, *] (att: [nthr, slots]) */
+    float *x, *xb, *qkv, *att, *y, *h, *mean, *rstd; /* scratch: [rows, *] (att: [natt, slots]) */
+    int natt;                                        /* score rows: one a thread, or a head (one row) */
     float *qscratch;        /* low-precision base: one dequantized block */
     const loom_peft *pf;    /* the plan the cache was made for (NULL: the model alone) */
     int rows;               /* most rows per batched pass */
@@ -77,7 +78,8 @@ int loom_kv_create_ex(loom_kv **out, const loom_model *m, const loom_peft *pf, i
     kv->x = loom_alloc(R * C * sizeof(float));
     kv->xb = loom_alloc(R * C * sizeof(float));
     kv->qkv = loom_alloc(R * QKV * sizeof(float));
-    kv->att = loom_alloc((size_t)kv->nthr * kv->slots * sizeof(float));
+    kv->natt = LOOM_MAX(kv->nthr, c->n_head);
+    kv->att = loom_alloc((size_t)kv->natt * kv->slots * sizeof(float));
     kv->y = loom_alloc(R * C * sizeof(float));
     kv->h = loom_alloc(R * MI * sizeof(float));
     kv->ha = loom_alloc(R * H * sizeof(float));
@@ -85,7 +87,7 @@ int loom_kv_create_ex(loom_kv **out, const loom_model *m, const loom_peft *pf, i
     kv->rstd = loom_alloc(R * sizeof(float));
     kv->tok = malloc(R * sizeof *kv->tok);
     if (hooks) kv->hmem = loom_alloc(hooks * sizeof(float));
-    size_t floats = 2 * cache + R * (3 * (size_t)C + QKV + MI + H + 2) + (size_t)kv->nthr * kv->slots + hooks;
+    size_t floats = 2 * cache + R * (3 * (size_t)C + QKV + MI + H + 2) + (size_t)kv->natt * kv->slots + hooks;
     int lowp = 0;
     for (int i = 0; i < m->n_tensors; i++) lowp |= m->tensors[i].dtype != LOOM_Q_F32;
     if (lowp) {
@@ -219,6 +221,51 @@ LOOM_DISPATCH static void attend_row(float *y, float *a, const float *q, const f
     for (int j = 0; j < HS; j++) y[j] *= inv;
 }
 
+/* One row's attention (a single new token over len slots) for heads [h0, h1), HB heads at a time: slot by
+ * slot over the cache, each slot's keys (then values) of these heads one piece of a cache row, so the
+ * reads go through the cache in order; scores a[h * S ..]. Each head's arithmetic is attend_row's, in
+ * the same order, so the bits are the same. */
+#define HB 16
+LOOM_DISPATCH static void attend_heads(float *y, float *a, int S, const float *q, const float *kc, const float *vc,
+                                       int len, int stride, int HS, int group, int h0, int h1, float scale) {
+    for (int hb = h0; hb < h1; hb += HB) {
+        const int he = hb + HB < h1 ? hb + HB : h1, k0 = hb / group, k1 = (he - 1) / group + 1;
+        float mx[HB], sum[HB];
+        for (int h = hb; h < he; h++) mx[h - hb] = -INFINITY;
+        for (int t = 0; t < len; t++) {
+            const float *kt = kc + (size_t)t * stride;
+            if (t + ATT_AHEAD < len) prefetch_row(kt + (size_t)ATT_AHEAD * stride + k0 * HS, (k1 - k0) * HS);
+            for (int h = hb; h < he; h++) {
+                float s = scale * lm_dot16(q + h * HS, kt + (h / group) * HS, HS);
+                a[(size_t)h * S + t] = s;
+                mx[h - hb] = s > mx[h - hb] ? s : mx[h - hb];
+            }
+        }
+        for (int h = hb; h < he; h++) {
+            float *ah = a + (size_t)h * S, sm = 0;
+            for (int t = 0; t < len; t++) {
+                ah[t] = expf(ah[t] - mx[h - hb]);
+                sm += ah[t];
+            }
+            sum[h - hb] = sm;
+            memset(y + h * HS, 0, (size_t)HS * sizeof *y);
+        }
+        for (int t = 0; t < len; t++) {
+            const float *vt = vc + (size_t)t * stride;
+            if (t + ATT_AHEAD < len) prefetch_row(vt + (size_t)ATT_AHEAD * stride + k0 * HS, (k1 - k0) * HS);
+            for (int h = hb; h < he; h++) {
+                const float *v = vt + (h / group) * HS, at = a[(size_t)h * S + t];
+                float *yh = y + h * HS;
+                for (int j = 0; j < HS; j++) yh[j] += at * v[j];
+            }
+        }
+        for (int h = hb; h < he; h++) {
+            float inv = 1.0f / sum[h - hb], *yh = y + h * HS;
+            for (int j = 0; j < HS; j++) yh[j] *= inv;
+        }
+    }
+}
+
 /* Causal attention of the pass's n rows (row i at cache slot s0 + i sees slots 0 .. s0 + i) over layer
  * l's cache: y[n, C]. Each (row, head) is one worker's whole computation, so the bits do not depend on
  * the thread count. */
@@ -228,6 +275,15 @@ static void attend(loom_kv *kv, const loom_config *c, int l, int n, int s0) {
     const float *kc = kv->k + (size_t)l * S * KV, *vc = kv->v + (size_t)l * S * KV;
     const float scale = 1.0f / sqrtf((float)HS);
     long work = (long)n * NH * (s0 + n) * HS;
+    if (n == 1) { /* decoding: each thread a contiguous range of heads, slot by slot */
+#pragma omp parallel num_threads(kv->nthr) if (work >= 32768)
+        {
+            int nt = omp_get_num_threads(), t = omp_get_thread_num();
+            attend_heads(kv->y, kv->att, S, kv->qkv, kc, vc, s0 + 1, KV, HS, group, NH * t / nt, NH * (t + 1) / nt,
+                         scale);
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static) num_threads(kv->nthr) if (work >= 32768)
     for (int r = 0; r < n * NH; r++) {
         int i = r / NH, h = r % NH, kh = h / group;
