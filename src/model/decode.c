@@ -194,37 +194,12 @@ static inline void prefetch_row(const float *p, int n) {
     for (int j = 0; j < n; j += 16) __builtin_prefetch(p + j);
 }
 
-/* One (row, head) of attention over len cache slots (keys and values a row of stride floats apart):
- * scores a[len], their softmax, y[HS] the weighted values. Built for each instruction set (loom's
- * dispatch): the dot products keep lm_dot16's lanes and the weighted sum adds over t in order, so every
- * version gives the same bits. */
-LOOM_DISPATCH static void attend_row(float *y, float *a, const float *q, const float *kc, const float *vc, int len,
-                                     int stride, int HS, float scale) {
-    float mx = -INFINITY;
-    for (int t = 0; t < len; t++) {
-        if (t + ATT_AHEAD < len) prefetch_row(kc + (size_t)(t + ATT_AHEAD) * stride, HS);
-        a[t] = scale * lm_dot16(q, kc + (size_t)t * stride, HS);
-        mx = a[t] > mx ? a[t] : mx;
-    }
-    float sum = 0;
-    for (int t = 0; t < len; t++) {
-        a[t] = expf(a[t] - mx);
-        sum += a[t];
-    }
-    memset(y, 0, (size_t)HS * sizeof *y);
-    for (int t = 0; t < len; t++) {
-        if (t + ATT_AHEAD < len) prefetch_row(vc + (size_t)(t + ATT_AHEAD) * stride, HS);
-        const float *v = vc + (size_t)t * stride, at = a[t];
-        for (int j = 0; j < HS; j++) y[j] += at * v[j];
-    }
-    float inv = 1.0f / sum;
-    for (int j = 0; j < HS; j++) y[j] *= inv;
-}
-
-/* One row's attention (a single new token over len slots) for heads [h0, h1), HB heads at a time: slot by
- * slot over the cache, each slot's keys (then values) of these heads one piece of a cache row, so the
- * reads go through the cache in order; scores a[h * S ..]. Each head's arithmetic is attend_row's, in
- * the same order, so the bits are the same. */
+/* One row's attention over len cache slots (keys and values a row of stride floats apart) for heads
+ * [h0, h1), HB heads at a time: slot by slot over the cache, each slot's keys (then values) of these heads
+ * one piece of a cache row, so the reads go through the cache in order. Head h: scores a[(h - h0) * S ..],
+ * their softmax, y[h * HS ..] the weighted values. Built for each instruction set (loom's dispatch): the
+ * dot products keep lm_dot16's lanes and each head's sums add over t in order, so every version, and
+ * every split of the heads, gives the same bits. */
 #define HB 16
 LOOM_DISPATCH static void attend_heads(float *y, float *a, int S, const float *q, const float *kc, const float *vc,
                                        int len, int stride, int HS, int group, int h0, int h1, float scale) {
@@ -237,12 +212,12 @@ LOOM_DISPATCH static void attend_heads(float *y, float *a, int S, const float *q
             if (t + ATT_AHEAD < len) prefetch_row(kt + (size_t)ATT_AHEAD * stride + k0 * HS, (k1 - k0) * HS);
             for (int h = hb; h < he; h++) {
                 float s = scale * lm_dot16(q + h * HS, kt + (h / group) * HS, HS);
-                a[(size_t)h * S + t] = s;
+                a[(size_t)(h - h0) * S + t] = s;
                 mx[h - hb] = s > mx[h - hb] ? s : mx[h - hb];
             }
         }
         for (int h = hb; h < he; h++) {
-            float *ah = a + (size_t)h * S, sm = 0;
+            float *ah = a + (size_t)(h - h0) * S, sm = 0;
             for (int t = 0; t < len; t++) {
                 ah[t] = expf(ah[t] - mx[h - hb]);
                 sm += ah[t];
@@ -254,7 +229,7 @@ LOOM_DISPATCH static void attend_heads(float *y, float *a, int S, const float *q
             const float *vt = vc + (size_t)t * stride;
             if (t + ATT_AHEAD < len) prefetch_row(vt + (size_t)ATT_AHEAD * stride + k0 * HS, (k1 - k0) * HS);
             for (int h = hb; h < he; h++) {
-                const float *v = vt + (h / group) * HS, at = a[(size_t)h * S + t];
+                const float *v = vt + (h / group) * HS, at = a[(size_t)(h - h0) * S + t];
                 float *yh = y + h * HS;
                 for (int j = 0; j < HS; j++) yh[j] += at * v[j];
             }
@@ -279,16 +254,17 @@ static void attend(loom_kv *kv, const loom_config *c, int l, int n, int s0) {
 #pragma omp parallel num_threads(kv->nthr) if (work >= 32768)
         {
             int nt = omp_get_num_threads(), t = omp_get_thread_num();
-            attend_heads(kv->y, kv->att, S, kv->qkv, kc, vc, s0 + 1, KV, HS, group, NH * t / nt, NH * (t + 1) / nt,
-                         scale);
+            int h0 = NH * t / nt;
+            attend_heads(kv->y, kv->att + (size_t)h0 * S, S, kv->qkv, kc, vc, s0 + 1, KV, HS, group, h0,
+                         NH * (t + 1) / nt, scale);
         }
         return;
     }
 #pragma omp parallel for schedule(static) num_threads(kv->nthr) if (work >= 32768)
     for (int r = 0; r < n * NH; r++) {
-        int i = r / NH, h = r % NH, kh = h / group;
-        attend_row(kv->y + (size_t)i * c->dim + h * HS, kv->att + (size_t)omp_get_thread_num() * S,
-                   kv->qkv + (size_t)i * QKV + h * HS, kc + kh * HS, vc + kh * HS, s0 + i + 1, KV, HS, scale);
+        int i = r / NH, h = r % NH;
+        attend_heads(kv->y + (size_t)i * c->dim, kv->att + (size_t)omp_get_thread_num() * S, S,
+                     kv->qkv + (size_t)i * QKV, kc, vc, s0 + i + 1, KV, HS, group, h, h + 1, scale);
     }
 }
 
