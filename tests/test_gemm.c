@@ -133,6 +133,12 @@ int main(void) {
         /* a short, deep product: where oneDNN would split K between threads */
         {0, 0, 8, 8, 16384, 0, LOOM_GEMM_F32, LOOM_GEMM_F32, 1.0f, 0.0f},
         {0, 1, 8, 8, 16384, 0, LOOM_GEMM_BF16, LOOM_GEMM_BF16, 1.0f, 0.0f},
+        /* a long K with B stored [K, N], cut into blocks added in order (f32 or mixed: K > 1024, bf16:
+         * K > 8192): with A transposed, alpha and beta, padding; bf16; mixed types; with column blocks */
+        {1, 0, 70, 40, 2500, 3, LOOM_GEMM_F32, LOOM_GEMM_F32, -0.5f, 0.25f},
+        {0, 0, 40, 33, 9000, 1, LOOM_GEMM_BF16, LOOM_GEMM_BF16, 2.0f, 1.0f},
+        {0, 0, 9, 70, 1025, 0, LOOM_GEMM_F32, LOOM_GEMM_BF16, 1.0f, 0.0f},
+        {0, 0, 5, 700, 3000, 2, LOOM_GEMM_F32, LOOM_GEMM_F32, 1.0f, 1.0f},
     };
     for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) run_case(&extra[i]);
 

@@ -3,7 +3,8 @@
  * C[M, N] = alpha * op(A)[M, K] op(B)[K, N] + beta * C, row-major, f32 output and accumulation, each
  * operand f32 or bf16. The rows of C are cut into chunks of a fixed size (chunk_rows: a function of
  * the shape only, never of the thread count); each chunk is one single-threaded oneDNN matmul, and the
- * chunks run in an OpenMP loop (a product of few rows is also cut into column blocks of a fixed width).
+ * chunks run in an OpenMP loop (a product of few rows is also cut into column blocks of a fixed width;
+ * a long K with B stored [K, N] into blocks of K, one product each, added in order).
  * A primitive is created with OpenMP's thread limit set to 1, so oneDNN
  * never splits a chunk's K sum between threads; every element of C is therefore one fixed computation
  * whichever thread runs its chunk, and C is the same bits for any thread count.
@@ -214,6 +215,15 @@ int loom_gemm_cache_size(void) {
  * chunk is capped at 2^20 floats of C. */
 #define COL_BLOCK 256
 
+/* With B stored [K, N], a long K is cut into blocks, one product per block added onto C in block order
+ * (the cut a function of K and the types alone). Measured on 2 threads (Zen 5), M = 1024, N = 768:
+ * oneDNN's f32 kernel over a whole K of 2048, 3072 or 50257 ran at 60-85% of its rate on 1024-long
+ * blocks; its bf16 kernel lost on K = 3072 cut that way but gained about 10% on K = 50257 cut into
+ * 2048-long blocks. With B stored [N, K] a long K already ran at full rate. */
+#define K_BLOCK_F32 1024  /* f32 (either operand): K > 1024 in blocks of at most 1024 */
+#define K_SPLIT_BF16 8192 /* bf16 operands: K > 8192 ... */
+#define K_BLOCK_BF16 2048 /* ... in blocks of at most 2048 */
+
 static int chunk_rows(int M, int N, int c_staged) {
     int tm = M >= 4096 ? 256 : 128;
     if (c_staged) {
@@ -305,6 +315,18 @@ int loom_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, i
     ta = ta != 0;
     tb = tb != 0;
     const size_t ae = esize(atype), be = esize(btype);
+    const int bf16 = atype == LOOM_GEMM_BF16 && btype == LOOM_GEMM_BF16;
+    if (!tb && K > (bf16 ? K_SPLIT_BF16 : K_BLOCK_F32)) { /* K in equal blocks (multiples of 16, the last shorter) */
+        const int blk = bf16 ? K_BLOCK_BF16 : K_BLOCK_F32, nb = (K + blk - 1) / blk, kb = ((K + nb - 1) / nb + 15) & ~15;
+        for (int k0 = 0; k0 < K; k0 += kb) {
+            const int kk = K - k0 < kb ? K - k0 : kb;
+            const char *a = (const char *)A + (ta ? (size_t)k0 * lda : (size_t)k0) * ae;
+            const char *b = (const char *)B + (size_t)k0 * ldb * be;
+            int rc = loom_gemm(ta, 0, M, N, kk, alpha, a, atype, lda, b, btype, ldb, k0 ? 1.0f : beta, C, ldc);
+            if (rc != LOOM_OK) return rc;
+        }
+        return LOOM_OK;
+    }
     /* rows in chunks; a short product (fewer than 4 row chunks) of a wide C also in column blocks of
      * COL_BLOCK, so that it still spreads over the threads */
     const int split_n = (M + 127) / 128 < 4 && N >= 2 * COL_BLOCK;
